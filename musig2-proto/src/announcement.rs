@@ -1,0 +1,479 @@
+//! Session announcements: who signs what, under which policy, until when.
+
+use secp256k1::{Keypair, PublicKey, XOnlyPublicKey, schnorr};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ProtoError;
+use crate::frame::{Frame, Limits, encode_frame};
+use crate::hash::{Tag, tagged};
+use crate::types::{PeerIdBytes, SessionId, SignerIndex, Tweak, byte_array, byte_vec, pubkey33};
+use crate::{PROTOCOL_VERSION, envelope};
+
+/// How the coordinator (the signer that aggregates and broadcasts) is chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ElectionMethod {
+    /// Lowest compressed public key first.
+    Lexicographic,
+    /// Order by a hash of the session id and each key (not grindable by one party).
+    HashBased,
+    /// Signer index 0 first, then ascending.
+    FirstSigner,
+    /// The last signer index first, then descending.
+    LastSigner,
+}
+
+/// Who sends what to whom.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Topology {
+    /// Every signer sends to every other signer.
+    Mesh,
+    /// Signers send to the coordinator, which distributes the signed nonces and the aggregate.
+    Star,
+}
+
+/// Per-phase deadlines, in milliseconds. Each must be non-zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Timeouts {
+    /// Time allowed for the nonce (and nonce-commitment) exchange.
+    pub nonce_ms: u64,
+    /// Time allowed for the partial-signature exchange.
+    pub partial_sig_ms: u64,
+    /// Time the coordinator has to broadcast and confirm before the next backup takes over.
+    pub broadcast_ms: u64,
+    /// Overall session deadline.
+    pub session_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            nonce_ms: 30_000,
+            partial_sig_ms: 30_000,
+            broadcast_ms: 60_000,
+            session_ms: 600_000,
+        }
+    }
+}
+
+/// The session's rules, fixed by the creator and covered by the session id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Policy {
+    /// Whether signers first exchange nonce commitments (round 0) before revealing nonces.
+    pub nonce_commitment: bool,
+    /// How the coordinator is elected.
+    pub election: ElectionMethod,
+    /// Mesh or star message flow.
+    pub topology: Topology,
+    /// Per-phase deadlines.
+    pub timeouts: Timeouts,
+    /// How many times the coordinator role may fail over to a backup.
+    pub max_failover_attempts: u16,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            nonce_commitment: true,
+            election: ElectionMethod::HashBased,
+            topology: Topology::Mesh,
+            timeouts: Timeouts::default(),
+            max_failover_attempts: 3,
+        }
+    }
+}
+
+/// One member of the signer set.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SignerInfo {
+    /// The signer's key, used both for MuSig2 and to authenticate its envelopes.
+    #[serde(with = "pubkey33")]
+    pub key: PublicKey,
+    /// The peer id the signer will speak from, when known in advance.
+    pub peer_id: Option<PeerIdBytes>,
+}
+
+impl SignerInfo {
+    /// A signer without a fixed peer id.
+    pub fn new(key: PublicKey) -> Self {
+        SignerInfo { key, peer_id: None }
+    }
+}
+
+/// The content of a session announcement (unsigned).
+///
+/// Fields are public for construction; everything is validated by [`Announcement::validate`],
+/// which signing, decoding and verification all call.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Announcement {
+    /// The signer set in BIP327 key order (the order used for key aggregation).
+    pub signers: Vec<SignerInfo>,
+    /// The message to sign (any length up to [`Limits::max_message_bytes`]).
+    #[serde(with = "byte_vec")]
+    pub message: Vec<u8>,
+    /// Tweaks applied to the aggregate key, in order.
+    pub tweaks: Vec<Tweak>,
+    /// Index of the creator (who signs the announcement) in `signers`.
+    pub creator: SignerIndex,
+    /// The session's rules.
+    pub policy: Policy,
+    /// 32 random bytes so that two sessions with identical content get different ids.
+    #[serde(with = "byte_array")]
+    pub salt: [u8; 32],
+    /// Creation time, milliseconds since the UNIX epoch.
+    pub created_at_ms: u64,
+    /// Expiry time, milliseconds since the UNIX epoch (exclusive).
+    pub expires_at_ms: u64,
+}
+
+impl Announcement {
+    /// A new announcement with a random salt, default policy, no tweaks and no peer ids.
+    pub fn new(
+        signers: Vec<PublicKey>,
+        message: Vec<u8>,
+        creator: SignerIndex,
+        created_at_ms: u64,
+        expires_at_ms: u64,
+    ) -> Self {
+        Announcement {
+            signers: signers.into_iter().map(SignerInfo::new).collect(),
+            message,
+            tweaks: Vec::new(),
+            creator,
+            policy: Policy::default(),
+            salt: rand::random(),
+            created_at_ms,
+            expires_at_ms,
+        }
+    }
+
+    /// Checks everything that does not need a signature or a clock: signer count and limits,
+    /// duplicate keys, creator index, message and tweak limits, validity window and timeouts.
+    pub fn validate(&self, limits: &Limits) -> Result<(), ProtoError> {
+        let n = self.signers.len();
+        if n == 0 {
+            return Err(ProtoError::OutOfRange {
+                field: "signers",
+                reason: "at least one signer is required",
+            });
+        }
+        if n > limits.max_signers {
+            return Err(ProtoError::LimitExceeded {
+                what: "signers",
+                actual: n,
+                max: limits.max_signers,
+            });
+        }
+        if n > usize::from(SignerIndex::MAX) + 1 {
+            return Err(ProtoError::OutOfRange {
+                field: "signers",
+                reason: "at most 4096 signers",
+            });
+        }
+        if self.message.len() > limits.max_message_bytes {
+            return Err(ProtoError::LimitExceeded {
+                what: "message bytes",
+                actual: self.message.len(),
+                max: limits.max_message_bytes,
+            });
+        }
+        if self.tweaks.len() > limits.max_tweaks {
+            return Err(ProtoError::LimitExceeded {
+                what: "tweaks",
+                actual: self.tweaks.len(),
+                max: limits.max_tweaks,
+            });
+        }
+        if self.creator.as_usize() >= n {
+            return Err(ProtoError::UnknownSigner {
+                index: self.creator.get(),
+                signers: n,
+            });
+        }
+        let mut keys: Vec<([u8; 33], usize)> = self
+            .signers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.key.serialize(), i))
+            .collect();
+        keys.sort_unstable();
+        for pair in keys.windows(2) {
+            if pair[0].0 == pair[1].0 {
+                // Indices are < 4096, checked above.
+                let first = SignerIndex::try_from(pair[0].1)?;
+                let second = SignerIndex::try_from(pair[1].1)?;
+                return Err(ProtoError::DuplicateSignerKey { first, second });
+            }
+        }
+        if self.expires_at_ms <= self.created_at_ms {
+            return Err(ProtoError::InvalidValidity {
+                created_at_ms: self.created_at_ms,
+                expires_at_ms: self.expires_at_ms,
+            });
+        }
+        let t = &self.policy.timeouts;
+        if t.nonce_ms == 0 || t.partial_sig_ms == 0 || t.broadcast_ms == 0 || t.session_ms == 0 {
+            return Err(ProtoError::OutOfRange {
+                field: "policy timeouts",
+                reason: "every timeout must be non-zero",
+            });
+        }
+        Ok(())
+    }
+
+    /// The session id this announcement will have: `tagged_hash("musig2-p2p/session-id",
+    /// version || canonical encoding)`.
+    pub fn session_id(&self) -> SessionId {
+        session_id_of(PROTOCOL_VERSION, self)
+    }
+
+    /// Validates and signs as the creator (BIP340 with fresh auxiliary randomness).
+    ///
+    /// Fails if the announcement is invalid or `keypair` is not the creator's key.
+    pub fn sign(
+        self,
+        keypair: &Keypair,
+        limits: &Limits,
+    ) -> Result<SignedAnnouncement, ProtoError> {
+        self.sign_with_aux_rand(keypair, limits, &rand::random())
+    }
+
+    /// Like [`Announcement::sign`] with caller-chosen auxiliary randomness (deterministic output,
+    /// for test vectors).
+    pub fn sign_with_aux_rand(
+        self,
+        keypair: &Keypair,
+        limits: &Limits,
+        aux_rand: &[u8; 32],
+    ) -> Result<SignedAnnouncement, ProtoError> {
+        self.validate(limits)?;
+        if keypair.public_key() != self.signers[self.creator.as_usize()].key {
+            return Err(ProtoError::KeyMismatch {
+                signer: self.creator,
+            });
+        }
+        let id = self.session_id();
+        let msg = tagged(Tag::Announcement, id.as_bytes());
+        let signature = schnorr::sign_with_aux_rand(&msg, keypair, aux_rand).to_byte_array();
+        Ok(SignedAnnouncement {
+            version: PROTOCOL_VERSION,
+            announcement: self,
+            signature,
+        })
+    }
+}
+
+fn session_id_of(version: u8, announcement: &Announcement) -> SessionId {
+    let bytes = crate::frame::to_vec(&(version, announcement));
+    SessionId::from_hash(tagged(Tag::SessionId, &bytes))
+}
+
+/// An announcement with its creator's signature, as sent on the wire and stored in the DHT.
+///
+/// Not trusted until [`SignedAnnouncement::verify`] turns it into a [`VerifiedAnnouncement`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedAnnouncement {
+    version: u8,
+    announcement: Announcement,
+    #[serde(with = "byte_array")]
+    signature: [u8; 64],
+}
+
+impl SignedAnnouncement {
+    /// The protocol version the announcement was made for.
+    pub fn version(&self) -> u8 {
+        self.version
+    }
+
+    /// The (unverified) content.
+    pub fn announcement(&self) -> &Announcement {
+        &self.announcement
+    }
+
+    /// The creator's BIP340 signature.
+    pub fn signature(&self) -> &[u8; 64] {
+        &self.signature
+    }
+
+    /// Recomputes the session id from the content.
+    pub fn session_id(&self) -> SessionId {
+        session_id_of(self.version, &self.announcement)
+    }
+
+    /// Encodes as a complete frame (what goes on the wire and into the DHT record).
+    pub fn to_frame_bytes(&self) -> Vec<u8> {
+        encode_frame(FrameRef::Announcement(self))
+    }
+
+    /// Decodes a frame that must hold an announcement (see [`crate::decode_frame`]).
+    pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Self, ProtoError> {
+        match crate::frame::decode_frame(bytes, limits)? {
+            Frame::Announcement(a) => Ok(a),
+            other => Err(ProtoError::UnexpectedFrame {
+                expected: "announcement",
+                found: other.kind(),
+            }),
+        }
+    }
+
+    /// Verifies the announcement at time `now_ms`: version, structure and limits
+    /// ([`Announcement::validate`]), validity window (with `limits.max_clock_skew_ms` tolerance
+    /// for the creation time), and the creator's signature over the recomputed session id.
+    pub fn verify(&self, now_ms: u64, limits: &Limits) -> Result<VerifiedAnnouncement, ProtoError> {
+        if self.version != PROTOCOL_VERSION {
+            return Err(ProtoError::UnsupportedVersion {
+                version: self.version,
+                supported: PROTOCOL_VERSION,
+            });
+        }
+        let a = &self.announcement;
+        a.validate(limits)?;
+        if now_ms >= a.expires_at_ms {
+            return Err(ProtoError::Expired {
+                expires_at_ms: a.expires_at_ms,
+                now_ms,
+            });
+        }
+        if a.created_at_ms > now_ms.saturating_add(limits.max_clock_skew_ms) {
+            return Err(ProtoError::NotYetValid {
+                created_at_ms: a.created_at_ms,
+                now_ms,
+            });
+        }
+        let session_id = self.session_id();
+        let x_only: Vec<XOnlyPublicKey> = a
+            .signers
+            .iter()
+            .map(|s| s.key.x_only_public_key().0)
+            .collect();
+        let msg = tagged(Tag::Announcement, session_id.as_bytes());
+        let sig = schnorr::Signature::from_byte_array(self.signature);
+        x_only[a.creator.as_usize()]
+            .verify(&msg, &sig)
+            .map_err(|_| ProtoError::BadAnnouncementSignature { creator: a.creator })?;
+        Ok(VerifiedAnnouncement {
+            signed: self.clone(),
+            session_id,
+            x_only,
+        })
+    }
+
+    /// Like [`SignedAnnouncement::verify`], and also checks that the recomputed session id is
+    /// `expected` (the id the announcement was looked up by).
+    pub fn verify_id(
+        &self,
+        expected: &SessionId,
+        now_ms: u64,
+        limits: &Limits,
+    ) -> Result<VerifiedAnnouncement, ProtoError> {
+        if self.session_id() != *expected {
+            return Err(ProtoError::SessionIdMismatch);
+        }
+        self.verify(now_ms, limits)
+    }
+}
+
+/// Borrowed frame for encoding without cloning.
+#[derive(Serialize)]
+pub(crate) enum FrameRef<'a> {
+    Announcement(&'a SignedAnnouncement),
+    Envelope(&'a envelope::SignedEnvelope),
+    Batch(&'a [envelope::SignedEnvelope]),
+}
+
+/// An announcement whose signature, session id, limits and validity window have been checked.
+///
+/// Only [`SignedAnnouncement::verify`] creates one.
+#[derive(Clone, Debug)]
+pub struct VerifiedAnnouncement {
+    signed: SignedAnnouncement,
+    session_id: SessionId,
+    x_only: Vec<XOnlyPublicKey>,
+}
+
+impl VerifiedAnnouncement {
+    /// The session id (recomputed from the content).
+    pub fn session_id(&self) -> SessionId {
+        self.session_id
+    }
+
+    /// The verified content.
+    pub fn announcement(&self) -> &Announcement {
+        &self.signed.announcement
+    }
+
+    /// The signed form, for relaying or storing.
+    pub fn signed(&self) -> &SignedAnnouncement {
+        &self.signed
+    }
+
+    /// Number of signers.
+    pub fn signer_count(&self) -> usize {
+        self.signed.announcement.signers.len()
+    }
+
+    /// The signer keys in announcement order (the order for BIP327 key aggregation).
+    pub fn signer_keys(&self) -> Vec<PublicKey> {
+        self.signed
+            .announcement
+            .signers
+            .iter()
+            .map(|s| s.key)
+            .collect()
+    }
+
+    /// The key at `index`, if it exists.
+    pub fn signer_key(&self, index: SignerIndex) -> Option<&PublicKey> {
+        self.signed
+            .announcement
+            .signers
+            .get(index.as_usize())
+            .map(|s| &s.key)
+    }
+
+    /// The index of `key` in the signer set.
+    pub fn index_of(&self, key: &PublicKey) -> Option<SignerIndex> {
+        let pos = self
+            .signed
+            .announcement
+            .signers
+            .iter()
+            .position(|s| s.key == *key)?;
+        SignerIndex::try_from(pos).ok()
+    }
+
+    pub(crate) fn x_only(&self, index: SignerIndex) -> Option<&XOnlyPublicKey> {
+        self.x_only.get(index.as_usize())
+    }
+
+    /// Signs an envelope as `signer`, checking that `keypair` is that signer's key.
+    pub fn sign_envelope(
+        &self,
+        signer: SignerIndex,
+        seq: crate::SeqNo,
+        timestamp_ms: u64,
+        body: crate::Body,
+        keypair: &Keypair,
+    ) -> Result<envelope::SignedEnvelope, ProtoError> {
+        match self.signer_key(signer) {
+            Some(key) if *key == keypair.public_key() => Ok(envelope::Envelope::sign(
+                self.session_id,
+                signer,
+                seq,
+                timestamp_ms,
+                body,
+                keypair,
+            )),
+            Some(_) => Err(ProtoError::KeyMismatch { signer }),
+            None => Err(ProtoError::UnknownSigner {
+                index: signer.get(),
+                signers: self.signer_count(),
+            }),
+        }
+    }
+}
+
+impl From<&VerifiedAnnouncement> for SessionId {
+    fn from(a: &VerifiedAnnouncement) -> SessionId {
+        a.session_id
+    }
+}

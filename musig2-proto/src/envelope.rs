@@ -1,0 +1,626 @@
+//! Envelopes: every message a signer acts on, signed by its sender's key.
+
+use secp256k1::{Keypair, schnorr};
+use serde::{Deserialize, Serialize};
+
+use crate::PROTOCOL_VERSION;
+use crate::announcement::{FrameRef, Topology, VerifiedAnnouncement};
+use crate::error::ProtoError;
+use crate::frame::{Frame, Limits, encode_frame, to_vec};
+use crate::hash::{Tag, tagged};
+use crate::types::{
+    AggNonceBytes, Attempt, NonceCommitment, PartialSigBytes, PeerIdBytes, PubNonceBytes, SeqNo,
+    SessionId, SignerIndex, byte_array, byte_vec,
+};
+
+/// Why a signer aborts a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AbortReason {
+    /// A phase deadline passed without all contributions.
+    Timeout,
+    /// The session expired.
+    Expired,
+    /// A signer sent an invalid public nonce.
+    InvalidNonce,
+    /// A nonce reveal did not match its commitment.
+    CommitmentMismatch,
+    /// A signer sent an invalid partial signature.
+    InvalidPartialSig,
+    /// The aggregate nonce did not match the signed nonces.
+    InvalidAggregateNonce,
+    /// A signer sent two different values for the same contribution.
+    Equivocation,
+    /// Every coordinator candidate failed to broadcast.
+    FailoverExhausted,
+    /// The signer's operator or application cancelled.
+    Cancelled,
+    /// An internal error on the aborting node.
+    Internal,
+}
+
+/// Maximum length of the opaque receipt in [`Body::BroadcastConfirmed`].
+pub const MAX_RECEIPT_BYTES: usize = 256;
+
+/// The payload of an envelope.
+///
+/// The variant order is part of the wire format (the tag is the variant index); append new
+/// variants at the end only, with a version bump.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// Binds the sender's signer index to the peer id it speaks from.
+    Join {
+        /// The sender's peer id.
+        peer_id: PeerIdBytes,
+    },
+    /// Round 0: a commitment to the public nonce the sender will reveal.
+    NonceCommit {
+        /// The signing attempt.
+        attempt: Attempt,
+        /// See [`NonceCommitment::compute`].
+        commitment: NonceCommitment,
+    },
+    /// Round 1: the sender's public nonce (the reveal, when commitments are on).
+    Nonce {
+        /// The signing attempt.
+        attempt: Attempt,
+        /// The BIP327 public nonce.
+        pub_nonce: PubNonceBytes,
+    },
+    /// Round 2: the sender's partial signature.
+    PartialSig {
+        /// The signing attempt.
+        attempt: Attempt,
+        /// The BIP327 partial signature.
+        partial_sig: PartialSigBytes,
+    },
+    /// Star topology: the coordinator distributes the aggregate nonce together with every
+    /// signer's signed nonce, so each signer can check the aggregate itself.
+    AggregateNonce {
+        /// The signing attempt.
+        attempt: Attempt,
+        /// The BIP327 aggregate nonce (sum of the public nonces).
+        agg_nonce: AggNonceBytes,
+        /// Every signer's signed Nonce envelope, one per signer, in signer index order.
+        nonces: Vec<SignedNonce>,
+    },
+    /// The final BIP340 signature.
+    FinalSignature {
+        /// The signing attempt that produced it.
+        attempt: Attempt,
+        /// The 64-byte BIP340 signature.
+        #[serde(with = "byte_array")]
+        signature: [u8; 64],
+    },
+    /// The coordinator performed the broadcast action.
+    BroadcastConfirmed {
+        /// The signing attempt.
+        attempt: Attempt,
+        /// Opaque application receipt (e.g. a txid), at most [`MAX_RECEIPT_BYTES`].
+        #[serde(with = "receipt")]
+        receipt: Vec<u8>,
+    },
+    /// A backup claims the coordinator role after the previous one missed its deadline.
+    FailoverClaim {
+        /// The signing attempt.
+        attempt: Attempt,
+        /// The claimant's position in the election order (0 is the first coordinator).
+        rank: u16,
+    },
+    /// The sender aborts the session.
+    Abort {
+        /// Why.
+        reason: AbortReason,
+        /// The signer the sender blames, if any.
+        blamed: Option<SignerIndex>,
+    },
+    /// The sender restarted (e.g. after a crash) and starts a new attempt with fresh nonces.
+    Restart {
+        /// The new attempt number.
+        attempt: Attempt,
+    },
+}
+
+mod receipt {
+    use super::*;
+    use crate::error::de_error;
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        byte_vec::serialize(v, s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let v = byte_vec::deserialize(d)?;
+        if v.len() > MAX_RECEIPT_BYTES {
+            return Err(de_error(ProtoError::OutOfRange {
+                field: "broadcast receipt",
+                reason: "at most 256 bytes",
+            }));
+        }
+        Ok(v)
+    }
+}
+
+impl Body {
+    /// A short name for the body kind (for logs and errors).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::Join { .. } => "join",
+            Body::NonceCommit { .. } => "nonce-commit",
+            Body::Nonce { .. } => "nonce",
+            Body::PartialSig { .. } => "partial-sig",
+            Body::AggregateNonce { .. } => "aggregate-nonce",
+            Body::FinalSignature { .. } => "final-signature",
+            Body::BroadcastConfirmed { .. } => "broadcast-confirmed",
+            Body::FailoverClaim { .. } => "failover-claim",
+            Body::Abort { .. } => "abort",
+            Body::Restart { .. } => "restart",
+        }
+    }
+
+    /// Builds an AggregateNonce body from every signer's verified Nonce envelope, in signer
+    /// index order, computing the aggregate (BIP327 NonceAgg).
+    ///
+    /// Fails if `nonces` is not exactly one Nonce envelope per signer (index `i` at position
+    /// `i`) of `attempt`.
+    pub fn aggregate_nonce(
+        announcement: &VerifiedAnnouncement,
+        attempt: Attempt,
+        nonces: &[VerifiedEnvelope],
+    ) -> Result<Body, ProtoError> {
+        if nonces.len() != announcement.signer_count() {
+            return Err(ProtoError::LimitExceeded {
+                what: "nonces for the aggregate (must equal the signer count)",
+                actual: nonces.len(),
+                max: announcement.signer_count(),
+            });
+        }
+        let mut relayed = Vec::with_capacity(nonces.len());
+        let mut pub_nonces = Vec::with_capacity(nonces.len());
+        for (i, env) in nonces.iter().enumerate() {
+            let e = env.envelope();
+            let (a, pub_nonce) = match e.body {
+                Body::Nonce { attempt, pub_nonce } => (attempt, pub_nonce),
+                _ => {
+                    return Err(ProtoError::UnexpectedFrame {
+                        expected: "nonce envelope",
+                        found: e.body.kind(),
+                    });
+                }
+            };
+            if e.signer.as_usize() != i || e.session_id != announcement.session_id() {
+                return Err(ProtoError::AggregateNonceIncomplete { signer: e.signer });
+            }
+            if a != attempt {
+                return Err(ProtoError::AttemptMismatch {
+                    signer: e.signer,
+                    expected: attempt.get(),
+                    found: a.get(),
+                });
+            }
+            pub_nonces.push(pub_nonce);
+            relayed.push(SignedNonce {
+                signer: e.signer,
+                seq: e.seq,
+                timestamp_ms: e.timestamp_ms,
+                attempt: a,
+                pub_nonce,
+                signature: env.signed.signature,
+            });
+        }
+        let agg_nonce = AggNonceBytes::aggregate(&pub_nonces).ok_or(ProtoError::OutOfRange {
+            field: "nonces",
+            reason: "at least one nonce is required",
+        })?;
+        Ok(Body::AggregateNonce {
+            attempt,
+            agg_nonce,
+            nonces: relayed,
+        })
+    }
+}
+
+impl NonceCommitment {
+    /// `tagged_hash("musig2-p2p/nonce-commitment", session_id || signer || attempt ||
+    /// pub_nonce)` over the canonical (postcard) encoding of the tuple.
+    pub fn compute(
+        session_id: &SessionId,
+        signer: SignerIndex,
+        attempt: Attempt,
+        pub_nonce: &PubNonceBytes,
+    ) -> NonceCommitment {
+        let bytes = to_vec(&(session_id, signer, attempt, pub_nonce));
+        NonceCommitment::from_hash(tagged(Tag::NonceCommitment, &bytes))
+    }
+
+    /// Checks a reveal against this commitment; the error names the signer.
+    pub fn check_reveal(
+        &self,
+        session_id: &SessionId,
+        signer: SignerIndex,
+        attempt: Attempt,
+        pub_nonce: &PubNonceBytes,
+    ) -> Result<(), ProtoError> {
+        if NonceCommitment::compute(session_id, signer, attempt, pub_nonce) == *self {
+            Ok(())
+        } else {
+            Err(ProtoError::CommitmentMismatch { signer })
+        }
+    }
+
+    /// Checks a verified Nonce envelope against a verified NonceCommit envelope from the same
+    /// signer, session and attempt.
+    pub fn check_reveal_envelopes(
+        commit: &VerifiedEnvelope,
+        reveal: &VerifiedEnvelope,
+    ) -> Result<(), ProtoError> {
+        let c = commit.envelope();
+        let r = reveal.envelope();
+        match (&c.body, &r.body) {
+            (
+                Body::NonceCommit {
+                    attempt: ca,
+                    commitment,
+                },
+                Body::Nonce {
+                    attempt: ra,
+                    pub_nonce,
+                },
+            ) if c.signer == r.signer && c.session_id == r.session_id && ca == ra => {
+                commitment.check_reveal(&r.session_id, r.signer, *ra, pub_nonce)
+            }
+            _ => Err(ProtoError::CommitmentMismatch { signer: r.signer }),
+        }
+    }
+}
+
+/// A signer's Nonce envelope as relayed inside [`Body::AggregateNonce`].
+///
+/// The version and session id are those of the enclosing envelope (the signature covers them:
+/// it is the original Nonce envelope's signature), so they are not repeated, and a relayed nonce
+/// cannot itself contain envelopes (no recursion on the wire).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedNonce {
+    /// The signer whose nonce this is.
+    pub signer: SignerIndex,
+    /// Its sequence number in the original envelope.
+    pub seq: SeqNo,
+    /// Its timestamp in the original envelope.
+    pub timestamp_ms: u64,
+    /// The attempt.
+    pub attempt: Attempt,
+    /// The public nonce.
+    pub pub_nonce: PubNonceBytes,
+    /// The original envelope's signature.
+    #[serde(with = "byte_array")]
+    pub signature: [u8; 64],
+}
+
+impl SignedNonce {
+    fn as_envelope(&self, version: u8, session_id: SessionId) -> Envelope {
+        Envelope {
+            version,
+            session_id,
+            signer: self.signer,
+            seq: self.seq,
+            timestamp_ms: self.timestamp_ms,
+            body: Body::Nonce {
+                attempt: self.attempt,
+                pub_nonce: self.pub_nonce,
+            },
+        }
+    }
+
+    /// Rebuilds the original signed Nonce envelope (for feeding it to the session machine).
+    pub fn to_signed_envelope(&self, session_id: SessionId) -> SignedEnvelope {
+        SignedEnvelope {
+            envelope: self.as_envelope(PROTOCOL_VERSION, session_id),
+            signature: self.signature,
+        }
+    }
+}
+
+/// The signed fields of an envelope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    version: u8,
+    session_id: SessionId,
+    signer: SignerIndex,
+    seq: SeqNo,
+    timestamp_ms: u64,
+    body: Body,
+}
+
+impl Envelope {
+    /// Signs a new envelope (BIP340 with fresh auxiliary randomness) over
+    /// `tagged_hash("musig2-p2p/envelope", canonical encoding of every other field)`.
+    ///
+    /// `session` is a [`SessionId`] or `&VerifiedAnnouncement`. This does not check that
+    /// `keypair` is the key at `signer`; [`VerifiedAnnouncement::sign_envelope`] does.
+    pub fn sign(
+        session: impl Into<SessionId>,
+        signer: SignerIndex,
+        seq: SeqNo,
+        timestamp_ms: u64,
+        body: Body,
+        keypair: &Keypair,
+    ) -> SignedEnvelope {
+        Self::sign_with_aux_rand(
+            session,
+            signer,
+            seq,
+            timestamp_ms,
+            body,
+            keypair,
+            &rand::random(),
+        )
+    }
+
+    /// Like [`Envelope::sign`] with caller-chosen auxiliary randomness (deterministic output,
+    /// for test vectors).
+    pub fn sign_with_aux_rand(
+        session: impl Into<SessionId>,
+        signer: SignerIndex,
+        seq: SeqNo,
+        timestamp_ms: u64,
+        body: Body,
+        keypair: &Keypair,
+        aux_rand: &[u8; 32],
+    ) -> SignedEnvelope {
+        let envelope = Envelope {
+            version: PROTOCOL_VERSION,
+            session_id: session.into(),
+            signer,
+            seq,
+            timestamp_ms,
+            body,
+        };
+        let msg = envelope.signing_hash();
+        let signature = schnorr::sign_with_aux_rand(&msg, keypair, aux_rand).to_byte_array();
+        SignedEnvelope {
+            envelope,
+            signature,
+        }
+    }
+
+    /// The 32-byte tagged hash the sender signs.
+    pub fn signing_hash(&self) -> [u8; 32] {
+        tagged(Tag::Envelope, &to_vec(self))
+    }
+
+    /// Protocol version.
+    pub fn version(&self) -> u8 {
+        self.version
+    }
+
+    /// Session id.
+    pub fn session_id(&self) -> SessionId {
+        self.session_id
+    }
+
+    /// Claimed sender index.
+    pub fn signer(&self) -> SignerIndex {
+        self.signer
+    }
+
+    /// Sender's sequence number.
+    pub fn seq(&self) -> SeqNo {
+        self.seq
+    }
+
+    /// Sender's timestamp (milliseconds since the UNIX epoch).
+    pub fn timestamp_ms(&self) -> u64 {
+        self.timestamp_ms
+    }
+
+    /// The payload.
+    pub fn body(&self) -> &Body {
+        &self.body
+    }
+}
+
+impl From<&SessionId> for SessionId {
+    fn from(id: &SessionId) -> SessionId {
+        *id
+    }
+}
+
+/// An envelope with its sender's signature, as carried on the wire. Not trusted until verified.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedEnvelope {
+    envelope: Envelope,
+    #[serde(with = "byte_array")]
+    signature: [u8; 64],
+}
+
+impl SignedEnvelope {
+    /// The (unverified) signed fields.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// The sender's BIP340 signature.
+    pub fn signature(&self) -> &[u8; 64] {
+        &self.signature
+    }
+
+    /// Encodes as a complete frame.
+    pub fn to_frame_bytes(&self) -> Vec<u8> {
+        encode_frame(FrameRef::Envelope(self))
+    }
+
+    /// Decodes a frame that must hold a single envelope (see [`crate::decode_frame`]).
+    pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Self, ProtoError> {
+        match crate::frame::decode_frame(bytes, limits)? {
+            Frame::Envelope(e) => Ok(e),
+            other => Err(ProtoError::UnexpectedFrame {
+                expected: "envelope",
+                found: other.kind(),
+            }),
+        }
+    }
+
+    /// Verifies the envelope against the session's verified announcement: version, session id,
+    /// that the signer index exists, the signature under that signer's key, and body rules
+    /// (a Join's peer id matches the announced one, an Abort blames an existing index, an
+    /// AggregateNonce only in star topology, carrying one correctly signed nonce per signer
+    /// whose sum is the aggregate).
+    pub fn verify(
+        &self,
+        announcement: &VerifiedAnnouncement,
+    ) -> Result<VerifiedEnvelope, ProtoError> {
+        let e = &self.envelope;
+        check_header(e.version, e.signer, announcement)?;
+        if e.session_id != announcement.session_id() {
+            return Err(ProtoError::WrongSession { signer: e.signer });
+        }
+        verify_sig(announcement, e, &self.signature)?;
+        check_body(e, announcement)?;
+        Ok(VerifiedEnvelope {
+            signed: self.clone(),
+        })
+    }
+}
+
+fn check_header(
+    version: u8,
+    signer: SignerIndex,
+    announcement: &VerifiedAnnouncement,
+) -> Result<(), ProtoError> {
+    if version != PROTOCOL_VERSION {
+        return Err(ProtoError::UnsupportedVersion {
+            version,
+            supported: PROTOCOL_VERSION,
+        });
+    }
+    if signer.as_usize() >= announcement.signer_count() {
+        return Err(ProtoError::UnknownSigner {
+            index: signer.get(),
+            signers: announcement.signer_count(),
+        });
+    }
+    Ok(())
+}
+
+fn verify_sig(
+    announcement: &VerifiedAnnouncement,
+    e: &Envelope,
+    signature: &[u8; 64],
+) -> Result<(), ProtoError> {
+    let key = announcement
+        .x_only(e.signer)
+        .ok_or(ProtoError::UnknownSigner {
+            index: e.signer.get(),
+            signers: announcement.signer_count(),
+        })?;
+    let sig = schnorr::Signature::from_byte_array(*signature);
+    key.verify(&e.signing_hash(), &sig)
+        .map_err(|_| ProtoError::BadEnvelopeSignature { signer: e.signer })
+}
+
+fn check_body(e: &Envelope, announcement: &VerifiedAnnouncement) -> Result<(), ProtoError> {
+    let n = announcement.signer_count();
+    match &e.body {
+        Body::Join { peer_id } => {
+            let announced = &announcement.announcement().signers[e.signer.as_usize()].peer_id;
+            if let Some(expected) = announced {
+                if expected != peer_id {
+                    return Err(ProtoError::PeerIdMismatch { signer: e.signer });
+                }
+            }
+        }
+        Body::Abort {
+            blamed: Some(blamed),
+            ..
+        } if blamed.as_usize() >= n => {
+            return Err(ProtoError::BlamedOutOfRange {
+                signer: e.signer,
+                blamed: blamed.get(),
+            });
+        }
+        Body::AggregateNonce {
+            attempt,
+            agg_nonce,
+            nonces,
+        } => {
+            if announcement.announcement().policy.topology != Topology::Star {
+                return Err(ProtoError::UnexpectedAggregateNonce { signer: e.signer });
+            }
+            if nonces.len() != n
+                || nonces
+                    .iter()
+                    .enumerate()
+                    .any(|(i, sn)| sn.signer.as_usize() != i)
+            {
+                return Err(ProtoError::AggregateNonceIncomplete { signer: e.signer });
+            }
+            for sn in nonces {
+                if sn.attempt != *attempt {
+                    return Err(ProtoError::AttemptMismatch {
+                        signer: sn.signer,
+                        expected: attempt.get(),
+                        found: sn.attempt.get(),
+                    });
+                }
+                verify_sig(
+                    announcement,
+                    &sn.as_envelope(e.version, e.session_id),
+                    &sn.signature,
+                )?;
+            }
+            let pub_nonces: Vec<PubNonceBytes> = nonces.iter().map(|sn| sn.pub_nonce).collect();
+            if AggNonceBytes::aggregate(&pub_nonces).as_ref() != Some(agg_nonce) {
+                return Err(ProtoError::AggregateNonceMismatch { signer: e.signer });
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// An envelope whose signature verified under the key of its claimed signer index in a
+/// verified announcement, and whose body passed the protocol's structural rules.
+///
+/// Only [`SignedEnvelope::verify`] creates one. Replay and phase checks (sequence windows,
+/// timestamp skew, whether the body is expected now) are the session machine's job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedEnvelope {
+    signed: SignedEnvelope,
+}
+
+impl VerifiedEnvelope {
+    /// The verified fields.
+    pub fn envelope(&self) -> &Envelope {
+        &self.signed.envelope
+    }
+
+    /// The authenticated sender.
+    pub fn signer(&self) -> SignerIndex {
+        self.signed.envelope.signer
+    }
+
+    /// The sender's sequence number.
+    pub fn seq(&self) -> SeqNo {
+        self.signed.envelope.seq
+    }
+
+    /// The sender's timestamp.
+    pub fn timestamp_ms(&self) -> u64 {
+        self.signed.envelope.timestamp_ms
+    }
+
+    /// The payload.
+    pub fn body(&self) -> &Body {
+        &self.signed.envelope.body
+    }
+
+    /// The signed form, for relaying (relayed envelopes stay verifiable by anyone).
+    pub fn signed(&self) -> &SignedEnvelope {
+        &self.signed
+    }
+
+    /// Consumes into the signed form.
+    pub fn into_signed(self) -> SignedEnvelope {
+        self.signed
+    }
+}

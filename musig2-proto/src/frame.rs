@@ -1,0 +1,176 @@
+//! Frames: the unit that crosses the wire, and the single decoding entry point.
+
+use serde::{Deserialize, Serialize};
+
+use crate::PROTOCOL_VERSION;
+use crate::announcement::{FrameRef, SignedAnnouncement};
+use crate::envelope::{Body, SignedEnvelope};
+use crate::error::{ProtoError, clear_decode_error, from_postcard};
+
+/// Size and count limits applied when decoding and verifying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Frames longer than this are rejected before parsing (default 64 KiB).
+    pub max_frame_bytes: usize,
+    /// Maximum signers in an announcement (default 128; at most 4096).
+    pub max_signers: usize,
+    /// Maximum length of the message to sign (default 4 KiB).
+    pub max_message_bytes: usize,
+    /// Maximum number of tweaks (default 16).
+    pub max_tweaks: usize,
+    /// Maximum envelopes in a batch frame (default 64).
+    pub max_batch_entries: usize,
+    /// How far in the future an announcement's creation time may be (default 5 minutes).
+    pub max_clock_skew_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 64 * 1024,
+            max_signers: 128,
+            max_message_bytes: 4 * 1024,
+            max_tweaks: 16,
+            max_batch_entries: 64,
+            max_clock_skew_ms: 5 * 60 * 1000,
+        }
+    }
+}
+
+/// Anything that arrives on the wire.
+///
+/// A batch is a frame kind rather than an envelope body: each envelope in it carries its own
+/// signature (possibly from different senders, when relaying), so an outer signature would add
+/// nothing, and batches cannot nest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// A signed session announcement.
+    Announcement(SignedAnnouncement),
+    /// One signed envelope.
+    Envelope(SignedEnvelope),
+    /// Several signed envelopes for one peer (1 to [`Limits::max_batch_entries`]).
+    Batch(Vec<SignedEnvelope>),
+}
+
+impl Frame {
+    /// A short name for the frame kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Announcement(_) => "announcement",
+            Frame::Envelope(_) => "envelope",
+            Frame::Batch(_) => "batch",
+        }
+    }
+
+    /// The canonical encoding of this frame.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Frame::Announcement(a) => encode_frame(FrameRef::Announcement(a)),
+            Frame::Envelope(e) => encode_frame(FrameRef::Envelope(e)),
+            Frame::Batch(b) => encode_frame(FrameRef::Batch(b)),
+        }
+    }
+
+    /// Encodes several envelopes as one batch frame.
+    pub fn encode_batch(envelopes: &[SignedEnvelope]) -> Vec<u8> {
+        encode_frame(FrameRef::Batch(envelopes))
+    }
+}
+
+/// Frame tag bytes (the postcard variant index of [`Frame`]).
+const TAG_ANNOUNCEMENT: u8 = 0;
+const TAG_ENVELOPE: u8 = 1;
+
+/// Decodes one frame, strictly.
+///
+/// In order: rejects frames over `limits.max_frame_bytes` without parsing; rejects an unknown
+/// protocol version (read before anything else); parses, rejecting invalid points, scalars and
+/// out-of-range values with typed errors; rejects trailing bytes; rejects encodings that are not
+/// canonical (re-encoding must give the same bytes); checks an announcement's structure against
+/// `limits` and a batch's entry count. Signatures are not checked here: see
+/// [`SignedAnnouncement::verify`] and [`SignedEnvelope::verify`].
+pub fn decode_frame(bytes: &[u8], limits: &Limits) -> Result<Frame, ProtoError> {
+    if bytes.len() > limits.max_frame_bytes {
+        return Err(ProtoError::FrameTooLarge {
+            len: bytes.len(),
+            max: limits.max_frame_bytes,
+        });
+    }
+    if let [TAG_ANNOUNCEMENT | TAG_ENVELOPE, version, ..] = bytes {
+        if *version != PROTOCOL_VERSION {
+            return Err(ProtoError::UnsupportedVersion {
+                version: *version,
+                supported: PROTOCOL_VERSION,
+            });
+        }
+    }
+    clear_decode_error();
+    let (frame, rest): (Frame, &[u8]) = postcard::take_from_bytes(bytes).map_err(from_postcard)?;
+    if !rest.is_empty() {
+        return Err(ProtoError::TrailingBytes { count: rest.len() });
+    }
+    if frame.encode() != bytes {
+        return Err(ProtoError::NonCanonical);
+    }
+    match &frame {
+        Frame::Announcement(a) => {
+            check_version(a.version())?;
+            a.announcement().validate(limits)?;
+        }
+        Frame::Envelope(e) => check_envelope(e)?,
+        Frame::Batch(entries) => {
+            if entries.is_empty() {
+                return Err(ProtoError::OutOfRange {
+                    field: "batch",
+                    reason: "must hold at least one envelope",
+                });
+            }
+            if entries.len() > limits.max_batch_entries {
+                return Err(ProtoError::LimitExceeded {
+                    what: "batch entries",
+                    actual: entries.len(),
+                    max: limits.max_batch_entries,
+                });
+            }
+            for e in entries {
+                check_envelope(e)?;
+            }
+        }
+    }
+    Ok(frame)
+}
+
+fn check_version(version: u8) -> Result<(), ProtoError> {
+    if version != PROTOCOL_VERSION {
+        return Err(ProtoError::UnsupportedVersion {
+            version,
+            supported: PROTOCOL_VERSION,
+        });
+    }
+    Ok(())
+}
+
+fn check_envelope(e: &SignedEnvelope) -> Result<(), ProtoError> {
+    let env = e.envelope();
+    check_version(env.version())?;
+    if let Body::AggregateNonce { nonces, .. } = env.body() {
+        if nonces.is_empty() || nonces.len() > usize::from(crate::SignerIndex::MAX) + 1 {
+            return Err(ProtoError::OutOfRange {
+                field: "aggregate nonce entries",
+                reason: "1 to 4096 relayed nonces",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Canonical encoding of any protocol value (postcard).
+pub(crate) fn to_vec<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    // Serializing into a Vec cannot fail for this crate's types: they contain no maps of unknown
+    // length and no types postcard rejects.
+    postcard::to_allocvec(value).unwrap_or_default()
+}
+
+pub(crate) fn encode_frame(frame: FrameRef<'_>) -> Vec<u8> {
+    to_vec(&frame)
+}

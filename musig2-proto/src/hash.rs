@@ -1,0 +1,109 @@
+//! BIP340 tagged hashes with this protocol's domain-separation tags.
+
+use std::sync::OnceLock;
+
+use sha2::{Digest, Sha256};
+
+/// Tag for session ids (hash of the canonical announcement encoding).
+pub const TAG_SESSION_ID: &str = "musig2-p2p/session-id";
+/// Tag for the message the announcement creator signs (the session id).
+pub const TAG_ANNOUNCEMENT: &str = "musig2-p2p/announcement";
+/// Tag for the message an envelope sender signs (the canonical unsigned envelope).
+pub const TAG_ENVELOPE: &str = "musig2-p2p/envelope";
+/// Tag for nonce commitments.
+pub const TAG_NONCE_COMMITMENT: &str = "musig2-p2p/nonce-commitment";
+
+/// Which of the protocol's tags to use.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Tag {
+    SessionId,
+    Announcement,
+    Envelope,
+    NonceCommitment,
+}
+
+impl Tag {
+    fn as_str(self) -> &'static str {
+        match self {
+            Tag::SessionId => TAG_SESSION_ID,
+            Tag::Announcement => TAG_ANNOUNCEMENT,
+            Tag::Envelope => TAG_ENVELOPE,
+            Tag::NonceCommitment => TAG_NONCE_COMMITMENT,
+        }
+    }
+
+    fn slot(self) -> &'static OnceLock<Sha256> {
+        static SLOTS: [OnceLock<Sha256>; 4] = [
+            OnceLock::new(),
+            OnceLock::new(),
+            OnceLock::new(),
+            OnceLock::new(),
+        ];
+        &SLOTS[self as usize]
+    }
+
+    /// A SHA256 engine that has already absorbed `SHA256(tag) || SHA256(tag)`.
+    pub(crate) fn engine(self) -> Sha256 {
+        self.slot()
+            .get_or_init(|| {
+                let tag_hash = Sha256::digest(self.as_str().as_bytes());
+                let mut engine = Sha256::new();
+                engine.update(tag_hash);
+                engine.update(tag_hash);
+                engine
+            })
+            .clone()
+    }
+}
+
+/// `SHA256(SHA256(tag) || SHA256(tag) || msg)` as in BIP340.
+pub fn tagged_hash(tag: &str, msg: &[u8]) -> [u8; 32] {
+    let tag_hash = Sha256::digest(tag.as_bytes());
+    let mut engine = Sha256::new();
+    engine.update(tag_hash);
+    engine.update(tag_hash);
+    engine.update(msg);
+    engine.finalize().into()
+}
+
+pub(crate) fn tagged(tag: Tag, msg: &[u8]) -> [u8; 32] {
+    let mut engine = tag.engine();
+    engine.update(msg);
+    engine.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_engine_matches_plain_tagged_hash() {
+        for tag in [
+            Tag::SessionId,
+            Tag::Announcement,
+            Tag::Envelope,
+            Tag::NonceCommitment,
+        ] {
+            assert_eq!(tagged(tag, b"abc"), tagged_hash(tag.as_str(), b"abc"));
+        }
+    }
+
+    #[test]
+    fn bip340_challenge_tag_vector() {
+        // SHA256 of the tag "BIP0340/challenge" is a published constant; check the construction
+        // against a manual computation with a different tag so the prefix is really doubled.
+        let manual = {
+            let t = Sha256::digest(b"BIP0340/challenge");
+            let mut e = Sha256::new();
+            e.update(t);
+            e.update(t);
+            e.update([1u8, 2, 3]);
+            <[u8; 32]>::from(e.finalize())
+        };
+        assert_eq!(tagged_hash("BIP0340/challenge", &[1, 2, 3]), manual);
+        assert_ne!(
+            tagged_hash("BIP0340/challenge", &[1, 2, 3]),
+            tagged_hash("x", &[1, 2, 3])
+        );
+    }
+}

@@ -1,0 +1,590 @@
+//! Validated newtypes for every value that crosses the wire.
+//!
+//! Each type checks its invariant when constructed and when deserialized, so a value of one of
+//! these types is always valid.
+
+use std::fmt;
+
+use secp256k1::{PublicKey, Scalar};
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::ser::{SerializeTuple, Serializer};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ProtoError, de_error};
+
+/// Fixed-size byte arrays as postcard tuples: exactly `N` raw bytes, no length prefix.
+pub(crate) mod byte_array {
+    use super::*;
+
+    pub(crate) fn serialize<S: Serializer, const N: usize>(
+        bytes: &[u8; N],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut tup = serializer.serialize_tuple(N)?;
+        for b in bytes {
+            tup.serialize_element(b)?;
+        }
+        tup.end()
+    }
+
+    struct ArrayVisitor<const N: usize>;
+
+    impl<'de, const N: usize> Visitor<'de> for ArrayVisitor<N> {
+        type Value = [u8; N];
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "{N} bytes")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; N], A::Error> {
+            let mut out = [0u8; N];
+            for (i, slot) in out.iter_mut().enumerate() {
+                *slot = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(i, &self))?;
+            }
+            Ok(out)
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        deserializer: D,
+    ) -> Result<[u8; N], D::Error> {
+        deserializer.deserialize_tuple(N, ArrayVisitor::<N>)
+    }
+}
+
+/// Variable-length byte strings: varint length, then the raw bytes.
+pub(crate) mod byte_vec {
+    use super::*;
+
+    pub(crate) fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    struct BytesVisitor;
+
+    impl<'de> Visitor<'de> for BytesVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a byte string")
+        }
+
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(b) = seq.next_element()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<u8>, D::Error> {
+        deserializer.deserialize_bytes(BytesVisitor)
+    }
+}
+
+/// secp256k1 public keys as 33-byte compressed points; decoding rejects invalid points.
+pub(crate) mod pubkey33 {
+    use super::*;
+
+    pub(crate) fn serialize<S: Serializer>(
+        key: &PublicKey,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        byte_array::serialize(&key.serialize(), serializer)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<PublicKey, D::Error> {
+        let bytes: [u8; 33] = byte_array::deserialize(deserializer)?;
+        PublicKey::from_byte_array_compressed(bytes).map_err(|_| {
+            de_error(ProtoError::InvalidPoint {
+                field: "signer key",
+            })
+        })
+    }
+}
+
+fn hex_fmt(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+    for b in bytes {
+        write!(f, "{b:02x}")?;
+    }
+    Ok(())
+}
+
+/// Generates the serde impls for a newtype over a fixed-size array, validating on decode.
+macro_rules! array_newtype_serde {
+    ($ty:ident, $n:expr) => {
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                byte_array::serialize(&self.0, serializer)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let bytes: [u8; $n] = byte_array::deserialize(deserializer)?;
+                $ty::from_bytes(bytes).map_err(de_error)
+            }
+        }
+
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($ty), "("))?;
+                hex_fmt(f, &self.0)?;
+                write!(f, ")")
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                hex_fmt(f, &self.0)
+            }
+        }
+    };
+}
+
+/// A session id: the tagged hash of an announcement's canonical encoding.
+///
+/// Every 32-byte string is a syntactically valid id; whether it belongs to a given announcement is
+/// checked by recomputing it ([`crate::SignedAnnouncement::verify`]).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId([u8; 32]);
+
+impl SessionId {
+    /// Wraps raw bytes (any 32 bytes are a syntactically valid id).
+    pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, ProtoError> {
+        Ok(SessionId(bytes))
+    }
+
+    /// The raw id bytes.
+    pub fn to_bytes(self) -> [u8; 32] {
+        self.0
+    }
+
+    /// The raw id bytes by reference.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    pub(crate) fn from_hash(bytes: [u8; 32]) -> Self {
+        SessionId(bytes)
+    }
+}
+array_newtype_serde!(SessionId, 32);
+
+/// Index of a signer in the announcement's signer list (0-based).
+///
+/// At most [`SignerIndex::MAX`]; whether it exists in a given session is checked against the
+/// announcement during verification. Encoded as a varint.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct SignerIndex(u16);
+
+impl SignerIndex {
+    /// The largest index the protocol allows (so at most 4096 signers).
+    pub const MAX: u16 = 4095;
+
+    /// Validates an index.
+    pub fn new(index: u16) -> Result<Self, ProtoError> {
+        if index > Self::MAX {
+            return Err(ProtoError::OutOfRange {
+                field: "signer index",
+                reason: "must be at most 4095",
+            });
+        }
+        Ok(SignerIndex(index))
+    }
+
+    /// The index as a number.
+    pub fn get(self) -> u16 {
+        self.0
+    }
+
+    /// The index as a `usize`, for indexing the signer list.
+    pub fn as_usize(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+impl TryFrom<usize> for SignerIndex {
+    type Error = ProtoError;
+    fn try_from(value: usize) -> Result<Self, ProtoError> {
+        let v = u16::try_from(value).map_err(|_| ProtoError::OutOfRange {
+            field: "signer index",
+            reason: "must be at most 4095",
+        })?;
+        SignerIndex::new(v)
+    }
+}
+
+impl fmt::Display for SignerIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl Serialize for SignerIndex {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u16(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SignerIndex {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        SignerIndex::new(u16::deserialize(deserializer)?).map_err(de_error)
+    }
+}
+
+/// A sender's sequence number. Starts at 1 (0 is reserved to mean "nothing seen yet").
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct SeqNo(u64);
+
+impl SeqNo {
+    /// The first sequence number.
+    pub const FIRST: SeqNo = SeqNo(1);
+
+    /// Validates a sequence number (must be at least 1).
+    pub fn new(seq: u64) -> Result<Self, ProtoError> {
+        if seq == 0 {
+            return Err(ProtoError::OutOfRange {
+                field: "sequence number",
+                reason: "must be at least 1",
+            });
+        }
+        Ok(SeqNo(seq))
+    }
+
+    /// The number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The following sequence number, or `None` at `u64::MAX`.
+    pub fn next(self) -> Option<SeqNo> {
+        self.0.checked_add(1).map(SeqNo)
+    }
+}
+
+impl fmt::Display for SeqNo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl Serialize for SeqNo {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SeqNo {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        SeqNo::new(u64::deserialize(deserializer)?).map_err(de_error)
+    }
+}
+
+/// Signing attempt number within a session: 0 for the first attempt, incremented by each
+/// Restart (fresh nonces after a crash) or failover. At most [`Attempt::MAX`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default)]
+pub struct Attempt(u16);
+
+impl Attempt {
+    /// The largest attempt number the protocol allows.
+    pub const MAX: u16 = 1024;
+
+    /// The first attempt.
+    pub const FIRST: Attempt = Attempt(0);
+
+    /// Validates an attempt number.
+    pub fn new(attempt: u16) -> Result<Self, ProtoError> {
+        if attempt > Self::MAX {
+            return Err(ProtoError::OutOfRange {
+                field: "attempt",
+                reason: "must be at most 1024",
+            });
+        }
+        Ok(Attempt(attempt))
+    }
+
+    /// The number.
+    pub fn get(self) -> u16 {
+        self.0
+    }
+
+    /// The following attempt, or `None` past [`Attempt::MAX`].
+    pub fn next(self) -> Option<Attempt> {
+        Attempt::new(self.0.checked_add(1)?).ok()
+    }
+}
+
+impl fmt::Display for Attempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl Serialize for Attempt {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u16(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Attempt {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Attempt::new(u16::deserialize(deserializer)?).map_err(de_error)
+    }
+}
+
+/// Opaque peer id bytes (libp2p `PeerId::to_bytes()`), 1 to 64 bytes.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerIdBytes(Vec<u8>);
+
+impl PeerIdBytes {
+    /// Maximum length in bytes.
+    pub const MAX_LEN: usize = 64;
+
+    /// Validates the length (1..=64 bytes).
+    pub fn new(bytes: Vec<u8>) -> Result<Self, ProtoError> {
+        if bytes.is_empty() || bytes.len() > Self::MAX_LEN {
+            return Err(ProtoError::OutOfRange {
+                field: "peer id",
+                reason: "must be 1 to 64 bytes",
+            });
+        }
+        Ok(PeerIdBytes(bytes))
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PeerIdBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PeerIdBytes(")?;
+        hex_fmt(f, &self.0)?;
+        write!(f, ")")
+    }
+}
+
+impl Serialize for PeerIdBytes {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        byte_vec::serialize(&self.0, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for PeerIdBytes {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        PeerIdBytes::new(byte_vec::deserialize(deserializer)?).map_err(de_error)
+    }
+}
+
+fn check_point(bytes: [u8; 33], field: &'static str) -> Result<PublicKey, ProtoError> {
+    PublicKey::from_byte_array_compressed(bytes).map_err(|_| ProtoError::InvalidPoint { field })
+}
+
+fn split66(bytes: &[u8; 66]) -> ([u8; 33], [u8; 33]) {
+    let mut a = [0u8; 33];
+    let mut b = [0u8; 33];
+    a.copy_from_slice(&bytes[..33]);
+    b.copy_from_slice(&bytes[33..]);
+    (a, b)
+}
+
+/// A BIP327 public nonce: two valid compressed points, 66 bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PubNonceBytes([u8; 66]);
+
+impl PubNonceBytes {
+    /// Validates that both halves are valid compressed points.
+    pub fn from_bytes(bytes: [u8; 66]) -> Result<Self, ProtoError> {
+        let (a, b) = split66(&bytes);
+        check_point(a, "public nonce R1")?;
+        check_point(b, "public nonce R2")?;
+        Ok(PubNonceBytes(bytes))
+    }
+
+    /// The 66 bytes.
+    pub fn to_bytes(self) -> [u8; 66] {
+        self.0
+    }
+
+    /// The 66 bytes by reference.
+    pub fn as_bytes(&self) -> &[u8; 66] {
+        &self.0
+    }
+
+    /// The two points (already validated).
+    pub fn points(&self) -> Result<[PublicKey; 2], ProtoError> {
+        let (a, b) = split66(&self.0);
+        Ok([
+            check_point(a, "public nonce R1")?,
+            check_point(b, "public nonce R2")?,
+        ])
+    }
+}
+array_newtype_serde!(PubNonceBytes, 66);
+
+/// A BIP327 aggregate nonce: two compressed points, 66 bytes, where either may be the point at
+/// infinity encoded as 33 zero bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AggNonceBytes([u8; 66]);
+
+impl AggNonceBytes {
+    /// Validates that each half is a valid compressed point or 33 zero bytes.
+    pub fn from_bytes(bytes: [u8; 66]) -> Result<Self, ProtoError> {
+        let (a, b) = split66(&bytes);
+        if a != [0u8; 33] {
+            check_point(a, "aggregate nonce R1")?;
+        }
+        if b != [0u8; 33] {
+            check_point(b, "aggregate nonce R2")?;
+        }
+        Ok(AggNonceBytes(bytes))
+    }
+
+    /// Sums public nonces (BIP327 NonceAgg). Returns `None` for an empty list.
+    pub fn aggregate(nonces: &[PubNonceBytes]) -> Option<AggNonceBytes> {
+        if nonces.is_empty() {
+            return None;
+        }
+        let mut out = [0u8; 66];
+        for j in 0..2 {
+            let points: Vec<PublicKey> = nonces
+                .iter()
+                .map(|n| {
+                    let mut b = [0u8; 33];
+                    b.copy_from_slice(&n.0[33 * j..33 * (j + 1)]);
+                    PublicKey::from_byte_array_compressed(b)
+                })
+                .collect::<Result<_, _>>()
+                .ok()?;
+            let refs: Vec<&PublicKey> = points.iter().collect();
+            // `combine_keys` fails only when the sum is the point at infinity, which BIP327
+            // encodes as 33 zero bytes.
+            if let Ok(sum) = PublicKey::combine_keys(&refs) {
+                out[33 * j..33 * (j + 1)].copy_from_slice(&sum.serialize());
+            }
+        }
+        Some(AggNonceBytes(out))
+    }
+
+    /// The 66 bytes.
+    pub fn to_bytes(self) -> [u8; 66] {
+        self.0
+    }
+
+    /// The 66 bytes by reference.
+    pub fn as_bytes(&self) -> &[u8; 66] {
+        &self.0
+    }
+}
+array_newtype_serde!(AggNonceBytes, 66);
+
+/// A BIP327 partial signature: a 32-byte big-endian scalar below the curve order.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PartialSigBytes([u8; 32]);
+
+impl PartialSigBytes {
+    /// Validates that the value is below the curve order.
+    pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, ProtoError> {
+        Scalar::from_be_bytes(bytes).map_err(|_| ProtoError::InvalidScalar {
+            field: "partial signature",
+        })?;
+        Ok(PartialSigBytes(bytes))
+    }
+
+    /// The 32 bytes.
+    pub fn to_bytes(self) -> [u8; 32] {
+        self.0
+    }
+}
+array_newtype_serde!(PartialSigBytes, 32);
+
+/// A BIP327 tweak: a scalar below the curve order, applied as a plain or x-only tweak.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Tweak {
+    value: [u8; 32],
+    x_only: bool,
+}
+
+impl Tweak {
+    /// Validates the tweak value (must be below the curve order).
+    pub fn new(value: [u8; 32], x_only: bool) -> Result<Self, ProtoError> {
+        Scalar::from_be_bytes(value).map_err(|_| ProtoError::InvalidScalar { field: "tweak" })?;
+        Ok(Tweak { value, x_only })
+    }
+
+    /// The 32-byte big-endian tweak value.
+    pub fn value(&self) -> [u8; 32] {
+        self.value
+    }
+
+    /// Whether this is an x-only tweak (as for Taproot) rather than a plain one.
+    pub fn is_x_only(&self) -> bool {
+        self.x_only
+    }
+}
+
+impl Serialize for Tweak {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut tup = serializer.serialize_tuple(2)?;
+        tup.serialize_element(&TweakValue(self.value))?;
+        tup.serialize_element(&self.x_only)?;
+        tup.end()
+    }
+}
+
+/// Helper so the tweak value serializes as 32 raw bytes.
+struct TweakValue([u8; 32]);
+
+impl Serialize for TweakValue {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        byte_array::serialize(&self.0, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Tweak {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Raw(#[serde(with = "byte_array")] [u8; 32], bool);
+        let raw = Raw::deserialize(deserializer)?;
+        Tweak::new(raw.0, raw.1).map_err(de_error)
+    }
+}
+
+/// A nonce commitment: `tagged_hash("musig2-p2p/nonce-commitment", session id, signer, attempt,
+/// public nonce)`. See [`NonceCommitment::compute`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NonceCommitment([u8; 32]);
+
+impl NonceCommitment {
+    /// Wraps raw commitment bytes (any 32 bytes are syntactically valid).
+    pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, ProtoError> {
+        Ok(NonceCommitment(bytes))
+    }
+
+    /// The 32 bytes.
+    pub fn to_bytes(self) -> [u8; 32] {
+        self.0
+    }
+
+    pub(crate) fn from_hash(bytes: [u8; 32]) -> Self {
+        NonceCommitment(bytes)
+    }
+}
+array_newtype_serde!(NonceCommitment, 32);
