@@ -1,1 +1,143 @@
-//! (being written)
+//! # musig2-transport
+//!
+//! The transport layer of musig2-p2p. It moves opaque frames between peers and stores records in
+//! a DHT; it knows nothing about MuSig2.
+//!
+//! * [`Transport`]: the one async trait every implementation provides (object safe, so
+//!   `Arc<dyn Transport>` works).
+//! * [`MemoryNetwork`] / [`MemoryTransport`]: any number of nodes in one process, with a
+//!   seeded [`LinkFault`] plan (drop, delay, duplicate, reorder), partitions and crashes;
+//!   deterministic under a paused tokio clock.
+//! * [`Libp2pTransport`]: a real libp2p 0.57 node (TCP + Noise + Yamux, QUIC, identify, ping,
+//!   Kademlia in server mode, request-response frames with a hard size cap), whose swarm runs in
+//!   its own task behind bounded channels.
+//!
+//! ## Inbound frames, events and back-pressure
+//!
+//! [`Transport::recv`] is cancellation safe: it is backed by a bounded
+//! `tokio::sync::mpsc` receiver behind a `tokio::sync::Mutex`, so it can sit in a `tokio::select!`
+//! loop and a cancelled call loses no frame. When a receiver's inbound queue is full, the sender's
+//! [`Transport::send`] fails with [`TransportError::Backpressure`] instead of memory growing.
+//! [`Transport::events`] hands out a bounded broadcast receiver; the first call gets every event
+//! since the node started, later calls see events from then on.
+//!
+//! ## Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use musig2_transport::{Bytes, MemoryNetwork, RecordValidator, Transport};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), musig2_transport::TransportError> {
+//! let net = MemoryNetwork::new(7);
+//! let alice = net.add_node();
+//! let bob = net.add_node();
+//!
+//! alice.send(bob.local_peer_id(), Bytes::from_static(b"hello")).await?;
+//! let inbound = bob.recv().await?;
+//! assert_eq!(inbound.from, alice.local_peer_id());
+//! assert_eq!(&inbound.frame[..], b"hello");
+//!
+//! alice.dht_put(b"key".to_vec(), b"value".to_vec(), Duration::from_secs(60)).await?;
+//! let value = bob.dht_get(b"key".to_vec(), RecordValidator::accept_all()).await?;
+//! assert_eq!(value, b"value");
+//!
+//! // The same code runs against `Arc<dyn Transport>`.
+//! let dynamic: std::sync::Arc<dyn Transport> = std::sync::Arc::new(bob);
+//! dynamic.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod libp2p_transport;
+mod memory;
+mod types;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use bytes::Bytes;
+pub use error::TransportError;
+pub use libp2p::Multiaddr;
+pub use libp2p_transport::{
+    FRAME_PROTOCOL, FrameCodec, FrameStatus, KeySource, Libp2pConfig, Libp2pTransport,
+};
+pub use memory::{Delay, LinkFault, MemoryConfig, MemoryNetwork, MemoryTransport};
+pub use types::{Inbound, PeerEvent, PeerId, RecordValidator, SendReport};
+
+/// Result alias of this crate.
+pub type Result<T, E = TransportError> = std::result::Result<T, E>;
+
+/// A node's view of the network: frames to and from peers, a DHT, and connectivity events.
+///
+/// Implementations: [`MemoryTransport`] and [`Libp2pTransport`]. The trait is object safe.
+#[async_trait]
+pub trait Transport: Send + Sync {
+    /// This node's peer id.
+    fn local_peer_id(&self) -> PeerId;
+
+    /// The largest frame this node sends or accepts, in bytes.
+    fn max_frame_size(&self) -> usize;
+
+    /// Sends one frame to `to` and waits until the remote node has accepted it into its inbound
+    /// queue (acknowledged delivery).
+    ///
+    /// Errors: [`TransportError::FrameTooLarge`] before anything is sent,
+    /// [`TransportError::UnknownPeer`] when no address is known, [`TransportError::Unreachable`],
+    /// [`TransportError::Timeout`], [`TransportError::Backpressure`] when the remote queue is full
+    /// or the remote rate-limits us, [`TransportError::Closed`] after shutdown.
+    async fn send(&self, to: PeerId, frame: Bytes) -> Result<()>;
+
+    /// Sends the same frame to every peer in `to` concurrently and reports one result per peer,
+    /// in the order of `to`. One slow or failed peer does not delay the others' results beyond
+    /// the send timeout.
+    async fn send_many(&self, to: &[PeerId], frame: Bytes) -> Vec<SendReport>;
+
+    /// Waits for the next inbound frame. Cancellation safe. Returns
+    /// [`TransportError::Closed`] once the node is shut down (or crashed).
+    async fn recv(&self) -> Result<Inbound>;
+
+    /// Stores `value` under `key` in the DHT for `ttl`.
+    ///
+    /// Waits and retries while the node has no DHT peers yet, up to the DHT timeout.
+    async fn dht_put(&self, key: Vec<u8>, value: Vec<u8>, ttl: Duration) -> Result<()>;
+
+    /// Returns the first unexpired value stored under `key` that `validator` accepts; records the
+    /// validator rejects (poisoned records) are skipped.
+    async fn dht_get(&self, key: Vec<u8>, validator: RecordValidator) -> Result<Vec<u8>>;
+
+    /// Tells the node that `peer` can be reached at `addr`.
+    async fn add_address(&self, peer: PeerId, addr: Multiaddr) -> Result<()>;
+
+    /// Connects to `peer` (using known addresses) and waits until connected.
+    async fn dial(&self, peer: PeerId) -> Result<()>;
+
+    /// A bounded receiver of connect / disconnect events. The first call returns a receiver that
+    /// holds every event since the node started; later calls subscribe from now on. A receiver
+    /// that falls behind gets `RecvError::Lagged` rather than unbounded buffering.
+    fn events(&self) -> tokio::sync::broadcast::Receiver<PeerEvent>;
+
+    /// Stops the node: closes connections and listeners, ends the event stream, and makes every
+    /// later call return [`TransportError::Closed`]. Idempotent.
+    async fn shutdown(&self) -> Result<()>;
+}
+
+/// Runs `send` to every peer concurrently; shared by the implementations.
+pub(crate) async fn send_many_with<T: Transport + ?Sized>(
+    transport: &T,
+    to: &[PeerId],
+    frame: Bytes,
+) -> Vec<SendReport> {
+    let futures = to.iter().map(|peer| {
+        let frame = frame.clone();
+        async move {
+            SendReport {
+                peer: *peer,
+                result: transport.send(*peer, frame).await,
+            }
+        }
+    });
+    futures::future::join_all(futures).await
+}

@@ -1,0 +1,1229 @@
+//! A real libp2p node: the swarm runs in its own task, the handle talks to it over bounded
+//! channels.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::kad::store::RecordStore;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent, dial_opts::DialOpts};
+use libp2p::{
+    Multiaddr, StreamProtocol, Swarm, connection_limits, identify, identity, kad, noise, ping,
+    request_response, tcp, yamux,
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::{
+    Inbound, PeerEvent, PeerId, RecordValidator, Result, SendReport, Transport, TransportError,
+};
+
+/// The request-response protocol that carries frames.
+pub const FRAME_PROTOCOL: StreamProtocol = StreamProtocol::new("/musig2-p2p/frame/1.0.0");
+
+/// The Kademlia protocol of this network (kept apart from the public IPFS DHT).
+const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/musig2-p2p/kad/1.0.0");
+
+/// Bytes Kademlia needs around a record value in one packet (key, publisher, framing).
+const KAD_PACKET_OVERHEAD: usize = 8 * 1024;
+
+/// The receiver's answer to one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameStatus {
+    /// The frame is in the receiver's inbound queue.
+    Accepted,
+    /// The receiver's inbound queue is full.
+    Busy,
+    /// The sender exceeded the receiver's per-peer rate limit.
+    RateLimited,
+}
+
+impl FrameStatus {
+    fn to_byte(self) -> u8 {
+        match self {
+            Self::Accepted => 0,
+            Self::Busy => 1,
+            Self::RateLimited => 2,
+        }
+    }
+
+    fn from_byte(byte: u8) -> io::Result<Self> {
+        match byte {
+            0 => Ok(Self::Accepted),
+            1 => Ok(Self::Busy),
+            2 => Ok(Self::RateLimited),
+            other => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unknown frame status {other}"),
+            )),
+        }
+    }
+}
+
+/// The frame codec: a 4-byte big-endian length, then the frame; the answer is one status byte.
+/// The length is checked against the limit before any of the frame is read, so an oversized or
+/// lying sender costs at most the limit in memory.
+#[derive(Clone, Debug)]
+pub struct FrameCodec {
+    max_frame: usize,
+}
+
+impl FrameCodec {
+    /// A codec that accepts frames of at most `max_frame` bytes.
+    pub fn new(max_frame: usize) -> Self {
+        Self { max_frame }
+    }
+}
+
+fn too_large(size: usize, max: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("frame of {size} bytes exceeds the limit of {max} bytes"),
+    )
+}
+
+impl request_response::Codec for FrameCodec {
+    type Protocol = StreamProtocol;
+    type Request = Bytes;
+    type Response = FrameStatus;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Bytes>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        let mut len = [0u8; 4];
+        io.read_exact(&mut len).await?;
+        let len = usize::try_from(u32::from_be_bytes(len)).unwrap_or(usize::MAX);
+        if len > self.max_frame {
+            return Err(too_large(len, self.max_frame));
+        }
+        let mut frame = vec![0u8; len];
+        io.read_exact(&mut frame).await?;
+        Ok(Bytes::from(frame))
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<FrameStatus>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        let mut status = [0u8; 1];
+        io.read_exact(&mut status).await?;
+        FrameStatus::from_byte(status[0])
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        frame: Bytes,
+    ) -> io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        if frame.len() > self.max_frame {
+            return Err(too_large(frame.len(), self.max_frame));
+        }
+        let len = u32::try_from(frame.len()).map_err(|_| too_large(frame.len(), self.max_frame))?;
+        io.write_all(&len.to_be_bytes()).await?;
+        io.write_all(&frame).await?;
+        io.flush().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        status: FrameStatus,
+    ) -> io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&[status.to_byte()]).await?;
+        io.flush().await
+    }
+}
+
+/// Where the node's identity comes from.
+#[derive(Clone, Debug, Default)]
+pub enum KeySource {
+    /// A fresh ed25519 key.
+    #[default]
+    Generate,
+    /// An ed25519 secret stored in a file: 32 raw bytes, or 64 hex digits (see
+    /// [`Libp2pTransport::write_key_file`]).
+    Ed25519File(PathBuf),
+    /// An ed25519 secret given directly.
+    Ed25519Secret([u8; 32]),
+    /// A ready keypair.
+    Keypair(identity::Keypair),
+}
+
+impl KeySource {
+    fn load(&self) -> Result<identity::Keypair> {
+        match self {
+            Self::Generate => Ok(identity::Keypair::generate_ed25519()),
+            Self::Ed25519Secret(secret) => ed25519_from_secret(*secret),
+            Self::Keypair(kp) => Ok(kp.clone()),
+            Self::Ed25519File(path) => {
+                let raw = std::fs::read(path).map_err(|e| {
+                    TransportError::Config(format!("cannot read key file {}: {e}", path.display()))
+                })?;
+                let secret = parse_secret(&raw).ok_or_else(|| {
+                    TransportError::Config(format!(
+                        "key file {} holds neither 32 raw bytes nor 64 hex digits",
+                        path.display()
+                    ))
+                })?;
+                ed25519_from_secret(secret)
+            }
+        }
+    }
+}
+
+fn ed25519_from_secret(secret: [u8; 32]) -> Result<identity::Keypair> {
+    identity::Keypair::ed25519_from_bytes(secret)
+        .map_err(|e| TransportError::Config(format!("invalid ed25519 secret: {e}")))
+}
+
+fn parse_secret(raw: &[u8]) -> Option<[u8; 32]> {
+    if let Ok(secret) = <[u8; 32]>::try_from(raw) {
+        return Some(secret);
+    }
+    let text = std::str::from_utf8(raw).ok()?.trim();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut secret = [0u8; 32];
+    for (i, byte) in secret.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(secret)
+}
+
+/// Settings of one libp2p node. `Default` listens on an ephemeral TCP port of 127.0.0.1.
+#[derive(Clone, Debug)]
+pub struct Libp2pConfig {
+    /// Addresses to listen on (TCP, and QUIC with `/udp/N/quic-v1`).
+    pub listen_addrs: Vec<Multiaddr>,
+    /// Peers to connect to at start and to bootstrap Kademlia from.
+    pub bootstrap: Vec<(PeerId, Multiaddr)>,
+    /// The node's identity.
+    pub key: KeySource,
+    /// Largest frame sent or accepted, in bytes (enforced while reading).
+    pub max_frame: usize,
+    /// Largest DHT record value, in bytes. Kademlia's packet limit is raised with it (its default
+    /// of 16 KiB would otherwise make larger puts fail as a quorum failure).
+    pub max_record: usize,
+    /// Most records the local Kademlia store holds.
+    pub max_records: usize,
+    /// Most established connections.
+    pub max_connections: u32,
+    /// Frames accepted per second from one peer (token bucket with this burst); 0 = unlimited.
+    pub inbound_rate_per_sec: u32,
+    /// Capacity of the inbound frame queue.
+    pub inbound_capacity: usize,
+    /// Capacity of the command queue from handle to swarm task.
+    pub command_capacity: usize,
+    /// Capacity of the connect/disconnect event queue.
+    pub event_capacity: usize,
+    /// How long a frame may wait for its acknowledgement.
+    pub send_timeout: Duration,
+    /// How long a DHT put or get may take, including waiting for the first DHT peers.
+    pub dht_timeout: Duration,
+    /// How long an idle connection is kept open; keep it at least as long as a session (the
+    /// libp2p default of 10 s closes connections mid-session).
+    pub idle_connection_timeout: Duration,
+    /// Record TTL used when the publisher does not give one (Kademlia's `record_ttl`).
+    pub default_record_ttl: Duration,
+    /// Filters records that other peers ask this node to store; rejected records are not stored.
+    pub record_validator: Option<RecordValidator>,
+}
+
+impl Default for Libp2pConfig {
+    fn default() -> Self {
+        Self {
+            listen_addrs: vec![local_tcp_addr()],
+            bootstrap: Vec::new(),
+            key: KeySource::Generate,
+            max_frame: 1024 * 1024,
+            max_record: 64 * 1024,
+            max_records: 4096,
+            max_connections: 256,
+            inbound_rate_per_sec: 2000,
+            inbound_capacity: 1024,
+            command_capacity: 256,
+            event_capacity: 1024,
+            send_timeout: Duration::from_secs(10),
+            dht_timeout: Duration::from_secs(30),
+            idle_connection_timeout: Duration::from_secs(3600),
+            default_record_ttl: Duration::from_secs(3600),
+            record_validator: None,
+        }
+    }
+}
+
+fn local_tcp_addr() -> Multiaddr {
+    Multiaddr::from(std::net::Ipv4Addr::LOCALHOST).with(libp2p::multiaddr::Protocol::Tcp(0))
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    limits: connection_limits::Behaviour,
+    frames: request_response::Behaviour<FrameCodec>,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+}
+
+impl Behaviour {
+    fn new(key: &identity::Keypair, config: &Libp2pConfig) -> Self {
+        let local = key.public().to_peer_id();
+        let limits = connection_limits::Behaviour::new(
+            connection_limits::ConnectionLimits::default()
+                .with_max_established(Some(config.max_connections)),
+        );
+        let frames = request_response::Behaviour::with_codec(
+            FrameCodec::new(config.max_frame),
+            [(FRAME_PROTOCOL, request_response::ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(config.send_timeout)
+                .with_max_concurrent_streams(1024),
+        );
+        let store = kad::store::MemoryStore::with_config(
+            local,
+            kad::store::MemoryStoreConfig {
+                max_records: config.max_records,
+                max_value_bytes: config.max_record,
+                ..Default::default()
+            },
+        );
+        let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+        kad_config
+            .set_query_timeout(config.dht_timeout)
+            .set_record_ttl(Some(config.default_record_ttl))
+            .set_record_filtering(kad::StoreInserts::FilterBoth)
+            .set_max_packet_size(config.max_record + KAD_PACKET_OVERHEAD);
+        let mut kad = kad::Behaviour::with_config(local, store, kad_config);
+        // Client mode (the default until an external address is confirmed) makes every put fail
+        // with QuorumFailed and every get return not-found.
+        kad.set_mode(Some(kad::Mode::Server));
+        let identify = identify::Behaviour::new(identify::Config::new(
+            "/musig2-p2p/1.0.0".to_owned(),
+            key.public(),
+        ));
+        Self {
+            limits,
+            frames,
+            kad,
+            identify,
+            ping: ping::Behaviour::default(),
+        }
+    }
+}
+
+enum DhtReply {
+    Done(Result<Vec<u8>>),
+    /// No DHT peer yet (or the put reached none): the handle waits and retries.
+    Retry(TransportError),
+}
+
+enum Command {
+    Send {
+        peer: PeerId,
+        frame: Bytes,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Put {
+        record: kad::Record,
+        reply: oneshot::Sender<DhtReply>,
+    },
+    Get {
+        key: Vec<u8>,
+        validator: RecordValidator,
+        reply: oneshot::Sender<DhtReply>,
+    },
+    AddAddress {
+        peer: PeerId,
+        addr: Multiaddr,
+    },
+    Dial {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    RoutingTableSize {
+        reply: oneshot::Sender<usize>,
+    },
+    ConnectedPeers {
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    Bootstrap,
+    Shutdown,
+}
+
+/// A libp2p node implementing [`Transport`].
+///
+/// Build one with [`Libp2pTransport::spawn`], or a connected group on loopback with
+/// [`Libp2pTransport::spawn_local_network`]. Dropping the handle stops the swarm task as well.
+pub struct Libp2pTransport {
+    id: PeerId,
+    max_frame: usize,
+    max_record: usize,
+    dht_timeout: Duration,
+    send_timeout: Duration,
+    listen_addrs: Vec<Multiaddr>,
+    commands: mpsc::Sender<Command>,
+    inbound: tokio::sync::Mutex<mpsc::Receiver<Inbound>>,
+    events_tx: Mutex<Option<broadcast::Sender<PeerEvent>>>,
+    initial_events: Mutex<Option<broadcast::Receiver<PeerEvent>>>,
+    task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Libp2pTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Libp2pTransport")
+            .field("id", &self.id)
+            .field("listen_addrs", &self.listen_addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Libp2pTransport {
+    /// Starts a node: builds the swarm, listens on every configured address (waiting until each
+    /// has its actual address, so ephemeral ports are known), dials the bootstrap peers, and runs
+    /// the swarm in its own task. Must be called inside a tokio runtime.
+    pub async fn spawn(config: Libp2pConfig) -> Result<Self> {
+        if config.max_frame == 0 || config.max_frame > u32::MAX as usize {
+            return Err(TransportError::Config(
+                "max_frame must be between 1 and u32::MAX".to_owned(),
+            ));
+        }
+        if config.listen_addrs.is_empty() {
+            return Err(TransportError::Config("no listen address".to_owned()));
+        }
+        let keypair = config.key.load()?;
+        let id = PeerId::from_libp2p(keypair.public().to_peer_id());
+        let behaviour_config = config.clone();
+        let idle = config.idle_connection_timeout;
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| TransportError::Config(format!("tcp transport: {e}")))?
+            .with_quic()
+            .with_behaviour(|key| Behaviour::new(key, &behaviour_config))
+            .map_err(|e| TransportError::Config(format!("behaviour: {e}")))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build();
+
+        let mut pending_listeners = HashSet::new();
+        for addr in &config.listen_addrs {
+            let listener = swarm
+                .listen_on(addr.clone())
+                .map_err(|e| TransportError::Config(format!("cannot listen on {addr}: {e}")))?;
+            pending_listeners.insert(listener);
+        }
+        let mut listen_addrs = Vec::new();
+        let wait = async {
+            while !pending_listeners.is_empty() {
+                match swarm.select_next_some().await {
+                    SwarmEvent::NewListenAddr {
+                        listener_id,
+                        address,
+                    } => {
+                        pending_listeners.remove(&listener_id);
+                        listen_addrs.push(address);
+                    }
+                    SwarmEvent::ListenerClosed { reason, .. } => {
+                        return Err(TransportError::Config(format!(
+                            "listener closed: {reason:?}"
+                        )));
+                    }
+                    SwarmEvent::ListenerError { error, .. } => {
+                        return Err(TransportError::Config(format!("listener error: {error}")));
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .map_err(|_| TransportError::Timeout {
+                operation: "listen",
+                after: Duration::from_secs(10),
+            })??;
+
+        let mut actor = Actor::new(swarm, &config);
+        for (peer, addr) in &config.bootstrap {
+            actor.add_address(*peer, addr.clone());
+            if let Err(e) = actor
+                .swarm
+                .dial(DialOpts::peer_id(peer.to_libp2p()).build())
+            {
+                tracing::debug!(%peer, error = %e, "bootstrap dial failed");
+            }
+        }
+
+        let (commands, command_rx) = mpsc::channel(config.command_capacity.max(1));
+        let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_capacity.max(1));
+        let (events_tx, events_rx) = broadcast::channel(config.event_capacity.max(1));
+        actor.inbound_tx = Some(inbound_tx);
+        actor.events_tx = Some(events_tx.clone());
+        let span = tracing::debug_span!("libp2p_transport", peer = %id);
+        let task = tokio::spawn(tracing::Instrument::instrument(actor.run(command_rx), span));
+
+        Ok(Self {
+            id,
+            max_frame: config.max_frame,
+            max_record: config.max_record,
+            dht_timeout: config.dht_timeout,
+            send_timeout: config.send_timeout,
+            listen_addrs,
+            commands,
+            inbound: tokio::sync::Mutex::new(inbound_rx),
+            events_tx: Mutex::new(Some(events_tx)),
+            initial_events: Mutex::new(Some(events_rx)),
+            task: tokio::sync::Mutex::new(Some(task)),
+        })
+    }
+
+    /// Starts `n` nodes on 127.0.0.1 with ephemeral ports, all bootstrapped off node 0, and waits
+    /// until every node's Kademlia routing table holds every other node (so DHT puts and gets
+    /// work at once). `config.listen_addrs`, `config.bootstrap` and `config.key` are replaced
+    /// (each node gets a fresh key); everything else applies to every node.
+    pub async fn spawn_local_network(n: usize, config: Libp2pConfig) -> Result<Vec<Self>> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut base = config;
+        base.listen_addrs = vec![local_tcp_addr()];
+        base.bootstrap = Vec::new();
+        base.key = KeySource::Generate;
+        let first = Self::spawn(base.clone()).await?;
+        let first_addr = first.listen_addrs[0].clone();
+        let mut bootstrap_config = base.clone();
+        bootstrap_config.bootstrap = vec![(first.id, first_addr)];
+        let mut nodes = vec![first];
+        for _ in 1..n {
+            nodes.push(Self::spawn(bootstrap_config.clone()).await?);
+        }
+        let deadline = tokio::time::Instant::now() + base.dht_timeout.max(Duration::from_secs(10));
+        loop {
+            let mut ready = true;
+            for node in &nodes {
+                if node.routing_table_size().await? < n - 1 {
+                    ready = false;
+                    node.bootstrap().await?;
+                }
+            }
+            if ready {
+                return Ok(nodes);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(TransportError::Timeout {
+                    operation: "local network routing tables",
+                    after: base.dht_timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The addresses the node listens on (with ephemeral ports resolved).
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.listen_addrs
+    }
+
+    /// Number of peers in the Kademlia routing table.
+    pub async fn routing_table_size(&self) -> Result<usize> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::RoutingTableSize { reply }).await?;
+        rx.await.map_err(|_| TransportError::Closed)
+    }
+
+    /// Peers with at least one open connection.
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::ConnectedPeers { reply }).await?;
+        rx.await.map_err(|_| TransportError::Closed)
+    }
+
+    /// Starts a Kademlia bootstrap (a lookup of our own id) if the routing table has any peer.
+    pub async fn bootstrap(&self) -> Result<()> {
+        self.command(Command::Bootstrap).await
+    }
+
+    /// Writes a fresh ed25519 secret as 64 hex digits to `path` (for
+    /// [`KeySource::Ed25519File`]) and returns the peer id it gives.
+    pub fn write_key_file(path: &Path) -> Result<PeerId> {
+        let mut secret = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
+        let id = ed25519_from_secret(secret)?.public().to_peer_id();
+        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(path, hex).map_err(|e| {
+            TransportError::Config(format!("cannot write key file {}: {e}", path.display()))
+        })?;
+        Ok(PeerId::from_libp2p(id))
+    }
+
+    async fn command(&self, command: Command) -> Result<()> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| TransportError::Closed)
+    }
+
+    /// Runs a DHT command, waiting and retrying while the node has no DHT peers yet.
+    async fn dht_with_retry(
+        &self,
+        operation: &'static str,
+        make: impl Fn(oneshot::Sender<DhtReply>) -> Command,
+    ) -> Result<Vec<u8>> {
+        let deadline = tokio::time::Instant::now() + self.dht_timeout;
+        let mut backoff = Duration::from_millis(25);
+        loop {
+            let (reply, rx) = oneshot::channel();
+            self.command(make(reply)).await?;
+            let answer = tokio::time::timeout_at(deadline, rx)
+                .await
+                .map_err(|_| TransportError::Timeout {
+                    operation,
+                    after: self.dht_timeout,
+                })?
+                .map_err(|_| TransportError::Closed)?;
+            match answer {
+                DhtReply::Done(result) => return result,
+                DhtReply::Retry(error) => {
+                    if tokio::time::Instant::now() + backoff >= deadline {
+                        return Err(error);
+                    }
+                    tracing::debug!(operation, %error, ?backoff, "DHT not ready, retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for Libp2pTransport {
+    fn local_peer_id(&self) -> PeerId {
+        self.id
+    }
+
+    fn max_frame_size(&self) -> usize {
+        self.max_frame
+    }
+
+    async fn send(&self, to: PeerId, frame: Bytes) -> Result<()> {
+        if frame.len() > self.max_frame {
+            return Err(TransportError::FrameTooLarge {
+                size: frame.len(),
+                max: self.max_frame,
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Send {
+            peer: to,
+            frame,
+            reply,
+        })
+        .await?;
+        // The swarm enforces the request timeout; this outer bound only guards a stuck task.
+        let limit = self.send_timeout + Duration::from_secs(1);
+        tokio::time::timeout(limit, rx)
+            .await
+            .map_err(|_| TransportError::Timeout {
+                operation: "send",
+                after: limit,
+            })?
+            .map_err(|_| TransportError::Closed)?
+    }
+
+    async fn send_many(&self, to: &[PeerId], frame: Bytes) -> Vec<SendReport> {
+        crate::send_many_with(self, to, frame).await
+    }
+
+    async fn recv(&self) -> Result<Inbound> {
+        self.inbound
+            .lock()
+            .await
+            .recv()
+            .await
+            .ok_or(TransportError::Closed)
+    }
+
+    async fn dht_put(&self, key: Vec<u8>, value: Vec<u8>, ttl: Duration) -> Result<()> {
+        if value.len() > self.max_record {
+            return Err(TransportError::RecordTooLarge {
+                size: value.len(),
+                max: self.max_record,
+            });
+        }
+        let expires = std::time::Instant::now().checked_add(ttl);
+        self.dht_with_retry("dht_put", |reply| {
+            let mut record = kad::Record::new(key.clone(), value.clone());
+            record.expires = expires;
+            Command::Put { record, reply }
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn dht_get(&self, key: Vec<u8>, validator: RecordValidator) -> Result<Vec<u8>> {
+        self.dht_with_retry("dht_get", |reply| Command::Get {
+            key: key.clone(),
+            validator: validator.clone(),
+            reply,
+        })
+        .await
+    }
+
+    async fn add_address(&self, peer: PeerId, addr: Multiaddr) -> Result<()> {
+        self.command(Command::AddAddress { peer, addr }).await
+    }
+
+    async fn dial(&self, peer: PeerId) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Dial { peer, reply }).await?;
+        tokio::time::timeout(self.send_timeout, rx)
+            .await
+            .map_err(|_| TransportError::Timeout {
+                operation: "dial",
+                after: self.send_timeout,
+            })?
+            .map_err(|_| TransportError::Closed)?
+    }
+
+    fn events(&self) -> broadcast::Receiver<PeerEvent> {
+        if let Some(rx) = lock(&self.initial_events).take() {
+            return rx;
+        }
+        match lock(&self.events_tx).as_ref() {
+            Some(tx) => tx.subscribe(),
+            None => broadcast::channel(1).1,
+        }
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        let mut task = self.task.lock().await;
+        let Some(handle) = task.take() else {
+            return Ok(());
+        };
+        lock(&self.events_tx).take();
+        lock(&self.initial_events).take();
+        // If the queue is full the task still sees the closed channel once we are dropped; a
+        // closed channel means the task is already gone.
+        let _ = self.commands.send(Command::Shutdown).await;
+        if let Err(e) = handle.await {
+            tracing::warn!(error = %e, "swarm task ended abnormally");
+        }
+        // Frames still queued are released with the node.
+        let mut inbound = self.inbound.lock().await;
+        inbound.close();
+        while inbound.try_recv().is_ok() {}
+        Ok(())
+    }
+}
+
+struct GetQuery {
+    key: Vec<u8>,
+    validator: RecordValidator,
+    reply: oneshot::Sender<DhtReply>,
+}
+
+struct RateBucket {
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+/// The swarm task's state.
+struct Actor {
+    swarm: Swarm<Behaviour>,
+    max_record: usize,
+    rate: u32,
+    validator: Option<RecordValidator>,
+    inbound_tx: Option<mpsc::Sender<Inbound>>,
+    events_tx: Option<broadcast::Sender<PeerEvent>>,
+    known: HashSet<PeerId>,
+    sends: HashMap<request_response::OutboundRequestId, (PeerId, oneshot::Sender<Result<()>>)>,
+    puts: HashMap<kad::QueryId, oneshot::Sender<DhtReply>>,
+    gets: HashMap<kad::QueryId, GetQuery>,
+    dials: HashMap<PeerId, Vec<oneshot::Sender<Result<()>>>>,
+    buckets: HashMap<PeerId, RateBucket>,
+    bootstrapped: bool,
+}
+
+impl Actor {
+    fn new(swarm: Swarm<Behaviour>, config: &Libp2pConfig) -> Self {
+        Self {
+            swarm,
+            max_record: config.max_record,
+            rate: config.inbound_rate_per_sec,
+            validator: config.record_validator.clone(),
+            inbound_tx: None,
+            events_tx: None,
+            known: HashSet::new(),
+            sends: HashMap::new(),
+            puts: HashMap::new(),
+            gets: HashMap::new(),
+            dials: HashMap::new(),
+            buckets: HashMap::new(),
+            bootstrapped: false,
+        }
+    }
+
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    None | Some(Command::Shutdown) => break,
+                    Some(command) => self.on_command(command),
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+            }
+        }
+        tracing::debug!("swarm task stopping");
+    }
+
+    fn routing_table_size(&mut self) -> usize {
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|b| b.num_entries())
+            .sum()
+    }
+
+    fn add_address(&mut self, peer: PeerId, addr: Multiaddr) {
+        self.known.insert(peer);
+        self.swarm.add_peer_address(peer.to_libp2p(), addr.clone());
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .add_address(&peer.to_libp2p(), addr);
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Send { peer, frame, reply } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .frames
+                    .send_request(&peer.to_libp2p(), frame);
+                self.sends.insert(id, (peer, reply));
+            }
+            Command::Put { record, reply } => {
+                if self.routing_table_size() == 0 {
+                    let _ = reply.send(DhtReply::Retry(TransportError::QuorumFailed(
+                        "no DHT peers yet".to_owned(),
+                    )));
+                    return;
+                }
+                match self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .put_record(record, kad::Quorum::One)
+                {
+                    Ok(id) => {
+                        self.puts.insert(id, reply);
+                    }
+                    Err(kad::store::Error::ValueTooLarge) => {
+                        let _ = reply.send(DhtReply::Done(Err(TransportError::RecordTooLarge {
+                            size: 0,
+                            max: self.max_record,
+                        })));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(DhtReply::Done(Err(TransportError::QuorumFailed(
+                            format!("local store: {e}"),
+                        ))));
+                    }
+                }
+            }
+            Command::Get {
+                key,
+                validator,
+                reply,
+            } => {
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                let local_has = kad.store_mut().get(&kad::RecordKey::new(&key)).is_some();
+                if !local_has && self.routing_table_size() == 0 {
+                    let _ = reply.send(DhtReply::Retry(TransportError::NotFound));
+                    return;
+                }
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_record(kad::RecordKey::new(&key));
+                self.gets.insert(
+                    id,
+                    GetQuery {
+                        key,
+                        validator,
+                        reply,
+                    },
+                );
+            }
+            Command::AddAddress { peer, addr } => self.add_address(peer, addr),
+            Command::Dial { peer, reply } => {
+                if self.swarm.is_connected(&peer.to_libp2p()) {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                match self.swarm.dial(DialOpts::peer_id(peer.to_libp2p()).build()) {
+                    Ok(()) => self.dials.entry(peer).or_default().push(reply),
+                    Err(libp2p::swarm::DialError::NoAddresses) => {
+                        let _ = reply.send(Err(TransportError::UnknownPeer(peer)));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(TransportError::Unreachable {
+                            peer,
+                            reason: e.to_string(),
+                        }));
+                    }
+                }
+            }
+            Command::RoutingTableSize { reply } => {
+                let _ = reply.send(self.routing_table_size());
+            }
+            Command::ConnectedPeers { reply } => {
+                let peers = self
+                    .swarm
+                    .connected_peers()
+                    .map(|p| PeerId::from_libp2p(*p))
+                    .collect();
+                let _ = reply.send(peers);
+            }
+            Command::Bootstrap => {
+                // NoKnownPeers only means there is nothing to do yet.
+                let _ = self.swarm.behaviour_mut().kad.bootstrap();
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn emit(&self, event: PeerEvent) {
+        if let Some(tx) = &self.events_tx {
+            let _ = tx.send(event);
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Frames(event)) => self.on_frames(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                // Without this, peers that dialled us are in Kademlia without an address.
+                if info.protocols.contains(&KAD_PROTOCOL) {
+                    for addr in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                    self.known.insert(PeerId::from_libp2p(peer_id));
+                }
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                let peer = PeerId::from_libp2p(peer_id);
+                self.known.insert(peer);
+                for reply in self.dials.remove(&peer).unwrap_or_default() {
+                    let _ = reply.send(Ok(()));
+                }
+                if num_established.get() == 1 {
+                    self.emit(PeerEvent::Connected(peer));
+                }
+                if !self.bootstrapped {
+                    self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established == 0 {
+                    let peer = PeerId::from_libp2p(peer_id);
+                    self.buckets.remove(&peer);
+                    self.emit(PeerEvent::Disconnected(peer));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer_id),
+                error,
+                ..
+            } => {
+                let peer = PeerId::from_libp2p(peer_id);
+                if !self.swarm.is_connected(&peer_id) {
+                    for reply in self.dials.remove(&peer).unwrap_or_default() {
+                        let _ = reply.send(Err(TransportError::Unreachable {
+                            peer,
+                            reason: error.to_string(),
+                        }));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn allow(&mut self, peer: PeerId) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        let rate = f64::from(self.rate);
+        let now = std::time::Instant::now();
+        let bucket = self.buckets.entry(peer).or_insert(RateBucket {
+            tokens: rate,
+            last: now,
+        });
+        let elapsed = now.duration_since(bucket.last).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(rate);
+        bucket.last = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn on_frames(&mut self, event: request_response::Event<Bytes, FrameStatus>) {
+        use request_response::{Event, Message, OutboundFailure};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let from = PeerId::from_libp2p(peer);
+                let status = if !self.allow(from) {
+                    FrameStatus::RateLimited
+                } else {
+                    match &self.inbound_tx {
+                        Some(tx) => match tx.try_send(Inbound {
+                            from,
+                            frame: request,
+                        }) {
+                            Ok(()) => FrameStatus::Accepted,
+                            Err(_) => FrameStatus::Busy,
+                        },
+                        None => FrameStatus::Busy,
+                    }
+                };
+                // The requester may have gone; nothing to do then.
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .frames
+                    .send_response(channel, status);
+            }
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some((peer, reply)) = self.sends.remove(&request_id) {
+                    let result = match response {
+                        FrameStatus::Accepted => Ok(()),
+                        FrameStatus::Busy | FrameStatus::RateLimited => {
+                            Err(TransportError::Backpressure(peer))
+                        }
+                    };
+                    let _ = reply.send(result);
+                }
+            }
+            Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some((peer, reply)) = self.sends.remove(&request_id) {
+                    let result = match error {
+                        OutboundFailure::DialFailure if !self.known.contains(&peer) => {
+                            TransportError::UnknownPeer(peer)
+                        }
+                        OutboundFailure::DialFailure => TransportError::Unreachable {
+                            peer,
+                            reason: "dial failed".to_owned(),
+                        },
+                        OutboundFailure::Timeout => TransportError::Timeout {
+                            operation: "send",
+                            after: Duration::ZERO,
+                        },
+                        OutboundFailure::ConnectionClosed => TransportError::Unreachable {
+                            peer,
+                            reason: "connection closed".to_owned(),
+                        },
+                        OutboundFailure::UnsupportedProtocols => TransportError::Remote {
+                            peer,
+                            reason: "peer does not speak the frame protocol".to_owned(),
+                        },
+                        OutboundFailure::Io(e) => TransportError::Remote {
+                            peer,
+                            reason: e.to_string(),
+                        },
+                    };
+                    let _ = reply.send(Err(result));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound frame failed");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_kad(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::PutRecord {
+                        source,
+                        record: Some(record),
+                        ..
+                    },
+            } => {
+                let valid = record.value.len() <= self.max_record
+                    && self
+                        .validator
+                        .as_ref()
+                        .is_none_or(|v| v.validate(record.key.as_ref(), &record.value));
+                if !valid {
+                    tracing::debug!(%source, "rejected an inbound DHT record");
+                    return;
+                }
+                if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().put(record) {
+                    tracing::debug!(%source, error = %e, "could not store an inbound DHT record");
+                }
+            }
+            kad::Event::RoutingUpdated { peer, .. } => {
+                self.known.insert(PeerId::from_libp2p(peer));
+            }
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => match result {
+                kad::QueryResult::PutRecord(result) => {
+                    if let Some(reply) = self.puts.remove(&id) {
+                        let answer = match result {
+                            Ok(_) => DhtReply::Done(Ok(Vec::new())),
+                            Err(kad::PutRecordError::QuorumFailed { .. }) => DhtReply::Retry(
+                                TransportError::QuorumFailed("no peer stored the record".into()),
+                            ),
+                            Err(kad::PutRecordError::Timeout { .. }) => {
+                                DhtReply::Done(Err(TransportError::Timeout {
+                                    operation: "dht_put",
+                                    after: Duration::ZERO,
+                                }))
+                            }
+                        };
+                        let _ = reply.send(answer);
+                    }
+                }
+                kad::QueryResult::GetRecord(result) => self.on_get(id, result, step.last),
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    fn on_get(&mut self, id: kad::QueryId, result: kad::GetRecordResult, last: bool) {
+        let Some(query) = self.gets.remove(&id) else {
+            return;
+        };
+        let found = match result {
+            Ok(kad::GetRecordOk::FoundRecord(peer_record)) => {
+                let record = peer_record.record;
+                let fresh = !record.is_expired(std::time::Instant::now());
+                (fresh && query.validator.validate(&query.key, &record.value))
+                    .then_some(record.value)
+            }
+            Ok(kad::GetRecordOk::FinishedWithNoAdditionalRecord { .. }) => None,
+            Err(kad::GetRecordError::Timeout { .. }) => {
+                let _ = query
+                    .reply
+                    .send(DhtReply::Done(Err(TransportError::Timeout {
+                        operation: "dht_get",
+                        after: Duration::ZERO,
+                    })));
+                return;
+            }
+            Err(_) => {
+                let _ = query
+                    .reply
+                    .send(DhtReply::Done(Err(TransportError::NotFound)));
+                return;
+            }
+        };
+        match found {
+            Some(value) => {
+                if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                    q.finish();
+                }
+                let _ = query.reply.send(DhtReply::Done(Ok(value)));
+            }
+            None if last => {
+                let _ = query
+                    .reply
+                    .send(DhtReply::Done(Err(TransportError::NotFound)));
+            }
+            None => {
+                self.gets.insert(id, query);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_parsing_accepts_raw_and_hex_only() {
+        let raw = [7u8; 32];
+        assert_eq!(parse_secret(&raw), Some(raw));
+        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(parse_secret(hex.as_bytes()), Some(raw));
+        assert_eq!(parse_secret(format!("{hex}\n").as_bytes()), Some(raw));
+        assert_eq!(parse_secret(b"short"), None);
+        assert_eq!(parse_secret(&[b'z'; 64]), None);
+    }
+
+    #[test]
+    fn frame_status_round_trips_and_rejects_unknown() {
+        for status in [
+            FrameStatus::Accepted,
+            FrameStatus::Busy,
+            FrameStatus::RateLimited,
+        ] {
+            assert_eq!(FrameStatus::from_byte(status.to_byte()).ok(), Some(status));
+        }
+        assert!(FrameStatus::from_byte(9).is_err());
+    }
+}

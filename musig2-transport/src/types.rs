@@ -1,0 +1,130 @@
+//! Small value types shared by every implementation.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::TransportError;
+
+/// A peer's identity: a copyable wrapper around a libp2p peer id, used by both implementations
+/// (the memory network mints ids from seeded ed25519 keys).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(libp2p::PeerId);
+
+impl PeerId {
+    /// Wraps a libp2p peer id.
+    pub fn from_libp2p(id: libp2p::PeerId) -> Self {
+        Self(id)
+    }
+
+    /// The wrapped libp2p peer id.
+    pub fn to_libp2p(self) -> libp2p::PeerId {
+        self.0
+    }
+
+    /// The peer id's canonical byte encoding (a multihash).
+    pub fn to_bytes(self) -> Vec<u8> {
+        self.0.to_bytes()
+    }
+
+    /// Parses the canonical byte encoding.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, TransportError> {
+        libp2p::PeerId::from_bytes(bytes)
+            .map(Self)
+            .map_err(|e| TransportError::InvalidPeerId(e.to_string()))
+    }
+}
+
+impl From<libp2p::PeerId> for PeerId {
+    fn from(id: libp2p::PeerId) -> Self {
+        Self(id)
+    }
+}
+
+impl From<PeerId> for libp2p::PeerId {
+    fn from(id: PeerId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PeerId({})", self.0)
+    }
+}
+
+impl std::str::FromStr for PeerId {
+    type Err = TransportError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse::<libp2p::PeerId>()
+            .map(Self)
+            .map_err(|e| TransportError::InvalidPeerId(e.to_string()))
+    }
+}
+
+/// One frame received from a peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inbound {
+    /// The peer that delivered the frame (not necessarily its author: frames may be relayed).
+    pub from: PeerId,
+    /// The frame's bytes.
+    pub frame: Bytes,
+}
+
+/// A change in connectivity to a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PeerEvent {
+    /// The first connection to the peer was established.
+    Connected(PeerId),
+    /// The last connection to the peer was closed.
+    Disconnected(PeerId),
+}
+
+/// The outcome of sending to one peer in [`Transport::send_many`](crate::Transport::send_many).
+#[derive(Debug)]
+pub struct SendReport {
+    /// The destination.
+    pub peer: PeerId,
+    /// What happened.
+    pub result: Result<(), TransportError>,
+}
+
+type ValidatorFn = dyn Fn(&[u8], &[u8]) -> bool + Send + Sync;
+
+/// Decides whether a DHT record `(key, value)` is acceptable. Used by
+/// [`Transport::dht_get`](crate::Transport::dht_get) to skip poisoned records and by
+/// [`Libp2pConfig::record_validator`](crate::Libp2pConfig::record_validator) to filter inbound
+/// records before they are stored. Cheap to clone.
+#[derive(Clone)]
+pub struct RecordValidator(Arc<ValidatorFn>);
+
+impl RecordValidator {
+    /// A validator from a function of `(key, value)`.
+    pub fn new(f: impl Fn(&[u8], &[u8]) -> bool + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// A validator that accepts every record.
+    pub fn accept_all() -> Self {
+        Self::new(|_, _| true)
+    }
+
+    /// Whether the record is acceptable.
+    pub fn validate(&self, key: &[u8], value: &[u8]) -> bool {
+        (self.0)(key, value)
+    }
+}
+
+impl fmt::Debug for RecordValidator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RecordValidator(..)")
+    }
+}
