@@ -51,6 +51,17 @@ impl SecNonce {
         Ok(SecNonce { k1, k2, pk })
     }
 
+    /// The public nonce `(k1·G, k2·G)` of this secret nonce; fails if it has been erased.
+    pub fn public_nonce(&self) -> Result<PubNonce> {
+        let (k1, k2) = self.scalars()?;
+        let k1 = SecretKey::from_secret_bytes(k1.to_bytes()).map_err(|_| Error::InvalidSecNonce)?;
+        let k2 = SecretKey::from_secret_bytes(k2.to_bytes()).map_err(|_| Error::InvalidSecNonce)?;
+        Ok(PubNonce {
+            r1: PublicKey::from_secret_key(&k1),
+            r2: PublicKey::from_secret_key(&k2),
+        })
+    }
+
     /// `(k1, k2)` as scalars, refusing zero or out-of-range values (an erased nonce).
     pub(crate) fn scalars(&self) -> Result<(Zeroizing<Scalar>, Zeroizing<Scalar>)> {
         let k1 = Scalar::from_bytes(self.k1).filter(|k| !k.is_zero());
