@@ -697,8 +697,11 @@ fn bip328() -> usize {
     v.len()
 }
 
+/// A vector file and the function that runs its cases, returning how many ran.
+type Suite = (&'static str, fn() -> usize);
+
 fn main() -> ExitCode {
-    let suites: [(&str, fn() -> usize); 9] = [
+    let suites: [Suite; 9] = [
         ("bip327/key_sort_vectors.json", key_sort),
         ("bip327/key_agg_vectors.json", key_agg),
         ("bip327/nonce_gen_vectors.json", nonce_gen),
