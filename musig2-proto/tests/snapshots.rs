@@ -1,0 +1,268 @@
+//! Pins the byte encoding of every message type.
+//!
+//! `tests/snapshots/wire.txt` holds the hex of deterministic examples; the "Examples" section of
+//! `docs/wire-format.md` is generated from the same data. A wire-format change makes this test
+//! fail; if the change is intended, regenerate both with
+//! `UPDATE_SNAPSHOTS=1 cargo test -p musig2-proto --test snapshots` and review the diff.
+//! `WRITE_FUZZ_SEEDS=1` also writes each frame as a seed into `fuzz/corpus/*/`.
+
+mod common;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use common::*;
+use musig2_proto::{
+    AbortReason, Body, Frame, Limits, NonceCommitment, PartialSigBytes, SignedEnvelope, Topology,
+    decode_frame,
+};
+
+struct Example {
+    name: &'static str,
+    what: String,
+    hex: String,
+}
+
+fn examples() -> Vec<Example> {
+    let mut out = Vec::new();
+    let signed = signed_announcement(2, Topology::Star);
+    let a = signed.verify(NOW, &Limits::default()).expect("verify");
+    let frame = |name: &'static str, what: &str, bytes: Vec<u8>| Example {
+        name,
+        what: what.to_string(),
+        hex: hex::encode(bytes),
+    };
+    out.push(Example {
+        name: "session_id",
+        what: "session id of the announcement below".into(),
+        hex: hex::encode(a.session_id().to_bytes()),
+    });
+    out.push(frame(
+        "announcement",
+        "announcement frame: 2 signers with peer ids, one x-only tweak, star topology",
+        signed.to_frame_bytes(),
+    ));
+    let att = attempt(0);
+    let commitment = NonceCommitment::compute(&a.session_id(), idx(1), att, &pub_nonce(2));
+    out.push(Example {
+        name: "nonce_commitment",
+        what: "nonce commitment of signer 1, attempt 0, to the nonce in `env_nonce`".into(),
+        hex: hex::encode(commitment.to_bytes()),
+    });
+    let bodies: Vec<(&'static str, &str, u16, Body)> = vec![
+        (
+            "env_join",
+            "Join from signer 1",
+            1,
+            Body::Join { peer_id: peer(1) },
+        ),
+        (
+            "env_nonce_commit",
+            "NonceCommit from signer 1",
+            1,
+            Body::NonceCommit {
+                attempt: att,
+                commitment,
+            },
+        ),
+        (
+            "env_nonce",
+            "Nonce from signer 1",
+            1,
+            Body::Nonce {
+                attempt: att,
+                pub_nonce: pub_nonce(2),
+            },
+        ),
+        (
+            "env_partial_sig",
+            "PartialSig from signer 1",
+            1,
+            Body::PartialSig {
+                attempt: att,
+                partial_sig: PartialSigBytes::from_bytes([0x42; 32]).expect("valid"),
+            },
+        ),
+        (
+            "env_aggregate_nonce",
+            "AggregateNonce from signer 0 (star coordinator) relaying both signed nonces",
+            0,
+            Body::aggregate_nonce(&a, att, &nonce_envelopes(&a, 0)).expect("aggregate"),
+        ),
+        (
+            "env_final_signature",
+            "FinalSignature from signer 0",
+            0,
+            Body::FinalSignature {
+                attempt: att,
+                signature: [0x5C; 64],
+            },
+        ),
+        (
+            "env_broadcast_confirmed",
+            "BroadcastConfirmed from signer 0 with a 32-byte receipt",
+            0,
+            Body::BroadcastConfirmed {
+                attempt: att,
+                receipt: vec![0xEE; 32],
+            },
+        ),
+        (
+            "env_failover_claim",
+            "FailoverClaim from signer 1 (rank 1)",
+            1,
+            Body::FailoverClaim {
+                attempt: att,
+                rank: 1,
+            },
+        ),
+        (
+            "env_abort",
+            "Abort from signer 0 blaming signer 1 for an invalid partial signature",
+            0,
+            Body::Abort {
+                reason: AbortReason::InvalidPartialSig,
+                blamed: Some(idx(1)),
+            },
+        ),
+        (
+            "env_restart",
+            "Restart from signer 1 (attempt 1)",
+            1,
+            Body::Restart {
+                attempt: attempt(1),
+            },
+        ),
+    ];
+    let mut batch: Vec<SignedEnvelope> = Vec::new();
+    for (k, (name, what, who, body)) in bodies.into_iter().enumerate() {
+        let e = envelope(&a, who, u64::try_from(k).expect("small") + 1, body);
+        e.verify(&a).expect("example envelopes verify");
+        if name == "env_nonce" || name == "env_partial_sig" {
+            batch.push(e.clone());
+        }
+        out.push(frame(name, what, e.to_frame_bytes()));
+    }
+    out.push(frame(
+        "batch",
+        "Batch frame holding `env_nonce` and `env_partial_sig`",
+        Frame::encode_batch(&batch),
+    ));
+    out
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn snapshot_text(ex: &[Example]) -> String {
+    let mut s = String::from("# Generated by tests/snapshots.rs; do not edit.\n");
+    for e in ex {
+        writeln!(s, "{}: {}", e.name, e.hex).expect("write to string");
+    }
+    s
+}
+
+const BEGIN: &str = "<!-- BEGIN GENERATED EXAMPLES -->";
+const END: &str = "<!-- END GENERATED EXAMPLES -->";
+
+fn doc_block(ex: &[Example]) -> String {
+    let mut s = format!("{BEGIN}\n");
+    s.push_str(
+        "Keys: signer i has secret key `0x11 || 00.. || i+1` (see `tests/common/mod.rs`); \
+         announcement and envelope signatures use auxiliary randomness `5a..5a` and `33..33`; \
+         created at 1700000000000 ms, expiring 600000 ms later.\n\n",
+    );
+    for e in ex {
+        writeln!(s, "**{}** — {}\n\n```text", e.name, e.what).expect("write");
+        for chunk in e.hex.as_bytes().chunks(64) {
+            writeln!(s, "{}", std::str::from_utf8(chunk).expect("hex is ascii")).expect("write");
+        }
+        s.push_str("```\n\n");
+    }
+    s.push_str(END);
+    s
+}
+
+#[test]
+fn wire_encoding_is_pinned() {
+    let ex = examples();
+    // Every example frame decodes back to the same bytes.
+    for e in &ex {
+        if e.name.starts_with("env_") || e.name == "announcement" || e.name == "batch" {
+            let bytes = hex::decode(&e.hex).expect("hex");
+            let frame = decode_frame(&bytes, &Limits::default()).expect("example decodes");
+            assert_eq!(frame.encode(), bytes, "{}", e.name);
+        }
+    }
+    let snap_path = root().join("tests/snapshots/wire.txt");
+    let doc_path = root().join("../docs/wire-format.md");
+    let text = snapshot_text(&ex);
+    let block = doc_block(&ex);
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&snap_path, &text).expect("write snapshot");
+        let doc = std::fs::read_to_string(&doc_path).expect("read docs/wire-format.md");
+        let (head, rest) = doc.split_once(BEGIN).expect("doc has the BEGIN marker");
+        let (_, tail) = rest.split_once(END).expect("doc has the END marker");
+        std::fs::write(&doc_path, format!("{head}{block}{tail}")).expect("write doc");
+    }
+    if std::env::var_os("WRITE_FUZZ_SEEDS").is_some() {
+        for e in &ex {
+            let bytes = hex::decode(&e.hex).expect("hex");
+            let targets: &[&str] = match e.name {
+                "announcement" => &["decode_frame", "decode_announcement"],
+                "batch" => &["decode_frame"],
+                n if n.starts_with("env_") => &["decode_frame", "decode_envelope"],
+                _ => &[],
+            };
+            for t in targets {
+                let dir = root().join("../fuzz/corpus").join(t);
+                std::fs::create_dir_all(&dir).expect("mkdir");
+                std::fs::write(dir.join(format!("seed-{}", e.name)), &bytes).expect("write seed");
+            }
+        }
+    }
+    let pinned = std::fs::read_to_string(&snap_path).expect("tests/snapshots/wire.txt exists");
+    assert_eq!(
+        pinned, text,
+        "wire encoding changed: if intended, run UPDATE_SNAPSHOTS=1 cargo test -p musig2-proto \
+         --test snapshots and review the diff"
+    );
+    let doc = std::fs::read_to_string(&doc_path).expect("read docs/wire-format.md");
+    assert!(
+        doc.contains(&block),
+        "docs/wire-format.md examples are stale: run UPDATE_SNAPSHOTS=1 cargo test -p \
+         musig2-proto --test snapshots"
+    );
+}
+
+#[test]
+fn encoded_sizes_are_as_documented() {
+    let a2 = signed_announcement(2, Topology::Star)
+        .to_frame_bytes()
+        .len();
+    let a128 = signed_announcement(128, Topology::Star)
+        .to_frame_bytes()
+        .len();
+    // Per signer: 33-byte key + Option tag + 1-byte length + 38-byte peer id = 73 bytes.
+    assert_eq!(
+        a128 - a2,
+        126 * 73 + 1,
+        "signer count varint grows from 1 to 2 bytes at 128"
+    );
+    assert!(a128 <= 16 * 1024);
+    let a = verified(2, Topology::Mesh);
+    let psig = envelope(
+        &a,
+        1,
+        1,
+        Body::PartialSig {
+            attempt: attempt(0),
+            partial_sig: PartialSigBytes::from_bytes([1; 32]).expect("ok"),
+        },
+    )
+    .to_frame_bytes()
+    .len();
+    // tag + version + id + signer + seq + 6-byte timestamp + body tag + attempt + psig + sig.
+    assert_eq!(psig, 1 + 1 + 32 + 1 + 1 + 6 + 1 + 1 + 32 + 64);
+}
