@@ -101,7 +101,9 @@ pub trait Transport: Send + Sync {
 
     /// Stores `value` under `key` in the DHT for `ttl`.
     ///
-    /// Waits and retries while the node has no DHT peers yet, up to the DHT timeout.
+    /// Waits and retries while the node has no DHT peers yet, up to the DHT timeout. The libp2p
+    /// implementation rounds `ttl` up to whole seconds and adds one (Kademlia's wire granularity),
+    /// so a record may outlive `ttl` by up to two seconds there.
     async fn dht_put(&self, key: Vec<u8>, value: Vec<u8>, ttl: Duration) -> Result<()>;
 
     /// Returns the first unexpired value stored under `key` that `validator` accepts; records the

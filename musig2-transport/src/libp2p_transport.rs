@@ -504,26 +504,30 @@ impl Libp2pTransport {
     /// work at once). `config.listen_addrs`, `config.bootstrap` and `config.key` are replaced
     /// (each node gets a fresh key); everything else applies to every node.
     pub async fn spawn_local_network(n: usize, config: Libp2pConfig) -> Result<Vec<Self>> {
-        if n == 0 {
-            return Ok(Vec::new());
+        Self::spawn_local_network_with(vec![config; n]).await
+    }
+
+    /// Like [`Libp2pTransport::spawn_local_network`], with one configuration per node (for
+    /// example different frame limits). Node 0 is the bootstrap node.
+    pub async fn spawn_local_network_with(configs: Vec<Libp2pConfig>) -> Result<Vec<Self>> {
+        let n = configs.len();
+        let mut nodes: Vec<Self> = Vec::with_capacity(n);
+        let mut wait_limit = Duration::from_secs(10);
+        for mut config in configs {
+            config.listen_addrs = vec![local_tcp_addr()];
+            config.key = KeySource::Generate;
+            config.bootstrap = nodes
+                .first()
+                .map(|first| vec![(first.id, first.listen_addrs[0].clone())])
+                .unwrap_or_default();
+            wait_limit = wait_limit.max(config.dht_timeout);
+            nodes.push(Self::spawn(config).await?);
         }
-        let mut base = config;
-        base.listen_addrs = vec![local_tcp_addr()];
-        base.bootstrap = Vec::new();
-        base.key = KeySource::Generate;
-        let first = Self::spawn(base.clone()).await?;
-        let first_addr = first.listen_addrs[0].clone();
-        let mut bootstrap_config = base.clone();
-        bootstrap_config.bootstrap = vec![(first.id, first_addr)];
-        let mut nodes = vec![first];
-        for _ in 1..n {
-            nodes.push(Self::spawn(bootstrap_config.clone()).await?);
-        }
-        let deadline = tokio::time::Instant::now() + base.dht_timeout.max(Duration::from_secs(10));
+        let deadline = tokio::time::Instant::now() + wait_limit;
         loop {
             let mut ready = true;
             for node in &nodes {
-                if node.routing_table_size().await? < n - 1 {
+                if node.routing_table_size().await? + 1 < n {
                     ready = false;
                     node.bootstrap().await?;
                 }
@@ -534,7 +538,7 @@ impl Libp2pTransport {
             if tokio::time::Instant::now() >= deadline {
                 return Err(TransportError::Timeout {
                     operation: "local network routing tables",
-                    after: base.dht_timeout,
+                    after: wait_limit,
                 });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -673,6 +677,11 @@ impl Transport for Libp2pTransport {
                 max: self.max_record,
             });
         }
+        // Kademlia carries the remaining TTL in whole seconds, truncated, and 0 means "never
+        // expires": a 1 s record sent 10 ms later would arrive as immortal. Round up to whole
+        // seconds and add one second of slack so remote peers get at least the asked TTL.
+        let secs = (ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)).max(1) + 1;
+        let ttl = Duration::from_secs(secs);
         let expires = std::time::Instant::now().checked_add(ttl);
         self.dht_with_retry("dht_put", |reply| {
             let mut record = kad::Record::new(key.clone(), value.clone());
@@ -754,6 +763,7 @@ struct RateBucket {
 struct Actor {
     swarm: Swarm<Behaviour>,
     max_record: usize,
+    default_ttl: Duration,
     rate: u32,
     validator: Option<RecordValidator>,
     inbound_tx: Option<mpsc::Sender<Inbound>>,
@@ -772,6 +782,7 @@ impl Actor {
         Self {
             swarm,
             max_record: config.max_record,
+            default_ttl: config.default_record_ttl,
             rate: config.inbound_rate_per_sec,
             validator: config.record_validator.clone(),
             inbound_tx: None,
@@ -1106,10 +1117,13 @@ impl Actor {
                 request:
                     kad::InboundRequest::PutRecord {
                         source,
-                        record: Some(record),
+                        record: Some(mut record),
                         ..
                     },
             } => {
+                if record.expires.is_none() {
+                    record.expires = std::time::Instant::now().checked_add(self.default_ttl);
+                }
                 let valid = record.value.len() <= self.max_record
                     && self
                         .validator
