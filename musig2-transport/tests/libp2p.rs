@@ -1,0 +1,459 @@
+//! libp2p-specific tests, all on 127.0.0.1 in one process. They wait for conditions with generous
+//! bounds and never assert on timing.
+
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, StreamProtocol, noise, request_response, tcp, yamux};
+use musig2_transport::{
+    Bytes, FRAME_PROTOCOL, KeySource, Libp2pConfig, Libp2pTransport, PeerEvent, PeerId,
+    RecordValidator, Transport, TransportError,
+};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not happen within {PATIENCE:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_all_to_all_and_dht() {
+    let nodes = Libp2pTransport::spawn_local_network(5, Libp2pConfig::default())
+        .await
+        .expect("network");
+    for node in &nodes {
+        assert_eq!(node.routing_table_size().await, Ok(4));
+    }
+    let ids: Vec<PeerId> = nodes.iter().map(|n| n.local_peer_id()).collect();
+    let rounds = nodes.iter().map(|node| {
+        let others: Vec<PeerId> = ids
+            .iter()
+            .copied()
+            .filter(|p| *p != node.local_peer_id())
+            .collect();
+        let frame = Bytes::from(node.local_peer_id().to_bytes());
+        async move { node.send_many(&others, frame).await }
+    });
+    for reports in futures::future::join_all(rounds).await {
+        assert_eq!(reports.len(), 4);
+        assert!(reports.iter().all(|r| r.result.is_ok()), "{reports:?}");
+    }
+    for node in &nodes {
+        let mut senders = Vec::new();
+        for _ in 0..4 {
+            let inbound = within("all-to-all receive", node.recv())
+                .await
+                .expect("frame");
+            assert_eq!(inbound.frame, Bytes::from(inbound.from.to_bytes()));
+            senders.push(inbound.from);
+        }
+        senders.sort();
+        let mut expected: Vec<PeerId> = ids
+            .iter()
+            .copied()
+            .filter(|p| *p != node.local_peer_id())
+            .collect();
+        expected.sort();
+        assert_eq!(senders, expected);
+    }
+    nodes[4]
+        .dht_put(b"k".to_vec(), b"v".to_vec(), Duration::from_secs(60))
+        .await
+        .expect("put");
+    assert_eq!(
+        nodes[0]
+            .dht_get(b"k".to_vec(), RecordValidator::accept_all())
+            .await,
+        Ok(b"v".to_vec())
+    );
+    for node in &nodes {
+        node.shutdown().await.expect("shutdown");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_records_are_validated_before_storing() {
+    let honest = Libp2pConfig {
+        record_validator: Some(RecordValidator::new(|_, v| !v.starts_with(b"bad"))),
+        ..Libp2pConfig::default()
+    };
+    let attacker = Libp2pConfig::default();
+    let nodes = Libp2pTransport::spawn_local_network_with(vec![
+        honest.clone(),
+        honest.clone(),
+        honest.clone(),
+        honest,
+        attacker,
+    ])
+    .await
+    .expect("network");
+    let valid = RecordValidator::new(|_, v| !v.starts_with(b"bad"));
+    nodes[4]
+        .dht_put(
+            b"session".to_vec(),
+            b"bad value".to_vec(),
+            Duration::from_secs(60),
+        )
+        .await
+        .ok();
+    nodes[1]
+        .dht_put(
+            b"session".to_vec(),
+            b"good".to_vec(),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("honest put");
+    assert_eq!(
+        nodes[2].dht_get(b"session".to_vec(), valid).await,
+        Ok(b"good".to_vec()),
+        "a poisoned record is skipped"
+    );
+    // A key only the attacker wrote: honest nodes refused to store it, so once the attacker is
+    // gone nobody has it.
+    nodes[4]
+        .dht_put(
+            b"only-bad".to_vec(),
+            b"bad".to_vec(),
+            Duration::from_secs(60),
+        )
+        .await
+        .ok();
+    nodes[4].shutdown().await.expect("shutdown");
+    assert_eq!(
+        nodes[2]
+            .dht_get(b"only-bad".to_vec(), RecordValidator::accept_all())
+            .await,
+        Err(TransportError::NotFound)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dht_put_waits_for_connectivity() {
+    let lonely = Libp2pTransport::spawn(Libp2pConfig::default())
+        .await
+        .expect("node");
+    let addr = lonely.listen_addrs()[0].clone();
+    let id = lonely.local_peer_id();
+    let (put, late) = tokio::join!(
+        lonely.dht_put(b"k".to_vec(), b"v".to_vec(), Duration::from_secs(60)),
+        async move {
+            // Starts after the put is already waiting for a DHT peer.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Libp2pTransport::spawn(Libp2pConfig {
+                bootstrap: vec![(id, addr)],
+                ..Libp2pConfig::default()
+            })
+            .await
+            .expect("late node")
+        }
+    );
+    put.expect("the put succeeds once a peer appears");
+    assert_eq!(
+        late.dht_get(b"k".to_vec(), RecordValidator::accept_all())
+            .await,
+        Ok(b"v".to_vec())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_address_dial_and_unknown_peer() {
+    let a = Libp2pTransport::spawn(Libp2pConfig::default())
+        .await
+        .expect("a");
+    let b = Libp2pTransport::spawn(Libp2pConfig::default())
+        .await
+        .expect("b");
+    let stranger = PeerId::from_libp2p(libp2p::PeerId::random());
+    assert_eq!(
+        a.send(stranger, Bytes::from_static(b"x")).await,
+        Err(TransportError::UnknownPeer(stranger))
+    );
+    assert_eq!(
+        a.dial(stranger).await,
+        Err(TransportError::UnknownPeer(stranger))
+    );
+
+    let mut events = a.events();
+    a.add_address(b.local_peer_id(), b.listen_addrs()[0].clone())
+        .await
+        .expect("add address");
+    a.dial(b.local_peer_id()).await.expect("dial");
+    within("connected event", async {
+        loop {
+            if let Ok(PeerEvent::Connected(p)) = events.recv().await {
+                if p == b.local_peer_id() {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        a.connected_peers()
+            .await
+            .expect("peers")
+            .contains(&b.local_peer_id())
+    );
+    a.send(b.local_peer_id(), Bytes::from_static(b"hi"))
+        .await
+        .expect("send");
+    assert_eq!(
+        &within("recv", b.recv()).await.expect("frame").frame[..],
+        b"hi"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_and_rate_limit_are_back_pressure() {
+    let nodes = Libp2pTransport::spawn_local_network_with(vec![
+        Libp2pConfig::default(),
+        Libp2pConfig {
+            inbound_capacity: 1,
+            ..Libp2pConfig::default()
+        },
+        Libp2pConfig {
+            inbound_rate_per_sec: 1,
+            ..Libp2pConfig::default()
+        },
+    ])
+    .await
+    .expect("network");
+    let (sender, small_queue, limited) = (&nodes[0], &nodes[1], &nodes[2]);
+    sender
+        .send(small_queue.local_peer_id(), Bytes::from_static(b"1"))
+        .await
+        .expect("fits");
+    assert_eq!(
+        sender
+            .send(small_queue.local_peer_id(), Bytes::from_static(b"2"))
+            .await,
+        Err(TransportError::Backpressure(small_queue.local_peer_id()))
+    );
+    assert_eq!(&small_queue.recv().await.expect("frame").frame[..], b"1");
+
+    // A burst of one per second: ten quick sends cannot all pass.
+    let mut refused = 0;
+    for _ in 0..10 {
+        match sender
+            .send(limited.local_peer_id(), Bytes::from_static(b"r"))
+            .await
+        {
+            Ok(()) => {}
+            Err(TransportError::Backpressure(p)) if p == limited.local_peer_id() => refused += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert!(refused > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_file_gives_a_stable_identity() {
+    let dir = std::env::temp_dir().join(format!("musig2-transport-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("node.key");
+    let id = Libp2pTransport::write_key_file(&path).expect("write key");
+    for _ in 0..2 {
+        let node = Libp2pTransport::spawn(Libp2pConfig {
+            key: KeySource::Ed25519File(path.clone()),
+            ..Libp2pConfig::default()
+        })
+        .await
+        .expect("node from key file");
+        assert_eq!(node.local_peer_id(), id);
+        node.shutdown().await.expect("shutdown");
+    }
+    std::fs::write(&path, b"not a key").expect("overwrite");
+    let err = Libp2pTransport::spawn(Libp2pConfig {
+        key: KeySource::Ed25519File(path.clone()),
+        ..Libp2pConfig::default()
+    })
+    .await
+    .expect_err("bad key file");
+    assert!(matches!(err, TransportError::Config(_)), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_frames() {
+    let quic: Multiaddr = "/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("addr");
+    let config = Libp2pConfig {
+        listen_addrs: vec![quic],
+        ..Libp2pConfig::default()
+    };
+    let a = Libp2pTransport::spawn(config.clone()).await.expect("a");
+    let b = Libp2pTransport::spawn(config).await.expect("b");
+    a.add_address(b.local_peer_id(), b.listen_addrs()[0].clone())
+        .await
+        .expect("address");
+    a.send(b.local_peer_id(), Bytes::from_static(b"over quic"))
+        .await
+        .expect("send");
+    let inbound = within("recv", b.recv()).await.expect("frame");
+    assert_eq!(&inbound.frame[..], b"over quic");
+}
+
+// ---- a raw peer that writes arbitrary bytes on the frame protocol ---------------------------
+
+/// Writes the request bytes verbatim, whatever they claim.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl request_response::Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        let mut buf = Vec::new();
+        io.take(1024).read_to_end(&mut buf).await?;
+        Ok(buf)
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        let mut buf = Vec::new();
+        io.take(1024).read_to_end(&mut buf).await?;
+        Ok(buf)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&req).await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&res).await?;
+        io.close().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_frames_from_a_raw_peer() {
+    const MAX: usize = 4096;
+    let nodes = Libp2pTransport::spawn_local_network_with(vec![
+        Libp2pConfig {
+            max_frame: MAX,
+            ..Libp2pConfig::default()
+        },
+        Libp2pConfig::default(),
+    ])
+    .await
+    .expect("network");
+    let (target, honest) = (&nodes[0], &nodes[1]);
+
+    let mut raw = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                RawCodec,
+                [(FRAME_PROTOCOL, request_response::ProtocolSupport::Outbound)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+            )
+        })
+        .expect("behaviour")
+        .build();
+    let target_id = target.local_peer_id().to_libp2p();
+    raw.add_peer_address(target_id, target.listen_addrs()[0].clone());
+
+    let oversized = {
+        let mut f = u32::try_from(MAX + 1)
+            .expect("small")
+            .to_be_bytes()
+            .to_vec();
+        f.extend(vec![0u8; MAX + 1]);
+        f
+    };
+    let attacks: Vec<Vec<u8>> = vec![
+        u32::MAX.to_be_bytes().to_vec(),                  // claims 4 GiB
+        [0, 0, 0, 100, 1, 2, 3].to_vec(),                 // truncated body
+        vec![0, 0],                                       // truncated length
+        oversized,                                        // just over the cap
+        [0, 0, 0, 2, 9, 9, 9, 9, 9, 9, 9, 9, 9].to_vec(), // trailing bytes
+    ];
+    let mut answers = Vec::new();
+    for attack in attacks {
+        let id = raw.behaviour_mut().send_request(&target_id, attack);
+        let answer = within("raw request outcome", async {
+            loop {
+                match raw.select_next_some().await {
+                    SwarmEvent::Behaviour(request_response::Event::Message {
+                        message:
+                            request_response::Message::Response {
+                                request_id,
+                                response,
+                            },
+                        ..
+                    }) if request_id == id => break Some(response),
+                    SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                        request_id,
+                        ..
+                    }) if request_id == id => break None,
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        answers.push(answer);
+    }
+    // None of the malformed frames was accepted (status 0); only the last, whose declared length
+    // is valid, is read as a two-byte frame (the trailing bytes are ignored by the protocol).
+    assert!(
+        answers[..4]
+            .iter()
+            .all(|a| a.as_deref() != Some(&[0u8][..])),
+        "{answers:?}"
+    );
+
+    // The node is alive and serves honest peers.
+    honest
+        .send(target.local_peer_id(), Bytes::from_static(b"still here"))
+        .await
+        .expect("honest send after the attacks");
+    let mut got = Vec::new();
+    while got.last().map(|f: &Bytes| &f[..]) != Some(&b"still here"[..]) {
+        let inbound = within("recv after attacks", target.recv())
+            .await
+            .expect("frame");
+        got.push(inbound.frame);
+    }
+    // Only the syntactically valid frame (declared length 2) got in before the honest one.
+    assert!(got.len() <= 2, "{got:?}");
+    assert!(
+        got[..got.len() - 1].iter().all(|f| &f[..] == [9, 9]),
+        "{got:?}"
+    );
+    target.shutdown().await.expect("shutdown");
+}
