@@ -406,38 +406,68 @@ fn split66(bytes: &[u8; 66]) -> ([u8; 33], [u8; 33]) {
 }
 
 /// A BIP327 public nonce: two valid compressed points, 66 bytes.
+///
+/// The parsed points are kept alongside the bytes, so converting into core types or aggregating
+/// does not parse (and take square roots) again.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PubNonceBytes([u8; 66]);
+pub struct PubNonceBytes {
+    bytes: [u8; 66],
+    points: [PublicKey; 2],
+}
 
 impl PubNonceBytes {
     /// Validates that both halves are valid compressed points.
     pub fn from_bytes(bytes: [u8; 66]) -> Result<Self, ProtoError> {
         let (a, b) = split66(&bytes);
-        check_point(a, "public nonce R1")?;
-        check_point(b, "public nonce R2")?;
-        Ok(PubNonceBytes(bytes))
+        let points = [
+            check_point(a, "public nonce R1")?,
+            check_point(b, "public nonce R2")?,
+        ];
+        Ok(PubNonceBytes { bytes, points })
     }
 
     /// The 66 bytes.
     pub fn to_bytes(self) -> [u8; 66] {
-        self.0
+        self.bytes
     }
 
     /// The 66 bytes by reference.
     pub fn as_bytes(&self) -> &[u8; 66] {
-        &self.0
+        &self.bytes
     }
 
-    /// The two points (already validated).
-    pub fn points(&self) -> Result<[PublicKey; 2], ProtoError> {
-        let (a, b) = split66(&self.0);
-        Ok([
-            check_point(a, "public nonce R1")?,
-            check_point(b, "public nonce R2")?,
-        ])
+    /// The two points `R1`, `R2` (parsed once, at construction).
+    pub fn points(&self) -> [PublicKey; 2] {
+        self.points
     }
 }
-array_newtype_serde!(PubNonceBytes, 66);
+
+impl Serialize for PubNonceBytes {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        byte_array::serialize(&self.bytes, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for PubNonceBytes {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let bytes: [u8; 66] = byte_array::deserialize(deserializer)?;
+        PubNonceBytes::from_bytes(bytes).map_err(de_error)
+    }
+}
+
+impl fmt::Debug for PubNonceBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PubNonceBytes(")?;
+        hex_fmt(f, &self.bytes)?;
+        write!(f, ")")
+    }
+}
+
+impl fmt::Display for PubNonceBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        hex_fmt(f, &self.bytes)
+    }
+}
 
 /// A BIP327 aggregate nonce: two compressed points, 66 bytes, where either may be the point at
 /// infinity encoded as 33 zero bytes.
@@ -464,16 +494,7 @@ impl AggNonceBytes {
         }
         let mut out = [0u8; 66];
         for j in 0..2 {
-            let points: Vec<PublicKey> = nonces
-                .iter()
-                .map(|n| {
-                    let mut b = [0u8; 33];
-                    b.copy_from_slice(&n.0[33 * j..33 * (j + 1)]);
-                    PublicKey::from_byte_array_compressed(b)
-                })
-                .collect::<Result<_, _>>()
-                .ok()?;
-            let refs: Vec<&PublicKey> = points.iter().collect();
+            let refs: Vec<&PublicKey> = nonces.iter().map(|n| &n.points[j]).collect();
             // `combine_keys` fails only when the sum is the point at infinity, which BIP327
             // encodes as 33 zero bytes.
             if let Ok(sum) = PublicKey::combine_keys(&refs) {
