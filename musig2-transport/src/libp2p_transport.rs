@@ -944,14 +944,12 @@ impl Actor {
                 peer_id,
                 info,
                 ..
-            })) => {
+            })) if info.protocols.contains(&KAD_PROTOCOL) => {
                 // Without this, peers that dialled us are in Kademlia without an address.
-                if info.protocols.contains(&KAD_PROTOCOL) {
-                    for addr in info.listen_addrs {
-                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                    }
-                    self.known.insert(PeerId::from_libp2p(peer_id));
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
+                self.known.insert(PeerId::from_libp2p(peer_id));
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -972,14 +970,12 @@ impl Actor {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established,
+                num_established: 0,
                 ..
             } => {
-                if num_established == 0 {
-                    let peer = PeerId::from_libp2p(peer_id);
-                    self.buckets.remove(&peer);
-                    self.emit(PeerEvent::Disconnected(peer));
-                }
+                let peer = PeerId::from_libp2p(peer_id);
+                self.buckets.remove(&peer);
+                self.emit(PeerEvent::Disconnected(peer));
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer_id),

@@ -452,7 +452,7 @@ async fn malformed_and_oversized_frames_from_a_raw_peer() {
     // Only the syntactically valid frame (declared length 2) got in before the honest one.
     assert!(got.len() <= 2, "{got:?}");
     assert!(
-        got[..got.len() - 1].iter().all(|f| &f[..] == [9, 9]),
+        got[..got.len() - 1].iter().all(|f| f[..] == [9, 9]),
         "{got:?}"
     );
     target.shutdown().await.expect("shutdown");
