@@ -1,0 +1,238 @@
+//! Transport benchmarks: frame round trip between two nodes and an all-to-all round among ten
+//! nodes, for the memory network and for libp2p on loopback, plus a bare libp2p
+//! request-response pair (same codec, same transport stack) as the reference for our overhead.
+//!
+//! Targets (2-core machine): memory round trip < 20 µs; libp2p round trip <= 1.2x the bare
+//! request-response pair; 10-node all-to-all round over libp2p < 15 ms median.
+#![expect(missing_docs, reason = "criterion_group! generates an undocumented pub fn")]
+
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use futures::StreamExt;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Swarm, noise, request_response, tcp, yamux};
+use musig2_transport::{
+    Bytes, FRAME_PROTOCOL, FrameCodec, FrameStatus, Libp2pConfig, Libp2pTransport, MemoryNetwork,
+    PeerId, Transport,
+};
+use tokio::runtime::Runtime;
+
+const FRAME: usize = 256;
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// One full round: every node sends one frame to every other and receives one from each.
+async fn all_to_all<T: Transport>(nodes: &[T], ids: &[PeerId], frame: &Bytes) {
+    let round = nodes.iter().map(|node| {
+        let me = node.local_peer_id();
+        let others: Vec<PeerId> = ids.iter().copied().filter(|p| *p != me).collect();
+        let frame = frame.clone();
+        async move {
+            let (reports, received) = tokio::join!(node.send_many(&others, frame), async {
+                for _ in 0..others.len() {
+                    node.recv().await.expect("frame");
+                }
+            });
+            assert!(reports.iter().all(|r| r.result.is_ok()));
+            received
+        }
+    });
+    futures::future::join_all(round).await;
+}
+
+fn memory(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let frame = Bytes::from(vec![7u8; FRAME]);
+    let net = MemoryNetwork::new(1);
+    let (a, b) = (net.add_node(), net.add_node());
+    let (a_id, b_id) = (a.local_peer_id(), b.local_peer_id());
+    let mut group = c.benchmark_group("transport/memory");
+    group.bench_function("round_trip", |bench| {
+        bench.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    a.send(b_id, frame.clone()).await.expect("send");
+                    let ping = b.recv().await.expect("recv");
+                    b.send(a_id, ping.frame).await.expect("send back");
+                    a.recv().await.expect("recv back");
+                }
+                start.elapsed()
+            })
+        })
+    });
+
+    let net = MemoryNetwork::new(2);
+    let nodes: Vec<_> = (0..10).map(|_| net.add_node()).collect();
+    let ids: Vec<PeerId> = nodes.iter().map(|n| n.local_peer_id()).collect();
+    group.bench_function("all_to_all_10", |bench| {
+        bench.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    all_to_all(&nodes, &ids, &frame).await;
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+}
+
+fn bare_swarm(max_frame: usize) -> Swarm<request_response::Behaviour<FrameCodec>> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                FrameCodec::new(max_frame),
+                [(FRAME_PROTOCOL, request_response::ProtocolSupport::Full)],
+                request_response::Config::default(),
+            )
+        })
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .build()
+}
+
+/// One request-response exchange on the bare reference pair.
+async fn bare_request(
+    client: &mut Swarm<request_response::Behaviour<FrameCodec>>,
+    server: libp2p::PeerId,
+    frame: &Bytes,
+) {
+    let id = client.behaviour_mut().send_request(&server, frame.clone());
+    loop {
+        match client.select_next_some().await {
+            SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Response { request_id, .. },
+                ..
+            }) if request_id == id => break,
+            SwarmEvent::Behaviour(request_response::Event::OutboundFailure { error, .. }) => {
+                panic!("reference request failed: {error}")
+            }
+            _ => {}
+        }
+    }
+}
+
+fn libp2p_benches(c: &mut Criterion) {
+    let rt = runtime();
+    let frame = Bytes::from(vec![7u8; FRAME]);
+    let mut group = c.benchmark_group("transport/libp2p");
+    group.sample_size(30);
+
+    // Reference: a bare request-response pair with the same codec and transport stack. The
+    // server answers from its own task, the client drives its swarm inline.
+    let (mut client, server_id, server_task) = rt.block_on(async {
+        let mut server = bare_swarm(1 << 20);
+        server
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
+            .expect("listen");
+        let addr = loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
+                break address;
+            }
+        };
+        let server_id = *server.local_peer_id();
+        let task = tokio::spawn(async move {
+            loop {
+                if let SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Request { channel, .. },
+                    ..
+                }) = server.select_next_some().await
+                {
+                    let _ = server
+                        .behaviour_mut()
+                        .send_response(channel, FrameStatus::Accepted);
+                }
+            }
+        });
+        let mut client = bare_swarm(1 << 20);
+        client.add_peer_address(server_id, addr);
+        (client, server_id, task)
+    });
+    // Connect before measuring.
+    rt.block_on(bare_request(&mut client, server_id, &frame));
+    group.bench_function("round_trip_bare_request_response", |bench| {
+        bench.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    bare_request(&mut client, server_id, &frame).await;
+                }
+                start.elapsed()
+            })
+        })
+    });
+
+    // Ours: an acknowledged send (one request-response exchange) and the receiver taking it.
+    let pair = rt
+        .block_on(Libp2pTransport::spawn_local_network(
+            2,
+            Libp2pConfig::default(),
+        ))
+        .expect("pair");
+    let (a, b) = (&pair[0], &pair[1]);
+    let b_id = b.local_peer_id();
+    group.bench_function("round_trip_transport", |bench| {
+        bench.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let (sent, received) = tokio::join!(a.send(b_id, frame.clone()), b.recv());
+                    sent.expect("send");
+                    received.expect("recv");
+                }
+                start.elapsed()
+            })
+        })
+    });
+
+    let nodes = rt
+        .block_on(Libp2pTransport::spawn_local_network(
+            10,
+            Libp2pConfig::default(),
+        ))
+        .expect("ten nodes");
+    let ids: Vec<PeerId> = nodes.iter().map(|n| n.local_peer_id()).collect();
+    // Warm every connection once.
+    rt.block_on(all_to_all(&nodes, &ids, &frame));
+    group.bench_function("all_to_all_10", |bench| {
+        bench.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    all_to_all(&nodes, &ids, &frame).await;
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+
+    rt.block_on(async {
+        for node in pair.iter().chain(&nodes) {
+            node.shutdown().await.expect("shutdown");
+        }
+    });
+    server_task.abort();
+}
+
+criterion_group!(benches, memory, libp2p_benches);
+criterion_main!(benches);
