@@ -1,0 +1,145 @@
+//! The crate's error type.
+
+use musig2_proto::{ProtoError, SeqNo, SessionId, SignerIndex};
+use musig2_transport::{PeerId, TransportError};
+
+/// What a node should do about the peer that delivered a rejected message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerAction {
+    /// Harmless (a duplicate, a late message): drop it quietly.
+    Ignore,
+    /// The message was invalid or unauthenticated: drop it and count it against the peer.
+    Penalize,
+}
+
+/// Everything that can go wrong in the coordinator: rejected messages (which name the peer or
+/// signer responsible), session failures, and local errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CoordinatorError {
+    /// A frame or envelope failed decoding or verification.
+    #[error("invalid message from peer {peer}: {source}")]
+    InvalidMessage {
+        /// The peer that delivered it.
+        peer: PeerId,
+        /// What was wrong.
+        #[source]
+        source: ProtoError,
+    },
+    /// A message arrived from a peer that is not bound to any signer of the session.
+    #[error("peer {peer} is not bound to session {session}")]
+    UnboundPeer {
+        /// The peer.
+        peer: PeerId,
+        /// The session.
+        session: SessionId,
+    },
+    /// The same sequence number was seen before from this signer.
+    #[error("duplicate sequence number {seq} from signer {signer}")]
+    Duplicate {
+        /// The sender.
+        signer: SignerIndex,
+        /// Its sequence number.
+        seq: SeqNo,
+    },
+    /// The sequence number is older than the replay window.
+    #[error("sequence number {seq} from signer {signer} is older than the replay window")]
+    StaleSequence {
+        /// The sender.
+        signer: SignerIndex,
+        /// Its sequence number.
+        seq: SeqNo,
+    },
+    /// The sequence number jumps too far ahead.
+    #[error("sequence number {seq} from signer {signer} jumps more than {max_gap} ahead")]
+    SequenceGap {
+        /// The sender.
+        signer: SignerIndex,
+        /// Its sequence number.
+        seq: SeqNo,
+        /// The configured maximum gap.
+        max_gap: u64,
+    },
+    /// The envelope's timestamp is too far from our clock.
+    #[error("timestamp of signer {signer} is {skew_ms} ms away from our clock")]
+    ClockSkew {
+        /// The sender.
+        signer: SignerIndex,
+        /// The difference in milliseconds.
+        skew_ms: u64,
+    },
+    /// The message is for another signing attempt.
+    #[error("signer {signer} sent a message for attempt {found}, current is {expected}")]
+    WrongAttempt {
+        /// The sender.
+        signer: SignerIndex,
+        /// Our attempt.
+        expected: u16,
+        /// Theirs.
+        found: u16,
+    },
+    /// The message is not one this node accepts in its role and topology.
+    #[error("unexpected {kind} from signer {signer}")]
+    UnexpectedMessage {
+        /// The sender.
+        signer: SignerIndex,
+        /// The body kind.
+        kind: &'static str,
+    },
+    /// The session has already finished; the message was ignored.
+    #[error("session {0} has finished")]
+    SessionFinished(SessionId),
+    /// No session with this id is known to this node.
+    #[error("unknown session {0}")]
+    UnknownSession(SessionId),
+    /// The session exists already.
+    #[error("session {0} already exists")]
+    SessionExists(SessionId),
+    /// This node's key is not among the session's signers.
+    #[error("this node's key is not a signer of session {0}")]
+    NotASigner(SessionId),
+    /// The session was aborted.
+    #[error("session {session} aborted: {reason:?}, blamed {blamed:?}")]
+    Aborted {
+        /// The session.
+        session: SessionId,
+        /// Why.
+        reason: musig2_proto::AbortReason,
+        /// The signers blamed (empty if none).
+        blamed: Vec<SignerIndex>,
+    },
+    /// Too many concurrent sessions.
+    #[error("at most {0} concurrent sessions")]
+    TooManySessions(usize),
+    /// A request was invalid (e.g. bad signer list).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// A protocol-level error in our own request.
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+    /// A MuSig2 error in our own request.
+    #[error(transparent)]
+    Core(#[from] musig2_core::Error),
+    /// The transport failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The node task has stopped.
+    #[error("the node has shut down")]
+    Shutdown,
+}
+
+impl CoordinatorError {
+    /// What to do with the peer that caused a rejection.
+    pub fn peer_action(&self) -> PeerAction {
+        match self {
+            CoordinatorError::Duplicate { .. }
+            | CoordinatorError::StaleSequence { .. }
+            | CoordinatorError::SessionFinished(_)
+            | CoordinatorError::WrongAttempt { .. } => PeerAction::Ignore,
+            _ => PeerAction::Penalize,
+        }
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = CoordinatorError> = std::result::Result<T, E>;

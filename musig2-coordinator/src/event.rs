@@ -1,0 +1,104 @@
+//! Events a node emits about its sessions.
+
+use musig2_proto::{AbortReason, SessionId, SignerIndex};
+use musig2_transport::PeerId;
+use secp256k1::schnorr;
+
+/// Who ended a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortOrigin {
+    /// This node decided (timeout, invalid contribution, cancellation).
+    Local,
+    /// A participant sent a signed Abort; its blame is its claim, not our finding.
+    Remote(SignerIndex),
+}
+
+/// Something that happened to a session, broadcast to every subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// This node created a session.
+    SessionCreated {
+        /// The session.
+        session: SessionId,
+    },
+    /// A session announcement was stored in the DHT.
+    SessionAnnounced {
+        /// The session.
+        session: SessionId,
+    },
+    /// A verified announcement naming this node reached it (directly or through the DHT).
+    SessionDiscovered {
+        /// The session.
+        session: SessionId,
+    },
+    /// This node joined a session.
+    SessionJoined {
+        /// The session.
+        session: SessionId,
+        /// Our signer index.
+        signer: SignerIndex,
+    },
+    /// Another signer joined.
+    ParticipantJoined {
+        /// The session.
+        session: SessionId,
+        /// The signer.
+        signer: SignerIndex,
+    },
+    /// Every public nonce is in; the session context is fixed.
+    NoncesComplete {
+        /// The session.
+        session: SessionId,
+    },
+    /// Every partial signature is in.
+    PartialSignaturesComplete {
+        /// The session.
+        session: SessionId,
+    },
+    /// The final signature verified under the aggregate key.
+    SignatureReady {
+        /// The session.
+        session: SessionId,
+        /// The BIP340 signature.
+        signature: schnorr::Signature,
+    },
+    /// The session ended without a signature.
+    Aborted {
+        /// The session.
+        session: SessionId,
+        /// Why.
+        reason: AbortReason,
+        /// Signers blamed: culprits of invalid contributions, or who did not answer in time.
+        blamed: Vec<SignerIndex>,
+        /// Who decided.
+        origin: AbortOrigin,
+    },
+    /// A peer bound to one of our active sessions disconnected.
+    ParticipantDisconnected {
+        /// The session.
+        session: SessionId,
+        /// The signer whose peer it was.
+        signer: SignerIndex,
+        /// The peer.
+        peer: PeerId,
+    },
+}
+
+impl Event {
+    /// The session the event is about.
+    pub fn session(&self) -> SessionId {
+        match self {
+            Event::SessionCreated { session }
+            | Event::SessionAnnounced { session }
+            | Event::SessionDiscovered { session }
+            | Event::SessionJoined { session, .. }
+            | Event::ParticipantJoined { session, .. }
+            | Event::NoncesComplete { session }
+            | Event::PartialSignaturesComplete { session }
+            | Event::SignatureReady { session, .. }
+            | Event::Aborted { session, .. }
+            | Event::ParticipantDisconnected { session, .. } => *session,
+        }
+    }
+}

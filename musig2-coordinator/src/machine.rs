@@ -1,0 +1,1092 @@
+//! The sans-IO session state machine.
+//!
+//! A [`SessionMachine`] is one signer's view of one session. It never touches the network, a
+//! clock or a random source of its own: every call takes the current time (milliseconds since
+//! the UNIX epoch) and, where nonces are made, an RNG; every call returns [`Output`]s (envelopes
+//! to send to peers, events to emit). The next deadline is [`SessionMachine::next_deadline`];
+//! call [`SessionMachine::tick`] when it passes.
+//!
+//! Contributions are kept in one slot per signer and kind, whatever the current phase, so a
+//! message that arrives early (before the phase it belongs to) waits in its slot and is used when
+//! the phase comes. The same value twice is a no-op; a different value from the same signer is
+//! equivocation and aborts the session, blaming that signer.
+
+use std::collections::VecDeque;
+
+use musig2_core::{
+    AggNonce, KeyAggContext, NonceGen, PartialSignature, PubNonce, SecNonce, SessionContext,
+};
+use musig2_proto::{
+    AbortReason, Attempt, Body, Envelope, NonceCommitment, PartialSigBytes, PeerIdBytes,
+    PubNonceBytes, SeqNo, SessionId, SignedEnvelope, SignerIndex, Topology, VerifiedAnnouncement,
+    VerifiedEnvelope,
+};
+use musig2_transport::PeerId;
+use secp256k1::{Keypair, schnorr};
+
+use crate::config::Config;
+use crate::election::election_order;
+use crate::error::{CoordinatorError, Result};
+use crate::event::{AbortOrigin, Event};
+use crate::replay::ReplayWindow;
+
+/// Where a session stands, from this signer's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Known (announcement verified) but not joined by this node.
+    Created,
+    /// Joined; waiting for the other signers to join.
+    Joined,
+    /// Round 0: exchanging nonce commitments.
+    NonceCommit,
+    /// Round 1: exchanging public nonces.
+    Nonce,
+    /// Round 2: exchanging partial signatures.
+    PartialSig,
+    /// Finished with a verified final signature.
+    Done,
+    /// Finished without a signature.
+    Aborted,
+}
+
+impl Phase {
+    /// Whether the session has finished.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Done | Phase::Aborted)
+    }
+}
+
+/// What the machine asks its runtime to do.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// Send these envelopes to `to`, in one frame if possible.
+    Send {
+        /// Destination peer.
+        to: PeerId,
+        /// Signed envelopes (the runtime batches several into one frame).
+        envelopes: Vec<SignedEnvelope>,
+    },
+    /// Emit an event.
+    Event(Event),
+}
+
+/// A snapshot of a session's progress, for monitoring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionHealth {
+    /// The session.
+    pub session: SessionId,
+    /// Current phase.
+    pub phase: Phase,
+    /// Our signer index.
+    pub signer: SignerIndex,
+    /// Number of signers.
+    pub signers: usize,
+    /// Milliseconds since this node learned of the session.
+    pub age_ms: u64,
+    /// Signers we are waiting for in the current phase.
+    pub holdouts: Vec<SignerIndex>,
+    /// Joins received (ours included).
+    pub joined: usize,
+    /// Nonce commitments received.
+    pub commitments: usize,
+    /// Public nonces received.
+    pub nonces: usize,
+    /// Partial signatures received.
+    pub partial_signatures: usize,
+    /// The elected coordinator (aggregator in star topology).
+    pub coordinator: SignerIndex,
+    /// The signing attempt.
+    pub attempt: Attempt,
+    /// Messages rejected so far (invalid, unauthenticated, replayed, ...).
+    pub rejected_messages: u64,
+}
+
+/// Outcome of placing a contribution in its slot.
+enum Slot {
+    New,
+    Same,
+    Conflict,
+}
+
+fn place<T: PartialEq, E>(slot: &mut Option<(T, E)>, value: T, extra: E) -> Slot {
+    match slot {
+        None => {
+            *slot = Some((value, extra));
+            Slot::New
+        }
+        Some((old, _)) if *old == value => Slot::Same,
+        Some(_) => Slot::Conflict,
+    }
+}
+
+/// One signer's state machine for one session.
+pub struct SessionMachine {
+    ann: VerifiedAnnouncement,
+    id: SessionId,
+    me: SignerIndex,
+    keypair: Keypair,
+    key_agg: KeyAggContext,
+    n: usize,
+    topology: Topology,
+    commit_round: bool,
+    coordinator: SignerIndex,
+    nonce_timeout_ms: u64,
+    partial_sig_timeout_ms: u64,
+    max_skew_ms: u64,
+    max_buffered_per_peer: usize,
+
+    phase: Phase,
+    attempt: Attempt,
+    next_seq: SeqNo,
+    started_ms: u64,
+    phase_deadline_ms: Option<u64>,
+    session_deadline_ms: u64,
+
+    peers: Vec<Option<PeerId>>,
+    /// Whether signer `i`'s peer id came from the announcement (so everyone knows it).
+    listed: Vec<bool>,
+    joins: Vec<Option<(PeerId, SignedEnvelope)>>,
+    commits: Vec<Option<(NonceCommitment, SignedEnvelope)>>,
+    nonces: Vec<Option<(PubNonceBytes, Option<VerifiedEnvelope>)>>,
+    psigs: Vec<Option<(PartialSigBytes, SignedEnvelope)>>,
+    aggnonce_received: bool,
+    nonces_announced: bool,
+    psigs_announced: bool,
+
+    secnonce: Option<SecNonce>,
+    my_nonce: Option<PubNonceBytes>,
+    context: Option<SessionContext>,
+    signature: Option<schnorr::Signature>,
+
+    replay: Vec<ReplayWindow>,
+    unbound: VecDeque<(PeerId, SignedEnvelope)>,
+    rejected: u64,
+}
+
+impl std::fmt::Debug for SessionMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionMachine")
+            .field("session", &self.id)
+            .field("me", &self.me)
+            .field("phase", &self.phase)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionMachine {
+    /// A machine for a verified announcement that names `keypair`'s key, for a node speaking
+    /// from `local_peer`.
+    pub fn new(
+        ann: VerifiedAnnouncement,
+        keypair: Keypair,
+        local_peer: PeerId,
+        config: &Config,
+        now_ms: u64,
+    ) -> Result<SessionMachine> {
+        let id = ann.session_id();
+        let me = ann
+            .index_of(&keypair.public_key())
+            .ok_or(CoordinatorError::NotASigner(id))?;
+        let a = ann.announcement();
+        let keys = ann.signer_keys();
+        let tweaks = a
+            .tweaks
+            .iter()
+            .map(|t| musig2_core::Tweak::new(t.value(), t.is_x_only()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let key_agg = KeyAggContext::new(&keys)?.with_tweaks(&tweaks)?;
+        let n = keys.len();
+        let mut peers: Vec<Option<PeerId>> = a
+            .signers
+            .iter()
+            .map(|s| {
+                s.peer_id
+                    .as_ref()
+                    .and_then(|p| PeerId::from_bytes(p.as_bytes()).ok())
+            })
+            .collect();
+        let listed = peers.iter().map(Option::is_some).collect();
+        peers[me.as_usize()] = Some(local_peer);
+        let order = election_order(a.policy.election, &id, &keys);
+        let coordinator = order.first().copied().unwrap_or(me);
+        let session_deadline_ms = a
+            .expires_at_ms
+            .min(a.created_at_ms.saturating_add(a.policy.timeouts.session_ms));
+        Ok(SessionMachine {
+            id,
+            me,
+            keypair,
+            key_agg,
+            n,
+            topology: a.policy.topology,
+            commit_round: a.policy.nonce_commitment,
+            coordinator,
+            nonce_timeout_ms: a.policy.timeouts.nonce_ms,
+            partial_sig_timeout_ms: a.policy.timeouts.partial_sig_ms,
+            max_skew_ms: u64::try_from(config.max_clock_skew.as_millis()).unwrap_or(u64::MAX),
+            max_buffered_per_peer: config.max_buffered_messages_per_peer,
+            phase: Phase::Created,
+            attempt: Attempt::FIRST,
+            next_seq: SeqNo::FIRST,
+            started_ms: now_ms,
+            phase_deadline_ms: None,
+            session_deadline_ms,
+            peers,
+            listed,
+            joins: vec![None; n],
+            commits: vec![None; n],
+            nonces: vec![None; n],
+            psigs: vec![None; n],
+            aggnonce_received: false,
+            nonces_announced: false,
+            psigs_announced: false,
+            secnonce: None,
+            my_nonce: None,
+            context: None,
+            signature: None,
+            replay: vec![ReplayWindow::new(config.replay_window, config.max_seq_gap); n],
+            unbound: VecDeque::new(),
+            rejected: 0,
+            ann,
+        })
+    }
+
+    /// The session id.
+    pub fn session_id(&self) -> SessionId {
+        self.id
+    }
+
+    /// The verified announcement.
+    pub fn announcement(&self) -> &VerifiedAnnouncement {
+        &self.ann
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Our signer index.
+    pub fn signer_index(&self) -> SignerIndex {
+        self.me
+    }
+
+    /// The elected coordinator.
+    pub fn coordinator(&self) -> SignerIndex {
+        self.coordinator
+    }
+
+    /// The key-aggregation context (aggregate key after tweaks).
+    pub fn key_agg(&self) -> &KeyAggContext {
+        &self.key_agg
+    }
+
+    /// The final signature, once the session is done.
+    pub fn signature(&self) -> Option<schnorr::Signature> {
+        self.signature
+    }
+
+    /// The peer bound to signer `index`, if known.
+    pub fn peer_of(&self, index: SignerIndex) -> Option<PeerId> {
+        self.peers.get(index.as_usize()).copied().flatten()
+    }
+
+    /// The signer bound to `peer`, if any.
+    pub fn signer_of(&self, peer: &PeerId) -> Option<SignerIndex> {
+        self.peers
+            .iter()
+            .position(|p| p.as_ref() == Some(peer))
+            .and_then(|i| SignerIndex::try_from(i).ok())
+    }
+
+    /// When [`SessionMachine::tick`] must next be called.
+    pub fn next_deadline(&self) -> Option<u64> {
+        if self.phase.is_terminal() {
+            return None;
+        }
+        Some(match self.phase_deadline_ms {
+            Some(d) => d.min(self.session_deadline_ms),
+            None => self.session_deadline_ms,
+        })
+    }
+
+    /// Signers we are waiting for in the current phase.
+    pub fn holdouts(&self) -> Vec<SignerIndex> {
+        let star_member = self.topology == Topology::Star && self.me != self.coordinator;
+        let missing = |present: &dyn Fn(usize) -> bool| -> Vec<SignerIndex> {
+            (0..self.n)
+                .filter(|&i| !present(i))
+                .filter_map(|i| SignerIndex::try_from(i).ok())
+                .collect()
+        };
+        match self.phase {
+            Phase::Created | Phase::Done | Phase::Aborted => Vec::new(),
+            Phase::Joined if star_member => {
+                missing(&|i| i != self.coordinator.as_usize() || self.joins[i].is_some())
+            }
+            Phase::Joined => missing(&|i| self.joins[i].is_some()),
+            Phase::NonceCommit => missing(&|i| self.commits[i].is_some()),
+            Phase::Nonce if star_member => {
+                if self.aggnonce_received {
+                    Vec::new()
+                } else {
+                    vec![self.coordinator]
+                }
+            }
+            Phase::Nonce => missing(&|i| self.nonces[i].is_some()),
+            Phase::PartialSig if star_member => vec![self.coordinator],
+            Phase::PartialSig => missing(&|i| self.psigs[i].is_some()),
+        }
+    }
+
+    /// A snapshot of progress.
+    pub fn health(&self, now_ms: u64) -> SessionHealth {
+        SessionHealth {
+            session: self.id,
+            phase: self.phase,
+            signer: self.me,
+            signers: self.n,
+            age_ms: now_ms.saturating_sub(self.started_ms),
+            holdouts: self.holdouts(),
+            joined: self.joins.iter().filter(|s| s.is_some()).count(),
+            commitments: self.commits.iter().filter(|s| s.is_some()).count(),
+            nonces: self.nonces.iter().filter(|s| s.is_some()).count(),
+            partial_signatures: self.psigs.iter().filter(|s| s.is_some()).count(),
+            coordinator: self.coordinator,
+            attempt: self.attempt,
+            rejected_messages: self.rejected,
+        }
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Commands
+
+    /// Joins the session: binds our signer index to our peer id and tells the peers that need
+    /// it. Idempotent.
+    pub fn join<R: rand::CryptoRng + ?Sized>(&mut self, now_ms: u64, rng: &mut R) -> Vec<Output> {
+        let mut out = Vec::new();
+        if self.phase != Phase::Created {
+            return out;
+        }
+        let Some(local_peer) = self.peers[self.me.as_usize()] else {
+            return out;
+        };
+        // A libp2p peer id is at most 42 bytes, within the wire limit of 64.
+        let Ok(peer_id) = PeerIdBytes::new(local_peer.to_bytes()) else {
+            return out;
+        };
+        let join = self.sign(now_ms, Body::Join { peer_id });
+        self.joins[self.me.as_usize()] = Some((local_peer, join.clone()));
+        self.enter(Phase::Joined, now_ms, self.nonce_timeout_ms);
+        out.push(Output::Event(Event::SessionJoined {
+            session: self.id,
+            signer: self.me,
+        }));
+        let creator = self.ann.announcement().creator;
+        let targets: Vec<SignerIndex> = self
+            .all_signers()
+            .filter(|&j| self.needs_join_of(j, self.me) || j == creator)
+            .collect();
+        self.send_to(&mut out, targets, vec![join.clone()]);
+        // The creator hands the newcomer the joins it could not know about.
+        if self.me == creator {
+            self.relay_unlisted_joins_to(&mut out, self.me);
+        }
+        self.advance(now_ms, rng, &mut out);
+        out
+    }
+
+    /// Aborts the session locally (e.g. the application cancelled), telling the other signers.
+    pub fn cancel(&mut self, now_ms: u64) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.abort(now_ms, AbortReason::Cancelled, Vec::new(), &mut out);
+        out
+    }
+
+    /// Checks deadlines: aborts with the holdouts when the phase or the session has timed out.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Output> {
+        let mut out = Vec::new();
+        if self.phase.is_terminal() {
+            return out;
+        }
+        if now_ms >= self.session_deadline_ms {
+            let holdouts = self.holdouts();
+            self.abort(now_ms, AbortReason::Expired, holdouts, &mut out);
+        } else if self.phase_deadline_ms.is_some_and(|d| now_ms >= d) {
+            let holdouts = self.holdouts();
+            self.abort(now_ms, AbortReason::Timeout, holdouts, &mut out);
+        }
+        out
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Inbound
+
+    /// Handles one envelope delivered by `from`.
+    ///
+    /// Returns the outputs it causes, or the reason it was rejected (see
+    /// [`CoordinatorError::peer_action`] for what to do with the peer).
+    pub fn handle_envelope<R: rand::CryptoRng + ?Sized>(
+        &mut self,
+        from: PeerId,
+        envelope: SignedEnvelope,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Vec<Output>> {
+        let mut out = Vec::new();
+        match self.accept(from, envelope, now_ms, &mut out) {
+            Ok(()) => {
+                self.advance(now_ms, rng, &mut out);
+                Ok(out)
+            }
+            Err(e) => {
+                if e.peer_action() == crate::PeerAction::Penalize {
+                    self.rejected += 1;
+                }
+                // An abort decided while handling (e.g. equivocation) still has to go out.
+                if out.is_empty() { Err(e) } else { Ok(out) }
+            }
+        }
+    }
+
+    fn accept(
+        &mut self,
+        from: PeerId,
+        envelope: SignedEnvelope,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) -> Result<()> {
+        if self.phase.is_terminal() {
+            return Err(CoordinatorError::SessionFinished(self.id));
+        }
+        let verified = envelope
+            .verify(&self.ann)
+            .map_err(|source| CoordinatorError::InvalidMessage { peer: from, source })?;
+        let signer = verified.signer();
+        if signer == self.me {
+            // Our own envelope relayed back to us.
+            return Err(CoordinatorError::Duplicate {
+                signer,
+                seq: verified.seq(),
+            });
+        }
+        let direct_join = matches!(verified.body(), Body::Join { peer_id } if peer_id.as_bytes() == from.to_bytes().as_slice());
+        if !direct_join && self.signer_of(&from).is_none() {
+            return self.buffer_unbound(from, envelope);
+        }
+        let window = &self.replay[signer.as_usize()];
+        window.check(signer, verified.seq())?;
+        let skew_ms = verified.timestamp_ms().abs_diff(now_ms);
+        if skew_ms > self.max_skew_ms {
+            return Err(CoordinatorError::ClockSkew { signer, skew_ms });
+        }
+        self.replay[signer.as_usize()].record(verified.seq());
+        self.apply(verified, now_ms, out)
+    }
+
+    fn buffer_unbound(&mut self, from: PeerId, envelope: SignedEnvelope) -> Result<()> {
+        let from_peer = self.unbound.iter().filter(|(p, _)| *p == from).count();
+        let total_cap = self.max_buffered_per_peer.saturating_mul(self.n);
+        if from_peer >= self.max_buffered_per_peer || self.unbound.len() >= total_cap {
+            return Err(CoordinatorError::UnboundPeer {
+                peer: from,
+                session: self.id,
+            });
+        }
+        self.unbound.push_back((from, envelope));
+        Ok(())
+    }
+
+    fn apply(&mut self, env: VerifiedEnvelope, now_ms: u64, out: &mut Vec<Output>) -> Result<()> {
+        let signer = env.signer();
+        let j = signer.as_usize();
+        let check_attempt = |a: Attempt| {
+            if a == self.attempt {
+                Ok(())
+            } else {
+                Err(CoordinatorError::WrongAttempt {
+                    signer,
+                    expected: self.attempt.get(),
+                    found: a.get(),
+                })
+            }
+        };
+        match env.body().clone() {
+            Body::Join { peer_id } => {
+                let peer = PeerId::from_bytes(peer_id.as_bytes()).map_err(|_| {
+                    CoordinatorError::UnexpectedMessage {
+                        signer,
+                        kind: "join with an invalid peer id",
+                    }
+                })?;
+                if self.peers[j].is_some_and(|p| p != peer) {
+                    // Re-binding an index to another peer is refused (part of recovery later).
+                    return Err(CoordinatorError::UnexpectedMessage {
+                        signer,
+                        kind: "join from a second peer id",
+                    });
+                }
+                if self.joins[j].is_some() {
+                    return Ok(());
+                }
+                self.peers[j] = Some(peer);
+                self.joins[j] = Some((peer, env.signed().clone()));
+                out.push(Output::Event(Event::ParticipantJoined {
+                    session: self.id,
+                    signer,
+                }));
+                if self.me == self.ann.announcement().creator && !self.listed[j] {
+                    let targets: Vec<SignerIndex> = self
+                        .all_signers()
+                        .filter(|&k| k != signer && self.needs_join_of(k, signer))
+                        .filter(|&k| self.joins[k.as_usize()].is_some())
+                        .collect();
+                    self.send_to(out, targets, vec![env.signed().clone()]);
+                    self.relay_unlisted_joins_to(out, signer);
+                }
+                self.replay_unbound(peer, now_ms, out);
+            }
+            Body::NonceCommit {
+                attempt,
+                commitment,
+            } => {
+                check_attempt(attempt)?;
+                match place(&mut self.commits[j], commitment, env.signed().clone()) {
+                    Slot::Conflict => {
+                        self.abort(now_ms, AbortReason::Equivocation, vec![signer], out)
+                    }
+                    Slot::Same | Slot::New => self.check_commitment(signer, now_ms, out),
+                }
+            }
+            Body::Nonce { attempt, pub_nonce } => {
+                check_attempt(attempt)?;
+                self.place_nonce(signer, pub_nonce, Some(env), now_ms, out);
+            }
+            Body::AggregateNonce {
+                attempt, nonces, ..
+            } => {
+                check_attempt(attempt)?;
+                if self.topology != Topology::Star
+                    || signer != self.coordinator
+                    || self.me == self.coordinator
+                {
+                    return Err(CoordinatorError::UnexpectedMessage {
+                        signer,
+                        kind: "aggregate-nonce",
+                    });
+                }
+                // The proto layer checked every relayed nonce's signature and that they sum to
+                // the aggregate; each one is its author's signed statement.
+                for sn in &nonces {
+                    if sn.signer == self.me {
+                        if Some(sn.pub_nonce) != self.my_nonce {
+                            self.abort(
+                                now_ms,
+                                AbortReason::InvalidAggregateNonce,
+                                vec![signer],
+                                out,
+                            );
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    self.place_nonce(sn.signer, sn.pub_nonce, None, now_ms, out);
+                    if self.phase.is_terminal() {
+                        return Ok(());
+                    }
+                }
+                self.aggnonce_received = true;
+            }
+            Body::PartialSig {
+                attempt,
+                partial_sig,
+            } => {
+                check_attempt(attempt)?;
+                if let Slot::Conflict = place(&mut self.psigs[j], partial_sig, env.signed().clone())
+                {
+                    self.abort(now_ms, AbortReason::Equivocation, vec![signer], out);
+                }
+            }
+            Body::FinalSignature { signature, .. } => {
+                let sig = schnorr::Signature::from_byte_array(signature);
+                if musig2_core::verify_signature(
+                    &sig,
+                    self.ann.announcement().message.as_slice(),
+                    &self.key_agg.x_only_key(),
+                )
+                .is_err()
+                {
+                    // A lying coordinator can stall the session, never end it with a bad result.
+                    return Err(CoordinatorError::UnexpectedMessage {
+                        signer,
+                        kind: "final signature that does not verify",
+                    });
+                }
+                self.finish(sig, out);
+            }
+            Body::Abort { reason, blamed } => {
+                self.phase = Phase::Aborted;
+                self.secnonce = None;
+                out.push(Output::Event(Event::Aborted {
+                    session: self.id,
+                    reason,
+                    blamed: blamed.into_iter().collect(),
+                    origin: AbortOrigin::Remote(signer),
+                }));
+            }
+            Body::BroadcastConfirmed { .. } | Body::FailoverClaim { .. } | Body::Restart { .. } => {
+                // Broadcast confirmation, failover and crash recovery are not part of this
+                // node's protocol version; refuse rather than half-handle them.
+                return Err(CoordinatorError::UnexpectedMessage {
+                    signer,
+                    kind: env.body().kind(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn place_nonce(
+        &mut self,
+        signer: SignerIndex,
+        nonce: PubNonceBytes,
+        env: Option<VerifiedEnvelope>,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let slot = &mut self.nonces[signer.as_usize()];
+        match slot {
+            Some((old, _)) if *old != nonce => {
+                self.abort(now_ms, AbortReason::Equivocation, vec![signer], out);
+            }
+            Some((_, stored)) => {
+                if stored.is_none() {
+                    *stored = env;
+                }
+            }
+            None => {
+                *slot = Some((nonce, env));
+                self.check_commitment(signer, now_ms, out);
+            }
+        }
+    }
+
+    /// With both a commitment and a reveal from `signer`, checks one against the other.
+    fn check_commitment(&mut self, signer: SignerIndex, now_ms: u64, out: &mut Vec<Output>) {
+        let j = signer.as_usize();
+        if let (Some((commitment, _)), Some((nonce, _))) = (&self.commits[j], &self.nonces[j]) {
+            if commitment
+                .check_reveal(&self.id, signer, self.attempt, nonce)
+                .is_err()
+            {
+                self.abort(now_ms, AbortReason::CommitmentMismatch, vec![signer], out);
+            }
+        }
+    }
+
+    fn replay_unbound(&mut self, peer: PeerId, now_ms: u64, out: &mut Vec<Output>) {
+        let (ready, rest): (VecDeque<_>, VecDeque<_>) =
+            self.unbound.drain(..).partition(|(p, _)| *p == peer);
+        self.unbound = rest;
+        for (from, env) in ready {
+            if self.phase.is_terminal() {
+                break;
+            }
+            if let Err(e) = self.accept(from, env, now_ms, out) {
+                tracing::debug!(session = %self.id, %from, error = %e, "dropped buffered envelope");
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Progress
+
+    /// Moves through as many phases as the collected contributions allow.
+    fn advance<R: rand::CryptoRng + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        rng: &mut R,
+        out: &mut Vec<Output>,
+    ) {
+        loop {
+            let before = self.phase;
+            match self.phase {
+                Phase::Joined if self.holdouts().is_empty() => self.start_round1(now_ms, rng, out),
+                Phase::NonceCommit if self.all(&self.commits) => self.reveal(now_ms, out),
+                Phase::Nonce if self.all(&self.nonces) => self.sign_round2(now_ms, out),
+                Phase::PartialSig if self.all(&self.psigs) => self.aggregate(now_ms, out),
+                _ => {}
+            }
+            if self.phase == before {
+                break;
+            }
+        }
+    }
+
+    fn start_round1<R: rand::CryptoRng + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        rng: &mut R,
+        out: &mut Vec<Output>,
+    ) {
+        let sk = self.keypair.secret_key();
+        let mut extra = Vec::with_capacity(34);
+        extra.extend_from_slice(self.id.as_bytes());
+        extra.extend_from_slice(&self.attempt.get().to_be_bytes());
+        let generated = NonceGen::new(self.keypair.public_key())
+            .secret_key(&sk)
+            .key_agg(&self.key_agg)
+            .message(&self.ann.announcement().message)
+            .extra_input(&extra)
+            .generate(rng);
+        let (secnonce, pubnonce) = match generated {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::error!(session = %self.id, error = %e, "nonce generation failed");
+                self.abort(now_ms, AbortReason::Internal, Vec::new(), out);
+                return;
+            }
+        };
+        let Ok(nonce_bytes) = PubNonceBytes::from_bytes(pubnonce.to_bytes()) else {
+            self.abort(now_ms, AbortReason::Internal, Vec::new(), out);
+            return;
+        };
+        self.secnonce = Some(secnonce);
+        self.my_nonce = Some(nonce_bytes);
+        if self.commit_round {
+            let commitment =
+                NonceCommitment::compute(&self.id, self.me, self.attempt, &nonce_bytes);
+            let env = self.sign(
+                now_ms,
+                Body::NonceCommit {
+                    attempt: self.attempt,
+                    commitment,
+                },
+            );
+            self.commits[self.me.as_usize()] = Some((commitment, env.clone()));
+            let targets = self.round_targets();
+            self.send_to(out, targets, vec![env]);
+            self.enter(Phase::NonceCommit, now_ms, self.nonce_timeout_ms);
+        } else {
+            self.publish_nonce(now_ms, out);
+            self.enter(Phase::Nonce, now_ms, self.nonce_timeout_ms);
+        }
+    }
+
+    /// All commitments are in: the star coordinator shares them; everyone reveals.
+    fn reveal(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        if self.is_star_coordinator() {
+            let commits: Vec<SignedEnvelope> = self
+                .commits
+                .iter()
+                .flatten()
+                .map(|(_, env)| env.clone())
+                .collect();
+            for k in self.others() {
+                let for_k: Vec<SignedEnvelope> = commits
+                    .iter()
+                    .filter(|e| e.envelope().signer() != k)
+                    .cloned()
+                    .collect();
+                self.send_to(out, [k], for_k);
+            }
+        }
+        self.publish_nonce(now_ms, out);
+        self.enter(Phase::Nonce, now_ms, self.nonce_timeout_ms);
+    }
+
+    fn publish_nonce(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        let Some(nonce) = self.my_nonce else { return };
+        let env = self.sign(
+            now_ms,
+            Body::Nonce {
+                attempt: self.attempt,
+                pub_nonce: nonce,
+            },
+        );
+        let verified = if self.is_star_coordinator() {
+            // The aggregate-nonce message carries our own signed nonce too.
+            env.verify(&self.ann).ok()
+        } else {
+            None
+        };
+        self.nonces[self.me.as_usize()] = Some((nonce, verified));
+        if !self.is_star_coordinator() {
+            let targets = self.round_targets();
+            self.send_to(out, targets, vec![env]);
+        }
+    }
+
+    /// All nonces are in: fix the session context, sign, and send the partial signature.
+    fn sign_round2(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        if self.is_star_coordinator() {
+            let envs: Option<Vec<VerifiedEnvelope>> = self
+                .nonces
+                .iter()
+                .map(|s| s.as_ref().and_then(|(_, e)| e.clone()))
+                .collect();
+            let body =
+                envs.and_then(|envs| Body::aggregate_nonce(&self.ann, self.attempt, &envs).ok());
+            let Some(body) = body else {
+                self.abort(now_ms, AbortReason::Internal, Vec::new(), out);
+                return;
+            };
+            let env = self.sign(now_ms, body);
+            let others: Vec<SignerIndex> = self.others().collect();
+            self.send_to(out, others, vec![env]);
+        }
+        let pubnonces: Option<Vec<PubNonce>> = self
+            .nonces
+            .iter()
+            .map(|s| {
+                s.as_ref()
+                    .and_then(|(b, _)| PubNonce::from_bytes(b.as_bytes()).ok())
+            })
+            .collect();
+        let Some(pubnonces) = pubnonces else {
+            self.abort(now_ms, AbortReason::InvalidNonce, Vec::new(), out);
+            return;
+        };
+        let context = SessionContext::new(
+            &self.key_agg,
+            &AggNonce::aggregate(&pubnonces),
+            &self.ann.announcement().message,
+        );
+        if !self.nonces_announced {
+            self.nonces_announced = true;
+            out.push(Output::Event(Event::NoncesComplete { session: self.id }));
+        }
+        let Some(secnonce) = self.secnonce.take() else {
+            self.abort(now_ms, AbortReason::Internal, Vec::new(), out);
+            return;
+        };
+        let psig = match context.sign(secnonce, &self.keypair) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(session = %self.id, error = %e, "signing failed");
+                self.abort(now_ms, AbortReason::Internal, Vec::new(), out);
+                return;
+            }
+        };
+        self.context = Some(context);
+        let Ok(psig_bytes) = PartialSigBytes::from_bytes(psig.to_bytes()) else {
+            self.abort(now_ms, AbortReason::Internal, Vec::new(), out);
+            return;
+        };
+        let env = self.sign(
+            now_ms,
+            Body::PartialSig {
+                attempt: self.attempt,
+                partial_sig: psig_bytes,
+            },
+        );
+        self.psigs[self.me.as_usize()] = Some((psig_bytes, env.clone()));
+        if !self.is_star_coordinator() {
+            let targets = self.round_targets();
+            self.send_to(out, targets, vec![env]);
+        }
+        self.enter(Phase::PartialSig, now_ms, self.partial_sig_timeout_ms);
+    }
+
+    /// All partial signatures are in: aggregate with the core's fast path, blame on failure.
+    fn aggregate(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        let Some(context) = &self.context else { return };
+        if !self.psigs_announced {
+            self.psigs_announced = true;
+            out.push(Output::Event(Event::PartialSignaturesComplete {
+                session: self.id,
+            }));
+        }
+        let mut blamed = Vec::new();
+        let mut psigs = Vec::with_capacity(self.n);
+        for (i, slot) in self.psigs.iter().enumerate() {
+            let parsed = slot
+                .as_ref()
+                .and_then(|(b, _)| PartialSignature::from_bytes(&b.to_bytes()).ok());
+            match parsed {
+                Some(p) => psigs.push(p),
+                None => blamed.extend(SignerIndex::try_from(i).ok()),
+            }
+        }
+        let pubnonces: Vec<PubNonce> = self
+            .nonces
+            .iter()
+            .filter_map(|s| {
+                s.as_ref()
+                    .and_then(|(b, _)| PubNonce::from_bytes(b.as_bytes()).ok())
+            })
+            .collect();
+        let result = if blamed.is_empty() {
+            context.aggregate_and_verify(&psigs, &pubnonces)
+        } else {
+            Err(musig2_core::Error::InvalidPartialSignatures {
+                signers: blamed.iter().map(|s| s.as_usize()).collect(),
+            })
+        };
+        match result {
+            Ok(sig) => {
+                if self.is_star_coordinator() {
+                    let env = self.sign(
+                        now_ms,
+                        Body::FinalSignature {
+                            attempt: self.attempt,
+                            signature: sig.to_byte_array(),
+                        },
+                    );
+                    let others: Vec<SignerIndex> = self.others().collect();
+                    self.send_to(out, others, vec![env]);
+                }
+                self.finish(sig, out);
+            }
+            Err(e) => {
+                let culprits: Vec<SignerIndex> = e
+                    .culprits()
+                    .into_iter()
+                    .filter_map(|i| SignerIndex::try_from(i).ok())
+                    .collect();
+                if self.is_star_coordinator() {
+                    // Hand every signer the evidence so each finds the same culprits itself.
+                    let evidence: Vec<SignedEnvelope> = self
+                        .psigs
+                        .iter()
+                        .flatten()
+                        .map(|(_, env)| env.clone())
+                        .collect();
+                    let others: Vec<SignerIndex> = self.others().collect();
+                    for k in others {
+                        self.send_to(out, [k], evidence.clone());
+                    }
+                }
+                self.abort(now_ms, AbortReason::InvalidPartialSig, culprits, out);
+            }
+        }
+    }
+
+    fn finish(&mut self, sig: schnorr::Signature, out: &mut Vec<Output>) {
+        if self.phase.is_terminal() {
+            return;
+        }
+        self.phase = Phase::Done;
+        self.phase_deadline_ms = None;
+        self.secnonce = None;
+        self.signature = Some(sig);
+        out.push(Output::Event(Event::SignatureReady {
+            session: self.id,
+            signature: sig,
+        }));
+    }
+
+    fn abort(
+        &mut self,
+        now_ms: u64,
+        reason: AbortReason,
+        blamed: Vec<SignerIndex>,
+        out: &mut Vec<Output>,
+    ) {
+        if self.phase.is_terminal() {
+            return;
+        }
+        let joined = self.phase != Phase::Created;
+        self.phase = Phase::Aborted;
+        self.phase_deadline_ms = None;
+        // Dropping the secret nonce erases it; it can never be used again.
+        self.secnonce = None;
+        if joined {
+            let env = self.sign(
+                now_ms,
+                Body::Abort {
+                    reason,
+                    blamed: blamed.first().copied(),
+                },
+            );
+            let others: Vec<SignerIndex> = self.others().collect();
+            self.send_to(out, others, vec![env]);
+        }
+        tracing::info!(session = %self.id, ?reason, ?blamed, "session aborted");
+        out.push(Output::Event(Event::Aborted {
+            session: self.id,
+            reason,
+            blamed,
+            origin: AbortOrigin::Local,
+        }));
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Helpers
+
+    fn enter(&mut self, phase: Phase, now_ms: u64, timeout_ms: u64) {
+        self.phase = phase;
+        self.phase_deadline_ms = Some(now_ms.saturating_add(timeout_ms));
+    }
+
+    fn sign(&mut self, now_ms: u64, body: Body) -> SignedEnvelope {
+        let seq = self.next_seq;
+        self.next_seq = seq.next().unwrap_or(seq);
+        Envelope::sign(self.id, self.me, seq, now_ms, body, &self.keypair)
+    }
+
+    fn all<T>(&self, slots: &[Option<T>]) -> bool {
+        slots.iter().all(Option::is_some)
+    }
+
+    fn is_star_coordinator(&self) -> bool {
+        self.topology == Topology::Star && self.me == self.coordinator
+    }
+
+    fn all_signers(&self) -> impl Iterator<Item = SignerIndex> + use<> {
+        (0..self.n).filter_map(|i| SignerIndex::try_from(i).ok())
+    }
+
+    fn others(&self) -> impl Iterator<Item = SignerIndex> + use<> {
+        let me = self.me;
+        self.all_signers().filter(move |&i| i != me)
+    }
+
+    /// Who receives our round messages: everyone in mesh, the coordinator in star.
+    fn round_targets(&self) -> Vec<SignerIndex> {
+        match self.topology {
+            Topology::Mesh => self.others().collect(),
+            Topology::Star => vec![self.coordinator],
+        }
+    }
+
+    /// Whether `receiver` needs to learn `joiner`'s binding: everyone in mesh; in star only the
+    /// coordinator, and everyone the coordinator's.
+    fn needs_join_of(&self, receiver: SignerIndex, joiner: SignerIndex) -> bool {
+        receiver != joiner
+            && (self.topology == Topology::Mesh
+                || receiver == self.coordinator
+                || joiner == self.coordinator)
+    }
+
+    /// (Creator only.) Sends `to` the joins of signers whose peer ids were not announced.
+    fn relay_unlisted_joins_to(&mut self, out: &mut Vec<Output>, to: SignerIndex) {
+        let envs: Vec<SignedEnvelope> = (0..self.n)
+            .filter(|&k| !self.listed[k] && k != to.as_usize() && k != self.me.as_usize())
+            .filter(|&k| SignerIndex::try_from(k).is_ok_and(|ks| self.needs_join_of(to, ks)))
+            .filter_map(|k| self.joins[k].as_ref().map(|(_, e)| e.clone()))
+            .collect();
+        if !envs.is_empty() {
+            self.send_to(out, [to], envs);
+        }
+    }
+
+    fn send_to(
+        &self,
+        out: &mut Vec<Output>,
+        targets: impl IntoIterator<Item = SignerIndex>,
+        envelopes: Vec<SignedEnvelope>,
+    ) {
+        for t in targets {
+            if t == self.me {
+                continue;
+            }
+            if let Some(peer) = self.peer_of(t) {
+                out.push(Output::Send {
+                    to: peer,
+                    envelopes: envelopes.clone(),
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,828 @@
+//! The async runtime: a cheap [`Node`] handle and the task that owns the sessions.
+//!
+//! The task owns the transport's inbound side, the clock, the timers and every
+//! [`SessionMachine`]; handles talk to it over a bounded command channel with one-shot replies.
+//! Outbound frames are sent from spawned tasks (at most `max_inflight_sends` at once) with
+//! retries, exponential backoff and jitter, so a slow peer never stalls the node.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use musig2_proto::{
+    Announcement, Frame, Limits, Policy, SessionId, SignedAnnouncement, SignedEnvelope,
+    SignerIndex, SignerInfo, Timeouts, VerifiedAnnouncement, decode_frame,
+};
+use musig2_transport::{PeerEvent, PeerId, RecordValidator, Transport, TransportError};
+use rand::{Rng, SeedableRng};
+use secp256k1::{Keypair, PublicKey, schnorr};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::error::{CoordinatorError, Result};
+use crate::event::Event;
+use crate::machine::{Output, Phase, SessionHealth, SessionMachine};
+
+/// Prefix of the DHT key under which a session's announcement is stored.
+pub const DHT_KEY_PREFIX: &[u8] = b"musig2-p2p/session/";
+
+/// The DHT key of a session's announcement.
+pub fn dht_key(session: &SessionId) -> Vec<u8> {
+    let mut key = DHT_KEY_PREFIX.to_vec();
+    key.extend_from_slice(session.as_bytes());
+    key
+}
+
+/// A DHT record validator that accepts only a correctly signed, unexpired announcement stored
+/// under its own session id. Give it to the transport (e.g. `Libp2pConfig::record_validator`)
+/// so poisoned records are neither stored nor returned.
+pub fn announcement_record_validator(limits: Limits) -> RecordValidator {
+    RecordValidator::new(move |key, value| {
+        let Some(id) = key.strip_prefix(DHT_KEY_PREFIX) else {
+            return false;
+        };
+        let Ok(id) = <[u8; 32]>::try_from(id).map(SessionId::from_bytes) else {
+            return false;
+        };
+        let Ok(id) = id else { return false };
+        let now = unix_now_ms();
+        SignedAnnouncement::decode(value, &limits)
+            .and_then(|a| a.verify_id(&id, now, &limits))
+            .is_ok()
+    })
+}
+
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Wall-clock milliseconds that advance with tokio's clock, so a paused test clock moves
+/// protocol time too.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    base_ms: u64,
+    start: Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Clock {
+            base_ms: unix_now_ms(),
+            start: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.base_ms.saturating_add(elapsed)
+    }
+
+    fn instant_at(&self, at_ms: u64) -> Instant {
+        self.start + Duration::from_millis(at_ms.saturating_sub(self.base_ms))
+    }
+}
+
+/// What a caller asks for when creating a session.
+#[derive(Debug, Clone)]
+pub struct SessionRequest {
+    /// The signer keys, in BIP327 key-aggregation order (sort with `musig2_core::key_sort` if
+    /// the order should not matter). This node's key must be one of them.
+    pub signers: Vec<PublicKey>,
+    /// The peer each signer speaks from, where known (same length as `signers`, or empty).
+    /// Listed peers receive the announcement directly; the rest discover it in the DHT.
+    pub peers: Vec<Option<PeerId>>,
+    /// The message to sign (any length up to the configured limit).
+    pub message: Vec<u8>,
+    /// Tweaks to apply to the aggregate key, in order.
+    pub tweaks: Vec<musig2_core::Tweak>,
+    /// The session's rules; see [`Node::default_policy`].
+    pub policy: Policy,
+}
+
+enum Command {
+    Insert {
+        announcement: Box<VerifiedAnnouncement>,
+        created_here: bool,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Join {
+        session: SessionId,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Lookup {
+        session: SessionId,
+        reply: oneshot::Sender<Option<VerifiedAnnouncement>>,
+    },
+    Wait {
+        session: SessionId,
+        reply: oneshot::Sender<Result<schnorr::Signature>>,
+    },
+    Health {
+        session: SessionId,
+        reply: oneshot::Sender<Result<SessionHealth>>,
+    },
+    List {
+        reply: oneshot::Sender<Vec<SessionHealth>>,
+    },
+    Cancel {
+        session: SessionId,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A handle to a signing node. Cheap to clone; every clone talks to the same node task.
+#[derive(Clone)]
+pub struct Node {
+    commands: mpsc::Sender<Command>,
+    events: broadcast::Sender<Event>,
+    transport: Arc<dyn Transport>,
+    keypair: Keypair,
+    config: Arc<Config>,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("peer_id", &self.transport.local_peer_id())
+            .field("public_key", &self.keypair.public_key())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Starts a node signing with `keypair` over `transport`. Must be called inside a tokio
+    /// runtime.
+    pub fn spawn(transport: Arc<dyn Transport>, keypair: Keypair, config: Config) -> Node {
+        let config = Arc::new(config);
+        let (commands, command_rx) = mpsc::channel(config.command_queue.max(1));
+        let (events, _) = broadcast::channel(config.event_queue.max(1));
+        let clock = Clock::new();
+        let actor = Actor {
+            transport: transport.clone(),
+            keypair,
+            local_peer: transport.local_peer_id(),
+            config: config.clone(),
+            clock,
+            sessions: HashMap::new(),
+            finished: VecDeque::new(),
+            pending: HashMap::new(),
+            waiters: HashMap::new(),
+            events: events.clone(),
+            send_permits: Arc::new(Semaphore::new(config.max_inflight_sends.max(1))),
+            rng: rand::rngs::StdRng::from_os_rng(),
+        };
+        let peer_events = transport.events();
+        let span = tracing::info_span!("node", peer = %transport.local_peer_id());
+        tokio::spawn(actor.run(command_rx, peer_events).instrument(span));
+        Node {
+            commands,
+            events,
+            transport,
+            keypair,
+            config,
+            clock,
+        }
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.transport.local_peer_id()
+    }
+
+    /// This node's signing key.
+    pub fn public_key(&self) -> PublicKey {
+        self.keypair.public_key()
+    }
+
+    /// The transport this node runs on.
+    pub fn transport(&self) -> &Arc<dyn Transport> {
+        &self.transport
+    }
+
+    /// Subscribes to events (bounded: a subscriber that falls behind sees `Lagged`).
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// The policy this node's configuration implies: mesh topology, nonce commitments on,
+    /// hash-based election, the configured timeouts.
+    pub fn default_policy(&self) -> Policy {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+        Policy {
+            timeouts: Timeouts {
+                nonce_ms: ms(self.config.nonce_exchange_timeout),
+                partial_sig_ms: ms(self.config.partial_sig_exchange_timeout),
+                broadcast_ms: ms(self.config.broadcast_timeout),
+                session_ms: ms(self.config.session_timeout),
+            },
+            ..Policy::default()
+        }
+    }
+
+    /// Creates a session: builds and signs the announcement, stores it in the DHT (retrying
+    /// until the routing table allows, up to the DHT timeout), sends it to the signers whose
+    /// peers are listed, and joins it. Returns the session id.
+    pub async fn create_session(&self, request: SessionRequest) -> Result<SessionId> {
+        let now = self.clock.now_ms();
+        let me = self.keypair.public_key();
+        let creator = request
+            .signers
+            .iter()
+            .position(|k| *k == me)
+            .ok_or_else(|| CoordinatorError::InvalidRequest("our key is not a signer".into()))?;
+        if !request.peers.is_empty() && request.peers.len() != request.signers.len() {
+            return Err(CoordinatorError::InvalidRequest(
+                "peers must be empty or one per signer".into(),
+            ));
+        }
+        let mut signers: Vec<SignerInfo> = request
+            .signers
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                let peer = request.peers.get(i).copied().flatten();
+                let peer = if i == creator {
+                    Some(self.peer_id())
+                } else {
+                    peer
+                };
+                let peer_id = peer.and_then(|p| musig2_proto::PeerIdBytes::new(p.to_bytes()).ok());
+                SignerInfo { key: *key, peer_id }
+            })
+            .collect();
+        signers.shrink_to_fit();
+        let tweaks = request
+            .tweaks
+            .iter()
+            .map(|t| musig2_proto::Tweak::new(t.value(), t.is_x_only()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let session_ms = u64::try_from(self.config.session_timeout.as_millis()).unwrap_or(u64::MAX);
+        let announcement = Announcement {
+            signers,
+            message: request.message,
+            tweaks,
+            creator: SignerIndex::try_from(creator)?,
+            policy: request.policy,
+            salt: rand::random(),
+            created_at_ms: now,
+            expires_at_ms: now.saturating_add(session_ms),
+        };
+        let signed = announcement.sign(&self.keypair, &self.config.limits)?;
+        let verified = signed.verify(now, &self.config.limits)?;
+        let id = verified.session_id();
+        self.dht_put_with_retry(dht_key(&id), signed.to_frame_bytes())
+            .await?;
+        let _ = self.events.send(Event::SessionAnnounced { session: id });
+        self.call(|reply| Command::Insert {
+            announcement: Box::new(verified),
+            created_here: true,
+            reply,
+        })
+        .await??;
+        Ok(id)
+    }
+
+    async fn dht_put_with_retry(&self, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
+        let deadline = Instant::now() + self.config.dht_query_timeout;
+        let mut delay = self.config.retry_base_delay;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = tokio::time::timeout(
+                left,
+                self.transport
+                    .dht_put(key.clone(), value.clone(), self.config.session_timeout),
+            )
+            .await;
+            match attempt {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e @ (TransportError::Closed | TransportError::RecordTooLarge { .. }))) => {
+                    return Err(e.into());
+                }
+                Ok(Err(e)) if Instant::now() + delay >= deadline => return Err(e.into()),
+                Err(_) => {
+                    return Err(TransportError::Timeout {
+                        operation: "DHT put",
+                        after: self.config.dht_query_timeout,
+                    }
+                    .into());
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "DHT put failed, retrying");
+                    tokio::time::sleep(jittered(delay)).await;
+                    delay = (delay * 2).min(self.config.retry_max_delay);
+                }
+            }
+        }
+    }
+
+    /// Finds a session's announcement: from this node's memory if it was sent here, otherwise
+    /// from the DHT. Verifies the creator's signature, the recomputed id, the expiry and that
+    /// this node's key is a signer; poisoned DHT records are skipped.
+    pub async fn discover_session(&self, session: SessionId) -> Result<VerifiedAnnouncement> {
+        if let Some(known) = self
+            .call(|reply| Command::Lookup { session, reply })
+            .await?
+        {
+            return Ok(known);
+        }
+        let limits = self.config.limits;
+        let clock = self.clock;
+        let validator = RecordValidator::new(move |key, value| {
+            key == dht_key(&session).as_slice()
+                && SignedAnnouncement::decode(value, &limits)
+                    .and_then(|a| a.verify_id(&session, clock.now_ms(), &limits))
+                    .is_ok()
+        });
+        let value = tokio::time::timeout(
+            self.config.dht_query_timeout,
+            self.transport.dht_get(dht_key(&session), validator),
+        )
+        .await
+        .map_err(|_| TransportError::Timeout {
+            operation: "DHT get",
+            after: self.config.dht_query_timeout,
+        })??;
+        let verified = SignedAnnouncement::decode(&value, &limits)?.verify_id(
+            &session,
+            self.clock.now_ms(),
+            &limits,
+        )?;
+        if verified.index_of(&self.keypair.public_key()).is_none() {
+            return Err(CoordinatorError::NotASigner(session));
+        }
+        self.call(|reply| Command::Insert {
+            announcement: Box::new(verified.clone()),
+            created_here: false,
+            reply,
+        })
+        .await??;
+        Ok(verified)
+    }
+
+    /// Joins a session (discovering it first if needed) and takes part in the signing rounds.
+    pub async fn join_session(&self, session: SessionId) -> Result<()> {
+        self.discover_session(session).await?;
+        self.call(|reply| Command::Join { session, reply }).await?
+    }
+
+    /// Waits until the session ends: the verified final signature, or why it aborted.
+    pub async fn wait_for_signature(&self, session: SessionId) -> Result<schnorr::Signature> {
+        self.call(|reply| Command::Wait { session, reply }).await?
+    }
+
+    /// Progress of one session.
+    pub async fn health(&self, session: SessionId) -> Result<SessionHealth> {
+        self.call(|reply| Command::Health { session, reply })
+            .await?
+    }
+
+    /// Progress of every session this node knows.
+    pub async fn sessions(&self) -> Result<Vec<SessionHealth>> {
+        self.call(|reply| Command::List { reply }).await
+    }
+
+    /// Aborts a session, telling the other signers.
+    pub async fn cancel_session(&self, session: SessionId) -> Result<()> {
+        self.call(|reply| Command::Cancel { session, reply })
+            .await?
+    }
+
+    /// Stops the node task and shuts the transport down.
+    pub async fn shutdown(&self) -> Result<()> {
+        // The task may already be gone; shutting down twice is fine.
+        let _ = self.call(|reply| Command::Shutdown { reply }).await;
+        self.transport.shutdown().await?;
+        Ok(())
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(make(reply))
+            .await
+            .map_err(|_| CoordinatorError::Shutdown)?;
+        rx.await.map_err(|_| CoordinatorError::Shutdown)
+    }
+}
+
+/// `delay` scaled by a random factor in [0.5, 1.5), so retries of many nodes spread out.
+fn jittered(delay: Duration) -> Duration {
+    delay.mul_f64(rand::rng().random_range(0.5..1.5))
+}
+
+struct Actor {
+    transport: Arc<dyn Transport>,
+    keypair: Keypair,
+    local_peer: PeerId,
+    config: Arc<Config>,
+    clock: Clock,
+    sessions: HashMap<SessionId, SessionMachine>,
+    /// Finished sessions, oldest first; kept (bounded) so late waiters get the outcome.
+    finished: VecDeque<SessionId>,
+    /// Envelopes for sessions we do not know yet.
+    pending: HashMap<SessionId, VecDeque<(PeerId, SignedEnvelope)>>,
+    waiters: HashMap<SessionId, Vec<oneshot::Sender<Result<schnorr::Signature>>>>,
+    events: broadcast::Sender<Event>,
+    send_permits: Arc<Semaphore>,
+    rng: rand::rngs::StdRng,
+}
+
+impl Actor {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut peer_events: broadcast::Receiver<PeerEvent>,
+    ) {
+        let far = Duration::from_secs(3600);
+        loop {
+            let wake = self
+                .next_deadline()
+                .map(|ms| self.clock.instant_at(ms))
+                .unwrap_or_else(|| Instant::now() + far);
+            tokio::select! {
+                command = commands.recv() => match command {
+                    None => break,
+                    Some(Command::Shutdown { reply }) => {
+                        let _ = reply.send(());
+                        break;
+                    }
+                    Some(command) => self.handle_command(command).await,
+                },
+                inbound = self.transport.recv() => match inbound {
+                    Ok(inbound) => self.handle_frame(inbound.from, &inbound.frame).await,
+                    Err(TransportError::Closed) => break,
+                    Err(e) => tracing::warn!(error = %e, "receive failed"),
+                },
+                event = peer_events.recv() => match event {
+                    Ok(PeerEvent::Disconnected(peer)) => self.peer_disconnected(peer),
+                    Ok(PeerEvent::Connected(_)) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "peer events lagged");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        peer_events = broadcast::channel(1).1;
+                    }
+                },
+                () = tokio::time::sleep_until(wake) => self.tick().await,
+            }
+        }
+        for (_, waiters) in self.waiters.drain() {
+            for w in waiters {
+                let _ = w.send(Err(CoordinatorError::Shutdown));
+            }
+        }
+        tracing::debug!("node task stopped");
+    }
+
+    fn next_deadline(&self) -> Option<u64> {
+        self.sessions
+            .values()
+            .filter_map(SessionMachine::next_deadline)
+            .min()
+    }
+
+    async fn handle_command(&mut self, command: Command) {
+        let now = self.clock.now_ms();
+        match command {
+            Command::Insert {
+                announcement,
+                created_here,
+                reply,
+            } => {
+                let result = self.insert(*announcement, created_here, now).await;
+                let _ = reply.send(result);
+            }
+            Command::Join { session, reply } => {
+                let result = match self.sessions.get_mut(&session) {
+                    None => Err(CoordinatorError::UnknownSession(session)),
+                    Some(m) if m.phase() == Phase::Aborted => {
+                        Err(CoordinatorError::SessionFinished(session))
+                    }
+                    Some(m) => {
+                        let span = tracing::info_span!("session", id = %session);
+                        let outputs = span.in_scope(|| m.join(now, &mut self.rng));
+                        self.process(outputs).await;
+                        Ok(())
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Command::Lookup { session, reply } => {
+                let known = self
+                    .sessions
+                    .get(&session)
+                    .map(|m| m.announcement().clone());
+                let _ = reply.send(known);
+            }
+            Command::Wait { session, reply } => match self.sessions.get(&session) {
+                None => {
+                    let _ = reply.send(Err(CoordinatorError::UnknownSession(session)));
+                }
+                Some(m) => match (m.phase(), m.signature()) {
+                    (Phase::Done, Some(sig)) => {
+                        let _ = reply.send(Ok(sig));
+                    }
+                    (Phase::Aborted, _) => {
+                        let _ = reply.send(Err(CoordinatorError::SessionFinished(session)));
+                    }
+                    _ => self.waiters.entry(session).or_default().push(reply),
+                },
+            },
+            Command::Health { session, reply } => {
+                let health = self
+                    .sessions
+                    .get(&session)
+                    .map(|m| m.health(now))
+                    .ok_or(CoordinatorError::UnknownSession(session));
+                let _ = reply.send(health);
+            }
+            Command::List { reply } => {
+                let mut all: Vec<SessionHealth> =
+                    self.sessions.values().map(|m| m.health(now)).collect();
+                all.sort_by_key(|h| std::cmp::Reverse(h.age_ms));
+                let _ = reply.send(all);
+            }
+            Command::Cancel { session, reply } => {
+                let result = match self.sessions.get_mut(&session) {
+                    None => Err(CoordinatorError::UnknownSession(session)),
+                    Some(m) => {
+                        let outputs = m.cancel(now);
+                        self.process(outputs).await;
+                        Ok(())
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Command::Shutdown { reply } => {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    async fn insert(
+        &mut self,
+        announcement: VerifiedAnnouncement,
+        created_here: bool,
+        now: u64,
+    ) -> Result<()> {
+        let id = announcement.session_id();
+        if self.sessions.contains_key(&id) {
+            return if created_here {
+                Err(CoordinatorError::SessionExists(id))
+            } else {
+                Ok(())
+            };
+        }
+        let active = self.sessions.len() - self.finished.len();
+        if active >= self.config.max_concurrent_sessions {
+            return Err(CoordinatorError::TooManySessions(
+                self.config.max_concurrent_sessions,
+            ));
+        }
+        let frame = created_here.then(|| Bytes::from(announcement.signed().to_frame_bytes()));
+        let machine = SessionMachine::new(
+            announcement,
+            self.keypair,
+            self.local_peer,
+            &self.config,
+            now,
+        )?;
+        let listed_peers: Vec<PeerId> = (0..machine.announcement().signer_count())
+            .filter_map(|i| SignerIndex::try_from(i).ok())
+            .filter(|&i| i != machine.signer_index())
+            .filter_map(|i| machine.peer_of(i))
+            .collect();
+        self.sessions.insert(id, machine);
+        if let Some(frame) = frame {
+            self.emit(Event::SessionCreated { session: id });
+            for peer in listed_peers {
+                self.spawn_send(peer, frame.clone()).await;
+            }
+            if let Some(m) = self.sessions.get_mut(&id) {
+                let outputs = m.join(now, &mut self.rng);
+                self.process(outputs).await;
+            }
+        } else {
+            self.emit(Event::SessionDiscovered { session: id });
+        }
+        if let Some(buffered) = self.pending.remove(&id) {
+            for (from, envelope) in buffered {
+                self.route(from, envelope).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_frame(&mut self, from: PeerId, bytes: &[u8]) {
+        let frame = match decode_frame(bytes, &self.config.limits) {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::debug!(%from, error = %e, "dropped undecodable frame");
+                return;
+            }
+        };
+        match frame {
+            Frame::Announcement(signed) => {
+                let now = self.clock.now_ms();
+                match signed.verify(now, &self.config.limits) {
+                    Ok(verified) if verified.index_of(&self.keypair.public_key()).is_some() => {
+                        if let Err(e) = self.insert(verified, false, now).await {
+                            tracing::debug!(%from, error = %e, "announcement not taken");
+                        }
+                    }
+                    Ok(_) => tracing::debug!(%from, "announcement does not name us"),
+                    Err(e) => tracing::debug!(%from, error = %e, "invalid announcement"),
+                }
+            }
+            Frame::Envelope(envelope) => self.route(from, envelope).await,
+            Frame::Batch(envelopes) => {
+                for envelope in envelopes {
+                    self.route(from, envelope).await;
+                }
+            }
+        }
+    }
+
+    async fn route(&mut self, from: PeerId, envelope: SignedEnvelope) {
+        let id = envelope.envelope().session_id();
+        let now = self.clock.now_ms();
+        let Some(machine) = self.sessions.get_mut(&id) else {
+            self.buffer_pending(from, id, envelope);
+            return;
+        };
+        let span = tracing::info_span!("session", id = %id, peer = %from);
+        let result = span.in_scope(|| machine.handle_envelope(from, envelope, now, &mut self.rng));
+        match result {
+            Ok(outputs) => self.process(outputs).await,
+            Err(e) => {
+                tracing::debug!(session = %id, %from, error = %e, action = ?e.peer_action(), "rejected envelope");
+            }
+        }
+    }
+
+    fn buffer_pending(&mut self, from: PeerId, id: SessionId, envelope: SignedEnvelope) {
+        let cap = self.config.max_buffered_messages_per_peer;
+        if !self.pending.contains_key(&id)
+            && self.pending.len() >= self.config.max_concurrent_sessions
+        {
+            tracing::debug!(%from, session = %id, "pending buffer full, dropped envelope");
+            return;
+        }
+        let queue = self.pending.entry(id).or_default();
+        if queue.iter().filter(|(p, _)| *p == from).count() >= cap {
+            tracing::debug!(%from, session = %id, "per-peer pending cap reached, dropped envelope");
+            return;
+        }
+        queue.push_back((from, envelope));
+    }
+
+    async fn tick(&mut self) {
+        let now = self.clock.now_ms();
+        let due: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, m)| m.next_deadline().is_some_and(|d| d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(m) = self.sessions.get_mut(&id) {
+                let outputs = m.tick(now);
+                self.process(outputs).await;
+            }
+        }
+    }
+
+    fn peer_disconnected(&mut self, peer: PeerId) {
+        let mut events = Vec::new();
+        for (id, m) in &self.sessions {
+            if m.phase().is_terminal() {
+                continue;
+            }
+            if let Some(signer) = m.signer_of(&peer) {
+                events.push(Event::ParticipantDisconnected {
+                    session: *id,
+                    signer,
+                    peer,
+                });
+            }
+        }
+        for e in events {
+            self.emit(e);
+        }
+    }
+
+    /// Sends and emits what a machine asked for. Envelopes for the same peer produced by one step
+    /// go out as one batch frame.
+    async fn process(&mut self, outputs: Vec<Output>) {
+        let mut by_peer: Vec<(PeerId, Vec<SignedEnvelope>)> = Vec::new();
+        for output in outputs {
+            match output {
+                Output::Send { to, envelopes } => {
+                    match by_peer.iter_mut().find(|(p, _)| *p == to) {
+                        Some((_, list)) => list.extend(envelopes),
+                        None => by_peer.push((to, envelopes)),
+                    }
+                }
+                Output::Event(event) => self.on_event(event),
+            }
+        }
+        let max_batch = self.config.limits.max_batch_entries.max(1);
+        for (peer, envelopes) in by_peer {
+            for chunk in envelopes.chunks(max_batch) {
+                let frame = match chunk {
+                    [single] => Frame::Envelope(single.clone()).encode(),
+                    many => Frame::encode_batch(many),
+                };
+                self.spawn_send(peer, Bytes::from(frame)).await;
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match &event {
+            Event::SignatureReady { session, signature } => {
+                for w in self.waiters.remove(session).unwrap_or_default() {
+                    let _ = w.send(Ok(*signature));
+                }
+                self.retire(*session);
+            }
+            Event::Aborted {
+                session,
+                reason,
+                blamed,
+                ..
+            } => {
+                for w in self.waiters.remove(session).unwrap_or_default() {
+                    let _ = w.send(Err(CoordinatorError::Aborted {
+                        session: *session,
+                        reason: *reason,
+                        blamed: blamed.clone(),
+                    }));
+                }
+                self.retire(*session);
+            }
+            _ => {}
+        }
+        self.emit(event);
+    }
+
+    /// Keeps a bounded number of finished sessions around for late queries.
+    fn retire(&mut self, session: SessionId) {
+        self.finished.push_back(session);
+        while self.finished.len() > self.config.max_concurrent_sessions {
+            if let Some(old) = self.finished.pop_front() {
+                self.sessions.remove(&old);
+            }
+        }
+    }
+
+    fn emit(&self, event: Event) {
+        // No subscribers is fine: events are informational.
+        let _ = self.events.send(event);
+    }
+
+    async fn spawn_send(&self, to: PeerId, frame: Bytes) {
+        let Ok(permit) = self.send_permits.clone().acquire_owned().await else {
+            return;
+        };
+        let transport = self.transport.clone();
+        let config = self.config.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut delay = config.retry_base_delay;
+            for attempt in 0..=config.send_retry_attempts {
+                let result = tokio::time::timeout(
+                    config.message_send_timeout,
+                    transport.send(to, frame.clone()),
+                )
+                .await;
+                match result {
+                    Ok(Ok(())) => return,
+                    Ok(Err(
+                        e @ (TransportError::Closed | TransportError::FrameTooLarge { .. }),
+                    )) => {
+                        tracing::debug!(%to, error = %e, "send failed permanently");
+                        return;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%to, attempt, error = %e, "send failed"),
+                    Err(_) => tracing::debug!(%to, attempt, "send timed out"),
+                }
+                if attempt < config.send_retry_attempts {
+                    tokio::time::sleep(jittered(delay)).await;
+                    delay = (delay * 2).min(config.retry_max_delay);
+                }
+            }
+            tracing::warn!(%to, "giving up on a frame after retries");
+        });
+    }
+}
