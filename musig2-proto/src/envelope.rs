@@ -194,6 +194,7 @@ impl Body {
             if a != attempt {
                 return Err(ProtoError::AttemptMismatch {
                     signer: e.signer,
+                    relayed: e.signer,
                     expected: attempt.get(),
                     found: a.get(),
                 });
@@ -557,7 +558,8 @@ fn check_body(e: &Envelope, announcement: &VerifiedAnnouncement) -> Result<(), P
             for sn in nonces {
                 if sn.attempt != *attempt {
                     return Err(ProtoError::AttemptMismatch {
-                        signer: sn.signer,
+                        signer: e.signer,
+                        relayed: sn.signer,
                         expected: attempt.get(),
                         found: sn.attempt.get(),
                     });
@@ -566,7 +568,11 @@ fn check_body(e: &Envelope, announcement: &VerifiedAnnouncement) -> Result<(), P
                     announcement,
                     &sn.as_envelope(e.version, e.session_id),
                     &sn.signature,
-                )?;
+                )
+                .map_err(|_| ProtoError::RelayedNonceForged {
+                    signer: e.signer,
+                    relayed: sn.signer,
+                })?;
             }
             let pub_nonces: Vec<PubNonceBytes> = nonces.iter().map(|sn| sn.pub_nonce).collect();
             if AggNonceBytes::aggregate(&pub_nonces).as_ref() != Some(agg_nonce) {

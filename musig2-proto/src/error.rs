@@ -171,14 +171,26 @@ pub enum ProtoError {
         signer: SignerIndex,
     },
     /// A nonce relayed inside an AggregateNonce is for another attempt.
-    #[error("nonce of signer {signer} relayed for attempt {found}, expected {expected}")]
+    #[error(
+        "signer {signer} relayed signer {relayed}'s nonce for attempt {found}, expected {expected}"
+    )]
     AttemptMismatch {
-        /// Signer whose relayed nonce is wrong.
+        /// The sender of the AggregateNonce (who relayed a stale nonce).
         signer: SignerIndex,
+        /// The signer whose relayed nonce is for the wrong attempt.
+        relayed: SignerIndex,
         /// Attempt of the AggregateNonce.
         expected: u16,
         /// Attempt in the relayed nonce.
         found: u16,
+    },
+    /// A nonce relayed inside an AggregateNonce does not carry a valid signature by its signer.
+    #[error("signer {signer} relayed a nonce for signer {relayed} that signer did not sign")]
+    RelayedNonceForged {
+        /// The sender of the AggregateNonce.
+        signer: SignerIndex,
+        /// The signer the relayed nonce claims to be from.
+        relayed: SignerIndex,
     },
     /// The aggregate nonce is not the sum of the relayed public nonces.
     #[error("aggregate nonce from signer {signer} is not the sum of the relayed nonces")]
@@ -203,21 +215,21 @@ pub enum ProtoError {
 }
 
 impl ProtoError {
-    /// The signer whose message caused this error, when one can be named.
+    /// The signer to blame for this error, when the protocol can prove who it is.
     ///
-    /// Only errors found while verifying a message that authenticated as (or claimed to come from)
-    /// a particular signer name one; decoding errors do not, because unauthenticated bytes can
-    /// come from anybody.
+    /// Only errors found in content whose envelope signature already verified name a culprit
+    /// (that signer provably sent it). A bad signature, a wrong session or an unknown index name
+    /// nobody: the signer index in an unauthenticated message is only a claim, so blame belongs to
+    /// the peer that delivered the bytes, which is the transport's business. Decoding errors
+    /// likewise name nobody.
     pub fn culprit(&self) -> Option<SignerIndex> {
         match self {
-            ProtoError::BadAnnouncementSignature { creator } => Some(*creator),
-            ProtoError::WrongSession { signer }
-            | ProtoError::BadEnvelopeSignature { signer }
-            | ProtoError::PeerIdMismatch { signer }
+            ProtoError::PeerIdMismatch { signer }
             | ProtoError::BlamedOutOfRange { signer, .. }
             | ProtoError::UnexpectedAggregateNonce { signer }
             | ProtoError::AggregateNonceIncomplete { signer }
             | ProtoError::AttemptMismatch { signer, .. }
+            | ProtoError::RelayedNonceForged { signer, .. }
             | ProtoError::AggregateNonceMismatch { signer }
             | ProtoError::CommitmentMismatch { signer } => Some(*signer),
             _ => None,

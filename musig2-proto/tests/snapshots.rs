@@ -212,7 +212,9 @@ fn wire_encoding_is_pinned() {
             let targets: &[&str] = match e.name {
                 "announcement" => &["decode_frame", "decode_announcement"],
                 "batch" => &["decode_frame"],
-                n if n.starts_with("env_") => &["decode_frame", "decode_envelope", "verify_resigned"],
+                n if n.starts_with("env_") => {
+                    &["decode_frame", "decode_envelope", "verify_resigned"]
+                }
                 _ => &[],
             };
             for t in targets {
