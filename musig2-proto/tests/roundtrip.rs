@@ -402,3 +402,81 @@ fn invalid_signer_key_in_announcement_is_typed() {
         })
     );
 }
+
+fn postcard_round_trip<T>(value: &T) -> T
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let bytes = postcard::to_allocvec(value).expect("encode");
+    postcard::from_bytes(&bytes).expect("decode")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_newtype_round_trips_and_rejects_invalid_values(
+        i in 0..=SignerIndex::MAX,
+        s in 1u64..,
+        att in 0..=Attempt::MAX,
+        sc in any_scalar(),
+        x in any::<bool>(),
+        p in any_peer(),
+        seed in any::<u8>(),
+        id in any::<[u8; 32]>(),
+        policy in any_policy(),
+    ) {
+        prop_assert_eq!(postcard_round_trip(&idx(i)), idx(i));
+        prop_assert_eq!(postcard_round_trip(&seq(s)), seq(s));
+        prop_assert_eq!(postcard_round_trip(&attempt(att)), attempt(att));
+        let t = Tweak::new(sc, x).expect("valid");
+        prop_assert_eq!(postcard_round_trip(&t), t);
+        prop_assert_eq!(postcard_round_trip(&p), p.clone());
+        prop_assert_eq!(postcard_round_trip(&pub_nonce(seed)), pub_nonce(seed));
+        let ps = PartialSigBytes::from_bytes(sc).expect("valid");
+        prop_assert_eq!(postcard_round_trip(&ps), ps);
+        let sid = musig2_proto::SessionId::from_bytes(id).expect("any bytes");
+        prop_assert_eq!(postcard_round_trip(&sid), sid);
+        let nc = NonceCommitment::from_bytes(id).expect("any bytes");
+        prop_assert_eq!(postcard_round_trip(&nc), nc);
+        prop_assert_eq!(postcard_round_trip(&policy), policy);
+        let agg = AggNonceBytes::aggregate(&[pub_nonce(seed), pub_nonce(seed.wrapping_add(1))]).expect("non-empty");
+        prop_assert_eq!(postcard_round_trip(&agg), agg);
+    }
+
+    #[test]
+    fn aggregate_nonce_envelope_round_trips(att in 0..=Attempt::MAX, s in 1u64..) {
+        let a = verified(3, Topology::Star);
+        let body = Body::aggregate_nonce(&a, attempt(att), &nonce_envelopes(&a, att)).expect("aggregate");
+        let e = envelope(&a, 0, s, body);
+        let decoded = SignedEnvelope::decode(&e.to_frame_bytes(), &Limits::default()).expect("decode");
+        prop_assert_eq!(&decoded, &e);
+        prop_assert!(decoded.verify(&a).is_ok());
+    }
+}
+
+#[test]
+fn invalid_values_do_not_deserialize() {
+    // postcard varints: 4096 = [0x80, 0x20]; 1025 = [0x81, 0x08].
+    assert!(postcard::from_bytes::<SignerIndex>(&[0x80, 0x20]).is_err());
+    assert!(postcard::from_bytes::<SignerIndex>(&[0xFF, 0x1F]).is_ok());
+    assert!(postcard::from_bytes::<SeqNo>(&[0x00]).is_err());
+    assert!(postcard::from_bytes::<Attempt>(&[0x81, 0x08]).is_err());
+    assert!(postcard::from_bytes::<Attempt>(&[0x80, 0x08]).is_ok());
+    assert!(postcard::from_bytes::<PeerIdBytes>(&[0x00]).is_err());
+    let mut long = vec![65u8];
+    long.extend_from_slice(&[1; 65]);
+    assert!(postcard::from_bytes::<PeerIdBytes>(&long).is_err());
+    assert!(postcard::from_bytes::<PartialSigBytes>(&[0xFF; 32]).is_err());
+    let mut tweak = vec![0xFF; 32];
+    tweak.push(0);
+    assert!(postcard::from_bytes::<Tweak>(&tweak).is_err());
+    assert!(
+        postcard::from_bytes::<AggNonceBytes>(&[0u8; 66]).is_ok(),
+        "both halves infinity"
+    );
+    let mut bad = [0u8; 66];
+    bad[33] = 0x02;
+    bad[34..].copy_from_slice(&[0xFF; 32]);
+    assert!(postcard::from_bytes::<AggNonceBytes>(&bad).is_err());
+}
