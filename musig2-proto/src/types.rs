@@ -127,7 +127,7 @@ fn hex_fmt(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
 
 /// Generates the serde impls for a newtype over a fixed-size array, validating on decode.
 macro_rules! array_newtype_serde {
-    ($ty:ident, $n:expr) => {
+    ($ty:ident, $n:expr, $validate:path) => {
         impl Serialize for $ty {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 byte_array::serialize(&self.0, serializer)
@@ -137,7 +137,7 @@ macro_rules! array_newtype_serde {
         impl<'de> Deserialize<'de> for $ty {
             fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
                 let bytes: [u8; $n] = byte_array::deserialize(deserializer)?;
-                $ty::from_bytes(bytes).map_err(de_error)
+                $validate(bytes).map_err(de_error)
             }
         }
 
@@ -165,9 +165,10 @@ macro_rules! array_newtype_serde {
 pub struct SessionId([u8; 32]);
 
 impl SessionId {
-    /// Wraps raw bytes (any 32 bytes are a syntactically valid id).
-    pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, ProtoError> {
-        Ok(SessionId(bytes))
+    /// Wraps raw bytes. Any 32 bytes are a syntactically valid id, so this cannot fail; whether
+    /// an id belongs to an announcement is checked by recomputing it.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        SessionId(bytes)
     }
 
     /// The raw id bytes.
@@ -183,8 +184,12 @@ impl SessionId {
     pub(crate) fn from_hash(bytes: [u8; 32]) -> Self {
         SessionId(bytes)
     }
+
+    fn validated(bytes: [u8; 32]) -> Result<Self, ProtoError> {
+        Ok(SessionId(bytes))
+    }
 }
-array_newtype_serde!(SessionId, 32);
+array_newtype_serde!(SessionId, 32, SessionId::validated);
 
 /// Index of a signer in the announcement's signer list (0-based).
 ///
@@ -514,7 +519,7 @@ impl AggNonceBytes {
         &self.0
     }
 }
-array_newtype_serde!(AggNonceBytes, 66);
+array_newtype_serde!(AggNonceBytes, 66, AggNonceBytes::from_bytes);
 
 /// A BIP327 partial signature: a 32-byte big-endian scalar below the curve order.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -534,7 +539,7 @@ impl PartialSigBytes {
         self.0
     }
 }
-array_newtype_serde!(PartialSigBytes, 32);
+array_newtype_serde!(PartialSigBytes, 32, PartialSigBytes::from_bytes);
 
 /// A BIP327 tweak: a scalar below the curve order, applied as a plain or x-only tweak.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -594,9 +599,9 @@ impl<'de> Deserialize<'de> for Tweak {
 pub struct NonceCommitment([u8; 32]);
 
 impl NonceCommitment {
-    /// Wraps raw commitment bytes (any 32 bytes are syntactically valid).
-    pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, ProtoError> {
-        Ok(NonceCommitment(bytes))
+    /// Wraps raw commitment bytes (any 32 bytes are syntactically valid, so this cannot fail).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        NonceCommitment(bytes)
     }
 
     /// The 32 bytes.
@@ -607,5 +612,9 @@ impl NonceCommitment {
     pub(crate) fn from_hash(bytes: [u8; 32]) -> Self {
         NonceCommitment(bytes)
     }
+
+    fn validated(bytes: [u8; 32]) -> Result<Self, ProtoError> {
+        Ok(NonceCommitment(bytes))
+    }
 }
-array_newtype_serde!(NonceCommitment, 32);
+array_newtype_serde!(NonceCommitment, 32, NonceCommitment::validated);

@@ -94,7 +94,7 @@ fn any_body() -> impl Strategy<Value = Body> {
         any_peer().prop_map(|peer_id| Body::Join { peer_id }),
         (any_attempt(), any::<[u8; 32]>()).prop_map(|(attempt, c)| Body::NonceCommit {
             attempt,
-            commitment: NonceCommitment::from_bytes(c).expect("any bytes"),
+            commitment: NonceCommitment::from_bytes(c),
         }),
         (any_attempt(), any::<u8>()).prop_map(|(attempt, s)| Body::Nonce {
             attempt,
@@ -435,9 +435,9 @@ proptest! {
         prop_assert_eq!(postcard_round_trip(&pub_nonce(seed)), pub_nonce(seed));
         let ps = PartialSigBytes::from_bytes(sc).expect("valid");
         prop_assert_eq!(postcard_round_trip(&ps), ps);
-        let sid = musig2_proto::SessionId::from_bytes(id).expect("any bytes");
+        let sid = musig2_proto::SessionId::from_bytes(id);
         prop_assert_eq!(postcard_round_trip(&sid), sid);
-        let nc = NonceCommitment::from_bytes(id).expect("any bytes");
+        let nc = NonceCommitment::from_bytes(id);
         prop_assert_eq!(postcard_round_trip(&nc), nc);
         prop_assert_eq!(postcard_round_trip(&policy), policy);
         let agg = AggNonceBytes::aggregate(&[pub_nonce(seed), pub_nonce(seed.wrapping_add(1))]).expect("non-empty");
