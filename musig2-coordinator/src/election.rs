@@ -52,7 +52,7 @@ mod tests {
     #[test]
     fn first_and_last_signer() {
         let k = keys(4);
-        let id = SessionId::from_bytes([7; 32]).unwrap();
+        let id = SessionId::from_bytes([7; 32]);
         assert_eq!(
             order_usize(election_order(ElectionMethod::FirstSigner, &id, &k)),
             vec![0, 1, 2, 3]
@@ -66,7 +66,7 @@ mod tests {
     #[test]
     fn lexicographic_orders_by_key_bytes() {
         let k = keys(6);
-        let id = SessionId::from_bytes([7; 32]).unwrap();
+        let id = SessionId::from_bytes([7; 32]);
         let order = order_usize(election_order(ElectionMethod::Lexicographic, &id, &k));
         for w in order.windows(2) {
             assert!(k[w[0]].serialize() < k[w[1]].serialize());
@@ -78,12 +78,12 @@ mod tests {
         let k = keys(16);
         let a = order_usize(election_order(
             ElectionMethod::HashBased,
-            &SessionId::from_bytes([1; 32]).unwrap(),
+            &SessionId::from_bytes([1; 32]),
             &k,
         ));
         let b = order_usize(election_order(
             ElectionMethod::HashBased,
-            &SessionId::from_bytes([2; 32]).unwrap(),
+            &SessionId::from_bytes([2; 32]),
             &k,
         ));
         let mut sorted = a.clone();

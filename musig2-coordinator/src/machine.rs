@@ -147,7 +147,9 @@ pub struct SessionMachine {
     listed: Vec<bool>,
     joins: Vec<Option<(PeerId, SignedEnvelope)>>,
     commits: Vec<Option<(NonceCommitment, SignedEnvelope)>>,
-    nonces: Vec<Option<(PubNonceBytes, Option<VerifiedEnvelope>)>>,
+    nonces: Vec<Option<(PubNonceBytes, SignedEnvelope)>>,
+    /// Verified nonce envelopes, kept by the star coordinator to build the aggregate message.
+    verified_nonces: Vec<Option<VerifiedEnvelope>>,
     psigs: Vec<Option<(PartialSigBytes, SignedEnvelope)>>,
     aggnonce_received: bool,
     nonces_announced: bool,
@@ -236,6 +238,7 @@ impl SessionMachine {
             joins: vec![None; n],
             commits: vec![None; n],
             nonces: vec![None; n],
+            verified_nonces: vec![None; n],
             psigs: vec![None; n],
             aggnonce_received: false,
             nonces_announced: false,
@@ -459,6 +462,12 @@ impl SessionMachine {
         if self.phase.is_terminal() {
             return Err(CoordinatorError::SessionFinished(self.id));
         }
+        if self.is_stored(&envelope) {
+            return Err(CoordinatorError::Duplicate {
+                signer: envelope.envelope().signer(),
+                seq: envelope.envelope().seq(),
+            });
+        }
         let verified = envelope
             .verify(&self.ann)
             .map_err(|source| CoordinatorError::InvalidMessage { peer: from, source })?;
@@ -474,8 +483,13 @@ impl SessionMachine {
         if !direct_join && self.signer_of(&from).is_none() {
             return self.buffer_unbound(from, envelope);
         }
-        let window = &self.replay[signer.as_usize()];
-        window.check(signer, verified.seq())?;
+        if let Err(e) = self.replay[signer.as_usize()].check(signer, verified.seq()) {
+            // A replayed sequence number is dropped, unless its content proves equivocation.
+            if self.contradicts(&verified) {
+                self.abort(now_ms, AbortReason::Equivocation, vec![signer], out);
+            }
+            return Err(e);
+        }
         let skew_ms = verified.timestamp_ms().abs_diff(now_ms);
         if skew_ms > self.max_skew_ms {
             return Err(CoordinatorError::ClockSkew { signer, skew_ms });
@@ -560,7 +574,11 @@ impl SessionMachine {
             }
             Body::Nonce { attempt, pub_nonce } => {
                 check_attempt(attempt)?;
-                self.place_nonce(signer, pub_nonce, Some(env), now_ms, out);
+                let signed = env.signed().clone();
+                if self.is_star_coordinator() {
+                    self.verified_nonces[j].get_or_insert(env);
+                }
+                self.place_nonce(signer, pub_nonce, signed, now_ms, out);
             }
             Body::AggregateNonce {
                 attempt, nonces, ..
@@ -590,7 +608,8 @@ impl SessionMachine {
                         }
                         continue;
                     }
-                    self.place_nonce(sn.signer, sn.pub_nonce, None, now_ms, out);
+                    let signed = sn.to_signed_envelope(self.id);
+                    self.place_nonce(sn.signer, sn.pub_nonce, signed, now_ms, out);
                     if self.phase.is_terminal() {
                         return Ok(());
                     }
@@ -650,24 +669,58 @@ impl SessionMachine {
         &mut self,
         signer: SignerIndex,
         nonce: PubNonceBytes,
-        env: Option<VerifiedEnvelope>,
+        env: SignedEnvelope,
         now_ms: u64,
         out: &mut Vec<Output>,
     ) {
-        let slot = &mut self.nonces[signer.as_usize()];
-        match slot {
-            Some((old, _)) if *old != nonce => {
-                self.abort(now_ms, AbortReason::Equivocation, vec![signer], out);
+        match place(&mut self.nonces[signer.as_usize()], nonce, env) {
+            Slot::Conflict => self.abort(now_ms, AbortReason::Equivocation, vec![signer], out),
+            Slot::New => self.check_commitment(signer, now_ms, out),
+            Slot::Same => {}
+        }
+    }
+
+    /// Whether exactly this envelope is already stored as its signer's contribution (a
+    /// duplicate or relayed copy: no need to verify it again).
+    fn is_stored(&self, envelope: &SignedEnvelope) -> bool {
+        let j = envelope.envelope().signer().as_usize();
+        let stored = match envelope.envelope().body() {
+            Body::NonceCommit { .. } => self.commits.get(j).and_then(|s| s.as_ref().map(|x| &x.1)),
+            Body::Nonce { .. } => self.nonces.get(j).and_then(|s| s.as_ref().map(|x| &x.1)),
+            Body::PartialSig { .. } => self.psigs.get(j).and_then(|s| s.as_ref().map(|x| &x.1)),
+            Body::Join { .. } => self.joins.get(j).and_then(|s| s.as_ref().map(|x| &x.1)),
+            _ => None,
+        };
+        stored == Some(envelope)
+    }
+
+    /// Whether a verified contribution contradicts what its signer sent before.
+    fn contradicts(&self, env: &VerifiedEnvelope) -> bool {
+        let j = env.signer().as_usize();
+        match env.body() {
+            Body::NonceCommit {
+                attempt,
+                commitment,
+            } => {
+                *attempt == self.attempt
+                    && self.commits[j]
+                        .as_ref()
+                        .is_some_and(|(c, _)| c != commitment)
             }
-            Some((_, stored)) => {
-                if stored.is_none() {
-                    *stored = env;
-                }
+            Body::Nonce { attempt, pub_nonce } => {
+                *attempt == self.attempt
+                    && self.nonces[j].as_ref().is_some_and(|(n, _)| n != pub_nonce)
             }
-            None => {
-                *slot = Some((nonce, env));
-                self.check_commitment(signer, now_ms, out);
+            Body::PartialSig {
+                attempt,
+                partial_sig,
+            } => {
+                *attempt == self.attempt
+                    && self.psigs[j]
+                        .as_ref()
+                        .is_some_and(|(p, _)| p != partial_sig)
             }
+            _ => false,
         }
     }
 
@@ -804,13 +857,11 @@ impl SessionMachine {
                 pub_nonce: nonce,
             },
         );
-        let verified = if self.is_star_coordinator() {
+        if self.is_star_coordinator() {
             // The aggregate-nonce message carries our own signed nonce too.
-            env.verify(&self.ann).ok()
-        } else {
-            None
-        };
-        self.nonces[self.me.as_usize()] = Some((nonce, verified));
+            self.verified_nonces[self.me.as_usize()] = env.verify(&self.ann).ok();
+        }
+        self.nonces[self.me.as_usize()] = Some((nonce, env.clone()));
         if !self.is_star_coordinator() {
             let targets = self.round_targets();
             self.send_to(out, targets, vec![env]);
@@ -820,11 +871,8 @@ impl SessionMachine {
     /// All nonces are in: fix the session context, sign, and send the partial signature.
     fn sign_round2(&mut self, now_ms: u64, out: &mut Vec<Output>) {
         if self.is_star_coordinator() {
-            let envs: Option<Vec<VerifiedEnvelope>> = self
-                .nonces
-                .iter()
-                .map(|s| s.as_ref().and_then(|(_, e)| e.clone()))
-                .collect();
+            let envs: Option<Vec<VerifiedEnvelope>> =
+                self.verified_nonces.iter().cloned().collect();
             let body =
                 envs.and_then(|envs| Body::aggregate_nonce(&self.ann, self.attempt, &envs).ok());
             let Some(body) = body else {
@@ -881,9 +929,28 @@ impl SessionMachine {
             },
         );
         self.psigs[self.me.as_usize()] = Some((psig_bytes, env.clone()));
-        if !self.is_star_coordinator() {
-            let targets = self.round_targets();
-            self.send_to(out, targets, vec![env]);
+        match self.topology {
+            Topology::Mesh => {
+                // Each partial signature travels with the nonces it was made under: a signer who
+                // sent different nonces to different peers is caught (and blamed) before anyone
+                // misattributes the resulting invalid partial signatures.
+                for k in self.others().collect::<Vec<_>>() {
+                    let mut batch: Vec<SignedEnvelope> = self
+                        .nonces
+                        .iter()
+                        .flatten()
+                        .map(|(_, e)| e)
+                        .filter(|e| e.envelope().signer() != k)
+                        .cloned()
+                        .collect();
+                    batch.push(env.clone());
+                    self.send_to(out, [k], batch);
+                }
+            }
+            Topology::Star if !self.is_star_coordinator() => {
+                self.send_to(out, [self.coordinator], vec![env]);
+            }
+            Topology::Star => {}
         }
         self.enter(Phase::PartialSig, now_ms, self.partial_sig_timeout_ms);
     }
@@ -1090,3 +1157,7 @@ impl SessionMachine {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "machine_tests.rs"]
+mod tests;

@@ -47,7 +47,6 @@ pub fn announcement_record_validator(limits: Limits) -> RecordValidator {
         let Ok(id) = <[u8; 32]>::try_from(id).map(SessionId::from_bytes) else {
             return false;
         };
-        let Ok(id) = id else { return false };
         let now = unix_now_ms();
         SignedAnnouncement::decode(value, &limits)
             .and_then(|a| a.verify_id(&id, now, &limits))
