@@ -21,10 +21,13 @@ impl Scalar {
     };
 
     /// Parses 32 big-endian bytes, refusing values `>= n`.
+    ///
+    /// The range check is constant time (secret nonces and keys pass through here); only the
+    /// final accept/refuse is a branch.
     pub(crate) fn from_bytes(bytes: [u8; 32]) -> Option<Scalar> {
-        TweakScalar::from_be_bytes(bytes)
-            .ok()
-            .map(|_| Scalar(bytes))
+        let (_, borrow) = sub_limbs(&to_limbs(&bytes), &N_LIMBS);
+        // `bytes - n` borrows exactly when `bytes < n`.
+        (borrow == 1).then_some(Scalar(bytes))
     }
 
     /// Interprets a hash output as an integer modulo `n` (reduction, as BIP327's `int(..) mod n`).
@@ -58,14 +61,15 @@ impl Scalar {
         self.as_tweak()
     }
 
+    /// `self + other mod n`, constant time, in plain Rust (no FFI round trip: partial-signature
+    /// aggregation does one of these per signer).
     pub(crate) fn add(&self, other: &Scalar) -> Scalar {
-        match self.as_secret() {
-            None => other.clone(),
-            Some(sk) => sk
-                .add_tweak(&other.as_tweak())
-                .map(|k| Scalar(k.to_secret_bytes()))
-                .unwrap_or(Scalar::ZERO),
-        }
+        let (sum, carry) = add_limbs(&to_limbs(&self.0), &to_limbs(&other.0));
+        let (reduced, borrow) = sub_limbs(&sum, &N_LIMBS);
+        // Both inputs are below n, so the sum is below 2n: subtract n once when the sum
+        // overflowed 2^256 or is at least n.
+        let use_reduced = carry | (borrow ^ 1);
+        Scalar(from_limbs(&select(use_reduced, &reduced, &sum)))
     }
 
     pub(crate) fn mul(&self, other: &Scalar) -> Scalar {
@@ -79,11 +83,14 @@ impl Scalar {
         }
     }
 
+    /// `-self mod n` (zero stays zero), constant time.
     pub(crate) fn negate(&self) -> Scalar {
-        match self.as_secret() {
-            None => Scalar::ZERO,
-            Some(sk) => Scalar(sk.negate().to_secret_bytes()),
-        }
+        let limbs = to_limbs(&self.0);
+        let (diff, _) = sub_limbs(&N_LIMBS, &limbs);
+        let any = limbs.iter().fold(0u64, |acc, l| acc | l);
+        // 1 when self != 0, without a branch.
+        let nonzero = (any | any.wrapping_neg()) >> 63;
+        Scalar(from_limbs(&select(nonzero, &diff, &[0; 4])))
     }
 
     /// `-self` when `negate` is true, `self` otherwise.
@@ -103,6 +110,71 @@ impl Zeroize for Scalar {
     fn zeroize(&mut self) {
         self.0.zeroize();
     }
+}
+
+/// The group order `n` as little-endian 64-bit limbs.
+const N_LIMBS: [u64; 4] = [
+    0xbfd2_5e8c_d036_4141,
+    0xbaae_dce6_af48_a03b,
+    0xffff_ffff_ffff_fffe,
+    0xffff_ffff_ffff_ffff,
+];
+
+/// Big-endian bytes to little-endian limbs.
+fn to_limbs(bytes: &[u8; 32]) -> [u64; 4] {
+    let mut limbs = [0u64; 4];
+    for (i, limb) in limbs.iter_mut().enumerate() {
+        let start = 24 - 8 * i;
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&bytes[start..start + 8]);
+        *limb = u64::from_be_bytes(word);
+    }
+    limbs
+}
+
+fn from_limbs(limbs: &[u64; 4]) -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    for (i, limb) in limbs.iter().enumerate() {
+        let start = 24 - 8 * i;
+        bytes[start..start + 8].copy_from_slice(&limb.to_be_bytes());
+    }
+    bytes
+}
+
+/// `a + b` and the carry out (0 or 1).
+fn add_limbs(a: &[u64; 4], b: &[u64; 4]) -> ([u64; 4], u64) {
+    let mut out = [0u64; 4];
+    let mut carry = 0u64;
+    for i in 0..4 {
+        let sum = u128::from(a[i]) + u128::from(b[i]) + u128::from(carry);
+        out[i] = sum as u64;
+        carry = (sum >> 64) as u64;
+    }
+    (out, carry)
+}
+
+/// `a - b` and the borrow out (0 or 1).
+fn sub_limbs(a: &[u64; 4], b: &[u64; 4]) -> ([u64; 4], u64) {
+    let mut out = [0u64; 4];
+    let mut borrow = 0u64;
+    for i in 0..4 {
+        let diff = u128::from(a[i])
+            .wrapping_sub(u128::from(b[i]))
+            .wrapping_sub(u128::from(borrow));
+        out[i] = diff as u64;
+        borrow = ((diff >> 64) as u64) & 1;
+    }
+    (out, borrow)
+}
+
+/// `a` when `choice` is 1, `b` when it is 0, without a branch.
+fn select(choice: u64, a: &[u64; 4], b: &[u64; 4]) -> [u64; 4] {
+    let mask = choice.wrapping_neg();
+    let mut out = [0u64; 4];
+    for i in 0..4 {
+        out[i] = (a[i] & mask) | (b[i] & !mask);
+    }
+    out
 }
 
 /// `bytes - n` for `n <= bytes < 2^256`, computed as `bytes + (2^256 - n)` with wrap-around.
@@ -153,5 +225,61 @@ mod tests {
         assert!(Scalar::ZERO.negate().is_zero());
         assert_eq!(two.negate().negate(), two);
         assert!(Scalar::from_bytes(N).is_none());
+    }
+
+    #[test]
+    fn range_check_matches_curve_order() {
+        let mut below = N;
+        below[31] -= 1;
+        assert!(Scalar::from_bytes(below).is_some());
+        assert!(Scalar::from_bytes([0xff; 32]).is_none());
+        assert!(Scalar::from_bytes([0; 32]).is_some());
+        let mut above = N;
+        above[16] += 1;
+        above[31] = 0;
+        assert!(Scalar::from_bytes(above).is_none());
+        let mut below_mid = N;
+        below_mid[16] -= 1;
+        below_mid[31] = 0xff;
+        assert!(Scalar::from_bytes(below_mid).is_some());
+    }
+
+    #[test]
+    fn add_and_negate_match_libsecp256k1() {
+        // Pseudo-random values, plus the edges n-1, 1 and 0.
+        let mut n_minus_1 = N;
+        n_minus_1[31] -= 1;
+        let mut values = vec![n_minus_1, [0u8; 32], Scalar::ONE.to_bytes()];
+        let mut state = [7u8; 32];
+        for _ in 0..200 {
+            state = crate::hash::finish({
+                use sha2::Digest;
+                let mut h = sha2::Sha256::new();
+                h.update(state);
+                h
+            });
+            values.push(Scalar::reduce(state).to_bytes());
+        }
+        for a in &values {
+            let sa = Scalar::from_bytes(*a).unwrap();
+            let neg = sa.negate();
+            let expected_neg = match SecretKey::from_secret_bytes(*a) {
+                Ok(sk) => sk.negate().to_secret_bytes(),
+                Err(_) => [0u8; 32],
+            };
+            assert_eq!(neg.to_bytes(), expected_neg);
+            assert!(sa.add(&neg).is_zero());
+            for b in values.iter().take(20) {
+                let sb = Scalar::from_bytes(*b).unwrap();
+                let expected = match SecretKey::from_secret_bytes(*a) {
+                    Ok(sk) => sk
+                        .add_tweak(&TweakScalar::from_be_bytes(*b).unwrap())
+                        .map(|k| k.to_secret_bytes())
+                        .unwrap_or([0u8; 32]),
+                    Err(_) => *b,
+                };
+                assert_eq!(sa.add(&sb).to_bytes(), expected);
+            }
+        }
     }
 }
