@@ -146,6 +146,8 @@ pub struct SessionMachine {
     /// Whether signer `i`'s peer id came from the announcement (so everyone knows it).
     listed: Vec<bool>,
     joins: Vec<Option<(PeerId, SignedEnvelope)>>,
+    /// Signers we have sent our own join to.
+    join_sent: Vec<bool>,
     commits: Vec<Option<(NonceCommitment, SignedEnvelope)>>,
     nonces: Vec<Option<(PubNonceBytes, SignedEnvelope)>>,
     /// Verified nonce envelopes, kept by the star coordinator to build the aggregate message.
@@ -236,6 +238,7 @@ impl SessionMachine {
             peers,
             listed,
             joins: vec![None; n],
+            join_sent: vec![false; n],
             commits: vec![None; n],
             nonces: vec![None; n],
             verified_nonces: vec![None; n],
@@ -389,8 +392,12 @@ impl SessionMachine {
         let targets: Vec<SignerIndex> = self
             .all_signers()
             .filter(|&j| self.needs_join_of(j, self.me) || j == creator)
+            .filter(|&j| self.peer_of(j).is_some())
             .collect();
-        self.send_to(&mut out, targets, vec![join.clone()]);
+        for &j in &targets {
+            self.join_sent[j.as_usize()] = true;
+        }
+        self.send_to(&mut out, targets, vec![join]);
         // The creator hands the newcomer the joins it could not know about.
         if self.me == creator {
             self.relay_unlisted_joins_to(&mut out, self.me);
@@ -545,6 +552,13 @@ impl SessionMachine {
                 }
                 self.peers[j] = Some(peer);
                 self.joins[j] = Some((peer, env.signed().clone()));
+                // A signer whose peer we just learned could not have been sent our join yet.
+                if !self.join_sent[j] && self.needs_join_of(signer, self.me) {
+                    if let Some((_, own)) = self.joins[self.me.as_usize()].clone() {
+                        self.join_sent[j] = true;
+                        self.send_to(out, [signer], vec![own]);
+                    }
+                }
                 out.push(Output::Event(Event::ParticipantJoined {
                     session: self.id,
                     signer,

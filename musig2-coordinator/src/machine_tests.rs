@@ -34,6 +34,16 @@ impl Net {
     }
 
     fn with_election(n: usize, topology: Topology, commit: bool, election: ElectionMethod) -> Net {
+        Net::build(n, topology, commit, election, true)
+    }
+
+    fn build(
+        n: usize,
+        topology: Topology,
+        commit: bool,
+        election: ElectionMethod,
+        list_peers: bool,
+    ) -> Net {
         let mut rng = ChaCha20Rng::seed_from_u64(n as u64 * 7 + u64::from(commit));
         let keypairs: Vec<Keypair> = (0..n).map(|_| Keypair::new(&mut rng)).collect();
         let network = MemoryNetwork::new(11);
@@ -42,9 +52,12 @@ impl Net {
             signers: keypairs
                 .iter()
                 .zip(&peers)
-                .map(|(kp, p)| SignerInfo {
+                .enumerate()
+                .map(|(i, (kp, p))| SignerInfo {
                     key: kp.public_key(),
-                    peer_id: Some(PeerIdBytes::new(p.to_bytes()).unwrap()),
+                    // The creator (0) always lists itself.
+                    peer_id: (list_peers || i == 0)
+                        .then(|| PeerIdBytes::new(p.to_bytes()).unwrap()),
                 })
                 .collect(),
             message: MSG.to_vec(),
@@ -200,6 +213,21 @@ fn completes_in_every_topology_and_size() {
                 net.run();
                 net.assert_all_signed();
             }
+        }
+    }
+}
+
+#[test]
+fn unlisted_signers_learn_each_other_through_the_creator() {
+    for topology in [Topology::Mesh, Topology::Star] {
+        for election in [ElectionMethod::FirstSigner, ElectionMethod::LastSigner] {
+            let mut net = Net::build(4, topology, true, election, false);
+            // Join in an order where the coordinator is neither first nor last.
+            for i in [0, 2, 3, 1] {
+                net.join(i);
+                net.run();
+            }
+            net.assert_all_signed();
         }
     }
 }

@@ -1,0 +1,319 @@
+//! End-to-end sessions between `Node`s on the in-memory network, under a paused tokio clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use musig2_coordinator::{
+    AbortOrigin, Config, CoordinatorError, Event, Node, SessionRequest, dht_key,
+};
+use musig2_proto::{AbortReason, ElectionMethod, Policy, SessionId, Topology};
+use musig2_transport::{LinkFault, MemoryNetwork, Transport};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use secp256k1::{Keypair, schnorr};
+
+struct Cluster {
+    network: MemoryNetwork,
+    keypairs: Vec<Keypair>,
+    nodes: Vec<Node>,
+}
+
+fn test_config() -> Config {
+    Config {
+        dht_query_timeout: Duration::from_secs(5),
+        ..Config::default()
+    }
+}
+
+fn cluster(n: usize, seed: u64) -> Cluster {
+    let network = MemoryNetwork::new(seed);
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let keypairs: Vec<Keypair> = (0..n).map(|_| Keypair::new(&mut rng)).collect();
+    let nodes = keypairs
+        .iter()
+        .map(|kp| Node::spawn(Arc::new(network.add_node()), *kp, test_config()))
+        .collect();
+    Cluster {
+        network,
+        keypairs,
+        nodes,
+    }
+}
+
+impl Cluster {
+    fn request(
+        &self,
+        message: &[u8],
+        topology: Topology,
+        commit: bool,
+        list_peers: bool,
+    ) -> SessionRequest {
+        SessionRequest {
+            signers: self.keypairs.iter().map(|k| k.public_key()).collect(),
+            peers: if list_peers {
+                self.nodes.iter().map(|n| Some(n.peer_id())).collect()
+            } else {
+                Vec::new()
+            },
+            message: message.to_vec(),
+            tweaks: Vec::new(),
+            policy: Policy {
+                topology,
+                nonce_commitment: commit,
+                election: ElectionMethod::HashBased,
+                ..self.nodes[0].default_policy()
+            },
+        }
+    }
+
+    /// Creates on node 0, joins everywhere else, and returns every node's signature.
+    async fn sign(&self, request: SessionRequest) -> (SessionId, Vec<schnorr::Signature>) {
+        let message = request.message.clone();
+        let id = self.nodes[0].create_session(request).await.expect("create");
+        for node in &self.nodes[1..] {
+            node.join_session(id).await.expect("join");
+        }
+        let mut sigs = Vec::new();
+        for node in &self.nodes {
+            sigs.push(node.wait_for_signature(id).await.expect("signature"));
+        }
+        let health = self.nodes[0].health(id).await.expect("health");
+        verify_all(&sigs, &message, &self.aggregate_key(id).await);
+        assert_eq!(health.holdouts, Vec::new());
+        (id, sigs)
+    }
+
+    async fn aggregate_key(&self, id: SessionId) -> secp256k1::XOnlyPublicKey {
+        let ann = self.nodes[0].discover_session(id).await.expect("known");
+        let keys = ann.signer_keys();
+        musig2_core::KeyAggContext::new(&keys)
+            .expect("keyagg")
+            .x_only_key()
+    }
+}
+
+fn verify_all(sigs: &[schnorr::Signature], message: &[u8], key: &secp256k1::XOnlyPublicKey) {
+    for s in sigs {
+        assert_eq!(*s, sigs[0], "every node holds the same signature");
+    }
+    schnorr::verify(&sigs[0], message, key).expect("BIP340 verification with libsecp256k1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn sessions_of_2_3_10_and_50_signers_in_both_topologies() {
+    for n in [2, 3, 10, 50] {
+        for topology in [Topology::Mesh, Topology::Star] {
+            for commit in [false, true] {
+                if n == 50 && topology == Topology::Mesh && !commit {
+                    // Covered by the commitment-round run; keeps the suite short.
+                    continue;
+                }
+                let c = cluster(n, n as u64);
+                let msg = format!("{n} signers, {topology:?}, commit {commit}");
+                c.sign(c.request(msg.as_bytes(), topology, commit, true))
+                    .await;
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn others_find_the_session_through_the_dht() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("debug")
+        .with_test_writer()
+        .try_init();
+    let c = cluster(4, 40);
+    // No peer ids in the announcement: the others must look it up by id, and learn each other's
+    // peers through the creator relaying their joins.
+    c.sign(c.request(b"discovered", Topology::Mesh, true, false))
+        .await;
+    let c = cluster(4, 41);
+    c.sign(c.request(b"discovered", Topology::Star, true, false))
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn poisoned_dht_records_are_skipped() {
+    let c = cluster(3, 50);
+    let attacker = c.network.add_node();
+    let request = c.request(b"real", Topology::Mesh, false, true);
+    let id = c.nodes[0].create_session(request).await.unwrap();
+    // Garbage, and a valid announcement of another session, under the real session's key.
+    attacker
+        .dht_put(dht_key(&id), vec![0xff; 100], Duration::from_secs(60))
+        .await
+        .unwrap();
+    let other = c.request(b"other", Topology::Mesh, false, true);
+    let other_id = c.nodes[1].create_session(other).await.unwrap();
+    let other_record = c.nodes[1]
+        .discover_session(other_id)
+        .await
+        .unwrap()
+        .signed()
+        .to_frame_bytes();
+    attacker
+        .dht_put(dht_key(&id), other_record, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let found = c.nodes[2].discover_session(id).await.unwrap();
+    assert_eq!(found.session_id(), id);
+    assert_eq!(found.announcement().message, b"real");
+    // A session id nobody announced is not found.
+    let missing = SessionId::from_bytes([42; 32]);
+    assert!(c.nodes[2].discover_session(missing).await.is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_sessions_on_the_same_nodes_including_the_same_message() {
+    let c = cluster(3, 60);
+    let mut ids = Vec::new();
+    for (i, msg) in [&b"same"[..], b"same", b"third", b"fourth"]
+        .iter()
+        .enumerate()
+    {
+        let topology = if i % 2 == 0 {
+            Topology::Mesh
+        } else {
+            Topology::Star
+        };
+        let id = c.nodes[0]
+            .create_session(c.request(msg, topology, i < 2, true))
+            .await
+            .unwrap();
+        ids.push((id, msg.to_vec()));
+    }
+    assert_ne!(
+        ids[0].0, ids[1].0,
+        "the salt separates sessions on the same message"
+    );
+    for (id, _) in &ids {
+        for node in &c.nodes[1..] {
+            node.join_session(*id).await.unwrap();
+        }
+    }
+    let mut first_sigs = Vec::new();
+    for (id, msg) in &ids {
+        let mut sigs = Vec::new();
+        for node in &c.nodes {
+            sigs.push(node.wait_for_signature(*id).await.unwrap());
+        }
+        verify_all(&sigs, msg, &c.aggregate_key(*id).await);
+        first_sigs.push(sigs[0]);
+    }
+    // Fresh nonces per session: two sessions on the same message give different signatures.
+    assert_ne!(first_sigs[0], first_sigs[1]);
+    assert_eq!(c.nodes[0].sessions().await.unwrap().len(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn loss_and_duplication_are_survived_by_retries() {
+    let c = cluster(5, 70);
+    c.network
+        .set_default_fault(LinkFault::none().with_drop(0.2).with_duplicate(0.2));
+    for topology in [Topology::Mesh, Topology::Star] {
+        c.sign(c.request(b"lossy", topology, true, true)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crashed_signer_is_named_after_the_timeout() {
+    let c = cluster(3, 80);
+    let mut events = c.nodes[0].events();
+    let id = c.nodes[0]
+        .create_session(c.request(b"crash", Topology::Mesh, true, true))
+        .await
+        .unwrap();
+    c.nodes[1].join_session(id).await.unwrap();
+    // Signer 2 never joins: its node crashes.
+    c.network.crash(c.nodes[2].peer_id()).unwrap();
+    let err = c.nodes[0].wait_for_signature(id).await.unwrap_err();
+    let signer2 = c.nodes[0]
+        .discover_session(id)
+        .await
+        .unwrap()
+        .index_of(&c.keypairs[2].public_key())
+        .unwrap();
+    match err {
+        CoordinatorError::Aborted { reason, blamed, .. } => {
+            assert_eq!(reason, AbortReason::Timeout);
+            assert_eq!(blamed, vec![signer2]);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let mut saw_abort = false;
+    while let Ok(e) = events.try_recv() {
+        if let Event::Aborted { origin, .. } = e {
+            assert_eq!(origin, AbortOrigin::Local);
+            saw_abort = true;
+        }
+    }
+    assert!(saw_abort);
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_report_the_session_lifecycle() {
+    let c = cluster(2, 90);
+    let mut events = c.nodes[1].events();
+    let (id, sigs) = c
+        .sign(c.request(b"events", Topology::Star, false, true))
+        .await;
+    let mut seen = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        assert_eq!(e.session(), id);
+        seen.push(e);
+    }
+    assert!(matches!(seen[0], Event::SessionDiscovered { .. }));
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, Event::SessionJoined { .. }))
+    );
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, Event::NoncesComplete { .. }))
+    );
+    assert_eq!(
+        seen.last(),
+        Some(&Event::SignatureReady {
+            session: id,
+            signature: sigs[1]
+        })
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_that_cannot_work_are_refused() {
+    let c = cluster(2, 100);
+    let mut bad = c.request(b"x", Topology::Mesh, false, true);
+    bad.signers.remove(0);
+    bad.peers.remove(0);
+    assert!(matches!(
+        c.nodes[0].create_session(bad).await,
+        Err(CoordinatorError::InvalidRequest(_))
+    ));
+    let mut bad = c.request(b"x", Topology::Mesh, false, true);
+    bad.peers.pop();
+    assert!(matches!(
+        c.nodes[0].create_session(bad).await,
+        Err(CoordinatorError::InvalidRequest(_))
+    ));
+    // A node whose key is not in the session cannot join it.
+    let outsider = Node::spawn(
+        Arc::new(c.network.add_node()),
+        Keypair::new(&mut rand::rng()),
+        test_config(),
+    );
+    let id = c.nodes[0]
+        .create_session(c.request(b"x", Topology::Mesh, false, true))
+        .await
+        .unwrap();
+    assert!(matches!(
+        outsider.join_session(id).await,
+        Err(CoordinatorError::NotASigner(_))
+    ));
+    outsider.shutdown().await.unwrap();
+    assert!(matches!(
+        outsider.health(id).await,
+        Err(CoordinatorError::Shutdown)
+    ));
+}
