@@ -4,7 +4,10 @@
 //!
 //! Targets (2-core machine): memory round trip < 20 µs; libp2p round trip <= 1.2x the bare
 //! request-response pair; 10-node all-to-all round over libp2p < 15 ms median.
-#![expect(missing_docs, reason = "criterion_group! generates an undocumented pub fn")]
+#![expect(
+    missing_docs,
+    reason = "criterion_group! generates an undocumented pub fn"
+)]
 
 use std::time::{Duration, Instant};
 
@@ -37,7 +40,11 @@ async fn all_to_all<T: Transport>(nodes: &[T], ids: &[PeerId], frame: &Bytes) {
         async move {
             let (reports, received) = tokio::join!(node.send_many(&others, frame), async {
                 for _ in 0..others.len() {
-                    node.recv().await.expect("frame");
+                    // Bounded so a failed send panics instead of hanging the bench.
+                    tokio::time::timeout(Duration::from_secs(10), node.recv())
+                        .await
+                        .expect("frame within 10 s")
+                        .expect("frame");
                 }
             });
             assert!(reports.iter().all(|r| r.result.is_ok()));
@@ -182,10 +189,15 @@ fn libp2p_benches(c: &mut Criterion) {
     });
 
     // Ours: an acknowledged send (one request-response exchange) and the receiver taking it.
+    // The per-peer inbound rate limit is off here: this loop sends ~10k frames/s to one peer,
+    // far over the default limit, which would (correctly) answer with back-pressure.
     let pair = rt
         .block_on(Libp2pTransport::spawn_local_network(
             2,
-            Libp2pConfig::default(),
+            Libp2pConfig {
+                inbound_rate_per_sec: 0,
+                ..Libp2pConfig::default()
+            },
         ))
         .expect("pair");
     let (a, b) = (&pair[0], &pair[1]);
@@ -195,9 +207,8 @@ fn libp2p_benches(c: &mut Criterion) {
             rt.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    let (sent, received) = tokio::join!(a.send(b_id, frame.clone()), b.recv());
-                    sent.expect("send");
-                    received.expect("recv");
+                    a.send(b_id, frame.clone()).await.expect("send");
+                    b.recv().await.expect("recv");
                 }
                 start.elapsed()
             })
