@@ -1,0 +1,694 @@
+//! End-to-end session benchmarks (a plain binary, `harness = false`; prints medians).
+//!
+//! * libp2p on loopback, one process, connections established and warmed up: time from
+//!   `create_session` on node 0 to the last node emitting `SignatureReady` (every node holds the
+//!   verified signature), for n = 2 mesh, n = 10 mesh and star, n = 50 star, with the
+//!   nonce-commitment round off and on. The creator lists every signer's peer (the announcement
+//!   goes out directly as well as to the DHT), and every node joins as soon as the announcement
+//!   reaches it.
+//! * The memory transport: sessions per second with 200 concurrent 2-of-2 sessions between two
+//!   nodes, next to the pure-crypto floor of the same work.
+//!
+//! ```text
+//! cargo bench -p musig2-benches --bench e2e
+//! E2E_QUICK=1 cargo bench -p musig2-benches --bench e2e   # fewer iterations
+//! E2E_PART=libp2p (or memory) cargo bench -p musig2-benches --bench e2e   # one half only
+//! E2E_PART=libp2p E2E_N=10 cargo bench -p musig2-benches --bench e2e     # one network size
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use musig2_coordinator::{Config, Event, Node, SessionRequest, announcement_record_validator};
+use musig2_core::{AggNonce, KeyAggContext, NonceGen, PartialSignature, PubNonce, SessionContext};
+use musig2_proto::{
+    Announcement, Attempt, Body, Envelope, Limits, PartialSigBytes, PeerIdBytes, PubNonceBytes,
+    SeqNo, SessionId, SignerIndex, Topology,
+};
+use musig2_transport::{Libp2pConfig, Libp2pTransport, MemoryNetwork, Transport};
+use secp256k1::{Keypair, PublicKey, XOnlyPublicKey, schnorr};
+use tokio::sync::{Semaphore, mpsc};
+
+/// One event seen by a node, with the time the bench saw it.
+struct Seen {
+    node: usize,
+    at: Instant,
+    event: Event,
+}
+
+/// Nodes that join every session that reaches them and report their events to the bench.
+struct Cluster {
+    nodes: Vec<Node>,
+    keypairs: Vec<Keypair>,
+    events: mpsc::Receiver<Seen>,
+}
+
+impl Cluster {
+    fn new(transports: Vec<Arc<dyn Transport>>, config: &Config) -> Cluster {
+        let keypairs: Vec<Keypair> = transports
+            .iter()
+            .map(|_| Keypair::new(&mut rand::rng()))
+            .collect();
+        let (tx, events) = mpsc::channel(1 << 16);
+        let nodes: Vec<Node> = transports
+            .into_iter()
+            .zip(&keypairs)
+            .map(|(t, kp)| Node::spawn(t, *kp, config.clone()))
+            .collect();
+        for (index, node) in nodes.iter().enumerate() {
+            let mut rx = node.events();
+            let node = node.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    let event = match rx.recv().await {
+                        Ok(event) => event,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                            panic!("node {index} event stream lagged by {missed}")
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    };
+                    if let Event::SessionDiscovered { session } = event {
+                        let node = node.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = node.join_session(session).await {
+                                eprintln!("node {index}: join failed: {e}");
+                            }
+                        });
+                    }
+                    let seen = Seen {
+                        node: index,
+                        at: Instant::now(),
+                        event,
+                    };
+                    if tx.send(seen).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Cluster {
+            nodes,
+            keypairs,
+            events,
+        }
+    }
+
+    fn request(
+        &self,
+        topology: Topology,
+        nonce_commitment: bool,
+        message: &[u8],
+    ) -> SessionRequest {
+        let mut policy = self.nodes[0].default_policy();
+        policy.topology = topology;
+        policy.nonce_commitment = nonce_commitment;
+        SessionRequest {
+            signers: self.keypairs.iter().map(Keypair::public_key).collect(),
+            peers: self.nodes.iter().map(|n| Some(n.peer_id())).collect(),
+            message: message.to_vec(),
+            tweaks: Vec::new(),
+            policy,
+        }
+    }
+
+    fn aggregate_key(&self) -> XOnlyPublicKey {
+        let keys: Vec<PublicKey> = self.keypairs.iter().map(Keypair::public_key).collect();
+        KeyAggContext::new(&keys).expect("key agg").x_only_key()
+    }
+
+    /// One session from `create_session` to `SignatureReady` on every node. Returns the total
+    /// time and the time at which the last node reached each milestone (relative to the start).
+    async fn run_session(&mut self, topology: Topology, nonce_commitment: bool) -> Sample {
+        let n = self.nodes.len();
+        let message: [u8; 32] = rand::random();
+        let request = self.request(topology, nonce_commitment, &message);
+        let mut seen = Vec::with_capacity(8 * n);
+        let start = Instant::now();
+        let create = self.nodes[0].create_session(request);
+        tokio::pin!(create);
+        let session = loop {
+            tokio::select! {
+                created = &mut create => break created.expect("create session"),
+                Some(event) = self.events.recv() => seen.push(event),
+            }
+        };
+        let mut signed: HashMap<usize, (Instant, schnorr::Signature)> = HashMap::new();
+        let mut milestones = Milestones::default();
+        let mut handle = |s: Seen, signed: &mut HashMap<usize, _>| {
+            if s.event.session() != session {
+                return;
+            }
+            milestones.record(&s);
+            match s.event {
+                Event::SignatureReady { signature, .. } => {
+                    signed.insert(s.node, (s.at, signature));
+                }
+                Event::Aborted { reason, blamed, .. } => {
+                    panic!("session aborted on node {}: {reason:?} {blamed:?}", s.node)
+                }
+                _ => {}
+            }
+        };
+        for s in seen {
+            handle(s, &mut signed);
+        }
+        while signed.len() < n {
+            let s = tokio::time::timeout(Duration::from_secs(30), self.events.recv())
+                .await
+                .expect("session did not finish within 30 s")
+                .expect("event stream");
+            handle(s, &mut signed);
+        }
+        let end = signed.values().map(|(at, _)| *at).max().expect("n > 0");
+        let total = end - start;
+        // Outside the timed span: all nodes agree and the signature verifies.
+        let first = signed[&0].1;
+        assert!(signed.values().all(|(_, s)| *s == first), "nodes disagree");
+        schnorr::verify(&first, &message, &self.aggregate_key()).expect("signature verifies");
+        Sample {
+            total,
+            phases: milestones.phases(start),
+        }
+    }
+
+    async fn shutdown(self) {
+        for node in &self.nodes {
+            let _ = node.shutdown().await;
+        }
+    }
+}
+
+/// The latest time any node reached each milestone of one session.
+#[derive(Default)]
+struct Milestones {
+    announced: Option<Instant>,
+    joined: Option<Instant>,
+    nonces: Option<Instant>,
+    psigs: Option<Instant>,
+    signed: Option<Instant>,
+}
+
+impl Milestones {
+    fn record(&mut self, s: &Seen) {
+        let slot = match s.event {
+            Event::SessionAnnounced { .. } => &mut self.announced,
+            Event::SessionJoined { .. } => &mut self.joined,
+            Event::NoncesComplete { .. } => &mut self.nonces,
+            Event::PartialSignaturesComplete { .. } => &mut self.psigs,
+            Event::SignatureReady { .. } => &mut self.signed,
+            _ => return,
+        };
+        *slot = Some(slot.map_or(s.at, |t| t.max(s.at)));
+    }
+
+    /// Durations of: DHT announce, all joined, nonces complete, partial sigs complete, signed.
+    fn phases(&self, start: Instant) -> [Duration; 5] {
+        let mut out = [Duration::ZERO; 5];
+        let mut previous = start;
+        for (i, t) in [
+            self.announced,
+            self.joined,
+            self.nonces,
+            self.psigs,
+            self.signed,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let t = t.unwrap_or(previous).max(previous);
+            out[i] = t - previous;
+            previous = t;
+        }
+        out
+    }
+}
+
+struct Sample {
+    total: Duration,
+    phases: [Duration; 5],
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
+}
+
+fn fmt_ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn median_of(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    percentile(&v, 50)
+}
+
+/// Runs `iters` sessions and prints one line: median, p90, target and the median phases.
+async fn scenario(
+    cluster: &mut Cluster,
+    name: &str,
+    topology: Topology,
+    nonce_commitment: bool,
+    iters: usize,
+    target: Option<Duration>,
+) {
+    for _ in 0..3 {
+        cluster.run_session(topology, nonce_commitment).await;
+    }
+    let mut samples = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        samples.push(cluster.run_session(topology, nonce_commitment).await);
+    }
+    let mut totals: Vec<Duration> = samples.iter().map(|s| s.total).collect();
+    totals.sort();
+    let median = percentile(&totals, 50);
+    let p90 = percentile(&totals, 90);
+    let phases: Vec<String> = (0..5)
+        .map(|i| fmt_ms(median_of(samples.iter().map(|s| s.phases[i]).collect())))
+        .collect();
+    let verdict = match target {
+        Some(t) if median < t => format!("< {} met", fmt_ms(t)),
+        Some(t) => format!("< {} MISSED", fmt_ms(t)),
+        None => "-".to_owned(),
+    };
+    println!(
+        "{name:<34} commit={:<5} median {:>10}  p90 {:>10}  target {verdict:<18} | phases (median): announce {} joined {} nonces {} psigs {} signed {}  [{iters} runs]",
+        nonce_commitment,
+        fmt_ms(median),
+        fmt_ms(p90),
+        phases[0],
+        phases[1],
+        phases[2],
+        phases[3],
+        phases[4],
+    );
+}
+
+/// `n` libp2p nodes on 127.0.0.1 with every pair connected and every routing table populated.
+///
+/// Not `Libp2pTransport::spawn_local_network`: it waits until every routing table holds all
+/// `n - 1` peers, which Kademlia's 20-entry buckets make impossible for most networks larger than
+/// about 20 nodes (the farthest bucket alone expects n/2 peers), so it times out at n = 50.
+async fn libp2p_cluster(n: usize) -> Cluster {
+    let config = Config::default();
+    let base = Libp2pConfig {
+        record_validator: Some(announcement_record_validator(config.limits)),
+        ..Libp2pConfig::default()
+    };
+    let first = Libp2pTransport::spawn(base.clone()).await.expect("node 0");
+    let boot = (first.local_peer_id(), first.listen_addrs()[0].clone());
+    let mut transports = vec![first];
+    for _ in 1..n {
+        let node = Libp2pTransport::spawn(Libp2pConfig {
+            bootstrap: vec![boot.clone()],
+            ..base.clone()
+        })
+        .await
+        .expect("node");
+        transports.push(node);
+    }
+    // Establish every connection up front (mesh needs all pairs; star needs the elected
+    // coordinator's, which changes per session).
+    let addrs: Vec<_> = transports
+        .iter()
+        .map(|t| (t.local_peer_id(), t.listen_addrs()[0].clone()))
+        .collect();
+    for (i, t) in transports.iter().enumerate() {
+        for (peer, addr) in &addrs[i + 1..] {
+            t.add_address(*peer, addr.clone())
+                .await
+                .expect("add address");
+        }
+        let dials = addrs[i + 1..].iter().map(|(peer, _)| dial(t, *peer));
+        futures::future::join_all(dials).await;
+    }
+    let want = (n - 1).min(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut ready = true;
+        for t in &transports {
+            if t.routing_table_size().await.expect("routing table") < want {
+                ready = false;
+                t.bootstrap().await.expect("bootstrap");
+            }
+        }
+        if ready {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "routing tables not populated in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let transports = transports
+        .into_iter()
+        .map(|t| Arc::new(t) as Arc<dyn Transport>)
+        .collect();
+    Cluster::new(transports, &config)
+}
+
+/// Dials until connected. `Transport::dial` fails instead of waiting when a dial to the peer is
+/// already in progress (e.g. started by a Kademlia bootstrap), so retry until it succeeds.
+async fn dial(t: &Libp2pTransport, peer: musig2_transport::PeerId) {
+    let mut last = None;
+    for _ in 0..100 {
+        match t.dial(peer).await {
+            Ok(()) => return,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("cannot connect to {peer}: {last:?}");
+}
+
+async fn libp2p_benches(quick: bool) {
+    let scale = |iters: usize| if quick { iters.div_ceil(5) } else { iters };
+    let ms = Duration::from_millis;
+    // E2E_N=10 runs the scenarios of one network size only.
+    let only: Option<usize> = std::env::var("E2E_N").ok().and_then(|v| v.parse().ok());
+    println!("== libp2p loopback: create_session -> every node holds the verified signature ==");
+    // (n, [(topology, iterations, target)])
+    let plan = [
+        (2, vec![(Topology::Mesh, 200, ms(5))]),
+        (
+            10,
+            vec![(Topology::Mesh, 100, ms(40)), (Topology::Star, 100, ms(20))],
+        ),
+        (50, vec![(Topology::Star, 40, ms(200))]),
+    ];
+    for (n, runs) in plan {
+        if only.is_some_and(|o| o != n) {
+            continue;
+        }
+        let setup = Instant::now();
+        let mut cluster = libp2p_cluster(n).await;
+        println!(
+            "({n}-node network set up and fully connected in {:.1} s)",
+            setup.elapsed().as_secs_f64()
+        );
+        for (topology, iters, target) in runs {
+            let name = format!("n={n} {}", format!("{topology:?}").to_lowercase());
+            for commit in [false, true] {
+                scenario(
+                    &mut cluster,
+                    &name,
+                    topology,
+                    commit,
+                    scale(iters),
+                    Some(target),
+                )
+                .await;
+            }
+        }
+        cluster.shutdown().await;
+    }
+}
+
+/// Sessions per second: `total` 2-of-2 sessions between two memory-transport nodes, at most
+/// `in_flight` at once. Each session counts when both nodes hold the signature.
+async fn memory_throughput(total: usize, in_flight: usize, nonce_commitment: bool) -> f64 {
+    let config = Config {
+        event_queue: 1 << 16,
+        max_concurrent_sessions: 4 * in_flight,
+        ..Config::default()
+    };
+    let net = MemoryNetwork::new(7);
+    let transports: Vec<Arc<dyn Transport>> = (0..2)
+        .map(|_| Arc::new(net.add_node()) as Arc<dyn Transport>)
+        .collect();
+    let cluster = Cluster::new(transports, &config);
+    let Cluster {
+        nodes,
+        keypairs,
+        mut events,
+    } = cluster;
+    // Drain the event copies; node 1 joins from its own listener.
+    let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });
+    let keys: Vec<PublicKey> = keypairs.iter().map(Keypair::public_key).collect();
+    let aggregate = KeyAggContext::new(&keys).expect("key agg").x_only_key();
+    let mut policy = nodes[0].default_policy();
+    policy.topology = Topology::Mesh;
+    policy.nonce_commitment = nonce_commitment;
+    let request = SessionRequest {
+        signers: keys,
+        peers: nodes.iter().map(|n| Some(n.peer_id())).collect(),
+        message: b"memory throughput".to_vec(),
+        tweaks: Vec::new(),
+        policy,
+    };
+    let permits = Arc::new(Semaphore::new(in_flight));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(total);
+    for _ in 0..total {
+        let permit = permits.clone().acquire_owned().await.expect("semaphore");
+        let nodes = nodes.clone();
+        let request = request.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let session = nodes[0].create_session(request).await.expect("create");
+            let a = nodes[0]
+                .wait_for_signature(session)
+                .await
+                .expect("signature a");
+            let b = nodes[1]
+                .wait_for_signature(session)
+                .await
+                .expect("signature b");
+            assert_eq!(a, b);
+            a
+        }));
+    }
+    let mut last = None;
+    for t in tasks {
+        last = Some(t.await.expect("task"));
+    }
+    let elapsed = start.elapsed();
+    if let Some(sig) = last {
+        schnorr::verify(&sig, b"memory throughput", &aggregate).expect("verifies");
+    }
+    for node in &nodes {
+        let _ = node.shutdown().await;
+    }
+    drain.abort();
+    total as f64 / elapsed.as_secs_f64()
+}
+
+/// The floor: the MuSig2 work of one 2-of-2 session with musig2-core only (one key
+/// aggregation, two nonce generations, nonce aggregation, one session context, two partial
+/// signatures, one aggregate-and-verify).
+fn floor_core(keypairs: &[Keypair; 2], message: &[u8]) -> schnorr::Signature {
+    let keys = [keypairs[0].public_key(), keypairs[1].public_key()];
+    let key_agg = KeyAggContext::new(&keys).expect("key agg");
+    let mut rng = rand::rng();
+    let (s0, p0) = NonceGen::new(keys[0]).generate(&mut rng).expect("nonce");
+    let (s1, p1) = NonceGen::new(keys[1]).generate(&mut rng).expect("nonce");
+    let pubnonces = [p0, p1];
+    let ctx = SessionContext::new(&key_agg, &AggNonce::aggregate(&pubnonces), message);
+    let psigs = [
+        ctx.sign(s0, &keypairs[0]).expect("sign"),
+        ctx.sign(s1, &keypairs[1]).expect("sign"),
+    ];
+    ctx.aggregate_and_verify(&psigs, &pubnonces)
+        .expect("aggregate")
+}
+
+/// The protocol floor: what the two nodes compute between them for one 2-of-2 session without
+/// commitments, minus the runtime and transport: the signed announcement (sign, encode, decode,
+/// verify on both sides), per node key aggregation, nonce generation with the session's inputs,
+/// session context, partial signature and aggregate-and-verify, and the six signed envelopes
+/// (join, nonce, partial signature per node) each encoded, decoded and verified by the other.
+fn floor_protocol(keypairs: &[Keypair; 2], message: &[u8]) -> schnorr::Signature {
+    let limits = Limits::default();
+    let now = 1_700_000_000_000u64;
+    let keys = vec![keypairs[0].public_key(), keypairs[1].public_key()];
+    let mut ann = Announcement::new(
+        keys.clone(),
+        message.to_vec(),
+        SignerIndex::try_from(0usize).expect("index"),
+        now,
+        now + 600_000,
+    );
+    ann.policy.nonce_commitment = false;
+    let signed = ann.sign(&keypairs[0], &limits).expect("sign announcement");
+    let bytes = signed.to_frame_bytes();
+    let verified: Vec<_> = (0..2)
+        .map(|_| {
+            musig2_proto::SignedAnnouncement::decode(&bytes, &limits)
+                .expect("decode")
+                .verify(now, &limits)
+                .expect("verify announcement")
+        })
+        .collect();
+    let id: SessionId = verified[0].session_id();
+    let mut rng = rand::rng();
+    let contexts: Vec<KeyAggContext> = (0..2)
+        .map(|_| KeyAggContext::new(&keys).expect("key agg"))
+        .collect();
+    let mut secnonces = Vec::new();
+    let mut pubnonces = Vec::new();
+    for i in 0..2 {
+        let sk = keypairs[i].secret_key();
+        let (s, p) = NonceGen::new(keys[i])
+            .secret_key(&sk)
+            .key_agg(&contexts[i])
+            .message(message)
+            .extra_input(id.as_bytes())
+            .generate(&mut rng)
+            .expect("nonce");
+        secnonces.push(Some(s));
+        pubnonces.push(p);
+    }
+    // One signed envelope per node and round, each verified by the other node.
+    let exchange = |bodies: [Body; 2], seq: u64| {
+        for (i, body) in bodies.into_iter().enumerate() {
+            let signer = SignerIndex::try_from(i).expect("index");
+            let env = Envelope::sign(
+                id,
+                signer,
+                SeqNo::new(seq).expect("seq"),
+                now,
+                body,
+                &keypairs[i],
+            );
+            let frame = musig2_proto::Frame::Envelope(env).encode();
+            let musig2_proto::Frame::Envelope(decoded) =
+                musig2_proto::decode_frame(&frame, &limits).expect("decode")
+            else {
+                panic!("not an envelope");
+            };
+            decoded.verify(&verified[1 - i]).expect("verify envelope");
+        }
+    };
+    let peer = PeerIdBytes::new(vec![7u8; 38]).expect("peer id");
+    exchange(
+        [
+            Body::Join {
+                peer_id: peer.clone(),
+            },
+            Body::Join { peer_id: peer },
+        ],
+        1,
+    );
+    let nonce_body = |p: &PubNonce| Body::Nonce {
+        attempt: Attempt::FIRST,
+        pub_nonce: PubNonceBytes::from_bytes(p.to_bytes()).expect("nonce bytes"),
+    };
+    exchange([nonce_body(&pubnonces[0]), nonce_body(&pubnonces[1])], 2);
+    let mut psigs: Vec<PartialSignature> = Vec::new();
+    let mut sessions = Vec::new();
+    for i in 0..2 {
+        let ctx = SessionContext::new(&contexts[i], &AggNonce::aggregate(&pubnonces), message);
+        let secnonce = secnonces[i].take().expect("secnonce");
+        psigs.push(ctx.sign(secnonce, &keypairs[i]).expect("sign"));
+        sessions.push(ctx);
+    }
+    let psig_body = |p: &PartialSignature| Body::PartialSig {
+        attempt: Attempt::FIRST,
+        partial_sig: PartialSigBytes::from_bytes(p.to_bytes()).expect("psig bytes"),
+    };
+    exchange([psig_body(&psigs[0]), psig_body(&psigs[1])], 3);
+    let sig = sessions[0]
+        .aggregate_and_verify(&psigs, &pubnonces)
+        .expect("aggregate");
+    let again = sessions[1]
+        .aggregate_and_verify(&psigs, &pubnonces)
+        .expect("aggregate");
+    assert_eq!(sig, again);
+    sig
+}
+
+/// Sessions per second of a floor function, single-threaded.
+fn floor_rate(f: fn(&[Keypair; 2], &[u8]) -> schnorr::Signature, iters: usize) -> f64 {
+    let keypairs = [
+        Keypair::new(&mut rand::rng()),
+        Keypair::new(&mut rand::rng()),
+    ];
+    for _ in 0..50 {
+        std::hint::black_box(f(&keypairs, b"floor"));
+    }
+    let start = Instant::now();
+    for _ in 0..iters {
+        std::hint::black_box(f(&keypairs, b"floor"));
+    }
+    iters as f64 / start.elapsed().as_secs_f64()
+}
+
+fn median_f64(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn memory_benches(quick: bool) {
+    let total = if quick { 1000 } else { 4000 };
+    let repeats = if quick { 3 } else { 5 };
+    let in_flight = 200;
+    println!(
+        "\n== memory transport: {total} 2-of-2 sessions between two nodes, {in_flight} in flight =="
+    );
+    let floor_core_rate = median_f64((0..repeats).map(|_| floor_rate(floor_core, 2000)).collect());
+    let floor_proto_rate = median_f64(
+        (0..repeats)
+            .map(|_| floor_rate(floor_protocol, 1000))
+            .collect(),
+    );
+    println!(
+        "floor, musig2-core only (1 thread):            {floor_core_rate:>8.0} sessions/s ({:.1} us/session)",
+        1e6 / floor_core_rate
+    );
+    println!(
+        "floor, protocol crypto incl. envelopes (1 thread): {floor_proto_rate:>8.0} sessions/s ({:.1} us/session)",
+        1e6 / floor_proto_rate
+    );
+    for (label, workers) in [
+        ("current-thread runtime (1 core)", 1usize),
+        ("multi-thread runtime (2 workers)", 2),
+    ] {
+        let rt = if workers == 1 {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .enable_all()
+                .build()
+        }
+        .expect("runtime");
+        for commit in [false, true] {
+            let rates: Vec<f64> = (0..repeats)
+                .map(|_| rt.block_on(memory_throughput(total, in_flight, commit)))
+                .collect();
+            let rate = median_f64(rates);
+            println!(
+                "coordinator, {label:<33} commit={commit:<5} {rate:>8.0} sessions/s  ratio vs core floor {:.2}, vs protocol floor {:.2} (target >= 0.5)",
+                rate / floor_core_rate,
+                rate / floor_proto_rate,
+            );
+        }
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument is not supported.
+    let quick = std::env::var_os("E2E_QUICK").is_some();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // E2E_PART=libp2p or E2E_PART=memory runs one half only.
+    let part = std::env::var("E2E_PART").unwrap_or_default();
+    let started = Instant::now();
+    if part != "memory" {
+        rt.block_on(libp2p_benches(quick));
+    }
+    drop(rt);
+    if part != "libp2p" {
+        memory_benches(quick);
+    }
+    println!(
+        "\n(e2e bench finished in {:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+}
