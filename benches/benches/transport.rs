@@ -9,6 +9,7 @@
     reason = "criterion_group! generates an undocumented pub fn"
 )]
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -31,27 +32,33 @@ fn runtime() -> Runtime {
         .expect("runtime")
 }
 
-/// One full round: every node sends one frame to every other and receives one from each.
-async fn all_to_all<T: Transport>(nodes: &[T], ids: &[PeerId], frame: &Bytes) {
-    let round = nodes.iter().map(|node| {
-        let me = node.local_peer_id();
-        let others: Vec<PeerId> = ids.iter().copied().filter(|p| *p != me).collect();
-        let frame = frame.clone();
-        async move {
-            let (reports, received) = tokio::join!(node.send_many(&others, frame), async {
-                for _ in 0..others.len() {
-                    // Bounded so a failed send panics instead of hanging the bench.
-                    tokio::time::timeout(Duration::from_secs(10), node.recv())
-                        .await
-                        .expect("frame within 10 s")
-                        .expect("frame");
-                }
-            });
-            assert!(reports.iter().all(|r| r.result.is_ok()));
-            received
-        }
-    });
-    futures::future::join_all(round).await;
+/// One full round: every node, in its own task (as each node's coordinator would be), sends one
+/// frame to every other and receives one from each.
+async fn all_to_all<T: Transport + 'static>(nodes: &[Arc<T>], ids: &[PeerId], frame: &Bytes) {
+    let round: Vec<_> = nodes
+        .iter()
+        .map(|node| {
+            let node = Arc::clone(node);
+            let me = node.local_peer_id();
+            let others: Vec<PeerId> = ids.iter().copied().filter(|p| *p != me).collect();
+            let frame = frame.clone();
+            tokio::spawn(async move {
+                let (reports, ()) = tokio::join!(node.send_many(&others, frame), async {
+                    for _ in 0..others.len() {
+                        // Bounded so a failed send panics instead of hanging the bench.
+                        tokio::time::timeout(Duration::from_secs(10), node.recv())
+                            .await
+                            .expect("frame within 10 s")
+                            .expect("frame");
+                    }
+                });
+                assert!(reports.iter().all(|r| r.result.is_ok()));
+            })
+        })
+        .collect();
+    for task in round {
+        task.await.expect("node task");
+    }
 }
 
 fn memory(c: &mut Criterion) {
@@ -80,7 +87,7 @@ fn memory(c: &mut Criterion) {
     });
 
     let net = MemoryNetwork::new(2);
-    let nodes: Vec<_> = (0..10).map(|_| net.add_node()).collect();
+    let nodes: Vec<_> = (0..10).map(|_| Arc::new(net.add_node())).collect();
     let ids: Vec<PeerId> = nodes.iter().map(|n| n.local_peer_id()).collect();
     group.bench_function("all_to_all_10", |bench| {
         bench.iter_custom(|iters| {
@@ -176,15 +183,20 @@ fn libp2p_benches(c: &mut Criterion) {
     });
     // Connect before measuring.
     rt.block_on(bare_request(&mut client, server_id, &frame));
+    // Both round trips run in a spawned task, as a coordinator would.
+    let client = Arc::new(tokio::sync::Mutex::new(client));
     group.bench_function("round_trip_bare_request_response", |bench| {
         bench.iter_custom(|iters| {
-            rt.block_on(async {
+            let (client, frame) = (Arc::clone(&client), frame.clone());
+            rt.block_on(rt.spawn(async move {
+                let mut client = client.lock().await;
                 let start = Instant::now();
                 for _ in 0..iters {
                     bare_request(&mut client, server_id, &frame).await;
                 }
                 start.elapsed()
-            })
+            }))
+            .expect("bench task")
         })
     });
 
@@ -200,18 +212,20 @@ fn libp2p_benches(c: &mut Criterion) {
             },
         ))
         .expect("pair");
-    let (a, b) = (&pair[0], &pair[1]);
-    let b_id = b.local_peer_id();
+    let pair: Vec<Arc<Libp2pTransport>> = pair.into_iter().map(Arc::new).collect();
+    let b_id = pair[1].local_peer_id();
     group.bench_function("round_trip_transport", |bench| {
         bench.iter_custom(|iters| {
-            rt.block_on(async {
+            let (a, b, frame) = (Arc::clone(&pair[0]), Arc::clone(&pair[1]), frame.clone());
+            rt.block_on(rt.spawn(async move {
                 let start = Instant::now();
                 for _ in 0..iters {
                     a.send(b_id, frame.clone()).await.expect("send");
                     b.recv().await.expect("recv");
                 }
                 start.elapsed()
-            })
+            }))
+            .expect("bench task")
         })
     });
 
@@ -221,6 +235,7 @@ fn libp2p_benches(c: &mut Criterion) {
             Libp2pConfig::default(),
         ))
         .expect("ten nodes");
+    let nodes: Vec<Arc<Libp2pTransport>> = nodes.into_iter().map(Arc::new).collect();
     let ids: Vec<PeerId> = nodes.iter().map(|n| n.local_peer_id()).collect();
     // Warm every connection once.
     rt.block_on(all_to_all(&nodes, &ids, &frame));
