@@ -229,6 +229,8 @@ pub struct Libp2pConfig {
     pub inbound_capacity: usize,
     /// Capacity of the command queue from handle to swarm task.
     pub command_capacity: usize,
+    /// Most sends and DHT operations in flight at once; further callers wait for a slot.
+    pub max_in_flight: usize,
     /// Capacity of the connect/disconnect event queue.
     pub event_capacity: usize,
     /// How long a frame may wait for its acknowledgement.
@@ -257,6 +259,7 @@ impl Default for Libp2pConfig {
             inbound_rate_per_sec: 2000,
             inbound_capacity: 1024,
             command_capacity: 256,
+            max_in_flight: 4096,
             event_capacity: 1024,
             send_timeout: Duration::from_secs(10),
             dht_timeout: Duration::from_secs(30),
@@ -377,6 +380,7 @@ pub struct Libp2pTransport {
     send_timeout: Duration,
     listen_addrs: Vec<Multiaddr>,
     commands: mpsc::Sender<Command>,
+    in_flight: tokio::sync::Semaphore,
     inbound: tokio::sync::Mutex<mpsc::Receiver<Inbound>>,
     events_tx: Mutex<Option<broadcast::Sender<PeerEvent>>>,
     initial_events: Mutex<Option<broadcast::Receiver<PeerEvent>>>,
@@ -492,6 +496,7 @@ impl Libp2pTransport {
             send_timeout: config.send_timeout,
             listen_addrs,
             commands,
+            in_flight: tokio::sync::Semaphore::new(config.max_in_flight.max(1)),
             inbound: tokio::sync::Mutex::new(inbound_rx),
             events_tx: Mutex::new(Some(events_tx)),
             initial_events: Mutex::new(Some(events_rx)),
@@ -595,6 +600,11 @@ impl Libp2pTransport {
         operation: &'static str,
         make: impl Fn(oneshot::Sender<DhtReply>) -> Command,
     ) -> Result<Vec<u8>> {
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| TransportError::Closed)?;
         let deadline = tokio::time::Instant::now() + self.dht_timeout;
         let mut backoff = Duration::from_millis(25);
         loop {
@@ -639,6 +649,11 @@ impl Transport for Libp2pTransport {
                 max: self.max_frame,
             });
         }
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| TransportError::Closed)?;
         let (reply, rx) = oneshot::channel();
         self.command(Command::Send {
             peer: to,
@@ -734,6 +749,8 @@ impl Transport for Libp2pTransport {
         };
         lock(&self.events_tx).take();
         lock(&self.initial_events).take();
+        // Callers waiting for an in-flight slot get `Closed`.
+        self.in_flight.close();
         // If the queue is full the task still sees the closed channel once we are dropped; a
         // closed channel means the task is already gone.
         let _ = self.commands.send(Command::Shutdown).await;
