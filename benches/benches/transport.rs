@@ -145,6 +145,114 @@ async fn bare_request(
     }
 }
 
+/// A bare request-response node for the all-to-all reference: on each frame from `start` it
+/// sends one request to every peer; it answers every request; it reports `done` once its own
+/// requests are answered and it has served one request from every peer for this round.
+async fn bare_node(
+    mut swarm: Swarm<request_response::Behaviour<FrameCodec>>,
+    peers: Vec<libp2p::PeerId>,
+    mut start: tokio::sync::mpsc::Receiver<Bytes>,
+    done: tokio::sync::mpsc::Sender<()>,
+) {
+    let (mut waiting, mut served, mut active) = (0usize, 0usize, false);
+    loop {
+        tokio::select! {
+            frame = start.recv() => {
+                let Some(frame) = frame else { return };
+                for peer in &peers {
+                    swarm.behaviour_mut().send_request(peer, frame.clone());
+                }
+                waiting = peers.len();
+                active = true;
+            }
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Request { channel, .. },
+                    ..
+                }) => {
+                    let _ = swarm
+                        .behaviour_mut()
+                        .send_response(channel, FrameStatus::Accepted);
+                    served += 1;
+                }
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Response { .. },
+                    ..
+                }) => waiting -= 1,
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure { error, .. }) => {
+                    panic!("reference request failed: {error}")
+                }
+                _ => {}
+            },
+        }
+        if active && waiting == 0 && served >= peers.len() {
+            served -= peers.len();
+            active = false;
+            if done.send(()).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Ten bare request-response nodes on loopback, each in its own task; returns the round
+/// starters and the completion channel.
+async fn bare_mesh(
+    n: usize,
+) -> (
+    Vec<tokio::sync::mpsc::Sender<Bytes>>,
+    tokio::sync::mpsc::Receiver<()>,
+) {
+    let mut swarms = Vec::new();
+    let mut addrs = Vec::new();
+    for _ in 0..n {
+        let mut swarm = bare_swarm(1 << 20);
+        swarm
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
+            .expect("listen");
+        let addr = loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                break address;
+            }
+        };
+        addrs.push((*swarm.local_peer_id(), addr));
+        swarms.push(swarm);
+    }
+    let (done_tx, done_rx) = tokio::sync::mpsc::channel(n);
+    let mut starters = Vec::new();
+    for mut swarm in swarms {
+        let me = *swarm.local_peer_id();
+        let mut peers = Vec::new();
+        for (peer, addr) in &addrs {
+            if *peer != me {
+                swarm.add_peer_address(*peer, addr.clone());
+                peers.push(*peer);
+            }
+        }
+        let (start_tx, start_rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(bare_node(swarm, peers, start_rx, done_tx.clone()));
+        starters.push(start_tx);
+    }
+    (starters, done_rx)
+}
+
+/// One all-to-all round on the bare mesh.
+async fn bare_round(
+    starters: &[tokio::sync::mpsc::Sender<Bytes>],
+    done: &mut tokio::sync::mpsc::Receiver<()>,
+    frame: &Bytes,
+) {
+    for start in starters {
+        start.send(frame.clone()).await.expect("start");
+    }
+    for _ in 0..starters.len() {
+        tokio::time::timeout(Duration::from_secs(10), done.recv())
+            .await
+            .expect("round within 10 s")
+            .expect("node alive");
+    }
+}
+
 fn libp2p_benches(c: &mut Criterion) {
     let rt = runtime();
     let frame = Bytes::from(vec![7u8; FRAME]);
@@ -250,7 +358,81 @@ fn libp2p_benches(c: &mut Criterion) {
             })
         })
     });
+    // Reference for the round: the same all-to-all on ten bare request-response nodes.
+    let (starters, mut done) = rt.block_on(bare_mesh(10));
+    rt.block_on(bare_round(&starters, &mut done, &frame));
+    group.bench_function("all_to_all_10_bare_request_response", |bench| {
+        bench.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    bare_round(&starters, &mut done, &frame).await;
+                }
+                start.elapsed()
+            })
+        })
+    });
     group.finish();
+
+    // Paired measurement: the machine is shared, so load can change between two criterion
+    // benchmarks. Alternate short batches of ours and the reference and compare the medians of
+    // the batches, which cancels slow drift in load. Printed next to criterion's output.
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (ours_rt, bare_rt, ours_round, bare_round_t) = {
+        let (client, pair, nodes, ids, frame) = (
+            Arc::clone(&client),
+            pair.clone(),
+            nodes.clone(),
+            ids.clone(),
+            frame.clone(),
+        );
+        let b_id = pair[1].local_peer_id();
+        rt.block_on(rt.spawn(async move {
+            let (mut ours_rt, mut bare_rt, mut ours_round, mut bare_round_t) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let mut client = client.lock().await;
+            for _ in 0..41 {
+                let start = Instant::now();
+                for _ in 0..50 {
+                    bare_request(&mut client, server_id, &frame).await;
+                }
+                bare_rt.push(start.elapsed().as_secs_f64() / 50.0);
+                let start = Instant::now();
+                for _ in 0..50 {
+                    pair[0].send(b_id, frame.clone()).await.expect("send");
+                    pair[1].recv().await.expect("recv");
+                }
+                ours_rt.push(start.elapsed().as_secs_f64() / 50.0);
+            }
+            for _ in 0..21 {
+                let start = Instant::now();
+                bare_round(&starters, &mut done, &frame).await;
+                bare_round_t.push(start.elapsed().as_secs_f64());
+                let start = Instant::now();
+                all_to_all(&nodes, &ids, &frame).await;
+                ours_round.push(start.elapsed().as_secs_f64());
+            }
+            (ours_rt, bare_rt, ours_round, bare_round_t)
+        }))
+        .expect("paired task")
+    };
+    let (o, b) = (median(ours_rt), median(bare_rt));
+    println!(
+        "paired round trip: ours {:.1} us, bare request-response {:.1} us, ratio {:.2}",
+        o * 1e6,
+        b * 1e6,
+        o / b
+    );
+    let (o, b) = (median(ours_round), median(bare_round_t));
+    println!(
+        "paired 10-node all-to-all: ours {:.2} ms, bare request-response {:.2} ms, ratio {:.2}",
+        o * 1e3,
+        b * 1e3,
+        o / b
+    );
 
     rt.block_on(async {
         for node in pair.iter().chain(&nodes) {
