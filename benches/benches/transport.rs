@@ -253,6 +253,82 @@ async fn bare_round(
     }
 }
 
+/// Ours and the bare reference round trip, alternating batches on `rt` (which owns every task
+/// involved); returns the medians of the per-batch means, in seconds.
+fn paired_round_trip(rt: &Runtime, frame: &Bytes) -> (f64, f64) {
+    let frame = frame.clone();
+    rt.block_on(async move {
+        let mut server = bare_swarm(1 << 20);
+        server
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
+            .expect("listen");
+        let addr = loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
+                break address;
+            }
+        };
+        let server_id = *server.local_peer_id();
+        let server_task = tokio::spawn(async move {
+            loop {
+                if let SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Request { channel, .. },
+                    ..
+                }) = server.select_next_some().await
+                {
+                    let _ = server
+                        .behaviour_mut()
+                        .send_response(channel, FrameStatus::Accepted);
+                }
+            }
+        });
+        let mut client = bare_swarm(1 << 20);
+        client.add_peer_address(server_id, addr);
+        let pair = Libp2pTransport::spawn_local_network(
+            2,
+            Libp2pConfig {
+                inbound_rate_per_sec: 0,
+                ..Libp2pConfig::default()
+            },
+        )
+        .await
+        .expect("pair");
+        let b_id = pair[1].local_peer_id();
+        let task = tokio::spawn(async move {
+            let (mut ours, mut bare) = (Vec::new(), Vec::new());
+            for round in 0..42 {
+                let start = Instant::now();
+                for _ in 0..50 {
+                    bare_request(&mut client, server_id, &frame).await;
+                }
+                let bare_t = start.elapsed().as_secs_f64() / 50.0;
+                let start = Instant::now();
+                for _ in 0..50 {
+                    pair[0].send(b_id, frame.clone()).await.expect("send");
+                    pair[1].recv().await.expect("recv");
+                }
+                let ours_t = start.elapsed().as_secs_f64() / 50.0;
+                if round > 0 {
+                    // The first batch connects and warms up.
+                    bare.push(bare_t);
+                    ours.push(ours_t);
+                }
+            }
+            for node in &pair {
+                node.shutdown().await.expect("shutdown");
+            }
+            (median(ours), median(bare))
+        });
+        let result = task.await.expect("paired task");
+        server_task.abort();
+        result
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn libp2p_benches(c: &mut Criterion) {
     let rt = runtime();
     let frame = Bytes::from(vec![7u8; FRAME]);
@@ -377,36 +453,10 @@ fn libp2p_benches(c: &mut Criterion) {
     // Paired measurement: the machine is shared, so load can change between two criterion
     // benchmarks. Alternate short batches of ours and the reference and compare the medians of
     // the batches, which cancels slow drift in load. Printed next to criterion's output.
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (ours_rt, bare_rt, ours_round, bare_round_t) = {
-        let (client, pair, nodes, ids, frame) = (
-            Arc::clone(&client),
-            pair.clone(),
-            nodes.clone(),
-            ids.clone(),
-            frame.clone(),
-        );
-        let b_id = pair[1].local_peer_id();
+    let (ours_round, bare_round_t) = {
+        let (nodes, ids, frame) = (nodes.clone(), ids.clone(), frame.clone());
         rt.block_on(rt.spawn(async move {
-            let (mut ours_rt, mut bare_rt, mut ours_round, mut bare_round_t) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            let mut client = client.lock().await;
-            for _ in 0..41 {
-                let start = Instant::now();
-                for _ in 0..50 {
-                    bare_request(&mut client, server_id, &frame).await;
-                }
-                bare_rt.push(start.elapsed().as_secs_f64() / 50.0);
-                let start = Instant::now();
-                for _ in 0..50 {
-                    pair[0].send(b_id, frame.clone()).await.expect("send");
-                    pair[1].recv().await.expect("recv");
-                }
-                ours_rt.push(start.elapsed().as_secs_f64() / 50.0);
-            }
+            let (mut ours_round, mut bare_round_t) = (Vec::new(), Vec::new());
             for _ in 0..21 {
                 let start = Instant::now();
                 bare_round(&starters, &mut done, &frame).await;
@@ -415,17 +465,28 @@ fn libp2p_benches(c: &mut Criterion) {
                 all_to_all(&nodes, &ids, &frame).await;
                 ours_round.push(start.elapsed().as_secs_f64());
             }
-            (ours_rt, bare_rt, ours_round, bare_round_t)
+            (ours_round, bare_round_t)
         }))
         .expect("paired task")
     };
-    let (o, b) = (median(ours_rt), median(bare_rt));
-    println!(
-        "paired round trip: ours {:.1} us, bare request-response {:.1} us, ratio {:.2}",
-        o * 1e6,
-        b * 1e6,
-        o / b
-    );
+    for (name, runtime) in [
+        ("multi-thread (2 workers)", runtime()),
+        (
+            "current-thread",
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime"),
+        ),
+    ] {
+        let (o, b) = paired_round_trip(&runtime, &frame);
+        println!(
+            "paired round trip, {name} runtime: ours {:.1} us, bare request-response {:.1} us, ratio {:.2}",
+            o * 1e6,
+            b * 1e6,
+            o / b
+        );
+    }
     let (o, b) = (median(ours_round), median(bare_round_t));
     println!(
         "paired 10-node all-to-all: ours {:.2} ms, bare request-response {:.2} ms, ratio {:.2}",
