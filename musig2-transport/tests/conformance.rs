@@ -45,6 +45,18 @@ async fn point_to_point(nodes: Vec<Node>) {
             "acknowledged sends keep order"
         );
     }
+    // To itself: loopback delivery in every implementation.
+    a.send(a.local_peer_id(), Bytes::from_static(b"self"))
+        .await
+        .expect("send to self");
+    let inbound = within("receive from self", a.recv()).await.expect("frame");
+    assert_eq!(
+        (inbound.from, &inbound.frame[..]),
+        (a.local_peer_id(), &b"self"[..])
+    );
+    a.dial(a.local_peer_id())
+        .await
+        .expect("dialling yourself is a no-op");
     // And back.
     b.send(a.local_peer_id(), Bytes::from_static(b"reply"))
         .await
