@@ -12,7 +12,7 @@
 //! ```text
 //! cargo bench -p musig2-benches --bench e2e
 //! E2E_QUICK=1 cargo bench -p musig2-benches --bench e2e   # fewer iterations
-//! E2E_PART=libp2p (or memory) cargo bench -p musig2-benches --bench e2e   # one half only
+//! E2E_PART=libp2p (or memory, costs) cargo bench -p musig2-benches --bench e2e   # one half only
 //! E2E_PART=libp2p E2E_N=10 cargo bench -p musig2-benches --bench e2e     # one network size
 //! ```
 
@@ -256,9 +256,11 @@ async fn scenario(
         cluster.run_session(topology, nonce_commitment).await;
     }
     let mut samples = Vec::with_capacity(iters);
+    let cpu = process_cpu();
     for _ in 0..iters {
         samples.push(cluster.run_session(topology, nonce_commitment).await);
     }
+    let cpu = (process_cpu() - cpu) / iters as u32;
     let mut totals: Vec<Duration> = samples.iter().map(|s| s.total).collect();
     totals.sort();
     let median = percentile(&totals, 50);
@@ -272,10 +274,11 @@ async fn scenario(
         None => "-".to_owned(),
     };
     println!(
-        "{name:<34} commit={:<5} median {:>10}  p90 {:>10}  target {verdict:<18} | phases (median): announce {} joined {} nonces {} psigs {} signed {}  [{iters} runs]",
+        "{name:<34} commit={:<5} median {:>10}  p90 {:>10}  target {verdict:<18} cpu/session {:>9} | phases (median): announce {} joined {} nonces {} psigs {} signed {}  [{iters} runs]",
         nonce_commitment,
         fmt_ms(median),
         fmt_ms(p90),
+        fmt_ms(cpu),
         phases[0],
         phases[1],
         phases[2],
@@ -598,20 +601,104 @@ fn floor_protocol(keypairs: &[Keypair; 2], message: &[u8]) -> schnorr::Signature
     sig
 }
 
-/// Sessions per second of a floor function, single-threaded.
-fn floor_rate(f: fn(&[Keypair; 2], &[u8]) -> schnorr::Signature, iters: usize) -> f64 {
-    let keypairs = [
-        Keypair::new(&mut rand::rng()),
-        Keypair::new(&mut rand::rng()),
-    ];
-    for _ in 0..50 {
-        std::hint::black_box(f(&keypairs, b"floor"));
+/// Median time of `f` over `iters` calls, after a short warm-up.
+fn time_op<T>(iters: usize, mut f: impl FnMut() -> T) -> Duration {
+    for _ in 0..iters.div_ceil(10) {
+        std::hint::black_box(f());
     }
-    let start = Instant::now();
-    for _ in 0..iters {
-        std::hint::black_box(f(&keypairs, b"floor"));
+    let mut v: Vec<Duration> = (0..iters)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(f());
+            t.elapsed()
+        })
+        .collect();
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1} us", d.as_secs_f64() * 1e6)
+}
+
+/// The unit costs that explain the end-to-end figures: a BIP340 sign and verify, key
+/// aggregation, announcement decode + verify, and a star member's verification of the
+/// coordinator's AggregateNonce envelope (which checks every relayed nonce's signature).
+fn cost_model() {
+    println!("\n== unit costs (single thread, median) ==");
+    let kp = Keypair::new(&mut rand::rng());
+    let (xonly, _) = kp.x_only_public_key();
+    let msg = [7u8; 32];
+    let sig = schnorr::sign(&msg, &kp);
+    println!(
+        "BIP340 sign {}, verify {}",
+        us(time_op(500, || schnorr::sign(&msg, &kp))),
+        us(time_op(500, || schnorr::verify(&sig, &msg, &xonly))),
+    );
+    let limits = Limits::default();
+    let now = 1_700_000_000_000u64;
+    for n in [2usize, 10, 50] {
+        let keypairs: Vec<Keypair> = (0..n).map(|_| Keypair::new(&mut rand::rng())).collect();
+        let keys: Vec<PublicKey> = keypairs.iter().map(Keypair::public_key).collect();
+        let keyagg = time_op(100, || KeyAggContext::new(&keys).expect("key agg"));
+        let mut ann = Announcement::new(
+            keys.clone(),
+            b"cost model".to_vec(),
+            SignerIndex::try_from(0usize).expect("index"),
+            now,
+            now + 600_000,
+        );
+        ann.policy.topology = Topology::Star;
+        let bytes = ann
+            .sign(&keypairs[0], &limits)
+            .expect("sign")
+            .to_frame_bytes();
+        let decode_verify = time_op(100, || {
+            musig2_proto::SignedAnnouncement::decode(&bytes, &limits)
+                .expect("decode")
+                .verify(now, &limits)
+                .expect("verify")
+        });
+        let verified = musig2_proto::SignedAnnouncement::decode(&bytes, &limits)
+            .expect("decode")
+            .verify(now, &limits)
+            .expect("verify");
+        let nonces: Vec<_> = keypairs
+            .iter()
+            .enumerate()
+            .map(|(i, kp)| {
+                let (_, p) = NonceGen::new(kp.public_key())
+                    .generate(&mut rand::rng())
+                    .expect("nonce");
+                let body = Body::Nonce {
+                    attempt: Attempt::FIRST,
+                    pub_nonce: PubNonceBytes::from_bytes(p.to_bytes()).expect("nonce"),
+                };
+                let signer = SignerIndex::try_from(i).expect("index");
+                Envelope::sign(verified.session_id(), signer, SeqNo::FIRST, now, body, kp)
+                    .verify(&verified)
+                    .expect("nonce envelope")
+            })
+            .collect();
+        let body = Body::aggregate_nonce(&verified, Attempt::FIRST, &nonces).expect("aggregate");
+        let agg_env = Envelope::sign(
+            verified.session_id(),
+            SignerIndex::try_from(0usize).expect("index"),
+            SeqNo::FIRST,
+            now,
+            body,
+            &keypairs[0],
+        );
+        let agg_verify = time_op(50, || agg_env.verify(&verified).expect("aggregate nonce"));
+        println!(
+            "n={n:<3} KeyAggContext::new {:>9}   announcement decode+verify {:>9}   AggregateNonce envelope verify {:>9} (x{} members = {:.1} ms per session)",
+            us(keyagg),
+            us(decode_verify),
+            us(agg_verify),
+            n - 1,
+            agg_verify.as_secs_f64() * 1e3 * (n - 1) as f64,
+        );
     }
-    iters as f64 / start.elapsed().as_secs_f64()
 }
 
 fn median_f64(mut v: Vec<f64>) -> f64 {
@@ -619,53 +706,117 @@ fn median_f64(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// CPU time used by the whole process so far (user + system, all threads), from
+/// `/proc/self/stat` in clock ticks (assumed 100 Hz); zero where unavailable.
+fn process_cpu() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the file, 12th and 13th after the command name.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// Sessions per second and CPU time per session of a floor function, single-threaded.
+fn floor_rate(f: fn(&[Keypair; 2], &[u8]) -> schnorr::Signature, iters: usize) -> (f64, Duration) {
+    let keypairs = [
+        Keypair::new(&mut rand::rng()),
+        Keypair::new(&mut rand::rng()),
+    ];
+    for _ in 0..50 {
+        std::hint::black_box(f(&keypairs, b"floor"));
+    }
+    let cpu = process_cpu();
+    let start = Instant::now();
+    for _ in 0..iters {
+        std::hint::black_box(f(&keypairs, b"floor"));
+    }
+    let rate = iters as f64 / start.elapsed().as_secs_f64();
+    (rate, (process_cpu() - cpu) / iters as u32)
+}
+
 fn memory_benches(quick: bool) {
-    let total = if quick { 1000 } else { 4000 };
+    let total = if quick { 600 } else { 2000 };
     let repeats = if quick { 3 } else { 5 };
     let in_flight = 200;
     println!(
-        "\n== memory transport: {total} 2-of-2 sessions between two nodes, {in_flight} in flight =="
-    );
-    let floor_core_rate = median_f64((0..repeats).map(|_| floor_rate(floor_core, 2000)).collect());
-    let floor_proto_rate = median_f64(
-        (0..repeats)
-            .map(|_| floor_rate(floor_protocol, 1000))
-            .collect(),
+        "\n== memory transport: {total} 2-of-2 sessions between two nodes, {in_flight} in flight, {repeats} rounds =="
     );
     println!(
-        "floor, musig2-core only (1 thread):            {floor_core_rate:>8.0} sessions/s ({:.1} us/session)",
-        1e6 / floor_core_rate
+        "(floors and coordinator runs are interleaved round by round, so each ratio compares runs made under the same machine load)"
     );
-    println!(
-        "floor, protocol crypto incl. envelopes (1 thread): {floor_proto_rate:>8.0} sessions/s ({:.1} us/session)",
-        1e6 / floor_proto_rate
-    );
-    for (label, workers) in [
-        ("current-thread runtime (1 core)", 1usize),
-        ("multi-thread runtime (2 workers)", 2),
-    ] {
-        let rt = if workers == 1 {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-        } else {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(workers)
-                .enable_all()
-                .build()
-        }
+    let current = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .expect("runtime");
-        for commit in [false, true] {
-            let rates: Vec<f64> = (0..repeats)
-                .map(|_| rt.block_on(memory_throughput(total, in_flight, commit)))
-                .collect();
-            let rate = median_f64(rates);
-            println!(
-                "coordinator, {label:<33} commit={commit:<5} {rate:>8.0} sessions/s  ratio vs core floor {:.2}, vs protocol floor {:.2} (target >= 0.5)",
-                rate / floor_core_rate,
-                rate / floor_proto_rate,
-            );
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let configs = [
+        ("current-thread runtime (1 core)", &current, false),
+        ("current-thread runtime (1 core)", &current, true),
+        ("multi-thread runtime (2 workers)", &multi, false),
+        ("multi-thread runtime (2 workers)", &multi, true),
+    ];
+    // Per round: floor rates and CPU, then each configuration's rate and CPU.
+    let mut floor_core_rates = Vec::new();
+    let mut floor_proto_rates = Vec::new();
+    let mut floor_core_cpu = Vec::new();
+    let mut floor_proto_cpu = Vec::new();
+    let mut rates = vec![Vec::new(); configs.len()];
+    let mut cpus = vec![Vec::new(); configs.len()];
+    let mut ratio_core = vec![Vec::new(); configs.len()];
+    let mut ratio_proto = vec![Vec::new(); configs.len()];
+    for _ in 0..repeats {
+        let (core_rate, core_cpu) = floor_rate(floor_core, 2000);
+        let (proto_rate, proto_cpu) = floor_rate(floor_protocol, 600);
+        floor_core_rates.push(core_rate);
+        floor_proto_rates.push(proto_rate);
+        floor_core_cpu.push(core_cpu);
+        floor_proto_cpu.push(proto_cpu);
+        for (k, (_, rt, commit)) in configs.iter().enumerate() {
+            let cpu = process_cpu();
+            let rate = rt.block_on(memory_throughput(total, in_flight, *commit));
+            cpus[k].push((process_cpu() - cpu) / total as u32);
+            rates[k].push(rate);
+            ratio_core[k].push(rate / core_rate);
+            ratio_proto[k].push(rate / proto_rate);
         }
+    }
+    let core_cpu = median_of(floor_core_cpu);
+    let proto_cpu = median_of(floor_proto_cpu);
+    println!(
+        "floor, musig2-core only (1 thread):                {:>6.0} sessions/s  cpu {:>8}/session",
+        median_f64(floor_core_rates),
+        us(core_cpu),
+    );
+    println!(
+        "floor, protocol crypto incl. envelopes (1 thread): {:>6.0} sessions/s  cpu {:>8}/session",
+        median_f64(floor_proto_rates),
+        us(proto_cpu),
+    );
+    for (k, (label, _, commit)) in configs.iter().enumerate() {
+        let cpu = median_of(cpus[k].clone());
+        println!(
+            "coordinator, {label:<33} commit={commit:<5} {:>6.0} sessions/s  cpu {:>8}/session | ratio (median of rounds) vs core floor {:.2}, vs protocol floor {:.2}; cpu ratio vs core {:.2}, vs protocol {:.2} (target >= 0.5)",
+            median_f64(rates[k].clone()),
+            us(cpu),
+            median_f64(ratio_core[k].clone()),
+            median_f64(ratio_proto[k].clone()),
+            core_cpu.as_secs_f64() / cpu.as_secs_f64().max(1e-9),
+            proto_cpu.as_secs_f64() / cpu.as_secs_f64().max(1e-9),
+        );
     }
 }
 
@@ -680,12 +831,15 @@ fn main() {
     // E2E_PART=libp2p or E2E_PART=memory runs one half only.
     let part = std::env::var("E2E_PART").unwrap_or_default();
     let started = Instant::now();
-    if part != "memory" {
+    if part.is_empty() || part == "libp2p" {
         rt.block_on(libp2p_benches(quick));
     }
     drop(rt);
-    if part != "libp2p" {
+    if part.is_empty() || part == "memory" {
         memory_benches(quick);
+    }
+    if part.is_empty() || part == "costs" {
+        cost_model();
     }
     println!(
         "\n(e2e bench finished in {:.1} s)",
