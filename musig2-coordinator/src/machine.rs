@@ -35,7 +35,7 @@ use crate::replay::ReplayWindow;
 pub enum Phase {
     /// Known (announcement verified) but not joined by this node.
     Created,
-    /// Joined; waiting for the other signers to join.
+    /// Joined; waiting to learn the peers of signers whose peer ids were not announced.
     Joined,
     /// Round 0: exchanging nonce commitments.
     NonceCommit,
@@ -327,10 +327,11 @@ impl SessionMachine {
         };
         match self.phase {
             Phase::Created | Phase::Done | Phase::Aborted => Vec::new(),
+            // Round 1 needs a route to the signers we send to: a listed peer id or a join.
             Phase::Joined if star_member => {
-                missing(&|i| i != self.coordinator.as_usize() || self.joins[i].is_some())
+                missing(&|i| i != self.coordinator.as_usize() || self.peers[i].is_some())
             }
-            Phase::Joined => missing(&|i| self.joins[i].is_some()),
+            Phase::Joined => missing(&|i| self.peers[i].is_some()),
             Phase::NonceCommit => missing(&|i| self.commits[i].is_some()),
             Phase::Nonce if star_member => {
                 if self.aggnonce_received {

@@ -515,13 +515,28 @@ fn a_withholding_signer_is_named_when_the_phase_times_out() {
 
 #[test]
 fn holdouts_list_who_has_not_joined() {
-    let mut net = Net::new(3, Topology::Mesh, false);
+    // Without announced peer ids, round 1 waits for the joins that tell us where signers are.
+    let mut net = Net::build(3, Topology::Mesh, false, ElectionMethod::FirstSigner, false);
     net.join(0);
     net.join(1);
     net.run();
     assert_eq!(net.machines[0].phase(), Phase::Joined);
     assert_eq!(net.machines[0].holdouts(), vec![idx(2)]);
     assert_eq!(net.machines[2].phase(), Phase::Created);
+    net.join(2);
+    net.run();
+    net.assert_all_signed();
+}
+
+#[test]
+fn announced_peers_let_round_one_start_without_waiting_for_joins() {
+    let mut net = Net::new(3, Topology::Mesh, false);
+    net.join(0);
+    net.join(1);
+    net.run();
+    // Signer 2 has not joined, but its peer is announced: nonces are already out.
+    assert_eq!(net.machines[0].phase(), Phase::Nonce);
+    assert_eq!(net.machines[0].holdouts(), vec![idx(2)]);
     net.join(2);
     net.run();
     net.assert_all_signed();
