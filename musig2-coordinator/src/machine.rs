@@ -901,10 +901,7 @@ impl SessionMachine {
         let pubnonces: Option<Vec<PubNonce>> = self
             .nonces
             .iter()
-            .map(|s| {
-                s.as_ref()
-                    .and_then(|(b, _)| PubNonce::from_bytes(b.as_bytes()).ok())
-            })
+            .map(|s| s.as_ref().map(|(b, _)| pubnonce_of(b)))
             .collect();
         let Some(pubnonces) = pubnonces else {
             self.abort(now_ms, AbortReason::InvalidNonce, Vec::new(), out);
@@ -993,10 +990,7 @@ impl SessionMachine {
         let pubnonces: Vec<PubNonce> = self
             .nonces
             .iter()
-            .filter_map(|s| {
-                s.as_ref()
-                    .and_then(|(b, _)| PubNonce::from_bytes(b.as_bytes()).ok())
-            })
+            .filter_map(|s| s.as_ref().map(|(b, _)| pubnonce_of(b)))
             .collect();
         let result = if blamed.is_empty() {
             context.aggregate_and_verify(&psigs, &pubnonces)
@@ -1171,6 +1165,12 @@ impl SessionMachine {
             }
         }
     }
+}
+
+/// The core's view of a wire nonce, reusing the points the proto layer already parsed.
+fn pubnonce_of(bytes: &PubNonceBytes) -> PubNonce {
+    let [r1, r2] = bytes.points();
+    PubNonce::from_points(r1, r2)
 }
 
 #[cfg(test)]

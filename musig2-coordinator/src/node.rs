@@ -229,8 +229,9 @@ impl Node {
     }
 
     /// Creates a session: builds and signs the announcement, stores it in the DHT (retrying
-    /// until the routing table allows, up to the DHT timeout), sends it to the signers whose
-    /// peers are listed, and joins it. Returns the session id.
+    /// until the routing table allows, up to the DHT timeout) while sending it to the signers
+    /// whose peers are listed, and joins it. Returns the session id once the DHT holds it; if
+    /// the DHT put fails, the session is cancelled and the error returned.
     pub async fn create_session(&self, request: SessionRequest) -> Result<SessionId> {
         let now = self.clock.now_ms();
         let me = self.keypair.public_key();
@@ -279,15 +280,21 @@ impl Node {
         let signed = announcement.sign(&self.keypair, &self.config.limits)?;
         let verified = signed.verify(now, &self.config.limits)?;
         let id = verified.session_id();
-        self.dht_put_with_retry(dht_key(&id), signed.to_frame_bytes())
-            .await?;
-        let _ = self.events.send(Event::SessionAnnounced { session: id });
-        self.call(|reply| Command::Insert {
+        // The DHT put and the direct announcement to listed peers run side by side; a session
+        // that cannot be announced in the DHT is cancelled rather than left half-visible.
+        let put = self.dht_put_with_retry(dht_key(&id), signed.to_frame_bytes());
+        let insert = self.call(|reply| Command::Insert {
             announcement: Box::new(verified),
             created_here: true,
             reply,
-        })
-        .await??;
+        });
+        let (put, insert) = tokio::join!(put, insert);
+        insert??;
+        if let Err(e) = put {
+            let _ = self.cancel_session(id).await;
+            return Err(e);
+        }
+        let _ = self.events.send(Event::SessionAnnounced { session: id });
         Ok(id)
     }
 

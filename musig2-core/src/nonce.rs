@@ -113,6 +113,11 @@ impl PubNonce {
         })
     }
 
+    /// A public nonce from two already parsed points (no re-parsing).
+    pub fn from_points(r1: PublicKey, r2: PublicKey) -> PubNonce {
+        PubNonce { r1, r2 }
+    }
+
     /// The 66-byte encoding.
     pub fn to_bytes(&self) -> [u8; 66] {
         join66(&self.r1.serialize(), &self.r2.serialize())

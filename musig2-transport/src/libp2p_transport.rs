@@ -532,7 +532,10 @@ impl Libp2pTransport {
         loop {
             let mut ready = true;
             for node in &nodes {
-                if node.routing_table_size().await? + 1 < n {
+                // A Kademlia bucket holds at most K_VALUE (20) peers, so large networks can
+                // never list everyone; that many entries is as full as a table gets here.
+                let wanted = (n - 1).min(libp2p::kad::K_VALUE.get());
+                if node.routing_table_size().await? < wanted {
                     ready = false;
                     node.bootstrap().await?;
                 }
