@@ -267,4 +267,32 @@ fn encoded_sizes_are_as_documented() {
     .len();
     // tag + version + id + signer + seq + 6-byte timestamp + body tag + attempt + psig + sig.
     assert_eq!(psig, 1 + 1 + 32 + 1 + 1 + 6 + 1 + 1 + 32 + 64);
+
+    // Without peer ids: 34 bytes per signer.
+    let mut bare = announcement(128, Topology::Star);
+    for signer in &mut bare.signers {
+        signer.peer_id = None;
+    }
+    let limits = Limits::default();
+    let bare = bare
+        .sign(&keypair(0), &limits)
+        .expect("sign")
+        .to_frame_bytes()
+        .len();
+    assert_eq!(bare, 4539);
+    // Worst case at default limits: 64-byte peer ids, 4 KiB message, 16 tweaks.
+    let mut worst = announcement(128, Topology::Star);
+    for signer in &mut worst.signers {
+        signer.peer_id = Some(musig2_proto::PeerIdBytes::new(vec![7; 64]).expect("64 bytes"));
+    }
+    worst.message = vec![0; limits.max_message_bytes];
+    worst.tweaks =
+        vec![musig2_proto::Tweak::new([1; 32], false).expect("valid"); limits.max_tweaks];
+    let worst = worst
+        .sign(&keypair(0), &limits)
+        .expect("sign")
+        .to_frame_bytes();
+    assert_eq!(worst.len(), 17428, "documented in docs/bench-proto.md");
+    assert!(worst.len() <= limits.max_frame_bytes);
+    assert!(decode_frame(&worst, &limits).is_ok());
 }
