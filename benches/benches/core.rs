@@ -8,8 +8,14 @@
 //! partial and final signatures), so the lines compare the same work.
 //!
 //! Run: `cargo bench -p musig2-benches --bench core -- --warm-up-time 1 --measurement-time 2`
+//!
+//! On a loaded machine criterion's medians of different lines are inflated unequally. With
+//! `CORE_BENCH_PAIRED=1` the same closures run instead in alternation (3 ms batches, 41 rounds)
+//! and each line prints its median and minimum per-iteration time over the rounds; ratios of
+//! the minima do not depend on the load. Results and analysis: `docs/bench-core.md`.
 
 use std::hint::black_box;
+use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, BenchmarkGroup, BenchmarkId, Criterion, measurement::WallTime};
 use musig2_core::secp256k1::{self, Keypair, PublicKey, SecretKey, XOnlyPublicKey, schnorr};
@@ -229,10 +235,6 @@ impl Fixture {
             pubkeys,
         }
     }
-
-    fn id(&self, implementation: &str) -> BenchmarkId {
-        BenchmarkId::new(implementation, self.n)
-    }
 }
 
 /// Signer 0's secret nonce as BIP327's 97 bytes, recomputed from the same NonceGen inputs (our
@@ -262,27 +264,168 @@ fn ref_secnonce(
         .build()
 }
 
-fn group<'a>(c: &'a mut Criterion, name: &str, n: usize) -> BenchmarkGroup<'a, WallTime> {
-    let mut g = c.benchmark_group(name);
-    // Large n makes one iteration milliseconds long: fewer samples keep the run short.
-    g.sample_size(match n {
-        0..=2 => 50,
-        3..=16 => 20,
-        _ => 10,
-    });
-    g
+/// Whether to run the interleaved A/B/C comparison instead of criterion (see the module docs).
+fn paired_mode() -> bool {
+    std::env::var_os("CORE_BENCH_PAIRED").is_some()
+}
+
+/// One implementation's benchmark closure, kept for paired mode.
+type Line<'f> = Box<dyn FnMut(&mut Timer<'_, '_>) + 'f>;
+
+/// One operation at one n: a criterion group, or (in paired mode) the lines to interleave.
+struct Bench<'c, 'f> {
+    name: &'static str,
+    n: usize,
+    group: Option<BenchmarkGroup<'c, WallTime>>,
+    lines: Vec<(&'static str, Line<'f>)>,
+}
+
+impl<'c, 'f> Bench<'c, 'f> {
+    fn new(c: &'c mut Criterion, name: &'static str, n: usize) -> Self {
+        let group = (!paired_mode()).then(|| {
+            let mut g = c.benchmark_group(name);
+            // Large n makes one iteration milliseconds long: fewer samples keep the run short.
+            g.sample_size(match n {
+                0..=2 => 50,
+                3..=16 => 20,
+                _ => 10,
+            });
+            g
+        });
+        Bench {
+            name,
+            n,
+            group,
+            lines: Vec::new(),
+        }
+    }
+
+    fn measurement_time(&mut self, d: Duration) {
+        if let Some(g) = &mut self.group {
+            g.measurement_time(d);
+        }
+    }
+
+    fn bench_function<F>(&mut self, implementation: &'static str, mut f: F)
+    where
+        F: for<'r, 'b> FnMut(&mut Timer<'r, 'b>) + 'f,
+    {
+        match &mut self.group {
+            Some(g) => {
+                g.bench_function(BenchmarkId::new(implementation, self.n), |b| {
+                    f(&mut Timer::Criterion(b))
+                });
+            }
+            None => self.lines.push((implementation, Box::new(f))),
+        }
+    }
+
+    fn finish(self) {
+        match self.group {
+            Some(g) => g.finish(),
+            None => run_paired(self.name, self.n, self.lines),
+        }
+    }
+}
+
+/// Criterion's `Bencher`, or a plain timer running a fixed number of iterations.
+enum Timer<'r, 'b> {
+    Criterion(&'r mut criterion::Bencher<'b, WallTime>),
+    Paired { iters: u64, elapsed: Duration },
+}
+
+impl Timer<'_, '_> {
+    fn iter<O, R: FnMut() -> O>(&mut self, mut routine: R) {
+        match self {
+            Timer::Criterion(b) => b.iter(routine),
+            Timer::Paired { iters, elapsed } => {
+                let start = Instant::now();
+                for _ in 0..*iters {
+                    black_box(routine());
+                }
+                *elapsed = start.elapsed();
+            }
+        }
+    }
+
+    fn iter_batched<I, O, S, R>(&mut self, mut setup: S, mut routine: R, size: BatchSize)
+    where
+        S: FnMut() -> I,
+        R: FnMut(I) -> O,
+    {
+        match self {
+            Timer::Criterion(b) => b.iter_batched(setup, routine, size),
+            Timer::Paired { iters, elapsed } => {
+                let inputs: Vec<I> = (0..*iters).map(|_| setup()).collect();
+                let start = Instant::now();
+                for input in inputs {
+                    black_box(routine(input));
+                }
+                *elapsed = start.elapsed();
+            }
+        }
+    }
+}
+
+/// Paired mode: the implementations' lines run in alternation, a few milliseconds each, for
+/// `ROUNDS` rounds, so load from other processes hits all of them alike. Prints, per line, the
+/// median and minimum per-iteration time over the rounds.
+fn run_paired(name: &str, n: usize, mut lines: Vec<(&'static str, Line<'_>)>) {
+    const ROUNDS: usize = 41;
+    const BATCH: Duration = Duration::from_millis(3);
+    let run = |f: &mut Line<'_>, iters: u64| {
+        let mut t = Timer::Paired {
+            iters,
+            elapsed: Duration::ZERO,
+        };
+        f(&mut t);
+        match t {
+            Timer::Paired { elapsed, .. } => elapsed,
+            Timer::Criterion(_) => unreachable!("paired timer"),
+        }
+    };
+    // Calibrate the iterations per batch (after one warm-up batch).
+    let mut iters = Vec::with_capacity(lines.len());
+    for (_, f) in lines.iter_mut() {
+        run(f, 1);
+        let mut k = 1u64;
+        loop {
+            let t = run(f, k);
+            if t >= BATCH / 4 || k >= 1 << 20 {
+                let per = t.as_nanos().max(1) / u128::from(k);
+                iters.push(u64::try_from((BATCH.as_nanos() / per.max(1)).max(1)).unwrap_or(1));
+                break;
+            }
+            k *= 4;
+        }
+    }
+    let mut samples = vec![Vec::with_capacity(ROUNDS); lines.len()];
+    for _ in 0..ROUNDS {
+        for (i, (_, f)) in lines.iter_mut().enumerate() {
+            let t = run(f, iters[i]);
+            samples[i].push(t.as_secs_f64() * 1e6 / iters[i] as f64);
+        }
+    }
+    for ((implementation, _), s) in lines.iter().zip(&mut samples) {
+        s.sort_by(f64::total_cmp);
+        println!(
+            "paired {name}/{implementation}/{n} median_us {:.4} min_us {:.4}",
+            s[s.len() / 2],
+            s[0]
+        );
+    }
 }
 
 fn bench_key_agg(c: &mut Criterion, f: &Fixture) {
-    let mut g = group(c, "key_agg", f.n);
-    g.bench_function(f.id("ours"), |b| {
+    let mut g = Bench::new(c, "key_agg", f.n);
+    g.bench_function("ours", |b| {
         b.iter(|| KeyAggContext::new(black_box(&f.pubkeys)).expect("agg"))
     });
     let refs: Vec<&PublicKey> = f.pubkeys.iter().collect();
-    g.bench_function(f.id("libsecp"), |b| {
+    g.bench_function("libsecp", move |b| {
         b.iter(|| lib::KeyAggCache::new(black_box(&refs)))
     });
-    g.bench_function(f.id("musig2crate"), |b| {
+    g.bench_function("musig2crate", |b| {
         b.iter(|| {
             musig2_ref::KeyAggContext::new(black_box(&f.ref_pubkeys).iter().copied()).expect("agg")
         })
@@ -291,11 +434,11 @@ fn bench_key_agg(c: &mut Criterion, f: &Fixture) {
 }
 
 fn bench_nonce_gen(c: &mut Criterion, f: &Fixture) {
-    let mut g = group(c, "nonce_gen", f.n);
+    let mut g = Bench::new(c, "nonce_gen", f.n);
     let kp = f.keypairs[0];
     let sk = kp.secret_key();
     let pk = kp.public_key();
-    g.bench_function(f.id("ours"), |b| {
+    g.bench_function("ours", |b| {
         b.iter(|| {
             NonceGen::new(pk)
                 .secret_key(&sk)
@@ -305,7 +448,7 @@ fn bench_nonce_gen(c: &mut Criterion, f: &Fixture) {
                 .expect("nonce")
         })
     });
-    g.bench_function(f.id("libsecp"), |b| {
+    g.bench_function("libsecp", |b| {
         b.iter(|| {
             lib::new_nonce_pair(
                 lib::SessionSecretRand::assume_uniformly_random(black_box(f.rand0)),
@@ -317,7 +460,7 @@ fn bench_nonce_gen(c: &mut Criterion, f: &Fixture) {
             )
         })
     });
-    g.bench_function(f.id("musig2crate"), |b| {
+    g.bench_function("musig2crate", |b| {
         b.iter(|| {
             let sec = ref_secnonce(black_box(f.rand0), f.ref_seckey0, f.ref_aggpk, &f.msg);
             let public = sec.public_nonce();
@@ -328,15 +471,15 @@ fn bench_nonce_gen(c: &mut Criterion, f: &Fixture) {
 }
 
 fn bench_nonce_agg(c: &mut Criterion, f: &Fixture) {
-    let mut g = group(c, "nonce_agg", f.n);
-    g.bench_function(f.id("ours"), |b| {
+    let mut g = Bench::new(c, "nonce_agg", f.n);
+    g.bench_function("ours", |b| {
         b.iter(|| AggNonce::aggregate(black_box(&f.ours_pubnonces)))
     });
     let refs: Vec<&lib::PublicNonce> = f.lib_pubnonces.iter().collect();
-    g.bench_function(f.id("libsecp"), |b| {
+    g.bench_function("libsecp", move |b| {
         b.iter(|| lib::AggregatedNonce::new(black_box(&refs)))
     });
-    g.bench_function(f.id("musig2crate"), |b| {
+    g.bench_function("musig2crate", |b| {
         b.iter(|| musig2_ref::AggNonce::sum(black_box(&f.ref_pubnonces).iter()))
     });
     g.finish();
@@ -353,39 +496,43 @@ fn ref_session_values(f: &Fixture) -> (MaybeScalar, Point, MaybeScalar) {
 }
 
 fn bench_session(c: &mut Criterion, f: &Fixture) {
-    let mut g = group(c, "session", f.n);
-    g.bench_function(f.id("ours"), |b| {
+    let mut g = Bench::new(c, "session", f.n);
+    g.bench_function("ours", |b| {
         b.iter(|| SessionContext::new(&f.ours_ctx, black_box(&f.ours_aggnonce), &f.msg))
     });
-    g.bench_function(f.id("libsecp"), |b| {
+    g.bench_function("libsecp", |b| {
         b.iter(|| lib::Session::new(&f.lib_cache, black_box(f.lib_aggnonce), &f.msg))
     });
-    g.bench_function(f.id("musig2crate"), |b| {
+    g.bench_function("musig2crate", |b| {
         b.iter(|| ref_session_values(black_box(f)))
     });
     g.finish();
 }
 
 fn bench_sign(c: &mut Criterion, f: &Fixture) {
-    let mut g = group(c, "sign", f.n);
+    let mut g = Bench::new(c, "sign", f.n);
+    // Our signing takes well under a microsecond while importing the consumed secret nonce
+    // (untimed, but wall-clock) takes several: a shorter measurement keeps the run short and
+    // still times over a hundred thousand signatures.
+    g.measurement_time(Duration::from_millis(300));
     let kp = f.keypairs[0];
     // Each iteration consumes a secret nonce; importing one (untimed) is a copy plus a point
     // parse, much cheaper than generating one.
-    g.bench_function(f.id("ours"), |b| {
+    g.bench_function("ours", |b| {
         b.iter_batched(
             || SecNonce::dangerous_from_bytes(&f.secnonce0).expect("secnonce"),
             |sec| f.ours_session.sign(sec, &kp).expect("sign"),
             BatchSize::SmallInput,
         )
     });
-    g.bench_function(f.id("libsecp"), |b| {
+    g.bench_function("libsecp", |b| {
         b.iter_batched(
             || lib::SecretNonce::dangerous_from_bytes(f.lib_secnonce0),
             |sec| f.lib_session.partial_sign(sec, &kp, &f.lib_cache),
             BatchSize::SmallInput,
         )
     });
-    g.bench_function(f.id("musig2crate"), |b| {
+    g.bench_function("musig2crate", |b| {
         b.iter_batched(
             || f.ref_secnonce0.clone(),
             |sec| {
@@ -405,16 +552,16 @@ fn bench_sign(c: &mut Criterion, f: &Fixture) {
 }
 
 fn bench_partial_verify(c: &mut Criterion, f: &Fixture) {
-    let mut g = group(c, "partial_verify", f.n);
+    let mut g = Bench::new(c, "partial_verify", f.n);
     let i = f.n - 1;
-    g.bench_function(f.id("ours"), |b| {
+    g.bench_function("ours", |b| {
         b.iter(|| {
             f.ours_session
                 .verify_partial(i, black_box(&f.ours_psigs[i]), &f.ours_pubnonces[i])
                 .expect("valid")
         })
     });
-    g.bench_function(f.id("libsecp"), |b| {
+    g.bench_function("libsecp", |b| {
         b.iter(|| {
             assert!(f.lib_session.partial_verify(
                 &f.lib_cache,
@@ -424,7 +571,7 @@ fn bench_partial_verify(c: &mut Criterion, f: &Fixture) {
             ))
         })
     });
-    g.bench_function(f.id("musig2crate"), |b| {
+    g.bench_function("musig2crate", |b| {
         b.iter(|| {
             musig2_ref::verify_partial(
                 &f.ref_ctx,
@@ -441,8 +588,8 @@ fn bench_partial_verify(c: &mut Criterion, f: &Fixture) {
 }
 
 fn bench_sig_agg(c: &mut Criterion, f: &Fixture) {
-    let mut g = group(c, "sig_agg", f.n);
-    g.bench_function(f.id("ours"), |b| {
+    let mut g = Bench::new(c, "sig_agg", f.n);
+    g.bench_function("ours", |b| {
         b.iter(|| {
             f.ours_session
                 .aggregate(black_box(&f.ours_psigs))
@@ -450,12 +597,12 @@ fn bench_sig_agg(c: &mut Criterion, f: &Fixture) {
         })
     });
     let refs: Vec<&lib::PartialSignature> = f.lib_psigs.iter().collect();
-    g.bench_function(f.id("libsecp"), |b| {
+    g.bench_function("libsecp", move |b| {
         b.iter(|| f.lib_session.partial_sig_agg(black_box(&refs)))
     });
     // The crate's `aggregate_partial_signatures` always verifies; this is the same sum from
     // its public parts, without verification, with the session values it recomputes.
-    g.bench_function(f.id("musig2crate"), |b| {
+    g.bench_function("musig2crate", |b| {
         b.iter(|| {
             let (_, r, e) = ref_session_values(f);
             let tweak: MaybeScalar = f.ref_ctx.tweak_sum().unwrap_or(MaybeScalar::Zero);
@@ -468,17 +615,17 @@ fn bench_sig_agg(c: &mut Criterion, f: &Fixture) {
 }
 
 fn bench_final_verify(c: &mut Criterion, f: &Fixture) {
-    let mut g = group(c, "final_verify", f.n);
-    g.bench_function(f.id("ours"), |b| {
+    let mut g = Bench::new(c, "final_verify", f.n);
+    g.bench_function("ours", |b| {
         b.iter(|| {
             musig2_core::verify_signature(black_box(&f.ours_sig), &f.msg, &f.ours_ctx.x_only_key())
                 .expect("valid")
         })
     });
-    g.bench_function(f.id("libsecp"), |b| {
+    g.bench_function("libsecp", |b| {
         b.iter(|| schnorr::verify(black_box(&f.ours_sig), &f.msg, &f.lib_aggpk).expect("valid"))
     });
-    g.bench_function(f.id("musig2crate"), |b| {
+    g.bench_function("musig2crate", |b| {
         b.iter(|| {
             musig2_ref::verify_single(f.ref_aggpk, black_box(f.ref_sig), f.msg).expect("valid")
         })
@@ -487,8 +634,8 @@ fn bench_final_verify(c: &mut Criterion, f: &Fixture) {
 }
 
 fn bench_aggregate_and_verify(c: &mut Criterion, f: &Fixture) {
-    let mut g = group(c, "aggregate_and_verify", f.n);
-    g.bench_function(f.id("ours"), |b| {
+    let mut g = Bench::new(c, "aggregate_and_verify", f.n);
+    g.bench_function("ours", |b| {
         b.iter(|| {
             f.ours_session
                 .aggregate_and_verify(black_box(&f.ours_psigs), &f.ours_pubnonces)
@@ -496,7 +643,7 @@ fn bench_aggregate_and_verify(c: &mut Criterion, f: &Fixture) {
         })
     });
     let refs: Vec<&lib::PartialSignature> = f.lib_psigs.iter().collect();
-    g.bench_function(f.id("libsecp"), |b| {
+    g.bench_function("libsecp", move |b| {
         b.iter(|| {
             let sig = f
                 .lib_session
@@ -506,7 +653,7 @@ fn bench_aggregate_and_verify(c: &mut Criterion, f: &Fixture) {
             sig
         })
     });
-    g.bench_function(f.id("musig2crate"), |b| {
+    g.bench_function("musig2crate", |b| {
         b.iter(|| {
             musig2_ref::aggregate_partial_signatures::<_, musig2_ref::CompactSignature>(
                 &f.ref_ctx,
@@ -518,7 +665,7 @@ fn bench_aggregate_and_verify(c: &mut Criterion, f: &Fixture) {
         })
     });
     // The alternative the fast path avoids: verifying every partial signature.
-    g.bench_function(f.id("libsecp_verify_each"), |b| {
+    g.bench_function("libsecp_verify_each", |b| {
         b.iter(|| {
             for i in 0..f.n {
                 assert!(f.lib_session.partial_verify(
@@ -537,7 +684,9 @@ fn bench_aggregate_and_verify(c: &mut Criterion, f: &Fixture) {
 /// docs/bench-core.md.
 fn bench_primitives(c: &mut Criterion) {
     let mut g = c.benchmark_group("primitives");
-    g.sample_size(50);
+    g.sample_size(50)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_millis(700));
     let mut rng = ChaCha20Rng::seed_from_u64(1);
     let sk = loop {
         if let Ok(sk) = SecretKey::from_secret_bytes(rng.random()) {
@@ -569,25 +718,22 @@ fn bench_primitives(c: &mut Criterion) {
     g.bench_function("combine_keys_2", |b| {
         b.iter(|| PublicKey::combine_keys(&[black_box(&pk), &pk2]))
     });
-    g.bench_function("seckey_add_tweak", |b| {
-        b.iter(|| black_box(sk).add_tweak(&tweak))
-    });
-    g.bench_function("seckey_mul_tweak", |b| {
-        b.iter(|| black_box(sk).mul_tweak(&tweak))
-    });
-    let ser = pk.serialize();
-    g.bench_function("pubkey_parse", |b| {
-        b.iter(|| PublicKey::from_byte_array_compressed(black_box(ser)))
-    });
-    g.bench_function("pubkey_serialize", |b| b.iter(|| black_box(pk).serialize()));
     g.finish();
 }
 
 fn main() {
-    let mut c = Criterion::default().configure_from_args();
-    bench_primitives(&mut c);
+    let mut c = if paired_mode() {
+        Criterion::default()
+    } else {
+        let mut c = Criterion::default().configure_from_args();
+        bench_primitives(&mut c);
+        c
+    };
     for n in SIZES {
         let f = Fixture::new(n);
+        if paired_mode() {
+            println!("paired fixture n={n} ready");
+        }
         bench_key_agg(&mut c, &f);
         bench_nonce_gen(&mut c, &f);
         bench_nonce_agg(&mut c, &f);
@@ -598,5 +744,7 @@ fn main() {
         bench_final_verify(&mut c, &f);
         bench_aggregate_and_verify(&mut c, &f);
     }
-    c.final_summary();
+    if !paired_mode() {
+        c.final_summary();
+    }
 }

@@ -52,34 +52,42 @@ impl Scalar {
         SecretKey::from_secret_bytes(self.0).ok()
     }
 
-    fn as_tweak(&self) -> TweakScalar {
-        TweakScalar::from_be_bytes(self.0).unwrap_or(TweakScalar::ZERO)
-    }
-
-    /// The value as a tweak for `secp256k1` point operations.
+    /// The value as a tweak for `secp256k1` point operations. Public values only: the
+    /// conversion's range check is not constant time.
     pub(crate) fn tweak(&self) -> TweakScalar {
-        self.as_tweak()
+        TweakScalar::from_be_bytes(self.0).unwrap_or(TweakScalar::ZERO)
     }
 
     /// `self + other mod n`, constant time, in plain Rust (no FFI round trip: partial-signature
     /// aggregation does one of these per signer).
     pub(crate) fn add(&self, other: &Scalar) -> Scalar {
-        let (sum, carry) = add_limbs(&to_limbs(&self.0), &to_limbs(&other.0));
-        let (reduced, borrow) = sub_limbs(&sum, &N_LIMBS);
-        // Both inputs are below n, so the sum is below 2n: subtract n once when the sum
-        // overflowed 2^256 or is at least n.
-        let use_reduced = carry | (borrow ^ 1);
-        Scalar(from_limbs(&select(use_reduced, &reduced, &sum)))
+        Scalar(from_limbs(&add_mod(
+            &to_limbs(&self.0),
+            &to_limbs(&other.0),
+        )))
     }
 
+    /// The sum of `items` mod n, constant time.
+    pub(crate) fn sum(items: impl IntoIterator<Item = Scalar>) -> Scalar {
+        let acc = items
+            .into_iter()
+            .fold([0u64; 4], |acc, s| add_mod(&acc, &to_limbs(&s.0)));
+        Scalar(from_limbs(&acc))
+    }
+
+    /// `self * other mod n`, constant time (libsecp's scalar multiplication). Both operands go
+    /// through `SecretKey` (constant-time validity check), never through
+    /// `secp256k1::Scalar::from_be_bytes`, whose range check is not constant time.
     pub(crate) fn mul(&self, other: &Scalar) -> Scalar {
-        match self.as_secret() {
-            None => Scalar::ZERO,
-            Some(sk) if !other.is_zero() => sk
-                .mul_tweak(&other.as_tweak())
+        if self.is_zero() || other.is_zero() {
+            return Scalar::ZERO;
+        }
+        match (self.as_secret(), other.as_secret()) {
+            (Some(a), Some(b)) => a
+                .mul_tweak(&TweakScalar::from(b))
                 .map(|k| Scalar(k.to_secret_bytes()))
                 .unwrap_or(Scalar::ZERO),
-            Some(_) => Scalar::ZERO,
+            _ => Scalar::ZERO,
         }
     }
 
@@ -165,6 +173,14 @@ fn sub_limbs(a: &[u64; 4], b: &[u64; 4]) -> ([u64; 4], u64) {
         borrow = ((diff >> 64) as u64) & 1;
     }
     (out, borrow)
+}
+
+/// `a + b mod n` for `a, b < n`, constant time.
+fn add_mod(a: &[u64; 4], b: &[u64; 4]) -> [u64; 4] {
+    let (sum, carry) = add_limbs(a, b);
+    let (reduced, borrow) = sub_limbs(&sum, &N_LIMBS);
+    // The sum is below 2n: subtract n once when it overflowed 2^256 or is at least n.
+    select(carry | (borrow ^ 1), &reduced, &sum)
 }
 
 /// `a` when `choice` is 1, `b` when it is 0, without a branch.
@@ -269,6 +285,7 @@ mod tests {
             };
             assert_eq!(neg.to_bytes(), expected_neg);
             assert!(sa.add(&neg).is_zero());
+            assert_eq!(Scalar::sum([sa.clone(), neg.clone(), sa.clone()]), sa);
             for b in values.iter().take(20) {
                 let sb = Scalar::from_bytes(*b).unwrap();
                 let expected = match SecretKey::from_secret_bytes(*a) {

@@ -202,12 +202,13 @@ impl SessionContext {
     /// BIP327 PartialSigAgg: sums one partial signature per signer (in key-list order) into a
     /// BIP340 signature, without verifying it.
     pub fn aggregate(&self, psigs: &[PartialSignature]) -> Result<schnorr::Signature> {
-        let mut s = psigs
-            .iter()
-            .fold(Scalar::ZERO, |acc, psig| acc.add(&psig.scalar()));
-        let q_negated = !self.key_agg.has_even_y();
-        let etacc = self.e.mul(&self.key_agg.tacc().negate_if(q_negated));
-        s = s.add(&etacc);
+        let mut s = Scalar::sum(psigs.iter().map(PartialSignature::scalar));
+        // tacc is public (zero without tweaks): skip the multiplication then.
+        if !self.key_agg.tacc().is_zero() {
+            let q_negated = !self.key_agg.has_even_y();
+            let etacc = self.e.mul(&self.key_agg.tacc().negate_if(q_negated));
+            s = s.add(&etacc);
+        }
         let mut sig = [0u8; 64];
         sig[..32].copy_from_slice(&self.r_x);
         sig[32..].copy_from_slice(&s.to_bytes());
