@@ -20,9 +20,14 @@ const REGRESSIONS: &str = concat!(
     "/proptest-regressions/properties.txt"
 );
 
+/// 32 cases per property (the suite stays fast); `PROPTEST_CASES` overrides for longer runs.
 fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
     ProptestConfig {
-        cases: 32,
+        cases,
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(REGRESSIONS))),
         ..ProptestConfig::default()
     }
