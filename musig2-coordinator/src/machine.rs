@@ -187,6 +187,21 @@ impl SessionMachine {
         config: &Config,
         now_ms: u64,
     ) -> Result<SessionMachine> {
+        Self::with_key_agg(ann, keypair, local_peer, config, now_ms, None)
+    }
+
+    /// Like [`SessionMachine::new`], reusing the untweaked key-aggregation context of the same
+    /// signer list when the caller has one (key aggregation costs one scalar multiplication per
+    /// signer; repeated sessions among the same signers are the common case). A context for a
+    /// different key list is ignored.
+    pub fn with_key_agg(
+        ann: VerifiedAnnouncement,
+        keypair: Keypair,
+        local_peer: PeerId,
+        config: &Config,
+        now_ms: u64,
+        untweaked: Option<&KeyAggContext>,
+    ) -> Result<SessionMachine> {
         let id = ann.session_id();
         let me = ann
             .index_of(&keypair.public_key())
@@ -198,7 +213,16 @@ impl SessionMachine {
             .iter()
             .map(|t| musig2_core::Tweak::new(t.value(), t.is_x_only()))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let key_agg = KeyAggContext::new(&keys)?.with_tweaks(&tweaks)?;
+        let base = match untweaked {
+            Some(ctx)
+                if ctx.pubkeys() == keys.as_slice()
+                    && ctx.aggregate_key() == ctx.untweaked_key() =>
+            {
+                ctx.clone()
+            }
+            _ => KeyAggContext::new(&keys)?,
+        };
+        let key_agg = base.with_tweaks(&tweaks)?;
         let n = keys.len();
         let mut peers: Vec<Option<PeerId>> = a
             .signers

@@ -711,3 +711,32 @@ fn hash_based_election_agrees_across_signers() {
     net.run();
     net.assert_all_signed();
 }
+
+#[test]
+fn a_cached_key_aggregation_is_used_only_for_the_same_signer_list() {
+    let net = Net::new(3, Topology::Mesh, false);
+    let ann = net.machines[0].announcement().clone();
+    let expected = net.machines[0].key_agg().aggregate_key();
+    let same = KeyAggContext::new(&ann.signer_keys()).unwrap();
+    let reused = SessionMachine::with_key_agg(
+        ann.clone(),
+        net.keypairs[0],
+        net.peers[0],
+        &Config::default(),
+        T0,
+        Some(&same),
+    )
+    .unwrap();
+    assert_eq!(reused.key_agg().aggregate_key(), expected);
+    let other = KeyAggContext::new(&ann.signer_keys()[..2]).unwrap();
+    let ignored = SessionMachine::with_key_agg(
+        ann,
+        net.keypairs[0],
+        net.peers[0],
+        &Config::default(),
+        T0,
+        Some(&other),
+    )
+    .unwrap();
+    assert_eq!(ignored.key_agg().aggregate_key(), expected);
+}

@@ -179,6 +179,7 @@ impl Node {
             events: events.clone(),
             send_permits: Arc::new(Semaphore::new(config.max_inflight_sends.max(1))),
             rng: rand::rngs::StdRng::from_os_rng(),
+            key_agg_cache: HashMap::new(),
         };
         let peer_events = transport.events();
         let span = tracing::info_span!("node", peer = %transport.local_peer_id());
@@ -441,7 +442,12 @@ struct Actor {
     events: broadcast::Sender<Event>,
     send_permits: Arc<Semaphore>,
     rng: rand::rngs::StdRng,
+    /// Untweaked key-aggregation contexts of recent signer lists.
+    key_agg_cache: HashMap<Vec<PublicKey>, musig2_core::KeyAggContext>,
 }
+
+/// Signer lists whose key aggregation is kept for reuse.
+const KEY_AGG_CACHE_ENTRIES: usize = 64;
 
 impl Actor {
     async fn run(
@@ -596,12 +602,25 @@ impl Actor {
             ));
         }
         let frame = created_here.then(|| Bytes::from(announcement.signed().to_frame_bytes()));
-        let machine = SessionMachine::new(
+        let keys = announcement.signer_keys();
+        let base = match self.key_agg_cache.get(&keys) {
+            Some(ctx) => ctx.clone(),
+            None => {
+                let ctx = musig2_core::KeyAggContext::new(&keys)?;
+                if self.key_agg_cache.len() >= KEY_AGG_CACHE_ENTRIES {
+                    self.key_agg_cache.clear();
+                }
+                self.key_agg_cache.insert(keys, ctx.clone());
+                ctx
+            }
+        };
+        let machine = SessionMachine::with_key_agg(
             announcement,
             self.keypair,
             self.local_peer,
             &self.config,
             now,
+            Some(&base),
         )?;
         let listed_peers: Vec<PeerId> = (0..machine.announcement().signer_count())
             .filter_map(|i| SignerIndex::try_from(i).ok())
