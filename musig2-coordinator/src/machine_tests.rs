@@ -740,3 +740,41 @@ fn a_cached_key_aggregation_is_used_only_for_the_same_signer_list() {
     .unwrap();
     assert_eq!(ignored.key_agg().aggregate_key(), expected);
 }
+
+#[test]
+fn bodies_of_later_protocol_versions_are_refused_not_half_handled() {
+    let mut fresh = Net::new(2, Topology::Mesh, false);
+    fresh.join(0);
+    let id = fresh.machines[0].session_id();
+    let bodies = [
+        Body::BroadcastConfirmed {
+            attempt: Attempt::FIRST,
+            receipt: vec![1, 2, 3],
+        },
+        Body::FailoverClaim {
+            attempt: Attempt::FIRST,
+            rank: 1,
+        },
+        Body::Restart {
+            attempt: Attempt::new(1).unwrap(),
+        },
+    ];
+    for (i, body) in bodies.into_iter().enumerate() {
+        let env = Envelope::sign(
+            id,
+            idx(1),
+            SeqNo::new(10 + i as u64).unwrap(),
+            T0,
+            body,
+            &fresh.keypairs[1],
+        );
+        let err = fresh.machines[0]
+            .handle_envelope(fresh.peers[1], env, T0, &mut fresh.rng)
+            .unwrap_err();
+        assert!(
+            matches!(err, CoordinatorError::UnexpectedMessage { .. }),
+            "{err:?}"
+        );
+    }
+    assert_eq!(fresh.machines[0].phase(), Phase::Nonce);
+}
