@@ -182,16 +182,22 @@ impl Net {
 
     /// Re-signs `env` with `signer`'s key after replacing its body.
     fn forge(&self, env: &SignedEnvelope, signer: usize, body: Body) -> SignedEnvelope {
-        let e = env.envelope();
-        Envelope::sign(
-            e.session_id(),
-            e.signer(),
-            e.seq(),
-            e.timestamp_ms(),
-            body,
-            &self.keypairs[signer],
-        )
+        resign(env, body, &self.keypairs[signer])
     }
+}
+
+/// `env`'s header (session, signer index, sequence number, timestamp) with another body, signed
+/// by `keypair`: how a malicious signer changes what it said without changing when.
+fn resign(env: &SignedEnvelope, body: Body, keypair: &Keypair) -> SignedEnvelope {
+    let e = env.envelope();
+    Envelope::sign(
+        e.session_id(),
+        e.signer(),
+        e.seq(),
+        e.timestamp_ms(),
+        body,
+        keypair,
+    )
 }
 
 fn idx(i: u16) -> SignerIndex {
@@ -377,12 +383,8 @@ fn equivocating_nonces_are_blamed_on_the_equivocator() {
     net.run_with(|from, to, e| {
         if from == 2 && to == 3 {
             if let Body::Nonce { attempt, .. } = e.envelope().body() {
-                let x = e.envelope();
-                return vec![Envelope::sign(
-                    x.session_id(),
-                    x.signer(),
-                    x.seq(),
-                    x.timestamp_ms(),
+                return vec![resign(
+                    &e,
                     Body::Nonce {
                         attempt: *attempt,
                         pub_nonce: second,
@@ -412,12 +414,8 @@ fn a_reveal_that_breaks_its_commitment_is_blamed() {
         net.run_with(|from, _, e| {
             if from == 1 && e.envelope().signer() == idx(1) {
                 if let Body::Nonce { attempt, .. } = e.envelope().body() {
-                    let x = e.envelope();
-                    return vec![Envelope::sign(
-                        x.session_id(),
-                        x.signer(),
-                        x.seq(),
-                        x.timestamp_ms(),
+                    return vec![resign(
+                        &e,
                         Body::Nonce {
                             attempt: *attempt,
                             pub_nonce: fake,
@@ -453,12 +451,8 @@ fn an_invalid_partial_signature_is_blamed_by_every_honest_node() {
                 {
                     let mut bytes = partial_sig.to_bytes();
                     bytes[31] ^= 1;
-                    let x = e.envelope();
-                    return vec![Envelope::sign(
-                        x.session_id(),
-                        x.signer(),
-                        x.seq(),
-                        x.timestamp_ms(),
+                    return vec![resign(
+                        &e,
                         Body::PartialSig {
                             attempt: *attempt,
                             partial_sig: PartialSigBytes::from_bytes(bytes).unwrap(),
