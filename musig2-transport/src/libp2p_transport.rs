@@ -932,7 +932,10 @@ impl Actor {
                     return;
                 }
                 match self.swarm.dial(DialOpts::peer_id(peer.to_libp2p()).build()) {
-                    Ok(()) => self.dials.entry(peer).or_default().push(reply),
+                    // A dial already in progress (ours or Kademlia's) answers this one too.
+                    Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {
+                        self.dials.entry(peer).or_default().push(reply)
+                    }
                     Err(libp2p::swarm::DialError::NoAddresses) => {
                         let _ = reply.send(Err(TransportError::UnknownPeer(peer)));
                     }

@@ -457,3 +457,29 @@ async fn malformed_and_oversized_frames_from_a_raw_peer() {
     );
     target.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_dials_to_one_peer_all_succeed() {
+    let a = Libp2pTransport::spawn(Libp2pConfig::default())
+        .await
+        .expect("a");
+    let b = Libp2pTransport::spawn(Libp2pConfig::default())
+        .await
+        .expect("b");
+    a.add_address(b.local_peer_id(), b.listen_addrs()[0].clone())
+        .await
+        .expect("add address");
+    // The second and third dial arrive while the first is in progress: they wait for it
+    // instead of failing.
+    let (first, second, third) = within("dials", async {
+        tokio::join!(
+            a.dial(b.local_peer_id()),
+            a.dial(b.local_peer_id()),
+            a.dial(b.local_peer_id())
+        )
+    })
+    .await;
+    assert_eq!(first, Ok(()));
+    assert_eq!(second, Ok(()));
+    assert_eq!(third, Ok(()));
+}
