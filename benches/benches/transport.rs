@@ -255,34 +255,45 @@ async fn bare_round(
 
 /// Ours and the bare reference round trip, alternating batches on `rt` (which owns every task
 /// involved); returns the medians of the per-batch means, in seconds.
+/// A bare request-response server on loopback that accepts every frame, answering from its own
+/// task, and a client swarm that knows its address (not yet connected).
+async fn bare_client_and_server() -> (
+    Swarm<request_response::Behaviour<FrameCodec>>,
+    libp2p::PeerId,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut server = bare_swarm(1 << 20);
+    server
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
+        .expect("listen");
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
+            break address;
+        }
+    };
+    let server_id = *server.local_peer_id();
+    let server_task = tokio::spawn(async move {
+        loop {
+            if let SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Request { channel, .. },
+                ..
+            }) = server.select_next_some().await
+            {
+                let _ = server
+                    .behaviour_mut()
+                    .send_response(channel, FrameStatus::Accepted);
+            }
+        }
+    });
+    let mut client = bare_swarm(1 << 20);
+    client.add_peer_address(server_id, addr);
+    (client, server_id, server_task)
+}
+
 fn paired_round_trip(rt: &Runtime, frame: &Bytes) -> (f64, f64) {
     let frame = frame.clone();
     rt.block_on(async move {
-        let mut server = bare_swarm(1 << 20);
-        server
-            .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
-            .expect("listen");
-        let addr = loop {
-            if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
-                break address;
-            }
-        };
-        let server_id = *server.local_peer_id();
-        let server_task = tokio::spawn(async move {
-            loop {
-                if let SwarmEvent::Behaviour(request_response::Event::Message {
-                    message: request_response::Message::Request { channel, .. },
-                    ..
-                }) = server.select_next_some().await
-                {
-                    let _ = server
-                        .behaviour_mut()
-                        .send_response(channel, FrameStatus::Accepted);
-                }
-            }
-        });
-        let mut client = bare_swarm(1 << 20);
-        client.add_peer_address(server_id, addr);
+        let (mut client, server_id, server_task) = bare_client_and_server().await;
         let pair = Libp2pTransport::spawn_local_network(
             2,
             Libp2pConfig {
@@ -337,34 +348,7 @@ fn libp2p_benches(c: &mut Criterion) {
 
     // Reference: a bare request-response pair with the same codec and transport stack. The
     // server answers from its own task, the client drives its swarm inline.
-    let (mut client, server_id, server_task) = rt.block_on(async {
-        let mut server = bare_swarm(1 << 20);
-        server
-            .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
-            .expect("listen");
-        let addr = loop {
-            if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
-                break address;
-            }
-        };
-        let server_id = *server.local_peer_id();
-        let task = tokio::spawn(async move {
-            loop {
-                if let SwarmEvent::Behaviour(request_response::Event::Message {
-                    message: request_response::Message::Request { channel, .. },
-                    ..
-                }) = server.select_next_some().await
-                {
-                    let _ = server
-                        .behaviour_mut()
-                        .send_response(channel, FrameStatus::Accepted);
-                }
-            }
-        });
-        let mut client = bare_swarm(1 << 20);
-        client.add_peer_address(server_id, addr);
-        (client, server_id, task)
-    });
+    let (mut client, server_id, server_task) = rt.block_on(bare_client_and_server());
     // Connect before measuring.
     rt.block_on(bare_request(&mut client, server_id, &frame));
     // Both round trips run in a spawned task, as a coordinator would.

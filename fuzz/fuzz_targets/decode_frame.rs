@@ -2,35 +2,12 @@
 //! (the encoding is canonical) and can be run through verification without panicking.
 #![no_main]
 
-use std::sync::OnceLock;
-
 use libfuzzer_sys::fuzz_target;
-use musig2_proto::{Announcement, Frame, Limits, Policy, SignerIndex, Topology, VerifiedAnnouncement, decode_frame};
-use secp256k1::Keypair;
+use musig2_proto::{Frame, Limits, decode_frame};
 
-const NOW: u64 = 1_700_000_000_000;
-
-fn announcement() -> &'static VerifiedAnnouncement {
-    static A: OnceLock<VerifiedAnnouncement> = OnceLock::new();
-    A.get_or_init(|| {
-        let keys: Vec<Keypair> = (1u8..=3)
-            .map(|i| Keypair::from_secret_bytes([i; 32]).expect("valid key"))
-            .collect();
-        let mut a = Announcement::new(
-            keys.iter().map(|k| k.public_key()).collect(),
-            b"fuzz".to_vec(),
-            SignerIndex::new(0).expect("index"),
-            NOW,
-            NOW + 60_000,
-        );
-        a.policy = Policy { topology: Topology::Star, ..Policy::default() };
-        a.salt = [7; 32];
-        a.sign_with_aux_rand(&keys[0], &Limits::default(), &[0; 32])
-            .expect("sign")
-            .verify(NOW, &Limits::default())
-            .expect("verify")
-    })
-}
+#[path = "common.rs"]
+mod common;
+use common::NOW;
 
 fuzz_target!(|data: &[u8]| {
     let limits = Limits::default();
@@ -41,11 +18,11 @@ fuzz_target!(|data: &[u8]| {
                 let _ = a.verify(NOW, &limits);
             }
             Frame::Envelope(e) => {
-                let _ = e.verify(announcement());
+                let _ = e.verify(&common::star_session().0);
             }
             Frame::Batch(entries) => {
                 for e in entries {
-                    let _ = e.verify(announcement());
+                    let _ = e.verify(&common::star_session().0);
                 }
             }
         }

@@ -5,42 +5,14 @@
 //! verified envelope must re-encode to a frame that decodes back to it.
 #![no_main]
 
-use std::sync::OnceLock;
-
 use libfuzzer_sys::fuzz_target;
-use musig2_proto::{
-    Announcement, Envelope, Limits, Policy, SignedEnvelope, SignerIndex, Topology,
-    VerifiedAnnouncement,
-};
-use secp256k1::Keypair;
+use musig2_proto::{Envelope, Limits, SignedEnvelope, SignerIndex};
 
-const NOW: u64 = 1_700_000_000_000;
-
-fn fixture() -> &'static (VerifiedAnnouncement, Vec<Keypair>) {
-    static F: OnceLock<(VerifiedAnnouncement, Vec<Keypair>)> = OnceLock::new();
-    F.get_or_init(|| {
-        let keys: Vec<Keypair> = (1u8..=3)
-            .map(|i| Keypair::from_secret_bytes([i; 32]).expect("valid key"))
-            .collect();
-        let mut a = Announcement::new(
-            keys.iter().map(|k| k.public_key()).collect(),
-            b"fuzz".to_vec(),
-            SignerIndex::new(0).expect("index"),
-            NOW,
-            NOW + 60_000,
-        );
-        a.policy = Policy { topology: Topology::Star, ..Policy::default() };
-        let v = a
-            .sign(&keys[0], &Limits::default())
-            .expect("sign")
-            .verify(NOW, &Limits::default())
-            .expect("verify");
-        (v, keys)
-    })
-}
+#[path = "common.rs"]
+mod common;
 
 fuzz_target!(|data: &[u8]| {
-    let (ann, keys) = fixture();
+    let (ann, keys) = common::star_session();
     let limits = Limits::default();
     let Ok(e) = SignedEnvelope::decode(data, &limits) else { return };
     let env = e.envelope();

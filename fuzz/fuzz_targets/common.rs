@@ -1,0 +1,36 @@
+//! The fixed session the fuzz targets verify against: three signers with keys `[1; 32]`,
+//! `[2; 32]`, `[3; 32]`, star topology (so AggregateNonce bodies are reachable), and a fixed salt
+//! and signature randomness, so every run and every crash reproduces against the same bytes.
+
+use std::sync::OnceLock;
+
+use musig2_proto::{Announcement, Limits, Policy, SignerIndex, Topology, VerifiedAnnouncement};
+use secp256k1::Keypair;
+
+/// The fixture's clock, inside the announcement's validity window.
+pub const NOW: u64 = 1_700_000_000_000;
+
+/// The verified announcement and the signers' keypairs, in signer-index order.
+pub fn star_session() -> &'static (VerifiedAnnouncement, Vec<Keypair>) {
+    static F: OnceLock<(VerifiedAnnouncement, Vec<Keypair>)> = OnceLock::new();
+    F.get_or_init(|| {
+        let keys: Vec<Keypair> = (1u8..=3)
+            .map(|i| Keypair::from_secret_bytes([i; 32]).expect("valid key"))
+            .collect();
+        let mut a = Announcement::new(
+            keys.iter().map(|k| k.public_key()).collect(),
+            b"fuzz".to_vec(),
+            SignerIndex::new(0).expect("index"),
+            NOW,
+            NOW + 60_000,
+        );
+        a.policy = Policy { topology: Topology::Star, ..Policy::default() };
+        a.salt = [7; 32];
+        let verified = a
+            .sign_with_aux_rand(&keys[0], &Limits::default(), &[0; 32])
+            .expect("sign")
+            .verify(NOW, &Limits::default())
+            .expect("verify");
+        (verified, keys)
+    })
+}
