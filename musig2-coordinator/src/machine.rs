@@ -379,10 +379,10 @@ impl SessionMachine {
             signers: self.n,
             age_ms: now_ms.saturating_sub(self.started_ms),
             holdouts: self.holdouts(),
-            joined: self.joins.iter().filter(|s| s.is_some()).count(),
-            commitments: self.commits.iter().filter(|s| s.is_some()).count(),
-            nonces: self.nonces.iter().filter(|s| s.is_some()).count(),
-            partial_signatures: self.psigs.iter().filter(|s| s.is_some()).count(),
+            joined: filled(&self.joins),
+            commitments: filled(&self.commits),
+            nonces: filled(&self.nonces),
+            partial_signatures: filled(&self.psigs),
             coordinator: self.coordinator,
             attempt: self.attempt,
             rejected_messages: self.rejected,
@@ -804,9 +804,9 @@ impl SessionMachine {
             let before = self.phase;
             match self.phase {
                 Phase::Joined if self.holdouts().is_empty() => self.start_round1(now_ms, rng, out),
-                Phase::NonceCommit if self.all(&self.commits) => self.reveal(now_ms, out),
-                Phase::Nonce if self.all(&self.nonces) => self.sign_round2(now_ms, out),
-                Phase::PartialSig if self.all(&self.psigs) => self.aggregate(now_ms, out),
+                Phase::NonceCommit if all_filled(&self.commits) => self.reveal(now_ms, out),
+                Phase::Nonce if all_filled(&self.nonces) => self.sign_round2(now_ms, out),
+                Phase::PartialSig if all_filled(&self.psigs) => self.aggregate(now_ms, out),
                 _ => {}
             }
             if self.phase == before {
@@ -1125,10 +1125,6 @@ impl SessionMachine {
         Envelope::sign(self.id, self.me, seq, now_ms, body, &self.keypair)
     }
 
-    fn all<T>(&self, slots: &[Option<T>]) -> bool {
-        slots.iter().all(Option::is_some)
-    }
-
     fn is_star_coordinator(&self) -> bool {
         self.topology == Topology::Star && self.me == self.coordinator
     }
@@ -1189,6 +1185,16 @@ impl SessionMachine {
             }
         }
     }
+}
+
+/// How many signers' slots hold a contribution.
+fn filled<T>(slots: &[Option<T>]) -> usize {
+    slots.iter().filter(|s| s.is_some()).count()
+}
+
+/// Whether every signer's slot holds a contribution.
+fn all_filled<T>(slots: &[Option<T>]) -> bool {
+    slots.iter().all(Option::is_some)
 }
 
 /// The core's view of a wire nonce, reusing the points the proto layer already parsed.

@@ -464,11 +464,11 @@ impl Actor {
             tokio::select! {
                 command = commands.recv() => match command {
                     None => break,
-                    Some(Command::Shutdown { reply }) => {
-                        let _ = reply.send(());
-                        break;
+                    Some(command) => {
+                        if !self.handle_command(command).await {
+                            break;
+                        }
                     }
-                    Some(command) => self.handle_command(command).await,
                 },
                 inbound = self.transport.recv() => match inbound {
                     Ok(inbound) => self.handle_frame(inbound.from, &inbound.frame).await,
@@ -503,7 +503,8 @@ impl Actor {
             .min()
     }
 
-    async fn handle_command(&mut self, command: Command) {
+    /// Carries out one command; false when the node should stop.
+    async fn handle_command(&mut self, command: Command) -> bool {
         let now = self.clock.now_ms();
         match command {
             Command::Insert {
@@ -577,8 +578,10 @@ impl Actor {
             }
             Command::Shutdown { reply } => {
                 let _ = reply.send(());
+                return false;
             }
         }
+        true
     }
 
     async fn insert(
