@@ -1,9 +1,10 @@
 //! Scalars modulo the group order `n`, zero included.
 //!
-//! `secp256k1` only offers scalar arithmetic through secret-key tweaks, which are constant time
-//! but refuse zero. This wrapper adds zero so that BIP327's formulas can be written as they are
-//! specified; the only branches are on "is this value zero", which for secret values happens with
-//! negligible probability.
+//! The `secp256k1` crate exposes no scalar type with arithmetic. Range checks, addition and
+//! negation are done here in constant-time Rust on 64-bit limbs; multiplication goes through
+//! `SecretKey::mul_tweak` (libsecp256k1's constant-time scalar multiplication), which refuses
+//! zero, so zero is handled explicitly. The only data-dependent branches are on "is this value
+//! zero", which for secret values happens with negligible probability.
 
 use secp256k1::{Scalar as TweakScalar, SecretKey};
 use zeroize::Zeroize;
