@@ -1,6 +1,8 @@
 //! Transport benchmarks: frame round trip between two nodes and an all-to-all round among ten
-//! nodes, for the memory network and for libp2p on loopback, plus a bare libp2p
-//! request-response pair (same codec, same transport stack) as the reference for our overhead.
+//! nodes, for the memory network and for libp2p on loopback. Two references run beside ours on
+//! the same transport stack (TCP + Noise + Yamux): a bare libp2p request-response pair (one
+//! exchange per frame, the issue's reference) and a bare `libp2p-stream` pair speaking our frame
+//! wire format on one long-lived stream (what our transport does, without our layer).
 //!
 //! Targets (2-core machine): memory round trip < 20 µs; libp2p round trip <= 1.2x the bare
 //! request-response pair; 10-node all-to-all round over libp2p < 15 ms median.
@@ -13,16 +15,79 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use futures::StreamExt;
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Swarm, noise, request_response, tcp, yamux};
+use libp2p::{StreamProtocol, Swarm, noise, request_response, tcp, yamux};
 use musig2_transport::{
-    Bytes, FRAME_PROTOCOL, FrameCodec, FrameStatus, Libp2pConfig, Libp2pTransport, MemoryNetwork,
-    PeerId, Transport,
+    Bytes, FRAME_PROTOCOL, FrameStatus, Libp2pConfig, Libp2pTransport, MemoryNetwork, PeerId,
+    Transport,
 };
 use tokio::runtime::Runtime;
 
 const FRAME: usize = 256;
+
+/// The request-response reference protocol: the request is a 4-byte big-endian length and the
+/// frame, the response one status byte (the same bytes our frame streams carry).
+const REFERENCE_PROTOCOL: StreamProtocol = StreamProtocol::new("/musig2-p2p/bench-reference/1");
+
+#[derive(Clone)]
+struct ReferenceCodec;
+
+impl request_response::Codec for ReferenceCodec {
+    type Protocol = StreamProtocol;
+    type Request = Bytes;
+    type Response = u8;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Bytes>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        let mut len = [0u8; 4];
+        io.read_exact(&mut len).await?;
+        let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
+        io.read_exact(&mut frame).await?;
+        Ok(Bytes::from(frame))
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<u8>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        let mut status = [0u8; 1];
+        io.read_exact(&mut status).await?;
+        Ok(status[0])
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        frame: Bytes,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        let len = u32::try_from(frame.len()).expect("bench frames are small");
+        io.write_all(&len.to_be_bytes()).await?;
+        io.write_all(&frame).await?;
+        io.flush().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        status: u8,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&[status]).await?;
+        io.flush().await
+    }
+}
+
+type BareSwarm = Swarm<request_response::Behaviour<ReferenceCodec>>;
 
 fn runtime() -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -103,7 +168,7 @@ fn memory(c: &mut Criterion) {
     group.finish();
 }
 
-fn bare_swarm(max_frame: usize) -> Swarm<request_response::Behaviour<FrameCodec>> {
+fn bare_swarm() -> BareSwarm {
     libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
@@ -114,8 +179,8 @@ fn bare_swarm(max_frame: usize) -> Swarm<request_response::Behaviour<FrameCodec>
         .expect("tcp")
         .with_behaviour(|_| {
             request_response::Behaviour::with_codec(
-                FrameCodec::new(max_frame),
-                [(FRAME_PROTOCOL, request_response::ProtocolSupport::Full)],
+                ReferenceCodec,
+                [(REFERENCE_PROTOCOL, request_response::ProtocolSupport::Full)],
                 request_response::Config::default(),
             )
         })
@@ -125,11 +190,7 @@ fn bare_swarm(max_frame: usize) -> Swarm<request_response::Behaviour<FrameCodec>
 }
 
 /// One request-response exchange on the bare reference pair.
-async fn bare_request(
-    client: &mut Swarm<request_response::Behaviour<FrameCodec>>,
-    server: libp2p::PeerId,
-    frame: &Bytes,
-) {
+async fn bare_request(client: &mut BareSwarm, server: libp2p::PeerId, frame: &Bytes) {
     let id = client.behaviour_mut().send_request(&server, frame.clone());
     loop {
         match client.select_next_some().await {
@@ -149,7 +210,7 @@ async fn bare_request(
 /// sends one request to every peer; it answers every request; it reports `done` once its own
 /// requests are answered and it has served one request from every peer for this round.
 async fn bare_node(
-    mut swarm: Swarm<request_response::Behaviour<FrameCodec>>,
+    mut swarm: BareSwarm,
     peers: Vec<libp2p::PeerId>,
     mut start: tokio::sync::mpsc::Receiver<Bytes>,
     done: tokio::sync::mpsc::Sender<()>,
@@ -172,7 +233,7 @@ async fn bare_node(
                 }) => {
                     let _ = swarm
                         .behaviour_mut()
-                        .send_response(channel, FrameStatus::Accepted);
+                        .send_response(channel, FrameStatus::Accepted.to_byte());
                     served += 1;
                 }
                 SwarmEvent::Behaviour(request_response::Event::Message {
@@ -206,7 +267,7 @@ async fn bare_mesh(
     let mut swarms = Vec::new();
     let mut addrs = Vec::new();
     for _ in 0..n {
-        let mut swarm = bare_swarm(1 << 20);
+        let mut swarm = bare_swarm();
         swarm
             .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
             .expect("listen");
@@ -257,12 +318,8 @@ async fn bare_round(
 /// involved); returns the medians of the per-batch means, in seconds.
 /// A bare request-response server on loopback that accepts every frame, answering from its own
 /// task, and a client swarm that knows its address (not yet connected).
-async fn bare_client_and_server() -> (
-    Swarm<request_response::Behaviour<FrameCodec>>,
-    libp2p::PeerId,
-    tokio::task::JoinHandle<()>,
-) {
-    let mut server = bare_swarm(1 << 20);
+async fn bare_client_and_server() -> (BareSwarm, libp2p::PeerId, tokio::task::JoinHandle<()>) {
+    let mut server = bare_swarm();
     server
         .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
         .expect("listen");
@@ -281,19 +338,124 @@ async fn bare_client_and_server() -> (
             {
                 let _ = server
                     .behaviour_mut()
-                    .send_response(channel, FrameStatus::Accepted);
+                    .send_response(channel, FrameStatus::Accepted.to_byte());
             }
         }
     });
-    let mut client = bare_swarm(1 << 20);
+    let mut client = bare_swarm();
     client.add_peer_address(server_id, addr);
     (client, server_id, server_task)
 }
 
-fn paired_round_trip(rt: &Runtime, frame: &Bytes) -> (f64, f64) {
+fn stream_swarm() -> Swarm<libp2p_stream::Behaviour> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .build()
+}
+
+/// The stream reference: two bare `libp2p-stream` swarms, each driven in its own task, and one
+/// long-lived frame stream from client to server on which the server acknowledges every frame
+/// (our wire format, without our layer). Returns the client's stream and the tasks to abort.
+async fn bare_stream_pair() -> (libp2p::Stream, Vec<tokio::task::JoinHandle<()>>) {
+    let mut server = stream_swarm();
+    server
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
+        .expect("listen");
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
+            break address;
+        }
+    };
+    let server_id = *server.local_peer_id();
+    let mut incoming = server
+        .behaviour()
+        .new_control()
+        .accept(FRAME_PROTOCOL)
+        .expect("accept");
+    let mut tasks = vec![tokio::spawn(async move {
+        loop {
+            server.select_next_some().await;
+        }
+    })];
+    tasks.push(tokio::spawn(async move {
+        while let Some((_, mut stream)) = incoming.next().await {
+            tokio::spawn(async move {
+                let mut len = [0u8; 4];
+                let mut frame = Vec::new();
+                while stream.read_exact(&mut len).await.is_ok() {
+                    frame.resize(u32::from_be_bytes(len) as usize, 0);
+                    if stream.read_exact(&mut frame).await.is_err()
+                        || stream
+                            .write_all(&[FrameStatus::Accepted.to_byte()])
+                            .await
+                            .is_err()
+                        || stream.flush().await.is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+    }));
+    let mut client = stream_swarm();
+    client.dial(addr).expect("dial");
+    loop {
+        if let SwarmEvent::ConnectionEstablished { .. } = client.select_next_some().await {
+            break;
+        }
+    }
+    let mut control = client.behaviour().new_control();
+    tasks.push(tokio::spawn(async move {
+        loop {
+            client.select_next_some().await;
+        }
+    }));
+    let stream = control
+        .open_stream(server_id, FRAME_PROTOCOL)
+        .await
+        .expect("stream");
+    (stream, tasks)
+}
+
+/// One frame and its acknowledgement on the stream reference.
+async fn bare_stream_round_trip(stream: &mut libp2p::Stream, wire: &[u8]) {
+    stream.write_all(wire).await.expect("write");
+    stream.flush().await.expect("flush");
+    let mut status = [0u8; 1];
+    stream.read_exact(&mut status).await.expect("status");
+}
+
+fn wire(frame: &Bytes) -> Vec<u8> {
+    let mut wire = u32::try_from(frame.len())
+        .expect("small")
+        .to_be_bytes()
+        .to_vec();
+    wire.extend_from_slice(frame);
+    wire
+}
+
+/// Medians of the per-batch means, in seconds, of ours and the two references.
+struct Paired {
+    ours: f64,
+    request_response: f64,
+    stream: f64,
+}
+
+fn paired_round_trip(rt: &Runtime, frame: &Bytes) -> Paired {
     let frame = frame.clone();
     rt.block_on(async move {
         let (mut client, server_id, server_task) = bare_client_and_server().await;
+        let (mut bare_stream, stream_tasks) = bare_stream_pair().await;
+        let frame_wire = wire(&frame);
         let pair = Libp2pTransport::spawn_local_network(
             2,
             Libp2pConfig {
@@ -305,13 +467,18 @@ fn paired_round_trip(rt: &Runtime, frame: &Bytes) -> (f64, f64) {
         .expect("pair");
         let b_id = pair[1].local_peer_id();
         let task = tokio::spawn(async move {
-            let (mut ours, mut bare) = (Vec::new(), Vec::new());
+            let (mut ours, mut bare, mut streamed) = (Vec::new(), Vec::new(), Vec::new());
             for round in 0..42 {
                 let start = Instant::now();
                 for _ in 0..50 {
                     bare_request(&mut client, server_id, &frame).await;
                 }
                 let bare_t = start.elapsed().as_secs_f64() / 50.0;
+                let start = Instant::now();
+                for _ in 0..50 {
+                    bare_stream_round_trip(&mut bare_stream, &frame_wire).await;
+                }
+                let stream_t = start.elapsed().as_secs_f64() / 50.0;
                 let start = Instant::now();
                 for _ in 0..50 {
                     pair[0].send(b_id, frame.clone()).await.expect("send");
@@ -321,16 +488,24 @@ fn paired_round_trip(rt: &Runtime, frame: &Bytes) -> (f64, f64) {
                 if round > 0 {
                     // The first batch connects and warms up.
                     bare.push(bare_t);
+                    streamed.push(stream_t);
                     ours.push(ours_t);
                 }
             }
             for node in &pair {
                 node.shutdown().await.expect("shutdown");
             }
-            (median(ours), median(bare))
+            Paired {
+                ours: median(ours),
+                request_response: median(bare),
+                stream: median(streamed),
+            }
         });
         let result = task.await.expect("paired task");
         server_task.abort();
+        for task in stream_tasks {
+            task.abort();
+        }
         result
     })
 }
@@ -368,7 +543,27 @@ fn libp2p_benches(c: &mut Criterion) {
         })
     });
 
-    // Ours: an acknowledged send (one request-response exchange) and the receiver taking it.
+    // Reference: our wire format on one long-lived bare libp2p-stream stream.
+    let (bare_stream, stream_tasks) = rt.block_on(bare_stream_pair());
+    let bare_stream = Arc::new(tokio::sync::Mutex::new(bare_stream));
+    let frame_wire = Arc::new(wire(&frame));
+    group.bench_function("round_trip_bare_stream", |bench| {
+        bench.iter_custom(|iters| {
+            let (stream, frame_wire) = (Arc::clone(&bare_stream), Arc::clone(&frame_wire));
+            rt.block_on(rt.spawn(async move {
+                let mut stream = stream.lock().await;
+                let start = Instant::now();
+                for _ in 0..iters {
+                    bare_stream_round_trip(&mut stream, &frame_wire).await;
+                }
+                start.elapsed()
+            }))
+            .expect("bench task")
+        })
+    });
+
+    // Ours: an acknowledged send (a frame on the peer's long-lived stream and its status) and
+    // the receiver taking it.
     // The per-peer inbound rate limit is off here: this loop sends ~10k frames/s to one peer,
     // far over the default limit, which would (correctly) answer with back-pressure.
     let pair = rt
@@ -463,12 +658,15 @@ fn libp2p_benches(c: &mut Criterion) {
                 .expect("runtime"),
         ),
     ] {
-        let (o, b) = paired_round_trip(&runtime, &frame);
+        let p = paired_round_trip(&runtime, &frame);
         println!(
-            "paired round trip, {name} runtime: ours {:.1} us, bare request-response {:.1} us, ratio {:.2}",
-            o * 1e6,
-            b * 1e6,
-            o / b
+            "paired round trip, {name} runtime: ours {:.1} us, bare request-response {:.1} us \
+             (ratio {:.2}), bare stream {:.1} us (ratio {:.2})",
+            p.ours * 1e6,
+            p.request_response * 1e6,
+            p.ours / p.request_response,
+            p.stream * 1e6,
+            p.ours / p.stream,
         );
     }
     let (o, b) = (median(ours_round), median(bare_round_t));
@@ -485,6 +683,9 @@ fn libp2p_benches(c: &mut Criterion) {
         }
     });
     server_task.abort();
+    for task in stream_tasks {
+        task.abort();
+    }
 }
 
 criterion_group!(benches, memory, libp2p_benches);

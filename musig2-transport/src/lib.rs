@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 
 mod error;
+mod frame_behaviour;
+mod frame_stream;
 mod libp2p_transport;
 mod memory;
 mod types;
@@ -11,10 +13,9 @@ use async_trait::async_trait;
 
 pub use bytes::Bytes;
 pub use error::TransportError;
+pub use frame_stream::{FRAME_PROTOCOL, FrameStatus};
 pub use libp2p::Multiaddr;
-pub use libp2p_transport::{
-    FRAME_PROTOCOL, FrameCodec, FrameStatus, KeySource, Libp2pConfig, Libp2pTransport,
-};
+pub use libp2p_transport::{KeySource, Libp2pConfig, Libp2pTransport};
 pub use memory::{Delay, LinkFault, MemoryConfig, MemoryNetwork, MemoryTransport};
 pub use types::{Inbound, PeerEvent, PeerId, RecordValidator, SendReport};
 

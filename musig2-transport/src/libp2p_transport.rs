@@ -2,151 +2,37 @@
 //! channels.
 
 use std::collections::{HashMap, HashSet};
-use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::StreamExt;
 use libp2p::kad::store::RecordStore;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent, dial_opts::DialOpts};
 use libp2p::{
-    Multiaddr, StreamProtocol, Swarm, connection_limits, identify, identity, kad, noise, ping,
-    request_response, tcp, yamux,
+    Multiaddr, StreamProtocol, Swarm, connection_limits, identify, identity, kad, noise, ping, tcp,
+    yamux,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::frame_behaviour::FrameBehaviour;
+use crate::frame_stream::{InboundFrames, Links};
 use crate::{
     Inbound, PeerEvent, PeerId, RecordValidator, Result, SendReport, Transport, TransportError,
 };
 
-/// The request-response protocol that carries frames.
-pub const FRAME_PROTOCOL: StreamProtocol = StreamProtocol::new("/musig2-p2p/frame/1.0.0");
-
 /// The Kademlia protocol of this network (kept apart from the public IPFS DHT).
 const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/musig2-p2p/kad/1.0.0");
 
+/// Addresses kept per peer given through `add_address`, and peers kept.
+const MAX_ADDRESSES_PER_PEER: usize = 8;
+const MAX_ADDRESS_BOOK: usize = 16 * 1024;
+
 /// Bytes Kademlia needs around a record value in one packet (key, publisher, framing).
 const KAD_PACKET_OVERHEAD: usize = 8 * 1024;
-
-/// The receiver's answer to one frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FrameStatus {
-    /// The frame is in the receiver's inbound queue.
-    Accepted,
-    /// The receiver's inbound queue is full.
-    Busy,
-    /// The sender exceeded the receiver's per-peer rate limit.
-    RateLimited,
-}
-
-impl FrameStatus {
-    fn to_byte(self) -> u8 {
-        match self {
-            Self::Accepted => 0,
-            Self::Busy => 1,
-            Self::RateLimited => 2,
-        }
-    }
-
-    fn from_byte(byte: u8) -> io::Result<Self> {
-        match byte {
-            0 => Ok(Self::Accepted),
-            1 => Ok(Self::Busy),
-            2 => Ok(Self::RateLimited),
-            other => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("unknown frame status {other}"),
-            )),
-        }
-    }
-}
-
-/// The frame codec: a 4-byte big-endian length, then the frame; the answer is one status byte.
-/// The length is checked against the limit before any of the frame is read, so an oversized or
-/// lying sender costs at most the limit in memory.
-#[derive(Clone, Debug)]
-pub struct FrameCodec {
-    max_frame: usize,
-}
-
-impl FrameCodec {
-    /// A codec that accepts frames of at most `max_frame` bytes.
-    pub fn new(max_frame: usize) -> Self {
-        Self { max_frame }
-    }
-}
-
-fn too_large(size: usize, max: usize) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("frame of {size} bytes exceeds the limit of {max} bytes"),
-    )
-}
-
-impl request_response::Codec for FrameCodec {
-    type Protocol = StreamProtocol;
-    type Request = Bytes;
-    type Response = FrameStatus;
-
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Bytes>
-    where
-        T: futures::AsyncRead + Unpin + Send,
-    {
-        let mut len = [0u8; 4];
-        io.read_exact(&mut len).await?;
-        let len = usize::try_from(u32::from_be_bytes(len)).unwrap_or(usize::MAX);
-        if len > self.max_frame {
-            return Err(too_large(len, self.max_frame));
-        }
-        let mut frame = vec![0u8; len];
-        io.read_exact(&mut frame).await?;
-        Ok(Bytes::from(frame))
-    }
-
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<FrameStatus>
-    where
-        T: futures::AsyncRead + Unpin + Send,
-    {
-        let mut status = [0u8; 1];
-        io.read_exact(&mut status).await?;
-        FrameStatus::from_byte(status[0])
-    }
-
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        frame: Bytes,
-    ) -> io::Result<()>
-    where
-        T: futures::AsyncWrite + Unpin + Send,
-    {
-        if frame.len() > self.max_frame {
-            return Err(too_large(frame.len(), self.max_frame));
-        }
-        let len = u32::try_from(frame.len()).map_err(|_| too_large(frame.len(), self.max_frame))?;
-        io.write_all(&len.to_be_bytes()).await?;
-        io.write_all(&frame).await?;
-        io.flush().await
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        status: FrameStatus,
-    ) -> io::Result<()>
-    where
-        T: futures::AsyncWrite + Unpin + Send,
-    {
-        io.write_all(&[status.to_byte()]).await?;
-        io.flush().await
-    }
-}
 
 /// Where the node's identity comes from.
 #[derive(Clone, Debug, Default)]
@@ -277,25 +163,18 @@ fn local_tcp_addr() -> Multiaddr {
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     limits: connection_limits::Behaviour,
-    frames: request_response::Behaviour<FrameCodec>,
+    frames: FrameBehaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
 }
 
 impl Behaviour {
-    fn new(key: &identity::Keypair, config: &Libp2pConfig) -> Self {
+    fn new(key: &identity::Keypair, frames: FrameBehaviour, config: &Libp2pConfig) -> Self {
         let local = key.public().to_peer_id();
         let limits = connection_limits::Behaviour::new(
             connection_limits::ConnectionLimits::default()
                 .with_max_established(Some(config.max_connections)),
-        );
-        let frames = request_response::Behaviour::with_codec(
-            FrameCodec::new(config.max_frame),
-            [(FRAME_PROTOCOL, request_response::ProtocolSupport::Full)],
-            request_response::Config::default()
-                .with_request_timeout(config.send_timeout)
-                .with_max_concurrent_streams(1024),
         );
         let store = kad::store::MemoryStore::with_config(
             local,
@@ -336,11 +215,6 @@ enum DhtReply {
 }
 
 enum Command {
-    Send {
-        peer: PeerId,
-        frame: Bytes,
-        reply: oneshot::Sender<Result<()>>,
-    },
     Put {
         record: kad::Record,
         reply: oneshot::Sender<DhtReply>,
@@ -380,6 +254,9 @@ pub struct Libp2pTransport {
     send_timeout: Duration,
     listen_addrs: Vec<Multiaddr>,
     commands: mpsc::Sender<Command>,
+    links: Links,
+    frames_in: Arc<InboundFrames>,
+    accept_task: Mutex<Option<JoinHandle<()>>>,
     in_flight: tokio::sync::Semaphore,
     inbound: tokio::sync::Mutex<mpsc::Receiver<Inbound>>,
     events_tx: Mutex<Option<broadcast::Sender<PeerEvent>>>,
@@ -417,6 +294,9 @@ impl Libp2pTransport {
         let id = PeerId::from_libp2p(keypair.public().to_peer_id());
         let behaviour_config = config.clone();
         let idle = config.idle_connection_timeout;
+        // One queued inbound stream per possible connection: each peer opens one and keeps it.
+        let (frames, incoming) = FrameBehaviour::new(config.max_connections as usize);
+        let opener = frames.opener();
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(
@@ -426,7 +306,7 @@ impl Libp2pTransport {
             )
             .map_err(|e| TransportError::Config(format!("tcp transport: {e}")))?
             .with_quic()
-            .with_behaviour(|key| Behaviour::new(key, &behaviour_config))
+            .with_behaviour(|key| Behaviour::new(key, frames, &behaviour_config))
             .map_err(|e| TransportError::Config(format!("behaviour: {e}")))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
             .build();
@@ -469,21 +349,26 @@ impl Libp2pTransport {
                 after: Duration::from_secs(10),
             })??;
 
-        let mut actor = Actor::new(swarm, &config);
+        let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_capacity.max(1));
+        let frames_in = InboundFrames::new(
+            inbound_tx,
+            config.max_frame,
+            config.inbound_rate_per_sec,
+            config.send_timeout,
+        );
+        let accept_task = Arc::clone(&frames_in).spawn_accept(incoming);
+        let links = Links::new(opener, config.idle_connection_timeout);
+
+        let mut actor = Actor::new(swarm, Arc::clone(&frames_in), &config);
         for (peer, addr) in &config.bootstrap {
             actor.add_address(*peer, addr.clone());
-            if let Err(e) = actor
-                .swarm
-                .dial(DialOpts::peer_id(peer.to_libp2p()).build())
-            {
+            if let Err(e) = actor.dial(*peer) {
                 tracing::debug!(%peer, error = %e, "bootstrap dial failed");
             }
         }
 
         let (commands, command_rx) = mpsc::channel(config.command_capacity.max(1));
-        let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_capacity.max(1));
         let (events_tx, events_rx) = broadcast::channel(config.event_capacity.max(1));
-        actor.inbound_tx = Some(inbound_tx);
         actor.events_tx = Some(events_tx.clone());
         let span = tracing::debug_span!("libp2p_transport", peer = %id);
         let task = tokio::spawn(tracing::Instrument::instrument(actor.run(command_rx), span));
@@ -496,6 +381,9 @@ impl Libp2pTransport {
             send_timeout: config.send_timeout,
             listen_addrs,
             commands,
+            links,
+            frames_in,
+            accept_task: Mutex::new(Some(accept_task)),
             in_flight: tokio::sync::Semaphore::new(config.max_in_flight.max(1)),
             inbound: tokio::sync::Mutex::new(inbound_rx),
             events_tx: Mutex::new(Some(events_tx)),
@@ -657,22 +545,12 @@ impl Transport for Libp2pTransport {
             .acquire()
             .await
             .map_err(|_| TransportError::Closed)?;
-        let (reply, rx) = oneshot::channel();
-        self.command(Command::Send {
-            peer: to,
-            frame,
-            reply,
-        })
-        .await?;
-        // The swarm enforces the request timeout; this outer bound only guards a stuck task.
-        let limit = self.send_timeout + Duration::from_secs(1);
-        tokio::time::timeout(limit, rx)
+        if to == self.id {
+            return self.frames_in.deliver_local(to, frame);
+        }
+        self.links
+            .send(to, frame, self.send_timeout, || self.dial(to))
             .await
-            .map_err(|_| TransportError::Timeout {
-                operation: "send",
-                after: limit,
-            })?
-            .map_err(|_| TransportError::Closed)?
     }
 
     async fn send_many(&self, to: &[PeerId], frame: Bytes) -> Vec<SendReport> {
@@ -754,6 +632,12 @@ impl Transport for Libp2pTransport {
         lock(&self.initial_events).take();
         // Callers waiting for an in-flight slot get `Closed`.
         self.in_flight.close();
+        self.links.close_all();
+        let accept = lock(&self.accept_task).take();
+        if let Some(accept) = accept {
+            accept.abort();
+            let _ = accept.await;
+        }
         // If the queue is full the task still sees the closed channel once we are dropped; a
         // closed channel means the task is already gone.
         let _ = self.commands.send(Command::Shutdown).await;
@@ -774,45 +658,37 @@ struct GetQuery {
     reply: oneshot::Sender<DhtReply>,
 }
 
-struct RateBucket {
-    tokens: f64,
-    last: std::time::Instant,
-}
-
 /// The swarm task's state.
 struct Actor {
     swarm: Swarm<Behaviour>,
     max_record: usize,
     default_ttl: Duration,
-    rate: u32,
     validator: Option<RecordValidator>,
-    inbound_tx: Option<mpsc::Sender<Inbound>>,
+    frames_in: Arc<InboundFrames>,
     events_tx: Option<broadcast::Sender<PeerEvent>>,
     known: HashSet<PeerId>,
-    sends: HashMap<request_response::OutboundRequestId, (PeerId, oneshot::Sender<Result<()>>)>,
+    /// Addresses given through `add_address` (Kademlia's buckets may have no room for them).
+    addresses: HashMap<PeerId, Vec<Multiaddr>>,
     puts: HashMap<kad::QueryId, oneshot::Sender<DhtReply>>,
     gets: HashMap<kad::QueryId, GetQuery>,
     dials: HashMap<PeerId, Vec<oneshot::Sender<Result<()>>>>,
-    buckets: HashMap<PeerId, RateBucket>,
     bootstrapped: bool,
 }
 
 impl Actor {
-    fn new(swarm: Swarm<Behaviour>, config: &Libp2pConfig) -> Self {
+    fn new(swarm: Swarm<Behaviour>, frames_in: Arc<InboundFrames>, config: &Libp2pConfig) -> Self {
         Self {
             swarm,
             max_record: config.max_record,
             default_ttl: config.default_record_ttl,
-            rate: config.inbound_rate_per_sec,
             validator: config.record_validator.clone(),
-            inbound_tx: None,
+            frames_in,
             events_tx: None,
             known: HashSet::new(),
-            sends: HashMap::new(),
+            addresses: HashMap::new(),
             puts: HashMap::new(),
             gets: HashMap::new(),
             dials: HashMap::new(),
-            buckets: HashMap::new(),
             bootstrapped: false,
         }
     }
@@ -841,6 +717,15 @@ impl Actor {
 
     fn add_address(&mut self, peer: PeerId, addr: Multiaddr) {
         self.known.insert(peer);
+        if self.addresses.len() < MAX_ADDRESS_BOOK || self.addresses.contains_key(&peer) {
+            let known = self.addresses.entry(peer).or_default();
+            if !known.contains(&addr) {
+                if known.len() == MAX_ADDRESSES_PER_PEER {
+                    known.remove(0);
+                }
+                known.push(addr.clone());
+            }
+        }
         self.swarm.add_peer_address(peer.to_libp2p(), addr.clone());
         self.swarm
             .behaviour_mut()
@@ -848,28 +733,19 @@ impl Actor {
             .add_address(&peer.to_libp2p(), addr);
     }
 
+    /// Dials `peer` on the addresses we were given and those Kademlia knows.
+    fn dial(&mut self, peer: PeerId) -> std::result::Result<(), libp2p::swarm::DialError> {
+        let addresses = self.addresses.get(&peer).cloned().unwrap_or_default();
+        self.swarm.dial(
+            DialOpts::peer_id(peer.to_libp2p())
+                .addresses(addresses)
+                .extend_addresses_through_behaviour()
+                .build(),
+        )
+    }
+
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Send { peer, frame, reply }
-                if peer.to_libp2p() == *self.swarm.local_peer_id() =>
-            {
-                // Loopback, as the memory network does: straight into our own inbound queue.
-                let result = match &self.inbound_tx {
-                    Some(tx) => tx
-                        .try_send(Inbound { from: peer, frame })
-                        .map_err(|_| TransportError::Backpressure(peer)),
-                    None => Err(TransportError::Closed),
-                };
-                let _ = reply.send(result);
-            }
-            Command::Send { peer, frame, reply } => {
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .frames
-                    .send_request(&peer.to_libp2p(), frame);
-                self.sends.insert(id, (peer, reply));
-            }
             Command::Put { record, reply } => {
                 if self.routing_table_size() == 0 {
                     let _ = reply.send(DhtReply::Retry(TransportError::QuorumFailed(
@@ -931,7 +807,7 @@ impl Actor {
                     let _ = reply.send(Ok(()));
                     return;
                 }
-                match self.swarm.dial(DialOpts::peer_id(peer.to_libp2p()).build()) {
+                match self.dial(peer) {
                     // A dial already in progress (ours or Kademlia's) answers this one too.
                     Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {
                         self.dials.entry(peer).or_default().push(reply)
@@ -974,7 +850,6 @@ impl Actor {
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
-            SwarmEvent::Behaviour(BehaviourEvent::Frames(event)) => self.on_frames(event),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
@@ -1010,7 +885,7 @@ impl Actor {
                 ..
             } => {
                 let peer = PeerId::from_libp2p(peer_id);
-                self.buckets.remove(&peer);
+                self.frames_in.forget(peer);
                 self.emit(PeerEvent::Disconnected(peer));
             }
             SwarmEvent::OutgoingConnectionError {
@@ -1029,117 +904,6 @@ impl Actor {
                 }
             }
             _ => {}
-        }
-    }
-
-    fn allow(&mut self, peer: PeerId) -> bool {
-        if self.rate == 0 {
-            return true;
-        }
-        let rate = f64::from(self.rate);
-        let now = std::time::Instant::now();
-        let bucket = self.buckets.entry(peer).or_insert(RateBucket {
-            tokens: rate,
-            last: now,
-        });
-        let elapsed = now.duration_since(bucket.last).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * rate).min(rate);
-        bucket.last = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    fn on_frames(&mut self, event: request_response::Event<Bytes, FrameStatus>) {
-        use request_response::{Event, Message, OutboundFailure};
-        match event {
-            Event::Message {
-                peer,
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                let from = PeerId::from_libp2p(peer);
-                let status = if !self.allow(from) {
-                    FrameStatus::RateLimited
-                } else {
-                    match &self.inbound_tx {
-                        Some(tx) => match tx.try_send(Inbound {
-                            from,
-                            frame: request,
-                        }) {
-                            Ok(()) => FrameStatus::Accepted,
-                            Err(_) => FrameStatus::Busy,
-                        },
-                        None => FrameStatus::Busy,
-                    }
-                };
-                // The requester may have gone; nothing to do then.
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .frames
-                    .send_response(channel, status);
-            }
-            Event::Message {
-                message:
-                    Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                if let Some((peer, reply)) = self.sends.remove(&request_id) {
-                    let result = match response {
-                        FrameStatus::Accepted => Ok(()),
-                        FrameStatus::Busy | FrameStatus::RateLimited => {
-                            Err(TransportError::Backpressure(peer))
-                        }
-                    };
-                    let _ = reply.send(result);
-                }
-            }
-            Event::OutboundFailure {
-                request_id, error, ..
-            } => {
-                if let Some((peer, reply)) = self.sends.remove(&request_id) {
-                    let result = match error {
-                        OutboundFailure::DialFailure if !self.known.contains(&peer) => {
-                            TransportError::UnknownPeer(peer)
-                        }
-                        OutboundFailure::DialFailure => TransportError::Unreachable {
-                            peer,
-                            reason: "dial failed".to_owned(),
-                        },
-                        OutboundFailure::Timeout => TransportError::Timeout {
-                            operation: "send",
-                            after: Duration::ZERO,
-                        },
-                        OutboundFailure::ConnectionClosed => TransportError::Unreachable {
-                            peer,
-                            reason: "connection closed".to_owned(),
-                        },
-                        OutboundFailure::UnsupportedProtocols => TransportError::Remote {
-                            peer,
-                            reason: "peer does not speak the frame protocol".to_owned(),
-                        },
-                        OutboundFailure::Io(e) => TransportError::Remote {
-                            peer,
-                            reason: e.to_string(),
-                        },
-                    };
-                    let _ = reply.send(Err(result));
-                }
-            }
-            Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, %error, "inbound frame failed");
-            }
-            Event::ResponseSent { .. } => {}
         }
     }
 
@@ -1259,17 +1023,5 @@ mod tests {
         assert_eq!(parse_secret(format!("{hex}\n").as_bytes()), Some(raw));
         assert_eq!(parse_secret(b"short"), None);
         assert_eq!(parse_secret(&[b'z'; 64]), None);
-    }
-
-    #[test]
-    fn frame_status_round_trips_and_rejects_unknown() {
-        for status in [
-            FrameStatus::Accepted,
-            FrameStatus::Busy,
-            FrameStatus::RateLimited,
-        ] {
-            assert_eq!(FrameStatus::from_byte(status.to_byte()).ok(), Some(status));
-        }
-        assert!(FrameStatus::from_byte(9).is_err());
     }
 }

@@ -2,12 +2,11 @@
 //! bounds and never assert on timing.
 
 use std::future::Future;
-use std::io;
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, StreamProtocol, noise, request_response, tcp, yamux};
+use libp2p::{Multiaddr, noise, tcp, yamux};
 use musig2_transport::{
     Bytes, FRAME_PROTOCOL, KeySource, Libp2pConfig, Libp2pTransport, PeerEvent, PeerId,
     RecordValidator, Transport, TransportError,
@@ -298,60 +297,72 @@ async fn quic_frames() {
     assert_eq!(&inbound.frame[..], b"over quic");
 }
 
-// ---- a raw peer that writes arbitrary bytes on the frame protocol ---------------------------
+// ---- a raw peer that speaks the frame protocol by hand -------------------------------------
 
-/// Writes the request bytes verbatim, whatever they claim.
-#[derive(Clone, Default)]
-struct RawCodec;
-
-impl request_response::Codec for RawCodec {
-    type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
-    where
-        T: futures::AsyncRead + Unpin + Send,
-    {
-        let mut buf = Vec::new();
-        io.take(1024).read_to_end(&mut buf).await?;
-        Ok(buf)
+/// A bare swarm with only the stream behaviour, driven in its own task; returns its id and
+/// the stream control.
+async fn raw_peer(connect_to: Option<&Multiaddr>) -> (PeerId, libp2p_stream::Control, Multiaddr) {
+    let mut raw = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    raw.listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
+        .expect("listen");
+    let addr = within("raw listen address", async {
+        loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = raw.select_next_some().await {
+                break address;
+            }
+        }
+    })
+    .await;
+    if let Some(target) = connect_to {
+        raw.dial(target.clone()).expect("dial");
+        within("raw connection", async {
+            loop {
+                if let SwarmEvent::ConnectionEstablished { .. } = raw.select_next_some().await {
+                    break;
+                }
+            }
+        })
+        .await;
     }
+    let id = PeerId::from_libp2p(*raw.local_peer_id());
+    let control = raw.behaviour().new_control();
+    tokio::spawn(async move {
+        loop {
+            raw.select_next_some().await;
+        }
+    });
+    (id, control, addr)
+}
 
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
-    where
-        T: futures::AsyncRead + Unpin + Send,
-    {
-        let mut buf = Vec::new();
-        io.take(1024).read_to_end(&mut buf).await?;
-        Ok(buf)
-    }
-
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Vec<u8>,
-    ) -> io::Result<()>
-    where
-        T: futures::AsyncWrite + Unpin + Send,
-    {
-        io.write_all(&req).await?;
-        io.close().await
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: Vec<u8>,
-    ) -> io::Result<()>
-    where
-        T: futures::AsyncWrite + Unpin + Send,
-    {
-        io.write_all(&res).await?;
-        io.close().await
-    }
+/// Writes `bytes` on a fresh frame stream, closes our side and returns every byte the node
+/// answered before it closed its side.
+async fn raw_exchange(
+    control: &mut libp2p_stream::Control,
+    target: PeerId,
+    bytes: &[u8],
+) -> Vec<u8> {
+    let mut stream = control
+        .open_stream(target.to_libp2p(), FRAME_PROTOCOL)
+        .await
+        .expect("the node accepts frame streams");
+    // The node may drop the stream mid-write (that is the point); what it answered is what
+    // counts.
+    let _ = stream.write_all(bytes).await;
+    let _ = stream.close().await;
+    let mut answer = Vec::new();
+    let _ = within("raw answer", stream.take(1024).read_to_end(&mut answer)).await;
+    answer
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -367,26 +378,7 @@ async fn malformed_and_oversized_frames_from_a_raw_peer() {
     .await
     .expect("network");
     let (target, honest) = (&nodes[0], &nodes[1]);
-
-    let mut raw = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .expect("tcp")
-        .with_behaviour(|_| {
-            request_response::Behaviour::with_codec(
-                RawCodec,
-                [(FRAME_PROTOCOL, request_response::ProtocolSupport::Outbound)],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
-            )
-        })
-        .expect("behaviour")
-        .build();
-    let target_id = target.local_peer_id().to_libp2p();
-    raw.add_peer_address(target_id, target.listen_addrs()[0].clone());
+    let (_, mut raw, _) = raw_peer(Some(&target.listen_addrs()[0])).await;
 
     let oversized = {
         let mut f = u32::try_from(MAX + 1)
@@ -397,43 +389,22 @@ async fn malformed_and_oversized_frames_from_a_raw_peer() {
         f
     };
     let attacks: Vec<Vec<u8>> = vec![
-        u32::MAX.to_be_bytes().to_vec(),                  // claims 4 GiB
-        [0, 0, 0, 100, 1, 2, 3].to_vec(),                 // truncated body
-        vec![0, 0],                                       // truncated length
-        oversized,                                        // just over the cap
-        [0, 0, 0, 2, 9, 9, 9, 9, 9, 9, 9, 9, 9].to_vec(), // trailing bytes
+        u32::MAX.to_be_bytes().to_vec(),  // claims 4 GiB
+        [0, 0, 0, 100, 1, 2, 3].to_vec(), // truncated body
+        vec![0, 0],                       // truncated length
+        oversized,                        // just over the cap
+        // a valid two-byte frame, then a length of 0x09090909: over the cap
+        [0, 0, 0, 2, 9, 9, 9, 9, 9, 9, 9, 9, 9].to_vec(),
     ];
     let mut answers = Vec::new();
-    for attack in attacks {
-        let id = raw.behaviour_mut().send_request(&target_id, attack);
-        let answer = within("raw request outcome", async {
-            loop {
-                match raw.select_next_some().await {
-                    SwarmEvent::Behaviour(request_response::Event::Message {
-                        message:
-                            request_response::Message::Response {
-                                request_id,
-                                response,
-                            },
-                        ..
-                    }) if request_id == id => break Some(response),
-                    SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
-                        request_id,
-                        ..
-                    }) if request_id == id => break None,
-                    _ => {}
-                }
-            }
-        })
-        .await;
-        answers.push(answer);
+    for attack in &attacks {
+        answers.push(raw_exchange(&mut raw, target.local_peer_id(), attack).await);
     }
-    // None of the malformed frames was accepted (status 0); only the last, whose declared length
-    // is valid, is read as a two-byte frame (the trailing bytes are ignored by the protocol).
-    assert!(
-        answers[..4]
-            .iter()
-            .all(|a| a.as_deref() != Some(&[0u8][..])),
+    // Nothing malformed was acknowledged; the one valid frame was, once, and the stream was
+    // dropped at the bad length that followed it.
+    assert_eq!(
+        answers,
+        vec![vec![], vec![], vec![], vec![], vec![0u8]],
         "{answers:?}"
     );
 
@@ -442,20 +413,95 @@ async fn malformed_and_oversized_frames_from_a_raw_peer() {
         .send(target.local_peer_id(), Bytes::from_static(b"still here"))
         .await
         .expect("honest send after the attacks");
-    let mut got = Vec::new();
-    while got.last().map(|f: &Bytes| &f[..]) != Some(&b"still here"[..]) {
-        let inbound = within("recv after attacks", target.recv())
-            .await
-            .expect("frame");
-        got.push(inbound.frame);
-    }
-    // Only the syntactically valid frame (declared length 2) got in before the honest one.
-    assert!(got.len() <= 2, "{got:?}");
-    assert!(
-        got[..got.len() - 1].iter().all(|f| f[..] == [9, 9]),
-        "{got:?}"
-    );
+    let first = within("recv after attacks", target.recv())
+        .await
+        .expect("frame");
+    assert_eq!(&first.frame[..], &[9, 9], "the valid frame arrived first");
+    let second = within("recv after attacks", target.recv())
+        .await
+        .expect("frame");
+    assert_eq!(&second.frame[..], b"still here");
     target.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_cannot_hold_many_frame_streams() {
+    let target = Libp2pTransport::spawn(Libp2pConfig::default())
+        .await
+        .expect("target");
+    let (raw_id, mut raw, _) = raw_peer(Some(&target.listen_addrs()[0])).await;
+    let target_id = target.local_peer_id();
+    // Ten streams held open at once, each carrying one frame: only the first few are served.
+    let mut streams = Vec::new();
+    for _ in 0..10 {
+        streams.push(
+            raw.open_stream(target_id.to_libp2p(), FRAME_PROTOCOL)
+                .await
+                .expect("stream"),
+        );
+    }
+    let mut served = 0;
+    for stream in &mut streams {
+        let _ = stream.write_all(&[0, 0, 0, 1, 42]).await;
+        let _ = stream.flush().await;
+        let mut status = [0u8; 1];
+        let answered = within("status or close", stream.read(&mut status)).await;
+        if matches!(answered, Ok(1)) {
+            assert_eq!(status[0], 0, "a served stream acknowledges the frame");
+            served += 1;
+        }
+    }
+    assert!((1..=4).contains(&served), "served {served} of 10 streams");
+    for _ in 0..served {
+        let inbound = within("frame", target.recv()).await.expect("frame");
+        assert_eq!((inbound.from, &inbound.frame[..]), (raw_id, &[42u8][..]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_answers_garbage_fails_the_send_and_the_next_gets_a_fresh_stream() {
+    let sender = Libp2pTransport::spawn(Libp2pConfig::default())
+        .await
+        .expect("sender");
+    let (raw_id, mut raw, raw_addr) = raw_peer(None).await;
+    let mut incoming = raw.accept(FRAME_PROTOCOL).expect("accept");
+    sender.add_address(raw_id, raw_addr).await.expect("address");
+    // The raw receiver answers its first stream with an unknown status and its second properly.
+    let receiver = tokio::spawn(async move {
+        let mut frames = Vec::new();
+        for answer in [7u8, 0u8] {
+            let (_, mut stream) = incoming.next().await.expect("stream");
+            let mut frame = [0u8; 4 + 3];
+            stream.read_exact(&mut frame).await.expect("frame");
+            frames.push(frame[4..].to_vec());
+            stream.write_all(&[answer]).await.expect("answer");
+            stream.flush().await.expect("flush");
+            // Keep the second stream open until the sender is done.
+            if answer == 0 {
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest).await;
+            }
+        }
+        frames
+    });
+    let first = within(
+        "first send",
+        sender.send(raw_id, Bytes::from_static(b"one")),
+    )
+    .await;
+    assert!(
+        matches!(&first, Err(TransportError::Unreachable { peer, .. }) if *peer == raw_id),
+        "{first:?}"
+    );
+    within(
+        "second send",
+        sender.send(raw_id, Bytes::from_static(b"two")),
+    )
+    .await
+    .expect("a fresh stream works");
+    sender.shutdown().await.expect("shutdown");
+    let frames = within("receiver", receiver).await.expect("receiver task");
+    assert_eq!(frames, vec![b"one".to_vec(), b"two".to_vec()]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,699 @@
+//! Frames over long-lived libp2p streams.
+//!
+//! A sender keeps one stream per peer open and writes length-prefixed frames on it back to back;
+//! the receiver answers every frame with one status byte, in order. Compared with a
+//! request-response exchange per frame this saves, for every frame, opening and negotiating a
+//! substream and the timers libp2p arms around both, which is most of the cost of a small frame.
+//!
+//! Wire format on a stream of [`FRAME_PROTOCOL`], opened by the sender:
+//! * sender → receiver: `u32` big-endian length, then that many bytes; repeated;
+//! * receiver → sender: one [`FrameStatus`] byte per frame, in the order the frames came.
+//!
+//! A receiver drops the stream on a length over its limit, a truncated frame, or a frame body
+//! that stalls; the sender sees the stream end and fails the frames it is still waiting for.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::io::{ReadHalf, WriteHalf};
+use futures::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use libp2p::{Stream, StreamProtocol};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::frame_behaviour::{OpenError, StreamOpener};
+use crate::{Inbound, PeerId, Result, TransportError};
+
+/// The stream protocol that carries frames.
+pub const FRAME_PROTOCOL: StreamProtocol = StreamProtocol::new("/musig2-p2p/frames/2.0.0");
+
+/// Frame streams one peer may hold open towards us at once. An honest peer uses one per
+/// connection (briefly two while it replaces a broken one).
+const MAX_INBOUND_STREAMS_PER_PEER: usize = 4;
+
+/// Most peers we keep an outbound stream to; past this, idle ones are closed first.
+const MAX_LINKS: usize = 4096;
+
+/// The receiver's answer to one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameStatus {
+    /// The frame is in the receiver's inbound queue.
+    Accepted,
+    /// The receiver's inbound queue is full.
+    Busy,
+    /// The sender exceeded the receiver's per-peer rate limit.
+    RateLimited,
+}
+
+impl FrameStatus {
+    /// The status as it goes on the wire.
+    pub fn to_byte(self) -> u8 {
+        match self {
+            Self::Accepted => 0,
+            Self::Busy => 1,
+            Self::RateLimited => 2,
+        }
+    }
+
+    /// Parses a status byte; `None` for an unknown one.
+    pub fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            0 => Some(Self::Accepted),
+            1 => Some(Self::Busy),
+            2 => Some(Self::RateLimited),
+            _ => None,
+        }
+    }
+
+    fn into_result(self, peer: PeerId) -> Result<()> {
+        match self {
+            Self::Accepted => Ok(()),
+            Self::Busy | Self::RateLimited => Err(TransportError::Backpressure(peer)),
+        }
+    }
+}
+
+/// One frame as it goes on the wire, in one buffer so it leaves in one write.
+fn encode(frame: &[u8]) -> Result<Vec<u8>> {
+    let len = u32::try_from(frame.len()).map_err(|_| TransportError::FrameTooLarge {
+        size: frame.len(),
+        max: u32::MAX as usize,
+    })?;
+    let mut wire = Vec::with_capacity(4 + frame.len());
+    wire.extend_from_slice(&len.to_be_bytes());
+    wire.extend_from_slice(frame);
+    Ok(wire)
+}
+
+/// Reads one frame; `Ok(None)` when the stream ends between frames. The length is checked
+/// against `max` before any of the body is read, and the body buffer grows only as bytes
+/// arrive, so a peer that announces a large frame and stalls holds no more than it sent.
+async fn read_frame<R: AsyncRead + Unpin>(
+    io: &mut R,
+    max: usize,
+    body_timeout: Duration,
+) -> io::Result<Option<Bytes>> {
+    let mut len = [0u8; 4];
+    match io.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the limit of {max} bytes"),
+        ));
+    }
+    let mut body = Vec::new();
+    let mut limited = (&mut *io).take(len as u64);
+    match tokio::time::timeout(body_timeout, limited.read_to_end(&mut body)).await {
+        Ok(Ok(n)) if n == len => Ok(Some(Bytes::from(body))),
+        Ok(Ok(_)) => Err(io::ErrorKind::UnexpectedEof.into()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+// ---- receiving -------------------------------------------------------------------------------
+
+struct RateBucket {
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+#[derive(Default)]
+struct PeerInbound {
+    streams: usize,
+    bucket: Option<RateBucket>,
+}
+
+/// What every inbound stream of a node shares: the inbound queue, limits and per-peer state.
+pub(crate) struct InboundFrames {
+    queue: mpsc::Sender<Inbound>,
+    max_frame: usize,
+    rate: u32,
+    body_timeout: Duration,
+    peers: Mutex<HashMap<PeerId, PeerInbound>>,
+}
+
+impl InboundFrames {
+    pub(crate) fn new(
+        queue: mpsc::Sender<Inbound>,
+        max_frame: usize,
+        rate: u32,
+        body_timeout: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            queue,
+            max_frame,
+            rate,
+            body_timeout,
+            peers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, PeerInbound>> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Delivers a frame to our own queue (a send to ourselves).
+    pub(crate) fn deliver_local(&self, from: PeerId, frame: Bytes) -> Result<()> {
+        self.queue
+            .try_send(Inbound { from, frame })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => TransportError::Backpressure(from),
+                mpsc::error::TrySendError::Closed(_) => TransportError::Closed,
+            })
+    }
+
+    /// Forgets a peer's rate state once it has no connection left.
+    pub(crate) fn forget(&self, peer: PeerId) {
+        let mut peers = self.peers();
+        if peers.get(&peer).is_some_and(|p| p.streams == 0) {
+            peers.remove(&peer);
+        }
+    }
+
+    fn allow(&self, peer: PeerId) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        let rate = f64::from(self.rate);
+        let now = std::time::Instant::now();
+        let mut peers = self.peers();
+        let bucket = peers
+            .entry(peer)
+            .or_default()
+            .bucket
+            .get_or_insert(RateBucket {
+                tokens: rate,
+                last: now,
+            });
+        let elapsed = now.duration_since(bucket.last).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(rate);
+        bucket.last = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn admit(&self, from: PeerId, frame: Bytes) -> FrameStatus {
+        if !self.allow(from) {
+            return FrameStatus::RateLimited;
+        }
+        match self.queue.try_send(Inbound { from, frame }) {
+            Ok(()) => FrameStatus::Accepted,
+            Err(_) => FrameStatus::Busy,
+        }
+    }
+
+    /// Counts a new stream of `peer`; false if it already holds the most it may.
+    fn open_stream(&self, peer: PeerId) -> bool {
+        let mut peers = self.peers();
+        let state = peers.entry(peer).or_default();
+        if state.streams >= MAX_INBOUND_STREAMS_PER_PEER {
+            return false;
+        }
+        state.streams += 1;
+        true
+    }
+
+    fn close_stream(&self, peer: PeerId) {
+        if let Some(state) = self.peers().get_mut(&peer) {
+            state.streams = state.streams.saturating_sub(1);
+        }
+    }
+
+    /// Serves one peer's stream until it ends or breaks the protocol.
+    async fn serve(self: Arc<Self>, peer: PeerId, mut stream: Stream) {
+        loop {
+            let frame = match read_frame(&mut stream, self.max_frame, self.body_timeout).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "dropping a frame stream");
+                    break;
+                }
+            };
+            let status = self.admit(peer, frame);
+            let answered = async {
+                stream.write_all(&[status.to_byte()]).await?;
+                stream.flush().await
+            };
+            if let Err(error) = answered.await {
+                tracing::debug!(%peer, %error, "frame stream closed while answering");
+                break;
+            }
+        }
+        self.close_stream(peer);
+    }
+
+    /// Accepts frame streams until `incoming` ends; every stream is served in its own task,
+    /// all of which end with this one.
+    pub(crate) fn spawn_accept(
+        self: Arc<Self>,
+        mut incoming: mpsc::Receiver<(libp2p::PeerId, Stream)>,
+    ) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut serving = JoinSet::new();
+            loop {
+                tokio::select! {
+                    next = incoming.recv() => {
+                        let Some((peer, stream)) = next else { break };
+                        let peer = PeerId::from_libp2p(peer);
+                        if self.open_stream(peer) {
+                            serving.spawn(Arc::clone(&self).serve(peer, stream));
+                        } else {
+                            tracing::debug!(%peer, "too many frame streams from one peer");
+                        }
+                    }
+                    Some(_) = serving.join_next(), if !serving.is_empty() => {}
+                }
+            }
+        })
+    }
+}
+
+// ---- sending ---------------------------------------------------------------------------------
+
+/// The frames written on a link and still waiting for their status, oldest first.
+#[derive(Default)]
+struct AckQueue {
+    state: Mutex<AckState>,
+}
+
+#[derive(Default)]
+struct AckState {
+    waiting: VecDeque<oneshot::Sender<Result<()>>>,
+    /// Statuses received so far.
+    answered: u64,
+    /// Why the link stopped, once it has.
+    broken: Option<String>,
+}
+
+impl AckQueue {
+    fn state(&self) -> std::sync::MutexGuard<'_, AckState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, waiter: oneshot::Sender<Result<()>>) -> std::result::Result<(), String> {
+        let mut state = self.state();
+        match &state.broken {
+            Some(reason) => Err(reason.clone()),
+            None => {
+                state.waiting.push_back(waiter);
+                Ok(())
+            }
+        }
+    }
+
+    fn is_broken(&self) -> bool {
+        self.state().broken.is_some()
+    }
+
+    fn answered(&self) -> u64 {
+        self.state().answered
+    }
+
+    fn is_idle(&self) -> bool {
+        self.state().waiting.is_empty()
+    }
+
+    /// Marks the link broken and fails every frame still waiting.
+    fn fail(&self, peer: PeerId, reason: String) {
+        let waiting = {
+            let mut state = self.state();
+            state.broken.get_or_insert(reason.clone());
+            std::mem::take(&mut state.waiting)
+        };
+        for waiter in waiting {
+            let _ = waiter.send(Err(TransportError::Unreachable {
+                peer,
+                reason: reason.clone(),
+            }));
+        }
+    }
+}
+
+/// An open outbound stream to one peer.
+struct Link {
+    generation: u64,
+    writer: WriteHalf<Stream>,
+    acks: Arc<AckQueue>,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Link>>>;
+
+struct LinksInner {
+    opener: StreamOpener,
+    slots: Mutex<HashMap<PeerId, Slot>>,
+    generations: AtomicU64,
+    idle: Duration,
+}
+
+/// The outbound side: one link per peer, opened on the first frame and reopened after a failure.
+pub(crate) struct Links {
+    inner: Arc<LinksInner>,
+}
+
+impl Links {
+    /// `idle`: a link with nothing in flight for this long is closed (so the connection can idle
+    /// out as well).
+    pub(crate) fn new(opener: StreamOpener, idle: Duration) -> Self {
+        Self {
+            inner: Arc::new(LinksInner {
+                opener,
+                slots: Mutex::new(HashMap::new()),
+                generations: AtomicU64::new(0),
+                idle,
+            }),
+        }
+    }
+
+    /// Closes every link.
+    pub(crate) fn close_all(&self) {
+        let slots = std::mem::take(&mut *self.inner.slots());
+        drop(slots);
+    }
+
+    /// Sends one frame to `peer` and waits for its status, all within `limit`. `connect` makes
+    /// sure we are connected (it runs only when a new stream has to be opened). A stream that
+    /// fails before answering anything (the peer dropped it, or the connection went away as it
+    /// opened) is retried on a fresh one a couple of times: nothing was delivered on it.
+    pub(crate) async fn send<F>(
+        &self,
+        peer: PeerId,
+        frame: Bytes,
+        limit: Duration,
+        connect: impl Fn() -> F,
+    ) -> Result<()>
+    where
+        F: Future<Output = Result<()>>,
+    {
+        const FRESH_RETRIES: u32 = 2;
+        let deadline = tokio::time::Instant::now() + limit;
+        let wire = encode(&frame)?;
+        drop(frame);
+        let mut retries = 0;
+        loop {
+            match self.send_once(peer, &wire, deadline, &connect).await {
+                Ok(()) => return Ok(()),
+                Err(Attempt::Failed(error)) => return Err(error),
+                Err(Attempt::TimedOut) => {
+                    return Err(TransportError::Timeout {
+                        operation: "send",
+                        after: limit,
+                    });
+                }
+                Err(Attempt::Unanswered(reason)) if retries >= FRESH_RETRIES => {
+                    return Err(TransportError::Unreachable { peer, reason });
+                }
+                Err(Attempt::Unanswered(reason)) => {
+                    retries += 1;
+                    tracing::debug!(%peer, %reason, retries, "frame stream failed before answering; retrying");
+                    let pause = Duration::from_millis(5 * u64::from(retries));
+                    tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause))
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn send_once<F>(
+        &self,
+        peer: PeerId,
+        wire: &[u8],
+        deadline: tokio::time::Instant,
+        connect: &impl Fn() -> F,
+    ) -> std::result::Result<(), Attempt>
+    where
+        F: Future<Output = Result<()>>,
+    {
+        let slot = self.inner.slot(peer);
+        let written = tokio::time::timeout_at(deadline, async {
+            let mut link = slot.lock().await;
+            if link.as_ref().is_none_or(|l| l.acks.is_broken()) {
+                *link = None;
+                *link = Some(self.inner.open(peer, connect()).await?);
+            }
+            let Some(open) = link.as_mut() else {
+                unreachable!("a link was just stored");
+            };
+            let (waiter, ack) = oneshot::channel();
+            let written = match open.acks.push(waiter) {
+                Ok(()) => async {
+                    open.writer.write_all(wire).await?;
+                    open.writer.flush().await
+                }
+                .await
+                .map_err(|e| e.to_string()),
+                Err(reason) => Err(reason),
+            };
+            match written {
+                Ok(()) => Ok((open.generation, Arc::clone(&open.acks), ack)),
+                Err(reason) => {
+                    let unanswered = open.acks.answered() == 0;
+                    *link = None;
+                    Err(if unanswered {
+                        Attempt::Unanswered(reason)
+                    } else {
+                        Attempt::Failed(TransportError::Unreachable { peer, reason })
+                    })
+                }
+            }
+        })
+        .await
+        .map_err(|_| Attempt::TimedOut)?;
+        let (generation, acks, ack) = written?;
+        match tokio::time::timeout_at(deadline, ack).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(TransportError::Unreachable { reason, .. }))) if acks.answered() == 0 => {
+                Err(Attempt::Unanswered(reason))
+            }
+            Ok(Ok(Err(error))) => Err(Attempt::Failed(error)),
+            Ok(Err(_)) if acks.answered() == 0 => {
+                Err(Attempt::Unanswered("frame stream closed".to_owned()))
+            }
+            Ok(Err(_)) => Err(Attempt::Failed(TransportError::Unreachable {
+                peer,
+                reason: "frame stream closed".to_owned(),
+            })),
+            Err(_) => {
+                // The peer is not answering on this stream; the next frame gets a fresh one.
+                self.inner.release(peer, generation, true).await;
+                Err(Attempt::TimedOut)
+            }
+        }
+    }
+}
+
+/// How one attempt at sending a frame ended, when it did not succeed.
+enum Attempt {
+    /// The stream broke before the peer answered anything on it.
+    Unanswered(String),
+    Failed(TransportError),
+    TimedOut,
+}
+
+impl From<TransportError> for Attempt {
+    fn from(error: TransportError) -> Self {
+        Self::Failed(error)
+    }
+}
+
+impl LinksInner {
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Slot>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn slot(&self, peer: PeerId) -> Slot {
+        let mut slots = self.slots();
+        if !slots.contains_key(&peer) && slots.len() >= MAX_LINKS {
+            // Drop links nobody is using right now; they reopen on demand.
+            slots.retain(|_, slot| {
+                slot.try_lock()
+                    .map(|link| link.as_ref().is_some_and(|l| !l.acks.is_idle()))
+                    .unwrap_or(true)
+            });
+        }
+        Arc::clone(slots.entry(peer).or_default())
+    }
+
+    async fn open(
+        self: &Arc<Self>,
+        peer: PeerId,
+        connect: impl Future<Output = Result<()>>,
+    ) -> Result<Link> {
+        connect.await?;
+        let stream = self
+            .opener
+            .open(peer.to_libp2p())
+            .await
+            .map_err(|e| match e {
+                OpenError::Unsupported => TransportError::Remote {
+                    peer,
+                    reason: e.to_string(),
+                },
+                OpenError::NotConnected | OpenError::Failed(_) => TransportError::Unreachable {
+                    peer,
+                    reason: e.to_string(),
+                },
+            })?;
+        let (reader, writer) = stream.split();
+        let acks = Arc::new(AckQueue::default());
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        let reader = tokio::spawn(read_acks(
+            peer,
+            generation,
+            reader,
+            Arc::clone(&acks),
+            Arc::downgrade(self),
+        ));
+        Ok(Link {
+            generation,
+            writer,
+            acks,
+            reader,
+        })
+    }
+
+    /// Closes `peer`'s link if it is still the one of `generation`. `wait`: wait for a sender
+    /// using it rather than leave it (only a sender's own failure path waits).
+    async fn release(&self, peer: PeerId, generation: u64, wait: bool) {
+        let Some(slot) = self.slots().get(&peer).cloned() else {
+            return;
+        };
+        let mut link = if wait {
+            slot.lock().await
+        } else {
+            match slot.try_lock() {
+                Ok(link) => link,
+                // A sender holds it; it sees the broken link itself.
+                Err(_) => return,
+            }
+        };
+        if link.as_ref().is_some_and(|l| l.generation == generation) {
+            *link = None;
+        }
+    }
+}
+
+/// Reads the statuses of one link and hands each to the oldest waiting frame. Ends, failing
+/// what still waits, when the stream ends or misbehaves, or when it has been idle too long.
+async fn read_acks(
+    peer: PeerId,
+    generation: u64,
+    mut reader: ReadHalf<Stream>,
+    acks: Arc<AckQueue>,
+    links: Weak<LinksInner>,
+) {
+    let idle = links.upgrade().map_or(Duration::ZERO, |l| l.idle);
+    let mut status = [0u8; 1];
+    let reason = loop {
+        match tokio::time::timeout(idle, reader.read_exact(&mut status)).await {
+            Err(_) if acks.is_idle() => break "idle".to_owned(),
+            Err(_) => continue,
+            Ok(Err(e)) => break e.to_string(),
+            Ok(Ok(())) => {}
+        }
+        // Anything the peer wrote, even garbage, means the stream reached it: no retry.
+        acks.state().answered += 1;
+        let Some(status) = FrameStatus::from_byte(status[0]) else {
+            break format!("unknown frame status {}", status[0]);
+        };
+        let waiter = acks.state().waiting.pop_front();
+        match waiter {
+            Some(waiter) => {
+                let _ = waiter.send(status.into_result(peer));
+            }
+            None => break "a status for no frame".to_owned(),
+        }
+    };
+    tracing::debug!(%peer, %reason, "frame link closed");
+    acks.fail(peer, reason);
+    if let Some(links) = links.upgrade() {
+        links.release(peer, generation, false).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_status_round_trips_and_rejects_unknown() {
+        for status in [
+            FrameStatus::Accepted,
+            FrameStatus::Busy,
+            FrameStatus::RateLimited,
+        ] {
+            assert_eq!(FrameStatus::from_byte(status.to_byte()), Some(status));
+        }
+        assert_eq!(FrameStatus::from_byte(9), None);
+    }
+
+    async fn read(wire: &[u8], max: usize) -> io::Result<Option<Bytes>> {
+        read_frame(&mut &wire[..], max, Duration::from_secs(1)).await
+    }
+
+    #[tokio::test]
+    async fn frames_decode_within_the_limit_only() {
+        let wire = encode(b"hello").expect("encode");
+        assert_eq!(
+            read(&wire, 5).await.expect("read").as_deref(),
+            Some(&b"hello"[..])
+        );
+        // Over the limit: refused from the length alone.
+        let error = read(&wire, 4).await.expect_err("too large");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        // A clean end between frames, a truncated length, a truncated body.
+        assert_eq!(read(&[], 5).await.expect("end"), None);
+        assert_eq!(read(&[0, 0], 5).await.expect("short length"), None);
+        let error = read(&wire[..7], 5).await.expect_err("short body");
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+        // A length claiming 4 GiB allocates nothing and is refused.
+        let error = read(&u32::MAX.to_be_bytes(), 1 << 20)
+            .await
+            .expect_err("huge");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+    }
+
+    /// Never yields another byte.
+    struct Stalls;
+
+    impl AsyncRead for Stalls {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut [u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_times_out() {
+        let announced_ten_sent_two: &[u8] = &[0, 0, 0, 10, 1, 2];
+        let mut io = announced_ten_sent_two.chain(Stalls);
+        let error = read_frame(&mut io, 100, Duration::from_secs(5))
+            .await
+            .expect_err("stalls");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+    }
+}
