@@ -228,8 +228,19 @@ impl InboundFrames {
     }
 
     fn close_stream(&self, peer: PeerId) {
-        if let Some(state) = self.peers().get_mut(&peer) {
-            state.streams = state.streams.saturating_sub(1);
+        let mut peers = self.peers();
+        let Some(state) = peers.get_mut(&peer) else {
+            return;
+        };
+        state.streams = state.streams.saturating_sub(1);
+        // A bucket that has refilled is the same as a fresh one: nothing worth keeping.
+        let rate = f64::from(self.rate);
+        let refilled = state
+            .bucket
+            .as_ref()
+            .is_none_or(|b| b.tokens + b.last.elapsed().as_secs_f64() * rate >= rate);
+        if state.streams == 0 && refilled {
+            peers.remove(&peer);
         }
     }
 
@@ -346,6 +357,7 @@ impl AckQueue {
 
 /// An open outbound stream to one peer.
 struct Link {
+    peer: PeerId,
     generation: u64,
     writer: WriteHalf<Stream>,
     acks: Arc<AckQueue>,
@@ -355,6 +367,9 @@ struct Link {
 impl Drop for Link {
     fn drop(&mut self) {
         self.reader.abort();
+        // Frames written by other callers and still waiting fail now rather than at their
+        // deadline.
+        self.acks.fail(self.peer, "frame stream closed".to_owned());
     }
 }
 
@@ -448,12 +463,13 @@ impl Links {
         let slot = self.inner.slot(peer);
         let written = tokio::time::timeout_at(deadline, async {
             let mut link = slot.lock().await;
-            if link.as_ref().is_none_or(|l| l.acks.is_broken()) {
-                *link = None;
-                *link = Some(self.inner.open(peer, connect()).await?);
-            }
-            let Some(open) = link.as_mut() else {
-                unreachable!("a link was just stored");
+            let open = match link.take() {
+                Some(healthy) if !healthy.acks.is_broken() => link.insert(healthy),
+                broken => {
+                    drop(broken);
+                    let fresh = self.inner.open(peer, connect()).await?;
+                    link.insert(fresh)
+                }
             };
             let (waiter, ack) = oneshot::channel();
             let written = match open.acks.push(waiter) {
@@ -566,6 +582,7 @@ impl LinksInner {
             Arc::downgrade(self),
         ));
         Ok(Link {
+            peer,
             generation,
             writer,
             acks,

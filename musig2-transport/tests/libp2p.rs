@@ -76,6 +76,39 @@ async fn five_nodes_all_to_all_and_dht() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_to_one_peer_share_its_stream_and_all_arrive() {
+    let nodes = Libp2pTransport::spawn_local_network(
+        2,
+        Libp2pConfig {
+            inbound_rate_per_sec: 0,
+            ..Libp2pConfig::default()
+        },
+    )
+    .await
+    .expect("network");
+    let (a, b) = (&nodes[0], &nodes[1]);
+    const FRAMES: u32 = 500;
+    let sends =
+        (0..FRAMES).map(|i| a.send(b.local_peer_id(), Bytes::from(i.to_be_bytes().to_vec())));
+    let results = within("pipelined sends", futures::future::join_all(sends)).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let mut got = Vec::new();
+    for _ in 0..FRAMES {
+        let inbound = within("receive", b.recv()).await.expect("frame");
+        assert_eq!(inbound.from, a.local_peer_id());
+        got.push(u32::from_be_bytes(
+            inbound.frame[..].try_into().expect("4 bytes"),
+        ));
+    }
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (0..FRAMES).collect::<Vec<_>>(),
+        "every frame exactly once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_records_are_validated_before_storing() {
     let honest = Libp2pConfig {
         record_validator: Some(RecordValidator::new(|_, v| !v.starts_with(b"bad"))),
