@@ -409,8 +409,10 @@ impl Links {
 
     /// Sends one frame to `peer` and waits for its status, all within `limit`. `connect` makes
     /// sure we are connected (it runs only when a new stream has to be opened). A stream that
-    /// fails before answering anything (the peer dropped it, or the connection went away as it
-    /// opened) is retried on a fresh one a couple of times: nothing was delivered on it.
+    /// fails before the peer answered anything on it (the peer dropped it, or the connection went
+    /// away as it opened) is retried on a fresh one a couple of times. The frame may then arrive
+    /// twice, if the receiver had queued it and the stream broke before its status came back,
+    /// as with any resend after a lost acknowledgement; receivers deduplicate.
     pub(crate) async fn send<F>(
         &self,
         peer: PeerId,
