@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{StreamProtocol, Swarm, noise, request_response, tcp, yamux};
+use libp2p::{Multiaddr, StreamProtocol, Swarm, noise, request_response, tcp, yamux};
 use musig2_transport::{
     Bytes, FRAME_PROTOCOL, FrameStatus, Libp2pConfig, Libp2pTransport, MemoryNetwork, PeerId,
     Transport,
@@ -168,6 +168,18 @@ fn memory(c: &mut Criterion) {
     group.finish();
 }
 
+/// Starts listening on an ephemeral loopback TCP port and returns the address once known.
+async fn listen_on_loopback<B: libp2p::swarm::NetworkBehaviour>(swarm: &mut Swarm<B>) -> Multiaddr {
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
+        .expect("listen");
+    loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            break address;
+        }
+    }
+}
+
 fn bare_swarm() -> BareSwarm {
     libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
@@ -268,14 +280,7 @@ async fn bare_mesh(
     let mut addrs = Vec::new();
     for _ in 0..n {
         let mut swarm = bare_swarm();
-        swarm
-            .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
-            .expect("listen");
-        let addr = loop {
-            if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
-                break address;
-            }
-        };
+        let addr = listen_on_loopback(&mut swarm).await;
         addrs.push((*swarm.local_peer_id(), addr));
         swarms.push(swarm);
     }
@@ -314,20 +319,11 @@ async fn bare_round(
     }
 }
 
-/// Ours and the bare reference round trip, alternating batches on `rt` (which owns every task
-/// involved); returns the medians of the per-batch means, in seconds.
 /// A bare request-response server on loopback that accepts every frame, answering from its own
 /// task, and a client swarm that knows its address (not yet connected).
 async fn bare_client_and_server() -> (BareSwarm, libp2p::PeerId, tokio::task::JoinHandle<()>) {
     let mut server = bare_swarm();
-    server
-        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
-        .expect("listen");
-    let addr = loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
-            break address;
-        }
-    };
+    let addr = listen_on_loopback(&mut server).await;
     let server_id = *server.local_peer_id();
     let server_task = tokio::spawn(async move {
         loop {
@@ -367,14 +363,7 @@ fn stream_swarm() -> Swarm<libp2p_stream::Behaviour> {
 /// (our wire format, without our layer). Returns the client's stream and the tasks to abort.
 async fn bare_stream_pair() -> (libp2p::Stream, Vec<tokio::task::JoinHandle<()>>) {
     let mut server = stream_swarm();
-    server
-        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
-        .expect("listen");
-    let addr = loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
-            break address;
-        }
-    };
+    let addr = listen_on_loopback(&mut server).await;
     let server_id = *server.local_peer_id();
     let mut incoming = server
         .behaviour()
@@ -450,6 +439,8 @@ struct Paired {
     stream: f64,
 }
 
+/// Ours and the two references' round trips, alternating batches on `rt` (which owns every task
+/// involved).
 fn paired_round_trip(rt: &Runtime, frame: &Bytes) -> Paired {
     let frame = frame.clone();
     rt.block_on(async move {

@@ -20,6 +20,18 @@ async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("{what} did not happen within {PATIENCE:?}"))
 }
 
+/// `from` sends `payload` to `to`, which must receive exactly it.
+async fn deliver(from: &Libp2pTransport, to: &Libp2pTransport, payload: &'static [u8]) {
+    from.send(to.local_peer_id(), Bytes::from_static(payload))
+        .await
+        .expect("send");
+    let inbound = within("recv", to.recv()).await.expect("frame");
+    assert_eq!(
+        (inbound.from, &inbound.frame[..]),
+        (from.local_peer_id(), payload)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_all_to_all_and_dht() {
     let nodes = Libp2pTransport::spawn_local_network(5, Libp2pConfig::default())
@@ -106,6 +118,35 @@ async fn concurrent_sends_to_one_peer_share_its_stream_and_all_arrive() {
         (0..FRAMES).collect::<Vec<_>>(),
         "every frame exactly once"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_link_does_not_keep_an_idle_connection_open() {
+    // Frame streams are long-lived, but a link with nothing in flight closes after the idle
+    // timeout, so the connection can idle out as it would without frames.
+    let config = Libp2pConfig {
+        idle_connection_timeout: Duration::from_secs(1),
+        ..Libp2pConfig::default()
+    };
+    let a = Libp2pTransport::spawn(config.clone()).await.expect("a");
+    let b = Libp2pTransport::spawn(config).await.expect("b");
+    let mut events = a.events();
+    a.add_address(b.local_peer_id(), b.listen_addrs()[0].clone())
+        .await
+        .expect("address");
+    deliver(&a, &b, b"once").await;
+    within("the idle connection closes", async {
+        loop {
+            match events.recv().await {
+                Ok(PeerEvent::Disconnected(peer)) if peer == b.local_peer_id() => break,
+                Ok(_) => {}
+                Err(e) => panic!("event stream failed: {e}"),
+            }
+        }
+    })
+    .await;
+    // And the next frame reconnects and opens a fresh link.
+    deliver(&a, &b, b"again").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,13 +273,7 @@ async fn add_address_dial_and_unknown_peer() {
             .expect("peers")
             .contains(&b.local_peer_id())
     );
-    a.send(b.local_peer_id(), Bytes::from_static(b"hi"))
-        .await
-        .expect("send");
-    assert_eq!(
-        &within("recv", b.recv()).await.expect("frame").frame[..],
-        b"hi"
-    );
+    deliver(&a, &b, b"hi").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
