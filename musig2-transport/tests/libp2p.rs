@@ -358,11 +358,7 @@ async fn quic_frames() {
     a.add_address(b.local_peer_id(), b.listen_addrs()[0].clone())
         .await
         .expect("address");
-    a.send(b.local_peer_id(), Bytes::from_static(b"over quic"))
-        .await
-        .expect("send");
-    let inbound = within("recv", b.recv()).await.expect("frame");
-    assert_eq!(&inbound.frame[..], b"over quic");
+    deliver(&a, &b, b"over quic").await;
 }
 
 // ---- a raw peer that speaks the frame protocol by hand -------------------------------------
