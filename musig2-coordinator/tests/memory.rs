@@ -317,3 +317,32 @@ async fn requests_that_cannot_work_are_refused() {
         Err(CoordinatorError::Shutdown)
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn mesh_batches_split_into_several_frames_still_sign() {
+    // Small batches force every partial-signature batch (one partial signature plus the nine
+    // nonces it was made under) into several frames.
+    let network = MemoryNetwork::new(41);
+    let mut rng = ChaCha20Rng::seed_from_u64(41);
+    let keypairs: Vec<Keypair> = (0..10).map(|_| Keypair::new(&mut rng)).collect();
+    let mut config = test_config();
+    config.limits.max_batch_entries = 3;
+    let nodes = keypairs
+        .iter()
+        .map(|kp| Node::spawn(Arc::new(network.add_node()), *kp, config.clone()))
+        .collect();
+    let cluster = Cluster {
+        network,
+        keypairs,
+        nodes,
+    };
+    // And the parts of a batch overtake each other.
+    cluster
+        .network
+        .set_default_fault(LinkFault::none().with_reorder(0.5, Duration::from_millis(20)));
+    for commit in [false, true] {
+        let request = cluster.request(b"split batches", Topology::Mesh, commit, true);
+        let (id, sigs) = cluster.sign(request).await;
+        verify_all(&sigs, b"split batches", &cluster.aggregate_key(id).await);
+    }
+}
