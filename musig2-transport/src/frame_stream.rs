@@ -47,6 +47,9 @@ pub enum FrameStatus {
     Busy,
     /// The sender exceeded the receiver's per-peer rate limit.
     RateLimited,
+    /// The frame is over the receiver's size limit; the receiver read only its length and
+    /// closes the stream after this answer.
+    TooLarge,
 }
 
 impl FrameStatus {
@@ -56,6 +59,7 @@ impl FrameStatus {
             Self::Accepted => 0,
             Self::Busy => 1,
             Self::RateLimited => 2,
+            Self::TooLarge => 3,
         }
     }
 
@@ -65,6 +69,7 @@ impl FrameStatus {
             0 => Some(Self::Accepted),
             1 => Some(Self::Busy),
             2 => Some(Self::RateLimited),
+            3 => Some(Self::TooLarge),
             _ => None,
         }
     }
@@ -73,6 +78,10 @@ impl FrameStatus {
         match self {
             Self::Accepted => Ok(()),
             Self::Busy | Self::RateLimited => Err(TransportError::Backpressure(peer)),
+            Self::TooLarge => Err(TransportError::Remote {
+                peer,
+                reason: "frame over the receiver's size limit".to_owned(),
+            }),
         }
     }
 }
@@ -89,6 +98,24 @@ fn encode(frame: &[u8]) -> Result<Vec<u8>> {
     Ok(wire)
 }
 
+/// Why reading a frame failed.
+#[derive(Debug)]
+enum ReadError {
+    /// The announced length is over the limit (nothing of the body was read).
+    TooLarge(usize),
+    /// The stream failed, ended inside a frame, or the body stalled.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TooLarge(len) => write!(f, "frame of {len} bytes is over the limit"),
+            Self::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 /// Reads one frame; `Ok(None)` when the stream ends between frames. The length is checked
 /// against `max` before any of the body is read, and the body buffer grows only as bytes
 /// arrive, so a peer that announces a large frame and stalls holds no more than it sent.
@@ -96,27 +123,24 @@ async fn read_frame<R: AsyncRead + Unpin>(
     io: &mut R,
     max: usize,
     body_timeout: Duration,
-) -> io::Result<Option<Bytes>> {
+) -> std::result::Result<Option<Bytes>, ReadError> {
     let mut len = [0u8; 4];
     match io.read_exact(&mut len).await {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
+        Err(e) => return Err(ReadError::Io(e)),
     }
     let len = u32::from_be_bytes(len) as usize;
     if len > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds the limit of {max} bytes"),
-        ));
+        return Err(ReadError::TooLarge(len));
     }
     let mut body = Vec::new();
     let mut limited = (&mut *io).take(len as u64);
     match tokio::time::timeout(body_timeout, limited.read_to_end(&mut body)).await {
         Ok(Ok(n)) if n == len => Ok(Some(Bytes::from(body))),
-        Ok(Ok(_)) => Err(io::ErrorKind::UnexpectedEof.into()),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+        Ok(Ok(_)) => Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into())),
+        Ok(Err(e)) => Err(ReadError::Io(e)),
+        Err(_) => Err(ReadError::Io(io::ErrorKind::TimedOut.into())),
     }
 }
 
@@ -247,21 +271,29 @@ impl InboundFrames {
     /// Serves one peer's stream until it ends or breaks the protocol.
     async fn serve(self: Arc<Self>, peer: PeerId, mut stream: Stream) {
         loop {
-            let frame = match read_frame(&mut stream, self.max_frame, self.body_timeout).await {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(error) => {
-                    tracing::debug!(%peer, %error, "dropping a frame stream");
-                    break;
-                }
-            };
-            let status = self.admit(peer, frame);
+            let (status, more) =
+                match read_frame(&mut stream, self.max_frame, self.body_timeout).await {
+                    Ok(Some(frame)) => (self.admit(peer, frame), true),
+                    Ok(None) => break,
+                    // The body is still on the stream: answer, then drop the stream.
+                    Err(ReadError::TooLarge(len)) => {
+                        tracing::debug!(%peer, len, "frame over the size limit");
+                        (FrameStatus::TooLarge, false)
+                    }
+                    Err(error) => {
+                        tracing::debug!(%peer, %error, "dropping a frame stream");
+                        break;
+                    }
+                };
             let answered = async {
                 stream.write_all(&[status.to_byte()]).await?;
                 stream.flush().await
             };
             if let Err(error) = answered.await {
                 tracing::debug!(%peer, %error, "frame stream closed while answering");
+                break;
+            }
+            if !more {
                 break;
             }
         }
@@ -302,13 +334,22 @@ struct AckQueue {
     state: Mutex<AckState>,
 }
 
+/// What became of one frame written on a link.
+enum AckOutcome {
+    /// The receiver answered it.
+    Answered(Result<()>),
+    /// The link broke before its answer. `retry`: the frame is worth sending again on a fresh
+    /// stream (see [`Links::send`]).
+    Lost { reason: String, retry: bool },
+}
+
 #[derive(Default)]
 struct AckState {
-    waiting: VecDeque<oneshot::Sender<Result<()>>>,
+    waiting: VecDeque<oneshot::Sender<AckOutcome>>,
     /// Statuses received so far.
     answered: u64,
-    /// Why the link stopped, once it has.
-    broken: Option<String>,
+    /// Why the link stopped, once it has, and whether what it lost may be retried.
+    broken: Option<(String, bool)>,
 }
 
 impl AckQueue {
@@ -316,10 +357,15 @@ impl AckQueue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn push(&self, waiter: oneshot::Sender<Result<()>>) -> std::result::Result<(), String> {
+    /// Queues a waiter for the next frame; if the link is already broken, how it broke.
+    fn push(&self, waiter: oneshot::Sender<AckOutcome>) -> std::result::Result<(), AckOutcome> {
         let mut state = self.state();
+        let retry = state.answered == 0;
         match &state.broken {
-            Some(reason) => Err(reason.clone()),
+            Some((reason, retry_all)) => Err(AckOutcome::Lost {
+                reason: reason.clone(),
+                retry: retry || *retry_all,
+            }),
             None => {
                 state.waiting.push_back(waiter);
                 Ok(())
@@ -327,37 +373,45 @@ impl AckQueue {
         }
     }
 
-    fn is_broken(&self) -> bool {
-        self.state().broken.is_some()
+    /// How a frame whose write failed on this link is reported.
+    fn write_failed(&self, reason: String) -> AckOutcome {
+        let state = self.state();
+        let retry_all = state.broken.as_ref().is_some_and(|(_, all)| *all);
+        AckOutcome::Lost {
+            reason,
+            retry: state.answered == 0 || retry_all,
+        }
     }
 
-    fn answered(&self) -> u64 {
-        self.state().answered
+    fn is_broken(&self) -> bool {
+        self.state().broken.is_some()
     }
 
     fn is_idle(&self) -> bool {
         self.state().waiting.is_empty()
     }
 
-    /// Marks the link broken and fails every frame still waiting.
-    fn fail(&self, peer: PeerId, reason: String) {
-        let waiting = {
+    /// Marks the link broken and fails every frame still waiting. They are worth retrying if
+    /// the peer answered nothing on this link (it most likely dropped the stream unread), or
+    /// if `unread` says the peer read none of them.
+    fn fail(&self, reason: String, unread: bool) {
+        let (waiting, retry) = {
             let mut state = self.state();
-            state.broken.get_or_insert(reason.clone());
-            std::mem::take(&mut state.waiting)
+            let retry = unread || state.answered == 0;
+            state.broken.get_or_insert((reason.clone(), unread));
+            (std::mem::take(&mut state.waiting), retry)
         };
         for waiter in waiting {
-            let _ = waiter.send(Err(TransportError::Unreachable {
-                peer,
+            let _ = waiter.send(AckOutcome::Lost {
                 reason: reason.clone(),
-            }));
+                retry,
+            });
         }
     }
 }
 
 /// An open outbound stream to one peer.
 struct Link {
-    peer: PeerId,
     generation: u64,
     writer: WriteHalf<Stream>,
     acks: Arc<AckQueue>,
@@ -369,7 +423,7 @@ impl Drop for Link {
         self.reader.abort();
         // Frames written by other callers and still waiting fail now rather than at their
         // deadline.
-        self.acks.fail(self.peer, "frame stream closed".to_owned());
+        self.acks.fail("frame stream closed".to_owned(), false);
     }
 }
 
@@ -430,18 +484,18 @@ impl Links {
         let mut retries = 0;
         loop {
             match self.send_once(peer, &wire, deadline, &connect).await {
-                Ok(()) => return Ok(()),
-                Err(Attempt::Failed(error)) => return Err(error),
-                Err(Attempt::TimedOut) => {
+                Attempt::Delivered => return Ok(()),
+                Attempt::Failed(error) => return Err(error),
+                Attempt::TimedOut => {
                     return Err(TransportError::Timeout {
                         operation: "send",
                         after: limit,
                     });
                 }
-                Err(Attempt::Unanswered(reason)) if retries >= FRESH_RETRIES => {
+                Attempt::Unanswered(reason) if retries >= FRESH_RETRIES => {
                     return Err(TransportError::Unreachable { peer, reason });
                 }
-                Err(Attempt::Unanswered(reason)) => {
+                Attempt::Unanswered(reason) => {
                     retries += 1;
                     tracing::debug!(%peer, %reason, retries, "frame stream failed before answering; retrying");
                     let pause = Duration::from_millis(5 * u64::from(retries));
@@ -458,7 +512,7 @@ impl Links {
         wire: &[u8],
         deadline: tokio::time::Instant,
         connect: &impl Fn() -> F,
-    ) -> std::result::Result<(), Attempt>
+    ) -> Attempt
     where
         F: Future<Output = Result<()>>,
     {
@@ -480,53 +534,63 @@ impl Links {
                     open.writer.flush().await
                 }
                 .await
-                .map_err(|e| e.to_string()),
-                Err(reason) => Err(reason),
+                .map_err(|e| open.acks.write_failed(e.to_string())),
+                Err(lost) => Err(lost),
             };
             match written {
-                Ok(()) => Ok((open.generation, Arc::clone(&open.acks), ack)),
-                Err(reason) => {
-                    let unanswered = open.acks.answered() == 0;
+                Ok(()) => Ok((open.generation, ack)),
+                Err(lost) => {
                     *link = None;
-                    Err(if unanswered {
-                        Attempt::Unanswered(reason)
-                    } else {
-                        Attempt::Failed(TransportError::Unreachable { peer, reason })
-                    })
+                    Err(Attempt::from_outcome(peer, lost))
                 }
             }
         })
-        .await
-        .map_err(|_| Attempt::TimedOut)?;
-        let (generation, acks, ack) = written?;
+        .await;
+        let (generation, ack) = match written {
+            Ok(Ok(written)) => written,
+            Ok(Err(failed)) => return failed,
+            Err(_) => return Attempt::TimedOut,
+        };
         match tokio::time::timeout_at(deadline, ack).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(TransportError::Unreachable { reason, .. }))) if acks.answered() == 0 => {
-                Err(Attempt::Unanswered(reason))
-            }
-            Ok(Ok(Err(error))) => Err(Attempt::Failed(error)),
-            Ok(Err(_)) if acks.answered() == 0 => {
-                Err(Attempt::Unanswered("frame stream closed".to_owned()))
-            }
-            Ok(Err(_)) => Err(Attempt::Failed(TransportError::Unreachable {
+            Ok(Ok(outcome)) => Attempt::from_outcome(peer, outcome),
+            // Every waiter is answered or failed before its link goes away.
+            Ok(Err(_)) => Attempt::Failed(TransportError::Unreachable {
                 peer,
                 reason: "frame stream closed".to_owned(),
-            })),
+            }),
             Err(_) => {
                 // The peer is not answering on this stream; the next frame gets a fresh one.
                 self.inner.release(peer, generation, true).await;
-                Err(Attempt::TimedOut)
+                Attempt::TimedOut
             }
         }
     }
 }
 
-/// How one attempt at sending a frame ended, when it did not succeed.
+/// How one attempt at sending a frame ended.
 enum Attempt {
-    /// The stream broke before the peer answered anything on it.
+    Delivered,
+    /// The stream broke in a way that makes sending the frame again worthwhile.
     Unanswered(String),
     Failed(TransportError),
     TimedOut,
+}
+
+impl Attempt {
+    fn from_outcome(peer: PeerId, outcome: AckOutcome) -> Self {
+        match outcome {
+            AckOutcome::Answered(Ok(())) => Self::Delivered,
+            AckOutcome::Answered(Err(error)) => Self::Failed(error),
+            AckOutcome::Lost {
+                reason,
+                retry: true,
+            } => Self::Unanswered(reason),
+            AckOutcome::Lost {
+                reason,
+                retry: false,
+            } => Self::Failed(TransportError::Unreachable { peer, reason }),
+        }
+    }
 }
 
 impl From<TransportError> for Attempt {
@@ -584,7 +648,6 @@ impl LinksInner {
             Arc::downgrade(self),
         ));
         Ok(Link {
-            peer,
             generation,
             writer,
             acks,
@@ -624,28 +687,35 @@ async fn read_acks(
 ) {
     let idle = links.upgrade().map_or(Duration::ZERO, |l| l.idle);
     let mut status = [0u8; 1];
-    let reason = loop {
+    let (reason, unread) = loop {
         match tokio::time::timeout(idle, reader.read_exact(&mut status)).await {
-            Err(_) if acks.is_idle() => break "idle".to_owned(),
+            Err(_) if acks.is_idle() => break ("idle".to_owned(), false),
             Err(_) => continue,
-            Ok(Err(e)) => break e.to_string(),
+            Ok(Err(e)) => break (e.to_string(), false),
             Ok(Ok(())) => {}
         }
-        // Anything the peer wrote, even garbage, means the stream reached it: no retry.
+        // Anything the peer wrote, even garbage, means the stream reached it.
         acks.state().answered += 1;
         let Some(status) = FrameStatus::from_byte(status[0]) else {
-            break format!("unknown frame status {}", status[0]);
+            break (format!("unknown frame status {}", status[0]), false);
         };
         let waiter = acks.state().waiting.pop_front();
-        match waiter {
-            Some(waiter) => {
-                let _ = waiter.send(status.into_result(peer));
-            }
-            None => break "a status for no frame".to_owned(),
+        let Some(waiter) = waiter else {
+            break ("a status for no frame".to_owned(), false);
+        };
+        if status == FrameStatus::TooLarge {
+            // The receiver closes the stream unread after this answer: whatever was written
+            // behind the oversized frame never reached it. Broken before the caller hears of
+            // it, so its next frame goes on a fresh stream.
+            let reason = "the receiver closed the stream after an oversized frame".to_owned();
+            acks.fail(reason.clone(), true);
+            let _ = waiter.send(AckOutcome::Answered(status.into_result(peer)));
+            break (reason, true);
         }
+        let _ = waiter.send(AckOutcome::Answered(status.into_result(peer)));
     };
     tracing::debug!(%peer, %reason, "frame link closed");
-    acks.fail(peer, reason);
+    acks.fail(reason, unread);
     if let Some(links) = links.upgrade() {
         links.release(peer, generation, false).await;
     }
@@ -661,13 +731,14 @@ mod tests {
             FrameStatus::Accepted,
             FrameStatus::Busy,
             FrameStatus::RateLimited,
+            FrameStatus::TooLarge,
         ] {
             assert_eq!(FrameStatus::from_byte(status.to_byte()), Some(status));
         }
         assert_eq!(FrameStatus::from_byte(9), None);
     }
 
-    async fn read(wire: &[u8], max: usize) -> io::Result<Option<Bytes>> {
+    async fn read(wire: &[u8], max: usize) -> std::result::Result<Option<Bytes>, ReadError> {
         read_frame(&mut &wire[..], max, Duration::from_secs(1)).await
     }
 
@@ -680,17 +751,23 @@ mod tests {
         );
         // Over the limit: refused from the length alone.
         let error = read(&wire, 4).await.expect_err("too large");
-        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert!(matches!(error, ReadError::TooLarge(5)), "{error}");
         // A clean end between frames, a truncated length, a truncated body.
         assert_eq!(read(&[], 5).await.expect("end"), None);
         assert_eq!(read(&[0, 0], 5).await.expect("short length"), None);
         let error = read(&wire[..7], 5).await.expect_err("short body");
-        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(
+            matches!(&error, ReadError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof),
+            "{error}"
+        );
         // A length claiming 4 GiB allocates nothing and is refused.
         let error = read(&u32::MAX.to_be_bytes(), 1 << 20)
             .await
             .expect_err("huge");
-        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            matches!(error, ReadError::TooLarge(n) if n == u32::MAX as usize),
+            "{error}"
+        );
     }
 
     /// Never yields another byte.
@@ -713,6 +790,9 @@ mod tests {
         let error = read_frame(&mut io, 100, Duration::from_secs(5))
             .await
             .expect_err("stalls");
-        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            matches!(&error, ReadError::Io(e) if e.kind() == io::ErrorKind::TimedOut),
+            "{error}"
+        );
     }
 }

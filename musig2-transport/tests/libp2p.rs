@@ -464,11 +464,12 @@ async fn malformed_and_oversized_frames_from_a_raw_peer() {
     for attack in &attacks {
         answers.push(raw_exchange(&mut raw, target.local_peer_id(), attack).await);
     }
-    // Nothing malformed was acknowledged; the one valid frame was, once, and the stream was
-    // dropped at the bad length that followed it.
+    // Lengths over the cap are answered "too large" (3) from the length alone, truncated input
+    // gets no answer; the one valid frame is accepted (0) and the bad length behind it refused.
+    // Every stream ends after the first problem.
     assert_eq!(
         answers,
-        vec![vec![], vec![], vec![], vec![], vec![0u8]],
+        vec![vec![3u8], vec![], vec![], vec![3u8], vec![0u8, 3u8]],
         "{answers:?}"
     );
 
@@ -486,6 +487,31 @@ async fn malformed_and_oversized_frames_from_a_raw_peer() {
         .expect("frame");
     assert_eq!(&second.frame[..], b"still here");
     target.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_the_receivers_limit_names_the_receiver_and_the_next_goes_through() {
+    const SMALL: usize = 1024;
+    let nodes = Libp2pTransport::spawn_local_network_with(vec![
+        Libp2pConfig::default(),
+        Libp2pConfig {
+            max_frame: SMALL,
+            ..Libp2pConfig::default()
+        },
+    ])
+    .await
+    .expect("network");
+    let (big, small) = (&nodes[0], &nodes[1]);
+    for _ in 0..3 {
+        let refused = big
+            .send(small.local_peer_id(), Bytes::from(vec![1u8; SMALL + 1]))
+            .await;
+        assert!(
+            matches!(&refused, Err(TransportError::Remote { peer, .. }) if *peer == small.local_peer_id()),
+            "{refused:?}"
+        );
+        deliver(big, small, &[2u8; SMALL]).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
