@@ -17,6 +17,7 @@ use libp2p::{
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
+use zeroize::Zeroizing;
 
 use crate::frame_behaviour::FrameBehaviour;
 use crate::frame_stream::{InboundFrames, Links};
@@ -69,6 +70,15 @@ impl KeySource {
             }
         }
     }
+}
+
+/// Creates `path`, failing if it exists; on Unix readable and writable by its owner only.
+fn owner_only_new_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
 }
 
 fn ed25519_from_secret(secret: [u8; 32]) -> Result<identity::Keypair> {
@@ -465,16 +475,25 @@ impl Libp2pTransport {
         self.command(Command::Bootstrap).await
     }
 
-    /// Writes a fresh ed25519 secret as 64 hex digits to `path` (for
-    /// [`KeySource::Ed25519File`]) and returns the peer id it gives.
+    /// Writes a fresh ed25519 secret as 64 hex digits to a new file at `path` (for
+    /// [`KeySource::Ed25519File`]) and returns the peer id it gives. The file must not exist
+    /// yet; on Unix it is created readable by its owner only (mode 0600).
     pub fn write_key_file(path: &Path) -> Result<PeerId> {
-        let mut secret = [0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
-        let id = ed25519_from_secret(secret)?.public().to_peer_id();
-        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-        std::fs::write(path, hex).map_err(|e| {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        rand::RngCore::fill_bytes(&mut rand::rng(), secret.as_mut());
+        let id = ed25519_from_secret(*secret)?.public().to_peer_id();
+        let hex = Zeroizing::new(
+            secret
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
+        );
+        let cannot = |e: std::io::Error| {
             TransportError::Config(format!("cannot write key file {}: {e}", path.display()))
-        })?;
+        };
+        let mut file = owner_only_new_file(path).map_err(cannot)?;
+        std::io::Write::write_all(&mut file, hex.as_bytes()).map_err(cannot)?;
+        file.sync_all().map_err(cannot)?;
         Ok(PeerId::from_libp2p(id))
     }
 

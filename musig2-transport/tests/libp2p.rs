@@ -324,7 +324,25 @@ async fn key_file_gives_a_stable_identity() {
     let dir = std::env::temp_dir().join(format!("musig2-transport-key-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("node.key");
+    let _ = std::fs::remove_file(&path);
     let id = Libp2pTransport::write_key_file(&path).expect("write key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "the secret is readable by its owner only"
+        );
+    }
+    assert!(
+        Libp2pTransport::write_key_file(&path).is_err(),
+        "an existing key file is never overwritten"
+    );
     for _ in 0..2 {
         let node = Libp2pTransport::spawn(Libp2pConfig {
             key: KeySource::Ed25519File(path.clone()),
