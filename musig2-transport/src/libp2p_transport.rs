@@ -51,6 +51,11 @@ pub enum KeySource {
 }
 
 impl KeySource {
+    /// The peer id this identity gives (loading it, so a bad key file is an error here).
+    pub fn peer_id(&self) -> Result<PeerId> {
+        Ok(PeerId::from_libp2p(self.load()?.public().to_peer_id()))
+    }
+
     fn load(&self) -> Result<identity::Keypair> {
         match self {
             Self::Generate => Ok(identity::Keypair::generate_ed25519()),
@@ -72,8 +77,19 @@ impl KeySource {
     }
 }
 
-/// Creates `path`, failing if it exists; on Unix readable and writable by its owner only.
-fn owner_only_new_file(path: &Path) -> std::io::Result<std::fs::File> {
+/// Splits a full peer address such as `/ip4/192.0.2.7/tcp/4001/p2p/12D3Koo...` into the peer id
+/// and the address to dial it on (for [`Libp2pConfig::bootstrap`]); `None` if `addr` does not
+/// end in `/p2p/<peer id>`.
+pub fn split_peer_address(mut addr: Multiaddr) -> Option<(PeerId, Multiaddr)> {
+    match addr.pop()? {
+        libp2p::multiaddr::Protocol::P2p(peer) => Some((PeerId::from_libp2p(peer), addr)),
+        _ => None,
+    }
+}
+
+/// Creates the file `path` for a secret (a key file): fails if it exists, and on Unix the file
+/// is readable and writable by its owner only (mode 0600) from the moment it exists.
+pub fn create_owner_only_file(path: &Path) -> std::io::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -491,7 +507,7 @@ impl Libp2pTransport {
         let cannot = |e: std::io::Error| {
             TransportError::Config(format!("cannot write key file {}: {e}", path.display()))
         };
-        let mut file = owner_only_new_file(path).map_err(cannot)?;
+        let mut file = create_owner_only_file(path).map_err(cannot)?;
         std::io::Write::write_all(&mut file, hex.as_bytes()).map_err(cannot)?;
         file.sync_all().map_err(cannot)?;
         Ok(PeerId::from_libp2p(id))
@@ -690,6 +706,8 @@ struct Actor {
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
     puts: HashMap<kad::QueryId, oneshot::Sender<DhtReply>>,
     gets: HashMap<kad::QueryId, GetQuery>,
+    /// DHT lookups of peers a dial had no address for.
+    lookups: HashMap<kad::QueryId, PeerId>,
     dials: HashMap<PeerId, Vec<oneshot::Sender<Result<()>>>>,
     bootstrapped: bool,
 }
@@ -707,6 +725,7 @@ impl Actor {
             addresses: HashMap::new(),
             puts: HashMap::new(),
             gets: HashMap::new(),
+            lookups: HashMap::new(),
             dials: HashMap::new(),
             bootstrapped: false,
         }
@@ -826,10 +845,25 @@ impl Actor {
                     let _ = reply.send(Ok(()));
                     return;
                 }
+                if self.dials.contains_key(&peer) {
+                    // A dial or lookup for this peer is under way; its outcome answers this too.
+                    self.dials.entry(peer).or_default().push(reply);
+                    return;
+                }
                 match self.dial(peer) {
-                    // A dial already in progress (ours or Kademlia's) answers this one too.
+                    // A dial already in progress (Kademlia's) answers this one too.
                     Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {
                         self.dials.entry(peer).or_default().push(reply)
+                    }
+                    // No address here: ask the DHT where the peer is.
+                    Err(libp2p::swarm::DialError::NoAddresses) if self.routing_table_size() > 0 => {
+                        let query = self
+                            .swarm
+                            .behaviour_mut()
+                            .kad
+                            .get_closest_peers(peer.to_libp2p());
+                        self.lookups.insert(query, peer);
+                        self.dials.entry(peer).or_default().push(reply);
                     }
                     Err(libp2p::swarm::DialError::NoAddresses) => {
                         let _ = reply.send(Err(TransportError::UnknownPeer(peer)));
@@ -976,9 +1010,46 @@ impl Actor {
                     }
                 }
                 kad::QueryResult::GetRecord(result) => self.on_get(id, result, step.last),
+                kad::QueryResult::GetClosestPeers(result) if step.last => {
+                    self.on_lookup(id, result)
+                }
                 _ => {}
             },
             _ => {}
+        }
+    }
+
+    /// A DHT lookup for a peer we had no address for ended: dial it if it was found.
+    fn on_lookup(&mut self, id: kad::QueryId, result: kad::GetClosestPeersResult) {
+        let Some(peer) = self.lookups.remove(&id) else {
+            return;
+        };
+        let found = match result {
+            Ok(kad::GetClosestPeersOk { peers, .. })
+            | Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers
+                .into_iter()
+                .find(|info| info.peer_id == peer.to_libp2p())
+                .map(|info| info.addrs),
+        };
+        for addr in found.unwrap_or_default() {
+            self.add_address(peer, addr);
+        }
+        if self.swarm.is_connected(&peer.to_libp2p()) {
+            for reply in self.dials.remove(&peer).unwrap_or_default() {
+                let _ = reply.send(Ok(()));
+            }
+            return;
+        }
+        let error = match self.dial(peer) {
+            Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => return,
+            Err(libp2p::swarm::DialError::NoAddresses) => TransportError::UnknownPeer(peer),
+            Err(e) => TransportError::Unreachable {
+                peer,
+                reason: e.to_string(),
+            },
+        };
+        for reply in self.dials.remove(&peer).unwrap_or_default() {
+            let _ = reply.send(Err(error.clone()));
         }
     }
 
@@ -1032,6 +1103,18 @@ impl Actor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_addresses_split_into_id_and_dial_address() {
+        let id = PeerId::from_libp2p(identity::Keypair::generate_ed25519().public().to_peer_id());
+        let dial: Multiaddr = "/ip4/192.0.2.7/tcp/4001".parse().expect("addr");
+        let full = dial
+            .clone()
+            .with(libp2p::multiaddr::Protocol::P2p(id.to_libp2p()));
+        assert_eq!(split_peer_address(full), Some((id, dial.clone())));
+        assert_eq!(split_peer_address(dial), None);
+        assert_eq!(split_peer_address(Multiaddr::empty()), None);
+    }
 
     #[test]
     fn secret_parsing_accepts_raw_and_hex_only() {
