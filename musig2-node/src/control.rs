@@ -17,7 +17,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use musig2_coordinator::{CoordinatorError, Node, SessionHealth, SessionRequest};
-use musig2_proto::{SessionId, Topology};
+use musig2_core::KeyAggContext;
+use musig2_proto::{SessionId, Topology, VerifiedAnnouncement};
 use musig2_transport::{Multiaddr, PeerId};
 use secp256k1::{PublicKey, schnorr};
 use serde::{Deserialize, Serialize};
@@ -79,6 +80,12 @@ pub enum Request {
         /// Whether to run a nonce-commitment round (default: the node's default policy).
         #[serde(default)]
         commitments: Option<bool>,
+    },
+    /// What a session would sign: its message, signers, aggregate key and rules (looking it up
+    /// in the DHT if needed). Read it before joining.
+    Show {
+        /// Session id, hex.
+        session: String,
     },
     /// Join a session (looking it up in the DHT if needed).
     Join {
@@ -145,6 +152,37 @@ fn health_json(health: &SessionHealth) -> Value {
         "attempt": health.attempt.get(),
         "rejected_messages": health.rejected_messages,
     })
+}
+
+fn announcement_json(verified: &VerifiedAnnouncement) -> Result<Value> {
+    let announcement = verified.announcement();
+    let tweaks = announcement
+        .tweaks
+        .iter()
+        .map(|t| musig2_core::Tweak::new(t.value(), t.is_x_only()))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| NodeError::invalid("announcement tweaks", e))?;
+    let aggregate = KeyAggContext::new(&verified.signer_keys())
+        .and_then(|ctx| ctx.with_tweaks(&tweaks))
+        .map_err(|e| NodeError::invalid("announcement signers", e))?;
+    let policy = &announcement.policy;
+    Ok(json!({
+        "session": verified.session_id().to_string(),
+        "message_hex": hex::encode(&announcement.message),
+        "message_text": std::str::from_utf8(&announcement.message).ok(),
+        "aggregate_key": aggregate.x_only_key().to_string(),
+        "tweaks": announcement.tweaks.len(),
+        "creator": announcement.creator.get(),
+        "signers": announcement.signers.iter().map(|s| json!({
+            "public_key": s.key.to_string(),
+            "peer_id": s.peer_id.as_ref().and_then(|p| PeerId::from_bytes(p.as_bytes()).ok()).map(|p| p.to_string()),
+        })).collect::<Vec<_>>(),
+        "topology": format!("{:?}", policy.topology),
+        "nonce_commitment": policy.nonce_commitment,
+        "election": format!("{:?}", policy.election),
+        "created_at_ms": announcement.created_at_ms,
+        "expires_at_ms": announcement.expires_at_ms,
+    }))
 }
 
 /// What the control interface needs to know about the node it serves.
@@ -222,6 +260,10 @@ async fn execute(served: &Served, request: Request) -> Result<Value> {
                 })
                 .await?;
             Ok(json!({ "session": session.to_string() }))
+        }
+        Request::Show { session } => {
+            let announcement = node.discover_session(parse_session(&session)?).await?;
+            announcement_json(&announcement)
         }
         Request::Join { session } => {
             let session = parse_session(&session)?;

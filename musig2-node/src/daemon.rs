@@ -63,6 +63,49 @@ async fn bind_control(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// An event as JSON: `{"event": <kind>, "session": <id>, ...}`.
+pub fn event_json(event: &Event) -> serde_json::Value {
+    use serde_json::json;
+    let session = event.session().to_string();
+    match event {
+        Event::SessionCreated { .. } => json!({ "event": "created", "session": session }),
+        Event::SessionAnnounced { .. } => json!({ "event": "announced", "session": session }),
+        Event::SessionDiscovered { .. } => json!({ "event": "discovered", "session": session }),
+        Event::SessionJoined { signer, .. } => {
+            json!({ "event": "joined", "session": session, "signer": signer.get() })
+        }
+        Event::ParticipantJoined { signer, .. } => {
+            json!({ "event": "participant_joined", "session": session, "signer": signer.get() })
+        }
+        Event::NoncesComplete { .. } => json!({ "event": "nonces_complete", "session": session }),
+        Event::PartialSignaturesComplete { .. } => {
+            json!({ "event": "partial_signatures_complete", "session": session })
+        }
+        Event::SignatureReady { signature, .. } => json!({
+            "event": "signature_ready", "session": session, "signature": signature.to_string(),
+        }),
+        Event::Aborted {
+            reason,
+            blamed,
+            origin,
+            ..
+        } => json!({
+            "event": "aborted",
+            "session": session,
+            "reason": format!("{reason:?}"),
+            "blamed": blamed.iter().map(|s| s.get()).collect::<Vec<_>>(),
+            "origin": format!("{origin:?}"),
+        }),
+        Event::ParticipantDisconnected { signer, peer, .. } => json!({
+            "event": "participant_disconnected",
+            "session": session,
+            "signer": signer.get(),
+            "peer": peer.to_string(),
+        }),
+        other => json!({ "event": format!("{other:?}"), "session": session }),
+    }
+}
+
 /// Joins every session announced to this node until the event stream ends.
 async fn auto_join(node: Node, mut events: broadcast::Receiver<Event>) {
     loop {
@@ -150,5 +193,36 @@ impl Daemon {
         let result = self.node.shutdown().await;
         let _ = std::fs::remove_file(&self.control);
         Ok(result?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use musig2_coordinator::AbortOrigin;
+    use musig2_proto::{AbortReason, SessionId, SignerIndex};
+
+    #[test]
+    fn events_have_a_stable_json_form() {
+        let session = SessionId::from_bytes([7; 32]);
+        let blamed = SignerIndex::try_from(2usize).expect("index");
+        let aborted = event_json(&Event::Aborted {
+            session,
+            reason: AbortReason::Timeout,
+            blamed: vec![blamed],
+            origin: AbortOrigin::Local,
+        });
+        assert_eq!(aborted["event"], "aborted");
+        assert_eq!(aborted["session"], "07".repeat(32));
+        assert_eq!(aborted["reason"], "Timeout");
+        assert_eq!(aborted["blamed"], serde_json::json!([2]));
+        let joined = event_json(&Event::SessionJoined {
+            session,
+            signer: blamed,
+        });
+        assert_eq!(
+            joined,
+            serde_json::json!({"event": "joined", "session": "07".repeat(32), "signer": 2})
+        );
     }
 }

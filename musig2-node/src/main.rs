@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use musig2_coordinator::Event;
 use musig2_node::control::{self, Request, TopologyName};
-use musig2_node::daemon::{Daemon, DaemonConfig};
+use musig2_node::daemon::{Daemon, DaemonConfig, event_json};
 use musig2_node::demo::{self, DemoOptions, DemoReport};
 use musig2_node::{NodeError, Result, keys};
 use musig2_transport::{Multiaddr, PeerId, split_peer_address};
@@ -128,6 +129,11 @@ enum SessionCommand {
         /// Skip the nonce-commitment round.
         #[arg(long)]
         no_commitments: bool,
+    },
+    /// Show what a session would sign (message, signers, aggregate key, rules) before joining.
+    Show {
+        /// Session id, hex.
+        session: String,
     },
     /// Join a session (looking it up in the DHT if needed).
     Join {
@@ -316,6 +322,9 @@ async fn session(control: ControlArgs, command: SessionCommand, json: bool) -> R
             };
             control::call(&socket, &request).await?
         }
+        SessionCommand::Show { session } => {
+            control::call(&socket, &Request::Show { session }).await?
+        }
         SessionCommand::Join { session } => {
             control::call(&socket, &Request::Join { session }).await?
         }
@@ -377,7 +386,9 @@ async fn run_node(args: RunArgs, json: bool) -> Result<()> {
     if !json {
         println!("Running; Ctrl-C (or SIGTERM) stops the node.");
     }
+    let printer = tokio::spawn(print_events(daemon.node().events(), json));
     let stopped = stop_signal().await;
+    printer.abort();
     let result = daemon.shutdown().await;
     stopped.map_err(|source| NodeError::Io {
         what: "cannot wait for",
@@ -385,6 +396,43 @@ async fn run_node(args: RunArgs, json: bool) -> Result<()> {
         source,
     })?;
     result
+}
+
+/// Prints the node's events as they happen: JSON lines, or one line of text each.
+async fn print_events(mut events: tokio::sync::broadcast::Receiver<Event>, json: bool) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(RecvError::Lagged(missed)) => {
+                eprintln!("({missed} events not shown: the printer fell behind)");
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        let value = event_json(&event);
+        if json {
+            println!("{value}");
+            continue;
+        }
+        let kind = value["event"].as_str().unwrap_or("event");
+        let session = event.session();
+        match &event {
+            Event::SessionDiscovered { .. } => println!(
+                "session {session} names this node: read it with `session show {session}`, \
+                 sign with `session sign {session}`"
+            ),
+            Event::SignatureReady { signature, .. } => {
+                println!("session {session}: signature {signature}")
+            }
+            Event::Aborted { .. } => println!(
+                "session {session}: aborted ({}), blamed {}",
+                value["reason"].as_str().unwrap_or("?"),
+                value["blamed"]
+            ),
+            _ => println!("session {session}: {}", kind.replace('_', " ")),
+        }
+    }
 }
 
 /// Ctrl-C, or SIGTERM on Unix (what service managers send).

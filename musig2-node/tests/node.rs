@@ -167,7 +167,21 @@ async fn three_daemons_sign_through_their_control_sockets() {
     .await
     .expect("create");
     let session = created["session"].as_str().expect("session").to_owned();
-    // Carol waits for a session she has not heard of yet: the wait holds until it appears.
+    // Carol reads what she is asked to sign (from the DHT) before she joins.
+    let shown = control::call(
+        carol.control_socket(),
+        &Request::Show {
+            session: session.clone(),
+        },
+    )
+    .await
+    .expect("show");
+    assert_eq!(shown["message_text"], "three operators agree");
+    assert_eq!(shown["aggregate_key"], aggregate.to_string());
+    assert_eq!(shown["signers"].as_array().map(Vec::len), Some(3));
+    assert_eq!(shown["signers"][2]["peer_id"], Value::Null);
+    assert_eq!(shown["topology"], "Star");
+    // Carol waits for a session she has not joined yet: the wait holds until it is signed.
     let carol_waits = tokio::spawn({
         let (socket, session) = (carol.control_socket().to_owned(), session.clone());
         async move {
