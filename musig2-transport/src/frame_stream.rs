@@ -455,6 +455,12 @@ impl Links {
         }
     }
 
+    /// Closes the link to `peer`, if any.
+    pub(crate) fn close(&self, peer: PeerId) {
+        let slot = self.inner.slots().remove(&peer);
+        drop(slot);
+    }
+
     /// Closes every link.
     pub(crate) fn close_all(&self) {
         let slots = std::mem::take(&mut *self.inner.slots());

@@ -70,6 +70,13 @@ pub trait Transport: Send + Sync {
     /// Connects to `peer` (using known addresses) and waits until connected.
     async fn dial(&self, peer: PeerId) -> Result<()>;
 
+    /// Cuts `peer` off: closes the connections to it and refuses its connections and frames, and
+    /// ours to it, until [`Transport::unblock_peer`]. For peers that misbehave.
+    async fn block_peer(&self, peer: PeerId) -> Result<()>;
+
+    /// Lets a blocked peer connect again.
+    async fn unblock_peer(&self, peer: PeerId) -> Result<()>;
+
     /// A bounded receiver of connect / disconnect events. The first call returns a receiver that
     /// holds every event since the node started; later calls subscribe from now on. A receiver
     /// that falls behind gets `RecvError::Lagged` rather than unbounded buffering.

@@ -12,8 +12,8 @@ use futures::StreamExt;
 use libp2p::kad::store::RecordStore;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent, dial_opts::DialOpts};
 use libp2p::{
-    Multiaddr, StreamProtocol, Swarm, connection_limits, identify, identity, kad, noise, ping, tcp,
-    yamux,
+    Multiaddr, StreamProtocol, Swarm, allow_block_list, connection_limits, identify, identity, kad,
+    noise, ping, tcp, yamux,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -188,6 +188,7 @@ fn local_tcp_addr() -> Multiaddr {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     limits: connection_limits::Behaviour,
     frames: FrameBehaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -225,6 +226,7 @@ impl Behaviour {
             key.public(),
         ));
         Self {
+            blocked: allow_block_list::Behaviour::default(),
             limits,
             frames,
             kad,
@@ -260,6 +262,10 @@ enum Command {
     },
     RoutingTableSize {
         reply: oneshot::Sender<usize>,
+    },
+    Block {
+        peer: PeerId,
+        blocked: bool,
     },
     ConnectedPeers {
         reply: oneshot::Sender<Vec<PeerId>>,
@@ -648,6 +654,25 @@ impl Transport for Libp2pTransport {
             .map_err(|_| TransportError::Closed)?
     }
 
+    async fn block_peer(&self, peer: PeerId) -> Result<()> {
+        self.command(Command::Block {
+            peer,
+            blocked: true,
+        })
+        .await?;
+        // Our stream to the peer goes with its connections.
+        self.links.close(peer);
+        Ok(())
+    }
+
+    async fn unblock_peer(&self, peer: PeerId) -> Result<()> {
+        self.command(Command::Block {
+            peer,
+            blocked: false,
+        })
+        .await
+    }
+
     fn events(&self) -> broadcast::Receiver<PeerEvent> {
         if let Some(rx) = lock(&self.initial_events).take() {
             return rx;
@@ -878,6 +903,15 @@ impl Actor {
             }
             Command::RoutingTableSize { reply } => {
                 let _ = reply.send(self.routing_table_size());
+            }
+            Command::Block { peer, blocked } => {
+                let list = &mut self.swarm.behaviour_mut().blocked;
+                if blocked {
+                    // Also closes every connection to the peer.
+                    list.block_peer(peer.to_libp2p());
+                } else {
+                    list.unblock_peer(peer.to_libp2p());
+                }
             }
             Command::ConnectedPeers { reply } => {
                 let peers = self

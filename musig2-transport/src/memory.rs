@@ -166,6 +166,8 @@ struct State {
     link_faults: HashMap<(PeerId, PeerId), LinkFault>,
     groups: HashMap<PeerId, usize>,
     partitioned: bool,
+    /// (blocker, blocked) pairs: no frames either way while present.
+    blocked: HashSet<(PeerId, PeerId)>,
     dht: HashMap<Vec<u8>, Vec<DhtEntry>>,
 }
 
@@ -179,7 +181,11 @@ impl State {
     }
 
     fn reachable(&self, a: &PeerId, b: &PeerId) -> bool {
-        self.up(a) && self.up(b) && (!self.partitioned || self.group(a) == self.group(b))
+        self.up(a)
+            && self.up(b)
+            && (!self.partitioned || self.group(a) == self.group(b))
+            && !self.blocked.contains(&(*a, *b))
+            && !self.blocked.contains(&(*b, *a))
     }
 
     fn connected_pairs(&self) -> HashSet<(PeerId, PeerId)> {
@@ -276,6 +282,7 @@ impl MemoryNetwork {
             link_faults: HashMap::new(),
             groups: HashMap::new(),
             partitioned: false,
+            blocked: HashSet::new(),
             dht: HashMap::new(),
         };
         Self {
@@ -458,6 +465,21 @@ impl std::fmt::Debug for MemoryTransport {
 }
 
 impl MemoryTransport {
+    /// Blocks or unblocks `peer` for this node, with the disconnect / connect events a real
+    /// network would give.
+    fn set_blocked(&self, peer: PeerId, blocked: bool) -> Result<()> {
+        let mut st = self.hub.lock();
+        self.alive(&st)?;
+        let before = st.connected_pairs();
+        if blocked {
+            st.blocked.insert((self.id, peer));
+        } else {
+            st.blocked.remove(&(self.id, peer));
+        }
+        st.emit_diff(&before);
+        Ok(())
+    }
+
     fn alive(&self, st: &State) -> Result<()> {
         match st.nodes.get(&self.id) {
             Some(slot) if slot.up && slot.generation == self.generation => Ok(()),
@@ -620,10 +642,18 @@ impl Transport for MemoryTransport {
         if !st.reachable(&self.id, &peer) {
             return Err(TransportError::Unreachable {
                 peer,
-                reason: "crashed or partitioned".to_owned(),
+                reason: "crashed, partitioned or blocked".to_owned(),
             });
         }
         Ok(())
+    }
+
+    async fn block_peer(&self, peer: PeerId) -> Result<()> {
+        self.set_blocked(peer, true)
+    }
+
+    async fn unblock_peer(&self, peer: PeerId) -> Result<()> {
+        self.set_blocked(peer, false)
     }
 
     fn events(&self) -> broadcast::Receiver<PeerEvent> {

@@ -226,6 +226,67 @@ async fn disconnect_event(nodes: Vec<Node>) {
     .await;
 }
 
+async fn blocking(nodes: Vec<Node>) {
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut events = a.events();
+    a.send(b.local_peer_id(), frame("before", 0))
+        .await
+        .expect("send before the block");
+    within("frame before the block", b.recv())
+        .await
+        .expect("frame");
+    a.block_peer(b.local_peer_id()).await.expect("block");
+    within("disconnect on block", async {
+        loop {
+            match events.recv().await {
+                Ok(PeerEvent::Disconnected(p)) if p == b.local_peer_id() => break,
+                Ok(_) => {}
+                Err(e) => panic!("event stream failed: {e}"),
+            }
+        }
+    })
+    .await;
+    // Neither direction gets through; a third node is unaffected.
+    let from_blocked = within(
+        "send from the blocked peer",
+        b.send(a.local_peer_id(), frame("blocked", 1)),
+    )
+    .await;
+    assert!(from_blocked.is_err(), "{from_blocked:?}");
+    let to_blocked = within(
+        "send to the blocked peer",
+        a.send(b.local_peer_id(), frame("blocked", 2)),
+    )
+    .await;
+    assert!(to_blocked.is_err(), "{to_blocked:?}");
+    c.send(a.local_peer_id(), frame("third", 3))
+        .await
+        .expect("others still reach the blocker");
+    let inbound = within("frame from the third node", a.recv())
+        .await
+        .expect("frame");
+    assert_eq!(
+        (inbound.from, inbound.frame),
+        (c.local_peer_id(), frame("third", 3))
+    );
+    // Unblocked, the peer reaches us again.
+    a.unblock_peer(b.local_peer_id()).await.expect("unblock");
+    within("send after unblocking", async {
+        // The blocked peer's own view of the connection may take a moment to settle.
+        while b.send(a.local_peer_id(), frame("after", 4)).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let inbound = within("frame after unblocking", a.recv())
+        .await
+        .expect("frame");
+    assert_eq!(
+        (inbound.from, inbound.frame),
+        (b.local_peer_id(), frame("after", 4))
+    );
+}
+
 async fn shutdown_releases(nodes: Vec<Node>) {
     let (a, b) = (&nodes[0], &nodes[1]);
     let mut events = b.events();
@@ -293,6 +354,11 @@ mod memory {
     use super::*;
 
     #[tokio::test(start_paused = true)]
+    async fn blocking() {
+        super::blocking(memory_nodes(&[LARGE; 3])).await;
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn point_to_point() {
         super::point_to_point(memory_nodes(&[LARGE; 2])).await;
     }
@@ -349,6 +415,11 @@ async fn libp2p_nodes(limits: &[usize]) -> Vec<Node> {
 
 mod libp2p {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blocking() {
+        super::blocking(libp2p_nodes(&[LARGE; 3]).await).await;
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn point_to_point() {
