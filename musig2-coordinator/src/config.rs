@@ -45,6 +45,12 @@ pub struct Config {
     pub command_queue: usize,
     /// Capacity of the event broadcast channel.
     pub event_queue: usize,
+    /// A peer that sends this many offending frames (undecodable, badly signed, or rejected by
+    /// a session for a reason an honest peer cannot cause) within `peer_block_duration` is
+    /// blocked at the transport. 0 never blocks.
+    pub max_peer_offences: u32,
+    /// How long a blocked peer stays blocked, and the window offences are counted in.
+    pub peer_block_duration: Duration,
 }
 
 impl Default for Config {
@@ -68,6 +74,8 @@ impl Default for Config {
             limits: Limits::default(),
             command_queue: 256,
             event_queue: 1024,
+            max_peer_offences: 16,
+            peer_block_duration: Duration::from_secs(600),
         }
     }
 }

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::error::{CoordinatorError, Result};
+use crate::error::{CoordinatorError, PeerAction, Result};
 use crate::event::Event;
 use crate::machine::{Output, Phase, SessionHealth, SessionMachine};
 
@@ -180,6 +180,8 @@ impl Node {
             send_permits: Arc::new(Semaphore::new(config.max_inflight_sends.max(1))),
             rng: rand::rngs::StdRng::from_os_rng(),
             key_agg_cache: HashMap::new(),
+            offences: HashMap::new(),
+            blocked: HashMap::new(),
         };
         let peer_events = transport.events();
         let span = tracing::info_span!("node", peer = %transport.local_peer_id());
@@ -444,7 +446,14 @@ struct Actor {
     rng: rand::rngs::StdRng,
     /// Untweaked key-aggregation contexts of recent signer lists.
     key_agg_cache: HashMap<Vec<PublicKey>, musig2_core::KeyAggContext>,
+    /// Offending frames per peer: how many, and when the count started (ms).
+    offences: HashMap<PeerId, (u32, u64)>,
+    /// Peers blocked at the transport, and until when (ms).
+    blocked: HashMap<PeerId, u64>,
 }
+
+/// Peers whose offences are counted at once; past this the counts start over.
+const OFFENCE_TRACKED_PEERS: usize = 4096;
 
 /// Signer lists whose key aggregation is kept for reuse.
 const KEY_AGG_CACHE_ENTRIES: usize = 64;
@@ -500,7 +509,55 @@ impl Actor {
         self.sessions
             .values()
             .filter_map(SessionMachine::next_deadline)
+            .chain(self.blocked.values().copied())
             .min()
+    }
+
+    /// Counts an offending frame from `peer`; blocks the peer at the transport once it has sent
+    /// `max_peer_offences` of them within `peer_block_duration`.
+    async fn offence(&mut self, peer: PeerId, what: &str) {
+        let limit = self.config.max_peer_offences;
+        if limit == 0 || self.blocked.contains_key(&peer) {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let window = u64::try_from(self.config.peer_block_duration.as_millis()).unwrap_or(u64::MAX);
+        if !self.offences.contains_key(&peer) && self.offences.len() >= OFFENCE_TRACKED_PEERS {
+            self.offences.clear();
+        }
+        let (count, since) = self.offences.entry(peer).or_insert((0, now));
+        if now.saturating_sub(*since) > window {
+            (*count, *since) = (0, now);
+        }
+        *count += 1;
+        if *count < limit {
+            return;
+        }
+        self.offences.remove(&peer);
+        tracing::warn!(%peer, offences = limit, last = what, "blocking a misbehaving peer");
+        match self.transport.block_peer(peer).await {
+            Ok(()) => {
+                self.blocked.insert(peer, now.saturating_add(window));
+            }
+            Err(error) => tracing::warn!(%peer, %error, "could not block the peer"),
+        }
+    }
+
+    /// Unblocks peers whose block has run out.
+    async fn unblock_expired(&mut self, now: u64) {
+        let expired: Vec<PeerId> = self
+            .blocked
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in expired {
+            self.blocked.remove(&peer);
+            match self.transport.unblock_peer(peer).await {
+                Ok(()) => tracing::info!(%peer, "unblocked a peer"),
+                Err(error) => tracing::warn!(%peer, %error, "could not unblock the peer"),
+            }
+        }
     }
 
     /// Carries out one command; false when the node should stop.
@@ -652,10 +709,15 @@ impl Actor {
     }
 
     async fn handle_frame(&mut self, from: PeerId, bytes: &[u8]) {
+        if self.blocked.contains_key(&from) {
+            // Queued before the block took effect.
+            return;
+        }
         let frame = match decode_frame(bytes, &self.config.limits) {
             Ok(frame) => frame,
             Err(e) => {
                 tracing::debug!(%from, error = %e, "dropped undecodable frame");
+                self.offence(from, "undecodable frame").await;
                 return;
             }
         };
@@ -669,7 +731,10 @@ impl Actor {
                         }
                     }
                     Ok(_) => tracing::debug!(%from, "announcement does not name us"),
-                    Err(e) => tracing::debug!(%from, error = %e, "invalid announcement"),
+                    Err(e) => {
+                        tracing::debug!(%from, error = %e, "invalid announcement");
+                        self.offence(from, "invalid announcement").await;
+                    }
                 }
             }
             Frame::Envelope(envelope) => self.route(from, envelope).await,
@@ -694,6 +759,9 @@ impl Actor {
             Ok(outputs) => self.process(outputs).await,
             Err(e) => {
                 tracing::debug!(session = %id, %from, error = %e, action = ?e.peer_action(), "rejected envelope");
+                if e.peer_action() == PeerAction::Penalize {
+                    self.offence(from, "rejected envelope").await;
+                }
             }
         }
     }
@@ -716,6 +784,7 @@ impl Actor {
 
     async fn tick(&mut self) {
         let now = self.clock.now_ms();
+        self.unblock_expired(now).await;
         let due: Vec<SessionId> = self
             .sessions
             .iter()

@@ -7,7 +7,7 @@ use musig2_coordinator::{
     AbortOrigin, Config, CoordinatorError, Event, Node, SessionRequest, dht_key,
 };
 use musig2_proto::{AbortReason, ElectionMethod, Policy, SessionId, Topology};
-use musig2_transport::{LinkFault, MemoryNetwork, Transport};
+use musig2_transport::{Bytes, LinkFault, MemoryNetwork, Transport, TransportError};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use secp256k1::{Keypair, schnorr};
@@ -345,4 +345,37 @@ async fn mesh_batches_split_into_several_frames_still_sign() {
         let (id, sigs) = cluster.sign(request).await;
         verify_all(&sigs, b"split batches", &cluster.aggregate_key(id).await);
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_keeps_sending_junk_is_blocked_and_later_let_back() {
+    let c = cluster(3, 91);
+    let junk = c.network.add_node();
+    let target = c.nodes[0].peer_id();
+    let limit = test_config().max_peer_offences;
+    assert!(limit > 1);
+    // One short of the limit: still heard.
+    for _ in 1..limit {
+        junk.send(target, Bytes::from_static(b"\xff not a frame"))
+            .await
+            .expect("delivered while under the limit");
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    junk.send(target, Bytes::from_static(b"\xff not a frame"))
+        .await
+        .expect("the last straw is still delivered");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let refused = junk.send(target, Bytes::from_static(b"more junk")).await;
+    assert!(
+        matches!(refused, Err(TransportError::Unreachable { .. })),
+        "{refused:?}"
+    );
+    // The honest signers, the blocker among them, still sign.
+    c.sign(c.request(b"despite the junk", Topology::Star, false, true))
+        .await;
+    // After the block runs out, the peer is heard again (and starts from a clean count).
+    tokio::time::sleep(test_config().peer_block_duration + Duration::from_secs(1)).await;
+    junk.send(target, Bytes::from_static(b"\xff not a frame"))
+        .await
+        .expect("unblocked");
 }
