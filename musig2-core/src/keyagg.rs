@@ -46,6 +46,22 @@ impl Tweak {
         Tweak::new(value, false)
     }
 
+    /// The BIP341 Taproot tweak of `internal_key`: the x-only tweak
+    /// `t = hash_TapTweak(internal_key || merkle_root)` (no script tree: `merkle_root = None`).
+    /// Apply it last, to the key it was computed from
+    /// ([`KeyAggContext::with_taproot_tweak`] does both).
+    pub fn taproot(internal_key: &XOnlyPublicKey, merkle_root: Option<&[u8; 32]>) -> Result<Tweak> {
+        let tag = sha2::Sha256::digest(b"TapTweak");
+        let mut h = sha2::Sha256::new();
+        h.update(tag);
+        h.update(tag);
+        h.update(internal_key.to_byte_array());
+        if let Some(root) = merkle_root {
+            h.update(root);
+        }
+        Tweak::x_only(h.finalize().into())
+    }
+
     /// An x-only (Taproot-style) tweak: `Q' = with_even_y(Q) + t·G`.
     pub fn x_only(value: [u8; 32]) -> Result<Tweak> {
         Tweak::new(value, true)
@@ -170,15 +186,7 @@ impl KeyAggContext {
     /// Applies the BIP341 Taproot tweak `hash_TapTweak(xbytes(Q) || merkle_root)` as an x-only
     /// tweak (key-path only when `merkle_root` is `None`).
     pub fn with_taproot_tweak(self, merkle_root: Option<&[u8; 32]>) -> Result<KeyAggContext> {
-        let tag = sha2::Sha256::digest(b"TapTweak");
-        let mut h = sha2::Sha256::new();
-        h.update(tag);
-        h.update(tag);
-        h.update(self.x_only_key().to_byte_array());
-        if let Some(root) = merkle_root {
-            h.update(root);
-        }
-        let tweak = Tweak::x_only(h.finalize().into())?;
+        let tweak = Tweak::taproot(&self.x_only_key(), merkle_root)?;
         self.with_tweak(&tweak)
     }
 
@@ -242,5 +250,37 @@ impl KeyAggContext {
 
     pub(crate) fn weighted_key(&self, index: usize) -> Option<&PublicKey> {
         self.set.weighted[index].as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    /// BIP341 wallet test vector `scriptPubKey` #0: key-path only (no script tree).
+    #[test]
+    fn taproot_tweak_matches_bip341() {
+        let internal = XOnlyPublicKey::from_str(
+            "d6889cb081036e0faefa3a35157ad71086b123b2b144b649798b494c300a961d",
+        )
+        .expect("key");
+        let tweak = Tweak::taproot(&internal, None).expect("tweak");
+        assert_eq!(
+            hex_string(&tweak.value),
+            "b86e7be8f39bab32a6f2c0443abbc210f0edac0e2c53d501b36b64437d9c6c70"
+        );
+        assert!(tweak.x_only);
+        let (tweaked, _) = internal
+            .add_tweak(&secp256k1::Scalar::from_be_bytes(tweak.value).expect("scalar"))
+            .expect("tweaked");
+        assert_eq!(
+            tweaked.to_string(),
+            "53a1f6e454df1aa2776a2814a721372d6258050de330b3c6d10ee8f4e0dda343"
+        );
+    }
+
+    fn hex_string(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 }

@@ -17,7 +17,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use musig2_coordinator::{CoordinatorError, Node, SessionHealth, SessionRequest};
-use musig2_core::KeyAggContext;
+use musig2_core::{KeyAggContext, Tweak};
 use musig2_proto::{SessionId, Topology, VerifiedAnnouncement};
 use musig2_transport::{Multiaddr, PeerId};
 use secp256k1::{PublicKey, schnorr};
@@ -58,6 +58,64 @@ impl From<TopologyName> for Topology {
     }
 }
 
+/// One tweak of the aggregate key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TweakSpec {
+    /// The tweak scalar, 64 hex digits.
+    pub hex: String,
+    /// X-only (Taproot-style) rather than plain (BIP32-style).
+    #[serde(default)]
+    pub x_only: bool,
+}
+
+/// The BIP341 Taproot tweak.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaprootSpec {
+    /// The script tree's Merkle root, 64 hex digits; absent for a key-path-only output.
+    #[serde(default)]
+    pub merkle_root: Option<String>,
+}
+
+fn parse_32(what: &'static str, text: &str) -> Result<[u8; 32]> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut bytes)
+        .map_err(|_| NodeError::invalid(what, "expected 64 hex digits"))?;
+    Ok(bytes)
+}
+
+/// The session's tweaks: `tweaks` in order, then the Taproot tweak of the key they give.
+fn session_tweaks(
+    signers: &[PublicKey],
+    tweaks: &[TweakSpec],
+    taproot: Option<&TaprootSpec>,
+) -> Result<Vec<Tweak>> {
+    let mut out = tweaks
+        .iter()
+        .map(|t| {
+            Tweak::new(parse_32("tweak", &t.hex)?, t.x_only)
+                .map_err(|e| NodeError::invalid("tweak", e))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(taproot) = taproot {
+        let root = taproot
+            .merkle_root
+            .as_deref()
+            .map(|r| parse_32("taproot merkle root", r))
+            .transpose()?;
+        let internal = KeyAggContext::new(signers)
+            .and_then(|ctx| ctx.with_tweaks(&out))
+            .map_err(|e| NodeError::invalid("signers", e))?
+            .x_only_key();
+        out.push(
+            Tweak::taproot(&internal, root.as_ref())
+                .map_err(|e| NodeError::invalid("taproot tweak", e))?,
+        );
+    }
+    Ok(out)
+}
+
 /// A request to a running node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -80,6 +138,12 @@ pub enum Request {
         /// Whether to run a nonce-commitment round (default: the node's default policy).
         #[serde(default)]
         commitments: Option<bool>,
+        /// Tweaks applied to the aggregate key, in order.
+        #[serde(default)]
+        tweaks: Vec<TweakSpec>,
+        /// Finish with the BIP341 Taproot tweak of the key the tweaks above give.
+        #[serde(default)]
+        taproot: Option<TaprootSpec>,
     },
     /// What a session would sign: its message, signers, aggregate key and rules (looking it up
     /// in the DHT if needed). Read it before joining.
@@ -130,10 +194,7 @@ pub enum Reply {
 
 /// Parses a session id from 64 hex digits.
 pub fn parse_session(text: &str) -> Result<SessionId> {
-    let mut bytes = [0u8; 32];
-    hex::decode_to_slice(text.trim(), &mut bytes)
-        .map_err(|_| NodeError::invalid("session id", "expected 64 hex digits"))?;
-    Ok(SessionId::from_bytes(bytes))
+    parse_32("session id", text).map(SessionId::from_bytes)
 }
 
 fn health_json(health: &SessionHealth) -> Value {
@@ -230,6 +291,8 @@ async fn execute(served: &Served, request: Request) -> Result<Value> {
             message_hex,
             topology,
             commitments,
+            tweaks,
+            taproot,
         } => {
             let signers = signers
                 .iter()
@@ -250,16 +313,21 @@ async fn execute(served: &Served, request: Request) -> Result<Value> {
             if let Some(commitments) = commitments {
                 policy.nonce_commitment = commitments;
             }
+            let tweaks = session_tweaks(&signers, &tweaks, taproot.as_ref())?;
+            let aggregate = KeyAggContext::new(&signers)
+                .and_then(|ctx| ctx.with_tweaks(&tweaks))
+                .map_err(|e| NodeError::invalid("signers", e))?
+                .x_only_key();
             let session = node
                 .create_session(SessionRequest {
                     signers,
                     peers,
                     message,
-                    tweaks: Vec::new(),
+                    tweaks,
                     policy,
                 })
                 .await?;
-            Ok(json!({ "session": session.to_string() }))
+            Ok(json!({ "session": session.to_string(), "aggregate_key": aggregate.to_string() }))
         }
         Request::Show { session } => {
             let announcement = node.discover_session(parse_session(&session)?).await?;
@@ -409,6 +477,8 @@ mod tests {
                 message_hex: "00".to_owned(),
                 topology: TopologyName::Mesh,
                 commitments: None,
+                tweaks: Vec::new(),
+                taproot: None,
             }
         );
         assert_eq!(

@@ -56,6 +56,8 @@
 //!         message_hex: hex::encode(b"hello"),
 //!         topology: Default::default(),
 //!         commitments: None,
+//!         tweaks: Vec::new(),
+//!         taproot: None,
 //!     },
 //! )
 //! .await?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use musig2_coordinator::Event;
-use musig2_node::control::{self, Request, TopologyName};
+use musig2_node::control::{self, Request, TaprootSpec, TopologyName, TweakSpec};
 use musig2_node::daemon::{Daemon, DaemonConfig, event_json};
 use musig2_node::demo::{self, DemoOptions, DemoReport};
 use musig2_node::{NodeError, Result, keys};
@@ -129,6 +129,15 @@ enum SessionCommand {
         /// Skip the nonce-commitment round.
         #[arg(long)]
         no_commitments: bool,
+        /// A tweak of the aggregate key, `plain:HEX` or `xonly:HEX` (repeatable; applied in order).
+        #[arg(long = "tweak")]
+        tweaks: Vec<String>,
+        /// Finish with the BIP341 Taproot tweak (key-path only unless --taproot-merkle-root).
+        #[arg(long)]
+        taproot: bool,
+        /// The Taproot script tree's Merkle root, hex (implies --taproot).
+        #[arg(long)]
+        taproot_merkle_root: Option<String>,
     },
     /// Show what a session would sign (message, signers, aggregate key, rules) before joining.
     Show {
@@ -281,6 +290,24 @@ fn message_hex(message: Option<String>, text: Option<String>) -> Result<String> 
     }
 }
 
+/// `plain:HEX` or `xonly:HEX`.
+fn parse_tweak(text: &str) -> Result<TweakSpec> {
+    let invalid = || NodeError::InvalidArgument {
+        what: "--tweak",
+        reason: format!("expected plain:HEX or xonly:HEX, got {text:?}"),
+    };
+    let (kind, hex) = text.split_once(':').ok_or_else(invalid)?;
+    let x_only = match kind {
+        "plain" => false,
+        "xonly" => true,
+        _ => return Err(invalid()),
+    };
+    Ok(TweakSpec {
+        hex: hex.to_owned(),
+        x_only,
+    })
+}
+
 fn peer_list(peers: Vec<String>, signers: usize) -> Result<Vec<Option<String>>> {
     if !peers.is_empty() && peers.len() != signers {
         return Err(NodeError::InvalidArgument {
@@ -311,6 +338,9 @@ async fn session(control: ControlArgs, command: SessionCommand, json: bool) -> R
             message_text,
             topology,
             no_commitments,
+            tweaks,
+            taproot,
+            taproot_merkle_root,
         } => {
             let peers = peer_list(peers, signers.len())?;
             let request = Request::Create {
@@ -319,6 +349,13 @@ async fn session(control: ControlArgs, command: SessionCommand, json: bool) -> R
                 peers,
                 topology: topology.into(),
                 commitments: Some(!no_commitments),
+                tweaks: tweaks
+                    .iter()
+                    .map(|t| parse_tweak(t))
+                    .collect::<Result<_>>()?,
+                taproot: (taproot || taproot_merkle_root.is_some()).then(|| TaprootSpec {
+                    merkle_root: taproot_merkle_root,
+                }),
             };
             control::call(&socket, &request).await?
         }

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use musig2_core::KeyAggContext;
-use musig2_node::control::{self, Request, TopologyName};
+use musig2_node::control::{self, Request, TaprootSpec, TopologyName};
 use musig2_node::daemon::{Daemon, DaemonConfig};
 use musig2_transport::split_peer_address;
 use secp256k1::{PublicKey, XOnlyPublicKey, schnorr};
@@ -101,6 +101,20 @@ fn bad_arguments_are_refused_with_a_reason() {
     ]);
     assert!(!ok);
     assert!(err.contains("/p2p/<peer id>"), "{err}");
+    let (ok, _, err) = run(&[
+        "session",
+        "--dir",
+        "/nonexistent",
+        "create",
+        "--signer",
+        "02aa",
+        "--message",
+        "00",
+        "--tweak",
+        "sideways:00",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("plain:HEX or xonly:HEX"), "{err}");
     let (ok, _, err) = run(&["session", "--dir", "/nonexistent", "status"]);
     assert!(!ok);
     assert!(err.contains("cannot connect"), "{err}");
@@ -145,7 +159,11 @@ async fn three_daemons_sign_through_their_control_sockets() {
     let carol = start(&base.join("carol"), Some(&alice), false).await;
     let daemons = [&alice, &bob, &carol];
     let keys: Vec<PublicKey> = daemons.iter().map(|d| d.node().public_key()).collect();
-    let aggregate = KeyAggContext::new(&keys).expect("keyagg").x_only_key();
+    // A Taproot key-path output: the signature is under the tweaked aggregate key.
+    let aggregate = KeyAggContext::new(&keys)
+        .and_then(|ctx| ctx.with_taproot_tweak(None))
+        .expect("keyagg")
+        .x_only_key();
     let message = b"three operators agree";
 
     // Bob's peer is listed (he gets the announcement and auto-joins); Carol's is not (she
@@ -162,11 +180,14 @@ async fn three_daemons_sign_through_their_control_sockets() {
             message_hex: hex::encode(message),
             topology: TopologyName::Star,
             commitments: Some(true),
+            tweaks: Vec::new(),
+            taproot: Some(TaprootSpec::default()),
         },
     )
     .await
     .expect("create");
     let session = created["session"].as_str().expect("session").to_owned();
+    assert_eq!(created["aggregate_key"], aggregate.to_string());
     // Carol reads what she is asked to sign (from the DHT) before she joins.
     let shown = control::call(
         carol.control_socket(),
