@@ -353,7 +353,7 @@ async fn session(control: ControlArgs, command: SessionCommand, json: bool) -> R
                     .iter()
                     .map(|t| parse_tweak(t))
                     .collect::<Result<_>>()?,
-                taproot: (taproot || taproot_merkle_root.is_some()).then(|| TaprootSpec {
+                taproot: (taproot || taproot_merkle_root.is_some()).then_some(TaprootSpec {
                     merkle_root: taproot_merkle_root,
                 }),
             };
