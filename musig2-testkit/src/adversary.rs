@@ -1,0 +1,750 @@
+//! A signer that takes a slot in a session but runs its own message logic on a bare transport.
+//!
+//! The [`Adversary`] speaks the wire protocol directly: it decodes frames with `musig2-proto`,
+//! makes its nonces and partial signature with `musig2-core`, and signs its envelopes with its
+//! own key. Its [`Behaviour`] decides where it deviates from the honest protocol.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use musig2_core::{AggNonce, KeyAggContext, NonceGen, PubNonce, SecNonce, SessionContext};
+use musig2_proto::{
+    AbortReason, Attempt, Body, Envelope, Frame, Limits, NonceCommitment, PartialSigBytes,
+    PeerIdBytes, PubNonceBytes, SeqNo, SessionId, SignedEnvelope, SignerIndex, Topology,
+    VerifiedAnnouncement, decode_frame,
+};
+use musig2_transport::{MemoryTransport, PeerId, Transport, TransportError};
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use secp256k1::Keypair;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::clock::WallClock;
+
+/// How an [`Adversary`] deviates from the honest protocol.
+///
+/// Unless stated otherwise the adversary follows the protocol (join, nonce commitment when the
+/// policy asks for one, nonce, partial signature) for everything its behaviour does not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Behaviour {
+    /// Follows the protocol exactly (a control: the harness itself must let honest runs sign).
+    Honest,
+    /// Commits (if commitments are on) but never reveals its public nonce.
+    WithholdNonce,
+    /// Sends its nonce but never its partial signature.
+    WithholdPartialSig,
+    /// Sends a well-formed partial signature that does not verify.
+    InvalidPartialSig,
+    /// Sends a Nonce frame whose nonce bytes are not a valid point (so it cannot decode) instead
+    /// of its nonce.
+    InvalidNonce,
+    /// Commits to one nonce and reveals another (needs commitments on).
+    CommitmentMismatch,
+    /// Mesh only: sends one nonce to the first half of the other signers and a different one, with
+    /// the same sequence number, to the rest. Sends no partial signature.
+    Equivocate,
+    /// Honest, and also re-sends every envelope it has seen or sent (its own and the honest
+    /// signers') to every honest signer, again and again.
+    Replay,
+    /// Honest, and also sends envelopes signed with its own key that claim to come from
+    /// `victim`: a join rebinding the victim's index to the adversary's peer, a nonce, an abort
+    /// blaming the victim, and a partial signature.
+    Impersonate {
+        /// The signer index the forged envelopes claim.
+        victim: SignerIndex,
+    },
+    /// Honest, and also sends malformed frames: empty, random bytes, truncated, trailing bytes,
+    /// unknown version, over the frame-size limit, an over-long batch, a bad signature, and one
+    /// frame over the transport's own limit.
+    MalformedFrames,
+    /// Sends `frames` random junk frames to every honest signer (see [`flood_junk`]) before
+    /// following the protocol.
+    Flood {
+        /// Junk frames (and duplicate joins) per honest signer.
+        frames: usize,
+    },
+    /// Follows the protocol up to its nonce, then sends a validly signed Abort that blames
+    /// `accuse` (an honest signer).
+    FalseAbort {
+        /// The signer the adversary accuses.
+        accuse: SignerIndex,
+    },
+}
+
+/// What an adversary did and saw, returned by [`Adversary::stop`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdversaryLog {
+    /// The session it took part in, once it received the announcement.
+    pub session: Option<SessionId>,
+    /// Frames it tried to send.
+    pub frames_sent: usize,
+    /// Frames the transport delivered into a peer's inbound queue.
+    pub frames_delivered: usize,
+    /// Envelopes it sent claiming another signer's index.
+    pub forged: usize,
+    /// Valid envelopes it received (batches counted per envelope).
+    pub envelopes_received: usize,
+    /// Distinct public nonces seen from each signer index (its own excluded).
+    pub nonces_seen: BTreeMap<usize, BTreeSet<[u8; 66]>>,
+    /// Distinct partial signatures seen from each signer index (its own excluded).
+    pub partial_sigs_seen: BTreeMap<usize, BTreeSet<[u8; 32]>>,
+    /// Sends that failed for good, by error kind (`"backpressure"` means the peer's queue stayed
+    /// full through every retry).
+    pub send_errors: BTreeMap<&'static str, usize>,
+    /// Whether it sent a partial signature (valid or not).
+    pub sent_partial_sig: bool,
+}
+
+/// A running adversarial signer. Stop it with [`Adversary::stop`] to get its [`AdversaryLog`].
+#[derive(Debug)]
+pub struct Adversary {
+    peer_id: PeerId,
+    keypair: Keypair,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<AdversaryLog>,
+}
+
+impl Adversary {
+    /// Starts the adversary on `transport` with signing key `keypair`. It waits for a session
+    /// announcement that names its key and then plays `behaviour`. `seed` drives its nonces and
+    /// junk. Must be called inside a tokio runtime.
+    pub fn spawn(
+        transport: MemoryTransport,
+        keypair: Keypair,
+        behaviour: Behaviour,
+        limits: Limits,
+        seed: u64,
+    ) -> Adversary {
+        let transport = Arc::new(transport);
+        let peer_id = transport.local_peer_id();
+        let (stop, stop_rx) = oneshot::channel();
+        let actor = Actor {
+            transport,
+            keypair,
+            behaviour,
+            limits,
+            clock: WallClock::new(),
+            rng: ChaCha20Rng::seed_from_u64(seed),
+            session: None,
+            early: Vec::new(),
+            pool: Vec::new(),
+            log: AdversaryLog::default(),
+        };
+        let task = tokio::spawn(actor.run(stop_rx));
+        Adversary {
+            peer_id,
+            keypair,
+            stop,
+            task,
+        }
+    }
+
+    /// The adversary's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The adversary's signing key.
+    pub fn public_key(&self) -> secp256k1::PublicKey {
+        self.keypair.public_key()
+    }
+
+    /// Stops the adversary and returns what it did.
+    pub async fn stop(self) -> AdversaryLog {
+        // The task may have ended already (transport closed); its log is still returned.
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or_default()
+    }
+}
+
+/// Most envelopes kept before the announcement arrives, and in the replay pool.
+const MAX_KEPT: usize = 256;
+
+/// Tries per frame while the receiver's queue is full.
+const SEND_ATTEMPTS: usize = 100;
+
+/// How often (in frames) a flooding adversary yields, so the flood is sustained, not one burst.
+const FLOOD_YIELD_EVERY: usize = 32;
+
+/// The adversary's view of its session.
+struct Session {
+    ann: VerifiedAnnouncement,
+    id: SessionId,
+    me: SignerIndex,
+    key_agg: KeyAggContext,
+    peers: Vec<Option<PeerId>>,
+    coordinator: SignerIndex,
+    next_seq: SeqNo,
+    secnonce: Option<SecNonce>,
+    nonces: Vec<Option<PubNonceBytes>>,
+    round2_done: bool,
+}
+
+impl Session {
+    fn others(&self) -> Vec<SignerIndex> {
+        (0..self.peers.len())
+            .filter_map(|i| SignerIndex::try_from(i).ok())
+            .filter(|&i| i != self.me)
+            .collect()
+    }
+
+    fn peers_of(&self, indices: &[SignerIndex]) -> Vec<PeerId> {
+        indices
+            .iter()
+            .filter_map(|i| self.peers.get(i.as_usize()).copied().flatten())
+            .collect()
+    }
+
+    /// Everyone in mesh, the coordinator in star.
+    fn round_targets(&self) -> Vec<PeerId> {
+        match self.ann.announcement().policy.topology {
+            Topology::Mesh => self.peers_of(&self.others()),
+            Topology::Star => self.peers_of(&[self.coordinator]),
+        }
+    }
+
+    fn take_seq(&mut self) -> SeqNo {
+        let seq = self.next_seq;
+        self.next_seq = seq.next().unwrap_or(seq);
+        seq
+    }
+}
+
+struct Actor {
+    transport: Arc<MemoryTransport>,
+    keypair: Keypair,
+    behaviour: Behaviour,
+    limits: Limits,
+    clock: WallClock,
+    rng: ChaCha20Rng,
+    session: Option<Session>,
+    early: Vec<SignedEnvelope>,
+    pool: Vec<SignedEnvelope>,
+    log: AdversaryLog,
+}
+
+impl Actor {
+    async fn run(mut self, mut stop: oneshot::Receiver<()>) -> AdversaryLog {
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                inbound = self.transport.recv() => match inbound {
+                    Ok(inbound) => self.on_frame(&inbound.frame).await,
+                    Err(_) => break,
+                },
+            }
+        }
+        self.log
+    }
+
+    async fn on_frame(&mut self, bytes: &[u8]) {
+        let Ok(frame) = decode_frame(bytes, &self.limits) else {
+            return;
+        };
+        match frame {
+            Frame::Announcement(signed) => {
+                if self.session.is_some() {
+                    return;
+                }
+                let Ok(ann) = signed.verify(self.clock.now_ms(), &self.limits) else {
+                    return;
+                };
+                if ann.index_of(&self.keypair.public_key()).is_some() {
+                    self.start(ann).await;
+                }
+            }
+            Frame::Envelope(env) => self.on_envelope(env).await,
+            Frame::Batch(envs) => {
+                for env in envs {
+                    self.on_envelope(env).await;
+                }
+            }
+        }
+    }
+
+    async fn on_envelope(&mut self, env: SignedEnvelope) {
+        let Some(s) = &self.session else {
+            if self.early.len() < MAX_KEPT {
+                self.early.push(env);
+            }
+            return;
+        };
+        let Ok(verified) = env.verify(&s.ann) else {
+            return;
+        };
+        if verified.signer() == s.me {
+            return;
+        }
+        self.log.envelopes_received += 1;
+        let j = verified.signer().as_usize();
+        match verified.body() {
+            Body::Nonce { pub_nonce, .. } => self.record_nonce(j, *pub_nonce),
+            Body::AggregateNonce { nonces, .. } => {
+                for sn in nonces {
+                    self.record_nonce(sn.signer.as_usize(), sn.pub_nonce);
+                }
+            }
+            Body::PartialSig { partial_sig, .. } => {
+                self.log
+                    .partial_sigs_seen
+                    .entry(j)
+                    .or_default()
+                    .insert(partial_sig.to_bytes());
+            }
+            _ => {}
+        }
+        if self.behaviour == Behaviour::Replay {
+            if self.pool.len() < MAX_KEPT {
+                self.pool.push(env.clone());
+            }
+            let everyone = self.honest_peers();
+            for _ in 0..2 {
+                self.send_all(&everyone, &Frame::Envelope(env.clone()).encode())
+                    .await;
+            }
+        }
+        self.maybe_round2().await;
+    }
+
+    fn record_nonce(&mut self, j: usize, nonce: PubNonceBytes) {
+        let Some(s) = &mut self.session else { return };
+        if j == s.me.as_usize() {
+            return;
+        }
+        self.log
+            .nonces_seen
+            .entry(j)
+            .or_default()
+            .insert(nonce.to_bytes());
+        if let Some(slot @ None) = s.nonces.get_mut(j) {
+            *slot = Some(nonce);
+        }
+    }
+
+    fn honest_peers(&self) -> Vec<PeerId> {
+        self.session
+            .as_ref()
+            .map(|s| s.peers_of(&s.others()))
+            .unwrap_or_default()
+    }
+
+    async fn start(&mut self, ann: VerifiedAnnouncement) {
+        let Some(me) = ann.index_of(&self.keypair.public_key()) else {
+            return;
+        };
+        // The honest machine derives the session's values (aggregate key with tweaks, peers,
+        // elected coordinator); the adversary sends nothing through it.
+        let Ok(view) = musig2_coordinator::SessionMachine::new(
+            ann.clone(),
+            self.keypair,
+            self.transport.local_peer_id(),
+            &musig2_coordinator::Config::default(),
+            self.clock.now_ms(),
+        ) else {
+            return;
+        };
+        let keys = ann.signer_keys();
+        let peers: Vec<Option<PeerId>> = (0..keys.len())
+            .map(|i| SignerIndex::try_from(i).ok().and_then(|i| view.peer_of(i)))
+            .collect();
+        let key_agg = view.key_agg().clone();
+        let coordinator = view.coordinator();
+        let n = keys.len();
+        let id = ann.session_id();
+        self.log.session = Some(id);
+        self.session = Some(Session {
+            coordinator,
+            id,
+            me,
+            key_agg,
+            peers,
+            next_seq: SeqNo::FIRST,
+            secnonce: None,
+            nonces: vec![None; n],
+            round2_done: false,
+            ann,
+        });
+        self.pre_join().await;
+        self.join_and_round1().await;
+        for env in std::mem::take(&mut self.early) {
+            self.on_envelope(env).await;
+        }
+        self.maybe_round2().await;
+    }
+
+    /// Signs an envelope as ourselves, with the next sequence number.
+    fn own(&mut self, body: Body) -> Option<SignedEnvelope> {
+        let now = self.clock.now_ms();
+        let s = self.session.as_mut()?;
+        let seq = s.take_seq();
+        let env = Envelope::sign(s.id, s.me, seq, now, body, &self.keypair);
+        if self.behaviour == Behaviour::Replay && self.pool.len() < MAX_KEPT {
+            self.pool.push(env.clone());
+        }
+        Some(env)
+    }
+
+    /// Signs an envelope with our key that claims to come from `claimed`.
+    fn forge(&mut self, claimed: SignerIndex, seq: u64, body: Body) -> Option<SignedEnvelope> {
+        let s = self.session.as_ref()?;
+        let seq = SeqNo::new(seq).ok()?;
+        Some(Envelope::sign(
+            s.id,
+            claimed,
+            seq,
+            self.clock.now_ms(),
+            body,
+            &self.keypair,
+        ))
+    }
+
+    fn join_body(&self) -> Option<Body> {
+        let peer_id = PeerIdBytes::new(self.transport.local_peer_id().to_bytes()).ok()?;
+        Some(Body::Join { peer_id })
+    }
+
+    /// Whatever the behaviour sends before the protocol proper.
+    async fn pre_join(&mut self) {
+        let everyone = self.honest_peers();
+        match self.behaviour {
+            Behaviour::MalformedFrames => {
+                for frame in self.malformed_frames() {
+                    self.send_all(&everyone, &frame).await;
+                }
+            }
+            Behaviour::Flood { frames } => self.flood(&everyone, frames).await,
+            Behaviour::Impersonate { victim } => {
+                let me = self.transport.local_peer_id().to_bytes();
+                let forged = [
+                    PeerIdBytes::new(me)
+                        .ok()
+                        .map(|peer_id| Body::Join { peer_id }),
+                    Some(Body::Abort {
+                        reason: AbortReason::InvalidPartialSig,
+                        blamed: Some(victim),
+                    }),
+                ];
+                for (seq, body) in (1..).zip(forged.into_iter().flatten()) {
+                    self.send_forged(victim, seq, body).await;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn send_forged(&mut self, victim: SignerIndex, seq: u64, body: Body) {
+        let Some(env) = self.forge(victim, seq, body) else {
+            return;
+        };
+        let everyone = self.honest_peers();
+        self.log.forged += everyone.len();
+        self.send_all(&everyone, &env.to_frame_bytes()).await;
+    }
+
+    async fn join_and_round1(&mut self) {
+        let everyone = self.honest_peers();
+        if let Some(join) = self.join_body().and_then(|b| self.own(b)) {
+            self.send_all(&everyone, &join.to_frame_bytes()).await;
+        }
+        let Some(nonce_a) = self.make_nonce(true) else {
+            return;
+        };
+        let Some(s) = &self.session else { return };
+        let (id, me) = (s.id, s.me);
+        let targets = s.round_targets();
+        let commit_round = s.ann.announcement().policy.nonce_commitment;
+        if let Some(slot) = self
+            .session
+            .as_mut()
+            .and_then(|s| s.nonces.get_mut(me.as_usize()))
+        {
+            *slot = Some(nonce_a);
+        }
+        if commit_round {
+            let commitment = NonceCommitment::compute(&id, me, Attempt::FIRST, &nonce_a);
+            let body = Body::NonceCommit {
+                attempt: Attempt::FIRST,
+                commitment,
+            };
+            if let Some(env) = self.own(body) {
+                self.send_all(&targets, &env.to_frame_bytes()).await;
+            }
+        }
+        let nonce_body = |pub_nonce| Body::Nonce {
+            attempt: Attempt::FIRST,
+            pub_nonce,
+        };
+        match self.behaviour {
+            Behaviour::WithholdNonce => {}
+            Behaviour::InvalidNonce => {
+                if let Some(env) = self.own(nonce_body(nonce_a)) {
+                    let frame = corrupt_nonce(&env.to_frame_bytes(), &nonce_a);
+                    self.send_all(&targets, &frame).await;
+                }
+            }
+            Behaviour::CommitmentMismatch => {
+                if let Some(b) = self.make_nonce(false) {
+                    if let Some(env) = self.own(nonce_body(b)) {
+                        self.send_all(&targets, &env.to_frame_bytes()).await;
+                    }
+                }
+            }
+            Behaviour::Equivocate => {
+                let Some(b) = self.make_nonce(false) else {
+                    return;
+                };
+                let Some(s) = self.session.as_mut() else {
+                    return;
+                };
+                let seq = s.take_seq();
+                let now = self.clock.now_ms();
+                let (first, second) = targets.split_at(targets.len() / 2);
+                for (nonce, peers) in [(nonce_a, first), (b, second)] {
+                    let env = Envelope::sign(id, me, seq, now, nonce_body(nonce), &self.keypair);
+                    self.send_all(peers, &env.to_frame_bytes()).await;
+                }
+            }
+            _ => {
+                if let Some(env) = self.own(nonce_body(nonce_a)) {
+                    self.send_all(&targets, &env.to_frame_bytes()).await;
+                }
+            }
+        }
+        if let Behaviour::FalseAbort { accuse } = self.behaviour {
+            let body = Body::Abort {
+                reason: AbortReason::InvalidPartialSig,
+                blamed: Some(accuse),
+            };
+            if let Some(env) = self.own(body) {
+                self.send_all(&everyone, &env.to_frame_bytes()).await;
+            }
+        }
+        if let Behaviour::Impersonate { victim } = self.behaviour {
+            if let Some(forged) = self.make_nonce(false) {
+                self.send_forged(victim, 3, nonce_body(forged)).await;
+            }
+        }
+    }
+
+    /// Makes a fresh nonce pair; keeps the secret nonce when `keep` (the nonce we sign with).
+    fn make_nonce(&mut self, keep: bool) -> Option<PubNonceBytes> {
+        let s = self.session.as_mut()?;
+        let sk = self.keypair.secret_key();
+        let (sec, public) = NonceGen::new(self.keypair.public_key())
+            .secret_key(&sk)
+            .key_agg(&s.key_agg)
+            .message(&s.ann.announcement().message)
+            .generate(&mut self.rng)
+            .ok()?;
+        if keep {
+            s.secnonce = Some(sec);
+        }
+        PubNonceBytes::from_bytes(public.to_bytes()).ok()
+    }
+
+    /// Round 2, once every nonce is known.
+    async fn maybe_round2(&mut self) {
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        if s.round2_done || s.nonces.iter().any(Option::is_none) {
+            return;
+        }
+        s.round2_done = true;
+        let honest_psig = matches!(
+            self.behaviour,
+            Behaviour::Honest
+                | Behaviour::Replay
+                | Behaviour::Impersonate { .. }
+                | Behaviour::MalformedFrames
+                | Behaviour::Flood { .. }
+        );
+        let psig = if honest_psig {
+            let pubnonces: Option<Vec<PubNonce>> = s
+                .nonces
+                .iter()
+                .flatten()
+                .map(|b| PubNonce::from_bytes(&b.to_bytes()).ok())
+                .collect();
+            let context = SessionContext::new(
+                &s.key_agg,
+                &AggNonce::aggregate(&pubnonces.unwrap_or_default()),
+                &s.ann.announcement().message,
+            );
+            let Some(sec) = s.secnonce.take() else { return };
+            context
+                .sign(sec, &self.keypair)
+                .ok()
+                .and_then(|p| PartialSigBytes::from_bytes(p.to_bytes()).ok())
+        } else if self.behaviour == Behaviour::InvalidPartialSig {
+            // The scalar 1: well-formed, and (overwhelmingly likely) not our partial signature.
+            let mut one = [0u8; 32];
+            one[31] = 1;
+            PartialSigBytes::from_bytes(one).ok()
+        } else {
+            None
+        };
+        let Some(partial_sig) = psig else { return };
+        let targets = s.round_targets();
+        if let Behaviour::Impersonate { victim } = self.behaviour {
+            let mut junk = [0u8; 32];
+            junk[31] = 7;
+            if let Ok(forged) = PartialSigBytes::from_bytes(junk) {
+                let body = Body::PartialSig {
+                    attempt: Attempt::FIRST,
+                    partial_sig: forged,
+                };
+                self.send_forged(victim, 4, body).await;
+            }
+        }
+        let body = Body::PartialSig {
+            attempt: Attempt::FIRST,
+            partial_sig,
+        };
+        if let Some(env) = self.own(body) {
+            self.log.sent_partial_sig = true;
+            self.send_all(&targets, &env.to_frame_bytes()).await;
+        }
+        if self.behaviour == Behaviour::Replay {
+            let everyone = self.honest_peers();
+            for env in self.pool.clone() {
+                self.send_all(&everyone, &env.to_frame_bytes()).await;
+            }
+        }
+    }
+
+    /// Sends `frame` to every peer, retrying a few times while the peer's queue is full (the
+    /// adversary wants its protocol messages to arrive even when it floods).
+    async fn send_all(&mut self, peers: &[PeerId], frame: &[u8]) {
+        let frame = Bytes::copy_from_slice(frame);
+        for peer in peers {
+            self.log.frames_sent += 1;
+            for attempt in 0..SEND_ATTEMPTS {
+                match self.transport.send(*peer, frame.clone()).await {
+                    Ok(()) => {
+                        self.log.frames_delivered += 1;
+                        break;
+                    }
+                    Err(TransportError::Backpressure(_)) if attempt + 1 < SEND_ATTEMPTS => {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "adversary send failed");
+                        *self.log.send_errors.entry(error_kind(&e)).or_default() += 1;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn flood(&mut self, peers: &[PeerId], frames: usize) {
+        let stats = flood_junk(self.transport.as_ref(), peers, frames, self.rng.next_u64()).await;
+        self.log.frames_sent += stats.sent;
+        self.log.frames_delivered += stats.delivered;
+    }
+
+    /// Frames every decoder must reject without harm.
+    fn malformed_frames(&mut self) -> Vec<Vec<u8>> {
+        let Some(valid) = self.join_body().and_then(|b| self.forge_own_without_seq(b)) else {
+            return Vec::new();
+        };
+        let bytes = valid.to_frame_bytes();
+        let mut random = vec![0u8; 200];
+        self.rng.fill_bytes(&mut random);
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        let mut version = bytes.clone();
+        if let Some(v) = version.get_mut(1) {
+            *v = v.wrapping_add(1);
+        }
+        let mut oversized = vec![1u8; self.limits.max_frame_bytes + 1];
+        oversized[1] = musig2_proto::PROTOCOL_VERSION;
+        let long_batch =
+            Frame::encode_batch(&vec![valid.clone(); self.limits.max_batch_entries + 1]);
+        let mut bad_sig = bytes.clone();
+        if let Some(last) = bad_sig.last_mut() {
+            *last ^= 1;
+        }
+        let beyond_transport = vec![0u8; self.transport.max_frame_size() + 1];
+        vec![
+            Vec::new(),
+            random,
+            bytes[..bytes.len() - 1].to_vec(),
+            trailing,
+            version,
+            oversized,
+            long_batch,
+            bad_sig,
+            beyond_transport,
+        ]
+    }
+
+    /// A valid envelope of ours that does not consume a sequence number (sequence number 1,
+    /// which the real join reuses: the copies here never verify or never decode).
+    fn forge_own_without_seq(&mut self, body: Body) -> Option<SignedEnvelope> {
+        let me = self.session.as_ref()?.me;
+        self.forge(me, 1, body)
+    }
+}
+
+/// A copy of `frame` with the first byte of `nonce` (a point's parity byte) set to an invalid
+/// value, so the frame no longer decodes.
+fn corrupt_nonce(frame: &[u8], nonce: &PubNonceBytes) -> Vec<u8> {
+    let needle = nonce.as_bytes();
+    let mut out = frame.to_vec();
+    if let Some(pos) = out.windows(needle.len()).position(|w| w == needle) {
+        out[pos] = 0x05;
+    }
+    out
+}
+
+fn error_kind(e: &TransportError) -> &'static str {
+    match e {
+        TransportError::Backpressure(_) => "backpressure",
+        TransportError::FrameTooLarge { .. } => "frame too large",
+        TransportError::Unreachable { .. } => "unreachable",
+        TransportError::Closed => "closed",
+        _ => "other",
+    }
+}
+
+/// What a flood achieved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FloodStats {
+    /// Frames sent.
+    pub sent: usize,
+    /// Frames the transport delivered into a peer's inbound queue.
+    pub delivered: usize,
+}
+
+/// Sends `frames` random junk frames (1 to 512 bytes, drawn from `seed`) to each of `peers`,
+/// without retries, yielding now and then so the flood is sustained rather than one burst.
+pub async fn flood_junk(
+    transport: &dyn Transport,
+    peers: &[PeerId],
+    frames: usize,
+    seed: u64,
+) -> FloodStats {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let mut stats = FloodStats::default();
+    for i in 0..frames {
+        let mut junk = vec![0u8; 1 + (rng.next_u32() % 512) as usize];
+        rng.fill_bytes(&mut junk);
+        let junk = Bytes::from(junk);
+        for peer in peers {
+            stats.sent += 1;
+            if transport.send(*peer, junk.clone()).await.is_ok() {
+                stats.delivered += 1;
+            }
+        }
+        if i % FLOOD_YIELD_EVERY == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    stats
+}

@@ -1,0 +1,222 @@
+//! Adversarial scenarios on the memory network under a paused clock: the honest nodes either
+//! sign with a valid signature or abort blaming exactly the adversary.
+
+use musig2_proto::{AbortReason, SignerIndex, Topology};
+use musig2_testkit::{Behaviour, Outcome, Report, Scenario};
+
+async fn run(scenario: Scenario) -> Report {
+    scenario.run().await.expect("scenario runs")
+}
+
+fn signer(i: u16) -> SignerIndex {
+    SignerIndex::new(i).expect("index")
+}
+
+#[tokio::test(start_paused = true)]
+async fn baseline() {
+    // Honest nodes only, and the adversary type playing honestly: the harness itself must let
+    // every shape of session sign, or the adversarial results below would mean nothing.
+    run(Scenario::new(1, 3)).await.assert_all_signed();
+    for (seed, topology, commitments) in [
+        (2, Topology::Mesh, true),
+        (3, Topology::Mesh, false),
+        (4, Topology::Star, true),
+        (5, Topology::Star, false),
+    ] {
+        let report = run(Scenario::new(seed, 4)
+            .topology(topology)
+            .commitments(commitments)
+            .adversary(2, Behaviour::Honest))
+        .await;
+        report.assert_all_signed();
+        let log = report.adversary_log.as_ref().expect("log");
+        assert!(
+            log.sent_partial_sig,
+            "{topology:?}: the adversary took part"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn withholding() {
+    for (seed, behaviour) in [
+        (10, Behaviour::WithholdNonce),
+        (11, Behaviour::WithholdPartialSig),
+    ] {
+        let report = run(Scenario::new(seed, 4).adversary(3, behaviour)).await;
+        report.assert_aborted_blaming_adversary(&[AbortReason::Timeout]);
+    }
+    // Star: the coordinator (signer 0) sees who withheld and blames exactly that member.
+    for (seed, behaviour) in [
+        (12, Behaviour::WithholdNonce),
+        (13, Behaviour::WithholdPartialSig),
+    ] {
+        let report = run(Scenario::new(seed, 4)
+            .topology(Topology::Star)
+            .adversary(3, behaviour))
+        .await;
+        assert!(
+            matches!(
+                &report.honest[0].outcome,
+                Outcome::Aborted { reason: AbortReason::Timeout, blamed, .. } if blamed == &vec![signer(3)]
+            ),
+            "coordinator: {:?}",
+            report.honest[0].outcome
+        );
+    }
+}
+
+/// Known coordinator bug (see the README): in star topology a member that withholds makes the
+/// other honest members time out at the same moment as the coordinator, and they blame the
+/// honest coordinator (their only holdout) before its abort naming the culprit reaches them.
+#[tokio::test(start_paused = true)]
+#[ignore = "musig2-coordinator bug: star members blame the honest coordinator for a member's withholding"]
+async fn star_withholding_blames_only_the_member() {
+    let report = run(Scenario::new(12, 4)
+        .topology(Topology::Star)
+        .adversary(3, Behaviour::WithholdNonce))
+    .await;
+    report.assert_aborted_blaming_adversary(&[AbortReason::Timeout]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalid_partial_signature() {
+    for (seed, topology) in [(20, Topology::Mesh), (21, Topology::Star)] {
+        let report = run(Scenario::new(seed, 4)
+            .topology(topology)
+            .adversary(1, Behaviour::InvalidPartialSig))
+        .await;
+        report.assert_aborted_blaming_adversary(&[AbortReason::InvalidPartialSig]);
+        let log = report.adversary_log.as_ref().expect("log");
+        assert!(log.sent_partial_sig);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_nonces() {
+    let report = run(Scenario::new(30, 4).adversary(2, Behaviour::CommitmentMismatch)).await;
+    report.assert_aborted_blaming_adversary(&[AbortReason::CommitmentMismatch]);
+
+    // A nonce that is not a valid point does not even decode: to the honest nodes the
+    // adversary simply never revealed, and the nonce phase times out on it.
+    let report = run(Scenario::new(31, 4).adversary(2, Behaviour::InvalidNonce)).await;
+    report.assert_aborted_blaming_adversary(&[AbortReason::Timeout]);
+    let log = report.adversary_log.as_ref().expect("log");
+    assert!(
+        log.frames_delivered >= 3 * 3,
+        "join, commit and bad nonce reached everyone"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn equivocation() {
+    // Without commitments, signer 2 shows signer 0 one nonce and signers 1 and 3 another. Each
+    // honest partial signature travels with the nonces it was made under, so the conflict
+    // surfaces and the equivocator is blamed; no honest nonce is used twice.
+    let report = run(Scenario::new(40, 4)
+        .commitments(false)
+        .adversary(2, Behaviour::Equivocate))
+    .await;
+    report.assert_aborted_blaming_adversary(&[AbortReason::Equivocation]);
+    report.assert_no_nonce_reuse();
+    let log = report.adversary_log.as_ref().expect("log");
+    assert!(
+        !log.nonces_seen.is_empty(),
+        "the adversary saw honest nonces"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn impersonation() {
+    // Envelopes signed with the adversary's key that claim signer 1's index: a join rebinding
+    // it, an abort blaming it, a nonce and a partial signature. All fail authentication.
+    let report =
+        run(Scenario::new(50, 4).adversary(3, Behaviour::Impersonate { victim: signer(1) })).await;
+    report.assert_all_signed();
+    let log = report.adversary_log.as_ref().expect("log");
+    assert_eq!(
+        log.forged,
+        4 * 3,
+        "four forged envelopes to each honest node"
+    );
+    for (h, rejected) in report.honest.iter().zip(report.rejected_messages()) {
+        assert!(
+            rejected >= 4,
+            "signer {} rejected only {rejected} messages",
+            h.signer
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn replay() {
+    // The adversary re-sends every envelope it sees or sends, to everyone, repeatedly.
+    for (seed, topology) in [(60, Topology::Mesh), (61, Topology::Star)] {
+        let report = run(Scenario::new(seed, 4)
+            .topology(topology)
+            .adversary(2, Behaviour::Replay))
+        .await;
+        report.assert_all_signed();
+        let log = report.adversary_log.as_ref().expect("log");
+        assert!(
+            log.frames_delivered > 3 * log.envelopes_received,
+            "replays were delivered: {log:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn malformed_frames() {
+    let report = run(Scenario::new(70, 4).adversary(1, Behaviour::MalformedFrames)).await;
+    report.assert_all_signed();
+    let log = report.adversary_log.as_ref().expect("log");
+    // Nine malformed frames per honest node; all but the one over the transport limit arrive.
+    assert!(log.frames_delivered >= 8 * 3, "{log:?}");
+    assert_eq!(log.frames_sent - log.frames_delivered, 3, "{log:?}");
+    // The frame with a bad signature decodes and is rejected by the session.
+    assert!(report.rejected_messages().iter().all(|&r| r >= 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn flood() {
+    // A signer that floods junk is cut off by every honest node (blocked after repeated
+    // offences), so its own contributions never arrive: it is blamed as the holdout.
+    let report = run(Scenario::new(80, 4).adversary(2, Behaviour::Flood { frames: 500 })).await;
+    report.assert_aborted_blaming_adversary(&[AbortReason::Timeout]);
+    let log = report.adversary_log.as_ref().expect("log");
+    assert!(
+        log.frames_delivered >= 3 * 16,
+        "heard up to the offence limit: {log:?}"
+    );
+    assert!(
+        log.send_errors.get("unreachable").copied().unwrap_or(0) > 0,
+        "blocked: {log:?}"
+    );
+
+    // Junk from a peer outside the session does not stop the signers.
+    let report = run(Scenario::new(81, 4).outsider_flood(500)).await;
+    report.assert_all_signed();
+    let stats = report.outsider_flood.expect("flood stats");
+    assert!(stats.delivered >= 4 * 16, "{stats:?}");
+    assert!(
+        stats.delivered < stats.sent,
+        "the outsider was blocked: {stats:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn false_abort() {
+    // Any signer may refuse to sign; a signed Abort ends the session. Its blame is the sender's
+    // claim: the report attributes the abort to the adversary, and no honest node's own finding
+    // blames anyone honest.
+    let report =
+        run(Scenario::new(90, 4).adversary(2, Behaviour::FalseAbort { accuse: signer(1) })).await;
+    report.assert_aborted_by_adversary();
+    for h in &report.honest {
+        assert!(
+            matches!(&h.outcome, Outcome::Aborted { blamed, .. } if blamed == &vec![signer(1)]),
+            "the claim is carried as sent: {:?}",
+            h.outcome
+        );
+    }
+}
