@@ -1116,7 +1116,17 @@ impl SessionMachine {
 
     fn enter(&mut self, phase: Phase, now_ms: u64, timeout_ms: u64) {
         self.phase = phase;
-        self.phase_deadline_ms = Some(now_ms.saturating_add(timeout_ms));
+        // A star member's only holdout in these phases is the coordinator, which is itself
+        // waiting for the other members. The member waits half as long again, so that when a
+        // member withholds, the coordinator's abort naming it arrives before the member's own
+        // deadline would blame the (honest) coordinator.
+        let star_member = self.topology == Topology::Star && self.me != self.coordinator;
+        let grace = if star_member && matches!(phase, Phase::Nonce | Phase::PartialSig) {
+            timeout_ms / 2
+        } else {
+            0
+        };
+        self.phase_deadline_ms = Some(now_ms.saturating_add(timeout_ms).saturating_add(grace));
     }
 
     fn sign(&mut self, now_ms: u64, body: Body) -> SignedEnvelope {
