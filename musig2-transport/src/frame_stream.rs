@@ -9,8 +9,10 @@
 //! * sender → receiver: `u32` big-endian length, then that many bytes; repeated;
 //! * receiver → sender: one [`FrameStatus`] byte per frame, in the order the frames came.
 //!
-//! A receiver drops the stream on a length over its limit, a truncated frame, or a frame body
-//! that stalls; the sender sees the stream end and fails the frames it is still waiting for.
+//! A receiver answers a length over its limit with [`FrameStatus::TooLarge`] and closes the
+//! stream; it drops the stream on a truncated frame or a body that stalls. Either way the
+//! sender fails the frames it is still waiting for (or resends them on a fresh stream where
+//! they cannot have been read; see [`Links::send`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
