@@ -129,6 +129,9 @@ enum Command {
     List {
         reply: oneshot::Sender<Vec<SessionHealth>>,
     },
+    Blocked {
+        reply: oneshot::Sender<Vec<(PeerId, Duration)>>,
+    },
     Cancel {
         session: SessionId,
         reply: oneshot::Sender<Result<()>>,
@@ -400,6 +403,12 @@ impl Node {
         self.call(|reply| Command::List { reply }).await
     }
 
+    /// Peers this node has blocked for misbehaving (see [`Config::max_peer_offences`]), with
+    /// how long each stays blocked.
+    pub async fn blocked_peers(&self) -> Result<Vec<(PeerId, Duration)>> {
+        self.call(|reply| Command::Blocked { reply }).await
+    }
+
     /// Aborts a session, telling the other signers.
     pub async fn cancel_session(&self, session: SessionId) -> Result<()> {
         self.call(|reply| Command::Cancel { session, reply })
@@ -615,6 +624,15 @@ impl Actor {
                     .map(|m| m.health(now))
                     .ok_or(CoordinatorError::UnknownSession(session));
                 let _ = reply.send(health);
+            }
+            Command::Blocked { reply } => {
+                let mut blocked: Vec<(PeerId, Duration)> = self
+                    .blocked
+                    .iter()
+                    .map(|(peer, until)| (*peer, Duration::from_millis(until.saturating_sub(now))))
+                    .collect();
+                blocked.sort_by_key(|(peer, _)| peer.to_bytes());
+                let _ = reply.send(blocked);
             }
             Command::List { reply } => {
                 let mut all: Vec<SessionHealth> =

@@ -370,6 +370,10 @@ async fn a_peer_that_keeps_sending_junk_is_blocked_and_later_let_back() {
         matches!(refused, Err(TransportError::Unreachable { .. })),
         "{refused:?}"
     );
+    let blocked = c.nodes[0].blocked_peers().await.expect("blocked peers");
+    assert_eq!(blocked.len(), 1);
+    assert_eq!(blocked[0].0, junk.local_peer_id());
+    assert!(blocked[0].1 <= test_config().peer_block_duration);
     // The honest signers, the blocker among them, still sign.
     c.sign(c.request(b"despite the junk", Topology::Star, false, true))
         .await;
@@ -378,4 +382,8 @@ async fn a_peer_that_keeps_sending_junk_is_blocked_and_later_let_back() {
     junk.send(target, Bytes::from_static(b"\xff not a frame"))
         .await
         .expect("unblocked");
+    assert_eq!(
+        c.nodes[0].blocked_peers().await.expect("blocked peers"),
+        Vec::new()
+    );
 }

@@ -120,7 +120,7 @@ fn session_tweaks(
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    /// The node's keys and addresses.
+    /// The node's keys, addresses and blocked peers.
     Info,
     /// Create and announce a session; this node must be one of the signers.
     Create {
@@ -284,6 +284,10 @@ async fn execute(served: &Served, request: Request) -> Result<Value> {
             "public_key": node.public_key().to_string(),
             "peer_id": node.peer_id().to_string(),
             "addresses": served.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "blocked_peers": node.blocked_peers().await?.iter().map(|(peer, left)| json!({
+                "peer_id": peer.to_string(),
+                "seconds_left": left.as_secs(),
+            })).collect::<Vec<_>>(),
         })),
         Request::Create {
             signers,

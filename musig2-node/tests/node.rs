@@ -278,6 +278,7 @@ async fn three_daemons_sign_through_their_control_sockets() {
         .await
         .expect("still serving");
     assert_eq!(info["peer_id"], alice.node().peer_id().to_string());
+    assert_eq!(info["blocked_peers"], serde_json::json!([]));
 
     // A second node on the same directory's socket is refused.
     let second = Daemon::start(DaemonConfig {
