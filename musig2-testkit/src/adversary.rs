@@ -24,6 +24,8 @@ use tokio::task::JoinHandle;
 
 use crate::clock::WallClock;
 
+mod star;
+
 /// How an [`Adversary`] deviates from the honest protocol.
 ///
 /// Unless stated otherwise the adversary follows the protocol (join, nonce commitment when the
@@ -73,6 +75,24 @@ pub enum Behaviour {
         /// The signer the adversary accuses.
         accuse: SignerIndex,
     },
+    /// Star coordinator: collects the members' nonce commitments and never relays them.
+    WithholdCommitments,
+    /// Star coordinator: collects every nonce and never sends the aggregate nonce.
+    WithholdAggregateNonce,
+    /// Star coordinator: sends an aggregate nonce that is not the sum of the relayed nonces
+    /// (one signer's nonce left out of the sum).
+    BadAggregateNonce,
+    /// Star coordinator: relays a member's nonce with its bytes swapped for a fresh nonce, under
+    /// the member's original envelope signature (the aggregate is the sum of what it relays).
+    ForgedRelayedNonce,
+    /// Star coordinator: runs the session honestly up to the partial signatures, then, instead
+    /// of the final signature, sends a second aggregate nonce with a fresh nonce of its own
+    /// (trying to get a second partial signature from each member).
+    SecondAggregateNonce,
+    /// Star coordinator: collects every partial signature and never sends the final signature.
+    WithholdFinalSig,
+    /// Star coordinator: sends a final signature that does not verify (one bit flipped).
+    InvalidFinalSig,
 }
 
 /// What an adversary did and saw, returned by [`Adversary::stop`].
@@ -97,6 +117,10 @@ pub struct AdversaryLog {
     pub send_errors: BTreeMap<&'static str, usize>,
     /// Whether it sent a partial signature (valid or not).
     pub sent_partial_sig: bool,
+    /// As star coordinator: aggregate-nonce envelopes sent (one per member and message).
+    pub aggregate_nonces_sent: usize,
+    /// As star coordinator: final-signature envelopes sent (one per member).
+    pub final_signatures_sent: usize,
 }
 
 /// A running adversarial signer. Stop it with [`Adversary::stop`] to get its [`AdversaryLog`].
@@ -182,6 +206,8 @@ struct Session {
     secnonce: Option<SecNonce>,
     nonces: Vec<Option<PubNonceBytes>>,
     round2_done: bool,
+    /// Set when the adversary is the star coordinator.
+    hub: Option<star::Hub>,
 }
 
 impl Session {
@@ -297,6 +323,10 @@ impl Actor {
             }
             _ => {}
         }
+        if self.is_hub() {
+            self.hub_on(verified).await;
+            return;
+        }
         if self.behaviour == Behaviour::Replay {
             if self.pool.len() < MAX_KEPT {
                 self.pool.push(env.clone());
@@ -354,6 +384,7 @@ impl Actor {
         let key_agg = view.key_agg().clone();
         let coordinator = view.coordinator();
         let n = keys.len();
+        let is_hub = ann.announcement().policy.topology == Topology::Star && coordinator == me;
         let id = ann.session_id();
         self.log.session = Some(id);
         self.session = Some(Session {
@@ -366,6 +397,7 @@ impl Actor {
             secnonce: None,
             nonces: vec![None; n],
             round2_done: false,
+            hub: is_hub.then(|| star::Hub::new(n)),
             ann,
         });
         self.pre_join().await;
@@ -464,6 +496,10 @@ impl Actor {
         {
             *slot = Some(nonce_a);
         }
+        if self.is_hub() {
+            self.hub_round1(nonce_a).await;
+            return;
+        }
         if commit_round {
             let commitment = NonceCommitment::compute(&id, me, Attempt::FIRST, &nonce_a);
             let body = Body::NonceCommit {
@@ -551,7 +587,7 @@ impl Actor {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        if s.round2_done || s.nonces.iter().any(Option::is_none) {
+        if s.round2_done || s.hub.is_some() || s.nonces.iter().any(Option::is_none) {
             return;
         }
         s.round2_done = true;
@@ -617,8 +653,9 @@ impl Actor {
         }
     }
 
-    /// Sends `frame` to every peer, retrying a few times while the peer's queue is full (the
-    /// adversary wants its protocol messages to arrive even when it floods).
+    /// Sends `frame` to every peer, retrying while the peer's queue is full or the network
+    /// dropped the frame (the adversary wants its protocol messages to arrive even when it
+    /// floods or links are lossy).
     async fn send_all(&mut self, peers: &[PeerId], frame: &[u8]) {
         let frame = Bytes::copy_from_slice(frame);
         for peer in peers {
@@ -629,7 +666,9 @@ impl Actor {
                         self.log.frames_delivered += 1;
                         break;
                     }
-                    Err(TransportError::Backpressure(_)) if attempt + 1 < SEND_ATTEMPTS => {
+                    Err(TransportError::Backpressure(_) | TransportError::Timeout { .. })
+                        if attempt + 1 < SEND_ATTEMPTS =>
+                    {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
                     Err(e) => {

@@ -8,4 +8,6 @@ mod scenario;
 pub use adversary::{Adversary, AdversaryLog, Behaviour, FloodStats, flood_junk};
 pub use clock::WallClock;
 pub use error::{Result, TestkitError};
-pub use scenario::{HonestOutcome, Outcome, Report, Scenario, keypairs_from_seed, test_config};
+pub use scenario::{
+    FAULTY_SEND_TIMEOUT, HonestOutcome, Outcome, Report, Scenario, keypairs_from_seed, test_config,
+};

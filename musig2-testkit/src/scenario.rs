@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use musig2_coordinator::{AbortOrigin, Config, Event, Node, SessionHealth, SessionRequest};
 use musig2_proto::{AbortReason, ElectionMethod, Policy, SessionId, SignerIndex, Topology};
-use musig2_transport::{MemoryNetwork, Transport};
+use musig2_transport::{LinkFault, MemoryConfig, MemoryNetwork, Transport};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use secp256k1::{Keypair, XOnlyPublicKey, schnorr};
@@ -33,6 +33,10 @@ pub fn test_config() -> Config {
     }
 }
 
+/// How long a send on a faulty network waits before a dropped frame counts as lost (see
+/// [`Scenario::link_fault`]).
+pub const FAULTY_SEND_TIMEOUT: Duration = Duration::from_millis(250);
+
 /// How one honest node's session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -55,8 +59,9 @@ pub enum Outcome {
 /// most one [`Adversary`].
 ///
 /// Signer 0 is always honest and creates the session; every peer id is listed in the
-/// announcement. The election is [`ElectionMethod::FirstSigner`], so in star topology signer 0
-/// is the (honest) coordinator.
+/// announcement. The election is [`ElectionMethod::FirstSigner`] unless
+/// [`Scenario::election`] says otherwise, so by default the star coordinator is signer 0; with
+/// [`ElectionMethod::LastSigner`] it is the last signer, which may be the adversary.
 #[derive(Debug, Clone)]
 pub struct Scenario {
     seed: u64,
@@ -67,6 +72,8 @@ pub struct Scenario {
     config: Config,
     adversary: Option<(SignerIndex, Behaviour)>,
     outsider_flood: Option<usize>,
+    election: ElectionMethod,
+    link_fault: Option<LinkFault>,
 }
 
 impl Scenario {
@@ -82,6 +89,8 @@ impl Scenario {
             config: test_config(),
             adversary: None,
             outsider_flood: None,
+            election: ElectionMethod::FirstSigner,
+            link_fault: None,
         }
     }
 
@@ -115,6 +124,23 @@ impl Scenario {
         self
     }
 
+    /// How the coordinator is elected (default [`ElectionMethod::FirstSigner`]: signer 0).
+    /// [`ElectionMethod::LastSigner`] makes the last signer the star coordinator, so an adversary
+    /// in that slot plays the coordinator.
+    pub fn election(mut self, method: ElectionMethod) -> Scenario {
+        self.election = method;
+        self
+    }
+
+    /// Applies `fault` (drop, delay, duplication, reorder; decisions drawn from the seed) to
+    /// every link, from the session's creation on. A dropped frame fails its send after
+    /// [`FAULTY_SEND_TIMEOUT`] (instead of the memory network's default five seconds), and the
+    /// honest nodes' and the adversary's retries re-send it.
+    pub fn link_fault(mut self, fault: LinkFault) -> Scenario {
+        self.link_fault = Some(fault);
+        self
+    }
+
     /// Adds a peer outside the session that sends `frames` junk frames to every honest node
     /// while the session runs.
     pub fn outsider_flood(mut self, frames: usize) -> Scenario {
@@ -137,7 +163,15 @@ impl Scenario {
                 )));
             }
         }
-        let network = MemoryNetwork::new(self.seed);
+        let network = MemoryNetwork::with_config(MemoryConfig {
+            seed: self.seed,
+            send_timeout: if self.link_fault.is_some() {
+                FAULTY_SEND_TIMEOUT
+            } else {
+                MemoryConfig::default().send_timeout
+            },
+            ..MemoryConfig::default()
+        });
         let keypairs = keypairs_from_seed(self.seed, n);
         let mut honest: Vec<(SignerIndex, Node, broadcast::Receiver<Event>)> = Vec::new();
         let mut adversary = None;
@@ -178,10 +212,13 @@ impl Scenario {
             policy: Policy {
                 topology: self.topology,
                 nonce_commitment: self.commitments,
-                election: ElectionMethod::FirstSigner,
+                election: self.election,
                 ..honest[0].1.default_policy()
             },
         };
+        if let Some(fault) = self.link_fault {
+            network.set_default_fault(fault);
+        }
         let session = honest[0].1.create_session(request).await?;
         for (_, node, _) in &honest[1..] {
             // A session an adversary already ended cannot be joined; the outcome says why.

@@ -1,0 +1,302 @@
+//! The adversary as the star coordinator: it relays the members' commitments, aggregates their
+//! nonces and partial signatures, and deviates where its [`Behaviour`] says.
+
+use musig2_core::PartialSignature;
+use musig2_proto::{AggNonceBytes, VerifiedEnvelope};
+
+use super::{
+    Actor, AggNonce, Attempt, Behaviour, Body, Frame, NonceCommitment, PeerId, PubNonce,
+    PubNonceBytes, SessionContext, SignedEnvelope,
+};
+
+/// What the adversarial star coordinator has collected.
+pub(super) struct Hub {
+    commits: Vec<Option<SignedEnvelope>>,
+    nonces: Vec<Option<VerifiedEnvelope>>,
+    psigs: Vec<Option<PartialSignature>>,
+    commits_relayed: bool,
+    context: Option<SessionContext>,
+    finished: bool,
+}
+
+impl Hub {
+    pub(super) fn new(n: usize) -> Hub {
+        Hub {
+            commits: vec![None; n],
+            nonces: vec![None; n],
+            psigs: vec![None; n],
+            commits_relayed: false,
+            context: None,
+            finished: false,
+        }
+    }
+}
+
+fn nonce_body(pub_nonce: PubNonceBytes) -> Body {
+    Body::Nonce {
+        attempt: Attempt::FIRST,
+        pub_nonce,
+    }
+}
+
+fn pub_nonce_of(env: &VerifiedEnvelope) -> Option<PubNonceBytes> {
+    match env.body() {
+        Body::Nonce { pub_nonce, .. } => Some(*pub_nonce),
+        _ => None,
+    }
+}
+
+impl Actor {
+    pub(super) fn is_hub(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| s.hub.is_some())
+    }
+
+    fn hub(&mut self) -> Option<&mut Hub> {
+        self.session.as_mut().and_then(|s| s.hub.as_mut())
+    }
+
+    /// The members of the session (everyone but us) with their peer ids.
+    fn members(&self) -> Vec<(usize, PeerId)> {
+        let Some(s) = &self.session else {
+            return Vec::new();
+        };
+        s.others()
+            .into_iter()
+            .filter_map(|k| Some((k.as_usize(), s.peers.get(k.as_usize()).copied()??)))
+            .collect()
+    }
+
+    /// Our own commitment and nonce envelopes, kept for relaying: a star coordinator sends
+    /// neither on its own.
+    pub(super) async fn hub_round1(&mut self, nonce: PubNonceBytes) {
+        let Some(s) = &self.session else { return };
+        let (id, me) = (s.id, s.me.as_usize());
+        if s.ann.announcement().policy.nonce_commitment {
+            let commitment = NonceCommitment::compute(&id, s.me, Attempt::FIRST, &nonce);
+            let commit = self.own(Body::NonceCommit {
+                attempt: Attempt::FIRST,
+                commitment,
+            });
+            if let Some(hub) = self.hub() {
+                hub.commits[me] = commit;
+            }
+        }
+        let own = self.own(nonce_body(nonce));
+        let verified = self
+            .session
+            .as_ref()
+            .and_then(|s| own.and_then(|e| e.verify(&s.ann).ok()));
+        if let Some(hub) = self.hub() {
+            hub.nonces[me] = verified;
+        }
+        self.hub_progress().await;
+    }
+
+    /// A verified envelope from a member.
+    pub(super) async fn hub_on(&mut self, env: VerifiedEnvelope) {
+        let j = env.signer().as_usize();
+        let Some(hub) = self.hub() else { return };
+        match env.body() {
+            Body::NonceCommit { .. } => {
+                hub.commits[j].get_or_insert_with(|| env.signed().clone());
+            }
+            Body::Nonce { .. } => {
+                hub.nonces[j].get_or_insert(env);
+            }
+            Body::PartialSig { partial_sig, .. } => {
+                if let Ok(p) = PartialSignature::from_bytes(&partial_sig.to_bytes()) {
+                    hub.psigs[j].get_or_insert(p);
+                }
+            }
+            _ => {}
+        }
+        self.hub_progress().await;
+    }
+
+    async fn hub_progress(&mut self) {
+        self.hub_relay_commitments().await;
+        self.hub_aggregate_nonce().await;
+        self.hub_final_signature().await;
+    }
+
+    /// With every commitment in, hands each member everyone else's.
+    async fn hub_relay_commitments(&mut self) {
+        let members = self.members();
+        let withhold = self.behaviour == Behaviour::WithholdCommitments;
+        let Some(s) = &mut self.session else { return };
+        let commit_round = s.ann.announcement().policy.nonce_commitment;
+        let Some(hub) = &mut s.hub else { return };
+        if !commit_round || hub.commits_relayed || hub.commits.iter().any(Option::is_none) {
+            return;
+        }
+        hub.commits_relayed = true;
+        if withhold {
+            return;
+        }
+        let all: Vec<SignedEnvelope> = hub.commits.iter().flatten().cloned().collect();
+        for (k, peer) in members {
+            let for_k: Vec<SignedEnvelope> = all
+                .iter()
+                .filter(|e| e.envelope().signer().as_usize() != k)
+                .cloned()
+                .collect();
+            self.send_all(&[peer], &Frame::encode_batch(&for_k)).await;
+        }
+    }
+
+    /// With every nonce in, fixes the session context, makes our partial signature and sends the
+    /// aggregate nonce (or the behaviour's version of it).
+    async fn hub_aggregate_nonce(&mut self) {
+        let Some(s) = &mut self.session else { return };
+        let commit_round = s.ann.announcement().policy.nonce_commitment;
+        let Some(hub) = &mut s.hub else { return };
+        let ready = !commit_round || hub.commits_relayed;
+        if !ready || hub.context.is_some() {
+            return;
+        }
+        let Some(envs) = hub.nonces.iter().cloned().collect::<Option<Vec<_>>>() else {
+            return;
+        };
+        let pubnonces: Option<Vec<PubNonce>> = envs
+            .iter()
+            .map(|e| PubNonce::from_bytes(&pub_nonce_of(e)?.to_bytes()).ok())
+            .collect();
+        let Some(pubnonces) = pubnonces else { return };
+        let context = SessionContext::new(
+            &s.key_agg,
+            &AggNonce::aggregate(&pubnonces),
+            &s.ann.announcement().message,
+        );
+        let own = s
+            .secnonce
+            .take()
+            .and_then(|sec| context.sign(sec, &self.keypair).ok());
+        hub.psigs[s.me.as_usize()] = own;
+        hub.context = Some(context);
+        let Ok(body) = Body::aggregate_nonce(&s.ann, Attempt::FIRST, &envs) else {
+            return;
+        };
+        let body = match self.behaviour {
+            Behaviour::WithholdAggregateNonce => return,
+            Behaviour::BadAggregateNonce => tamper_sum(body),
+            Behaviour::ForgedRelayedNonce => {
+                let victim = s.others().first().map(|v| v.as_usize());
+                match (victim, self.make_nonce(false)) {
+                    (Some(v), Some(fresh)) => forge_relayed(body, v, fresh),
+                    _ => return,
+                }
+            }
+            _ => body,
+        };
+        self.hub_send_aggregate(body).await;
+    }
+
+    async fn hub_send_aggregate(&mut self, body: Body) {
+        let members = self.members();
+        if let Some(env) = self.own(body) {
+            let peers: Vec<PeerId> = members.iter().map(|&(_, p)| p).collect();
+            self.log.aggregate_nonces_sent += peers.len();
+            self.send_all(&peers, &env.to_frame_bytes()).await;
+        }
+    }
+
+    /// With every partial signature in, aggregates and sends the final signature (or the
+    /// behaviour's version of it).
+    async fn hub_final_signature(&mut self) {
+        let Some(hub) = self.hub() else { return };
+        if hub.finished {
+            return;
+        }
+        let Some(context) = &hub.context else { return };
+        let Some(psigs) = hub.psigs.iter().cloned().collect::<Option<Vec<_>>>() else {
+            return;
+        };
+        hub.finished = true;
+        let Ok(sig) = context.aggregate(&psigs) else {
+            return;
+        };
+        let mut signature = sig.to_byte_array();
+        match self.behaviour {
+            Behaviour::WithholdFinalSig => return,
+            Behaviour::InvalidFinalSig => signature[63] ^= 1,
+            Behaviour::SecondAggregateNonce => {
+                self.hub_second_aggregate().await;
+                return;
+            }
+            _ => {}
+        }
+        let members = self.members();
+        let body = Body::FinalSignature {
+            attempt: Attempt::FIRST,
+            signature,
+        };
+        if let Some(env) = self.own(body) {
+            let peers: Vec<PeerId> = members.iter().map(|&(_, p)| p).collect();
+            self.log.final_signatures_sent += peers.len();
+            self.send_all(&peers, &env.to_frame_bytes()).await;
+        }
+    }
+
+    /// A second aggregate nonce for the same attempt, with a fresh nonce of ours.
+    async fn hub_second_aggregate(&mut self) {
+        let Some(fresh) = self.make_nonce(false) else {
+            return;
+        };
+        let own = self.own(nonce_body(fresh));
+        let Some(s) = &mut self.session else { return };
+        let me = s.me.as_usize();
+        let Some(own) = own.and_then(|e| e.verify(&s.ann).ok()) else {
+            return;
+        };
+        let Some(hub) = &mut s.hub else { return };
+        hub.nonces[me] = Some(own);
+        let Some(envs) = hub.nonces.iter().cloned().collect::<Option<Vec<_>>>() else {
+            return;
+        };
+        if let Ok(body) = Body::aggregate_nonce(&s.ann, Attempt::FIRST, &envs) {
+            self.hub_send_aggregate(body).await;
+        }
+    }
+}
+
+/// The aggregate nonce of `body` replaced by the sum of all relayed nonces but the first.
+fn tamper_sum(body: Body) -> Body {
+    match body {
+        Body::AggregateNonce {
+            attempt,
+            agg_nonce,
+            nonces,
+        } => {
+            let rest: Vec<PubNonceBytes> = nonces.iter().skip(1).map(|n| n.pub_nonce).collect();
+            Body::AggregateNonce {
+                attempt,
+                agg_nonce: AggNonceBytes::aggregate(&rest).unwrap_or(agg_nonce),
+                nonces,
+            }
+        }
+        other => other,
+    }
+}
+
+/// `body` with signer `victim`'s relayed nonce replaced by `fresh` (its signature kept) and the
+/// aggregate recomputed, so only the relayed signature is wrong.
+fn forge_relayed(body: Body, victim: usize, fresh: PubNonceBytes) -> Body {
+    match body {
+        Body::AggregateNonce {
+            attempt,
+            agg_nonce,
+            mut nonces,
+        } => {
+            if let Some(n) = nonces.get_mut(victim) {
+                n.pub_nonce = fresh;
+            }
+            let all: Vec<PubNonceBytes> = nonces.iter().map(|n| n.pub_nonce).collect();
+            Body::AggregateNonce {
+                attempt,
+                agg_nonce: AggNonceBytes::aggregate(&all).unwrap_or(agg_nonce),
+                nonces,
+            }
+        }
+        other => other,
+    }
+}
