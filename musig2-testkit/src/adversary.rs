@@ -117,6 +117,8 @@ pub struct AdversaryLog {
     pub send_errors: BTreeMap<&'static str, usize>,
     /// Whether it sent a partial signature (valid or not).
     pub sent_partial_sig: bool,
+    /// Sends the network dropped (they timed out) and that were tried again.
+    pub dropped_sends: usize,
     /// As star coordinator: aggregate-nonce envelopes sent (one per member and message).
     pub aggregate_nonces_sent: usize,
     /// As star coordinator: final-signature envelopes sent (one per member).
@@ -666,9 +668,10 @@ impl Actor {
                         self.log.frames_delivered += 1;
                         break;
                     }
-                    Err(TransportError::Backpressure(_) | TransportError::Timeout { .. })
-                        if attempt + 1 < SEND_ATTEMPTS =>
-                    {
+                    Err(TransportError::Timeout { .. }) if attempt + 1 < SEND_ATTEMPTS => {
+                        self.log.dropped_sends += 1;
+                    }
+                    Err(TransportError::Backpressure(_)) if attempt + 1 < SEND_ATTEMPTS => {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
                     Err(e) => {

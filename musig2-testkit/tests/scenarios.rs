@@ -2,7 +2,10 @@
 //! sign with a valid signature or abort blaming exactly the adversary.
 
 use musig2_proto::{AbortReason, ElectionMethod, SignerIndex, Topology};
+use std::time::Duration;
+
 use musig2_testkit::{Behaviour, Outcome, Report, Scenario};
+use musig2_transport::LinkFault;
 
 async fn run(scenario: Scenario) -> Report {
     scenario.run().await.expect("scenario runs")
@@ -309,4 +312,92 @@ async fn star_coordinator_withholds_commitments() {
     assert_eq!(log.aggregate_nonces_sent, 0, "{log:?}");
     assert!(log.nonces_seen.is_empty(), "no member revealed: {log:?}");
     report.assert_aborted_blaming_adversary(&[AbortReason::Timeout]);
+}
+
+/// 15% drop, 10% duplication and 10% reordering on every link (seeded).
+fn lossy() -> LinkFault {
+    LinkFault::none()
+        .with_drop(0.15)
+        .with_duplicate(0.10)
+        .with_reorder(0.10, Duration::from_millis(200))
+}
+
+/// Link faults on every link do not change the outcome: dropped frames fail their send and are
+/// retried, duplicates are ignored, reordered frames are buffered until they apply. Honest runs
+/// sign; an adversary is blamed exactly as on a clean network.
+#[tokio::test(start_paused = true)]
+async fn link_faults_with_adversary() {
+    for (seed, topology) in [(140, Topology::Mesh), (141, Topology::Star)] {
+        run(Scenario::new(seed, 4)
+            .topology(topology)
+            .link_fault(lossy()))
+        .await
+        .assert_all_signed();
+    }
+    let mut dropped = 0;
+    for (seed, topology, behaviour, reason) in [
+        (
+            142,
+            Topology::Mesh,
+            Behaviour::InvalidPartialSig,
+            AbortReason::InvalidPartialSig,
+        ),
+        (
+            143,
+            Topology::Star,
+            Behaviour::InvalidPartialSig,
+            AbortReason::InvalidPartialSig,
+        ),
+        (
+            144,
+            Topology::Mesh,
+            Behaviour::WithholdPartialSig,
+            AbortReason::Timeout,
+        ),
+        (
+            145,
+            Topology::Star,
+            Behaviour::WithholdPartialSig,
+            AbortReason::Timeout,
+        ),
+        (
+            146,
+            Topology::Mesh,
+            Behaviour::WithholdNonce,
+            AbortReason::Timeout,
+        ),
+        (
+            147,
+            Topology::Star,
+            Behaviour::WithholdNonce,
+            AbortReason::Timeout,
+        ),
+    ] {
+        let report = run(Scenario::new(seed, 4)
+            .topology(topology)
+            .link_fault(lossy())
+            .adversary(2, behaviour))
+        .await;
+        report.assert_aborted_blaming_adversary(&[reason]);
+        dropped += report.adversary_log.as_ref().expect("log").dropped_sends;
+    }
+    // A lying star coordinator on lossy links.
+    for (seed, behaviour) in [
+        (148, Behaviour::InvalidFinalSig),
+        (149, Behaviour::WithholdAggregateNonce),
+        (150, Behaviour::SecondAggregateNonce),
+    ] {
+        let report = run(adversarial_coordinator(seed, behaviour).link_fault(lossy())).await;
+        let reason = if behaviour == Behaviour::SecondAggregateNonce {
+            AbortReason::Equivocation
+        } else {
+            AbortReason::Timeout
+        };
+        report.assert_aborted_blaming_adversary(&[reason]);
+        dropped += report.adversary_log.as_ref().expect("log").dropped_sends;
+    }
+    let report = run(adversarial_coordinator(151, Behaviour::Honest).link_fault(lossy())).await;
+    report.assert_all_signed();
+    dropped += report.adversary_log.as_ref().expect("log").dropped_sends;
+    assert!(dropped >= 5, "the links did drop frames: {dropped}");
 }
