@@ -12,8 +12,8 @@ use bytes::Bytes;
 use musig2_core::{AggNonce, KeyAggContext, NonceGen, PubNonce, SecNonce, SessionContext};
 use musig2_proto::{
     AbortReason, Attempt, Body, Envelope, Frame, Limits, NonceCommitment, PartialSigBytes,
-    PeerIdBytes, PubNonceBytes, SeqNo, SessionId, SignedEnvelope, SignerIndex, Topology,
-    VerifiedAnnouncement, decode_frame,
+    PeerIdBytes, PubNonceBytes, SeqNo, SessionId, SignedAnnouncement, SignedEnvelope, SignerIndex,
+    Topology, VerifiedAnnouncement, decode_frame,
 };
 use musig2_transport::{MemoryTransport, PeerId, Transport, TransportError};
 use rand::{RngCore, SeedableRng};
@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::clock::WallClock;
 
+mod announce;
 mod star;
 
 /// How an [`Adversary`] deviates from the honest protocol.
@@ -75,6 +76,12 @@ pub enum Behaviour {
         /// The signer the adversary accuses.
         accuse: SignerIndex,
     },
+    /// Tampers with the creator's signed announcement, keeping the creator's signature: once with
+    /// its own message of the same length (a session announced in the creator's name), once with
+    /// another signer's peer id replaced by the adversary's (a route hijack). Sends both to every
+    /// honest signer and stores both in the DHT, under their own session ids and under the real
+    /// one; then follows the protocol of the real session.
+    ForgeAnnouncement,
     /// Star coordinator: collects the members' nonce commitments and never relays them.
     WithholdCommitments,
     /// Star coordinator: collects every nonce and never sends the aggregate nonce.
@@ -117,6 +124,8 @@ pub struct AdversaryLog {
     pub send_errors: BTreeMap<&'static str, usize>,
     /// Whether it sent a partial signature (valid or not).
     pub sent_partial_sig: bool,
+    /// Session ids of the forged announcements it sent (see [`Behaviour::ForgeAnnouncement`]).
+    pub forged_sessions: Vec<SessionId>,
     /// Sends the network dropped (they timed out) and that were tried again.
     pub dropped_sends: usize,
     /// As star coordinator: aggregate-nonce envelopes sent (one per member and message).
@@ -159,6 +168,7 @@ impl Adversary {
             early: Vec::new(),
             pool: Vec::new(),
             log: AdversaryLog::default(),
+            announcement: None,
         };
         let task = tokio::spawn(actor.run(stop_rx));
         Adversary {
@@ -253,6 +263,9 @@ struct Actor {
     early: Vec<SignedEnvelope>,
     pool: Vec<SignedEnvelope>,
     log: AdversaryLog,
+    /// The creator's signed announcement as received (what [`Behaviour::ForgeAnnouncement`]
+    /// tampers with).
+    announcement: Option<SignedAnnouncement>,
 }
 
 impl Actor {
@@ -282,6 +295,7 @@ impl Actor {
                     return;
                 };
                 if ann.index_of(&self.keypair.public_key()).is_some() {
+                    self.announcement = Some(signed);
                     self.start(ann).await;
                 }
             }
@@ -451,6 +465,7 @@ impl Actor {
                 }
             }
             Behaviour::Flood { frames } => self.flood(&everyone, frames).await,
+            Behaviour::ForgeAnnouncement => self.forge_announcements(&everyone).await,
             Behaviour::Impersonate { victim } => {
                 let me = self.transport.local_peer_id().to_bytes();
                 let forged = [
@@ -600,6 +615,7 @@ impl Actor {
                 | Behaviour::Impersonate { .. }
                 | Behaviour::MalformedFrames
                 | Behaviour::Flood { .. }
+                | Behaviour::ForgeAnnouncement
         );
         let psig = if honest_psig {
             let pubnonces: Option<Vec<PubNonce>> = s

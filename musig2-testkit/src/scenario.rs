@@ -235,12 +235,32 @@ impl Scenario {
                 signer: *index,
                 outcome,
                 health,
+                known_sessions: Vec::new(),
+                forged_joined: Vec::new(),
             });
         }
         let adversary_log = match adversary {
             Some(a) => Some(a.stop().await),
             None => None,
         };
+        let forged = adversary_log
+            .as_ref()
+            .map(|log| log.forged_sessions.clone())
+            .unwrap_or_default();
+        for ((_, node, _), out) in honest.iter().zip(&mut outcomes) {
+            out.known_sessions = node
+                .sessions()
+                .await
+                .map(|all| all.iter().map(|h| h.session).collect())
+                .unwrap_or_default();
+            // Asked to join a forged session by id, the node must refuse (its announcement is
+            // nowhere to be found in a form that verifies).
+            for id in &forged {
+                if node.join_session(*id).await.is_ok() {
+                    out.forged_joined.push(*id);
+                }
+            }
+        }
         let outsider_flood = match outsider {
             Some(task) => task.await.ok(),
             None => None,
@@ -307,6 +327,11 @@ pub struct HonestOutcome {
     pub outcome: Outcome,
     /// Its view of the session afterwards (phase, holdouts, rejected messages).
     pub health: Option<SessionHealth>,
+    /// Every session it knows at the end (a verified announcement it took in).
+    pub known_sessions: Vec<SessionId>,
+    /// The adversary's forged sessions (see [`Behaviour::ForgeAnnouncement`]) that it joined
+    /// when asked to by id after the run.
+    pub forged_joined: Vec<SessionId>,
 }
 
 /// What a [`Scenario`] produced, with the assertions every scenario makes.
@@ -336,7 +361,8 @@ impl Report {
     /// The safety invariant that holds in every scenario: no honest node's own finding, nor an
     /// honest peer's signed abort, blames an honest signer; every signature verifies under the
     /// aggregate key (BIP340, libsecp256k1) and all signatures agree; no honest signer showed
-    /// the adversary two different nonces or two different partial signatures.
+    /// the adversary two different nonces or two different partial signatures; no honest node
+    /// took in or joined a session from a forged announcement.
     ///
     /// Blame in an Abort sent by the adversary is its claim, not a finding, and is not checked
     /// here (see [`Report::assert_aborted_by_adversary`]).
@@ -375,6 +401,30 @@ impl Report {
             }
         }
         self.assert_no_nonce_reuse();
+        self.assert_no_forged_session();
+    }
+
+    /// No honest node knows or joined a session the adversary announced with a forged
+    /// announcement.
+    pub fn assert_no_forged_session(&self) {
+        let Some(log) = &self.adversary_log else {
+            return;
+        };
+        for h in &self.honest {
+            assert!(
+                h.forged_joined.is_empty(),
+                "signer {} joined forged sessions {:?}",
+                h.signer,
+                h.forged_joined
+            );
+            for id in &log.forged_sessions {
+                assert!(
+                    !h.known_sessions.contains(id),
+                    "signer {} took in forged session {id}",
+                    h.signer
+                );
+            }
+        }
     }
 
     /// No honest signer sent the adversary two different public nonces or two different partial

@@ -11,6 +11,21 @@ async fn run(scenario: Scenario) -> Report {
     scenario.run().await.expect("scenario runs")
 }
 
+/// Runs `behaviour` in signer slot 2 of four, in mesh (`seeds[0]`) and star (`seeds[1]`), and
+/// asserts that both sessions sign.
+async fn signs_in_both_topologies(seeds: [u64; 2], behaviour: Behaviour) -> Vec<Report> {
+    let mut reports = Vec::new();
+    for (seed, topology) in seeds.into_iter().zip([Topology::Mesh, Topology::Star]) {
+        let report = run(Scenario::new(seed, 4)
+            .topology(topology)
+            .adversary(2, behaviour))
+        .await;
+        report.assert_all_signed();
+        reports.push(report);
+    }
+    reports
+}
+
 fn signer(i: u16) -> SignerIndex {
     SignerIndex::new(i).expect("index")
 }
@@ -136,12 +151,7 @@ async fn impersonation() {
 #[tokio::test(start_paused = true)]
 async fn replay() {
     // The adversary re-sends every envelope it sees or sends, to everyone, repeatedly.
-    for (seed, topology) in [(60, Topology::Mesh), (61, Topology::Star)] {
-        let report = run(Scenario::new(seed, 4)
-            .topology(topology)
-            .adversary(2, Behaviour::Replay))
-        .await;
-        report.assert_all_signed();
+    for report in signs_in_both_topologies([60, 61], Behaviour::Replay).await {
         let log = report.adversary_log.as_ref().expect("log");
         assert!(
             log.frames_delivered > 3 * log.envelopes_received,
@@ -400,4 +410,34 @@ async fn link_faults_with_adversary() {
     report.assert_all_signed();
     dropped += report.adversary_log.as_ref().expect("log").dropped_sends;
     assert!(dropped >= 5, "the links did drop frames: {dropped}");
+}
+
+/// The adversary, a listed signer, tampers with the creator's signed announcement: it announces
+/// its own message in the creator's name (creator's signature kept) and re-routes another
+/// signer's peer id to itself, sends both to every honest node and stores them in the DHT under
+/// their ids and the real one. No honest node takes either in or joins it when asked by id; the
+/// real session signs.
+#[tokio::test(start_paused = true)]
+async fn forged_announcement() {
+    for report in signs_in_both_topologies([160, 161], Behaviour::ForgeAnnouncement).await {
+        report.assert_no_forged_session();
+        let log = report.adversary_log.as_ref().expect("log");
+        assert_eq!(
+            log.forged_sessions.len(),
+            2,
+            "both forgeries were made: {log:?}"
+        );
+        assert!(
+            !log.forged_sessions.contains(&report.session),
+            "a forgery has its own session id"
+        );
+        for h in &report.honest {
+            assert_eq!(
+                h.known_sessions,
+                vec![report.session],
+                "signer {}",
+                h.signer
+            );
+        }
+    }
 }
