@@ -38,6 +38,8 @@ pub enum Behaviour {
     Honest,
     /// Commits (if commitments are on) but never reveals its public nonce.
     WithholdNonce,
+    /// Joins, then sends neither a nonce commitment nor a nonce.
+    WithholdCommitment,
     /// Sends its nonce but never its partial signature.
     WithholdPartialSig,
     /// Sends a well-formed partial signature that does not verify.
@@ -515,6 +517,9 @@ impl Actor {
         }
         if self.is_hub() {
             self.hub_round1(nonce_a).await;
+            return;
+        }
+        if self.behaviour == Behaviour::WithholdCommitment {
             return;
         }
         if commit_round {
