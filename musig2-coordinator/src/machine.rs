@@ -356,6 +356,15 @@ impl SessionMachine {
                 missing(&|i| i != self.coordinator.as_usize() || self.peers[i].is_some())
             }
             Phase::Joined => missing(&|i| self.peers[i].is_some()),
+            // A star member gets the others' commitments only from the coordinator, relayed
+            // together once all are in: if they do not come, the coordinator is who it waits for.
+            Phase::NonceCommit if star_member => {
+                if missing(&|i| self.commits[i].is_some()).is_empty() {
+                    Vec::new()
+                } else {
+                    vec![self.coordinator]
+                }
+            }
             Phase::NonceCommit => missing(&|i| self.commits[i].is_some()),
             Phase::Nonce if star_member => {
                 if self.aggnonce_received {
@@ -1121,7 +1130,9 @@ impl SessionMachine {
         // member withholds, the coordinator's abort naming it arrives before the member's own
         // deadline would blame the (honest) coordinator.
         let star_member = self.topology == Topology::Star && self.me != self.coordinator;
-        let grace = if star_member && matches!(phase, Phase::Nonce | Phase::PartialSig) {
+        let grace = if star_member
+            && matches!(phase, Phase::NonceCommit | Phase::Nonce | Phase::PartialSig)
+        {
             timeout_ms / 2
         } else {
             0

@@ -310,12 +310,9 @@ async fn star_coordinator_second_aggregate_nonce() {
     assert_eq!(log.partial_sigs_seen.len(), 3, "each member signed once");
 }
 
-/// Known problem (see the README): a star coordinator that never relays the members'
-/// nonce commitments leaves each member waiting in the commitment phase, where a member's
-/// holdouts are every signer whose commitment it lacks. The members time out blaming each other
-/// (honest signers) instead of only the coordinator, which is the one that withheld.
+/// A star coordinator that never relays the members' nonce commitments: each member, which
+/// gets the others' commitments only from the coordinator, blames only the coordinator.
 #[tokio::test(start_paused = true)]
-#[ignore = "known problem: star members blame honest members when the coordinator withholds the relayed commitments"]
 async fn star_coordinator_withholds_commitments() {
     let report = run(adversarial_coordinator(130, Behaviour::WithholdCommitments)).await;
     let log = report.adversary_log.as_ref().expect("log");
@@ -452,12 +449,10 @@ async fn withheld_commitment() {
     assert!(log.nonces_seen.is_empty(), "nobody revealed: {log:?}");
 }
 
-/// Known problem (see the README): in star, a member that never commits leaves the honest
-/// coordinator unable to relay the commitments; the other members time out in the commitment
-/// phase at the same deadline as the coordinator, with every signer whose commitment they lack
-/// (honest ones included) as holdouts, and blame them.
+/// In star, a member that never commits: the honest coordinator blames it, and the other
+/// members, who wait for the coordinator a little longer than it waits for them, take the
+/// coordinator's verdict instead of blaming anyone honest.
 #[tokio::test(start_paused = true)]
-#[ignore = "known problem: star members blame honest members when a member withholds its commitment"]
 async fn withheld_commitment_star() {
     let report = run(Scenario::new(171, 4)
         .topology(Topology::Star)
