@@ -180,7 +180,9 @@ async fn listen_on_loopback<B: libp2p::swarm::NetworkBehaviour>(swarm: &mut Swar
     }
 }
 
-fn bare_swarm() -> BareSwarm {
+/// A swarm with only `behaviour`, on the same transport stack as ours (TCP with nodelay, Noise,
+/// Yamux) and connections kept for the whole run.
+fn reference_swarm<B: libp2p::swarm::NetworkBehaviour>(behaviour: B) -> Swarm<B> {
     libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
@@ -189,16 +191,18 @@ fn bare_swarm() -> BareSwarm {
             yamux::Config::default,
         )
         .expect("tcp")
-        .with_behaviour(|_| {
-            request_response::Behaviour::with_codec(
-                ReferenceCodec,
-                [(REFERENCE_PROTOCOL, request_response::ProtocolSupport::Full)],
-                request_response::Config::default(),
-            )
-        })
+        .with_behaviour(|_| behaviour)
         .expect("behaviour")
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
         .build()
+}
+
+fn bare_swarm() -> BareSwarm {
+    reference_swarm(request_response::Behaviour::with_codec(
+        ReferenceCodec,
+        [(REFERENCE_PROTOCOL, request_response::ProtocolSupport::Full)],
+        request_response::Config::default(),
+    ))
 }
 
 /// One request-response exchange on the bare reference pair.
@@ -344,18 +348,7 @@ async fn bare_client_and_server() -> (BareSwarm, libp2p::PeerId, tokio::task::Jo
 }
 
 fn stream_swarm() -> Swarm<libp2p_stream::Behaviour> {
-    libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .expect("tcp")
-        .with_behaviour(|_| libp2p_stream::Behaviour::new())
-        .expect("behaviour")
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
-        .build()
+    reference_swarm(libp2p_stream::Behaviour::new())
 }
 
 /// The stream reference: two bare `libp2p-stream` swarms, each driven in its own task, and one

@@ -173,21 +173,20 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport> {
         .map(|(t, kp)| Node::spawn(Arc::new(t) as Arc<dyn Transport>, *kp, config.clone()))
         .collect();
     let setup_ms = ms(setup.elapsed());
-    let result = sign(&nodes, &keypairs, options).await;
+    let report = sign(&nodes, &keypairs, options, setup_ms).await;
     for node in &nodes {
         node.shutdown().await?;
     }
-    let (mut report, total) = result?;
-    report.setup_ms = setup_ms;
-    report.total_ms = ms(total);
-    Ok(report)
+    report
 }
 
+/// Signs the demo message on `nodes` and reports it; `setup_ms` goes into the report as is.
 async fn sign(
     nodes: &[Node],
     keypairs: &[Keypair],
     options: DemoOptions,
-) -> Result<(DemoReport, Duration)> {
+    setup_ms: f64,
+) -> Result<DemoReport> {
     let signers: Vec<_> = keypairs.iter().map(Keypair::public_key).collect();
     let aggregate = KeyAggContext::new(&signers)
         .map_err(|e| NodeError::invalid("signers", e))?
@@ -276,8 +275,8 @@ async fn sign(
             },
         });
     }
-    let report = DemoReport {
-        setup_ms: 0.0,
+    Ok(DemoReport {
+        setup_ms,
         signers: nodes
             .iter()
             .zip(&signers)
@@ -291,8 +290,7 @@ async fn sign(
         session: session.to_string(),
         signature: signature.to_string(),
         phases,
-        total_ms: 0.0,
-    };
-    // The last event can trail the last `wait_for_signature` reply by a few microseconds.
-    Ok((report, total.max(previous - start)))
+        // The last event can trail the last `wait_for_signature` reply by a few microseconds.
+        total_ms: ms(total.max(previous - start)),
+    })
 }

@@ -91,12 +91,15 @@ struct ControlArgs {
 }
 
 impl ControlArgs {
-    fn socket(&self) -> PathBuf {
+    fn socket(&self) -> Result<PathBuf> {
         match (&self.control, &self.dir) {
-            (Some(socket), _) => socket.clone(),
-            (None, Some(dir)) => keys::default_control_socket(dir),
-            // clap requires one of the two.
-            (None, None) => PathBuf::from("control.sock"),
+            (Some(socket), _) => Ok(socket.clone()),
+            (None, Some(dir)) => Ok(keys::default_control_socket(dir)),
+            // clap already requires one of the two.
+            (None, None) => Err(NodeError::InvalidArgument {
+                what: "control socket",
+                reason: "give --dir or --control".to_owned(),
+            }),
         }
     }
 }
@@ -329,7 +332,7 @@ fn wait(session: String, timeout_secs: u64) -> Request {
 }
 
 async fn session(control: ControlArgs, command: SessionCommand, json: bool) -> Result<()> {
-    let socket = control.socket();
+    let socket = control.socket()?;
     let value = match command {
         SessionCommand::Create {
             signers,
@@ -524,7 +527,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Run(args) => run_node(args, json).await,
         Command::Info(control) => {
-            let value = control::call(&control.socket(), &Request::Info).await?;
+            let value = control::call(&control.socket()?, &Request::Info).await?;
             print_value(&value, json);
             Ok(())
         }

@@ -87,37 +87,45 @@ fn demo_signs_and_reports_a_verifiable_signature() {
     }
 }
 
+/// Runs the binary with `args`, which must fail with `reason` in its error output.
+fn refused(args: &[&str], reason: &str) {
+    let (ok, _, err) = run(args);
+    assert!(!ok, "{args:?} must fail");
+    assert!(err.contains(reason), "{args:?}: {err}");
+}
+
 #[test]
 fn bad_arguments_are_refused_with_a_reason() {
-    let (ok, _, err) = run(&["demo", "--signers", "1"]);
-    assert!(!ok);
-    assert!(err.contains("between 2 and 128"), "{err}");
-    let (ok, _, err) = run(&[
-        "run",
-        "--dir",
-        "/nonexistent",
-        "--bootstrap",
-        "/ip4/127.0.0.1/tcp/1",
-    ]);
-    assert!(!ok);
-    assert!(err.contains("/p2p/<peer id>"), "{err}");
-    let (ok, _, err) = run(&[
-        "session",
-        "--dir",
-        "/nonexistent",
-        "create",
-        "--signer",
-        "02aa",
-        "--message",
-        "00",
-        "--tweak",
-        "sideways:00",
-    ]);
-    assert!(!ok);
-    assert!(err.contains("plain:HEX or xonly:HEX"), "{err}");
-    let (ok, _, err) = run(&["session", "--dir", "/nonexistent", "status"]);
-    assert!(!ok);
-    assert!(err.contains("cannot connect"), "{err}");
+    refused(&["demo", "--signers", "1"], "between 2 and 128");
+    refused(
+        &[
+            "run",
+            "--dir",
+            "/nonexistent",
+            "--bootstrap",
+            "/ip4/127.0.0.1/tcp/1",
+        ],
+        "/p2p/<peer id>",
+    );
+    refused(
+        &[
+            "session",
+            "--dir",
+            "/nonexistent",
+            "create",
+            "--signer",
+            "02aa",
+            "--message",
+            "00",
+            "--tweak",
+            "sideways:00",
+        ],
+        "plain:HEX or xonly:HEX",
+    );
+    refused(
+        &["session", "--dir", "/nonexistent", "status"],
+        "cannot connect",
+    );
 }
 
 async fn start(dir: &Path, bootstrap: Option<&Daemon>, auto_join: bool) -> Daemon {

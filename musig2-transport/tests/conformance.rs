@@ -3,10 +3,13 @@
 //! Each check takes nodes built by a harness (every node reachable from every other, node `i`
 //! with frame limit `limits[i]`) and asserts behaviour every `Transport` must have.
 
+mod common;
+
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+
+use common::{wait_for_event, within};
 
 use musig2_transport::{
     Bytes, Libp2pConfig, Libp2pTransport, MemoryConfig, MemoryNetwork, PeerEvent, PeerId,
@@ -15,15 +18,6 @@ use musig2_transport::{
 use tokio::sync::broadcast::error::RecvError;
 
 type Node = Arc<dyn Transport>;
-
-/// Generous bound for anything that should happen; the checks wait for conditions, not times.
-const PATIENCE: Duration = Duration::from_secs(30);
-
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(PATIENCE, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not happen within {PATIENCE:?}"))
-}
 
 fn frame(tag: &str, i: usize) -> Bytes {
     Bytes::from(format!("{tag}-{i}").into_bytes())
@@ -203,27 +197,9 @@ async fn disconnect_event(nodes: Vec<Node>) {
     let (a, b) = (&nodes[0], &nodes[1]);
     let mut events = a.events();
     let b_id = b.local_peer_id();
-    within("connected event", async {
-        loop {
-            match events.recv().await {
-                Ok(PeerEvent::Connected(p)) if p == b_id => break,
-                Ok(_) => {}
-                Err(e) => panic!("event stream failed: {e}"),
-            }
-        }
-    })
-    .await;
+    wait_for_event(&mut events, PeerEvent::Connected(b_id)).await;
     b.shutdown().await.expect("shutdown");
-    within("disconnected event", async {
-        loop {
-            match events.recv().await {
-                Ok(PeerEvent::Disconnected(p)) if p == b_id => break,
-                Ok(_) => {}
-                Err(e) => panic!("event stream failed: {e}"),
-            }
-        }
-    })
-    .await;
+    wait_for_event(&mut events, PeerEvent::Disconnected(b_id)).await;
 }
 
 async fn blocking(nodes: Vec<Node>) {
@@ -236,16 +212,7 @@ async fn blocking(nodes: Vec<Node>) {
         .await
         .expect("frame");
     a.block_peer(b.local_peer_id()).await.expect("block");
-    within("disconnect on block", async {
-        loop {
-            match events.recv().await {
-                Ok(PeerEvent::Disconnected(p)) if p == b.local_peer_id() => break,
-                Ok(_) => {}
-                Err(e) => panic!("event stream failed: {e}"),
-            }
-        }
-    })
-    .await;
+    wait_for_event(&mut events, PeerEvent::Disconnected(b.local_peer_id())).await;
     // Neither direction gets through; a third node is unaffected.
     let from_blocked = within(
         "send from the blocked peer",
@@ -262,13 +229,7 @@ async fn blocking(nodes: Vec<Node>) {
     c.send(a.local_peer_id(), frame("third", 3))
         .await
         .expect("others still reach the blocker");
-    let inbound = within("frame from the third node", a.recv())
-        .await
-        .expect("frame");
-    assert_eq!(
-        (inbound.from, inbound.frame),
-        (c.local_peer_id(), frame("third", 3))
-    );
+    expect_frame(a, c, frame("third", 3)).await;
     // Unblocked, the peer reaches us again.
     a.unblock_peer(b.local_peer_id()).await.expect("unblock");
     within("send after unblocking", async {
@@ -278,13 +239,13 @@ async fn blocking(nodes: Vec<Node>) {
         }
     })
     .await;
-    let inbound = within("frame after unblocking", a.recv())
-        .await
-        .expect("frame");
-    assert_eq!(
-        (inbound.from, inbound.frame),
-        (b.local_peer_id(), frame("after", 4))
-    );
+    expect_frame(a, b, frame("after", 4)).await;
+}
+
+/// The next frame `to` receives is `frame`, from `from`.
+async fn expect_frame(to: &Node, from: &Node, frame: Bytes) {
+    let inbound = within("frame", to.recv()).await.expect("frame");
+    assert_eq!((inbound.from, inbound.frame), (from.local_peer_id(), frame));
 }
 
 async fn shutdown_releases(nodes: Vec<Node>) {

@@ -1,8 +1,11 @@
 //! libp2p-specific tests, all on 127.0.0.1 in one process. They wait for conditions with generous
 //! bounds and never assert on timing.
 
-use std::future::Future;
+mod common;
+
 use std::time::Duration;
+
+use common::{wait_for_event, within};
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::swarm::SwarmEvent;
@@ -11,14 +14,6 @@ use musig2_transport::{
     Bytes, FRAME_PROTOCOL, KeySource, Libp2pConfig, Libp2pTransport, PeerEvent, PeerId,
     RecordValidator, Transport, TransportError,
 };
-
-const PATIENCE: Duration = Duration::from_secs(30);
-
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(PATIENCE, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not happen within {PATIENCE:?}"))
-}
 
 /// `from` sends `payload` to `to`, which must receive exactly it.
 async fn deliver(from: &Libp2pTransport, to: &Libp2pTransport, payload: &'static [u8]) {
@@ -135,16 +130,8 @@ async fn a_frame_link_does_not_keep_an_idle_connection_open() {
         .await
         .expect("address");
     deliver(&a, &b, b"once").await;
-    within("the idle connection closes", async {
-        loop {
-            match events.recv().await {
-                Ok(PeerEvent::Disconnected(peer)) if peer == b.local_peer_id() => break,
-                Ok(_) => {}
-                Err(e) => panic!("event stream failed: {e}"),
-            }
-        }
-    })
-    .await;
+    // The idle connection closes.
+    wait_for_event(&mut events, PeerEvent::Disconnected(b.local_peer_id())).await;
     // And the next frame reconnects and opens a fresh link.
     deliver(&a, &b, b"again").await;
 }
@@ -257,16 +244,7 @@ async fn add_address_dial_and_unknown_peer() {
         .await
         .expect("add address");
     a.dial(b.local_peer_id()).await.expect("dial");
-    within("connected event", async {
-        loop {
-            if let Ok(PeerEvent::Connected(p)) = events.recv().await {
-                if p == b.local_peer_id() {
-                    break;
-                }
-            }
-        }
-    })
-    .await;
+    wait_for_event(&mut events, PeerEvent::Connected(b.local_peer_id())).await;
     assert!(
         a.connected_peers()
             .await
