@@ -3,6 +3,8 @@
 use musig2_proto::{ProtoError, SeqNo, SessionId, SignerIndex};
 use musig2_transport::{PeerId, TransportError};
 
+use crate::event::AbortOrigin;
+
 /// What a node should do about the peer that delivered a rejected message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerAction {
@@ -98,8 +100,9 @@ pub enum CoordinatorError {
     /// This node's key is not among the session's signers.
     #[error("this node's key is not a signer of session {0}")]
     NotASigner(SessionId),
-    /// The session was aborted.
-    #[error("session {session} aborted: {reason:?}, blamed {blamed:?}")]
+    /// The session was aborted. `origin` says whose word the blame is: this node's own finding
+    /// ([`AbortOrigin::Local`]) or another signer's claim ([`AbortOrigin::Remote`]).
+    #[error("session {session} aborted: {reason:?}, blamed {blamed:?} ({origin})")]
     Aborted {
         /// The session.
         session: SessionId,
@@ -107,6 +110,8 @@ pub enum CoordinatorError {
         reason: musig2_proto::AbortReason,
         /// The signers blamed (empty if none).
         blamed: Vec<SignerIndex>,
+        /// Who decided: this node, or the signer whose signed Abort we received.
+        origin: AbortOrigin,
     },
     /// Too many concurrent sessions.
     #[error("at most {0} concurrent sessions")]

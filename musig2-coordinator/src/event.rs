@@ -13,6 +13,15 @@ pub enum AbortOrigin {
     Remote(SignerIndex),
 }
 
+impl std::fmt::Display for AbortOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AbortOrigin::Local => f.write_str("finding of this node"),
+            AbortOrigin::Remote(signer) => write!(f, "claim of signer {signer}"),
+        }
+    }
+}
+
 /// Something that happened to a session, broadcast to every subscriber.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

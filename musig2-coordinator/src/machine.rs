@@ -161,6 +161,8 @@ pub struct SessionMachine {
     my_nonce: Option<PubNonceBytes>,
     context: Option<SessionContext>,
     signature: Option<schnorr::Signature>,
+    /// Why the session aborted, whom it blamed and who decided, once it has.
+    aborted: Option<(AbortReason, Vec<SignerIndex>, AbortOrigin)>,
 
     replay: Vec<ReplayWindow>,
     unbound: VecDeque<(PeerId, SignedEnvelope)>,
@@ -274,6 +276,7 @@ impl SessionMachine {
             my_nonce: None,
             context: None,
             signature: None,
+            aborted: None,
             replay: vec![ReplayWindow::new(config.replay_window, config.max_seq_gap); n],
             unbound: VecDeque::new(),
             rejected: 0,
@@ -314,6 +317,14 @@ impl SessionMachine {
     /// The final signature, once the session is done.
     pub fn signature(&self) -> Option<schnorr::Signature> {
         self.signature
+    }
+
+    /// Why the session aborted, the signers blamed and who decided (our finding or another
+    /// signer's claim), once it has aborted.
+    pub fn abort_outcome(&self) -> Option<(AbortReason, &[SignerIndex], AbortOrigin)> {
+        self.aborted
+            .as_ref()
+            .map(|(reason, blamed, origin)| (*reason, blamed.as_slice(), *origin))
     }
 
     /// The peer bound to signer `index`, if known.
@@ -693,11 +704,14 @@ impl SessionMachine {
             }
             Body::Abort { reason, blamed } => {
                 self.phase = Phase::Aborted;
+                self.phase_deadline_ms = None;
                 self.secnonce = None;
+                let blamed: Vec<SignerIndex> = blamed.into_iter().collect();
+                self.aborted = Some((reason, blamed.clone(), AbortOrigin::Remote(signer)));
                 out.push(Output::Event(Event::Aborted {
                     session: self.id,
                     reason,
-                    blamed: blamed.into_iter().collect(),
+                    blamed,
                     origin: AbortOrigin::Remote(signer),
                 }));
             }
@@ -1112,6 +1126,7 @@ impl SessionMachine {
             self.send_to(out, others, vec![env]);
         }
         tracing::info!(session = %self.id, ?reason, ?blamed, "session aborted");
+        self.aborted = Some((reason, blamed.clone(), AbortOrigin::Local));
         out.push(Output::Event(Event::Aborted {
             session: self.id,
             reason,

@@ -612,7 +612,16 @@ impl Actor {
                         let _ = reply.send(Ok(sig));
                     }
                     (Phase::Aborted, _) => {
-                        let _ = reply.send(Err(CoordinatorError::SessionFinished(session)));
+                        let error = match m.abort_outcome() {
+                            Some((reason, blamed, origin)) => CoordinatorError::Aborted {
+                                session,
+                                reason,
+                                blamed: blamed.to_vec(),
+                                origin,
+                            },
+                            None => CoordinatorError::SessionFinished(session),
+                        };
+                        let _ = reply.send(Err(error));
                     }
                     _ => self.waiters.entry(session).or_default().push(reply),
                 },
@@ -875,13 +884,14 @@ impl Actor {
                 session,
                 reason,
                 blamed,
-                ..
+                origin,
             } => {
                 for w in self.waiters.remove(session).unwrap_or_default() {
                     let _ = w.send(Err(CoordinatorError::Aborted {
                         session: *session,
                         reason: *reason,
                         blamed: blamed.clone(),
+                        origin: *origin,
                     }));
                 }
                 self.retire(*session);
