@@ -444,6 +444,7 @@ fn paired_round_trip(rt: &Runtime, frame: &Bytes) -> Paired {
             2,
             Libp2pConfig {
                 inbound_rate_per_sec: 0,
+                inbound_bytes_per_sec: 0,
                 ..Libp2pConfig::default()
             },
         )
@@ -555,6 +556,7 @@ fn libp2p_benches(c: &mut Criterion) {
             2,
             Libp2pConfig {
                 inbound_rate_per_sec: 0,
+                inbound_bytes_per_sec: 0,
                 ..Libp2pConfig::default()
             },
         ))

@@ -32,13 +32,46 @@ pub struct Config {
     pub replay_window: u64,
     /// Largest accepted difference between an envelope's timestamp and our clock.
     pub max_clock_skew: Duration,
-    /// Most sessions this node takes part in at once.
+    /// Most sessions this node takes part in at once (joined or created here, not finished).
     pub max_concurrent_sessions: usize,
+    /// Most sessions announced to this node that it has not joined, held at once. They live in
+    /// their own pool, apart from `max_concurrent_sessions`; when it is full the oldest is
+    /// dropped.
+    pub max_unjoined_sessions: usize,
+    /// Most un-joined sessions held from one creator key (oldest dropped first).
+    pub max_unjoined_per_creator: usize,
+    /// How long an un-joined session is held, whatever its announcement says.
+    pub unjoined_session_lifetime: Duration,
+    /// Longest session lifetime (announcement expiry, session timeout) this node accepts in an
+    /// announcement; longer ones are refused ([`CoordinatorError::PolicyOutOfBounds`](crate::CoordinatorError::PolicyOutOfBounds)).
+    pub max_session_lifetime: Duration,
+    /// Longest phase timeout (nonce, partial signature, broadcast) this node accepts in an
+    /// announcement.
+    pub max_round_timeout: Duration,
     /// Most envelopes buffered per peer for a session we do not know yet, or from a peer whose
     /// binding we have not seen yet.
     pub max_buffered_messages_per_peer: usize,
-    /// Most sends in flight at once (back-pressure on the transport).
+    /// Most bytes of frames buffered per peer for sessions we do not know yet.
+    pub max_pending_bytes_per_peer: usize,
+    /// Most frames buffered for sessions we do not know yet, over all peers.
+    pub max_pending_frames: usize,
+    /// Most bytes buffered for sessions we do not know yet, over all peers.
+    pub max_pending_bytes: usize,
+    /// Largest frame buffered for a session we do not know yet (only small bodies, such as a
+    /// join, a commitment, a nonce or a partial signature, can legitimately arrive that early).
+    /// Frames for unknown sessions are held for `max_clock_skew` at most.
+    pub max_pending_frame_bytes: usize,
+    /// Most peers whose offences are counted at once (the least offending is forgotten first).
+    pub max_offence_entries: usize,
+    /// Most sends in flight at once, over all peers.
     pub max_inflight_sends: usize,
+    /// Most sends in flight at once to one peer (the transport pipelines them).
+    pub max_inflight_sends_per_peer: usize,
+    /// Most frames queued for one peer; past it frames for that peer are shed (the node task
+    /// never waits for a slow or unreachable peer).
+    pub max_queued_frames_per_peer: usize,
+    /// Most peers with frames queued or in flight at once.
+    pub max_outbound_peers: usize,
     /// Wire limits: frame size, max signers, max message size, batch size.
     pub limits: Limits,
     /// Capacity of the command channel from handles to the node task.
@@ -69,8 +102,21 @@ impl Default for Config {
             replay_window: 128,
             max_clock_skew: Duration::from_secs(60),
             max_concurrent_sessions: 1024,
+            max_unjoined_sessions: 256,
+            max_unjoined_per_creator: 8,
+            unjoined_session_lifetime: Duration::from_secs(3600),
+            max_session_lifetime: Duration::from_secs(7 * 24 * 3600),
+            max_round_timeout: Duration::from_secs(3600),
             max_buffered_messages_per_peer: 64,
+            max_pending_bytes_per_peer: 64 * 1024,
+            max_pending_frames: 4096,
+            max_pending_bytes: 4 * 1024 * 1024,
+            max_pending_frame_bytes: 2048,
+            max_offence_entries: 4096,
             max_inflight_sends: 256,
+            max_inflight_sends_per_peer: 32,
+            max_queued_frames_per_peer: 1024,
+            max_outbound_peers: 1024,
             limits: Limits::default(),
             command_queue: 256,
             event_queue: 1024,

@@ -44,6 +44,24 @@ pub enum CoordinatorError {
         /// Its sequence number.
         seq: SeqNo,
     },
+    /// A signer signed two different envelopes under one sequence number, or two different
+    /// values for one contribution: equivocation by that signer (its signatures prove it).
+    #[error("signer {signer} equivocated (sequence number {seq})")]
+    Equivocation {
+        /// The equivocating signer.
+        signer: SignerIndex,
+        /// The sequence number of the contradicting envelope.
+        seq: SeqNo,
+    },
+    /// The same content under a sequence number already seen, with a new signature: only its
+    /// author can make one, and it cost a verification.
+    #[error("signer {signer} re-signed sequence number {seq}")]
+    ResignedDuplicate {
+        /// The sender.
+        signer: SignerIndex,
+        /// Its sequence number.
+        seq: SeqNo,
+    },
     /// The sequence number is older than the replay window.
     #[error("sequence number {seq} from signer {signer} is older than the replay window")]
     StaleSequence {
@@ -116,6 +134,29 @@ pub enum CoordinatorError {
     /// Too many concurrent sessions.
     #[error("at most {0} concurrent sessions")]
     TooManySessions(usize),
+    /// The announcement's timeouts or lifetime exceed what this node accepts.
+    #[error(
+        "session {session}: {what} of {requested_ms} ms exceeds this node's limit of {max_ms} ms"
+    )]
+    PolicyOutOfBounds {
+        /// The session.
+        session: SessionId,
+        /// Which bound.
+        what: &'static str,
+        /// What the announcement asks for.
+        requested_ms: u64,
+        /// This node's limit (see [`Config`](crate::Config)).
+        max_ms: u64,
+    },
+    /// The announcement lists, at this node's index, a peer id that is not this node's: the
+    /// session is refused (the others would route our traffic elsewhere).
+    #[error("session {session} lists peer {listed} for this node's key, which is not this node")]
+    Misrouted {
+        /// The session.
+        session: SessionId,
+        /// The peer id the announcement lists for us.
+        listed: PeerId,
+    },
     /// A request was invalid (e.g. bad signer list).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
@@ -140,7 +181,11 @@ impl CoordinatorError {
             CoordinatorError::Duplicate { .. }
             | CoordinatorError::StaleSequence { .. }
             | CoordinatorError::SessionFinished(_)
-            | CoordinatorError::WrongAttempt { .. } => PeerAction::Ignore,
+            | CoordinatorError::WrongAttempt { .. }
+            // Its author is blamed by the session; the relay that showed us did right.
+            | CoordinatorError::Equivocation { .. }
+            // An honest peer with a wrong clock is not an attacker; it simply cannot take part.
+            | CoordinatorError::ClockSkew { .. } => PeerAction::Ignore,
             _ => PeerAction::Penalize,
         }
     }

@@ -83,6 +83,16 @@ pub enum Event {
         /// Who decided.
         origin: AbortOrigin,
     },
+    /// An announcement naming this node's key was refused because it lists, at our index, a
+    /// peer id that is not ours (the creator would have others route our traffic elsewhere).
+    /// The session is aborted with reason `Misrouted`, blaming the creator, and the other
+    /// signers are told.
+    SessionRefused {
+        /// The session.
+        session: SessionId,
+        /// The peer id the announcement lists for this node's key.
+        listed_peer: PeerId,
+    },
     /// A peer bound to one of our active sessions disconnected.
     ParticipantDisconnected {
         /// The session.
@@ -107,6 +117,7 @@ impl Event {
             | Event::PartialSignaturesComplete { session }
             | Event::SignatureReady { session, .. }
             | Event::Aborted { session, .. }
+            | Event::SessionRefused { session, .. }
             | Event::ParticipantDisconnected { session, .. } => *session,
         }
     }

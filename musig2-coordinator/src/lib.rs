@@ -57,6 +57,9 @@ mod error;
 mod event;
 mod machine;
 mod node;
+mod offences;
+mod outbound;
+mod pending;
 mod replay;
 
 pub use config::Config;
@@ -64,5 +67,7 @@ pub use election::{TAG_ELECTION, election_order};
 pub use error::{CoordinatorError, PeerAction, Result};
 pub use event::{AbortOrigin, Event};
 pub use machine::{Output, Phase, SessionHealth, SessionMachine};
-pub use node::{DHT_KEY_PREFIX, Node, SessionRequest, announcement_record_validator, dht_key};
+pub use node::{
+    DHT_KEY_PREFIX, Node, NodeUsage, SessionRequest, announcement_record_validator, dht_key,
+};
 pub use replay::ReplayWindow;

@@ -11,7 +11,7 @@
 //! the phase comes. The same value twice is a no-op; a different value from the same signer is
 //! equivocation and aborts the session, blaming that signer.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use musig2_core::{
     AggNonce, KeyAggContext, NonceGen, PartialSignature, PubNonce, SecNonce, SessionContext,
@@ -165,8 +165,23 @@ pub struct SessionMachine {
     aborted: Option<(AbortReason, Vec<SignerIndex>, AbortOrigin)>,
 
     replay: Vec<ReplayWindow>,
+    /// Per signer, the envelopes verified (or, for us, sent) in the replay window: sequence
+    /// number → (signing hash, signature). The same number under another hash is equivocation;
+    /// under the same signature it is an exact replay, dropped before any verification.
+    seen: Vec<BTreeMap<u64, SeenEnvelope>>,
+    /// The star coordinator's verified AggregateNonce envelope (members), to drop replays cheaply.
+    aggnonce_env: Option<SignedEnvelope>,
+    /// The announcement lists, at our index, a peer id that is not ours.
+    misrouted: bool,
+    replay_window: u64,
     unbound: VecDeque<(PeerId, SignedEnvelope)>,
     rejected: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SeenEnvelope {
+    hash: [u8; 32],
+    signature: [u8; 64],
 }
 
 impl std::fmt::Debug for SessionMachine {
@@ -236,6 +251,9 @@ impl SessionMachine {
             })
             .collect();
         let listed = peers.iter().map(Option::is_some).collect();
+        // The creator may list a peer id for us that is not ours; we never silently correct it
+        // (see `is_misrouted`), but we always speak from our own.
+        let misrouted = peers[me.as_usize()].is_some_and(|p| p != local_peer);
         peers[me.as_usize()] = Some(local_peer);
         let order = election_order(a.policy.election, &id, &keys);
         let coordinator = order.first().copied().unwrap_or(me);
@@ -278,6 +296,10 @@ impl SessionMachine {
             signature: None,
             aborted: None,
             replay: vec![ReplayWindow::new(config.replay_window, config.max_seq_gap); n],
+            seen: vec![BTreeMap::new(); n],
+            aggnonce_env: None,
+            misrouted,
+            replay_window: config.replay_window.clamp(1, 128),
             unbound: VecDeque::new(),
             rejected: 0,
             ann,
@@ -325,6 +347,69 @@ impl SessionMachine {
         self.aborted
             .as_ref()
             .map(|(reason, blamed, origin)| (*reason, blamed.as_slice(), *origin))
+    }
+
+    /// Whether the announcement lists, at our index, a peer id other than the one this node
+    /// speaks from. Such a session must be refused ([`SessionMachine::refuse`]), never joined:
+    /// the other signers would route our traffic to whoever the creator named.
+    pub fn is_misrouted(&self) -> bool {
+        self.misrouted
+    }
+
+    /// Refuses a misrouted session: aborts it with [`AbortReason::Misrouted`] blaming the
+    /// creator, and sends that signed abort to the other listed signers so they learn why we will
+    /// not take part (our claim, which they report as such) instead of timing out on us.
+    pub fn refuse(&mut self, now_ms: u64) -> Vec<Output> {
+        let mut out = Vec::new();
+        if self.phase.is_terminal() {
+            return out;
+        }
+        let creator = self.ann.announcement().creator;
+        let env = self.sign(
+            now_ms,
+            Body::Abort {
+                reason: AbortReason::Misrouted,
+                blamed: Some(creator),
+            },
+        );
+        // The announced peer at our index is not ours: never send there.
+        let others: Vec<SignerIndex> = self
+            .others()
+            .filter(|&k| self.peer_of(k) != self.ann_peer(self.me))
+            .collect();
+        self.send_to(&mut out, others, vec![env]);
+        self.phase = Phase::Aborted;
+        self.phase_deadline_ms = None;
+        self.secnonce = None;
+        self.aborted = Some((AbortReason::Misrouted, vec![creator], AbortOrigin::Local));
+        out.push(Output::Event(Event::Aborted {
+            session: self.id,
+            reason: AbortReason::Misrouted,
+            blamed: vec![creator],
+            origin: AbortOrigin::Local,
+        }));
+        out
+    }
+
+    fn ann_peer(&self, index: SignerIndex) -> Option<PeerId> {
+        self.ann
+            .announcement()
+            .signers
+            .get(index.as_usize())
+            .and_then(|s| s.peer_id.as_ref())
+            .and_then(|p| PeerId::from_bytes(p.as_bytes()).ok())
+    }
+
+    /// Whether a frame whose header was peeked is an exact copy of an envelope this machine has
+    /// already verified (or sent): same signer, sequence number and signature. Such a frame can
+    /// be dropped without decoding or verifying it; a different envelope under the same number
+    /// is not covered and must go through [`SessionMachine::handle_envelope`] (it may be
+    /// evidence of equivocation).
+    pub fn is_exact_replay(&self, header: &musig2_proto::EnvelopeHeader) -> bool {
+        self.seen
+            .get(header.signer.as_usize())
+            .and_then(|m| m.get(&header.seq.get()))
+            .is_some_and(|s| s.signature == header.signature)
     }
 
     /// The peer bound to signer `index`, if known.
@@ -416,7 +501,7 @@ impl SessionMachine {
     /// it. Idempotent.
     pub fn join<R: rand::CryptoRng + ?Sized>(&mut self, now_ms: u64, rng: &mut R) -> Vec<Output> {
         let mut out = Vec::new();
-        if self.phase != Phase::Created {
+        if self.phase != Phase::Created || self.misrouted {
             return out;
         }
         let Some(local_peer) = self.peers[self.me.as_usize()] else {
@@ -514,10 +599,17 @@ impl SessionMachine {
         if self.phase.is_terminal() {
             return Err(CoordinatorError::SessionFinished(self.id));
         }
-        if self.is_stored(&envelope) {
+        // Cheap checks first: an exact copy of what we hold costs no verification.
+        let (claimed, claimed_seq) = (envelope.envelope().signer(), envelope.envelope().seq());
+        let exact_copy = self
+            .seen
+            .get(claimed.as_usize())
+            .and_then(|m| m.get(&claimed_seq.get()))
+            .is_some_and(|s| &s.signature == envelope.signature());
+        if exact_copy || self.is_stored(&envelope) {
             return Err(CoordinatorError::Duplicate {
-                signer: envelope.envelope().signer(),
-                seq: envelope.envelope().seq(),
+                signer: claimed,
+                seq: claimed_seq,
             });
         }
         let verified = envelope
@@ -525,29 +617,67 @@ impl SessionMachine {
             .map_err(|source| CoordinatorError::InvalidMessage { peer: from, source })?;
         let signer = verified.signer();
         if signer == self.me {
-            // Our own envelope relayed back to us.
+            // Our own envelope relayed back to us (not byte-equal: a forgery would not verify).
             return Err(CoordinatorError::Duplicate {
                 signer,
                 seq: verified.seq(),
             });
         }
+        // A signed abort is its author's claim whoever delivers it (e.g. a signer the creator
+        // misrouted, speaking from a peer the announcement does not list).
+        let any_deliverer = matches!(verified.body(), Body::Abort { .. });
         let direct_join = matches!(verified.body(), Body::Join { peer_id } if peer_id.as_bytes() == from.to_bytes().as_slice());
-        if !direct_join && self.signer_of(&from).is_none() {
+        if !direct_join && !any_deliverer && self.signer_of(&from).is_none() {
             return self.buffer_unbound(from, envelope);
         }
-        if let Err(e) = self.replay[signer.as_usize()].check(signer, verified.seq()) {
-            // A replayed sequence number is dropped, unless its content proves equivocation.
-            if self.contradicts(&verified) {
-                self.abort(now_ms, AbortReason::Equivocation, vec![signer], out);
-            }
-            return Err(e);
+        // The contradiction check runs on every verified envelope, before the replay and skew
+        // filters: its author signed both, so it is evidence whoever relayed it and however late.
+        let hash = verified.envelope().signing_hash();
+        let reused_seq = self.seen[signer.as_usize()]
+            .get(&verified.seq().get())
+            .is_some_and(|s| s.hash != hash);
+        if reused_seq || self.contradicts(&verified) {
+            self.abort(now_ms, AbortReason::Equivocation, vec![signer], out);
+            return Err(CoordinatorError::Equivocation {
+                signer,
+                seq: verified.seq(),
+            });
         }
-        let skew_ms = verified.timestamp_ms().abs_diff(now_ms);
-        if skew_ms > self.max_skew_ms {
-            return Err(CoordinatorError::ClockSkew { signer, skew_ms });
+        let relayed = self.peer_of(signer) != Some(from) && !direct_join;
+        if let Err(e) = self.replay[signer.as_usize()].check(signer, verified.seq()) {
+            return Err(match e {
+                // Same content, re-signed: only its author can make it, and it cost a
+                // verification.
+                CoordinatorError::Duplicate { signer, seq } => {
+                    CoordinatorError::ResignedDuplicate { signer, seq }
+                }
+                other => other,
+            });
+        }
+        // Judged by its author's signature: a relayed envelope may be as old as the session.
+        if !relayed {
+            let skew_ms = verified.timestamp_ms().abs_diff(now_ms);
+            if skew_ms > self.max_skew_ms {
+                return Err(CoordinatorError::ClockSkew { signer, skew_ms });
+            }
         }
         self.replay[signer.as_usize()].record(verified.seq());
+        self.remember(signer, verified.seq(), hash, *verified.signed().signature());
         self.apply(verified, now_ms, out)
+    }
+
+    /// Records a verified (or our own) envelope under its signer and sequence number, forgetting
+    /// those that fell out of the replay window.
+    fn remember(&mut self, signer: SignerIndex, seq: SeqNo, hash: [u8; 32], signature: [u8; 64]) {
+        let Some(map) = self.seen.get_mut(signer.as_usize()) else {
+            return;
+        };
+        map.insert(seq.get(), SeenEnvelope { hash, signature });
+        let highest = map.keys().next_back().copied().unwrap_or(0);
+        let floor = highest.saturating_sub(self.replay_window);
+        while map.first_key_value().is_some_and(|(&k, _)| k < floor) {
+            map.pop_first();
+        }
     }
 
     fn buffer_unbound(&mut self, from: PeerId, envelope: SignedEnvelope) -> Result<()> {
@@ -674,6 +804,7 @@ impl SessionMachine {
                     }
                 }
                 self.aggnonce_received = true;
+                self.aggnonce_env = Some(env.signed().clone());
             }
             Body::PartialSig {
                 attempt,
@@ -751,6 +882,7 @@ impl SessionMachine {
             Body::Nonce { .. } => self.nonces.get(j).and_then(|s| s.as_ref().map(|x| &x.1)),
             Body::PartialSig { .. } => self.psigs.get(j).and_then(|s| s.as_ref().map(|x| &x.1)),
             Body::Join { .. } => self.joins.get(j).and_then(|s| s.as_ref().map(|x| &x.1)),
+            Body::AggregateNonce { .. } => self.aggnonce_env.as_ref(),
             _ => None,
         };
         stored == Some(envelope)
@@ -1158,7 +1290,14 @@ impl SessionMachine {
     fn sign(&mut self, now_ms: u64, body: Body) -> SignedEnvelope {
         let seq = self.next_seq;
         self.next_seq = seq.next().unwrap_or(seq);
-        Envelope::sign(self.id, self.me, seq, now_ms, body, &self.keypair)
+        let env = Envelope::sign(self.id, self.me, seq, now_ms, body, &self.keypair);
+        self.remember(
+            self.me,
+            seq,
+            env.envelope().signing_hash(),
+            *env.signature(),
+        );
+        env
     }
 
     fn is_star_coordinator(&self) -> bool {

@@ -572,7 +572,8 @@ fn replay_skew_gap_and_attempt_are_checked() {
         m.handle_envelope(p1, gap, T0, &mut net.rng),
         Err(CoordinatorError::SequenceGap { .. })
     ));
-    m.handle_envelope(p1, sign(1, T0, join.clone()), T0, &mut net.rng)
+    let first = sign(1, T0, join.clone());
+    m.handle_envelope(p1, first.clone(), T0, &mut net.rng)
         .unwrap();
     let wrong_attempt = sign(
         2,
@@ -586,11 +587,51 @@ fn replay_skew_gap_and_attempt_are_checked() {
         m.handle_envelope(p1, wrong_attempt, T0, &mut net.rng),
         Err(CoordinatorError::WrongAttempt { found: 5, .. })
     ));
-    let replay = sign(1, T0, join);
+    // An exact replay is dropped before verification, harmlessly.
+    let replay = m.handle_envelope(p1, first, T0, &mut net.rng);
+    assert!(matches!(replay, Err(CoordinatorError::Duplicate { .. })));
+    assert_eq!(replay.unwrap_err().peer_action(), crate::PeerAction::Ignore);
+    // The same content signed again costs a verification: an offence.
+    let resigned = m.handle_envelope(p1, sign(1, T0, join), T0, &mut net.rng);
     assert!(matches!(
-        m.handle_envelope(p1, replay, T0, &mut net.rng),
-        Err(CoordinatorError::Duplicate { .. })
+        resigned,
+        Err(CoordinatorError::ResignedDuplicate { .. })
     ));
+    assert_eq!(
+        resigned.unwrap_err().peer_action(),
+        crate::PeerAction::Penalize
+    );
+}
+
+#[test]
+fn a_reused_sequence_number_with_other_content_is_equivocation_even_when_stale_or_skewed() {
+    let mut net = Net::new(3, Topology::Mesh, false);
+    let kp1 = net.keypairs[1];
+    let id = net.machines[0].session_id();
+    let sign = |seq: u64, ts: u64, body: Body| {
+        Envelope::sign(id, idx(1), SeqNo::new(seq).unwrap(), ts, body, &kp1)
+    };
+    let join = Body::Join {
+        peer_id: PeerIdBytes::new(net.peers[1].to_bytes()).unwrap(),
+    };
+    let m = &mut net.machines[0];
+    let (p1, p2) = (net.peers[1], net.peers[2]);
+    m.handle_envelope(p1, sign(1, T0, join), T0, &mut net.rng)
+        .unwrap();
+    // Signer 1 reuses number 1 for a nonce, dated far outside the skew bound and relayed by
+    // signer 2's peer: its own signature convicts it, whoever relays and however late.
+    let nonce = Body::Nonce {
+        attempt: Attempt::FIRST,
+        pub_nonce: other_nonce(&mut ChaCha20Rng::seed_from_u64(2), &kp1),
+    };
+    m.handle_envelope(p2, sign(1, T0 + 3_600_000, nonce), T0, &mut net.rng)
+        .expect("the abort is an outcome, not a rejection");
+    assert_eq!(m.phase(), Phase::Aborted);
+    let (reason, blamed, origin) = m.abort_outcome().unwrap();
+    assert_eq!(
+        (reason, blamed, origin),
+        (AbortReason::Equivocation, &[idx(1)][..], AbortOrigin::Local)
+    );
 }
 
 #[test]

@@ -12,12 +12,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use musig2_proto::{
     Announcement, Frame, Limits, Policy, SessionId, SignedAnnouncement, SignedEnvelope,
-    SignerIndex, SignerInfo, Timeouts, VerifiedAnnouncement, decode_frame,
+    SignerIndex, SignerInfo, Timeouts, VerifiedAnnouncement, decode_frame, peek_envelope_header,
 };
 use musig2_transport::{PeerEvent, PeerId, RecordValidator, Transport, TransportError};
 use rand::{Rng, SeedableRng};
 use secp256k1::{Keypair, PublicKey, schnorr};
-use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -25,6 +25,9 @@ use crate::config::Config;
 use crate::error::{CoordinatorError, PeerAction, Result};
 use crate::event::Event;
 use crate::machine::{Output, Phase, SessionHealth, SessionMachine};
+use crate::offences::OffenceTable;
+use crate::outbound::Outbound;
+use crate::pending::{PendingBuffer, PendingLimits};
 
 /// Prefix of the DHT key under which a session's announcement is stored.
 pub const DHT_KEY_PREFIX: &[u8] = b"musig2-p2p/session/";
@@ -132,6 +135,9 @@ enum Command {
     Blocked {
         reply: oneshot::Sender<Vec<(PeerId, Duration)>>,
     },
+    Usage {
+        reply: oneshot::Sender<NodeUsage>,
+    },
     Cancel {
         session: SessionId,
         reply: oneshot::Sender<Result<()>>,
@@ -139,6 +145,31 @@ enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+}
+
+/// What a node holds right now, for monitoring and for checking that every bound holds (each
+/// has a limit in [`Config`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct NodeUsage {
+    /// Every session held (active, un-joined and finished).
+    pub sessions: usize,
+    /// Sessions joined or created here and not finished (≤ `max_concurrent_sessions`).
+    pub active_sessions: usize,
+    /// Sessions announced to us and not joined (≤ `max_unjoined_sessions`).
+    pub unjoined_sessions: usize,
+    /// Finished sessions kept for late queries (≤ `max_concurrent_sessions`).
+    pub finished_sessions: usize,
+    /// Frames buffered for unknown sessions (≤ `max_pending_frames`).
+    pub pending_frames: usize,
+    /// Their bytes (≤ `max_pending_bytes`).
+    pub pending_bytes: usize,
+    /// Peers in the offence table (≤ `max_offence_entries`).
+    pub offence_entries: usize,
+    /// Peers with a live outbound queue (≤ `max_outbound_peers`).
+    pub outbound_peers: usize,
+    /// Peers blocked at the transport.
+    pub blocked_peers: usize,
 }
 
 /// A handle to a signing node. Cheap to clone; every clone talks to the same node task.
@@ -177,13 +208,24 @@ impl Node {
             clock,
             sessions: HashMap::new(),
             finished: VecDeque::new(),
-            pending: HashMap::new(),
+            unjoined: VecDeque::new(),
+            pending: PendingBuffer::new(PendingLimits {
+                frames_per_peer: config.max_buffered_messages_per_peer,
+                bytes_per_peer: config.max_pending_bytes_per_peer,
+                frames: config.max_pending_frames,
+                bytes: config.max_pending_bytes,
+                frame_bytes: config.max_pending_frame_bytes,
+                lifetime_ms: millis(config.max_clock_skew),
+            }),
             waiters: HashMap::new(),
             events: events.clone(),
-            send_permits: Arc::new(Semaphore::new(config.max_inflight_sends.max(1))),
+            outbound: Outbound::new(transport.clone(), config.clone()),
             rng: rand::rngs::StdRng::from_os_rng(),
             key_agg_cache: HashMap::new(),
-            offences: HashMap::new(),
+            offences: OffenceTable::new(
+                config.max_offence_entries,
+                millis(config.peer_block_duration),
+            ),
             blocked: HashMap::new(),
         };
         let peer_events = transport.events();
@@ -409,6 +451,11 @@ impl Node {
         self.call(|reply| Command::Blocked { reply }).await
     }
 
+    /// What the node holds right now (sessions by kind, buffers, tables).
+    pub async fn usage(&self) -> Result<NodeUsage> {
+        self.call(|reply| Command::Usage { reply }).await
+    }
+
     /// Aborts a session, telling the other signers.
     pub async fn cancel_session(&self, session: SessionId) -> Result<()> {
         self.call(|reply| Command::Cancel { session, reply })
@@ -434,7 +481,7 @@ impl Node {
 }
 
 /// `delay` scaled by a random factor in [0.5, 1.5), so retries of many nodes spread out.
-fn jittered(delay: Duration) -> Duration {
+pub(crate) fn jittered(delay: Duration) -> Duration {
     delay.mul_f64(rand::rng().random_range(0.5..1.5))
 }
 
@@ -447,22 +494,26 @@ struct Actor {
     sessions: HashMap<SessionId, SessionMachine>,
     /// Finished sessions, oldest first; kept (bounded) so late waiters get the outcome.
     finished: VecDeque<SessionId>,
-    /// Envelopes for sessions we do not know yet.
-    pending: HashMap<SessionId, VecDeque<(PeerId, SignedEnvelope)>>,
+    /// Sessions announced to us that we have not joined: (id, creator key, when it arrived),
+    /// oldest first. A pool of their own, bounded overall and per creator.
+    unjoined: VecDeque<(SessionId, PublicKey, u64)>,
+    /// Raw frames for sessions we do not know yet.
+    pending: PendingBuffer,
     waiters: HashMap<SessionId, Vec<oneshot::Sender<Result<schnorr::Signature>>>>,
     events: broadcast::Sender<Event>,
-    send_permits: Arc<Semaphore>,
+    outbound: Outbound,
     rng: rand::rngs::StdRng,
     /// Untweaked key-aggregation contexts of recent signer lists.
     key_agg_cache: HashMap<Vec<PublicKey>, musig2_core::KeyAggContext>,
-    /// Offending frames per peer: how many, and when the count started (ms).
-    offences: HashMap<PeerId, (u32, u64)>,
+    /// Offending frames per peer.
+    offences: OffenceTable,
     /// Peers blocked at the transport, and until when (ms).
     blocked: HashMap<PeerId, u64>,
 }
 
-/// Peers whose offences are counted at once; past this the counts start over.
-const OFFENCE_TRACKED_PEERS: usize = 4096;
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// Signer lists whose key aggregation is kept for reuse.
 const KEY_AGG_CACHE_ENTRIES: usize = 64;
@@ -489,12 +540,13 @@ impl Actor {
                     }
                 },
                 inbound = self.transport.recv() => match inbound {
-                    Ok(inbound) => self.handle_frame(inbound.from, &inbound.frame).await,
+                    Ok(inbound) => self.handle_frame(inbound.from, inbound.frame).await,
                     Err(TransportError::Closed) => break,
                     Err(e) => tracing::warn!(error = %e, "receive failed"),
                 },
                 event = peer_events.recv() => match event {
                     Ok(PeerEvent::Disconnected(peer)) => self.peer_disconnected(peer),
+                    Ok(PeerEvent::RateLimited(peer)) => self.offence(peer, "over its inbound rate").await,
                     Ok(PeerEvent::Connected(_)) => {}
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "peer events lagged");
@@ -519,6 +571,11 @@ impl Actor {
             .values()
             .filter_map(SessionMachine::next_deadline)
             .chain(self.blocked.values().copied())
+            .chain(self.pending.next_expiry())
+            .chain(self.unjoined.front().map(|(_, _, at)| {
+                at.saturating_add(millis(self.config.unjoined_session_lifetime))
+                    .saturating_add(1)
+            }))
             .min()
     }
 
@@ -530,16 +587,8 @@ impl Actor {
             return;
         }
         let now = self.clock.now_ms();
-        let window = u64::try_from(self.config.peer_block_duration.as_millis()).unwrap_or(u64::MAX);
-        if !self.offences.contains_key(&peer) && self.offences.len() >= OFFENCE_TRACKED_PEERS {
-            self.offences.clear();
-        }
-        let (count, since) = self.offences.entry(peer).or_insert((0, now));
-        if now.saturating_sub(*since) > window {
-            (*count, *since) = (0, now);
-        }
-        *count += 1;
-        if *count < limit {
+        let window = millis(self.config.peer_block_duration);
+        if self.offences.record(peer, now) < limit {
             return;
         }
         self.offences.remove(&peer);
@@ -582,18 +631,7 @@ impl Actor {
                 let _ = reply.send(result);
             }
             Command::Join { session, reply } => {
-                let result = match self.sessions.get_mut(&session) {
-                    None => Err(CoordinatorError::UnknownSession(session)),
-                    Some(m) if m.phase() == Phase::Aborted => {
-                        Err(CoordinatorError::SessionFinished(session))
-                    }
-                    Some(m) => {
-                        let span = tracing::info_span!("session", id = %session);
-                        let outputs = span.in_scope(|| m.join(now, &mut self.rng));
-                        self.process(outputs).await;
-                        Ok(())
-                    }
-                };
+                let result = self.join(session, now).await;
                 let _ = reply.send(result);
             }
             Command::Lookup { session, reply } => {
@@ -643,6 +681,19 @@ impl Actor {
                 blocked.sort_by_key(|(peer, _)| peer.to_bytes());
                 let _ = reply.send(blocked);
             }
+            Command::Usage { reply } => {
+                let _ = reply.send(NodeUsage {
+                    sessions: self.sessions.len(),
+                    active_sessions: self.active_sessions(),
+                    unjoined_sessions: self.unjoined.len(),
+                    finished_sessions: self.finished.len(),
+                    pending_frames: self.pending.len(),
+                    pending_bytes: self.pending.bytes(),
+                    offence_entries: self.offences.len(),
+                    outbound_peers: self.outbound.peers(),
+                    blocked_peers: self.blocked.len(),
+                });
+            }
             Command::List { reply } => {
                 let mut all: Vec<SessionHealth> =
                     self.sessions.values().map(|m| m.health(now)).collect();
@@ -668,6 +719,117 @@ impl Actor {
         true
     }
 
+    /// Sessions this node takes part in: joined or created here, not finished.
+    fn active_sessions(&self) -> usize {
+        self.sessions.len() - self.finished.len() - self.unjoined.len()
+    }
+
+    async fn join(&mut self, session: SessionId, now: u64) -> Result<()> {
+        let Some(m) = self.sessions.get(&session) else {
+            return Err(CoordinatorError::UnknownSession(session));
+        };
+        if m.phase() == Phase::Aborted {
+            return Err(match m.abort_outcome() {
+                Some((reason, blamed, origin)) => CoordinatorError::Aborted {
+                    session,
+                    reason,
+                    blamed: blamed.to_vec(),
+                    origin,
+                },
+                None => CoordinatorError::SessionFinished(session),
+            });
+        }
+        let pooled = self.unjoined.iter().position(|(id, _, _)| *id == session);
+        if pooled.is_some() && self.active_sessions() >= self.config.max_concurrent_sessions {
+            return Err(CoordinatorError::TooManySessions(
+                self.config.max_concurrent_sessions,
+            ));
+        }
+        if let Some(pos) = pooled {
+            self.unjoined.remove(pos);
+        }
+        let Some(m) = self.sessions.get_mut(&session) else {
+            return Err(CoordinatorError::UnknownSession(session));
+        };
+        let span = tracing::info_span!("session", id = %session);
+        let outputs = span.in_scope(|| m.join(now, &mut self.rng));
+        self.process(outputs).await;
+        Ok(())
+    }
+
+    /// Refuses announcements whose lifetime or timeouts exceed this node's limits, so nobody
+    /// can make it hold a session (or wait in a phase) for longer than its operator allows.
+    fn check_policy(&self, announcement: &VerifiedAnnouncement, now: u64) -> Result<()> {
+        let id = announcement.session_id();
+        let a = announcement.announcement();
+        let t = &a.policy.timeouts;
+        let lifetime = millis(self.config.max_session_lifetime);
+        let round = millis(self.config.max_round_timeout);
+        let checks = [
+            ("expiry", a.expires_at_ms.saturating_sub(now), lifetime),
+            ("session timeout", t.session_ms, lifetime),
+            ("nonce timeout", t.nonce_ms, round),
+            ("partial-signature timeout", t.partial_sig_ms, round),
+            ("broadcast timeout", t.broadcast_ms, round),
+        ];
+        for (what, requested_ms, max_ms) in checks {
+            if requested_ms > max_ms {
+                return Err(CoordinatorError::PolicyOutOfBounds {
+                    session: id,
+                    what,
+                    requested_ms,
+                    max_ms,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes room in the un-joined pool for one more session of `creator`: drops that creator's
+    /// oldest beyond its share, then the oldest overall.
+    fn make_room_in_pool(&mut self, creator: &PublicKey) {
+        let of_creator = self
+            .unjoined
+            .iter()
+            .filter(|(_, c, _)| c == creator)
+            .count();
+        if of_creator >= self.config.max_unjoined_per_creator.max(1) {
+            if let Some(pos) = self.unjoined.iter().position(|(_, c, _)| c == creator) {
+                if let Some((old, _, _)) = self.unjoined.remove(pos) {
+                    self.drop_unjoined(old, "its creator announced too many");
+                }
+            }
+        }
+        while self.unjoined.len() >= self.config.max_unjoined_sessions.max(1) {
+            match self.unjoined.pop_front() {
+                Some((old, _, _)) => self.drop_unjoined(old, "the un-joined pool is full"),
+                None => break,
+            }
+        }
+    }
+
+    fn drop_unjoined(&mut self, session: SessionId, why: &str) {
+        tracing::debug!(%session, why, "dropped an un-joined session");
+        self.sessions.remove(&session);
+        for w in self.waiters.remove(&session).unwrap_or_default() {
+            let _ = w.send(Err(CoordinatorError::UnknownSession(session)));
+        }
+    }
+
+    /// Drops un-joined sessions held longer than this node's own limit.
+    fn expire_unjoined(&mut self, now: u64) {
+        let lifetime = millis(self.config.unjoined_session_lifetime);
+        while self
+            .unjoined
+            .front()
+            .is_some_and(|(_, _, at)| now.saturating_sub(*at) > lifetime)
+        {
+            if let Some((old, _, _)) = self.unjoined.pop_front() {
+                self.drop_unjoined(old, "held for its whole lifetime without being joined");
+            }
+        }
+    }
+
     async fn insert(
         &mut self,
         announcement: VerifiedAnnouncement,
@@ -682,11 +844,20 @@ impl Actor {
                 Ok(())
             };
         }
-        let active = self.sessions.len() - self.finished.len();
-        if active >= self.config.max_concurrent_sessions {
-            return Err(CoordinatorError::TooManySessions(
-                self.config.max_concurrent_sessions,
-            ));
+        self.check_policy(&announcement, now)?;
+        let creator_key = announcement
+            .signer_keys()
+            .get(announcement.announcement().creator.as_usize())
+            .copied()
+            .unwrap_or_else(|| self.keypair.public_key());
+        if created_here {
+            if self.active_sessions() >= self.config.max_concurrent_sessions {
+                return Err(CoordinatorError::TooManySessions(
+                    self.config.max_concurrent_sessions,
+                ));
+            }
+        } else {
+            self.make_room_in_pool(&creator_key);
         }
         let frame = created_here.then(|| Bytes::from(announcement.signed().to_frame_bytes()));
         let keys = announcement.signer_keys();
@@ -701,7 +872,7 @@ impl Actor {
                 ctx
             }
         };
-        let machine = SessionMachine::with_key_agg(
+        let mut machine = SessionMachine::with_key_agg(
             announcement,
             self.keypair,
             self.local_peer,
@@ -709,6 +880,29 @@ impl Actor {
             now,
             Some(&base),
         )?;
+        if machine.is_misrouted() {
+            let listed = machine
+                .announcement()
+                .announcement()
+                .signers
+                .get(machine.signer_index().as_usize())
+                .and_then(|s| s.peer_id.as_ref())
+                .and_then(|p| PeerId::from_bytes(p.as_bytes()).ok())
+                .unwrap_or(self.local_peer);
+            tracing::warn!(session = %id, %listed, "refusing a session that lists another peer for our key");
+            self.emit(Event::SessionRefused {
+                session: id,
+                listed_peer: listed,
+            });
+            let outputs = machine.refuse(now);
+            self.sessions.insert(id, machine);
+            self.process(outputs).await;
+            let _ = self.pending.take(&id, now);
+            return Err(CoordinatorError::Misrouted {
+                session: id,
+                listed,
+            });
+        }
         let listed_peers: Vec<PeerId> = (0..machine.announcement().signer_count())
             .filter_map(|i| SignerIndex::try_from(i).ok())
             .filter(|&i| i != machine.signer_index())
@@ -718,29 +912,51 @@ impl Actor {
         if let Some(frame) = frame {
             self.emit(Event::SessionCreated { session: id });
             for peer in listed_peers {
-                self.spawn_send(peer, frame.clone()).await;
+                self.send_frame(peer, frame.clone());
             }
             if let Some(m) = self.sessions.get_mut(&id) {
                 let outputs = m.join(now, &mut self.rng);
                 self.process(outputs).await;
             }
         } else {
+            self.unjoined.push_back((id, creator_key, now));
             self.emit(Event::SessionDiscovered { session: id });
         }
-        if let Some(buffered) = self.pending.remove(&id) {
-            for (from, envelope) in buffered {
-                self.route(from, envelope).await;
+        for (from, frame) in self.pending.take(&id, now) {
+            match decode_frame(&frame, &self.config.limits) {
+                Ok(Frame::Envelope(envelope)) => self.route(from, envelope).await,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(%from, error = %e, "dropped an undecodable buffered frame");
+                    self.offence(from, "undecodable frame").await;
+                }
             }
         }
         Ok(())
     }
 
-    async fn handle_frame(&mut self, from: PeerId, bytes: &[u8]) {
+    async fn handle_frame(&mut self, from: PeerId, bytes: Bytes) {
         if self.blocked.contains_key(&from) {
             // Queued before the block took effect.
             return;
         }
-        let frame = match decode_frame(bytes, &self.config.limits) {
+        let now = self.clock.now_ms();
+        // Cheap checks on the header before any decoding or verification.
+        if let Some(header) = peek_envelope_header(&bytes, &self.config.limits) {
+            match self.sessions.get(&header.session_id) {
+                None => {
+                    self.buffer_pending(from, header.session_id, bytes, now);
+                    return;
+                }
+                Some(m) if m.phase().is_terminal() => return,
+                Some(m) if m.is_exact_replay(&header) => {
+                    tracing::trace!(%from, session = %header.session_id, "dropped an exact replay");
+                    return;
+                }
+                Some(_) => {}
+            }
+        }
+        let frame = match decode_frame(&bytes, &self.config.limits) {
             Ok(frame) => frame,
             Err(e) => {
                 tracing::debug!(%from, error = %e, "dropped undecodable frame");
@@ -749,21 +965,18 @@ impl Actor {
             }
         };
         match frame {
-            Frame::Announcement(signed) => {
-                let now = self.clock.now_ms();
-                match signed.verify(now, &self.config.limits) {
-                    Ok(verified) if verified.index_of(&self.keypair.public_key()).is_some() => {
-                        if let Err(e) = self.insert(verified, false, now).await {
-                            tracing::debug!(%from, error = %e, "announcement not taken");
-                        }
-                    }
-                    Ok(_) => tracing::debug!(%from, "announcement does not name us"),
-                    Err(e) => {
-                        tracing::debug!(%from, error = %e, "invalid announcement");
-                        self.offence(from, "invalid announcement").await;
+            Frame::Announcement(signed) => match signed.verify(now, &self.config.limits) {
+                Ok(verified) if verified.index_of(&self.keypair.public_key()).is_some() => {
+                    if let Err(e) = self.insert(verified, false, now).await {
+                        tracing::debug!(%from, error = %e, "announcement not taken");
                     }
                 }
-            }
+                Ok(_) => tracing::debug!(%from, "announcement does not name us"),
+                Err(e) => {
+                    tracing::debug!(%from, error = %e, "invalid announcement");
+                    self.offence(from, "invalid announcement").await;
+                }
+            },
             Frame::Envelope(envelope) => self.route(from, envelope).await,
             Frame::Batch(envelopes) => {
                 for envelope in envelopes {
@@ -777,7 +990,8 @@ impl Actor {
         let id = envelope.envelope().session_id();
         let now = self.clock.now_ms();
         let Some(machine) = self.sessions.get_mut(&id) else {
-            self.buffer_pending(from, id, envelope);
+            let frame = Bytes::from(envelope.to_frame_bytes());
+            self.buffer_pending(from, id, frame, now);
             return;
         };
         let span = tracing::info_span!("session", id = %id, peer = %from);
@@ -793,25 +1007,17 @@ impl Actor {
         }
     }
 
-    fn buffer_pending(&mut self, from: PeerId, id: SessionId, envelope: SignedEnvelope) {
-        let cap = self.config.max_buffered_messages_per_peer;
-        if !self.pending.contains_key(&id)
-            && self.pending.len() >= self.config.max_concurrent_sessions
-        {
-            tracing::debug!(%from, session = %id, "pending buffer full, dropped envelope");
-            return;
+    fn buffer_pending(&mut self, from: PeerId, id: SessionId, frame: Bytes, now: u64) {
+        if let Err(why) = self.pending.push(from, id, frame, now) {
+            tracing::debug!(%from, session = %id, ?why, "not buffered for an unknown session");
         }
-        let queue = self.pending.entry(id).or_default();
-        if queue.iter().filter(|(p, _)| *p == from).count() >= cap {
-            tracing::debug!(%from, session = %id, "per-peer pending cap reached, dropped envelope");
-            return;
-        }
-        queue.push_back((from, envelope));
     }
 
     async fn tick(&mut self) {
         let now = self.clock.now_ms();
         self.unblock_expired(now).await;
+        self.pending.expire(now);
+        self.expire_unjoined(now);
         let due: Vec<SessionId> = self
             .sessions
             .iter()
@@ -867,7 +1073,7 @@ impl Actor {
                     [single] => Frame::Envelope(single.clone()).encode(),
                     many => Frame::encode_batch(many),
                 };
-                self.spawn_send(peer, Bytes::from(frame)).await;
+                self.send_frame(peer, Bytes::from(frame));
             }
         }
     }
@@ -903,6 +1109,9 @@ impl Actor {
 
     /// Keeps a bounded number of finished sessions around for late queries.
     fn retire(&mut self, session: SessionId) {
+        if let Some(pos) = self.unjoined.iter().position(|(id, _, _)| *id == session) {
+            self.unjoined.remove(pos);
+        }
         self.finished.push_back(session);
         while self.finished.len() > self.config.max_concurrent_sessions {
             if let Some(old) = self.finished.pop_front() {
@@ -916,38 +1125,10 @@ impl Actor {
         let _ = self.events.send(event);
     }
 
-    async fn spawn_send(&self, to: PeerId, frame: Bytes) {
-        let Ok(permit) = self.send_permits.clone().acquire_owned().await else {
-            return;
-        };
-        let transport = self.transport.clone();
-        let config = self.config.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let mut delay = config.retry_base_delay;
-            for attempt in 0..=config.send_retry_attempts {
-                let result = tokio::time::timeout(
-                    config.message_send_timeout,
-                    transport.send(to, frame.clone()),
-                )
-                .await;
-                match result {
-                    Ok(Ok(())) => return,
-                    Ok(Err(
-                        e @ (TransportError::Closed | TransportError::FrameTooLarge { .. }),
-                    )) => {
-                        tracing::debug!(%to, error = %e, "send failed permanently");
-                        return;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%to, attempt, error = %e, "send failed"),
-                    Err(_) => tracing::debug!(%to, attempt, "send timed out"),
-                }
-                if attempt < config.send_retry_attempts {
-                    tokio::time::sleep(jittered(delay)).await;
-                    delay = (delay * 2).min(config.retry_max_delay);
-                }
-            }
-            tracing::warn!(%to, "giving up on a frame after retries");
-        });
+    /// Queues a frame for `to`; never waits (a slow peer's frames are shed, see [`Outbound`]).
+    fn send_frame(&mut self, to: PeerId, frame: Bytes) {
+        if let Err(why) = self.outbound.send(to, frame) {
+            tracing::warn!(%to, ?why, "shed an outbound frame");
+        }
     }
 }

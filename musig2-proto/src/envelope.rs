@@ -36,6 +36,10 @@ pub enum AbortReason {
     Cancelled,
     /// An internal error on the aborting node.
     Internal,
+    /// The announcement lists, at the aborting signer's index, a peer id that is not the one it
+    /// speaks from (the creator misrouted it); the signer refuses the session and blames the
+    /// creator.
+    Misrouted,
 }
 
 /// Maximum length of the opaque receipt in [`Body::BroadcastConfirmed`].

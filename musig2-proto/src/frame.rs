@@ -174,3 +174,52 @@ pub(crate) fn to_vec<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
 pub(crate) fn encode_frame(frame: FrameRef<'_>) -> Vec<u8> {
     to_vec(&frame)
 }
+
+/// The fields of a single-envelope frame that a receiver can check before paying for a full
+/// decode (which parses every curve point in the body) or a signature verification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EnvelopeHeader {
+    /// The session the envelope claims.
+    pub session_id: crate::SessionId,
+    /// The signer index it claims.
+    pub signer: crate::SignerIndex,
+    /// Its sequence number.
+    pub seq: crate::SeqNo,
+    /// Its timestamp (milliseconds since the UNIX epoch).
+    pub timestamp_ms: u64,
+    /// The envelope signature (the frame's last 64 bytes).
+    pub signature: [u8; 64],
+}
+
+/// Reads the header and signature of a frame that holds one envelope, without decoding its body.
+///
+/// Returns `None` for any other frame (announcement, batch) or bytes that do not start like an
+/// envelope frame of this protocol version. The result is unauthenticated: use it only to
+/// *drop* a frame early (unknown session, exact replay of an envelope already verified), never
+/// to accept one; [`decode_frame`] and [`crate::SignedEnvelope::verify`] still decide.
+pub fn peek_envelope_header(bytes: &[u8], limits: &Limits) -> Option<EnvelopeHeader> {
+    #[derive(Deserialize)]
+    struct Head {
+        tag: u32,
+        version: u8,
+        session_id: crate::SessionId,
+        signer: crate::SignerIndex,
+        seq: crate::SeqNo,
+        timestamp_ms: u64,
+    }
+    if bytes.len() > limits.max_frame_bytes || bytes.len() < 64 {
+        return None;
+    }
+    let (head, rest): (Head, &[u8]) = postcard::take_from_bytes(bytes).ok()?;
+    if head.tag != u32::from(TAG_ENVELOPE) || head.version != PROTOCOL_VERSION || rest.len() < 64 {
+        return None;
+    }
+    let signature: [u8; 64] = bytes[bytes.len() - 64..].try_into().ok()?;
+    Some(EnvelopeHeader {
+        session_id: head.session_id,
+        signer: head.signer,
+        seq: head.seq,
+        timestamp_ms: head.timestamp_ms,
+        signature,
+    })
+}

@@ -117,7 +117,7 @@ fn any_body() -> impl Strategy<Value = Body> {
             .prop_map(|(attempt, receipt)| Body::BroadcastConfirmed { attempt, receipt }),
         (any_attempt(), any::<u16>())
             .prop_map(|(attempt, rank)| Body::FailoverClaim { attempt, rank }),
-        (0usize..10, proptest::option::of(0..=SignerIndex::MAX)).prop_map(|(r, b)| Body::Abort {
+        (0usize..11, proptest::option::of(0..=SignerIndex::MAX)).prop_map(|(r, b)| Body::Abort {
             reason: [
                 AbortReason::Timeout,
                 AbortReason::Expired,
@@ -129,6 +129,7 @@ fn any_body() -> impl Strategy<Value = Body> {
                 AbortReason::FailoverExhausted,
                 AbortReason::Cancelled,
                 AbortReason::Internal,
+                AbortReason::Misrouted,
             ][r],
             blamed: b.map(idx),
         }),

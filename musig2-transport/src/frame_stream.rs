@@ -149,7 +149,10 @@ async fn read_frame<R: AsyncRead + Unpin>(
 // ---- receiving -------------------------------------------------------------------------------
 
 struct RateBucket {
+    /// Frame tokens.
     tokens: f64,
+    /// Byte tokens.
+    bytes: f64,
     last: std::time::Instant,
 }
 
@@ -157,13 +160,20 @@ struct RateBucket {
 struct PeerInbound {
     streams: usize,
     bucket: Option<RateBucket>,
+    /// When we last reported this peer as rate-limited.
+    reported: Option<std::time::Instant>,
 }
+
+/// A peer over its rate is reported at most this often.
+const RATE_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What every inbound stream of a node shares: the inbound queue, limits and per-peer state.
 pub(crate) struct InboundFrames {
     queue: mpsc::Sender<Inbound>,
     max_frame: usize,
     rate: u32,
+    byte_rate: u64,
+    events: Option<tokio::sync::broadcast::Sender<crate::PeerEvent>>,
     body_timeout: Duration,
     peers: Mutex<HashMap<PeerId, PeerInbound>>,
 }
@@ -173,12 +183,16 @@ impl InboundFrames {
         queue: mpsc::Sender<Inbound>,
         max_frame: usize,
         rate: u32,
+        byte_rate: u64,
         body_timeout: Duration,
+        events: Option<tokio::sync::broadcast::Sender<crate::PeerEvent>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             queue,
             max_frame,
             rate,
+            byte_rate,
+            events,
             body_timeout,
             peers: Mutex::new(HashMap::new()),
         })
@@ -206,34 +220,55 @@ impl InboundFrames {
         }
     }
 
-    fn allow(&self, peer: PeerId) -> bool {
-        if self.rate == 0 {
+    /// Takes one frame token and `len` byte tokens from the peer's buckets (each refills at its
+    /// rate per second and holds at most one second's worth, or one largest frame of bytes).
+    fn allow(&self, peer: PeerId, len: usize) -> bool {
+        if self.rate == 0 && self.byte_rate == 0 {
             return true;
         }
-        let rate = f64::from(self.rate);
+        let rate = if self.rate == 0 {
+            f64::INFINITY
+        } else {
+            f64::from(self.rate)
+        };
+        let byte_rate = if self.byte_rate == 0 {
+            f64::INFINITY
+        } else {
+            self.byte_rate as f64
+        };
+        let byte_burst = byte_rate.max(self.max_frame as f64);
         let now = std::time::Instant::now();
         let mut peers = self.peers();
-        let bucket = peers
-            .entry(peer)
-            .or_default()
-            .bucket
-            .get_or_insert(RateBucket {
-                tokens: rate,
-                last: now,
-            });
+        let state = peers.entry(peer).or_default();
+        let bucket = state.bucket.get_or_insert(RateBucket {
+            tokens: rate,
+            bytes: byte_burst,
+            last: now,
+        });
         let elapsed = now.duration_since(bucket.last).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * rate).min(rate);
+        bucket.bytes = (bucket.bytes + elapsed * byte_rate).min(byte_burst);
         bucket.last = now;
-        if bucket.tokens >= 1.0 {
+        let len = len as f64;
+        if bucket.tokens >= 1.0 && bucket.bytes >= len {
             bucket.tokens -= 1.0;
-            true
-        } else {
-            false
+            bucket.bytes -= len;
+            return true;
         }
+        let due = state
+            .reported
+            .is_none_or(|at| now.duration_since(at) >= RATE_REPORT_INTERVAL);
+        if due {
+            state.reported = Some(now);
+            if let Some(events) = &self.events {
+                let _ = events.send(crate::PeerEvent::RateLimited(peer));
+            }
+        }
+        false
     }
 
     fn admit(&self, from: PeerId, frame: Bytes) -> FrameStatus {
-        if !self.allow(from) {
+        if !self.allow(from, frame.len()) {
             return FrameStatus::RateLimited;
         }
         match self.queue.try_send(Inbound { from, frame }) {
@@ -261,10 +296,12 @@ impl InboundFrames {
         state.streams = state.streams.saturating_sub(1);
         // A bucket that has refilled is the same as a fresh one: nothing worth keeping.
         let rate = f64::from(self.rate);
-        let refilled = state
-            .bucket
-            .as_ref()
-            .is_none_or(|b| b.tokens + b.last.elapsed().as_secs_f64() * rate >= rate);
+        let refilled = state.bucket.as_ref().is_none_or(|b| {
+            let elapsed = b.last.elapsed().as_secs_f64();
+            b.tokens + elapsed * rate >= rate
+                && b.bytes + elapsed * self.byte_rate as f64
+                    >= (self.byte_rate as f64).max(self.max_frame as f64)
+        });
         if state.streams == 0 && refilled {
             peers.remove(&peer);
         }

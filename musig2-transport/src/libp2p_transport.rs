@@ -136,7 +136,12 @@ pub struct Libp2pConfig {
     /// Most established connections.
     pub max_connections: u32,
     /// Frames accepted per second from one peer (token bucket with this burst); 0 = unlimited.
+    /// Frames over it are answered "rate limited" (the sender may retry) and the peer is
+    /// reported as [`PeerEvent::RateLimited`].
     pub inbound_rate_per_sec: u32,
+    /// Bytes accepted per second from one peer (token bucket holding one second's worth, at
+    /// least one largest frame); 0 = unlimited.
+    pub inbound_bytes_per_sec: u64,
     /// Capacity of the inbound frame queue.
     pub inbound_capacity: usize,
     /// Capacity of the command queue from handle to swarm task.
@@ -169,6 +174,7 @@ impl Default for Libp2pConfig {
             max_records: 4096,
             max_connections: 256,
             inbound_rate_per_sec: 2000,
+            inbound_bytes_per_sec: 8 * 1024 * 1024,
             inbound_capacity: 1024,
             command_capacity: 256,
             max_in_flight: 4096,
@@ -382,11 +388,14 @@ impl Libp2pTransport {
             })??;
 
         let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_capacity.max(1));
+        let (events_tx, events_rx) = broadcast::channel(config.event_capacity.max(1));
         let frames_in = InboundFrames::new(
             inbound_tx,
             config.max_frame,
             config.inbound_rate_per_sec,
+            config.inbound_bytes_per_sec,
             config.send_timeout,
+            Some(events_tx.clone()),
         );
         let accept_task = Arc::clone(&frames_in).spawn_accept(incoming);
         let links = Links::new(opener, config.idle_connection_timeout);
@@ -400,7 +409,6 @@ impl Libp2pTransport {
         }
 
         let (commands, command_rx) = mpsc::channel(config.command_capacity.max(1));
-        let (events_tx, events_rx) = broadcast::channel(config.event_capacity.max(1));
         actor.events_tx = Some(events_tx.clone());
         let span = tracing::debug_span!("libp2p_transport", peer = %id);
         let task = tokio::spawn(tracing::Instrument::instrument(actor.run(command_rx), span));

@@ -86,6 +86,9 @@ pub enum PeerEvent {
     Connected(PeerId),
     /// The last connection to the peer was closed.
     Disconnected(PeerId),
+    /// The peer sent faster than its inbound rate limit allows; frames were refused. Reported
+    /// at most once per second per peer.
+    RateLimited(PeerId),
 }
 
 /// The outcome of sending to one peer in [`Transport::send_many`](crate::Transport::send_many).

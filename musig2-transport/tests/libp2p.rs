@@ -88,6 +88,7 @@ async fn concurrent_sends_to_one_peer_share_its_stream_and_all_arrive() {
         2,
         Libp2pConfig {
             inbound_rate_per_sec: 0,
+            inbound_bytes_per_sec: 0,
             ..Libp2pConfig::default()
         },
     )
@@ -270,6 +271,7 @@ async fn full_queue_and_rate_limit_are_back_pressure() {
     .await
     .expect("network");
     let (sender, small_queue, limited) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut limited_events = limited.events();
     sender
         .send(small_queue.local_peer_id(), Bytes::from_static(b"1"))
         .await
@@ -295,6 +297,41 @@ async fn full_queue_and_rate_limit_are_back_pressure() {
         }
     }
     assert!(refused > 0);
+    // The receiver reports the peer over its rate, once per second however many it refused.
+    let mut reports = 0;
+    while let Ok(event) = limited_events.try_recv() {
+        if event == PeerEvent::RateLimited(sender.local_peer_id()) {
+            reports += 1;
+        }
+    }
+    assert_eq!(reports, 1, "{refused} refusals reported once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_rate_limit_refuses_large_frames_past_the_budget() {
+    let nodes = Libp2pTransport::spawn_local_network_with(vec![
+        Libp2pConfig::default(),
+        Libp2pConfig {
+            inbound_bytes_per_sec: 1,
+            max_frame: 64 * 1024,
+            ..Libp2pConfig::default()
+        },
+    ])
+    .await
+    .expect("network");
+    let (sender, limited) = (&nodes[0], &nodes[1]);
+    let big = Bytes::from(vec![7u8; 40 * 1024]);
+    // The bucket holds one largest frame (64 KiB): the first 40 KiB frame passes, the second
+    // does not, and small frames are refused too until bytes refill (1 byte per second).
+    sender
+        .send(limited.local_peer_id(), big.clone())
+        .await
+        .expect("first frame fits the burst");
+    assert_eq!(
+        sender.send(limited.local_peer_id(), big).await,
+        Err(TransportError::Backpressure(limited.local_peer_id()))
+    );
+    assert_eq!(limited.recv().await.expect("frame").frame.len(), 40 * 1024);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

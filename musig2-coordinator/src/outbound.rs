@@ -1,0 +1,146 @@
+//! Outbound frames: one bounded queue and one worker task per peer, so the node task never waits
+//! for send capacity or for a slow or unreachable peer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use musig2_transport::{PeerId, Transport, TransportError};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::config::Config;
+
+/// Why a frame was shed instead of queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shed {
+    /// The peer's queue is full (it is slow or unreachable).
+    QueueFull,
+    /// Too many peers have frames in flight.
+    TooManyPeers,
+}
+
+/// The per-peer outbound queues.
+pub(crate) struct Outbound {
+    transport: Arc<dyn Transport>,
+    config: Arc<Config>,
+    permits: Arc<Semaphore>,
+    queues: HashMap<PeerId, mpsc::Sender<Bytes>>,
+}
+
+/// How long a peer's worker waits for more frames before it exits.
+const WORKER_IDLE: Duration = Duration::from_secs(30);
+
+impl Outbound {
+    pub(crate) fn new(transport: Arc<dyn Transport>, config: Arc<Config>) -> Self {
+        Outbound {
+            permits: Arc::new(Semaphore::new(config.max_inflight_sends.max(1))),
+            transport,
+            config,
+            queues: HashMap::new(),
+        }
+    }
+
+    /// Queues `frame` for `to` without waiting.
+    pub(crate) fn send(&mut self, to: PeerId, frame: Bytes) -> Result<(), Shed> {
+        let frame = match self.queues.get(&to) {
+            Some(tx) => match tx.try_send(frame) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => return Err(Shed::QueueFull),
+                // The worker went idle and exited: start a new one.
+                Err(mpsc::error::TrySendError::Closed(frame)) => frame,
+            },
+            None => frame,
+        };
+        if self.queues.len() >= self.config.max_outbound_peers {
+            self.queues.retain(|_, tx| !tx.is_closed());
+            if self.queues.len() >= self.config.max_outbound_peers {
+                return Err(Shed::TooManyPeers);
+            }
+        }
+        let (tx, rx) = mpsc::channel(self.config.max_queued_frames_per_peer.max(1));
+        // A fresh channel has room for one frame.
+        let _ = tx.try_send(frame);
+        self.queues.insert(to, tx);
+        tokio::spawn(worker(
+            to,
+            rx,
+            self.transport.clone(),
+            self.config.clone(),
+            self.permits.clone(),
+        ));
+        Ok(())
+    }
+
+    /// Peers with a live worker.
+    pub(crate) fn peers(&self) -> usize {
+        self.queues.values().filter(|tx| !tx.is_closed()).count()
+    }
+}
+
+/// Sends one peer's frames in order of arrival, a few at a time (the transport pipelines them),
+/// each with its retries; exits after `WORKER_IDLE` without frames.
+async fn worker(
+    to: PeerId,
+    mut rx: mpsc::Receiver<Bytes>,
+    transport: Arc<dyn Transport>,
+    config: Arc<Config>,
+    permits: Arc<Semaphore>,
+) {
+    let per_peer = config.max_inflight_sends_per_peer.max(1);
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            biased;
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            frame = rx.recv(), if in_flight.len() < per_peer => match frame {
+                Some(frame) => {
+                    let Ok(permit) = permits.clone().acquire_owned().await else { return };
+                    let transport = transport.clone();
+                    let config = config.clone();
+                    in_flight.push(async move {
+                        let _permit = permit;
+                        send_with_retry(&*transport, &config, to, frame).await;
+                    });
+                }
+                None => break,
+            },
+            () = tokio::time::sleep(WORKER_IDLE), if in_flight.is_empty() => {
+                rx.close();
+                // Frames queued between the idle deadline and the close still go out.
+                while let Ok(frame) = rx.try_recv() {
+                    send_with_retry(&*transport, &config, to, frame).await;
+                }
+                return;
+            }
+        }
+    }
+    while in_flight.next().await.is_some() {}
+}
+
+async fn send_with_retry(transport: &dyn Transport, config: &Config, to: PeerId, frame: Bytes) {
+    let mut delay = config.retry_base_delay;
+    for attempt in 0..=config.send_retry_attempts {
+        let result = tokio::time::timeout(
+            config.message_send_timeout,
+            transport.send(to, frame.clone()),
+        )
+        .await;
+        match result {
+            Ok(Ok(())) => return,
+            Ok(Err(e @ (TransportError::Closed | TransportError::FrameTooLarge { .. }))) => {
+                tracing::debug!(%to, error = %e, "send failed permanently");
+                return;
+            }
+            Ok(Err(e)) => tracing::debug!(%to, attempt, error = %e, "send failed"),
+            Err(_) => tracing::debug!(%to, attempt, "send timed out"),
+        }
+        if attempt < config.send_retry_attempts {
+            tokio::time::sleep(crate::node::jittered(delay)).await;
+            delay = (delay * 2).min(config.retry_max_delay);
+        }
+    }
+    tracing::warn!(%to, "giving up on a frame after retries");
+}
