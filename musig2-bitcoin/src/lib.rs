@@ -1,0 +1,21 @@
+//! # musig2-bitcoin
+//!
+//! MuSig2 on Bitcoin, no I/O: BIP390 `musig()` descriptors, BIP373 PSBT fields.
+//!
+//! `bitcoin` and `miniscript` are built on `secp256k1` 0.29, `musig2_core` on 0.33: keys and
+//! signatures cross between them as bytes (see the `to_btc_*`/`from_btc_*` functions).
+
+mod bip373;
+mod convert;
+mod descriptor;
+mod error;
+
+pub use bip373::{
+    ContributionKey, PSBT_IN_MUSIG2_PARTIAL_SIG, PSBT_IN_MUSIG2_PARTICIPANT_PUBKEYS,
+    PSBT_IN_MUSIG2_PUB_NONCE, PSBT_OUT_MUSIG2_PARTICIPANT_PUBKEYS, ParticipantPubkeys,
+    input_partial_sigs, input_participants, input_pubnonces, output_participants, parse_psbt,
+    set_input_participants, set_output_participants, set_partial_sig, set_pubnonce, validate,
+};
+pub use convert::{from_btc_pubkey, from_btc_xonly, to_btc_pubkey, to_btc_signature, to_btc_xonly};
+pub use descriptor::{MusigDescriptor, signer_set_descriptors, with_checksum};
+pub use error::{Bip373Field, Bip390Rule, Error, FieldFault, Location, Result};
