@@ -166,3 +166,17 @@ pub fn verify_extracted(tx: &Transaction, prevouts: &[TxOut], entries: &[PlanEnt
             .unwrap_or_else(|e| panic!("input {i}: {e}"));
     }
 }
+
+/// Finalizes the planned inputs, extracts the transaction and verifies it
+/// ([`verify_extracted`]); returns the finalized PSBT too.
+pub fn finalize_extract_verify(mut psbt: Psbt, entries: &[PlanEntry]) -> (Psbt, Transaction) {
+    let prevouts: Vec<TxOut> = psbt
+        .inputs
+        .iter()
+        .map(|i| i.witness_utxo.clone().unwrap())
+        .collect();
+    musig2_bitcoin::finalize(&mut psbt, entries).unwrap();
+    let tx = musig2_bitcoin::extract(psbt.clone()).unwrap();
+    verify_extracted(&tx, &prevouts, entries);
+    (psbt, tx)
+}
