@@ -1,9 +1,4 @@
-//! # musig2-bitcoin
-//!
-//! MuSig2 on Bitcoin, no I/O: BIP390 `musig()` descriptors, BIP373 PSBT fields.
-//!
-//! `bitcoin` and `miniscript` are built on `secp256k1` 0.29, `musig2_core` on 0.33: keys and
-//! signatures cross between them as bytes (see the `to_btc_*`/`from_btc_*` functions).
+#![doc = include_str!("../README.md")]
 
 mod bip373;
 mod convert;
@@ -11,6 +6,7 @@ mod descriptor;
 mod error;
 mod finalize;
 mod plan;
+mod prepare;
 
 pub use bip373::{
     ContributionKey, PSBT_IN_MUSIG2_PARTIAL_SIG, PSBT_IN_MUSIG2_PARTICIPANT_PUBKEYS,
@@ -28,3 +24,4 @@ pub use finalize::{
 pub use plan::{
     Approval, InputSummary, OutputSummary, PlanEntry, SigningPlan, SpendPath, signing_plan,
 };
+pub use prepare::{prepare_input, prepare_output};
