@@ -113,7 +113,8 @@ pub fn sign_through_psbt(psbt: &mut Psbt, entries: &[PlanEntry], signers: &[Keyp
 
 /// Checks every planned input of an extracted transaction with `bitcoin`'s own code: the
 /// sighash recomputed from the transaction, the witness shape, BIP340 verification under the
-/// output key (key path) or the leaf key with a valid Taproot commitment (script path).
+/// output key (key path) or the leaf key with a valid Taproot commitment (script path), and
+/// `miniscript`'s interpreter executing the witness.
 pub fn verify_extracted(tx: &Transaction, prevouts: &[TxOut], entries: &[PlanEntry]) {
     let secp = Secp256k1::verification_only();
     let mut cache = SighashCache::new(tx);
@@ -161,6 +162,22 @@ pub fn verify_extracted(tx: &Transaction, prevouts: &[TxOut], entries: &[PlanEnt
             }
         };
         assert_eq!(hash.to_byte_array(), entry.message, "input {i}: sighash");
+        // Independently, miniscript's interpreter runs the witness against the spent script
+        // and checks every signature with its own sighash computation.
+        let txin = &tx.input[i];
+        let interpreter = miniscript::Interpreter::from_txdata(
+            spk,
+            &txin.script_sig,
+            &txin.witness,
+            txin.sequence,
+            tx.lock_time,
+        )
+        .unwrap_or_else(|e| panic!("input {i}: {e}"));
+        let satisfied: Vec<_> = interpreter
+            .iter(&secp, tx, i, &Prevouts::All(prevouts))
+            .collect::<Result<_, _>>()
+            .unwrap_or_else(|e| panic!("input {i}: {e}"));
+        assert!(!satisfied.is_empty(), "input {i}: nothing satisfied");
         let msg = Message::from_digest(hash.to_byte_array());
         secp.verify_schnorr(&sig.signature, &msg, &key)
             .unwrap_or_else(|e| panic!("input {i}: {e}"));
