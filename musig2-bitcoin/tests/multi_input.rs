@@ -1,6 +1,6 @@
 //! A synthetic PSBT with 24 MuSig2 inputs of every kind (BIP328-derived internal key from the
 //! signer set's own descriptor, aggregate internal key, aggregate output key, `pk()` leaf with
-//! a derived key), several sighash types, and a change output: the plan has 24 entries, the
+//! a derived key), every sighash type, and a change output: the plan has 24 entries, the
 //! same for every signer, and the transaction signs, finalizes, extracts and verifies.
 
 mod common;
@@ -39,6 +39,18 @@ fn origin(xpub: &AggregateXpub, path: &[u32]) -> (Fingerprint, DerivationPath) {
         Fingerprint::from(xpub.fingerprint()),
         DerivationPath::from(path),
     )
+}
+
+/// Every Taproot sighash type, each on every spend kind: SINGLE and SINGLE|ANYONECANPAY on
+/// inputs 0 and 1 (which have outputs), the five others cycling over the rest (5 and 4 are
+/// coprime, so every type meets every kind). `None` is SIGHASH_DEFAULT left implicit.
+fn sighash_type(i: usize) -> Option<PsbtSighashType> {
+    let value = match i {
+        0 => 0x03,
+        1 => 0x83,
+        _ => [0x00, 0x01, 0x02, 0x81, 0x82][i % 5],
+    };
+    (value != 0).then(|| PsbtSighashType::from_u32(value))
 }
 
 #[test]
@@ -88,13 +100,9 @@ fn twenty_four_musig_inputs_plan_sign_finalize() {
             }
             1 => {
                 input.tap_internal_key = Some(agg_x);
-                input.sighash_type = Some(PsbtSighashType::from_u32(0x81));
                 ScriptBuf::new_p2tr(&secp, agg_x, None)
             }
-            2 => {
-                input.sighash_type = Some(PsbtSighashType::from_u32(0x02));
-                ScriptBuf::new_p2tr_tweaked(TweakedPublicKey::dangerous_assume_tweaked(agg_x))
-            }
+            2 => ScriptBuf::new_p2tr_tweaked(TweakedPublicKey::dangerous_assume_tweaked(agg_x)),
             _ => {
                 let script = Builder::new()
                     .push_slice(derived.serialize())
@@ -120,9 +128,7 @@ fn twenty_four_musig_inputs_plan_sign_finalize() {
                 ScriptBuf::new_p2tr_tweaked(info.output_key())
             }
         };
-        if i == 0 {
-            input.sighash_type = Some(PsbtSighashType::from_u32(0x03)); // SINGLE: output 0
-        }
+        input.sighash_type = sighash_type(i);
         input.witness_utxo = Some(TxOut {
             value: INPUT_VALUE,
             script_pubkey: spk,
@@ -182,6 +188,8 @@ fn twenty_four_musig_inputs_plan_sign_finalize() {
     assert_eq!(plan.entries.len(), INPUTS);
     assert!(plan.unmatched.is_empty());
     for entry in &plan.entries {
+        let want_type = sighash_type(entry.input_index).map_or(0, |t| t.to_u32());
+        assert_eq!(entry.sighash_type as u32, want_type);
         let kind = entry.input_index % 4;
         let ok = match &entry.path {
             SpendPath::InternalKey { derivation } if kind == 0 => {
