@@ -81,3 +81,31 @@ fn wrong_signatures_and_unsigned_inputs_do_not_finalize() {
         Err(Error::NoSuchInput(9))
     ));
 }
+
+#[test]
+fn anyonecanpay_signs_without_the_other_inputs_utxos() {
+    use bitcoin::hashes::Hash;
+    use bitcoin::sighash::{Prevouts, SighashCache};
+
+    let (mut psbt, key) = fixture();
+    let mut other = psbt.unsigned_tx.input[0].clone();
+    other.previous_output.vout += 1;
+    psbt.unsigned_tx.input.push(other);
+    psbt.inputs.push(Default::default());
+    let err = signing_plan(&psbt, &key, Network::Bitcoin).unwrap_err();
+    assert!(matches!(err, Error::MissingUtxo(1)), "{err}");
+
+    psbt.inputs[0].sighash_type = Some(PsbtSighashType::from_u32(0x81));
+    let plan = signing_plan(&psbt, &key, Network::Bitcoin).unwrap();
+    assert_eq!(plan.entries.len(), 1);
+    assert_eq!(plan.approval.fee, None);
+    let own = psbt.inputs[0].witness_utxo.clone().unwrap();
+    let want = SighashCache::new(&psbt.unsigned_tx)
+        .taproot_key_spend_signature_hash(
+            0,
+            &Prevouts::One(0, own),
+            bitcoin::TapSighashType::AllPlusAnyoneCanPay,
+        )
+        .unwrap();
+    assert_eq!(plan.entries[0].message, want.to_byte_array());
+}
