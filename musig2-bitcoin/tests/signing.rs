@@ -142,7 +142,29 @@ fn participants_sign_pubkeys_only_psbts_end_to_end() {
         let theirs: Vec<_> = official.inputs[0].unknown.keys().collect();
         assert_eq!(ours, theirs, "{}", case.name());
 
-        let (finalized, _) = common::finalize_extract_verify(psbt, &plan.entries);
+        let prevouts: Vec<_> = psbt
+            .inputs
+            .iter()
+            .map(|i| i.witness_utxo.clone().unwrap())
+            .collect();
+        let (finalized, tx) = common::finalize_extract_verify(psbt, &plan.entries);
+        // The interpreter check is not vacuous: a flipped signature bit fails it.
+        let mut bad = tx.clone();
+        let mut elems: Vec<Vec<u8>> = bad.input[0].witness.iter().map(<[u8]>::to_vec).collect();
+        elems[0][5] ^= 1;
+        bad.input[0].witness = bitcoin::Witness::from_slice(&elems);
+        let interpreter = miniscript::Interpreter::from_txdata(
+            &prevouts[0].script_pubkey,
+            &bad.input[0].script_sig,
+            &bad.input[0].witness,
+            bad.input[0].sequence,
+            bad.lock_time,
+        )
+        .unwrap();
+        let prevouts = bitcoin::sighash::Prevouts::All(&prevouts);
+        let secp = bitcoin::secp256k1::Secp256k1::verification_only();
+        let run: Result<Vec<_>, _> = interpreter.iter(&secp, &bad, 0, &prevouts).collect();
+        assert!(run.is_err() || run.unwrap().is_empty(), "{}", case.name());
         // BIP373 fields are kept through finalization.
         assert_eq!(finalized.inputs[0].unknown.len(), theirs.len());
     }
