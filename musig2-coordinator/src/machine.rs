@@ -375,7 +375,7 @@ impl SessionMachine {
         // The announced peer at our index is not ours: never send there.
         let others: Vec<SignerIndex> = self
             .others()
-            .filter(|&k| self.peer_of(k) != self.ann_peer(self.me))
+            .filter(|&k| self.peer_of(k) != self.listed_peer(self.me))
             .collect();
         self.send_to(&mut out, others, vec![env]);
         self.phase = Phase::Aborted;
@@ -391,7 +391,8 @@ impl SessionMachine {
         out
     }
 
-    fn ann_peer(&self, index: SignerIndex) -> Option<PeerId> {
+    /// The peer id the announcement lists for signer `index`, if it lists one.
+    pub fn listed_peer(&self, index: SignerIndex) -> Option<PeerId> {
         self.ann
             .announcement()
             .signers

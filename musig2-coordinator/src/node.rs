@@ -14,7 +14,7 @@ use musig2_proto::{
     Announcement, Frame, Limits, Policy, SessionId, SignedAnnouncement, SignedEnvelope,
     SignerIndex, SignerInfo, Timeouts, VerifiedAnnouncement, decode_frame, peek_envelope_header,
 };
-use musig2_transport::{PeerEvent, PeerId, RecordValidator, Transport, TransportError};
+use musig2_transport::{PeerEvent, PeerId, RecordMeta, RecordValidator, Transport, TransportError};
 use rand::{Rng, SeedableRng};
 use secp256k1::{Keypair, PublicKey, schnorr};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -43,17 +43,21 @@ pub fn dht_key(session: &SessionId) -> Vec<u8> {
 /// under its own session id. Give it to the transport (e.g. `Libp2pConfig::record_validator`)
 /// so poisoned records are neither stored nor returned.
 pub fn announcement_record_validator(limits: Limits) -> RecordValidator {
-    RecordValidator::new(move |key, value| {
-        let Some(id) = key.strip_prefix(DHT_KEY_PREFIX) else {
-            return false;
-        };
-        let Ok(id) = <[u8; 32]>::try_from(id).map(SessionId::from_bytes) else {
-            return false;
-        };
+    RecordValidator::with_meta(move |key, value| {
+        let id = key.strip_prefix(DHT_KEY_PREFIX)?;
+        let id = <[u8; 32]>::try_from(id).map(SessionId::from_bytes).ok()?;
         let now = unix_now_ms();
-        SignedAnnouncement::decode(value, &limits)
+        let verified = SignedAnnouncement::decode(value, &limits)
             .and_then(|a| a.verify_id(&id, now, &limits))
-            .is_ok()
+            .ok()?;
+        let a = verified.announcement();
+        // Each creator key gets a bounded share of the store, for no longer than its
+        // announcement is valid.
+        let creator = a.signers.get(a.creator.as_usize())?.key;
+        Some(RecordMeta {
+            owner: creator.serialize().to_vec(),
+            valid_until: Some(std::time::UNIX_EPOCH + Duration::from_millis(a.expires_at_ms)),
+        })
     })
 }
 
@@ -728,6 +732,12 @@ impl Actor {
         let Some(m) = self.sessions.get(&session) else {
             return Err(CoordinatorError::UnknownSession(session));
         };
+        if m.is_misrouted() {
+            return Err(CoordinatorError::Misrouted {
+                session,
+                listed: m.listed_peer(m.signer_index()).unwrap_or(self.local_peer),
+            });
+        }
         if m.phase() == Phase::Aborted {
             return Err(match m.abort_outcome() {
                 Some((reason, blamed, origin)) => CoordinatorError::Aborted {
@@ -882,12 +892,7 @@ impl Actor {
         )?;
         if machine.is_misrouted() {
             let listed = machine
-                .announcement()
-                .announcement()
-                .signers
-                .get(machine.signer_index().as_usize())
-                .and_then(|s| s.peer_id.as_ref())
-                .and_then(|p| PeerId::from_bytes(p.as_bytes()).ok())
+                .listed_peer(machine.signer_index())
                 .unwrap_or(self.local_peer);
             tracing::warn!(session = %id, %listed, "refusing a session that lists another peer for our key");
             self.emit(Event::SessionRefused {

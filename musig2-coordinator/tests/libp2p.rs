@@ -208,3 +208,107 @@ async fn ten_signers_star_over_dht() {
     })
     .await;
 }
+
+/// An announcement naming `signers`, created by `creator` (which must be among them), valid for
+/// an hour.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn announcement_by(creator: &Keypair, signers: Vec<secp256k1::PublicKey>) -> SignedAnnouncement {
+    let now = unix_ms();
+    let creator_index = signers
+        .iter()
+        .position(|k| *k == creator.public_key())
+        .unwrap();
+    musig2_proto::Announcement {
+        signers: signers
+            .into_iter()
+            .map(|key| musig2_proto::SignerInfo { key, peer_id: None })
+            .collect(),
+        message: b"flood".to_vec(),
+        tweaks: Vec::new(),
+        creator: musig2_proto::SignerIndex::try_from(creator_index).unwrap(),
+        policy: musig2_proto::Policy::default(),
+        salt: rand::random(),
+        created_at_ms: now,
+        expires_at_ms: now + 3_600_000,
+    }
+    .sign(creator, &Limits::default())
+    .unwrap()
+}
+
+/// Outsiders storing records with a ten-year TTL cannot fill the node's DHT store: each creator
+/// key gets a small share, other peers' records never take the room kept for the node's own
+/// puts, and the node can still announce its own session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dht_record_flood_cannot_stop_a_node_announcing() {
+    within_timeout(async {
+        let config = Config::default();
+        let victim_transport = Libp2pConfig {
+            record_validator: Some(announcement_record_validator(config.limits)),
+            max_records: 64,
+            reserved_local_records: 16,
+            max_records_per_owner: 4,
+            ..Libp2pConfig::default()
+        };
+        let mut transports = Libp2pTransport::spawn_local_network_with(vec![
+            victim_transport,
+            Libp2pConfig::default(),
+        ])
+        .await
+        .expect("loopback network");
+        let attacker = Arc::new(transports.pop().unwrap());
+        let victim_key = Keypair::new(&mut rand::rng());
+        let victim = Node::spawn(
+            Arc::new(transports.pop().unwrap()) as Arc<dyn Transport>,
+            victim_key,
+            config,
+        );
+        // 20 creator keys × 6 records each = 120 records, far more than the 64 the store holds.
+        let ten_years = Duration::from_secs(10 * 365 * 24 * 3600);
+        let mut stored = 0;
+        for _ in 0..20 {
+            let sybil = Keypair::new(&mut rand::rng());
+            for _ in 0..6 {
+                let signed =
+                    announcement_by(&sybil, vec![victim_key.public_key(), sybil.public_key()]);
+                let id = signed
+                    .verify(unix_ms(), &Limits::default())
+                    .expect("a valid announcement")
+                    .session_id();
+                if attacker
+                    .dht_put(dht_key(&id), signed.to_frame_bytes(), ten_years)
+                    .await
+                    .is_ok()
+                {
+                    stored += 1;
+                }
+            }
+        }
+        assert!(stored > 0, "the attacker's own store takes its records");
+        // The victim still announces (its local put has room kept for it) and the attacker's
+        // store holds a copy, so the put reaches its quorum.
+        let helper = Keypair::new(&mut rand::rng());
+        let request = SessionRequest {
+            signers: vec![victim_key.public_key(), helper.public_key()],
+            peers: Vec::new(),
+            message: b"still announcing".to_vec(),
+            tweaks: Vec::new(),
+            policy: victim.default_policy(),
+        };
+        let session = victim
+            .create_session(request)
+            .await
+            .expect("the flood did not fill the room kept for our own records");
+        let found = attacker
+            .dht_get(dht_key(&session), RecordValidator::accept_all())
+            .await
+            .expect("the announcement is in the DHT");
+        assert!(!found.is_empty());
+    })
+    .await;
+}

@@ -5,6 +5,7 @@ mod frame_behaviour;
 mod frame_stream;
 mod libp2p_transport;
 mod memory;
+mod record_quota;
 mod types;
 
 use std::time::Duration;
@@ -19,7 +20,7 @@ pub use libp2p_transport::{
     KeySource, Libp2pConfig, Libp2pTransport, create_owner_only_file, split_peer_address,
 };
 pub use memory::{Delay, LinkFault, MemoryConfig, MemoryNetwork, MemoryTransport};
-pub use types::{Inbound, PeerEvent, PeerId, RecordValidator, SendReport};
+pub use types::{Inbound, PeerEvent, PeerId, RecordMeta, RecordValidator, SendReport};
 
 /// Result alias of this crate.
 pub type Result<T, E = TransportError> = std::result::Result<T, E>;

@@ -21,8 +21,10 @@ use zeroize::Zeroizing;
 
 use crate::frame_behaviour::FrameBehaviour;
 use crate::frame_stream::{InboundFrames, Links};
+use crate::record_quota::RecordQuota;
 use crate::{
-    Inbound, PeerEvent, PeerId, RecordValidator, Result, SendReport, Transport, TransportError,
+    Inbound, PeerEvent, PeerId, RecordMeta, RecordValidator, Result, SendReport, Transport,
+    TransportError,
 };
 
 /// The Kademlia protocol of this network (kept apart from the public IPFS DHT).
@@ -133,6 +135,12 @@ pub struct Libp2pConfig {
     pub max_record: usize,
     /// Most records the local Kademlia store holds.
     pub max_records: usize,
+    /// Of `max_records`, how many are kept for this node's own puts (records other peers ask
+    /// it to store never take them).
+    pub reserved_local_records: usize,
+    /// Most records stored for other peers per owner (as the record validator names it, e.g.
+    /// the key that signed an announcement; without one, the publishing peer).
+    pub max_records_per_owner: usize,
     /// Most established connections.
     pub max_connections: u32,
     /// Frames accepted per second from one peer (token bucket with this burst); 0 = unlimited.
@@ -172,6 +180,8 @@ impl Default for Libp2pConfig {
             max_frame: 1024 * 1024,
             max_record: 64 * 1024,
             max_records: 4096,
+            reserved_local_records: 1024,
+            max_records_per_owner: 32,
             max_connections: 256,
             inbound_rate_per_sec: 2000,
             inbound_bytes_per_sec: 8 * 1024 * 1024,
@@ -732,6 +742,7 @@ struct Actor {
     max_record: usize,
     default_ttl: Duration,
     validator: Option<RecordValidator>,
+    quota: RecordQuota,
     frames_in: Arc<InboundFrames>,
     events_tx: Option<broadcast::Sender<PeerEvent>>,
     known: HashSet<PeerId>,
@@ -752,6 +763,12 @@ impl Actor {
             max_record: config.max_record,
             default_ttl: config.default_record_ttl,
             validator: config.record_validator.clone(),
+            quota: RecordQuota::new(
+                config
+                    .max_records
+                    .saturating_sub(config.reserved_local_records),
+                config.max_records_per_owner,
+            ),
             frames_in,
             events_tx: None,
             known: HashSet::new(),
@@ -1012,19 +1029,52 @@ impl Actor {
                         ..
                     },
             } => {
+                let now = std::time::Instant::now();
                 if record.expires.is_none() {
-                    record.expires = std::time::Instant::now().checked_add(self.default_ttl);
+                    record.expires = now.checked_add(self.default_ttl);
                 }
-                let valid = record.value.len() <= self.max_record
-                    && self
-                        .validator
-                        .as_ref()
-                        .is_none_or(|v| v.validate(record.key.as_ref(), &record.value));
-                if !valid {
+                let meta = if record.value.len() > self.max_record {
+                    None
+                } else {
+                    match &self.validator {
+                        Some(v) => v.meta(record.key.as_ref(), &record.value),
+                        None => Some(RecordMeta {
+                            owner: Vec::new(),
+                            valid_until: None,
+                        }),
+                    }
+                };
+                let Some(meta) = meta else {
                     tracing::debug!(%source, "rejected an inbound DHT record");
                     return;
+                };
+                // Never kept past what it says it is valid for, whatever TTL was asked.
+                if let Some(until) = meta.valid_until {
+                    let left = until
+                        .duration_since(std::time::SystemTime::now())
+                        .unwrap_or(Duration::ZERO);
+                    let cap = now.checked_add(left);
+                    record.expires = match (record.expires, cap) {
+                        (Some(e), Some(c)) => Some(e.min(c)),
+                        (e, c) => e.or(c),
+                    };
                 }
-                if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().put(record) {
+                let owner = if meta.owner.is_empty() {
+                    source.to_bytes()
+                } else {
+                    meta.owner
+                };
+                let store = self.swarm.behaviour_mut().kad.store_mut();
+                let admitted = self
+                    .quota
+                    .admit(&record.key, owner, record.expires, now, |k| {
+                        store.get(k).is_some()
+                    });
+                if let Err(why) = admitted {
+                    tracing::debug!(%source, ?why, "refused an inbound DHT record over quota");
+                    return;
+                }
+                if let Err(e) = store.put(record) {
                     tracing::debug!(%source, error = %e, "could not store an inbound DHT record");
                 }
             }

@@ -100,7 +100,19 @@ pub struct SendReport {
     pub result: Result<(), TransportError>,
 }
 
-type ValidatorFn = dyn Fn(&[u8], &[u8]) -> bool + Send + Sync;
+type ValidatorFn = dyn Fn(&[u8], &[u8]) -> Option<RecordMeta> + Send + Sync;
+
+/// What a validator knows about an acceptable record: who is accountable for it (e.g. the key
+/// that signed it) and when it stops being valid. A node stores at most
+/// [`Libp2pConfig::max_records_per_owner`](crate::Libp2pConfig::max_records_per_owner) records of
+/// one owner for other peers, and never keeps one past its `valid_until`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordMeta {
+    /// The party the record counts against (opaque bytes; empty = the publishing peer).
+    pub owner: Vec<u8>,
+    /// When the record stops being valid, whatever TTL its publisher asked for.
+    pub valid_until: Option<std::time::SystemTime>,
+}
 
 /// Decides whether a DHT record `(key, value)` is acceptable. Used by
 /// [`Transport::dht_get`](crate::Transport::dht_get) to skip poisoned records and by
@@ -112,6 +124,19 @@ pub struct RecordValidator(Arc<ValidatorFn>);
 impl RecordValidator {
     /// A validator from a function of `(key, value)`.
     pub fn new(f: impl Fn(&[u8], &[u8]) -> bool + Send + Sync + 'static) -> Self {
+        Self(Arc::new(move |k, v| {
+            f(k, v).then(|| RecordMeta {
+                owner: Vec::new(),
+                valid_until: None,
+            })
+        }))
+    }
+
+    /// A validator that also says who owns an acceptable record and until when it is valid
+    /// (see [`RecordMeta`]); `None` rejects the record.
+    pub fn with_meta(
+        f: impl Fn(&[u8], &[u8]) -> Option<RecordMeta> + Send + Sync + 'static,
+    ) -> Self {
         Self(Arc::new(f))
     }
 
@@ -122,6 +147,11 @@ impl RecordValidator {
 
     /// Whether the record is acceptable.
     pub fn validate(&self, key: &[u8], value: &[u8]) -> bool {
+        (self.0)(key, value).is_some()
+    }
+
+    /// The record's owner and validity, if it is acceptable.
+    pub fn meta(&self, key: &[u8], value: &[u8]) -> Option<RecordMeta> {
         (self.0)(key, value)
     }
 }
