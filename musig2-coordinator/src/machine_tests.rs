@@ -813,3 +813,29 @@ fn bodies_of_later_protocol_versions_are_refused_not_half_handled() {
     }
     assert_eq!(fresh.machines[0].phase(), Phase::Nonce);
 }
+
+#[test]
+fn a_replayed_aggregate_nonce_is_recognised_from_its_header_alone() {
+    let mut net = Net::new(4, Topology::Star, false);
+    net.join_all();
+    let mut aggregate: Option<SignedEnvelope> = None;
+    net.run_with(|_, _, e| {
+        if matches!(e.envelope().body(), Body::AggregateNonce { .. }) {
+            aggregate.get_or_insert(e.clone());
+        }
+        vec![e]
+    });
+    let aggregate = aggregate.expect("the coordinator sent one");
+    assert_eq!(net.machines[1].phase(), Phase::Done);
+    let frame = aggregate.to_frame_bytes();
+    let header = musig2_proto::peek_envelope_header(&frame, &musig2_proto::Limits::default())
+        .expect("a single-envelope frame");
+    // Every member can drop the replayed frame from its header, before decoding its nonces.
+    for member in 1..4 {
+        assert!(net.machines[member].is_exact_replay(&header));
+    }
+    // A different signature under the same number is not mistaken for a replay.
+    let mut other = header;
+    other.signature[0] ^= 1;
+    assert!(!net.machines[1].is_exact_replay(&other));
+}

@@ -106,13 +106,22 @@ pub fn event_json(event: &Event) -> serde_json::Value {
     }
 }
 
+/// Most joins `--auto-join` runs at once; further announcements wait (or, once the event
+/// queue overflows, are skipped and can be joined by hand).
+const MAX_CONCURRENT_AUTO_JOINS: usize = 8;
+
 /// Joins every session announced to this node until the event stream ends.
 async fn auto_join(node: Node, mut events: broadcast::Receiver<Event>) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_AUTO_JOINS));
     loop {
         match events.recv().await {
             Ok(Event::SessionDiscovered { session, .. }) => {
                 let node = node.clone();
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
                 tokio::spawn(async move {
+                    let _slot = slot;
                     match node.join_session(session).await {
                         Ok(()) => tracing::info!(%session, "joined"),
                         Err(error) => tracing::warn!(%session, %error, "could not join"),
