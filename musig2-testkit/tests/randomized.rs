@@ -50,6 +50,9 @@ impl Failures {
         classes.sort();
         classes.dedup();
         let detail = report.describe_violations(&violations);
+        if std::env::var_os("MUSIG2_RANDOM_VERBOSE").is_some() {
+            println!("FAIL {case}\n{detail}");
+        }
         for class in classes {
             let entry = self
                 .by_class
