@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::{
     Actor, Attempt, Body, Envelope, Frame, MemoryTransport, NonceCommitment, PartialSigBytes,
-    PeerId, SeqNo, SignedEnvelope, Transport, TransportError, decode_frame,
+    PeerId, PubNonceBytes, SeqNo, SignedEnvelope, Transport, TransportError, decode_frame,
 };
 use crate::clock::WallClock;
 
@@ -74,6 +74,24 @@ pub(super) struct Strategy {
     stale: Vec<SignedEnvelope>,
     delayed: Vec<JoinHandle<()>>,
     mutations: Vec<String>,
+    /// Our second nonce, shown to the equivocation victims (its commitment too), so that a
+    /// victim can be shown a consistent commitment and reveal.
+    alt_nonce: Option<PubNonceBytes>,
+    /// The peers the first equivocation went to; later ones mostly go to the same peers.
+    victims: Option<Vec<PeerId>>,
+    /// A run-wide plan that overrides the per-message draw for commitments and nonces.
+    theme: Option<Theme>,
+}
+
+/// A run-wide plan (a quarter of the runs): equivocate consistently — one commitment and nonce
+/// to the victims, another to the rest — with the nonces dated `nonce_offset_ms` (just inside
+/// the skew bound, in the past) and the commitments sent `commit_delay` late, so that the
+/// honest nodes reveal, sign and relay the nonces only once the relayed copies are outside the
+/// bound (issue 9, attack 7).
+#[derive(Debug, Clone, Copy)]
+struct Theme {
+    nonce_offset_ms: i64,
+    commit_delay: Duration,
 }
 
 impl Strategy {
@@ -83,9 +101,19 @@ impl Strategy {
         transport: Arc<MemoryTransport>,
         clock: WallClock,
     ) -> Strategy {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let skew_ms = u64::try_from(max_clock_skew.as_millis()).unwrap_or(u64::MAX);
+        let theme = rng.random_bool(0.25).then(|| {
+            let edge = i64::try_from(skew_ms).unwrap_or(i64::MAX / 2);
+            Theme {
+                nonce_offset_ms: -(edge - rng.random_range(1..=1_000)),
+                commit_delay: Duration::from_millis(rng.random_range(200..=3_000)),
+            }
+        });
         Strategy {
-            rng: ChaCha20Rng::seed_from_u64(seed),
-            skew_ms: u64::try_from(max_clock_skew.as_millis()).unwrap_or(u64::MAX),
+            rng,
+            theme,
+            skew_ms,
             transport,
             clock,
             started_ms: clock.now_ms(),
@@ -93,6 +121,8 @@ impl Strategy {
             stale: Vec::new(),
             delayed: Vec::new(),
             mutations: Vec::new(),
+            alt_nonce: None,
+            victims: None,
         }
     }
 
@@ -147,6 +177,21 @@ impl Strategy {
                 rest.push(*p);
             }
         }
+        (chosen, rest)
+    }
+
+    /// The equivocation victims among `peers`: mostly the same as the first time, else a
+    /// fresh subset.
+    fn victims(&mut self, peers: &[PeerId]) -> (Vec<PeerId>, Vec<PeerId>) {
+        if let Some(victims) = &self.victims {
+            let (chosen, rest): (Vec<PeerId>, Vec<PeerId>) =
+                peers.iter().partition(|p| victims.contains(p));
+            if !chosen.is_empty() && (self.theme.is_some() || self.rng.random_bool(0.75)) {
+                return (chosen, rest);
+            }
+        }
+        let (chosen, rest) = self.split(peers);
+        self.victims.get_or_insert_with(|| chosen.clone());
         (chosen, rest)
     }
 
@@ -275,6 +320,14 @@ impl Actor {
         }
     }
 
+    /// The session's nonce and partial-signature timeouts (what delays aim around).
+    fn phase_ms(&self) -> [u64; 2] {
+        self.session.as_ref().map_or([10_000; 2], |s| {
+            let t = s.ann.announcement().policy.timeouts;
+            [t.nonce_ms, t.partial_sig_ms]
+        })
+    }
+
     /// Signer indices of `peers`, for the mutation log.
     fn names(&self, peers: &[PeerId]) -> String {
         let Some(s) = &self.session else {
@@ -332,7 +385,18 @@ impl Actor {
             }
             encode(&copy)
         };
-        let action = st.choose(own.is_some());
+        let own_kind = own.map(|i| envs[i].envelope().body().kind());
+        // The run's theme (if any) for our commitment and nonce: (re-date, delay).
+        let themed = match (st.theme, own_kind) {
+            (Some(t), Some("nonce-commit")) => Some((0, Some(t.commit_delay))),
+            (Some(t), Some("nonce")) => Some((t.nonce_offset_ms, None)),
+            _ => None,
+        };
+        let action = if themed.is_some() {
+            Action::Equivocate
+        } else {
+            st.choose(own.is_some())
+        };
         match action {
             Action::Pass => pass,
             Action::Drop => {
@@ -349,11 +413,7 @@ impl Actor {
             }
             Action::Delay => {
                 let (late, rest) = st.split(peers);
-                let phase_ms = self.session.as_ref().map_or([10_000; 2], |s| {
-                    let t = s.ann.announcement().policy.timeouts;
-                    [t.nonce_ms, t.partial_sig_ms]
-                });
-                let delay = st.delay(phase_ms);
+                let delay = st.delay(self.phase_ms());
                 let names = self.names(&late);
                 st.note(&what, format!("delayed {delay:?} to {names}"));
                 st.later(delay, late, frame.to_vec());
@@ -394,7 +454,7 @@ impl Actor {
                 let Some(alt) = self.alternative(st, env.envelope().body()) else {
                     return pass;
                 };
-                let e = env.envelope();
+                let e = env.envelope().clone();
                 let same_seq = st.rng.random_bool(0.5);
                 let seq = if same_seq {
                     Some(e.seq())
@@ -402,34 +462,73 @@ impl Actor {
                     self.session.as_mut().map(|s| s.take_seq())
                 };
                 let Some(seq) = seq else { return pass };
-                let other = Envelope::sign(
-                    e.session_id(),
-                    e.signer(),
-                    seq,
-                    self.clock.now_ms(),
-                    alt,
-                    &self.keypair,
-                );
-                let (chosen, rest) = st.split(peers);
+                // A third of the time both versions are re-dated alike (e.g. to just inside the
+                // skew bound, so later relays of them fall outside it).
+                let offset = match themed {
+                    Some((offset, _)) => offset,
+                    None if st.rng.random_bool(1.0 / 3.0) => st.redate_offset(),
+                    None => 0,
+                };
+                let ts = self.clock.now_ms().saturating_add_signed(offset);
+                let sign = |body: Body, seq: SeqNo| {
+                    Envelope::sign(e.session_id(), e.signer(), seq, ts, body, &self.keypair)
+                };
+                let original = if offset == 0 {
+                    frame.to_vec()
+                } else {
+                    replaced(sign(e.body().clone(), e.seq()))
+                };
+                let alt_frame = replaced(sign(alt, seq));
+                let (chosen, rest) = st.victims(peers);
                 let names = self.names(&chosen);
-                let both = st.rng.random_range(0..4u32);
+                let order = if themed.is_some() {
+                    2
+                } else {
+                    st.rng.random_range(0..4u32)
+                };
+                // A quarter of the time everything goes out late.
+                let delay = match themed {
+                    Some((_, delay)) => delay,
+                    None => st
+                        .rng
+                        .random_bool(0.25)
+                        .then(|| self.phase_ms())
+                        .map(|phase| st.delay(phase)),
+                };
                 st.note(
                     &what,
                     format!(
-                        "equivocated to {names} (seq {}{})",
+                        "{}equivocated to {names} (seq {}{}{}{})",
+                        if themed.is_some() { "[theme] " } else { "" },
                         seq.get(),
-                        match both {
+                        match order {
                             0 => ", after the original",
                             1 => ", before the original",
                             _ => "",
-                        }
+                        },
+                        if offset == 0 {
+                            String::new()
+                        } else {
+                            format!(", both re-dated {offset:+} ms")
+                        },
+                        delay
+                            .map(|d| format!(", delayed {d:?}"))
+                            .unwrap_or_default()
                     ),
                 );
-                let alt_frame = replaced(other);
-                match both {
-                    0 => vec![(peers.to_vec(), frame.to_vec()), (chosen, alt_frame)],
-                    1 => vec![(chosen, alt_frame), (peers.to_vec(), frame.to_vec())],
-                    _ => vec![(chosen, alt_frame), (rest, frame.to_vec())],
+                let sends = match order {
+                    0 => vec![(peers.to_vec(), original), (chosen, alt_frame)],
+                    1 => vec![(chosen, alt_frame), (peers.to_vec(), original)],
+                    _ => vec![(chosen, alt_frame), (rest, original)],
+                };
+                match delay {
+                    None => sends,
+                    Some(d) => {
+                        for (to, bytes) in sends {
+                            st.later(d, to, bytes);
+                        }
+                        Vec::new()
+                    }
                 }
             }
             Action::RelayStale => {
@@ -535,6 +634,18 @@ impl Actor {
         vec![(chosen, replaced(reused)), (rest, frame.to_vec())]
     }
 
+    /// Mostly our one second nonce (so a victim's commitment and reveal agree), sometimes a
+    /// fresh one.
+    fn second_nonce(&mut self, st: &mut Strategy) -> Option<PubNonceBytes> {
+        if st.theme.is_none() && st.rng.random_bool(0.25) {
+            return self.make_nonce(false);
+        }
+        if st.alt_nonce.is_none() {
+            st.alt_nonce = self.make_nonce(false);
+        }
+        st.alt_nonce
+    }
+
     /// A different value of the same kind as `body`, where there is one.
     fn alternative(&mut self, st: &mut Strategy, body: &Body) -> Option<Body> {
         let s = self.session.as_ref()?;
@@ -542,7 +653,7 @@ impl Actor {
         Some(match body {
             Body::Join { .. } => body.clone(),
             Body::NonceCommit { attempt, .. } => {
-                let fresh = self.make_nonce(false)?;
+                let fresh = self.second_nonce(st)?;
                 Body::NonceCommit {
                     attempt: *attempt,
                     commitment: NonceCommitment::compute(&id, me, *attempt, &fresh),
@@ -550,7 +661,7 @@ impl Actor {
             }
             Body::Nonce { attempt, .. } => Body::Nonce {
                 attempt: *attempt,
-                pub_nonce: self.make_nonce(false)?,
+                pub_nonce: self.second_nonce(st)?,
             },
             Body::PartialSig { attempt, .. } => {
                 let mut scalar = [0u8; 32];
