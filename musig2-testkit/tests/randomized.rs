@@ -46,7 +46,18 @@ impl Failures {
         if violations.is_empty() {
             return;
         }
-        let mut classes: Vec<String> = violations.iter().map(|v| v.class()).collect();
+        // Grouped by what broke and where: `<violation class> | <configuration>`.
+        let config = case.to_string();
+        let config = config
+            .split_whitespace()
+            .skip(2)
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut classes: Vec<String> = violations
+            .iter()
+            .map(|v| format!("{} | {config}", v.class()))
+            .collect();
         classes.sort();
         classes.dedup();
         let detail = report.describe_violations(&violations);
