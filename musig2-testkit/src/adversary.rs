@@ -134,6 +134,19 @@ pub enum Behaviour {
         /// The member that gets the duplicate Join.
         victim: SignerIndex,
     },
+    /// Mesh, commitments on: sends its nonce commitment to every honest signer but `skip`, then
+    /// follows the protocol (nonce to everyone, partial signature).
+    CommitmentToAllBut {
+        /// The honest signer that never gets the commitment.
+        skip: SignerIndex,
+    },
+    /// Right after joining, sends `victim` two different nonces under one sequence number (and
+    /// the others the first), then follows the protocol. Run as the first signer to act, the
+    /// victim sees the equivocation before its own node has joined.
+    EquivocateBeforeJoin {
+        /// The honest signer shown both nonces.
+        victim: SignerIndex,
+    },
 }
 
 /// What an adversary did and saw, returned by [`Adversary::stop`].
@@ -650,6 +663,14 @@ impl Actor {
             self.reuse_seq_for_commitment(victim, nonce_a).await;
             return;
         }
+        if let Behaviour::CommitmentToAllBut { skip } = self.behaviour {
+            self.commitment_to_all_but(skip, nonce_a).await;
+            return;
+        }
+        if let Behaviour::EquivocateBeforeJoin { victim } = self.behaviour {
+            self.equivocate_before_join(victim, nonce_a).await;
+            return;
+        }
         if commit_round {
             let commitment = NonceCommitment::compute(&id, me, Attempt::FIRST, &nonce_a);
             let body = Body::NonceCommit {
@@ -752,6 +773,8 @@ impl Actor {
                 | Behaviour::Randomized { .. }
                 | Behaviour::SkewEdgeEquivocation { .. }
                 | Behaviour::ReuseSeqForCommitment { .. }
+                | Behaviour::CommitmentToAllBut { .. }
+                | Behaviour::EquivocateBeforeJoin { .. }
         );
         let psig = if honest_psig {
             let pubnonces: Option<Vec<PubNonce>> = s

@@ -95,3 +95,61 @@ impl Actor {
         }
     }
 }
+
+impl Actor {
+    /// [`Behaviour::CommitmentToAllBut`](super::Behaviour::CommitmentToAllBut).
+    pub(super) async fn commitment_to_all_but(&mut self, skip: SignerIndex, nonce: PubNonceBytes) {
+        let (_, rest) = self.split_off(skip);
+        let Some(s) = &self.session else { return };
+        let (id, me) = (s.id, s.me);
+        let targets = s.round_targets();
+        let commitment = NonceCommitment::compute(&id, me, Attempt::FIRST, &nonce);
+        let body = Body::NonceCommit {
+            attempt: Attempt::FIRST,
+            commitment,
+        };
+        if let Some(env) = self.own(body) {
+            self.send_all(&rest, &env.to_frame_bytes()).await;
+        }
+        if let Some(env) = self.own(nonce_body(nonce)) {
+            self.send_all(&targets, &env.to_frame_bytes()).await;
+        }
+    }
+
+    /// [`Behaviour::EquivocateBeforeJoin`](super::Behaviour::EquivocateBeforeJoin).
+    pub(super) async fn equivocate_before_join(
+        &mut self,
+        victim: SignerIndex,
+        nonce_a: PubNonceBytes,
+    ) {
+        let Some(nonce_b) = self.make_nonce(false) else {
+            return;
+        };
+        let (victim_peer, _) = self.split_off(victim);
+        let now = self.clock.now_ms();
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        let (id, me) = (s.id, s.me);
+        let commit_round = s.ann.announcement().policy.nonce_commitment;
+        let targets = s.round_targets();
+        if commit_round {
+            let commitment = NonceCommitment::compute(&id, me, Attempt::FIRST, &nonce_a);
+            let body = Body::NonceCommit {
+                attempt: Attempt::FIRST,
+                commitment,
+            };
+            let seq = s.take_seq();
+            let env = Envelope::sign(id, me, seq, now, body, &self.keypair);
+            self.send_all(&targets, &env.to_frame_bytes()).await;
+        }
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        let seq = s.take_seq();
+        let env_a = Envelope::sign(id, me, seq, now, nonce_body(nonce_a), &self.keypair);
+        let env_b = Envelope::sign(id, me, seq, now, nonce_body(nonce_b), &self.keypair);
+        self.send_all(&targets, &env_a.to_frame_bytes()).await;
+        self.send_all(&victim_peer, &env_b.to_frame_bytes()).await;
+    }
+}
