@@ -655,20 +655,7 @@ impl Actor {
         if self.behaviour == Behaviour::WithholdCommitment {
             return;
         }
-        if let Behaviour::SkewEdgeEquivocation { victim } = self.behaviour {
-            self.skew_edge_equivocation(victim, nonce_a).await;
-            return;
-        }
-        if let Behaviour::ReuseSeqForCommitment { victim } = self.behaviour {
-            self.reuse_seq_for_commitment(victim, nonce_a).await;
-            return;
-        }
-        if let Behaviour::CommitmentToAllBut { skip } = self.behaviour {
-            self.commitment_to_all_but(skip, nonce_a).await;
-            return;
-        }
-        if let Behaviour::EquivocateBeforeJoin { victim } = self.behaviour {
-            self.equivocate_before_join(victim, nonce_a).await;
+        if self.scripted_round1(nonce_a).await {
             return;
         }
         if commit_round {

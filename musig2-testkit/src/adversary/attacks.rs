@@ -1,11 +1,14 @@
 //! Scripted attacks from issue 9, each the deterministic core of a failure class the
-//! randomized strategy finds (see [`Behaviour`](super::Behaviour)).
+//! randomized strategy finds (see [`Behaviour`]).
 
 use std::time::Duration;
 
-use super::{Actor, Attempt, Body, Envelope, NonceCommitment, PeerId, PubNonceBytes, SignerIndex};
+use super::{
+    Actor, Attempt, Behaviour, Body, Envelope, NonceCommitment, PeerId, PubNonceBytes, SessionId,
+    SignerIndex,
+};
 
-/// How far inside the skew bound [`Behaviour::SkewEdgeEquivocation`](super::Behaviour) dates
+/// How far inside the skew bound [`Behaviour::SkewEdgeEquivocation`] dates
 /// its nonces.
 const INSIDE_EDGE_MS: u64 = 500;
 
@@ -19,7 +22,36 @@ fn nonce_body(pub_nonce: PubNonceBytes) -> Body {
     }
 }
 
+/// Our commitment to `nonce` for the first attempt.
+fn commit_body(id: &SessionId, me: SignerIndex, nonce: &PubNonceBytes) -> Body {
+    Body::NonceCommit {
+        attempt: Attempt::FIRST,
+        commitment: NonceCommitment::compute(id, me, Attempt::FIRST, nonce),
+    }
+}
+
 impl Actor {
+    /// Round 1 of a scripted attack (commitment and nonce, `nonce` being the one we sign
+    /// with); false when the behaviour is not one of them.
+    pub(super) async fn scripted_round1(&mut self, nonce: PubNonceBytes) -> bool {
+        match self.behaviour {
+            Behaviour::SkewEdgeEquivocation { victim } => {
+                self.skew_edge_equivocation(victim, nonce).await;
+            }
+            Behaviour::ReuseSeqForCommitment { victim } => {
+                self.reuse_seq_for_commitment(victim, nonce).await;
+            }
+            Behaviour::CommitmentToAllBut { skip } => {
+                self.commitment_to_all_but(skip, nonce).await;
+            }
+            Behaviour::EquivocateBeforeJoin { victim } => {
+                self.equivocate_before_join(victim, nonce).await;
+            }
+            _ => return false,
+        }
+        true
+    }
+
     /// The victim's peer and everyone else's (but ours).
     fn split_off(&self, victim: SignerIndex) -> (Vec<PeerId>, Vec<PeerId>) {
         let Some(s) = &self.session else {
@@ -54,12 +86,7 @@ impl Actor {
         self.send_all(&rest, &env_a.to_frame_bytes()).await;
         tokio::time::sleep(COMMIT_DELAY).await;
         for (nonce, peers) in [(nonce_a, &rest), (nonce_b, &victim_peer)] {
-            let commitment = NonceCommitment::compute(&id, me, Attempt::FIRST, &nonce);
-            let body = Body::NonceCommit {
-                attempt: Attempt::FIRST,
-                commitment,
-            };
-            if let Some(env) = self.own(body) {
+            if let Some(env) = self.own(commit_body(&id, me, &nonce)) {
                 self.send_all(peers, &env.to_frame_bytes()).await;
             }
         }
@@ -80,13 +107,15 @@ impl Actor {
         let (id, me) = (s.id, s.me);
         let targets = s.round_targets();
         let seq = s.take_seq();
-        let commitment = NonceCommitment::compute(&id, me, Attempt::FIRST, &nonce);
-        let commit = Body::NonceCommit {
-            attempt: Attempt::FIRST,
-            commitment,
-        };
         let dup_join = Envelope::sign(id, me, seq, now, join, &self.keypair);
-        let commit = Envelope::sign(id, me, seq, now, commit, &self.keypair);
+        let commit = Envelope::sign(
+            id,
+            me,
+            seq,
+            now,
+            commit_body(&id, me, &nonce),
+            &self.keypair,
+        );
         self.send_all(&victim_peer, &dup_join.to_frame_bytes())
             .await;
         self.send_all(&targets, &commit.to_frame_bytes()).await;
@@ -103,12 +132,7 @@ impl Actor {
         let Some(s) = &self.session else { return };
         let (id, me) = (s.id, s.me);
         let targets = s.round_targets();
-        let commitment = NonceCommitment::compute(&id, me, Attempt::FIRST, &nonce);
-        let body = Body::NonceCommit {
-            attempt: Attempt::FIRST,
-            commitment,
-        };
-        if let Some(env) = self.own(body) {
+        if let Some(env) = self.own(commit_body(&id, me, &nonce)) {
             self.send_all(&rest, &env.to_frame_bytes()).await;
         }
         if let Some(env) = self.own(nonce_body(nonce)) {
@@ -134,12 +158,8 @@ impl Actor {
         let commit_round = s.ann.announcement().policy.nonce_commitment;
         let targets = s.round_targets();
         if commit_round {
-            let commitment = NonceCommitment::compute(&id, me, Attempt::FIRST, &nonce_a);
-            let body = Body::NonceCommit {
-                attempt: Attempt::FIRST,
-                commitment,
-            };
             let seq = s.take_seq();
+            let body = commit_body(&id, me, &nonce_a);
             let env = Envelope::sign(id, me, seq, now, body, &self.keypair);
             self.send_all(&targets, &env.to_frame_bytes()).await;
         }
