@@ -61,7 +61,7 @@ impl Actor {
         (s.peers_of(&[victim]), s.peers_of(&rest))
     }
 
-    /// [`Behaviour::SkewEdgeEquivocation`](super::Behaviour::SkewEdgeEquivocation).
+    /// [`Behaviour::SkewEdgeEquivocation`].
     pub(super) async fn skew_edge_equivocation(
         &mut self,
         victim: SignerIndex,
@@ -92,7 +92,7 @@ impl Actor {
         }
     }
 
-    /// [`Behaviour::ReuseSeqForCommitment`](super::Behaviour::ReuseSeqForCommitment).
+    /// [`Behaviour::ReuseSeqForCommitment`].
     pub(super) async fn reuse_seq_for_commitment(
         &mut self,
         victim: SignerIndex,
@@ -126,7 +126,7 @@ impl Actor {
 }
 
 impl Actor {
-    /// [`Behaviour::CommitmentToAllBut`](super::Behaviour::CommitmentToAllBut).
+    /// [`Behaviour::CommitmentToAllBut`].
     pub(super) async fn commitment_to_all_but(&mut self, skip: SignerIndex, nonce: PubNonceBytes) {
         let (_, rest) = self.split_off(skip);
         let Some(s) = &self.session else { return };
@@ -140,7 +140,7 @@ impl Actor {
         }
     }
 
-    /// [`Behaviour::EquivocateBeforeJoin`](super::Behaviour::EquivocateBeforeJoin).
+    /// [`Behaviour::EquivocateBeforeJoin`].
     pub(super) async fn equivocate_before_join(
         &mut self,
         victim: SignerIndex,
