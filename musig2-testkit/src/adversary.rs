@@ -25,6 +25,8 @@ use tokio::task::JoinHandle;
 use crate::clock::WallClock;
 
 mod announce;
+mod attacks;
+mod random;
 mod star;
 
 /// How an [`Adversary`] deviates from the honest protocol.
@@ -102,6 +104,49 @@ pub enum Behaviour {
     WithholdFinalSig,
     /// Star coordinator: sends a final signature that does not verify (one bit flipped).
     InvalidFinalSig,
+    /// Follows the protocol (as member, creator or star coordinator), but every frame it sends
+    /// goes through a seeded strategy (ChaCha20 from `seed`) that, per message, passes it on or
+    /// drops it for some peers, duplicates it, delays it (also to just before and after the
+    /// phase deadlines), reorders it behind the next one, re-dates it (inside and at the edge
+    /// of the clock-skew bound), re-signs it under an earlier sequence number, equivocates (a
+    /// different nonce, commitment, partial signature, aggregate nonce or final signature to a
+    /// subset, with the same or a new sequence number), or relays stale contributions (other
+    /// signers' earlier envelopes, its own earlier ones, its own for another attempt). What it
+    /// did is listed in [`AdversaryLog::mutations`]. See `src/adversary/random.rs`.
+    Randomized {
+        /// Seed of the strategy's decisions.
+        seed: u64,
+    },
+    /// Mesh, commitments on: sends `victim` one nonce and the others another, under two
+    /// sequence numbers and dated just inside the clock-skew bound in the past; waits a second
+    /// and then sends the matching commitments (`victim`'s to it, the other to the rest), and a
+    /// partial signature valid under the others' nonce. The honest nodes' relayed copies of its
+    /// nonces arrive outside the skew bound.
+    SkewEdgeEquivocation {
+        /// The honest signer shown the second nonce.
+        victim: SignerIndex,
+    },
+    /// Star member, commitments on: signs a second, harmless Join with the sequence number of
+    /// its nonce commitment and sends it to `victim` before the commitment goes to the
+    /// coordinator, so the relayed commitment reaches `victim` under a sequence number it has
+    /// already seen. Otherwise honest.
+    ReuseSeqForCommitment {
+        /// The member that gets the duplicate Join.
+        victim: SignerIndex,
+    },
+    /// Mesh, commitments on: sends its nonce commitment to every honest signer but `skip`, then
+    /// follows the protocol (nonce to everyone, partial signature).
+    CommitmentToAllBut {
+        /// The honest signer that never gets the commitment.
+        skip: SignerIndex,
+    },
+    /// Right after joining, sends `victim` two different nonces under one sequence number (and
+    /// the others the first), then follows the protocol. Run as the first signer to act, the
+    /// victim sees the equivocation before its own node has joined.
+    EquivocateBeforeJoin {
+        /// The honest signer shown both nonces.
+        victim: SignerIndex,
+    },
 }
 
 /// What an adversary did and saw, returned by [`Adversary::stop`].
@@ -134,6 +179,23 @@ pub struct AdversaryLog {
     pub aggregate_nonces_sent: usize,
     /// As star coordinator: final-signature envelopes sent (one per member).
     pub final_signatures_sent: usize,
+    /// What a [`Behaviour::Randomized`] adversary did to each message, in order (time since
+    /// it started, the message, the mutation and its targets).
+    pub mutations: Vec<String>,
+}
+
+/// Everything an [`Adversary`] needs besides its transport, key and behaviour.
+#[derive(Debug, Clone)]
+pub struct AdversarySetup {
+    /// Wire limits for decoding.
+    pub limits: Limits,
+    /// Seed of its nonces and junk.
+    pub seed: u64,
+    /// The honest nodes' clock-skew bound (what [`Behaviour::Randomized`] re-dates around).
+    pub max_clock_skew: Duration,
+    /// An announcement it created and signed: it sends it to every listed peer and takes part
+    /// in that session (the adversary as creator).
+    pub announcement: Option<SignedAnnouncement>,
 }
 
 /// A running adversarial signer. Stop it with [`Adversary::stop`] to get its [`AdversaryLog`].
@@ -156,23 +218,52 @@ impl Adversary {
         limits: Limits,
         seed: u64,
     ) -> Adversary {
+        let setup = AdversarySetup {
+            limits,
+            seed,
+            max_clock_skew: musig2_coordinator::Config::default().max_clock_skew,
+            announcement: None,
+        };
+        Self::spawn_with(transport, keypair, behaviour, setup)
+    }
+
+    /// Like [`Adversary::spawn`], with the full [`AdversarySetup`] (the skew bound the honest
+    /// nodes use, and optionally an announcement the adversary created).
+    pub fn spawn_with(
+        transport: MemoryTransport,
+        keypair: Keypair,
+        behaviour: Behaviour,
+        setup: AdversarySetup,
+    ) -> Adversary {
         let transport = Arc::new(transport);
         let peer_id = transport.local_peer_id();
         let (stop, stop_rx) = oneshot::channel();
+        let clock = WallClock::new();
+        let random = match behaviour {
+            Behaviour::Randomized { seed } => Some(random::Strategy::new(
+                seed,
+                setup.max_clock_skew,
+                transport.clone(),
+                clock,
+            )),
+            _ => None,
+        };
         let actor = Actor {
             transport,
             keypair,
             behaviour,
-            limits,
-            clock: WallClock::new(),
-            rng: ChaCha20Rng::seed_from_u64(seed),
+            limits: setup.limits,
+            clock,
+            rng: ChaCha20Rng::seed_from_u64(setup.seed),
             session: None,
             early: Vec::new(),
             pool: Vec::new(),
             log: AdversaryLog::default(),
             announcement: None,
+            random,
+            max_skew_ms: u64::try_from(setup.max_clock_skew.as_millis()).unwrap_or(u64::MAX),
         };
-        let task = tokio::spawn(actor.run(stop_rx));
+        let task = tokio::spawn(actor.run(stop_rx, setup.announcement));
         Adversary {
             peer_id,
             keypair,
@@ -268,10 +359,21 @@ struct Actor {
     /// The creator's signed announcement as received (what [`Behaviour::ForgeAnnouncement`]
     /// tampers with).
     announcement: Option<SignedAnnouncement>,
+    /// The strategy of [`Behaviour::Randomized`].
+    random: Option<random::Strategy>,
+    /// The honest nodes' clock-skew bound, in milliseconds.
+    max_skew_ms: u64,
 }
 
 impl Actor {
-    async fn run(mut self, mut stop: oneshot::Receiver<()>) -> AdversaryLog {
+    async fn run(
+        mut self,
+        mut stop: oneshot::Receiver<()>,
+        created: Option<SignedAnnouncement>,
+    ) -> AdversaryLog {
+        if let Some(signed) = created {
+            self.announce(signed).await;
+        }
         loop {
             tokio::select! {
                 _ = &mut stop => break,
@@ -281,7 +383,31 @@ impl Actor {
                 },
             }
         }
+        if let Some(random) = self.random.take() {
+            self.log.mutations = random.finish();
+        }
         self.log
+    }
+
+    /// As creator: sends our signed announcement to every other listed peer and takes part in
+    /// the session.
+    async fn announce(&mut self, signed: SignedAnnouncement) {
+        let Ok(ann) = signed.verify(self.clock.now_ms(), &self.limits) else {
+            return;
+        };
+        let me = self.transport.local_peer_id();
+        let peers: Vec<PeerId> = signed
+            .announcement()
+            .signers
+            .iter()
+            .filter_map(|s| s.peer_id.as_ref())
+            .filter_map(|p| PeerId::from_bytes(p.as_bytes()).ok())
+            .filter(|p| *p != me)
+            .collect();
+        let frame = signed.to_frame_bytes();
+        self.announcement = Some(signed);
+        self.send_all(&peers, &frame).await;
+        self.start(ann).await;
     }
 
     async fn on_frame(&mut self, bytes: &[u8]) {
@@ -324,6 +450,9 @@ impl Actor {
             return;
         }
         self.log.envelopes_received += 1;
+        if let Some(random) = &mut self.random {
+            random.saw(&env);
+        }
         let j = verified.signer().as_usize();
         match verified.body() {
             Body::Nonce { pub_nonce, .. } => self.record_nonce(j, *pub_nonce),
@@ -374,10 +503,14 @@ impl Actor {
     }
 
     fn honest_peers(&self) -> Vec<PeerId> {
+        let me = self.transport.local_peer_id();
         self.session
             .as_ref()
             .map(|s| s.peers_of(&s.others()))
             .unwrap_or_default()
+            .into_iter()
+            .filter(|p| *p != me)
+            .collect()
     }
 
     async fn start(&mut self, ann: VerifiedAnnouncement) {
@@ -522,6 +655,9 @@ impl Actor {
         if self.behaviour == Behaviour::WithholdCommitment {
             return;
         }
+        if self.scripted_round1(nonce_a).await {
+            return;
+        }
         if commit_round {
             let commitment = NonceCommitment::compute(&id, me, Attempt::FIRST, &nonce_a);
             let body = Body::NonceCommit {
@@ -621,6 +757,11 @@ impl Actor {
                 | Behaviour::MalformedFrames
                 | Behaviour::Flood { .. }
                 | Behaviour::ForgeAnnouncement
+                | Behaviour::Randomized { .. }
+                | Behaviour::SkewEdgeEquivocation { .. }
+                | Behaviour::ReuseSeqForCommitment { .. }
+                | Behaviour::CommitmentToAllBut { .. }
+                | Behaviour::EquivocateBeforeJoin { .. }
         );
         let psig = if honest_psig {
             let pubnonces: Option<Vec<PubNonce>> = s
@@ -680,6 +821,15 @@ impl Actor {
     /// dropped the frame (the adversary wants its protocol messages to arrive even when it
     /// floods or links are lossy).
     async fn send_all(&mut self, peers: &[PeerId], frame: &[u8]) {
+        if self.random.is_some() {
+            self.random_send(peers, frame).await;
+        } else {
+            self.send_now(peers, frame).await;
+        }
+    }
+
+    /// [`Actor::send_all`] without the randomized strategy.
+    async fn send_now(&mut self, peers: &[PeerId], frame: &[u8]) {
         let frame = Bytes::copy_from_slice(frame);
         for peer in peers {
             self.log.frames_sent += 1;

@@ -4,15 +4,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use musig2_coordinator::{AbortOrigin, Config, Event, Node, SessionHealth, SessionRequest};
-use musig2_proto::{AbortReason, ElectionMethod, Policy, SessionId, SignerIndex, Topology};
-use musig2_transport::{LinkFault, MemoryConfig, MemoryNetwork, Transport};
-use rand::SeedableRng;
+use musig2_coordinator::{
+    AbortOrigin, Config, Event, Node, SessionHealth, SessionRequest, dht_key,
+};
+use musig2_proto::{
+    AbortReason, Announcement, ElectionMethod, PeerIdBytes, Policy, SessionId, SignedAnnouncement,
+    SignerIndex, SignerInfo, Topology,
+};
+use musig2_transport::{LinkFault, MemoryConfig, MemoryNetwork, PeerId, Transport};
+use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use secp256k1::{Keypair, XOnlyPublicKey, schnorr};
 use tokio::sync::broadcast;
 
-use crate::adversary::{Adversary, AdversaryLog, Behaviour, FloodStats, flood_junk};
+use crate::adversary::{
+    Adversary, AdversaryLog, AdversarySetup, Behaviour, FloodStats, flood_junk,
+};
+use crate::clock::WallClock;
 use crate::error::{Result, TestkitError};
 
 /// `n` signing keys derived from `seed` (ChaCha20), the same for the same seed.
@@ -55,6 +63,21 @@ pub enum Outcome {
     Stalled,
 }
 
+/// What an adversarial creator (see [`Scenario::adversary_creates`]) puts in the announcement
+/// it signs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CreatorAnnouncement {
+    /// Every signer with its real peer id (a valid session of the adversary's making).
+    Honest,
+    /// The adversary's own peer id listed at `victim`'s index as well as at its own: the
+    /// victim's messages would be routed to the adversary.
+    PeerIdOf {
+        /// The honest signer whose peer id is replaced.
+        victim: SignerIndex,
+    },
+}
+
 /// A signing session over a simulated network: `signers` slots, honest [`Node`]s except for at
 /// most one [`Adversary`].
 ///
@@ -74,6 +97,7 @@ pub struct Scenario {
     outsider_flood: Option<usize>,
     election: ElectionMethod,
     link_fault: Option<LinkFault>,
+    creator: Option<CreatorAnnouncement>,
 }
 
 impl Scenario {
@@ -91,6 +115,7 @@ impl Scenario {
             outsider_flood: None,
             election: ElectionMethod::FirstSigner,
             link_fault: None,
+            creator: None,
         }
     }
 
@@ -118,7 +143,8 @@ impl Scenario {
         self
     }
 
-    /// Puts an adversary with `behaviour` in signer slot `index` (not 0: the creator).
+    /// Puts an adversary with `behaviour` in signer slot `index` (not 0, the creator, unless
+    /// [`Scenario::adversary_creates`]).
     pub fn adversary(mut self, index: u16, behaviour: Behaviour) -> Scenario {
         self.adversary = SignerIndex::new(index).ok().map(|i| (i, behaviour));
         self
@@ -141,6 +167,17 @@ impl Scenario {
         self
     }
 
+    /// The adversary (which must be set with [`Scenario::adversary`], and may then sit in any
+    /// slot, 0 included) creates the session instead of signer 0: it signs `announcement` with
+    /// its own key, stores it in the DHT, sends it to every listed peer (through its send path,
+    /// so a [`Behaviour::Randomized`] adversary may drop or delay those copies), and every honest
+    /// node is asked to join it by id. A node that refuses the announcement reports it in
+    /// [`HonestOutcome::join_error`].
+    pub fn adversary_creates(mut self, announcement: CreatorAnnouncement) -> Scenario {
+        self.creator = Some(announcement);
+        self
+    }
+
     /// Adds a peer outside the session that sends `frames` junk frames to every honest node
     /// while the session runs.
     pub fn outsider_flood(mut self, frames: usize) -> Scenario {
@@ -156,12 +193,19 @@ impl Scenario {
         if n < 2 {
             return Err(TestkitError::InvalidScenario("at least two signers".into()));
         }
-        if let Some((i, _)) = self.adversary {
-            if i.as_usize() == 0 || i.as_usize() >= n {
+        let first = usize::from(self.creator.is_none());
+        match self.adversary {
+            Some((i, _)) if i.as_usize() < first || i.as_usize() >= n => {
                 return Err(TestkitError::InvalidScenario(format!(
-                    "adversary index {i} must be in 1..{n}"
+                    "adversary index {i} must be in {first}..{n}"
                 )));
             }
+            None if self.creator.is_some() => {
+                return Err(TestkitError::InvalidScenario(
+                    "an adversarial creator needs an adversary".into(),
+                ));
+            }
+            _ => {}
         }
         let network = MemoryNetwork::with_config(MemoryConfig {
             seed: self.seed,
@@ -174,7 +218,7 @@ impl Scenario {
         });
         let keypairs = keypairs_from_seed(self.seed, n);
         let mut honest: Vec<(SignerIndex, Node, broadcast::Receiver<Event>)> = Vec::new();
-        let mut adversary = None;
+        let mut adversary_transport = None;
         let mut peers = Vec::with_capacity(n);
         for (i, kp) in keypairs.iter().enumerate() {
             let index = SignerIndex::try_from(i)?;
@@ -182,14 +226,7 @@ impl Scenario {
             peers.push(Some(transport.local_peer_id()));
             match self.adversary {
                 Some((a, behaviour)) if a == index => {
-                    let seed = self.seed ^ 0xad5e_55a1;
-                    adversary = Some(Adversary::spawn(
-                        transport,
-                        *kp,
-                        behaviour,
-                        self.config.limits,
-                        seed,
-                    ));
+                    adversary_transport = Some((transport, *kp, behaviour));
                 }
                 _ => {
                     let node = Node::spawn(Arc::new(transport), *kp, self.config.clone());
@@ -204,37 +241,75 @@ impl Scenario {
             let seed = self.seed ^ 0x0f10_0d00;
             tokio::spawn(async move { flood_junk(&transport, &targets, frames, seed).await })
         });
+        let policy = Policy {
+            topology: self.topology,
+            nonce_commitment: self.commitments,
+            election: self.election,
+            ..honest[0].1.default_policy()
+        };
         let request = SessionRequest {
             signers: keypairs.iter().map(Keypair::public_key).collect(),
-            peers,
+            peers: peers.clone(),
             message: self.message.clone(),
             tweaks: Vec::new(),
-            policy: Policy {
-                topology: self.topology,
-                nonce_commitment: self.commitments,
-                election: self.election,
-                ..honest[0].1.default_policy()
-            },
+            policy,
         };
         if let Some(fault) = self.link_fault {
             network.set_default_fault(fault);
         }
-        let session = honest[0].1.create_session(request).await?;
-        for (_, node, _) in &honest[1..] {
+        let mut adversary = None;
+        let mut created = None;
+        if let Some((transport, kp, behaviour)) = adversary_transport {
+            let announcement = match (self.creator, self.adversary) {
+                (Some(tamper), Some((a, _))) => {
+                    let signed = self.adversary_announcement(&request, &peers, a, tamper, &kp)?;
+                    let frame = signed.to_frame_bytes();
+                    let ttl = self.config.session_timeout;
+                    if let Err(e) = transport
+                        .dht_put(dht_key(&signed.session_id()), frame, ttl)
+                        .await
+                    {
+                        tracing::debug!(error = %e, "DHT put of the adversary's announcement failed");
+                    }
+                    created = Some(signed.session_id());
+                    Some(signed)
+                }
+                _ => None,
+            };
+            adversary = Some(Adversary::spawn_with(
+                transport,
+                kp,
+                behaviour,
+                AdversarySetup {
+                    limits: self.config.limits,
+                    seed: self.seed ^ 0xad5e_55a1,
+                    max_clock_skew: self.config.max_clock_skew,
+                    announcement,
+                },
+            ));
+        }
+        let (session, joiners) = match created {
+            Some(id) => (id, 0..honest.len()),
+            None => (honest[0].1.create_session(request).await?, 1..honest.len()),
+        };
+        let mut join_errors = vec![None; honest.len()];
+        for k in joiners {
             // A session an adversary already ended cannot be joined; the outcome says why.
-            if let Err(e) = node.join_session(session).await {
+            if let Err(e) = honest[k].1.join_session(session).await {
                 tracing::debug!(error = %e, "join failed");
+                join_errors[k] = Some(e.to_string());
             }
         }
         let deadline = self.config.session_timeout + Duration::from_secs(60);
         let mut outcomes = Vec::with_capacity(honest.len());
-        for (index, node, events) in &mut honest {
+        for ((index, node, events), join_error) in honest.iter_mut().zip(join_errors) {
             let outcome = wait_for_outcome(events, session, deadline).await;
             let health = node.health(session).await.ok();
             outcomes.push(HonestOutcome {
                 signer: *index,
                 outcome,
                 health,
+                join_error,
                 known_sessions: Vec::new(),
                 forged_joined: Vec::new(),
             });
@@ -284,6 +359,51 @@ impl Scenario {
     }
 }
 
+impl Scenario {
+    /// The announcement an adversarial creator at index `creator` signs: the honest request's
+    /// signers, message and policy, with the peer ids `tamper` says.
+    fn adversary_announcement(
+        &self,
+        request: &SessionRequest,
+        peers: &[Option<PeerId>],
+        creator: SignerIndex,
+        tamper: CreatorAnnouncement,
+        keypair: &Keypair,
+    ) -> Result<SignedAnnouncement> {
+        let mut peers = peers.to_vec();
+        if let CreatorAnnouncement::PeerIdOf { victim } = tamper {
+            let ours = peers.get(creator.as_usize()).copied().flatten();
+            if let Some(slot) = peers.get_mut(victim.as_usize()) {
+                *slot = ours;
+            }
+        }
+        let signers = request
+            .signers
+            .iter()
+            .zip(&peers)
+            .map(|(key, peer)| SignerInfo {
+                key: *key,
+                peer_id: peer.and_then(|p| PeerIdBytes::new(p.to_bytes()).ok()),
+            })
+            .collect();
+        let now = WallClock::new().now_ms();
+        let session_ms = u64::try_from(self.config.session_timeout.as_millis()).unwrap_or(u64::MAX);
+        let mut salt = [0u8; 32];
+        ChaCha20Rng::seed_from_u64(self.seed ^ 0x5a17).fill_bytes(&mut salt);
+        let announcement = Announcement {
+            signers,
+            message: request.message.clone(),
+            tweaks: Vec::new(),
+            creator,
+            policy: request.policy,
+            salt,
+            created_at_ms: now,
+            expires_at_ms: now.saturating_add(session_ms),
+        };
+        Ok(announcement.sign(keypair, &self.config.limits)?)
+    }
+}
+
 async fn wait_for_outcome(
     events: &mut broadcast::Receiver<Event>,
     session: SessionId,
@@ -318,6 +438,104 @@ async fn wait_for_outcome(
         .unwrap_or(Outcome::Stalled)
 }
 
+/// A way a run broke the property of [`Report::randomized_violations`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Violation {
+    /// An honest node's finding (or an honest peer's signed abort it took) blames an honest
+    /// signer.
+    HonestBlamed {
+        /// The node whose outcome it is.
+        by: SignerIndex,
+        /// The honest signer it blames.
+        blamed: SignerIndex,
+        /// The abort reason.
+        reason: AbortReason,
+        /// Whose decision it was.
+        origin: AbortOrigin,
+    },
+    /// A node's signature does not verify under the aggregate key.
+    InvalidSignature {
+        /// The node.
+        signer: SignerIndex,
+    },
+    /// Two honest nodes hold different signatures.
+    SignaturesDiffer {
+        /// One node.
+        signer: SignerIndex,
+        /// The first node that signed.
+        other: SignerIndex,
+    },
+    /// An honest signer showed the adversary two nonces or two partial signatures.
+    NonceReuse {
+        /// The signer.
+        signer: SignerIndex,
+        /// Distinct nonces seen.
+        nonces: usize,
+        /// Distinct partial signatures seen.
+        partial_sigs: usize,
+    },
+    /// A node that joined neither signed nor aborted by a minute past the session deadline.
+    Stalled {
+        /// The node.
+        signer: SignerIndex,
+        /// Its phase at the end, if it still knew the session.
+        phase: Option<String>,
+    },
+}
+
+impl Violation {
+    /// The failure class, without the signer indices (for grouping many runs' failures).
+    pub fn class(&self) -> String {
+        match self {
+            Violation::HonestBlamed { reason, origin, .. } => {
+                let origin = match origin {
+                    AbortOrigin::Local => "own finding",
+                    AbortOrigin::Remote(_) => "honest peer's abort",
+                };
+                format!("honest signer blamed: {reason:?} ({origin})")
+            }
+            Violation::InvalidSignature { .. } => "invalid signature".into(),
+            Violation::SignaturesDiffer { .. } => "signatures differ".into(),
+            Violation::NonceReuse { .. } => "nonce reuse".into(),
+            Violation::Stalled { phase, .. } => format!("stalled in {phase:?}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Violation::HonestBlamed {
+                by,
+                blamed,
+                reason,
+                origin,
+            } => write!(
+                f,
+                "signer {by} blames honest signer {blamed} ({reason:?}, origin {origin:?})"
+            ),
+            Violation::InvalidSignature { signer } => {
+                write!(f, "signer {signer}: signature does not verify")
+            }
+            Violation::SignaturesDiffer { signer, other } => {
+                write!(f, "signers {signer} and {other} hold different signatures")
+            }
+            Violation::NonceReuse {
+                signer,
+                nonces,
+                partial_sigs,
+            } => write!(
+                f,
+                "signer {signer} showed {nonces} nonces and {partial_sigs} partial signatures"
+            ),
+            Violation::Stalled { signer, phase } => {
+                write!(f, "signer {signer} stalled (phase {phase:?})")
+            }
+        }
+    }
+}
+
 /// One honest node's result.
 #[derive(Debug, Clone)]
 pub struct HonestOutcome {
@@ -327,6 +545,8 @@ pub struct HonestOutcome {
     pub outcome: Outcome,
     /// Its view of the session afterwards (phase, holdouts, rejected messages).
     pub health: Option<SessionHealth>,
+    /// Why it could not join the session, if it could not (e.g. it refused the announcement).
+    pub join_error: Option<String>,
     /// Every session it knows at the end (a verified announcement it took in).
     pub known_sessions: Vec<SessionId>,
     /// The adversary's forged sessions (see [`Behaviour::ForgeAnnouncement`]) that it joined
@@ -402,6 +622,113 @@ impl Report {
         }
         self.assert_no_nonce_reuse();
         self.assert_no_forged_session();
+    }
+
+    /// The property every [`Behaviour::Randomized`] run must keep, as a list of what broke it
+    /// (empty: the run was safe):
+    ///
+    /// 1. no honest node's own finding ([`AbortOrigin::Local`]), nor an honest peer's signed
+    ///    abort, blames an honest signer (blaming the adversary is fine, and so is an abort
+    ///    whose origin is the adversary: its blame is a claim);
+    /// 2. the honest nodes that finished with a signature hold the same one, and it verifies
+    ///    under the aggregate key;
+    /// 3. no honest signer showed the adversary two nonces or two partial signatures;
+    /// 4. no honest node that joined is still running (neither signed nor aborted) a minute
+    ///    after the session deadline: a hang is a bug.
+    pub fn randomized_violations(&self) -> Vec<Violation> {
+        let mut found = Vec::new();
+        let mut first_sig: Option<(SignerIndex, schnorr::Signature)> = None;
+        for h in &self.honest {
+            match &h.outcome {
+                Outcome::Signed(sig) => {
+                    if schnorr::verify(sig, &self.message, &self.aggregate_key).is_err() {
+                        found.push(Violation::InvalidSignature { signer: h.signer });
+                    }
+                    match first_sig {
+                        Some((other, s)) if s != *sig => found.push(Violation::SignaturesDiffer {
+                            signer: h.signer,
+                            other,
+                        }),
+                        Some(_) => {}
+                        None => first_sig = Some((h.signer, *sig)),
+                    }
+                }
+                Outcome::Aborted {
+                    reason,
+                    blamed,
+                    origin,
+                } => {
+                    let trusted = match origin {
+                        AbortOrigin::Local => true,
+                        AbortOrigin::Remote(from) => self.is_honest(*from),
+                    };
+                    if trusted {
+                        for b in blamed.iter().filter(|b| self.is_honest(**b)) {
+                            found.push(Violation::HonestBlamed {
+                                by: h.signer,
+                                blamed: *b,
+                                reason: *reason,
+                                origin: *origin,
+                            });
+                        }
+                    }
+                }
+                Outcome::Stalled if h.join_error.is_none() => {
+                    found.push(Violation::Stalled {
+                        signer: h.signer,
+                        phase: h.health.as_ref().map(|x| format!("{:?}", x.phase)),
+                    });
+                }
+                Outcome::Stalled => {}
+            }
+        }
+        if let Some(log) = &self.adversary_log {
+            for h in &self.honest {
+                let i = h.signer.as_usize();
+                let nonces = log.nonces_seen.get(&i).map_or(0, |s| s.len());
+                let partial_sigs = log.partial_sigs_seen.get(&i).map_or(0, |s| s.len());
+                if nonces > 1 || partial_sigs > 1 {
+                    found.push(Violation::NonceReuse {
+                        signer: h.signer,
+                        nonces,
+                        partial_sigs,
+                    });
+                }
+            }
+        }
+        found
+    }
+
+    /// Panics with every [`Report::randomized_violations`] and each honest node's outcome.
+    pub fn assert_randomized_safety(&self) {
+        let found = self.randomized_violations();
+        assert!(found.is_empty(), "{}", self.describe_violations(&found));
+    }
+
+    /// A readable account of `violations` with every honest outcome and the adversary's
+    /// mutations (for assertion messages).
+    pub fn describe_violations(&self, violations: &[Violation]) -> String {
+        let mut text = String::new();
+        for v in violations {
+            text.push_str(&format!("  violation: {v}\n"));
+        }
+        for h in &self.honest {
+            text.push_str(&format!(
+                "  signer {}: {:?}{}\n",
+                h.signer,
+                h.outcome,
+                h.join_error
+                    .as_ref()
+                    .map(|e| format!(" (join refused: {e})"))
+                    .unwrap_or_default()
+            ));
+        }
+        if let Some(log) = &self.adversary_log {
+            for m in &log.mutations {
+                text.push_str(&format!("  adversary: {m}\n"));
+            }
+        }
+        text
     }
 
     /// No honest node knows or joined a session the adversary announced with a forged

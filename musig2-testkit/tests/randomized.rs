@@ -1,0 +1,170 @@
+//! The randomized adversary of issue 9: a seeded strategy bends every message the adversary
+//! sends (drop, duplicate, delay, reorder, re-date, reuse a sequence number, equivocate to a
+//! subset, relay stale contributions), in mesh and star, with and without commitments, as
+//! member, creator or star coordinator. Every run must keep the property of
+//! `Report::randomized_violations`: no honest node's own finding blames an honest signer, the
+//! honest nodes that finish hold the same valid signature, no honest nonce is used twice, and
+//! no honest node hangs past the session deadline.
+//!
+//! A failing case prints a line such as `seed=17 n=4 topology=star commitments=on
+//! role=creator index=0`; re-run it alone with
+//! `MUSIG2_RANDOM_CASE='<line>' cargo test -p musig2-testkit --test randomized repro -- --ignored --nocapture`.
+//! The long run: `MUSIG2_RANDOM_SEEDS=10000 cargo test -p musig2-testkit --test randomized
+//! long_run -- --ignored --nocapture`.
+
+use std::collections::BTreeMap;
+
+use musig2_proto::Topology;
+use musig2_testkit::{RandomizedCase, Role};
+
+/// Every configuration: topology, commitments, role.
+const CONFIGS: [(Topology, bool, Role); 10] = [
+    (Topology::Mesh, true, Role::Member),
+    (Topology::Mesh, false, Role::Member),
+    (Topology::Star, true, Role::Member),
+    (Topology::Star, false, Role::Member),
+    (Topology::Mesh, true, Role::Creator),
+    (Topology::Mesh, false, Role::Creator),
+    (Topology::Star, true, Role::Creator),
+    (Topology::Star, false, Role::Creator),
+    (Topology::Star, true, Role::Coordinator),
+    (Topology::Star, false, Role::Coordinator),
+];
+
+/// Failures grouped by class: how many runs, and the first (smallest-seed) case with its
+/// account.
+#[derive(Default)]
+struct Failures {
+    runs: usize,
+    by_class: BTreeMap<String, (usize, RandomizedCase, String)>,
+}
+
+impl Failures {
+    async fn run(&mut self, case: RandomizedCase) {
+        self.runs += 1;
+        let (violations, report) = case.check().await.expect("scenario runs");
+        if violations.is_empty() {
+            return;
+        }
+        // Grouped by what broke and where: `<violation class> | <configuration>`.
+        let config = case.to_string();
+        let config = config
+            .split_whitespace()
+            .skip(2)
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut classes: Vec<String> = violations
+            .iter()
+            .map(|v| format!("{} | {config}", v.class()))
+            .collect();
+        classes.sort();
+        classes.dedup();
+        let detail = report.describe_violations(&violations);
+        if std::env::var_os("MUSIG2_RANDOM_VERBOSE").is_some() {
+            println!("FAIL {case}\n{detail}");
+        }
+        for class in classes {
+            let entry = self
+                .by_class
+                .entry(class)
+                .or_insert_with(|| (0, case, detail.clone()));
+            entry.0 += 1;
+            if case.seed < entry.1.seed {
+                entry.1 = case;
+                entry.2 = detail.clone();
+            }
+        }
+    }
+
+    fn summary(&self) -> String {
+        let mut text = format!("{} runs\n", self.runs);
+        for (class, (count, case, detail)) in &self.by_class {
+            text.push_str(&format!(
+                "\n== {class}: {count} runs; smallest: {case}\n{detail}"
+            ));
+        }
+        text
+    }
+
+    fn assert_none(&self) {
+        assert!(
+            self.by_class.is_empty(),
+            "randomized adversary broke the property; re-run one case with \
+             MUSIG2_RANDOM_CASE='<case>' cargo test -p musig2-testkit --test randomized repro \
+             -- --ignored --nocapture\n{}",
+            self.summary()
+        );
+    }
+}
+
+/// Runs `seeds` seeds of each configuration in `configs`.
+async fn run_group(configs: &[(Topology, bool, Role)], seeds: std::ops::Range<u64>) {
+    let mut failures = Failures::default();
+    for &(topology, commitments, role) in configs {
+        for seed in seeds.clone() {
+            failures
+                .run(RandomizedCase::new(seed, topology, commitments, role))
+                .await;
+        }
+    }
+    failures.assert_none();
+}
+
+#[tokio::test(start_paused = true)]
+async fn random_mesh_member() {
+    run_group(&CONFIGS[0..2], 0..28).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn random_star_member() {
+    run_group(&CONFIGS[2..4], 0..28).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn random_creator() {
+    run_group(&CONFIGS[4..8], 0..14).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn random_star_coordinator() {
+    run_group(&CONFIGS[8..10], 0..28).await;
+}
+
+/// `MUSIG2_RANDOM_SEEDS` seeds (default 10,000), spread over every configuration; prints each
+/// failure class with its count and smallest case.
+#[tokio::test(start_paused = true)]
+#[ignore = "long run: MUSIG2_RANDOM_SEEDS=10000"]
+async fn long_run() {
+    let seeds: u64 = std::env::var("MUSIG2_RANDOM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    let start = std::time::Instant::now();
+    let mut failures = Failures::default();
+    for seed in 0..seeds {
+        let (topology, commitments, role) = CONFIGS[(seed % CONFIGS.len() as u64) as usize];
+        failures
+            .run(RandomizedCase::new(seed, topology, commitments, role))
+            .await;
+    }
+    println!(
+        "long run: {} in {:.1?}\n{}",
+        failures.runs,
+        start.elapsed(),
+        failures.summary()
+    );
+    failures.assert_none();
+}
+
+/// Re-runs one case given as `MUSIG2_RANDOM_CASE='seed=.. n=.. topology=.. commitments=..
+/// role=.. index=..'` and prints every honest outcome and the adversary's mutations.
+#[tokio::test(start_paused = true)]
+#[ignore = "needs MUSIG2_RANDOM_CASE"]
+async fn repro() {
+    let line = std::env::var("MUSIG2_RANDOM_CASE").expect("MUSIG2_RANDOM_CASE");
+    let case: RandomizedCase = line.parse().expect("a case line");
+    let (violations, report) = case.check().await.expect("scenario runs");
+    println!("{case}\n{}", report.describe_violations(&violations));
+    assert!(violations.is_empty(), "{case}: {violations:?}");
+}
