@@ -1057,9 +1057,32 @@ impl SessionMachine {
             self.verified_nonces[self.me.as_usize()] = env.verify(&self.ann).ok();
         }
         self.nonces[self.me.as_usize()] = Some((nonce, env.clone()));
-        if !self.is_star_coordinator() {
-            let targets = self.round_targets();
-            self.send_to(out, targets, vec![env]);
+        match self.topology {
+            // Each reveal travels with the commitments it was made after: a signer whose
+            // commitment reached only some of us cannot leave the others stuck in round 0 (and
+            // blamed by those who moved on), and two commitments from one signer are caught.
+            Topology::Mesh if self.commit_round => {
+                for k in self.others().collect::<Vec<_>>() {
+                    let mut batch: Vec<SignedEnvelope> = self
+                        .commits
+                        .iter()
+                        .flatten()
+                        .map(|(_, e)| e)
+                        .filter(|e| {
+                            let author = e.envelope().signer();
+                            author != k && author != self.me
+                        })
+                        .cloned()
+                        .collect();
+                    batch.push(env.clone());
+                    self.send_to(out, [k], batch);
+                }
+            }
+            _ if !self.is_star_coordinator() => {
+                let targets = self.round_targets();
+                self.send_to(out, targets, vec![env]);
+            }
+            _ => {}
         }
     }
 
@@ -1243,11 +1266,17 @@ impl SessionMachine {
             return;
         }
         let joined = self.phase != Phase::Created;
+        // Evidence found before we joined (e.g. an equivocation we saw early) is still told to
+        // the others: silently leaving would make them time out blaming us.
+        let evidence = !matches!(
+            reason,
+            AbortReason::Timeout | AbortReason::Expired | AbortReason::Cancelled
+        );
         self.phase = Phase::Aborted;
         self.phase_deadline_ms = None;
         // Dropping the secret nonce erases it; it can never be used again.
         self.secnonce = None;
-        if joined {
+        if joined || evidence {
             let env = self.sign(
                 now_ms,
                 Body::Abort {

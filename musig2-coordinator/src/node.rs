@@ -970,18 +970,30 @@ impl Actor {
             }
         };
         match frame {
-            Frame::Announcement(signed) => match signed.verify(now, &self.config.limits) {
-                Ok(verified) if verified.index_of(&self.keypair.public_key()).is_some() => {
-                    if let Err(e) = self.insert(verified, false, now).await {
-                        tracing::debug!(%from, error = %e, "announcement not taken");
+            Frame::Announcement(signed) => {
+                // Cheap checks before the signature: one we hold already (its id covers all of
+                // its content), or one that does not name us, costs no verification.
+                if self.sessions.contains_key(&signed.session_id()) {
+                    return;
+                }
+                let me = self.keypair.public_key();
+                if !signed.announcement().signers.iter().any(|s| s.key == me) {
+                    tracing::debug!(%from, "announcement does not name us");
+                    self.offence(from, "announcement not naming us").await;
+                    return;
+                }
+                match signed.verify(now, &self.config.limits) {
+                    Ok(verified) => {
+                        if let Err(e) = self.insert(verified, false, now).await {
+                            tracing::debug!(%from, error = %e, "announcement not taken");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(%from, error = %e, "invalid announcement");
+                        self.offence(from, "invalid announcement").await;
                     }
                 }
-                Ok(_) => tracing::debug!(%from, "announcement does not name us"),
-                Err(e) => {
-                    tracing::debug!(%from, error = %e, "invalid announcement");
-                    self.offence(from, "invalid announcement").await;
-                }
-            },
+            }
             Frame::Envelope(envelope) => self.route(from, envelope).await,
             Frame::Batch(envelopes) => {
                 for envelope in envelopes {
