@@ -93,6 +93,15 @@ pub enum Event {
         /// The peer id the announcement lists for this node's key.
         listed_peer: PeerId,
     },
+    /// A session announced to us and not joined was dropped to respect a bound (see
+    /// [`Config`](crate::Config)): it can still be joined by id if its announcement is in the DHT.
+    SessionEvicted {
+        /// The session.
+        session: SessionId,
+        /// Which limit: `max_unjoined_per_creator`, `max_unjoined_sessions` or
+        /// `unjoined_session_lifetime`.
+        limit: &'static str,
+    },
     /// A peer bound to one of our active sessions disconnected.
     ParticipantDisconnected {
         /// The session.
@@ -118,6 +127,7 @@ impl Event {
             | Event::SignatureReady { session, .. }
             | Event::Aborted { session, .. }
             | Event::SessionRefused { session, .. }
+            | Event::SessionEvicted { session, .. }
             | Event::ParticipantDisconnected { session, .. } => *session,
         }
     }

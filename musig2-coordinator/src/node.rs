@@ -806,21 +806,22 @@ impl Actor {
         if of_creator >= self.config.max_unjoined_per_creator.max(1) {
             if let Some(pos) = self.unjoined.iter().position(|(_, c, _)| c == creator) {
                 if let Some((old, _, _)) = self.unjoined.remove(pos) {
-                    self.drop_unjoined(old, "its creator announced too many");
+                    self.drop_unjoined(old, "max_unjoined_per_creator");
                 }
             }
         }
         while self.unjoined.len() >= self.config.max_unjoined_sessions.max(1) {
             match self.unjoined.pop_front() {
-                Some((old, _, _)) => self.drop_unjoined(old, "the un-joined pool is full"),
+                Some((old, _, _)) => self.drop_unjoined(old, "max_unjoined_sessions"),
                 None => break,
             }
         }
     }
 
-    fn drop_unjoined(&mut self, session: SessionId, why: &str) {
-        tracing::debug!(%session, why, "dropped an un-joined session");
+    fn drop_unjoined(&mut self, session: SessionId, limit: &'static str) {
+        tracing::info!(%session, limit, "dropped an un-joined session");
         self.sessions.remove(&session);
+        self.emit(Event::SessionEvicted { session, limit });
         for w in self.waiters.remove(&session).unwrap_or_default() {
             let _ = w.send(Err(CoordinatorError::UnknownSession(session)));
         }
@@ -835,7 +836,7 @@ impl Actor {
             .is_some_and(|(_, _, at)| now.saturating_sub(*at) > lifetime)
         {
             if let Some((old, _, _)) = self.unjoined.pop_front() {
-                self.drop_unjoined(old, "held for its whole lifetime without being joined");
+                self.drop_unjoined(old, "unjoined_session_lifetime");
             }
         }
     }

@@ -155,14 +155,14 @@ async fn announcement_flood_cannot_lock_a_node_out_of_signing() {
         assert!(u.unjoined_sessions <= 16, "{u:?}");
         assert_eq!(u.active_sessions, 0, "{u:?}");
     }
-    let mut discovered = 0;
+    let (mut discovered, mut evicted) = (0, 0);
     while let Ok(e) = events.try_recv() {
         discovered += usize::from(matches!(e, Event::SessionDiscovered { .. }));
+        evicted += usize::from(matches!(e, Event::SessionEvicted { .. }));
     }
-    assert!(
-        discovered >= 16,
-        "the flood did reach the pool ({discovered})"
-    );
+    assert!(discovered >= 16, "the flood did reach the pool ({discovered})");
+    // Nothing is dropped silently: every session that left the pool was reported.
+    assert_eq!(discovered - evicted, usage(&victim).await.unjoined_sessions);
 
     // Honest sessions, created by the victim and by the other signer, still sign.
     let pair = [&victim_key, &honest_key];
