@@ -63,6 +63,12 @@ pub struct Config {
     pub max_pending_frame_bytes: usize,
     /// Most peers whose offences are counted at once (the least offending is forgotten first).
     pub max_offence_entries: usize,
+    /// Bytes of announcement frames accepted per second from one peer (an announcement costs a
+    /// decode, a signature check and a key aggregation per signer). Sessions joined by id are
+    /// fetched from the DHT and not counted.
+    pub announcement_bytes_per_peer_per_sec: u64,
+    /// Bytes of announcement frames accepted per second from all peers together.
+    pub announcement_bytes_per_sec: u64,
     /// Most sends in flight at once, over all peers.
     pub max_inflight_sends: usize,
     /// Most sends in flight at once to one peer (the transport pipelines them).
@@ -113,6 +119,8 @@ impl Default for Config {
             max_pending_bytes: 4 * 1024 * 1024,
             max_pending_frame_bytes: 2048,
             max_offence_entries: 4096,
+            announcement_bytes_per_peer_per_sec: 32 * 1024,
+            announcement_bytes_per_sec: 128 * 1024,
             max_inflight_sends: 256,
             max_inflight_sends_per_peer: 32,
             max_queued_frames_per_peer: 1024,

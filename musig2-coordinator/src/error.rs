@@ -62,6 +62,15 @@ pub enum CoordinatorError {
         /// Its sequence number.
         seq: SeqNo,
     },
+    /// A contribution we already hold, in a new envelope (re-signed): only its author can make
+    /// one, honest signers never do, and it cost a verification.
+    #[error("signer {signer} re-sent its {kind} in a new envelope")]
+    RedundantMessage {
+        /// The sender.
+        signer: SignerIndex,
+        /// The body kind.
+        kind: &'static str,
+    },
     /// The sequence number is older than the replay window.
     #[error("sequence number {seq} from signer {signer} is older than the replay window")]
     StaleSequence {

@@ -724,7 +724,11 @@ impl SessionMachine {
                     });
                 }
                 if self.joins[j].is_some() {
-                    return Ok(());
+                    // The stored join itself is dropped before verification; this is a new one.
+                    return Err(CoordinatorError::RedundantMessage {
+                        signer,
+                        kind: "join",
+                    });
                 }
                 self.peers[j] = Some(peer);
                 self.joins[j] = Some((peer, env.signed().clone()));
@@ -759,7 +763,13 @@ impl SessionMachine {
                     Slot::Conflict => {
                         self.abort(now_ms, AbortReason::Equivocation, vec![signer], out)
                     }
-                    Slot::Same | Slot::New => self.check_commitment(signer, now_ms, out),
+                    Slot::New => self.check_commitment(signer, now_ms, out),
+                    Slot::Same => {
+                        return Err(CoordinatorError::RedundantMessage {
+                            signer,
+                            kind: "nonce commitment",
+                        });
+                    }
                 }
             }
             Body::Nonce { attempt, pub_nonce } => {
@@ -768,7 +778,12 @@ impl SessionMachine {
                 if self.is_star_coordinator() {
                     self.verified_nonces[j].get_or_insert(env);
                 }
-                self.place_nonce(signer, pub_nonce, signed, now_ms, out);
+                if let Slot::Same = self.place_nonce(signer, pub_nonce, signed, now_ms, out) {
+                    return Err(CoordinatorError::RedundantMessage {
+                        signer,
+                        kind: "nonce",
+                    });
+                }
             }
             Body::AggregateNonce {
                 attempt, nonces, ..
@@ -785,6 +800,7 @@ impl SessionMachine {
                 }
                 // The proto layer checked every relayed nonce's signature and that they sum to
                 // the aggregate; each one is its author's signed statement.
+                let repeat = self.aggnonce_received;
                 for sn in &nonces {
                     if sn.signer == self.me {
                         if Some(sn.pub_nonce) != self.my_nonce {
@@ -804,6 +820,13 @@ impl SessionMachine {
                         return Ok(());
                     }
                 }
+                if repeat {
+                    // Same nonces under a new envelope: it cost a verification per signer.
+                    return Err(CoordinatorError::RedundantMessage {
+                        signer,
+                        kind: "aggregate nonce",
+                    });
+                }
                 self.aggnonce_received = true;
                 self.aggnonce_env = Some(env.signed().clone());
             }
@@ -812,9 +835,17 @@ impl SessionMachine {
                 partial_sig,
             } => {
                 check_attempt(attempt)?;
-                if let Slot::Conflict = place(&mut self.psigs[j], partial_sig, env.signed().clone())
-                {
-                    self.abort(now_ms, AbortReason::Equivocation, vec![signer], out);
+                match place(&mut self.psigs[j], partial_sig, env.signed().clone()) {
+                    Slot::Conflict => {
+                        self.abort(now_ms, AbortReason::Equivocation, vec![signer], out)
+                    }
+                    Slot::Same => {
+                        return Err(CoordinatorError::RedundantMessage {
+                            signer,
+                            kind: "partial signature",
+                        });
+                    }
+                    Slot::New => {}
                 }
             }
             Body::FinalSignature { signature, .. } => {
@@ -866,12 +897,14 @@ impl SessionMachine {
         env: SignedEnvelope,
         now_ms: u64,
         out: &mut Vec<Output>,
-    ) {
-        match place(&mut self.nonces[signer.as_usize()], nonce, env) {
+    ) -> Slot {
+        let slot = place(&mut self.nonces[signer.as_usize()], nonce, env);
+        match slot {
             Slot::Conflict => self.abort(now_ms, AbortReason::Equivocation, vec![signer], out),
             Slot::New => self.check_commitment(signer, now_ms, out),
             Slot::Same => {}
         }
+        slot
     }
 
     /// Whether exactly this envelope is already stored as its signer's contribution (a

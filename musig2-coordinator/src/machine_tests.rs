@@ -601,6 +601,23 @@ fn replay_skew_gap_and_attempt_are_checked() {
         resigned.unwrap_err().peer_action(),
         crate::PeerAction::Penalize
     );
+    // A contribution we hold, re-signed under a new number: no honest signer does that, and
+    // it cost a verification.
+    let join_again = Body::Join {
+        peer_id: PeerIdBytes::new(p1.to_bytes()).unwrap(),
+    };
+    let again = m.handle_envelope(p1, sign(3, T0, join_again), T0, &mut net.rng);
+    assert!(
+        matches!(
+            again,
+            Err(CoordinatorError::RedundantMessage { kind: "join", .. })
+        ),
+        "{again:?}"
+    );
+    assert_eq!(
+        again.unwrap_err().peer_action(),
+        crate::PeerAction::Penalize
+    );
 }
 
 #[test]

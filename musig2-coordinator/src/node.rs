@@ -13,6 +13,7 @@ use bytes::Bytes;
 use musig2_proto::{
     Announcement, Frame, Limits, Policy, SessionId, SignedAnnouncement, SignedEnvelope,
     SignerIndex, SignerInfo, Timeouts, VerifiedAnnouncement, decode_frame, peek_envelope_header,
+    peek_frame_session,
 };
 use musig2_transport::{PeerEvent, PeerId, RecordMeta, RecordValidator, Transport, TransportError};
 use rand::{Rng, SeedableRng};
@@ -231,6 +232,8 @@ impl Node {
                 millis(config.peer_block_duration),
             ),
             blocked: HashMap::new(),
+            announcement_peers: HashMap::new(),
+            announcement_total: ByteBucket::full(config.announcement_bytes_per_sec, clock.now_ms()),
         };
         let peer_events = transport.events();
         let span = tracing::info_span!("node", peer = %transport.local_peer_id());
@@ -511,8 +514,52 @@ struct Actor {
     key_agg_cache: HashMap<Vec<PublicKey>, musig2_core::KeyAggContext>,
     /// Offending frames per peer.
     offences: OffenceTable,
+    /// Announcement bytes, per peer and overall.
+    announcement_peers: HashMap<PeerId, ByteBucket>,
+    announcement_total: ByteBucket,
     /// Peers blocked at the transport, and until when (ms).
     blocked: HashMap<PeerId, u64>,
+}
+
+/// A token bucket of bytes refilling at `rate` per second and holding one second's worth.
+#[derive(Debug, Clone, Copy)]
+struct ByteBucket {
+    tokens: u64,
+    at_ms: u64,
+}
+
+impl ByteBucket {
+    fn full(rate: u64, now: u64) -> Self {
+        ByteBucket {
+            tokens: rate,
+            at_ms: now,
+        }
+    }
+
+    fn refill(&mut self, rate: u64, now: u64) {
+        let elapsed = now.saturating_sub(self.at_ms);
+        let add = rate.saturating_mul(elapsed) / 1000;
+        if add > 0 {
+            self.tokens = self.tokens.saturating_add(add).min(rate);
+            self.at_ms = now;
+        }
+    }
+
+    fn take(&mut self, len: u64, rate: u64, now: u64) -> bool {
+        self.refill(rate, now);
+        if self.tokens >= len {
+            self.tokens -= len;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn is_full(&self, rate: u64, now: u64) -> bool {
+        let mut b = *self;
+        b.refill(rate, now);
+        b.tokens >= rate
+    }
 }
 
 fn millis(d: Duration) -> u64 {
@@ -931,6 +978,11 @@ impl Actor {
         for (from, frame) in self.pending.take(&id, now) {
             match decode_frame(&frame, &self.config.limits) {
                 Ok(Frame::Envelope(envelope)) => self.route(from, envelope).await,
+                Ok(Frame::Batch(envelopes)) => {
+                    for envelope in envelopes {
+                        self.route(from, envelope).await;
+                    }
+                }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::debug!(%from, error = %e, "dropped an undecodable buffered frame");
@@ -961,6 +1013,21 @@ impl Actor {
                 }
                 Some(_) => {}
             }
+        } else if let Some(session) = peek_frame_session(&bytes, &self.config.limits) {
+            // A batch: honest batches hold one session's envelopes (one machine step's output).
+            match self.sessions.get(&session) {
+                None => {
+                    self.buffer_pending(from, session, bytes, now);
+                    return;
+                }
+                Some(m) if m.phase().is_terminal() => return,
+                Some(_) => {}
+            }
+        } else if bytes.first() == Some(&0) && !self.announcement_budget(from, bytes.len(), now) {
+            // Announcements cost a decode, a signature and a key aggregation per signer: their
+            // bytes are budgeted per peer and overall before any of that.
+            tracing::debug!(%from, "announcement over budget");
+            return;
         }
         let frame = match decode_frame(&bytes, &self.config.limits) {
             Ok(frame) => frame,
@@ -1023,6 +1090,34 @@ impl Actor {
                 }
             }
         }
+    }
+
+    /// Takes `len` bytes from the peer's and the node's announcement budgets; false when either
+    /// is spent (not an offence: an honest creator may announce a burst; the others can still
+    /// join by id through the DHT).
+    fn announcement_budget(&mut self, from: PeerId, len: usize, now: u64) -> bool {
+        let len = len as u64;
+        let per_peer = self.config.announcement_bytes_per_peer_per_sec;
+        let overall = self.config.announcement_bytes_per_sec;
+        if !self.announcement_total.take(len, overall, now) {
+            return false;
+        }
+        if self.announcement_peers.len() >= self.config.max_offence_entries
+            && !self.announcement_peers.contains_key(&from)
+        {
+            // Buckets that have refilled are the same as fresh ones.
+            self.announcement_peers
+                .retain(|_, b| !b.is_full(per_peer, now));
+        }
+        if self.announcement_peers.len() >= self.config.max_offence_entries
+            && !self.announcement_peers.contains_key(&from)
+        {
+            return false;
+        }
+        self.announcement_peers
+            .entry(from)
+            .or_insert_with(|| ByteBucket::full(per_peer, now))
+            .take(len, per_peer, now)
     }
 
     fn buffer_pending(&mut self, from: PeerId, id: SessionId, frame: Bytes, now: u64) {

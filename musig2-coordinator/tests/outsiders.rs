@@ -160,7 +160,10 @@ async fn announcement_flood_cannot_lock_a_node_out_of_signing() {
         discovered += usize::from(matches!(e, Event::SessionDiscovered { .. }));
         evicted += usize::from(matches!(e, Event::SessionEvicted { .. }));
     }
-    assert!(discovered >= 16, "the flood did reach the pool ({discovered})");
+    assert!(
+        discovered >= 16,
+        "the flood did reach the pool ({discovered})"
+    );
     // Nothing is dropped silently: every session that left the pool was reported.
     assert_eq!(discovered - evicted, usage(&victim).await.unjoined_sessions);
 

@@ -80,6 +80,7 @@ impl Frame {
 /// Frame tag bytes (the postcard variant index of [`Frame`]).
 const TAG_ANNOUNCEMENT: u8 = 0;
 const TAG_ENVELOPE: u8 = 1;
+const TAG_BATCH: u8 = 2;
 
 /// Decodes one frame, strictly.
 ///
@@ -189,6 +190,43 @@ pub struct EnvelopeHeader {
     pub timestamp_ms: u64,
     /// The envelope signature (the frame's last 64 bytes).
     pub signature: [u8; 64],
+}
+
+/// The session a single-envelope or batch frame is for (a batch's first entry), read without
+/// decoding any body. Unauthenticated, like [`peek_envelope_header`]: only for dropping or
+/// buffering a frame early.
+pub fn peek_frame_session(bytes: &[u8], limits: &Limits) -> Option<crate::SessionId> {
+    #[derive(Deserialize)]
+    struct Head {
+        tag: u32,
+        version: u8,
+        session_id: crate::SessionId,
+    }
+    #[derive(Deserialize)]
+    struct BatchHead {
+        tag: u32,
+        entries: u32,
+        version: u8,
+        session_id: crate::SessionId,
+    }
+    if bytes.len() > limits.max_frame_bytes {
+        return None;
+    }
+    match bytes.first() {
+        Some(&TAG_ENVELOPE) => {
+            let (head, _): (Head, _) = postcard::take_from_bytes(bytes).ok()?;
+            (head.tag == u32::from(TAG_ENVELOPE) && head.version == PROTOCOL_VERSION)
+                .then_some(head.session_id)
+        }
+        Some(&TAG_BATCH) => {
+            let (head, _): (BatchHead, _) = postcard::take_from_bytes(bytes).ok()?;
+            (head.tag == u32::from(TAG_BATCH)
+                && head.entries > 0
+                && head.version == PROTOCOL_VERSION)
+                .then_some(head.session_id)
+        }
+        _ => None,
+    }
 }
 
 /// Reads the header and signature of a frame that holds one envelope, without decoding its body.

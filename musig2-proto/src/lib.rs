@@ -88,7 +88,9 @@ pub use envelope::{
     AbortReason, Body, Envelope, MAX_RECEIPT_BYTES, SignedEnvelope, SignedNonce, VerifiedEnvelope,
 };
 pub use error::ProtoError;
-pub use frame::{EnvelopeHeader, Frame, Limits, decode_frame, peek_envelope_header};
+pub use frame::{
+    EnvelopeHeader, Frame, Limits, decode_frame, peek_envelope_header, peek_frame_session,
+};
 pub use hash::{TAG_ANNOUNCEMENT, TAG_ENVELOPE, TAG_NONCE_COMMITMENT, TAG_SESSION_ID, tagged_hash};
 pub use types::{
     AggNonceBytes, Attempt, NonceCommitment, PartialSigBytes, PeerIdBytes, PubNonceBytes, SeqNo,

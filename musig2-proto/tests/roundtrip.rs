@@ -481,3 +481,46 @@ fn invalid_values_do_not_deserialize() {
     bad[34..].copy_from_slice(&[0xFF; 32]);
     assert!(postcard::from_bytes::<AggNonceBytes>(&bad).is_err());
 }
+
+/// The header peeks read exactly what a full decode would, and nothing from other frames.
+#[test]
+fn header_peeks_agree_with_the_full_decode() {
+    use musig2_proto::{Envelope, SessionId, peek_envelope_header, peek_frame_session};
+    let limits = Limits::default();
+    let kp = secp256k1::Keypair::new(&mut rand::rng());
+    let session = SessionId::from_bytes([7; 32]);
+    let env = |seq: u64| {
+        Envelope::sign(
+            session,
+            idx(3),
+            SeqNo::new(seq).unwrap(),
+            1_700_000_000_123,
+            Body::Abort {
+                reason: AbortReason::Timeout,
+                blamed: None,
+            },
+            &kp,
+        )
+    };
+    let single = env(300).to_frame_bytes();
+    let header = peek_envelope_header(&single, &limits).expect("an envelope frame");
+    assert_eq!(header.session_id, session);
+    assert_eq!(header.signer, idx(3));
+    assert_eq!(header.seq.get(), 300);
+    assert_eq!(header.timestamp_ms, 1_700_000_000_123);
+    match decode_frame(&single, &limits).unwrap() {
+        Frame::Envelope(e) => assert_eq!(e.signature(), &header.signature),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(peek_frame_session(&single, &limits), Some(session));
+    let batch = Frame::encode_batch(&[env(1), env(2)]);
+    assert_eq!(peek_envelope_header(&batch, &limits), None);
+    assert_eq!(peek_frame_session(&batch, &limits), Some(session));
+    // Junk, truncated frames and unknown versions give nothing.
+    assert_eq!(peek_envelope_header(&single[..40], &limits), None);
+    assert_eq!(peek_frame_session(&[2, 0], &limits), None);
+    let mut other_version = single.clone();
+    other_version[1] = 9;
+    assert_eq!(peek_envelope_header(&other_version, &limits), None);
+    assert_eq!(peek_frame_session(&other_version, &limits), None);
+}
