@@ -1079,13 +1079,25 @@ impl Actor {
             self.buffer_pending(from, id, frame, now);
             return;
         };
+        // A relay of a verified envelope is not answerable for what its author put in it (a
+        // jump in numbers, a re-signed copy, a body of the wrong kind): honest relays forward
+        // what they verified, and counting that against them would let a lying signer get an
+        // honest relay blocked.
+        let direct = machine.peer_of(envelope.envelope().signer()) == Some(from)
+            || matches!(envelope.envelope().body(), musig2_proto::Body::Join { peer_id } if peer_id.as_bytes() == from.to_bytes().as_slice());
         let span = tracing::info_span!("session", id = %id, peer = %from);
         let result = span.in_scope(|| machine.handle_envelope(from, envelope, now, &mut self.rng));
         match result {
             Ok(outputs) => self.process(outputs).await,
             Err(e) => {
-                tracing::debug!(session = %id, %from, error = %e, action = ?e.peer_action(), "rejected envelope");
-                if e.peer_action() == PeerAction::Penalize {
+                let deliverers_fault = direct
+                    || matches!(
+                        e,
+                        CoordinatorError::InvalidMessage { .. }
+                            | CoordinatorError::UnboundPeer { .. }
+                    );
+                tracing::debug!(session = %id, %from, error = %e, action = ?e.peer_action(), deliverers_fault, "rejected envelope");
+                if e.peer_action() == PeerAction::Penalize && deliverers_fault {
                     self.offence(from, "rejected envelope").await;
                 }
             }

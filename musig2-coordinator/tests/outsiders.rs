@@ -396,3 +396,97 @@ async fn a_misrouted_signer_refuses_and_the_others_hear_its_claim() {
         "the witness's own finding blamed the misrouted signer"
     );
 }
+
+/// A lying signer cannot get an honest relay blocked: what is wrong with an envelope its author
+/// signed counts against the author's own peer, never against a peer that relays it.
+#[tokio::test(start_paused = true)]
+async fn a_relay_is_not_blocked_for_what_an_author_signed() {
+    let net = MemoryNetwork::new(15);
+    let mut rng = ChaCha20Rng::seed_from_u64(15);
+    let keys: Vec<Keypair> = (0..3).map(|_| Keypair::new(&mut rng)).collect();
+    let victim = Node::spawn(Arc::new(net.add_node()), keys[0], small_config());
+    let (relay, liar) = (net.add_node(), net.add_node());
+    let pubkeys: Vec<PublicKey> = keys.iter().map(|k| k.public_key()).collect();
+    let peers = [
+        Some(victim.peer_id()),
+        Some(relay.local_peer_id()),
+        Some(liar.local_peer_id()),
+    ];
+    let a = announcement(&keys[0], &pubkeys, &peers, T_HOUR_MS, None);
+    let id = a
+        .clone()
+        .verify(now_ms(), &Limits::default())
+        .unwrap()
+        .session_id();
+    relay
+        .send(victim.peer_id(), Bytes::from(a.to_frame_bytes()))
+        .await
+        .unwrap();
+    settle().await;
+    victim.join_session(id).await.expect("join");
+    let envelope = |kp: &Keypair, index: usize, seq: u64, body: Body| {
+        Envelope::sign(
+            id,
+            SignerIndex::try_from(index).unwrap(),
+            SeqNo::new(seq).unwrap(),
+            now_ms(),
+            body,
+            kp,
+        )
+    };
+    let nonce = {
+        let (_, pubnonce) = musig2_core::NonceGen::new(keys[2].public_key())
+            .generate(&mut rng)
+            .unwrap();
+        musig2_proto::PubNonceBytes::from_bytes(pubnonce.to_bytes()).unwrap()
+    };
+    let nonce_body = || Body::Nonce {
+        attempt: musig2_proto::Attempt::FIRST,
+        pub_nonce: nonce,
+    };
+    liar.send(
+        victim.peer_id(),
+        Bytes::from(envelope(&keys[2], 2, 1, nonce_body()).to_frame_bytes()),
+    )
+    .await
+    .unwrap();
+    // The liar re-signs its nonce again and again; the relay (bound to signer 1) forwards
+    // each copy, as an honest relay forwards what verifies.
+    for seq in 2..40 {
+        let copy = envelope(&keys[2], 2, seq, nonce_body()).to_frame_bytes();
+        relay
+            .send(victim.peer_id(), Bytes::from(copy))
+            .await
+            .unwrap();
+        settle().await;
+    }
+    let blocked: Vec<_> = victim
+        .blocked_peers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    assert!(
+        !blocked.contains(&relay.local_peer_id()),
+        "the relay was blocked"
+    );
+    // The same copies sent by the liar's own peer are its offences.
+    for seq in 40..80 {
+        let copy = envelope(&keys[2], 2, seq, nonce_body()).to_frame_bytes();
+        let _ = liar.send(victim.peer_id(), Bytes::from(copy)).await;
+        settle().await;
+    }
+    let blocked: Vec<_> = victim
+        .blocked_peers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    assert!(
+        blocked.contains(&liar.local_peer_id()),
+        "the liar was not blocked"
+    );
+    assert!(!blocked.contains(&relay.local_peer_id()));
+}
