@@ -187,14 +187,17 @@ impl CoordinatorError {
     /// What to do with the peer that caused a rejection.
     pub fn peer_action(&self) -> PeerAction {
         match self {
+            // Exact copies and messages for finished sessions are dropped before any
+            // verification: harmless.
             CoordinatorError::Duplicate { .. }
-            | CoordinatorError::StaleSequence { .. }
             | CoordinatorError::SessionFinished(_)
-            | CoordinatorError::WrongAttempt { .. }
-            // Its author is blamed by the session; the relay that showed us did right.
-            | CoordinatorError::Equivocation { .. }
-            // An honest peer with a wrong clock is not an attacker; it simply cannot take part.
-            | CoordinatorError::ClockSkew { .. } => PeerAction::Ignore,
+            // Its author is blamed by the session (which ends); the relay that showed us did
+            // right.
+            | CoordinatorError::Equivocation { .. } => PeerAction::Ignore,
+            // Everything else was refused after a signature check an honest author never makes
+            // us waste (a stale or skewed number, another attempt, a repeat): an offence of the
+            // peer that delivered it, when that peer is its author (see `Node`; relays are not
+            // answerable for what an author signed).
             _ => PeerAction::Penalize,
         }
     }
