@@ -40,13 +40,16 @@ pub struct Config {
     pub max_unjoined_sessions: usize,
     /// Most un-joined sessions held from one creator key (oldest dropped first).
     pub max_unjoined_per_creator: usize,
+    /// Most unfinished sessions this node has joined that one other creator key announced
+    /// (so `--auto-join` cannot let one key take every session slot).
+    pub max_active_per_creator: usize,
     /// How long an un-joined session is held, whatever its announcement says.
     pub unjoined_session_lifetime: Duration,
     /// Longest session lifetime (announcement expiry, session timeout) this node accepts in an
     /// announcement; longer ones are refused ([`CoordinatorError::PolicyOutOfBounds`](crate::CoordinatorError::PolicyOutOfBounds)).
     pub max_session_lifetime: Duration,
     /// Longest phase timeout (nonce, partial signature, broadcast) this node accepts in an
-    /// announcement.
+    /// announcement (machine time: a joined session waits at most this long in one phase).
     pub max_round_timeout: Duration,
     /// Most envelopes buffered per peer for a session we do not know yet, or from a peer whose
     /// binding we have not seen yet.
@@ -110,9 +113,10 @@ impl Default for Config {
             max_concurrent_sessions: 1024,
             max_unjoined_sessions: 256,
             max_unjoined_per_creator: 8,
+            max_active_per_creator: 64,
             unjoined_session_lifetime: Duration::from_secs(3600),
             max_session_lifetime: Duration::from_secs(7 * 24 * 3600),
-            max_round_timeout: Duration::from_secs(3600),
+            max_round_timeout: Duration::from_secs(600),
             max_buffered_messages_per_peer: 64,
             max_pending_bytes_per_peer: 64 * 1024,
             max_pending_frames: 4096,

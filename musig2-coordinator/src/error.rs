@@ -143,6 +143,14 @@ pub enum CoordinatorError {
     /// Too many concurrent sessions.
     #[error("at most {0} concurrent sessions")]
     TooManySessions(usize),
+    /// This node already takes part in `max` unfinished sessions announced by this creator key.
+    #[error("session {session}: at most {max} unfinished sessions of one creator")]
+    TooManySessionsFromCreator {
+        /// The session refused.
+        session: SessionId,
+        /// The limit ([`Config::max_active_per_creator`](crate::Config::max_active_per_creator)).
+        max: usize,
+    },
     /// The announcement's timeouts or lifetime exceed what this node accepts.
     #[error(
         "session {session}: {what} of {requested_ms} ms exceeds this node's limit of {max_ms} ms"

@@ -503,7 +503,7 @@ struct Actor {
     finished: VecDeque<SessionId>,
     /// Sessions announced to us that we have not joined: (id, creator key, when it arrived),
     /// oldest first. A pool of their own, bounded overall and per creator.
-    unjoined: VecDeque<(SessionId, PublicKey, u64)>,
+    unjoined: VecDeque<(SessionId, Option<PublicKey>, u64)>,
     /// Raw frames for sessions we do not know yet.
     pending: PendingBuffer,
     waiters: HashMap<SessionId, Vec<oneshot::Sender<Result<schnorr::Signature>>>>,
@@ -519,6 +519,12 @@ struct Actor {
     announcement_total: ByteBucket,
     /// Peers blocked at the transport, and until when (ms).
     blocked: HashMap<PeerId, u64>,
+}
+
+/// The key of the signer that created (and signed) an announcement.
+fn creator_key(announcement: &VerifiedAnnouncement) -> Option<PublicKey> {
+    let a = announcement.announcement();
+    a.signers.get(a.creator.as_usize()).map(|s| s.key)
 }
 
 /// A token bucket of bytes refilling at `rate` per second and holding one second's worth.
@@ -802,6 +808,21 @@ impl Actor {
                 self.config.max_concurrent_sessions,
             ));
         }
+        if pooled.is_some() {
+            let creator = creator_key(m.announcement());
+            let of_creator = self
+                .sessions
+                .values()
+                .filter(|s| s.phase() != Phase::Created && !s.phase().is_terminal())
+                .filter(|s| creator_key(s.announcement()) == creator)
+                .count();
+            if of_creator >= self.config.max_active_per_creator {
+                return Err(CoordinatorError::TooManySessionsFromCreator {
+                    session,
+                    max: self.config.max_active_per_creator,
+                });
+            }
+        }
         if let Some(pos) = pooled {
             self.unjoined.remove(pos);
         }
@@ -844,7 +865,7 @@ impl Actor {
 
     /// Makes room in the un-joined pool for one more session of `creator`: drops that creator's
     /// oldest beyond its share, then the oldest overall.
-    fn make_room_in_pool(&mut self, creator: &PublicKey) {
+    fn make_room_in_pool(&mut self, creator: &Option<PublicKey>) {
         let of_creator = self
             .unjoined
             .iter()
@@ -903,11 +924,7 @@ impl Actor {
             };
         }
         self.check_policy(&announcement, now)?;
-        let creator_key = announcement
-            .signer_keys()
-            .get(announcement.announcement().creator.as_usize())
-            .copied()
-            .unwrap_or_else(|| self.keypair.public_key());
+        let creator_key = creator_key(&announcement);
         if created_here {
             if self.active_sessions() >= self.config.max_concurrent_sessions {
                 return Err(CoordinatorError::TooManySessions(

@@ -490,3 +490,58 @@ async fn a_relay_is_not_blocked_for_what_an_author_signed() {
     );
     assert!(!blocked.contains(&relay.local_peer_id()));
 }
+
+/// A node that joins whatever is announced to it (as `--auto-join` does) still cannot have all
+/// its session slots taken by one creator key.
+#[tokio::test(start_paused = true)]
+async fn one_creator_cannot_take_every_session_slot() {
+    let net = MemoryNetwork::new(16);
+    let mut rng = ChaCha20Rng::seed_from_u64(16);
+    let (victim_key, honest_key) = (Keypair::new(&mut rng), Keypair::new(&mut rng));
+    let config = Config {
+        max_active_per_creator: 3,
+        ..small_config()
+    };
+    let victim = Node::spawn(Arc::new(net.add_node()), victim_key, config.clone());
+    let honest = Node::spawn(Arc::new(net.add_node()), honest_key, config);
+    let attacker = net.add_node();
+    let greedy = Keypair::new(&mut rng);
+    let keys = [victim_key.public_key(), greedy.public_key()];
+    let mut joined = 0;
+    let mut refused = 0;
+    for _ in 0..8 {
+        let a = announcement(&greedy, &keys, &[], T_HOUR_MS, None);
+        let id = a
+            .clone()
+            .verify(now_ms(), &Limits::default())
+            .unwrap()
+            .session_id();
+        attacker
+            .send(victim.peer_id(), Bytes::from(a.to_frame_bytes()))
+            .await
+            .unwrap();
+        settle().await;
+        match victim.join_session(id).await {
+            Ok(()) => joined += 1,
+            Err(CoordinatorError::TooManySessionsFromCreator { max: 3, .. }) => refused += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!((joined, refused), (3, 5));
+    // Another creator's session still gets a slot, and signs.
+    let pair = [&victim_key, &honest_key];
+    let id = honest
+        .create_session(request(
+            &pair,
+            &[&victim, &honest],
+            b"mine",
+            honest.default_policy(),
+        ))
+        .await
+        .expect("create");
+    victim.join_session(id).await.expect("a slot is left");
+    assert_eq!(
+        victim.wait_for_signature(id).await.expect("signed"),
+        honest.wait_for_signature(id).await.expect("signed")
+    );
+}
