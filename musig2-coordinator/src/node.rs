@@ -778,7 +778,9 @@ impl Actor {
 
     /// Sessions this node takes part in: joined or created here, not finished.
     fn active_sessions(&self) -> usize {
-        self.sessions.len() - self.finished.len() - self.unjoined.len()
+        self.sessions
+            .len()
+            .saturating_sub(self.finished.len() + self.unjoined.len())
     }
 
     async fn join(&mut self, session: SessionId, now: u64) -> Result<()> {
