@@ -17,11 +17,14 @@
 //! * `d` a member of a star session on the victim (the flooder's peer id is that member's)
 //!   replays the coordinator's AggregateNonce frame, byte for byte, after the victim verified it.
 //!
-//! Measured per kind: bytes and frames sent and answered by status, when the flooder was
-//! blocked, the victim's CPU time during the flood (only the victim's runtime threads, from
-//! `/proc/self/task/*/schedstat`; see `docs/bench-flood.md`), heap above idle (a counting global
-//! allocator: the whole process), `Node::usage()` at the end, and honest-session latency during
-//! the flood against the unloaded median.
+//! Each kind runs twice on fresh nodes: a quiet run (no honest sessions during the flood; its
+//! victim CPU per frame is the judged figure; for kind a with a victim that never blocks) and a
+//! loaded run (honest sessions back to back during the flood). Measured: bytes and frames sent,
+//! the statuses read back, the frames the victim's node took, when the flooder was blocked, the
+//! victim's CPU during the flood (only the victim's runtime threads, from
+//! `/proc/self/task/*/schedstat`), heap above idle (a counting global allocator: the whole
+//! process and the victim's threads), `Node::usage()` at the end, and honest-session latency
+//! during the flood against the unloaded median (before and after). See `docs/bench-flood.md`.
 //!
 //! ```text
 //! cargo bench -p musig2-benches --bench flood
@@ -863,7 +866,7 @@ fn announcement_frames(victim_key: PublicKey, victim: PeerId, creators: usize) -
         .collect()
 }
 
-/// Sets up kind d: a flood member (its own libp2p identity, a node on a [`Tap`]) and a star
+/// Sets up kind d: a flood member (its own libp2p identity, a node on a capturing [`Wrapped`]) and a star
 /// session [honest node 1 (creator, coordinator), victim, member] with long timeouts; waits
 /// until the victim has verified the coordinator's AggregateNonce. Returns the member's libp2p
 /// key, the captured frame, whether the coordinator had sent it alone in its frame, and the
