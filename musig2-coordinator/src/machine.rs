@@ -239,9 +239,11 @@ impl SessionMachine {
         peers[me.as_usize()] = Some(local_peer);
         let order = election_order(a.policy.election, &id, &keys);
         let coordinator = order.first().copied().unwrap_or(me);
-        let session_deadline_ms = a
-            .expires_at_ms
-            .min(a.created_at_ms.saturating_add(a.policy.timeouts.session_ms));
+        let session_deadline_ms = a.expires_at_ms.min(
+            a.created_at_ms
+                .saturating_add(a.policy.timeouts.join_ms)
+                .saturating_add(a.policy.timeouts.session_ms),
+        );
         Ok(SessionMachine {
             id,
             me,
@@ -429,6 +431,9 @@ impl SessionMachine {
         let join = self.sign(now_ms, Body::Join { peer_id });
         self.joins[self.me.as_usize()] = Some((local_peer, join.clone()));
         self.enter(Phase::Joined, now_ms, self.nonce_timeout_ms);
+        // Everyone has the same join window: it ends `join_ms` after the session's creation.
+        let a = self.ann.announcement();
+        self.phase_deadline_ms = Some(a.created_at_ms.saturating_add(a.policy.timeouts.join_ms));
         out.push(Output::Event(Event::SessionJoined {
             session: self.id,
             signer: self.me,

@@ -225,6 +225,7 @@ impl Node {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
         Policy {
             timeouts: Timeouts {
+                join_ms: ms(self.config.join_timeout),
                 nonce_ms: ms(self.config.nonce_exchange_timeout),
                 partial_sig_ms: ms(self.config.partial_sig_exchange_timeout),
                 broadcast_ms: ms(self.config.broadcast_timeout),
@@ -272,7 +273,9 @@ impl Node {
             .iter()
             .map(|t| musig2_proto::Tweak::new(t.value(), t.is_x_only()))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let session_ms = u64::try_from(self.config.session_timeout.as_millis()).unwrap_or(u64::MAX);
+        // The announcement lives through the join window and then the rounds.
+        let t = request.policy.timeouts;
+        let session_ms = t.join_ms.saturating_add(t.session_ms);
         let announcement = Announcement {
             signers,
             message: request.message,
@@ -288,7 +291,8 @@ impl Node {
         let id = verified.session_id();
         // The DHT put and the direct announcement to listed peers run side by side; a session
         // that cannot be announced in the DHT is cancelled rather than left half-visible.
-        let put = self.dht_put_with_retry(dht_key(&id), signed.to_frame_bytes());
+        let ttl = Duration::from_millis(session_ms);
+        let put = self.dht_put_with_retry(dht_key(&id), signed.to_frame_bytes(), ttl);
         let insert = self.call(|reply| Command::Insert {
             announcement: Box::new(verified),
             created_here: true,
@@ -304,15 +308,14 @@ impl Node {
         Ok(id)
     }
 
-    async fn dht_put_with_retry(&self, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
+    async fn dht_put_with_retry(&self, key: Vec<u8>, value: Vec<u8>, ttl: Duration) -> Result<()> {
         let deadline = Instant::now() + self.config.dht_query_timeout;
         let mut delay = self.config.retry_base_delay;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let attempt = tokio::time::timeout(
                 left,
-                self.transport
-                    .dht_put(key.clone(), value.clone(), self.config.session_timeout),
+                self.transport.dht_put(key.clone(), value.clone(), ttl),
             )
             .await;
             match attempt {
