@@ -58,6 +58,7 @@ mod event;
 mod machine;
 mod node;
 mod replay;
+mod stats;
 
 pub use config::Config;
 pub use election::{TAG_ELECTION, election_order};
@@ -66,3 +67,4 @@ pub use event::{AbortOrigin, Event};
 pub use machine::{Output, Phase, SessionHealth, SessionMachine};
 pub use node::{DHT_KEY_PREFIX, Node, SessionRequest, announcement_record_validator, dht_key};
 pub use replay::ReplayWindow;
+pub use stats::StatsSnapshot;

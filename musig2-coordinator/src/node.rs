@@ -150,6 +150,7 @@ pub struct Node {
     keypair: Keypair,
     config: Arc<Config>,
     clock: Clock,
+    stats: Arc<crate::stats::NodeStats>,
 }
 
 impl std::fmt::Debug for Node {
@@ -169,7 +170,9 @@ impl Node {
         let (commands, command_rx) = mpsc::channel(config.command_queue.max(1));
         let (events, _) = broadcast::channel(config.event_queue.max(1));
         let clock = Clock::new();
+        let stats = Arc::new(crate::stats::NodeStats::default());
         let actor = Actor {
+            stats: stats.clone(),
             transport: transport.clone(),
             keypair,
             local_peer: transport.local_peer_id(),
@@ -196,7 +199,14 @@ impl Node {
             keypair,
             config,
             clock,
+            stats,
         }
+    }
+
+    /// Traffic counters since the node started: frames in and out, rejections by reason,
+    /// blocks.
+    pub fn stats(&self) -> crate::StatsSnapshot {
+        self.stats.snapshot()
     }
 
     /// This node's peer id.
@@ -462,6 +472,7 @@ struct Actor {
     offences: HashMap<PeerId, (u32, u64)>,
     /// Peers blocked at the transport, and until when (ms).
     blocked: HashMap<PeerId, u64>,
+    stats: Arc<crate::stats::NodeStats>,
 }
 
 /// Peers whose offences are counted at once; past this the counts start over.
@@ -550,6 +561,7 @@ impl Actor {
         match self.transport.block_peer(peer).await {
             Ok(()) => {
                 self.blocked.insert(peer, now.saturating_add(window));
+                self.stats.peer_blocked();
             }
             Err(error) => tracing::warn!(%peer, %error, "could not block the peer"),
         }
@@ -739,6 +751,7 @@ impl Actor {
     }
 
     async fn handle_frame(&mut self, from: PeerId, bytes: &[u8]) {
+        self.stats.frame_in();
         if self.blocked.contains_key(&from) {
             // Queued before the block took effect.
             return;
@@ -747,6 +760,7 @@ impl Actor {
             Ok(frame) => frame,
             Err(e) => {
                 tracing::debug!(%from, error = %e, "dropped undecodable frame");
+                self.stats.rejected("undecodable_frame");
                 self.offence(from, "undecodable frame").await;
                 return;
             }
@@ -763,6 +777,7 @@ impl Actor {
                     Ok(_) => tracing::debug!(%from, "announcement does not name us"),
                     Err(e) => {
                         tracing::debug!(%from, error = %e, "invalid announcement");
+                        self.stats.rejected("invalid_announcement");
                         self.offence(from, "invalid announcement").await;
                     }
                 }
@@ -789,6 +804,7 @@ impl Actor {
             Ok(outputs) => self.process(outputs).await,
             Err(e) => {
                 tracing::debug!(session = %id, %from, error = %e, action = ?e.peer_action(), "rejected envelope");
+                self.stats.rejected(crate::stats::rejection_reason(&e));
                 if e.peer_action() == PeerAction::Penalize {
                     self.offence(from, "rejected envelope").await;
                 }
@@ -925,6 +941,7 @@ impl Actor {
         };
         let transport = self.transport.clone();
         let config = self.config.clone();
+        let stats = self.stats.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let mut delay = config.retry_base_delay;
@@ -935,12 +952,12 @@ impl Actor {
                 )
                 .await;
                 match result {
-                    Ok(Ok(())) => return,
+                    Ok(Ok(())) => return stats.frame_out(),
                     Ok(Err(
                         e @ (TransportError::Closed | TransportError::FrameTooLarge { .. }),
                     )) => {
                         tracing::debug!(%to, error = %e, "send failed permanently");
-                        return;
+                        return stats.send_failed();
                     }
                     Ok(Err(e)) => tracing::debug!(%to, attempt, error = %e, "send failed"),
                     Err(_) => tracing::debug!(%to, attempt, "send timed out"),
@@ -951,6 +968,7 @@ impl Actor {
                 }
             }
             tracing::warn!(%to, "giving up on a frame after retries");
+            stats.send_failed();
         });
     }
 }

@@ -3,14 +3,14 @@
 //! served alongside: swarm, Kademlia query durations, identify, ping, bandwidth).
 //!
 //! Session metrics come from the node's events (outcomes, phase durations, aborts, blamed
-//! signers) and from its state at scrape time (sessions by phase, rejected messages, blocked and
-//! connected peers).
+//! signers), from its traffic counters (frames in and out, rejections by reason, blocks) and from
+//! its state at scrape time (sessions by phase, blocked and connected peers).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use musig2_coordinator::{AbortOrigin, Event, Node};
+use musig2_coordinator::{AbortOrigin, Event, Node, StatsSnapshot};
 use musig2_proto::SessionId;
 use musig2_transport::{Libp2pTransport, PeerId};
 use prometheus_client::metrics::counter::Counter;
@@ -46,7 +46,12 @@ pub struct Metrics {
     phase_seconds: HistogramFamily,
     aborts: Family<Labels, Counter>,
     blamed: Family<Labels, Counter>,
-    rejected_messages: Gauge,
+    frames: Family<Labels, Counter>,
+    rejected: Family<Labels, Counter>,
+    send_failures: Counter,
+    blocks: Counter,
+    /// The node's counters at the last scrape (the Prometheus counters move by the difference).
+    last: Arc<Mutex<StatsSnapshot>>,
     blocked_peers: Gauge,
     connected_peers: Gauge,
     events: Counter,
@@ -80,7 +85,11 @@ impl Metrics {
             phase_seconds: Family::new_with_constructor(phase_histogram as fn() -> Histogram),
             aborts: Family::default(),
             blamed: Family::default(),
-            rejected_messages: Gauge::default(),
+            frames: Family::default(),
+            rejected: Family::default(),
+            send_failures: Counter::default(),
+            blocks: Counter::default(),
+            last: Arc::default(),
             blocked_peers: Gauge::default(),
             connected_peers: Gauge::default(),
             events: Counter::default(),
@@ -112,9 +121,24 @@ impl Metrics {
             metrics.blamed.clone(),
         );
         sub.register(
-            "rejected_messages",
-            "Messages the known sessions rejected (invalid, unauthenticated, replayed)",
-            metrics.rejected_messages.clone(),
+            "frames",
+            "Frames received from and sent to peers, by direction",
+            metrics.frames.clone(),
+        );
+        sub.register(
+            "rejected",
+            "Frames and envelopes rejected, by reason",
+            metrics.rejected.clone(),
+        );
+        sub.register(
+            "send_failures",
+            "Frames given up on after every retry",
+            metrics.send_failures.clone(),
+        );
+        sub.register(
+            "peer_blocks",
+            "Times a peer was blocked for repeated offences",
+            metrics.blocks.clone(),
         );
         sub.register(
             "blocked_peers",
@@ -233,15 +257,34 @@ impl Metrics {
     async fn refresh(&self, node: &Node, transport: &Libp2pTransport) {
         if let Ok(sessions) = node.sessions().await {
             self.sessions.clear();
-            let mut rejected = 0u64;
             for health in &sessions {
                 self.sessions
                     .get_or_create(&labels(&[("phase", view::phase_name(health.phase))]))
                     .inc();
-                rejected = rejected.saturating_add(health.rejected_messages);
             }
-            self.rejected_messages
-                .set(i64::try_from(rejected).unwrap_or(i64::MAX));
+        }
+        {
+            // Read and compare under one lock, so concurrent scrapes count each frame once.
+            let mut last = lock(&self.last);
+            let now = node.stats();
+            let delta = |new: u64, old: u64| new.saturating_sub(old);
+            self.frames
+                .get_or_create(&labels(&[("direction", "in")]))
+                .inc_by(delta(now.frames_in, last.frames_in));
+            self.frames
+                .get_or_create(&labels(&[("direction", "out")]))
+                .inc_by(delta(now.frames_out, last.frames_out));
+            self.send_failures
+                .inc_by(delta(now.send_failures, last.send_failures));
+            self.blocks
+                .inc_by(delta(now.peers_blocked, last.peers_blocked));
+            for (reason, count) in &now.rejected {
+                let old = last.rejected.get(reason).copied().unwrap_or(0);
+                self.rejected
+                    .get_or_create(&labels(&[("reason", reason)]))
+                    .inc_by(delta(*count, old));
+            }
+            *last = now;
         }
         if let Ok(blocked) = node.blocked_peers().await {
             self.blocked_peers

@@ -479,6 +479,16 @@ fn the_readme_walk_with_two_nodes_through_the_cli_only() {
         .is_some_and(|n| n >= 1.0),
         "{after}"
     );
+    for direction in ["in", "out"] {
+        assert!(
+            metric(
+                &after,
+                &format!("musig2_frames_total{{direction=\"{direction}\"}}")
+            )
+            .is_some_and(|n| n >= 2.0),
+            "frames {direction}: {after}"
+        );
+    }
     assert_eq!(
         metric(&after, "musig2_connected_peers"),
         Some(1.0),
