@@ -515,6 +515,7 @@ async fn execute(served: &Served, request: Request) -> std::result::Result<Value
             Ok(json!({
                 "session": session.to_string(),
                 "aggregate_key": aggregate.to_string(),
+                "output_key": aggregate.to_string(),
                 "join_deadline": view::deadline_json(
                     a.created_at_ms.saturating_add(a.policy.timeouts.join_ms),
                     now,
@@ -539,6 +540,22 @@ async fn execute(served: &Served, request: Request) -> std::result::Result<Value
         }
         Request::Join { session } => {
             let session = parse_session(&session)?;
+            // Joining after the join window would only abort the session for everyone.
+            let announcement = node.discover_session(session).await?;
+            let a = announcement.announcement();
+            let window_end = a.created_at_ms.saturating_add(a.policy.timeouts.join_ms);
+            let not_joined = node
+                .health(session)
+                .await
+                .is_ok_and(|h| matches!(h.phase, musig2_coordinator::Phase::Created));
+            if not_joined && view::now_ms() >= window_end {
+                return Err(NodeError::Rejected(format!(
+                    "the join window of session {session} ended at {}; ask the creator for a new \
+                     session",
+                    view::local_time(window_end)
+                ))
+                .into());
+            }
             match node.join_session(session).await {
                 Ok(()) => {}
                 Err(CoordinatorError::SessionFinished(_)) => {

@@ -395,6 +395,15 @@ fn the_readme_walk_with_two_nodes_through_the_cli_only() {
     assert_eq!(status["phase"], "aborted");
     assert_eq!(status["abort"]["reason"], "timeout");
     cli(&alice_dir, &["--json", "session", "cancel", &doomed]).error(7, "rejected");
+    // Bob comes too late: the join window has ended, so he is refused rather than joined.
+    let late = cli(&bob_dir, &["--json", "session", "sign", &doomed]).error(7, "rejected");
+    assert!(
+        late["message"]
+            .as_str()
+            .expect("message")
+            .contains("join window"),
+        "{late}"
+    );
     let all = cli(&alice_dir, &["--json", "session", "status"]).ok();
     assert_eq!(all["sessions"].as_array().map(Vec::len), Some(2));
 
