@@ -873,6 +873,12 @@ impl SessionMachine {
         };
         self.secnonce = Some(secnonce);
         self.my_nonce = Some(nonce_bytes);
+        // With announced peers round 1 can start before everyone joined; a signer's first
+        // contribution is then its join, and it has the whole join window for it: the phase
+        // counts as starting no earlier than `nonce_timeout` before the window ends.
+        let a = self.ann.announcement();
+        let join_end = a.created_at_ms.saturating_add(a.policy.timeouts.join_ms);
+        let phase_start = now_ms.max(join_end.saturating_sub(self.nonce_timeout_ms));
         if self.commit_round {
             let commitment =
                 NonceCommitment::compute(&self.id, self.me, self.attempt, &nonce_bytes);
@@ -886,10 +892,10 @@ impl SessionMachine {
             self.commits[self.me.as_usize()] = Some((commitment, env.clone()));
             let targets = self.round_targets();
             self.send_to(out, targets, vec![env]);
-            self.enter(Phase::NonceCommit, now_ms, self.nonce_timeout_ms);
+            self.enter(Phase::NonceCommit, phase_start, self.nonce_timeout_ms);
         } else {
             self.publish_nonce(now_ms, out);
-            self.enter(Phase::Nonce, now_ms, self.nonce_timeout_ms);
+            self.enter(Phase::Nonce, phase_start, self.nonce_timeout_ms);
         }
     }
 

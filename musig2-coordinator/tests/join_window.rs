@@ -76,3 +76,16 @@ async fn the_join_window_ends_when_announced() {
         "aborted after {waited:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_announced_peers_round_one_waits_out_the_join_window_too() {
+    let (keypairs, nodes) = nodes(9, Duration::from_secs(120));
+    let mut request = request(&keypairs, &nodes[0]);
+    // Announced peers let round 1 start at once; the late signer still has its window.
+    request.peers = nodes.iter().map(|n| Some(n.peer_id())).collect();
+    let id = nodes[0].create_session(request).await.expect("create");
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    nodes[1].join_session(id).await.expect("join late");
+    let a = nodes[0].wait_for_signature(id).await.expect("signed");
+    assert_eq!(a, nodes[1].wait_for_signature(id).await.expect("signed"));
+}

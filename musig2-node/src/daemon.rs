@@ -196,18 +196,25 @@ impl Daemon {
                 None => None,
             };
         let metrics = metrics_listener.as_ref().map(|_| Metrics::new());
-        let transport = Arc::new(
-            Libp2pTransport::spawn(Libp2pConfig {
-                listen_addrs: config.listen.clone(),
-                bootstrap: config.bootstrap.clone(),
-                key: keys.identity.clone(),
-                record_validator: Some(announcement_record_validator(config.node.limits)),
-                external_addrs: config.external.clone(),
-                metrics: metrics.as_ref().map(Metrics::registry),
-                ..Libp2pConfig::default()
-            })
-            .await?,
-        );
+        let transport = Libp2pTransport::spawn(Libp2pConfig {
+            listen_addrs: config.listen.clone(),
+            bootstrap: config.bootstrap.clone(),
+            key: keys.identity.clone(),
+            record_validator: Some(announcement_record_validator(config.node.limits)),
+            external_addrs: config.external.clone(),
+            metrics: metrics.as_ref().map(Metrics::registry),
+            ..Libp2pConfig::default()
+        })
+        .await;
+        let transport = match transport {
+            Ok(transport) => Arc::new(transport),
+            Err(e) => {
+                // Leave no socket behind for a node that did not start.
+                drop(listener);
+                let _ = std::fs::remove_file(&config.control);
+                return Err(e.into());
+            }
+        };
         let peer = transport.local_peer_id().to_libp2p();
         let mut addresses: Vec<Multiaddr> = config.external.clone();
         addresses.extend(transport.addresses().await?.listen);
