@@ -99,14 +99,20 @@ struct Running {
 }
 
 impl Running {
-    fn start(dir: &Path, args: &[&str]) -> (Self, Value) {
+    /// Starts `run`; its log (stderr) goes to `log` when given.
+    fn start(dir: &Path, args: &[&str], log: Option<&Path>) -> (Self, Value) {
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+            None => Stdio::null(),
+        };
         let mut child = Command::new(BIN)
             // The directory from the environment, as an operator's service file would set it.
             .env("MUSIG2_DIR", dir)
+            .env("RUST_LOG", "debug")
             .args(["--json", "run"])
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start the node");
         let stdout = child.stdout.take().expect("stdout");
@@ -207,7 +213,15 @@ fn the_readme_walk_with_two_nodes_through_the_cli_only() {
     // Machine 1 listens on every interface and serves metrics on loopback.
     let (alice, _) = Running::start(
         &alice_dir,
-        &["--listen", "/ip4/0.0.0.0/tcp/0", "--metrics", "127.0.0.1:0"],
+        &[
+            "--listen",
+            "/ip4/0.0.0.0/tcp/0",
+            "--external-addr",
+            "/ip4/203.0.113.7/tcp/4001",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+        None,
     );
     let info = cli(&alice_dir, &["--json", "info"]).ok();
     assert_eq!(info["running"], true);
@@ -218,7 +232,11 @@ fn the_readme_walk_with_two_nodes_through_the_cli_only() {
         .map(|a| a.as_str().expect("address").to_owned())
         .collect();
     assert!(
-        addresses.iter().any(|a| !a.starts_with("/ip4/127.")),
+        addresses[0].starts_with("/ip4/203.0.113.7/tcp/4001/p2p/"),
+        "the external address comes first: {addresses:?}"
+    );
+    assert!(
+        addresses[1..].iter().any(|a| !a.starts_with("/ip4/127.")),
         "an unspecified listen advertises the machine's interfaces: {addresses:?}"
     );
     assert!(
@@ -236,7 +254,7 @@ fn the_readme_walk_with_two_nodes_through_the_cli_only() {
     );
 
     // A second node on Alice's port is refused.
-    let port = addresses[0].split('/').nth(4).expect("port").to_owned();
+    let port = addresses[1].split('/').nth(4).expect("port").to_owned();
     let clash = cli(
         &bob_dir,
         &[
@@ -261,14 +279,27 @@ fn the_readme_walk_with_two_nodes_through_the_cli_only() {
         .iter()
         .find(|a| a.starts_with("/ip4/127.0.0.1/"))
         .expect("a loopback address");
+    let bob_log = base.join("bob.log");
     let (bob, _) = Running::start(
         &bob_dir,
-        &["--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", loopback],
+        &[
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--bootstrap",
+            loopback,
+            "--log-format",
+            "json",
+        ],
+        Some(&bob_log),
     );
     let connected = Instant::now();
     loop {
         let info = cli(&alice_dir, &["--json", "info"]).ok();
-        if info["connected_peers"]["count"] == 1 {
+        // Connected, and identify has told Alice where Bob saw her.
+        let observed = info["observed_addresses"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty());
+        if info["connected_peers"]["count"] == 1 && observed {
             assert_eq!(info["connected_peers"]["peers"][0], bob_keys["peer_id"]);
             break;
         }
@@ -531,6 +562,13 @@ fn the_readme_walk_with_two_nodes_through_the_cli_only() {
                         .is_some_and(|b| b.iter().any(|b| b["public_key"] == stranger.as_str()))
             }));
         }
+    }
+    // Bob's log went to a file: JSON lines, no colour.
+    let log = std::fs::read_to_string(&bob_log).expect("log");
+    assert!(log.lines().count() > 0, "debug logging produced lines");
+    for line in log.lines() {
+        assert!(!line.contains('\x1b'), "colour in a log file: {line}");
+        serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
     }
     let _ = std::fs::remove_dir_all(&base);
 }
