@@ -375,7 +375,14 @@ pub fn announcement_json(
             .collect::<Vec<_>>(),
         "topology": format!("{:?}", policy.topology).to_lowercase(),
         "nonce_commitment": policy.nonce_commitment,
-        "election": format!("{:?}", policy.election),
+        "election": match policy.election {
+            musig2_proto::ElectionMethod::Lexicographic => "lexicographic",
+            musig2_proto::ElectionMethod::HashBased => "hash_based",
+            musig2_proto::ElectionMethod::FirstSigner => "first_signer",
+            musig2_proto::ElectionMethod::LastSigner => "last_signer",
+            #[allow(unreachable_patterns)]
+            _ => "other",
+        },
         "created": deadline_json(announcement.created_at_ms, now),
         "join_deadline": deadline_json(join_end, now),
         "expires": deadline_json(announcement.expires_at_ms, now),

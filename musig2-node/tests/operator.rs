@@ -451,10 +451,36 @@ fn the_readme_walk_with_two_nodes_through_the_cli_only() {
             &stranger,
             "--message-text",
             "later",
+            "--taproot-merkle-root",
+            &"5a".repeat(32),
         ],
     )
     .ok();
+    let pending_key = pending["output_key"].clone();
     let pending = pending["session"].as_str().expect("session").to_owned();
+    // A Taproot output with a script tree: `show` checks a Merkle root against the tweak.
+    for (root, matches) in [("5a", true), ("5b", false)] {
+        let root = root.repeat(32);
+        let shown = cli(
+            &alice_dir,
+            &[
+                "--json",
+                "session",
+                "show",
+                &pending,
+                "--taproot-merkle-root",
+                &root,
+            ],
+        )
+        .ok();
+        let tweaks = &shown["tweak_details"];
+        assert_eq!(tweaks["taproot_merkle_root_matches"], matches, "{tweaks}");
+        assert_eq!(tweaks["taproot"], matches, "{tweaks}");
+        assert_eq!(tweaks["taproot_key_path_only"], false, "{tweaks}");
+        assert_eq!(tweaks["tweaks"].as_array().map(Vec::len), Some(1));
+        assert_ne!(tweaks["taproot_internal_key"], pending_key, "{tweaks}");
+        assert_eq!(shown["output_key"], pending_key);
+    }
     cli(
         &alice_dir,
         &["--json", "session", "wait", &pending, "--timeout", "1"],
