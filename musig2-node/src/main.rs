@@ -325,17 +325,14 @@ fn print_demo(report: &DemoReport) {
 fn inline(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
-        Value::Object(o) if o.contains_key("local") => format!(
-            "{} ({})",
-            o["local"].as_str().unwrap_or("?"),
-            o["left"]
-                .as_str()
-                .map_or_else(String::new, |l| if l == "passed" {
-                    "passed".to_owned()
-                } else {
-                    format!("in {l}")
-                })
-        ),
+        Value::Object(o) if o.contains_key("local") => {
+            let local = o["local"].as_str().unwrap_or("?");
+            match o.get("left").and_then(Value::as_str) {
+                Some("passed") => format!("{local} (passed)"),
+                Some(left) => format!("{local} (in {left})"),
+                None => local.to_owned(),
+            }
+        }
         Value::Object(o) if o.contains_key("index") && o.contains_key("this_node") => {
             view::signer_words(value)
         }
@@ -676,36 +673,7 @@ async fn progress(socket: PathBuf, session: String) {
         )
         .await;
         let line = match status {
-            Ok(s) => {
-                let holdouts: Vec<String> = s["holdouts"]
-                    .as_array()
-                    .map(|h| {
-                        h.iter()
-                            .map(|x| {
-                                let key = x["public_key"].as_str().unwrap_or("");
-                                format!("#{} {}", x["index"], key.get(..10).unwrap_or(key))
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let deadline = if s["phase"] == "created" || s["phase"] == "joined" {
-                    &s["join_deadline"]
-                } else {
-                    &s["expires"]
-                };
-                format!(
-                    "phase {}, joined {}/{}, waiting for {}, {} left",
-                    s["phase"].as_str().unwrap_or("?"),
-                    s["joined"],
-                    s["signers"],
-                    if holdouts.is_empty() {
-                        "nobody".to_owned()
-                    } else {
-                        holdouts.join(", ")
-                    },
-                    deadline["left"].as_str().unwrap_or("?")
-                )
-            }
+            Ok(s) => view::progress_line(&s),
             Err(_) => "waiting for the session to be announced...".to_owned(),
         };
         eprint!("\r\x1b[2K{line}");

@@ -296,6 +296,45 @@ pub fn health_json(
     })
 }
 
+/// One line of progress for a person waiting on a session (from a `status` reply): phase, joins
+/// seen, who is holding it up, and the time left (to the join deadline while joining, else to
+/// the expiry).
+pub fn progress_line(status: &Value) -> String {
+    let holdouts: Vec<String> = status["holdouts"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .map(|x| {
+                    let key = x["public_key"].as_str().unwrap_or("");
+                    let mine = if x["this_node"] == true {
+                        " (this node)"
+                    } else {
+                        ""
+                    };
+                    format!("#{} {}{mine}", x["index"], key.get(..10).unwrap_or(key))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let phase = status["phase"].as_str().unwrap_or("?");
+    let (deadline, what) = if matches!(phase, "created" | "joined") {
+        (&status["join_deadline"], "to join")
+    } else {
+        (&status["expires"], "until expiry")
+    };
+    format!(
+        "phase {phase}, joins seen {}/{}, waiting for {}, {} left {what}",
+        status["joined"],
+        status["signers"],
+        if holdouts.is_empty() {
+            "nobody".to_owned()
+        } else {
+            holdouts.join(", ")
+        },
+        deadline["left"].as_str().unwrap_or("?"),
+    )
+}
+
 /// Tweak and Taproot details of a session: the tweaks in order, the key before the last tweak
 /// (the Taproot internal key when the last tweak is a Taproot one), whether the last tweak is
 /// the BIP341 key-path tweak, and whether it matches `merkle_root` when one is given.
@@ -383,7 +422,11 @@ pub fn announcement_json(
             #[allow(unreachable_patterns)]
             _ => "other",
         },
-        "created": deadline_json(announcement.created_at_ms, now),
+        "created": {
+            "at_ms": announcement.created_at_ms,
+            "local": local_time(announcement.created_at_ms),
+            "utc": utc_time(announcement.created_at_ms),
+        },
         "join_deadline": deadline_json(join_end, now),
         "expires": deadline_json(announcement.expires_at_ms, now),
         "timeouts_ms": {
@@ -419,6 +462,29 @@ mod tests {
         let bytes = message_json(&[0xff, 0x00]);
         assert_eq!(bytes["text"], Value::Null);
         assert_eq!(bytes["hex"], "ff00");
+    }
+
+    #[test]
+    fn progress_names_phase_holdouts_and_time_left() {
+        let status = json!({
+            "phase": "joined",
+            "joined": 2,
+            "signers": 3,
+            "holdouts": [{"index": 2, "public_key": "02abcdef0123456789", "this_node": false}],
+            "join_deadline": {"left": "4m 10s"},
+            "expires": {"left": "14m"},
+        });
+        assert_eq!(
+            progress_line(&status),
+            "phase joined, joins seen 2/3, waiting for #2 02abcdef01, 4m 10s left to join"
+        );
+        let mut later = status.clone();
+        later["phase"] = json!("nonce");
+        later["holdouts"] = json!([]);
+        assert_eq!(
+            progress_line(&later),
+            "phase nonce, joins seen 2/3, waiting for nobody, 14m left until expiry"
+        );
     }
 
     #[test]
