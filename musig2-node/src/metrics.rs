@@ -31,6 +31,8 @@ type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 const MAX_TRACKED: usize = 4096;
 /// Longest HTTP request head read.
 const MAX_HEAD: usize = 8 * 1024;
+/// Most scrapes answered at once.
+const MAX_SCRAPES: usize = 8;
 
 fn phase_histogram() -> Histogram {
     // 5 ms .. ~20 min.
@@ -309,12 +311,18 @@ impl Metrics {
 
     /// Serves `GET /metrics` on `listener` until the task is dropped.
     pub async fn serve(self, listener: TcpListener, node: Node, transport: Arc<Libp2pTransport>) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
+                    // Scrapers beyond the cap are turned away (the connection is closed).
+                    let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                        continue;
+                    };
                     let (metrics, node, transport) =
                         (self.clone(), node.clone(), Arc::clone(&transport));
                     tokio::spawn(async move {
+                        let _slot = slot;
                         let _ = metrics.answer(stream, &node, &transport).await;
                     });
                 }
