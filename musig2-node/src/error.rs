@@ -94,7 +94,8 @@ pub enum ErrorKind {
     Io,
     /// The network failed (exit 1).
     Network,
-    /// Anything else (exit 1).
+    /// Anything else, including kinds this version does not know (exit 1).
+    #[serde(other)]
     Internal,
 }
 
@@ -235,5 +236,10 @@ mod tests {
         )));
         assert_eq!(unknown.kind(), ErrorKind::NotFound);
         assert_eq!(NodeError::Timeout("x").exit_code(), 5);
+        // A newer node's kind still parses.
+        assert_eq!(
+            serde_json::from_str::<ErrorKind>(r#""some_new_kind""#).expect("decode"),
+            ErrorKind::Internal
+        );
     }
 }

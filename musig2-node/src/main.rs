@@ -91,6 +91,9 @@ enum Command {
         #[command(subcommand)]
         command: SessionCommand,
     },
+    /// List the contacts and signer groups of config.toml, each checked (no node needed).
+    #[command(after_help = "Example:\n  musig2-node --dir ~/.musig2 contacts")]
+    Contacts,
     /// Print shell completions.
     #[command(
         after_help = "Example:\n  musig2-node completions bash > /etc/bash_completion.d/musig2-node"
@@ -1049,6 +1052,38 @@ async fn dispatch(ctx: Context, command: Command) -> Outcome {
         Command::Run(args) => run_node(&ctx, args).await,
         Command::Info => info(&ctx).await,
         Command::Session { command } => session(&ctx, command).await,
+        Command::Contacts => {
+            dir_of(&ctx)?;
+            let book = ctx.settings.address_book();
+            if json {
+                print_json(&book);
+            } else {
+                for c in book["contacts"].as_array().into_iter().flatten() {
+                    println!(
+                        "contact {}: key {}{}",
+                        c["name"].as_str().unwrap_or("?"),
+                        c["key"].as_str().unwrap_or("?"),
+                        c["peer"]
+                            .as_str()
+                            .map_or_else(String::new, |p| format!(" peer {p}"))
+                    );
+                    for problem in c["problems"].as_array().into_iter().flatten() {
+                        println!("  ! {}", problem.as_str().unwrap_or("?"));
+                    }
+                }
+                for g in book["groups"].as_array().into_iter().flatten() {
+                    println!(
+                        "group {}: {}",
+                        g["name"].as_str().unwrap_or("?"),
+                        inline(&g["signers"])
+                    );
+                    for problem in g["problems"].as_array().into_iter().flatten() {
+                        println!("  ! {}", problem.as_str().unwrap_or("?"));
+                    }
+                }
+            }
+            Ok(())
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

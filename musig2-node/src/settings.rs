@@ -214,6 +214,52 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The address book as JSON, each contact and group checked: a contact's key must be a
+    /// compressed key and its peer a peer id; a group's members must resolve.
+    pub fn address_book(&self) -> serde_json::Value {
+        use std::str::FromStr;
+        let contacts: Vec<serde_json::Value> = self
+            .contacts
+            .iter()
+            .map(|(name, c)| {
+                let mut problems = Vec::new();
+                if let Err(e) = crate::control::parse_signer_key(&c.key) {
+                    problems.push(e.to_string());
+                }
+                if let Some(peer) = &c.peer {
+                    if let Err(e) = musig2_transport::PeerId::from_str(peer) {
+                        problems.push(format!("invalid peer id: {e}"));
+                    }
+                }
+                serde_json::json!({
+                    "name": name,
+                    "key": c.key,
+                    "peer": c.peer,
+                    "problems": problems,
+                })
+            })
+            .collect();
+        let me = Signer {
+            key: String::new(),
+            peer: None,
+        };
+        let groups: Vec<serde_json::Value> = self
+            .groups
+            .iter()
+            .map(|(name, members)| {
+                let problems: Vec<String> = members
+                    .iter()
+                    .filter_map(|m| self.resolve_signer(m, Some(&me)).err())
+                    .map(|e| e.to_string())
+                    .collect();
+                serde_json::json!({ "name": name, "signers": members, "problems": problems })
+            })
+            .collect();
+        serde_json::json!({ "contacts": contacts, "groups": groups })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,5 +297,13 @@ treasury = ["self", "alice"]
         assert!(settings.group("nope", Some(&me)).is_err());
         assert!(settings.resolve_signer("bob", None).is_err());
         assert!(Settings::parse("lisen = []").is_err(), "typos are refused");
+        let book = settings.address_book();
+        assert_eq!(book["contacts"][0]["name"], "alice");
+        assert_eq!(
+            book["contacts"][0]["problems"].as_array().map(Vec::len),
+            Some(1),
+            "the example's peer id is not a real one: {book}"
+        );
+        assert_eq!(book["groups"][0]["problems"], serde_json::json!([]));
     }
 }

@@ -210,6 +210,14 @@ fn the_readme_walk_with_two_nodes_through_the_cli_only() {
     )
     .expect("config");
 
+    let book = cli(&alice_dir, &["--json", "contacts"]).ok();
+    assert_eq!(book["contacts"][0]["name"], "bob");
+    assert_eq!(book["contacts"][0]["problems"], serde_json::json!([]));
+    assert_eq!(
+        book["groups"][0]["signers"],
+        serde_json::json!(["self", "bob"])
+    );
+
     // Machine 1 listens on every interface and serves metrics on loopback.
     let (alice, _) = Running::start(
         &alice_dir,
@@ -613,6 +621,7 @@ fn help_completions_and_man_page_come_from_the_clap_definitions() {
         &["session", "status"],
         &["session", "cancel"],
         &["session", "join"],
+        &["contacts"],
     ] {
         let mut args = verb.to_vec();
         args.push("--help");
