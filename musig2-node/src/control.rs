@@ -365,6 +365,42 @@ async fn wait_for_signature(
     }
 }
 
+/// What others should pass to `--bootstrap`, best first: external addresses; addresses peers
+/// observed us at on a port we listen on (a connection to us arrived there, e.g. a NAT's
+/// forwarded port); every non-loopback listen address; loopback last. No duplicates.
+pub fn bootstrap_order(
+    external: &[Multiaddr],
+    observed: &[Multiaddr],
+    listen: &[Multiaddr],
+) -> Vec<Multiaddr> {
+    let is_loopback = |a: &Multiaddr| {
+        let text = a.to_string();
+        text.starts_with("/ip4/127.") || text.starts_with("/ip6/::1/")
+    };
+    let tcp_port = |a: &Multiaddr| {
+        let text = a.to_string();
+        text.split_once("/tcp/")
+            .and_then(|(_, rest)| rest.split('/').next().map(str::to_owned))
+    };
+    let listen_ports: Vec<String> = listen.iter().filter_map(tcp_port).collect();
+    let mut candidates: Vec<Multiaddr> = external.to_vec();
+    candidates.extend(
+        observed
+            .iter()
+            .filter(|a| !is_loopback(a) && tcp_port(a).is_some_and(|p| listen_ports.contains(&p)))
+            .cloned(),
+    );
+    candidates.extend(listen.iter().filter(|a| !is_loopback(a)).cloned());
+    candidates.extend(listen.iter().filter(|a| is_loopback(a)).cloned());
+    let mut ordered: Vec<Multiaddr> = Vec::with_capacity(candidates.len());
+    for a in candidates {
+        if !ordered.contains(&a) {
+            ordered.push(a);
+        }
+    }
+    ordered
+}
+
 async fn info(served: &Served) -> Result<Value> {
     let node = &served.node;
     let peer_id = node.peer_id().to_libp2p();
@@ -391,16 +427,7 @@ async fn info(served: &Served) -> Result<Value> {
     let (listen, external, observed) = addresses
         .map(|a| (a.listen, a.external, a.observed))
         .unwrap_or_default();
-    // What others pass to --bootstrap: external addresses first, then every listen address
-    // that is not loopback, then loopback ones.
-    let is_loopback = |a: &Multiaddr| {
-        let text = a.to_string();
-        text.starts_with("/ip4/127.") || text.starts_with("/ip6/::1/")
-    };
-    let mut ordered: Vec<Multiaddr> = external.clone();
-    ordered.extend(listen.iter().filter(|a| !is_loopback(a)).cloned());
-    ordered.extend(listen.iter().filter(|a| is_loopback(a)).cloned());
-    ordered.dedup();
+    let ordered = bootstrap_order(&external, &observed, &listen);
     Ok(json!({
         "public_key": node.public_key().to_string(),
         "peer_id": node.peer_id().to_string(),
@@ -817,6 +844,27 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn bootstrap_addresses_are_ordered_best_first() {
+        let a = |t: &str| t.parse::<Multiaddr>().expect("multiaddr");
+        let listen = [a("/ip4/127.0.0.1/tcp/4001"), a("/ip4/10.0.0.5/tcp/4001")];
+        let observed = [
+            a("/ip4/198.51.100.9/tcp/4001"), // on our listening port: a forwarded port
+            a("/ip4/198.51.100.9/tcp/53211"), // an outbound connection's port: not handed out
+            a("/ip4/127.0.0.1/tcp/4001"),
+        ];
+        let external = [a("/ip4/203.0.113.7/tcp/4001")];
+        assert_eq!(
+            bootstrap_order(&external, &observed, &listen),
+            vec![
+                a("/ip4/203.0.113.7/tcp/4001"),
+                a("/ip4/198.51.100.9/tcp/4001"),
+                a("/ip4/10.0.0.5/tcp/4001"),
+                a("/ip4/127.0.0.1/tcp/4001"),
+            ]
+        );
     }
 
     #[tokio::test]
