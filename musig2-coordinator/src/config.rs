@@ -8,9 +8,12 @@ use musig2_proto::Limits;
 /// production setting; tests shorten the timeouts.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Lifetime of a session this node creates (announcement expiry).
+    /// Lifetime of a session this node creates (announcement expiry), after its join window.
     pub session_timeout: Duration,
-    /// Deadline for the join phase and for each nonce phase (commitments, then nonces).
+    /// Join window of a session this node creates: every signer joins within it, counted from
+    /// creation (human time: people read the message before they sign).
+    pub join_timeout: Duration,
+    /// Deadline for each nonce phase (commitments, then nonces).
     pub nonce_exchange_timeout: Duration,
     /// Deadline for the partial-signature exchange.
     pub partial_sig_exchange_timeout: Duration,
@@ -99,6 +102,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             session_timeout: Duration::from_secs(600),
+            join_timeout: Duration::from_secs(600),
             nonce_exchange_timeout: Duration::from_secs(30),
             partial_sig_exchange_timeout: Duration::from_secs(30),
             broadcast_timeout: Duration::from_secs(60),

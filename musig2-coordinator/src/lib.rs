@@ -61,6 +61,7 @@ mod offences;
 mod outbound;
 mod pending;
 mod replay;
+mod stats;
 
 pub use config::Config;
 pub use election::{TAG_ELECTION, election_order};
@@ -71,3 +72,4 @@ pub use node::{
     DHT_KEY_PREFIX, Node, NodeUsage, SessionRequest, announcement_record_validator, dht_key,
 };
 pub use replay::ReplayWindow;
+pub use stats::StatsSnapshot;

@@ -257,9 +257,11 @@ impl SessionMachine {
         peers[me.as_usize()] = Some(local_peer);
         let order = election_order(a.policy.election, &id, &keys);
         let coordinator = order.first().copied().unwrap_or(me);
-        let session_deadline_ms = a
-            .expires_at_ms
-            .min(a.created_at_ms.saturating_add(a.policy.timeouts.session_ms));
+        let session_deadline_ms = a.expires_at_ms.min(
+            a.created_at_ms
+                .saturating_add(a.policy.timeouts.join_ms)
+                .saturating_add(a.policy.timeouts.session_ms),
+        );
         Ok(SessionMachine {
             id,
             me,
@@ -515,6 +517,9 @@ impl SessionMachine {
         let join = self.sign(now_ms, Body::Join { peer_id });
         self.joins[self.me.as_usize()] = Some((local_peer, join.clone()));
         self.enter(Phase::Joined, now_ms, self.nonce_timeout_ms);
+        // Everyone has the same join window: it ends `join_ms` after the session's creation.
+        let a = self.ann.announcement();
+        self.phase_deadline_ms = Some(a.created_at_ms.saturating_add(a.policy.timeouts.join_ms));
         out.push(Output::Event(Event::SessionJoined {
             session: self.id,
             signer: self.me,
@@ -1034,6 +1039,12 @@ impl SessionMachine {
         };
         self.secnonce = Some(secnonce);
         self.my_nonce = Some(nonce_bytes);
+        // With announced peers round 1 can start before everyone joined; a signer's first
+        // contribution is then its join, and it has the whole join window for it: the phase
+        // counts as starting no earlier than `nonce_timeout` before the window ends.
+        let a = self.ann.announcement();
+        let join_end = a.created_at_ms.saturating_add(a.policy.timeouts.join_ms);
+        let phase_start = now_ms.max(join_end.saturating_sub(self.nonce_timeout_ms));
         if self.commit_round {
             let commitment =
                 NonceCommitment::compute(&self.id, self.me, self.attempt, &nonce_bytes);
@@ -1047,10 +1058,10 @@ impl SessionMachine {
             self.commits[self.me.as_usize()] = Some((commitment, env.clone()));
             let targets = self.round_targets();
             self.send_to(out, targets, vec![env]);
-            self.enter(Phase::NonceCommit, now_ms, self.nonce_timeout_ms);
+            self.enter(Phase::NonceCommit, phase_start, self.nonce_timeout_ms);
         } else {
             self.publish_nonce(now_ms, out);
-            self.enter(Phase::Nonce, now_ms, self.nonce_timeout_ms);
+            self.enter(Phase::Nonce, phase_start, self.nonce_timeout_ms);
         }
     }
 

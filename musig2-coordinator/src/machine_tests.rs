@@ -67,6 +67,11 @@ impl Net {
                 nonce_commitment: commit,
                 election,
                 topology,
+                // A one-minute join window, well inside the session's lifetime.
+                timeouts: musig2_proto::Timeouts {
+                    join_ms: 60_000,
+                    ..Default::default()
+                },
                 ..Policy::default()
             },
             salt: [9; 32],

@@ -186,6 +186,7 @@ pub struct Node {
     keypair: Keypair,
     config: Arc<Config>,
     clock: Clock,
+    stats: Arc<crate::stats::NodeStats>,
 }
 
 impl std::fmt::Debug for Node {
@@ -205,7 +206,9 @@ impl Node {
         let (commands, command_rx) = mpsc::channel(config.command_queue.max(1));
         let (events, _) = broadcast::channel(config.event_queue.max(1));
         let clock = Clock::new();
+        let stats = Arc::new(crate::stats::NodeStats::default());
         let actor = Actor {
+            stats: stats.clone(),
             transport: transport.clone(),
             keypair,
             local_peer: transport.local_peer_id(),
@@ -224,7 +227,7 @@ impl Node {
             }),
             waiters: HashMap::new(),
             events: events.clone(),
-            outbound: Outbound::new(transport.clone(), config.clone()),
+            outbound: Outbound::new(transport.clone(), config.clone(), stats.clone()),
             rng: rand::rngs::StdRng::from_os_rng(),
             key_agg_cache: HashMap::new(),
             offences: OffenceTable::new(
@@ -245,7 +248,14 @@ impl Node {
             keypair,
             config,
             clock,
+            stats,
         }
+    }
+
+    /// Traffic counters since the node started: frames in and out, rejections by reason,
+    /// blocks.
+    pub fn stats(&self) -> crate::StatsSnapshot {
+        self.stats.snapshot()
     }
 
     /// This node's peer id.
@@ -274,6 +284,7 @@ impl Node {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
         Policy {
             timeouts: Timeouts {
+                join_ms: ms(self.config.join_timeout),
                 nonce_ms: ms(self.config.nonce_exchange_timeout),
                 partial_sig_ms: ms(self.config.partial_sig_exchange_timeout),
                 broadcast_ms: ms(self.config.broadcast_timeout),
@@ -321,7 +332,9 @@ impl Node {
             .iter()
             .map(|t| musig2_proto::Tweak::new(t.value(), t.is_x_only()))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let session_ms = u64::try_from(self.config.session_timeout.as_millis()).unwrap_or(u64::MAX);
+        // The announcement lives through the join window and then the rounds.
+        let t = request.policy.timeouts;
+        let session_ms = t.join_ms.saturating_add(t.session_ms);
         let announcement = Announcement {
             signers,
             message: request.message,
@@ -337,7 +350,8 @@ impl Node {
         let id = verified.session_id();
         // The DHT put and the direct announcement to listed peers run side by side; a session
         // that cannot be announced in the DHT is cancelled rather than left half-visible.
-        let put = self.dht_put_with_retry(dht_key(&id), signed.to_frame_bytes());
+        let ttl = Duration::from_millis(session_ms);
+        let put = self.dht_put_with_retry(dht_key(&id), signed.to_frame_bytes(), ttl);
         let insert = self.call(|reply| Command::Insert {
             announcement: Box::new(verified),
             created_here: true,
@@ -353,15 +367,14 @@ impl Node {
         Ok(id)
     }
 
-    async fn dht_put_with_retry(&self, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
+    async fn dht_put_with_retry(&self, key: Vec<u8>, value: Vec<u8>, ttl: Duration) -> Result<()> {
         let deadline = Instant::now() + self.config.dht_query_timeout;
         let mut delay = self.config.retry_base_delay;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let attempt = tokio::time::timeout(
                 left,
-                self.transport
-                    .dht_put(key.clone(), value.clone(), self.config.session_timeout),
+                self.transport.dht_put(key.clone(), value.clone(), ttl),
             )
             .await;
             match attempt {
@@ -519,6 +532,7 @@ struct Actor {
     announcement_total: ByteBucket,
     /// Peers blocked at the transport, and until when (ms).
     blocked: HashMap<PeerId, u64>,
+    stats: Arc<crate::stats::NodeStats>,
 }
 
 /// The key of the signer that created (and signed) an announcement.
@@ -653,6 +667,7 @@ impl Actor {
         match self.transport.block_peer(peer).await {
             Ok(()) => {
                 self.blocked.insert(peer, now.saturating_add(window));
+                self.stats.peer_blocked();
             }
             Err(error) => tracing::warn!(%peer, %error, "could not block the peer"),
         }
@@ -1013,6 +1028,7 @@ impl Actor {
     }
 
     async fn handle_frame(&mut self, from: PeerId, bytes: Bytes) {
+        self.stats.frame_in();
         if self.blocked.contains_key(&from) {
             // Queued before the block took effect.
             return;
@@ -1052,6 +1068,7 @@ impl Actor {
             Ok(frame) => frame,
             Err(e) => {
                 tracing::debug!(%from, error = %e, "dropped undecodable frame");
+                self.stats.rejected("undecodable_frame");
                 self.offence(from, "undecodable frame").await;
                 return;
             }
@@ -1077,6 +1094,7 @@ impl Actor {
                     }
                     Err(e) => {
                         tracing::debug!(%from, error = %e, "invalid announcement");
+                        self.stats.rejected("invalid_announcement");
                         self.offence(from, "invalid announcement").await;
                     }
                 }
@@ -1116,6 +1134,7 @@ impl Actor {
                             | CoordinatorError::UnboundPeer { .. }
                     );
                 tracing::debug!(session = %id, %from, error = %e, action = ?e.peer_action(), deliverers_fault, "rejected envelope");
+                self.stats.rejected(crate::stats::rejection_reason(&e));
                 if e.peer_action() == PeerAction::Penalize && deliverers_fault {
                     self.offence(from, "rejected envelope").await;
                 }
@@ -1273,6 +1292,7 @@ impl Actor {
     fn send_frame(&mut self, to: PeerId, frame: Bytes) {
         if let Err(why) = self.outbound.send(to, frame) {
             tracing::warn!(%to, ?why, "shed an outbound frame");
+            self.stats.send_failed();
         }
     }
 }

@@ -12,6 +12,7 @@ use musig2_transport::{PeerId, Transport, TransportError};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::Config;
+use crate::stats::NodeStats;
 
 /// Why a frame was shed instead of queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +26,7 @@ pub(crate) enum Shed {
 /// The per-peer outbound queues.
 pub(crate) struct Outbound {
     transport: Arc<dyn Transport>,
+    stats: Arc<NodeStats>,
     config: Arc<Config>,
     permits: Arc<Semaphore>,
     queues: HashMap<PeerId, mpsc::Sender<Bytes>>,
@@ -34,8 +36,13 @@ pub(crate) struct Outbound {
 const WORKER_IDLE: Duration = Duration::from_secs(30);
 
 impl Outbound {
-    pub(crate) fn new(transport: Arc<dyn Transport>, config: Arc<Config>) -> Self {
+    pub(crate) fn new(
+        transport: Arc<dyn Transport>,
+        config: Arc<Config>,
+        stats: Arc<NodeStats>,
+    ) -> Self {
         Outbound {
+            stats,
             permits: Arc::new(Semaphore::new(config.max_inflight_sends.max(1))),
             transport,
             config,
@@ -67,8 +74,11 @@ impl Outbound {
         tokio::spawn(worker(
             to,
             rx,
-            self.transport.clone(),
-            self.config.clone(),
+            Sender {
+                transport: self.transport.clone(),
+                config: self.config.clone(),
+                stats: self.stats.clone(),
+            },
             self.permits.clone(),
         ));
         Ok(())
@@ -82,14 +92,21 @@ impl Outbound {
 
 /// Sends one peer's frames in order of arrival, a few at a time (the transport pipelines them),
 /// each with its retries; exits after `WORKER_IDLE` without frames.
+/// What a worker sends with.
+#[derive(Clone)]
+struct Sender {
+    transport: Arc<dyn Transport>,
+    config: Arc<Config>,
+    stats: Arc<NodeStats>,
+}
+
 async fn worker(
     to: PeerId,
     mut rx: mpsc::Receiver<Bytes>,
-    transport: Arc<dyn Transport>,
-    config: Arc<Config>,
+    sender: Sender,
     permits: Arc<Semaphore>,
 ) {
-    let per_peer = config.max_inflight_sends_per_peer.max(1);
+    let per_peer = sender.config.max_inflight_sends_per_peer.max(1);
     let mut in_flight = FuturesUnordered::new();
     loop {
         tokio::select! {
@@ -98,11 +115,10 @@ async fn worker(
             frame = rx.recv(), if in_flight.len() < per_peer => match frame {
                 Some(frame) => {
                     let Ok(permit) = permits.clone().acquire_owned().await else { return };
-                    let transport = transport.clone();
-                    let config = config.clone();
+                    let sender = sender.clone();
                     in_flight.push(async move {
                         let _permit = permit;
-                        send_with_retry(&*transport, &config, to, frame).await;
+                        sender.send_with_retry(to, frame).await;
                     });
                 }
                 None => break,
@@ -111,7 +127,7 @@ async fn worker(
                 rx.close();
                 // Frames queued between the idle deadline and the close still go out.
                 while let Ok(frame) = rx.try_recv() {
-                    send_with_retry(&*transport, &config, to, frame).await;
+                    sender.send_with_retry(to, frame).await;
                 }
                 return;
             }
@@ -120,27 +136,31 @@ async fn worker(
     while in_flight.next().await.is_some() {}
 }
 
-async fn send_with_retry(transport: &dyn Transport, config: &Config, to: PeerId, frame: Bytes) {
-    let mut delay = config.retry_base_delay;
-    for attempt in 0..=config.send_retry_attempts {
-        let result = tokio::time::timeout(
-            config.message_send_timeout,
-            transport.send(to, frame.clone()),
-        )
-        .await;
-        match result {
-            Ok(Ok(())) => return,
-            Ok(Err(e @ (TransportError::Closed | TransportError::FrameTooLarge { .. }))) => {
-                tracing::debug!(%to, error = %e, "send failed permanently");
-                return;
+impl Sender {
+    async fn send_with_retry(&self, to: PeerId, frame: Bytes) {
+        let (transport, config) = (&*self.transport, &*self.config);
+        let mut delay = config.retry_base_delay;
+        for attempt in 0..=config.send_retry_attempts {
+            let result = tokio::time::timeout(
+                config.message_send_timeout,
+                transport.send(to, frame.clone()),
+            )
+            .await;
+            match result {
+                Ok(Ok(())) => return self.stats.frame_out(),
+                Ok(Err(e @ (TransportError::Closed | TransportError::FrameTooLarge { .. }))) => {
+                    tracing::debug!(%to, error = %e, "send failed permanently");
+                    return self.stats.send_failed();
+                }
+                Ok(Err(e)) => tracing::debug!(%to, attempt, error = %e, "send failed"),
+                Err(_) => tracing::debug!(%to, attempt, "send timed out"),
             }
-            Ok(Err(e)) => tracing::debug!(%to, attempt, error = %e, "send failed"),
-            Err(_) => tracing::debug!(%to, attempt, "send timed out"),
+            if attempt < config.send_retry_attempts {
+                tokio::time::sleep(crate::node::jittered(delay)).await;
+                delay = (delay * 2).min(config.retry_max_delay);
+            }
         }
-        if attempt < config.send_retry_attempts {
-            tokio::time::sleep(crate::node::jittered(delay)).await;
-            delay = (delay * 2).min(config.retry_max_delay);
-        }
+        tracing::warn!(%to, "giving up on a frame after retries");
+        self.stats.send_failed();
     }
-    tracing::warn!(%to, "giving up on a frame after retries");
 }

@@ -7,7 +7,7 @@
 //! → {"op":"wait","session":"5974…"}
 //! ← {"ok":{"session":"5974…","signature":"e0f4…"}}
 //! → {"op":"join","session":"ffff…"}
-//! ← {"error":{"kind":"coordinator","message":"unknown session ffff…"}}
+//! ← {"error":{"kind":"not_found","message":"unknown session ffff…"}}
 //! ```
 //!
 //! The socket is created owner-only: whoever can reach it can make the node sign.
@@ -16,10 +16,12 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use musig2_coordinator::{CoordinatorError, Node, SessionHealth, SessionRequest};
+use std::sync::Arc;
+
+use musig2_coordinator::{CoordinatorError, Node, SessionRequest};
 use musig2_core::{KeyAggContext, Tweak};
 use musig2_proto::{SessionId, Topology, VerifiedAnnouncement};
-use musig2_transport::{Multiaddr, PeerId};
+use musig2_transport::{Libp2pTransport, Multiaddr, PeerId};
 use secp256k1::{PublicKey, schnorr};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -27,7 +29,8 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufRead
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast;
 
-use crate::{NodeError, Result};
+use crate::view::{self, abort_json, abort_words, announcement_json, health_json};
+use crate::{ErrorKind, NodeError, Result};
 
 /// Longest request line the node reads.
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
@@ -120,7 +123,7 @@ fn session_tweaks(
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    /// The node's keys, addresses and blocked peers.
+    /// The node's keys, addresses, connected and blocked peers.
     Info,
     /// Create and announce a session; this node must be one of the signers.
     Create {
@@ -144,25 +147,32 @@ pub enum Request {
         /// Finish with the BIP341 Taproot tweak of the key the tweaks above give.
         #[serde(default)]
         taproot: Option<TaprootSpec>,
+        /// The join window in seconds: every signer must join within it (default: the node's).
+        #[serde(default)]
+        join_timeout_secs: Option<u64>,
     },
-    /// What a session would sign: its message, signers, aggregate key and rules (looking it up
-    /// in the DHT if needed). Read it before joining.
+    /// What a session would sign: its message, signers, aggregate key, tweaks, rules and
+    /// deadlines (looking it up in the DHT if needed). Read it before joining.
     Show {
         /// Session id, hex.
         session: String,
+        /// A Taproot script tree's Merkle root to check the session's last tweak against.
+        #[serde(default)]
+        taproot_merkle_root: Option<String>,
     },
     /// Join a session (looking it up in the DHT if needed).
     Join {
         /// Session id, hex.
         session: String,
     },
-    /// The state of one session, or of all.
+    /// The state of one session, or of all (`{"sessions": [...]}`).
     Status {
         /// Session id, hex; all sessions if absent.
         #[serde(default)]
         session: Option<String>,
     },
-    /// Wait for a session's signature (a session the node has not heard of yet is waited for).
+    /// Wait for a session's signature (a session the node has not heard of yet is looked up in
+    /// the DHT and waited for; one nobody has announced is reported as not found).
     Wait {
         /// Session id, hex.
         session: String,
@@ -185,10 +195,13 @@ pub enum Reply {
     Ok(Value),
     /// The request failed.
     Error {
-        /// Machine-readable kind (see [`NodeError::kind`]).
-        kind: String,
+        /// Machine-readable kind (see [`ErrorKind`]).
+        kind: ErrorKind,
         /// Human-readable message.
         message: String,
+        /// Structured details (an abort's reason, blamed signers and origin).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        details: Option<Value>,
     },
 }
 
@@ -197,53 +210,19 @@ pub fn parse_session(text: &str) -> Result<SessionId> {
     parse_32("session id", text).map(SessionId::from_bytes)
 }
 
-fn health_json(health: &SessionHealth) -> Value {
-    json!({
-        "session": health.session.to_string(),
-        "phase": format!("{:?}", health.phase),
-        "signer": health.signer.get(),
-        "signers": health.signers,
-        "age_ms": health.age_ms,
-        "holdouts": health.holdouts.iter().map(|s| s.get()).collect::<Vec<_>>(),
-        "joined": health.joined,
-        "commitments": health.commitments,
-        "nonces": health.nonces,
-        "partial_signatures": health.partial_signatures,
-        "coordinator": health.coordinator.get(),
-        "attempt": health.attempt.get(),
-        "rejected_messages": health.rejected_messages,
-    })
-}
-
-fn announcement_json(verified: &VerifiedAnnouncement) -> Result<Value> {
-    let announcement = verified.announcement();
-    let tweaks = announcement
-        .tweaks
-        .iter()
-        .map(|t| musig2_core::Tweak::new(t.value(), t.is_x_only()))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| NodeError::invalid("announcement tweaks", e))?;
-    let aggregate = KeyAggContext::new(&verified.signer_keys())
-        .and_then(|ctx| ctx.with_tweaks(&tweaks))
-        .map_err(|e| NodeError::invalid("announcement signers", e))?;
-    let policy = &announcement.policy;
-    Ok(json!({
-        "session": verified.session_id().to_string(),
-        "message_hex": hex::encode(&announcement.message),
-        "message_text": std::str::from_utf8(&announcement.message).ok(),
-        "aggregate_key": aggregate.x_only_key().to_string(),
-        "tweaks": announcement.tweaks.len(),
-        "creator": announcement.creator.get(),
-        "signers": announcement.signers.iter().map(|s| json!({
-            "public_key": s.key.to_string(),
-            "peer_id": s.peer_id.as_ref().and_then(|p| PeerId::from_bytes(p.as_bytes()).ok()).map(|p| p.to_string()),
-        })).collect::<Vec<_>>(),
-        "topology": format!("{:?}", policy.topology),
-        "nonce_commitment": policy.nonce_commitment,
-        "election": format!("{:?}", policy.election),
-        "created_at_ms": announcement.created_at_ms,
-        "expires_at_ms": announcement.expires_at_ms,
-    }))
+/// Parses a signer key: compressed only (66 hex digits starting 02 or 03).
+pub fn parse_signer_key(text: &str) -> Result<PublicKey> {
+    let text = text.trim();
+    if text.len() != 66 || !(text.starts_with("02") || text.starts_with("03")) {
+        return Err(NodeError::invalid(
+            "signer key",
+            format!(
+                "{text:?} is not a compressed public key (66 hex digits starting 02 or 03; \
+                 uncompressed keys are not accepted)"
+            ),
+        ));
+    }
+    PublicKey::from_str(text).map_err(|e| NodeError::invalid("signer key", e))
 }
 
 /// What the control interface needs to know about the node it serves.
@@ -251,44 +230,250 @@ fn announcement_json(verified: &VerifiedAnnouncement) -> Result<Value> {
 pub struct Served {
     /// The signing node.
     pub node: Node,
-    /// Its listen addresses, each ending in `/p2p/<peer id>`.
-    pub addresses: Vec<Multiaddr>,
+    /// The libp2p transport under it (for addresses and peers).
+    pub transport: Option<Arc<Libp2pTransport>>,
+    /// The Prometheus endpoint, when enabled.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
-/// Waits for a session's signature; a session this node has not heard of yet (its announcement
-/// is still on the way) is waited for rather than refused.
-async fn wait_for_signature(node: &Node, session: SessionId) -> Result<schnorr::Signature> {
-    let mut events = node.events();
-    loop {
-        match node.wait_for_signature(session).await {
-            Err(CoordinatorError::UnknownSession(_)) => {}
-            other => return Ok(other?),
-        }
-        // Any event of this session means the node knows it now.
-        loop {
-            match events.recv().await {
-                Ok(event) if event.session() == session => break,
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => {
-                    return Err(CoordinatorError::Shutdown.into());
-                }
-            }
+/// An error that carries structured details for the reply.
+struct Failure {
+    error: NodeError,
+    details: Option<Value>,
+}
+
+impl From<NodeError> for Failure {
+    fn from(error: NodeError) -> Self {
+        Self {
+            error,
+            details: None,
         }
     }
 }
 
-async fn execute(served: &Served, request: Request) -> Result<Value> {
+impl From<CoordinatorError> for Failure {
+    fn from(error: CoordinatorError) -> Self {
+        NodeError::from(error).into()
+    }
+}
+
+/// The announcement of a session this node knows, if it does (from memory, no DHT lookup).
+async fn known_announcement(node: &Node, session: SessionId) -> Option<VerifiedAnnouncement> {
+    if node.health(session).await.is_err() {
+        return None;
+    }
+    node.discover_session(session).await.ok()
+}
+
+/// Turns "session aborted" into a readable error with the details.
+async fn aborted(node: &Node, error: CoordinatorError) -> Failure {
+    match error {
+        CoordinatorError::Aborted {
+            session,
+            reason,
+            blamed,
+            origin,
+        } => {
+            let announcement = known_announcement(node, session).await;
+            let details = abort_json(
+                announcement.as_ref(),
+                reason,
+                &blamed,
+                origin,
+                Some(&node.public_key()),
+            );
+            Failure {
+                error: NodeError::Aborted(format!(
+                    "session {session} aborted: {}",
+                    abort_words(&details)
+                )),
+                details: Some(details),
+            }
+        }
+        other => other.into(),
+    }
+}
+
+/// A finished session's outcome: `Ok(signature)`, or the abort as a failure. `None` while the
+/// session runs.
+async fn outcome(
+    node: &Node,
+    session: SessionId,
+) -> Result<Option<std::result::Result<schnorr::Signature, Failure>>> {
+    let health = node.health(session).await?;
+    if !health.phase.is_terminal() {
+        return Ok(None);
+    }
+    Ok(Some(match node.wait_for_signature(session).await {
+        Ok(signature) => Ok(signature),
+        Err(e) => Err(aborted(node, e).await),
+    }))
+}
+
+/// Waits for a session's signature. A session this node has not heard of yet is looked up in
+/// the DHT meanwhile; if nobody has announced it there either, that is a not-found error.
+async fn wait_for_signature(
+    node: &Node,
+    session: SessionId,
+) -> std::result::Result<schnorr::Signature, Failure> {
+    let mut events = node.events();
+    let mut looked_up = false;
+    loop {
+        match node.wait_for_signature(session).await {
+            Err(CoordinatorError::UnknownSession(_)) => {}
+            Ok(signature) => return Ok(signature),
+            Err(e) => return Err(aborted(node, e).await),
+        }
+        // Any event of this session means the node knows it now.
+        let heard = async {
+            loop {
+                match events.recv().await {
+                    Ok(event) if event.session() == session => return Ok(()),
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Err(CoordinatorError::Shutdown);
+                    }
+                }
+            }
+        };
+        if looked_up {
+            heard.await?;
+            continue;
+        }
+        looked_up = true;
+        tokio::select! {
+            heard = heard => heard?,
+            found = node.discover_session(session) => match found {
+                Ok(_) => {}
+                Err(CoordinatorError::UnknownSession(_))
+                | Err(CoordinatorError::Transport(
+                    musig2_transport::TransportError::NotFound
+                    | musig2_transport::TransportError::Timeout { .. },
+                )) => {
+                    // The announcement may have arrived directly meanwhile.
+                    if node.health(session).await.is_err() {
+                        return Err(NodeError::NotFound(format!(
+                            "no node has announced session {session}: this node has not \
+                             heard of it and the DHT does not have it"
+                        ))
+                        .into());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            },
+        }
+    }
+}
+
+/// What others should pass to `--bootstrap`, best first: external addresses; addresses peers
+/// observed us at on a port we listen on (a connection to us arrived there, e.g. a NAT's
+/// forwarded port); every non-loopback listen address; loopback last. No duplicates.
+pub fn bootstrap_order(
+    external: &[Multiaddr],
+    observed: &[Multiaddr],
+    listen: &[Multiaddr],
+) -> Vec<Multiaddr> {
+    let is_loopback = |a: &Multiaddr| {
+        let text = a.to_string();
+        text.starts_with("/ip4/127.") || text.starts_with("/ip6/::1/")
+    };
+    let tcp_port = |a: &Multiaddr| {
+        let text = a.to_string();
+        text.split_once("/tcp/")
+            .and_then(|(_, rest)| rest.split('/').next().map(str::to_owned))
+    };
+    let listen_ports: Vec<String> = listen.iter().filter_map(tcp_port).collect();
+    let mut candidates: Vec<Multiaddr> = external.to_vec();
+    candidates.extend(
+        observed
+            .iter()
+            .filter(|a| !is_loopback(a) && tcp_port(a).is_some_and(|p| listen_ports.contains(&p)))
+            .cloned(),
+    );
+    candidates.extend(listen.iter().filter(|a| !is_loopback(a)).cloned());
+    candidates.extend(listen.iter().filter(|a| is_loopback(a)).cloned());
+    let mut ordered: Vec<Multiaddr> = Vec::with_capacity(candidates.len());
+    for a in candidates {
+        if !ordered.contains(&a) {
+            ordered.push(a);
+        }
+    }
+    ordered
+}
+
+async fn info(served: &Served) -> Result<Value> {
+    let node = &served.node;
+    let peer_id = node.peer_id().to_libp2p();
+    let with_p2p = |addrs: &[Multiaddr]| -> Vec<String> {
+        addrs
+            .iter()
+            .map(|a| {
+                a.clone()
+                    .with_p2p(peer_id)
+                    .map_or_else(|a| a.to_string(), |a| a.to_string())
+            })
+            .collect()
+    };
+    let (addresses, connected) = match &served.transport {
+        Some(transport) => {
+            let addresses = transport.addresses().await?;
+            let connected = transport.connected_peers().await?;
+            (Some(addresses), connected)
+        }
+        None => (None, Vec::new()),
+    };
+    let mut connected: Vec<String> = connected.iter().map(ToString::to_string).collect();
+    connected.sort();
+    let (listen, external, observed) = addresses
+        .map(|a| (a.listen, a.external, a.observed))
+        .unwrap_or_default();
+    let ordered = bootstrap_order(&external, &observed, &listen);
+    Ok(json!({
+        "public_key": node.public_key().to_string(),
+        "peer_id": node.peer_id().to_string(),
+        "running": true,
+        "addresses": with_p2p(&ordered),
+        "listen_addresses": with_p2p(&listen),
+        "external_addresses": with_p2p(&external),
+        "observed_addresses": observed.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "connected_peers": { "count": connected.len(), "peers": connected },
+        "blocked_peers": node.blocked_peers().await?.iter().map(|(peer, left)| json!({
+            "peer_id": peer.to_string(),
+            "seconds_left": left.as_secs(),
+        })).collect::<Vec<_>>(),
+        "metrics": served.metrics.map(|a| format!("http://{a}/metrics")),
+    }))
+}
+
+async fn status(node: &Node, session: SessionId) -> Result<Value> {
+    let health = node.health(session).await?;
+    let announcement = known_announcement(node, session).await;
+    let me = node.public_key();
+    let mut value = health_json(&health, announcement.as_ref(), Some(&me));
+    if let Some(a) = &announcement {
+        let now = view::now_ms();
+        let a = a.announcement();
+        value["join_deadline"] = view::deadline_json(
+            a.created_at_ms.saturating_add(a.policy.timeouts.join_ms),
+            now,
+        );
+        value["expires"] = view::deadline_json(a.expires_at_ms, now);
+    }
+    match outcome(node, session).await? {
+        Some(Ok(signature)) => value["signature"] = json!(signature.to_string()),
+        Some(Err(failure)) => {
+            value["abort"] = failure.details.unwrap_or(Value::Null);
+            value["abort_text"] = json!(failure.error.to_string());
+        }
+        None => {}
+    }
+    Ok(value)
+}
+
+async fn execute(served: &Served, request: Request) -> std::result::Result<Value, Failure> {
     let node = &served.node;
     match request {
-        Request::Info => Ok(json!({
-            "public_key": node.public_key().to_string(),
-            "peer_id": node.peer_id().to_string(),
-            "addresses": served.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "blocked_peers": node.blocked_peers().await?.iter().map(|(peer, left)| json!({
-                "peer_id": peer.to_string(),
-                "seconds_left": left.as_secs(),
-            })).collect::<Vec<_>>(),
-        })),
+        Request::Info => Ok(info(served).await?),
         Request::Create {
             signers,
             peers,
@@ -297,10 +482,11 @@ async fn execute(served: &Served, request: Request) -> Result<Value> {
             commitments,
             tweaks,
             taproot,
+            join_timeout_secs,
         } => {
             let signers = signers
                 .iter()
-                .map(|s| PublicKey::from_str(s).map_err(|e| NodeError::invalid("signer key", e)))
+                .map(|s| parse_signer_key(s))
                 .collect::<Result<Vec<_>>>()?;
             let peers = peers
                 .iter()
@@ -312,10 +498,29 @@ async fn execute(served: &Served, request: Request) -> Result<Value> {
                 .collect::<Result<Vec<_>>>()?;
             let message = hex::decode(message_hex.trim())
                 .map_err(|e| NodeError::invalid("message_hex", e))?;
+            let max = musig2_proto::Limits::default().max_message_bytes;
+            if message.len() > max {
+                return Err(NodeError::invalid(
+                    "message",
+                    format!(
+                        "the message is {} bytes; a session message is at most {max} bytes",
+                        message.len()
+                    ),
+                )
+                .into());
+            }
             let mut policy = node.default_policy();
             policy.topology = topology.into();
             if let Some(commitments) = commitments {
                 policy.nonce_commitment = commitments;
+            }
+            if let Some(secs) = join_timeout_secs {
+                if secs == 0 {
+                    return Err(
+                        NodeError::invalid("join timeout", "must be at least 1 second").into(),
+                    );
+                }
+                policy.timeouts.join_ms = secs.saturating_mul(1000);
             }
             let tweaks = session_tweaks(&signers, &tweaks, taproot.as_ref())?;
             let aggregate = KeyAggContext::new(&signers)
@@ -331,23 +536,75 @@ async fn execute(served: &Served, request: Request) -> Result<Value> {
                     policy,
                 })
                 .await?;
-            Ok(json!({ "session": session.to_string(), "aggregate_key": aggregate.to_string() }))
+            let created = node.discover_session(session).await?;
+            let a = created.announcement();
+            let now = view::now_ms();
+            Ok(json!({
+                "session": session.to_string(),
+                "aggregate_key": aggregate.to_string(),
+                "output_key": aggregate.to_string(),
+                "join_deadline": view::deadline_json(
+                    a.created_at_ms.saturating_add(a.policy.timeouts.join_ms),
+                    now,
+                ),
+                "expires": view::deadline_json(a.expires_at_ms, now),
+            }))
         }
-        Request::Show { session } => {
+        Request::Show {
+            session,
+            taproot_merkle_root,
+        } => {
+            let root = taproot_merkle_root
+                .as_deref()
+                .map(|r| parse_32("taproot merkle root", r))
+                .transpose()?;
             let announcement = node.discover_session(parse_session(&session)?).await?;
-            announcement_json(&announcement)
+            Ok(announcement_json(
+                &announcement,
+                Some(&node.public_key()),
+                root.as_ref(),
+            )?)
         }
         Request::Join { session } => {
             let session = parse_session(&session)?;
-            node.join_session(session).await?;
+            // Joining after the join window would only abort the session for everyone.
+            let announcement = node.discover_session(session).await?;
+            let a = announcement.announcement();
+            let window_end = a.created_at_ms.saturating_add(a.policy.timeouts.join_ms);
+            let not_joined = node
+                .health(session)
+                .await
+                .is_ok_and(|h| matches!(h.phase, musig2_coordinator::Phase::Created));
+            if not_joined && view::now_ms() >= window_end {
+                return Err(NodeError::Rejected(format!(
+                    "the join window of session {session} ended at {}; ask the creator for a new \
+                     session",
+                    view::local_time(window_end)
+                ))
+                .into());
+            }
+            match node.join_session(session).await {
+                Ok(()) => {}
+                Err(CoordinatorError::SessionFinished(_)) => {
+                    if let Some(Err(failure)) = outcome(node, session).await? {
+                        return Err(failure);
+                    }
+                    return Err(
+                        NodeError::Rejected(format!("session {session} has finished")).into(),
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            }
             Ok(json!({ "session": session.to_string(), "joined": true }))
         }
-        Request::Status { session: Some(id) } => {
-            Ok(health_json(&node.health(parse_session(&id)?).await?))
+        Request::Status { session: Some(id) } => Ok(status(node, parse_session(&id)?).await?),
+        Request::Status { session: None } => {
+            let mut all = Vec::new();
+            for health in node.sessions().await? {
+                all.push(status(node, health.session).await?);
+            }
+            Ok(json!({ "sessions": all }))
         }
-        Request::Status { session: None } => Ok(Value::Array(
-            node.sessions().await?.iter().map(health_json).collect(),
-        )),
         Request::Wait {
             session,
             timeout_secs,
@@ -361,6 +618,24 @@ async fn execute(served: &Served, request: Request) -> Result<Value> {
         }
         Request::Cancel { session } => {
             let session = parse_session(&session)?;
+            match outcome(node, session).await? {
+                Some(Ok(_)) => {
+                    return Err(NodeError::Rejected(format!(
+                        "session {session} is already signed; nothing to cancel"
+                    ))
+                    .into());
+                }
+                Some(Err(failure)) => {
+                    return Err(Failure {
+                        error: NodeError::Rejected(format!(
+                            "session {session} has already ended: {}",
+                            failure.error
+                        )),
+                        details: failure.details,
+                    });
+                }
+                None => {}
+            }
             node.cancel_session(session).await?;
             Ok(json!({ "session": session.to_string(), "cancelled": true }))
         }
@@ -391,7 +666,7 @@ async fn read_line<R: AsyncRead + Unpin>(reader: R, max: usize) -> Result<Option
 fn reply_line(reply: &Reply) -> Vec<u8> {
     let mut line = serde_json::to_vec(reply).unwrap_or_else(|e| {
         // A reply is built from strings and numbers only; report rather than panic.
-        format!(r#"{{"error":{{"kind":"control","message":"cannot encode the reply: {e}"}}}}"#)
+        format!(r#"{{"error":{{"kind":"internal","message":"cannot encode the reply: {e}"}}}}"#)
             .into_bytes()
     });
     line.push(b'\n');
@@ -402,21 +677,24 @@ async fn serve_connection(served: Served, stream: UnixStream) {
     let (read, mut write) = stream.into_split();
     let request =
         match tokio::time::timeout(REQUEST_TIMEOUT, read_line(read, MAX_REQUEST_BYTES)).await {
-            Ok(Ok(Some(line))) => serde_json::from_str::<Request>(&line)
-                .map_err(|e| NodeError::Control(format!("bad request: {e}"))),
+            Ok(Ok(Some(line))) => {
+                serde_json::from_str::<Request>(&line).map_err(|e| NodeError::invalid("request", e))
+            }
             Ok(Ok(None)) => return,
-            Ok(Err(e)) => Err(e),
+            // An over-long or non-UTF-8 request is the client's mistake.
+            Ok(Err(e)) => Err(NodeError::invalid("request", e)),
             Err(_) => Err(NodeError::Timeout("reading the request")),
         };
     let reply = match request {
         Ok(request) => execute(&served, request).await,
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     };
     let reply = match reply {
         Ok(value) => Reply::Ok(value),
-        Err(e) => Reply::Error {
-            kind: e.kind().to_owned(),
-            message: e.to_string(),
+        Err(Failure { error, details }) => Reply::Error {
+            kind: error.kind(),
+            message: error.to_string(),
+            details,
         },
     };
     // The client may have gone; nothing to do then.
@@ -439,27 +717,83 @@ pub async fn serve(listener: UnixListener, served: Served) {
     }
 }
 
-/// Sends one request to the node listening on `socket` and returns its answer.
+/// A failed request's error and its structured details, as the node sent them.
+#[derive(Debug)]
+pub struct CallError {
+    /// The error (its kind is the node's).
+    pub error: NodeError,
+    /// The details the node attached, if any.
+    pub details: Option<Value>,
+}
+
+impl From<NodeError> for CallError {
+    fn from(error: NodeError) -> Self {
+        Self {
+            error,
+            details: None,
+        }
+    }
+}
+
+impl From<NodeError> for Box<CallError> {
+    fn from(error: NodeError) -> Self {
+        Box::new(error.into())
+    }
+}
+
+/// Sends one request to the node listening on `socket` and returns its answer. The node's
+/// errors keep their kind ([`NodeError::Remote`]); a socket nobody answers on is
+/// [`NodeError::Unreachable`].
 pub async fn call(socket: &Path, request: &Request) -> Result<Value> {
-    let stream = UnixStream::connect(socket)
-        .await
-        .map_err(|e| NodeError::io("cannot connect to", socket, e))?;
+    call_detailed(socket, request).await.map_err(|e| e.error)
+}
+
+/// Like [`call`], keeping the details of an error reply.
+pub async fn call_detailed(
+    socket: &Path,
+    request: &Request,
+) -> std::result::Result<Value, CallError> {
+    let plain = |error: NodeError| CallError {
+        error,
+        details: None,
+    };
+    let stream = UnixStream::connect(socket).await.map_err(|source| {
+        plain(NodeError::Unreachable {
+            path: socket.to_owned(),
+            source,
+        })
+    })?;
     let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_vec(request)
-        .map_err(|e| NodeError::Control(format!("cannot encode the request: {e}")))?;
+    let mut line = serde_json::to_vec(request).map_err(|e| {
+        plain(NodeError::Control(format!(
+            "cannot encode the request: {e}"
+        )))
+    })?;
     line.push(b'\n');
     write
         .write_all(&line)
         .await
-        .map_err(|e| NodeError::io("cannot write to", socket, e))?;
+        .map_err(|e| plain(NodeError::io("cannot write to", socket, e)))?;
     let answer = read_line(read, MAX_REPLY_BYTES)
-        .await?
-        .ok_or_else(|| NodeError::Control("the node closed the connection".to_owned()))?;
+        .await
+        .map_err(plain)?
+        .ok_or_else(|| {
+            plain(NodeError::Control(
+                "the node closed the connection".to_owned(),
+            ))
+        })?;
     match serde_json::from_str::<Reply>(&answer)
-        .map_err(|e| NodeError::Control(format!("bad reply: {e}")))?
+        .map_err(|e| plain(NodeError::Control(format!("bad reply: {e}"))))?
     {
         Reply::Ok(value) => Ok(value),
-        Reply::Error { kind, message } => Err(NodeError::Control(format!("{kind}: {message}"))),
+        Reply::Error {
+            kind,
+            message,
+            details,
+        } => Err(CallError {
+            error: NodeError::Remote { kind, message },
+            details,
+        }),
     }
 }
 
@@ -483,6 +817,7 @@ mod tests {
                 commitments: None,
                 tweaks: Vec::new(),
                 taproot: None,
+                join_timeout_secs: None,
             }
         );
         assert_eq!(
@@ -511,11 +846,33 @@ mod tests {
         }
     }
 
+    #[test]
+    fn bootstrap_addresses_are_ordered_best_first() {
+        let a = |t: &str| t.parse::<Multiaddr>().expect("multiaddr");
+        let listen = [a("/ip4/127.0.0.1/tcp/4001"), a("/ip4/10.0.0.5/tcp/4001")];
+        let observed = [
+            a("/ip4/198.51.100.9/tcp/4001"), // on our listening port: a forwarded port
+            a("/ip4/198.51.100.9/tcp/53211"), // an outbound connection's port: not handed out
+            a("/ip4/127.0.0.1/tcp/4001"),
+        ];
+        let external = [a("/ip4/203.0.113.7/tcp/4001")];
+        assert_eq!(
+            bootstrap_order(&external, &observed, &listen),
+            vec![
+                a("/ip4/203.0.113.7/tcp/4001"),
+                a("/ip4/198.51.100.9/tcp/4001"),
+                a("/ip4/10.0.0.5/tcp/4001"),
+                a("/ip4/127.0.0.1/tcp/4001"),
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn lines_are_capped_before_they_are_parsed() {
         let long = [b'x'; 100];
         let error = read_line(&long[..], 10).await.expect_err("too long");
         assert!(matches!(error, NodeError::Control(_)), "{error}");
+        assert!(parse_signer_key(&format!("04{}", "ab".repeat(64))).is_err());
         assert_eq!(
             read_line(&b"short\nrest"[..], 10).await.expect("line"),
             Some("short".to_owned())

@@ -5,12 +5,15 @@ use std::sync::Arc;
 
 use musig2_coordinator::{Config, Event, Node, announcement_record_validator};
 use musig2_transport::{Libp2pConfig, Libp2pTransport, Multiaddr, PeerId, Transport};
+use serde_json::{Value, json};
 use tokio::net::UnixListener;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use crate::control::{self, Served};
 use crate::keys::NodeKeys;
+use crate::metrics::Metrics;
+use crate::view;
 use crate::{NodeError, Result};
 
 /// How to run a node.
@@ -29,14 +32,38 @@ pub struct DaemonConfig {
     pub auto_join: bool,
     /// The signing node's settings.
     pub node: Config,
+    /// Addresses to announce as reachable from outside (e.g. a forwarded port).
+    pub external: Vec<Multiaddr>,
+    /// Serve Prometheus metrics over HTTP on this address (`/metrics`); off when `None`.
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+impl DaemonConfig {
+    /// A node of directory `dir` listening on `listen`: control socket `dir/control.sock`, no
+    /// bootstrap peers, no auto-join, default settings, no metrics.
+    pub fn new(dir: impl Into<PathBuf>, listen: Vec<Multiaddr>) -> Self {
+        let dir = dir.into();
+        Self {
+            control: crate::keys::default_control_socket(&dir),
+            dir,
+            listen,
+            bootstrap: Vec::new(),
+            auto_join: false,
+            node: Config::default(),
+            external: Vec::new(),
+            metrics: None,
+        }
+    }
 }
 
 /// A running node.
 #[derive(Debug)]
 pub struct Daemon {
     node: Node,
+    transport: Arc<Libp2pTransport>,
     addresses: Vec<Multiaddr>,
     control: PathBuf,
+    metrics: Option<std::net::SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -63,11 +90,11 @@ async fn bind_control(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-/// An event as JSON: `{"event": <kind>, "session": <id>, ...}`.
-pub fn event_json(event: &Event) -> serde_json::Value {
-    use serde_json::json;
+/// An event as JSON: `{"event": <kind>, "session": <id>, "at": <UTC time>, "at_ms": …, ...}`.
+/// [`describe_event`] adds who the signers of an abort are.
+pub fn event_json(event: &Event) -> Value {
     let session = event.session().to_string();
-    match event {
+    let mut value = match event {
         Event::SessionCreated { .. } => json!({ "event": "created", "session": session }),
         Event::SessionAnnounced { .. } => json!({ "event": "announced", "session": session }),
         Event::SessionDiscovered { .. } => json!({ "event": "discovered", "session": session }),
@@ -89,21 +116,51 @@ pub fn event_json(event: &Event) -> serde_json::Value {
             blamed,
             origin,
             ..
-        } => json!({
-            "event": "aborted",
-            "session": session,
-            "reason": format!("{reason:?}"),
-            "blamed": blamed.iter().map(|s| s.get()).collect::<Vec<_>>(),
-            "origin": format!("{origin:?}"),
-        }),
+        } => {
+            let mut value = view::abort_json(None, *reason, blamed, *origin, None);
+            value["event"] = json!("aborted");
+            value["session"] = json!(session);
+            value
+        }
         Event::ParticipantDisconnected { signer, peer, .. } => json!({
             "event": "participant_disconnected",
             "session": session,
             "signer": signer.get(),
             "peer": peer.to_string(),
         }),
-        other => json!({ "event": format!("{other:?}"), "session": session }),
+        other => json!({ "event": "other", "session": session, "debug": format!("{other:?}") }),
+    };
+    let now = view::now_ms();
+    value["at"] = json!(view::utc_time(now));
+    value["at_ms"] = json!(now);
+    value
+}
+
+/// [`event_json`], with the blamed signers and the claimant of an abort named (key, peer id,
+/// whether it is this node).
+pub async fn describe_event(node: &Node, event: &Event) -> Value {
+    let mut value = event_json(event);
+    if let Event::Aborted {
+        session,
+        reason,
+        blamed,
+        origin,
+    } = event
+    {
+        let announcement = node.discover_session(*session).await.ok();
+        let detail = view::abort_json(
+            announcement.as_ref(),
+            *reason,
+            blamed,
+            *origin,
+            Some(&node.public_key()),
+        );
+        for key in ["blamed", "origin"] {
+            value[key] = detail[key].clone();
+        }
+        value["text"] = json!(view::abort_words(&detail));
     }
+    value
 }
 
 /// Most joins `--auto-join` runs at once; further announcements wait (or, once the event
@@ -140,22 +197,43 @@ impl Daemon {
     pub async fn start(config: DaemonConfig) -> Result<Self> {
         let keys = NodeKeys::load(&config.dir)?;
         let listener = bind_control(&config.control).await?;
+        let metrics_listener =
+            match config.metrics {
+                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    NodeError::io("cannot listen for metrics on", addr.to_string(), e)
+                })?),
+                None => None,
+            };
+        let metrics = metrics_listener.as_ref().map(|_| Metrics::new());
         let transport = Libp2pTransport::spawn(Libp2pConfig {
             listen_addrs: config.listen.clone(),
             bootstrap: config.bootstrap.clone(),
             key: keys.identity.clone(),
             record_validator: Some(announcement_record_validator(config.node.limits)),
+            external_addrs: config.external.clone(),
+            metrics: metrics.as_ref().map(Metrics::registry),
             ..Libp2pConfig::default()
         })
-        .await?;
-        let addresses = transport
-            .listen_addrs()
-            .iter()
-            .map(|a| a.clone().with_p2p(transport.local_peer_id().to_libp2p()))
+        .await;
+        let transport = match transport {
+            Ok(transport) => Arc::new(transport),
+            Err(e) => {
+                // Leave no socket behind for a node that did not start.
+                drop(listener);
+                let _ = std::fs::remove_file(&config.control);
+                return Err(e.into());
+            }
+        };
+        let peer = transport.local_peer_id().to_libp2p();
+        let mut addresses: Vec<Multiaddr> = config.external.clone();
+        addresses.extend(transport.addresses().await?.listen);
+        let addresses = addresses
+            .into_iter()
+            .map(|a| a.with_p2p(peer))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|a| NodeError::invalid("listen address", a))?;
         let node = Node::spawn(
-            Arc::new(transport) as Arc<dyn Transport>,
+            Arc::clone(&transport) as Arc<dyn Transport>,
             keys.signing,
             config.node.clone(),
         );
@@ -163,17 +241,32 @@ impl Daemon {
         if config.auto_join {
             tasks.push(tokio::spawn(auto_join(node.clone(), node.events())));
         }
+        let mut metrics_addr = None;
+        if let (Some(metrics), Some(listener)) = (metrics, metrics_listener) {
+            metrics_addr = listener.local_addr().ok();
+            tasks.push(tokio::spawn(
+                metrics.clone().record(node.clone(), node.events()),
+            ));
+            tasks.push(tokio::spawn(metrics.serve(
+                listener,
+                node.clone(),
+                Arc::clone(&transport),
+            )));
+        }
         tasks.push(tokio::spawn(control::serve(
             listener,
             Served {
                 node: node.clone(),
-                addresses: addresses.clone(),
+                transport: Some(Arc::clone(&transport)),
+                metrics: metrics_addr,
             },
         )));
         Ok(Self {
             node,
+            transport,
             addresses,
             control: config.control,
+            metrics: metrics_addr,
             tasks,
         })
     }
@@ -183,9 +276,20 @@ impl Daemon {
         &self.node
     }
 
-    /// Listen addresses, each ending in `/p2p/<peer id>` (what other nodes bootstrap from).
+    /// External and listen addresses at start, each ending in `/p2p/<peer id>` (what other
+    /// nodes bootstrap from); a listen on `0.0.0.0` shows every interface.
     pub fn addresses(&self) -> &[Multiaddr] {
         &self.addresses
+    }
+
+    /// The libp2p transport.
+    pub fn transport(&self) -> &Arc<Libp2pTransport> {
+        &self.transport
+    }
+
+    /// Where the Prometheus endpoint listens, when enabled.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics
     }
 
     /// The control socket.
@@ -223,12 +327,23 @@ mod tests {
         });
         assert_eq!(aborted["event"], "aborted");
         assert_eq!(aborted["session"], "07".repeat(32));
-        assert_eq!(aborted["reason"], "Timeout");
-        assert_eq!(aborted["blamed"], serde_json::json!([2]));
-        let joined = event_json(&Event::SessionJoined {
+        assert_eq!(aborted["reason"], "timeout");
+        assert_eq!(aborted["blamed"][0]["index"], 2);
+        assert_eq!(aborted["origin"]["kind"], "local");
+        assert!(!aborted.to_string().contains("SignerIndex"), "{aborted}");
+        let mut joined = event_json(&Event::SessionJoined {
             session,
             signer: blamed,
         });
+        assert!(
+            joined["at_ms"]
+                .as_u64()
+                .is_some_and(|t| t > 1_700_000_000_000)
+        );
+        assert!(joined["at"].as_str().is_some_and(|t| t.ends_with('Z')));
+        let obj = joined.as_object_mut().expect("object");
+        obj.remove("at");
+        obj.remove("at_ms");
         assert_eq!(
             joined,
             serde_json::json!({"event": "joined", "session": "07".repeat(32), "signer": 2})

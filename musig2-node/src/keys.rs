@@ -30,7 +30,7 @@ pub struct KeyInfo {
 /// replace keys that exist: a signing key that disappears takes its share of every aggregate
 /// key with it.
 pub fn generate(dir: &Path) -> Result<KeyInfo> {
-    std::fs::create_dir_all(dir).map_err(|e| NodeError::io("cannot create", dir, e))?;
+    create_private_dir(dir)?;
     let signing_path = dir.join(SIGNING_KEY_FILE);
     let identity_path = dir.join(IDENTITY_KEY_FILE);
     for path in [&signing_path, &identity_path] {
@@ -54,6 +54,18 @@ pub fn generate(dir: &Path) -> Result<KeyInfo> {
         public_key: keypair.public_key().to_string(),
         peer_id: peer_id.to_string(),
     })
+}
+
+/// Creates `dir` (and missing parents) owner-only (0700 on Unix); an existing directory is left
+/// as it is.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .map_err(|e| NodeError::io("cannot create", dir, e))
 }
 
 /// A node's keys, loaded.
@@ -162,6 +174,12 @@ mod tests {
     fn generated_keys_load_back_and_are_never_overwritten() {
         let dir = temp_dir("roundtrip");
         let info = generate(&dir).expect("generate");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&dir).expect("dir").permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "the node directory is owner-only");
+        }
         let keys = NodeKeys::load(&dir).expect("load");
         assert_eq!(keys.info(), info);
         #[cfg(unix)]

@@ -3,7 +3,11 @@
 //! * [`keys`]: a node directory with its secp256k1 signing key and libp2p identity;
 //! * [`demo`]: n signers on loopback libp2p sign one message (the README's main job);
 //! * [`daemon`]: a long-running node with bootstrap peers and a local control socket;
-//! * [`control`]: the JSON-lines protocol of that socket, server and client.
+//! * [`control`]: the JSON-lines protocol of that socket, server and client;
+//! * [`settings`]: the node directory's `config.toml` (listen, bootstrap, timeouts, defaults,
+//!   contacts and signer groups);
+//! * [`view`]: how sessions, aborts and untrusted text are shown;
+//! * [`metrics`]: the Prometheus endpoint of `run --metrics`.
 //!
 //! # Example
 //!
@@ -24,8 +28,6 @@
 //!     musig2_node::keys::generate(&dir)?;
 //!     daemons.push(
 //!         Daemon::start(DaemonConfig {
-//!             control: dir.join("control.sock"),
-//!             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("address")],
 //!             bootstrap: daemons
 //!                 .first()
 //!                 .map(|first: &Daemon| {
@@ -35,8 +37,7 @@
 //!                 })
 //!                 .unwrap_or_default(),
 //!             auto_join: name == "bob",
-//!             node: Default::default(),
-//!             dir,
+//!             ..DaemonConfig::new(dir, vec!["/ip4/127.0.0.1/tcp/0".parse().expect("address")])
 //!         })
 //!         .await?,
 //!     );
@@ -58,6 +59,7 @@
 //!         commitments: None,
 //!         tweaks: Vec::new(),
 //!         taproot: None,
+//!         join_timeout_secs: None,
 //!     },
 //! )
 //! .await?;
@@ -81,5 +83,8 @@ pub mod daemon;
 pub mod demo;
 mod error;
 pub mod keys;
+pub mod metrics;
+pub mod settings;
+pub mod view;
 
-pub use error::{NodeError, Result};
+pub use error::{ErrorKind, NodeError, Result};

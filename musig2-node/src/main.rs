@@ -1,41 +1,71 @@
 //! `musig2-node`: keys, a local demo, a long-running node and its sessions.
 
-use std::path::PathBuf;
+use std::io::{IsTerminal, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use musig2_coordinator::Event;
-use musig2_node::control::{self, Request, TaprootSpec, TopologyName, TweakSpec};
-use musig2_node::daemon::{Daemon, DaemonConfig, event_json};
+use musig2_node::control::{self, CallError, Request, TaprootSpec, TopologyName, TweakSpec};
+use musig2_node::daemon::{Daemon, DaemonConfig, describe_event};
 use musig2_node::demo::{self, DemoOptions, DemoReport};
-use musig2_node::{NodeError, Result, keys};
+use musig2_node::settings::{Settings, Signer};
+use musig2_node::{ErrorKind, NodeError, keys, view};
 use musig2_transport::{Multiaddr, PeerId, split_peer_address};
-use serde_json::Value;
+use serde_json::{Value, json};
+
+type Outcome<T = ()> = std::result::Result<T, Box<CallError>>;
+
+const MAIN_EXAMPLES: &str = "\
+Examples:
+  musig2-node demo --signers 3
+  musig2-node keygen --dir ~/.musig2
+  MUSIG2_DIR=~/.musig2 musig2-node run --listen /ip4/0.0.0.0/tcp/4001
+  musig2-node --dir ~/.musig2 session create --group treasury --message-file tx.bin
+  musig2-node --dir ~/.musig2 session show <SESSION>
+
+Exit codes: 0 ok, 1 other failure, 2 usage, 3 node unreachable, 4 not found, 5 timeout,
+6 aborted, 7 rejected.";
 
 #[derive(Parser, Debug)]
 #[command(
     name = "musig2-node",
     version,
-    about = "MuSig2 (BIP327) signing over libp2p"
+    about = "MuSig2 (BIP327) signing over libp2p",
+    after_help = MAIN_EXAMPLES
 )]
 struct Cli {
-    /// Print results as JSON (one object per command) instead of text.
+    /// Print results as JSON: one object per command on one line (`run`: one per line).
     #[arg(long, global = true)]
     json: bool,
+    /// The node directory (keys, config.toml, control.sock).
+    #[arg(long, global = true, env = "MUSIG2_DIR", value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// The control socket (default: `<dir>/control.sock`).
+    #[arg(long, global = true, value_name = "SOCKET")]
+    control: Option<PathBuf>,
+    /// Log format on stderr (colour only when stderr is a terminal). `RUST_LOG` sets the level.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Create a node directory with a fresh signing key and libp2p identity.
-    Keygen {
-        /// The node directory (created if missing; existing keys are never replaced).
-        #[arg(long)]
-        dir: PathBuf,
-    },
+    /// Create a node directory (0700) with a fresh signing key and libp2p identity.
+    #[command(after_help = "Example:\n  musig2-node keygen --dir ~/.musig2")]
+    Keygen,
     /// Run N signers on loopback libp2p and sign one message.
+    #[command(after_help = "Example:\n  musig2-node demo --signers 5 --topology star")]
     Demo {
         /// Number of signers (2 to 128).
         #[arg(long, short = 'n', default_value_t = 3)]
@@ -48,136 +78,162 @@ enum Command {
         no_commitments: bool,
     },
     /// Run a long-lived node until interrupted (Ctrl-C or SIGTERM).
+    #[command(after_help = "Examples:\n  musig2-node --dir ~/.musig2 run\n  \
+        musig2-node --dir ~/.musig2 run --listen /ip4/0.0.0.0/tcp/4001 \\\n      \
+        --external-addr /ip4/203.0.113.7/tcp/4001 --metrics 127.0.0.1:9464\n  \
+        musig2-node --dir ~/.musig2 run --bootstrap /ip4/192.0.2.10/tcp/4001/p2p/12D3KooW...")]
     Run(RunArgs),
-    /// Show a running node's keys and addresses.
-    Info(ControlArgs),
-    /// Create, join, watch or cancel sessions on a running node.
+    /// Show the node's keys, addresses and peers (keys only when it is not running).
+    #[command(after_help = "Example:\n  musig2-node --dir ~/.musig2 info")]
+    Info,
+    /// Create, read, join, watch or cancel sessions on a running node.
     Session {
-        #[command(flatten)]
-        control: ControlArgs,
         #[command(subcommand)]
         command: SessionCommand,
     },
+    /// List the contacts and signer groups of config.toml, each checked (no node needed).
+    #[command(after_help = "Example:\n  musig2-node --dir ~/.musig2 contacts")]
+    Contacts,
+    /// Print shell completions.
+    #[command(
+        after_help = "Example:\n  musig2-node completions bash > /etc/bash_completion.d/musig2-node"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    #[command(after_help = "Example:\n  musig2-node man > musig2-node.1 && man ./musig2-node.1")]
+    Man,
 }
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// The node directory (see `keygen`).
+    /// Address to listen on (repeatable; default from config.toml, else
+    /// /ip4/0.0.0.0/tcp/4001). An unspecified address (0.0.0.0, ::) is advertised as each
+    /// interface's address.
     #[arg(long)]
-    dir: PathBuf,
-    /// Address to listen on (repeatable).
-    #[arg(long, default_value = "/ip4/0.0.0.0/tcp/4001")]
     listen: Vec<Multiaddr>,
+    /// An address other machines reach this node at that it cannot see itself (e.g. a
+    /// forwarded port); announced to peers (repeatable).
+    #[arg(long = "external-addr")]
+    external: Vec<Multiaddr>,
     /// A peer to bootstrap from, as `<multiaddr>/p2p/<peer id>` (repeatable).
     #[arg(long)]
     bootstrap: Vec<Multiaddr>,
-    /// The control socket (default: `<dir>/control.sock`).
-    #[arg(long)]
-    control: Option<PathBuf>,
     /// Join every session another signer announces to this node. Without it, sessions wait
     /// for `session join`.
     #[arg(long)]
     auto_join: bool,
-}
-
-#[derive(Args, Debug)]
-struct ControlArgs {
-    /// The running node's directory (its control socket is `<dir>/control.sock`).
-    #[arg(long, required_unless_present = "control")]
-    dir: Option<PathBuf>,
-    /// The running node's control socket.
-    #[arg(long, conflicts_with = "dir")]
-    control: Option<PathBuf>,
-}
-
-impl ControlArgs {
-    fn socket(&self) -> Result<PathBuf> {
-        match (&self.control, &self.dir) {
-            (Some(socket), _) => Ok(socket.clone()),
-            (None, Some(dir)) => Ok(keys::default_control_socket(dir)),
-            // clap already requires one of the two.
-            (None, None) => Err(NodeError::InvalidArgument {
-                what: "control socket",
-                reason: "give --dir or --control".to_owned(),
-            }),
-        }
-    }
+    /// Serve Prometheus metrics on this address (`http://ADDR/metrics`); loopback only unless
+    /// --metrics-public.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Allow --metrics on a non-loopback address.
+    #[arg(long)]
+    metrics_public: bool,
 }
 
 #[derive(Subcommand, Debug)]
 enum SessionCommand {
-    /// Create and announce a session; prints its id.
-    Create {
-        /// A signer's public key, compressed hex, in key-aggregation order (repeat per signer;
-        /// include this node's own).
-        #[arg(long = "signer", required = true)]
-        signers: Vec<String>,
-        /// The peer id of each signer, in the same order, or `-` where unknown (those look the
-        /// session up in the DHT). Give none or one per signer.
-        #[arg(long = "peer")]
-        peers: Vec<String>,
-        /// The message to sign, hex.
-        #[arg(
-            long,
-            conflicts_with = "message_text",
-            required_unless_present = "message_text"
-        )]
-        message: Option<String>,
-        /// The message to sign, as text.
-        #[arg(long)]
-        message_text: Option<String>,
-        /// Session topology.
-        #[arg(long, value_enum, default_value_t = TopologyArg::Mesh)]
-        topology: TopologyArg,
-        /// Skip the nonce-commitment round.
-        #[arg(long)]
-        no_commitments: bool,
-        /// A tweak of the aggregate key, `plain:HEX` or `xonly:HEX` (repeatable; applied in order).
-        #[arg(long = "tweak")]
-        tweaks: Vec<String>,
-        /// Finish with the BIP341 Taproot tweak (key-path only unless --taproot-merkle-root).
-        #[arg(long)]
-        taproot: bool,
-        /// The Taproot script tree's Merkle root, hex (implies --taproot).
-        #[arg(long)]
-        taproot_merkle_root: Option<String>,
-    },
-    /// Show what a session would sign (message, signers, aggregate key, rules) before joining.
+    /// Create and announce a session; prints its id and deadlines.
+    #[command(after_help = "Examples:\n  \
+        musig2-node session create --group treasury --message-text 'pay 1 BTC to Carol'\n  \
+        musig2-node session create --signer self --signer alice --signer 03ab... \\\n      \
+        --message-file tx.bin --join-timeout 30m --taproot\n  \
+        cat tx.bin | musig2-node session create --group treasury --message-file -")]
+    Create(CreateArgs),
+    /// Show what a session would sign (message, signers, keys, tweaks, deadlines) before
+    /// joining.
+    #[command(after_help = "Example:\n  musig2-node session show 5974...")]
     Show {
         /// Session id, hex.
         session: String,
+        /// Check that the session's Taproot tweak commits to this script-tree Merkle root.
+        #[arg(long)]
+        taproot_merkle_root: Option<String>,
     },
     /// Join a session (looking it up in the DHT if needed).
+    #[command(after_help = "Example:\n  musig2-node session join 5974...")]
     Join {
         /// Session id, hex.
         session: String,
     },
     /// Join a session and wait for its signature.
+    #[command(after_help = "Example:\n  musig2-node session sign 5974... --timeout 900")]
     Sign {
         /// Session id, hex.
         session: String,
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 300)]
-        timeout: u64,
+        /// Give up after this many seconds (default from config.toml, else 300).
+        #[arg(long)]
+        timeout: Option<u64>,
     },
     /// Wait for a session's signature (for the session's creator, or after `join`).
+    #[command(after_help = "Example:\n  musig2-node session wait 5974... --timeout 60")]
     Wait {
         /// Session id, hex.
         session: String,
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 300)]
-        timeout: u64,
+        /// Give up after this many seconds (default from config.toml, else 300).
+        #[arg(long)]
+        timeout: Option<u64>,
     },
-    /// Show one session, or all.
+    /// Show one session, or all (`{"sessions": [...]}`).
+    #[command(after_help = "Example:\n  musig2-node session status 5974...")]
     Status {
         /// Session id, hex.
         session: Option<String>,
     },
     /// Abort a session.
+    #[command(after_help = "Example:\n  musig2-node session cancel 5974...")]
     Cancel {
         /// Session id, hex.
         session: String,
     },
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("msg").required(true).args(["message", "message_text", "message_file"])))]
+#[command(group(clap::ArgGroup::new("who").required(true).multiple(true).args(["signers", "group"])))]
+struct CreateArgs {
+    /// A signer: a contact name from config.toml, `self`, or a compressed public key (66 hex
+    /// digits), in key-aggregation order (repeat per signer; include this node).
+    #[arg(long = "signer")]
+    signers: Vec<String>,
+    /// A signer group from config.toml (its signers in order; `--signer`s follow it).
+    #[arg(long)]
+    group: Option<String>,
+    /// The peer id of each signer, in the same order, or `-` where unknown (those look the
+    /// session up in the DHT). Give none or one per signer; contacts bring their own.
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// The message to sign, hex.
+    #[arg(long)]
+    message: Option<String>,
+    /// The message to sign, as text.
+    #[arg(long)]
+    message_text: Option<String>,
+    /// Read the message (raw bytes) from a file, or from stdin with `-`.
+    #[arg(long, value_name = "PATH")]
+    message_file: Option<PathBuf>,
+    /// How long the signers have to join, e.g. `600`, `90s`, `10m`, `2h` (default from the
+    /// node's config, else 10 minutes).
+    #[arg(long, value_parser = parse_duration_secs, value_name = "DURATION")]
+    join_timeout: Option<u64>,
+    /// Session topology (default from config.toml, else mesh).
+    #[arg(long, value_enum)]
+    topology: Option<TopologyArg>,
+    /// Skip the nonce-commitment round.
+    #[arg(long)]
+    no_commitments: bool,
+    /// A tweak of the aggregate key, `plain:HEX` or `xonly:HEX` (repeatable; applied in order).
+    #[arg(long = "tweak")]
+    tweaks: Vec<String>,
+    /// Finish with the BIP341 Taproot tweak (key-path only unless --taproot-merkle-root).
+    #[arg(long)]
+    taproot: bool,
+    /// The Taproot script tree's Merkle root, hex (implies --taproot).
+    #[arg(long)]
+    taproot_merkle_root: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -195,8 +251,30 @@ impl From<TopologyArg> for TopologyName {
     }
 }
 
+/// `90`, `90s`, `10m`, `2h` as seconds.
+fn parse_duration_secs(text: &str) -> std::result::Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("expected a duration like 600, 90s, 10m or 2h, got {text:?}"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err(format!("unknown unit {unit:?} (use s, m or h)")),
+    };
+    if secs == 0 {
+        return Err("must be at least one second".to_owned());
+    }
+    Ok(secs)
+}
+
 fn print_json(value: &impl serde::Serialize) {
-    match serde_json::to_string_pretty(value) {
+    match serde_json::to_string(value) {
         Ok(text) => println!("{text}"),
         Err(e) => eprintln!("error: cannot encode the result: {e}"),
     }
@@ -246,55 +324,227 @@ fn print_demo(report: &DemoReport) {
     );
 }
 
-/// Prints a control reply: JSON as is, or its fields as `key: value` lines.
-fn print_value(value: &Value, json: bool) {
-    if json {
-        print_json(value);
-        return;
+/// One line of text for a JSON value inside a text listing.
+fn inline(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Object(o) if o.contains_key("local") => {
+            let local = o["local"].as_str().unwrap_or("?");
+            match o.get("left").and_then(Value::as_str) {
+                Some("passed") => format!("{local} (passed)"),
+                Some(left) => format!("{local} (in {left})"),
+                None => local.to_owned(),
+            }
+        }
+        Value::Object(o) if o.contains_key("index") && o.contains_key("this_node") => {
+            view::signer_words(value)
+        }
+        other => other.to_string(),
     }
+}
+
+/// Prints a reply's fields as `key: value` lines.
+fn print_text(value: &Value) {
     match value {
         Value::Object(fields) => {
             for (key, field) in fields {
                 match field {
-                    Value::String(s) => println!("{key}: {s}"),
                     Value::Array(items) => {
-                        println!("{key}:");
+                        println!("{key}:{}", if items.is_empty() { " none" } else { "" });
                         for item in items {
-                            println!(
-                                "  {}",
-                                item.as_str()
-                                    .map_or_else(|| item.to_string(), str::to_owned)
-                            );
+                            println!("  {}", inline(item));
                         }
                     }
-                    other => println!("{key}: {other}"),
+                    Value::Object(o)
+                        if !o.contains_key("local") && !o.contains_key("this_node") =>
+                    {
+                        println!("{key}:");
+                        for (k, v) in o {
+                            println!("  {k}: {}", inline(v));
+                        }
+                    }
+                    Value::Null => {}
+                    other => println!("{key}: {}", inline(other)),
                 }
             }
         }
-        Value::Array(items) if items.is_empty() => println!("(no sessions)"),
-        Value::Array(items) => {
-            for item in items {
-                print_value(item, false);
-                println!();
-            }
-        }
-        other => println!("{other}"),
+        other => println!("{}", inline(other)),
     }
 }
 
-fn message_hex(message: Option<String>, text: Option<String>) -> Result<String> {
-    match (message, text) {
-        (Some(hex_message), _) => Ok(hex_message),
-        (None, Some(text)) => Ok(hex::encode(text.as_bytes())),
-        (None, None) => Err(NodeError::InvalidArgument {
-            what: "message",
-            reason: "give --message or --message-text".to_owned(),
-        }),
+/// `session show` for a person: the message first, escaped, with a warning when anything was.
+fn print_show(value: &Value) {
+    let message = &value["message"];
+    println!("Session:     {}", value["session"].as_str().unwrap_or("?"));
+    println!();
+    match message["text"].as_str() {
+        Some(text) => {
+            println!("Message ({} bytes, UTF-8 text):", message["bytes"]);
+            println!("    {text}");
+            if message["escaped"] == true {
+                println!(
+                    "  ! The message contains control, bidi or invisible characters; they are shown \
+                     escaped (\\r, \\u{{202e}}, ...). Read the hex before you sign:"
+                );
+                println!("    {}", message["hex"].as_str().unwrap_or(""));
+            }
+        }
+        None => {
+            println!("Message ({} bytes, not text), hex:", message["bytes"]);
+            println!("    {}", message["hex"].as_str().unwrap_or(""));
+        }
     }
+    println!();
+    println!(
+        "Signature will be under (x-only output key): {}",
+        value["output_key"].as_str().unwrap_or("?")
+    );
+    let tweaks = &value["tweak_details"];
+    match tweaks["tweaks"].as_array() {
+        Some(list) if !list.is_empty() => {
+            println!(
+                "  aggregate of the signers (untweaked): {}",
+                tweaks["untweaked_key"].as_str().unwrap_or("?")
+            );
+            println!("  tweaks, in order:");
+            for t in list {
+                println!(
+                    "    {} {}",
+                    if t["x_only"] == true {
+                        "x-only"
+                    } else {
+                        "plain "
+                    },
+                    t["value"].as_str().unwrap_or("?")
+                );
+            }
+            println!(
+                "  Taproot: {}",
+                if tweaks["taproot"] == true {
+                    "yes"
+                } else {
+                    "no"
+                }
+            );
+            if tweaks["taproot"] == true || tweaks["taproot_note"].is_string() {
+                println!(
+                    "  internal key: {}",
+                    tweaks["taproot_internal_key"].as_str().unwrap_or("?")
+                );
+            }
+            if tweaks["taproot_key_path_only"] == true {
+                println!("  merkle root: none (key-path only)");
+            } else if let Some(root) = tweaks["taproot_merkle_root"].as_str() {
+                println!(
+                    "  merkle root: {root} ({})",
+                    if tweaks["taproot_merkle_root_matches"] == true {
+                        "matches the session's Taproot tweak"
+                    } else {
+                        "DOES NOT match the session's last tweak"
+                    }
+                );
+            }
+            if let Some(note) = tweaks["taproot_note"].as_str() {
+                println!("  note: {note}");
+            }
+        }
+        _ => println!("  no tweaks (the plain aggregate of the signers' keys)"),
+    }
+    let signers = value["signers"].as_array().cloned().unwrap_or_default();
+    println!();
+    println!("Signers ({}), in key-aggregation order:", signers.len());
+    for s in &signers {
+        let creator = s["index"] == value["creator"]["index"];
+        println!(
+            "  {}{}",
+            view::signer_words(s),
+            if creator { "  (creator)" } else { "" }
+        );
+    }
+    println!();
+    println!(
+        "Rules:       {} topology, nonce commitments {}, election {}",
+        value["topology"].as_str().unwrap_or("?"),
+        if value["nonce_commitment"] == true {
+            "on"
+        } else {
+            "off"
+        },
+        value["election"].as_str().unwrap_or("?")
+    );
+    println!("Created:     {}", inline(&value["created"]));
+    println!("Join by:     {}", inline(&value["join_deadline"]));
+    println!("Expires:     {}", inline(&value["expires"]));
+}
+
+fn print_reply(value: &Value, json: bool) {
+    if json {
+        print_json(value);
+    } else {
+        print_text(value);
+    }
+}
+
+fn read_message(args: &CreateArgs) -> Outcome<Vec<u8>> {
+    let max = musig2_proto::Limits::default().max_message_bytes;
+    let too_long = |len: usize| NodeError::InvalidArgument {
+        what: "message",
+        reason: format!("the message is {len} bytes; a session message is at most {max} bytes"),
+    };
+    let bytes = if let Some(hex_message) = &args.message {
+        hex::decode(hex_message.trim()).map_err(|e| NodeError::InvalidArgument {
+            what: "--message",
+            reason: format!("not hex: {e}"),
+        })?
+    } else if let Some(text) = &args.message_text {
+        text.as_bytes().to_vec()
+    } else if let Some(path) = &args.message_file {
+        let mut bytes = Vec::new();
+        let limit = u64::try_from(max).unwrap_or(u64::MAX) + 1;
+        if path == Path::new("-") {
+            std::io::stdin()
+                .take(limit)
+                .read_to_end(&mut bytes)
+                .map_err(|e| NodeError::Io {
+                    what: "cannot read",
+                    path: PathBuf::from("stdin"),
+                    source: e,
+                })?;
+        } else {
+            std::fs::File::open(path)
+                .and_then(|f| f.take(limit).read_to_end(&mut bytes))
+                .map_err(|e| NodeError::Io {
+                    what: "cannot read",
+                    path: path.clone(),
+                    source: e,
+                })?;
+        }
+        if bytes.len() > max {
+            let len = if path == Path::new("-") {
+                bytes.len()
+            } else {
+                std::fs::metadata(path).map_or(bytes.len(), |m| {
+                    usize::try_from(m.len()).unwrap_or(usize::MAX)
+                })
+            };
+            return Err(too_long(len).into());
+        }
+        bytes
+    } else {
+        return Err(NodeError::invalid(
+            "arguments",
+            "give --message, --message-text or --message-file",
+        )
+        .into());
+    };
+    if bytes.len() > max {
+        return Err(too_long(bytes.len()).into());
+    }
+    Ok(bytes)
 }
 
 /// `plain:HEX` or `xonly:HEX`.
-fn parse_tweak(text: &str) -> Result<TweakSpec> {
+fn parse_tweak(text: &str) -> Outcome<TweakSpec> {
     let invalid = || NodeError::InvalidArgument {
         what: "--tweak",
         reason: format!("expected plain:HEX or xonly:HEX, got {text:?}"),
@@ -303,7 +553,7 @@ fn parse_tweak(text: &str) -> Result<TweakSpec> {
     let x_only = match kind {
         "plain" => false,
         "xonly" => true,
-        _ => return Err(invalid()),
+        _ => return Err(invalid().into()),
     };
     Ok(TweakSpec {
         hex: hex.to_owned(),
@@ -311,122 +561,356 @@ fn parse_tweak(text: &str) -> Result<TweakSpec> {
     })
 }
 
-fn peer_list(peers: Vec<String>, signers: usize) -> Result<Vec<Option<String>>> {
-    if !peers.is_empty() && peers.len() != signers {
+/// Where the control socket is: `--control`, else `<dir>/control.sock`.
+fn socket_of(cli: &Context) -> Outcome<PathBuf> {
+    match (&cli.control, &cli.dir) {
+        (Some(socket), _) => Ok(socket.clone()),
+        (None, Some(dir)) => Ok(keys::default_control_socket(dir)),
+        (None, None) => Err(NodeError::invalid(
+            "arguments",
+            "give --dir (or set MUSIG2_DIR) or --control",
+        )
+        .into()),
+    }
+}
+
+fn dir_of(cli: &Context) -> Outcome<&Path> {
+    cli.dir
+        .as_deref()
+        .ok_or_else(|| NodeError::invalid("arguments", "give --dir (or set MUSIG2_DIR)").into())
+}
+
+/// What every command needs from the global options.
+struct Context {
+    json: bool,
+    dir: Option<PathBuf>,
+    control: Option<PathBuf>,
+    settings: Settings,
+}
+
+async fn create(ctx: &Context, socket: &Path, args: CreateArgs) -> Outcome<Value> {
+    let message = read_message(&args)?;
+    let needs_self = args.signers.iter().any(|s| s == "self")
+        || args
+            .group
+            .as_ref()
+            .and_then(|g| ctx.settings.groups.get(g))
+            .is_some_and(|members| members.iter().any(|m| m == "self"));
+    let me = if needs_self {
+        let info = control::call_detailed(socket, &Request::Info).await?;
+        Some(Signer {
+            key: info["public_key"].as_str().unwrap_or_default().to_owned(),
+            peer: info["peer_id"].as_str().map(str::to_owned),
+        })
+    } else {
+        None
+    };
+    let mut signers = match &args.group {
+        Some(group) => ctx.settings.group(group, me.as_ref())?,
+        None => Vec::new(),
+    };
+    for name in &args.signers {
+        signers.push(ctx.settings.resolve_signer(name, me.as_ref())?);
+    }
+    let peers: Vec<Option<String>> = if args.peers.is_empty() {
+        signers.iter().map(|s| s.peer.clone()).collect()
+    } else if args.peers.len() == signers.len() {
+        args.peers
+            .iter()
+            .map(|p| (p != "-").then(|| p.clone()))
+            .collect()
+    } else {
         return Err(NodeError::InvalidArgument {
             what: "--peer",
             reason: format!(
-                "give one per signer ({signers}) or none, got {}",
-                peers.len()
+                "give one per signer ({}) or none, got {}",
+                signers.len(),
+                args.peers.len()
             ),
-        });
-    }
-    Ok(peers.into_iter().map(|p| (p != "-").then_some(p)).collect())
+        }
+        .into());
+    };
+    let peers = if peers.iter().all(Option::is_none) {
+        Vec::new()
+    } else {
+        peers
+    };
+    let request = Request::Create {
+        signers: signers.into_iter().map(|s| s.key).collect(),
+        peers,
+        message_hex: hex::encode(&message),
+        topology: args
+            .topology
+            .map(TopologyName::from)
+            .or(ctx.settings.defaults.topology)
+            .unwrap_or_default(),
+        commitments: if args.no_commitments {
+            Some(false)
+        } else {
+            ctx.settings.defaults.commitments
+        },
+        tweaks: args
+            .tweaks
+            .iter()
+            .map(|t| parse_tweak(t))
+            .collect::<Outcome<_>>()?,
+        taproot: (args.taproot || args.taproot_merkle_root.is_some()).then(|| TaprootSpec {
+            merkle_root: args.taproot_merkle_root.clone(),
+        }),
+        join_timeout_secs: args.join_timeout,
+    };
+    Ok(control::call_detailed(socket, &request).await?)
 }
 
-fn wait(session: String, timeout_secs: u64) -> Request {
-    Request::Wait {
-        session,
-        timeout_secs: Some(timeout_secs),
+/// Shows progress of a long wait on stderr (a terminal only): phase, who has joined, holdouts,
+/// time left; until the task is aborted.
+async fn progress(socket: PathBuf, session: String) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        interval.tick().await;
+        let status = control::call(
+            &socket,
+            &Request::Status {
+                session: Some(session.clone()),
+            },
+        )
+        .await;
+        let line = match status {
+            Ok(s) => view::progress_line(&s),
+            Err(_) => "waiting for the session to be announced...".to_owned(),
+        };
+        eprint!("\r\x1b[2K{line}");
     }
 }
 
-async fn session(control: ControlArgs, command: SessionCommand, json: bool) -> Result<()> {
-    let socket = control.socket()?;
-    let value = match command {
-        SessionCommand::Create {
-            signers,
-            peers,
-            message,
-            message_text,
-            topology,
-            no_commitments,
-            tweaks,
-            taproot,
+async fn wait_with_progress(
+    ctx: &Context,
+    socket: &Path,
+    session: String,
+    secs: u64,
+) -> Outcome<Value> {
+    let show = !ctx.json && std::io::stderr().is_terminal();
+    let ticker = show.then(|| tokio::spawn(progress(socket.to_owned(), session.clone())));
+    let result = control::call_detailed(
+        socket,
+        &Request::Wait {
+            session,
+            timeout_secs: Some(secs),
+        },
+    )
+    .await;
+    if let Some(ticker) = ticker {
+        ticker.abort();
+        eprint!("\r\x1b[2K");
+    }
+    Ok(result?)
+}
+
+async fn session(ctx: &Context, command: SessionCommand) -> Outcome {
+    let socket = socket_of(ctx)?;
+    let wait_secs = |t: Option<u64>| t.or(ctx.settings.defaults.wait).unwrap_or(300);
+    let call = |request: Request| {
+        let socket = socket.clone();
+        async move { Ok::<_, Box<CallError>>(control::call_detailed(&socket, &request).await?) }
+    };
+    match command {
+        SessionCommand::Create(args) => {
+            let value = create(ctx, &socket, args).await?;
+            print_reply(&value, ctx.json);
+        }
+        SessionCommand::Show {
+            session,
             taproot_merkle_root,
         } => {
-            let peers = peer_list(peers, signers.len())?;
-            let request = Request::Create {
-                message_hex: message_hex(message, message_text)?,
-                signers,
-                peers,
-                topology: topology.into(),
-                commitments: Some(!no_commitments),
-                tweaks: tweaks
-                    .iter()
-                    .map(|t| parse_tweak(t))
-                    .collect::<Result<_>>()?,
-                taproot: (taproot || taproot_merkle_root.is_some()).then_some(TaprootSpec {
-                    merkle_root: taproot_merkle_root,
-                }),
-            };
-            control::call(&socket, &request).await?
-        }
-        SessionCommand::Show { session } => {
-            control::call(&socket, &Request::Show { session }).await?
+            let value = call(Request::Show {
+                session,
+                taproot_merkle_root,
+            })
+            .await?;
+            if ctx.json {
+                print_json(&value);
+            } else {
+                print_show(&value);
+            }
         }
         SessionCommand::Join { session } => {
-            control::call(&socket, &Request::Join { session }).await?
+            print_reply(&call(Request::Join { session }).await?, ctx.json)
         }
         SessionCommand::Sign { session, timeout } => {
-            control::call(
-                &socket,
-                &Request::Join {
-                    session: session.clone(),
-                },
-            )
+            call(Request::Join {
+                session: session.clone(),
+            })
             .await?;
-            control::call(&socket, &wait(session, timeout)).await?
+            let value = wait_with_progress(ctx, &socket, session, wait_secs(timeout)).await?;
+            print_reply(&value, ctx.json);
         }
         SessionCommand::Wait { session, timeout } => {
-            control::call(&socket, &wait(session, timeout)).await?
+            let value = wait_with_progress(ctx, &socket, session, wait_secs(timeout)).await?;
+            print_reply(&value, ctx.json);
         }
-        SessionCommand::Status { session } => {
-            control::call(&socket, &Request::Status { session }).await?
+        SessionCommand::Status {
+            session: Some(session),
+        } => {
+            let mut value = call(Request::Status {
+                session: Some(session),
+            })
+            .await?;
+            if !ctx.json {
+                if let Some(obj) = value.as_object_mut() {
+                    obj.remove("abort");
+                }
+            }
+            print_reply(&value, ctx.json);
+        }
+        SessionCommand::Status { session: None } => {
+            let value = call(Request::Status { session: None }).await?;
+            if ctx.json {
+                print_json(&value);
+            } else {
+                let sessions = value["sessions"].as_array().cloned().unwrap_or_default();
+                if sessions.is_empty() {
+                    println!("(no sessions)");
+                }
+                for mut s in sessions {
+                    if let Some(obj) = s.as_object_mut() {
+                        obj.remove("abort");
+                    }
+                    print_text(&s);
+                    println!();
+                }
+            }
         }
         SessionCommand::Cancel { session } => {
-            control::call(&socket, &Request::Cancel { session }).await?
+            print_reply(&call(Request::Cancel { session }).await?, ctx.json)
         }
-    };
-    print_value(&value, json);
+    }
     Ok(())
 }
 
-async fn run_node(args: RunArgs, json: bool) -> Result<()> {
-    let bootstrap = args
-        .bootstrap
-        .into_iter()
-        .map(|addr| {
-            split_peer_address(addr.clone()).ok_or_else(|| NodeError::InvalidArgument {
-                what: "--bootstrap",
-                reason: format!("{addr} does not end in /p2p/<peer id>"),
+fn parse_bootstrap(text: &str) -> Outcome<(PeerId, Multiaddr)> {
+    let addr: Multiaddr = text.parse().map_err(|e| NodeError::InvalidArgument {
+        what: "bootstrap address",
+        reason: format!("{text}: {e}"),
+    })?;
+    split_peer_address(addr.clone()).ok_or_else(|| {
+        NodeError::InvalidArgument {
+            what: "--bootstrap",
+            reason: format!("{addr} does not end in /p2p/<peer id>"),
+        }
+        .into()
+    })
+}
+
+fn parse_addrs(what: &'static str, list: &[String]) -> Outcome<Vec<Multiaddr>> {
+    list.iter()
+        .map(|a| {
+            a.parse().map_err(|e| {
+                NodeError::InvalidArgument {
+                    what,
+                    reason: format!("{a}: {e}"),
+                }
+                .into()
             })
         })
-        .collect::<Result<Vec<(PeerId, Multiaddr)>>>()?;
-    let control = args
+        .collect()
+}
+
+async fn run_node(ctx: &Context, args: RunArgs) -> Outcome {
+    let dir = dir_of(ctx)?.to_owned();
+    let settings = &ctx.settings;
+    let mut bootstrap = args
+        .bootstrap
+        .iter()
+        .map(|a| parse_bootstrap(&a.to_string()))
+        .collect::<Outcome<Vec<_>>>()?;
+    if bootstrap.is_empty() {
+        bootstrap = settings
+            .bootstrap
+            .iter()
+            .map(|a| parse_bootstrap(a))
+            .collect::<Outcome<Vec<_>>>()?;
+    }
+    let mut listen = args.listen;
+    if listen.is_empty() {
+        listen = parse_addrs("listen address in config.toml", &settings.listen)?;
+    }
+    if listen.is_empty() {
+        listen.push(
+            "/ip4/0.0.0.0/tcp/4001"
+                .parse()
+                .map_err(|e| NodeError::invalid("listen address", e))?,
+        );
+    }
+    let mut external = args.external;
+    external.extend(parse_addrs(
+        "external address in config.toml",
+        &settings.external,
+    )?);
+    let metrics = match (args.metrics, &settings.metrics) {
+        (Some(addr), _) => Some(addr),
+        (None, Some(text)) => {
+            Some(
+                text.parse::<SocketAddr>()
+                    .map_err(|e| NodeError::InvalidArgument {
+                        what: "metrics address in config.toml",
+                        reason: format!("{text}: {e}"),
+                    })?,
+            )
+        }
+        (None, None) => None,
+    };
+    if let Some(addr) = metrics {
+        if !addr.ip().is_loopback() && !args.metrics_public {
+            return Err(NodeError::InvalidArgument {
+                what: "--metrics",
+                reason: format!(
+                    "{addr} is not a loopback address; metrics name peers and sessions, so pass \
+                     --metrics-public to serve them beyond this machine"
+                ),
+            }
+            .into());
+        }
+    }
+    let auto_join = args.auto_join || settings.auto_join.unwrap_or(false);
+    let control = ctx
         .control
-        .unwrap_or_else(|| keys::default_control_socket(&args.dir));
+        .clone()
+        .unwrap_or_else(|| keys::default_control_socket(&dir));
     let daemon = Daemon::start(DaemonConfig {
-        dir: args.dir,
-        listen: args.listen,
+        dir,
+        listen,
         bootstrap,
         control,
-        auto_join: args.auto_join,
-        node: Default::default(),
+        auto_join,
+        node: settings.node_config(),
+        external,
+        metrics,
     })
     .await?;
-    let info = serde_json::json!({
-        "public_key": daemon.node().public_key().to_string(),
-        "peer_id": daemon.node().peer_id().to_string(),
-        "addresses": daemon.addresses().iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "control": daemon.control_socket().display().to_string(),
-        "auto_join": args.auto_join,
-    });
-    print_value(&info, json);
-    if !json {
+    let info = control::call_detailed(daemon.control_socket(), &Request::Info).await?;
+    let mut started = json!({ "event": "started" });
+    if let (Some(obj), Some(info)) = (started.as_object_mut(), info.as_object()) {
+        obj.extend(info.clone());
+        obj.insert(
+            "control".into(),
+            json!(daemon.control_socket().display().to_string()),
+        );
+        obj.insert("auto_join".into(), json!(auto_join));
+        let now = view::now_ms();
+        obj.insert("at".into(), json!(view::utc_time(now)));
+        obj.insert("at_ms".into(), json!(now));
+    }
+    if ctx.json {
+        print_json(&started);
+    } else {
+        print_text(&started);
         println!("Running; Ctrl-C (or SIGTERM) stops the node.");
     }
-    let printer = tokio::spawn(print_events(daemon.node().events(), json));
+    let printer = tokio::spawn(print_events(
+        daemon.node().clone(),
+        daemon.node().events(),
+        ctx.json,
+    ));
     let stopped = stop_signal().await;
     printer.abort();
     let result = daemon.shutdown().await;
@@ -435,42 +919,57 @@ async fn run_node(args: RunArgs, json: bool) -> Result<()> {
         path: PathBuf::from("the stop signal"),
         source,
     })?;
-    result
+    if ctx.json {
+        let now = view::now_ms();
+        print_json(&json!({ "event": "stopped", "at": view::utc_time(now), "at_ms": now }));
+    }
+    Ok(result?)
 }
 
 /// Prints the node's events as they happen: JSON lines, or one line of text each.
-async fn print_events(mut events: tokio::sync::broadcast::Receiver<Event>, json: bool) {
+async fn print_events(
+    node: musig2_coordinator::Node,
+    mut events: tokio::sync::broadcast::Receiver<Event>,
+    json: bool,
+) {
     use tokio::sync::broadcast::error::RecvError;
     loop {
         let event = match events.recv().await {
             Ok(event) => event,
             Err(RecvError::Lagged(missed)) => {
-                eprintln!("({missed} events not shown: the printer fell behind)");
+                if json {
+                    let now = view::now_ms();
+                    print_json(&json!({
+                        "event": "lagged", "missed": missed, "at": view::utc_time(now), "at_ms": now,
+                    }));
+                } else {
+                    eprintln!("({missed} events not shown: the printer fell behind)");
+                }
                 continue;
             }
             Err(RecvError::Closed) => return,
         };
-        let value = event_json(&event);
+        let value = describe_event(&node, &event).await;
         if json {
-            println!("{value}");
+            print_json(&value);
             continue;
         }
+        let at = value["at"].as_str().unwrap_or("");
         let kind = value["event"].as_str().unwrap_or("event");
         let session = event.session();
         match &event {
             Event::SessionDiscovered { .. } => println!(
-                "session {session} names this node: read it with `session show {session}`, \
+                "{at} session {session} names this node: read it with `session show {session}`, \
                  sign with `session sign {session}`"
             ),
             Event::SignatureReady { signature, .. } => {
-                println!("session {session}: signature {signature}")
+                println!("{at} session {session}: signature {signature}")
             }
             Event::Aborted { .. } => println!(
-                "session {session}: aborted ({}), blamed {}",
-                value["reason"].as_str().unwrap_or("?"),
-                value["blamed"]
+                "{at} session {session}: aborted: {}",
+                value["text"].as_str().unwrap_or("?"),
             ),
-            _ => println!("session {session}: {}", kind.replace('_', " ")),
+            _ => println!("{at} session {session}: {}", kind.replace('_', " ")),
         }
     }
 }
@@ -491,11 +990,36 @@ async fn stop_signal() -> std::io::Result<()> {
     }
 }
 
-async fn dispatch(cli: Cli) -> Result<()> {
-    let json = cli.json;
-    match cli.command {
-        Command::Keygen { dir } => {
-            let info = keys::generate(&dir)?;
+async fn info(ctx: &Context) -> Outcome {
+    let socket = socket_of(ctx)?;
+    match control::call_detailed(&socket, &Request::Info).await {
+        Ok(value) => print_reply(&value, ctx.json),
+        // Not running: the keys are still there to show.
+        Err(CallError {
+            error: NodeError::Unreachable { .. },
+            ..
+        }) if ctx.dir.is_some() => {
+            let dir = dir_of(ctx)?;
+            let keys = keys::NodeKeys::load(dir)?.info();
+            let value = json!({
+                "public_key": keys.public_key,
+                "peer_id": keys.peer_id,
+                "running": false,
+                "control": socket.display().to_string(),
+            });
+            print_reply(&value, ctx.json);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+async fn dispatch(ctx: Context, command: Command) -> Outcome {
+    let json = ctx.json;
+    match command {
+        Command::Keygen => {
+            let dir = dir_of(&ctx)?;
+            let info = keys::generate(dir)?;
             if json {
                 print_json(&info);
             } else {
@@ -525,47 +1049,135 @@ async fn dispatch(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Run(args) => run_node(args, json).await,
-        Command::Info(control) => {
-            let value = control::call(&control.socket()?, &Request::Info).await?;
-            print_value(&value, json);
+        Command::Run(args) => run_node(&ctx, args).await,
+        Command::Info => info(&ctx).await,
+        Command::Session { command } => session(&ctx, command).await,
+        Command::Contacts => {
+            dir_of(&ctx)?;
+            let book = ctx.settings.address_book();
+            if json {
+                print_json(&book);
+            } else {
+                for c in book["contacts"].as_array().into_iter().flatten() {
+                    println!(
+                        "contact {}: key {}{}",
+                        c["name"].as_str().unwrap_or("?"),
+                        c["key"].as_str().unwrap_or("?"),
+                        c["peer"]
+                            .as_str()
+                            .map_or_else(String::new, |p| format!(" peer {p}"))
+                    );
+                    for problem in c["problems"].as_array().into_iter().flatten() {
+                        println!("  ! {}", problem.as_str().unwrap_or("?"));
+                    }
+                }
+                for g in book["groups"].as_array().into_iter().flatten() {
+                    println!(
+                        "group {}: {}",
+                        g["name"].as_str().unwrap_or("?"),
+                        inline(&g["signers"])
+                    );
+                    for problem in g["problems"].as_array().into_iter().flatten() {
+                        println!("  ! {}", problem.as_str().unwrap_or("?"));
+                    }
+                }
+            }
             Ok(())
         }
-        Command::Session { control, command } => session(control, command, json).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "musig2-node",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map_err(|e| NodeError::io("cannot write", "stdout", e).into()),
     }
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,libp2p_kad=error")),
-        )
+fn report(error: &CallError, json: bool) -> ExitCode {
+    let kind: ErrorKind = error.error.kind();
+    if json {
+        let mut body = json!({ "kind": kind, "message": error.error.to_string() });
+        if let Some(details) = &error.details {
+            body["details"] = details.clone();
+        }
+        print_json(&json!({ "error": body }));
+    } else {
+        eprintln!("error: {}", error.error);
+    }
+    ExitCode::from(kind.exit_code())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,libp2p_kad=error"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn main() -> ExitCode {
+    let json_requested = std::env::args().any(|a| a == "--json");
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind as Clap;
+            let informational = matches!(
+                e.kind(),
+                Clap::DisplayHelp
+                    | Clap::DisplayVersion
+                    | Clap::DisplayHelpOnMissingArgumentOrSubcommand
+            );
+            if json_requested && !informational {
+                print_json(&json!({
+                    "error": { "kind": ErrorKind::Usage, "message": e.kind().to_string(), "detail": e.to_string() }
+                }));
+                return ExitCode::from(ErrorKind::Usage.exit_code());
+            }
+            e.exit();
+        }
+    };
+    init_logging(cli.log_format);
     let json = cli.json;
+    let settings = match cli.dir.as_deref().map(Settings::load).transpose() {
+        Ok(settings) => settings.unwrap_or_default(),
+        Err(e) => return report(&e.into(), json),
+    };
+    let ctx = Context {
+        json,
+        dir: cli.dir,
+        control: cli.control,
+        settings,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            return report(
+                &NodeError::Io {
+                    what: "cannot start",
+                    path: PathBuf::from("the async runtime"),
+                    source: e,
+                }
+                .into(),
+                json,
+            );
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    match runtime.block_on(dispatch(ctx, cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            if json {
-                print_json(&serde_json::json!({
-                    "error": { "kind": e.kind(), "message": e.to_string() }
-                }));
-            } else {
-                eprintln!("error: {e}");
-            }
-            ExitCode::FAILURE
-        }
+        Err(e) => report(&e, json),
     }
 }

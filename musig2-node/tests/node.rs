@@ -114,7 +114,7 @@ fn bad_arguments_are_refused_with_a_reason() {
             "/nonexistent",
             "create",
             "--signer",
-            "02aa",
+            "021111111111111111111111111111111111111111111111111111111111111111",
             "--message",
             "00",
             "--tweak",
@@ -124,21 +124,18 @@ fn bad_arguments_are_refused_with_a_reason() {
     );
     refused(
         &["session", "--dir", "/nonexistent", "status"],
-        "cannot connect",
+        "no node answers",
     );
 }
 
 async fn start(dir: &Path, bootstrap: Option<&Daemon>, auto_join: bool) -> Daemon {
     musig2_node::keys::generate(dir).expect("keys");
     Daemon::start(DaemonConfig {
-        dir: dir.to_owned(),
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
         bootstrap: bootstrap
             .map(|b| vec![split_peer_address(b.addresses()[0].clone()).expect("peer address")])
             .unwrap_or_default(),
-        control: dir.join("control.sock"),
         auto_join,
-        node: Default::default(),
+        ..DaemonConfig::new(dir, vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")])
     })
     .await
     .expect("daemon")
@@ -190,6 +187,7 @@ async fn three_daemons_sign_through_their_control_sockets() {
             commitments: Some(true),
             tweaks: Vec::new(),
             taproot: Some(TaprootSpec::default()),
+            join_timeout_secs: None,
         },
     )
     .await
@@ -201,15 +199,21 @@ async fn three_daemons_sign_through_their_control_sockets() {
         carol.control_socket(),
         &Request::Show {
             session: session.clone(),
+            taproot_merkle_root: None,
         },
     )
     .await
     .expect("show");
-    assert_eq!(shown["message_text"], "three operators agree");
+    assert_eq!(shown["message"]["text"], "three operators agree");
+    assert_eq!(shown["message"]["escaped"], false);
+    assert_eq!(shown["tweak_details"]["taproot"], true);
+    assert_eq!(shown["tweak_details"]["taproot_key_path_only"], true);
+    assert_eq!(shown["output_key"], aggregate.to_string());
     assert_eq!(shown["aggregate_key"], aggregate.to_string());
     assert_eq!(shown["signers"].as_array().map(Vec::len), Some(3));
     assert_eq!(shown["signers"][2]["peer_id"], Value::Null);
-    assert_eq!(shown["topology"], "Star");
+    assert_eq!(shown["topology"], "star");
+    assert_eq!(shown["signers"][2]["this_node"], true);
     // Carol waits for a session she has not joined yet: the wait holds until it is signed.
     let carol_waits = tokio::spawn({
         let (socket, session) = (carol.control_socket().to_owned(), session.clone());
@@ -261,7 +265,7 @@ async fn three_daemons_sign_through_their_control_sockets() {
         )
         .await
         .expect("status");
-        assert_eq!(status["phase"], "Done");
+        assert_eq!(status["phase"], "done");
     }
 
     // Bad requests get typed error replies, and the socket keeps serving.
@@ -269,9 +273,9 @@ async fn three_daemons_sign_through_their_control_sockets() {
     let garbage = raw(socket, b"{\"op\":\"explode\"}\n")
         .await
         .expect("an answer");
-    assert_eq!(garbage["error"]["kind"], "control", "{garbage}");
+    assert_eq!(garbage["error"]["kind"], "usage", "{garbage}");
     if let Some(oversized) = raw(socket, &vec![b'x'; control::MAX_REQUEST_BYTES + 10]).await {
-        assert_eq!(oversized["error"]["kind"], "control", "{oversized}");
+        assert_eq!(oversized["error"]["kind"], "usage", "{oversized}");
     }
     let unknown = control::call(
         socket,
@@ -282,6 +286,7 @@ async fn three_daemons_sign_through_their_control_sockets() {
     .await
     .expect_err("unknown session");
     assert!(unknown.to_string().contains("unknown session"), "{unknown}");
+    assert_eq!(unknown.kind(), musig2_node::ErrorKind::NotFound);
     let info = control::call(socket, &Request::Info)
         .await
         .expect("still serving");
@@ -290,12 +295,11 @@ async fn three_daemons_sign_through_their_control_sockets() {
 
     // A second node on the same directory's socket is refused.
     let second = Daemon::start(DaemonConfig {
-        dir: base.join("alice"),
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
-        bootstrap: Vec::new(),
         control: alice.control_socket().to_owned(),
-        auto_join: false,
-        node: Default::default(),
+        ..DaemonConfig::new(
+            base.join("alice"),
+            vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
+        )
     })
     .await
     .expect_err("socket in use");

@@ -32,21 +32,28 @@ pub enum Topology {
 }
 
 /// Per-phase deadlines, in milliseconds. Each must be non-zero.
+///
+/// Two clocks: the *join window* (`join_ms`, human time: every signer reads the announcement and
+/// joins within it, counted from `created_at_ms`) and the machine-time deadlines of the rounds
+/// that follow. The session lives at most `join_ms + session_ms` after its creation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Timeouts {
+    /// Time every signer has to join, from the announcement's creation.
+    pub join_ms: u64,
     /// Time allowed for the nonce (and nonce-commitment) exchange.
     pub nonce_ms: u64,
     /// Time allowed for the partial-signature exchange.
     pub partial_sig_ms: u64,
     /// Time the coordinator has to broadcast and confirm before the next backup takes over.
     pub broadcast_ms: u64,
-    /// Overall session deadline.
+    /// Time the rounds may take in all, after the join window.
     pub session_ms: u64,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
+            join_ms: 600_000,
             nonce_ms: 30_000,
             partial_sig_ms: 30_000,
             broadcast_ms: 60_000,
@@ -211,7 +218,12 @@ impl Announcement {
             });
         }
         let t = &self.policy.timeouts;
-        if t.nonce_ms == 0 || t.partial_sig_ms == 0 || t.broadcast_ms == 0 || t.session_ms == 0 {
+        if t.join_ms == 0
+            || t.nonce_ms == 0
+            || t.partial_sig_ms == 0
+            || t.broadcast_ms == 0
+            || t.session_ms == 0
+        {
             return Err(ProtoError::OutOfRange {
                 field: "policy timeouts",
                 reason: "every timeout must be non-zero",

@@ -43,6 +43,7 @@ fn any_policy() -> impl Strategy<Value = Policy> {
             1u64..=u64::MAX,
             1u64..=u64::MAX,
             1u64..=u64::MAX,
+            1u64..=u64::MAX,
         ],
         any::<u16>(),
     )
@@ -52,10 +53,11 @@ fn any_policy() -> impl Strategy<Value = Policy> {
                 election,
                 topology,
                 timeouts: Timeouts {
-                    nonce_ms: t[0],
-                    partial_sig_ms: t[1],
-                    broadcast_ms: t[2],
-                    session_ms: t[3],
+                    join_ms: t[0],
+                    nonce_ms: t[1],
+                    partial_sig_ms: t[2],
+                    broadcast_ms: t[3],
+                    session_ms: t[4],
                 },
                 max_failover_attempts,
             },

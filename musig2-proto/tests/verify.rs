@@ -306,15 +306,20 @@ fn duplicate_keys_and_limits() {
             signers: 2
         })
     );
-    let mut zero_timeout = announcement(2, Topology::Mesh);
-    zero_timeout.policy.timeouts.nonce_ms = 0;
-    assert!(matches!(
-        zero_timeout.validate(&limits),
-        Err(ProtoError::OutOfRange {
-            field: "policy timeouts",
-            ..
-        })
-    ));
+    for zero in [
+        |t: &mut musig2_proto::Timeouts| t.join_ms = 0,
+        |t: &mut musig2_proto::Timeouts| t.nonce_ms = 0,
+    ] {
+        let mut zero_timeout = announcement(2, Topology::Mesh);
+        zero(&mut zero_timeout.policy.timeouts);
+        assert!(matches!(
+            zero_timeout.validate(&limits),
+            Err(ProtoError::OutOfRange {
+                field: "policy timeouts",
+                ..
+            })
+        ));
+    }
 }
 
 #[test]

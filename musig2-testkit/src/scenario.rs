@@ -34,6 +34,8 @@ pub fn keypairs_from_seed(seed: u64, n: usize) -> Vec<Keypair> {
 pub fn test_config() -> Config {
     Config {
         session_timeout: Duration::from_secs(120),
+        // Machines, not people, join here: a short join window.
+        join_timeout: Duration::from_secs(20),
         nonce_exchange_timeout: Duration::from_secs(10),
         partial_sig_exchange_timeout: Duration::from_secs(10),
         dht_query_timeout: Duration::from_secs(5),

@@ -17,7 +17,8 @@ pub use error::TransportError;
 pub use frame_stream::{FRAME_PROTOCOL, FrameStatus};
 pub use libp2p::Multiaddr;
 pub use libp2p_transport::{
-    KeySource, Libp2pConfig, Libp2pTransport, create_owner_only_file, split_peer_address,
+    KeySource, Libp2pConfig, Libp2pTransport, NetworkAddresses, create_owner_only_file,
+    split_peer_address,
 };
 pub use memory::{Delay, LinkFault, MemoryConfig, MemoryNetwork, MemoryTransport};
 pub use types::{Inbound, PeerEvent, PeerId, RecordMeta, RecordValidator, SendReport};

@@ -169,6 +169,12 @@ pub struct Libp2pConfig {
     pub default_record_ttl: Duration,
     /// Filters records that other peers ask this node to store; rejected records are not stored.
     pub record_validator: Option<RecordValidator>,
+    /// Addresses other nodes can reach this one at that it cannot see itself (e.g. behind port
+    /// forwarding); announced to peers with the listen addresses.
+    pub external_addrs: Vec<Multiaddr>,
+    /// A Prometheus registry to add libp2p's own metrics to (swarm, Kademlia, identify, ping,
+    /// bandwidth); none by default.
+    pub metrics: Option<Arc<Mutex<libp2p::metrics::Registry>>>,
 }
 
 impl Default for Libp2pConfig {
@@ -194,7 +200,60 @@ impl Default for Libp2pConfig {
             idle_connection_timeout: Duration::from_secs(3600),
             default_record_ttl: Duration::from_secs(3600),
             record_validator: None,
+            external_addrs: Vec::new(),
+            metrics: None,
         }
+    }
+}
+
+/// Where a node can be reached, as its swarm sees it now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetworkAddresses {
+    /// Every address the node listens on; a listen on `0.0.0.0` or `::` shows each interface.
+    pub listen: Vec<Multiaddr>,
+    /// Addresses announced as reachable from outside (configured, or confirmed).
+    pub external: Vec<Multiaddr>,
+    /// Addresses other peers saw this node's connections come from (identify), newest last.
+    /// Candidates only: an outbound connection's port is usually not a listening one.
+    pub observed: Vec<Multiaddr>,
+}
+
+/// Most observed addresses kept.
+const MAX_OBSERVED: usize = 8;
+
+/// Refuses a TCP listen address whose port another socket already listens on. libp2p sets
+/// `SO_REUSEPORT` on its listeners, so without this check two nodes share a port silently.
+fn check_port_free(addr: &Multiaddr) -> Result<()> {
+    use libp2p::multiaddr::Protocol;
+    let mut ip = None;
+    let mut port = None;
+    for protocol in addr.iter() {
+        match protocol {
+            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
+            Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
+            Protocol::Tcp(p) => port = Some(p),
+            // Only plain TCP listens are checked (QUIC runs over UDP).
+            Protocol::Udp(_) => return Ok(()),
+            _ => {}
+        }
+    }
+    let (Some(ip), Some(port)) = (ip, port) else {
+        return Ok(());
+    };
+    if port == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind((ip, port)) {
+        Ok(probe) => {
+            drop(probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(TransportError::Config(
+            format!("cannot listen on {addr}: port {port} is in use by another program"),
+        )),
+        Err(e) => Err(TransportError::Config(format!(
+            "cannot listen on {addr}: {e}"
+        ))),
     }
 }
 
@@ -286,6 +345,9 @@ enum Command {
     ConnectedPeers {
         reply: oneshot::Sender<Vec<PeerId>>,
     },
+    Addresses {
+        reply: oneshot::Sender<NetworkAddresses>,
+    },
     Bootstrap,
     Shutdown,
 }
@@ -345,19 +407,38 @@ impl Libp2pTransport {
         // One queued inbound stream per possible connection: each peer opens one and keeps it.
         let (frames, incoming) = FrameBehaviour::new(config.max_connections as usize);
         let opener = frames.opener();
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .map_err(|e| TransportError::Config(format!("tcp transport: {e}")))?
-            .with_quic()
-            .with_behaviour(|key| Behaviour::new(key, frames, &behaviour_config))
-            .map_err(|e| TransportError::Config(format!("behaviour: {e}")))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-            .build();
+        for addr in &config.listen_addrs {
+            check_port_free(addr)?;
+        }
+        // libp2p's metrics go to the caller's registry, or to one nobody reads. The lock is
+        // held in this block only: no await may see it.
+        let (mut swarm, metrics) = {
+            let mut scratch = libp2p::metrics::Registry::default();
+            let mut shared = config.metrics.as_ref().map(|r| lock(r));
+            let registry = shared.as_deref_mut().unwrap_or(&mut scratch);
+            let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+                .with_tokio()
+                .with_tcp(
+                    tcp::Config::default().nodelay(true),
+                    noise::Config::new,
+                    yamux::Config::default,
+                )
+                .map_err(|e| TransportError::Config(format!("tcp transport: {e}")))?
+                .with_quic()
+                .with_bandwidth_metrics(registry)
+                .with_behaviour(|key| Behaviour::new(key, frames, &behaviour_config))
+                .map_err(|e| TransportError::Config(format!("behaviour: {e}")))?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+                .build();
+            let metrics = config
+                .metrics
+                .is_some()
+                .then(|| libp2p::metrics::Metrics::new(registry));
+            (swarm, metrics)
+        };
+        for addr in &config.external_addrs {
+            swarm.add_external_address(addr.clone());
+        }
 
         let mut pending_listeners = HashSet::new();
         for addr in &config.listen_addrs {
@@ -411,6 +492,7 @@ impl Libp2pTransport {
         let links = Links::new(opener, config.idle_connection_timeout);
 
         let mut actor = Actor::new(swarm, Arc::clone(&frames_in), &config);
+        actor.metrics = metrics;
         for (peer, addr) in &config.bootstrap {
             actor.add_address(*peer, addr.clone());
             if let Err(e) = actor.dial(*peer) {
@@ -507,6 +589,14 @@ impl Libp2pTransport {
     pub async fn connected_peers(&self) -> Result<Vec<PeerId>> {
         let (reply, rx) = oneshot::channel();
         self.command(Command::ConnectedPeers { reply }).await?;
+        rx.await.map_err(|_| TransportError::Closed)
+    }
+
+    /// Where the node can be reached now: every listen address (each interface of an
+    /// unspecified listen), external addresses and the addresses peers observed.
+    pub async fn addresses(&self) -> Result<NetworkAddresses> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Addresses { reply }).await?;
         rx.await.map_err(|_| TransportError::Closed)
     }
 
@@ -754,6 +844,8 @@ struct Actor {
     lookups: HashMap<kad::QueryId, PeerId>,
     dials: HashMap<PeerId, Vec<oneshot::Sender<Result<()>>>>,
     bootstrapped: bool,
+    observed: Vec<Multiaddr>,
+    metrics: Option<libp2p::metrics::Metrics>,
 }
 
 impl Actor {
@@ -778,6 +870,8 @@ impl Actor {
             lookups: HashMap::new(),
             dials: HashMap::new(),
             bootstrapped: false,
+            observed: Vec::new(),
+            metrics: None,
         }
     }
 
@@ -946,6 +1040,13 @@ impl Actor {
                     .collect();
                 let _ = reply.send(peers);
             }
+            Command::Addresses { reply } => {
+                let _ = reply.send(NetworkAddresses {
+                    listen: self.swarm.listeners().cloned().collect(),
+                    external: self.swarm.external_addresses().cloned().collect(),
+                    observed: self.observed.clone(),
+                });
+            }
             Command::Bootstrap => {
                 // NoKnownPeers only means there is nothing to do yet.
                 let _ = self.swarm.behaviour_mut().kad.bootstrap();
@@ -961,6 +1062,28 @@ impl Actor {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        if let Some(metrics) = &self.metrics {
+            use libp2p::metrics::Recorder;
+            match &event {
+                SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => metrics.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => metrics.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => metrics.record(e),
+                _ => {}
+            }
+            metrics.record(&event);
+        }
+        if let SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+            info,
+            ..
+        })) = &event
+        {
+            if !self.observed.contains(&info.observed_addr) {
+                if self.observed.len() == MAX_OBSERVED {
+                    self.observed.remove(0);
+                }
+                self.observed.push(info.observed_addr.clone());
+            }
+        }
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {

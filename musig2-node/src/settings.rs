@@ -1,0 +1,309 @@
+//! The node directory's configuration file, `DIR/config.toml`: what `run` listens on and
+//! bootstraps from, its timeouts and defaults, and the operator's address book (contacts: a
+//! name for a signer's key and peer id; groups: a name for a signer set in key-aggregation
+//! order). Every field is optional; command-line flags win over the file.
+//!
+//! ```toml
+//! listen = ["/ip4/0.0.0.0/tcp/4001"]
+//! external = ["/ip4/203.0.113.7/tcp/4001"]
+//! bootstrap = ["/ip4/192.0.2.10/tcp/4001/p2p/12D3KooW..."]
+//! auto_join = false
+//! metrics = "127.0.0.1:9464"
+//!
+//! [timeouts]          # seconds
+//! join = 600          # join window of sessions this node creates
+//! rounds = 600        # lifetime after the join window
+//! nonce = 30
+//! partial_signature = 30
+//! broadcast = 60
+//! discovery = 30      # DHT lookups of sessions
+//!
+//! [defaults]
+//! topology = "mesh"   # or "star"
+//! commitments = true
+//! wait = 300          # seconds `sign` and `wait` wait
+//!
+//! [contacts.alice]
+//! key = "02…"
+//! peer = "12D3KooW…"  # optional
+//!
+//! [groups]
+//! treasury = ["self", "alice", "bob"]   # "self" is this node
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use musig2_coordinator::Config;
+use serde::Deserialize;
+
+use crate::control::TopologyName;
+use crate::{NodeError, Result};
+
+/// File name of the configuration inside a node directory.
+pub const CONFIG_FILE: &str = "config.toml";
+
+/// Timeouts in seconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutSettings {
+    /// Join window of sessions this node creates.
+    pub join: Option<u64>,
+    /// Lifetime of a session after its join window.
+    pub rounds: Option<u64>,
+    /// Each nonce phase.
+    pub nonce: Option<u64>,
+    /// The partial-signature phase.
+    pub partial_signature: Option<u64>,
+    /// The coordinator's broadcast.
+    pub broadcast: Option<u64>,
+    /// A DHT lookup (how long `show`, `join` and `wait` look for an unknown session).
+    pub discovery: Option<u64>,
+}
+
+/// Defaults of session commands.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    /// Topology of sessions created.
+    pub topology: Option<TopologyName>,
+    /// Whether sessions created have a nonce-commitment round.
+    pub commitments: Option<bool>,
+    /// Seconds `sign` and `wait` wait.
+    pub wait: Option<u64>,
+}
+
+/// A named signer.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contact {
+    /// Compressed public key, hex.
+    pub key: String,
+    /// libp2p peer id, when known.
+    pub peer: Option<String>,
+}
+
+/// `DIR/config.toml`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Listen addresses.
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// Addresses announced as reachable from outside.
+    #[serde(default)]
+    pub external: Vec<String>,
+    /// Bootstrap peers, `<multiaddr>/p2p/<peer id>`.
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
+    /// Join sessions announced to this node without asking.
+    pub auto_join: Option<bool>,
+    /// Prometheus endpoint address.
+    pub metrics: Option<String>,
+    /// Timeouts.
+    #[serde(default)]
+    pub timeouts: TimeoutSettings,
+    /// Defaults of session commands.
+    #[serde(default)]
+    pub defaults: Defaults,
+    /// Named signers.
+    #[serde(default)]
+    pub contacts: BTreeMap<String, Contact>,
+    /// Named signer sets (contact names, or `self`), in key-aggregation order.
+    #[serde(default)]
+    pub groups: BTreeMap<String, Vec<String>>,
+}
+
+/// A signer resolved from a name or a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signer {
+    /// Compressed public key, hex.
+    pub key: String,
+    /// Peer id, when known.
+    pub peer: Option<String>,
+}
+
+impl Settings {
+    /// The path of the configuration file of node directory `dir`.
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join(CONFIG_FILE)
+    }
+
+    /// Reads `dir/config.toml`; no file gives the defaults.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = Self::path(dir);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(NodeError::io("cannot read", path, e)),
+        };
+        Self::parse(&text).map_err(|reason| NodeError::InvalidArgument {
+            what: "config file",
+            reason: format!("{}: {reason}", path.display()),
+        })
+    }
+
+    /// Parses a configuration file's text.
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The signing node's settings with this file's timeouts applied.
+    pub fn node_config(&self) -> Config {
+        let mut config = Config::default();
+        let t = &self.timeouts;
+        let secs = Duration::from_secs;
+        if let Some(s) = t.join {
+            config.join_timeout = secs(s.max(1));
+        }
+        if let Some(s) = t.rounds {
+            config.session_timeout = secs(s.max(1));
+        }
+        if let Some(s) = t.nonce {
+            config.nonce_exchange_timeout = secs(s.max(1));
+        }
+        if let Some(s) = t.partial_signature {
+            config.partial_sig_exchange_timeout = secs(s.max(1));
+        }
+        if let Some(s) = t.broadcast {
+            config.broadcast_timeout = secs(s.max(1));
+        }
+        if let Some(s) = t.discovery {
+            config.dht_query_timeout = secs(s.max(1));
+        }
+        config
+    }
+
+    /// Resolves `--signer` values: a contact name or a key (hex). `me` resolves `self`.
+    pub fn resolve_signer(&self, name: &str, me: Option<&Signer>) -> Result<Signer> {
+        if name == "self" {
+            return me.cloned().ok_or_else(|| {
+                NodeError::invalid("signer", "`self` needs the running node's keys")
+            });
+        }
+        if let Some(contact) = self.contacts.get(name) {
+            return Ok(Signer {
+                key: contact.key.clone(),
+                peer: contact.peer.clone(),
+            });
+        }
+        if name.len() == 66 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(Signer {
+                key: name.to_owned(),
+                peer: None,
+            });
+        }
+        Err(NodeError::invalid(
+            "signer",
+            format!(
+                "{name:?} is neither a contact in config.toml nor a compressed key (66 hex digits)"
+            ),
+        ))
+    }
+
+    /// The signers of group `name`, in order.
+    pub fn group(&self, name: &str, me: Option<&Signer>) -> Result<Vec<Signer>> {
+        let members = self.groups.get(name).ok_or_else(|| {
+            NodeError::NotFound(format!(
+                "no group {name:?} in config.toml (groups: {})",
+                self.groups.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        members.iter().map(|m| self.resolve_signer(m, me)).collect()
+    }
+}
+
+impl Settings {
+    /// The address book as JSON, each contact and group checked: a contact's key must be a
+    /// compressed key and its peer a peer id; a group's members must resolve.
+    pub fn address_book(&self) -> serde_json::Value {
+        use std::str::FromStr;
+        let contacts: Vec<serde_json::Value> = self
+            .contacts
+            .iter()
+            .map(|(name, c)| {
+                let mut problems = Vec::new();
+                if let Err(e) = crate::control::parse_signer_key(&c.key) {
+                    problems.push(e.to_string());
+                }
+                if let Some(peer) = &c.peer {
+                    if let Err(e) = musig2_transport::PeerId::from_str(peer) {
+                        problems.push(format!("invalid peer id: {e}"));
+                    }
+                }
+                serde_json::json!({
+                    "name": name,
+                    "key": c.key,
+                    "peer": c.peer,
+                    "problems": problems,
+                })
+            })
+            .collect();
+        let me = Signer {
+            key: String::new(),
+            peer: None,
+        };
+        let groups: Vec<serde_json::Value> = self
+            .groups
+            .iter()
+            .map(|(name, members)| {
+                let problems: Vec<String> = members
+                    .iter()
+                    .filter_map(|m| self.resolve_signer(m, Some(&me)).err())
+                    .map(|e| e.to_string())
+                    .collect();
+                serde_json::json!({ "name": name, "signers": members, "problems": problems })
+            })
+            .collect();
+        serde_json::json!({ "contacts": contacts, "groups": groups })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses_and_resolves() {
+        let text = r#"
+listen = ["/ip4/0.0.0.0/tcp/4001"]
+bootstrap = []
+metrics = "127.0.0.1:9464"
+[timeouts]
+join = 120
+nonce = 10
+[defaults]
+topology = "star"
+wait = 60
+[contacts.alice]
+key = "02aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+peer = "12D3KooWAlice"
+[groups]
+treasury = ["self", "alice"]
+"#;
+        let settings = Settings::parse(text).expect("parses");
+        assert_eq!(settings.defaults.topology, Some(TopologyName::Star));
+        let config = settings.node_config();
+        assert_eq!(config.join_timeout, Duration::from_secs(120));
+        assert_eq!(config.nonce_exchange_timeout, Duration::from_secs(10));
+        let me = Signer {
+            key: "03".to_owned() + &"bb".repeat(32),
+            peer: Some("12D3KooWMe".to_owned()),
+        };
+        let group = settings.group("treasury", Some(&me)).expect("group");
+        assert_eq!(group[0], me);
+        assert_eq!(group[1].peer.as_deref(), Some("12D3KooWAlice"));
+        assert!(settings.group("nope", Some(&me)).is_err());
+        assert!(settings.resolve_signer("bob", None).is_err());
+        assert!(Settings::parse("lisen = []").is_err(), "typos are refused");
+        let book = settings.address_book();
+        assert_eq!(book["contacts"][0]["name"], "alice");
+        assert_eq!(
+            book["contacts"][0]["problems"].as_array().map(Vec::len),
+            Some(1),
+            "the example's peer id is not a real one: {book}"
+        );
+        assert_eq!(book["groups"][0]["problems"], serde_json::json!([]));
+    }
+}
