@@ -54,7 +54,8 @@ impl fmt::Display for Contribution {
 /// Everything that can go wrong in `musig2-core`.
 ///
 /// [`Error::InvalidContribution`] and [`Error::InvalidPartialSignatures`] are faults of another
-/// party and name it; every other variant is what BIP327 calls a value error. No variant carries
+/// party and name it; [`Error::FinalNonceInfinity`] is a fault of other parties acting together
+/// that names nobody; every other variant is what BIP327 calls a value error. No variant carries
 /// secret material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -122,6 +123,18 @@ pub enum Error {
     /// The final signature does not verify under the aggregate key.
     #[error("the signature does not verify")]
     InvalidSignature,
+    /// Every partial signature verified and the aggregate nonce is the sum of the public nonces,
+    /// yet the final nonce `R1 + b·R2` is the point at infinity, so BIP327 signs with `R = G`
+    /// and no valid signature results.
+    ///
+    /// The public nonces cancel out (typically both halves of the aggregate nonce are
+    /// infinity). Neither the aggregator (it summed correctly) nor any single signer can be
+    /// blamed: producing valid partial signatures for such nonces needs the secret nonces of
+    /// every signer whose nonce takes part in the cancellation, i.e. signers acting together.
+    /// A lone signer who picks its nonce to cancel the others' cannot sign for it and is named
+    /// by [`Error::InvalidPartialSignatures`] instead.
+    #[error("the public nonces cancel out (final nonce at infinity); no single party is to blame")]
+    FinalNonceInfinity,
     /// BIP328 derivation supports unhardened indices only.
     #[error("child index {0:#x} is hardened; aggregate keys support unhardened derivation only")]
     HardenedDerivation(u32),
@@ -135,7 +148,9 @@ impl Error {
     pub fn is_value_error(&self) -> bool {
         !matches!(
             self,
-            Error::InvalidContribution { .. } | Error::InvalidPartialSignatures { .. }
+            Error::InvalidContribution { .. }
+                | Error::InvalidPartialSignatures { .. }
+                | Error::FinalNonceInfinity
         )
     }
 

@@ -7,7 +7,9 @@
 //!
 //! Errors follow BIP327's classification: a fault of another party is an
 //! [`Error::InvalidContribution`] naming the signer index (or the aggregator) and the kind of
-//! contribution; everything else is a value error.
+//! contribution; everything else is a value error. The functions over encodings
+//! ([`AggNonce::aggregate_bytes`], [`SessionContext::verify_partial_bytes`],
+//! [`SessionContext::aggregate_bytes`]) attach the culprit themselves, in BIP327's order.
 //!
 //! ```
 //! use musig2_core::{AggNonce, KeyAggContext, NonceGen, SessionContext, key_sort};

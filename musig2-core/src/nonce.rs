@@ -100,7 +100,10 @@ pub struct PubNonce {
 impl PubNonce {
     /// Parses 66 bytes; both halves must be valid compressed points.
     ///
-    /// The error is unattributed; use [`Error::blame_signer`] once the sender is known.
+    /// The error is unattributed; use [`Error::blame_signer`] once the sender is known, or
+    /// [`AggNonce::aggregate_bytes`] or
+    /// [`SessionContext::verify_partial_bytes`](crate::SessionContext::verify_partial_bytes),
+    /// which blame the sender themselves.
     pub fn from_bytes(bytes: &[u8; 66]) -> Result<PubNonce> {
         let (a, b) = split66(bytes);
         let parse = |h| {
@@ -154,13 +157,28 @@ impl AggNonce {
     }
 
     /// BIP327 NonceAgg over encodings; an invalid nonce is blamed on its index.
+    ///
+    /// The order of the checks is BIP327's: the first half of every nonce, then the second half
+    /// of every nonce, and the first failure in that order is blamed. When signer 0 sends
+    /// (valid, invalid) and signer 1 sends (invalid, valid), signer 1 is blamed.
     pub fn aggregate_bytes(nonces: &[[u8; 66]]) -> Result<AggNonce> {
-        let parsed = nonces
-            .iter()
-            .enumerate()
-            .map(|(i, n)| PubNonce::from_bytes(n).map_err(|e| e.blame_signer(i)))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(AggNonce::aggregate(&parsed))
+        let half = |j: usize| -> Result<Option<PublicKey>> {
+            let points = nonces
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let mut h = [0u8; 33];
+                    h.copy_from_slice(&n[33 * j..33 * (j + 1)]);
+                    PublicKey::from_byte_array_compressed(h)
+                        .map_err(|_| Error::unattributed(Contribution::PubNonce).blame_signer(i))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let refs: Vec<&PublicKey> = points.iter().collect();
+            Ok(PublicKey::combine_keys(&refs).ok())
+        };
+        let r1 = half(0)?;
+        let r2 = half(1)?;
+        Ok(AggNonce { r1, r2 })
     }
 
     /// Parses 66 bytes sent by the nonce aggregator.

@@ -17,7 +17,9 @@ use crate::scalar::Scalar;
 pub struct PartialSignature([u8; 32]);
 
 impl PartialSignature {
-    /// Parses 32 bytes, refusing values `>= n` (unattributed until [`Error::blame_signer`]).
+    /// Parses 32 bytes, refusing values `>= n` (unattributed until [`Error::blame_signer`];
+    /// [`SessionContext::verify_partial_bytes`] and [`SessionContext::aggregate_bytes`] blame
+    /// the signer themselves).
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<PartialSignature> {
         Scalar::from_bytes(*bytes)
             .map(|_| PartialSignature(*bytes))
@@ -50,6 +52,8 @@ pub struct SessionContext {
     b: Scalar,
     r_x: [u8; 32],
     r_even: bool,
+    /// `R1 + b·R2` was the point at infinity and `R = G` stands in for it.
+    r_infinite: bool,
     e: Scalar,
 }
 
@@ -80,6 +84,7 @@ impl SessionContext {
             (a, c) => a.or(c),
         };
         // BIP327: an infinite final nonce is replaced by G so signing stays well defined.
+        let r_infinite = r.is_none();
         let r = r.unwrap_or_else(generator);
         let (r_xonly, parity) = r.x_only_public_key();
         let r_x = r_xonly.to_byte_array();
@@ -97,6 +102,7 @@ impl SessionContext {
             b,
             r_x,
             r_even: parity == secp256k1::Parity::Even,
+            r_infinite,
             e,
         }
     }
@@ -164,12 +170,7 @@ impl SessionContext {
         psig: &PartialSignature,
         pubnonce: &PubNonce,
     ) -> Result<()> {
-        if index >= self.key_agg.len() {
-            return Err(Error::SignerIndexOutOfRange {
-                index,
-                len: self.key_agg.len(),
-            });
-        }
+        self.check_index(index)?;
         let invalid = Error::InvalidContribution {
             culprit: Culprit::Signer(index),
             contribution: Contribution::PartialSig,
@@ -199,6 +200,44 @@ impl SessionContext {
         if valid { Ok(()) } else { Err(invalid) }
     }
 
+    /// BIP327 PartialSigVerify over encodings for the signer at `index` of the key list: parses
+    /// that signer's `pubnonce` and `psig` and verifies them against this session.
+    ///
+    /// Every failure caused by the signer already names it ([`Culprit::Signer`]`(index)`), so
+    /// no [`Error::blame_signer`] is needed: an invalid `pubnonce` is blamed as
+    /// [`Contribution::PubNonce`], a `psig` that is `>= n` or does not verify as
+    /// [`Contribution::PartialSig`]. The public nonce is checked first, as in BIP327
+    /// PartialSigVerify, whose NonceAgg parses it before the partial signature is read. An
+    /// `index` outside the key list is [`Error::SignerIndexOutOfRange`].
+    pub fn verify_partial_bytes(
+        &self,
+        index: usize,
+        psig: &[u8; 32],
+        pubnonce: &[u8; 66],
+    ) -> Result<()> {
+        self.check_index(index)?;
+        let pubnonce = PubNonce::from_bytes(pubnonce).map_err(|e| e.blame_signer(index))?;
+        let psig = PartialSignature::from_bytes(psig).map_err(|e| e.blame_signer(index))?;
+        self.verify_partial(index, &psig, &pubnonce)
+    }
+
+    /// BIP327 PartialSigAgg over encodings: one partial signature per signer, in key-list order,
+    /// summed into a BIP340 signature without verifying it.
+    ///
+    /// As BIP327 says, a value `>= n` fails and blames its signer ([`Culprit::Signer`] with
+    /// [`Contribution::PartialSig`]; the first such in index order), so no
+    /// [`Error::blame_signer`] is needed. A count other than the number of signers is
+    /// [`Error::LengthMismatch`].
+    pub fn aggregate_bytes(&self, psigs: &[[u8; 32]]) -> Result<schnorr::Signature> {
+        self.check_len(psigs.len())?;
+        let psigs = psigs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PartialSignature::from_bytes(p).map_err(|e| e.blame_signer(i)))
+            .collect::<Result<Vec<_>>>()?;
+        self.aggregate(&psigs)
+    }
+
     /// BIP327 PartialSigAgg: sums one partial signature per signer (in key-list order) into a
     /// BIP340 signature, without verifying it.
     pub fn aggregate(&self, psigs: &[PartialSignature]) -> Result<schnorr::Signature> {
@@ -217,17 +256,23 @@ impl SessionContext {
 
     /// The coordinator's fast path: aggregate, verify the final signature once, and only if it
     /// fails verify every partial signature to name the culprits.
+    ///
+    /// When the final signature fails:
+    /// - some partial signatures do not verify: [`Error::InvalidPartialSignatures`] names every
+    ///   such signer;
+    /// - all verify, but this session's aggregate nonce is not the sum of `pubnonces`: the
+    ///   aggregator is blamed ([`Culprit::Aggregator`], [`Contribution::AggNonce`]);
+    /// - all verify and the aggregate nonce is their sum, but the nonces cancel out (BIP327's
+    ///   fallback to `R = G`, e.g. both halves of the aggregate nonce infinity):
+    ///   [`Error::FinalNonceInfinity`], which blames nobody; the aggregator summed correctly.
     pub fn aggregate_and_verify(
         &self,
         psigs: &[PartialSignature],
         pubnonces: &[PubNonce],
     ) -> Result<schnorr::Signature> {
         let n = self.key_agg.len();
-        for got in [psigs.len(), pubnonces.len()] {
-            if got != n {
-                return Err(Error::LengthMismatch { expected: n, got });
-            }
-        }
+        self.check_len(psigs.len())?;
+        self.check_len(pubnonces.len())?;
         let sig = self.aggregate(psigs)?;
         if self.verify_signature(&sig).is_ok() {
             return Ok(sig);
@@ -236,14 +281,45 @@ impl SessionContext {
             .filter(|&i| self.verify_partial(i, &psigs[i], &pubnonces[i]).is_err())
             .collect();
         if signers.is_empty() {
-            // Every partial signature verified, yet their sum does not: the aggregate nonce was
-            // not the sum of these public nonces.
-            return Err(Error::InvalidContribution {
-                culprit: Culprit::Aggregator,
-                contribution: Contribution::AggNonce,
-            });
+            return Err(self.fault_with_valid_partials(pubnonces));
         }
         Err(Error::InvalidPartialSignatures { signers })
+    }
+
+    /// Whose fault it is that valid partial signatures sum to an invalid signature.
+    fn fault_with_valid_partials(&self, pubnonces: &[PubNonce]) -> Error {
+        if AggNonce::aggregate(pubnonces) != self.aggnonce {
+            // The aggregate nonce is not the sum of these public nonces.
+            Error::InvalidContribution {
+                culprit: Culprit::Aggregator,
+                contribution: Contribution::AggNonce,
+            }
+        } else if self.r_infinite {
+            // The sum is right and `R1 + b·R2` is infinity: the signatures were made for R = G,
+            // which the nonces do not add up to. Only signers who know each other's secret
+            // nonces can make every partial signature verify here.
+            Error::FinalNonceInfinity
+        } else {
+            // Not reachable: with the right aggregate nonce and a finite final nonce, valid
+            // partial signatures sum to a valid signature. Blame nobody.
+            Error::InvalidSignature
+        }
+    }
+
+    fn check_index(&self, index: usize) -> Result<()> {
+        let len = self.key_agg.len();
+        if index >= len {
+            return Err(Error::SignerIndexOutOfRange { index, len });
+        }
+        Ok(())
+    }
+
+    fn check_len(&self, got: usize) -> Result<()> {
+        let expected = self.key_agg.len();
+        if got != expected {
+            return Err(Error::LengthMismatch { expected, got });
+        }
+        Ok(())
     }
 
     /// Verifies a final signature on this session's message under its aggregate key.
