@@ -173,7 +173,8 @@ pub(crate) struct InboundFrames {
     max_frame: usize,
     rate: u32,
     byte_rate: u64,
-    events: Option<tokio::sync::broadcast::Sender<crate::PeerEvent>>,
+    /// Weak, so the event stream still ends when the transport shuts down.
+    events: Option<tokio::sync::broadcast::WeakSender<crate::PeerEvent>>,
     body_timeout: Duration,
     peers: Mutex<HashMap<PeerId, PeerInbound>>,
 }
@@ -185,7 +186,7 @@ impl InboundFrames {
         rate: u32,
         byte_rate: u64,
         body_timeout: Duration,
-        events: Option<tokio::sync::broadcast::Sender<crate::PeerEvent>>,
+        events: Option<tokio::sync::broadcast::WeakSender<crate::PeerEvent>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             queue,
@@ -260,7 +261,7 @@ impl InboundFrames {
             .is_none_or(|at| now.duration_since(at) >= RATE_REPORT_INTERVAL);
         if due {
             state.reported = Some(now);
-            if let Some(events) = &self.events {
+            if let Some(events) = self.events.as_ref().and_then(|w| w.upgrade()) {
                 let _ = events.send(crate::PeerEvent::RateLimited(peer));
             }
         }

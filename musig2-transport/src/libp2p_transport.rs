@@ -486,7 +486,7 @@ impl Libp2pTransport {
             config.inbound_rate_per_sec,
             config.inbound_bytes_per_sec,
             config.send_timeout,
-            Some(events_tx.clone()),
+            Some(events_tx.downgrade()),
         );
         let accept_task = Arc::clone(&frames_in).spawn_accept(incoming);
         let links = Links::new(opener, config.idle_connection_timeout);

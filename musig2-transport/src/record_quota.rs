@@ -119,7 +119,8 @@ mod tests {
         // Replacing one of its own keys is fine.
         q.admit(&key(2), b"a".to_vec(), None, now, stored).unwrap();
         q.admit(&key(3), b"b".to_vec(), None, now, stored).unwrap();
-        q.admit(&key(4), b"c".to_vec(), Some(now), now, stored)
+        let soon = now + std::time::Duration::from_millis(500);
+        q.admit(&key(4), b"c".to_vec(), Some(soon), now, stored)
             .unwrap();
         assert_eq!(
             q.admit(&key(5), b"d".to_vec(), None, now, stored),
