@@ -582,6 +582,9 @@ impl ByteBucket {
     }
 }
 
+/// Light offences that make one offence (see `Actor::light_offence`).
+const OFFENCE_WEIGHT: u32 = 8;
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -653,13 +656,25 @@ impl Actor {
     /// Counts an offending frame from `peer`; blocks the peer at the transport once it has sent
     /// `max_peer_offences` of them within `peer_block_duration`.
     async fn offence(&mut self, peer: PeerId, what: &str) {
+        self.weighted_offence(peer, what, OFFENCE_WEIGHT).await;
+    }
+
+    /// Counts a frame that cost us little but that an honest peer sends rarely (an exact
+    /// replay, a frame for an unknown session past the peer's share): one `OFFENCE_WEIGHT`th of
+    /// an offence, so a flood of them is blocked while an honest peer's occasional duplicate
+    /// never adds up.
+    async fn light_offence(&mut self, peer: PeerId, what: &str) {
+        self.weighted_offence(peer, what, 1).await;
+    }
+
+    async fn weighted_offence(&mut self, peer: PeerId, what: &str, weight: u32) {
         let limit = self.config.max_peer_offences;
         if limit == 0 || self.blocked.contains_key(&peer) {
             return;
         }
         let now = self.clock.now_ms();
         let window = millis(self.config.peer_block_duration);
-        if self.offences.record(peer, now) < limit {
+        if self.offences.record(peer, now, weight) < limit.saturating_mul(OFFENCE_WEIGHT) {
             return;
         }
         self.offences.remove(&peer);
@@ -1038,12 +1053,14 @@ impl Actor {
         if let Some(header) = peek_envelope_header(&bytes, &self.config.limits) {
             match self.sessions.get(&header.session_id) {
                 None => {
-                    self.buffer_pending(from, header.session_id, bytes, now);
+                    self.buffer_pending(from, header.session_id, bytes, now)
+                        .await;
                     return;
                 }
                 Some(m) if m.phase().is_terminal() => return,
                 Some(m) if m.is_exact_replay(&header) => {
                     tracing::trace!(%from, session = %header.session_id, "dropped an exact replay");
+                    self.light_offence(from, "exact replay").await;
                     return;
                 }
                 Some(_) => {}
@@ -1052,7 +1069,7 @@ impl Actor {
             // A batch: honest batches hold one session's envelopes (one machine step's output).
             match self.sessions.get(&session) {
                 None => {
-                    self.buffer_pending(from, session, bytes, now);
+                    self.buffer_pending(from, session, bytes, now).await;
                     return;
                 }
                 Some(m) if m.phase().is_terminal() => return,
@@ -1062,6 +1079,7 @@ impl Actor {
             // Announcements cost a decode, a signature and a key aggregation per signer: their
             // bytes are budgeted per peer and overall before any of that.
             tracing::debug!(%from, "announcement over budget");
+            self.light_offence(from, "announcements over budget").await;
             return;
         }
         let frame = match decode_frame(&bytes, &self.config.limits) {
@@ -1113,7 +1131,7 @@ impl Actor {
         let now = self.clock.now_ms();
         let Some(machine) = self.sessions.get_mut(&id) else {
             let frame = Bytes::from(envelope.to_frame_bytes());
-            self.buffer_pending(from, id, frame, now);
+            self.buffer_pending(from, id, frame, now).await;
             return;
         };
         // A relay of a verified envelope is not answerable for what its author put in it (a
@@ -1170,9 +1188,11 @@ impl Actor {
             .take(len, per_peer, now)
     }
 
-    fn buffer_pending(&mut self, from: PeerId, id: SessionId, frame: Bytes, now: u64) {
+    async fn buffer_pending(&mut self, from: PeerId, id: SessionId, frame: Bytes, now: u64) {
         if let Err(why) = self.pending.push(from, id, frame, now) {
             tracing::debug!(%from, session = %id, ?why, "not buffered for an unknown session");
+            self.light_offence(from, "frames for unknown sessions past its share")
+                .await;
         }
     }
 

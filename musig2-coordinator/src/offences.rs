@@ -29,8 +29,8 @@ impl OffenceTable {
         }
     }
 
-    /// Counts one offence of `peer` at `now_ms`; returns its count within the window.
-    pub(crate) fn record(&mut self, peer: PeerId, now_ms: u64) -> u32 {
+    /// Counts an offence of `weight` of `peer` at `now_ms`; returns its total within the window.
+    pub(crate) fn record(&mut self, peer: PeerId, now_ms: u64, weight: u32) -> u32 {
         if !self.entries.contains_key(&peer) && self.entries.len() >= self.capacity {
             self.evict_one(now_ms);
         }
@@ -44,7 +44,7 @@ impl OffenceTable {
                 since_ms: now_ms,
             };
         }
-        entry.count = entry.count.saturating_add(1);
+        entry.count = entry.count.saturating_add(weight);
         entry.count
     }
 
@@ -97,8 +97,8 @@ mod tests {
         let mut table = OffenceTable::new(16, 1_000_000);
         let mut last = 0;
         for (i, sybil) in sybils.iter().enumerate() {
-            last = table.record(*offender, i as u64);
-            table.record(*sybil, i as u64);
+            last = table.record(*offender, i as u64, 1);
+            table.record(*sybil, i as u64, 1);
             assert!(table.len() <= 16);
         }
         // Every sybil offence came with one of the offender's, and none of them cleared it.
@@ -110,13 +110,13 @@ mod tests {
     fn expired_windows_restart_and_are_evicted_first() {
         let ids = peers(3);
         let mut table = OffenceTable::new(2, 100);
-        assert_eq!(table.record(ids[0], 0), 1);
-        assert_eq!(table.record(ids[0], 10), 2);
-        assert_eq!(table.record(ids[1], 150), 1);
+        assert_eq!(table.record(ids[0], 0, 1), 1);
+        assert_eq!(table.record(ids[0], 10, 1), 2);
+        assert_eq!(table.record(ids[1], 150, 1), 1);
         // ids[0]'s window (since 0) has run out: it is evicted before ids[1], whose is live.
-        assert_eq!(table.record(ids[2], 160), 1);
+        assert_eq!(table.record(ids[2], 160, 1), 1);
         assert_eq!(table.count(&ids[0]), 0);
         assert_eq!(table.count(&ids[1]), 1);
-        assert_eq!(table.record(ids[0], 200), 1);
+        assert_eq!(table.record(ids[0], 200, 1), 1);
     }
 }

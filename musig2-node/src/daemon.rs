@@ -212,6 +212,9 @@ impl Daemon {
             record_validator: Some(announcement_record_validator(config.node.limits)),
             external_addrs: config.external.clone(),
             metrics: metrics.as_ref().map(Metrics::registry),
+            // No frame the node accepts is larger than the wire limit: refuse bigger ones at
+            // the transport, before they are read into memory.
+            max_frame: config.node.limits.max_frame_bytes,
             ..Libp2pConfig::default()
         })
         .await;

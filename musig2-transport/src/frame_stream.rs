@@ -165,11 +165,14 @@ struct PeerInbound {
 }
 
 /// A peer over its rate is reported at most this often.
-const RATE_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+const RATE_REPORT_INTERVAL: Duration = Duration::from_millis(250);
 
 /// What every inbound stream of a node shares: the inbound queue, limits and per-peer state.
 pub(crate) struct InboundFrames {
     queue: mpsc::Sender<Inbound>,
+    /// Bytes in the queue (taken off by the receiving side), and their bound.
+    queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    max_queued_bytes: usize,
     max_frame: usize,
     rate: u32,
     byte_rate: u64,
@@ -187,9 +190,13 @@ impl InboundFrames {
         byte_rate: u64,
         body_timeout: Duration,
         events: Option<tokio::sync::broadcast::WeakSender<crate::PeerEvent>>,
+        queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
+        max_queued_bytes: usize,
     ) -> Arc<Self> {
         Arc::new(Self {
             queue,
+            queued_bytes,
+            max_queued_bytes,
             max_frame,
             rate,
             byte_rate,
@@ -205,12 +212,14 @@ impl InboundFrames {
 
     /// Delivers a frame to our own queue (a send to ourselves).
     pub(crate) fn deliver_local(&self, from: PeerId, frame: Bytes) -> Result<()> {
-        self.queue
-            .try_send(Inbound { from, frame })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => TransportError::Backpressure(from),
-                mpsc::error::TrySendError::Closed(_) => TransportError::Closed,
-            })
+        if self.queue.is_closed() {
+            return Err(TransportError::Closed);
+        }
+        if self.enqueue(from, frame) {
+            Ok(())
+        } else {
+            Err(TransportError::Backpressure(from))
+        }
     }
 
     /// Forgets a peer's rate state once it has no connection left.
@@ -272,10 +281,27 @@ impl InboundFrames {
         if !self.allow(from, frame.len()) {
             return FrameStatus::RateLimited;
         }
-        match self.queue.try_send(Inbound { from, frame }) {
-            Ok(()) => FrameStatus::Accepted,
-            Err(_) => FrameStatus::Busy,
+        if self.enqueue(from, frame) {
+            FrameStatus::Accepted
+        } else {
+            FrameStatus::Busy
         }
+    }
+
+    /// Queues a frame if the queue has room in frames and in bytes.
+    fn enqueue(&self, from: PeerId, frame: Bytes) -> bool {
+        use std::sync::atomic::Ordering;
+        let len = frame.len();
+        let before = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        if before + len > self.max_queued_bytes && before > 0 {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            return false;
+        }
+        if self.queue.try_send(Inbound { from, frame }).is_err() {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            return false;
+        }
+        true
     }
 
     /// Counts a new stream of `peer`; false if it already holds the most it may.

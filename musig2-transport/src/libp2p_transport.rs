@@ -152,6 +152,8 @@ pub struct Libp2pConfig {
     pub inbound_bytes_per_sec: u64,
     /// Capacity of the inbound frame queue.
     pub inbound_capacity: usize,
+    /// Most bytes of frames waiting in the inbound queue (further frames are answered "busy").
+    pub max_inbound_queue_bytes: usize,
     /// Capacity of the command queue from handle to swarm task.
     pub command_capacity: usize,
     /// Most sends and DHT operations in flight at once; further callers wait for a slot.
@@ -192,6 +194,7 @@ impl Default for Libp2pConfig {
             inbound_rate_per_sec: 2000,
             inbound_bytes_per_sec: 8 * 1024 * 1024,
             inbound_capacity: 1024,
+            max_inbound_queue_bytes: 16 * 1024 * 1024,
             command_capacity: 256,
             max_in_flight: 4096,
             event_capacity: 1024,
@@ -369,6 +372,8 @@ pub struct Libp2pTransport {
     accept_task: Mutex<Option<JoinHandle<()>>>,
     in_flight: tokio::sync::Semaphore,
     inbound: tokio::sync::Mutex<mpsc::Receiver<Inbound>>,
+    /// Bytes waiting in `inbound` (see `Libp2pConfig::max_inbound_queue_bytes`).
+    queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
     events_tx: Mutex<Option<broadcast::Sender<PeerEvent>>>,
     initial_events: Mutex<Option<broadcast::Receiver<PeerEvent>>>,
     task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
@@ -479,6 +484,7 @@ impl Libp2pTransport {
             })??;
 
         let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_capacity.max(1));
+        let queued_bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (events_tx, events_rx) = broadcast::channel(config.event_capacity.max(1));
         let frames_in = InboundFrames::new(
             inbound_tx,
@@ -487,6 +493,8 @@ impl Libp2pTransport {
             config.inbound_bytes_per_sec,
             config.send_timeout,
             Some(events_tx.downgrade()),
+            queued_bytes.clone(),
+            config.max_inbound_queue_bytes,
         );
         let accept_task = Arc::clone(&frames_in).spawn_accept(incoming);
         let links = Links::new(opener, config.idle_connection_timeout);
@@ -518,6 +526,7 @@ impl Libp2pTransport {
             accept_task: Mutex::new(Some(accept_task)),
             in_flight: tokio::sync::Semaphore::new(config.max_in_flight.max(1)),
             inbound: tokio::sync::Mutex::new(inbound_rx),
+            queued_bytes,
             events_tx: Mutex::new(Some(events_tx)),
             initial_events: Mutex::new(Some(events_rx)),
             task: tokio::sync::Mutex::new(Some(task)),
@@ -707,12 +716,16 @@ impl Transport for Libp2pTransport {
     }
 
     async fn recv(&self) -> Result<Inbound> {
-        self.inbound
+        let inbound = self
+            .inbound
             .lock()
             .await
             .recv()
             .await
-            .ok_or(TransportError::Closed)
+            .ok_or(TransportError::Closed)?;
+        self.queued_bytes
+            .fetch_sub(inbound.frame.len(), std::sync::atomic::Ordering::AcqRel);
+        Ok(inbound)
     }
 
     async fn dht_put(&self, key: Vec<u8>, value: Vec<u8>, ttl: Duration) -> Result<()> {

@@ -87,7 +87,7 @@ pub enum PeerEvent {
     /// The last connection to the peer was closed.
     Disconnected(PeerId),
     /// The peer sent faster than its inbound rate limit allows; frames were refused. Reported
-    /// at most once per second per peer.
+    /// at most four times a second per peer.
     RateLimited(PeerId),
 }
 
