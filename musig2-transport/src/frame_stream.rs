@@ -167,6 +167,15 @@ struct PeerInbound {
 /// A peer over its rate is reported at most this often.
 const RATE_REPORT_INTERVAL: Duration = Duration::from_millis(250);
 
+/// The limits of a node's inbound frames (from `Libp2pConfig`).
+pub(crate) struct InboundLimits {
+    pub(crate) max_frame: usize,
+    pub(crate) rate: u32,
+    pub(crate) byte_rate: u64,
+    pub(crate) body_timeout: Duration,
+    pub(crate) max_queued_bytes: usize,
+}
+
 /// What every inbound stream of a node shares: the inbound queue, limits and per-peer state.
 pub(crate) struct InboundFrames {
     queue: mpsc::Sender<Inbound>,
@@ -185,23 +194,19 @@ pub(crate) struct InboundFrames {
 impl InboundFrames {
     pub(crate) fn new(
         queue: mpsc::Sender<Inbound>,
-        max_frame: usize,
-        rate: u32,
-        byte_rate: u64,
-        body_timeout: Duration,
+        limits: InboundLimits,
         events: Option<tokio::sync::broadcast::WeakSender<crate::PeerEvent>>,
         queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
-        max_queued_bytes: usize,
     ) -> Arc<Self> {
         Arc::new(Self {
             queue,
             queued_bytes,
-            max_queued_bytes,
-            max_frame,
-            rate,
-            byte_rate,
+            max_queued_bytes: limits.max_queued_bytes,
+            max_frame: limits.max_frame,
+            rate: limits.rate,
+            byte_rate: limits.byte_rate,
             events,
-            body_timeout,
+            body_timeout: limits.body_timeout,
             peers: Mutex::new(HashMap::new()),
         })
     }

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
 use crate::frame_behaviour::FrameBehaviour;
-use crate::frame_stream::{InboundFrames, Links};
+use crate::frame_stream::{InboundFrames, InboundLimits, Links};
 use crate::record_quota::RecordQuota;
 use crate::{
     Inbound, PeerEvent, PeerId, RecordMeta, RecordValidator, Result, SendReport, Transport,
@@ -488,13 +488,15 @@ impl Libp2pTransport {
         let (events_tx, events_rx) = broadcast::channel(config.event_capacity.max(1));
         let frames_in = InboundFrames::new(
             inbound_tx,
-            config.max_frame,
-            config.inbound_rate_per_sec,
-            config.inbound_bytes_per_sec,
-            config.send_timeout,
+            InboundLimits {
+                max_frame: config.max_frame,
+                rate: config.inbound_rate_per_sec,
+                byte_rate: config.inbound_bytes_per_sec,
+                body_timeout: config.send_timeout,
+                max_queued_bytes: config.max_inbound_queue_bytes,
+            },
             Some(events_tx.downgrade()),
             queued_bytes.clone(),
-            config.max_inbound_queue_bytes,
         );
         let accept_task = Arc::clone(&frames_in).spawn_accept(incoming);
         let links = Links::new(opener, config.idle_connection_timeout);
