@@ -164,6 +164,12 @@ struct PeerInbound {
     reported: Option<std::time::Instant>,
 }
 
+/// How much of a frame stream is read ahead.
+const STREAM_READ_BUFFER: usize = 16 * 1024;
+
+/// Most answers held back while a burst of frames is read.
+const MAX_DEFERRED_ANSWERS: usize = 64;
+
 /// A peer over its rate is reported at most this often.
 const RATE_REPORT_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -339,11 +345,15 @@ impl InboundFrames {
         }
     }
 
-    /// Serves one peer's stream until it ends or breaks the protocol.
-    async fn serve(self: Arc<Self>, peer: PeerId, mut stream: Stream) {
+    /// Serves one peer's stream until it ends or breaks the protocol. Answers go out in order;
+    /// while more frames are already buffered they are written together (one write and flush
+    /// for a burst, not one per frame), so a flooding peer costs few writes.
+    async fn serve(self: Arc<Self>, peer: PeerId, stream: Stream) {
+        let mut reader = futures::io::BufReader::with_capacity(STREAM_READ_BUFFER, stream);
+        let mut answers: Vec<u8> = Vec::new();
         loop {
             let (status, more) =
-                match read_frame(&mut stream, self.max_frame, self.body_timeout).await {
+                match read_frame(&mut reader, self.max_frame, self.body_timeout).await {
                     Ok(Some(frame)) => (self.admit(peer, frame), true),
                     Ok(None) => break,
                     // The body is still on the stream: answer, then drop the stream.
@@ -356,17 +366,30 @@ impl InboundFrames {
                         break;
                     }
                 };
+            answers.push(status.to_byte());
+            let burst_continues =
+                more && !reader.buffer().is_empty() && answers.len() < MAX_DEFERRED_ANSWERS;
+            if burst_continues {
+                continue;
+            }
+            let stream = reader.get_mut();
             let answered = async {
-                stream.write_all(&[status.to_byte()]).await?;
+                stream.write_all(&answers).await?;
                 stream.flush().await
             };
             if let Err(error) = answered.await {
                 tracing::debug!(%peer, %error, "frame stream closed while answering");
                 break;
             }
+            answers.clear();
             if !more {
                 break;
             }
+        }
+        if !answers.is_empty() {
+            let stream = reader.get_mut();
+            let _ = stream.write_all(&answers).await;
+            let _ = stream.flush().await;
         }
         self.close_stream(peer);
     }
