@@ -479,10 +479,11 @@ impl SignedEnvelope {
         if e.session_id != announcement.session_id() {
             return Err(ProtoError::WrongSession { signer: e.signer });
         }
-        verify_sig(announcement, e, &self.signature)?;
+        let signing_hash = verify_sig(announcement, e, &self.signature)?;
         check_body(e, announcement)?;
         Ok(VerifiedEnvelope {
             signed: self.clone(),
+            signing_hash,
         })
     }
 }
@@ -511,7 +512,7 @@ fn verify_sig(
     announcement: &VerifiedAnnouncement,
     e: &Envelope,
     signature: &[u8; 64],
-) -> Result<(), ProtoError> {
+) -> Result<[u8; 32], ProtoError> {
     let key = announcement
         .x_only(e.signer)
         .ok_or(ProtoError::UnknownSigner {
@@ -519,8 +520,10 @@ fn verify_sig(
             signers: announcement.signer_count(),
         })?;
     let sig = schnorr::Signature::from_byte_array(*signature);
-    key.verify(&e.signing_hash(), &sig)
-        .map_err(|_| ProtoError::BadEnvelopeSignature { signer: e.signer })
+    let hash = e.signing_hash();
+    key.verify(&hash, &sig)
+        .map_err(|_| ProtoError::BadEnvelopeSignature { signer: e.signer })?;
+    Ok(hash)
 }
 
 fn check_body(e: &Envelope, announcement: &VerifiedAnnouncement) -> Result<(), ProtoError> {
@@ -596,9 +599,16 @@ fn check_body(e: &Envelope, announcement: &VerifiedAnnouncement) -> Result<(), P
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifiedEnvelope {
     signed: SignedEnvelope,
+    signing_hash: [u8; 32],
 }
 
 impl VerifiedEnvelope {
+    /// The tagged hash its author signed ([`Envelope::signing_hash`]), computed once during
+    /// verification.
+    pub fn signing_hash(&self) -> [u8; 32] {
+        self.signing_hash
+    }
+
     /// The verified fields.
     pub fn envelope(&self) -> &Envelope {
         &self.signed.envelope
