@@ -128,6 +128,24 @@ pub fn event_json(event: &Event) -> Value {
             "signer": signer.get(),
             "peer": peer.to_string(),
         }),
+        Event::SessionRefused { listed_peer, .. } => json!({
+            "event": "refused",
+            "session": session,
+            "reason": "misrouted",
+            "listed_peer": listed_peer.to_string(),
+            "text": format!(
+                "the announcement lists peer {listed_peer} for this node's key; refused, and the \
+                 other signers were told"
+            ),
+        }),
+        Event::SessionEvicted { limit, .. } => json!({
+            "event": "evicted",
+            "session": session,
+            "limit": limit,
+            "text": format!(
+                "dropped before being joined to respect {limit}; join it by id to fetch it again"
+            ),
+        }),
         other => json!({ "event": "other", "session": session, "debug": format!("{other:?}") }),
     };
     let now = view::now_ms();
@@ -351,5 +369,22 @@ mod tests {
             joined,
             serde_json::json!({"event": "joined", "session": "07".repeat(32), "signer": 2})
         );
+        // The hardening's events have their own stable forms, never Rust debug text.
+        let evicted = event_json(&Event::SessionEvicted {
+            session,
+            limit: "max_unjoined_sessions",
+        });
+        assert_eq!(evicted["event"], "evicted");
+        assert_eq!(evicted["limit"], "max_unjoined_sessions");
+        let misrouted = event_json(&Event::Aborted {
+            session,
+            reason: AbortReason::Misrouted,
+            blamed: vec![SignerIndex::try_from(0usize).expect("index")],
+            origin: AbortOrigin::Remote(blamed),
+        });
+        assert_eq!(misrouted["reason"], "misrouted");
+        for value in [evicted, misrouted] {
+            assert!(!value.to_string().contains("debug"), "{value}");
+        }
     }
 }

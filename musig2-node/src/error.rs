@@ -142,7 +142,10 @@ fn coordinator_kind(error: &CoordinatorError) -> ErrorKind {
         CoordinatorError::SessionFinished(_)
         | CoordinatorError::SessionExists(_)
         | CoordinatorError::NotASigner(_)
-        | CoordinatorError::TooManySessions(_) => ErrorKind::Rejected,
+        | CoordinatorError::TooManySessions(_)
+        | CoordinatorError::TooManySessionsFromCreator { .. }
+        | CoordinatorError::PolicyOutOfBounds { .. }
+        | CoordinatorError::Misrouted { .. } => ErrorKind::Rejected,
         CoordinatorError::InvalidRequest(_)
         | CoordinatorError::Proto(_)
         | CoordinatorError::Core(_) => ErrorKind::Usage,

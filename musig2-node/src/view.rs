@@ -149,6 +149,7 @@ pub fn reason_name(reason: AbortReason) -> &'static str {
         AbortReason::FailoverExhausted => "failover_exhausted",
         AbortReason::Cancelled => "cancelled",
         AbortReason::Internal => "internal",
+        AbortReason::Misrouted => "misrouted",
         #[allow(unreachable_patterns)]
         _ => "other",
     }
@@ -167,6 +168,9 @@ pub fn reason_text(reason: AbortReason) -> &'static str {
         AbortReason::FailoverExhausted => "every coordinator candidate failed to broadcast",
         AbortReason::Cancelled => "a signer's operator cancelled",
         AbortReason::Internal => "an internal error on the aborting node",
+        AbortReason::Misrouted => {
+            "the announcement lists, for the aborting signer's key, a peer that is not that signer's"
+        }
         #[allow(unreachable_patterns)]
         _ => "unknown reason",
     }
