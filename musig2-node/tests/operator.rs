@@ -334,6 +334,16 @@ fn the_readme_walk_with_two_nodes_through_the_cli_only() {
     )
     .ok();
     let session = created["session"].as_str().expect("session").to_owned();
+    // During the session (Bob has not joined): Alice's node serves it as unfinished.
+    let during = scrape(&metrics_url);
+    let unfinished: f64 = ["joined", "nonce_commit", "nonce", "partial_signature"]
+        .iter()
+        .filter_map(|p| metric(&during, &format!("musig2_sessions{{phase=\"{p}\"}}")))
+        .sum();
+    assert!(
+        unfinished >= 1.0,
+        "the session in progress is served: {during}"
+    );
     let window = created["join_deadline"]["at_ms"]
         .as_u64()
         .expect("deadline")
