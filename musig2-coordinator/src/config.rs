@@ -51,6 +51,8 @@ pub struct Config {
     /// Longest session lifetime (announcement expiry, session timeout) this node accepts in an
     /// announcement; longer ones are refused ([`CoordinatorError::PolicyOutOfBounds`](crate::CoordinatorError::PolicyOutOfBounds)).
     pub max_session_lifetime: Duration,
+    /// Longest join window (human time to read and join) this node accepts in an announcement.
+    pub max_join_window: Duration,
     /// Longest phase timeout (nonce, partial signature, broadcast) this node accepts in an
     /// announcement (machine time: a joined session waits at most this long in one phase).
     pub max_round_timeout: Duration,
@@ -121,6 +123,7 @@ impl Default for Config {
             unjoined_session_lifetime: Duration::from_secs(3600),
             max_session_lifetime: Duration::from_secs(7 * 24 * 3600),
             max_round_timeout: Duration::from_secs(600),
+            max_join_window: Duration::from_secs(24 * 3600),
             max_buffered_messages_per_peer: 64,
             max_pending_bytes_per_peer: 64 * 1024,
             max_pending_frames: 4096,

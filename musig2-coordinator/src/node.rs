@@ -878,6 +878,11 @@ impl Actor {
         let checks = [
             ("expiry", a.expires_at_ms.saturating_sub(now), lifetime),
             ("session timeout", t.session_ms, lifetime),
+            (
+                "join window",
+                t.join_ms,
+                millis(self.config.max_join_window),
+            ),
             ("nonce timeout", t.nonce_ms, round),
             ("partial-signature timeout", t.partial_sig_ms, round),
             ("broadcast timeout", t.broadcast_ms, round),

@@ -125,10 +125,16 @@ async fn announcement_flood_cannot_lock_a_node_out_of_signing() {
     let forever = 10 * 365 * 24 * T_HOUR_MS;
     let mut long_timeouts = Policy::default().timeouts;
     long_timeouts.nonce_ms = forever;
+    let mut long_join = Policy::default().timeouts;
+    long_join.join_ms = forever;
     for _ in 0..4 {
         let sybil = Keypair::new(&mut rng);
         let keys = [victim_key.public_key(), sybil.public_key()];
-        for (lifetime, timeouts) in [(forever, None), (T_HOUR_MS, Some(long_timeouts))] {
+        for (lifetime, timeouts) in [
+            (forever, None),
+            (T_HOUR_MS, Some(long_timeouts)),
+            (T_HOUR_MS, Some(long_join)),
+        ] {
             let a = announcement(&sybil, &keys, &[], lifetime, timeouts);
             attacker
                 .send(victim.peer_id(), Bytes::from(a.to_frame_bytes()))
