@@ -535,6 +535,20 @@ struct Actor {
     stats: Arc<crate::stats::NodeStats>,
 }
 
+/// How an aborted session answers a caller: why, whom it blamed and whose word that is.
+fn aborted_error(m: &SessionMachine) -> CoordinatorError {
+    let session = m.session_id();
+    match m.abort_outcome() {
+        Some((reason, blamed, origin)) => CoordinatorError::Aborted {
+            session,
+            reason,
+            blamed: blamed.to_vec(),
+            origin,
+        },
+        None => CoordinatorError::SessionFinished(session),
+    }
+}
+
 /// The key of the signer that created (and signed) an announcement.
 fn creator_key(announcement: &VerifiedAnnouncement) -> Option<PublicKey> {
     let a = announcement.announcement();
@@ -737,16 +751,7 @@ impl Actor {
                         let _ = reply.send(Ok(sig));
                     }
                     (Phase::Aborted, _) => {
-                        let error = match m.abort_outcome() {
-                            Some((reason, blamed, origin)) => CoordinatorError::Aborted {
-                                session,
-                                reason,
-                                blamed: blamed.to_vec(),
-                                origin,
-                            },
-                            None => CoordinatorError::SessionFinished(session),
-                        };
-                        let _ = reply.send(Err(error));
+                        let _ = reply.send(Err(aborted_error(m)));
                     }
                     _ => self.waiters.entry(session).or_default().push(reply),
                 },
@@ -824,15 +829,7 @@ impl Actor {
             });
         }
         if m.phase() == Phase::Aborted {
-            return Err(match m.abort_outcome() {
-                Some((reason, blamed, origin)) => CoordinatorError::Aborted {
-                    session,
-                    reason,
-                    blamed: blamed.to_vec(),
-                    origin,
-                },
-                None => CoordinatorError::SessionFinished(session),
-            });
+            return Err(aborted_error(m));
         }
         let pooled = self.unjoined.iter().position(|(id, _, _)| *id == session);
         if pooled.is_some() && self.active_sessions() >= self.config.max_concurrent_sessions {
