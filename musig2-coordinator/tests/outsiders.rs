@@ -94,6 +94,22 @@ async fn settle() {
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
+/// Sends announcement `a` from `from` to each of `to`, lets the nodes take it in, and returns its
+/// session id.
+async fn announce(
+    from: &MemoryTransport,
+    to: &[musig2_transport::PeerId],
+    a: &SignedAnnouncement,
+) -> SessionId {
+    for peer in to {
+        from.send(*peer, Bytes::from(a.to_frame_bytes()))
+            .await
+            .unwrap();
+    }
+    settle().await;
+    a.verify(now_ms(), &Limits::default()).unwrap().session_id()
+}
+
 fn request(
     signers: &[&Keypair],
     nodes: &[&Node],
@@ -303,16 +319,7 @@ async fn unreachable_peers_never_stall_the_node_task() {
     let sender = net.add_node();
     for _ in 0..3 {
         let a = announcement(&creator, &keys, &peers, T_HOUR_MS, None);
-        let id = a
-            .clone()
-            .verify(now_ms(), &Limits::default())
-            .unwrap()
-            .session_id();
-        sender
-            .send(victim.peer_id(), Bytes::from(a.to_frame_bytes()))
-            .await
-            .unwrap();
-        settle().await;
+        let id = announce(&sender, &[victim.peer_id()], &a).await;
         victim.join_session(id).await.expect("joined");
     }
     // 3 × 40 join frames are stuck on dead links; the node still answers at once.
@@ -345,18 +352,7 @@ async fn a_misrouted_signer_refuses_and_the_others_hear_its_claim() {
         Some(witness.peer_id()),
     ];
     let a = announcement(&keys[0], &pubkeys, &peers, T_HOUR_MS, None);
-    let id = a
-        .clone()
-        .verify(now_ms(), &Limits::default())
-        .unwrap()
-        .session_id();
-    for to in [victim.peer_id(), witness.peer_id()] {
-        creator
-            .send(to, Bytes::from(a.to_frame_bytes()))
-            .await
-            .unwrap();
-    }
-    settle().await;
+    let id = announce(&creator, &[victim.peer_id(), witness.peer_id()], &a).await;
     let refused = victim.join_session(id).await;
     assert!(
         matches!(refused, Err(CoordinatorError::Misrouted { listed, .. }) if listed == creator.local_peer_id()),
@@ -419,16 +415,7 @@ async fn a_relay_is_not_blocked_for_what_an_author_signed() {
         Some(liar.local_peer_id()),
     ];
     let a = announcement(&keys[0], &pubkeys, &peers, T_HOUR_MS, None);
-    let id = a
-        .clone()
-        .verify(now_ms(), &Limits::default())
-        .unwrap()
-        .session_id();
-    relay
-        .send(victim.peer_id(), Bytes::from(a.to_frame_bytes()))
-        .await
-        .unwrap();
-    settle().await;
+    let id = announce(&relay, &[victim.peer_id()], &a).await;
     victim.join_session(id).await.expect("join");
     let envelope = |kp: &Keypair, index: usize, seq: u64, body: Body| {
         Envelope::sign(
@@ -517,16 +504,7 @@ async fn one_creator_cannot_take_every_session_slot() {
     let mut refused = 0;
     for _ in 0..8 {
         let a = announcement(&greedy, &keys, &[], T_HOUR_MS, None);
-        let id = a
-            .clone()
-            .verify(now_ms(), &Limits::default())
-            .unwrap()
-            .session_id();
-        attacker
-            .send(victim.peer_id(), Bytes::from(a.to_frame_bytes()))
-            .await
-            .unwrap();
-        settle().await;
+        let id = announce(&attacker, &[victim.peer_id()], &a).await;
         match victim.join_session(id).await {
             Ok(()) => joined += 1,
             Err(CoordinatorError::TooManySessionsFromCreator { max: 3, .. }) => refused += 1,
