@@ -189,6 +189,18 @@ pub enum CoordinatorError {
     /// The node task has stopped.
     #[error("the node has shut down")]
     Shutdown,
+    /// The session store failed (nothing that depended on the failed write was sent).
+    #[error("session store: {0}")]
+    Store(String),
+    /// A stored session could not be restored (its records do not verify or contradict each
+    /// other); it is not resumed.
+    #[error("stored session {session} cannot be restored: {why}")]
+    Unrestorable {
+        /// The session.
+        session: SessionId,
+        /// What was wrong.
+        why: String,
+    },
 }
 
 impl CoordinatorError {
@@ -202,6 +214,11 @@ impl CoordinatorError {
             // Its author is blamed by the session (which ends); the relay that showed us did
             // right.
             | CoordinatorError::Equivocation { .. } => PeerAction::Ignore,
+            // A message of an attempt we left: honest peers send them while a restart is on its
+            // way to them.
+            CoordinatorError::WrongAttempt {
+                expected, found, ..
+            } if found < expected => PeerAction::Ignore,
             // Everything else was refused after a signature check an honest author never makes
             // us waste (a stale or skewed number, another attempt, a repeat): an offence of the
             // peer that delivered it, when that peer is its author (see `Node`; relays are not

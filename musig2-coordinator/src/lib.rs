@@ -62,6 +62,7 @@ mod outbound;
 mod pending;
 mod replay;
 mod stats;
+pub mod store;
 
 pub use config::Config;
 pub use election::{TAG_ELECTION, election_order};
@@ -73,3 +74,4 @@ pub use node::{
 };
 pub use replay::ReplayWindow;
 pub use stats::StatsSnapshot;
+pub use store::{MemoryStore, Outcome, Record, SessionStore, StoredSession};

@@ -150,6 +150,7 @@ pub fn reason_name(reason: AbortReason) -> &'static str {
         AbortReason::Cancelled => "cancelled",
         AbortReason::Internal => "internal",
         AbortReason::Misrouted => "misrouted",
+        AbortReason::Restarted => "restarted",
         #[allow(unreachable_patterns)]
         _ => "other",
     }
@@ -170,6 +171,9 @@ pub fn reason_text(reason: AbortReason) -> &'static str {
         AbortReason::Internal => "an internal error on the aborting node",
         AbortReason::Misrouted => {
             "the announcement lists, for the aborting signer's key, a peer that is not that signer's"
+        }
+        AbortReason::Restarted => {
+            "a signer lost a nonce it had sent (crash or restore) and no attempt was left to start again"
         }
         #[allow(unreachable_patterns)]
         _ => "unknown reason",

@@ -73,8 +73,11 @@ pub struct Policy {
     pub topology: Topology,
     /// Per-phase deadlines.
     pub timeouts: Timeouts,
-    /// How many times the coordinator role may fail over to a backup.
-    pub max_failover_attempts: u16,
+    /// How many signing attempts the session may make in all, the first included. Each restart
+    /// of a signer that lost a nonce it had sent, and each coordinator failover, starts a new
+    /// attempt with fresh nonces on every node; past the last, the session aborts (0 counts
+    /// as 1).
+    pub max_attempts: u16,
 }
 
 impl Default for Policy {
@@ -84,7 +87,7 @@ impl Default for Policy {
             election: ElectionMethod::HashBased,
             topology: Topology::Mesh,
             timeouts: Timeouts::default(),
-            max_failover_attempts: 3,
+            max_attempts: 3,
         }
     }
 }

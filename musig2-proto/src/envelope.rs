@@ -40,6 +40,10 @@ pub enum AbortReason {
     /// speaks from (the creator misrouted it); the signer refuses the session and blames the
     /// creator.
     Misrouted,
+    /// The named signer lost, in a crash or a restore, a nonce it had sent, and the session has
+    /// no attempt left to start again with fresh nonces (not equivocation: it never signed
+    /// twice).
+    Restarted,
 }
 
 /// Maximum length of the opaque receipt in [`Body::BroadcastConfirmed`].

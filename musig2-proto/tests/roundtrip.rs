@@ -48,7 +48,7 @@ fn any_policy() -> impl Strategy<Value = Policy> {
         any::<u16>(),
     )
         .prop_map(
-            |(nonce_commitment, election, topology, t, max_failover_attempts)| Policy {
+            |(nonce_commitment, election, topology, t, max_attempts)| Policy {
                 nonce_commitment,
                 election,
                 topology,
@@ -59,7 +59,7 @@ fn any_policy() -> impl Strategy<Value = Policy> {
                     broadcast_ms: t[3],
                     session_ms: t[4],
                 },
-                max_failover_attempts,
+                max_attempts,
             },
         )
 }
@@ -119,7 +119,7 @@ fn any_body() -> impl Strategy<Value = Body> {
             .prop_map(|(attempt, receipt)| Body::BroadcastConfirmed { attempt, receipt }),
         (any_attempt(), any::<u16>())
             .prop_map(|(attempt, rank)| Body::FailoverClaim { attempt, rank }),
-        (0usize..11, proptest::option::of(0..=SignerIndex::MAX)).prop_map(|(r, b)| Body::Abort {
+        (0usize..12, proptest::option::of(0..=SignerIndex::MAX)).prop_map(|(r, b)| Body::Abort {
             reason: [
                 AbortReason::Timeout,
                 AbortReason::Expired,
@@ -132,6 +132,7 @@ fn any_body() -> impl Strategy<Value = Body> {
                 AbortReason::Cancelled,
                 AbortReason::Internal,
                 AbortReason::Misrouted,
+                AbortReason::Restarted,
             ][r],
             blamed: b.map(idx),
         }),

@@ -79,7 +79,7 @@ pub fn announcement(n: usize, topology: Topology) -> Announcement {
             election: musig2_proto::ElectionMethod::HashBased,
             topology,
             timeouts: Timeouts::default(),
-            max_failover_attempts: 3,
+            max_attempts: 3,
         },
         salt: [0xAB; 32],
         created_at_ms: NOW,

@@ -1,0 +1,217 @@
+//! A store in memory: nothing survives the process, but a handle survives the node.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use musig2_proto::SessionId;
+
+use super::{Record, SessionStore, StoreUsage, StoredSession};
+use crate::error::{CoordinatorError, Result};
+
+/// Sessions kept in memory.
+///
+/// Clones share one store: a test keeps a clone, drops (or crashes) the node, and starts a new
+/// node on the same store, as a restarted process would reopen its file.
+/// [`snapshot`](MemoryStore::snapshot) and [`from_snapshot`](MemoryStore::from_snapshot) copy it
+/// as a backup would.
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    sessions: Arc<Mutex<HashMap<SessionId, StoredSession>>>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("sessions", &self.lock().len())
+            .finish()
+    }
+}
+
+/// A copy of a [`MemoryStore`]'s contents at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct MemorySnapshot(HashMap<SessionId, StoredSession>);
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A copy of everything held now (a backup).
+    pub fn snapshot(&self) -> MemorySnapshot {
+        MemorySnapshot(self.lock().clone())
+    }
+
+    /// A new store holding a snapshot's contents (a restored backup).
+    pub fn from_snapshot(snapshot: &MemorySnapshot) -> Self {
+        MemoryStore {
+            sessions: Arc::new(Mutex::new(snapshot.0.clone())),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<SessionId, StoredSession>> {
+        // A panic while holding the lock leaves consistent data (every write is one insert).
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl SessionStore for MemoryStore {
+    fn commit(&mut self, records: &[Record]) -> Result<()> {
+        let mut sessions = self.lock();
+        // All or none: check every record's session first.
+        let introduced: Vec<SessionId> = records
+            .iter()
+            .filter(|r| matches!(r, Record::Session { .. }))
+            .map(Record::session_id)
+            .collect();
+        if let Some(orphan) = records
+            .iter()
+            .map(Record::session_id)
+            .find(|id| !sessions.contains_key(id) && !introduced.contains(id))
+        {
+            return Err(CoordinatorError::Store(format!(
+                "a record for session {orphan}, which the store does not hold"
+            )));
+        }
+        for record in records {
+            if let Record::Session {
+                announcement,
+                learned_ms,
+            } = record
+            {
+                sessions
+                    .entry(announcement.session_id())
+                    .or_insert_with(|| StoredSession::new(announcement.clone(), *learned_ms));
+            } else if let Some(session) = sessions.get_mut(&record.session_id()) {
+                session.apply(record);
+            }
+        }
+        Ok(())
+    }
+
+    fn load_all(&self) -> Result<Vec<StoredSession>> {
+        Ok(self.lock().values().cloned().collect())
+    }
+
+    fn load(&self, session: &SessionId) -> Result<Option<StoredSession>> {
+        Ok(self.lock().get(session).cloned())
+    }
+
+    fn remove(&mut self, sessions: &[SessionId]) -> Result<()> {
+        let mut held = self.lock();
+        for id in sessions {
+            held.remove(id);
+        }
+        Ok(())
+    }
+
+    fn usage(&self) -> Result<StoreUsage> {
+        let held = self.lock();
+        let envelopes = held.values().map(|s| s.envelopes.len()).sum();
+        let bytes = held
+            .values()
+            .map(|s| {
+                let envelopes: usize = s.envelopes.iter().map(|e| e.to_frame_bytes().len()).sum();
+                (s.announcement.to_frame_bytes().len() + envelopes + 128) as u64
+            })
+            .sum();
+        Ok(StoreUsage {
+            sessions: held.len(),
+            envelopes,
+            bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use musig2_proto::{Announcement, Limits, Policy, SignerIndex, SignerInfo};
+    use secp256k1::Keypair;
+
+    fn announcement(kp: &Keypair) -> musig2_proto::SignedAnnouncement {
+        let other = Keypair::new(&mut rand::rng());
+        Announcement {
+            signers: vec![
+                SignerInfo::new(kp.public_key()),
+                SignerInfo::new(other.public_key()),
+            ],
+            message: b"m".to_vec(),
+            tweaks: Vec::new(),
+            creator: SignerIndex::try_from(0usize).unwrap(),
+            policy: Policy::default(),
+            salt: [7; 32],
+            created_at_ms: 1,
+            expires_at_ms: 10_000_000,
+        }
+        .sign(kp, &Limits::default())
+        .unwrap()
+    }
+
+    #[test]
+    fn records_of_an_unknown_session_are_refused_all_or_none() {
+        let kp = Keypair::new(&mut rand::rng());
+        let a = announcement(&kp);
+        let b = announcement(&kp);
+        let mut store = MemoryStore::new();
+        let orphan = Record::Attempt {
+            session: b.session_id(),
+            attempt: musig2_proto::Attempt::FIRST,
+        };
+        let intro = Record::Session {
+            announcement: a.clone(),
+            learned_ms: 5,
+        };
+        assert!(matches!(
+            store.commit(&[intro.clone(), orphan]),
+            Err(CoordinatorError::Store(_))
+        ));
+        assert_eq!(
+            store.usage().unwrap().sessions,
+            0,
+            "nothing of a failed commit stays"
+        );
+        store.commit(&[intro]).unwrap();
+        let held = store.load(&a.session_id()).unwrap().unwrap();
+        assert_eq!(held.learned_ms, 5);
+        store.remove(&[a.session_id()]).unwrap();
+        assert!(store.load(&a.session_id()).unwrap().is_none());
+    }
+
+    #[test]
+    fn reservations_and_attempts_only_move_forward() {
+        let kp = Keypair::new(&mut rand::rng());
+        let a = announcement(&kp);
+        let id = a.session_id();
+        let mut store = MemoryStore::new();
+        let seq = |n| musig2_proto::SeqNo::new(n).unwrap();
+        store
+            .commit(&[
+                Record::Session {
+                    announcement: a,
+                    learned_ms: 0,
+                },
+                Record::SeqReserved {
+                    session: id,
+                    next: seq(33),
+                },
+                Record::SeqReserved {
+                    session: id,
+                    next: seq(17),
+                },
+            ])
+            .unwrap();
+        let backup = store.snapshot();
+        store
+            .commit(&[Record::SeqReserved {
+                session: id,
+                next: seq(49),
+            }])
+            .unwrap();
+        assert_eq!(store.load(&id).unwrap().unwrap().next_seq, seq(49));
+        let restored = MemoryStore::from_snapshot(&backup);
+        assert_eq!(restored.load(&id).unwrap().unwrap().next_seq, seq(33));
+    }
+}

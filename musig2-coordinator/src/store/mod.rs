@@ -1,0 +1,216 @@
+//! What a node keeps across restarts, behind one trait.
+//!
+//! The [`SessionMachine`](crate::SessionMachine) states what must be durable as
+//! [`Record`]s among its outputs; the node commits them (all records produced together, across
+//! sessions, in one transaction) **before** any frame produced with them leaves the node. If a
+//! commit fails, nothing is sent and the sessions concerned abort locally.
+//!
+//! Stored: the verified announcement of every session this node joined or created, every
+//! envelope it verified or signed in it (so the transcript stays verifiable), its sequence-number
+//! reservation, the current attempt, and the outcome. **Never** a secret nonce: a restarted
+//! node that had sent a public nonce cannot sign with it again and starts a new attempt instead
+//! (see `docs/adr/0007-durable-sessions.md`).
+//!
+//! Implementations: [`MemoryStore`] (tests, and nodes that need no durability).
+
+mod memory;
+
+pub use self::memory::{MemorySnapshot, MemoryStore};
+
+use musig2_proto::{
+    AbortReason, Attempt, SeqNo, SessionId, SignedAnnouncement, SignedEnvelope, SignerIndex,
+};
+use secp256k1::schnorr;
+
+use crate::error::Result;
+use crate::event::AbortOrigin;
+
+/// Sequence numbers reserved per store write: a restart continues after the reservation, so it
+/// never reuses a number it may have sent, and the store is written once per this many
+/// envelopes (below every sane `max_seq_gap`).
+pub const SEQ_RESERVATION_BLOCK: u64 = 16;
+
+/// One fact a session needs after a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Record {
+    /// A session this node takes part in (first record of every session).
+    Session {
+        /// The verified announcement, as signed by its creator.
+        announcement: SignedAnnouncement,
+        /// When this node learned of it (ms since the UNIX epoch).
+        learned_ms: u64,
+    },
+    /// An envelope of the session, verified (received) or signed by this node (before it is
+    /// sent). Its session is the envelope's.
+    Envelope(SignedEnvelope),
+    /// This node may have used every sequence number below `next` in the session.
+    SeqReserved {
+        /// The session.
+        session: SessionId,
+        /// The first number a restart may use.
+        next: SeqNo,
+    },
+    /// The session moved to a new attempt.
+    Attempt {
+        /// The session.
+        session: SessionId,
+        /// The attempt now current.
+        attempt: Attempt,
+    },
+    /// The session finished.
+    Outcome {
+        /// The session.
+        session: SessionId,
+        /// How.
+        outcome: Outcome,
+        /// When (ms since the UNIX epoch), for retention.
+        at_ms: u64,
+    },
+}
+
+impl Record {
+    /// The session the record belongs to.
+    pub fn session_id(&self) -> SessionId {
+        match self {
+            Record::Session { announcement, .. } => announcement.session_id(),
+            Record::Envelope(envelope) => envelope.envelope().session_id(),
+            Record::SeqReserved { session, .. }
+            | Record::Attempt { session, .. }
+            | Record::Outcome { session, .. } => *session,
+        }
+    }
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// With this verified BIP340 signature.
+    Signed(schnorr::Signature),
+    /// Without a signature.
+    Aborted {
+        /// Why.
+        reason: AbortReason,
+        /// Signers blamed.
+        blamed: Vec<SignerIndex>,
+        /// Whose finding or claim it was.
+        origin: AbortOrigin,
+    },
+}
+
+/// Everything stored about one session: the records folded together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    /// The announcement, as signed by its creator.
+    pub announcement: SignedAnnouncement,
+    /// When this node learned of the session (ms since the UNIX epoch).
+    pub learned_ms: u64,
+    /// Every envelope recorded, in the order recorded (each once).
+    pub envelopes: Vec<SignedEnvelope>,
+    /// The first sequence number a restart may use.
+    pub next_seq: SeqNo,
+    /// The current attempt.
+    pub attempt: Attempt,
+    /// The outcome and when it was reached, once finished.
+    pub outcome: Option<(Outcome, u64)>,
+}
+
+impl StoredSession {
+    /// A session as its first record describes it.
+    pub fn new(announcement: SignedAnnouncement, learned_ms: u64) -> Self {
+        StoredSession {
+            announcement,
+            learned_ms,
+            envelopes: Vec::new(),
+            next_seq: SeqNo::FIRST,
+            attempt: Attempt::FIRST,
+            outcome: None,
+        }
+    }
+
+    /// The session id.
+    pub fn session_id(&self) -> SessionId {
+        self.announcement.session_id()
+    }
+
+    /// Folds one record of this session in. Sequence reservations and attempts only move
+    /// forward; an envelope already held is not added twice; the first outcome stays.
+    pub fn apply(&mut self, record: &Record) {
+        match record {
+            Record::Session { .. } => {}
+            Record::Envelope(envelope) => {
+                if !self.envelopes.contains(envelope) {
+                    self.envelopes.push(envelope.clone());
+                }
+            }
+            Record::SeqReserved { next, .. } => self.next_seq = self.next_seq.max(*next),
+            Record::Attempt { attempt, .. } => self.attempt = self.attempt.max(*attempt),
+            Record::Outcome { outcome, at_ms, .. } => {
+                if self.outcome.is_none() {
+                    self.outcome = Some((outcome.clone(), *at_ms));
+                }
+            }
+        }
+    }
+}
+
+/// Size of what a store holds, for monitoring and for checking that retention keeps it flat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct StoreUsage {
+    /// Sessions held.
+    pub sessions: usize,
+    /// Envelopes held, over all sessions.
+    pub envelopes: usize,
+    /// Bytes the store occupies (its file, for a durable store; the encoded records in memory).
+    pub bytes: u64,
+}
+
+/// Where a node keeps its sessions.
+///
+/// Calls are synchronous and may block (a durable store waits for the disk); the node runs a
+/// store that says it [`is_durable`](SessionStore::is_durable) off its async task.
+pub trait SessionStore: Send + 'static {
+    /// Makes `records` durable, all or none, in one transaction. Records may belong to many
+    /// sessions; a session's first record is [`Record::Session`] (records of a session the
+    /// store does not hold and that is not introduced in the same call are an error).
+    fn commit(&mut self, records: &[Record]) -> Result<()>;
+
+    /// Every session held.
+    fn load_all(&self) -> Result<Vec<StoredSession>>;
+
+    /// One session, if held.
+    fn load(&self, session: &SessionId) -> Result<Option<StoredSession>>;
+
+    /// Forgets these sessions (absent ones are ignored), in one transaction.
+    fn remove(&mut self, sessions: &[SessionId]) -> Result<()>;
+
+    /// What the store holds.
+    fn usage(&self) -> Result<StoreUsage>;
+
+    /// Whether commits wait for the disk (the node then commits off its async task).
+    fn is_durable(&self) -> bool {
+        false
+    }
+}
+
+impl<S: SessionStore + ?Sized> SessionStore for Box<S> {
+    fn commit(&mut self, records: &[Record]) -> Result<()> {
+        (**self).commit(records)
+    }
+    fn load_all(&self) -> Result<Vec<StoredSession>> {
+        (**self).load_all()
+    }
+    fn load(&self, session: &SessionId) -> Result<Option<StoredSession>> {
+        (**self).load(session)
+    }
+    fn remove(&mut self, sessions: &[SessionId]) -> Result<()> {
+        (**self).remove(sessions)
+    }
+    fn usage(&self) -> Result<StoreUsage> {
+        (**self).usage()
+    }
+    fn is_durable(&self) -> bool {
+        (**self).is_durable()
+    }
+}
