@@ -98,6 +98,11 @@ pub struct Config {
     pub max_peer_offences: u32,
     /// How long a blocked peer stays blocked, and the window offences are counted in.
     pub peer_block_duration: Duration,
+    /// How long a finished session is kept (in memory and in the store) for late queries,
+    /// signers that missed its end, and export; then it is forgotten.
+    pub finished_session_retention: Duration,
+    /// Most finished sessions kept; the oldest are forgotten first.
+    pub max_finished_sessions: usize,
 }
 
 impl Default for Config {
@@ -141,6 +146,8 @@ impl Default for Config {
             event_queue: 1024,
             max_peer_offences: 16,
             peer_block_duration: Duration::from_secs(600),
+            finished_session_retention: Duration::from_secs(24 * 3600),
+            max_finished_sessions: 1024,
         }
     }
 }

@@ -111,6 +111,22 @@ pub enum Event {
         /// The peer.
         peer: PeerId,
     },
+    /// The session moved to a new attempt with fresh nonces on every node, because `signer`
+    /// restarted after losing a nonce it had sent (this node, when `signer` is ours). Not
+    /// blame: a restart is honest, and bounded by the announcement's `max_attempts`.
+    AttemptStarted {
+        /// The session.
+        session: SessionId,
+        /// The attempt now current.
+        attempt: musig2_proto::Attempt,
+        /// The signer that restarted.
+        signer: SignerIndex,
+    },
+    /// A stored session was resumed after this node restarted.
+    SessionResumed {
+        /// The session.
+        session: SessionId,
+    },
 }
 
 impl Event {
@@ -128,7 +144,9 @@ impl Event {
             | Event::Aborted { session, .. }
             | Event::SessionRefused { session, .. }
             | Event::SessionEvicted { session, .. }
-            | Event::ParticipantDisconnected { session, .. } => *session,
+            | Event::ParticipantDisconnected { session, .. }
+            | Event::AttemptStarted { session, .. }
+            | Event::SessionResumed { session } => *session,
         }
     }
 }

@@ -29,6 +29,11 @@ use crate::election::election_order;
 use crate::error::{CoordinatorError, Result};
 use crate::event::{AbortOrigin, Event};
 use crate::replay::ReplayWindow;
+use crate::store::{Outcome, Record, SEQ_RESERVATION_BLOCK, StoredSession};
+
+/// Answers a signer gets about a session that has finished here (it may have missed the end,
+/// e.g. while it was restarting); bounded, as each costs a frame.
+const MAX_FINISHED_ANSWERS: u8 = 3;
 
 /// Where a session stands, from this signer's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,6 +73,10 @@ pub enum Output {
     },
     /// Emit an event.
     Event(Event),
+    /// Make these records durable before sending any envelope of the same step (see
+    /// [`crate::store`]). If that fails, send nothing and call
+    /// [`SessionMachine::store_failed`].
+    Persist(Vec<Record>),
 }
 
 /// A snapshot of a session's progress, for monitoring.
@@ -176,6 +185,20 @@ pub struct SessionMachine {
     replay_window: u64,
     unbound: VecDeque<(PeerId, SignedEnvelope)>,
     rejected: u64,
+
+    /// Whether this node keeps the session across restarts (from its join on).
+    persist: bool,
+    /// Records produced by the current step, handed out as one [`Output::Persist`].
+    records: Vec<Record>,
+    /// Sequence numbers below this are reserved in the store.
+    reserved_seq: u64,
+    /// Attempts the announcement allows in all.
+    max_attempts: u16,
+    /// The envelope that ends the session for a signer who missed the end: the final
+    /// signature, or the signed abort (ours, or the claim we accepted).
+    final_env: Option<SignedEnvelope>,
+    /// Per signer, answers sent about the finished session.
+    answered: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -304,6 +327,12 @@ impl SessionMachine {
             replay_window: config.replay_window.clamp(1, 128),
             unbound: VecDeque::new(),
             rejected: 0,
+            persist: false,
+            records: Vec::new(),
+            reserved_seq: SeqNo::FIRST.get(),
+            max_attempts: a.policy.max_attempts.max(1),
+            final_env: None,
+            answered: vec![0; n],
             ann,
         })
     }
@@ -514,6 +543,7 @@ impl SessionMachine {
         let Ok(peer_id) = PeerIdBytes::new(local_peer.to_bytes()) else {
             return out;
         };
+        self.start_persisting();
         let join = self.sign(now_ms, Body::Join { peer_id });
         self.joins[self.me.as_usize()] = Some((local_peer, join.clone()));
         self.enter(Phase::Joined, now_ms, self.nonce_timeout_ms);
@@ -539,6 +569,7 @@ impl SessionMachine {
             self.relay_unlisted_joins_to(&mut out, self.me);
         }
         self.advance(now_ms, rng, &mut out);
+        self.flush_records(&mut out);
         out
     }
 
@@ -546,6 +577,7 @@ impl SessionMachine {
     pub fn cancel(&mut self, now_ms: u64) -> Vec<Output> {
         let mut out = Vec::new();
         self.abort(now_ms, AbortReason::Cancelled, Vec::new(), &mut out);
+        self.flush_records(&mut out);
         out
     }
 
@@ -562,6 +594,352 @@ impl SessionMachine {
             let holdouts = self.holdouts();
             self.abort(now_ms, AbortReason::Timeout, holdouts, &mut out);
         }
+        self.flush_records(&mut out);
+        out
+    }
+
+    /// A machine for a session this node stored before it stopped (see [`crate::store`]),
+    /// and what to send now.
+    ///
+    /// A finished session stays finished. Otherwise what the store holds decides (the store
+    /// never holds a secret nonce, so one we had is gone):
+    /// * our partial signature of the current attempt: re-send exactly that one, never sign
+    ///   again in that attempt;
+    /// * anything else after our join: a public nonce of ours may have left (a restored older
+    ///   copy of the store looks the same as a store that saw nothing sent), so we start a new
+    ///   attempt with a signed `Restart`, which the others follow without blaming anyone;
+    ///   past the announcement's `max_attempts` the session aborts with reason `Restarted`
+    ///   naming us (if no attempt is left and nothing of a round is stored, we continue).
+    ///
+    /// Sequence numbers continue one reservation block past the stored reservation, so a
+    /// restored copy up to a block behind never reuses a number.
+    pub fn restore<R: rand::CryptoRng + ?Sized>(
+        stored: &StoredSession,
+        keypair: Keypair,
+        local_peer: PeerId,
+        config: &Config,
+        now_ms: u64,
+        untweaked: Option<&KeyAggContext>,
+        rng: &mut R,
+    ) -> Result<(SessionMachine, Vec<Output>)> {
+        let id = stored.session_id();
+        let unrestorable = |why: String| CoordinatorError::Unrestorable { session: id, why };
+        let created = stored.announcement.announcement().created_at_ms;
+        let ann = stored
+            .announcement
+            .verify(created, &config.limits)
+            .map_err(|e| unrestorable(format!("announcement: {e}")))?;
+        let mut m = Self::with_key_agg(
+            ann,
+            keypair,
+            local_peer,
+            config,
+            stored.learned_ms,
+            untweaked,
+        )?;
+        let mut out = Vec::new();
+        if let Some((outcome, _)) = &stored.outcome {
+            m.persist = true;
+            m.phase_deadline_ms = None;
+            match outcome {
+                Outcome::Signed(sig) => {
+                    m.phase = Phase::Done;
+                    m.signature = Some(*sig);
+                }
+                Outcome::Aborted {
+                    reason,
+                    blamed,
+                    origin,
+                } => {
+                    m.phase = Phase::Aborted;
+                    m.aborted = Some((*reason, blamed.clone(), *origin));
+                }
+            }
+            m.final_env = stored
+                .envelopes
+                .iter()
+                .rev()
+                .find(|e| {
+                    matches!(
+                        e.envelope().body(),
+                        Body::Abort { .. } | Body::FinalSignature { .. }
+                    )
+                })
+                .cloned();
+            m.next_seq = SeqNo::new(stored.next_seq.get().saturating_add(SEQ_RESERVATION_BLOCK))
+                .map_err(|e| unrestorable(e.to_string()))?;
+            m.reserve_seq(m.next_seq.get());
+            // What we sent last before the crash may not have left: the others may still be
+            // waiting for it. Tell them how it ended while the session lasts.
+            if now_ms < m.session_deadline_ms {
+                m.tell_the_end(now_ms, &mut out);
+            }
+            m.flush_records(&mut out);
+            return Ok((m, out));
+        }
+        m.attempt = stored.attempt;
+        let mut own_aggnonce = None;
+        let mut scratch = Vec::new();
+        for env in &stored.envelopes {
+            let verified = env
+                .verify(&m.ann)
+                .map_err(|e| unrestorable(format!("stored envelope: {e}")))?;
+            let signer = verified.signer();
+            m.replay[signer.as_usize()].record(verified.seq());
+            m.remember(
+                signer,
+                verified.seq(),
+                verified.signing_hash(),
+                *env.signature(),
+            );
+            if signer == m.me {
+                if matches!(verified.body(), Body::AggregateNonce { attempt, .. } if *attempt == m.attempt)
+                {
+                    own_aggnonce = Some(env.clone());
+                }
+                m.restore_own(verified);
+            } else if let Err(e) = m.apply(verified, stored.learned_ms, &mut scratch) {
+                // Contributions of attempts we left are stored for the transcript, not used.
+                tracing::trace!(session = %id, error = %e, "stored envelope not applied");
+            }
+        }
+        m.persist = true;
+        let seq_floor = stored
+            .next_seq
+            .get()
+            .max(m.next_seq.get())
+            .saturating_add(SEQ_RESERVATION_BLOCK);
+        m.next_seq = SeqNo::new(seq_floor).map_err(|e| unrestorable(e.to_string()))?;
+        m.reserve_seq(seq_floor);
+        if m.phase.is_terminal() {
+            // The stored contributions imply the end (it was decided but not yet stored).
+            let outcome = match (m.signature, &m.aborted) {
+                (Some(sig), _) => Some(Outcome::Signed(sig)),
+                (None, Some((reason, blamed, origin))) => Some(Outcome::Aborted {
+                    reason: *reason,
+                    blamed: blamed.clone(),
+                    origin: *origin,
+                }),
+                _ => None,
+            };
+            if let Some(outcome) = outcome {
+                m.record(Record::Outcome {
+                    session: id,
+                    outcome,
+                    at_ms: now_ms,
+                });
+            }
+            m.flush_records(&mut out);
+            return Ok((m, out));
+        }
+        let Some((_, own_join)) = m.joins[m.me.as_usize()].clone() else {
+            // Not joined: nothing of ours left the node.
+            m.phase = Phase::Created;
+            m.flush_records(&mut out);
+            return Ok((m, out));
+        };
+        m.phase = Phase::Joined;
+        let a = m.ann.announcement();
+        m.phase_deadline_ms = Some(
+            a.created_at_ms
+                .saturating_add(a.policy.timeouts.join_ms)
+                .max(now_ms.saturating_add(m.nonce_timeout_ms)),
+        );
+        let me = m.me.as_usize();
+        out.push(Output::Event(Event::SessionResumed { session: id }));
+        if let Some((_, own_psig)) = m.psigs[me].clone() {
+            m.resume_signed(own_psig, own_aggnonce, now_ms, &mut out);
+        } else {
+            let next = m.attempt.get().saturating_add(1);
+            let round_stored = m.commits[me].is_some() || m.nonces[me].is_some();
+            if next < m.max_attempts {
+                let attempt = Attempt::new(next).map_err(|e| unrestorable(e.to_string()))?;
+                let restart = m.sign(now_ms, Body::Restart { attempt });
+                m.new_attempt(attempt, now_ms);
+                out.push(Output::Event(Event::AttemptStarted {
+                    session: id,
+                    attempt,
+                    signer: m.me,
+                }));
+                let others: Vec<SignerIndex> = m.others().collect();
+                m.send_to(&mut out, others, vec![own_join, restart]);
+            } else if round_stored {
+                m.abort(now_ms, AbortReason::Restarted, vec![m.me], &mut out);
+            } else {
+                let others: Vec<SignerIndex> = m.others().collect();
+                m.send_to(&mut out, others, vec![own_join]);
+            }
+            m.advance(now_ms, rng, &mut out);
+        }
+        m.flush_records(&mut out);
+        Ok((m, out))
+    }
+
+    /// Sends every other signer the envelope that ends the session (see
+    /// [`SessionMachine::answer_finished`]).
+    fn tell_the_end(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        if let Some(env) = self.final_word(now_ms) {
+            let others: Vec<SignerIndex> = self.others().collect();
+            self.send_to(out, others, vec![env]);
+        }
+    }
+
+    /// The signed final signature (made once, on demand, in mesh) or the signed abort.
+    fn final_word(&mut self, now_ms: u64) -> Option<SignedEnvelope> {
+        match (&self.final_env, self.signature) {
+            (Some(env), _) => Some(env.clone()),
+            (None, Some(sig)) => {
+                let env = self.sign(
+                    now_ms,
+                    Body::FinalSignature {
+                        attempt: self.attempt,
+                        signature: sig.to_byte_array(),
+                    },
+                );
+                self.final_env = Some(env.clone());
+                Some(env)
+            }
+            (None, None) => None,
+        }
+    }
+
+    /// Puts one of our own stored envelopes back in its slot.
+    fn restore_own(&mut self, env: VerifiedEnvelope) {
+        let me = self.me.as_usize();
+        let signed = env.signed().clone();
+        match env.body().clone() {
+            Body::Join { .. } => {
+                if let Some(peer) = self.peers[me] {
+                    self.joins[me] = Some((peer, signed));
+                }
+            }
+            Body::NonceCommit {
+                attempt,
+                commitment,
+            } if attempt == self.attempt => self.commits[me] = Some((commitment, signed)),
+            Body::Nonce { attempt, pub_nonce } if attempt == self.attempt => {
+                self.my_nonce = Some(pub_nonce);
+                self.nonces[me] = Some((pub_nonce, signed));
+                if self.is_star_coordinator() {
+                    self.verified_nonces[me] = Some(env);
+                }
+            }
+            Body::PartialSig {
+                attempt,
+                partial_sig,
+            } if attempt == self.attempt => self.psigs[me] = Some((partial_sig, signed)),
+            _ => {}
+        }
+    }
+
+    /// After a restart with our partial signature stored: the session context is rebuilt
+    /// from the stored nonces and exactly the stored signature is sent again.
+    fn resume_signed(
+        &mut self,
+        own_psig: SignedEnvelope,
+        own_aggnonce: Option<SignedEnvelope>,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let pubnonces: Option<Vec<PubNonce>> = self
+            .nonces
+            .iter()
+            .map(|s| s.as_ref().map(|(b, _)| pubnonce_of(b)))
+            .collect();
+        let Some(pubnonces) = pubnonces else {
+            // We signed, so every nonce was here; a store that lost them cannot aggregate.
+            self.abort(now_ms, AbortReason::Internal, Vec::new(), out);
+            return;
+        };
+        self.context = Some(SessionContext::new(
+            &self.key_agg,
+            &AggNonce::aggregate(&pubnonces),
+            &self.ann.announcement().message,
+        ));
+        self.nonces_announced = true;
+        self.aggnonce_received = true;
+        match self.topology {
+            Topology::Mesh => {
+                for k in self.others().collect::<Vec<_>>() {
+                    let mut batch: Vec<SignedEnvelope> = self
+                        .nonces
+                        .iter()
+                        .flatten()
+                        .map(|(_, e)| e)
+                        .filter(|e| e.envelope().signer() != k)
+                        .cloned()
+                        .collect();
+                    batch.push(own_psig.clone());
+                    self.send_to(out, [k], batch);
+                }
+            }
+            Topology::Star if !self.is_star_coordinator() => {
+                self.send_to(out, [self.coordinator], vec![own_psig]);
+            }
+            Topology::Star => {
+                if let Some(aggnonce) = own_aggnonce {
+                    let others: Vec<SignerIndex> = self.others().collect();
+                    self.send_to(out, others, vec![aggnonce]);
+                }
+            }
+        }
+        self.enter(Phase::PartialSig, now_ms, self.partial_sig_timeout_ms);
+    }
+
+    /// The store could not keep what a step produced: nothing of it was sent. The session ends
+    /// here without a word to the others (their deadlines end it for them), and it is not
+    /// stored any more.
+    pub fn store_failed(&mut self, now_ms: u64) -> Vec<Output> {
+        self.records.clear();
+        self.persist = false;
+        let mut out = Vec::new();
+        if self.phase.is_terminal() {
+            return out;
+        }
+        tracing::error!(session = %self.id, "the session store failed: aborting without sending");
+        self.phase = Phase::Aborted;
+        self.phase_deadline_ms = None;
+        self.secnonce = None;
+        self.aborted = Some((AbortReason::Internal, Vec::new(), AbortOrigin::Local));
+        let _ = now_ms;
+        out.push(Output::Event(Event::Aborted {
+            session: self.id,
+            reason: AbortReason::Internal,
+            blamed: Vec::new(),
+            origin: AbortOrigin::Local,
+        }));
+        out
+    }
+
+    /// A bound signer still talks about a session that has finished here (it missed the end,
+    /// e.g. while restarting): tells it how it ended, with a signed final signature or the
+    /// signed abort, a bounded number of times.
+    pub fn answer_finished(&mut self, from: PeerId, now_ms: u64) -> Vec<Output> {
+        let mut out = Vec::new();
+        if !self.phase.is_terminal() {
+            return out;
+        }
+        let Some(signer) = self.signer_of(&from) else {
+            return out;
+        };
+        if signer == self.me {
+            return out;
+        }
+        let Some(count) = self.answered.get_mut(signer.as_usize()) else {
+            return out;
+        };
+        if *count >= MAX_FINISHED_ANSWERS {
+            return out;
+        }
+        *count += 1;
+        let Some(env) = self.final_word(now_ms) else {
+            return out;
+        };
+        out.push(Output::Send {
+            to: from,
+            envelopes: vec![env],
+        });
+        self.flush_records(&mut out);
         out
     }
 
@@ -580,11 +958,13 @@ impl SessionMachine {
         rng: &mut R,
     ) -> Result<Vec<Output>> {
         let mut out = Vec::new();
-        match self.accept(from, envelope, now_ms, &mut out) {
-            Ok(()) => {
-                self.advance(now_ms, rng, &mut out);
-                Ok(out)
-            }
+        let result = self.accept(from, envelope, now_ms, &mut out);
+        if result.is_ok() {
+            self.advance(now_ms, rng, &mut out);
+        }
+        self.flush_records(&mut out);
+        match result {
+            Ok(()) => Ok(out),
             Err(e) => {
                 if e.peer_action() == crate::PeerAction::Penalize {
                     self.rejected += 1;
@@ -631,7 +1011,7 @@ impl SessionMachine {
         }
         // A signed abort is its author's claim whoever delivers it (e.g. a signer the creator
         // misrouted, speaking from a peer the announcement does not list).
-        let any_deliverer = matches!(verified.body(), Body::Abort { .. });
+        let any_deliverer = matches!(verified.body(), Body::Abort { .. } | Body::Restart { .. });
         let direct_join = matches!(verified.body(), Body::Join { peer_id } if peer_id.as_bytes() == from.to_bytes().as_slice());
         if !direct_join && !any_deliverer && self.signer_of(&from).is_none() {
             return self.buffer_unbound(from, envelope);
@@ -660,8 +1040,13 @@ impl SessionMachine {
                 other => other,
             });
         }
-        // Judged by its author's signature: a relayed envelope may be as old as the session.
-        if !relayed {
+        // Judged by its author's signature: a relayed envelope may be as old as the session, and
+        // so may the end of the session told to a signer that missed it.
+        let final_word = matches!(
+            verified.body(),
+            Body::Abort { .. } | Body::FinalSignature { .. }
+        );
+        if !relayed && !final_word {
             let skew_ms = verified.timestamp_ms().abs_diff(now_ms);
             if skew_ms > self.max_skew_ms {
                 return Err(CoordinatorError::ClockSkew { signer, skew_ms });
@@ -669,7 +1054,12 @@ impl SessionMachine {
         }
         self.replay[signer.as_usize()].record(verified.seq());
         self.remember(signer, verified.seq(), hash, *verified.signed().signature());
-        self.apply(verified, now_ms, out)
+        let signed = self.persist.then(|| verified.signed().clone());
+        self.apply(verified, now_ms, out)?;
+        if let Some(signed) = signed {
+            self.record(Record::Envelope(signed));
+        }
+        Ok(())
     }
 
     /// Records a verified (or our own) envelope under its signer and sequence number, forgetting
@@ -868,7 +1258,8 @@ impl SessionMachine {
                         kind: "final signature that does not verify",
                     });
                 }
-                self.finish(sig, out);
+                self.final_env = Some(env.signed().clone());
+                self.finish(sig, now_ms, out);
             }
             Body::Abort { reason, blamed } => {
                 self.phase = Phase::Aborted;
@@ -876,6 +1267,16 @@ impl SessionMachine {
                 self.secnonce = None;
                 let blamed: Vec<SignerIndex> = blamed.into_iter().collect();
                 self.aborted = Some((reason, blamed.clone(), AbortOrigin::Remote(signer)));
+                self.final_env = Some(env.signed().clone());
+                self.record(Record::Outcome {
+                    session: self.id,
+                    outcome: Outcome::Aborted {
+                        reason,
+                        blamed: blamed.clone(),
+                        origin: AbortOrigin::Remote(signer),
+                    },
+                    at_ms: now_ms,
+                });
                 out.push(Output::Event(Event::Aborted {
                     session: self.id,
                     reason,
@@ -883,9 +1284,38 @@ impl SessionMachine {
                     origin: AbortOrigin::Remote(signer),
                 }));
             }
-            Body::BroadcastConfirmed { .. } | Body::FailoverClaim { .. } | Body::Restart { .. } => {
-                // Broadcast confirmation, failover and crash recovery are not part of this
-                // node's protocol version; refuse rather than half-handle them.
+            Body::Restart { attempt } => {
+                if attempt <= self.attempt {
+                    // A copy, or a restart we already moved past: nothing to do.
+                    return Err(CoordinatorError::WrongAttempt {
+                        signer,
+                        expected: self.attempt.get().saturating_add(1),
+                        found: attempt.get(),
+                    });
+                }
+                if attempt.get() >= self.max_attempts {
+                    // Its author lost a nonce it had sent, and no attempt is left: the session
+                    // ends, naming it for what happened (not equivocation: it never signed
+                    // twice).
+                    self.abort(now_ms, AbortReason::Restarted, vec![signer], out);
+                    return Ok(());
+                }
+                tracing::info!(session = %self.id, %signer, attempt = attempt.get(), "a signer restarted: new attempt");
+                out.push(Output::Event(Event::AttemptStarted {
+                    session: self.id,
+                    attempt,
+                    signer,
+                }));
+                if self.is_star_coordinator() {
+                    // Members reach each other only through us.
+                    let others: Vec<SignerIndex> = self.others().filter(|&k| k != signer).collect();
+                    self.send_to(out, others, vec![env.signed().clone()]);
+                }
+                self.new_attempt(attempt, now_ms);
+            }
+            Body::BroadcastConfirmed { .. } | Body::FailoverClaim { .. } => {
+                // Broadcast confirmation and failover are not part of this node's protocol
+                // version; refuse rather than half-handle them.
                 return Err(CoordinatorError::UnexpectedMessage {
                     signer,
                     kind: env.body().kind(),
@@ -1257,9 +1687,10 @@ impl SessionMachine {
                         },
                     );
                     let others: Vec<SignerIndex> = self.others().collect();
-                    self.send_to(out, others, vec![env]);
+                    self.send_to(out, others, vec![env.clone()]);
+                    self.final_env = Some(env);
                 }
-                self.finish(sig, out);
+                self.finish(sig, now_ms, out);
             }
             Err(e) => {
                 let culprits: Vec<SignerIndex> = e
@@ -1285,7 +1716,7 @@ impl SessionMachine {
         }
     }
 
-    fn finish(&mut self, sig: schnorr::Signature, out: &mut Vec<Output>) {
+    fn finish(&mut self, sig: schnorr::Signature, now_ms: u64, out: &mut Vec<Output>) {
         if self.phase.is_terminal() {
             return;
         }
@@ -1293,6 +1724,11 @@ impl SessionMachine {
         self.phase_deadline_ms = None;
         self.secnonce = None;
         self.signature = Some(sig);
+        self.record(Record::Outcome {
+            session: self.id,
+            outcome: Outcome::Signed(sig),
+            at_ms: now_ms,
+        });
         out.push(Output::Event(Event::SignatureReady {
             session: self.id,
             signature: sig,
@@ -1329,9 +1765,19 @@ impl SessionMachine {
                 },
             );
             let others: Vec<SignerIndex> = self.others().collect();
-            self.send_to(out, others, vec![env]);
+            self.send_to(out, others, vec![env.clone()]);
+            self.final_env = Some(env);
         }
         tracing::info!(session = %self.id, ?reason, ?blamed, "session aborted");
+        self.record(Record::Outcome {
+            session: self.id,
+            outcome: Outcome::Aborted {
+                reason,
+                blamed: blamed.clone(),
+                origin: AbortOrigin::Local,
+            },
+            at_ms: now_ms,
+        });
         self.aborted = Some((reason, blamed.clone(), AbortOrigin::Local));
         out.push(Output::Event(Event::Aborted {
             session: self.id,
@@ -1364,11 +1810,103 @@ impl SessionMachine {
     fn sign(&mut self, now_ms: u64, body: Body) -> SignedEnvelope {
         let seq = self.next_seq;
         self.next_seq = seq.next().unwrap_or(seq);
+        if self.persist && seq.get() >= self.reserved_seq {
+            self.reserve_seq(seq.get());
+        }
         let env = Envelope::sign(self.id, self.me, seq, now_ms, body, &self.keypair);
         // Our own entries serve only to drop copies of our envelopes relayed back (by their
         // signature); no contradiction check ever runs on them, so no hash is needed.
         self.remember(self.me, seq, [0; 32], *env.signature());
+        self.record(Record::Envelope(env.clone()));
         env
+    }
+
+    /// Reserves a block of sequence numbers from `from` on: the store learns of it before any
+    /// envelope numbered in it leaves.
+    fn reserve_seq(&mut self, from: u64) {
+        self.reserved_seq = from.saturating_add(SEQ_RESERVATION_BLOCK);
+        if let Ok(next) = SeqNo::new(self.reserved_seq) {
+            self.record(Record::SeqReserved {
+                session: self.id,
+                next,
+            });
+        }
+    }
+
+    fn record(&mut self, record: Record) {
+        if self.persist {
+            self.records.push(record);
+        }
+    }
+
+    /// Hands the step's records out first: the runtime commits them before it sends anything.
+    fn flush_records(&mut self, out: &mut Vec<Output>) {
+        if !self.records.is_empty() {
+            out.insert(0, Output::Persist(std::mem::take(&mut self.records)));
+        }
+    }
+
+    /// From our join on, the session is stored: the announcement, what we hold already, and a
+    /// first block of sequence numbers.
+    fn start_persisting(&mut self) {
+        if self.persist {
+            return;
+        }
+        self.persist = true;
+        self.record(Record::Session {
+            announcement: self.ann.signed().clone(),
+            learned_ms: self.started_ms,
+        });
+        let held: Vec<SignedEnvelope> = self
+            .joins
+            .iter()
+            .flatten()
+            .map(|(_, e)| e.clone())
+            .chain(self.commits.iter().flatten().map(|(_, e)| e.clone()))
+            .chain(self.nonces.iter().flatten().map(|(_, e)| e.clone()))
+            .chain(self.psigs.iter().flatten().map(|(_, e)| e.clone()))
+            .chain(self.aggnonce_env.clone())
+            .collect();
+        for env in held {
+            self.record(Record::Envelope(env));
+        }
+        self.reserve_seq(self.next_seq.get());
+    }
+
+    /// Moves the session to `attempt`: every contribution of the attempt we leave is dropped
+    /// (never mixed into the new one), our secret nonce with it; everyone makes fresh nonces.
+    fn new_attempt(&mut self, attempt: Attempt, now_ms: u64) {
+        self.attempt = attempt;
+        self.record(Record::Attempt {
+            session: self.id,
+            attempt,
+        });
+        for slot in &mut self.commits {
+            *slot = None;
+        }
+        for slot in &mut self.nonces {
+            *slot = None;
+        }
+        for slot in &mut self.verified_nonces {
+            *slot = None;
+        }
+        for slot in &mut self.psigs {
+            *slot = None;
+        }
+        self.aggnonce_received = false;
+        self.aggnonce_env = None;
+        self.nonces_announced = false;
+        self.psigs_announced = false;
+        self.secnonce = None;
+        self.my_nonce = None;
+        self.context = None;
+        if !matches!(self.phase, Phase::Created) && !self.phase.is_terminal() {
+            self.phase = Phase::Joined;
+            let a = self.ann.announcement();
+            let join_end = a.created_at_ms.saturating_add(a.policy.timeouts.join_ms);
+            self.phase_deadline_ms =
+                Some(join_end.max(now_ms.saturating_add(self.nonce_timeout_ms)));
+        }
     }
 
     fn is_star_coordinator(&self) -> bool {

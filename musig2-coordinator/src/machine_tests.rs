@@ -26,6 +26,8 @@ struct Net {
     errors: Vec<(usize, CoordinatorError)>,
     now: u64,
     rng: ChaCha20Rng,
+    /// Each node's store: what its machine asked to keep, committed before its sends queue.
+    stores: Vec<crate::store::MemoryStore>,
 }
 
 impl Net {
@@ -100,6 +102,7 @@ impl Net {
             errors: Vec::new(),
             now: T0,
             rng,
+            stores: (0..n).map(|_| crate::store::MemoryStore::new()).collect(),
         }
     }
 
@@ -108,6 +111,10 @@ impl Net {
             match o {
                 Output::Send { to, envelopes } => self.queue.push_back((i, to, envelopes)),
                 Output::Event(e) => self.events[i].push(e),
+                Output::Persist(records) => {
+                    use crate::store::SessionStore;
+                    self.stores[i].commit(&records).unwrap();
+                }
             }
         }
     }
@@ -812,9 +819,6 @@ fn bodies_of_later_protocol_versions_are_refused_not_half_handled() {
             attempt: Attempt::FIRST,
             rank: 1,
         },
-        Body::Restart {
-            attempt: Attempt::new(1).unwrap(),
-        },
     ];
     for (i, body) in bodies.into_iter().enumerate() {
         let env = Envelope::sign(
@@ -860,4 +864,335 @@ fn a_replayed_aggregate_nonce_is_recognised_from_its_header_alone() {
     let mut other = header;
     other.signature[0] ^= 1;
     assert!(!net.machines[1].is_exact_replay(&other));
+}
+
+// ------------------------------------------------------------------------------------------------
+// Crash and restart from the store
+
+impl Net {
+    /// Node `i` crashes (its machine, its secret nonce and every frame it had not yet handed
+    /// over are gone) and restarts from its store.
+    fn crash_and_restart(&mut self, i: usize, lose_in_flight: bool) {
+        use crate::store::SessionStore;
+        if lose_in_flight {
+            self.queue.retain(|(from, _, _)| *from != i);
+        }
+        let id = self.machines[i].session_id();
+        let stored = self.stores[i].load(&id).unwrap();
+        let Some(stored) = stored else {
+            // Not joined yet: nothing stored, nothing sent; it starts over unjoined.
+            let ann = self.machines[i].announcement().clone();
+            self.machines[i] =
+                SessionMachine::new(ann, self.keypairs[i], self.peers[i], &Config::default(), T0)
+                    .unwrap();
+            return;
+        };
+        let (machine, out) = SessionMachine::restore(
+            &stored,
+            self.keypairs[i],
+            self.peers[i],
+            &Config::default(),
+            self.now,
+            None,
+            &mut self.rng,
+        )
+        .unwrap();
+        self.machines[i] = machine;
+        self.absorb(i, out);
+    }
+
+    /// Runs, ticking the clock forward until every machine has finished.
+    fn settle(&mut self) {
+        for _ in 0..200 {
+            self.run();
+            if self.machines.iter().all(|m| m.phase().is_terminal()) {
+                return;
+            }
+            self.now += 5_000;
+            for i in 0..self.machines.len() {
+                let out = self.machines[i].tick(self.now);
+                self.absorb(i, out);
+            }
+        }
+        panic!("the session did not finish");
+    }
+}
+
+/// Every envelope any node signed in a run, to check that no nonce was used twice.
+#[derive(Default)]
+struct NonceLedger {
+    /// (signer, attempt) → the public nonces it sent.
+    nonces: std::collections::HashMap<(SignerIndex, u16), std::collections::HashSet<[u8; 66]>>,
+    /// (signer, attempt) → the partial signatures it sent.
+    psigs: std::collections::HashMap<(SignerIndex, u16), std::collections::HashSet<[u8; 32]>>,
+}
+
+impl NonceLedger {
+    fn see(&mut self, env: &SignedEnvelope) {
+        let e = env.envelope();
+        match e.body() {
+            Body::Nonce { attempt, pub_nonce } => {
+                self.nonces
+                    .entry((e.signer(), attempt.get()))
+                    .or_default()
+                    .insert(pub_nonce.to_bytes());
+            }
+            Body::PartialSig {
+                attempt,
+                partial_sig,
+            } => {
+                self.psigs
+                    .entry((e.signer(), attempt.get()))
+                    .or_default()
+                    .insert(partial_sig.to_bytes());
+            }
+            _ => {}
+        }
+    }
+
+    /// No signer sent two nonces or two partial signatures in one attempt, and no public nonce
+    /// appears under two (signer, attempt) pairs.
+    fn assert_no_reuse(&self) {
+        for (k, v) in &self.nonces {
+            assert_eq!(v.len(), 1, "{k:?} sent {} nonces", v.len());
+        }
+        for (k, v) in &self.psigs {
+            assert_eq!(v.len(), 1, "{k:?} sent {} partial signatures", v.len());
+        }
+        let mut all = std::collections::HashSet::new();
+        for v in self.nonces.values() {
+            for n in v {
+                assert!(all.insert(*n), "a public nonce was used in two attempts");
+            }
+        }
+    }
+}
+
+/// Runs a session, crashing node `victim` after `crash_after` deliveries (dropping what it had
+/// in flight), restarts it from its store, and finishes. Returns the ledger of every envelope.
+fn crash_run(
+    n: usize,
+    topology: Topology,
+    commit: bool,
+    victim: usize,
+    crash_after: usize,
+) -> (Net, NonceLedger) {
+    let mut net = Net::new(n, topology, commit);
+    let mut ledger = NonceLedger::default();
+    net.join_all();
+    let mut steps = 0;
+    let mut crashed = false;
+    for _ in 0..400 {
+        while let Some((from, to, envs)) = net.queue.pop_front() {
+            for e in &envs {
+                ledger.see(e);
+            }
+            let to = net.index_of(&to);
+            for env in envs {
+                net.deliver(from, to, env);
+            }
+            steps += 1;
+            if !crashed && steps == crash_after {
+                crashed = true;
+                net.crash_and_restart(victim, true);
+            }
+        }
+        if net.machines.iter().all(|m| m.phase().is_terminal()) {
+            break;
+        }
+        if !crashed {
+            crashed = true;
+            net.crash_and_restart(victim, true);
+            continue;
+        }
+        net.now += 5_000;
+        for i in 0..n {
+            let out = net.machines[i].tick(net.now);
+            net.absorb(i, out);
+        }
+    }
+    (net, ledger)
+}
+
+#[test]
+fn a_crash_at_every_step_ends_signed_without_reusing_a_nonce() {
+    for topology in [Topology::Mesh, Topology::Star] {
+        for commit in [false, true] {
+            let n = 3;
+            // How many deliveries a clean run takes bounds the crash points worth trying.
+            let mut clean = Net::new(n, topology, commit);
+            clean.join_all();
+            let mut total = 0;
+            while let Some((from, to, envs)) = clean.queue.pop_front() {
+                let to = clean.index_of(&to);
+                for env in envs {
+                    clean.deliver(from, to, env);
+                }
+                total += 1;
+            }
+            clean.assert_all_signed();
+            for victim in 0..n {
+                for crash_after in 1..=total + 1 {
+                    let (net, ledger) = crash_run(n, topology, commit, victim, crash_after);
+                    let what =
+                        format!("{topology:?} commit={commit} victim={victim} after={crash_after}");
+                    for (i, m) in net.machines.iter().enumerate() {
+                        assert_eq!(
+                            m.phase(),
+                            Phase::Done,
+                            "{what}: node {i} {:?} {:?}",
+                            net.abort_of(i),
+                            net.errors
+                        );
+                    }
+                    net.assert_all_signed();
+                    ledger.assert_no_reuse();
+                    // Nobody blamed anyone, and nobody called it equivocation.
+                    for i in 0..n {
+                        assert!(net.abort_of(i).is_none(), "{what}: node {i} aborted");
+                    }
+                    assert!(
+                        !net.errors
+                            .iter()
+                            .any(|(_, e)| matches!(e, CoordinatorError::Equivocation { .. })),
+                        "{what}: {:?}",
+                        net.errors
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_restart_past_max_attempts_aborts_as_restarted_naming_the_signer() {
+    let mut net = Net::new(2, Topology::Mesh, false);
+    net.join_all();
+    // Node 1 loses its sent nonce three times (the default policy allows three attempts).
+    for _ in 0..3 {
+        // Deliver node 0's messages to node 1 only; node 1's own nonce is sent, then it crashes.
+        net.run();
+        if net.machines.iter().any(|m| m.phase().is_terminal()) {
+            break;
+        }
+    }
+    // A clean run finishes at once; make one where node 1 crashes each time after sending.
+    let mut net = Net::new(2, Topology::Mesh, false);
+    net.join(0);
+    net.join(1);
+    for _ in 0..3 {
+        // Node 1 has sent (queued) its nonce for the current attempt; its frames get through,
+        // node 0's do not reach it before it crashes.
+        net.queue.retain(|(from, _, _)| *from == 1);
+        let pending: Vec<Delivery> = net.queue.drain(..).collect();
+        for (from, to, envs) in pending {
+            let to = net.index_of(&to);
+            for env in envs {
+                net.deliver(from, to, env);
+            }
+        }
+        net.queue.retain(|(from, _, _)| *from == 1);
+        net.crash_and_restart(1, false);
+    }
+    net.settle();
+    for i in 0..2 {
+        let (reason, blamed, _) = net.abort_of(i).expect("aborted");
+        assert_eq!(reason, AbortReason::Restarted, "node {i}");
+        assert_eq!(blamed, vec![idx(1)], "node {i}");
+    }
+}
+
+#[test]
+fn a_restored_older_copy_of_the_store_costs_an_attempt_never_a_nonce() {
+    for topology in [Topology::Mesh, Topology::Star] {
+        let mut net = Net::new(3, topology, false);
+        let mut ledger = NonceLedger::default();
+        net.join_all();
+        // The backup is taken right after the joins, before any nonce went out.
+        let backup = net.stores[2].snapshot();
+        // Node 2's nonce reaches someone; then it is lost with its machine.
+        while let Some((from, to, envs)) = net.queue.pop_front() {
+            for e in &envs {
+                ledger.see(e);
+            }
+            let to = net.index_of(&to);
+            for env in envs {
+                net.deliver(from, to, env);
+            }
+            if ledger.nonces.keys().any(|(s, _)| *s == idx(2)) {
+                break;
+            }
+        }
+        assert!(
+            ledger.nonces.keys().any(|(s, _)| *s == idx(2)),
+            "{topology:?}: node 2 sent a nonce before the crash"
+        );
+        net.stores[2] = crate::store::MemoryStore::from_snapshot(&backup);
+        net.crash_and_restart(2, true);
+        while let Some((from, to, envs)) = net.queue.pop_front() {
+            for e in &envs {
+                ledger.see(e);
+            }
+            let to = net.index_of(&to);
+            for env in envs {
+                net.deliver(from, to, env);
+            }
+        }
+        net.settle();
+        ledger.assert_no_reuse();
+        net.assert_all_signed();
+        assert!(
+            net.machines[0].attempt.get() >= 1,
+            "{topology:?}: a new attempt"
+        );
+    }
+}
+
+#[test]
+fn a_finished_session_tells_a_signer_that_missed_the_end() {
+    let mut net = Net::new(2, Topology::Mesh, false);
+    net.join_all();
+    // Node 1 signs, but the frame with its partial signature is the last it sends before its
+    // crash; node 0 finishes. Node 1 restarts with its partial signature stored.
+    net.run();
+    net.assert_all_signed();
+    // Node 1 lost its outcome (a store copy from before the end).
+    let mut net2 = Net::new(2, Topology::Mesh, false);
+    net2.join_all();
+    while let Some((from, to, envs)) = net2.queue.pop_front() {
+        let to = net2.index_of(&to);
+        if to == 1
+            && envs
+                .iter()
+                .any(|e| matches!(e.envelope().body(), Body::PartialSig { .. }))
+        {
+            // Node 0's partial signature never reaches node 1.
+            continue;
+        }
+        for env in envs {
+            net2.deliver(from, to, env);
+        }
+    }
+    assert_eq!(net2.machines[0].phase(), Phase::Done);
+    assert_eq!(net2.machines[1].phase(), Phase::PartialSig);
+    net2.crash_and_restart(1, true);
+    // Node 1 re-sends its stored partial signature; node 0 (finished) answers with the end.
+    let answer_seen = {
+        let mut seen = false;
+        while let Some((from, to, envs)) = net2.queue.pop_front() {
+            let to_i = net2.index_of(&to);
+            if to_i == 0 {
+                let out = net2.machines[0].answer_finished(net2.peers[from], net2.now);
+                seen |= out.iter().any(|o| matches!(o, Output::Send { .. }));
+                net2.absorb(0, out);
+                continue;
+            }
+            for env in envs {
+                net2.deliver(from, to_i, env);
+            }
+        }
+        seen
+    };
+    assert!(answer_seen);
+    net2.assert_all_signed();
 }

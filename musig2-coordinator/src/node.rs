@@ -5,8 +5,8 @@
 //! Outbound frames are sent from spawned tasks (at most `max_inflight_sends` at once) with
 //! retries, exponential backoff and jitter, so a slow peer never stalls the node.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,6 +29,13 @@ use crate::machine::{Output, Phase, SessionHealth, SessionMachine};
 use crate::offences::OffenceTable;
 use crate::outbound::Outbound;
 use crate::pending::{PendingBuffer, PendingLimits};
+use crate::store::{MemoryStore, Record, SessionStore, StoreUsage, StoredSession};
+
+/// A store shared between the node task and the blocking threads that commit to it.
+type SharedStore = Arc<Mutex<Box<dyn SessionStore>>>;
+
+/// Inbound frames taken at most into one group commit.
+const MAX_GROUP_FRAMES: usize = 256;
 
 /// Prefix of the DHT key under which a session's announcement is stored.
 pub const DHT_KEY_PREFIX: &[u8] = b"musig2-p2p/session/";
@@ -150,6 +157,16 @@ enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    Export {
+        session: SessionId,
+        reply: oneshot::Sender<Result<StoredSession>>,
+    },
+    StoreUsage {
+        reply: oneshot::Sender<Result<StoreUsage>>,
+    },
+    Prune {
+        reply: oneshot::Sender<Result<usize>>,
+    },
 }
 
 /// What a node holds right now, for monitoring and for checking that every bound holds (each
@@ -202,6 +219,47 @@ impl Node {
     /// Starts a node signing with `keypair` over `transport`. Must be called inside a tokio
     /// runtime.
     pub fn spawn(transport: Arc<dyn Transport>, keypair: Keypair, config: Config) -> Node {
+        Self::start(
+            transport,
+            keypair,
+            config,
+            Box::new(MemoryStore::new()),
+            Vec::new(),
+        )
+    }
+
+    /// Starts a node that keeps its sessions in `store` and resumes the ones it holds (see
+    /// [`SessionMachine::restore`]): a finished session stays finished (and answers signers
+    /// that missed its end); one with our partial signature re-sends exactly it; any other
+    /// joined session moves to a new attempt with fresh nonces. Must be called inside a tokio
+    /// runtime.
+    ///
+    /// Fails if the store cannot be read. Sessions that do not verify are skipped (logged).
+    pub fn spawn_with_store(
+        transport: Arc<dyn Transport>,
+        keypair: Keypair,
+        config: Config,
+        store: impl SessionStore,
+    ) -> Result<Node> {
+        let stored = store.load_all()?;
+        Ok(Self::start(
+            transport,
+            keypair,
+            config,
+            Box::new(store),
+            stored,
+        ))
+    }
+
+    fn start(
+        transport: Arc<dyn Transport>,
+        keypair: Keypair,
+        config: Config,
+        store: Box<dyn SessionStore>,
+        stored: Vec<StoredSession>,
+    ) -> Node {
+        let durable = store.is_durable();
+        let store: SharedStore = Arc::new(Mutex::new(store));
         let config = Arc::new(config);
         let (commands, command_rx) = mpsc::channel(config.command_queue.max(1));
         let (events, _) = broadcast::channel(config.event_queue.max(1));
@@ -237,7 +295,13 @@ impl Node {
             blocked: HashMap::new(),
             announcement_peers: HashMap::new(),
             announcement_total: ByteBucket::full(config.announcement_bytes_per_sec, clock.now_ms()),
+            store,
+            durable,
+            staged: Staged::default(),
+            purge: Vec::new(),
         };
+        let mut actor = actor;
+        actor.resume(stored);
         let peer_events = transport.events();
         let span = tracing::info_span!("node", peer = %transport.local_peer_id());
         tokio::spawn(actor.run(command_rx, peer_events).instrument(span));
@@ -482,7 +546,29 @@ impl Node {
             .await?
     }
 
+    /// Everything the store holds about a session (announcement, every envelope verified or
+    /// sent, outcome): the material of its transcript.
+    pub async fn export_session(&self, session: SessionId) -> Result<StoredSession> {
+        self.call(|reply| Command::Export { session, reply })
+            .await?
+    }
+
+    /// What the session store holds.
+    pub async fn store_usage(&self) -> Result<StoreUsage> {
+        self.call(|reply| Command::StoreUsage { reply }).await?
+    }
+
+    /// Forgets every finished session now (memory and store), whatever the retention; returns
+    /// how many.
+    pub async fn prune_finished(&self) -> Result<usize> {
+        self.call(|reply| Command::Prune { reply }).await?
+    }
+
     /// Stops the node task and shuts the transport down.
+    ///
+    /// Sessions in progress are cancelled first, and the signed abort is sent to the other
+    /// signers (bounded by `message_send_timeout`), so they end at once without waiting for a
+    /// deadline and without blaming anyone; the outcome is stored.
     pub async fn shutdown(&self) -> Result<()> {
         // The task may already be gone; shutting down twice is fine.
         let _ = self.call(|reply| Command::Shutdown { reply }).await;
@@ -513,7 +599,7 @@ struct Actor {
     clock: Clock,
     sessions: HashMap<SessionId, SessionMachine>,
     /// Finished sessions, oldest first; kept (bounded) so late waiters get the outcome.
-    finished: VecDeque<SessionId>,
+    finished: VecDeque<(SessionId, u64)>,
     /// Sessions announced to us that we have not joined: (id, creator key, when it arrived),
     /// oldest first. A pool of their own, bounded overall and per creator.
     unjoined: VecDeque<(SessionId, Option<PublicKey>, u64)>,
@@ -533,6 +619,28 @@ struct Actor {
     /// Peers blocked at the transport, and until when (ms).
     blocked: HashMap<PeerId, u64>,
     stats: Arc<crate::stats::NodeStats>,
+    store: SharedStore,
+    /// Whether store commits wait for the disk (they then run on a blocking thread).
+    durable: bool,
+    /// What the steps since the last commit produced: sent only once their records are stored.
+    staged: Staged,
+    /// Finished sessions to forget in the store at the next commit.
+    purge: Vec<SessionId>,
+}
+
+/// Outputs of machine steps waiting for their records to be stored.
+#[derive(Default)]
+struct Staged {
+    records: Vec<Record>,
+    /// (session, peer, envelopes): one batch frame per entry (a batch holds one session).
+    sends: Vec<(SessionId, PeerId, Vec<SignedEnvelope>)>,
+    events: Vec<Event>,
+}
+
+impl Staged {
+    fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.sends.is_empty() && self.events.is_empty()
+    }
 }
 
 /// How an aborted session answers a caller: why, whom it blamed and whose word that is.
@@ -645,6 +753,17 @@ impl Actor {
                 },
                 () = tokio::time::sleep_until(wake) => self.tick().await,
             }
+            // Group commit: what else has arrived joins this step's records in one store
+            // transaction.
+            if !self.staged.records.is_empty() {
+                for _ in 0..MAX_GROUP_FRAMES {
+                    match futures::FutureExt::now_or_never(self.transport.recv()) {
+                        Some(Ok(inbound)) => self.handle_frame(inbound.from, inbound.frame).await,
+                        _ => break,
+                    }
+                }
+            }
+            self.flush().await;
         }
         for (_, waiters) in self.waiters.drain() {
             for w in waiters {
@@ -664,6 +783,11 @@ impl Actor {
                 at.saturating_add(millis(self.config.unjoined_session_lifetime))
                     .saturating_add(1)
             }))
+            .chain(
+                self.finished.front().map(|(_, at)| {
+                    at.saturating_add(millis(self.config.finished_session_retention))
+                }),
+            )
             .min()
     }
 
@@ -797,15 +921,59 @@ impl Actor {
                     None => Err(CoordinatorError::UnknownSession(session)),
                     Some(m) => {
                         let outputs = m.cancel(now);
-                        self.process(outputs).await;
+                        self.process(outputs);
                         Ok(())
                     }
                 };
                 let _ = reply.send(result);
             }
             Command::Shutdown { reply } => {
+                // Tell the others now, rather than leave them to a deadline that blames us.
+                let live: Vec<SessionId> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, m)| m.phase() != Phase::Created && !m.phase().is_terminal())
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in live {
+                    if let Some(m) = self.sessions.get_mut(&id) {
+                        let outputs = m.cancel(now);
+                        self.process(outputs);
+                    }
+                }
+                self.flush().await;
+                self.outbound.close(self.config.message_send_timeout).await;
                 let _ = reply.send(());
                 return false;
+            }
+            Command::Export { session, reply } => {
+                let store = self.store.clone();
+                let loaded = store
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .load(&session);
+                let _ = reply
+                    .send(loaded.and_then(|s| s.ok_or(CoordinatorError::UnknownSession(session))));
+            }
+            Command::StoreUsage { reply } => {
+                let usage = self
+                    .store
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .usage();
+                let _ = reply.send(usage);
+            }
+            Command::Prune { reply } => {
+                let mut forgotten = 0;
+                while let Some((old, _)) = self.finished.pop_front() {
+                    self.sessions.remove(&old);
+                    self.waiters.remove(&old);
+                    self.purge.push(old);
+                    forgotten += 1;
+                }
+                let purge = std::mem::take(&mut self.purge);
+                let result = self.commit(Vec::new(), purge).await.map(|()| forgotten);
+                let _ = reply.send(result);
             }
         }
         true
@@ -860,7 +1028,7 @@ impl Actor {
         };
         let span = tracing::info_span!("session", id = %session);
         let outputs = span.in_scope(|| m.join(now, &mut self.rng));
-        self.process(outputs).await;
+        self.process(outputs);
         Ok(())
     }
 
@@ -1000,7 +1168,7 @@ impl Actor {
             });
             let outputs = machine.refuse(now);
             self.sessions.insert(id, machine);
-            self.process(outputs).await;
+            self.process(outputs);
             let _ = self.pending.take(&id, now);
             return Err(CoordinatorError::Misrouted {
                 session: id,
@@ -1020,7 +1188,7 @@ impl Actor {
             }
             if let Some(m) = self.sessions.get_mut(&id) {
                 let outputs = m.join(now, &mut self.rng);
-                self.process(outputs).await;
+                self.process(outputs);
             }
         } else {
             self.unjoined.push_back((id, creator_key, now));
@@ -1059,7 +1227,14 @@ impl Actor {
                         .await;
                     return;
                 }
-                Some(m) if m.phase().is_terminal() => return,
+                Some(m) if m.phase().is_terminal() => {
+                    // A signer still talking about it missed the end (e.g. it was restarting).
+                    if let Some(m) = self.sessions.get_mut(&header.session_id) {
+                        let outputs = m.answer_finished(from, now);
+                        self.process(outputs);
+                    }
+                    return;
+                }
                 Some(m) if m.is_exact_replay(&header) => {
                     tracing::trace!(%from, session = %header.session_id, "dropped an exact replay");
                     self.light_offence(from, "exact replay").await;
@@ -1074,7 +1249,13 @@ impl Actor {
                     self.buffer_pending(from, session, bytes, now).await;
                     return;
                 }
-                Some(m) if m.phase().is_terminal() => return,
+                Some(m) if m.phase().is_terminal() => {
+                    if let Some(m) = self.sessions.get_mut(&session) {
+                        let outputs = m.answer_finished(from, now);
+                        self.process(outputs);
+                    }
+                    return;
+                }
                 Some(_) => {}
             }
         } else if bytes.first() == Some(&0) && !self.announcement_budget(from, bytes.len(), now) {
@@ -1145,7 +1326,7 @@ impl Actor {
         let span = tracing::info_span!("session", id = %id, peer = %from);
         let result = span.in_scope(|| machine.handle_envelope(from, envelope, now, &mut self.rng));
         match result {
-            Ok(outputs) => self.process(outputs).await,
+            Ok(outputs) => self.process(outputs),
             Err(e) => {
                 let deliverers_fault = direct
                     || matches!(
@@ -1203,6 +1384,7 @@ impl Actor {
         self.unblock_expired(now).await;
         self.pending.expire(now);
         self.expire_unjoined(now);
+        self.forget_finished(now);
         let due: Vec<SessionId> = self
             .sessions
             .iter()
@@ -1212,7 +1394,7 @@ impl Actor {
         for id in due {
             if let Some(m) = self.sessions.get_mut(&id) {
                 let outputs = m.tick(now);
-                self.process(outputs).await;
+                self.process(outputs);
             }
         }
     }
@@ -1238,21 +1420,64 @@ impl Actor {
 
     /// Sends and emits what a machine asked for. Envelopes for the same peer produced by one step
     /// go out as one batch frame.
-    async fn process(&mut self, outputs: Vec<Output>) {
-        let mut by_peer: Vec<(PeerId, Vec<SignedEnvelope>)> = Vec::new();
+    /// Stages what a machine step asked for; [`Actor::flush`] stores its records and then
+    /// sends and emits the rest.
+    fn process(&mut self, outputs: Vec<Output>) {
         for output in outputs {
             match output {
                 Output::Send { to, envelopes } => {
-                    match by_peer.iter_mut().find(|(p, _)| *p == to) {
-                        Some((_, list)) => list.extend(envelopes),
-                        None => by_peer.push((to, envelopes)),
+                    let Some(session) = envelopes.first().map(|e| e.envelope().session_id()) else {
+                        continue;
+                    };
+                    match self
+                        .staged
+                        .sends
+                        .iter_mut()
+                        .find(|(s, p, _)| *p == to && *s == session)
+                    {
+                        Some((_, _, list)) => list.extend(envelopes),
+                        None => self.staged.sends.push((session, to, envelopes)),
                     }
                 }
-                Output::Event(event) => self.on_event(event),
+                Output::Event(event) => self.staged.events.push(event),
+                Output::Persist(records) => self.staged.records.extend(records),
+            }
+        }
+    }
+
+    /// Commits the staged records (one transaction for every session that produced some),
+    /// then sends the staged frames and emits the staged events. If the commit fails nothing
+    /// staged for the sessions concerned is sent, and they abort here.
+    async fn flush(&mut self) {
+        if self.staged.is_empty() && self.purge.is_empty() {
+            return;
+        }
+        let mut staged = std::mem::take(&mut self.staged);
+        let purge = std::mem::take(&mut self.purge);
+        let records = std::mem::take(&mut staged.records);
+        let result = self.commit(records.clone(), purge).await;
+        if let Err(error) = result {
+            let failed: HashSet<SessionId> = records.iter().map(Record::session_id).collect();
+            tracing::error!(%error, sessions = failed.len(), "store commit failed: sending nothing of it");
+            staged
+                .sends
+                .retain(|(session, _, _)| !failed.contains(session));
+            let now = self.clock.now_ms();
+            for session in failed {
+                for w in self.waiters.remove(&session).unwrap_or_default() {
+                    let _ = w.send(Err(CoordinatorError::Store(error.to_string())));
+                }
+                if let Some(m) = self.sessions.get_mut(&session) {
+                    for output in m.store_failed(now) {
+                        if let Output::Event(event) = output {
+                            staged.events.push(event);
+                        }
+                    }
+                }
             }
         }
         let max_batch = self.config.limits.max_batch_entries.max(1);
-        for (peer, envelopes) in by_peer {
+        for (_, peer, envelopes) in staged.sends {
             for chunk in envelopes.chunks(max_batch) {
                 let frame = match chunk {
                     [single] => Frame::Envelope(single.clone()).encode(),
@@ -1261,6 +1486,70 @@ impl Actor {
                 self.send_frame(peer, Bytes::from(frame));
             }
         }
+        for event in staged.events {
+            self.on_event(event);
+        }
+    }
+
+    /// One store transaction (a durable store's runs on a blocking thread), then the purge.
+    async fn commit(&self, records: Vec<Record>, purge: Vec<SessionId>) -> Result<()> {
+        if records.is_empty() && purge.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let work = move || -> Result<()> {
+            let mut store = store
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !records.is_empty() {
+                store.commit(&records)?;
+            }
+            if !purge.is_empty() {
+                store.remove(&purge)?;
+            }
+            Ok(())
+        };
+        if self.durable {
+            tokio::task::spawn_blocking(work)
+                .await
+                .map_err(|e| CoordinatorError::Store(format!("commit task: {e}")))?
+        } else {
+            work()
+        }
+    }
+
+    /// Takes the sessions a store held when the node started.
+    fn resume(&mut self, stored: Vec<StoredSession>) {
+        let now = self.clock.now_ms();
+        for session in stored {
+            let id = session.session_id();
+            let restored = SessionMachine::restore(
+                &session,
+                self.keypair,
+                self.local_peer,
+                &self.config,
+                now,
+                None,
+                &mut self.rng,
+            );
+            match restored {
+                Ok((machine, outputs)) => {
+                    let phase = machine.phase();
+                    self.sessions.insert(id, machine);
+                    if phase.is_terminal() {
+                        let at = session.outcome.as_ref().map_or(now, |(_, at)| *at);
+                        self.finished.push_back((id, at));
+                    } else if phase == Phase::Created {
+                        self.unjoined.push_back((id, None, now));
+                    }
+                    self.process(outputs);
+                }
+                Err(error) => {
+                    tracing::warn!(session = %id, %error, "a stored session cannot be restored; skipped");
+                }
+            }
+        }
+        self.finished.make_contiguous().sort_by_key(|(_, at)| *at);
     }
 
     fn on_event(&mut self, event: Event) {
@@ -1297,12 +1586,30 @@ impl Actor {
         if let Some(pos) = self.unjoined.iter().position(|(id, _, _)| *id == session) {
             self.unjoined.remove(pos);
         }
-        self.finished.push_back(session);
-        while self.finished.len() > self.config.max_concurrent_sessions {
-            if let Some(old) = self.finished.pop_front() {
-                self.sessions.remove(&old);
-            }
+        if self.finished.iter().any(|(id, _)| *id == session) {
+            return;
         }
+        self.finished.push_back((session, self.clock.now_ms()));
+        self.forget_finished(self.clock.now_ms());
+    }
+
+    /// Forgets finished sessions past the retention time or count, in memory and (at the next
+    /// commit) in the store; returns how many.
+    fn forget_finished(&mut self, now: u64) -> usize {
+        let keep_ms = millis(self.config.finished_session_retention);
+        let mut forgotten = 0;
+        while let Some(&(old, at)) = self.finished.front() {
+            let too_many = self.finished.len() > self.config.max_finished_sessions;
+            if !too_many && now.saturating_sub(at) < keep_ms {
+                break;
+            }
+            self.finished.pop_front();
+            self.sessions.remove(&old);
+            self.waiters.remove(&old);
+            self.purge.push(old);
+            forgotten += 1;
+        }
+        forgotten
     }
 
     fn emit(&self, event: Event) {

@@ -30,6 +30,8 @@ pub(crate) struct Outbound {
     config: Arc<Config>,
     permits: Arc<Semaphore>,
     queues: HashMap<PeerId, mpsc::Sender<Bytes>>,
+    /// The workers, to wait for them when the node stops.
+    workers: HashMap<PeerId, tokio::task::JoinHandle<()>>,
 }
 
 /// How long a peer's worker waits for more frames before it exits.
@@ -47,6 +49,7 @@ impl Outbound {
             transport,
             config,
             queues: HashMap::new(),
+            workers: HashMap::new(),
         }
     }
 
@@ -71,7 +74,8 @@ impl Outbound {
         // A fresh channel has room for one frame.
         let _ = tx.try_send(frame);
         self.queues.insert(to, tx);
-        tokio::spawn(worker(
+        self.workers.retain(|_, handle| !handle.is_finished());
+        let handle = tokio::spawn(worker(
             to,
             rx,
             Sender {
@@ -81,7 +85,15 @@ impl Outbound {
             },
             self.permits.clone(),
         ));
+        self.workers.insert(to, handle);
         Ok(())
+    }
+
+    /// Stops taking frames and waits, at most `within`, for the queued ones to go out.
+    pub(crate) async fn close(&mut self, within: Duration) {
+        self.queues.clear();
+        let workers: Vec<_> = self.workers.drain().map(|(_, h)| h).collect();
+        let _ = tokio::time::timeout(within, futures::future::join_all(workers)).await;
     }
 
     /// Peers with a live worker.
