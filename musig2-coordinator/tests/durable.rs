@@ -1,0 +1,397 @@
+//! Crashes, restarts, graceful shutdown, a failing store and retention, between `Node`s on the
+//! in-memory network under a paused tokio clock. Each node keeps its sessions in a
+//! `MemoryStore` that outlives it, as a process's store file outlives the process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use musig2_coordinator::{
+    AbortOrigin, Config, CoordinatorError, Event, MemoryStore, Node, Record, SessionRequest,
+    SessionStore, StoredSession, store::StoreUsage,
+};
+use musig2_proto::{AbortReason, Body, SessionId, Topology};
+use musig2_transport::{LinkFault, MemoryNetwork, PeerId};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use secp256k1::{Keypair, schnorr};
+
+struct Cluster {
+    network: MemoryNetwork,
+    keypairs: Vec<Keypair>,
+    stores: Vec<MemoryStore>,
+    nodes: Vec<Node>,
+    peers: Vec<PeerId>,
+}
+
+fn config() -> Config {
+    Config {
+        dht_query_timeout: Duration::from_secs(5),
+        ..Config::default()
+    }
+}
+
+fn cluster(n: usize, seed: u64) -> Cluster {
+    let network = MemoryNetwork::new(seed);
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let keypairs: Vec<Keypair> = (0..n).map(|_| Keypair::new(&mut rng)).collect();
+    let stores: Vec<MemoryStore> = (0..n).map(|_| MemoryStore::new()).collect();
+    let nodes: Vec<Node> = keypairs
+        .iter()
+        .zip(&stores)
+        .map(|(kp, store)| {
+            Node::spawn_with_store(Arc::new(network.add_node()), *kp, config(), store.clone())
+                .unwrap()
+        })
+        .collect();
+    let peers = nodes.iter().map(Node::peer_id).collect();
+    Cluster {
+        network,
+        keypairs,
+        stores,
+        nodes,
+        peers,
+    }
+}
+
+impl Cluster {
+    fn request(&self, message: &[u8], topology: Topology, commit: bool) -> SessionRequest {
+        let mut policy = self.nodes[0].default_policy();
+        policy.topology = topology;
+        policy.nonce_commitment = commit;
+        policy.election = musig2_proto::ElectionMethod::FirstSigner;
+        SessionRequest {
+            signers: self.keypairs.iter().map(|k| k.public_key()).collect(),
+            peers: self.peers.iter().map(|p| Some(*p)).collect(),
+            message: message.to_vec(),
+            tweaks: Vec::new(),
+            policy,
+        }
+    }
+
+    /// Kills node `i` without shutdown (its frames in flight are lost) and starts it again on
+    /// the same store.
+    async fn crash_and_restart(&mut self, i: usize) {
+        self.network.crash(self.peers[i]).unwrap();
+        // Let the old node task see its transport close and stop.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let transport = self.network.restart(self.peers[i]).unwrap();
+        self.nodes[i] = Node::spawn_with_store(
+            Arc::new(transport),
+            self.keypairs[i],
+            config(),
+            self.stores[i].clone(),
+        )
+        .unwrap();
+    }
+
+    async fn aggregate_key(&self, id: SessionId) -> secp256k1::XOnlyPublicKey {
+        let ann = self.nodes[0].discover_session(id).await.unwrap();
+        musig2_core::KeyAggContext::new(&ann.signer_keys())
+            .unwrap()
+            .x_only_key()
+    }
+}
+
+/// Every nonce and partial signature any node signed in a session, from the stores: no signer
+/// sent two in one attempt.
+fn assert_no_nonce_reuse(stored: &[StoredSession]) {
+    use std::collections::{HashMap, HashSet};
+    let mut nonces: HashMap<(u16, u16), HashSet<Vec<u8>>> = HashMap::new();
+    let mut psigs: HashMap<(u16, u16), HashSet<Vec<u8>>> = HashMap::new();
+    for s in stored {
+        for e in &s.envelopes {
+            let env = e.envelope();
+            let signer = env.signer().as_usize() as u16;
+            match env.body() {
+                Body::Nonce { attempt, pub_nonce } => {
+                    nonces
+                        .entry((signer, attempt.get()))
+                        .or_default()
+                        .insert(pub_nonce.to_bytes().to_vec());
+                }
+                Body::PartialSig {
+                    attempt,
+                    partial_sig,
+                } => {
+                    psigs
+                        .entry((signer, attempt.get()))
+                        .or_default()
+                        .insert(partial_sig.to_bytes().to_vec());
+                }
+                _ => {}
+            }
+        }
+    }
+    for (k, v) in nonces.iter().chain(psigs.iter()) {
+        assert_eq!(v.len(), 1, "signer/attempt {k:?} signed {} values", v.len());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_signer_that_crashes_after_sending_its_nonce_restarts_and_the_session_signs() {
+    for topology in [Topology::Mesh, Topology::Star] {
+        for commit in [false, true] {
+            let mut c = cluster(3, 7);
+            let mut events = c.nodes[0].events();
+            // Node 2 hears nothing: it sends its round-1 message and then waits.
+            for from in [0, 1] {
+                c.network.set_link_fault(
+                    c.peers[from],
+                    c.peers[2],
+                    LinkFault::none().with_drop(1.0),
+                );
+            }
+            let id = c.nodes[0]
+                .create_session(c.request(b"crash after nonce", topology, commit))
+                .await
+                .unwrap();
+            c.nodes[1].join_session(id).await.unwrap();
+            c.nodes[2].join_session(id).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let before = c.stores[2]
+                .load(&id)
+                .unwrap()
+                .expect("stored from the join on");
+            assert!(
+                before
+                    .envelopes
+                    .iter()
+                    .any(|e| e.envelope().signer().as_usize() == 2
+                        && matches!(
+                            e.envelope().body(),
+                            Body::Nonce { .. } | Body::NonceCommit { .. }
+                        )),
+                "node 2 had sent round-1 material before its crash"
+            );
+            c.network.clear_faults();
+            c.crash_and_restart(2).await;
+            let mut sigs = Vec::new();
+            for node in &c.nodes {
+                sigs.push(node.wait_for_signature(id).await.unwrap());
+            }
+            assert!(sigs.iter().all(|s| *s == sigs[0]));
+            schnorr::verify(&sigs[0], b"crash after nonce", &c.aggregate_key(id).await).unwrap();
+            let mut restarted_by_2 = false;
+            while let Ok(e) = events.try_recv() {
+                assert!(!matches!(e, Event::Aborted { .. }), "{topology:?}: {e:?}");
+                if let Event::AttemptStarted { signer, .. } = e {
+                    restarted_by_2 |= signer.as_usize() == 2;
+                }
+            }
+            assert!(restarted_by_2, "{topology:?} commit={commit}");
+            let stored: Vec<StoredSession> = c
+                .stores
+                .iter()
+                .filter_map(|s| s.load(&id).unwrap())
+                .collect();
+            assert_no_nonce_reuse(&stored);
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_graceful_shutdown_ends_the_session_at_once_blaming_no_one() {
+    let c = cluster(3, 8);
+    // Node 2 never receives anything, so the session waits for the others' contributions.
+    for from in [0, 1] {
+        c.network
+            .set_link_fault(c.peers[from], c.peers[2], LinkFault::none().with_drop(1.0));
+    }
+    let id = c.nodes[0]
+        .create_session(c.request(b"shutdown", Topology::Mesh, true))
+        .await
+        .unwrap();
+    c.nodes[1].join_session(id).await.unwrap();
+    c.nodes[2].join_session(id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = tokio::time::Instant::now();
+    c.nodes[2].shutdown().await.unwrap();
+    for node in &c.nodes[..2] {
+        match node.wait_for_signature(id).await {
+            Err(CoordinatorError::Aborted {
+                reason,
+                blamed,
+                origin,
+                ..
+            }) => {
+                assert_eq!(reason, AbortReason::Cancelled);
+                assert!(blamed.is_empty(), "{blamed:?}");
+                assert_eq!(
+                    origin,
+                    AbortOrigin::Remote(musig2_proto::SignerIndex::new(2).unwrap())
+                );
+            }
+            other => panic!("expected the shutdown's abort, got {other:?}"),
+        }
+    }
+    // Well before the 30 s round deadline that would otherwise have ended it.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let stored = c.stores[2].load(&id).unwrap().unwrap();
+    assert!(
+        stored.outcome.is_some(),
+        "the outcome is stored before the node stops"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_restarted_after_the_others_aborted_learns_the_end_and_blames_no_one() {
+    let mut c = cluster(3, 9);
+    for from in [0, 1] {
+        c.network
+            .set_link_fault(c.peers[from], c.peers[2], LinkFault::none().with_drop(1.0));
+    }
+    let id = c.nodes[0]
+        .create_session(c.request(b"dead session", Topology::Mesh, false))
+        .await
+        .unwrap();
+    c.nodes[1].join_session(id).await.unwrap();
+    c.nodes[2].join_session(id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.network.crash(c.peers[2]).unwrap();
+    // The others time out (node 2 was down: naming it is right).
+    let err = c.nodes[0].wait_for_signature(id).await.unwrap_err();
+    assert!(matches!(err, CoordinatorError::Aborted { .. }));
+    c.network.clear_faults();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let transport = c.network.restart(c.peers[2]).unwrap();
+    c.nodes[2] = Node::spawn_with_store(
+        Arc::new(transport),
+        c.keypairs[2],
+        config(),
+        c.stores[2].clone(),
+    )
+    .unwrap();
+    let mut events = c.nodes[2].events();
+    match c.nodes[2].wait_for_signature(id).await {
+        Err(CoordinatorError::Aborted { origin, .. }) => {
+            assert!(
+                matches!(origin, AbortOrigin::Remote(_)),
+                "the restarted node takes the others' word, it finds nothing itself: {origin:?}"
+            );
+        }
+        other => panic!("expected the others' abort, got {other:?}"),
+    }
+    while let Ok(e) = events.try_recv() {
+        if let Event::Aborted { origin, blamed, .. } = e {
+            assert!(
+                origin != AbortOrigin::Local || blamed.is_empty(),
+                "the restarted node blamed {blamed:?} by its own finding"
+            );
+        }
+    }
+}
+
+mockall::mock! {
+    Store {}
+    impl SessionStore for Store {
+        fn commit(&mut self, records: &[Record]) -> musig2_coordinator::Result<()>;
+        fn load_all(&self) -> musig2_coordinator::Result<Vec<StoredSession>>;
+        fn load(&self, session: &SessionId) -> musig2_coordinator::Result<Option<StoredSession>>;
+        fn remove(&mut self, sessions: &[SessionId]) -> musig2_coordinator::Result<()>;
+        fn usage(&self) -> musig2_coordinator::Result<StoreUsage>;
+        fn is_durable(&self) -> bool;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retention_keeps_memory_and_store_flat_over_many_sessions() {
+    let network = MemoryNetwork::new(10);
+    let mut rng = ChaCha20Rng::seed_from_u64(10);
+    let keypairs: Vec<Keypair> = (0..2).map(|_| Keypair::new(&mut rng)).collect();
+    let stores: Vec<MemoryStore> = (0..2).map(|_| MemoryStore::new()).collect();
+    let cfg = Config {
+        max_finished_sessions: 32,
+        finished_session_retention: Duration::from_secs(3600),
+        ..config()
+    };
+    let nodes: Vec<Node> = keypairs
+        .iter()
+        .zip(&stores)
+        .map(|(kp, s)| {
+            Node::spawn_with_store(Arc::new(network.add_node()), *kp, cfg.clone(), s.clone())
+                .unwrap()
+        })
+        .collect();
+    let mut policy = nodes[0].default_policy();
+    policy.nonce_commitment = false;
+    let mut peak = 0;
+    for round in 0..1000u32 {
+        let request = SessionRequest {
+            signers: keypairs.iter().map(|k| k.public_key()).collect(),
+            peers: nodes.iter().map(|n| Some(n.peer_id())).collect(),
+            message: round.to_be_bytes().to_vec(),
+            tweaks: Vec::new(),
+            policy: policy.clone(),
+        };
+        // Paced as a busy honest creator (announcements have a byte budget per peer).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let id = nodes[0].create_session(request).await.unwrap();
+        nodes[1].join_session(id).await.unwrap();
+        nodes[0].wait_for_signature(id).await.unwrap();
+        nodes[1].wait_for_signature(id).await.unwrap();
+        for (node, store) in nodes.iter().zip(&stores) {
+            let usage = node.usage().await.unwrap();
+            peak = peak.max(usage.sessions);
+            assert!(usage.sessions <= 33, "round {round}: {usage:?}");
+            assert!(store.usage().unwrap().sessions <= 33, "round {round}");
+        }
+    }
+    assert!(peak >= 32, "the bound was reached: {peak}");
+    // Past the retention time everything finished is forgotten, in memory and in the store.
+    tokio::time::sleep(Duration::from_secs(3601)).await;
+    for (node, store) in nodes.iter().zip(&stores) {
+        assert_eq!(node.usage().await.unwrap().sessions, 0);
+        assert_eq!(store.usage().unwrap().sessions, 0);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_store_commit_sends_nothing_and_aborts_locally() {
+    let network = MemoryNetwork::new(11);
+    let mut rng = ChaCha20Rng::seed_from_u64(11);
+    let keypairs: Vec<Keypair> = (0..2).map(|_| Keypair::new(&mut rng)).collect();
+    let node0 = Node::spawn(Arc::new(network.add_node()), keypairs[0], config());
+    let mut store = MockStore::new();
+    store
+        .expect_load_all()
+        .times(1)
+        .returning(|| Ok(Vec::new()));
+    store.expect_is_durable().return_const(false);
+    // Exactly one commit is tried: the join's records. It fails; nothing else is stored after.
+    store
+        .expect_commit()
+        .withf(|records| matches!(records.first(), Some(Record::Session { .. })))
+        .times(1)
+        .returning(|_| Err(CoordinatorError::Store("disk full".into())));
+    let node1 =
+        Node::spawn_with_store(Arc::new(network.add_node()), keypairs[1], config(), store).unwrap();
+    let mut policy = node0.default_policy();
+    policy.nonce_commitment = false;
+    let id = node0
+        .create_session(SessionRequest {
+            signers: keypairs.iter().map(|k| k.public_key()).collect(),
+            peers: vec![Some(node0.peer_id()), Some(node1.peer_id())],
+            message: b"no disk".to_vec(),
+            tweaks: Vec::new(),
+            policy,
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    node1.join_session(id).await.unwrap();
+    match node1.wait_for_signature(id).await {
+        Err(CoordinatorError::Store(_))
+        | Err(CoordinatorError::Aborted {
+            reason: AbortReason::Internal,
+            ..
+        }) => {}
+        other => panic!("expected a store failure, got {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Node 0 never heard node 1's join (it would have been sent with the failed records).
+    let health = node0.health(id).await.unwrap();
+    assert_eq!(health.joined, 1, "{health:?}");
+    assert_eq!(node1.stats().frames_out, 0);
+    // The node is alive (an unexpected store call would have panicked its task).
+    assert!(node1.usage().await.is_ok());
+}
