@@ -321,7 +321,7 @@ async fn retention_keeps_memory_and_store_flat_over_many_sessions() {
             peers: nodes.iter().map(|n| Some(n.peer_id())).collect(),
             message: round.to_be_bytes().to_vec(),
             tweaks: Vec::new(),
-            policy: policy.clone(),
+            policy,
         };
         // Paced as a busy honest creator (announcements have a byte budget per peer).
         tokio::time::sleep(Duration::from_millis(20)).await;
