@@ -180,6 +180,8 @@ pub struct SessionMachine {
     seen: Vec<BTreeMap<u64, SeenEnvelope>>,
     /// The star coordinator's verified AggregateNonce envelope (members), to drop replays cheaply.
     aggnonce_env: Option<SignedEnvelope>,
+    /// The AggregateNonce envelope we sent (star coordinator), to send again when asked.
+    aggnonce_sent: Option<SignedEnvelope>,
     /// The announcement lists, at our index, a peer id that is not ours.
     misrouted: bool,
     replay_window: u64,
@@ -323,6 +325,7 @@ impl SessionMachine {
             replay: vec![ReplayWindow::new(config.replay_window, config.max_seq_gap); n],
             seen: vec![BTreeMap::new(); n],
             aggnonce_env: None,
+            aggnonce_sent: None,
             misrouted,
             replay_window: config.replay_window.clamp(1, 128),
             unbound: VecDeque::new(),
@@ -858,6 +861,11 @@ impl SessionMachine {
         ));
         self.nonces_announced = true;
         self.aggnonce_received = true;
+        // Our join first: it asks the others for what we may have lost.
+        if let Some((_, own_join)) = self.joins[self.me.as_usize()].clone() {
+            let others: Vec<SignerIndex> = self.others().collect();
+            self.send_to(out, others, vec![own_join]);
+        }
         match self.topology {
             Topology::Mesh => {
                 for k in self.others().collect::<Vec<_>>() {
@@ -879,7 +887,8 @@ impl SessionMachine {
             Topology::Star => {
                 if let Some(aggnonce) = own_aggnonce {
                     let others: Vec<SignerIndex> = self.others().collect();
-                    self.send_to(out, others, vec![aggnonce]);
+                    self.send_to(out, others, vec![aggnonce.clone()]);
+                    self.aggnonce_sent = Some(aggnonce);
                 }
             }
         }
@@ -909,6 +918,72 @@ impl SessionMachine {
             origin: AbortOrigin::Local,
         }));
         out
+    }
+
+    /// Whether `header` is that of the join we hold from its signer: a signer sends its own join
+    /// again only after a restart (to ask what it may have lost).
+    pub fn is_join_replay(&self, header: &musig2_proto::EnvelopeHeader) -> bool {
+        self.joins
+            .get(header.signer.as_usize())
+            .and_then(Option::as_ref)
+            .is_some_and(|(_, env)| {
+                env.envelope().seq() == header.seq && env.signature() == &header.signature
+            })
+    }
+
+    /// Whether `envelope` is exactly the join we hold from its signer.
+    pub fn is_join_copy(&self, envelope: &SignedEnvelope) -> bool {
+        matches!(envelope.envelope().body(), Body::Join { .. })
+            && self
+                .joins
+                .get(envelope.envelope().signer().as_usize())
+                .and_then(Option::as_ref)
+                .is_some_and(|(_, env)| env == envelope)
+    }
+
+    /// A bound signer sent us its own join again: it restarted and may have lost what we sent
+    /// it. Sends it, a bounded number of times, our contributions of the current attempt (or
+    /// how the session ended), exactly as first sent.
+    pub fn answer_repeat(&mut self, from: PeerId, now_ms: u64) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.repeat_for(from, now_ms, &mut out);
+        self.flush_records(&mut out);
+        out
+    }
+
+    fn repeat_for(&mut self, from: PeerId, now_ms: u64, out: &mut Vec<Output>) {
+        if self.phase.is_terminal() {
+            out.extend(self.answer_finished(from, now_ms));
+            return;
+        }
+        let Some(signer) = self.signer_of(&from) else {
+            return;
+        };
+        if signer == self.me || self.phase == Phase::Created {
+            return;
+        }
+        let Some(count) = self.answered.get_mut(signer.as_usize()) else {
+            return;
+        };
+        if *count >= MAX_FINISHED_ANSWERS {
+            return;
+        }
+        *count += 1;
+        let me = self.me.as_usize();
+        let mut envs: Vec<SignedEnvelope> = Vec::new();
+        if self.is_star_coordinator() {
+            envs.extend(self.aggnonce_sent.clone());
+        } else if self.topology == Topology::Mesh || signer == self.coordinator {
+            envs.extend(self.commits[me].as_ref().map(|(_, e)| e.clone()));
+            envs.extend(self.nonces[me].as_ref().map(|(_, e)| e.clone()));
+            envs.extend(self.psigs[me].as_ref().map(|(_, e)| e.clone()));
+        }
+        if !envs.is_empty() {
+            out.push(Output::Send {
+                to: from,
+                envelopes: envs,
+            });
+        }
     }
 
     /// A bound signer still talks about a session that has finished here (it missed the end,
@@ -958,9 +1033,14 @@ impl SessionMachine {
         rng: &mut R,
     ) -> Result<Vec<Output>> {
         let mut out = Vec::new();
+        let restarted_author = self.is_join_copy(&envelope)
+            && self.signer_of(&from) == Some(envelope.envelope().signer());
         let result = self.accept(from, envelope, now_ms, &mut out);
         if result.is_ok() {
             self.advance(now_ms, rng, &mut out);
+        }
+        if restarted_author {
+            self.repeat_for(from, now_ms, &mut out);
         }
         self.flush_records(&mut out);
         match result {
@@ -1573,7 +1653,8 @@ impl SessionMachine {
             };
             let env = self.sign(now_ms, body);
             let others: Vec<SignerIndex> = self.others().collect();
-            self.send_to(out, others, vec![env]);
+            self.send_to(out, others, vec![env.clone()]);
+            self.aggnonce_sent = Some(env);
         }
         let pubnonces: Option<Vec<PubNonce>> = self
             .nonces
@@ -1895,6 +1976,7 @@ impl SessionMachine {
         }
         self.aggnonce_received = false;
         self.aggnonce_env = None;
+        self.aggnonce_sent = None;
         self.nonces_announced = false;
         self.psigs_announced = false;
         self.secnonce = None;

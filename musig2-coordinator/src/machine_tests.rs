@@ -599,7 +599,14 @@ fn replay_skew_gap_and_attempt_are_checked() {
         m.handle_envelope(p1, wrong_attempt, T0, &mut net.rng),
         Err(CoordinatorError::WrongAttempt { found: 5, .. })
     ));
-    // An exact replay is dropped before verification, harmlessly.
+    // An exact replay of its join is how a restarted signer asks for what it lost: answered
+    // with our round-1 contribution, at most three times; after that it is dropped harmlessly.
+    for _ in 0..3 {
+        let answer = m
+            .handle_envelope(p1, first.clone(), T0, &mut net.rng)
+            .unwrap();
+        assert!(answer.iter().any(|o| matches!(o, Output::Send { to, .. } if *to == p1)));
+    }
     let replay = m.handle_envelope(p1, first, T0, &mut net.rng);
     assert!(matches!(replay, Err(CoordinatorError::Duplicate { .. })));
     assert_eq!(replay.unwrap_err().peer_action(), crate::PeerAction::Ignore);

@@ -721,6 +721,8 @@ impl Actor {
         mut peer_events: broadcast::Receiver<PeerEvent>,
     ) {
         let far = Duration::from_secs(3600);
+        // What resumed sessions had to say.
+        self.flush().await;
         loop {
             let wake = self
                 .next_deadline()
@@ -1228,15 +1230,24 @@ impl Actor {
                     return;
                 }
                 Some(m) if m.phase().is_terminal() => {
-                    // A signer still talking about it missed the end (e.g. it was restarting).
-                    if let Some(m) = self.sessions.get_mut(&header.session_id) {
-                        let outputs = m.answer_finished(from, now);
-                        self.process(outputs);
+                    // A signer that restarted asks with its join: tell it how the session ended.
+                    if m.is_join_replay(&header) {
+                        if let Some(m) = self.sessions.get_mut(&header.session_id) {
+                            let outputs = m.answer_finished(from, now);
+                            self.process(outputs);
+                        }
                     }
                     return;
                 }
                 Some(m) if m.is_exact_replay(&header) => {
                     tracing::trace!(%from, session = %header.session_id, "dropped an exact replay");
+                    // A restarted signer asks with its join for what it may have lost.
+                    if m.is_join_replay(&header) {
+                        if let Some(m) = self.sessions.get_mut(&header.session_id) {
+                            let outputs = m.answer_repeat(from, now);
+                            self.process(outputs);
+                        }
+                    }
                     self.light_offence(from, "exact replay").await;
                     return;
                 }
@@ -1250,9 +1261,17 @@ impl Actor {
                     return;
                 }
                 Some(m) if m.phase().is_terminal() => {
-                    if let Some(m) = self.sessions.get_mut(&session) {
-                        let outputs = m.answer_finished(from, now);
-                        self.process(outputs);
+                    // A restarted signer's batch starts with its join (decoding costs no
+                    // signature check, and the answers are bounded per signer).
+                    let asks = matches!(
+                        decode_frame(&bytes, &self.config.limits),
+                        Ok(Frame::Batch(envelopes)) if envelopes.first().is_some_and(|e| m.is_join_copy(e))
+                    );
+                    if asks {
+                        if let Some(m) = self.sessions.get_mut(&session) {
+                            let outputs = m.answer_finished(from, now);
+                            self.process(outputs);
+                        }
                     }
                     return;
                 }

@@ -395,3 +395,161 @@ async fn a_failing_store_commit_sends_nothing_and_aborts_locally() {
     // The node is alive (an unexpected store call would have panicked its task).
     assert!(node1.usage().await.is_ok());
 }
+
+/// A store that kills its node at its `crash_at`-th commit: the transport goes down and that
+/// commit's records are lost, as when a process dies mid-write.
+#[derive(Clone)]
+struct CrashingStore {
+    inner: MemoryStore,
+    commits: Arc<std::sync::atomic::AtomicUsize>,
+    crash_at: usize,
+    network: MemoryNetwork,
+    peer: PeerId,
+}
+
+impl SessionStore for CrashingStore {
+    fn commit(&mut self, records: &[Record]) -> musig2_coordinator::Result<()> {
+        let n = self
+            .commits
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        if n == self.crash_at {
+            let _ = self.network.crash(self.peer);
+            return Err(CoordinatorError::Store("killed".into()));
+        }
+        self.inner.commit(records)
+    }
+    fn load_all(&self) -> musig2_coordinator::Result<Vec<StoredSession>> {
+        self.inner.load_all()
+    }
+    fn load(&self, session: &SessionId) -> musig2_coordinator::Result<Option<StoredSession>> {
+        self.inner.load(session)
+    }
+    fn remove(&mut self, sessions: &[SessionId]) -> musig2_coordinator::Result<()> {
+        self.inner.remove(sessions)
+    }
+    fn usage(&self) -> musig2_coordinator::Result<StoreUsage> {
+        self.inner.usage()
+    }
+}
+
+/// One session in which `victim` dies at its `crash_at`-th store commit and restarts from its
+/// store (its operator joins again if the store never got the session). Returns whether the
+/// crash happened.
+async fn run_with_crash(
+    topology: Topology,
+    commit: bool,
+    victim: usize,
+    crash_at: usize,
+    seed: u64,
+) -> bool {
+    let mut c = cluster(3, seed);
+    let commits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // The victim runs on a crashing wrapper around its store.
+    c.network.crash(c.peers[victim]).unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let transport = c.network.restart(c.peers[victim]).unwrap();
+    let crashing = CrashingStore {
+        inner: c.stores[victim].clone(),
+        commits: commits.clone(),
+        crash_at,
+        network: c.network.clone(),
+        peer: c.peers[victim],
+    };
+    c.nodes[victim] =
+        Node::spawn_with_store(Arc::new(transport), c.keypairs[victim], config(), crashing)
+            .unwrap();
+    let message = format!("crash {topology:?} {commit} {victim} {crash_at}");
+    let id = c.nodes[0]
+        .create_session(c.request(message.as_bytes(), topology, commit))
+        .await;
+    let id = match id {
+        Ok(id) => id,
+        // The creator died before its session existed anywhere: nothing to check.
+        Err(_) => return true,
+    };
+    for i in 1..3 {
+        let _ = c.nodes[i].join_session(id).await;
+    }
+    // Wait until the victim died or everyone finished.
+    for _ in 0..200 {
+        if commits.load(std::sync::atomic::Ordering::SeqCst) >= crash_at {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let crashed = commits.load(std::sync::atomic::Ordering::SeqCst) >= crash_at;
+    if crashed {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let transport = c.network.restart(c.peers[victim]).unwrap();
+        c.nodes[victim] = Node::spawn_with_store(
+            Arc::new(transport),
+            c.keypairs[victim],
+            config(),
+            c.stores[victim].clone(),
+        )
+        .unwrap();
+        if c.stores[victim].load(&id).unwrap().is_none() {
+            c.nodes[victim].join_session(id).await.unwrap();
+        }
+    }
+    let what = format!("{topology:?} commit={commit} victim={victim} crash_at={crash_at}");
+    let mut sigs = Vec::new();
+    let mut events: Vec<_> = c.nodes.iter().map(|n| n.events()).collect();
+    for (i, node) in c.nodes.iter().enumerate() {
+        match node.wait_for_signature(id).await {
+            Ok(sig) => sigs.push(sig),
+            Err(e) => {
+                for (j, rx) in events.iter_mut().enumerate() {
+                    while let Ok(ev) = rx.try_recv() {
+                        eprintln!("node {j}: {ev:?}");
+                    }
+                }
+                for s in &c.stores {
+                    if let Some(st) = s.load(&id).unwrap() {
+                        eprintln!("store: attempt {:?} outcome {:?}", st.attempt, st.outcome);
+                        for e in &st.envelopes {
+                            eprintln!(
+                                "   {} {} {}",
+                                e.envelope().signer().as_usize(),
+                                e.envelope().seq().get(),
+                                e.envelope().body().kind()
+                            );
+                        }
+                    }
+                }
+                panic!("{what}: node {i}: {e}")
+            }
+        }
+    }
+    assert!(sigs.iter().all(|s| *s == sigs[0]), "{what}");
+    schnorr::verify(&sigs[0], message.as_bytes(), &c.aggregate_key(id).await).unwrap();
+    let stored: Vec<StoredSession> = c
+        .stores
+        .iter()
+        .filter_map(|s| s.load(&id).unwrap())
+        .collect();
+    assert_no_nonce_reuse(&stored);
+    crashed
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_killed_at_every_store_commit_restarts_and_the_session_signs() {
+    let mut runs = 0;
+    for topology in [Topology::Mesh, Topology::Star] {
+        for commit in [false, true] {
+            for victim in [0, 2] {
+                let mut crash_at = 1;
+                // Until a run no longer reaches the crash point: every commit boundary tried.
+                while run_with_crash(topology, commit, victim, crash_at, 100 + crash_at as u64)
+                    .await
+                {
+                    crash_at += 1;
+                    runs += 1;
+                    assert!(crash_at < 64, "a session should need few commits");
+                }
+            }
+        }
+    }
+    assert!(runs >= 16, "{runs} crash points tried");
+}
