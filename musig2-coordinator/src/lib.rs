@@ -74,4 +74,4 @@ pub use node::{
 };
 pub use replay::ReplayWindow;
 pub use stats::StatsSnapshot;
-pub use store::{MemoryStore, Outcome, Record, SessionStore, StoredSession};
+pub use store::{MemoryStore, Outcome, Record, RedbStore, SessionStore, StoredSession};

@@ -11,11 +11,14 @@
 //! node that had sent a public nonce cannot sign with it again and starts a new attempt instead
 //! (see `docs/adr/0007-durable-sessions.md`).
 //!
-//! Implementations: [`MemoryStore`] (tests, and nodes that need no durability).
+//! Implementations: [`MemoryStore`] (tests, and nodes that need no durability) and
+//! [`RedbStore`] (one file on disk, each commit one transaction synced before it returns).
 
 mod memory;
+mod redb;
 
 pub use self::memory::{MemorySnapshot, MemoryStore};
+pub use self::redb::RedbStore;
 
 use musig2_proto::{
     AbortReason, Attempt, SeqNo, SessionId, SignedAnnouncement, SignedEnvelope, SignerIndex,
