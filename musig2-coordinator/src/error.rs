@@ -201,6 +201,17 @@ pub enum CoordinatorError {
         /// What was wrong.
         why: String,
     },
+    /// A session transcript is malformed or does not verify (see
+    /// [`Transcript`](crate::Transcript)).
+    #[error("invalid transcript: {what}")]
+    Transcript {
+        /// The position of the envelope at fault in the transcript, if one is.
+        envelope: Option<usize>,
+        /// The signer that envelope claims to be from, if known.
+        signer: Option<SignerIndex>,
+        /// What is wrong.
+        what: String,
+    },
 }
 
 impl CoordinatorError {

@@ -63,6 +63,7 @@ mod pending;
 mod replay;
 mod stats;
 pub mod store;
+pub mod transcript;
 
 pub use config::Config;
 pub use election::{TAG_ELECTION, election_order};
@@ -75,3 +76,7 @@ pub use node::{
 pub use replay::ReplayWindow;
 pub use stats::StatsSnapshot;
 pub use store::{MemoryStore, Outcome, Record, RedbStore, SessionStore, StoredSession};
+pub use transcript::{
+    BlameKind, BlameProof, Claim, ClaimSource, TRANSCRIPT_MAGIC, TRANSCRIPT_VERSION, Transcript,
+    TranscriptLimits, TranscriptReport,
+};

@@ -7,12 +7,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
-use musig2_coordinator::Event;
+use musig2_coordinator::{
+    BlameKind, ClaimSource, CoordinatorError, Event, Transcript, TranscriptLimits, TranscriptReport,
+};
 use musig2_node::control::{self, CallError, Request, TaprootSpec, TopologyName, TweakSpec};
 use musig2_node::daemon::{Daemon, DaemonConfig, describe_event};
 use musig2_node::demo::{self, DemoOptions, DemoReport};
 use musig2_node::settings::{Settings, Signer};
 use musig2_node::{ErrorKind, NodeError, keys, view};
+use musig2_proto::SignerIndex;
 use musig2_transport::{Multiaddr, PeerId, split_peer_address};
 use serde_json::{Value, json};
 
@@ -25,6 +28,7 @@ Examples:
   MUSIG2_DIR=~/.musig2 musig2-node run --listen /ip4/0.0.0.0/tcp/4001
   musig2-node --dir ~/.musig2 session create --group treasury --message-file tx.bin
   musig2-node --dir ~/.musig2 session show <SESSION>
+  musig2-node verify-transcript session.transcript
 
 Exit codes: 0 ok, 1 other failure, 2 usage, 3 node unreachable, 4 not found, 5 timeout,
 6 aborted, 7 rejected.";
@@ -94,6 +98,16 @@ enum Command {
     /// List the contacts and signer groups of config.toml, each checked (no node needed).
     #[command(after_help = "Example:\n  musig2-node --dir ~/.musig2 contacts")]
     Contacts,
+    /// Verify a session transcript file offline: every signature, the aggregate key, the final
+    /// signature, and who is provably to blame (exit 0 when every signature checks).
+    #[command(
+        after_help = "Examples:\n  musig2-node verify-transcript session.transcript\n  \
+        musig2-node verify-transcript session.transcript --json"
+    )]
+    VerifyTranscript {
+        /// The transcript file.
+        file: PathBuf,
+    },
     /// Print shell completions.
     #[command(
         after_help = "Example:\n  musig2-node completions bash > /etc/bash_completion.d/musig2-node"
@@ -1084,6 +1098,7 @@ async fn dispatch(ctx: Context, command: Command) -> Outcome {
             }
             Ok(())
         }
+        Command::VerifyTranscript { file } => verify_transcript(&file, json),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -1097,6 +1112,131 @@ async fn dispatch(ctx: Context, command: Command) -> Outcome {
             .render(&mut std::io::stdout())
             .map_err(|e| NodeError::io("cannot write", "stdout", e).into()),
     }
+}
+
+/// The stable name of a kind of proven misbehaviour.
+fn blame_name(kind: BlameKind) -> &'static str {
+    match kind {
+        BlameKind::SameSequence => "same_sequence",
+        BlameKind::ConflictingContribution { .. } => "conflicting_contribution",
+        BlameKind::CommitmentMismatch => "commitment_mismatch",
+        BlameKind::InvalidPartialSig => "invalid_partial_signature",
+        BlameKind::AggregateNonceMismatch => "aggregate_nonce_mismatch",
+        BlameKind::InvalidFinalSignature => "invalid_final_signature",
+        _ => "other",
+    }
+}
+
+/// A transcript report as JSON (the message escaped as in `session show`).
+fn transcript_json(report: &TranscriptReport) -> Value {
+    let index = |s: Option<SignerIndex>| s.map(SignerIndex::get);
+    json!({
+        "valid": report.signatures_valid(),
+        "session": report.session.to_string(),
+        "exporter": index(report.exporter),
+        "creator": report.creator.get(),
+        "topology": match report.topology {
+            musig2_proto::Topology::Mesh => "mesh",
+            musig2_proto::Topology::Star => "star",
+        },
+        "signers": report.signers.iter().enumerate()
+            .map(|(i, k)| json!({ "index": i, "key": k.to_string() }))
+            .collect::<Vec<_>>(),
+        "untweaked_key": report.untweaked_key.to_string(),
+        "tweaked_key": report.tweaked_key.to_string(),
+        "output_key": report.output_key.to_string(),
+        "tweaks": report.tweaks,
+        "message": view::message_json(&report.message),
+        "attempts": report.attempts.iter().map(|a| a.get()).collect::<Vec<_>>(),
+        "envelopes_verified": report.envelopes_verified,
+        "partial_sigs_checked": report.partial_sigs_checked,
+        "partial_sigs_unchecked": report.partial_sigs_unchecked,
+        "signature": report.signature.map(|(sig, valid)| json!({
+            "hex": sig.to_string(),
+            "valid": valid,
+        })),
+        "proofs": report.proofs.iter().map(|p| json!({
+            "signer": p.signer.get(),
+            "kind": blame_name(p.kind),
+            "contribution": match p.kind {
+                BlameKind::ConflictingContribution { contribution } => Some(contribution),
+                _ => None,
+            },
+            "text": p.kind.to_string(),
+            "attempt": p.attempt.map(|a| a.get()),
+            "evidence": p.evidence,
+        })).collect::<Vec<_>>(),
+        "claims": report.claims.iter().map(|c| json!({
+            "claimant": index(c.claimant),
+            "reason": view::reason_name(c.reason),
+            "text": view::reason_text(c.reason),
+            "blamed": c.blamed.iter().map(|s| s.get()).collect::<Vec<_>>(),
+            "source": match c.source {
+                ClaimSource::Envelope(i) => json!({ "envelope": i }),
+                ClaimSource::Outcome => json!("outcome"),
+            },
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `verify-transcript`: decodes and verifies a transcript file without a node or a network.
+fn verify_transcript(path: &Path, json: bool) -> Outcome {
+    let limits = TranscriptLimits::default();
+    let cap = u64::try_from(limits.max_file_bytes).unwrap_or(u64::MAX) + 1;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(cap).read_to_end(&mut bytes))
+        .map_err(|e| NodeError::io("cannot read", path, e))?;
+    // A file that does not decode or verify is invalid input; the details say where.
+    let refused = |e: CoordinatorError| -> Box<CallError> {
+        let details = match &e {
+            CoordinatorError::Transcript {
+                envelope, signer, ..
+            } => Some(json!({
+                "envelope": envelope,
+                "signer": signer.map(SignerIndex::get),
+            })),
+            _ => None,
+        };
+        let reason = match e {
+            CoordinatorError::Transcript { what, .. } => what,
+            other => other.to_string(),
+        };
+        Box::new(CallError {
+            error: NodeError::InvalidArgument {
+                what: "transcript",
+                reason,
+            },
+            details,
+        })
+    };
+    let report = Transcript::decode(&bytes, &limits)
+        .and_then(|t| t.verify(&limits))
+        .map_err(refused)?;
+    let value = transcript_json(&report);
+    if !report.signatures_valid() {
+        if !json {
+            print!("{report}");
+        }
+        return Err(Box::new(CallError {
+            error: NodeError::invalid(
+                "transcript",
+                "the recorded final signature does not verify under the output key",
+            ),
+            details: Some(value),
+        }));
+    }
+    if json {
+        print_json(&value);
+    } else {
+        print!("{report}");
+        let message = view::message_json(&report.message);
+        if let Some(text) = message["text"].as_str() {
+            println!("Message text (escaped): {text}");
+        }
+        println!("Result: every signature checks");
+    }
+    Ok(())
 }
 
 fn report(error: &CallError, json: bool) -> ExitCode {
