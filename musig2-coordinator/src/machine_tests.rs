@@ -605,7 +605,11 @@ fn replay_skew_gap_and_attempt_are_checked() {
         let answer = m
             .handle_envelope(p1, first.clone(), T0, &mut net.rng)
             .unwrap();
-        assert!(answer.iter().any(|o| matches!(o, Output::Send { to, .. } if *to == p1)));
+        assert!(
+            answer
+                .iter()
+                .any(|o| matches!(o, Output::Send { to, .. } if *to == p1))
+        );
     }
     let replay = m.handle_envelope(p1, first, T0, &mut net.rng);
     assert!(matches!(replay, Err(CoordinatorError::Duplicate { .. })));

@@ -161,6 +161,10 @@ enum Command {
         session: SessionId,
         reply: oneshot::Sender<Result<StoredSession>>,
     },
+    Import {
+        stored: Box<StoredSession>,
+        reply: oneshot::Sender<Result<SessionId>>,
+    },
     StoreUsage {
         reply: oneshot::Sender<Result<StoreUsage>>,
     },
@@ -551,6 +555,74 @@ impl Node {
     pub async fn export_session(&self, session: SessionId) -> Result<StoredSession> {
         self.call(|reply| Command::Export { session, reply })
             .await?
+    }
+
+    /// The session's transcript (see [`crate::transcript`]): announcement, every envelope
+    /// verified or sent, outcome, and this node's signer index as exporter.
+    pub async fn export_transcript(&self, session: SessionId) -> Result<crate::Transcript> {
+        let stored = self.export_session(session).await?;
+        let exporter = stored
+            .announcement
+            .announcement()
+            .signers
+            .iter()
+            .position(|s| s.key == self.keypair.public_key())
+            .and_then(|i| SignerIndex::try_from(i).ok());
+        Ok(crate::Transcript::from_stored(&stored, exporter))
+    }
+
+    /// Takes a transcript of a session that names this node's key into the store: a finished
+    /// one for audit; an unfinished one resumes at a new attempt with fresh nonces (a
+    /// transcript holds no nonce secret; see [`SessionMachine::restore`]). The transcript is
+    /// verified first; a session already held is refused.
+    pub async fn import_transcript(&self, transcript: crate::Transcript) -> Result<SessionId> {
+        let limits = crate::TranscriptLimits {
+            proto: self.config.limits,
+            ..crate::TranscriptLimits::default()
+        };
+        transcript.verify(&limits)?;
+        let me = self.keypair.public_key();
+        let Some(my_index) = transcript
+            .announcement
+            .announcement()
+            .signers
+            .iter()
+            .position(|s| s.key == me)
+        else {
+            return Err(CoordinatorError::NotASigner(transcript.session_id()));
+        };
+        let now = self.clock.now_ms();
+        let mut stored = StoredSession::new(transcript.announcement.clone(), now);
+        for env in &transcript.envelopes {
+            stored.apply(&Record::Envelope(env.clone()));
+        }
+        // Our numbers continue after the highest of ours in the file.
+        let highest_own = transcript
+            .envelopes
+            .iter()
+            .filter(|e| e.envelope().signer().as_usize() == my_index)
+            .map(|e| e.envelope().seq().get())
+            .max()
+            .unwrap_or(0);
+        stored.next_seq = musig2_proto::SeqNo::new(highest_own.saturating_add(1))?;
+        stored.attempt = transcript
+            .envelopes
+            .iter()
+            .filter_map(|e| match e.envelope().body() {
+                musig2_proto::Body::Restart { attempt }
+                | musig2_proto::Body::NonceCommit { attempt, .. }
+                | musig2_proto::Body::Nonce { attempt, .. }
+                | musig2_proto::Body::PartialSig { attempt, .. } => Some(*attempt),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(musig2_proto::Attempt::FIRST);
+        stored.outcome = transcript.outcome.clone().map(|o| (o, now));
+        self.call(|reply| Command::Import {
+            stored: Box::new(stored),
+            reply,
+        })
+        .await?
     }
 
     /// What the session store holds.
@@ -956,6 +1028,10 @@ impl Actor {
                     .load(&session);
                 let _ = reply
                     .send(loaded.and_then(|s| s.ok_or(CoordinatorError::UnknownSession(session))));
+            }
+            Command::Import { stored, reply } => {
+                let result = self.import(*stored, now).await;
+                let _ = reply.send(result);
             }
             Command::StoreUsage { reply } => {
                 let usage = self
@@ -1535,6 +1611,39 @@ impl Actor {
         } else {
             work()
         }
+    }
+
+    async fn import(&mut self, stored: StoredSession, now: u64) -> Result<SessionId> {
+        let id = stored.session_id();
+        if self.sessions.contains_key(&id) {
+            return Err(CoordinatorError::SessionExists(id));
+        }
+        let unfinished = stored.outcome.is_none();
+        if unfinished && self.active_sessions() >= self.config.max_concurrent_sessions {
+            return Err(CoordinatorError::TooManySessions(
+                self.config.max_concurrent_sessions,
+            ));
+        }
+        let (machine, outputs) = SessionMachine::restore(
+            &stored,
+            self.keypair,
+            self.local_peer,
+            &self.config,
+            now,
+            None,
+            &mut self.rng,
+        )?;
+        // Stored before anything the restore wants to send can leave.
+        self.commit(stored.to_records(), Vec::new()).await?;
+        let phase = machine.phase();
+        self.sessions.insert(id, machine);
+        if phase.is_terminal() {
+            self.finished.push_back((id, now));
+        } else if phase == Phase::Created {
+            self.unjoined.push_back((id, None, now));
+        }
+        self.process(outputs);
+        Ok(id)
     }
 
     /// Takes the sessions a store held when the node started.

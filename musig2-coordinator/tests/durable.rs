@@ -553,3 +553,80 @@ async fn a_node_killed_at_every_store_commit_restarts_and_the_session_signs() {
     }
     assert!(runs >= 16, "{runs} crash points tried");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_transcript_exports_verifies_offline_and_imports_finished_or_resumes_unfinished() {
+    let mut c = cluster(3, 12);
+    // Node 2 hears nothing, so the session is unfinished when node 2 exports it.
+    for from in [0, 1] {
+        c.network
+            .set_link_fault(c.peers[from], c.peers[2], LinkFault::none().with_drop(1.0));
+    }
+    let id = c.nodes[0]
+        .create_session(c.request(b"transcripts", Topology::Mesh, true))
+        .await
+        .unwrap();
+    c.nodes[1].join_session(id).await.unwrap();
+    c.nodes[2].join_session(id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let unfinished = c.nodes[2].export_transcript(id).await.unwrap();
+    let file = unfinished.encode();
+    let limits = musig2_coordinator::TranscriptLimits::default();
+    let decoded = musig2_coordinator::Transcript::decode(&file, &limits).unwrap();
+    let report = decoded.verify(&limits).unwrap();
+    assert!(report.proofs.is_empty(), "{report}");
+    // Node 2 loses its store entirely and comes back from the transcript alone.
+    c.network.crash(c.peers[2]).unwrap();
+    c.network.clear_faults();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let transport = c.network.restart(c.peers[2]).unwrap();
+    c.stores[2] = MemoryStore::new();
+    c.nodes[2] = Node::spawn_with_store(
+        Arc::new(transport),
+        c.keypairs[2],
+        config(),
+        c.stores[2].clone(),
+    )
+    .unwrap();
+    assert_eq!(c.nodes[2].import_transcript(decoded).await.unwrap(), id);
+    let mut sigs = Vec::new();
+    for node in &c.nodes {
+        sigs.push(node.wait_for_signature(id).await.unwrap());
+    }
+    assert!(sigs.iter().all(|s| *s == sigs[0]));
+    let stored: Vec<StoredSession> = c
+        .stores
+        .iter()
+        .filter_map(|s| s.load(&id).unwrap())
+        .collect();
+    assert_no_nonce_reuse(&stored);
+    // The finished transcript verifies with a valid signature and imports as finished.
+    let finished = c.nodes[1].export_transcript(id).await.unwrap();
+    let report = finished.verify(&limits).unwrap();
+    assert_eq!(
+        report.signature.map(|(_, valid)| valid),
+        Some(true),
+        "{report}"
+    );
+    let network = MemoryNetwork::new(13);
+    let auditor = Node::spawn(Arc::new(network.add_node()), c.keypairs[1], config());
+    assert_eq!(
+        auditor.import_transcript(finished.clone()).await.unwrap(),
+        id
+    );
+    assert_eq!(auditor.wait_for_signature(id).await.unwrap(), sigs[0]);
+    // Twice is refused; a node whose key is not in the session refuses it.
+    assert!(matches!(
+        auditor.import_transcript(finished.clone()).await,
+        Err(CoordinatorError::SessionExists(_))
+    ));
+    let stranger = Node::spawn(
+        Arc::new(network.add_node()),
+        Keypair::new(&mut ChaCha20Rng::seed_from_u64(99)),
+        config(),
+    );
+    assert!(matches!(
+        stranger.import_transcript(finished).await,
+        Err(CoordinatorError::NotASigner(_))
+    ));
+}

@@ -136,6 +136,32 @@ impl StoredSession {
         self.announcement.session_id()
     }
 
+    /// The records that rebuild this session in a store.
+    pub fn to_records(&self) -> Vec<Record> {
+        let id = self.session_id();
+        let mut records = vec![Record::Session {
+            announcement: self.announcement.clone(),
+            learned_ms: self.learned_ms,
+        }];
+        records.extend(self.envelopes.iter().cloned().map(Record::Envelope));
+        records.push(Record::SeqReserved {
+            session: id,
+            next: self.next_seq,
+        });
+        records.push(Record::Attempt {
+            session: id,
+            attempt: self.attempt,
+        });
+        if let Some((outcome, at_ms)) = &self.outcome {
+            records.push(Record::Outcome {
+                session: id,
+                outcome: outcome.clone(),
+                at_ms: *at_ms,
+            });
+        }
+        records
+    }
+
     /// Folds one record of this session in. Sequence reservations and attempts only move
     /// forward; an envelope already held is not added twice; the first outcome stays.
     pub fn apply(&mut self, record: &Record) {
