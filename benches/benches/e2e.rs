@@ -12,15 +12,22 @@
 //! ```text
 //! cargo bench -p musig2-benches --bench e2e
 //! E2E_QUICK=1 cargo bench -p musig2-benches --bench e2e   # fewer iterations
-//! E2E_PART=libp2p (or memory, costs) cargo bench -p musig2-benches --bench e2e   # one half only
+//! E2E_PART=libp2p (or memory, costs, durable) cargo bench -p musig2-benches --bench e2e   # one part only
 //! E2E_PART=libp2p E2E_N=10 cargo bench -p musig2-benches --bench e2e     # one network size
 //! ```
+//!
+//! * Durable stores (`E2E_PART=durable`): the same sessions with every node on a `RedbStore`
+//!   (a file in the temp dir, each commit durable before it returns) next to the `MemoryStore`,
+//!   in one run: libp2p n = 2 mesh and n = 10 star, and the 200-in-flight throughput.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use musig2_coordinator::{Config, Event, Node, SessionRequest, announcement_record_validator};
+use musig2_coordinator::{
+    Config, Event, MemoryStore, Node, RedbStore, SessionRequest, SessionStore,
+    announcement_record_validator,
+};
 use musig2_core::{AggNonce, KeyAggContext, NonceGen, PartialSignature, PubNonce, SessionContext};
 use musig2_proto::{
     Announcement, Attempt, Body, Envelope, Limits, PartialSigBytes, PeerIdBytes, PubNonceBytes,
@@ -29,6 +36,33 @@ use musig2_proto::{
 use musig2_transport::{Libp2pConfig, Libp2pTransport, MemoryNetwork, Transport};
 use secp256k1::{Keypair, PublicKey, XOnlyPublicKey, schnorr};
 use tokio::sync::{Semaphore, mpsc};
+
+/// Where the bench's nodes keep their sessions.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stores {
+    Memory,
+    /// A fresh redb file per node in the temp dir.
+    Redb,
+}
+
+impl Stores {
+    fn open(self, node: usize, config: &Config) -> Box<dyn SessionStore> {
+        match self {
+            Stores::Memory => Box::new(MemoryStore::new()),
+            Stores::Redb => {
+                let path = std::env::temp_dir().join(format!(
+                    "musig2-bench-{}-{node}-{}.redb",
+                    std::process::id(),
+                    rand::random::<u64>()
+                ));
+                let store = RedbStore::open(&path, config.limits).expect("redb store");
+                // The open file stays usable; the directory entry goes now.
+                let _ = std::fs::remove_file(&path);
+                Box::new(store)
+            }
+        }
+    }
+}
 
 /// One event seen by a node, with the time the bench saw it.
 struct Seen {
@@ -45,7 +79,11 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn new(transports: Vec<Arc<dyn Transport>>, config: &Config) -> Cluster {
+    fn with_stores(
+        transports: Vec<Arc<dyn Transport>>,
+        config: &Config,
+        stores: Stores,
+    ) -> Cluster {
         let keypairs: Vec<Keypair> = transports
             .iter()
             .map(|_| Keypair::new(&mut rand::rng()))
@@ -54,7 +92,11 @@ impl Cluster {
         let nodes: Vec<Node> = transports
             .into_iter()
             .zip(&keypairs)
-            .map(|(t, kp)| Node::spawn(t, *kp, config.clone()))
+            .enumerate()
+            .map(|(i, (t, kp))| {
+                Node::spawn_with_store(t, *kp, config.clone(), stores.open(i, config))
+                    .expect("store")
+            })
             .collect();
         for (index, node) in nodes.iter().enumerate() {
             let mut rx = node.events();
@@ -293,6 +335,10 @@ async fn scenario(
 /// `n - 1` peers, which Kademlia's 20-entry buckets make impossible for most networks larger than
 /// about 20 nodes (the farthest bucket alone expects n/2 peers), so it times out at n = 50.
 async fn libp2p_cluster(n: usize) -> Cluster {
+    libp2p_cluster_with(n, Stores::Memory).await
+}
+
+async fn libp2p_cluster_with(n: usize, stores: Stores) -> Cluster {
     let config = Config::default();
     let base = Libp2pConfig {
         record_validator: Some(announcement_record_validator(config.limits)),
@@ -348,7 +394,7 @@ async fn libp2p_cluster(n: usize) -> Cluster {
         .into_iter()
         .map(|t| Arc::new(t) as Arc<dyn Transport>)
         .collect();
-    Cluster::new(transports, &config)
+    Cluster::with_stores(transports, &config, stores)
 }
 
 /// Dials until connected. `Transport::dial` fails instead of waiting when a dial to the peer is
@@ -411,6 +457,15 @@ async fn libp2p_benches(quick: bool) {
 /// Sessions per second: `total` 2-of-2 sessions between two memory-transport nodes, at most
 /// `in_flight` at once. Each session counts when both nodes hold the signature.
 async fn memory_throughput(total: usize, in_flight: usize, nonce_commitment: bool) -> f64 {
+    memory_throughput_with(total, in_flight, nonce_commitment, Stores::Memory).await
+}
+
+async fn memory_throughput_with(
+    total: usize,
+    in_flight: usize,
+    nonce_commitment: bool,
+    stores: Stores,
+) -> f64 {
     let config = Config {
         event_queue: 1 << 16,
         max_concurrent_sessions: 4 * in_flight,
@@ -420,7 +475,7 @@ async fn memory_throughput(total: usize, in_flight: usize, nonce_commitment: boo
     let transports: Vec<Arc<dyn Transport>> = (0..2)
         .map(|_| Arc::new(net.add_node()) as Arc<dyn Transport>)
         .collect();
-    let cluster = Cluster::new(transports, &config);
+    let cluster = Cluster::with_stores(transports, &config, stores);
     let Cluster {
         nodes,
         keypairs,
@@ -820,6 +875,39 @@ fn memory_benches(quick: bool) {
     }
 }
 
+/// The durable store next to the memory store, in one run.
+async fn durable_benches(quick: bool) {
+    let scale = |iters: usize| if quick { iters.div_ceil(5) } else { iters };
+    println!("== durable store (redb, Durability::Immediate) vs memory store, libp2p loopback ==");
+    for (n, topology, iters) in [(2, Topology::Mesh, 200), (10, Topology::Star, 100)] {
+        for stores in [Stores::Memory, Stores::Redb] {
+            let mut cluster = libp2p_cluster_with(n, stores).await;
+            let name = format!(
+                "n={n} {} {:?} store",
+                format!("{topology:?}").to_lowercase(),
+                stores
+            );
+            scenario(&mut cluster, &name, topology, false, scale(iters), None).await;
+            cluster.shutdown().await;
+        }
+    }
+    let total = if quick { 400 } else { 2000 };
+    println!(
+        "\n== group commit: {total} 2-of-2 sessions, 200 in flight, memory transport (target: redb >= 0.7x memory) =="
+    );
+    let mut memory = Vec::new();
+    let mut redb = Vec::new();
+    for _ in 0..3 {
+        memory.push(memory_throughput_with(total, 200, false, Stores::Memory).await);
+        redb.push(memory_throughput_with(total, 200, false, Stores::Redb).await);
+    }
+    let (m, r) = (median_f64(memory), median_f64(redb));
+    println!(
+        "memory store {m:>7.0} sessions/s   redb store {r:>7.0} sessions/s   ratio {:.2}",
+        r / m
+    );
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is not supported.
     let quick = std::env::var_os("E2E_QUICK").is_some();
@@ -833,6 +921,9 @@ fn main() {
     let started = Instant::now();
     if part.is_empty() || part == "libp2p" {
         rt.block_on(libp2p_benches(quick));
+    }
+    if part.is_empty() || part == "durable" {
+        rt.block_on(durable_benches(quick));
     }
     drop(rt);
     if part.is_empty() || part == "memory" {

@@ -201,6 +201,8 @@ pub struct SessionMachine {
     final_env: Option<SignedEnvelope>,
     /// Per signer, answers sent about the finished session.
     answered: Vec<u8>,
+    /// Verified contributions of the next attempt that arrived before its restart.
+    next_attempt: Vec<VerifiedEnvelope>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -336,6 +338,7 @@ impl SessionMachine {
             max_attempts: a.policy.max_attempts.max(1),
             final_env: None,
             answered: vec![0; n],
+            next_attempt: Vec::new(),
             ann,
         })
     }
@@ -1183,6 +1186,20 @@ impl SessionMachine {
                 })
             }
         };
+        // A contribution of the next attempt can overtake the restart that starts it (they
+        // come from different signers): it waits, bounded, until the restart arrives.
+        if body_attempt(env.body()).is_some_and(|a| a.get() == self.attempt.get().saturating_add(1))
+        {
+            if self.next_attempt.len() >= 4 * self.n {
+                return Err(CoordinatorError::WrongAttempt {
+                    signer,
+                    expected: self.attempt.get(),
+                    found: self.attempt.get().saturating_add(1),
+                });
+            }
+            self.next_attempt.push(env);
+            return Ok(());
+        }
         match env.body().clone() {
             Body::Join { peer_id } => {
                 let peer = PeerId::from_bytes(peer_id.as_bytes()).map_err(|_| {
@@ -1381,17 +1398,25 @@ impl SessionMachine {
                     return Ok(());
                 }
                 tracing::info!(session = %self.id, %signer, attempt = attempt.get(), "a signer restarted: new attempt");
+                // Everyone must move together, or a signer told of the restart would wait for
+                // one that was not, and blame it: pass it on (copies are dropped unverified).
+                let others: Vec<SignerIndex> = self.others().filter(|&k| k != signer).collect();
+                self.send_to(out, others, vec![env.signed().clone()]);
                 out.push(Output::Event(Event::AttemptStarted {
                     session: self.id,
                     attempt,
                     signer,
                 }));
-                if self.is_star_coordinator() {
-                    // Members reach each other only through us.
-                    let others: Vec<SignerIndex> = self.others().filter(|&k| k != signer).collect();
-                    self.send_to(out, others, vec![env.signed().clone()]);
-                }
                 self.new_attempt(attempt, now_ms);
+                let waiting = std::mem::take(&mut self.next_attempt);
+                for early in waiting {
+                    if self.phase.is_terminal() {
+                        break;
+                    }
+                    if let Err(e) = self.apply(early, now_ms, out) {
+                        tracing::debug!(session = %self.id, error = %e, "early contribution dropped");
+                    }
+                }
             }
             Body::BroadcastConfirmed { .. } | Body::FailoverClaim { .. } => {
                 // Broadcast confirmation and failover are not part of this node's protocol
@@ -2061,6 +2086,17 @@ fn filled<T>(slots: &[Option<T>]) -> usize {
 /// Whether every signer's slot holds a contribution.
 fn all_filled<T>(slots: &[Option<T>]) -> bool {
     slots.iter().all(Option::is_some)
+}
+
+/// The attempt a contribution belongs to.
+fn body_attempt(body: &Body) -> Option<Attempt> {
+    match body {
+        Body::NonceCommit { attempt, .. }
+        | Body::Nonce { attempt, .. }
+        | Body::PartialSig { attempt, .. }
+        | Body::AggregateNonce { attempt, .. } => Some(*attempt),
+        _ => None,
+    }
 }
 
 /// The core's view of a wire nonce, reusing the points the proto layer already parsed.

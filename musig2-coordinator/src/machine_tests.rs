@@ -1207,3 +1207,36 @@ fn a_finished_session_tells_a_signer_that_missed_the_end() {
     assert!(answer_seen);
     net2.assert_all_signed();
 }
+
+#[test]
+fn a_restart_told_to_one_signer_moves_everyone_even_when_its_contributions_overtake_it() {
+    for topology in [Topology::Mesh, Topology::Star] {
+        let mut net = Net::new(3, topology, false);
+        net.join_all();
+        // Signer 2 sends its round-1 nonce, crashes and restarts; its restart reaches only
+        // signer 0 (its frame to signer 1 is lost).
+        net.crash_and_restart(2, false);
+        net.queue
+            .retain(|(from, to, _)| !(*from == 2 && *to == net.peers[1]));
+        // Every relayed restart reaching signer 1 is held back until everything else arrived:
+        // the new attempt's contributions overtake it.
+        let held = std::cell::RefCell::new(Vec::new());
+        net.run_with(|from, to, env| {
+            if to == 1 && matches!(env.envelope().body(), Body::Restart { .. }) {
+                held.borrow_mut().push((from, env));
+                Vec::new()
+            } else {
+                vec![env]
+            }
+        });
+        for (from, env) in held.take() {
+            net.deliver(from, 1, env);
+        }
+        net.settle();
+        net.assert_all_signed();
+        for i in 0..3 {
+            assert!(net.abort_of(i).is_none(), "{topology:?} node {i}");
+            assert_eq!(net.machines[i].attempt.get(), 1, "{topology:?} node {i}");
+        }
+    }
+}
