@@ -469,6 +469,10 @@ async fn memory_throughput_with(
     let config = Config {
         event_queue: 1 << 16,
         max_concurrent_sessions: 4 * in_flight,
+        // One creator announces `in_flight` sessions at once; a slower (durable) joiner must
+        // not see them evicted from its un-joined pool before it joins.
+        max_unjoined_per_creator: 2 * in_flight,
+        max_unjoined_sessions: 2 * in_flight,
         ..Config::default()
     };
     let net = MemoryNetwork::new(7);

@@ -77,6 +77,10 @@ pub enum Output {
     /// [`crate::store`]). If that fails, send nothing and call
     /// [`SessionMachine::store_failed`].
     Persist(Vec<Record>),
+    /// Records no envelope of the step depends on (what others sent us, how the session
+    /// ended): store them too, but the step's envelopes need not wait for them. Lost in a
+    /// crash, they cost nothing a restart cannot ask for again.
+    PersistLater(Vec<Record>),
 }
 
 /// A snapshot of a session's progress, for monitoring.
@@ -1947,8 +1951,34 @@ impl SessionMachine {
 
     /// Hands the step's records out first: the runtime commits them before it sends anything.
     fn flush_records(&mut self, out: &mut Vec<Output>) {
-        if !self.records.is_empty() {
-            out.insert(0, Output::Persist(std::mem::take(&mut self.records)));
+        if self.records.is_empty() {
+            return;
+        }
+        let me = self.me;
+        let (urgent, later): (Vec<Record>, Vec<Record>) = std::mem::take(&mut self.records)
+            .into_iter()
+            .partition(|r| match r {
+                // Our own round messages: a restart must know what left (nonce safety).
+                Record::Envelope(env) => {
+                    env.envelope().signer() == me
+                        && matches!(
+                            env.envelope().body(),
+                            Body::Join { .. }
+                                | Body::NonceCommit { .. }
+                                | Body::Nonce { .. }
+                                | Body::PartialSig { .. }
+                                | Body::AggregateNonce { .. }
+                                | Body::Restart { .. }
+                        )
+                }
+                Record::Outcome { .. } => false,
+                _ => true,
+            });
+        if !later.is_empty() {
+            out.insert(0, Output::PersistLater(later));
+        }
+        if !urgent.is_empty() {
+            out.insert(0, Output::Persist(urgent));
         }
     }
 

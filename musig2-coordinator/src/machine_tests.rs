@@ -111,7 +111,7 @@ impl Net {
             match o {
                 Output::Send { to, envelopes } => self.queue.push_back((i, to, envelopes)),
                 Output::Event(e) => self.events[i].push(e),
-                Output::Persist(records) => {
+                Output::Persist(records) | Output::PersistLater(records) => {
                     use crate::store::SessionStore;
                     self.stores[i].commit(&records).unwrap();
                 }

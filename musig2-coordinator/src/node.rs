@@ -704,6 +704,9 @@ struct Actor {
 #[derive(Default)]
 struct Staged {
     records: Vec<Record>,
+    /// Records the staged frames do not depend on: committed with `records` when there are
+    /// some, else after the frames are sent.
+    later: Vec<Record>,
     /// (session, peer, envelopes): one batch frame per entry (a batch holds one session).
     sends: Vec<(SessionId, PeerId, Vec<SignedEnvelope>)>,
     events: Vec<Event>,
@@ -711,7 +714,10 @@ struct Staged {
 
 impl Staged {
     fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.sends.is_empty() && self.events.is_empty()
+        self.records.is_empty()
+            && self.later.is_empty()
+            && self.sends.is_empty()
+            && self.events.is_empty()
     }
 }
 
@@ -829,7 +835,7 @@ impl Actor {
             }
             // Group commit: what else has arrived joins this step's records in one store
             // transaction.
-            if !self.staged.records.is_empty() {
+            if !self.staged.records.is_empty() || !self.staged.later.is_empty() {
                 for _ in 0..MAX_GROUP_FRAMES {
                     match futures::FutureExt::now_or_never(self.transport.recv()) {
                         Some(Ok(inbound)) => self.handle_frame(inbound.from, inbound.frame).await,
@@ -1536,6 +1542,7 @@ impl Actor {
                 }
                 Output::Event(event) => self.staged.events.push(event),
                 Output::Persist(records) => self.staged.records.extend(records),
+                Output::PersistLater(records) => self.staged.later.extend(records),
             }
         }
     }
@@ -1548,31 +1555,21 @@ impl Actor {
             return;
         }
         let mut staged = std::mem::take(&mut self.staged);
-        let purge = std::mem::take(&mut self.purge);
-        let records = std::mem::take(&mut staged.records);
-        let result = self.commit(records.clone(), purge).await;
-        if let Err(error) = result {
-            let failed: HashSet<SessionId> = records.iter().map(Record::session_id).collect();
-            tracing::error!(%error, sessions = failed.len(), "store commit failed: sending nothing of it");
-            staged
-                .sends
-                .retain(|(session, _, _)| !failed.contains(session));
-            let now = self.clock.now_ms();
-            for session in failed {
-                for w in self.waiters.remove(&session).unwrap_or_default() {
-                    let _ = w.send(Err(CoordinatorError::Store(error.to_string())));
-                }
-                if let Some(m) = self.sessions.get_mut(&session) {
-                    for output in m.store_failed(now) {
-                        if let Output::Event(event) = output {
-                            staged.events.push(event);
-                        }
-                    }
-                }
+        let mut purge = std::mem::take(&mut self.purge);
+        if !staged.records.is_empty() {
+            // One transaction: the frames wait for it anyway.
+            let mut records = std::mem::take(&mut staged.records);
+            records.append(&mut staged.later);
+            let result = self
+                .commit(records.clone(), std::mem::take(&mut purge))
+                .await;
+            if let Err(error) = result {
+                self.commit_failed(&records, &error, &mut staged);
             }
         }
+        let later = std::mem::take(&mut staged.later);
         let max_batch = self.config.limits.max_batch_entries.max(1);
-        for (_, peer, envelopes) in staged.sends {
+        for (_, peer, envelopes) in std::mem::take(&mut staged.sends) {
             for chunk in envelopes.chunks(max_batch) {
                 let frame = match chunk {
                     [single] => Frame::Envelope(single.clone()).encode(),
@@ -1581,8 +1578,37 @@ impl Actor {
                 self.send_frame(peer, Bytes::from(frame));
             }
         }
+        if !later.is_empty() || !purge.is_empty() {
+            let result = self.commit(later.clone(), purge).await;
+            if let Err(error) = result {
+                self.commit_failed(&later, &error, &mut staged);
+            }
+        }
         for event in staged.events {
             self.on_event(event);
+        }
+    }
+
+    /// The sessions whose records a failed commit held: nothing still staged for them is sent,
+    /// and they abort here.
+    fn commit_failed(&mut self, records: &[Record], error: &CoordinatorError, staged: &mut Staged) {
+        let failed: HashSet<SessionId> = records.iter().map(Record::session_id).collect();
+        tracing::error!(%error, sessions = failed.len(), "store commit failed: sending nothing of it");
+        staged
+            .sends
+            .retain(|(session, _, _)| !failed.contains(session));
+        let now = self.clock.now_ms();
+        for session in failed {
+            for w in self.waiters.remove(&session).unwrap_or_default() {
+                let _ = w.send(Err(CoordinatorError::Store(error.to_string())));
+            }
+            if let Some(m) = self.sessions.get_mut(&session) {
+                for output in m.store_failed(now) {
+                    if let Output::Event(event) = output {
+                        staged.events.push(event);
+                    }
+                }
+            }
         }
     }
 

@@ -630,3 +630,73 @@ async fn a_transcript_exports_verifies_offline_and_imports_finished_or_resumes_u
         Err(CoordinatorError::NotASigner(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sessions_sign_on_redb_stores_and_survive_a_reopen() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("musig2_coordinator=warn")
+        .with_test_writer()
+        .try_init();
+    let network = MemoryNetwork::new(14);
+    let mut rng = ChaCha20Rng::seed_from_u64(14);
+    let keypairs: Vec<Keypair> = (0..2).map(|_| Keypair::new(&mut rng)).collect();
+    let dir = std::env::temp_dir().join(format!("musig2-durable-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let paths: Vec<_> = (0..2).map(|i| dir.join(format!("node{i}.redb"))).collect();
+    let limits = config().limits;
+    // 60 sessions of one creator announced at once wait to be joined together.
+    let cfg = Config {
+        max_unjoined_per_creator: 64,
+        ..config()
+    };
+    let nodes: Vec<Node> = keypairs
+        .iter()
+        .zip(&paths)
+        .map(|(kp, path)| {
+            let store = musig2_coordinator::RedbStore::open(path, limits).unwrap();
+            Node::spawn_with_store(Arc::new(network.add_node()), *kp, cfg.clone(), store).unwrap()
+        })
+        .collect();
+    let mut policy = nodes[0].default_policy();
+    policy.nonce_commitment = false;
+    let mut tasks = Vec::new();
+    for round in 0..60u32 {
+        let request = SessionRequest {
+            signers: keypairs.iter().map(|k| k.public_key()).collect(),
+            peers: nodes.iter().map(|n| Some(n.peer_id())).collect(),
+            message: round.to_be_bytes().to_vec(),
+            tweaks: Vec::new(),
+            policy,
+        };
+        let nodes = nodes.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = nodes[0].create_session(request).await.unwrap();
+            nodes[1].join_session(id).await.unwrap();
+            let a = nodes[0].wait_for_signature(id).await.unwrap();
+            let b = nodes[1].wait_for_signature(id).await.unwrap();
+            assert_eq!(a, b);
+            id
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap());
+    }
+    for node in &nodes {
+        node.shutdown().await.unwrap();
+    }
+    drop(nodes);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Reopened, each store holds every session, finished and signed.
+    for path in &paths {
+        let store = musig2_coordinator::RedbStore::open(path, limits).unwrap();
+        for id in &ids {
+            let stored = store.load(id).unwrap().expect("stored");
+            assert!(matches!(
+                stored.outcome,
+                Some((musig2_coordinator::Outcome::Signed(_), _))
+            ));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
