@@ -305,6 +305,9 @@ impl Transport for Wrapped {
     ) -> musig2_transport::Result<()> {
         self.inner.dht_put(key, value, ttl).await
     }
+    async fn dht_remove(&self, key: Vec<u8>) -> musig2_transport::Result<()> {
+        self.inner.dht_remove(key).await
+    }
     async fn dht_get(
         &self,
         key: Vec<u8>,

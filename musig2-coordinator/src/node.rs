@@ -1050,9 +1050,7 @@ impl Actor {
             Command::Prune { reply } => {
                 let mut forgotten = 0;
                 while let Some((old, _)) = self.finished.pop_front() {
-                    self.sessions.remove(&old);
-                    self.waiters.remove(&old);
-                    self.purge.push(old);
+                    self.forget(old);
                     forgotten += 1;
                 }
                 let purge = std::mem::take(&mut self.purge);
@@ -1758,12 +1756,27 @@ impl Actor {
                 break;
             }
             self.finished.pop_front();
-            self.sessions.remove(&old);
-            self.waiters.remove(&old);
-            self.purge.push(old);
+            self.forget(old);
             forgotten += 1;
         }
         forgotten
+    }
+
+    /// Forgets a finished session: memory now, the store at the next commit, and the DHT
+    /// record if we published it (the creator did).
+    fn forget(&mut self, session: SessionId) {
+        if let Some(m) = self.sessions.remove(&session) {
+            if m.announcement().announcement().creator == m.signer_index() {
+                let transport = self.transport.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = transport.dht_remove(dht_key(&session)).await {
+                        tracing::debug!(%session, %error, "could not remove the DHT record");
+                    }
+                });
+            }
+        }
+        self.waiters.remove(&session);
+        self.purge.push(session);
     }
 
     fn emit(&self, event: Event) {

@@ -301,7 +301,9 @@ async fn retention_keeps_memory_and_store_flat_over_many_sessions() {
     let stores: Vec<MemoryStore> = (0..2).map(|_| MemoryStore::new()).collect();
     let cfg = Config {
         max_finished_sessions: 32,
-        finished_session_retention: Duration::from_secs(3600),
+        // Shorter than the DHT records' lifetime (join window + session), so their removal is
+        // the node's doing.
+        finished_session_retention: Duration::from_secs(60),
         ..config()
     };
     let nodes: Vec<Node> = keypairs
@@ -315,7 +317,8 @@ async fn retention_keeps_memory_and_store_flat_over_many_sessions() {
     let mut policy = nodes[0].default_policy();
     policy.nonce_commitment = false;
     let mut peak = 0;
-    for round in 0..1000u32 {
+    let mut last = SessionId::from_bytes([0; 32]);
+    for round in 0..2000u32 {
         let request = SessionRequest {
             signers: keypairs.iter().map(|k| k.public_key()).collect(),
             peers: nodes.iter().map(|n| Some(n.peer_id())).collect(),
@@ -329,6 +332,7 @@ async fn retention_keeps_memory_and_store_flat_over_many_sessions() {
         nodes[1].join_session(id).await.unwrap();
         nodes[0].wait_for_signature(id).await.unwrap();
         nodes[1].wait_for_signature(id).await.unwrap();
+        last = id;
         for (node, store) in nodes.iter().zip(&stores) {
             let usage = node.usage().await.unwrap();
             peak = peak.max(usage.sessions);
@@ -337,12 +341,21 @@ async fn retention_keeps_memory_and_store_flat_over_many_sessions() {
         }
     }
     assert!(peak >= 32, "the bound was reached: {peak}");
-    // Past the retention time everything finished is forgotten, in memory and in the store.
-    tokio::time::sleep(Duration::from_secs(3601)).await;
+    // Past the retention time everything finished is forgotten: in memory, in the store, and
+    // the creator's DHT records.
+    tokio::time::sleep(Duration::from_secs(61)).await;
     for (node, store) in nodes.iter().zip(&stores) {
         assert_eq!(node.usage().await.unwrap().sessions, 0);
         assert_eq!(store.usage().unwrap().sessions, 0);
     }
+    let probe = network.add_node();
+    let found = musig2_transport::Transport::dht_get(
+        &probe,
+        musig2_coordinator::dht_key(&last),
+        musig2_transport::RecordValidator::new(|_, _| true),
+    )
+    .await;
+    assert!(found.is_err(), "the creator's record is gone from the DHT");
 }
 
 #[tokio::test(start_paused = true)]

@@ -66,6 +66,10 @@ pub trait Transport: Send + Sync {
     /// validator rejects (poisoned records) are skipped.
     async fn dht_get(&self, key: Vec<u8>, validator: RecordValidator) -> Result<Vec<u8>>;
 
+    /// Stops serving and republishing the record this node put under `key` (copies other peers
+    /// hold expire with their TTL). A key this node never put is fine.
+    async fn dht_remove(&self, key: Vec<u8>) -> Result<()>;
+
     /// Tells the node that `peer` can be reached at `addr`.
     async fn add_address(&self, peer: PeerId, addr: Multiaddr) -> Result<()>;
 

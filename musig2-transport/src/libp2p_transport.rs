@@ -334,6 +334,9 @@ enum Command {
         peer: PeerId,
         addr: Multiaddr,
     },
+    Remove {
+        key: Vec<u8>,
+    },
     Dial {
         peer: PeerId,
         reply: oneshot::Sender<Result<()>>,
@@ -765,6 +768,10 @@ impl Transport for Libp2pTransport {
         self.command(Command::AddAddress { peer, addr }).await
     }
 
+    async fn dht_remove(&self, key: Vec<u8>) -> Result<()> {
+        self.command(Command::Remove { key }).await
+    }
+
     async fn dial(&self, peer: PeerId) -> Result<()> {
         let (reply, rx) = oneshot::channel();
         self.command(Command::Dial { peer, reply }).await?;
@@ -998,6 +1005,12 @@ impl Actor {
                 );
             }
             Command::AddAddress { peer, addr } => self.add_address(peer, addr),
+            Command::Remove { key } => {
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .remove_record(&kad::RecordKey::new(&key));
+            }
             Command::Dial { peer, reply } => {
                 let local = peer.to_libp2p() == *self.swarm.local_peer_id();
                 if local || self.swarm.is_connected(&peer.to_libp2p()) {

@@ -628,6 +628,18 @@ impl Transport for MemoryTransport {
             .ok_or(TransportError::NotFound)
     }
 
+    async fn dht_remove(&self, key: Vec<u8>) -> Result<()> {
+        let mut st = self.hub.lock();
+        self.alive(&st)?;
+        if let Some(entries) = st.dht.get_mut(&key) {
+            entries.retain(|e| e.publisher != self.id);
+            if entries.is_empty() {
+                st.dht.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
     async fn add_address(&self, _peer: PeerId, _addr: Multiaddr) -> Result<()> {
         // Every node of the hub can reach every other; addresses carry no information here.
         self.alive(&self.hub.lock())
