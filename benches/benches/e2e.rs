@@ -12,7 +12,7 @@
 //! ```text
 //! cargo bench -p musig2-benches --bench e2e
 //! E2E_QUICK=1 cargo bench -p musig2-benches --bench e2e   # fewer iterations
-//! E2E_PART=libp2p (or memory, costs, durable) cargo bench -p musig2-benches --bench e2e   # one part only
+//! E2E_PART=libp2p (or memory, costs, durable, groupcommit) cargo bench -p musig2-benches --bench e2e   # one part only
 //! E2E_PART=libp2p E2E_N=10 cargo bench -p musig2-benches --bench e2e     # one network size
 //! ```
 //!
@@ -473,6 +473,10 @@ async fn memory_throughput_with(
         // not see them evicted from its un-joined pool before it joins.
         max_unjoined_per_creator: 2 * in_flight,
         max_unjoined_sessions: 2 * in_flight,
+        // A trusted pair running hundreds of sessions a second: the announcement budgets that
+        // stop an outsider's flood would hold back an honest creator this busy.
+        announcement_bytes_per_peer_per_sec: 1 << 20,
+        announcement_bytes_per_sec: 4 << 20,
         ..Config::default()
     };
     let net = MemoryNetwork::new(7);
@@ -895,6 +899,10 @@ async fn durable_benches(quick: bool) {
             cluster.shutdown().await;
         }
     }
+}
+
+/// Group commit: many concurrent sessions on durable stores next to memory stores.
+async fn group_commit_bench(quick: bool) {
     let total = if quick { 400 } else { 2000 };
     println!(
         "\n== group commit: {total} 2-of-2 sessions, 200 in flight, memory transport (target: redb >= 0.7x memory) =="
@@ -928,6 +936,9 @@ fn main() {
     }
     if part.is_empty() || part == "durable" {
         rt.block_on(durable_benches(quick));
+    }
+    if part.is_empty() || part == "durable" || part == "groupcommit" {
+        rt.block_on(group_commit_bench(quick));
     }
     drop(rt);
     if part.is_empty() || part == "memory" {

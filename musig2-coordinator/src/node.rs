@@ -933,10 +933,13 @@ impl Actor {
                 reply,
             } => {
                 let result = self.insert(*announcement, created_here, now).await;
+                self.flush().await;
                 let _ = reply.send(result);
             }
             Command::Join { session, reply } => {
                 let result = self.join(session, now).await;
+                // The caller hears "joined" once the join is stored (and sent).
+                self.flush().await;
                 let _ = reply.send(result);
             }
             Command::Lookup { session, reply } => {
