@@ -1008,7 +1008,30 @@ mod tests {
             serde_json::to_string(&Request::Status { session: None }).expect("encode"),
             r#"{"op":"status","session":null}"#
         );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"list","waiting_for_me":true}"#)
+                .expect("list"),
+            Request::List {
+                phase: None,
+                waiting_for_me: true,
+                since_secs: None,
+            }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"prune"}"#).expect("prune"),
+            Request::Prune
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"export","session":"00","out":"/tmp/x"}"#)
+                .expect("export"),
+            Request::Export {
+                session: "00".to_owned(),
+                out: PathBuf::from("/tmp/x"),
+            }
+        );
+        assert!(absolute("file", Path::new("relative.transcript")).is_err());
         for bad in [
+            r#"{"op":"import"}"#,
             r#"{"op":"explode"}"#,
             r#"{"op":"join"}"#,
             r#"{"op":"join","session":"00","extra":1}"#,

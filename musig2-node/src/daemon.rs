@@ -499,7 +499,24 @@ mod tests {
             origin: AbortOrigin::Remote(blamed),
         });
         assert_eq!(misrouted["reason"], "misrouted");
-        for value in [evicted, misrouted] {
+        let restarted = event_json(&Event::AttemptStarted {
+            session,
+            attempt: musig2_proto::Attempt::new(1).expect("attempt"),
+            signer: blamed,
+        });
+        assert_eq!(restarted["event"], "attempt_started");
+        assert_eq!(restarted["attempt"], 1);
+        assert_eq!(restarted["signer"], 2);
+        assert!(
+            restarted["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("attempt 1")),
+            "{restarted}"
+        );
+        let resumed = event_json(&Event::SessionResumed { session });
+        assert_eq!(resumed["event"], "resumed");
+        assert!(resumed["text"].is_string());
+        for value in [evicted, misrouted, restarted, resumed] {
             assert!(!value.to_string().contains("debug"), "{value}");
         }
     }

@@ -508,6 +508,15 @@ mod tests {
             progress_line(&later),
             "phase nonce, joins seen 2/3, waiting for nobody, 14m left until expiry"
         );
+        later["attempt"] = json!(1);
+        assert!(
+            progress_line(&later).starts_with("phase nonce (attempt 1, after a signer restarted)"),
+            "{}",
+            progress_line(&later)
+        );
+        for phase in PHASE_NAMES {
+            assert!(!phase.contains(' '));
+        }
     }
 
     #[test]
