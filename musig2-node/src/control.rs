@@ -12,13 +12,16 @@
 //!
 //! The socket is created owner-only: whoever can reach it can make the node sign.
 
-use std::path::Path;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use std::sync::Arc;
 
-use musig2_coordinator::{CoordinatorError, Node, SessionRequest};
+use musig2_coordinator::{
+    CoordinatorError, Node, SessionHealth, SessionRequest, Transcript, TranscriptLimits,
+};
 use musig2_core::{KeyAggContext, Tweak};
 use musig2_proto::{SessionId, Topology, VerifiedAnnouncement};
 use musig2_transport::{Libp2pTransport, Multiaddr, PeerId};
@@ -185,6 +188,37 @@ pub enum Request {
         /// Session id, hex.
         session: String,
     },
+    /// The sessions that pass every filter given, as `status` shows them
+    /// (`{"sessions": [...]}`).
+    List {
+        /// Only sessions in this phase (a name `status` prints: `created`, `joined`,
+        /// `nonce_commit`, `nonce`, `partial_signature`, `done`, `aborted`).
+        #[serde(default)]
+        phase: Option<String>,
+        /// Only running sessions waiting for this node: not joined yet, or with this node among
+        /// the holdouts.
+        #[serde(default)]
+        waiting_for_me: bool,
+        /// Only sessions at most this many seconds old.
+        #[serde(default)]
+        since_secs: Option<u64>,
+    },
+    /// Write a session's transcript (see `verify-transcript`) to a new file, owner-only (0600).
+    /// The node writes it: the path must be absolute, and an existing file is not replaced.
+    Export {
+        /// Session id, hex.
+        session: String,
+        /// The file to create, an absolute path on the node's machine.
+        out: PathBuf,
+    },
+    /// Take a transcript file into the node: a finished session for the record, an unfinished
+    /// one resumes (at a new attempt). The node reads the file (size-capped before it is read).
+    Import {
+        /// The transcript file, an absolute path on the node's machine.
+        file: PathBuf,
+    },
+    /// Forget every finished session now (memory and store), whatever the retention.
+    Prune,
 }
 
 /// A reply from a running node.
@@ -470,6 +504,97 @@ async fn status(node: &Node, session: SessionId) -> Result<Value> {
     Ok(value)
 }
 
+/// Whether a session passes `list`'s filters.
+fn listed(
+    health: &SessionHealth,
+    phase: Option<&str>,
+    waiting_for_me: bool,
+    since_secs: Option<u64>,
+) -> bool {
+    if phase.is_some_and(|p| p != view::phase_name(health.phase)) {
+        return false;
+    }
+    if waiting_for_me {
+        let running = !health.phase.is_terminal();
+        let unjoined = matches!(health.phase, musig2_coordinator::Phase::Created);
+        if !(running && (unjoined || health.holdouts.contains(&health.signer))) {
+            return false;
+        }
+    }
+    since_secs.is_none_or(|s| health.age_ms <= s.saturating_mul(1000))
+}
+
+/// A path the node is handed over the socket: it must be absolute (the node's working
+/// directory is not the client's).
+fn absolute(what: &'static str, path: &Path) -> Result<()> {
+    if path.is_absolute() {
+        Ok(())
+    } else {
+        Err(NodeError::invalid(
+            what,
+            format!("{} is not an absolute path", path.display()),
+        ))
+    }
+}
+
+/// Creates `path` (never replacing a file), owner-only, with `bytes`; removes it if the write
+/// fails.
+fn write_new_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .map_err(|e| NodeError::io("cannot create", path, e))?;
+    if let Err(e) = file.write_all(bytes).and_then(|()| file.sync_all()) {
+        drop(file);
+        let _ = std::fs::remove_file(path);
+        return Err(NodeError::io("cannot write", path, e));
+    }
+    Ok(())
+}
+
+/// Reads and decodes a transcript file, refusing one over the size limit unread.
+fn read_transcript(path: &Path, limits: &TranscriptLimits) -> Result<Transcript> {
+    let cap = u64::try_from(limits.max_file_bytes).unwrap_or(u64::MAX);
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(cap.saturating_add(1)).read_to_end(&mut bytes))
+        .map_err(|e| NodeError::io("cannot read", path, e))?;
+    if bytes.len() > limits.max_file_bytes {
+        return Err(NodeError::invalid(
+            "transcript",
+            format!(
+                "{} is larger than the {} bytes a transcript may have",
+                path.display(),
+                limits.max_file_bytes
+            ),
+        ));
+    }
+    Transcript::decode(&bytes, limits).map_err(transcript_error)
+}
+
+/// A transcript that does not decode or verify is invalid input.
+fn transcript_error(error: CoordinatorError) -> NodeError {
+    match error {
+        CoordinatorError::Transcript { what, .. } => NodeError::invalid("transcript", what),
+        other => other.into(),
+    }
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| NodeError::Control(format!("file task failed: {e}")))?
+}
+
 async fn execute(served: &Served, request: Request) -> std::result::Result<Value, Failure> {
     let node = &served.node;
     match request {
@@ -639,6 +764,65 @@ async fn execute(served: &Served, request: Request) -> std::result::Result<Value
             node.cancel_session(session).await?;
             Ok(json!({ "session": session.to_string(), "cancelled": true }))
         }
+        Request::List {
+            phase,
+            waiting_for_me,
+            since_secs,
+        } => {
+            if let Some(p) = phase.as_deref() {
+                if !view::PHASE_NAMES.contains(&p) {
+                    return Err(NodeError::invalid(
+                        "phase",
+                        format!(
+                            "{:?} is not a phase (one of: {})",
+                            view::escape_untrusted(p).text,
+                            view::PHASE_NAMES.join(", ")
+                        ),
+                    )
+                    .into());
+                }
+            }
+            let mut all = Vec::new();
+            for health in node.sessions().await? {
+                if listed(&health, phase.as_deref(), waiting_for_me, since_secs) {
+                    all.push(status(node, health.session).await?);
+                }
+            }
+            Ok(json!({ "sessions": all }))
+        }
+        Request::Export { session, out } => {
+            let session = parse_session(&session)?;
+            absolute("--out", &out)?;
+            let transcript = node.export_transcript(session).await?;
+            let bytes = transcript.encode();
+            let len = bytes.len();
+            let path = out.clone();
+            blocking(move || write_new_private(&path, &bytes)).await?;
+            Ok(json!({
+                "session": session.to_string(),
+                "file": out.display().to_string(),
+                "bytes": len,
+                "envelopes": transcript.envelopes.len(),
+                "finished": transcript.outcome.is_some(),
+            }))
+        }
+        Request::Import { file } => {
+            absolute("transcript file", &file)?;
+            let limits = TranscriptLimits::default();
+            let transcript = blocking(move || read_transcript(&file, &limits)).await?;
+            let session = node
+                .import_transcript(transcript)
+                .await
+                .map_err(transcript_error)?;
+            let health = node.health(session).await?;
+            Ok(json!({
+                "session": session.to_string(),
+                "imported": true,
+                "phase": view::phase_name(health.phase),
+                "finished": health.phase.is_terminal(),
+            }))
+        }
+        Request::Prune => Ok(json!({ "pruned": node.prune_finished().await? })),
     }
 }
 
@@ -824,7 +1008,30 @@ mod tests {
             serde_json::to_string(&Request::Status { session: None }).expect("encode"),
             r#"{"op":"status","session":null}"#
         );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"list","waiting_for_me":true}"#)
+                .expect("list"),
+            Request::List {
+                phase: None,
+                waiting_for_me: true,
+                since_secs: None,
+            }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"prune"}"#).expect("prune"),
+            Request::Prune
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"export","session":"00","out":"/tmp/x"}"#)
+                .expect("export"),
+            Request::Export {
+                session: "00".to_owned(),
+                out: PathBuf::from("/tmp/x"),
+            }
+        );
+        assert!(absolute("file", Path::new("relative.transcript")).is_err());
         for bad in [
+            r#"{"op":"import"}"#,
             r#"{"op":"explode"}"#,
             r#"{"op":"join"}"#,
             r#"{"op":"join","session":"00","extra":1}"#,

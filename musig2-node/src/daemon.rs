@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use musig2_coordinator::{Config, Event, Node, announcement_record_validator};
+use musig2_coordinator::{
+    Config, CoordinatorError, Event, Node, RedbStore, announcement_record_validator,
+};
 use musig2_transport::{Libp2pConfig, Libp2pTransport, Multiaddr, PeerId, Transport};
 use serde_json::{Value, json};
 use tokio::net::UnixListener;
@@ -36,6 +38,28 @@ pub struct DaemonConfig {
     pub external: Vec<Multiaddr>,
     /// Serve Prometheus metrics over HTTP on this address (`/metrics`); off when `None`.
     pub metrics: Option<std::net::SocketAddr>,
+    /// The session store file (default `DIR/sessions.redb`): sessions survive a restart and
+    /// resume. `None` keeps them in memory only.
+    pub store: Option<PathBuf>,
+}
+
+/// File name of the session store inside a node directory.
+pub const STORE_FILE: &str = "sessions.redb";
+
+/// Opens the session store at `path`. A store another running node holds (redb locks the
+/// file) is an "in use" error naming the file.
+pub fn open_store(path: &Path, config: &Config) -> Result<RedbStore> {
+    RedbStore::open(path, config.limits).map_err(|error| match error {
+        CoordinatorError::Store(text) if text.contains("already open") => NodeError::io(
+            "cannot open the session store",
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::ResourceBusy,
+                "in use by another running node (it holds the file's lock)",
+            ),
+        ),
+        other => other.into(),
+    })
 }
 
 impl DaemonConfig {
@@ -43,6 +67,7 @@ impl DaemonConfig {
     /// bootstrap peers, no auto-join, default settings, no metrics.
     pub fn new(dir: impl Into<PathBuf>, listen: Vec<Multiaddr>) -> Self {
         let dir = dir.into();
+        let store = dir.join(STORE_FILE);
         Self {
             control: crate::keys::default_control_socket(&dir),
             dir,
@@ -52,6 +77,7 @@ impl DaemonConfig {
             node: Config::default(),
             external: Vec::new(),
             metrics: None,
+            store: Some(store),
         }
     }
 }
@@ -65,6 +91,16 @@ pub struct Daemon {
     control: PathBuf,
     metrics: Option<std::net::SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
+    resumed: Resumed,
+}
+
+/// What a daemon found in its session store when it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resumed {
+    /// Sessions taken back from the store (finished ones included).
+    pub sessions: usize,
+    /// Of those, the ones still running (they continue, at a new attempt when needed).
+    pub unfinished: usize,
 }
 
 /// Creates the control socket at `path`, owner-only. A socket file left by a node that is gone is
@@ -146,6 +182,25 @@ pub fn event_json(event: &Event) -> Value {
                 "dropped before being joined to respect {limit}; join it by id to fetch it again"
             ),
         }),
+        Event::AttemptStarted {
+            attempt, signer, ..
+        } => json!({
+            "event": "attempt_started",
+            "session": session,
+            "attempt": attempt.get(),
+            "signer": signer.get(),
+            "text": format!(
+                "signer #{} restarted (it lost a nonce it may have sent); the signers start \
+                 again at attempt {} with fresh nonces, nobody blamed",
+                signer.get(),
+                attempt.get()
+            ),
+        }),
+        Event::SessionResumed { .. } => json!({
+            "event": "resumed",
+            "session": session,
+            "text": "taken back from the session store after this node restarted",
+        }),
         other => json!({ "event": "other", "session": session, "debug": format!("{other:?}") }),
     };
     let now = view::now_ms();
@@ -177,6 +232,22 @@ pub async fn describe_event(node: &Node, event: &Event) -> Value {
             value[key] = detail[key].clone();
         }
         value["text"] = json!(view::abort_words(&detail));
+    }
+    if let Event::AttemptStarted {
+        session,
+        attempt,
+        signer,
+    } = event
+    {
+        let announcement = node.discover_session(*session).await.ok();
+        let who = view::signer_json(announcement.as_ref(), *signer, Some(&node.public_key()));
+        value["text"] = json!(format!(
+            "{} restarted (it lost a nonce it may have sent); the signers start again at \
+             attempt {} with fresh nonces, nobody blamed",
+            view::signer_words(&who),
+            attempt.get()
+        ));
+        value["signer_detail"] = who;
     }
     value
 }
@@ -215,6 +286,17 @@ impl Daemon {
     pub async fn start(config: DaemonConfig) -> Result<Self> {
         let keys = NodeKeys::load(&config.dir)?;
         let listener = bind_control(&config.control).await?;
+        let store = match &config.store {
+            Some(path) => match open_store(path, &config.node) {
+                Ok(store) => Some(store),
+                Err(e) => {
+                    drop(listener);
+                    let _ = std::fs::remove_file(&config.control);
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         let metrics_listener =
             match config.metrics {
                 Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -253,11 +335,38 @@ impl Daemon {
             .map(|a| a.with_p2p(peer))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|a| NodeError::invalid("listen address", a))?;
-        let node = Node::spawn(
-            Arc::clone(&transport) as Arc<dyn Transport>,
-            keys.signing,
-            config.node.clone(),
-        );
+        let shared = Arc::clone(&transport) as Arc<dyn Transport>;
+        let node = match store {
+            Some(store) => {
+                match Node::spawn_with_store(shared, keys.signing, config.node.clone(), store) {
+                    Ok(node) => node,
+                    Err(e) => {
+                        let _ = transport.shutdown().await;
+                        drop(listener);
+                        let _ = std::fs::remove_file(&config.control);
+                        return Err(e.into());
+                    }
+                }
+            }
+            None => Node::spawn(shared, keys.signing, config.node.clone()),
+        };
+        let held = node.sessions().await?;
+        let resumed = Resumed {
+            sessions: held.len(),
+            unfinished: held.iter().filter(|h| !h.phase.is_terminal()).count(),
+        };
+        if resumed.sessions > 0 {
+            tracing::info!(
+                sessions = resumed.sessions,
+                unfinished = resumed.unfinished,
+                store = %config.store.as_deref().unwrap_or(Path::new("-")).display(),
+                "resumed {} stored sessions ({} still running)",
+                resumed.sessions,
+                resumed.unfinished
+            );
+        } else {
+            tracing::info!("no stored sessions to resume");
+        }
         let mut tasks = Vec::new();
         if config.auto_join {
             tasks.push(tokio::spawn(auto_join(node.clone(), node.events())));
@@ -265,6 +374,7 @@ impl Daemon {
         let mut metrics_addr = None;
         if let (Some(metrics), Some(listener)) = (metrics, metrics_listener) {
             metrics_addr = listener.local_addr().ok();
+            metrics.note_resumed(resumed.sessions);
             tasks.push(tokio::spawn(
                 metrics.clone().record(node.clone(), node.events()),
             ));
@@ -289,7 +399,13 @@ impl Daemon {
             control: config.control,
             metrics: metrics_addr,
             tasks,
+            resumed,
         })
+    }
+
+    /// What the node took back from its session store when it started.
+    pub fn resumed(&self) -> Resumed {
+        self.resumed
     }
 
     /// The signing node.
@@ -383,7 +499,24 @@ mod tests {
             origin: AbortOrigin::Remote(blamed),
         });
         assert_eq!(misrouted["reason"], "misrouted");
-        for value in [evicted, misrouted] {
+        let restarted = event_json(&Event::AttemptStarted {
+            session,
+            attempt: musig2_proto::Attempt::new(1).expect("attempt"),
+            signer: blamed,
+        });
+        assert_eq!(restarted["event"], "attempt_started");
+        assert_eq!(restarted["attempt"], 1);
+        assert_eq!(restarted["signer"], 2);
+        assert!(
+            restarted["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("attempt 1")),
+            "{restarted}"
+        );
+        let resumed = event_json(&Event::SessionResumed { session });
+        assert_eq!(resumed["event"], "resumed");
+        assert!(resumed["text"].is_string());
+        for value in [evicted, misrouted, restarted, resumed] {
             assert!(!value.to_string().contains("debug"), "{value}");
         }
     }

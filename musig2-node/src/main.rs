@@ -13,7 +13,7 @@ use musig2_coordinator::{
 use musig2_node::control::{self, CallError, Request, TaprootSpec, TopologyName, TweakSpec};
 use musig2_node::daemon::{Daemon, DaemonConfig, describe_event};
 use musig2_node::demo::{self, DemoOptions, DemoReport};
-use musig2_node::settings::{Settings, Signer};
+use musig2_node::settings::{Settings, Signer, parse_duration_secs};
 use musig2_node::{ErrorKind, NodeError, keys, view};
 use musig2_proto::SignerIndex;
 use musig2_transport::{Multiaddr, PeerId, split_peer_address};
@@ -146,6 +146,14 @@ struct RunArgs {
     /// Allow --metrics on a non-loopback address.
     #[arg(long)]
     metrics_public: bool,
+    /// How long finished sessions are kept (in memory and in DIR/sessions.redb), e.g. `90s`,
+    /// `10m`, `24h`, `7d` (default from config.toml, else 24h).
+    #[arg(long, value_parser = parse_duration_secs, value_name = "DURATION")]
+    keep_finished: Option<u64>,
+    /// Most finished sessions kept; the oldest are forgotten first (default from config.toml,
+    /// else 1024).
+    #[arg(long, value_name = "N")]
+    max_finished: Option<usize>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -203,6 +211,46 @@ enum SessionCommand {
         /// Session id, hex.
         session: String,
     },
+    /// List sessions, filtered (`{"sessions": [...]}` as `status` without a session).
+    #[command(
+        after_help = "Examples:\n  musig2-node session list --waiting-for-me\n  \
+        musig2-node session list --phase aborted --since 2h"
+    )]
+    List {
+        /// Only sessions in this phase.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(view::PHASE_NAMES))]
+        phase: Option<String>,
+        /// Only running sessions waiting for this node: not joined yet, or with this node among
+        /// the holdouts.
+        #[arg(long)]
+        waiting_for_me: bool,
+        /// Only sessions at most this old, e.g. `90s`, `10m`, `2h`, `1d`.
+        #[arg(long, value_parser = parse_duration_secs, value_name = "DURATION")]
+        since: Option<u64>,
+    },
+    /// Write a session's transcript to a new file (mode 0600; the running node writes it, and
+    /// never replaces a file). Check it with `verify-transcript`.
+    #[command(
+        after_help = "Example:\n  musig2-node session export 5974... --out session.transcript"
+    )]
+    Export {
+        /// Session id, hex.
+        session: String,
+        /// The file to create.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Take a transcript file into the running node: a finished session for the record, an
+    /// unfinished one resumes at a new attempt. Prints the session id.
+    #[command(after_help = "Example:\n  musig2-node session import session.transcript")]
+    Import {
+        /// The transcript file.
+        file: PathBuf,
+    },
+    /// Forget every finished session now (memory and store), whatever the retention; prints
+    /// how many.
+    #[command(after_help = "Example:\n  musig2-node session prune")]
+    Prune,
 }
 
 #[derive(Args, Debug)]
@@ -263,28 +311,6 @@ impl From<TopologyArg> for TopologyName {
             TopologyArg::Star => TopologyName::Star,
         }
     }
-}
-
-/// `90`, `90s`, `10m`, `2h` as seconds.
-fn parse_duration_secs(text: &str) -> std::result::Result<u64, String> {
-    let text = text.trim();
-    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, _)) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("expected a duration like 600, 90s, 10m or 2h, got {text:?}"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n.saturating_mul(60),
-        "h" => n.saturating_mul(3600),
-        _ => return Err(format!("unknown unit {unit:?} (use s, m or h)")),
-    };
-    if secs == 0 {
-        return Err("must be at least one second".to_owned());
-    }
-    Ok(secs)
 }
 
 fn print_json(value: &impl serde::Serialize) {
@@ -778,27 +804,66 @@ async fn session(ctx: &Context, command: SessionCommand) -> Outcome {
         }
         SessionCommand::Status { session: None } => {
             let value = call(Request::Status { session: None }).await?;
-            if ctx.json {
-                print_json(&value);
-            } else {
-                let sessions = value["sessions"].as_array().cloned().unwrap_or_default();
-                if sessions.is_empty() {
-                    println!("(no sessions)");
-                }
-                for mut s in sessions {
-                    if let Some(obj) = s.as_object_mut() {
-                        obj.remove("abort");
-                    }
-                    print_text(&s);
-                    println!();
-                }
-            }
+            print_sessions(&value, ctx.json);
         }
         SessionCommand::Cancel { session } => {
             print_reply(&call(Request::Cancel { session }).await?, ctx.json)
         }
+        SessionCommand::List {
+            phase,
+            waiting_for_me,
+            since,
+        } => {
+            let value = call(Request::List {
+                phase,
+                waiting_for_me,
+                since_secs: since,
+            })
+            .await?;
+            print_sessions(&value, ctx.json);
+        }
+        SessionCommand::Export { session, out } => {
+            let out = absolute_path(&out)?;
+            print_reply(&call(Request::Export { session, out }).await?, ctx.json);
+        }
+        SessionCommand::Import { file } => {
+            let file = absolute_path(&file)?;
+            print_reply(&call(Request::Import { file }).await?, ctx.json);
+        }
+        SessionCommand::Prune => {
+            let value = call(Request::Prune).await?;
+            if ctx.json {
+                print_json(&value);
+            } else {
+                println!("forgot {} finished sessions", value["pruned"]);
+            }
+        }
     }
     Ok(())
+}
+
+/// `path` made absolute against this process's working directory (the node's is another).
+fn absolute_path(path: &Path) -> Outcome<PathBuf> {
+    std::path::absolute(path).map_err(|e| NodeError::io("cannot resolve", path, e).into())
+}
+
+/// A `{"sessions": [...]}` reply: JSON as is, or each session as `key: value` lines.
+fn print_sessions(value: &Value, json: bool) {
+    if json {
+        print_json(value);
+        return;
+    }
+    let sessions = value["sessions"].as_array().cloned().unwrap_or_default();
+    if sessions.is_empty() {
+        println!("(no sessions)");
+    }
+    for mut s in sessions {
+        if let Some(obj) = s.as_object_mut() {
+            obj.remove("abort");
+        }
+        print_text(&s);
+        println!();
+    }
 }
 
 fn parse_bootstrap(text: &str) -> Outcome<(PeerId, Multiaddr)> {
@@ -890,15 +955,24 @@ async fn run_node(ctx: &Context, args: RunArgs) -> Outcome {
         .control
         .clone()
         .unwrap_or_else(|| keys::default_control_socket(&dir));
+    let mut node = settings.node_config()?;
+    if let Some(secs) = args.keep_finished {
+        node.finished_session_retention = Duration::from_secs(secs);
+    }
+    if let Some(max) = args.max_finished {
+        node.max_finished_sessions = max;
+    }
+    let store = dir.join(musig2_node::daemon::STORE_FILE);
     let daemon = Daemon::start(DaemonConfig {
         dir,
         listen,
         bootstrap,
         control,
         auto_join,
-        node: settings.node_config(),
+        node,
         external,
         metrics,
+        store: Some(store.clone()),
     })
     .await?;
     let info = control::call_detailed(daemon.control_socket(), &Request::Info).await?;
@@ -910,6 +984,14 @@ async fn run_node(ctx: &Context, args: RunArgs) -> Outcome {
             json!(daemon.control_socket().display().to_string()),
         );
         obj.insert("auto_join".into(), json!(auto_join));
+        obj.insert("store".into(), json!(store.display().to_string()));
+        obj.insert(
+            "resumed_sessions".into(),
+            json!({
+                "count": daemon.resumed().sessions,
+                "unfinished": daemon.resumed().unfinished,
+            }),
+        );
         let now = view::now_ms();
         obj.insert("at".into(), json!(view::utc_time(now)));
         obj.insert("at_ms".into(), json!(now));
@@ -981,6 +1063,10 @@ async fn print_events(
             }
             Event::Aborted { .. } => println!(
                 "{at} session {session}: aborted: {}",
+                value["text"].as_str().unwrap_or("?"),
+            ),
+            Event::AttemptStarted { .. } | Event::SessionResumed { .. } => println!(
+                "{at} session {session}: {}",
                 value["text"].as_str().unwrap_or("?"),
             ),
             _ => println!("{at} session {session}: {}", kind.replace('_', " ")),
@@ -1254,8 +1340,9 @@ fn report(error: &CallError, json: bool) -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,libp2p_kad=error"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,libp2p_kad=error,musig2_node::daemon=info")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

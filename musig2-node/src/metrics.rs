@@ -57,6 +57,8 @@ pub struct Metrics {
     blocked_peers: Gauge,
     connected_peers: Gauge,
     events: Counter,
+    restarts: Family<Labels, Counter>,
+    resumed: Counter,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -95,6 +97,8 @@ impl Metrics {
             blocked_peers: Gauge::default(),
             connected_peers: Gauge::default(),
             events: Counter::default(),
+            restarts: Family::default(),
+            resumed: Counter::default(),
         };
         let sub = registry.sub_registry_with_prefix("musig2");
         sub.register(
@@ -153,6 +157,16 @@ impl Metrics {
             metrics.connected_peers.clone(),
         );
         sub.register("events", "Node events seen", metrics.events.clone());
+        sub.register(
+            "restarts",
+            "New attempts started because a signer restarted, by who (this_node, other)",
+            metrics.restarts.clone(),
+        );
+        sub.register(
+            "sessions_resumed",
+            "Sessions taken back from the session store when the node started",
+            metrics.resumed.clone(),
+        );
         *lock(&metrics.registry) = registry;
         metrics
     }
@@ -160,6 +174,12 @@ impl Metrics {
     /// The registry, to add libp2p's metrics to (see `Libp2pConfig::metrics`).
     pub fn registry(&self) -> Arc<Mutex<Registry>> {
         Arc::clone(&self.registry)
+    }
+
+    /// Counts `n` sessions resumed from the store (the node resumes them before its event
+    /// stream can be watched, so the daemon reports them).
+    pub fn note_resumed(&self, n: usize) {
+        self.resumed.inc_by(u64::try_from(n).unwrap_or(u64::MAX));
     }
 
     /// Counts the node's events until the stream ends.
@@ -207,6 +227,14 @@ impl Metrics {
                 }
             }
             match &event {
+                Event::AttemptStarted { signer, .. } => {
+                    let mine = node
+                        .health(session)
+                        .await
+                        .is_ok_and(|h| h.signer == *signer);
+                    let who = if mine { "this_node" } else { "other" };
+                    self.restarts.get_or_create(&labels(&[("who", who)])).inc();
+                }
                 Event::SignatureReady { .. } => {
                     self.finished
                         .get_or_create(&labels(&[("outcome", "signed")]))

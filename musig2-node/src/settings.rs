@@ -23,6 +23,10 @@
 //! commitments = true
 //! wait = 300          # seconds `sign` and `wait` wait
 //!
+//! [sessions]          # the session store, DIR/sessions.redb
+//! keep_finished = "24h"   # how long finished sessions are kept (600, 90s, 10m, 2h)
+//! max_finished = 1024     # most finished sessions kept; the oldest go first
+//!
 //! [contacts.alice]
 //! key = "02…"
 //! peer = "12D3KooW…"  # optional
@@ -74,6 +78,60 @@ pub struct Defaults {
     pub wait: Option<u64>,
 }
 
+/// What the node keeps of finished sessions (in memory and in `DIR/sessions.redb`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSettings {
+    /// How long a finished session is kept: seconds, or a duration such as `"24h"`.
+    pub keep_finished: Option<DurationSetting>,
+    /// Most finished sessions kept; the oldest are forgotten first.
+    pub max_finished: Option<usize>,
+}
+
+/// A duration in config.toml: a number of seconds, or text such as `"90s"`, `"10m"`, `"2h"`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum DurationSetting {
+    /// Seconds.
+    Seconds(u64),
+    /// Text for [`parse_duration_secs`].
+    Text(String),
+}
+
+impl DurationSetting {
+    /// The duration in seconds (at least 1).
+    pub fn seconds(&self) -> std::result::Result<u64, String> {
+        match self {
+            Self::Seconds(0) => Err("must be at least one second".to_owned()),
+            Self::Seconds(s) => Ok(*s),
+            Self::Text(text) => parse_duration_secs(text),
+        }
+    }
+}
+
+/// `90`, `90s`, `10m`, `2h`, `1d` as seconds (at least one).
+pub fn parse_duration_secs(text: &str) -> std::result::Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("expected a duration like 600, 90s, 10m or 2h, got {text:?}"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        _ => return Err(format!("unknown unit {unit:?} (use s, m, h or d)")),
+    };
+    if secs == 0 {
+        return Err("must be at least one second".to_owned());
+    }
+    Ok(secs)
+}
+
 /// A named signer.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,6 +165,9 @@ pub struct Settings {
     /// Defaults of session commands.
     #[serde(default)]
     pub defaults: Defaults,
+    /// What is kept of finished sessions.
+    #[serde(default)]
+    pub sessions: SessionSettings,
     /// Named signers.
     #[serde(default)]
     pub contacts: BTreeMap<String, Contact>,
@@ -149,8 +210,9 @@ impl Settings {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
-    /// The signing node's settings with this file's timeouts applied.
-    pub fn node_config(&self) -> Config {
+    /// The signing node's settings with this file's timeouts and session retention applied.
+    /// Fails on a `keep_finished` that is not a duration.
+    pub fn node_config(&self) -> Result<Config> {
         let mut config = Config::default();
         let t = &self.timeouts;
         let secs = Duration::from_secs;
@@ -172,7 +234,19 @@ impl Settings {
         if let Some(s) = t.discovery {
             config.dht_query_timeout = secs(s.max(1));
         }
-        config
+        if let Some(keep) = &self.sessions.keep_finished {
+            let s = keep
+                .seconds()
+                .map_err(|reason| NodeError::InvalidArgument {
+                    what: "sessions.keep_finished in config.toml",
+                    reason,
+                })?;
+            config.finished_session_retention = secs(s);
+        }
+        if let Some(max) = self.sessions.max_finished {
+            config.max_finished_sessions = max;
+        }
+        Ok(config)
     }
 
     /// Resolves `--signer` values: a contact name or a key (hex). `me` resolves `self`.
@@ -284,7 +358,7 @@ treasury = ["self", "alice"]
 "#;
         let settings = Settings::parse(text).expect("parses");
         assert_eq!(settings.defaults.topology, Some(TopologyName::Star));
-        let config = settings.node_config();
+        let config = settings.node_config().expect("config");
         assert_eq!(config.join_timeout, Duration::from_secs(120));
         assert_eq!(config.nonce_exchange_timeout, Duration::from_secs(10));
         let me = Signer {
@@ -297,6 +371,24 @@ treasury = ["self", "alice"]
         assert!(settings.group("nope", Some(&me)).is_err());
         assert!(settings.resolve_signer("bob", None).is_err());
         assert!(Settings::parse("lisen = []").is_err(), "typos are refused");
+        let kept = Settings::parse("[sessions]\nkeep_finished = \"2h\"\nmax_finished = 5")
+            .expect("parses")
+            .node_config()
+            .expect("config");
+        assert_eq!(kept.finished_session_retention, Duration::from_secs(7200));
+        assert_eq!(kept.max_finished_sessions, 5);
+        let seconds = Settings::parse("[sessions]\nkeep_finished = 90").expect("parses");
+        assert_eq!(
+            seconds
+                .node_config()
+                .expect("config")
+                .finished_session_retention,
+            Duration::from_secs(90)
+        );
+        let bad = Settings::parse("[sessions]\nkeep_finished = \"soon\"").expect("parses");
+        assert!(bad.node_config().is_err());
+        assert_eq!(parse_duration_secs("1d"), Ok(86_400));
+        assert!(parse_duration_secs("0").is_err());
         let book = settings.address_book();
         assert_eq!(book["contacts"][0]["name"], "alice");
         assert_eq!(

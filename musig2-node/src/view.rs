@@ -180,6 +180,17 @@ pub fn reason_text(reason: AbortReason) -> &'static str {
     }
 }
 
+/// Every phase name [`phase_name`] gives, in session order.
+pub const PHASE_NAMES: [&str; 7] = [
+    "created",
+    "joined",
+    "nonce_commit",
+    "nonce",
+    "partial_signature",
+    "done",
+    "aborted",
+];
+
 /// The stable name of a phase.
 pub fn phase_name(phase: Phase) -> &'static str {
     match phase {
@@ -325,13 +336,17 @@ pub fn progress_line(status: &Value) -> String {
         })
         .unwrap_or_default();
     let phase = status["phase"].as_str().unwrap_or("?");
+    let attempt = match status["attempt"].as_u64() {
+        Some(a) if a > 0 => format!(" (attempt {a}, after a signer restarted)"),
+        _ => String::new(),
+    };
     let (deadline, what) = if matches!(phase, "created" | "joined") {
         (&status["join_deadline"], "to join")
     } else {
         (&status["expires"], "until expiry")
     };
     format!(
-        "phase {phase}, joins seen {}/{}, waiting for {}, {} left {what}",
+        "phase {phase}{attempt}, joins seen {}/{}, waiting for {}, {} left {what}",
         status["joined"],
         status["signers"],
         if holdouts.is_empty() {
@@ -493,6 +508,15 @@ mod tests {
             progress_line(&later),
             "phase nonce, joins seen 2/3, waiting for nobody, 14m left until expiry"
         );
+        later["attempt"] = json!(1);
+        assert!(
+            progress_line(&later).starts_with("phase nonce (attempt 1, after a signer restarted)"),
+            "{}",
+            progress_line(&later)
+        );
+        for phase in PHASE_NAMES {
+            assert!(!phase.contains(' '));
+        }
     }
 
     #[test]

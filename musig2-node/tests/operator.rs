@@ -631,6 +631,10 @@ fn help_completions_and_man_page_come_from_the_clap_definitions() {
         &["session", "status"],
         &["session", "cancel"],
         &["session", "join"],
+        &["session", "list"],
+        &["session", "export"],
+        &["session", "import"],
+        &["session", "prune"],
         &["contacts"],
     ] {
         let mut args = verb.to_vec();
