@@ -254,12 +254,9 @@ fn a_signer_killed_mid_session_resumes_on_restart_and_everyone_signs() {
 }
 
 /// Bob joins while Carol is down, so Alice and Bob are in the commitment round when she comes
-/// back at attempt 1. Fails now and then: when Alice's attempt-1 commitment reaches Bob before
-/// Carol's `Restart` does, Bob rejects it as a wrong attempt (contributions of a later attempt
-/// are not buffered, and Alice never re-sends), and the session stalls until the nonce deadline
-/// (a coordinator bug; see the final report of branch node-durable).
+/// back at attempt 1: Alice's attempt-1 commitment may reach Bob before Carol's `Restart` does
+/// (it then waits at Bob for the restart instead of being dropped).
 #[test]
-#[ignore = "coordinator: a contribution of the next attempt that overtakes the Restart is dropped"]
 fn a_signer_killed_while_the_others_start_the_rounds_resumes_and_everyone_signs() {
     kill_and_resume("rounds", true);
 }
