@@ -873,32 +873,14 @@ impl SessionMachine {
             let others: Vec<SignerIndex> = self.others().collect();
             self.send_to(out, others, vec![own_join]);
         }
-        match self.topology {
-            Topology::Mesh => {
-                for k in self.others().collect::<Vec<_>>() {
-                    let mut batch: Vec<SignedEnvelope> = self
-                        .nonces
-                        .iter()
-                        .flatten()
-                        .map(|(_, e)| e)
-                        .filter(|e| e.envelope().signer() != k)
-                        .cloned()
-                        .collect();
-                    batch.push(own_psig.clone());
-                    self.send_to(out, [k], batch);
-                }
-            }
-            Topology::Star if !self.is_star_coordinator() => {
-                self.send_to(out, [self.coordinator], vec![own_psig]);
-            }
-            Topology::Star => {
-                if let Some(aggnonce) = own_aggnonce {
-                    let others: Vec<SignerIndex> = self.others().collect();
-                    self.send_to(out, others, vec![aggnonce.clone()]);
-                    self.aggnonce_sent = Some(aggnonce);
-                }
+        if self.is_star_coordinator() {
+            if let Some(aggnonce) = own_aggnonce {
+                let others: Vec<SignerIndex> = self.others().collect();
+                self.send_to(out, others, vec![aggnonce.clone()]);
+                self.aggnonce_sent = Some(aggnonce);
             }
         }
+        self.send_partial_sig(own_psig, out);
         self.enter(Phase::PartialSig, now_ms, self.partial_sig_timeout_ms);
     }
 
@@ -1728,12 +1710,18 @@ impl SessionMachine {
             },
         );
         self.psigs[self.me.as_usize()] = Some((psig_bytes, env.clone()));
+        self.send_partial_sig(env, out);
+        self.enter(Phase::PartialSig, now_ms, self.partial_sig_timeout_ms);
+    }
+
+    /// Sends our partial signature where the topology wants it.
+    fn send_partial_sig(&self, env: SignedEnvelope, out: &mut Vec<Output>) {
         match self.topology {
             Topology::Mesh => {
                 // Each partial signature travels with the nonces it was made under: a signer who
                 // sent different nonces to different peers is caught (and blamed) before anyone
                 // misattributes the resulting invalid partial signatures.
-                for k in self.others().collect::<Vec<_>>() {
+                for k in self.others() {
                     let mut batch: Vec<SignedEnvelope> = self
                         .nonces
                         .iter()
@@ -1751,7 +1739,6 @@ impl SessionMachine {
             }
             Topology::Star => {}
         }
-        self.enter(Phase::PartialSig, now_ms, self.partial_sig_timeout_ms);
     }
 
     /// All partial signatures are in: aggregate with the core's fast path, blame on failure.

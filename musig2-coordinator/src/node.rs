@@ -1662,15 +1662,27 @@ impl Actor {
         )?;
         // Stored before anything the restore wants to send can leave.
         self.commit(stored.to_records(), Vec::new()).await?;
+        self.hold_restored(machine, outputs, now, now);
+        Ok(id)
+    }
+
+    /// Holds a restored machine where its phase belongs and stages what it had to say.
+    fn hold_restored(
+        &mut self,
+        machine: SessionMachine,
+        outputs: Vec<Output>,
+        finished_at: u64,
+        now: u64,
+    ) {
+        let id = machine.session_id();
         let phase = machine.phase();
         self.sessions.insert(id, machine);
         if phase.is_terminal() {
-            self.finished.push_back((id, now));
+            self.finished.push_back((id, finished_at));
         } else if phase == Phase::Created {
             self.unjoined.push_back((id, None, now));
         }
         self.process(outputs);
-        Ok(id)
     }
 
     /// Takes the sessions a store held when the node started.
@@ -1689,15 +1701,8 @@ impl Actor {
             );
             match restored {
                 Ok((machine, outputs)) => {
-                    let phase = machine.phase();
-                    self.sessions.insert(id, machine);
-                    if phase.is_terminal() {
-                        let at = session.outcome.as_ref().map_or(now, |(_, at)| *at);
-                        self.finished.push_back((id, at));
-                    } else if phase == Phase::Created {
-                        self.unjoined.push_back((id, None, now));
-                    }
-                    self.process(outputs);
+                    let at = session.outcome.as_ref().map_or(now, |(_, at)| *at);
+                    self.hold_restored(machine, outputs, at, now);
                 }
                 Err(error) => {
                     tracing::warn!(session = %id, %error, "a stored session cannot be restored; skipped");

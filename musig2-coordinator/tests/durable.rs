@@ -84,6 +84,31 @@ impl Cluster {
         .unwrap();
     }
 
+    /// Node 2 hears nothing from the others: it joins, sends its round-1 message (if the round
+    /// starts) and waits, mid-session. Returns the session.
+    async fn start_with_node2_deaf(
+        &self,
+        message: &[u8],
+        topology: Topology,
+        commit: bool,
+    ) -> SessionId {
+        for from in [0, 1] {
+            self.network.set_link_fault(
+                self.peers[from],
+                self.peers[2],
+                LinkFault::none().with_drop(1.0),
+            );
+        }
+        let id = self.nodes[0]
+            .create_session(self.request(message, topology, commit))
+            .await
+            .unwrap();
+        self.nodes[1].join_session(id).await.unwrap();
+        self.nodes[2].join_session(id).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        id
+    }
+
     async fn aggregate_key(&self, id: SessionId) -> secp256k1::XOnlyPublicKey {
         let ann = self.nodes[0].discover_session(id).await.unwrap();
         musig2_core::KeyAggContext::new(&ann.signer_keys())
@@ -133,21 +158,9 @@ async fn a_signer_that_crashes_after_sending_its_nonce_restarts_and_the_session_
         for commit in [false, true] {
             let mut c = cluster(3, 7);
             let mut events = c.nodes[0].events();
-            // Node 2 hears nothing: it sends its round-1 message and then waits.
-            for from in [0, 1] {
-                c.network.set_link_fault(
-                    c.peers[from],
-                    c.peers[2],
-                    LinkFault::none().with_drop(1.0),
-                );
-            }
-            let id = c.nodes[0]
-                .create_session(c.request(b"crash after nonce", topology, commit))
-                .await
-                .unwrap();
-            c.nodes[1].join_session(id).await.unwrap();
-            c.nodes[2].join_session(id).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            let id = c
+                .start_with_node2_deaf(b"crash after nonce", topology, commit)
+                .await;
             let before = c.stores[2]
                 .load(&id)
                 .unwrap()
@@ -193,17 +206,9 @@ async fn a_signer_that_crashes_after_sending_its_nonce_restarts_and_the_session_
 async fn a_graceful_shutdown_ends_the_session_at_once_blaming_no_one() {
     let c = cluster(3, 8);
     // Node 2 never receives anything, so the session waits for the others' contributions.
-    for from in [0, 1] {
-        c.network
-            .set_link_fault(c.peers[from], c.peers[2], LinkFault::none().with_drop(1.0));
-    }
-    let id = c.nodes[0]
-        .create_session(c.request(b"shutdown", Topology::Mesh, true))
-        .await
-        .unwrap();
-    c.nodes[1].join_session(id).await.unwrap();
-    c.nodes[2].join_session(id).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let id = c
+        .start_with_node2_deaf(b"shutdown", Topology::Mesh, true)
+        .await;
     let started = tokio::time::Instant::now();
     c.nodes[2].shutdown().await.unwrap();
     for node in &c.nodes[..2] {
@@ -236,17 +241,9 @@ async fn a_graceful_shutdown_ends_the_session_at_once_blaming_no_one() {
 #[tokio::test(start_paused = true)]
 async fn a_node_restarted_after_the_others_aborted_learns_the_end_and_blames_no_one() {
     let mut c = cluster(3, 9);
-    for from in [0, 1] {
-        c.network
-            .set_link_fault(c.peers[from], c.peers[2], LinkFault::none().with_drop(1.0));
-    }
-    let id = c.nodes[0]
-        .create_session(c.request(b"dead session", Topology::Mesh, false))
-        .await
-        .unwrap();
-    c.nodes[1].join_session(id).await.unwrap();
-    c.nodes[2].join_session(id).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let id = c
+        .start_with_node2_deaf(b"dead session", Topology::Mesh, false)
+        .await;
     c.network.crash(c.peers[2]).unwrap();
     // The others time out (node 2 was down: naming it is right).
     let err = c.nodes[0].wait_for_signature(id).await.unwrap_err();
@@ -571,17 +568,9 @@ async fn a_node_killed_at_every_store_commit_restarts_and_the_session_signs() {
 async fn a_transcript_exports_verifies_offline_and_imports_finished_or_resumes_unfinished() {
     let mut c = cluster(3, 12);
     // Node 2 hears nothing, so the session is unfinished when node 2 exports it.
-    for from in [0, 1] {
-        c.network
-            .set_link_fault(c.peers[from], c.peers[2], LinkFault::none().with_drop(1.0));
-    }
-    let id = c.nodes[0]
-        .create_session(c.request(b"transcripts", Topology::Mesh, true))
-        .await
-        .unwrap();
-    c.nodes[1].join_session(id).await.unwrap();
-    c.nodes[2].join_session(id).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let id = c
+        .start_with_node2_deaf(b"transcripts", Topology::Mesh, true)
+        .await;
     let unfinished = c.nodes[2].export_transcript(id).await.unwrap();
     let file = unfinished.encode();
     let limits = musig2_coordinator::TranscriptLimits::default();

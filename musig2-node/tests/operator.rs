@@ -12,47 +12,12 @@ use std::time::{Duration, Instant};
 use secp256k1::{XOnlyPublicKey, schnorr};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_musig2-node");
+mod common;
+
+use common::{BIN, Out};
 
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("musig2-op-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    /// The one JSON object `--json` prints, on one line.
-    fn json(&self) -> Value {
-        let lines: Vec<&str> = self.stdout.lines().collect();
-        assert_eq!(
-            lines.len(),
-            1,
-            "one line expected: {:?} (stderr {:?})",
-            self.stdout,
-            self.stderr
-        );
-        serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e}): {}", lines[0]))
-    }
-
-    fn ok(&self) -> Value {
-        assert_eq!(self.code, 0, "{} {}", self.stdout, self.stderr);
-        self.json()
-    }
-
-    /// A `--json` error: exit code `code`, error kind `kind`.
-    fn error(&self, code: i32, kind: &str) -> Value {
-        assert_eq!(self.code, code, "{} {}", self.stdout, self.stderr);
-        let value = self.json();
-        assert_eq!(value["error"]["kind"], kind, "{value}");
-        value["error"].clone()
-    }
+    common::temp_dir("op", name)
 }
 
 fn cli_in(dir: Option<&Path>, args: &[&str], stdin: Option<&[u8]>) -> Out {

@@ -12,45 +12,12 @@ use std::time::{Duration, Instant};
 use secp256k1::{XOnlyPublicKey, schnorr};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_musig2-node");
+mod common;
+
+use common::{BIN, Out};
 
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("musig2-restart-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn json(&self) -> Value {
-        let lines: Vec<&str> = self.stdout.lines().collect();
-        assert_eq!(
-            lines.len(),
-            1,
-            "one line expected: {:?} (stderr {:?})",
-            self.stdout,
-            self.stderr
-        );
-        serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e}): {}", lines[0]))
-    }
-
-    fn ok(&self) -> Value {
-        assert_eq!(self.code, 0, "{} {}", self.stdout, self.stderr);
-        self.json()
-    }
-
-    fn error(&self, code: i32, kind: &str) -> Value {
-        assert_eq!(self.code, code, "{} {}", self.stdout, self.stderr);
-        let value = self.json();
-        assert_eq!(value["error"]["kind"], kind, "{value}");
-        value["error"].clone()
-    }
+    common::temp_dir("restart", name)
 }
 
 fn cli(dir: &Path, args: &[&str]) -> Out {

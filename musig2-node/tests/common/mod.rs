@@ -1,0 +1,56 @@
+//! What the binary's integration tests share: a fresh directory per test and a command's
+//! output with its `--json` checks.
+
+// Each test file uses its own part of this module.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_musig2-node");
+
+/// An empty directory `musig2-<prefix>-<name>-<pid>` in the temp dir.
+pub fn temp_dir(prefix: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("musig2-{prefix}-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// A finished command: exit code and output.
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    /// The one JSON object `--json` prints, on one line.
+    pub fn json(&self) -> Value {
+        let lines: Vec<&str> = self.stdout.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "one line expected: {:?} (stderr {:?})",
+            self.stdout,
+            self.stderr
+        );
+        serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e}): {}", lines[0]))
+    }
+
+    /// Exit code 0 and its JSON object.
+    pub fn ok(&self) -> Value {
+        assert_eq!(self.code, 0, "{} {}", self.stdout, self.stderr);
+        self.json()
+    }
+
+    /// A `--json` error: exit code `code`, error kind `kind`.
+    pub fn error(&self, code: i32, kind: &str) -> Value {
+        assert_eq!(self.code, code, "{} {}", self.stdout, self.stderr);
+        let value = self.json();
+        assert_eq!(value["error"]["kind"], kind, "{value}");
+        value["error"].clone()
+    }
+}
