@@ -351,39 +351,6 @@ fn invalid_envelope(index: usize, signer: SignerIndex, why: impl fmt::Display) -
 // -------------------------------------------------------------------------------------------
 // Encoding
 
-const ALL_REASONS: [AbortReason; 12] = [
-    AbortReason::Timeout,
-    AbortReason::Expired,
-    AbortReason::InvalidNonce,
-    AbortReason::CommitmentMismatch,
-    AbortReason::InvalidPartialSig,
-    AbortReason::InvalidAggregateNonce,
-    AbortReason::Equivocation,
-    AbortReason::FailoverExhausted,
-    AbortReason::Cancelled,
-    AbortReason::Internal,
-    AbortReason::Misrouted,
-    AbortReason::Restarted,
-];
-
-/// The file's code for a reason (exhaustive, so a new reason cannot be forgotten here).
-fn reason_code(reason: AbortReason) -> u8 {
-    match reason {
-        AbortReason::Timeout => 0,
-        AbortReason::Expired => 1,
-        AbortReason::InvalidNonce => 2,
-        AbortReason::CommitmentMismatch => 3,
-        AbortReason::InvalidPartialSig => 4,
-        AbortReason::InvalidAggregateNonce => 5,
-        AbortReason::Equivocation => 6,
-        AbortReason::FailoverExhausted => 7,
-        AbortReason::Cancelled => 8,
-        AbortReason::Internal => 9,
-        AbortReason::Misrouted => 10,
-        AbortReason::Restarted => 11,
-    }
-}
-
 fn put_len(out: &mut Vec<u8>, len: usize) {
     // Frames are capped far below 4 GiB, and decoding refuses what does not fit.
     out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
@@ -472,7 +439,7 @@ impl Transcript {
                 origin,
             }) => {
                 out.push(2);
-                out.push(reason_code(*reason));
+                out.push(crate::store::abort_reason_code(*reason));
                 // Signer indices are below 4096, so a list of distinct ones fits a u16.
                 let count = u16::try_from(blamed.len()).unwrap_or(u16::MAX);
                 out.extend_from_slice(&count.to_be_bytes());
@@ -551,9 +518,7 @@ impl Transcript {
             }
             2 => {
                 let code = r.u8("abort reason")?;
-                let reason = ALL_REASONS
-                    .into_iter()
-                    .find(|r| reason_code(*r) == code)
+                let reason = crate::store::abort_reason_from_code(code)
                     .ok_or_else(|| invalid(format!("unknown abort reason {code}")))?;
                 let count = r.u16("blamed count")?;
                 let blamed = (0..count)
@@ -1465,9 +1430,9 @@ mod tests {
             let bytes = t.encode();
             assert_eq!(Transcript::decode(&bytes, &limits).expect("decodes"), t);
         }
-        for reason in ALL_REASONS {
-            let code = reason_code(reason);
-            assert_eq!(ALL_REASONS[usize::from(code)], reason);
+        for reason in crate::store::ABORT_REASONS {
+            let code = crate::store::abort_reason_code(reason);
+            assert_eq!(crate::store::abort_reason_from_code(code), Some(reason));
         }
 
         let good = Transcript::from_stored(&stored, Some(idx(1))).encode();

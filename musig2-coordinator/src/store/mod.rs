@@ -183,6 +183,48 @@ impl StoredSession {
     }
 }
 
+/// Every abort reason, in the order of their stored codes.
+pub(crate) const ABORT_REASONS: [AbortReason; 12] = [
+    AbortReason::Timeout,
+    AbortReason::Expired,
+    AbortReason::InvalidNonce,
+    AbortReason::CommitmentMismatch,
+    AbortReason::InvalidPartialSig,
+    AbortReason::InvalidAggregateNonce,
+    AbortReason::Equivocation,
+    AbortReason::FailoverExhausted,
+    AbortReason::Cancelled,
+    AbortReason::Internal,
+    AbortReason::Misrouted,
+    AbortReason::Restarted,
+];
+
+/// The code of an abort reason in what this crate writes to files (the store, transcripts):
+/// fixed here, never reused; exhaustive, so a new reason cannot be forgotten.
+pub(crate) fn abort_reason_code(reason: AbortReason) -> u8 {
+    match reason {
+        AbortReason::Timeout => 0,
+        AbortReason::Expired => 1,
+        AbortReason::InvalidNonce => 2,
+        AbortReason::CommitmentMismatch => 3,
+        AbortReason::InvalidPartialSig => 4,
+        AbortReason::InvalidAggregateNonce => 5,
+        AbortReason::Equivocation => 6,
+        AbortReason::FailoverExhausted => 7,
+        AbortReason::Cancelled => 8,
+        AbortReason::Internal => 9,
+        AbortReason::Misrouted => 10,
+        AbortReason::Restarted => 11,
+    }
+}
+
+/// The reason of a stored code, if it is one.
+pub(crate) fn abort_reason_from_code(code: u8) -> Option<AbortReason> {
+    ABORT_REASONS
+        .into_iter()
+        .find(|r| abort_reason_code(*r) == code)
+}
+
 /// Size of what a store holds, for monitoring and for checking that retention keeps it flat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]

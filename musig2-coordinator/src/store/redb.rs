@@ -11,7 +11,7 @@ use ::redb::{
     WriteTransaction,
 };
 use musig2_proto::{
-    AbortReason, Attempt, Limits, SeqNo, SessionId, SignedAnnouncement, SignedEnvelope, SignerIndex,
+    Attempt, Limits, SeqNo, SessionId, SignedAnnouncement, SignedEnvelope, SignerIndex,
 };
 use secp256k1::schnorr;
 use serde::{Deserialize, Serialize};
@@ -575,7 +575,7 @@ enum OutcomeV1 {
         at_ms: u64,
     },
     Aborted {
-        /// See [`abort_reason_code`].
+        /// See [`super::abort_reason_code`].
         reason: u8,
         blamed: Vec<u16>,
         origin: OriginV1,
@@ -627,7 +627,7 @@ fn outcome_to_disk(outcome: &Outcome, at_ms: u64) -> OutcomeV1 {
             blamed,
             origin,
         } => OutcomeV1::Aborted {
-            reason: abort_reason_code(*reason),
+            reason: super::abort_reason_code(*reason),
             blamed: blamed.iter().map(|s| s.get()).collect(),
             origin: match origin {
                 AbortOrigin::Local => OriginV1::Local,
@@ -660,7 +660,8 @@ fn outcome_from_disk(outcome: OutcomeV1) -> Result<(Outcome, u64), String> {
             at_ms,
         } => Ok((
             Outcome::Aborted {
-                reason: abort_reason_from_code(reason)?,
+                reason: super::abort_reason_from_code(reason)
+                    .ok_or_else(|| format!("stored outcome: unknown abort reason {reason}"))?,
                 blamed: blamed.into_iter().map(signer).collect::<Result<_, _>>()?,
                 origin: match origin {
                     OriginV1::Local => AbortOrigin::Local,
@@ -672,46 +673,11 @@ fn outcome_from_disk(outcome: OutcomeV1) -> Result<(Outcome, u64), String> {
     }
 }
 
-/// The stored code of each reason: fixed here (not the enum's order), never reused.
-fn abort_reason_code(reason: AbortReason) -> u8 {
-    match reason {
-        AbortReason::Timeout => 0,
-        AbortReason::Expired => 1,
-        AbortReason::InvalidNonce => 2,
-        AbortReason::CommitmentMismatch => 3,
-        AbortReason::InvalidPartialSig => 4,
-        AbortReason::InvalidAggregateNonce => 5,
-        AbortReason::Equivocation => 6,
-        AbortReason::FailoverExhausted => 7,
-        AbortReason::Cancelled => 8,
-        AbortReason::Internal => 9,
-        AbortReason::Misrouted => 10,
-        AbortReason::Restarted => 11,
-    }
-}
-
-fn abort_reason_from_code(code: u8) -> Result<AbortReason, String> {
-    Ok(match code {
-        0 => AbortReason::Timeout,
-        1 => AbortReason::Expired,
-        2 => AbortReason::InvalidNonce,
-        3 => AbortReason::CommitmentMismatch,
-        4 => AbortReason::InvalidPartialSig,
-        5 => AbortReason::InvalidAggregateNonce,
-        6 => AbortReason::Equivocation,
-        7 => AbortReason::FailoverExhausted,
-        8 => AbortReason::Cancelled,
-        9 => AbortReason::Internal,
-        10 => AbortReason::Misrouted,
-        11 => AbortReason::Restarted,
-        other => return Err(format!("stored outcome: unknown abort reason {other}")),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::MemoryStore;
+    use musig2_proto::AbortReason;
     use musig2_proto::{Announcement, Body, Envelope, PeerIdBytes, Policy, SignerInfo};
     use secp256k1::Keypair;
     use std::time::Instant;
