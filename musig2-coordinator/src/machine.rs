@@ -1945,7 +1945,9 @@ impl SessionMachine {
         let (urgent, later): (Vec<Record>, Vec<Record>) = std::mem::take(&mut self.records)
             .into_iter()
             .partition(|r| match r {
-                // Our own round messages: a restart must know what left (nonce safety).
+                // A restart must know that our join, a nonce (or its commitment) or a restart
+                // of ours may have left; the rest of ours (a partial signature, an aggregate
+                // nonce) only spares a restart an attempt (ADR 0007).
                 Record::Envelope(env) => {
                     env.envelope().signer() == me
                         && matches!(
@@ -1953,8 +1955,6 @@ impl SessionMachine {
                             Body::Join { .. }
                                 | Body::NonceCommit { .. }
                                 | Body::Nonce { .. }
-                                | Body::PartialSig { .. }
-                                | Body::AggregateNonce { .. }
                                 | Body::Restart { .. }
                         )
                 }
