@@ -1072,6 +1072,14 @@ impl SessionMachine {
             .map_err(|source| CoordinatorError::InvalidMessage { peer: from, source })?;
         let signer = verified.signer();
         if signer == self.me {
+            // How the session ended, told back to us after a restart that lost it (a final
+            // signature verifies on its own; an abort is our own word).
+            if matches!(
+                verified.body(),
+                Body::FinalSignature { .. } | Body::Abort { .. }
+            ) {
+                return self.apply(verified, now_ms, out);
+            }
             // Our own envelope relayed back to us (not byte-equal: a forgery would not verify).
             return Err(CoordinatorError::Duplicate {
                 signer,
@@ -1349,14 +1357,19 @@ impl SessionMachine {
                 self.phase_deadline_ms = None;
                 self.secnonce = None;
                 let blamed: Vec<SignerIndex> = blamed.into_iter().collect();
-                self.aborted = Some((reason, blamed.clone(), AbortOrigin::Remote(signer)));
+                let origin = if signer == self.me {
+                    AbortOrigin::Local
+                } else {
+                    AbortOrigin::Remote(signer)
+                };
+                self.aborted = Some((reason, blamed.clone(), origin));
                 self.final_env = Some(env.signed().clone());
                 self.record(Record::Outcome {
                     session: self.id,
                     outcome: Outcome::Aborted {
                         reason,
                         blamed: blamed.clone(),
-                        origin: AbortOrigin::Remote(signer),
+                        origin,
                     },
                     at_ms: now_ms,
                 });
@@ -1364,7 +1377,7 @@ impl SessionMachine {
                     session: self.id,
                     reason,
                     blamed,
-                    origin: AbortOrigin::Remote(signer),
+                    origin,
                 }));
             }
             Body::Restart { attempt } => {

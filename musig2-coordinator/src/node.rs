@@ -37,6 +37,11 @@ type SharedStore = Arc<Mutex<Box<dyn SessionStore>>>;
 /// Inbound frames taken at most into one group commit.
 const MAX_GROUP_FRAMES: usize = 256;
 
+/// Records no frame waits for are committed at the latest this long after the first of them
+/// (or with the next commit frames wait for, or once there are `MAX_DEFERRED_RECORDS`).
+const DEFERRED_COMMIT_MS: u64 = 20;
+const MAX_DEFERRED_RECORDS: usize = 4096;
+
 /// Prefix of the DHT key under which a session's announcement is stored.
 pub const DHT_KEY_PREFIX: &[u8] = b"musig2-p2p/session/";
 
@@ -303,6 +308,8 @@ impl Node {
             durable,
             staged: Staged::default(),
             purge: Vec::new(),
+            deferred: Vec::new(),
+            deferred_since: None,
         };
         let mut actor = actor;
         actor.resume(stored);
@@ -698,6 +705,9 @@ struct Actor {
     staged: Staged,
     /// Finished sessions to forget in the store at the next commit.
     purge: Vec<SessionId>,
+    /// Records no frame waits for, not yet committed, and since when (ms).
+    deferred: Vec<Record>,
+    deferred_since: Option<u64>,
 }
 
 /// Outputs of machine steps waiting for their records to be stored.
@@ -868,6 +878,10 @@ impl Actor {
                     at.saturating_add(millis(self.config.finished_session_retention))
                 }),
             )
+            .chain(
+                self.deferred_since
+                    .map(|t| t.saturating_add(DEFERRED_COMMIT_MS)),
+            )
             .min()
     }
 
@@ -1025,11 +1039,13 @@ impl Actor {
                     }
                 }
                 self.flush().await;
+                self.commit_deferred().await;
                 self.outbound.close(self.config.message_send_timeout).await;
                 let _ = reply.send(());
                 return false;
             }
             Command::Export { session, reply } => {
+                self.commit_deferred().await;
                 let store = self.store.clone();
                 let loaded = store
                     .lock()
@@ -1043,6 +1059,7 @@ impl Actor {
                 let _ = reply.send(result);
             }
             Command::StoreUsage { reply } => {
+                self.commit_deferred().await;
                 let usage = self
                     .store
                     .lock()
@@ -1056,8 +1073,10 @@ impl Actor {
                     self.forget(old);
                     forgotten += 1;
                 }
+                let records = std::mem::take(&mut self.deferred);
                 let purge = std::mem::take(&mut self.purge);
-                let result = self.commit(Vec::new(), purge).await.map(|()| forgotten);
+                self.deferred_since = None;
+                let result = self.commit(records, purge).await.map(|()| forgotten);
                 let _ = reply.send(result);
             }
         }
@@ -1487,6 +1506,12 @@ impl Actor {
         self.pending.expire(now);
         self.expire_unjoined(now);
         self.forget_finished(now);
+        if self
+            .deferred_since
+            .is_some_and(|t| t.saturating_add(DEFERRED_COMMIT_MS) <= now)
+        {
+            self.commit_deferred().await;
+        }
         let due: Vec<SessionId> = self
             .sessions
             .iter()
@@ -1556,14 +1581,14 @@ impl Actor {
             return;
         }
         let mut staged = std::mem::take(&mut self.staged);
-        let mut purge = std::mem::take(&mut self.purge);
         if !staged.records.is_empty() {
-            // One transaction: the frames wait for it anyway.
-            let mut records = std::mem::take(&mut staged.records);
+            // One transaction, with everything deferred so far: the frames wait for it anyway.
+            let mut records = std::mem::take(&mut self.deferred);
+            records.append(&mut staged.records);
             records.append(&mut staged.later);
-            let result = self
-                .commit(records.clone(), std::mem::take(&mut purge))
-                .await;
+            self.deferred_since = None;
+            let purge = std::mem::take(&mut self.purge);
+            let result = self.commit(records.clone(), purge).await;
             if let Err(error) = result {
                 self.commit_failed(&records, &error, &mut staged);
             }
@@ -1579,14 +1604,32 @@ impl Actor {
                 self.send_frame(peer, Bytes::from(frame));
             }
         }
-        if !later.is_empty() || !purge.is_empty() {
-            let result = self.commit(later.clone(), purge).await;
-            if let Err(error) = result {
-                self.commit_failed(&later, &error, &mut staged);
-            }
+        if !later.is_empty() {
+            self.deferred.extend(later);
+            self.deferred_since.get_or_insert(self.clock.now_ms());
         }
-        for event in staged.events {
+        for event in std::mem::take(&mut staged.events) {
             self.on_event(event);
+        }
+        if self.deferred.len() >= MAX_DEFERRED_RECORDS {
+            self.commit_deferred().await;
+        }
+    }
+
+    /// Commits the deferred records and the purge now.
+    async fn commit_deferred(&mut self) {
+        self.deferred_since = None;
+        if self.deferred.is_empty() && self.purge.is_empty() {
+            return;
+        }
+        let records = std::mem::take(&mut self.deferred);
+        let purge = std::mem::take(&mut self.purge);
+        if let Err(error) = self.commit(records.clone(), purge).await {
+            let mut staged = Staged::default();
+            self.commit_failed(&records, &error, &mut staged);
+            for event in staged.events {
+                self.on_event(event);
+            }
         }
     }
 
@@ -1784,7 +1827,9 @@ impl Actor {
             }
         }
         self.waiters.remove(&session);
+        self.deferred.retain(|r| r.session_id() != session);
         self.purge.push(session);
+        self.deferred_since.get_or_insert(self.clock.now_ms());
     }
 
     fn emit(&self, event: Event) {
