@@ -339,7 +339,14 @@ async fn libp2p_cluster(n: usize) -> Cluster {
 }
 
 async fn libp2p_cluster_with(n: usize, stores: Stores) -> Cluster {
-    let config = Config::default();
+    // The bench runs hundreds of sessions a second from one creator: above the announcement
+    // budget that stops an outsider's flood (a dropped announcement would leave a signer that
+    // only auto-joins what reaches it waiting until the bench's 30 s limit).
+    let config = Config {
+        announcement_bytes_per_peer_per_sec: 1 << 20,
+        announcement_bytes_per_sec: 4 << 20,
+        ..Config::default()
+    };
     let base = Libp2pConfig {
         record_validator: Some(announcement_record_validator(config.limits)),
         ..Libp2pConfig::default()

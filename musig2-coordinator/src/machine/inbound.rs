@@ -1,0 +1,530 @@
+//! Inbound envelopes: cheap checks, authentication against the announcement, replay and
+//! clock checks, contradiction (equivocation) evidence, and each body's effect.
+
+use super::*;
+
+impl SessionMachine {
+    /// Handles one envelope delivered by `from`.
+    ///
+    /// Returns the outputs it causes, or the reason it was rejected (see
+    /// [`CoordinatorError::peer_action`] for what to do with the peer).
+    pub fn handle_envelope<R: rand::CryptoRng + ?Sized>(
+        &mut self,
+        from: PeerId,
+        envelope: SignedEnvelope,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Vec<Output>> {
+        let mut out = Vec::new();
+        let restarted_author = self.is_join_copy(&envelope)
+            && self.signer_of(&from) == Some(envelope.envelope().signer());
+        let result = self.accept(from, envelope, now_ms, &mut out);
+        if result.is_ok() {
+            self.advance(now_ms, rng, &mut out);
+        }
+        if restarted_author {
+            self.repeat_for(from, now_ms, &mut out);
+        }
+        self.flush_records(&mut out);
+        match result {
+            Ok(()) => Ok(out),
+            Err(e) => {
+                if e.peer_action() == crate::PeerAction::Penalize {
+                    self.rejected += 1;
+                }
+                // An abort decided while handling (e.g. equivocation) still has to go out.
+                if out.is_empty() { Err(e) } else { Ok(out) }
+            }
+        }
+    }
+
+    pub(super) fn accept(
+        &mut self,
+        from: PeerId,
+        envelope: SignedEnvelope,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) -> Result<()> {
+        if self.phase.is_terminal() {
+            return Err(CoordinatorError::SessionFinished(self.id));
+        }
+        // Cheap checks first: an exact copy of what we hold costs no verification.
+        let (claimed, claimed_seq) = (envelope.envelope().signer(), envelope.envelope().seq());
+        let exact_copy = self
+            .seen
+            .get(claimed.as_usize())
+            .and_then(|m| m.get(&claimed_seq.get()))
+            .is_some_and(|s| &s.signature == envelope.signature());
+        if exact_copy || self.is_stored(&envelope) {
+            return Err(CoordinatorError::Duplicate {
+                signer: claimed,
+                seq: claimed_seq,
+            });
+        }
+        let verified = envelope
+            .verify(&self.ann)
+            .map_err(|source| CoordinatorError::InvalidMessage { peer: from, source })?;
+        let signer = verified.signer();
+        if signer == self.me {
+            // How the session ended, told back to us after a restart that lost it (a final
+            // signature verifies on its own; an abort is our own word).
+            if matches!(
+                verified.body(),
+                Body::FinalSignature { .. } | Body::Abort { .. }
+            ) {
+                return self.apply(verified, now_ms, out);
+            }
+            // Our own envelope relayed back to us (not byte-equal: a forgery would not verify).
+            return Err(CoordinatorError::Duplicate {
+                signer,
+                seq: verified.seq(),
+            });
+        }
+        // A signed abort is its author's claim whoever delivers it (e.g. a signer the creator
+        // misrouted, speaking from a peer the announcement does not list).
+        let any_deliverer = matches!(verified.body(), Body::Abort { .. } | Body::Restart { .. });
+        let direct_join = matches!(verified.body(), Body::Join { peer_id } if peer_id.as_bytes() == from.to_bytes().as_slice());
+        if !direct_join && !any_deliverer && self.signer_of(&from).is_none() {
+            return self.buffer_unbound(from, envelope);
+        }
+        // The contradiction check runs on every verified envelope, before the replay and skew
+        // filters: its author signed both, so it is evidence whoever relayed it and however late.
+        let hash = verified.signing_hash();
+        let reused_seq = self.seen[signer.as_usize()]
+            .get(&verified.seq().get())
+            .is_some_and(|s| s.hash != hash);
+        if reused_seq || self.contradicts(&verified) {
+            self.abort(now_ms, AbortReason::Equivocation, vec![signer], out);
+            return Err(CoordinatorError::Equivocation {
+                signer,
+                seq: verified.seq(),
+            });
+        }
+        let relayed = self.peer_of(signer) != Some(from) && !direct_join;
+        if let Err(e) = self.replay[signer.as_usize()].check(signer, verified.seq()) {
+            return Err(match e {
+                // Same content, re-signed: only its author can make it, and it cost a
+                // verification.
+                CoordinatorError::Duplicate { signer, seq } => {
+                    CoordinatorError::ResignedDuplicate { signer, seq }
+                }
+                other => other,
+            });
+        }
+        // Judged by its author's signature: a relayed envelope may be as old as the session, and
+        // so may the end of the session told to a signer that missed it.
+        let final_word = matches!(
+            verified.body(),
+            Body::Abort { .. } | Body::FinalSignature { .. }
+        );
+        if !relayed && !final_word {
+            let skew_ms = verified.timestamp_ms().abs_diff(now_ms);
+            if skew_ms > self.max_skew_ms {
+                return Err(CoordinatorError::ClockSkew { signer, skew_ms });
+            }
+        }
+        self.replay[signer.as_usize()].record(verified.seq());
+        self.remember(signer, verified.seq(), hash, *verified.signed().signature());
+        let signed = self.persist.then(|| verified.signed().clone());
+        self.apply(verified, now_ms, out)?;
+        if let Some(signed) = signed {
+            self.record(Record::Envelope(signed));
+        }
+        Ok(())
+    }
+
+    /// Records a verified (or our own) envelope under its signer and sequence number, forgetting
+    /// those that fell out of the replay window.
+    pub(super) fn remember(
+        &mut self,
+        signer: SignerIndex,
+        seq: SeqNo,
+        hash: [u8; 32],
+        signature: [u8; 64],
+    ) {
+        let Some(map) = self.seen.get_mut(signer.as_usize()) else {
+            return;
+        };
+        map.insert(seq.get(), SeenEnvelope { hash, signature });
+        let highest = map.keys().next_back().copied().unwrap_or(0);
+        let floor = highest.saturating_sub(self.replay_window);
+        while map.first_key_value().is_some_and(|(&k, _)| k < floor) {
+            map.pop_first();
+        }
+    }
+
+    pub(super) fn buffer_unbound(&mut self, from: PeerId, envelope: SignedEnvelope) -> Result<()> {
+        let from_peer = self.unbound.iter().filter(|(p, _)| *p == from).count();
+        let total_cap = self.max_buffered_per_peer.saturating_mul(self.n);
+        if from_peer >= self.max_buffered_per_peer || self.unbound.len() >= total_cap {
+            return Err(CoordinatorError::UnboundPeer {
+                peer: from,
+                session: self.id,
+            });
+        }
+        self.unbound.push_back((from, envelope));
+        Ok(())
+    }
+
+    pub(super) fn apply(
+        &mut self,
+        env: VerifiedEnvelope,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) -> Result<()> {
+        let signer = env.signer();
+        let j = signer.as_usize();
+        let check_attempt = |a: Attempt| {
+            if a == self.attempt {
+                Ok(())
+            } else {
+                Err(CoordinatorError::WrongAttempt {
+                    signer,
+                    expected: self.attempt.get(),
+                    found: a.get(),
+                })
+            }
+        };
+        // A contribution of the next attempt can overtake the restart that starts it (they
+        // come from different signers): it waits, bounded, until the restart arrives.
+        if body_attempt(env.body()).is_some_and(|a| a.get() == self.attempt.get().saturating_add(1))
+        {
+            if self.next_attempt.len() >= 4 * self.n {
+                return Err(CoordinatorError::WrongAttempt {
+                    signer,
+                    expected: self.attempt.get(),
+                    found: self.attempt.get().saturating_add(1),
+                });
+            }
+            self.next_attempt.push(env);
+            return Ok(());
+        }
+        match env.body().clone() {
+            Body::Join { peer_id } => {
+                let peer = PeerId::from_bytes(peer_id.as_bytes()).map_err(|_| {
+                    CoordinatorError::UnexpectedMessage {
+                        signer,
+                        kind: "join with an invalid peer id",
+                    }
+                })?;
+                if self.peers[j].is_some_and(|p| p != peer) {
+                    // Re-binding an index to another peer is refused (part of recovery later).
+                    return Err(CoordinatorError::UnexpectedMessage {
+                        signer,
+                        kind: "join from a second peer id",
+                    });
+                }
+                if self.joins[j].is_some() {
+                    // The stored join itself is dropped before verification; this is a new one.
+                    return Err(CoordinatorError::RedundantMessage {
+                        signer,
+                        kind: "join",
+                    });
+                }
+                self.peers[j] = Some(peer);
+                self.joins[j] = Some((peer, env.signed().clone()));
+                // A signer whose peer we just learned could not have been sent our join yet.
+                if !self.join_sent[j] && self.needs_join_of(signer, self.me) {
+                    if let Some((_, own)) = self.joins[self.me.as_usize()].clone() {
+                        self.join_sent[j] = true;
+                        self.send_to(out, [signer], vec![own]);
+                    }
+                }
+                out.push(Output::Event(Event::ParticipantJoined {
+                    session: self.id,
+                    signer,
+                }));
+                if self.me == self.ann.announcement().creator && !self.listed[j] {
+                    let targets: Vec<SignerIndex> = self
+                        .all_signers()
+                        .filter(|&k| k != signer && self.needs_join_of(k, signer))
+                        .filter(|&k| self.joins[k.as_usize()].is_some())
+                        .collect();
+                    self.send_to(out, targets, vec![env.signed().clone()]);
+                    self.relay_unlisted_joins_to(out, signer);
+                }
+                self.replay_unbound(peer, now_ms, out);
+            }
+            Body::NonceCommit {
+                attempt,
+                commitment,
+            } => {
+                check_attempt(attempt)?;
+                match place(&mut self.commits[j], commitment, env.signed().clone()) {
+                    Slot::Conflict => {
+                        self.abort(now_ms, AbortReason::Equivocation, vec![signer], out)
+                    }
+                    Slot::New => self.check_commitment(signer, now_ms, out),
+                    Slot::Same => {
+                        return Err(CoordinatorError::RedundantMessage {
+                            signer,
+                            kind: "nonce commitment",
+                        });
+                    }
+                }
+            }
+            Body::Nonce { attempt, pub_nonce } => {
+                check_attempt(attempt)?;
+                let signed = env.signed().clone();
+                if self.is_star_coordinator() {
+                    self.verified_nonces[j].get_or_insert(env);
+                }
+                if let Slot::Same = self.place_nonce(signer, pub_nonce, signed, now_ms, out) {
+                    return Err(CoordinatorError::RedundantMessage {
+                        signer,
+                        kind: "nonce",
+                    });
+                }
+            }
+            Body::AggregateNonce {
+                attempt, nonces, ..
+            } => {
+                check_attempt(attempt)?;
+                if self.topology != Topology::Star
+                    || signer != self.coordinator
+                    || self.me == self.coordinator
+                {
+                    return Err(CoordinatorError::UnexpectedMessage {
+                        signer,
+                        kind: "aggregate-nonce",
+                    });
+                }
+                // The proto layer checked every relayed nonce's signature and that they sum to
+                // the aggregate; each one is its author's signed statement.
+                let repeat = self.aggnonce_received;
+                for sn in &nonces {
+                    if sn.signer == self.me {
+                        if Some(sn.pub_nonce) != self.my_nonce {
+                            self.abort(
+                                now_ms,
+                                AbortReason::InvalidAggregateNonce,
+                                vec![signer],
+                                out,
+                            );
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    let signed = sn.to_signed_envelope(self.id);
+                    self.place_nonce(sn.signer, sn.pub_nonce, signed, now_ms, out);
+                    if self.phase.is_terminal() {
+                        return Ok(());
+                    }
+                }
+                if repeat {
+                    // Same nonces under a new envelope: it cost a verification per signer.
+                    return Err(CoordinatorError::RedundantMessage {
+                        signer,
+                        kind: "aggregate nonce",
+                    });
+                }
+                self.aggnonce_received = true;
+                self.aggnonce_env = Some(env.signed().clone());
+            }
+            Body::PartialSig {
+                attempt,
+                partial_sig,
+            } => {
+                check_attempt(attempt)?;
+                match place(&mut self.psigs[j], partial_sig, env.signed().clone()) {
+                    Slot::Conflict => {
+                        self.abort(now_ms, AbortReason::Equivocation, vec![signer], out)
+                    }
+                    Slot::Same => {
+                        return Err(CoordinatorError::RedundantMessage {
+                            signer,
+                            kind: "partial signature",
+                        });
+                    }
+                    Slot::New => {}
+                }
+            }
+            Body::FinalSignature { signature, .. } => {
+                let sig = schnorr::Signature::from_byte_array(signature);
+                if musig2_core::verify_signature(
+                    &sig,
+                    self.ann.announcement().message.as_slice(),
+                    &self.key_agg.x_only_key(),
+                )
+                .is_err()
+                {
+                    // A lying coordinator can stall the session, never end it with a bad result.
+                    return Err(CoordinatorError::UnexpectedMessage {
+                        signer,
+                        kind: "final signature that does not verify",
+                    });
+                }
+                self.final_env = Some(env.signed().clone());
+                self.finish(sig, now_ms, out);
+            }
+            Body::Abort { reason, blamed } => {
+                self.phase = Phase::Aborted;
+                self.phase_deadline_ms = None;
+                self.secnonce = None;
+                let blamed: Vec<SignerIndex> = blamed.into_iter().collect();
+                let origin = if signer == self.me {
+                    AbortOrigin::Local
+                } else {
+                    AbortOrigin::Remote(signer)
+                };
+                self.aborted = Some((reason, blamed.clone(), origin));
+                self.final_env = Some(env.signed().clone());
+                self.record(Record::Outcome {
+                    session: self.id,
+                    outcome: Outcome::Aborted {
+                        reason,
+                        blamed: blamed.clone(),
+                        origin,
+                    },
+                    at_ms: now_ms,
+                });
+                out.push(Output::Event(Event::Aborted {
+                    session: self.id,
+                    reason,
+                    blamed,
+                    origin,
+                }));
+            }
+            Body::Restart { attempt } => {
+                if attempt <= self.attempt {
+                    // A copy, or a restart we already moved past: nothing to do.
+                    return Err(CoordinatorError::WrongAttempt {
+                        signer,
+                        expected: self.attempt.get().saturating_add(1),
+                        found: attempt.get(),
+                    });
+                }
+                if attempt.get() >= self.max_attempts {
+                    // Its author lost a nonce it had sent, and no attempt is left: the session
+                    // ends, naming it for what happened (not equivocation: it never signed
+                    // twice).
+                    self.abort(now_ms, AbortReason::Restarted, vec![signer], out);
+                    return Ok(());
+                }
+                tracing::info!(session = %self.id, %signer, attempt = attempt.get(), "a signer restarted: new attempt");
+                // Everyone must move together, or a signer told of the restart would wait for
+                // one that was not, and blame it: pass it on (copies are dropped unverified).
+                let others: Vec<SignerIndex> = self.others().filter(|&k| k != signer).collect();
+                self.send_to(out, others, vec![env.signed().clone()]);
+                out.push(Output::Event(Event::AttemptStarted {
+                    session: self.id,
+                    attempt,
+                    signer,
+                }));
+                self.new_attempt(attempt, now_ms);
+                let waiting = std::mem::take(&mut self.next_attempt);
+                for early in waiting {
+                    if self.phase.is_terminal() {
+                        break;
+                    }
+                    if let Err(e) = self.apply(early, now_ms, out) {
+                        tracing::debug!(session = %self.id, error = %e, "early contribution dropped");
+                    }
+                }
+            }
+            Body::BroadcastConfirmed { .. } | Body::FailoverClaim { .. } => {
+                // Broadcast confirmation and failover are not part of this node's protocol
+                // version; refuse rather than half-handle them.
+                return Err(CoordinatorError::UnexpectedMessage {
+                    signer,
+                    kind: env.body().kind(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn place_nonce(
+        &mut self,
+        signer: SignerIndex,
+        nonce: PubNonceBytes,
+        env: SignedEnvelope,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) -> Slot {
+        let slot = place(&mut self.nonces[signer.as_usize()], nonce, env);
+        match slot {
+            Slot::Conflict => self.abort(now_ms, AbortReason::Equivocation, vec![signer], out),
+            Slot::New => self.check_commitment(signer, now_ms, out),
+            Slot::Same => {}
+        }
+        slot
+    }
+
+    /// Whether exactly this envelope is already stored as its signer's contribution (a
+    /// duplicate or relayed copy: no need to verify it again).
+    pub(super) fn is_stored(&self, envelope: &SignedEnvelope) -> bool {
+        let j = envelope.envelope().signer().as_usize();
+        let stored = match envelope.envelope().body() {
+            Body::NonceCommit { .. } => self.commits.get(j).and_then(|s| s.as_ref().map(|x| &x.1)),
+            Body::Nonce { .. } => self.nonces.get(j).and_then(|s| s.as_ref().map(|x| &x.1)),
+            Body::PartialSig { .. } => self.psigs.get(j).and_then(|s| s.as_ref().map(|x| &x.1)),
+            Body::Join { .. } => self.joins.get(j).and_then(|s| s.as_ref().map(|x| &x.1)),
+            Body::AggregateNonce { .. } => self.aggnonce_env.as_ref(),
+            _ => None,
+        };
+        stored == Some(envelope)
+    }
+
+    /// Whether a verified contribution contradicts what its signer sent before.
+    pub(super) fn contradicts(&self, env: &VerifiedEnvelope) -> bool {
+        let j = env.signer().as_usize();
+        match env.body() {
+            Body::NonceCommit {
+                attempt,
+                commitment,
+            } => {
+                *attempt == self.attempt
+                    && self.commits[j]
+                        .as_ref()
+                        .is_some_and(|(c, _)| c != commitment)
+            }
+            Body::Nonce { attempt, pub_nonce } => {
+                *attempt == self.attempt
+                    && self.nonces[j].as_ref().is_some_and(|(n, _)| n != pub_nonce)
+            }
+            Body::PartialSig {
+                attempt,
+                partial_sig,
+            } => {
+                *attempt == self.attempt
+                    && self.psigs[j]
+                        .as_ref()
+                        .is_some_and(|(p, _)| p != partial_sig)
+            }
+            _ => false,
+        }
+    }
+
+    /// With both a commitment and a reveal from `signer`, checks one against the other.
+    pub(super) fn check_commitment(
+        &mut self,
+        signer: SignerIndex,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let j = signer.as_usize();
+        if let (Some((commitment, _)), Some((nonce, _))) = (&self.commits[j], &self.nonces[j]) {
+            if commitment
+                .check_reveal(&self.id, signer, self.attempt, nonce)
+                .is_err()
+            {
+                self.abort(now_ms, AbortReason::CommitmentMismatch, vec![signer], out);
+            }
+        }
+    }
+
+    pub(super) fn replay_unbound(&mut self, peer: PeerId, now_ms: u64, out: &mut Vec<Output>) {
+        let (ready, rest): (VecDeque<_>, VecDeque<_>) =
+            self.unbound.drain(..).partition(|(p, _)| *p == peer);
+        self.unbound = rest;
+        for (from, env) in ready {
+            if self.phase.is_terminal() {
+                break;
+            }
+            if let Err(e) = self.accept(from, env, now_ms, out) {
+                tracing::debug!(session = %self.id, %from, error = %e, "dropped buffered envelope");
+            }
+        }
+    }
+}

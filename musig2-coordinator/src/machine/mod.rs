@@ -1,0 +1,739 @@
+//! The sans-IO session state machine.
+//!
+//! A [`SessionMachine`] is one signer's view of one session. It never touches the network, a
+//! clock or a random source of its own: every call takes the current time (milliseconds since
+//! the UNIX epoch) and, where nonces are made, an RNG; every call returns [`Output`]s (envelopes
+//! to send to peers, events to emit). The next deadline is [`SessionMachine::next_deadline`];
+//! call [`SessionMachine::tick`] when it passes.
+//!
+//! Contributions are kept in one slot per signer and kind, whatever the current phase, so a
+//! message that arrives early (before the phase it belongs to) waits in its slot and is used when
+//! the phase comes. The same value twice is a no-op; a different value from the same signer is
+//! equivocation and aborts the session, blaming that signer.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use musig2_core::{
+    AggNonce, KeyAggContext, NonceGen, PartialSignature, PubNonce, SecNonce, SessionContext,
+};
+use musig2_proto::{
+    AbortReason, Attempt, Body, Envelope, NonceCommitment, PartialSigBytes, PeerIdBytes,
+    PubNonceBytes, SeqNo, SessionId, SignedEnvelope, SignerIndex, Topology, VerifiedAnnouncement,
+    VerifiedEnvelope,
+};
+use musig2_transport::PeerId;
+use secp256k1::{Keypair, schnorr};
+
+use crate::config::Config;
+use crate::election::election_order;
+use crate::error::{CoordinatorError, Result};
+use crate::event::{AbortOrigin, Event};
+use crate::replay::ReplayWindow;
+use crate::store::{Outcome, Record, SEQ_RESERVATION_BLOCK, StoredSession};
+
+/// Answers a signer gets about a session that has finished here (it may have missed the end,
+/// e.g. while it was restarting); bounded, as each costs a frame.
+const MAX_FINISHED_ANSWERS: u8 = 3;
+
+/// Where a session stands, from this signer's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Known (announcement verified) but not joined by this node.
+    Created,
+    /// Joined; waiting to learn the peers of signers whose peer ids were not announced.
+    Joined,
+    /// Round 0: exchanging nonce commitments.
+    NonceCommit,
+    /// Round 1: exchanging public nonces.
+    Nonce,
+    /// Round 2: exchanging partial signatures.
+    PartialSig,
+    /// Finished with a verified final signature.
+    Done,
+    /// Finished without a signature.
+    Aborted,
+}
+
+impl Phase {
+    /// Whether the session has finished.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Done | Phase::Aborted)
+    }
+}
+
+/// What the machine asks its runtime to do.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// Send these envelopes to `to`, in one frame if possible.
+    Send {
+        /// Destination peer.
+        to: PeerId,
+        /// Signed envelopes (the runtime batches several into one frame).
+        envelopes: Vec<SignedEnvelope>,
+    },
+    /// Emit an event.
+    Event(Event),
+    /// Make these records durable before sending any envelope of the same step (see
+    /// [`crate::store`]). If that fails, send nothing and call
+    /// [`SessionMachine::store_failed`].
+    Persist(Vec<Record>),
+    /// Records no envelope of the step depends on (what others sent us, how the session
+    /// ended): store them too, but the step's envelopes need not wait for them. Lost in a
+    /// crash, they cost nothing a restart cannot ask for again.
+    PersistLater(Vec<Record>),
+}
+
+/// A snapshot of a session's progress, for monitoring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionHealth {
+    /// The session.
+    pub session: SessionId,
+    /// Current phase.
+    pub phase: Phase,
+    /// Our signer index.
+    pub signer: SignerIndex,
+    /// Number of signers.
+    pub signers: usize,
+    /// Milliseconds since this node learned of the session.
+    pub age_ms: u64,
+    /// Signers we are waiting for in the current phase.
+    pub holdouts: Vec<SignerIndex>,
+    /// Joins received (ours included).
+    pub joined: usize,
+    /// Nonce commitments received.
+    pub commitments: usize,
+    /// Public nonces received.
+    pub nonces: usize,
+    /// Partial signatures received.
+    pub partial_signatures: usize,
+    /// The elected coordinator (aggregator in star topology).
+    pub coordinator: SignerIndex,
+    /// The signing attempt.
+    pub attempt: Attempt,
+    /// Messages rejected so far (invalid, unauthenticated, replayed, ...).
+    pub rejected_messages: u64,
+}
+
+/// Outcome of placing a contribution in its slot.
+enum Slot {
+    New,
+    Same,
+    Conflict,
+}
+
+fn place<T: PartialEq, E>(slot: &mut Option<(T, E)>, value: T, extra: E) -> Slot {
+    match slot {
+        None => {
+            *slot = Some((value, extra));
+            Slot::New
+        }
+        Some((old, _)) if *old == value => Slot::Same,
+        Some(_) => Slot::Conflict,
+    }
+}
+
+/// One signer's state machine for one session.
+pub struct SessionMachine {
+    ann: VerifiedAnnouncement,
+    id: SessionId,
+    me: SignerIndex,
+    keypair: Keypair,
+    key_agg: KeyAggContext,
+    n: usize,
+    topology: Topology,
+    commit_round: bool,
+    coordinator: SignerIndex,
+    nonce_timeout_ms: u64,
+    partial_sig_timeout_ms: u64,
+    max_skew_ms: u64,
+    max_buffered_per_peer: usize,
+
+    phase: Phase,
+    attempt: Attempt,
+    next_seq: SeqNo,
+    started_ms: u64,
+    phase_deadline_ms: Option<u64>,
+    session_deadline_ms: u64,
+
+    peers: Vec<Option<PeerId>>,
+    /// Whether signer `i`'s peer id came from the announcement (so everyone knows it).
+    listed: Vec<bool>,
+    joins: Vec<Option<(PeerId, SignedEnvelope)>>,
+    /// Signers we have sent our own join to.
+    join_sent: Vec<bool>,
+    commits: Vec<Option<(NonceCommitment, SignedEnvelope)>>,
+    nonces: Vec<Option<(PubNonceBytes, SignedEnvelope)>>,
+    /// Verified nonce envelopes, kept by the star coordinator to build the aggregate message.
+    verified_nonces: Vec<Option<VerifiedEnvelope>>,
+    psigs: Vec<Option<(PartialSigBytes, SignedEnvelope)>>,
+    aggnonce_received: bool,
+    nonces_announced: bool,
+    psigs_announced: bool,
+
+    secnonce: Option<SecNonce>,
+    my_nonce: Option<PubNonceBytes>,
+    context: Option<SessionContext>,
+    signature: Option<schnorr::Signature>,
+    /// Why the session aborted, whom it blamed and who decided, once it has.
+    aborted: Option<(AbortReason, Vec<SignerIndex>, AbortOrigin)>,
+
+    replay: Vec<ReplayWindow>,
+    /// Per signer, the envelopes verified (or, for us, sent) in the replay window: sequence
+    /// number → (signing hash, signature). The same number under another hash is equivocation;
+    /// under the same signature it is an exact replay, dropped before any verification.
+    seen: Vec<BTreeMap<u64, SeenEnvelope>>,
+    /// The star coordinator's verified AggregateNonce envelope (members), to drop replays cheaply.
+    aggnonce_env: Option<SignedEnvelope>,
+    /// The AggregateNonce envelope we sent (star coordinator), to send again when asked.
+    aggnonce_sent: Option<SignedEnvelope>,
+    /// The announcement lists, at our index, a peer id that is not ours.
+    misrouted: bool,
+    replay_window: u64,
+    unbound: VecDeque<(PeerId, SignedEnvelope)>,
+    rejected: u64,
+
+    /// Whether this node keeps the session across restarts (from its join on).
+    persist: bool,
+    /// Records produced by the current step, handed out as one [`Output::Persist`].
+    records: Vec<Record>,
+    /// Sequence numbers below this are reserved in the store.
+    reserved_seq: u64,
+    /// Attempts the announcement allows in all.
+    max_attempts: u16,
+    /// The envelope that ends the session for a signer who missed the end: the final
+    /// signature, or the signed abort (ours, or the claim we accepted).
+    final_env: Option<SignedEnvelope>,
+    /// Per signer, answers sent about the finished session.
+    answered: Vec<u8>,
+    /// Verified contributions of the next attempt that arrived before its restart.
+    next_attempt: Vec<VerifiedEnvelope>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SeenEnvelope {
+    hash: [u8; 32],
+    signature: [u8; 64],
+}
+
+impl std::fmt::Debug for SessionMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionMachine")
+            .field("session", &self.id)
+            .field("me", &self.me)
+            .field("phase", &self.phase)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionMachine {
+    /// A machine for a verified announcement that names `keypair`'s key, for a node speaking
+    /// from `local_peer`.
+    pub fn new(
+        ann: VerifiedAnnouncement,
+        keypair: Keypair,
+        local_peer: PeerId,
+        config: &Config,
+        now_ms: u64,
+    ) -> Result<SessionMachine> {
+        Self::with_key_agg(ann, keypair, local_peer, config, now_ms, None)
+    }
+
+    /// Like [`SessionMachine::new`], reusing the untweaked key-aggregation context of the same
+    /// signer list when the caller has one (key aggregation costs one scalar multiplication per
+    /// signer; repeated sessions among the same signers are the common case). A context for a
+    /// different key list is ignored.
+    pub fn with_key_agg(
+        ann: VerifiedAnnouncement,
+        keypair: Keypair,
+        local_peer: PeerId,
+        config: &Config,
+        now_ms: u64,
+        untweaked: Option<&KeyAggContext>,
+    ) -> Result<SessionMachine> {
+        let id = ann.session_id();
+        let me = ann
+            .index_of(&keypair.public_key())
+            .ok_or(CoordinatorError::NotASigner(id))?;
+        let a = ann.announcement();
+        let keys = ann.signer_keys();
+        let tweaks = a
+            .tweaks
+            .iter()
+            .map(|t| musig2_core::Tweak::new(t.value(), t.is_x_only()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let base = match untweaked {
+            Some(ctx)
+                if ctx.pubkeys() == keys.as_slice()
+                    && ctx.aggregate_key() == ctx.untweaked_key() =>
+            {
+                ctx.clone()
+            }
+            _ => KeyAggContext::new(&keys)?,
+        };
+        let key_agg = base.with_tweaks(&tweaks)?;
+        let n = keys.len();
+        let mut peers: Vec<Option<PeerId>> = a
+            .signers
+            .iter()
+            .map(|s| {
+                s.peer_id
+                    .as_ref()
+                    .and_then(|p| PeerId::from_bytes(p.as_bytes()).ok())
+            })
+            .collect();
+        let listed = peers.iter().map(Option::is_some).collect();
+        // The creator may list a peer id for us that is not ours; we never silently correct it
+        // (see `is_misrouted`), but we always speak from our own.
+        let misrouted = peers[me.as_usize()].is_some_and(|p| p != local_peer);
+        peers[me.as_usize()] = Some(local_peer);
+        let order = election_order(a.policy.election, &id, &keys);
+        let coordinator = order.first().copied().unwrap_or(me);
+        let session_deadline_ms = a.expires_at_ms.min(
+            a.created_at_ms
+                .saturating_add(a.policy.timeouts.join_ms)
+                .saturating_add(a.policy.timeouts.session_ms),
+        );
+        Ok(SessionMachine {
+            id,
+            me,
+            keypair,
+            key_agg,
+            n,
+            topology: a.policy.topology,
+            commit_round: a.policy.nonce_commitment,
+            coordinator,
+            nonce_timeout_ms: a.policy.timeouts.nonce_ms,
+            partial_sig_timeout_ms: a.policy.timeouts.partial_sig_ms,
+            max_skew_ms: u64::try_from(config.max_clock_skew.as_millis()).unwrap_or(u64::MAX),
+            max_buffered_per_peer: config.max_buffered_messages_per_peer,
+            phase: Phase::Created,
+            attempt: Attempt::FIRST,
+            next_seq: SeqNo::FIRST,
+            started_ms: now_ms,
+            phase_deadline_ms: None,
+            session_deadline_ms,
+            peers,
+            listed,
+            joins: vec![None; n],
+            join_sent: vec![false; n],
+            commits: vec![None; n],
+            nonces: vec![None; n],
+            verified_nonces: vec![None; n],
+            psigs: vec![None; n],
+            aggnonce_received: false,
+            nonces_announced: false,
+            psigs_announced: false,
+            secnonce: None,
+            my_nonce: None,
+            context: None,
+            signature: None,
+            aborted: None,
+            replay: vec![ReplayWindow::new(config.replay_window, config.max_seq_gap); n],
+            seen: vec![BTreeMap::new(); n],
+            aggnonce_env: None,
+            aggnonce_sent: None,
+            misrouted,
+            replay_window: config.replay_window.clamp(1, 128),
+            unbound: VecDeque::new(),
+            rejected: 0,
+            persist: false,
+            records: Vec::new(),
+            reserved_seq: SeqNo::FIRST.get(),
+            max_attempts: a.policy.max_attempts.max(1),
+            final_env: None,
+            answered: vec![0; n],
+            next_attempt: Vec::new(),
+            ann,
+        })
+    }
+
+    /// The session id.
+    pub fn session_id(&self) -> SessionId {
+        self.id
+    }
+
+    /// The verified announcement.
+    pub fn announcement(&self) -> &VerifiedAnnouncement {
+        &self.ann
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Our signer index.
+    pub fn signer_index(&self) -> SignerIndex {
+        self.me
+    }
+
+    /// The elected coordinator.
+    pub fn coordinator(&self) -> SignerIndex {
+        self.coordinator
+    }
+
+    /// The key-aggregation context (aggregate key after tweaks).
+    pub fn key_agg(&self) -> &KeyAggContext {
+        &self.key_agg
+    }
+
+    /// The final signature, once the session is done.
+    pub fn signature(&self) -> Option<schnorr::Signature> {
+        self.signature
+    }
+
+    /// Why the session aborted, the signers blamed and who decided (our finding or another
+    /// signer's claim), once it has aborted.
+    pub fn abort_outcome(&self) -> Option<(AbortReason, &[SignerIndex], AbortOrigin)> {
+        self.aborted
+            .as_ref()
+            .map(|(reason, blamed, origin)| (*reason, blamed.as_slice(), *origin))
+    }
+
+    /// Whether the announcement lists, at our index, a peer id other than the one this node
+    /// speaks from. Such a session must be refused ([`SessionMachine::refuse`]), never joined:
+    /// the other signers would route our traffic to whoever the creator named.
+    pub fn is_misrouted(&self) -> bool {
+        self.misrouted
+    }
+
+    /// Refuses a misrouted session: aborts it with [`AbortReason::Misrouted`] blaming the
+    /// creator, and sends that signed abort to the other listed signers so they learn why we will
+    /// not take part (our claim, which they report as such) instead of timing out on us.
+    pub fn refuse(&mut self, now_ms: u64) -> Vec<Output> {
+        let mut out = Vec::new();
+        if self.phase.is_terminal() {
+            return out;
+        }
+        let creator = self.ann.announcement().creator;
+        let env = self.sign(
+            now_ms,
+            Body::Abort {
+                reason: AbortReason::Misrouted,
+                blamed: Some(creator),
+            },
+        );
+        // The announced peer at our index is not ours: never send there.
+        let others: Vec<SignerIndex> = self
+            .others()
+            .filter(|&k| self.peer_of(k) != self.listed_peer(self.me))
+            .collect();
+        self.send_to(&mut out, others, vec![env]);
+        self.phase = Phase::Aborted;
+        self.phase_deadline_ms = None;
+        self.secnonce = None;
+        self.aborted = Some((AbortReason::Misrouted, vec![creator], AbortOrigin::Local));
+        out.push(Output::Event(Event::Aborted {
+            session: self.id,
+            reason: AbortReason::Misrouted,
+            blamed: vec![creator],
+            origin: AbortOrigin::Local,
+        }));
+        out
+    }
+
+    /// The peer id the announcement lists for signer `index`, if it lists one.
+    pub fn listed_peer(&self, index: SignerIndex) -> Option<PeerId> {
+        self.ann
+            .announcement()
+            .signers
+            .get(index.as_usize())
+            .and_then(|s| s.peer_id.as_ref())
+            .and_then(|p| PeerId::from_bytes(p.as_bytes()).ok())
+    }
+
+    /// Whether a frame whose header was peeked is an exact copy of an envelope this machine has
+    /// already verified (or sent): same signer, sequence number and signature. Such a frame can
+    /// be dropped without decoding or verifying it; a different envelope under the same number
+    /// is not covered and must go through [`SessionMachine::handle_envelope`] (it may be
+    /// evidence of equivocation).
+    pub fn is_exact_replay(&self, header: &musig2_proto::EnvelopeHeader) -> bool {
+        self.seen
+            .get(header.signer.as_usize())
+            .and_then(|m| m.get(&header.seq.get()))
+            .is_some_and(|s| s.signature == header.signature)
+    }
+
+    /// The peer bound to signer `index`, if known.
+    pub fn peer_of(&self, index: SignerIndex) -> Option<PeerId> {
+        self.peers.get(index.as_usize()).copied().flatten()
+    }
+
+    /// The signer bound to `peer`, if any.
+    pub fn signer_of(&self, peer: &PeerId) -> Option<SignerIndex> {
+        self.peers
+            .iter()
+            .position(|p| p.as_ref() == Some(peer))
+            .and_then(|i| SignerIndex::try_from(i).ok())
+    }
+
+    /// When [`SessionMachine::tick`] must next be called.
+    pub fn next_deadline(&self) -> Option<u64> {
+        if self.phase.is_terminal() {
+            return None;
+        }
+        Some(match self.phase_deadline_ms {
+            Some(d) => d.min(self.session_deadline_ms),
+            None => self.session_deadline_ms,
+        })
+    }
+
+    /// Signers we are waiting for in the current phase.
+    pub fn holdouts(&self) -> Vec<SignerIndex> {
+        let star_member = self.topology == Topology::Star && self.me != self.coordinator;
+        let missing = |present: &dyn Fn(usize) -> bool| -> Vec<SignerIndex> {
+            (0..self.n)
+                .filter(|&i| !present(i))
+                .filter_map(|i| SignerIndex::try_from(i).ok())
+                .collect()
+        };
+        match self.phase {
+            Phase::Created | Phase::Done | Phase::Aborted => Vec::new(),
+            // Round 1 needs a route to the signers we send to: a listed peer id or a join.
+            Phase::Joined if star_member => {
+                missing(&|i| i != self.coordinator.as_usize() || self.peers[i].is_some())
+            }
+            Phase::Joined => missing(&|i| self.peers[i].is_some()),
+            // A star member gets the others' commitments only from the coordinator, relayed
+            // together once all are in: if they do not come, the coordinator is who it waits for.
+            Phase::NonceCommit if star_member => {
+                if missing(&|i| self.commits[i].is_some()).is_empty() {
+                    Vec::new()
+                } else {
+                    vec![self.coordinator]
+                }
+            }
+            Phase::NonceCommit => missing(&|i| self.commits[i].is_some()),
+            Phase::Nonce if star_member => {
+                if self.aggnonce_received {
+                    Vec::new()
+                } else {
+                    vec![self.coordinator]
+                }
+            }
+            Phase::Nonce => missing(&|i| self.nonces[i].is_some()),
+            Phase::PartialSig if star_member => vec![self.coordinator],
+            Phase::PartialSig => missing(&|i| self.psigs[i].is_some()),
+        }
+    }
+
+    /// A snapshot of progress.
+    pub fn health(&self, now_ms: u64) -> SessionHealth {
+        SessionHealth {
+            session: self.id,
+            phase: self.phase,
+            signer: self.me,
+            signers: self.n,
+            age_ms: now_ms.saturating_sub(self.started_ms),
+            holdouts: self.holdouts(),
+            joined: filled(&self.joins),
+            commitments: filled(&self.commits),
+            nonces: filled(&self.nonces),
+            partial_signatures: filled(&self.psigs),
+            coordinator: self.coordinator,
+            attempt: self.attempt,
+            rejected_messages: self.rejected,
+        }
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Commands
+
+    /// Joins the session: binds our signer index to our peer id and tells the peers that need
+    /// it. Idempotent.
+    pub fn join<R: rand::CryptoRng + ?Sized>(&mut self, now_ms: u64, rng: &mut R) -> Vec<Output> {
+        let mut out = Vec::new();
+        if self.phase != Phase::Created || self.misrouted {
+            return out;
+        }
+        let Some(local_peer) = self.peers[self.me.as_usize()] else {
+            return out;
+        };
+        // A libp2p peer id is at most 42 bytes, within the wire limit of 64.
+        let Ok(peer_id) = PeerIdBytes::new(local_peer.to_bytes()) else {
+            return out;
+        };
+        self.start_persisting();
+        let join = self.sign(now_ms, Body::Join { peer_id });
+        self.joins[self.me.as_usize()] = Some((local_peer, join.clone()));
+        self.enter(Phase::Joined, now_ms, self.nonce_timeout_ms);
+        // Everyone has the same join window: it ends `join_ms` after the session's creation.
+        let a = self.ann.announcement();
+        self.phase_deadline_ms = Some(a.created_at_ms.saturating_add(a.policy.timeouts.join_ms));
+        out.push(Output::Event(Event::SessionJoined {
+            session: self.id,
+            signer: self.me,
+        }));
+        let creator = self.ann.announcement().creator;
+        let targets: Vec<SignerIndex> = self
+            .all_signers()
+            .filter(|&j| self.needs_join_of(j, self.me) || j == creator)
+            .filter(|&j| self.peer_of(j).is_some())
+            .collect();
+        for &j in &targets {
+            self.join_sent[j.as_usize()] = true;
+        }
+        self.send_to(&mut out, targets, vec![join]);
+        // The creator hands the newcomer the joins it could not know about.
+        if self.me == creator {
+            self.relay_unlisted_joins_to(&mut out, self.me);
+        }
+        self.advance(now_ms, rng, &mut out);
+        self.flush_records(&mut out);
+        out
+    }
+
+    /// Aborts the session locally (e.g. the application cancelled), telling the other signers.
+    pub fn cancel(&mut self, now_ms: u64) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.abort(now_ms, AbortReason::Cancelled, Vec::new(), &mut out);
+        self.flush_records(&mut out);
+        out
+    }
+
+    /// Checks deadlines: aborts with the holdouts when the phase or the session has timed out.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Output> {
+        let mut out = Vec::new();
+        if self.phase.is_terminal() {
+            return out;
+        }
+        if now_ms >= self.session_deadline_ms {
+            let holdouts = self.holdouts();
+            self.abort(now_ms, AbortReason::Expired, holdouts, &mut out);
+        } else if self.phase_deadline_ms.is_some_and(|d| now_ms >= d) {
+            let holdouts = self.holdouts();
+            self.abort(now_ms, AbortReason::Timeout, holdouts, &mut out);
+        }
+        self.flush_records(&mut out);
+        out
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Helpers
+
+    fn enter(&mut self, phase: Phase, now_ms: u64, timeout_ms: u64) {
+        self.phase = phase;
+        // A star member's only holdout in these phases is the coordinator, which is itself
+        // waiting for the other members. The member waits half as long again, so that when a
+        // member withholds, the coordinator's abort naming it arrives before the member's own
+        // deadline would blame the (honest) coordinator.
+        let star_member = self.topology == Topology::Star && self.me != self.coordinator;
+        let grace = if star_member
+            && matches!(phase, Phase::NonceCommit | Phase::Nonce | Phase::PartialSig)
+        {
+            timeout_ms / 2
+        } else {
+            0
+        };
+        self.phase_deadline_ms = Some(now_ms.saturating_add(timeout_ms).saturating_add(grace));
+    }
+
+    fn sign(&mut self, now_ms: u64, body: Body) -> SignedEnvelope {
+        let seq = self.next_seq;
+        self.next_seq = seq.next().unwrap_or(seq);
+        if self.persist && seq.get() >= self.reserved_seq {
+            self.reserve_seq(seq.get());
+        }
+        let env = Envelope::sign(self.id, self.me, seq, now_ms, body, &self.keypair);
+        // Our own entries serve only to drop copies of our envelopes relayed back (by their
+        // signature); no contradiction check ever runs on them, so no hash is needed.
+        self.remember(self.me, seq, [0; 32], *env.signature());
+        self.record(Record::Envelope(env.clone()));
+        env
+    }
+
+    fn is_star_coordinator(&self) -> bool {
+        self.topology == Topology::Star && self.me == self.coordinator
+    }
+
+    fn all_signers(&self) -> impl Iterator<Item = SignerIndex> + use<> {
+        (0..self.n).filter_map(|i| SignerIndex::try_from(i).ok())
+    }
+
+    fn others(&self) -> impl Iterator<Item = SignerIndex> + use<> {
+        let me = self.me;
+        self.all_signers().filter(move |&i| i != me)
+    }
+
+    /// Who receives our round messages: everyone in mesh, the coordinator in star.
+    fn round_targets(&self) -> Vec<SignerIndex> {
+        match self.topology {
+            Topology::Mesh => self.others().collect(),
+            Topology::Star => vec![self.coordinator],
+        }
+    }
+
+    /// Whether `receiver` needs to learn `joiner`'s binding: everyone in mesh; in star only the
+    /// coordinator, and everyone the coordinator's.
+    fn needs_join_of(&self, receiver: SignerIndex, joiner: SignerIndex) -> bool {
+        receiver != joiner
+            && (self.topology == Topology::Mesh
+                || receiver == self.coordinator
+                || joiner == self.coordinator)
+    }
+
+    /// (Creator only.) Sends `to` the joins of signers whose peer ids were not announced.
+    fn relay_unlisted_joins_to(&mut self, out: &mut Vec<Output>, to: SignerIndex) {
+        let envs: Vec<SignedEnvelope> = (0..self.n)
+            .filter(|&k| !self.listed[k] && k != to.as_usize() && k != self.me.as_usize())
+            .filter(|&k| SignerIndex::try_from(k).is_ok_and(|ks| self.needs_join_of(to, ks)))
+            .filter_map(|k| self.joins[k].as_ref().map(|(_, e)| e.clone()))
+            .collect();
+        if !envs.is_empty() {
+            self.send_to(out, [to], envs);
+        }
+    }
+
+    fn send_to(
+        &self,
+        out: &mut Vec<Output>,
+        targets: impl IntoIterator<Item = SignerIndex>,
+        envelopes: Vec<SignedEnvelope>,
+    ) {
+        for t in targets {
+            if t == self.me {
+                continue;
+            }
+            if let Some(peer) = self.peer_of(t) {
+                out.push(Output::Send {
+                    to: peer,
+                    envelopes: envelopes.clone(),
+                });
+            }
+        }
+    }
+}
+
+/// How many signers' slots hold a contribution.
+fn filled<T>(slots: &[Option<T>]) -> usize {
+    slots.iter().filter(|s| s.is_some()).count()
+}
+
+/// Whether every signer's slot holds a contribution.
+fn all_filled<T>(slots: &[Option<T>]) -> bool {
+    slots.iter().all(Option::is_some)
+}
+
+/// The attempt a contribution belongs to.
+fn body_attempt(body: &Body) -> Option<Attempt> {
+    match body {
+        Body::NonceCommit { attempt, .. }
+        | Body::Nonce { attempt, .. }
+        | Body::PartialSig { attempt, .. }
+        | Body::AggregateNonce { attempt, .. } => Some(*attempt),
+        _ => None,
+    }
+}
+
+/// The core's view of a wire nonce, reusing the points the proto layer already parsed.
+fn pubnonce_of(bytes: &PubNonceBytes) -> PubNonce {
+    let [r1, r2] = bytes.points();
+    PubNonce::from_points(r1, r2)
+}
+
+mod inbound;
+mod records;
+mod rounds;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,382 @@
+//! The phases: nonce generation, commitments and reveals, the star coordinator's aggregate
+//! nonce, signing, aggregation with blame, and the end of a session.
+
+use super::*;
+
+impl SessionMachine {
+    /// Moves through as many phases as the collected contributions allow.
+    pub(super) fn advance<R: rand::CryptoRng + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        rng: &mut R,
+        out: &mut Vec<Output>,
+    ) {
+        loop {
+            let before = self.phase;
+            match self.phase {
+                Phase::Joined if self.holdouts().is_empty() => self.start_round1(now_ms, rng, out),
+                Phase::NonceCommit if all_filled(&self.commits) => self.reveal(now_ms, out),
+                Phase::Nonce if all_filled(&self.nonces) => self.sign_round2(now_ms, out),
+                Phase::PartialSig if all_filled(&self.psigs) => self.aggregate(now_ms, out),
+                _ => {}
+            }
+            if self.phase == before {
+                break;
+            }
+        }
+    }
+
+    pub(super) fn start_round1<R: rand::CryptoRng + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        rng: &mut R,
+        out: &mut Vec<Output>,
+    ) {
+        let sk = self.keypair.secret_key();
+        let mut extra = Vec::with_capacity(34);
+        extra.extend_from_slice(self.id.as_bytes());
+        extra.extend_from_slice(&self.attempt.get().to_be_bytes());
+        let generated = NonceGen::new(self.keypair.public_key())
+            .secret_key(&sk)
+            .key_agg(&self.key_agg)
+            .message(&self.ann.announcement().message)
+            .extra_input(&extra)
+            .generate(rng);
+        let (secnonce, pubnonce) = match generated {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::error!(session = %self.id, error = %e, "nonce generation failed");
+                self.abort(now_ms, AbortReason::Internal, Vec::new(), out);
+                return;
+            }
+        };
+        let Ok(nonce_bytes) = PubNonceBytes::from_bytes(pubnonce.to_bytes()) else {
+            self.abort(now_ms, AbortReason::Internal, Vec::new(), out);
+            return;
+        };
+        self.secnonce = Some(secnonce);
+        self.my_nonce = Some(nonce_bytes);
+        // With announced peers round 1 can start before everyone joined; a signer's first
+        // contribution is then its join, and it has the whole join window for it: the phase
+        // counts as starting no earlier than `nonce_timeout` before the window ends.
+        let a = self.ann.announcement();
+        let join_end = a.created_at_ms.saturating_add(a.policy.timeouts.join_ms);
+        let phase_start = now_ms.max(join_end.saturating_sub(self.nonce_timeout_ms));
+        if self.commit_round {
+            let commitment =
+                NonceCommitment::compute(&self.id, self.me, self.attempt, &nonce_bytes);
+            let env = self.sign(
+                now_ms,
+                Body::NonceCommit {
+                    attempt: self.attempt,
+                    commitment,
+                },
+            );
+            self.commits[self.me.as_usize()] = Some((commitment, env.clone()));
+            let targets = self.round_targets();
+            self.send_to(out, targets, vec![env]);
+            self.enter(Phase::NonceCommit, phase_start, self.nonce_timeout_ms);
+        } else {
+            self.publish_nonce(now_ms, out);
+            self.enter(Phase::Nonce, phase_start, self.nonce_timeout_ms);
+        }
+    }
+
+    /// All commitments are in: the star coordinator shares them; everyone reveals.
+    pub(super) fn reveal(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        if self.is_star_coordinator() {
+            let commits: Vec<SignedEnvelope> = self
+                .commits
+                .iter()
+                .flatten()
+                .map(|(_, env)| env.clone())
+                .collect();
+            for k in self.others() {
+                let for_k: Vec<SignedEnvelope> = commits
+                    .iter()
+                    .filter(|e| e.envelope().signer() != k)
+                    .cloned()
+                    .collect();
+                self.send_to(out, [k], for_k);
+            }
+        }
+        self.publish_nonce(now_ms, out);
+        self.enter(Phase::Nonce, now_ms, self.nonce_timeout_ms);
+    }
+
+    pub(super) fn publish_nonce(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        let Some(nonce) = self.my_nonce else { return };
+        let env = self.sign(
+            now_ms,
+            Body::Nonce {
+                attempt: self.attempt,
+                pub_nonce: nonce,
+            },
+        );
+        if self.is_star_coordinator() {
+            // The aggregate-nonce message carries our own signed nonce too.
+            self.verified_nonces[self.me.as_usize()] = env.verify(&self.ann).ok();
+        }
+        self.nonces[self.me.as_usize()] = Some((nonce, env.clone()));
+        match self.topology {
+            // Each reveal travels with the commitments it was made after: a signer whose
+            // commitment reached only some of us cannot leave the others stuck in round 0 (and
+            // blamed by those who moved on), and two commitments from one signer are caught.
+            Topology::Mesh if self.commit_round => {
+                for k in self.others().collect::<Vec<_>>() {
+                    let mut batch: Vec<SignedEnvelope> = self
+                        .commits
+                        .iter()
+                        .flatten()
+                        .map(|(_, e)| e)
+                        .filter(|e| {
+                            let author = e.envelope().signer();
+                            author != k && author != self.me
+                        })
+                        .cloned()
+                        .collect();
+                    batch.push(env.clone());
+                    self.send_to(out, [k], batch);
+                }
+            }
+            _ if !self.is_star_coordinator() => {
+                let targets = self.round_targets();
+                self.send_to(out, targets, vec![env]);
+            }
+            _ => {}
+        }
+    }
+
+    /// All nonces are in: fix the session context, sign, and send the partial signature.
+    pub(super) fn sign_round2(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        if self.is_star_coordinator() {
+            let envs: Option<Vec<VerifiedEnvelope>> =
+                self.verified_nonces.iter().cloned().collect();
+            let body =
+                envs.and_then(|envs| Body::aggregate_nonce(&self.ann, self.attempt, &envs).ok());
+            let Some(body) = body else {
+                self.abort(now_ms, AbortReason::Internal, Vec::new(), out);
+                return;
+            };
+            let env = self.sign(now_ms, body);
+            let others: Vec<SignerIndex> = self.others().collect();
+            self.send_to(out, others, vec![env.clone()]);
+            self.aggnonce_sent = Some(env);
+        }
+        let pubnonces: Option<Vec<PubNonce>> = self
+            .nonces
+            .iter()
+            .map(|s| s.as_ref().map(|(b, _)| pubnonce_of(b)))
+            .collect();
+        let Some(pubnonces) = pubnonces else {
+            self.abort(now_ms, AbortReason::InvalidNonce, Vec::new(), out);
+            return;
+        };
+        let context = SessionContext::new(
+            &self.key_agg,
+            &AggNonce::aggregate(&pubnonces),
+            &self.ann.announcement().message,
+        );
+        if !self.nonces_announced {
+            self.nonces_announced = true;
+            out.push(Output::Event(Event::NoncesComplete { session: self.id }));
+        }
+        let Some(secnonce) = self.secnonce.take() else {
+            self.abort(now_ms, AbortReason::Internal, Vec::new(), out);
+            return;
+        };
+        let psig = match context.sign(secnonce, &self.keypair) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(session = %self.id, error = %e, "signing failed");
+                self.abort(now_ms, AbortReason::Internal, Vec::new(), out);
+                return;
+            }
+        };
+        self.context = Some(context);
+        let Ok(psig_bytes) = PartialSigBytes::from_bytes(psig.to_bytes()) else {
+            self.abort(now_ms, AbortReason::Internal, Vec::new(), out);
+            return;
+        };
+        let env = self.sign(
+            now_ms,
+            Body::PartialSig {
+                attempt: self.attempt,
+                partial_sig: psig_bytes,
+            },
+        );
+        self.psigs[self.me.as_usize()] = Some((psig_bytes, env.clone()));
+        self.send_partial_sig(env, out);
+        self.enter(Phase::PartialSig, now_ms, self.partial_sig_timeout_ms);
+    }
+
+    /// Sends our partial signature where the topology wants it.
+    pub(super) fn send_partial_sig(&self, env: SignedEnvelope, out: &mut Vec<Output>) {
+        match self.topology {
+            Topology::Mesh => {
+                // Each partial signature travels with the nonces it was made under: a signer who
+                // sent different nonces to different peers is caught (and blamed) before anyone
+                // misattributes the resulting invalid partial signatures.
+                for k in self.others() {
+                    let mut batch: Vec<SignedEnvelope> = self
+                        .nonces
+                        .iter()
+                        .flatten()
+                        .map(|(_, e)| e)
+                        .filter(|e| e.envelope().signer() != k)
+                        .cloned()
+                        .collect();
+                    batch.push(env.clone());
+                    self.send_to(out, [k], batch);
+                }
+            }
+            Topology::Star if !self.is_star_coordinator() => {
+                self.send_to(out, [self.coordinator], vec![env]);
+            }
+            Topology::Star => {}
+        }
+    }
+
+    /// All partial signatures are in: aggregate with the core's fast path, blame on failure.
+    pub(super) fn aggregate(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        let Some(context) = &self.context else { return };
+        if !self.psigs_announced {
+            self.psigs_announced = true;
+            out.push(Output::Event(Event::PartialSignaturesComplete {
+                session: self.id,
+            }));
+        }
+        let mut blamed = Vec::new();
+        let mut psigs = Vec::with_capacity(self.n);
+        for (i, slot) in self.psigs.iter().enumerate() {
+            let parsed = slot
+                .as_ref()
+                .and_then(|(b, _)| PartialSignature::from_bytes(&b.to_bytes()).ok());
+            match parsed {
+                Some(p) => psigs.push(p),
+                None => blamed.extend(SignerIndex::try_from(i).ok()),
+            }
+        }
+        let pubnonces: Vec<PubNonce> = self
+            .nonces
+            .iter()
+            .filter_map(|s| s.as_ref().map(|(b, _)| pubnonce_of(b)))
+            .collect();
+        let result = if blamed.is_empty() {
+            context.aggregate_and_verify(&psigs, &pubnonces)
+        } else {
+            Err(musig2_core::Error::InvalidPartialSignatures {
+                signers: blamed.iter().map(|s| s.as_usize()).collect(),
+            })
+        };
+        match result {
+            Ok(sig) => {
+                if self.is_star_coordinator() {
+                    let env = self.sign(
+                        now_ms,
+                        Body::FinalSignature {
+                            attempt: self.attempt,
+                            signature: sig.to_byte_array(),
+                        },
+                    );
+                    let others: Vec<SignerIndex> = self.others().collect();
+                    self.send_to(out, others, vec![env.clone()]);
+                    self.final_env = Some(env);
+                }
+                self.finish(sig, now_ms, out);
+            }
+            Err(e) => {
+                let culprits: Vec<SignerIndex> = e
+                    .culprits()
+                    .into_iter()
+                    .filter_map(|i| SignerIndex::try_from(i).ok())
+                    .collect();
+                if self.is_star_coordinator() {
+                    // Hand every signer the evidence so each finds the same culprits itself.
+                    let evidence: Vec<SignedEnvelope> = self
+                        .psigs
+                        .iter()
+                        .flatten()
+                        .map(|(_, env)| env.clone())
+                        .collect();
+                    let others: Vec<SignerIndex> = self.others().collect();
+                    for k in others {
+                        self.send_to(out, [k], evidence.clone());
+                    }
+                }
+                self.abort(now_ms, AbortReason::InvalidPartialSig, culprits, out);
+            }
+        }
+    }
+
+    pub(super) fn finish(&mut self, sig: schnorr::Signature, now_ms: u64, out: &mut Vec<Output>) {
+        if self.phase.is_terminal() {
+            return;
+        }
+        self.phase = Phase::Done;
+        self.phase_deadline_ms = None;
+        self.secnonce = None;
+        self.signature = Some(sig);
+        self.record(Record::Outcome {
+            session: self.id,
+            outcome: Outcome::Signed(sig),
+            at_ms: now_ms,
+        });
+        out.push(Output::Event(Event::SignatureReady {
+            session: self.id,
+            signature: sig,
+        }));
+    }
+
+    pub(super) fn abort(
+        &mut self,
+        now_ms: u64,
+        reason: AbortReason,
+        blamed: Vec<SignerIndex>,
+        out: &mut Vec<Output>,
+    ) {
+        if self.phase.is_terminal() {
+            return;
+        }
+        let joined = self.phase != Phase::Created;
+        // Evidence found before we joined (e.g. an equivocation we saw early) is still told to
+        // the others: silently leaving would make them time out blaming us.
+        let evidence = !matches!(
+            reason,
+            AbortReason::Timeout | AbortReason::Expired | AbortReason::Cancelled
+        );
+        self.phase = Phase::Aborted;
+        self.phase_deadline_ms = None;
+        // Dropping the secret nonce erases it; it can never be used again.
+        self.secnonce = None;
+        if joined || evidence {
+            let env = self.sign(
+                now_ms,
+                Body::Abort {
+                    reason,
+                    blamed: blamed.first().copied(),
+                },
+            );
+            let others: Vec<SignerIndex> = self.others().collect();
+            self.send_to(out, others, vec![env.clone()]);
+            self.final_env = Some(env);
+        }
+        tracing::info!(session = %self.id, ?reason, ?blamed, "session aborted");
+        self.record(Record::Outcome {
+            session: self.id,
+            outcome: Outcome::Aborted {
+                reason,
+                blamed: blamed.clone(),
+                origin: AbortOrigin::Local,
+            },
+            at_ms: now_ms,
+        });
+        self.aborted = Some((reason, blamed.clone(), AbortOrigin::Local));
+        out.push(Output::Event(Event::Aborted {
+            session: self.id,
+            reason,
+            blamed,
+            origin: AbortOrigin::Local,
+        }));
+    }
+}
