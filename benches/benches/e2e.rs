@@ -480,6 +480,7 @@ async fn memory_throughput_with(
         // not see them evicted from its un-joined pool before it joins.
         max_unjoined_per_creator: 2 * in_flight,
         max_unjoined_sessions: 2 * in_flight,
+        max_active_per_creator: 4 * in_flight,
         // A trusted pair running hundreds of sessions a second: the announcement budgets that
         // stop an outsider's flood would hold back an honest creator this busy.
         announcement_bytes_per_peer_per_sec: 1 << 20,

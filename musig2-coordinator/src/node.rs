@@ -720,6 +720,8 @@ struct Staged {
     /// (session, peer, envelopes): one batch frame per entry (a batch holds one session).
     sends: Vec<(SessionId, PeerId, Vec<SignedEnvelope>)>,
     events: Vec<Event>,
+    /// Callers to answer once the records are stored.
+    replies: Vec<(oneshot::Sender<Result<()>>, Result<()>)>,
 }
 
 impl Staged {
@@ -728,6 +730,7 @@ impl Staged {
             && self.later.is_empty()
             && self.sends.is_empty()
             && self.events.is_empty()
+            && self.replies.is_empty()
     }
 }
 
@@ -846,11 +849,28 @@ impl Actor {
             // Group commit: what else has arrived joins this step's records in one store
             // transaction.
             if !self.staged.records.is_empty() || !self.staged.later.is_empty() {
+                let mut stop = false;
                 for _ in 0..MAX_GROUP_FRAMES {
-                    match futures::FutureExt::now_or_never(self.transport.recv()) {
-                        Some(Ok(inbound)) => self.handle_frame(inbound.from, inbound.frame).await,
-                        _ => break,
+                    let mut took = false;
+                    if let Some(Ok(inbound)) =
+                        futures::FutureExt::now_or_never(self.transport.recv())
+                    {
+                        self.handle_frame(inbound.from, inbound.frame).await;
+                        took = true;
                     }
+                    if let Ok(command) = commands.try_recv() {
+                        took = true;
+                        if !self.handle_command(command).await {
+                            stop = true;
+                            break;
+                        }
+                    }
+                    if !took {
+                        break;
+                    }
+                }
+                if stop {
+                    break;
                 }
             }
             self.flush().await;
@@ -947,14 +967,12 @@ impl Actor {
                 reply,
             } => {
                 let result = self.insert(*announcement, created_here, now).await;
-                self.flush().await;
-                let _ = reply.send(result);
+                self.staged.replies.push((reply, result));
             }
             Command::Join { session, reply } => {
                 let result = self.join(session, now).await;
                 // The caller hears "joined" once the join is stored (and sent).
-                self.flush().await;
-                let _ = reply.send(result);
+                self.staged.replies.push((reply, result));
             }
             Command::Lookup { session, reply } => {
                 let known = self
@@ -1611,6 +1629,9 @@ impl Actor {
         for event in std::mem::take(&mut staged.events) {
             self.on_event(event);
         }
+        for (reply, result) in std::mem::take(&mut staged.replies) {
+            let _ = reply.send(result);
+        }
         if self.deferred.len() >= MAX_DEFERRED_RECORDS {
             self.commit_deferred().await;
         }
@@ -1662,17 +1683,12 @@ impl Actor {
             return Ok(());
         }
         let store = self.store.clone();
+        let stats = self.stats.clone();
         let work = move || -> Result<()> {
-            let mut store = store
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if !records.is_empty() {
-                store.commit(&records)?;
-            }
-            if !purge.is_empty() {
-                store.remove(&purge)?;
-            }
-            Ok(())
+            let started = std::time::Instant::now();
+            let result = commit_to(&store, &records, &purge);
+            stats.store_commit(started.elapsed(), result.is_ok());
+            result
         };
         if self.durable {
             tokio::task::spawn_blocking(work)
@@ -1844,4 +1860,18 @@ impl Actor {
             self.stats.send_failed();
         }
     }
+}
+
+/// One store transaction for `records`, then one forgetting `purge`.
+fn commit_to(store: &SharedStore, records: &[Record], purge: &[SessionId]) -> Result<()> {
+    let mut store = store
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !records.is_empty() {
+        store.commit(records)?;
+    }
+    if !purge.is_empty() {
+        store.remove(purge)?;
+    }
+    Ok(())
 }

@@ -15,6 +15,9 @@ pub(crate) struct NodeStats {
     frames_out: AtomicU64,
     send_failures: AtomicU64,
     peers_blocked: AtomicU64,
+    store_commits: AtomicU64,
+    store_commit_micros: AtomicU64,
+    store_failures: AtomicU64,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -30,6 +33,12 @@ pub struct StatsSnapshot {
     pub send_failures: u64,
     /// Times a peer was blocked for repeated offences.
     pub peers_blocked: u64,
+    /// Session-store transactions committed.
+    pub store_commits: u64,
+    /// Their total duration, in microseconds (with `store_commits`: the mean commit latency).
+    pub store_commit_micros: u64,
+    /// Session-store transactions that failed.
+    pub store_failures: u64,
     /// Frames or envelopes rejected, by reason (`undecodable_frame`, `invalid_announcement`,
     /// `duplicate`, `bad_signature_or_encoding`, `unbound_peer`, ...).
     pub rejected: BTreeMap<&'static str, u64>,
@@ -52,6 +61,17 @@ impl NodeStats {
         self.peers_blocked.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn store_commit(&self, took: std::time::Duration, ok: bool) {
+        if ok {
+            self.store_commits.fetch_add(1, Ordering::Relaxed);
+            let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+            self.store_commit_micros
+                .fetch_add(micros, Ordering::Relaxed);
+        } else {
+            self.store_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn rejected(&self, reason: &'static str) {
         let mut map = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
         *map.entry(reason).or_insert(0) += 1;
@@ -63,6 +83,9 @@ impl NodeStats {
             frames_out: self.frames_out.load(Ordering::Relaxed),
             send_failures: self.send_failures.load(Ordering::Relaxed),
             peers_blocked: self.peers_blocked.load(Ordering::Relaxed),
+            store_commits: self.store_commits.load(Ordering::Relaxed),
+            store_commit_micros: self.store_commit_micros.load(Ordering::Relaxed),
+            store_failures: self.store_failures.load(Ordering::Relaxed),
             rejected: self
                 .rejected
                 .lock()

@@ -52,6 +52,9 @@ pub struct Metrics {
     rejected: Family<Labels, Counter>,
     send_failures: Counter,
     blocks: Counter,
+    store_commits: Counter,
+    store_commit_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    store_failures: Counter,
     /// The node's counters at the last scrape (the Prometheus counters move by the difference).
     last: Arc<Mutex<StatsSnapshot>>,
     blocked_peers: Gauge,
@@ -93,6 +96,9 @@ impl Metrics {
             rejected: Family::default(),
             send_failures: Counter::default(),
             blocks: Counter::default(),
+            store_commits: Counter::default(),
+            store_commit_seconds: Counter::default(),
+            store_failures: Counter::default(),
             last: Arc::default(),
             blocked_peers: Gauge::default(),
             connected_peers: Gauge::default(),
@@ -140,6 +146,21 @@ impl Metrics {
             "send_failures",
             "Frames given up on after every retry",
             metrics.send_failures.clone(),
+        );
+        sub.register(
+            "store_commits",
+            "Session-store transactions committed",
+            metrics.store_commits.clone(),
+        );
+        sub.register(
+            "store_commit_seconds",
+            "Time spent in session-store commits (divide by store_commits for the mean latency)",
+            metrics.store_commit_seconds.clone(),
+        );
+        sub.register(
+            "store_failures",
+            "Session-store transactions that failed",
+            metrics.store_failures.clone(),
         );
         sub.register(
             "peer_blocks",
@@ -308,6 +329,12 @@ impl Metrics {
                 .inc_by(delta(now.send_failures, last.send_failures));
             self.blocks
                 .inc_by(delta(now.peers_blocked, last.peers_blocked));
+            self.store_commits
+                .inc_by(delta(now.store_commits, last.store_commits));
+            self.store_commit_seconds
+                .inc_by(delta(now.store_commit_micros, last.store_commit_micros) as f64 / 1e6);
+            self.store_failures
+                .inc_by(delta(now.store_failures, last.store_failures));
             for (reason, count) in &now.rejected {
                 let old = last.rejected.get(reason).copied().unwrap_or(0);
                 self.rejected
