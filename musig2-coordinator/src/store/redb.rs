@@ -37,6 +37,33 @@ const ENVELOPE_IDS: TableDefinition<'_, EnvelopeIdKey, ()> = TableDefinition::ne
 /// Key of [`ENVELOPE_IDS`].
 type EnvelopeIdKey = ([u8; 32], [u8; 32], [u8; 64]);
 
+/// The four tables, open for writing in one transaction.
+struct WriteTables<'txn> {
+    sessions: redb::Table<'txn, [u8; 32], &'static [u8]>,
+    announcements: redb::Table<'txn, [u8; 32], &'static [u8]>,
+    envelopes: redb::Table<'txn, ([u8; 32], u32), &'static [u8]>,
+    envelope_ids: redb::Table<'txn, EnvelopeIdKey, ()>,
+}
+
+impl<'txn> WriteTables<'txn> {
+    fn open(txn: &'txn redb::WriteTransaction) -> Result<Self> {
+        Ok(WriteTables {
+            sessions: txn
+                .open_table(SESSIONS)
+                .map_err(store_err("opening table sessions"))?,
+            announcements: txn
+                .open_table(ANNOUNCEMENTS)
+                .map_err(store_err("opening table announcements"))?,
+            envelopes: txn
+                .open_table(ENVELOPES)
+                .map_err(store_err("opening table envelopes"))?,
+            envelope_ids: txn
+                .open_table(ENVELOPE_IDS)
+                .map_err(store_err("opening table envelope_ids"))?,
+        })
+    }
+}
+
 /// Leading byte of every meta value, so a later layout can be told apart.
 const FORMAT_V1: u8 = 1;
 
@@ -123,16 +150,7 @@ impl RedbStore {
         let store = RedbStore { db, path, limits };
         // Create the tables now, so that reads never meet a missing table.
         let txn = store.begin_write()?;
-        {
-            txn.open_table(SESSIONS)
-                .map_err(store_err("creating table sessions"))?;
-            txn.open_table(ANNOUNCEMENTS)
-                .map_err(store_err("creating table announcements"))?;
-            txn.open_table(ENVELOPES)
-                .map_err(store_err("creating table envelopes"))?;
-            txn.open_table(ENVELOPE_IDS)
-                .map_err(store_err("creating table envelope_ids"))?;
-        }
+        WriteTables::open(&txn)?;
         txn.commit().map_err(store_err("creating tables"))?;
         Ok(store)
     }
@@ -304,18 +322,12 @@ impl SessionStore for RedbStore {
         // Dropping the transaction on any error below aborts it: nothing of the commit stays.
         let txn = self.begin_write()?;
         {
-            let mut sessions = txn
-                .open_table(SESSIONS)
-                .map_err(store_err("opening table sessions"))?;
-            let mut announcements = txn
-                .open_table(ANNOUNCEMENTS)
-                .map_err(store_err("opening table announcements"))?;
-            let mut envelopes = txn
-                .open_table(ENVELOPES)
-                .map_err(store_err("opening table envelopes"))?;
-            let mut envelope_ids = txn
-                .open_table(ENVELOPE_IDS)
-                .map_err(store_err("opening table envelope_ids"))?;
+            let WriteTables {
+                mut sessions,
+                mut announcements,
+                mut envelopes,
+                mut envelope_ids,
+            } = WriteTables::open(&txn)?;
 
             // All or none: every record's session is held or introduced in this call.
             let introduced: HashSet<SessionId> = records
@@ -493,18 +505,12 @@ impl SessionStore for RedbStore {
         }
         let txn = self.begin_write()?;
         {
-            let mut metas = txn
-                .open_table(SESSIONS)
-                .map_err(store_err("opening table sessions"))?;
-            let mut announcements = txn
-                .open_table(ANNOUNCEMENTS)
-                .map_err(store_err("opening table announcements"))?;
-            let mut envelopes = txn
-                .open_table(ENVELOPES)
-                .map_err(store_err("opening table envelopes"))?;
-            let mut envelope_ids = txn
-                .open_table(ENVELOPE_IDS)
-                .map_err(store_err("opening table envelope_ids"))?;
+            let WriteTables {
+                sessions: mut metas,
+                mut announcements,
+                mut envelopes,
+                mut envelope_ids,
+            } = WriteTables::open(&txn)?;
             for id in sessions {
                 let key = id.to_bytes();
                 metas.remove(key).map_err(store_err("removing a session"))?;
