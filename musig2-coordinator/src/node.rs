@@ -189,7 +189,7 @@ pub struct NodeUsage {
     pub active_sessions: usize,
     /// Sessions announced to us and not joined (≤ `max_unjoined_sessions`).
     pub unjoined_sessions: usize,
-    /// Finished sessions kept for late queries (≤ `max_concurrent_sessions`).
+    /// Finished sessions kept for late queries (≤ `max_finished_sessions`, for at most `finished_session_retention`).
     pub finished_sessions: usize,
     /// Frames buffered for unknown sessions (≤ `max_pending_frames`).
     pub pending_frames: usize,

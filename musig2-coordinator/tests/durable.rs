@@ -74,14 +74,15 @@ impl Cluster {
         self.network.crash(self.peers[i]).unwrap();
         // Let the old node task see its transport close and stop.
         tokio::time::sleep(Duration::from_millis(10)).await;
+        let store = self.stores[i].clone();
+        self.respawn(i, store);
+    }
+
+    /// Starts crashed node `i` again (same peer id and key) on `store`.
+    fn respawn(&mut self, i: usize, store: impl SessionStore) {
         let transport = self.network.restart(self.peers[i]).unwrap();
-        self.nodes[i] = Node::spawn_with_store(
-            Arc::new(transport),
-            self.keypairs[i],
-            config(),
-            self.stores[i].clone(),
-        )
-        .unwrap();
+        self.nodes[i] =
+            Node::spawn_with_store(Arc::new(transport), self.keypairs[i], config(), store).unwrap();
     }
 
     /// Node 2 hears nothing from the others: it joins, sends its round-1 message (if the round
@@ -250,14 +251,8 @@ async fn a_node_restarted_after_the_others_aborted_learns_the_end_and_blames_no_
     assert!(matches!(err, CoordinatorError::Aborted { .. }));
     c.network.clear_faults();
     tokio::time::sleep(Duration::from_millis(10)).await;
-    let transport = c.network.restart(c.peers[2]).unwrap();
-    c.nodes[2] = Node::spawn_with_store(
-        Arc::new(transport),
-        c.keypairs[2],
-        config(),
-        c.stores[2].clone(),
-    )
-    .unwrap();
+    let store = c.stores[2].clone();
+    c.respawn(2, store);
     let mut events = c.nodes[2].events();
     match c.nodes[2].wait_for_signature(id).await {
         Err(CoordinatorError::Aborted { origin, .. }) => {
@@ -458,7 +453,6 @@ async fn run_with_crash(
     // The victim runs on a crashing wrapper around its store.
     c.network.crash(c.peers[victim]).unwrap();
     tokio::time::sleep(Duration::from_millis(1)).await;
-    let transport = c.network.restart(c.peers[victim]).unwrap();
     let crashing = CrashingStore {
         inner: c.stores[victim].clone(),
         commits: commits.clone(),
@@ -466,9 +460,7 @@ async fn run_with_crash(
         network: c.network.clone(),
         peer: c.peers[victim],
     };
-    c.nodes[victim] =
-        Node::spawn_with_store(Arc::new(transport), c.keypairs[victim], config(), crashing)
-            .unwrap();
+    c.respawn(victim, crashing);
     let message = format!("crash {topology:?} {commit} {victim} {crash_at}");
     let id = c.nodes[0]
         .create_session(c.request(message.as_bytes(), topology, commit))
@@ -491,14 +483,8 @@ async fn run_with_crash(
     let crashed = commits.load(std::sync::atomic::Ordering::SeqCst) >= crash_at;
     if crashed {
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let transport = c.network.restart(c.peers[victim]).unwrap();
-        c.nodes[victim] = Node::spawn_with_store(
-            Arc::new(transport),
-            c.keypairs[victim],
-            config(),
-            c.stores[victim].clone(),
-        )
-        .unwrap();
+        let store = c.stores[victim].clone();
+        c.respawn(victim, store);
         if c.stores[victim].load(&id).unwrap().is_none() {
             c.nodes[victim].join_session(id).await.unwrap();
         }
@@ -581,15 +567,9 @@ async fn a_transcript_exports_verifies_offline_and_imports_finished_or_resumes_u
     c.network.crash(c.peers[2]).unwrap();
     c.network.clear_faults();
     tokio::time::sleep(Duration::from_millis(10)).await;
-    let transport = c.network.restart(c.peers[2]).unwrap();
     c.stores[2] = MemoryStore::new();
-    c.nodes[2] = Node::spawn_with_store(
-        Arc::new(transport),
-        c.keypairs[2],
-        config(),
-        c.stores[2].clone(),
-    )
-    .unwrap();
+    let store = c.stores[2].clone();
+    c.respawn(2, store);
     assert_eq!(c.nodes[2].import_transcript(decoded).await.unwrap(), id);
     let mut sigs = Vec::new();
     for node in &c.nodes {

@@ -2,7 +2,7 @@
 //! `run` processes (on 127.0.0.1), `--json` output one object per line for every command,
 //! exit codes, escaped messages, the join window, contacts and groups, the metrics endpoint.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
@@ -14,7 +14,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{BIN, Out};
+use common::{BIN, Out, scrape};
 
 fn temp_dir(name: &str) -> PathBuf {
     common::temp_dir("op", name)
@@ -119,20 +119,6 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn scrape(url: &str) -> String {
-    let addr = url
-        .trim_start_matches("http://")
-        .trim_end_matches("/metrics");
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect to metrics");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
 }
 
 fn metric(text: &str, name_and_labels: &str) -> Option<f64> {

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{BIN, Out};
+use common::{BIN, Out, scrape};
 
 fn temp_dir(name: &str) -> PathBuf {
     common::temp_dir("restart", name)
@@ -120,21 +120,6 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn scrape(url: &str) -> String {
-    use std::io::{Read, Write};
-    let addr = url
-        .trim_start_matches("http://")
-        .trim_end_matches("/metrics");
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect to metrics");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
 }
 
 /// A node directory with fresh keys; returns (directory, public key, peer id).

@@ -247,21 +247,12 @@ impl SessionMachine {
         now_ms: u64,
         out: &mut Vec<Output>,
     ) {
-        let pubnonces: Option<Vec<PubNonce>> = self
-            .nonces
-            .iter()
-            .map(|s| s.as_ref().map(|(b, _)| pubnonce_of(b)))
-            .collect();
-        let Some(pubnonces) = pubnonces else {
+        let Some(context) = self.context_from_nonces() else {
             // We signed, so every nonce was here; a store that lost them cannot aggregate.
             self.abort(now_ms, AbortReason::Internal, Vec::new(), out);
             return;
         };
-        self.context = Some(SessionContext::new(
-            &self.key_agg,
-            &AggNonce::aggregate(&pubnonces),
-            &self.ann.announcement().message,
-        ));
+        self.context = Some(context);
         self.nonces_announced = true;
         self.aggnonce_received = true;
         // Our join first: it asks the others for what we may have lost.

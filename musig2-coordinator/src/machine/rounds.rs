@@ -163,20 +163,10 @@ impl SessionMachine {
             self.send_to(out, others, vec![env.clone()]);
             self.aggnonce_sent = Some(env);
         }
-        let pubnonces: Option<Vec<PubNonce>> = self
-            .nonces
-            .iter()
-            .map(|s| s.as_ref().map(|(b, _)| pubnonce_of(b)))
-            .collect();
-        let Some(pubnonces) = pubnonces else {
+        let Some(context) = self.context_from_nonces() else {
             self.abort(now_ms, AbortReason::InvalidNonce, Vec::new(), out);
             return;
         };
-        let context = SessionContext::new(
-            &self.key_agg,
-            &AggNonce::aggregate(&pubnonces),
-            &self.ann.announcement().message,
-        );
         if !self.nonces_announced {
             self.nonces_announced = true;
             out.push(Output::Event(Event::NoncesComplete { session: self.id }));
@@ -208,6 +198,20 @@ impl SessionMachine {
         self.psigs[self.me.as_usize()] = Some((psig_bytes, env.clone()));
         self.send_partial_sig(env, out);
         self.enter(Phase::PartialSig, now_ms, self.partial_sig_timeout_ms);
+    }
+
+    /// The signing context of the current attempt, once every signer's nonce is in its slot.
+    pub(super) fn context_from_nonces(&self) -> Option<SessionContext> {
+        let pubnonces: Vec<PubNonce> = self
+            .nonces
+            .iter()
+            .map(|s| s.as_ref().map(|(b, _)| pubnonce_of(b)))
+            .collect::<Option<_>>()?;
+        Some(SessionContext::new(
+            &self.key_agg,
+            &AggNonce::aggregate(&pubnonces),
+            &self.ann.announcement().message,
+        ))
     }
 
     /// Sends our partial signature where the topology wants it.

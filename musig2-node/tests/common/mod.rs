@@ -54,3 +54,19 @@ impl Out {
         value["error"].clone()
     }
 }
+
+/// The body of a `GET /metrics` from `url` (`http://ADDR/metrics`), which must answer 200.
+pub fn scrape(url: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics");
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
