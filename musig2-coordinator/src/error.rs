@@ -14,6 +14,7 @@ pub enum PeerAction {
     Penalize,
 }
 
+
 /// Everything that can go wrong in the coordinator: rejected messages (which name the peer or
 /// signer responsible), session failures, and local errors.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +115,35 @@ pub enum CoordinatorError {
         signer: SignerIndex,
         /// The body kind.
         kind: &'static str,
+    },
+    /// A failover claim its author had no right to make (a position in the election order
+    /// that is not its own, past the announcement's bound, or earlier than any honest claim):
+    /// an offence of its author.
+    #[error("signer {signer} sent an invalid failover claim: {why}")]
+    InvalidClaim {
+        /// The claim's author.
+        signer: SignerIndex,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A failover claim or confirmation that changes nothing here (a copy, one this node has
+    /// moved past, or a competing claim that loses): honest signers send them when their views
+    /// of a deadline differ.
+    #[error("signer {signer}'s {kind} changes nothing here")]
+    Superseded {
+        /// The author.
+        signer: SignerIndex,
+        /// What it was.
+        kind: &'static str,
+    },
+    /// A broadcast confirmation this node cannot make (not its turn, no signature yet, a
+    /// receipt too long, already confirmed).
+    #[error("session {session}: cannot confirm the broadcast: {why}")]
+    Broadcast {
+        /// The session.
+        session: SessionId,
+        /// Why not.
+        why: &'static str,
     },
     /// The session has already finished; the message was ignored.
     #[error("session {0} has finished")]
@@ -222,6 +252,7 @@ impl CoordinatorError {
             // verification: harmless.
             CoordinatorError::Duplicate { .. }
             | CoordinatorError::SessionFinished(_)
+            | CoordinatorError::Superseded { .. }
             // Its author is blamed by the session (which ends); the relay that showed us did
             // right.
             | CoordinatorError::Equivocation { .. } => PeerAction::Ignore,

@@ -127,6 +127,56 @@ pub enum Event {
         /// The session.
         session: SessionId,
     },
+    /// Star topology: the aggregator missed its deadline and the next signer in election order
+    /// took over with a signed claim; the session goes on at a new attempt with fresh nonces
+    /// (not blame: the aggregator may only be slow or cut off).
+    CoordinatorFailover {
+        /// The session.
+        session: SessionId,
+        /// The attempt now current.
+        attempt: musig2_proto::Attempt,
+        /// The aggregator replaced.
+        replaced: SignerIndex,
+        /// The new aggregator.
+        coordinator: SignerIndex,
+    },
+    /// The session has its signature and it is this node's turn to act on it (e.g. publish the
+    /// transaction): call [`Node::confirm_finalized`](crate::Node::confirm_finalized) once done.
+    /// If no confirmation reaches the signers by the broadcast deadline, the next signer in
+    /// election order is asked.
+    FinalizeDue {
+        /// The session.
+        session: SessionId,
+        /// The final signature.
+        signature: schnorr::Signature,
+        /// This node's position in the election order (0: the first coordinator).
+        position: u16,
+    },
+    /// A coordinator confirmed the broadcast (this node, or another signer's signed
+    /// confirmation).
+    BroadcastConfirmed {
+        /// The session.
+        session: SessionId,
+        /// Who confirmed.
+        by: SignerIndex,
+        /// The application's receipt (e.g. a txid), at most 256 bytes.
+        receipt: Vec<u8>,
+    },
+    /// The coordinator whose turn it was did not confirm the broadcast by its deadline; the
+    /// next in election order is asked.
+    BroadcastFailover {
+        /// The session.
+        session: SessionId,
+        /// Whose turn it was.
+        failed: SignerIndex,
+        /// Whose turn it is now.
+        next: SignerIndex,
+    },
+    /// No coordinator the failover order allows confirmed the broadcast in time.
+    BroadcastExhausted {
+        /// The session.
+        session: SessionId,
+    },
 }
 
 impl Event {
@@ -146,7 +196,12 @@ impl Event {
             | Event::SessionEvicted { session, .. }
             | Event::ParticipantDisconnected { session, .. }
             | Event::AttemptStarted { session, .. }
-            | Event::SessionResumed { session } => *session,
+            | Event::SessionResumed { session }
+            | Event::CoordinatorFailover { session, .. }
+            | Event::FinalizeDue { session, .. }
+            | Event::BroadcastConfirmed { session, .. }
+            | Event::BroadcastFailover { session, .. }
+            | Event::BroadcastExhausted { session } => *session,
         }
     }
 }

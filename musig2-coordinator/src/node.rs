@@ -159,6 +159,11 @@ enum Command {
         session: SessionId,
         reply: oneshot::Sender<Result<()>>,
     },
+    ConfirmFinalized {
+        session: SessionId,
+        receipt: Vec<u8>,
+        reply: oneshot::Sender<Result<()>>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -555,6 +560,19 @@ impl Node {
     pub async fn cancel_session(&self, session: SessionId) -> Result<()> {
         self.call(|reply| Command::Cancel { session, reply })
             .await?
+    }
+
+    /// Confirms that this node acted on a session's signature (after
+    /// [`Event::FinalizeDue`]: e.g. it published the transaction), with an opaque receipt of at
+    /// most 256 bytes (e.g. a txid). The other signers get a signed `BroadcastConfirmed`, which
+    /// ends the broadcast failover. Refused when it is not (and was not) this node's turn.
+    pub async fn confirm_finalized(&self, session: SessionId, receipt: Vec<u8>) -> Result<()> {
+        self.call(|reply| Command::ConfirmFinalized {
+            session,
+            receipt,
+            reply,
+        })
+        .await?
     }
 
     /// Everything the store holds about a session (announcement, every envelope verified or
@@ -1042,6 +1060,19 @@ impl Actor {
                 };
                 let _ = reply.send(result);
             }
+            Command::ConfirmFinalized {
+                session,
+                receipt,
+                reply,
+            } => {
+                let result = match self.sessions.get_mut(&session) {
+                    None => Err(CoordinatorError::UnknownSession(session)),
+                    Some(m) => m.confirm_finalized(receipt, now).map(|outputs| {
+                        self.process(outputs);
+                    }),
+                };
+                let _ = reply.send(result);
+            }
             Command::Shutdown { reply } => {
                 // Tell the others now, rather than leave them to a deadline that blames us.
                 let live: Vec<SessionId> = self
@@ -1349,6 +1380,8 @@ impl Actor {
                         .await;
                     return;
                 }
+                // After the signature, broadcast confirmations and claims still count.
+                Some(m) if m.phase().is_terminal() && m.open_to_confirmation() => {}
                 Some(m) if m.phase().is_terminal() => {
                     // A signer that restarted asks with its join: tell it how the session ended.
                     if m.is_join_replay(&header) {
@@ -1380,6 +1413,7 @@ impl Actor {
                     self.buffer_pending(from, session, bytes, now).await;
                     return;
                 }
+                Some(m) if m.phase().is_terminal() && m.open_to_confirmation() => {}
                 Some(m) if m.phase().is_terminal() => {
                     // A restarted signer's batch starts with its join (decoding costs no
                     // signature check, and the answers are bounded per signer).
@@ -1538,7 +1572,7 @@ impl Actor {
             .collect();
         for id in due {
             if let Some(m) = self.sessions.get_mut(&id) {
-                let outputs = m.tick(now);
+                let outputs = m.tick(now, &mut self.rng);
                 self.process(outputs);
             }
         }

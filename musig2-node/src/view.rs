@@ -151,6 +151,7 @@ pub fn reason_name(reason: AbortReason) -> &'static str {
         AbortReason::Internal => "internal",
         AbortReason::Misrouted => "misrouted",
         AbortReason::Restarted => "restarted",
+        AbortReason::InvalidClaim => "invalid_claim",
         #[allow(unreachable_patterns)]
         _ => "other",
     }
@@ -166,7 +167,9 @@ pub fn reason_text(reason: AbortReason) -> &'static str {
         AbortReason::InvalidPartialSig => "a signer sent an invalid partial signature",
         AbortReason::InvalidAggregateNonce => "the aggregate nonce did not match the signed nonces",
         AbortReason::Equivocation => "a signer sent two different values for one contribution",
-        AbortReason::FailoverExhausted => "every coordinator candidate failed to broadcast",
+        AbortReason::FailoverExhausted => {
+            "every coordinator candidate in the failover order missed its deadline"
+        }
         AbortReason::Cancelled => "a signer's operator cancelled",
         AbortReason::Internal => "an internal error on the aborting node",
         AbortReason::Misrouted => {
@@ -174,6 +177,9 @@ pub fn reason_text(reason: AbortReason) -> &'static str {
         }
         AbortReason::Restarted => {
             "a signer lost a nonce it had sent (crash or restore) and no attempt was left to start again"
+        }
+        AbortReason::InvalidClaim => {
+            "a signer claimed the coordinator role out of turn (wrong position, past the bound, or too early)"
         }
         #[allow(unreachable_patterns)]
         _ => "unknown reason",

@@ -78,6 +78,11 @@ pub struct Policy {
     /// attempt with fresh nonces on every node; past the last, the session aborts (0 counts
     /// as 1).
     pub max_attempts: u16,
+    /// How many times the coordinator role may pass to the next signer in election order (a
+    /// star aggregator that misses a phase deadline, or a coordinator that does not confirm the
+    /// broadcast in time); the role never goes past position `max_failovers` of the order. A
+    /// star failover also starts a new attempt, so `max_attempts` bounds it too.
+    pub max_failovers: u16,
 }
 
 impl Default for Policy {
@@ -88,6 +93,7 @@ impl Default for Policy {
             topology: Topology::Mesh,
             timeouts: Timeouts::default(),
             max_attempts: 3,
+            max_failovers: 2,
         }
     }
 }

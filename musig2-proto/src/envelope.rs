@@ -30,7 +30,8 @@ pub enum AbortReason {
     InvalidAggregateNonce,
     /// A signer sent two different values for the same contribution.
     Equivocation,
-    /// Every coordinator candidate failed to broadcast.
+    /// Every coordinator candidate the failover order allows missed its deadline (star
+    /// aggregation); the blamed signer is the last of them.
     FailoverExhausted,
     /// The signer's operator or application cancelled.
     Cancelled,
@@ -44,6 +45,10 @@ pub enum AbortReason {
     /// no attempt left to start again with fresh nonces (not equivocation: it never signed
     /// twice).
     Restarted,
+    /// The named signer sent a failover claim it had no right to: for a position in the
+    /// election order that is not its own or past the announcement's `max_failovers`, or
+    /// earlier than any honest claim can be.
+    InvalidClaim,
 }
 
 /// Maximum length of the opaque receipt in [`Body::BroadcastConfirmed`].

@@ -98,4 +98,4 @@ pub use types::{
 };
 
 /// The protocol version this crate speaks (first byte of every announcement and envelope).
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;

@@ -46,9 +46,10 @@ fn any_policy() -> impl Strategy<Value = Policy> {
             1u64..=u64::MAX,
         ],
         any::<u16>(),
+        any::<u16>(),
     )
         .prop_map(
-            |(nonce_commitment, election, topology, t, max_attempts)| Policy {
+            |(nonce_commitment, election, topology, t, max_attempts, max_failovers)| Policy {
                 nonce_commitment,
                 election,
                 topology,
@@ -60,6 +61,7 @@ fn any_policy() -> impl Strategy<Value = Policy> {
                     session_ms: t[4],
                 },
                 max_attempts,
+                max_failovers,
             },
         )
 }
@@ -119,7 +121,7 @@ fn any_body() -> impl Strategy<Value = Body> {
             .prop_map(|(attempt, receipt)| Body::BroadcastConfirmed { attempt, receipt }),
         (any_attempt(), any::<u16>())
             .prop_map(|(attempt, rank)| Body::FailoverClaim { attempt, rank }),
-        (0usize..12, proptest::option::of(0..=SignerIndex::MAX)).prop_map(|(r, b)| Body::Abort {
+        (0usize..13, proptest::option::of(0..=SignerIndex::MAX)).prop_map(|(r, b)| Body::Abort {
             reason: [
                 AbortReason::Timeout,
                 AbortReason::Expired,
@@ -133,6 +135,7 @@ fn any_body() -> impl Strategy<Value = Body> {
                 AbortReason::Internal,
                 AbortReason::Misrouted,
                 AbortReason::Restarted,
+                AbortReason::InvalidClaim,
             ][r],
             blamed: b.map(idx),
         }),

@@ -32,6 +32,16 @@ impl SessionMachine {
                 if e.peer_action() == crate::PeerAction::Penalize {
                     self.rejected += 1;
                 }
+                if let CoordinatorError::WrongAttempt {
+                    signer,
+                    expected,
+                    found,
+                } = &e
+                {
+                    if found < expected && self.signer_of(&from) == Some(*signer) {
+                        self.catch_up(*signer, &mut out);
+                    }
+                }
                 // An abort decided while handling (e.g. equivocation) still has to go out.
                 if out.is_empty() { Err(e) } else { Ok(out) }
             }
@@ -45,7 +55,11 @@ impl SessionMachine {
         now_ms: u64,
         out: &mut Vec<Output>,
     ) -> Result<()> {
-        if self.phase.is_terminal() {
+        let after_end = matches!(
+            envelope.envelope().body(),
+            Body::BroadcastConfirmed { .. } | Body::FailoverClaim { .. }
+        ) && self.open_to_confirmation();
+        if self.phase.is_terminal() && !after_end {
             return Err(CoordinatorError::SessionFinished(self.id));
         }
         // Cheap checks first: an exact copy of what we hold costs no verification.
@@ -113,9 +127,14 @@ impl SessionMachine {
         }
         // Judged by its author's signature: a relayed envelope may be as old as the session, and
         // so may the end of the session told to a signer that missed it.
+        // So is a join (a binding, valid for the whole session, sent again when a new
+        // coordinator needs it) and a failover claim (its timing has rules of its own).
         let final_word = matches!(
             verified.body(),
-            Body::Abort { .. } | Body::FinalSignature { .. }
+            Body::Abort { .. }
+                | Body::FinalSignature { .. }
+                | Body::Join { .. }
+                | Body::FailoverClaim { .. }
         );
         if !relayed && !final_word {
             let skew_ms = verified.timestamp_ms().abs_diff(now_ms);
@@ -125,6 +144,7 @@ impl SessionMachine {
         }
         self.replay[signer.as_usize()].record(verified.seq());
         self.remember(signer, verified.seq(), hash, *verified.signed().signature());
+        self.silent_replaced.retain(|&s| s != signer);
         let signed = self.persist.then(|| verified.signed().clone());
         self.apply(verified, now_ms, out)?;
         if let Some(signed) = signed {
@@ -411,24 +431,19 @@ impl SessionMachine {
                     attempt,
                     signer,
                 }));
+                self.earliest_claim_ms = env
+                    .timestamp_ms()
+                    .saturating_sub(self.max_skew_ms.saturating_mul(2))
+                    .saturating_add(self.nonce_timeout_ms);
                 self.new_attempt(attempt, now_ms);
-                let waiting = std::mem::take(&mut self.next_attempt);
-                for early in waiting {
-                    if self.phase.is_terminal() {
-                        break;
-                    }
-                    if let Err(e) = self.apply(early, now_ms, out) {
-                        tracing::debug!(session = %self.id, error = %e, "early contribution dropped");
-                    }
-                }
+                self.attempt_start.push(env.signed().clone());
+                self.apply_waiting(now_ms, out);
             }
-            Body::BroadcastConfirmed { .. } | Body::FailoverClaim { .. } => {
-                // Broadcast confirmation and failover are not part of this node's protocol
-                // version; refuse rather than half-handle them.
-                return Err(CoordinatorError::UnexpectedMessage {
-                    signer,
-                    kind: env.body().kind(),
-                });
+            Body::FailoverClaim { attempt, rank } => {
+                return self.on_claim(env, attempt, rank, now_ms, out);
+            }
+            Body::BroadcastConfirmed { attempt, receipt } => {
+                return self.on_broadcast_confirmed(signer, attempt, receipt, out);
             }
         }
         Ok(())

@@ -143,6 +143,31 @@ pub struct SessionMachine {
     topology: Topology,
     commit_round: bool,
     coordinator: SignerIndex,
+    /// The election order: position 0 coordinates first, the rest take over in turn.
+    order: Vec<SignerIndex>,
+    /// The current coordinator's position in `order`.
+    rank: u16,
+    /// The last position the coordinator role may reach (the announcement's `max_failovers`).
+    max_rank: u16,
+    /// Whether a failover claim set the current attempt's coordinator (else it carried over
+    /// from the attempt before, e.g. through a restart).
+    rank_claimed: bool,
+    /// Star: when the current aggregator's deadline for what we wait for passes on our clock.
+    aggregator_deadline_ms: Option<u64>,
+    /// The earliest time (our clock) an honest signer can claim the next attempt.
+    earliest_claim_ms: u64,
+    /// The lowest-ranked valid claim of the next attempt, waiting for our own deadline.
+    pending_claim: Option<PendingClaim>,
+    /// Rebuilt from the store and still in the attempt it was restored in.
+    restored: bool,
+    /// Aggregators replaced by failover that we have not heard from since.
+    silent_replaced: Vec<SignerIndex>,
+    /// The signed restart and claims that made the current attempt and its coordinator, shown
+    /// to a signer still in an earlier attempt so it can catch up.
+    attempt_start: Vec<SignedEnvelope>,
+    broadcast_ms: u64,
+    /// After the signature: whose turn it is to act on it, and whether someone confirmed.
+    broadcast: Option<Broadcast>,
     nonce_timeout_ms: u64,
     partial_sig_timeout_ms: u64,
     max_skew_ms: u64,
@@ -288,6 +313,12 @@ impl SessionMachine {
         peers[me.as_usize()] = Some(local_peer);
         let order = election_order(a.policy.election, &id, &keys);
         let coordinator = order.first().copied().unwrap_or(me);
+        let max_rank = a
+            .policy
+            .max_failovers
+            .min(u16::try_from(n.saturating_sub(1)).unwrap_or(u16::MAX));
+        let join_end = a.created_at_ms.saturating_add(a.policy.timeouts.join_ms);
+        let max_skew_ms = u64::try_from(config.max_clock_skew.as_millis()).unwrap_or(u64::MAX);
         let session_deadline_ms = a.expires_at_ms.min(
             a.created_at_ms
                 .saturating_add(a.policy.timeouts.join_ms)
@@ -302,9 +333,23 @@ impl SessionMachine {
             topology: a.policy.topology,
             commit_round: a.policy.nonce_commitment,
             coordinator,
+            order,
+            rank: 0,
+            max_rank,
+            rank_claimed: false,
+            aggregator_deadline_ms: None,
+            // The first round starts no earlier than `nonce_ms` before the join window ends, so
+            // an honest claim (one round timeout later) comes no earlier than the window's end.
+            earliest_claim_ms: join_end.saturating_sub(max_skew_ms),
+            pending_claim: None,
+            restored: false,
+            silent_replaced: Vec::new(),
+            attempt_start: Vec::new(),
+            broadcast_ms: a.policy.timeouts.broadcast_ms,
+            broadcast: None,
             nonce_timeout_ms: a.policy.timeouts.nonce_ms,
             partial_sig_timeout_ms: a.policy.timeouts.partial_sig_ms,
-            max_skew_ms: u64::try_from(config.max_clock_skew.as_millis()).unwrap_or(u64::MAX),
+            max_skew_ms,
             max_buffered_per_peer: config.max_buffered_messages_per_peer,
             phase: Phase::Created,
             attempt: Attempt::FIRST,
@@ -470,11 +515,15 @@ impl SessionMachine {
     /// When [`SessionMachine::tick`] must next be called.
     pub fn next_deadline(&self) -> Option<u64> {
         if self.phase.is_terminal() {
-            return None;
+            return self.broadcast_deadline();
         }
-        Some(match self.phase_deadline_ms {
+        let round = match self.phase_deadline_ms {
             Some(d) => d.min(self.session_deadline_ms),
             None => self.session_deadline_ms,
+        };
+        Some(match &self.pending_claim {
+            Some(claim) => round.min(claim.accept_at_ms),
+            None => round,
         })
     }
 
@@ -559,7 +608,7 @@ impl SessionMachine {
         self.enter(Phase::Joined, now_ms, self.nonce_timeout_ms);
         // Everyone has the same join window: it ends `join_ms` after the session's creation.
         let a = self.ann.announcement();
-        self.phase_deadline_ms = Some(a.created_at_ms.saturating_add(a.policy.timeouts.join_ms));
+        self.schedule_join_wait(a.created_at_ms.saturating_add(a.policy.timeouts.join_ms));
         out.push(Output::Event(Event::SessionJoined {
             session: self.id,
             signer: self.me,
@@ -591,18 +640,24 @@ impl SessionMachine {
         out
     }
 
-    /// Checks deadlines: aborts with the holdouts when the phase or the session has timed out.
-    pub fn tick(&mut self, now_ms: u64) -> Vec<Output> {
+    /// Checks deadlines: when the phase or the session has timed out, aborts naming the
+    /// holdouts, or (star) hands the aggregator role to the next signer in election order;
+    /// after the signature, passes the broadcast turn on.
+    pub fn tick<R: rand::CryptoRng + ?Sized>(&mut self, now_ms: u64, rng: &mut R) -> Vec<Output> {
         let mut out = Vec::new();
         if self.phase.is_terminal() {
-            return out;
-        }
-        if now_ms >= self.session_deadline_ms {
+            self.broadcast_tick(now_ms, &mut out);
+        } else if now_ms >= self.session_deadline_ms {
             let holdouts = self.holdouts();
             self.abort(now_ms, AbortReason::Expired, holdouts, &mut out);
+        } else if self
+            .pending_claim
+            .as_ref()
+            .is_some_and(|c| now_ms >= c.accept_at_ms)
+        {
+            self.accept_pending_claim(now_ms, rng, &mut out);
         } else if self.phase_deadline_ms.is_some_and(|d| now_ms >= d) {
-            let holdouts = self.holdouts();
-            self.abort(now_ms, AbortReason::Timeout, holdouts, &mut out);
+            self.phase_timed_out(now_ms, rng, &mut out);
         }
         self.flush_records(&mut out);
         out
@@ -613,19 +668,25 @@ impl SessionMachine {
 
     fn enter(&mut self, phase: Phase, now_ms: u64, timeout_ms: u64) {
         self.phase = phase;
-        // A star member's only holdout in these phases is the coordinator, which is itself
-        // waiting for the other members. The member waits half as long again, so that when a
-        // member withholds, the coordinator's abort naming it arrives before the member's own
-        // deadline would blame the (honest) coordinator.
-        let star_member = self.topology == Topology::Star && self.me != self.coordinator;
-        let grace = if star_member
-            && matches!(phase, Phase::NonceCommit | Phase::Nonce | Phase::PartialSig)
-        {
-            timeout_ms / 2
+        let star_round = self.topology == Topology::Star
+            && matches!(phase, Phase::NonceCommit | Phase::Nonce | Phase::PartialSig);
+        if star_round {
+            self.schedule_star_wait(now_ms.saturating_add(timeout_ms), timeout_ms);
         } else {
-            0
-        };
-        self.phase_deadline_ms = Some(now_ms.saturating_add(timeout_ms).saturating_add(grace));
+            self.aggregator_deadline_ms = None;
+            self.phase_deadline_ms = Some(now_ms.saturating_add(timeout_ms));
+        }
+    }
+
+    /// The deadline of the Joined phase: a star member then waits only for the aggregator's
+    /// route, which failover can replace; everyone else waits for the joins it needs.
+    fn schedule_join_wait(&mut self, deadline_ms: u64) {
+        if self.topology == Topology::Star && self.me != self.coordinator {
+            self.schedule_star_wait(deadline_ms, self.nonce_timeout_ms);
+        } else {
+            self.aggregator_deadline_ms = None;
+            self.phase_deadline_ms = Some(deadline_ms);
+        }
     }
 
     fn sign(&mut self, now_ms: u64, body: Body) -> SignedEnvelope {
@@ -731,9 +792,12 @@ fn pubnonce_of(bytes: &PubNonceBytes) -> PubNonce {
     PubNonce::from_points(r1, r2)
 }
 
+mod failover;
 mod inbound;
 mod records;
 mod rounds;
+
+use failover::{Broadcast, PendingClaim};
 
 #[cfg(test)]
 mod tests;

@@ -72,6 +72,8 @@ impl SessionMachine {
                     )
                 })
                 .cloned();
+            m.attempt = stored.attempt;
+            m.restore_failover(&stored.envelopes, now_ms, &mut out);
             m.next_seq = SeqNo::new(stored.next_seq.get().saturating_add(SEQ_RESERVATION_BLOCK))
                 .map_err(|e| unrestorable(e.to_string()))?;
             m.reserve_seq(m.next_seq.get());
@@ -109,6 +111,7 @@ impl SessionMachine {
                 tracing::trace!(session = %id, error = %e, "stored envelope not applied");
             }
         }
+        m.restore_failover(&stored.envelopes, now_ms, &mut out);
         m.persist = true;
         let seq_floor = stored
             .next_seq
@@ -146,11 +149,11 @@ impl SessionMachine {
         };
         m.phase = Phase::Joined;
         let a = m.ann.announcement();
-        m.phase_deadline_ms = Some(
-            a.created_at_ms
-                .saturating_add(a.policy.timeouts.join_ms)
-                .max(now_ms.saturating_add(m.nonce_timeout_ms)),
-        );
+        let deadline = a
+            .created_at_ms
+            .saturating_add(a.policy.timeouts.join_ms)
+            .max(now_ms.saturating_add(m.nonce_timeout_ms));
+        m.schedule_join_wait(deadline);
         let me = m.me.as_usize();
         out.push(Output::Event(Event::SessionResumed { session: id }));
         if let Some((_, own_psig)) = m.psigs[me].clone() {
@@ -162,6 +165,7 @@ impl SessionMachine {
                 let attempt = Attempt::new(next).map_err(|e| unrestorable(e.to_string()))?;
                 let restart = m.sign(now_ms, Body::Restart { attempt });
                 m.new_attempt(attempt, now_ms);
+                m.attempt_start.push(restart.clone());
                 out.push(Output::Event(Event::AttemptStarted {
                     session: id,
                     attempt,
@@ -177,6 +181,7 @@ impl SessionMachine {
             }
             m.advance(now_ms, rng, &mut out);
         }
+        m.restored = true;
         m.flush_records(&mut out);
         Ok((m, out))
     }
@@ -346,7 +351,8 @@ impl SessionMachine {
         }
         *count += 1;
         let me = self.me.as_usize();
-        let mut envs: Vec<SignedEnvelope> = Vec::new();
+        // How the current attempt and its coordinator came about, in case it missed that.
+        let mut envs: Vec<SignedEnvelope> = self.attempt_start.clone();
         if self.is_star_coordinator() {
             envs.extend(self.aggnonce_sent.clone());
         } else if self.topology == Topology::Mesh || signer == self.coordinator {
@@ -432,6 +438,7 @@ impl SessionMachine {
                                 | Body::NonceCommit { .. }
                                 | Body::Nonce { .. }
                                 | Body::Restart { .. }
+                                | Body::FailoverClaim { .. }
                         )
                 }
                 Record::Outcome { .. } => false,
@@ -500,12 +507,16 @@ impl SessionMachine {
         self.secnonce = None;
         self.my_nonce = None;
         self.context = None;
+        self.pending_claim = None;
+        self.rank_claimed = false;
+        self.restored = false;
+        self.attempt_start.clear();
         if !matches!(self.phase, Phase::Created) && !self.phase.is_terminal() {
             self.phase = Phase::Joined;
             let a = self.ann.announcement();
             let join_end = a.created_at_ms.saturating_add(a.policy.timeouts.join_ms);
-            self.phase_deadline_ms =
-                Some(join_end.max(now_ms.saturating_add(self.nonce_timeout_ms)));
+            let deadline = join_end.max(now_ms.saturating_add(self.nonce_timeout_ms));
+            self.schedule_join_wait(deadline);
         }
     }
 }

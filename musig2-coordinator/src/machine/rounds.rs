@@ -330,6 +330,7 @@ impl SessionMachine {
             session: self.id,
             signature: sig,
         }));
+        self.start_broadcast(now_ms, out);
     }
 
     pub(super) fn abort(

@@ -46,6 +46,27 @@ impl Net {
         election: ElectionMethod,
         list_peers: bool,
     ) -> Net {
+        Net::custom(
+            n,
+            topology,
+            commit,
+            election,
+            list_peers,
+            |_| {},
+            &Config::default(),
+        )
+    }
+
+    /// A network whose announcement policy `edit` changes, every machine under `config`.
+    fn custom(
+        n: usize,
+        topology: Topology,
+        commit: bool,
+        election: ElectionMethod,
+        list_peers: bool,
+        edit: impl FnOnce(&mut Policy),
+        config: &Config,
+    ) -> Net {
         let mut rng = ChaCha20Rng::seed_from_u64(n as u64 * 7 + u64::from(commit));
         let keypairs: Vec<Keypair> = (0..n).map(|_| Keypair::new(&mut rng)).collect();
         let network = MemoryNetwork::new(11);
@@ -80,6 +101,8 @@ impl Net {
             created_at_ms: T0,
             expires_at_ms: T0 + 600_000,
         };
+        let mut announcement = announcement;
+        edit(&mut announcement.policy);
         let limits = Limits::default();
         let ann = announcement
             .sign(&keypairs[0], &limits)
@@ -89,9 +112,7 @@ impl Net {
         let machines = keypairs
             .iter()
             .zip(&peers)
-            .map(|(kp, p)| {
-                SessionMachine::new(ann.clone(), *kp, *p, &Config::default(), T0).unwrap()
-            })
+            .map(|(kp, p)| SessionMachine::new(ann.clone(), *kp, *p, config, T0).unwrap())
             .collect();
         Net {
             keypairs,
@@ -504,8 +525,8 @@ fn a_withholding_signer_is_named_when_the_phase_times_out() {
     assert_eq!(net.machines[0].phase(), Phase::NonceCommit);
     assert_eq!(net.machines[0].holdouts(), vec![idx(2)]);
     let deadline = net.machines[0].next_deadline().unwrap();
-    assert!(net.machines[0].tick(deadline - 1).is_empty());
-    let out = net.machines[0].tick(deadline);
+    assert!(net.machines[0].tick(deadline - 1, &mut net.rng).is_empty());
+    let out = net.machines[0].tick(deadline, &mut net.rng);
     net.absorb(0, out);
     let (reason, blamed, origin) = net.abort_of(0).unwrap();
     assert_eq!(reason, AbortReason::Timeout);
@@ -552,7 +573,7 @@ fn announced_peers_let_round_one_start_without_waiting_for_joins() {
 fn the_session_expires() {
     let mut net = Net::new(2, Topology::Mesh, false);
     net.join(0);
-    let out = net.machines[0].tick(T0 + 600_000);
+    let out = net.machines[0].tick(T0 + 600_000, &mut net.rng);
     net.absorb(0, out);
     let (reason, _, _) = net.abort_of(0).unwrap();
     // Both the join deadline and the session expiry have passed; expiry takes precedence.
@@ -817,41 +838,6 @@ fn a_cached_key_aggregation_is_used_only_for_the_same_signer_list() {
 }
 
 #[test]
-fn bodies_of_later_protocol_versions_are_refused_not_half_handled() {
-    let mut fresh = Net::new(2, Topology::Mesh, false);
-    fresh.join(0);
-    let id = fresh.machines[0].session_id();
-    let bodies = [
-        Body::BroadcastConfirmed {
-            attempt: Attempt::FIRST,
-            receipt: vec![1, 2, 3],
-        },
-        Body::FailoverClaim {
-            attempt: Attempt::FIRST,
-            rank: 1,
-        },
-    ];
-    for (i, body) in bodies.into_iter().enumerate() {
-        let env = Envelope::sign(
-            id,
-            idx(1),
-            SeqNo::new(10 + i as u64).unwrap(),
-            T0,
-            body,
-            &fresh.keypairs[1],
-        );
-        let err = fresh.machines[0]
-            .handle_envelope(fresh.peers[1], env, T0, &mut fresh.rng)
-            .unwrap_err();
-        assert!(
-            matches!(err, CoordinatorError::UnexpectedMessage { .. }),
-            "{err:?}"
-        );
-    }
-    assert_eq!(fresh.machines[0].phase(), Phase::Nonce);
-}
-
-#[test]
 fn a_replayed_aggregate_nonce_is_recognised_from_its_header_alone() {
     let mut net = Net::new(4, Topology::Star, false);
     net.join_all();
@@ -921,7 +907,7 @@ impl Net {
             }
             self.now += 5_000;
             for i in 0..self.machines.len() {
-                let out = self.machines[i].tick(self.now);
+                let out = self.machines[i].tick(self.now, &mut self.rng);
                 self.absorb(i, out);
             }
         }
@@ -1018,7 +1004,7 @@ fn crash_run(
         }
         net.now += 5_000;
         for i in 0..n {
-            let out = net.machines[i].tick(net.now);
+            let out = net.machines[i].tick(net.now, &mut net.rng);
             net.absorb(i, out);
         }
     }
@@ -1240,3 +1226,5 @@ fn a_restart_told_to_one_signer_moves_everyone_even_when_its_contributions_overt
         }
     }
 }
+
+mod failover;

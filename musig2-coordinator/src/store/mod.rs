@@ -184,7 +184,7 @@ impl StoredSession {
 }
 
 /// Every abort reason, in the order of their stored codes.
-pub(crate) const ABORT_REASONS: [AbortReason; 12] = [
+pub(crate) const ABORT_REASONS: [AbortReason; 13] = [
     AbortReason::Timeout,
     AbortReason::Expired,
     AbortReason::InvalidNonce,
@@ -197,6 +197,7 @@ pub(crate) const ABORT_REASONS: [AbortReason; 12] = [
     AbortReason::Internal,
     AbortReason::Misrouted,
     AbortReason::Restarted,
+    AbortReason::InvalidClaim,
 ];
 
 /// The code of an abort reason in what this crate writes to files (the store, transcripts):
@@ -215,6 +216,7 @@ pub(crate) fn abort_reason_code(reason: AbortReason) -> u8 {
         AbortReason::Internal => 9,
         AbortReason::Misrouted => 10,
         AbortReason::Restarted => 11,
+        AbortReason::InvalidClaim => 12,
     }
 }
 

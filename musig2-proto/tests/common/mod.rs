@@ -80,6 +80,7 @@ pub fn announcement(n: usize, topology: Topology) -> Announcement {
             topology,
             timeouts: Timeouts::default(),
             max_attempts: 3,
+            max_failovers: 2,
         },
         salt: [0xAB; 32],
         created_at_ms: NOW,
