@@ -81,7 +81,9 @@ pub struct Policy {
     /// How many times the coordinator role may pass to the next signer in election order (a
     /// star aggregator that misses a phase deadline, or a coordinator that does not confirm the
     /// broadcast in time); the role never goes past position `max_failovers` of the order. A
-    /// star failover also starts a new attempt, so `max_attempts` bounds it too.
+    /// star failover also starts a new attempt, so `max_attempts` bounds it too. 0 (the default)
+    /// turns failover off: then a timeout keeps naming who did not deliver, which a failover
+    /// gives up (see ADR 0008).
     pub max_failovers: u16,
 }
 
@@ -93,7 +95,7 @@ impl Default for Policy {
             topology: Topology::Mesh,
             timeouts: Timeouts::default(),
             max_attempts: 3,
-            max_failovers: 2,
+            max_failovers: 0,
         }
     }
 }

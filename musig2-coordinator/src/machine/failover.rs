@@ -105,31 +105,36 @@ impl SessionMachine {
     /// Sets the deadlines of a star wait whose aggregator must deliver by `aggregator_deadline`.
     ///
     /// With a failover left: the signer at position `rank + k` claims at `aggregator_deadline +
-    /// (k - 1) · W`; everyone else gives up at `aggregator_deadline + (max_rank - rank + 1) · W`
-    /// (W: half the nonce timeout). With none left: the aggregator gives up at its deadline and
-    /// members half a phase timeout later, so that the aggregator's abort naming a withholding
-    /// member reaches them first.
+    /// (k - 1) · W` (W: half the nonce timeout); the aggregator gives up one window after the
+    /// last claimant's turn, everyone else half a phase timeout later still. With none left:
+    /// the aggregator gives up at its deadline and members half a phase timeout later. Either
+    /// way an aggregator that gives up (naming a withholding member) is heard before a member
+    /// would blame it.
     pub(super) fn schedule_star_wait(&mut self, aggregator_deadline: u64, timeout_ms: u64) {
         self.aggregator_deadline_ms = Some(aggregator_deadline);
         let window = self.claim_window_ms();
-        let deadline = if self.can_fail_over() {
-            match self.my_claim_position() {
-                Some(p) => aggregator_deadline
-                    .saturating_add(window.saturating_mul(u64::from(p - self.rank - 1))),
-                None => aggregator_deadline.saturating_add(
-                    window.saturating_mul(u64::from(self.max_rank - self.rank) + 1),
-                ),
-            }
-        } else if self.me == self.coordinator {
+        let aggregator_gives_up = if self.can_fail_over() {
             aggregator_deadline
+                .saturating_add(window.saturating_mul(u64::from(self.max_rank - self.rank)))
         } else {
-            aggregator_deadline.saturating_add(timeout_ms / 2)
+            aggregator_deadline
+        };
+        let deadline = match self.my_claim_position() {
+            Some(p) if self.can_fail_over() => aggregator_deadline
+                .saturating_add(window.saturating_mul(u64::from(p - self.rank - 1))),
+            _ if self.me == self.coordinator => aggregator_gives_up,
+            _ => aggregator_gives_up.saturating_add(timeout_ms / 2),
         };
         self.phase_deadline_ms = Some(deadline);
     }
 
     /// The phase deadline passed: claim the aggregator role if it is our turn, else end the
-    /// session naming who did not deliver.
+    /// session.
+    ///
+    /// Blame follows only from what every honest signer sees alike: before any failover (no
+    /// claim seen), the aggregator names the members it lacks and a member names the
+    /// aggregator, as without failover. Once a claim is about, honest signers may be an
+    /// attempt apart for a while (each follows on its own clock), so a timeout names nobody.
     pub(super) fn phase_timed_out<R: rand::CryptoRng + ?Sized>(
         &mut self,
         now_ms: u64,
@@ -137,27 +142,36 @@ impl SessionMachine {
         out: &mut Vec<Output>,
     ) {
         let star_wait = self.aggregator_deadline_ms.is_some();
-        if star_wait && self.can_fail_over() {
+        let settled = self.rank == 0 && !self.claim_seen;
+        if !star_wait || self.me == self.coordinator {
+            let holdouts = if settled || !star_wait {
+                self.holdouts()
+            } else {
+                Vec::new()
+            };
+            self.abort(now_ms, AbortReason::Timeout, holdouts, out);
+            return;
+        }
+        if self.can_fail_over() {
             if let Some(p) = self.my_claim_position() {
                 self.claim(p, now_ms, rng, out);
                 return;
             }
         }
-        if star_wait && self.me != self.coordinator && self.rank > 0 {
-            let mut blamed = vec![self.coordinator];
-            blamed.extend(self.silent_replaced.iter().copied());
-            self.abort(now_ms, AbortReason::FailoverExhausted, blamed, out);
-        } else if star_wait && self.me != self.coordinator && self.can_fail_over() {
-            // Every position that could claim stayed silent too.
-            let blamed: Vec<SignerIndex> = (self.rank..=self.max_rank)
-                .filter_map(|p| self.at_position(p))
-                .filter(|&s| s != self.me)
-                .collect();
-            self.abort(now_ms, AbortReason::FailoverExhausted, blamed, out);
+        let failover = self.rank > 0 || self.can_fail_over();
+        let reason = if failover {
+            AbortReason::FailoverExhausted
         } else {
-            let holdouts = self.holdouts();
-            self.abort(now_ms, AbortReason::Timeout, holdouts, out);
-        }
+            AbortReason::Timeout
+        };
+        // The aggregator did not deliver, nor give up naming someone (it would have been heard
+        // by now), and nobody whose turn it was claimed.
+        let blamed = if settled {
+            vec![self.coordinator]
+        } else {
+            Vec::new()
+        };
+        self.abort(now_ms, reason, blamed, out);
     }
 
     /// Claims the aggregator role at position `rank` for the next attempt.
@@ -174,6 +188,7 @@ impl SessionMachine {
             return;
         };
         tracing::info!(session = %self.id, position = rank, attempt = attempt.get(), "claiming the aggregator role");
+        self.claim_seen = true;
         let claim = self.sign(now_ms, Body::FailoverClaim { attempt, rank });
         // Our join goes with it: signers whose peers were not announced may not know ours.
         let mut envs: Vec<SignedEnvelope> = self.joins[self.me.as_usize()]
@@ -200,13 +215,6 @@ impl SessionMachine {
     ) {
         let claimed_at_ms = claim.envelope().timestamp_ms();
         let replaced = self.coordinator;
-        for p in self.rank..rank {
-            if let Some(s) = self.at_position(p) {
-                if s != self.me && !self.silent_replaced.contains(&s) {
-                    self.silent_replaced.push(s);
-                }
-            }
-        }
         let Some(coordinator) = self.at_position(rank) else {
             return;
         };
@@ -300,6 +308,7 @@ impl SessionMachine {
         if self.phase == Phase::Done {
             return self.on_broadcast_claim(signer, attempt, rank, now_ms, out);
         }
+        self.claim_seen = true;
         let superseded = Err(CoordinatorError::Superseded {
             signer,
             kind: "failover claim",

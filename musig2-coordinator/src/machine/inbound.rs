@@ -144,7 +144,6 @@ impl SessionMachine {
         }
         self.replay[signer.as_usize()].record(verified.seq());
         self.remember(signer, verified.seq(), hash, *verified.signed().signature());
-        self.silent_replaced.retain(|&s| s != signer);
         let signed = self.persist.then(|| verified.signed().clone());
         self.apply(verified, now_ms, out)?;
         if let Some(signed) = signed {

@@ -160,8 +160,8 @@ pub struct SessionMachine {
     pending_claim: Option<PendingClaim>,
     /// Rebuilt from the store and still in the attempt it was restored in.
     restored: bool,
-    /// Aggregators replaced by failover that we have not heard from since.
-    silent_replaced: Vec<SignerIndex>,
+    /// Whether a failover claim has been made or seen (signers may then be an attempt apart).
+    claim_seen: bool,
     /// The signed restart and claims that made the current attempt and its coordinator, shown
     /// to a signer still in an earlier attempt so it can catch up.
     attempt_start: Vec<SignedEnvelope>,
@@ -343,7 +343,7 @@ impl SessionMachine {
             earliest_claim_ms: join_end.saturating_sub(max_skew_ms),
             pending_claim: None,
             restored: false,
-            silent_replaced: Vec::new(),
+            claim_seen: false,
             attempt_start: Vec::new(),
             broadcast_ms: a.policy.timeouts.broadcast_ms,
             broadcast: None,

@@ -593,9 +593,15 @@ fn replay_skew_gap_and_attempt_are_checked() {
     let join = Body::Join {
         peer_id: PeerIdBytes::new(net.peers[1].to_bytes()).unwrap(),
     };
+    // A join is judged without the clock (a binding, sent again to new coordinators); a
+    // contribution is not.
+    let nonce = Body::Nonce {
+        attempt: Attempt::FIRST,
+        pub_nonce: other_nonce(&mut net.rng, &kp1),
+    };
     let m = &mut net.machines[0];
     let p1 = net.peers[1];
-    let skewed = sign(1, T0 + 3_600_000, join.clone());
+    let skewed = sign(1, T0 + 3_600_000, nonce);
     assert!(matches!(
         m.handle_envelope(p1, skewed, T0, &mut net.rng),
         Err(CoordinatorError::ClockSkew { .. })
