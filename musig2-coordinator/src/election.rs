@@ -9,8 +9,12 @@ pub const TAG_ELECTION: &str = "musig2-p2p/election";
 /// The election order for a signer list: position 0 is the coordinator, the rest are backups in
 /// failover order. Every signer computes the same order from the announcement alone.
 ///
-/// The hash-based method orders by `tagged_hash(TAG_ELECTION, session_id || key)`: the session id
-/// covers a salt and every key, so no single party can choose its rank.
+/// The hash-based method orders by `tagged_hash(TAG_ELECTION, session_id || key)`. No signer
+/// but the creator has any influence on it; the creator, who picks the salt, can grind its own
+/// position (about n tries to come first). That wins it only roles that carry no trust: the
+/// star aggregator is untrusted (members check the aggregate nonce against the signed nonces,
+/// and a wrong one names the aggregator, never a member) and the broadcast turn passes on when
+/// withheld (ADR 0008). The creator could equally pick `FirstSigner` and list itself first.
 pub fn election_order(
     method: ElectionMethod,
     session: &SessionId,

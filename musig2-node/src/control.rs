@@ -188,6 +188,15 @@ pub enum Request {
         /// Session id, hex.
         session: String,
     },
+    /// Confirm that this node acted on a session's signature (its turn, see
+    /// `Event::FinalizeDue`), with an opaque receipt (hex, at most 256 bytes, e.g. a txid).
+    Confirm {
+        /// Session id, hex.
+        session: String,
+        /// The receipt, hex.
+        #[serde(default)]
+        receipt: String,
+    },
     /// The sessions that pass every filter given, as `status` shows them
     /// (`{"sessions": [...]}`).
     List {
@@ -740,6 +749,14 @@ async fn execute(served: &Served, request: Request) -> std::result::Result<Value
                 .await
                 .map_err(|_| NodeError::Timeout("waiting for the signature"))??;
             Ok(json!({ "session": session.to_string(), "signature": signature.to_string() }))
+        }
+        Request::Confirm { session, receipt } => {
+            let session = parse_session(&session)?;
+            let receipt = hex::decode(receipt.trim()).map_err(|e| {
+                NodeError::Rejected(format!("the receipt is not hex: {e}"))
+            })?;
+            node.confirm_finalized(session, receipt.clone()).await?;
+            Ok(json!({ "session": session.to_string(), "confirmed": hex::encode(receipt) }))
         }
         Request::Cancel { session } => {
             let session = parse_session(&session)?;

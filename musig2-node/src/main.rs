@@ -211,6 +211,16 @@ enum SessionCommand {
         /// Session id, hex.
         session: String,
     },
+    /// Confirm that this node acted on a session's signature when it was its turn (e.g. it
+    /// published the transaction); the other signers get a signed confirmation.
+    #[command(after_help = "Example:\n  musig2-node session confirm 5974... --receipt 9f3c...")]
+    Confirm {
+        /// Session id, hex.
+        session: String,
+        /// Opaque receipt, hex, at most 256 bytes (e.g. the txid).
+        #[arg(long, default_value = "")]
+        receipt: String,
+    },
     /// List sessions, filtered (`{"sessions": [...]}` as `status` without a session).
     #[command(
         after_help = "Examples:\n  musig2-node session list --waiting-for-me\n  \
@@ -805,6 +815,9 @@ async fn session(ctx: &Context, command: SessionCommand) -> Outcome {
         SessionCommand::Status { session: None } => {
             let value = call(Request::Status { session: None }).await?;
             print_sessions(&value, ctx.json);
+        }
+        SessionCommand::Confirm { session, receipt } => {
+            print_reply(&call(Request::Confirm { session, receipt }).await?, ctx.json)
         }
         SessionCommand::Cancel { session } => {
             print_reply(&call(Request::Cancel { session }).await?, ctx.json)

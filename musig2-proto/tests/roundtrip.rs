@@ -286,12 +286,12 @@ fn decode_errors_are_typed() {
     ));
     // Unknown version.
     let mut v = good.clone();
-    v[1] = 2;
+    v[1] = musig2_proto::PROTOCOL_VERSION + 1;
     assert_eq!(
         decode_frame(&v, &limits),
         Err(ProtoError::UnsupportedVersion {
-            version: 2,
-            supported: 1
+            version: musig2_proto::PROTOCOL_VERSION + 1,
+            supported: musig2_proto::PROTOCOL_VERSION
         })
     );
 

@@ -1,0 +1,151 @@
+//! Failover and the broadcast turn between `Node`s (ADR 0008), on the in-memory network under
+//! a paused clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use musig2_coordinator::{Config, Event, Node, SessionRequest};
+use musig2_proto::{ElectionMethod, Policy, SessionId, Timeouts, Topology};
+use musig2_transport::MemoryNetwork;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use secp256k1::Keypair;
+
+fn keypairs(n: usize, seed: u64) -> Vec<Keypair> {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    (0..n).map(|_| Keypair::new(&mut rng)).collect()
+}
+
+fn request(nodes: &[Node], keys: &[Keypair], message: &[u8], policy: Policy) -> SessionRequest {
+    SessionRequest {
+        signers: keys.iter().map(Keypair::public_key).collect(),
+        peers: nodes.iter().map(|n| Some(n.peer_id())).collect(),
+        message: message.to_vec(),
+        tweaks: Vec::new(),
+        policy,
+    }
+}
+
+fn star_policy(node: &Node, max_failovers: u16) -> Policy {
+    Policy {
+        topology: Topology::Star,
+        election: ElectionMethod::FirstSigner,
+        max_failovers,
+        ..node.default_policy()
+    }
+}
+
+async fn next_matching(
+    events: &mut tokio::sync::broadcast::Receiver<Event>,
+    want: impl Fn(&Event) -> bool,
+) -> Event {
+    loop {
+        let e = events.recv().await.expect("event stream");
+        if want(&e) {
+            return e;
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_aggregator_cut_off_at_the_start_is_replaced_and_the_session_signs() {
+    for commit in [false, true] {
+        let network = MemoryNetwork::new(41);
+        let keys = keypairs(4, 41);
+        let nodes: Vec<Node> = keys
+            .iter()
+            .map(|kp| Node::spawn(Arc::new(network.add_node()), *kp, Config::default()))
+            .collect();
+        let peers: Vec<_> = nodes.iter().map(Node::peer_id).collect();
+        let mut policy = star_policy(&nodes[0], 2);
+        policy.nonce_commitment = commit;
+        policy.timeouts.join_ms = 5_000;
+        let req = request(&nodes, &keys, b"failover", policy);
+        // Node 1 creates; node 0 (the first aggregator) joins and is then cut off until after
+        // its deadline. Sends are retried, so what it missed reaches it after the heal.
+        let id = nodes[1].create_session(req).await.expect("create");
+        for node in [&nodes[0], &nodes[2], &nodes[3]] {
+            node.join_session(id).await.expect("join");
+        }
+        network.partition(&[vec![peers[0]], peers[1..].to_vec()]);
+        let mut events = nodes[2].events();
+        let failover = next_matching(&mut events, |e| {
+            matches!(e, Event::CoordinatorFailover { .. })
+        })
+        .await;
+        assert!(matches!(
+            failover,
+            Event::CoordinatorFailover { replaced, coordinator, .. }
+                if replaced.as_usize() == 0 && coordinator.as_usize() == 1
+        ));
+        network.heal();
+        let mut sigs = Vec::new();
+        for node in &nodes {
+            sigs.push(node.wait_for_signature(id).await.expect("signed"));
+        }
+        assert!(sigs.iter().all(|s| *s == sigs[0]));
+        let h = nodes[3].health(id).await.unwrap();
+        assert_eq!(h.coordinator.as_usize(), 1);
+        assert_eq!(h.attempt.get(), 1);
+    }
+}
+
+async fn confirmations(events: &mut tokio::sync::broadcast::Receiver<Event>) -> (usize, Vec<u8>) {
+    match next_matching(events, |e| matches!(e, Event::BroadcastConfirmed { .. })).await {
+        Event::BroadcastConfirmed { by, receipt, .. } => (by.as_usize(), receipt),
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_broadcast_turn_passes_on_when_the_coordinator_does_not_confirm() {
+    let network = MemoryNetwork::new(42);
+    let keys = keypairs(3, 42);
+    let nodes: Vec<Node> = keys
+        .iter()
+        .map(|kp| Node::spawn(Arc::new(network.add_node()), *kp, Config::default()))
+        .collect();
+    let mut policy = Policy {
+        topology: Topology::Mesh,
+        election: ElectionMethod::FirstSigner,
+        max_failovers: 2,
+        ..nodes[0].default_policy()
+    };
+    policy.timeouts = Timeouts {
+        broadcast_ms: 10_000,
+        ..policy.timeouts
+    };
+    let mut due: Vec<_> = nodes.iter().map(Node::events).collect();
+    let id: SessionId = nodes[0]
+        .create_session(request(&nodes, &keys, b"broadcast", policy))
+        .await
+        .expect("create");
+    for node in &nodes[1..] {
+        node.join_session(id).await.expect("join");
+    }
+    // Node 0 is asked first and never confirms: after the broadcast deadline node 1 is asked.
+    let e = next_matching(&mut due[0], |e| matches!(e, Event::FinalizeDue { .. })).await;
+    assert!(matches!(e, Event::FinalizeDue { position: 0, .. }));
+    let e = next_matching(&mut due[1], |e| matches!(e, Event::FinalizeDue { .. })).await;
+    assert!(matches!(e, Event::FinalizeDue { position: 1, .. }));
+    // Node 2 is not asked yet, and cannot confirm.
+    assert!(
+        nodes[2]
+            .confirm_finalized(id, b"no".to_vec())
+            .await
+            .is_err()
+    );
+    let mut watch = nodes[2].events();
+    nodes[1]
+        .confirm_finalized(id, b"txid-1".to_vec())
+        .await
+        .expect("confirm");
+    assert_eq!(confirmations(&mut watch).await, (1, b"txid-1".to_vec()));
+    let mut watch0 = nodes[0].events();
+    // The turn does not come to node 2 any more.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(
+        std::iter::from_fn(|| watch0.try_recv().ok())
+            .all(|e| !matches!(e, Event::FinalizeDue { .. } | Event::BroadcastFailover { .. }))
+    );
+}
