@@ -61,14 +61,16 @@ async fn an_aggregator_cut_off_at_the_start_is_replaced_and_the_session_signs() 
         policy.nonce_commitment = commit;
         policy.timeouts.join_ms = 5_000;
         let req = request(&nodes, &keys, b"failover", policy);
-        // Node 1 creates; node 0 (the first aggregator) joins and is then cut off until after
-        // its deadline. Sends are retried, so what it missed reaches it after the heal.
+        // Node 1 creates; node 0 (the first aggregator) is cut off from the start until the
+        // others have failed over.
         let id = nodes[1].create_session(req).await.expect("create");
-        for node in [&nodes[0], &nodes[2], &nodes[3]] {
-            node.join_session(id).await.expect("join");
-        }
         network.partition(&[vec![peers[0]], peers[1..].to_vec()]);
         let mut events = nodes[2].events();
+        for node in [&nodes[2], &nodes[3]] {
+            node.join_session(id).await.expect("join");
+        }
+        // Node 0 learns of the session (its announcement) before the cut, and joins.
+        nodes[0].join_session(id).await.expect("join");
         let failover = next_matching(&mut events, |e| {
             matches!(e, Event::CoordinatorFailover { .. })
         })

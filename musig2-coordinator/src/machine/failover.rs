@@ -119,12 +119,16 @@ impl SessionMachine {
         } else {
             aggregator_deadline
         };
+        self.asked_at_deadline = false;
         let deadline = match self.my_claim_position() {
             Some(p) if self.can_fail_over() => aggregator_deadline
                 .saturating_add(window.saturating_mul(u64::from(p - self.rank - 1))),
+            // First the aggregator asks whether it was replaced (see `phase_timed_out`).
+            _ if self.me == self.coordinator && self.can_fail_over() => aggregator_deadline,
             _ if self.me == self.coordinator => aggregator_gives_up,
             _ => aggregator_gives_up.saturating_add(timeout_ms / 2),
         };
+        self.aggregator_gives_up_ms = aggregator_gives_up;
         self.phase_deadline_ms = Some(deadline);
     }
 
@@ -143,6 +147,19 @@ impl SessionMachine {
     ) {
         let star_wait = self.aggregator_deadline_ms.is_some();
         let settled = self.rank == 0 && !self.claim_seen;
+        if star_wait && self.me == self.coordinator && self.can_fail_over() && !self.asked_at_deadline
+        {
+            // Our deadline passed with a failover possible: we may have been replaced while
+            // cut off. Our join, sent again, asks the others (they answer with the claim that
+            // made their attempt, bounded); then we wait for the claims' turns.
+            self.asked_at_deadline = true;
+            if let Some((_, own)) = self.joins[self.me.as_usize()].clone() {
+                let others: Vec<SignerIndex> = self.others().collect();
+                self.send_to(out, others, vec![own]);
+            }
+            self.phase_deadline_ms = Some(self.aggregator_gives_up_ms);
+            return;
+        }
         if !star_wait || self.me == self.coordinator {
             let holdouts = if settled || !star_wait {
                 self.holdouts()

@@ -154,6 +154,10 @@ pub struct SessionMachine {
     rank_claimed: bool,
     /// Star: when the current aggregator's deadline for what we wait for passes on our clock.
     aggregator_deadline_ms: Option<u64>,
+    /// Star: when the aggregator gives up waiting (for claims, then for members).
+    aggregator_gives_up_ms: u64,
+    /// Star aggregator: whether it asked, at its deadline, if it was replaced.
+    asked_at_deadline: bool,
     /// The earliest time (our clock) an honest signer can claim the next attempt.
     earliest_claim_ms: u64,
     /// The lowest-ranked valid claim of the next attempt, waiting for our own deadline.
@@ -338,6 +342,8 @@ impl SessionMachine {
             max_rank,
             rank_claimed: false,
             aggregator_deadline_ms: None,
+            aggregator_gives_up_ms: 0,
+            asked_at_deadline: false,
             // The first round starts no earlier than `nonce_ms` before the join window ends, so
             // an honest claim (one round timeout later) comes no earlier than the window's end.
             earliest_claim_ms: join_end.saturating_sub(max_skew_ms),
