@@ -5,8 +5,8 @@ use musig2_core::PartialSignature;
 use musig2_proto::{AggNonceBytes, VerifiedEnvelope};
 
 use super::{
-    Actor, AggNonce, Attempt, Behaviour, Body, Frame, NonceCommitment, PeerId, PubNonce,
-    PubNonceBytes, SessionContext, SignedEnvelope,
+    Actor, AggNonce, Attempt, Behaviour, Body, Envelope, Frame, NonceCommitment, PeerId, PubNonce,
+    PubNonceBytes, SessionContext, SignedEnvelope, SignerIndex,
 };
 
 /// What the adversarial star coordinator has collected.
@@ -177,6 +177,14 @@ impl Actor {
             return;
         };
         let body = match self.behaviour {
+            Behaviour::AggregateNoncePerMember => {
+                self.hub_aggregate_per_member(&envs).await;
+                return;
+            }
+            Behaviour::RelayedNoncesPerMember { victim, omit } => {
+                self.hub_relayed_per_member(body, victim, omit).await;
+                return;
+            }
             Behaviour::WithholdAggregateNonce => return,
             Behaviour::BadAggregateNonce => tamper_sum(body),
             Behaviour::ForgedRelayedNonce => {
@@ -189,6 +197,85 @@ impl Actor {
             _ => body,
         };
         self.hub_send_aggregate(body).await;
+    }
+
+    /// Signs each `(member, body)` under one sequence number and sends it to that member only.
+    async fn hub_send_per_member(&mut self, bodies: Vec<(PeerId, Body)>) {
+        let now = self.clock.now_ms();
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        let (id, me, seq) = (s.id, s.me, s.take_seq());
+        for (peer, body) in bodies {
+            let env = Envelope::sign(id, me, seq, now, body, &self.keypair);
+            self.log.aggregate_nonces_sent += 1;
+            self.send_all(&[peer], &env.to_frame_bytes()).await;
+        }
+    }
+
+    /// [`Behaviour::AggregateNoncePerMember`]: each member gets the aggregate with its own
+    /// fresh coordinator nonce, every relayed nonce (ours too) correctly signed; our nonce
+    /// envelopes all share one sequence number.
+    async fn hub_aggregate_per_member(&mut self, envs: &[VerifiedEnvelope]) {
+        let members = self.members();
+        let now = self.clock.now_ms();
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        let (id, me, seq) = (s.id, s.me, s.take_seq());
+        let mut bodies = Vec::new();
+        for (_, peer) in members {
+            let Some(fresh) = self.make_nonce(false) else {
+                return;
+            };
+            let Some(s) = &self.session else { return };
+            let own = Envelope::sign(id, me, seq, now, nonce_body(fresh), &self.keypair);
+            let Ok(own) = own.verify(&s.ann) else { return };
+            let mut for_member = envs.to_vec();
+            for_member[me.as_usize()] = own;
+            match Body::aggregate_nonce(&s.ann, Attempt::FIRST, &for_member) {
+                Ok(body) => bodies.push((peer, body)),
+                Err(_) => return,
+            }
+        }
+        self.hub_send_per_member(bodies).await;
+    }
+
+    /// [`Behaviour::RelayedNoncesPerMember`]: `victim` gets `honest` with another member's
+    /// relayed nonce swapped for a fresh one (its signature kept) or left out; the others get
+    /// `honest`.
+    async fn hub_relayed_per_member(&mut self, honest: Body, victim: SignerIndex, omit: bool) {
+        let members = self.members();
+        let Some(s) = &self.session else { return };
+        // The member whose nonce is tampered with: the first that is neither us nor the victim.
+        let Some(other) = s
+            .others()
+            .into_iter()
+            .find(|&k| k != victim)
+            .map(|k| k.as_usize())
+        else {
+            return;
+        };
+        let tampered = if omit {
+            omit_relayed(honest.clone(), other)
+        } else {
+            match self.make_nonce(false) {
+                Some(fresh) => forge_relayed(honest.clone(), other, fresh),
+                None => return,
+            }
+        };
+        let bodies = members
+            .into_iter()
+            .map(|(k, peer)| {
+                let body = if k == victim.as_usize() {
+                    tampered.clone()
+                } else {
+                    honest.clone()
+                };
+                (peer, body)
+            })
+            .collect();
+        self.hub_send_per_member(bodies).await;
     }
 
     async fn hub_send_aggregate(&mut self, body: Body) {
@@ -268,6 +355,29 @@ fn tamper_sum(body: Body) -> Body {
             nonces,
         } => {
             let rest: Vec<PubNonceBytes> = nonces.iter().skip(1).map(|n| n.pub_nonce).collect();
+            Body::AggregateNonce {
+                attempt,
+                agg_nonce: AggNonceBytes::aggregate(&rest).unwrap_or(agg_nonce),
+                nonces,
+            }
+        }
+        other => other,
+    }
+}
+
+/// `body` without signer `left_out`'s relayed nonce, the aggregate recomputed from the rest.
+fn omit_relayed(body: Body, left_out: usize) -> Body {
+    match body {
+        Body::AggregateNonce {
+            attempt,
+            agg_nonce,
+            nonces,
+        } => {
+            let nonces: Vec<_> = nonces
+                .into_iter()
+                .filter(|n| n.signer.as_usize() != left_out)
+                .collect();
+            let rest: Vec<PubNonceBytes> = nonces.iter().map(|n| n.pub_nonce).collect();
             Body::AggregateNonce {
                 attempt,
                 agg_nonce: AggNonceBytes::aggregate(&rest).unwrap_or(agg_nonce),
