@@ -55,8 +55,9 @@ pub enum Behaviour {
     InvalidNonce,
     /// Commits to one nonce and reveals another (needs commitments on).
     CommitmentMismatch,
-    /// Mesh only: sends one nonce to the first half of the other signers and a different one, with
-    /// the same sequence number, to the rest. Sends no partial signature.
+    /// Sends one nonce to the first half of the other signers and a different one, with the
+    /// same sequence number, to the rest (a star member sends both to the coordinator). Sends
+    /// no partial signature.
     Equivocate,
     /// Honest, and also re-sends every envelope it has seen or sent (its own and the honest
     /// signers') to every honest signer, again and again.
@@ -267,6 +268,9 @@ pub struct AdversarySetup {
     /// An announcement it created and signed: it sends it to every listed peer and takes part
     /// in that session (the adversary as creator).
     pub announcement: Option<SignedAnnouncement>,
+    /// The peers it sends its announcement to, if not every listed one (a creator that shows
+    /// the session to some signers only).
+    pub announce_to: Option<Vec<PeerId>>,
 }
 
 /// A running adversarial signer. Stop it with [`Adversary::stop`] to get its [`AdversaryLog`].
@@ -294,6 +298,7 @@ impl Adversary {
             seed,
             max_clock_skew: musig2_coordinator::Config::default().max_clock_skew,
             announcement: None,
+            announce_to: None,
         };
         Self::spawn_with(transport, keypair, behaviour, setup)
     }
@@ -344,7 +349,7 @@ impl Adversary {
             random,
             max_skew_ms: u64::try_from(setup.max_clock_skew.as_millis()).unwrap_or(u64::MAX),
         };
-        let task = tokio::spawn(actor.run(stop_rx, setup.announcement));
+        let task = tokio::spawn(actor.run(stop_rx, setup.announcement, setup.announce_to));
         Adversary {
             peer_id,
             keypair,
@@ -454,9 +459,10 @@ impl Actor {
         mut self,
         mut stop: oneshot::Receiver<()>,
         created: Option<SignedAnnouncement>,
+        announce_to: Option<Vec<PeerId>>,
     ) -> AdversaryLog {
         if let Some(signed) = created {
-            self.announce(signed).await;
+            self.announce(signed, announce_to).await;
         }
         loop {
             tokio::select! {
@@ -475,7 +481,7 @@ impl Actor {
 
     /// As creator: sends our signed announcement to every other listed peer and takes part in
     /// the session.
-    async fn announce(&mut self, signed: SignedAnnouncement) {
+    async fn announce(&mut self, signed: SignedAnnouncement, only: Option<Vec<PeerId>>) {
         let Ok(ann) = signed.verify(self.clock.now_ms(), &self.limits) else {
             return;
         };
@@ -487,6 +493,7 @@ impl Actor {
             .filter_map(|s| s.peer_id.as_ref())
             .filter_map(|p| PeerId::from_bytes(p.as_bytes()).ok())
             .filter(|p| *p != me)
+            .filter(|p| only.as_ref().is_none_or(|only| only.contains(p)))
             .collect();
         let frame = signed.to_frame_bytes();
         self.announcement = Some(signed);
@@ -841,7 +848,11 @@ impl Actor {
                 };
                 let seq = s.take_seq();
                 let now = self.clock.now_ms();
-                let (first, second) = targets.split_at(targets.len() / 2);
+                // A star member's only target (the coordinator) gets both.
+                let (first, second) = match targets.len() {
+                    1 => (&targets[..], &targets[..]),
+                    len => targets.split_at(len / 2),
+                };
                 for (nonce, peers) in [(nonce_a, first), (b, second)] {
                     let env = Envelope::sign(id, me, seq, now, nonce_body(nonce), &self.keypair);
                     self.send_all(peers, &env.to_frame_bytes()).await;

@@ -377,6 +377,7 @@ impl Scenario {
                     seed: self.seed ^ 0xad5e_55a1,
                     max_clock_skew: self.config.max_clock_skew,
                     announcement,
+                    announce_to: None,
                 },
             ));
         }
@@ -1137,6 +1138,30 @@ impl Report {
                 other => panic!("signer {} did not abort: {other:?}", h.signer),
             })
             .collect()
+    }
+
+    /// The safety invariant ([`Report::assert_safe`]), and every honest node either signed or
+    /// aborted blaming exactly the adversary (on its own finding or an honest peer's abort, for
+    /// any reason): the outcome of an attack the protocol may survive or not, depending on
+    /// timing or on a later recovery (such as star failover).
+    pub fn assert_signed_or_blamed_adversary(&self) {
+        self.assert_safe();
+        let culprit = self.adversary.expect("the scenario has an adversary");
+        for h in &self.honest {
+            match &h.outcome {
+                Outcome::Signed(_) => {}
+                Outcome::Aborted { blamed, origin, .. } => {
+                    assert_ne!(
+                        *origin,
+                        AbortOrigin::Remote(culprit),
+                        "signer {}: ended by the adversary's own abort",
+                        h.signer
+                    );
+                    assert_eq!(blamed, &vec![culprit], "signer {}: wrong blame", h.signer);
+                }
+                Outcome::Stalled => panic!("signer {} stalled", h.signer),
+            }
+        }
     }
 
     /// Every honest node aborted because of a signed Abort from the adversary (whose blame is
