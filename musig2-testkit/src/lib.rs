@@ -8,7 +8,8 @@ mod randomized;
 mod scenario;
 
 pub use adversary::{
-    Adversary, AdversaryLog, AdversarySetup, Behaviour, FloodStats, SharedTransport, flood_junk,
+    Adversary, AdversaryLog, AdversarySetup, Behaviour, FloodStats, LateMessage, SharedTransport,
+    Twist, flood_junk,
 };
 pub use clock::WallClock;
 pub use crash::{CrashPoint, CrashRecord};
