@@ -382,6 +382,13 @@ const MAX_KEPT: usize = 256;
 /// Tries per frame while the receiver's queue is full.
 const SEND_ATTEMPTS: usize = 100;
 
+/// Tries again after an unreachable peer ([`Behaviour::Honest`] only), the first after
+/// [`UNREACHABLE_BACKOFF`], each wait twice the one before (about 2.5 s in all).
+const UNREACHABLE_RETRIES: usize = 8;
+
+/// The first wait before sending again to an unreachable peer.
+const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(10);
+
 /// How often (in frames) a flooding adversary yields, so the flood is sustained, not one burst.
 const FLOOD_YIELD_EVERY: usize = 32;
 
@@ -1007,6 +1014,14 @@ impl Actor {
                     }
                     Err(TransportError::Backpressure(_)) if attempt + 1 < SEND_ATTEMPTS => {
                         tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    // A peer that crashed (or whose frame was lost in flight when it did) comes
+                    // back on the same peer id: an honest signer tries again for a while, as
+                    // the honest nodes' retries do.
+                    Err(TransportError::Unreachable { .. })
+                        if self.behaviour == Behaviour::Honest && attempt < UNREACHABLE_RETRIES =>
+                    {
+                        tokio::time::sleep(UNREACHABLE_BACKOFF * (1 << attempt)).await;
                     }
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "adversary send failed");

@@ -68,9 +68,12 @@ pub fn libp2p_test_config() -> Config {
 /// How often a crash scenario looks at the victim's store.
 const CRASH_POLL: Duration = Duration::from_millis(1);
 
-/// The delay on every link into a signer that is to crash: longer than [`CRASH_POLL`].
+/// The delay on every link into a signer that is to crash: longer than [`CRASH_POLL`] and than
+/// the node's delay for records it commits lazily (20 ms: its partial signature, its aggregate
+/// nonce, its outcome), so each step of its own is in its store before anything it would
+/// answer arrives.
 fn crash_inbound_delay() -> LinkFault {
-    LinkFault::none().with_delay(Delay::Fixed(Duration::from_millis(5)))
+    LinkFault::none().with_delay(Delay::Fixed(Duration::from_millis(50)))
 }
 
 /// An honest node of a run, with the store that outlives it.
@@ -158,6 +161,7 @@ pub struct Scenario {
     crash: Option<(SignerIndex, CrashPoint)>,
     max_attempts: Option<u16>,
     libp2p: bool,
+    links: Vec<(usize, usize, LinkFault)>,
 }
 
 impl Scenario {
@@ -179,6 +183,7 @@ impl Scenario {
             crash: None,
             max_attempts: None,
             libp2p: false,
+            links: Vec::new(),
         }
     }
 
@@ -238,6 +243,14 @@ impl Scenario {
     /// [`HonestOutcome::join_error`].
     pub fn adversary_creates(mut self, announcement: CreatorAnnouncement) -> Scenario {
         self.creator = Some(announcement);
+        self
+    }
+
+    /// Applies `fault` to the one link from signer `from` to signer `to` (after
+    /// [`Scenario::link_fault`] and the delays of [`Scenario::crash_restart`], which it
+    /// overrides on that link). Memory network only.
+    pub fn link_fault_between(mut self, from: u16, to: u16, fault: LinkFault) -> Scenario {
+        self.links.push((usize::from(from), usize::from(to), fault));
         self
     }
 
@@ -346,6 +359,13 @@ impl Scenario {
                     if j != victim.as_usize() {
                         network.set_link_fault(*from, *to, crash_inbound_delay());
                     }
+                }
+            }
+        }
+        if let Net::Memory(network) = &net {
+            for &(from, to, fault) in &self.links {
+                if let (Some(Some(a)), Some(Some(b))) = (peers.get(from), peers.get(to)) {
+                    network.set_link_fault(*a, *b, fault);
                 }
             }
         }
@@ -500,7 +520,9 @@ impl Scenario {
                 return invalid(format!("crashed signer {victim} must be an honest signer"));
             }
         }
-        if self.libp2p && (self.link_fault.is_some() || self.crash.is_some()) {
+        if self.libp2p
+            && (self.link_fault.is_some() || self.crash.is_some() || !self.links.is_empty())
+        {
             return invalid("link faults and crashes need the memory network".into());
         }
         Ok(())
