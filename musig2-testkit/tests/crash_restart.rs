@@ -113,7 +113,10 @@ async fn every_signer_crashes_after_every_phase_and_the_session_signs() {
                     report.describe_violations(&found)
                 );
                 assert!(
-                    report.honest.iter().all(|h| matches!(h.outcome, Outcome::Signed(_))),
+                    report
+                        .honest
+                        .iter()
+                        .all(|h| matches!(h.outcome, Outcome::Signed(_))),
                     "{what}\n{}\n{:?}",
                     report.describe_violations(&[]),
                     report.crash
