@@ -577,10 +577,8 @@ impl Actor {
                     .or_default()
                     .insert(bytes);
             }
-            Body::Restart { attempt } if self.behaviour == Behaviour::Honest => {
-                if !self.is_hub() {
-                    self.follow_restart(*attempt).await;
-                }
+            Body::Restart { attempt } if self.behaviour == Behaviour::Honest && !self.is_hub() => {
+                self.follow_restart(*attempt).await;
             }
             _ => {}
         }

@@ -242,25 +242,15 @@ async fn split_view(
         ],
     };
     let a = announce(&keys, &listed_a, 3, b"pay Alice", 1, policy);
+    let everyone_b = [
+        (0, peer(0)),
+        (1, peer(1)),
+        (2, peer(2)),
+        (3, tb.local_peer_id()),
+    ];
     let b = match by {
-        SplitBy::Message => {
-            let listed = [
-                (0, peer(0)),
-                (1, peer(1)),
-                (2, peer(2)),
-                (3, tb.local_peer_id()),
-            ];
-            announce(&keys, &listed, 3, b"pay Mallory", 1, policy)
-        }
-        SplitBy::Salt => {
-            let listed = [
-                (0, peer(0)),
-                (1, peer(1)),
-                (2, peer(2)),
-                (3, tb.local_peer_id()),
-            ];
-            announce(&keys, &listed, 3, b"pay Alice", 2, policy)
-        }
+        SplitBy::Message => announce(&keys, &everyone_b, 3, b"pay Mallory", 1, policy),
+        SplitBy::Salt => announce(&keys, &everyone_b, 3, b"pay Alice", 2, policy),
         SplitBy::Keys => announce(
             &keys,
             &[(2, peer(2)), (3, tb.local_peer_id())],

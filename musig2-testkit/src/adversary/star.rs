@@ -2,7 +2,7 @@
 //! nonces and partial signatures, and deviates where its [`Behaviour`] says.
 
 use musig2_core::PartialSignature;
-use musig2_proto::{AggNonceBytes, VerifiedEnvelope};
+use musig2_proto::{AggNonceBytes, SignedNonce, VerifiedEnvelope};
 
 use super::{
     Actor, AggNonce, Attempt, Behaviour, Body, Envelope, Frame, NonceCommitment, PeerId, PubNonce,
@@ -365,41 +365,15 @@ fn tamper_sum(body: Body) -> Body {
     }
 }
 
-/// `body` without signer `left_out`'s relayed nonce, the aggregate recomputed from the rest.
-fn omit_relayed(body: Body, left_out: usize) -> Body {
-    match body {
-        Body::AggregateNonce {
-            attempt,
-            agg_nonce,
-            nonces,
-        } => {
-            let nonces: Vec<_> = nonces
-                .into_iter()
-                .filter(|n| n.signer.as_usize() != left_out)
-                .collect();
-            let rest: Vec<PubNonceBytes> = nonces.iter().map(|n| n.pub_nonce).collect();
-            Body::AggregateNonce {
-                attempt,
-                agg_nonce: AggNonceBytes::aggregate(&rest).unwrap_or(agg_nonce),
-                nonces,
-            }
-        }
-        other => other,
-    }
-}
-
-/// `body` with signer `victim`'s relayed nonce replaced by `fresh` (its signature kept) and the
-/// aggregate recomputed, so only the relayed signature is wrong.
-fn forge_relayed(body: Body, victim: usize, fresh: PubNonceBytes) -> Body {
+/// `body` with its relayed nonces changed by `edit` and the aggregate recomputed to match.
+fn edit_relayed(body: Body, edit: impl FnOnce(&mut Vec<SignedNonce>)) -> Body {
     match body {
         Body::AggregateNonce {
             attempt,
             agg_nonce,
             mut nonces,
         } => {
-            if let Some(n) = nonces.get_mut(victim) {
-                n.pub_nonce = fresh;
-            }
+            edit(&mut nonces);
             let all: Vec<PubNonceBytes> = nonces.iter().map(|n| n.pub_nonce).collect();
             Body::AggregateNonce {
                 attempt,
@@ -409,4 +383,21 @@ fn forge_relayed(body: Body, victim: usize, fresh: PubNonceBytes) -> Body {
         }
         other => other,
     }
+}
+
+/// `body` without signer `left_out`'s relayed nonce, the aggregate recomputed from the rest.
+fn omit_relayed(body: Body, left_out: usize) -> Body {
+    edit_relayed(body, |nonces| {
+        nonces.retain(|n| n.signer.as_usize() != left_out);
+    })
+}
+
+/// `body` with signer `victim`'s relayed nonce replaced by `fresh` (its signature kept) and the
+/// aggregate recomputed, so only the relayed signature is wrong.
+fn forge_relayed(body: Body, victim: usize, fresh: PubNonceBytes) -> Body {
+    edit_relayed(body, |nonces| {
+        if let Some(n) = nonces.get_mut(victim) {
+            n.pub_nonce = fresh;
+        }
+    })
 }
