@@ -202,6 +202,11 @@ pub enum LateMessage {
     Nonce,
     /// Its partial signature.
     PartialSig,
+    /// As star coordinator: the aggregate nonce (its deadline is the members', half as long
+    /// again as the coordinator's own).
+    AggregateNonce,
+    /// As star coordinator: the final signature (the members' deadline).
+    FinalSignature,
 }
 
 /// What a [`Behaviour::NearDeadline`] adversary does besides being late.
@@ -210,8 +215,9 @@ pub enum Twist {
     /// Nothing: the late message is honest, and so is the rest.
     None,
     /// The late message comes in two versions under one sequence number: the first half of
-    /// its targets gets the honest one, the rest another (a second commitment or nonce, or an
-    /// invalid partial signature); a single target gets both.
+    /// its targets gets the honest one, the rest another (a second commitment or nonce, an
+    /// invalid partial signature, an aggregate nonce with a second nonce of the coordinator's,
+    /// a final signature with a bit flipped); a single target gets both.
     Equivocate,
     /// Nothing after the late message (it withholds the rest).
     WithholdRest,

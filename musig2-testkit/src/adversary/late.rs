@@ -1,6 +1,6 @@
 //! Messages timed to reach the honest nodes just before, at or just after a phase deadline
-//! ([`Behaviour::NearDeadline`]), and equivocated partial signatures
-//! ([`Behaviour::EquivocatePartialSig`]).
+//! ([`Behaviour::NearDeadline`]; the star coordinator's part is in `star.rs`), and equivocated
+//! partial signatures ([`Behaviour::EquivocatePartialSig`]).
 
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ fn junk_partial_sig() -> Option<PartialSigBytes> {
 
 impl Actor {
     /// The held-back message and twist, when the behaviour is [`Behaviour::NearDeadline`].
-    fn near_deadline(&self) -> Option<(LateMessage, i32, Twist)> {
+    pub(super) fn near_deadline(&self) -> Option<(LateMessage, i32, Twist)> {
         match self.behaviour {
             Behaviour::NearDeadline {
                 message,
@@ -44,7 +44,7 @@ impl Actor {
 
     /// Waits until `message`, sent now, reaches the honest nodes `offset_ms` from their
     /// deadline for the phase it completes (see [`Behaviour::NearDeadline`]).
-    async fn wait_for_deadline(&self, message: LateMessage, offset_ms: i32) {
+    pub(super) async fn wait_for_deadline(&self, message: LateMessage, offset_ms: i32) {
         let Some(s) = &self.session else { return };
         let a = s.ann.announcement();
         let commit_round = a.policy.nonce_commitment;
@@ -56,6 +56,21 @@ impl Actor {
             }
             LateMessage::Nonce => now.saturating_add(a.policy.timeouts.nonce_ms),
             LateMessage::PartialSig => now.saturating_add(a.policy.timeouts.partial_sig_ms),
+            // A star member waits for the coordinator half as long again as the phase timeout.
+            LateMessage::AggregateNonce if !commit_round => {
+                let nonce = a.policy.timeouts.nonce_ms;
+                a.created_at_ms
+                    .saturating_add(a.policy.timeouts.join_ms)
+                    .saturating_add(nonce / 2)
+            }
+            LateMessage::AggregateNonce => {
+                let nonce = a.policy.timeouts.nonce_ms;
+                now.saturating_add(nonce).saturating_add(nonce / 2)
+            }
+            LateMessage::FinalSignature => {
+                let psig = a.policy.timeouts.partial_sig_ms;
+                now.saturating_add(psig).saturating_add(psig / 2)
+            }
         };
         let at = deadline.saturating_add_signed(i64::from(offset_ms));
         tokio::time::sleep(Duration::from_millis(at.saturating_sub(now))).await;
@@ -63,7 +78,7 @@ impl Actor {
 
     /// Sends `honest` to the first half of `targets` and `other` to the rest, under one
     /// sequence number (both to a single target).
-    async fn send_split(&mut self, targets: &[PeerId], honest: Body, other: Body) {
+    pub(super) async fn send_split(&mut self, targets: &[PeerId], honest: Body, other: Body) {
         let now = self.clock.now_ms();
         let Some(s) = self.session.as_mut() else {
             return;

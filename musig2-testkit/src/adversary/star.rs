@@ -5,8 +5,8 @@ use musig2_core::PartialSignature;
 use musig2_proto::{AggNonceBytes, SignedNonce, VerifiedEnvelope};
 
 use super::{
-    Actor, AggNonce, Attempt, Behaviour, Body, Envelope, Frame, NonceCommitment, PeerId, PubNonce,
-    PubNonceBytes, SessionContext, SignedEnvelope, SignerIndex,
+    Actor, AggNonce, Attempt, Behaviour, Body, Envelope, Frame, LateMessage, NonceCommitment,
+    PeerId, PubNonce, PubNonceBytes, SessionContext, SignedEnvelope, SignerIndex, Twist,
 };
 
 /// What the adversarial star coordinator has collected.
@@ -194,9 +194,51 @@ impl Actor {
                     _ => return,
                 }
             }
+            Behaviour::NearDeadline {
+                message: LateMessage::AggregateNonce,
+                offset_ms,
+                twist,
+            } => {
+                self.hub_late_aggregate(body, offset_ms, twist).await;
+                return;
+            }
             _ => body,
         };
         self.hub_send_aggregate(body).await;
+    }
+
+    /// [`Behaviour::NearDeadline`] with the aggregate nonce: sent to reach the members at their
+    /// deadline plus `offset_ms`; with [`Twist::Equivocate`] half of them get an aggregate with
+    /// a second nonce of ours instead (one sequence number for both).
+    async fn hub_late_aggregate(&mut self, honest: Body, offset_ms: i32, twist: Twist) {
+        self.wait_for_deadline(LateMessage::AggregateNonce, offset_ms)
+            .await;
+        if twist != Twist::Equivocate {
+            self.hub_send_aggregate(honest).await;
+            return;
+        }
+        let Some(fresh) = self.make_nonce(false) else {
+            return;
+        };
+        let own = self.own(nonce_body(fresh));
+        let Some(s) = &self.session else { return };
+        let Some(own) = own.and_then(|e| e.verify(&s.ann).ok()) else {
+            return;
+        };
+        let Some(mut envs) = s
+            .hub
+            .as_ref()
+            .and_then(|h| h.nonces.iter().cloned().collect::<Option<Vec<_>>>())
+        else {
+            return;
+        };
+        envs[s.me.as_usize()] = own;
+        let Ok(other) = Body::aggregate_nonce(&s.ann, Attempt::FIRST, &envs) else {
+            return;
+        };
+        let peers: Vec<PeerId> = self.members().into_iter().map(|(_, p)| p).collect();
+        self.log.aggregate_nonces_sent += peers.len();
+        self.send_split(&peers, honest, other).await;
     }
 
     /// Signs each `(member, body)` under one sequence number and sends it to that member only.
@@ -303,6 +345,16 @@ impl Actor {
             return;
         };
         let mut signature = sig.to_byte_array();
+        if let Some((message, offset_ms, twist)) = self.near_deadline() {
+            match (message, twist) {
+                (LateMessage::AggregateNonce, Twist::WithholdRest) => return,
+                (LateMessage::FinalSignature, _) => {
+                    self.hub_late_final(signature, offset_ms, twist).await;
+                    return;
+                }
+                _ => {}
+            }
+        }
         match self.behaviour {
             Behaviour::WithholdFinalSig => return,
             Behaviour::InvalidFinalSig => signature[63] ^= 1,
@@ -320,6 +372,28 @@ impl Actor {
         if let Some(env) = self.own(body) {
             let peers: Vec<PeerId> = members.iter().map(|&(_, p)| p).collect();
             self.log.final_signatures_sent += peers.len();
+            self.send_all(&peers, &env.to_frame_bytes()).await;
+        }
+    }
+
+    /// [`Behaviour::NearDeadline`] with the final signature: sent to reach the members at their
+    /// deadline plus `offset_ms`; with [`Twist::Equivocate`] half of them get it with a bit
+    /// flipped (one sequence number for both).
+    async fn hub_late_final(&mut self, signature: [u8; 64], offset_ms: i32, twist: Twist) {
+        self.wait_for_deadline(LateMessage::FinalSignature, offset_ms)
+            .await;
+        let body = |signature| Body::FinalSignature {
+            attempt: Attempt::FIRST,
+            signature,
+        };
+        let peers: Vec<PeerId> = self.members().into_iter().map(|(_, p)| p).collect();
+        self.log.final_signatures_sent += peers.len();
+        if twist == Twist::Equivocate {
+            let mut flipped = signature;
+            flipped[63] ^= 1;
+            self.send_split(&peers, body(signature), body(flipped))
+                .await;
+        } else if let Some(env) = self.own(body(signature)) {
             self.send_all(&peers, &env.to_frame_bytes()).await;
         }
     }
