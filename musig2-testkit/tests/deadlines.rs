@@ -1,7 +1,7 @@
 //! Messages arriving just before, at and just after each phase deadline, together with an
 //! adversary that withholds or equivocates (issue 11). The adversary (signer 3 of four) times
-//! one message to reach the honest nodes at deadline − 1 ms, at the deadline, or at deadline
-//! + 1 ms, and sends it honestly, in two versions, or withholds everything after it: as a
+//! one message to reach the honest nodes 1 ms before the deadline, at it, or 1 ms after it,
+//! and sends it honestly, in two versions, or withholds everything after it: as a
 //! member (in star the honest signer 0 coordinates) its commitment, nonce or partial
 //! signature; as star coordinator the aggregate nonce or the final signature, against the
 //! members' longer deadline. Mesh and star, with and without nonce commitments, on the memory
