@@ -24,8 +24,12 @@ use tokio::task::JoinHandle;
 
 use crate::clock::WallClock;
 
+/// The transport an adversary runs on: any [`Transport`] (memory or libp2p).
+pub type SharedTransport = Arc<dyn Transport>;
+
 mod announce;
 mod attacks;
+mod late;
 mod random;
 mod star;
 
@@ -51,8 +55,9 @@ pub enum Behaviour {
     InvalidNonce,
     /// Commits to one nonce and reveals another (needs commitments on).
     CommitmentMismatch,
-    /// Mesh only: sends one nonce to the first half of the other signers and a different one, with
-    /// the same sequence number, to the rest. Sends no partial signature.
+    /// Sends one nonce to the first half of the other signers and a different one, with the
+    /// same sequence number, to the rest (a star member sends both to the coordinator). Sends
+    /// no partial signature.
     Equivocate,
     /// Honest, and also re-sends every envelope it has seen or sent (its own and the honest
     /// signers') to every honest signer, again and again.
@@ -147,6 +152,75 @@ pub enum Behaviour {
         /// The honest signer shown both nonces.
         victim: SignerIndex,
     },
+    /// Sends nothing at all in the session: no join, no nonce. As creator it announces and
+    /// then withholds everything.
+    Silent,
+    /// Follows the protocol up to its partial signature, then sends its valid partial
+    /// signature to the first half of its targets and a different, invalid one under the same
+    /// sequence number to the rest (in star, whose only target is the coordinator, just the
+    /// invalid one).
+    EquivocatePartialSig,
+    /// Star coordinator: shows each member a different aggregate nonce. For each member it
+    /// makes a fresh nonce of its own, signs it under one sequence number (the same for every
+    /// member) and sends that member the aggregate of the members' nonces and that one, with
+    /// every relayed nonce correctly signed: no member alone can see anything wrong.
+    AggregateNoncePerMember,
+    /// Star coordinator: shows member `victim` a different set of relayed nonces than the other
+    /// members: another member's nonce swapped for a fresh one under that member's original
+    /// signature (`omit: false`), or left out (`omit: true`), the aggregate recomputed to
+    /// match. The other members get the honest aggregate nonce; the two versions share one
+    /// sequence number.
+    RelayedNoncesPerMember {
+        /// The member shown the different set.
+        victim: SignerIndex,
+        /// Leave the other member's nonce out instead of swapping it.
+        omit: bool,
+    },
+    /// Follows the protocol, but times `message` to reach the honest nodes `offset_ms` from
+    /// their deadline for the phase it completes, and bends it or what follows as `twist`
+    /// says (see `src/adversary/late.rs`). The deadline of round 1 (the commitment, or the
+    /// nonce without commitments) is the end of the join window (the announcement's creation
+    /// time plus its join timeout, by the adversary's clock: node clocks differ by the real
+    /// milliseconds between their starts); the later deadlines start when the phase does, which
+    /// on an undisturbed memory network is the instant the adversary itself is ready to send.
+    NearDeadline {
+        /// The message held back.
+        message: LateMessage,
+        /// When it arrives, relative to the deadline (negative: before).
+        offset_ms: i32,
+        /// What else the adversary does.
+        twist: Twist,
+    },
+}
+
+/// The message a [`Behaviour::NearDeadline`] adversary holds back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LateMessage {
+    /// Its nonce commitment (round 1 with commitments on).
+    Commitment,
+    /// Its public nonce (round 1 without commitments; the reveal with them).
+    Nonce,
+    /// Its partial signature.
+    PartialSig,
+    /// As star coordinator: the aggregate nonce (its deadline is the members', half as long
+    /// again as the coordinator's own).
+    AggregateNonce,
+    /// As star coordinator: the final signature (the members' deadline).
+    FinalSignature,
+}
+
+/// What a [`Behaviour::NearDeadline`] adversary does besides being late.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Twist {
+    /// Nothing: the late message is honest, and so is the rest.
+    None,
+    /// The late message comes in two versions under one sequence number: the first half of
+    /// its targets gets the honest one, the rest another (a second commitment or nonce, an
+    /// invalid partial signature, an aggregate nonce with a second nonce of the coordinator's,
+    /// a final signature with a bit flipped); a single target gets both.
+    Equivocate,
+    /// Nothing after the late message (it withholds the rest).
+    WithholdRest,
 }
 
 /// What an adversary did and saw, returned by [`Adversary::stop`].
@@ -166,6 +240,10 @@ pub struct AdversaryLog {
     pub nonces_seen: BTreeMap<usize, BTreeSet<[u8; 66]>>,
     /// Distinct partial signatures seen from each signer index (its own excluded).
     pub partial_sigs_seen: BTreeMap<usize, BTreeSet<[u8; 32]>>,
+    /// Distinct public nonces seen from each signer index, per attempt (signer, attempt).
+    pub nonces_by_attempt: BTreeMap<(usize, u16), BTreeSet<[u8; 66]>>,
+    /// Distinct partial signatures seen from each signer index, per attempt (signer, attempt).
+    pub partial_sigs_by_attempt: BTreeMap<(usize, u16), BTreeSet<[u8; 32]>>,
     /// Sends that failed for good, by error kind (`"backpressure"` means the peer's queue stayed
     /// full through every retry).
     pub send_errors: BTreeMap<&'static str, usize>,
@@ -196,6 +274,9 @@ pub struct AdversarySetup {
     /// An announcement it created and signed: it sends it to every listed peer and takes part
     /// in that session (the adversary as creator).
     pub announcement: Option<SignedAnnouncement>,
+    /// The peers it sends its announcement to, if not every listed one (a creator that shows
+    /// the session to some signers only).
+    pub announce_to: Option<Vec<PeerId>>,
 }
 
 /// A running adversarial signer. Stop it with [`Adversary::stop`] to get its [`AdversaryLog`].
@@ -223,19 +304,30 @@ impl Adversary {
             seed,
             max_clock_skew: musig2_coordinator::Config::default().max_clock_skew,
             announcement: None,
+            announce_to: None,
         };
         Self::spawn_with(transport, keypair, behaviour, setup)
     }
 
-    /// Like [`Adversary::spawn`], with the full [`AdversarySetup`] (the skew bound the honest
-    /// nodes use, and optionally an announcement the adversary created).
+    /// Like [`Adversary::spawn_on`], on a memory transport.
     pub fn spawn_with(
         transport: MemoryTransport,
         keypair: Keypair,
         behaviour: Behaviour,
         setup: AdversarySetup,
     ) -> Adversary {
-        let transport = Arc::new(transport);
+        Self::spawn_on(Arc::new(transport), keypair, behaviour, setup)
+    }
+
+    /// Like [`Adversary::spawn`], on any transport (memory or libp2p) and with the full
+    /// [`AdversarySetup`] (the skew bound the honest nodes use, and optionally an announcement
+    /// the adversary created).
+    pub fn spawn_on(
+        transport: SharedTransport,
+        keypair: Keypair,
+        behaviour: Behaviour,
+        setup: AdversarySetup,
+    ) -> Adversary {
         let peer_id = transport.local_peer_id();
         let (stop, stop_rx) = oneshot::channel();
         let clock = WallClock::new();
@@ -263,7 +355,7 @@ impl Adversary {
             random,
             max_skew_ms: u64::try_from(setup.max_clock_skew.as_millis()).unwrap_or(u64::MAX),
         };
-        let task = tokio::spawn(actor.run(stop_rx, setup.announcement));
+        let task = tokio::spawn(actor.run(stop_rx, setup.announcement, setup.announce_to));
         Adversary {
             peer_id,
             keypair,
@@ -296,6 +388,13 @@ const MAX_KEPT: usize = 256;
 /// Tries per frame while the receiver's queue is full.
 const SEND_ATTEMPTS: usize = 100;
 
+/// Tries again after an unreachable peer ([`Behaviour::Honest`] only), the first after
+/// [`UNREACHABLE_BACKOFF`], each wait twice the one before (about 2.5 s in all).
+const UNREACHABLE_RETRIES: usize = 8;
+
+/// The first wait before sending again to an unreachable peer.
+const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(10);
+
 /// How often (in frames) a flooding adversary yields, so the flood is sustained, not one burst.
 const FLOOD_YIELD_EVERY: usize = 32;
 
@@ -311,6 +410,9 @@ struct Session {
     secnonce: Option<SecNonce>,
     nonces: Vec<Option<PubNonceBytes>>,
     round2_done: bool,
+    /// The current attempt (moved on by an honest signer's `Restart`, which only a
+    /// [`Behaviour::Honest`] member follows).
+    attempt: Attempt,
     /// Set when the adversary is the star coordinator.
     hub: Option<star::Hub>,
 }
@@ -346,7 +448,7 @@ impl Session {
 }
 
 struct Actor {
-    transport: Arc<MemoryTransport>,
+    transport: SharedTransport,
     keypair: Keypair,
     behaviour: Behaviour,
     limits: Limits,
@@ -370,9 +472,10 @@ impl Actor {
         mut self,
         mut stop: oneshot::Receiver<()>,
         created: Option<SignedAnnouncement>,
+        announce_to: Option<Vec<PeerId>>,
     ) -> AdversaryLog {
         if let Some(signed) = created {
-            self.announce(signed).await;
+            self.announce(signed, announce_to).await;
         }
         loop {
             tokio::select! {
@@ -391,7 +494,7 @@ impl Actor {
 
     /// As creator: sends our signed announcement to every other listed peer and takes part in
     /// the session.
-    async fn announce(&mut self, signed: SignedAnnouncement) {
+    async fn announce(&mut self, signed: SignedAnnouncement, only: Option<Vec<PeerId>>) {
         let Ok(ann) = signed.verify(self.clock.now_ms(), &self.limits) else {
             return;
         };
@@ -403,6 +506,7 @@ impl Actor {
             .filter_map(|s| s.peer_id.as_ref())
             .filter_map(|p| PeerId::from_bytes(p.as_bytes()).ok())
             .filter(|p| *p != me)
+            .filter(|p| only.as_ref().is_none_or(|only| only.contains(p)))
             .collect();
         let frame = signed.to_frame_bytes();
         self.announcement = Some(signed);
@@ -455,18 +559,32 @@ impl Actor {
         }
         let j = verified.signer().as_usize();
         match verified.body() {
-            Body::Nonce { pub_nonce, .. } => self.record_nonce(j, *pub_nonce),
-            Body::AggregateNonce { nonces, .. } => {
+            Body::Nonce { pub_nonce, attempt } => self.record_nonce(j, *attempt, *pub_nonce),
+            Body::AggregateNonce {
+                nonces, attempt, ..
+            } => {
                 for sn in nonces {
-                    self.record_nonce(sn.signer.as_usize(), sn.pub_nonce);
+                    self.record_nonce(sn.signer.as_usize(), *attempt, sn.pub_nonce);
                 }
             }
-            Body::PartialSig { partial_sig, .. } => {
+            Body::PartialSig {
+                partial_sig,
+                attempt,
+            } => {
+                let bytes = partial_sig.to_bytes();
                 self.log
                     .partial_sigs_seen
                     .entry(j)
                     .or_default()
-                    .insert(partial_sig.to_bytes());
+                    .insert(bytes);
+                self.log
+                    .partial_sigs_by_attempt
+                    .entry((j, attempt.get()))
+                    .or_default()
+                    .insert(bytes);
+            }
+            Body::Restart { attempt } if self.behaviour == Behaviour::Honest && !self.is_hub() => {
+                self.follow_restart(*attempt).await;
             }
             _ => {}
         }
@@ -487,7 +605,7 @@ impl Actor {
         self.maybe_round2().await;
     }
 
-    fn record_nonce(&mut self, j: usize, nonce: PubNonceBytes) {
+    fn record_nonce(&mut self, j: usize, attempt: Attempt, nonce: PubNonceBytes) {
         let Some(s) = &mut self.session else { return };
         if j == s.me.as_usize() {
             return;
@@ -497,8 +615,52 @@ impl Actor {
             .entry(j)
             .or_default()
             .insert(nonce.to_bytes());
+        self.log
+            .nonces_by_attempt
+            .entry((j, attempt.get()))
+            .or_default()
+            .insert(nonce.to_bytes());
+        if attempt != s.attempt {
+            return;
+        }
         if let Some(slot @ None) = s.nonces.get_mut(j) {
             *slot = Some(nonce);
+        }
+    }
+
+    /// An honest signer restarted into `attempt`: like the honest machine, drop everything of
+    /// the old attempt (our secret nonce too) and run round 1 again with a fresh nonce.
+    async fn follow_restart(&mut self, attempt: Attempt) {
+        let Some(s) = &mut self.session else { return };
+        if attempt <= s.attempt {
+            return;
+        }
+        s.attempt = attempt;
+        s.secnonce = None;
+        s.nonces = vec![None; s.nonces.len()];
+        s.round2_done = false;
+        let me = s.me.as_usize();
+        let Some(nonce) = self.make_nonce(true) else {
+            return;
+        };
+        let Some(s) = &mut self.session else { return };
+        s.nonces[me] = Some(nonce);
+        let (id, me, targets) = (s.id, s.me, s.round_targets());
+        if s.ann.announcement().policy.nonce_commitment {
+            let commitment = NonceCommitment::compute(&id, me, attempt, &nonce);
+            if let Some(env) = self.own(Body::NonceCommit {
+                attempt,
+                commitment,
+            }) {
+                self.send_all(&targets, &env.to_frame_bytes()).await;
+            }
+        }
+        let body = Body::Nonce {
+            attempt,
+            pub_nonce: nonce,
+        };
+        if let Some(env) = self.own(body) {
+            self.send_all(&targets, &env.to_frame_bytes()).await;
         }
     }
 
@@ -548,6 +710,7 @@ impl Actor {
             secnonce: None,
             nonces: vec![None; n],
             round2_done: false,
+            attempt: Attempt::FIRST,
             hub: is_hub.then(|| star::Hub::new(n)),
             ann,
         });
@@ -630,6 +793,9 @@ impl Actor {
     }
 
     async fn join_and_round1(&mut self) {
+        if self.behaviour == Behaviour::Silent {
+            return;
+        }
         let everyone = self.honest_peers();
         if let Some(join) = self.join_body().and_then(|b| self.own(b)) {
             self.send_all(&everyone, &join.to_frame_bytes()).await;
@@ -638,7 +804,7 @@ impl Actor {
             return;
         };
         let Some(s) = &self.session else { return };
-        let (id, me) = (s.id, s.me);
+        let (id, me, attempt) = (s.id, s.me, s.attempt);
         let targets = s.round_targets();
         let commit_round = s.ann.announcement().policy.nonce_commitment;
         if let Some(slot) = self
@@ -659,19 +825,16 @@ impl Actor {
             return;
         }
         if commit_round {
-            let commitment = NonceCommitment::compute(&id, me, Attempt::FIRST, &nonce_a);
+            let commitment = NonceCommitment::compute(&id, me, attempt, &nonce_a);
             let body = Body::NonceCommit {
-                attempt: Attempt::FIRST,
+                attempt,
                 commitment,
             };
             if let Some(env) = self.own(body) {
                 self.send_all(&targets, &env.to_frame_bytes()).await;
             }
         }
-        let nonce_body = |pub_nonce| Body::Nonce {
-            attempt: Attempt::FIRST,
-            pub_nonce,
-        };
+        let nonce_body = |pub_nonce| Body::Nonce { attempt, pub_nonce };
         match self.behaviour {
             Behaviour::WithholdNonce => {}
             Behaviour::InvalidNonce => {
@@ -696,7 +859,11 @@ impl Actor {
                 };
                 let seq = s.take_seq();
                 let now = self.clock.now_ms();
-                let (first, second) = targets.split_at(targets.len() / 2);
+                // A star member's only target (the coordinator) gets both.
+                let (first, second) = match targets.len() {
+                    1 => (&targets[..], &targets[..]),
+                    len => targets.split_at(len / 2),
+                };
                 for (nonce, peers) in [(nonce_a, first), (b, second)] {
                     let env = Envelope::sign(id, me, seq, now, nonce_body(nonce), &self.keypair);
                     self.send_all(peers, &env.to_frame_bytes()).await;
@@ -742,6 +909,7 @@ impl Actor {
 
     /// Round 2, once every nonce is known.
     async fn maybe_round2(&mut self) {
+        let withhold = self.withholds_partial_sig();
         let Some(s) = self.session.as_mut() else {
             return;
         };
@@ -762,7 +930,9 @@ impl Actor {
                 | Behaviour::ReuseSeqForCommitment { .. }
                 | Behaviour::CommitmentToAllBut { .. }
                 | Behaviour::EquivocateBeforeJoin { .. }
-        );
+                | Behaviour::EquivocatePartialSig
+                | Behaviour::NearDeadline { .. }
+        ) && !withhold;
         let psig = if honest_psig {
             let pubnonces: Option<Vec<PubNonce>> = s
                 .nonces
@@ -790,19 +960,23 @@ impl Actor {
         };
         let Some(partial_sig) = psig else { return };
         let targets = s.round_targets();
+        let attempt = s.attempt;
         if let Behaviour::Impersonate { victim } = self.behaviour {
             let mut junk = [0u8; 32];
             junk[31] = 7;
             if let Ok(forged) = PartialSigBytes::from_bytes(junk) {
                 let body = Body::PartialSig {
-                    attempt: Attempt::FIRST,
+                    attempt,
                     partial_sig: forged,
                 };
                 self.send_forged(victim, 4, body).await;
             }
         }
+        if self.bent_partial_sig(partial_sig, &targets, attempt).await {
+            return;
+        }
         let body = Body::PartialSig {
-            attempt: Attempt::FIRST,
+            attempt,
             partial_sig,
         };
         if let Some(env) = self.own(body) {
@@ -844,6 +1018,14 @@ impl Actor {
                     }
                     Err(TransportError::Backpressure(_)) if attempt + 1 < SEND_ATTEMPTS => {
                         tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    // A peer that crashed (or whose frame was lost in flight when it did) comes
+                    // back on the same peer id: an honest signer tries again for a while, as
+                    // the honest nodes' retries do.
+                    Err(TransportError::Unreachable { .. })
+                        if self.behaviour == Behaviour::Honest && attempt < UNREACHABLE_RETRIES =>
+                    {
+                        tokio::time::sleep(UNREACHABLE_BACKOFF * (1 << attempt)).await;
                     }
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "adversary send failed");

@@ -1,26 +1,31 @@
 //! Clusters of honest nodes (and at most one adversary) on a seeded memory network, one signing
 //! session across them, and the outcome of every honest node.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use musig2_coordinator::{
-    AbortOrigin, Config, Event, Node, SessionHealth, SessionRequest, dht_key,
+    AbortOrigin, Config, CoordinatorError, Event, MemoryStore, Node, SessionHealth, SessionRequest,
+    SessionStore, StoredSession, announcement_record_validator, dht_key,
 };
 use musig2_proto::{
     AbortReason, Announcement, ElectionMethod, PeerIdBytes, Policy, SessionId, SignedAnnouncement,
     SignerIndex, SignerInfo, Topology,
 };
-use musig2_transport::{LinkFault, MemoryConfig, MemoryNetwork, PeerId, Transport};
+use musig2_transport::{
+    Delay, Libp2pConfig, Libp2pTransport, LinkFault, MemoryConfig, MemoryNetwork, PeerId, Transport,
+};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use secp256k1::{Keypair, XOnlyPublicKey, schnorr};
 use tokio::sync::broadcast;
 
 use crate::adversary::{
-    Adversary, AdversaryLog, AdversarySetup, Behaviour, FloodStats, flood_junk,
+    Adversary, AdversaryLog, AdversarySetup, Behaviour, FloodStats, SharedTransport, flood_junk,
 };
 use crate::clock::WallClock;
+use crate::crash::{CrashPoint, CrashRecord, stored_nonce_reuse};
 use crate::error::{Result, TestkitError};
 
 /// `n` signing keys derived from `seed` (ChaCha20), the same for the same seed.
@@ -46,6 +51,59 @@ pub fn test_config() -> Config {
 /// How long a send on a faulty network waits before a dropped frame counts as lost (see
 /// [`Scenario::link_fault`]).
 pub const FAULTY_SEND_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// A node configuration for libp2p runs on loopback in real time: deadlines of a few seconds,
+/// so a withholding adversary costs about two seconds of wall time.
+pub fn libp2p_test_config() -> Config {
+    Config {
+        session_timeout: Duration::from_secs(10),
+        join_timeout: Duration::from_secs(2),
+        nonce_exchange_timeout: Duration::from_millis(1500),
+        partial_sig_exchange_timeout: Duration::from_millis(1500),
+        dht_query_timeout: Duration::from_secs(2),
+        ..Config::default()
+    }
+}
+
+/// How often a crash scenario looks at the victim's store.
+const CRASH_POLL: Duration = Duration::from_millis(1);
+
+/// The delay on every link into a signer that is to crash: longer than [`CRASH_POLL`] and than
+/// the node's delay for records it commits lazily (20 ms: its partial signature, its aggregate
+/// nonce, its outcome), so each step of its own is in its store before anything it would
+/// answer arrives.
+fn crash_inbound_delay() -> LinkFault {
+    LinkFault::none().with_delay(Delay::Fixed(Duration::from_millis(50)))
+}
+
+/// An honest node of a run, with the store that outlives it.
+struct HonestNode {
+    index: SignerIndex,
+    node: Node,
+    events: broadcast::Receiver<Event>,
+    store: MemoryStore,
+}
+
+/// The network of a run.
+enum Net {
+    /// The seeded memory network; transports are added on demand.
+    Memory(MemoryNetwork),
+    /// Loopback libp2p nodes, handed out in order (the next one at the index).
+    Libp2p(Vec<Arc<Libp2pTransport>>, usize),
+}
+
+impl Net {
+    fn next_transport(&mut self) -> SharedTransport {
+        match self {
+            Net::Memory(network) => Arc::new(network.add_node()),
+            Net::Libp2p(transports, next) => {
+                let t = transports[*next % transports.len()].clone();
+                *next += 1;
+                t
+            }
+        }
+    }
+}
 
 /// How one honest node's session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +158,10 @@ pub struct Scenario {
     election: ElectionMethod,
     link_fault: Option<LinkFault>,
     creator: Option<CreatorAnnouncement>,
+    crash: Option<(SignerIndex, CrashPoint)>,
+    max_attempts: Option<u16>,
+    libp2p: bool,
+    links: Vec<(usize, usize, LinkFault)>,
 }
 
 impl Scenario {
@@ -118,6 +180,10 @@ impl Scenario {
             election: ElectionMethod::FirstSigner,
             link_fault: None,
             creator: None,
+            crash: None,
+            max_attempts: None,
+            libp2p: false,
+            links: Vec::new(),
         }
     }
 
@@ -180,6 +246,41 @@ impl Scenario {
         self
     }
 
+    /// Applies `fault` to the one link from signer `from` to signer `to` (after
+    /// [`Scenario::link_fault`] and the delays of [`Scenario::crash_restart`], which it
+    /// overrides on that link). Memory network only.
+    pub fn link_fault_between(mut self, from: u16, to: u16, fault: LinkFault) -> Scenario {
+        self.links.push((usize::from(from), usize::from(to), fault));
+        self
+    }
+
+    /// Kills honest signer `signer`'s node once its store shows `point` (its transport goes
+    /// down and the node is dropped without shutdown, as a process dies), and starts a new node
+    /// on the same store, key and peer id (see [`Node::spawn_with_store`]). Frames to the
+    /// victim get a small link delay, so nothing it would answer arrives between the point and
+    /// the crash. [`Report::crash`] says what its store held at the crash. Memory network only.
+    pub fn crash_restart(mut self, signer: u16, point: CrashPoint) -> Scenario {
+        self.crash = SignerIndex::new(signer).ok().map(|i| (i, point));
+        self
+    }
+
+    /// The announcement's `max_attempts` (all attempts, the first included; default 3): with
+    /// 1, a signer that restarts after sending round-1 material ends the session (reason
+    /// `Restarted`, naming it).
+    pub fn max_attempts(mut self, attempts: u16) -> Scenario {
+        self.max_attempts = Some(attempts);
+        self
+    }
+
+    /// Runs every node (and the adversary, and the flooding outsider) on its own
+    /// [`Libp2pTransport`] on 127.0.0.1 instead of the memory network. Real sockets need real
+    /// time: do not pause the clock, and give the nodes short timeouts (see
+    /// [`libp2p_test_config`]). Link faults and crashes are memory-network only.
+    pub fn over_libp2p(mut self) -> Scenario {
+        self.libp2p = true;
+        self
+    }
+
     /// Adds a peer outside the session that sends `frames` junk frames to every honest node
     /// while the session runs.
     pub fn outsider_flood(mut self, frames: usize) -> Scenario {
@@ -189,66 +290,57 @@ impl Scenario {
 
     /// Builds the network, runs the session to its end on every honest node, stops the
     /// adversary and reports. Needs a tokio runtime; use a paused clock for speed and
-    /// determinism.
+    /// determinism (a paused clock is refused with [`Scenario::over_libp2p`], whose sockets
+    /// need real time).
     pub async fn run(self) -> Result<Report> {
         let n = self.signers;
-        if n < 2 {
-            return Err(TestkitError::InvalidScenario("at least two signers".into()));
-        }
-        let first = usize::from(self.creator.is_none());
-        match self.adversary {
-            Some((i, _)) if i.as_usize() < first || i.as_usize() >= n => {
-                return Err(TestkitError::InvalidScenario(format!(
-                    "adversary index {i} must be in {first}..{n}"
-                )));
-            }
-            None if self.creator.is_some() => {
-                return Err(TestkitError::InvalidScenario(
-                    "an adversarial creator needs an adversary".into(),
-                ));
-            }
-            _ => {}
-        }
-        let network = MemoryNetwork::with_config(MemoryConfig {
-            seed: self.seed,
-            send_timeout: if self.link_fault.is_some() {
-                FAULTY_SEND_TIMEOUT
-            } else {
-                MemoryConfig::default().send_timeout
-            },
-            ..MemoryConfig::default()
-        });
+        self.check()?;
+        let mut net = self
+            .network(n + usize::from(self.outsider_flood.is_some()))
+            .await?;
         let keypairs = keypairs_from_seed(self.seed, n);
-        let mut honest: Vec<(SignerIndex, Node, broadcast::Receiver<Event>)> = Vec::new();
+        let mut honest: Vec<HonestNode> = Vec::new();
         let mut adversary_transport = None;
         let mut peers = Vec::with_capacity(n);
         for (i, kp) in keypairs.iter().enumerate() {
             let index = SignerIndex::try_from(i)?;
-            let transport = network.add_node();
+            let transport = net.next_transport();
             peers.push(Some(transport.local_peer_id()));
             match self.adversary {
                 Some((a, behaviour)) if a == index => {
                     adversary_transport = Some((transport, *kp, behaviour));
                 }
                 _ => {
-                    let node = Node::spawn(Arc::new(transport), *kp, self.config.clone());
+                    let store = MemoryStore::new();
+                    let node =
+                        Node::spawn_with_store(transport, *kp, self.config.clone(), store.clone())?;
                     let events = node.events();
-                    honest.push((index, node, events));
+                    honest.push(HonestNode {
+                        index,
+                        node,
+                        events,
+                        store,
+                    });
                 }
             }
         }
         let outsider = self.outsider_flood.map(|frames| {
-            let transport = network.add_node();
-            let targets: Vec<_> = honest.iter().map(|(_, node, _)| node.peer_id()).collect();
+            let transport = net.next_transport();
+            let targets: Vec<_> = honest.iter().map(|h| h.node.peer_id()).collect();
             let seed = self.seed ^ 0x0f10_0d00;
-            tokio::spawn(async move { flood_junk(&transport, &targets, frames, seed).await })
+            tokio::spawn(
+                async move { flood_junk(transport.as_ref(), &targets, frames, seed).await },
+            )
         });
-        let policy = Policy {
+        let mut policy = Policy {
             topology: self.topology,
             nonce_commitment: self.commitments,
             election: self.election,
-            ..honest[0].1.default_policy()
+            ..honest[0].node.default_policy()
         };
+        if let Some(max) = self.max_attempts {
+            policy.max_attempts = max;
+        }
         let request = SessionRequest {
             signers: keypairs.iter().map(Keypair::public_key).collect(),
             peers: peers.clone(),
@@ -256,8 +348,26 @@ impl Scenario {
             tweaks: Vec::new(),
             policy,
         };
-        if let Some(fault) = self.link_fault {
+        if let (Some(fault), Net::Memory(network)) = (self.link_fault, &net) {
             network.set_default_fault(fault);
+        }
+        if let (Some((victim, _)), Net::Memory(network)) = (self.crash, &net) {
+            // Everything reaching the victim comes a little late, so it can be stopped right
+            // after a step of its own, before anything it would answer arrives.
+            for (j, peer) in peers.iter().enumerate() {
+                if let (Some(from), Some(Some(to))) = (peer, peers.get(victim.as_usize())) {
+                    if j != victim.as_usize() {
+                        network.set_link_fault(*from, *to, crash_inbound_delay());
+                    }
+                }
+            }
+        }
+        if let Net::Memory(network) = &net {
+            for &(from, to, fault) in &self.links {
+                if let (Some(Some(a)), Some(Some(b))) = (peers.get(from), peers.get(to)) {
+                    network.set_link_fault(*a, *b, fault);
+                }
+            }
         }
         let mut adversary = None;
         let mut created = None;
@@ -278,7 +388,7 @@ impl Scenario {
                 }
                 _ => None,
             };
-            adversary = Some(Adversary::spawn_with(
+            adversary = Some(Adversary::spawn_on(
                 transport,
                 kp,
                 behaviour,
@@ -287,33 +397,53 @@ impl Scenario {
                     seed: self.seed ^ 0xad5e_55a1,
                     max_clock_skew: self.config.max_clock_skew,
                     announcement,
+                    announce_to: None,
                 },
             ));
         }
         let (session, joiners) = match created {
             Some(id) => (id, 0..honest.len()),
-            None => (honest[0].1.create_session(request).await?, 1..honest.len()),
+            None => (
+                honest[0].node.create_session(request).await?,
+                1..honest.len(),
+            ),
         };
         let mut join_errors = vec![None; honest.len()];
         for k in joiners {
             // A session an adversary already ended cannot be joined; the outcome says why.
-            if let Err(e) = honest[k].1.join_session(session).await {
+            if let Err(e) = honest[k].node.join_session(session).await {
                 tracing::debug!(error = %e, "join failed");
                 join_errors[k] = Some(e.to_string());
             }
         }
+        let crash = match (self.crash, &mut net) {
+            (Some((victim, point)), Net::Memory(network)) => Some(
+                self.crash_and_restart(network, &mut honest, session, victim, point)
+                    .await?,
+            ),
+            _ => None,
+        };
         let deadline = self.config.session_timeout + Duration::from_secs(60);
         let mut outcomes = Vec::with_capacity(honest.len());
-        for ((index, node, events), join_error) in honest.iter_mut().zip(join_errors) {
-            let outcome = wait_for_outcome(events, session, deadline).await;
-            let health = node.health(session).await.ok();
+        for (h, join_error) in honest.iter_mut().zip(join_errors) {
+            let restarted = crash
+                .as_ref()
+                .is_some_and(|c| c.crashed && c.signer == h.index);
+            let outcome = if restarted {
+                // The new node may hold the outcome from before its crash: ask for it.
+                outcome_of(&h.node, session, deadline).await
+            } else {
+                wait_for_outcome(&mut h.events, session, deadline).await
+            };
+            let health = h.node.health(session).await.ok();
             outcomes.push(HonestOutcome {
-                signer: *index,
+                signer: h.index,
                 outcome,
                 health,
                 join_error,
                 known_sessions: Vec::new(),
                 forged_joined: Vec::new(),
+                stored: None,
             });
         }
         let adversary_log = match adversary {
@@ -324,26 +454,33 @@ impl Scenario {
             .as_ref()
             .map(|log| log.forged_sessions.clone())
             .unwrap_or_default();
-        for ((_, node, _), out) in honest.iter().zip(&mut outcomes) {
-            out.known_sessions = node
+        for (h, out) in honest.iter().zip(&mut outcomes) {
+            out.known_sessions = h
+                .node
                 .sessions()
                 .await
-                .map(|all| all.iter().map(|h| h.session).collect())
+                .map(|all| all.iter().map(|x| x.session).collect())
                 .unwrap_or_default();
             // Asked to join a forged session by id, the node must refuse (its announcement is
             // nowhere to be found in a form that verifies).
             for id in &forged {
-                if node.join_session(*id).await.is_ok() {
+                if h.node.join_session(*id).await.is_ok() {
                     out.forged_joined.push(*id);
                 }
             }
+            out.stored = h.store.load(&session).ok().flatten();
         }
         let outsider_flood = match outsider {
             Some(task) => task.await.ok(),
             None => None,
         };
-        for (_, node, _) in &honest {
-            let _ = node.shutdown().await;
+        for h in &honest {
+            let _ = h.node.shutdown().await;
+        }
+        if let Net::Libp2p(transports, _) = &net {
+            for t in transports {
+                let _ = t.shutdown().await;
+            }
         }
         let aggregate_key = musig2_core::KeyAggContext::new(
             &keypairs.iter().map(Keypair::public_key).collect::<Vec<_>>(),
@@ -357,7 +494,125 @@ impl Scenario {
             honest: outcomes,
             adversary_log,
             outsider_flood,
+            crash,
         })
+    }
+
+    /// Rejects parameters that make no sense together.
+    fn check(&self) -> Result<()> {
+        let n = self.signers;
+        let invalid = |why: String| Err(TestkitError::InvalidScenario(why));
+        if n < 2 {
+            return invalid("at least two signers".into());
+        }
+        let first = usize::from(self.creator.is_none());
+        match self.adversary {
+            Some((i, _)) if i.as_usize() < first || i.as_usize() >= n => {
+                return invalid(format!("adversary index {i} must be in {first}..{n}"));
+            }
+            None if self.creator.is_some() => {
+                return invalid("an adversarial creator needs an adversary".into());
+            }
+            _ => {}
+        }
+        if let Some((victim, _)) = self.crash {
+            if victim.as_usize() >= n || self.adversary.is_some_and(|(a, _)| a == victim) {
+                return invalid(format!("crashed signer {victim} must be an honest signer"));
+            }
+        }
+        if self.libp2p
+            && (self.link_fault.is_some() || self.crash.is_some() || !self.links.is_empty())
+        {
+            return invalid("link faults and crashes need the memory network".into());
+        }
+        Ok(())
+    }
+
+    /// The network: `nodes` memory transports, or libp2p nodes on loopback.
+    async fn network(&self, nodes: usize) -> Result<Net> {
+        if self.libp2p {
+            let config = Libp2pConfig {
+                record_validator: Some(announcement_record_validator(self.config.limits)),
+                ..Libp2pConfig::default()
+            };
+            let transports = Libp2pTransport::spawn_local_network(nodes, config)
+                .await
+                .map_err(|e| TestkitError::InvalidScenario(format!("libp2p network: {e}")))?;
+            return Ok(Net::Libp2p(
+                transports.into_iter().map(Arc::new).collect(),
+                0,
+            ));
+        }
+        let lossy = self.link_fault.is_some();
+        Ok(Net::Memory(MemoryNetwork::with_config(MemoryConfig {
+            seed: self.seed,
+            send_timeout: if lossy {
+                FAULTY_SEND_TIMEOUT
+            } else {
+                MemoryConfig::default().send_timeout
+            },
+            ..MemoryConfig::default()
+        })))
+    }
+
+    /// Waits until `victim`'s store shows `point`, then kills its node (transport down, node
+    /// dropped without shutdown; frames in flight are lost) and starts a new one on the same
+    /// store, peer id and key.
+    async fn crash_and_restart(
+        &self,
+        network: &MemoryNetwork,
+        honest: &mut [HonestNode],
+        session: SessionId,
+        victim: SignerIndex,
+        point: CrashPoint,
+    ) -> Result<CrashRecord> {
+        let mut record = CrashRecord {
+            signer: victim,
+            point,
+            crashed: false,
+            stored_at_crash: Vec::new(),
+            finished_at_crash: false,
+        };
+        let Some(h) = honest.iter_mut().find(|h| h.index == victim) else {
+            return Ok(record);
+        };
+        let give_up = tokio::time::Instant::now() + self.config.session_timeout;
+        let stored = loop {
+            let stored = h.store.load(&session)?;
+            if let Some(stored) = stored.filter(|s| point.reached(victim, s)) {
+                break stored;
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Ok(record);
+            }
+            tokio::time::sleep(CRASH_POLL).await;
+        };
+        record.crashed = true;
+        record.finished_at_crash = stored.outcome.is_some();
+        for e in &stored.envelopes {
+            let env = e.envelope();
+            if env.signer() == victim && !record.stored_at_crash.contains(&env.body().kind()) {
+                record.stored_at_crash.push(env.body().kind());
+            }
+        }
+        let peer = h.node.peer_id();
+        network
+            .crash(peer)
+            .map_err(|e| TestkitError::InvalidScenario(format!("crash: {e}")))?;
+        // Let the old node see its transport close and stop.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let transport = network
+            .restart(peer)
+            .map_err(|e| TestkitError::InvalidScenario(format!("restart: {e}")))?;
+        let keypair = keypairs_from_seed(self.seed, self.signers)[victim.as_usize()];
+        h.node = Node::spawn_with_store(
+            Arc::new(transport),
+            keypair,
+            self.config.clone(),
+            h.store.clone(),
+        )?;
+        h.events = h.node.events();
+        Ok(record)
     }
 }
 
@@ -403,6 +658,34 @@ impl Scenario {
             expires_at_ms: now.saturating_add(session_ms),
         };
         Ok(announcement.sign(keypair, &self.config.limits)?)
+    }
+}
+
+/// The most distinct values signer `i` showed in one attempt.
+fn most_per_attempt<T>(seen: &BTreeMap<(usize, u16), BTreeSet<T>>, i: usize) -> usize {
+    seen.iter()
+        .filter(|((j, _), _)| *j == i)
+        .map(|(_, s)| s.len())
+        .max()
+        .unwrap_or(0)
+}
+
+/// The outcome `node` holds or reaches for `session` (a node restarted after its session ended
+/// emits no event for it, but answers).
+async fn outcome_of(node: &Node, session: SessionId, deadline: Duration) -> Outcome {
+    match tokio::time::timeout(deadline, node.wait_for_signature(session)).await {
+        Ok(Ok(signature)) => Outcome::Signed(signature),
+        Ok(Err(CoordinatorError::Aborted {
+            reason,
+            blamed,
+            origin,
+            ..
+        })) => Outcome::Aborted {
+            reason,
+            blamed,
+            origin,
+        },
+        Ok(Err(_)) | Err(_) => Outcome::Stalled,
     }
 }
 
@@ -477,6 +760,16 @@ pub enum Violation {
         /// Distinct partial signatures seen.
         partial_sigs: usize,
     },
+    /// The honest nodes' stores hold two nonces or two partial signatures of one honest signer
+    /// in one attempt, or one nonce of it in two attempts.
+    StoredNonceReuse {
+        /// The signer.
+        signer: SignerIndex,
+        /// The attempt.
+        attempt: u16,
+        /// What was found.
+        what: &'static str,
+    },
     /// A node that joined neither signed nor aborted by a minute past the session deadline.
     Stalled {
         /// The node.
@@ -500,6 +793,7 @@ impl Violation {
             Violation::InvalidSignature { .. } => "invalid signature".into(),
             Violation::SignaturesDiffer { .. } => "signatures differ".into(),
             Violation::NonceReuse { .. } => "nonce reuse".into(),
+            Violation::StoredNonceReuse { .. } => "nonce reuse (stores)".into(),
             Violation::Stalled { phase, .. } => format!("stalled in {phase:?}"),
         }
     }
@@ -531,6 +825,11 @@ impl std::fmt::Display for Violation {
                 f,
                 "signer {signer} showed {nonces} nonces and {partial_sigs} partial signatures"
             ),
+            Violation::StoredNonceReuse {
+                signer,
+                attempt,
+                what,
+            } => write!(f, "signer {signer}, attempt {attempt}: {what} (stores)"),
             Violation::Stalled { signer, phase } => {
                 write!(f, "signer {signer} stalled (phase {phase:?})")
             }
@@ -554,6 +853,8 @@ pub struct HonestOutcome {
     /// The adversary's forged sessions (see [`Behaviour::ForgeAnnouncement`]) that it joined
     /// when asked to by id after the run.
     pub forged_joined: Vec<SessionId>,
+    /// What its store held of the session at the end.
+    pub stored: Option<StoredSession>,
 }
 
 /// What a [`Scenario`] produced, with the assertions every scenario makes.
@@ -573,6 +874,9 @@ pub struct Report {
     pub adversary_log: Option<AdversaryLog>,
     /// What the outsider's flood achieved, if there was one.
     pub outsider_flood: Option<FloodStats>,
+    /// The crash and restart of an honest signer, if the scenario had one
+    /// ([`Scenario::crash_restart`]).
+    pub crash: Option<CrashRecord>,
 }
 
 impl Report {
@@ -603,7 +907,11 @@ impl Report {
                         h.signer
                     );
                 }
-                Outcome::Aborted { blamed, origin, .. } => {
+                Outcome::Aborted {
+                    reason,
+                    blamed,
+                    origin,
+                } => {
                     let trusted = match origin {
                         AbortOrigin::Local => true,
                         AbortOrigin::Remote(from) => self.is_honest(*from),
@@ -611,7 +919,7 @@ impl Report {
                     if trusted {
                         for b in blamed {
                             assert!(
-                                !self.is_honest(*b),
+                                self.blame_allowed(*reason, *b),
                                 "signer {} blames honest signer {b}: {:?}",
                                 h.signer,
                                 h.outcome
@@ -665,7 +973,7 @@ impl Report {
                         AbortOrigin::Remote(from) => self.is_honest(*from),
                     };
                     if trusted {
-                        for b in blamed.iter().filter(|b| self.is_honest(**b)) {
+                        for b in blamed.iter().filter(|b| !self.blame_allowed(*reason, **b)) {
                             found.push(Violation::HonestBlamed {
                                 by: h.signer,
                                 blamed: *b,
@@ -684,12 +992,42 @@ impl Report {
                 Outcome::Stalled => {}
             }
         }
+        found.extend(self.nonce_reuse());
+        found
+    }
+
+    /// Whether an honest node may blame `blamed` for `reason`: it is not honest, or it is the
+    /// signer that crashed and restarted, named with reason `Restarted` (what happened to it,
+    /// not an accusation; ADR 0007).
+    fn blame_allowed(&self, reason: AbortReason, blamed: SignerIndex) -> bool {
+        !self.is_honest(blamed)
+            || (reason == AbortReason::Restarted
+                && self
+                    .crash
+                    .as_ref()
+                    .is_some_and(|c| c.crashed && c.signer == blamed))
+    }
+
+    /// Every honest nonce used twice, by two checks: the adversary's log (it never saw two
+    /// nonces or two partial signatures of one honest signer in one attempt, nor one nonce in
+    /// two attempts) and the honest nodes' stores (no honest signer's envelopes, as the honest
+    /// nodes verified and kept them, hold two nonces or two partial signatures for one
+    /// attempt, or one nonce in two attempts).
+    fn nonce_reuse(&self) -> Vec<Violation> {
+        let mut found = Vec::new();
         if let Some(log) = &self.adversary_log {
             for h in &self.honest {
                 let i = h.signer.as_usize();
-                let nonces = log.nonces_seen.get(&i).map_or(0, |s| s.len());
-                let partial_sigs = log.partial_sigs_seen.get(&i).map_or(0, |s| s.len());
-                if nonces > 1 || partial_sigs > 1 {
+                let nonces = most_per_attempt(&log.nonces_by_attempt, i);
+                let partial_sigs = most_per_attempt(&log.partial_sigs_by_attempt, i);
+                let attempts_total: usize = log
+                    .nonces_by_attempt
+                    .iter()
+                    .filter(|((j, _), _)| *j == i)
+                    .map(|(_, s)| s.len())
+                    .sum();
+                let distinct = log.nonces_seen.get(&i).map_or(0, |s| s.len());
+                if nonces > 1 || partial_sigs > 1 || attempts_total > distinct {
                     found.push(Violation::NonceReuse {
                         signer: h.signer,
                         nonces,
@@ -697,6 +1035,19 @@ impl Report {
                     });
                 }
             }
+        }
+        let stores: Vec<&StoredSession> = self
+            .honest
+            .iter()
+            .filter_map(|h| h.stored.as_ref())
+            .collect();
+        let honest: Vec<SignerIndex> = self.honest.iter().map(|h| h.signer).collect();
+        for (signer, attempt, what) in stored_nonce_reuse(&stores, &honest) {
+            found.push(Violation::StoredNonceReuse {
+                signer,
+                attempt,
+                what,
+            });
         }
         found
     }
@@ -757,18 +1108,12 @@ impl Report {
     }
 
     /// No honest signer sent the adversary two different public nonces or two different partial
-    /// signatures in this session (a nonce used for two challenges would leak its secret key).
+    /// signatures in one attempt of this session, or one nonce in two attempts (a nonce used for
+    /// two challenges would leak its secret key); and the honest nodes' stores show the same of
+    /// every honest signer.
     pub fn assert_no_nonce_reuse(&self) {
-        let Some(log) = &self.adversary_log else {
-            return;
-        };
-        for h in &self.honest {
-            let i = h.signer.as_usize();
-            let nonces = log.nonces_seen.get(&i).map_or(0, |s| s.len());
-            let psigs = log.partial_sigs_seen.get(&i).map_or(0, |s| s.len());
-            assert!(nonces <= 1, "signer {i} revealed {nonces} nonces");
-            assert!(psigs <= 1, "signer {i} sent {psigs} partial signatures");
-        }
+        let found = self.nonce_reuse();
+        assert!(found.is_empty(), "{}", self.describe_violations(&found));
     }
 
     /// Every honest node finished with the same valid signature; returns it.
@@ -815,6 +1160,30 @@ impl Report {
                 other => panic!("signer {} did not abort: {other:?}", h.signer),
             })
             .collect()
+    }
+
+    /// The safety invariant ([`Report::assert_safe`]), and every honest node either signed or
+    /// aborted blaming exactly the adversary (on its own finding or an honest peer's abort, for
+    /// any reason): the outcome of an attack the protocol may survive or not, depending on
+    /// timing or on a later recovery (such as star failover).
+    pub fn assert_signed_or_blamed_adversary(&self) {
+        self.assert_safe();
+        let culprit = self.adversary.expect("the scenario has an adversary");
+        for h in &self.honest {
+            match &h.outcome {
+                Outcome::Signed(_) => {}
+                Outcome::Aborted { blamed, origin, .. } => {
+                    assert_ne!(
+                        *origin,
+                        AbortOrigin::Remote(culprit),
+                        "signer {}: ended by the adversary's own abort",
+                        h.signer
+                    );
+                    assert_eq!(blamed, &vec![culprit], "signer {}: wrong blame", h.signer);
+                }
+                Outcome::Stalled => panic!("signer {} stalled", h.signer),
+            }
+        }
     }
 
     /// Every honest node aborted because of a signed Abort from the adversary (whose blame is

@@ -4,7 +4,7 @@
 use musig2_coordinator::dht_key;
 use musig2_proto::SignedAnnouncement;
 
-use super::{Actor, PeerId, Transport};
+use super::{Actor, PeerId};
 
 /// How long the forged DHT records live.
 const RECORD_TTL: std::time::Duration = std::time::Duration::from_secs(600);

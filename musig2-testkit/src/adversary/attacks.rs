@@ -47,6 +47,7 @@ impl Actor {
             Behaviour::EquivocateBeforeJoin { victim } => {
                 self.equivocate_before_join(victim, nonce).await;
             }
+            Behaviour::NearDeadline { .. } => self.near_deadline_round1(nonce).await,
             _ => return false,
         }
         true

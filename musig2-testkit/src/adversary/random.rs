@@ -8,7 +8,6 @@
 //! stale envelopes) apply to any frame; envelope-level ones (re-date, reuse a sequence number,
 //! equivocate) to the adversary's own envelope in it.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,8 +17,8 @@ use rand_chacha::ChaCha20Rng;
 use tokio::task::JoinHandle;
 
 use super::{
-    Actor, Attempt, Body, Envelope, Frame, MemoryTransport, NonceCommitment, PartialSigBytes,
-    PeerId, PubNonceBytes, SeqNo, SignedEnvelope, Transport, TransportError, decode_frame,
+    Actor, Attempt, Body, Envelope, Frame, NonceCommitment, PartialSigBytes, PeerId, PubNonceBytes,
+    SeqNo, SharedTransport, SignedEnvelope, TransportError, decode_frame,
 };
 use crate::clock::WallClock;
 
@@ -65,7 +64,7 @@ impl Action {
 pub(super) struct Strategy {
     rng: ChaCha20Rng,
     skew_ms: u64,
-    transport: Arc<MemoryTransport>,
+    transport: SharedTransport,
     clock: WallClock,
     started_ms: u64,
     /// Our own envelopes as sent, oldest first.
@@ -98,7 +97,7 @@ impl Strategy {
     pub(super) fn new(
         seed: u64,
         max_clock_skew: Duration,
-        transport: Arc<MemoryTransport>,
+        transport: SharedTransport,
         clock: WallClock,
     ) -> Strategy {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);

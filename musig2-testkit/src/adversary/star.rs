@@ -2,11 +2,11 @@
 //! nonces and partial signatures, and deviates where its [`Behaviour`] says.
 
 use musig2_core::PartialSignature;
-use musig2_proto::{AggNonceBytes, VerifiedEnvelope};
+use musig2_proto::{AggNonceBytes, SignedNonce, VerifiedEnvelope};
 
 use super::{
-    Actor, AggNonce, Attempt, Behaviour, Body, Frame, NonceCommitment, PeerId, PubNonce,
-    PubNonceBytes, SessionContext, SignedEnvelope,
+    Actor, AggNonce, Attempt, Behaviour, Body, Envelope, Frame, LateMessage, NonceCommitment,
+    PeerId, PubNonce, PubNonceBytes, SessionContext, SignedEnvelope, SignerIndex, Twist,
 };
 
 /// What the adversarial star coordinator has collected.
@@ -177,6 +177,14 @@ impl Actor {
             return;
         };
         let body = match self.behaviour {
+            Behaviour::AggregateNoncePerMember => {
+                self.hub_aggregate_per_member(&envs).await;
+                return;
+            }
+            Behaviour::RelayedNoncesPerMember { victim, omit } => {
+                self.hub_relayed_per_member(body, victim, omit).await;
+                return;
+            }
             Behaviour::WithholdAggregateNonce => return,
             Behaviour::BadAggregateNonce => tamper_sum(body),
             Behaviour::ForgedRelayedNonce => {
@@ -186,9 +194,130 @@ impl Actor {
                     _ => return,
                 }
             }
+            Behaviour::NearDeadline {
+                message: LateMessage::AggregateNonce,
+                offset_ms,
+                twist,
+            } => {
+                self.hub_late_aggregate(body, offset_ms, twist).await;
+                return;
+            }
             _ => body,
         };
         self.hub_send_aggregate(body).await;
+    }
+
+    /// [`Behaviour::NearDeadline`] with the aggregate nonce: sent to reach the members at their
+    /// deadline plus `offset_ms`; with [`Twist::Equivocate`] half of them get an aggregate with
+    /// a second nonce of ours instead (one sequence number for both).
+    async fn hub_late_aggregate(&mut self, honest: Body, offset_ms: i32, twist: Twist) {
+        self.wait_for_deadline(LateMessage::AggregateNonce, offset_ms)
+            .await;
+        if twist != Twist::Equivocate {
+            self.hub_send_aggregate(honest).await;
+            return;
+        }
+        let Some(fresh) = self.make_nonce(false) else {
+            return;
+        };
+        let own = self.own(nonce_body(fresh));
+        let Some(s) = &self.session else { return };
+        let Some(own) = own.and_then(|e| e.verify(&s.ann).ok()) else {
+            return;
+        };
+        let Some(mut envs) = s
+            .hub
+            .as_ref()
+            .and_then(|h| h.nonces.iter().cloned().collect::<Option<Vec<_>>>())
+        else {
+            return;
+        };
+        envs[s.me.as_usize()] = own;
+        let Ok(other) = Body::aggregate_nonce(&s.ann, Attempt::FIRST, &envs) else {
+            return;
+        };
+        let peers: Vec<PeerId> = self.members().into_iter().map(|(_, p)| p).collect();
+        self.log.aggregate_nonces_sent += peers.len();
+        self.send_split(&peers, honest, other).await;
+    }
+
+    /// Signs each `(member, body)` under one sequence number and sends it to that member only.
+    async fn hub_send_per_member(&mut self, bodies: Vec<(PeerId, Body)>) {
+        let now = self.clock.now_ms();
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        let (id, me, seq) = (s.id, s.me, s.take_seq());
+        for (peer, body) in bodies {
+            let env = Envelope::sign(id, me, seq, now, body, &self.keypair);
+            self.log.aggregate_nonces_sent += 1;
+            self.send_all(&[peer], &env.to_frame_bytes()).await;
+        }
+    }
+
+    /// [`Behaviour::AggregateNoncePerMember`]: each member gets the aggregate with its own
+    /// fresh coordinator nonce, every relayed nonce (ours too) correctly signed; our nonce
+    /// envelopes all share one sequence number.
+    async fn hub_aggregate_per_member(&mut self, envs: &[VerifiedEnvelope]) {
+        let members = self.members();
+        let now = self.clock.now_ms();
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        let (id, me, seq) = (s.id, s.me, s.take_seq());
+        let mut bodies = Vec::new();
+        for (_, peer) in members {
+            let Some(fresh) = self.make_nonce(false) else {
+                return;
+            };
+            let Some(s) = &self.session else { return };
+            let own = Envelope::sign(id, me, seq, now, nonce_body(fresh), &self.keypair);
+            let Ok(own) = own.verify(&s.ann) else { return };
+            let mut for_member = envs.to_vec();
+            for_member[me.as_usize()] = own;
+            match Body::aggregate_nonce(&s.ann, Attempt::FIRST, &for_member) {
+                Ok(body) => bodies.push((peer, body)),
+                Err(_) => return,
+            }
+        }
+        self.hub_send_per_member(bodies).await;
+    }
+
+    /// [`Behaviour::RelayedNoncesPerMember`]: `victim` gets `honest` with another member's
+    /// relayed nonce swapped for a fresh one (its signature kept) or left out; the others get
+    /// `honest`.
+    async fn hub_relayed_per_member(&mut self, honest: Body, victim: SignerIndex, omit: bool) {
+        let members = self.members();
+        let Some(s) = &self.session else { return };
+        // The member whose nonce is tampered with: the first that is neither us nor the victim.
+        let Some(other) = s
+            .others()
+            .into_iter()
+            .find(|&k| k != victim)
+            .map(|k| k.as_usize())
+        else {
+            return;
+        };
+        let tampered = if omit {
+            omit_relayed(honest.clone(), other)
+        } else {
+            match self.make_nonce(false) {
+                Some(fresh) => forge_relayed(honest.clone(), other, fresh),
+                None => return,
+            }
+        };
+        let bodies = members
+            .into_iter()
+            .map(|(k, peer)| {
+                let body = if k == victim.as_usize() {
+                    tampered.clone()
+                } else {
+                    honest.clone()
+                };
+                (peer, body)
+            })
+            .collect();
+        self.hub_send_per_member(bodies).await;
     }
 
     async fn hub_send_aggregate(&mut self, body: Body) {
@@ -216,6 +345,16 @@ impl Actor {
             return;
         };
         let mut signature = sig.to_byte_array();
+        if let Some((message, offset_ms, twist)) = self.near_deadline() {
+            match (message, twist) {
+                (LateMessage::AggregateNonce, Twist::WithholdRest) => return,
+                (LateMessage::FinalSignature, _) => {
+                    self.hub_late_final(signature, offset_ms, twist).await;
+                    return;
+                }
+                _ => {}
+            }
+        }
         match self.behaviour {
             Behaviour::WithholdFinalSig => return,
             Behaviour::InvalidFinalSig => signature[63] ^= 1,
@@ -233,6 +372,28 @@ impl Actor {
         if let Some(env) = self.own(body) {
             let peers: Vec<PeerId> = members.iter().map(|&(_, p)| p).collect();
             self.log.final_signatures_sent += peers.len();
+            self.send_all(&peers, &env.to_frame_bytes()).await;
+        }
+    }
+
+    /// [`Behaviour::NearDeadline`] with the final signature: sent to reach the members at their
+    /// deadline plus `offset_ms`; with [`Twist::Equivocate`] half of them get it with a bit
+    /// flipped (one sequence number for both).
+    async fn hub_late_final(&mut self, signature: [u8; 64], offset_ms: i32, twist: Twist) {
+        self.wait_for_deadline(LateMessage::FinalSignature, offset_ms)
+            .await;
+        let body = |signature| Body::FinalSignature {
+            attempt: Attempt::FIRST,
+            signature,
+        };
+        let peers: Vec<PeerId> = self.members().into_iter().map(|(_, p)| p).collect();
+        self.log.final_signatures_sent += peers.len();
+        if twist == Twist::Equivocate {
+            let mut flipped = signature;
+            flipped[63] ^= 1;
+            self.send_split(&peers, body(signature), body(flipped))
+                .await;
+        } else if let Some(env) = self.own(body(signature)) {
             self.send_all(&peers, &env.to_frame_bytes()).await;
         }
     }
@@ -278,18 +439,15 @@ fn tamper_sum(body: Body) -> Body {
     }
 }
 
-/// `body` with signer `victim`'s relayed nonce replaced by `fresh` (its signature kept) and the
-/// aggregate recomputed, so only the relayed signature is wrong.
-fn forge_relayed(body: Body, victim: usize, fresh: PubNonceBytes) -> Body {
+/// `body` with its relayed nonces changed by `edit` and the aggregate recomputed to match.
+fn edit_relayed(body: Body, edit: impl FnOnce(&mut Vec<SignedNonce>)) -> Body {
     match body {
         Body::AggregateNonce {
             attempt,
             agg_nonce,
             mut nonces,
         } => {
-            if let Some(n) = nonces.get_mut(victim) {
-                n.pub_nonce = fresh;
-            }
+            edit(&mut nonces);
             let all: Vec<PubNonceBytes> = nonces.iter().map(|n| n.pub_nonce).collect();
             Body::AggregateNonce {
                 attempt,
@@ -299,4 +457,21 @@ fn forge_relayed(body: Body, victim: usize, fresh: PubNonceBytes) -> Body {
         }
         other => other,
     }
+}
+
+/// `body` without signer `left_out`'s relayed nonce, the aggregate recomputed from the rest.
+fn omit_relayed(body: Body, left_out: usize) -> Body {
+    edit_relayed(body, |nonces| {
+        nonces.retain(|n| n.signer.as_usize() != left_out);
+    })
+}
+
+/// `body` with signer `victim`'s relayed nonce replaced by `fresh` (its signature kept) and the
+/// aggregate recomputed, so only the relayed signature is wrong.
+fn forge_relayed(body: Body, victim: usize, fresh: PubNonceBytes) -> Body {
+    edit_relayed(body, |nonces| {
+        if let Some(n) = nonces.get_mut(victim) {
+            n.pub_nonce = fresh;
+        }
+    })
 }
