@@ -14,7 +14,6 @@ pub enum PeerAction {
     Penalize,
 }
 
-
 /// Everything that can go wrong in the coordinator: rejected messages (which name the peer or
 /// signer responsible), session failures, and local errors.
 #[derive(Debug, thiserror::Error)]

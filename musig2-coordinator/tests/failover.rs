@@ -147,7 +147,9 @@ async fn the_broadcast_turn_passes_on_when_the_coordinator_does_not_confirm() {
     // The turn does not come to node 2 any more.
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert!(
-        std::iter::from_fn(|| watch0.try_recv().ok())
-            .all(|e| !matches!(e, Event::FinalizeDue { .. } | Event::BroadcastFailover { .. }))
+        std::iter::from_fn(|| watch0.try_recv().ok()).all(|e| !matches!(
+            e,
+            Event::FinalizeDue { .. } | Event::BroadcastFailover { .. }
+        ))
     );
 }

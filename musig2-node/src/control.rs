@@ -153,6 +153,10 @@ pub enum Request {
         /// The join window in seconds: every signer must join within it (default: the node's).
         #[serde(default)]
         join_timeout_secs: Option<u64>,
+        /// How many times the coordinator role may pass down the election order (star
+        /// aggregator failover, broadcast turns; default 0: off).
+        #[serde(default)]
+        max_failovers: Option<u16>,
     },
     /// What a session would sign: its message, signers, aggregate key, tweaks, rules and
     /// deadlines (looking it up in the DHT if needed). Read it before joining.
@@ -617,6 +621,7 @@ async fn execute(served: &Served, request: Request) -> std::result::Result<Value
             tweaks,
             taproot,
             join_timeout_secs,
+            max_failovers,
         } => {
             let signers = signers
                 .iter()
@@ -647,6 +652,9 @@ async fn execute(served: &Served, request: Request) -> std::result::Result<Value
             policy.topology = topology.into();
             if let Some(commitments) = commitments {
                 policy.nonce_commitment = commitments;
+            }
+            if let Some(n) = max_failovers {
+                policy.max_failovers = n;
             }
             if let Some(secs) = join_timeout_secs {
                 if secs == 0 {
@@ -752,9 +760,8 @@ async fn execute(served: &Served, request: Request) -> std::result::Result<Value
         }
         Request::Confirm { session, receipt } => {
             let session = parse_session(&session)?;
-            let receipt = hex::decode(receipt.trim()).map_err(|e| {
-                NodeError::Rejected(format!("the receipt is not hex: {e}"))
-            })?;
+            let receipt = hex::decode(receipt.trim())
+                .map_err(|e| NodeError::Rejected(format!("the receipt is not hex: {e}")))?;
             node.confirm_finalized(session, receipt.clone()).await?;
             Ok(json!({ "session": session.to_string(), "confirmed": hex::encode(receipt) }))
         }
@@ -1019,6 +1026,7 @@ mod tests {
                 tweaks: Vec::new(),
                 taproot: None,
                 join_timeout_secs: None,
+                max_failovers: None,
             }
         );
         assert_eq!(

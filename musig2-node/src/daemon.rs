@@ -41,6 +41,9 @@ pub struct DaemonConfig {
     /// The session store file (default `DIR/sessions.redb`): sessions survive a restart and
     /// resume. `None` keeps them in memory only.
     pub store: Option<PathBuf>,
+    /// A shell command run when a session's signature is this node's to act on (see
+    /// [`on_signature`]); `None`: the operator confirms with `session confirm`.
+    pub on_signature: Option<String>,
 }
 
 /// File name of the session store inside a node directory.
@@ -78,6 +81,7 @@ impl DaemonConfig {
             external: Vec::new(),
             metrics: None,
             store: Some(store),
+            on_signature: None,
         }
     }
 }
@@ -201,6 +205,52 @@ pub fn event_json(event: &Event) -> Value {
             "session": session,
             "text": "taken back from the session store after this node restarted",
         }),
+        Event::CoordinatorFailover {
+            attempt,
+            replaced,
+            coordinator,
+            ..
+        } => json!({
+            "event": "coordinator_failover",
+            "session": session,
+            "attempt": attempt.get(),
+            "replaced": replaced.get(),
+            "coordinator": coordinator.get(),
+            "text": format!(
+                "aggregator {} missed its deadline; signer {} took over at attempt {} with fresh                  nonces",
+                replaced.get(),
+                coordinator.get(),
+                attempt.get()
+            ),
+        }),
+        Event::FinalizeDue {
+            signature,
+            position,
+            ..
+        } => json!({
+            "event": "finalize_due",
+            "session": session,
+            "signature": signature.to_string(),
+            "position": position,
+            "text": "this node's turn to act on the signature; confirm with `session confirm`",
+        }),
+        Event::BroadcastConfirmed { by, receipt, .. } => json!({
+            "event": "broadcast_confirmed",
+            "session": session,
+            "by": by.get(),
+            "receipt": hex::encode(receipt),
+        }),
+        Event::BroadcastFailover { failed, next, .. } => json!({
+            "event": "broadcast_failover",
+            "session": session,
+            "failed": failed.get(),
+            "next": next.get(),
+        }),
+        Event::BroadcastExhausted { .. } => json!({
+            "event": "broadcast_exhausted",
+            "session": session,
+            "text": "no coordinator confirmed the broadcast in time",
+        }),
         other => json!({ "event": "other", "session": session, "debug": format!("{other:?}") }),
     };
     let now = view::now_ms();
@@ -250,6 +300,114 @@ pub async fn describe_event(node: &Node, event: &Event) -> Value {
         value["signer_detail"] = who;
     }
     value
+}
+
+/// Most `--on-signature` commands running at once.
+const MAX_CONCURRENT_SIGNATURE_COMMANDS: usize = 4;
+/// How long an `--on-signature` command may run before it is killed (not confirmed).
+const SIGNATURE_COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+/// Most stdout bytes read from an `--on-signature` command.
+const SIGNATURE_COMMAND_MAX_OUTPUT: usize = 4096;
+
+/// Runs `command` for every session whose signature is this node's turn to act on
+/// ([`Event::FinalizeDue`]) and confirms with its output, until the event stream ends.
+pub async fn on_signature(node: Node, mut events: broadcast::Receiver<Event>, command: String) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        MAX_CONCURRENT_SIGNATURE_COMMANDS,
+    ));
+    loop {
+        match events.recv().await {
+            Ok(Event::FinalizeDue {
+                session,
+                signature,
+                position,
+            }) => {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let (node, command) = (node.clone(), command.clone());
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let message = match node.discover_session(session).await {
+                        Ok(ann) => hex::encode(&ann.announcement().message),
+                        Err(error) => {
+                            tracing::warn!(%session, %error, "no announcement for --on-signature");
+                            return;
+                        }
+                    };
+                    let env = [
+                        ("MUSIG2_SESSION", session.to_string()),
+                        ("MUSIG2_SIGNATURE", hex::encode(signature.to_byte_array())),
+                        ("MUSIG2_MESSAGE", message),
+                        ("MUSIG2_POSITION", position.to_string()),
+                    ];
+                    match run_signature_command(&command, &env).await {
+                        Ok(receipt) => match node.confirm_finalized(session, receipt).await {
+                            Ok(()) => tracing::info!(%session, "broadcast confirmed"),
+                            Err(error) => tracing::warn!(%session, %error, "cannot confirm"),
+                        },
+                        Err(why) => {
+                            tracing::warn!(%session, %why, "--on-signature did not confirm");
+                        }
+                    }
+                });
+            }
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Runs `sh -c command` with `env`; its trimmed stdout is the receipt (hex is decoded). Fails
+/// on a non-zero exit, a timeout or a receipt over 256 bytes.
+pub async fn run_signature_command(
+    command: &str,
+    env: &[(&str, String)],
+) -> std::result::Result<Vec<u8>, String> {
+    use tokio::io::AsyncReadExt;
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run `{command}`: {e}"))?;
+    let mut stdout = child.stdout.take().ok_or("no stdout")?;
+    let run = async {
+        let mut out = Vec::new();
+        let mut limited = (&mut stdout).take(SIGNATURE_COMMAND_MAX_OUTPUT as u64);
+        limited
+            .read_to_end(&mut out)
+            .await
+            .map_err(|e| format!("reading its output: {e}"))?;
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| format!("waiting for it: {e}"))?;
+        Ok::<_, String>((status, out))
+    };
+    let (status, out) = tokio::time::timeout(SIGNATURE_COMMAND_TIMEOUT, run)
+        .await
+        .map_err(|_| format!("`{command}` ran past {SIGNATURE_COMMAND_TIMEOUT:?}"))??;
+    if !status.success() {
+        return Err(format!("`{command}` exited with {status}"));
+    }
+    let text = String::from_utf8_lossy(&out);
+    let trimmed = text.trim();
+    let receipt = match hex::decode(trimmed) {
+        Ok(bytes) if !trimmed.is_empty() => bytes,
+        _ => trimmed.as_bytes().to_vec(),
+    };
+    if receipt.len() > musig2_proto::MAX_RECEIPT_BYTES {
+        return Err(format!(
+            "its receipt is {} bytes; at most {} are sent",
+            receipt.len(),
+            musig2_proto::MAX_RECEIPT_BYTES
+        ));
+    }
+    Ok(receipt)
 }
 
 /// Most joins `--auto-join` runs at once; further announcements wait (or, once the event
@@ -370,6 +528,13 @@ impl Daemon {
         let mut tasks = Vec::new();
         if config.auto_join {
             tasks.push(tokio::spawn(auto_join(node.clone(), node.events())));
+        }
+        if let Some(command) = config.on_signature.clone() {
+            tasks.push(tokio::spawn(on_signature(
+                node.clone(),
+                node.events(),
+                command,
+            )));
         }
         let mut metrics_addr = None;
         if let (Some(metrics), Some(listener)) = (metrics, metrics_listener) {
@@ -519,5 +684,35 @@ mod tests {
         for value in [evicted, misrouted, restarted, resumed] {
             assert!(!value.to_string().contains("debug"), "{value}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_signature_command_confirms_only_on_success_with_a_short_receipt() {
+        let env = [("MUSIG2_SESSION", "ab".to_owned())];
+        assert_eq!(
+            run_signature_command("echo \"  $MUSIG2_SESSION  \"", &env).await,
+            Ok(vec![0xab]),
+            "hex output is decoded"
+        );
+        assert_eq!(
+            run_signature_command("echo not-hex", &env).await,
+            Ok(b"not-hex".to_vec())
+        );
+        assert!(
+            run_signature_command("echo ab; exit 3", &env)
+                .await
+                .is_err()
+        );
+        assert!(
+            run_signature_command("head -c 300 /dev/zero | tr '\\0' x", &env)
+                .await
+                .is_err(),
+            "a receipt over 256 bytes is not sent"
+        );
+        assert!(
+            run_signature_command("/nonexistent-command-xyz", &env)
+                .await
+                .is_err()
+        );
     }
 }

@@ -154,6 +154,12 @@ struct RunArgs {
     /// else 1024).
     #[arg(long, value_name = "N")]
     max_finished: Option<usize>,
+    /// When a session's signature is this node's to act on (its turn to broadcast), run CMD
+    /// (`sh -c CMD`) with MUSIG2_SESSION, MUSIG2_SIGNATURE, MUSIG2_MESSAGE (hex) and
+    /// MUSIG2_POSITION set; on exit 0 its stdout (trimmed; hex is decoded, at most 256 bytes)
+    /// is the receipt the node confirms with. A failure leaves the turn to pass on.
+    #[arg(long, value_name = "CMD")]
+    on_signature: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -294,6 +300,11 @@ struct CreateArgs {
     /// Session topology (default from config.toml, else mesh).
     #[arg(long, value_enum)]
     topology: Option<TopologyArg>,
+    /// How many times the coordinator role may pass down the election order: a star
+    /// aggregator that misses its deadline, a coordinator that does not confirm the broadcast
+    /// (default 0: off; see docs/adr/0008-failover-and-broadcast.md).
+    #[arg(long, value_name = "N")]
+    max_failovers: Option<u16>,
     /// Skip the nonce-commitment round.
     #[arg(long)]
     no_commitments: bool,
@@ -708,6 +719,7 @@ async fn create(ctx: &Context, socket: &Path, args: CreateArgs) -> Outcome<Value
             merkle_root: args.taproot_merkle_root.clone(),
         }),
         join_timeout_secs: args.join_timeout,
+        max_failovers: args.max_failovers,
     };
     Ok(control::call_detailed(socket, &request).await?)
 }
@@ -816,9 +828,10 @@ async fn session(ctx: &Context, command: SessionCommand) -> Outcome {
             let value = call(Request::Status { session: None }).await?;
             print_sessions(&value, ctx.json);
         }
-        SessionCommand::Confirm { session, receipt } => {
-            print_reply(&call(Request::Confirm { session, receipt }).await?, ctx.json)
-        }
+        SessionCommand::Confirm { session, receipt } => print_reply(
+            &call(Request::Confirm { session, receipt }).await?,
+            ctx.json,
+        ),
         SessionCommand::Cancel { session } => {
             print_reply(&call(Request::Cancel { session }).await?, ctx.json)
         }
@@ -986,6 +999,7 @@ async fn run_node(ctx: &Context, args: RunArgs) -> Outcome {
         external,
         metrics,
         store: Some(store.clone()),
+        on_signature: args.on_signature.clone(),
     })
     .await?;
     let info = control::call_detailed(daemon.control_socket(), &Request::Info).await?;

@@ -188,6 +188,7 @@ async fn three_daemons_sign_through_their_control_sockets() {
             tweaks: Vec::new(),
             taproot: Some(TaprootSpec::default()),
             join_timeout_secs: None,
+            max_failovers: None,
         },
     )
     .await
@@ -314,4 +315,92 @@ async fn three_daemons_sign_through_their_control_sockets() {
         assert!(!socket.exists(), "the control socket is removed");
     }
     let _ = std::fs::remove_dir_all(&base);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_signature_runs_for_the_node_whose_turn_it_is_and_confirms_with_its_output() {
+    let base = temp_dir("on-signature");
+    let record = base.join("ran");
+    // The command records what it was given and answers with a txid-like receipt.
+    let command = format!(
+        "echo \"$MUSIG2_SESSION $MUSIG2_SIGNATURE $MUSIG2_MESSAGE $MUSIG2_POSITION\" >> {}; \
+         echo c0ffee",
+        record.display()
+    );
+    let mut daemons: Vec<Daemon> = Vec::new();
+    for name in ["alice", "bob"] {
+        let dir = base.join(name);
+        musig2_node::keys::generate(&dir).expect("keys");
+        let first = daemons.first();
+        daemons.push(
+            Daemon::start(DaemonConfig {
+                bootstrap: first
+                    .map(|b| vec![split_peer_address(b.addresses()[0].clone()).expect("peer")])
+                    .unwrap_or_default(),
+                auto_join: name == "bob",
+                on_signature: Some(command.clone()),
+                ..DaemonConfig::new(&dir, vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")])
+            })
+            .await
+            .expect("daemon"),
+        );
+    }
+    let (alice, bob) = (&daemons[0], &daemons[1]);
+    let mut confirmed: Vec<_> = daemons.iter().map(|d| d.node().events()).collect();
+    let created = control::call(
+        alice.control_socket(),
+        &Request::Create {
+            signers: daemons
+                .iter()
+                .map(|d| d.node().public_key().to_string())
+                .collect(),
+            peers: daemons
+                .iter()
+                .map(|d| Some(d.node().peer_id().to_string()))
+                .collect(),
+            message_hex: hex::encode(b"publish me"),
+            topology: TopologyName::Mesh,
+            commitments: Some(false),
+            tweaks: Vec::new(),
+            taproot: None,
+            join_timeout_secs: None,
+            max_failovers: Some(1),
+        },
+    )
+    .await
+    .expect("create");
+    let session = created["session"].as_str().expect("session").to_owned();
+    let signed = control::call(
+        alice.control_socket(),
+        &Request::Wait {
+            session: session.clone(),
+            timeout_secs: Some(30),
+        },
+    )
+    .await
+    .expect("signed");
+    let signature = signed["signature"].as_str().expect("signature").to_owned();
+    for (i, events) in confirmed.iter_mut().enumerate() {
+        let receipt = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Ok(musig2_coordinator::Event::BroadcastConfirmed { receipt, .. }) =
+                    events.recv().await
+                {
+                    return receipt;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("daemon {i} saw no confirmation"));
+        assert_eq!(receipt, vec![0xc0, 0xff, 0xee]);
+    }
+    // Exactly one node (the one whose turn it was) ran the command, with the right values.
+    let ran = std::fs::read_to_string(&record).expect("the command ran");
+    let lines: Vec<&str> = ran.lines().collect();
+    assert_eq!(lines.len(), 1, "{ran}");
+    assert_eq!(
+        lines[0],
+        format!("{session} {signature} {} 0", hex::encode(b"publish me"))
+    );
+    let _ = bob;
 }

@@ -147,7 +147,10 @@ impl SessionMachine {
     ) {
         let star_wait = self.aggregator_deadline_ms.is_some();
         let settled = self.rank == 0 && !self.claim_seen;
-        if star_wait && self.me == self.coordinator && self.can_fail_over() && !self.asked_at_deadline
+        if star_wait
+            && self.me == self.coordinator
+            && self.can_fail_over()
+            && !self.asked_at_deadline
         {
             // Our deadline passed with a failover possible: we may have been replaced while
             // cut off. Our join, sent again, asks the others (they answer with the claim that
@@ -320,7 +323,11 @@ impl SessionMachine {
             );
         }
         if attempt.get() >= self.max_attempts {
-            return self.claim_offence(offence("an attempt the session does not allow"), now_ms, out);
+            return self.claim_offence(
+                offence("an attempt the session does not allow"),
+                now_ms,
+                out,
+            );
         }
         if self.phase == Phase::Done {
             return self.on_broadcast_claim(signer, attempt, rank, now_ms, out);
@@ -570,13 +577,17 @@ impl SessionMachine {
         } else if let Some(b) = &mut self.broadcast {
             b.state = BroadcastState::Exhausted;
             tracing::warn!(session = %self.id, "no coordinator confirmed the broadcast");
-            out.push(Output::Event(Event::BroadcastExhausted { session: self.id }));
+            out.push(Output::Event(Event::BroadcastExhausted {
+                session: self.id,
+            }));
         }
     }
 
     fn pass_broadcast_turn(&mut self, to: u16, now_ms: u64, out: &mut Vec<Output>) {
         let (Some(failed), Some(next)) = (
-            self.broadcast.as_ref().and_then(|b| self.at_position(b.rank)),
+            self.broadcast
+                .as_ref()
+                .and_then(|b| self.at_position(b.rank)),
             self.at_position(to),
         ) else {
             return;

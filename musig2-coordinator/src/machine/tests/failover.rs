@@ -191,7 +191,8 @@ fn an_aggregator_that_crashes_in_any_phase_is_replaced_and_old_contributions_sta
                 continue;
             }
             // Down: what it sent is lost, what reaches it is lost.
-            net.queue.retain(|(from, to, _)| *from != 0 && *to != net.peers[0]);
+            net.queue
+                .retain(|(from, to, _)| *from != 0 && *to != net.peers[0]);
             let restart_at = JOIN_END + NONCE_MS / 3;
             let stopped = frozen(4, &[0], restart_at);
             let lost = |sent: u64, from: usize, to: usize| {
@@ -360,7 +361,11 @@ fn without_failover_a_withholding_member_is_named_by_the_aggregator() {
     for i in 1..3 {
         assert_eq!(
             net.abort_of(i).unwrap(),
-            (AbortReason::Timeout, vec![idx(3)], AbortOrigin::Remote(idx(0))),
+            (
+                AbortReason::Timeout,
+                vec![idx(3)],
+                AbortOrigin::Remote(idx(0))
+            ),
             "node {i} heard the aggregator first"
         );
     }
@@ -448,7 +453,11 @@ fn a_claim_before_our_own_deadline_waits_for_it() {
     for e in claims {
         net.deliver(1, 2, e);
     }
-    assert_eq!(net.machines[2].attempt.get(), 0, "followed before its own deadline");
+    assert_eq!(
+        net.machines[2].attempt.get(),
+        0,
+        "followed before its own deadline"
+    );
     assert_eq!(net.machines[2].next_deadline(), Some(claim_time + 5_000));
     net.now = claim_time + 5_000;
     let out = net.machines[2].tick(net.now, &mut net.rng);
@@ -738,7 +747,10 @@ fn a_broadcast_claim_out_of_turn_is_an_offence_of_its_author() {
     let err = net.machines[0]
         .handle_envelope(net.peers[1], early, now, &mut net.rng)
         .unwrap_err();
-    assert!(matches!(err, CoordinatorError::InvalidClaim { .. }), "{err}");
+    assert!(
+        matches!(err, CoordinatorError::InvalidClaim { .. }),
+        "{err}"
+    );
     // The signature stands and the turn did not move.
     assert_eq!(net.machines[0].phase(), Phase::Done);
     assert!(net.machines[0].awaits_broadcast());
@@ -759,7 +771,11 @@ fn a_restarted_node_remembers_the_failover_and_the_broadcast_turn() {
     net.crash_and_restart(1, false);
     assert_eq!(net.machines[1].coordinator(), idx(1));
     assert_eq!(net.machines[1].coordinator_position(), 1);
-    assert_eq!(finalize_due(&net, 1), vec![1], "asked again after the restart");
+    assert_eq!(
+        finalize_due(&net, 1),
+        vec![1],
+        "asked again after the restart"
+    );
     net.run();
     let out = net.machines[1]
         .confirm_finalized(b"r".to_vec(), net.now)
