@@ -153,3 +153,137 @@ async fn the_broadcast_turn_passes_on_when_the_coordinator_does_not_confirm() {
         ))
     );
 }
+
+/// Star over libp2p on loopback: the first aggregator's process dies mid-round (it holds one
+/// member's nonce), the others fail over to the next in order, and the aggregator comes back
+/// from its store on the same key and port, catches up and signs as a member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_aggregator_over_libp2p_is_replaced_and_signs_when_back() {
+    use musig2_coordinator::store::MemoryStore;
+    use musig2_transport::{KeySource, Libp2pConfig, Libp2pTransport, Multiaddr, Transport};
+
+    let keys = keypairs(3, 43);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr0: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().expect("addr");
+    let secret = [7u8; 32];
+    let config0 = Libp2pConfig {
+        listen_addrs: vec![addr0.clone()],
+        key: KeySource::Ed25519Secret(secret),
+        ..Libp2pConfig::default()
+    };
+    let t0 = Arc::new(
+        Libp2pTransport::spawn(config0.clone())
+            .await
+            .expect("node 0"),
+    );
+    let peer0 = t0.local_peer_id();
+    let mut transports = vec![Arc::clone(&t0)];
+    for _ in 1..3 {
+        let t = Libp2pTransport::spawn(Libp2pConfig {
+            bootstrap: vec![(peer0, addr0.clone())],
+            ..Libp2pConfig::default()
+        })
+        .await
+        .expect("libp2p");
+        transports.push(Arc::new(t));
+    }
+    // Everyone knows everyone's address.
+    for a in &transports {
+        for b in &transports {
+            if a.local_peer_id() != b.local_peer_id() {
+                a.add_address(b.local_peer_id(), b.listen_addrs()[0].clone())
+                    .await
+                    .expect("address");
+            }
+        }
+    }
+    let node_config = Config {
+        join_timeout: Duration::from_secs(4),
+        nonce_exchange_timeout: Duration::from_secs(3),
+        partial_sig_exchange_timeout: Duration::from_secs(3),
+        ..Config::default()
+    };
+    let store0 = MemoryStore::new();
+    let node0 = Node::spawn_with_store(
+        Arc::clone(&t0) as Arc<dyn Transport>,
+        keys[0],
+        node_config.clone(),
+        store0.clone(),
+    )
+    .expect("node 0");
+    let others: Vec<Node> = transports[1..]
+        .iter()
+        .zip(&keys[1..])
+        .map(|(t, kp)| {
+            Node::spawn(
+                Arc::clone(t) as Arc<dyn Transport>,
+                *kp,
+                node_config.clone(),
+            )
+        })
+        .collect();
+    let policy = Policy {
+        topology: Topology::Star,
+        election: ElectionMethod::FirstSigner,
+        max_failovers: 2,
+        nonce_commitment: false,
+        ..others[0].default_policy()
+    };
+    let req = SessionRequest {
+        signers: keys.iter().map(Keypair::public_key).collect(),
+        peers: vec![
+            Some(node0.peer_id()),
+            Some(others[0].peer_id()),
+            Some(others[1].peer_id()),
+        ],
+        message: b"libp2p failover".to_vec(),
+        tweaks: Vec::new(),
+        policy,
+    };
+    let mut events = others[1].events();
+    let id = others[0].create_session(req).await.expect("create");
+    node0.join_session(id).await.expect("join");
+    // Node 0 has node 1's nonce (sent when node 1 created the session); it dies before node 2
+    // joins: nothing of what it held in memory survives, only its store.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    t0.shutdown().await.expect("crash");
+    drop(node0);
+    others[1].join_session(id).await.expect("join");
+    let failover = tokio::time::timeout(
+        Duration::from_secs(30),
+        next_matching(&mut events, |e| {
+            matches!(e, Event::CoordinatorFailover { .. })
+        }),
+    )
+    .await
+    .expect("failover within the deadlines");
+    assert!(matches!(
+        failover,
+        Event::CoordinatorFailover { replaced, coordinator, .. }
+            if replaced.as_usize() == 0 && coordinator.as_usize() == 1
+    ));
+    // Back on the same key and port, from its store.
+    let t0 = Libp2pTransport::spawn(config0).await.expect("node 0 again");
+    assert_eq!(t0.local_peer_id(), peer0);
+    for b in &transports[1..] {
+        t0.add_address(b.local_peer_id(), b.listen_addrs()[0].clone())
+            .await
+            .expect("address");
+    }
+    let node0 = Node::spawn_with_store(Arc::new(t0), keys[0], node_config, store0)
+        .expect("node 0 restarted");
+    let mut sigs = Vec::new();
+    for node in [&node0, &others[0], &others[1]] {
+        let sig = tokio::time::timeout(Duration::from_secs(60), node.wait_for_signature(id))
+            .await
+            .expect("signed in time")
+            .expect("signed");
+        sigs.push(sig);
+    }
+    assert!(sigs.iter().all(|s| *s == sigs[0]));
+    let h = others[1].health(id).await.expect("health");
+    assert_eq!(h.coordinator.as_usize(), 1);
+}
