@@ -364,8 +364,15 @@ impl SessionMachine {
             env: env.signed().clone(),
             accept_at_ms,
         };
-        // A node that just came back from a restart has no deadline of its own to wait for.
-        if self.phase == Phase::Created || self.restored || now_ms >= accept_at_ms {
+        // A node that just came back from a restart, or joined after the claim was made, did
+        // not see the deadline pass: it has no deadline of its own to wait for (the claim's
+        // timestamp passed the check above).
+        let predates_us = self
+            .joins[self.me.as_usize()]
+            .as_ref()
+            .is_none_or(|(_, own)| env.timestamp_ms() <= own.envelope().timestamp_ms());
+        if self.phase == Phase::Created || self.restored || predates_us || now_ms >= accept_at_ms
+        {
             self.follow_claim(claim, now_ms, out);
             return Ok(());
         }

@@ -253,6 +253,9 @@ impl SessionMachine {
                     session: self.id,
                     signer,
                 }));
+                // A signer joining after a restart or failover starts in the first attempt:
+                // show it how the current one came about.
+                self.catch_up(signer, out);
                 if self.me == self.ann.announcement().creator && !self.listed[j] {
                     let targets: Vec<SignerIndex> = self
                         .all_signers()

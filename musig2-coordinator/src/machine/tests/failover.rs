@@ -789,3 +789,29 @@ fn a_restarted_node_remembers_the_failover_and_the_broadcast_turn() {
     assert!(finalize_due(&net, 1).is_empty());
     assert!(net.machines[1].broadcast_confirmed());
 }
+
+#[test]
+fn an_aggregator_that_joins_only_after_being_replaced_catches_up_and_signs() {
+    for commit in [false, true] {
+        let mut net = star(4, commit, |_| {});
+        let mut ledger = NonceLedger::default();
+        // Node 0 is not running when the session starts: it joins after the others failed over.
+        for i in 1..4 {
+            net.join(i);
+        }
+        let back_at = JOIN_END + 1_000;
+        let lost = |sent: u64, from: usize, to: usize| {
+            if (from == 0 || to == 0) && sent < back_at {
+                u64::MAX
+            } else {
+                0
+            }
+        };
+        net.drive_until(&frozen(4, &[0], back_at), &lost, &mut ledger, back_at);
+        assert_eq!(net.machines[1].attempt.get(), 1, "the others failed over");
+        net.join(0);
+        net.drive(&frozen(4, &[], 0), &at_once, &mut ledger);
+        net.assert_live_signed(&everyone(4), 1, 1);
+        ledger.assert_no_reuse();
+    }
+}
