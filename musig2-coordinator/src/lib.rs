@@ -15,7 +15,11 @@
 //! Topologies: mesh (everyone sends to everyone) and star (signers send to the elected
 //! coordinator, which distributes the aggregate nonce with every signer's signed nonce and then
 //! the final signature). A lying coordinator can stall a session, never make anyone sign
-//! something else or accept an invalid signature.
+//! something else or accept an invalid signature. With `Policy::max_failovers` > 0 a star
+//! aggregator that misses its deadline is replaced by the next signer in election order (a
+//! signed claim, a new attempt with fresh nonces), and the signature's broadcast turn passes
+//! on when the coordinator does not confirm it ([`Event::FinalizeDue`],
+//! [`Node::confirm_finalized`]); see ADR 0008.
 //!
 //! ```
 //! use std::sync::Arc;

@@ -367,12 +367,10 @@ impl SessionMachine {
         // A node that just came back from a restart, or joined after the claim was made, did
         // not see the deadline pass: it has no deadline of its own to wait for (the claim's
         // timestamp passed the check above).
-        let predates_us = self
-            .joins[self.me.as_usize()]
+        let predates_us = self.joins[self.me.as_usize()]
             .as_ref()
             .is_none_or(|(_, own)| env.timestamp_ms() <= own.envelope().timestamp_ms());
-        if self.phase == Phase::Created || self.restored || predates_us || now_ms >= accept_at_ms
-        {
+        if self.phase == Phase::Created || self.restored || predates_us || now_ms >= accept_at_ms {
             self.follow_claim(claim, now_ms, out);
             return Ok(());
         }
@@ -745,14 +743,15 @@ impl SessionMachine {
         for env in stored {
             match env.envelope().body() {
                 Body::FinalSignature { .. } => after_signature = true,
-                Body::FailoverClaim { attempt, rank } if after_signature => {
-                    if *attempt == self.attempt {
-                        broadcast_rank = Some(broadcast_rank.map_or(*rank, |r| r.max(*rank)));
+                Body::FailoverClaim { attempt, rank } => {
+                    if after_signature {
+                        if *attempt == self.attempt {
+                            broadcast_rank = Some(broadcast_rank.map_or(*rank, |r| r.max(*rank)));
+                        }
+                    } else if *attempt <= self.attempt {
+                        let best = aggregator.entry(attempt.get()).or_insert(*rank);
+                        *best = (*best).min(*rank);
                     }
-                }
-                Body::FailoverClaim { attempt, rank } if *attempt <= self.attempt => {
-                    let best = aggregator.entry(attempt.get()).or_insert(*rank);
-                    *best = (*best).min(*rank);
                 }
                 Body::BroadcastConfirmed { attempt, .. } if *attempt == self.attempt => {
                     confirmed = true;

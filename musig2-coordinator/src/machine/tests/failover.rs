@@ -55,8 +55,8 @@ impl Net {
                 continue;
             }
             // Deadlines at this instant, after everything that arrived by it.
-            for i in 0..n {
-                if frozen_until[i] <= self.now {
+            for (i, &until) in frozen_until.iter().enumerate() {
+                if until <= self.now {
                     let out = self.machines[i].tick(self.now, &mut self.rng);
                     self.absorb(i, out);
                 }
@@ -257,8 +257,8 @@ impl Net {
             match next {
                 Some(t) if t < until => {
                     self.now = self.now.max(t);
-                    for i in 0..n {
-                        if frozen_until[i] <= self.now {
+                    for (i, &thaw) in frozen_until.iter().enumerate() {
+                        if thaw <= self.now {
                             let out = self.machines[i].tick(self.now, &mut self.rng);
                             self.absorb(i, out);
                         }
