@@ -104,6 +104,10 @@ pub enum BlameKind {
     AggregateNonceMismatch,
     /// A final signature that does not verify under the aggregate key.
     InvalidFinalSignature,
+    /// A failover claim its author had no right to make: a position in the election order that
+    /// is not its own, position 0, past the announcement's `max_failovers`, or an attempt past
+    /// `max_attempts` (ADR 0008).
+    OutOfTurnClaim,
 }
 
 impl fmt::Display for BlameKind {
@@ -121,6 +125,7 @@ impl fmt::Display for BlameKind {
                 f.write_str("aggregate nonce is not the sum of the nonces it carries")
             }
             BlameKind::InvalidFinalSignature => f.write_str("invalid final signature"),
+            BlameKind::OutOfTurnClaim => f.write_str("failover claim out of turn"),
         }
     }
 }
@@ -769,6 +774,22 @@ impl<'a> Judge<'a> {
                 blamed: blamed.iter().copied().collect(),
                 source: ClaimSource::Envelope(i),
             }),
+            Body::FailoverClaim { attempt, rank } => {
+                let policy = &self.ann.announcement().policy;
+                let keys = self.ann.signer_keys();
+                let order =
+                    crate::election::election_order(policy.election, &self.ann.session_id(), &keys);
+                let bound = policy
+                    .max_failovers
+                    .min(u16::try_from(keys.len().saturating_sub(1)).unwrap_or(u16::MAX));
+                let out_of_turn = *rank == 0
+                    || *rank > bound
+                    || attempt.get() >= policy.max_attempts.max(1)
+                    || order.get(usize::from(*rank)) != Some(&signer);
+                if out_of_turn {
+                    self.prove(signer, BlameKind::OutOfTurnClaim, Some(*attempt), vec![i]);
+                }
+            }
             Body::FinalSignature { attempt, signature } => {
                 let sig = schnorr::Signature::from_byte_array(*signature);
                 let msg = &self.ann.announcement().message;

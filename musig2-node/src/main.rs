@@ -1236,6 +1236,7 @@ fn blame_name(kind: BlameKind) -> &'static str {
         BlameKind::InvalidPartialSig => "invalid_partial_signature",
         BlameKind::AggregateNonceMismatch => "aggregate_nonce_mismatch",
         BlameKind::InvalidFinalSignature => "invalid_final_signature",
+        BlameKind::OutOfTurnClaim => "out_of_turn_claim",
         _ => "other",
     }
 }

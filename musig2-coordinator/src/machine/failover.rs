@@ -313,10 +313,11 @@ impl SessionMachine {
         let signer = env.signer();
         let offence = |why| CoordinatorError::InvalidClaim { signer, why };
         if self.at_position(rank) != Some(signer) {
-            return self.claim_offence(offence("not the claimant's position"), now_ms, out);
+            return self.claim_offence(&env, offence("not the claimant's position"), now_ms, out);
         }
         if rank == 0 || rank > self.max_rank {
             return self.claim_offence(
+                &env,
                 offence("a position the failover order does not allow"),
                 now_ms,
                 out,
@@ -324,6 +325,7 @@ impl SessionMachine {
         }
         if attempt.get() >= self.max_attempts {
             return self.claim_offence(
+                &env,
                 offence("an attempt the session does not allow"),
                 now_ms,
                 out,
@@ -348,7 +350,7 @@ impl SessionMachine {
             return superseded;
         }
         if now_ms < self.earliest_claim_ms {
-            return self.claim_offence(offence("earlier than any honest claim"), now_ms, out);
+            return self.claim_offence(&env, offence("earlier than any honest claim"), now_ms, out);
         }
         let base = self
             .aggregator_deadline_ms
@@ -387,10 +389,13 @@ impl SessionMachine {
     /// A claim's author is provably out of turn: in the rounds the session ends naming it.
     fn claim_offence(
         &mut self,
+        env: &VerifiedEnvelope,
         error: CoordinatorError,
         now_ms: u64,
         out: &mut Vec<Output>,
     ) -> Result<()> {
+        // The claim is the proof: it goes into the transcript.
+        self.record(Record::Envelope(env.signed().clone()));
         if let CoordinatorError::InvalidClaim { signer, .. } = &error {
             if !self.phase.is_terminal() {
                 self.abort(now_ms, AbortReason::InvalidClaim, vec![*signer], out);

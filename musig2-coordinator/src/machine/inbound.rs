@@ -43,7 +43,10 @@ impl SessionMachine {
                     }
                 }
                 // An abort decided while handling (e.g. equivocation) still has to go out.
-                if out.is_empty() { Err(e) } else { Ok(out) }
+                let acted = out
+                    .iter()
+                    .any(|o| matches!(o, Output::Send { .. } | Output::Event(_)));
+                if acted { Ok(out) } else { Err(e) }
             }
         }
     }

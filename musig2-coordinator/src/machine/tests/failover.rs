@@ -815,3 +815,50 @@ fn an_aggregator_that_joins_only_after_being_replaced_catches_up_and_signs() {
         ledger.assert_no_reuse();
     }
 }
+
+#[test]
+fn transcripts_of_a_failed_over_session_verify_and_prove_an_out_of_turn_claim() {
+    use crate::transcript::{BlameKind, Transcript, TranscriptLimits};
+    // A session that failed over and signed: its transcript verifies, proves nothing against
+    // anyone, and holds both attempts.
+    let mut net = star(4, true, |_| {});
+    let mut ledger = NonceLedger::default();
+    net.join_all();
+    net.drive(&frozen(4, &[0], JOIN_END + 1_000), &at_once, &mut ledger);
+    net.assert_live_signed(&everyone(4), 1, 1);
+    let id = net.machines[2].session_id();
+    let stored = net.stores[2].load(&id).unwrap().unwrap();
+    let report = Transcript::from_stored(&stored, Some(idx(2)))
+        .verify(&TranscriptLimits::default())
+        .expect("verifies");
+    assert!(report.proofs.is_empty(), "{:?}", report.proofs);
+    assert!(report.signatures_valid());
+    assert_eq!(report.attempts.len(), 2);
+
+    // Signer 2 claims position 1 (signer 1's): the transcript of whoever received it proves it.
+    let mut net = star(4, false, |_| {});
+    net.join_all();
+    net.run_with(|_, to, e| if to == 0 { vec![] } else { vec![e] });
+    net.now = JOIN_END;
+    let claim = claim_by(&net, 2, 1, 1, net.now);
+    let out = net.machines[3]
+        .handle_envelope(net.peers[2], claim, net.now, &mut net.rng)
+        .unwrap();
+    net.absorb(3, out);
+    let stored = net.stores[3].load(&id_of(&net)).unwrap().unwrap();
+    let report = Transcript::from_stored(&stored, Some(idx(3)))
+        .verify(&TranscriptLimits::default())
+        .expect("verifies");
+    assert!(
+        report
+            .proofs
+            .iter()
+            .any(|p| p.signer == idx(2) && p.kind == BlameKind::OutOfTurnClaim),
+        "{:?}",
+        report.proofs
+    );
+}
+
+fn id_of(net: &Net) -> SessionId {
+    net.machines[0].session_id()
+}
