@@ -60,6 +60,7 @@
 //!         tweaks: Vec::new(),
 //!         taproot: None,
 //!         join_timeout_secs: None,
+//!         max_failovers: None,
 //!     },
 //! )
 //! .await?;

@@ -119,7 +119,6 @@ impl SessionMachine {
         } else {
             aggregator_deadline
         };
-        self.asked_at_deadline = false;
         let deadline = match self.my_claim_position() {
             Some(p) if self.can_fail_over() => aggregator_deadline
                 .saturating_add(window.saturating_mul(u64::from(p - self.rank - 1))),
@@ -150,17 +149,21 @@ impl SessionMachine {
         if star_wait
             && self.me == self.coordinator
             && self.can_fail_over()
-            && !self.asked_at_deadline
+            && now_ms < self.aggregator_gives_up_ms
         {
             // Our deadline passed with a failover possible: we may have been replaced while
             // cut off. Our join, sent again, asks the others (they answer with the claim that
-            // made their attempt, bounded); then we wait for the claims' turns.
-            self.asked_at_deadline = true;
+            // made their attempt, a bounded number of times); we ask again each claim window
+            // (a cut can heal after the send retries end) until we give up.
             if let Some((_, own)) = self.joins[self.me.as_usize()].clone() {
                 let others: Vec<SignerIndex> = self.others().collect();
                 self.send_to(out, others, vec![own]);
             }
-            self.phase_deadline_ms = Some(self.aggregator_gives_up_ms);
+            self.phase_deadline_ms = Some(
+                now_ms
+                    .saturating_add(self.claim_window_ms())
+                    .min(self.aggregator_gives_up_ms),
+            );
             return;
         }
         if !star_wait || self.me == self.coordinator {

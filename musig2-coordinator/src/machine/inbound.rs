@@ -383,6 +383,22 @@ impl SessionMachine {
                 self.finish(sig, now_ms, out);
             }
             Body::Abort { reason, blamed } => {
+                // Once a claim is about, an honest timeout names nobody (ADR 0008): one that
+                // names someone comes from a signer that has not seen the claim. It is behind,
+                // not a verdict on the attempt we are in: show it how that attempt came about.
+                let stale_timeout = matches!(
+                    reason,
+                    AbortReason::Timeout | AbortReason::FailoverExhausted
+                ) && blamed.is_some()
+                    && self.claim_seen
+                    && !self.attempt_start.is_empty();
+                if stale_timeout {
+                    self.catch_up(signer, out);
+                    return Err(CoordinatorError::Superseded {
+                        signer,
+                        kind: "timeout abort of an earlier attempt",
+                    });
+                }
                 self.phase = Phase::Aborted;
                 self.phase_deadline_ms = None;
                 self.secnonce = None;

@@ -156,8 +156,6 @@ pub struct SessionMachine {
     aggregator_deadline_ms: Option<u64>,
     /// Star: when the aggregator gives up waiting (for claims, then for members).
     aggregator_gives_up_ms: u64,
-    /// Star aggregator: whether it asked, at its deadline, if it was replaced.
-    asked_at_deadline: bool,
     /// The earliest time (our clock) an honest signer can claim the next attempt.
     earliest_claim_ms: u64,
     /// The lowest-ranked valid claim of the next attempt, waiting for our own deadline.
@@ -343,7 +341,6 @@ impl SessionMachine {
             rank_claimed: false,
             aggregator_deadline_ms: None,
             aggregator_gives_up_ms: 0,
-            asked_at_deadline: false,
             // The first round starts no earlier than `nonce_ms` before the join window ends, so
             // an honest claim (one round timeout later) comes no earlier than the window's end.
             earliest_claim_ms: join_end.saturating_sub(max_skew_ms),
