@@ -473,7 +473,12 @@ impl Scenario {
         let start = Instant::now();
         let mut watchers = Vec::new();
         for h in &honest {
-            watchers.push(watch_failovers(&h.node, session, start, h.failovers.clone()));
+            watchers.push(watch_failovers(
+                &h.node,
+                session,
+                start,
+                h.failovers.clone(),
+            ));
         }
         let partitions = match &net {
             Net::Memory(network) if !self.partitions.is_empty() => Some(tokio::spawn(
@@ -499,7 +504,12 @@ impl Scenario {
                     .crash_and_restart(network, &mut honest, session, victim, point)
                     .await?;
                 if let Some(h) = honest.iter().find(|h| h.index == victim && record.crashed) {
-                    watchers.push(watch_failovers(&h.node, session, start, h.failovers.clone()));
+                    watchers.push(watch_failovers(
+                        &h.node,
+                        session,
+                        start,
+                        h.failovers.clone(),
+                    ));
                 }
                 Some(record)
             }

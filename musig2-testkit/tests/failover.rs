@@ -1,27 +1,333 @@
-//! explore
-use std::time::Duration;
-use musig2_proto::Topology;
-use musig2_testkit::{CrashPoint, Scenario};
+//! Star aggregator failover (ADR 0008, issue 11) between honest nodes: a crashed, partitioned or
+//! doubly lost aggregator, exhausted failover, claimants split by a partition, partitions healed
+//! mid-phase. Star topology, election `FirstSigner` (position `k` is signer `k`), with and
+//! without nonce commitments, on the memory network under a paused clock; test deadlines
+//! (`test_config`): join window 20 s, phase timeouts 10 s, so a claim window W is 5 s.
+//!
+//! Every run asserts the safety property (`Report::assert_safe`: one valid signature, blame
+//! only of dishonest or cut-off signers and only for a timeout, claims told apart from
+//! findings, no nonce used twice by the stores) and its specific outcome.
 
+use std::time::Duration;
+
+use musig2_proto::{AbortReason, SignerIndex, Topology};
+use musig2_testkit::{CrashPoint, FailoverSeen, Outcome, Report, Scenario};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn star(seed: u64, signers: usize, commitments: bool, failovers: u16) -> Scenario {
+    Scenario::new(seed, signers)
+        .topology(Topology::Star)
+        .commitments(commitments)
+        .max_failovers(failovers)
+}
+
+fn idx(i: u16) -> SignerIndex {
+    SignerIndex::new(i).expect("index")
+}
+
+/// Every honest node signed, and ends with aggregator `coordinator` at `attempt`.
+fn assert_signed_under(report: &Report, coordinator: u16, attempt: u16, what: &str) {
+    for h in &report.honest {
+        assert!(
+            matches!(h.outcome, Outcome::Signed(_)),
+            "{what}: signer {}: {:?}\n{}",
+            h.signer,
+            h.outcome,
+            report.describe_violations(&[])
+        );
+        let health = h.health.as_ref().expect("health");
+        assert_eq!(
+            (health.coordinator, health.attempt.get()),
+            (idx(coordinator), attempt),
+            "{what}: signer {} ended under another aggregator (failovers {:?})",
+            h.signer,
+            h.failovers
+        );
+    }
+    report.assert_all_signed();
+}
+
+/// The failovers signer `i` reported, as `(attempt, replaced, new aggregator)`.
+fn failovers_of(report: &Report, i: u16) -> Vec<(u16, u16, u16)> {
+    let h = report
+        .honest
+        .iter()
+        .find(|h| h.signer == idx(i))
+        .expect("honest");
+    h.failovers
+        .iter()
+        .map(|f: &FailoverSeen| {
+            (
+                f.attempt,
+                u16::try_from(f.replaced.as_usize()).unwrap_or(u16::MAX),
+                u16::try_from(f.coordinator.as_usize()).unwrap_or(u16::MAX),
+            )
+        })
+        .collect()
+}
+
+/// The round a crash at `point` falls in ends at the join window's end (20 s) when it is round
+/// 1 (with announced peers round 1 starts at the join), else one phase timeout (10 s) after it
+/// started (just after the crash).
+fn first_aggregator_deadline(point: CrashPoint, commitments: bool) -> Duration {
+    let round_one = match point {
+        CrashPoint::Joined | CrashPoint::CommitSent => true,
+        CrashPoint::NonceSent => !commitments,
+        _ => false,
+    };
+    if round_one { 20 * SECOND } else { 10 * SECOND }
+}
+
+/// The star aggregator (signer 0) crashes after each of its steps and stays down past its
+/// deadline: signer 1 claims the role, every node follows into attempt 1 with fresh nonces, and
+/// once the aggregator restarts (5 s later, inside attempt 1's first phase) it catches up and
+/// the session signs under signer 1 in attempt 1. The other nodes reported the failover
+/// (`CoordinatorFailover`, 0 → 1) before the restart, the restarted one after it. A crash once
+/// it holds the outcome costs nothing (control).
 #[tokio::test(start_paused = true)]
-async fn explore() {
+async fn crashed_aggregator_is_replaced_and_signs_under_the_next_after_its_restart() {
+    let mut seed = 1100;
     for commitments in [true, false] {
         for point in CrashPoint::ALL {
-            for down in [12u64, 25] {
-            let r = Scenario::new(7, 4)
-                .topology(Topology::Star)
-                .commitments(commitments)
-                .max_failovers(2)
+            if !commitments && point == CrashPoint::CommitSent {
+                continue;
+            }
+            seed += 1;
+            let what = format!("commitments {commitments} {point:?} (seed {seed})");
+            let down = first_aggregator_deadline(point, commitments) + 5 * SECOND;
+            let report = star(seed, 4, commitments, 2)
                 .crash_restart(0, point)
-                .restart_after(Duration::from_secs(down))
+                .restart_after(down)
                 .run()
                 .await
-                .unwrap();
-            println!("== commit {commitments} {point:?} down {down}: crash {:?}", r.crash.as_ref().map(|c| c.crashed));
-            for h in &r.honest {
-                println!("  {} {:?} {:?} coord {:?} att {:?}", h.signer, h.outcome, h.failovers.iter().map(|f| (f.attempt, f.coordinator.as_usize(), f.at.as_millis())).collect::<Vec<_>>(), h.health.as_ref().map(|x| x.coordinator.as_usize()), h.health.as_ref().map(|x| x.attempt.get()));
+                .expect("scenario runs");
+            let crash = report.crash.as_ref().expect("crash record");
+            assert!(crash.crashed, "{what}: no crash");
+            report.assert_safe();
+            if point == CrashPoint::Finished {
+                assert_signed_under(&report, 0, 0, &what);
+                continue;
             }
-            println!("  violations {:?}", r.randomized_violations());
+            assert_signed_under(&report, 1, 1, &what);
+            for i in 0..4 {
+                assert_eq!(
+                    failovers_of(&report, i),
+                    vec![(1, 0, 1)],
+                    "{what}: signer {i}"
+                );
+                let at = report.honest[usize::from(i)].failovers[0].at;
+                // The crash came within the first half second; the restart `down` later.
+                if i == 0 {
+                    assert!(at >= down, "{what}: the victim followed before its restart");
+                } else {
+                    assert!(
+                        at < down,
+                        "{what}: signer {i} failed over after the restart"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Two consecutive aggregators down: signer 1 crashes right after joining and stays down
+/// until 27 s (so it never claims), and signer 0 is cut off from the start until 26 s. Signer 2
+/// claims attempt 1 at D + W = 25 s (signer 1's turn passed unclaimed), signer 3 follows, signer
+/// 0 follows once back (the claim's retries reach it), signer 1 catches up after its restart;
+/// the session signs under position 2.
+#[tokio::test(start_paused = true)]
+async fn two_consecutive_aggregators_down_sign_under_position_two() {
+    for (seed, commitments) in [(1201, true), (1202, false)] {
+        let what = format!("commitments {commitments}");
+        let report = star(seed, 4, commitments, 2)
+            .crash_restart(1, CrashPoint::Joined)
+            .restart_after(27 * SECOND)
+            .partition(&[&[0]], Duration::ZERO, Some(26 * SECOND))
+            .run()
+            .await
+            .expect("scenario runs");
+        let health = report.honest[2].health.as_ref().expect("health");
+        assert_signed_under(&report, 2, health.attempt.get(), &what);
+        for i in [2, 3] {
+            assert_eq!(
+                failovers_of(&report, i).first(),
+                Some(&(1, 0, 2)),
+                "{what}: signer {i} went straight to position 2"
+            );
+        }
+    }
+}
+
+/// Failover bounded to one position (`max_failovers(1)`), signers 0 and 1 cut off for good:
+/// nobody can take over, and signers 2 and 3 abort `FailoverExhausted` naming only signers
+/// that were down (the first aggregator: they never saw a claim). The cut-off signers end
+/// without blaming anyone they could reach.
+#[tokio::test(start_paused = true)]
+async fn exhausted_failover_aborts_naming_only_signers_that_were_down() {
+    for (seed, commitments) in [(1301, true), (1302, false)] {
+        let what = format!("commitments {commitments}");
+        let report = star(seed, 4, commitments, 1)
+            .partition(&[&[0], &[1]], Duration::ZERO, None)
+            .run()
+            .await
+            .expect("scenario runs");
+        report.assert_safe();
+        for h in &report.honest[2..] {
+            match &h.outcome {
+                Outcome::Aborted {
+                    reason: AbortReason::FailoverExhausted,
+                    blamed,
+                    ..
+                } => assert!(
+                    !blamed.is_empty() && blamed.iter().all(|b| b.as_usize() < 2),
+                    "{what}: signer {} blames {blamed:?}",
+                    h.signer
+                ),
+                other => panic!("{what}: signer {}: {other:?}", h.signer),
+            }
+        }
+        for h in &report.honest[..2] {
+            assert!(
+                matches!(h.outcome, Outcome::Aborted { .. }),
+                "{what}: signer {}: {:?}",
+                h.signer,
+                h.outcome
+            );
+        }
+    }
+}
+
+/// The aggregator is cut off from the start; signer 1 takes over at 20 s; the aggregator comes
+/// back at 21 s, still in attempt 0 (its deadline passed alone: it asked, by sending its join
+/// again, whether it was replaced; the retries of that frame reach the others after the heal).
+/// It is shown the claim, catches up and the session signs under signer 1; its late attempt-0
+/// messages are ignored, not blamed.
+#[tokio::test(start_paused = true)]
+async fn partitioned_aggregator_back_after_being_replaced_signs() {
+    for (seed, commitments) in [(1401, true), (1402, false)] {
+        let what = format!("commitments {commitments}");
+        let report = star(seed, 4, commitments, 2)
+            .partition(&[&[0]], Duration::ZERO, Some(21 * SECOND))
+            .run()
+            .await
+            .expect("scenario runs");
+        assert_signed_under(&report, 1, 1, &what);
+        for i in 0..4 {
+            assert_eq!(
+                failovers_of(&report, i),
+                vec![(1, 0, 1)],
+                "{what}: signer {i}"
+            );
+        }
+    }
+}
+
+/// COORDINATOR BUG (see the README): the same, but the aggregator comes back at 25 s, after the
+/// retries of its question at 20 s have lapsed (about 2 s) and before it gives up (D + 2W =
+/// 30 s). Nobody speaks to it after the heal, so it never learns of the claim; at 30 s it aborts
+/// `Timeout` naming every member (it saw no claim), and the others, already in attempt 1 (or 2)
+/// under another aggregator, take that attempt-0 abort: nobody signs, and nodes 1 to 3 end
+/// blaming honest signer 1 (`Timeout`, origin signer 0). Expected: it catches up and everyone
+/// signs under signer 1 (ADR 0008: "a replaced aggregator that comes back catches up. Its late
+/// messages of the old attempt are ignored").
+#[tokio::test(start_paused = true)]
+#[ignore = "coordinator bug: a replaced aggregator back after its question's retries lapsed is never told of the claim, and its stale attempt-0 Timeout abort ends the others' later attempt"]
+async fn partitioned_aggregator_back_late_after_being_replaced_signs() {
+    for (seed, commitments) in [(1411, true), (1412, false)] {
+        let what = format!("commitments {commitments}");
+        let report = star(seed, 4, commitments, 2)
+            .partition(&[&[0]], Duration::ZERO, Some(25 * SECOND))
+            .run()
+            .await
+            .expect("scenario runs");
+        assert_signed_under(&report, 1, 1, &what);
+    }
+}
+
+/// COORDINATOR BUG (the same): signers 0 and 1 cut off (from everyone and each other) until
+/// 27 s, past signer 2's claim at 25 s and its retries: nobody signs; signer 0 aborts at 30 s
+/// naming every member and the others take that attempt-0 abort. Expected: signers 0 and 1
+/// catch up and everyone signs (under position 1 or 2: the two claims of attempt 1 settle on
+/// the lower position once they meet, if nobody signed in it yet).
+#[tokio::test(start_paused = true)]
+#[ignore = "coordinator bug: a replaced aggregator back after its question's retries lapsed is never told of the claim, and its stale attempt-0 Timeout abort ends the others' later attempt"]
+async fn two_aggregators_cut_off_past_the_retries_sign() {
+    for (seed, commitments) in [(1211, true), (1212, false)] {
+        let what = format!("commitments {commitments}");
+        let report = star(seed, 4, commitments, 2)
+            .partition(&[&[0], &[1]], Duration::ZERO, Some(27 * SECOND))
+            .run()
+            .await
+            .expect("scenario runs");
+        report.assert_all_signed();
+        let _ = what;
+    }
+}
+
+/// Five signers; the aggregator is cut off, and the rest split into {1, 3} and {2, 4}: signer 1
+/// claims attempt 1 at 20 s (followed by 3), signer 2, not hearing it, claims attempt 1 at
+/// 25 s (followed by 4). Healed at 26 s (the claims' retries then reach the other side),
+/// everyone settles on the lower position and signs
+/// under signer 1 in attempt 1.
+#[tokio::test(start_paused = true)]
+async fn claimants_split_by_a_partition_converge_on_the_lower_position() {
+    for (seed, commitments) in [(1501, true), (1502, false)] {
+        let what = format!("commitments {commitments}");
+        let report = star(seed, 5, commitments, 2)
+            .partition(&[&[0], &[1, 3], &[2, 4]], Duration::ZERO, Some(26 * SECOND))
+            .run()
+            .await
+            .expect("scenario runs");
+        assert_signed_under(&report, 1, 1, &what);
+        for i in [1, 3] {
+            assert_eq!(
+                failovers_of(&report, i),
+                vec![(1, 0, 1)],
+                "{what}: signer {i}"
+            );
+        }
+        for i in [2, 4] {
+            assert_eq!(
+                failovers_of(&report, i),
+                vec![(1, 0, 2), (1, 2, 1)],
+                "{what}: signer {i} moved from claimant 2 to claimant 1"
+            );
+        }
+    }
+}
+
+/// A partition healed mid-phase (round 1 lasts until the join window's end at 20 s): the
+/// aggregator, or a member, cut off from the start. Healed at 1 s, within the senders' retries
+/// (about 2 s), the session signs in attempt 0 under signer 0 without a failover. Healed at 5 s
+/// or 15 s, the frames sent across the cut are lost (nothing is sent again after a heal) and
+/// round 1 stalls: at 20 s signer 1 takes over and the session signs in attempt 1 under it.
+#[tokio::test(start_paused = true)]
+async fn partition_healed_mid_phase_signs() {
+    let mut seed = 1600;
+    for commitments in [true, false] {
+        for (cut, until) in [(0u16, 1u32), (3, 1), (0, 5), (3, 5), (0, 15)] {
+            seed += 1;
+            let what = format!("commitments {commitments} signer {cut} cut until {until} s");
+            let report = star(seed, 4, commitments, 2)
+                .partition(&[&[cut]], Duration::ZERO, Some(until * SECOND))
+                .run()
+                .await
+                .expect("scenario runs");
+            if until == 1 {
+                assert_signed_under(&report, 0, 0, &what);
+                for i in 0..4 {
+                    assert!(failovers_of(&report, i).is_empty(), "{what}: signer {i}");
+                }
+            } else {
+                assert_signed_under(&report, 1, 1, &what);
+                for i in 0..4 {
+                    assert_eq!(
+                        failovers_of(&report, i),
+                        vec![(1, 0, 1)],
+                        "{what}: signer {i}"
+                    );
+                }
             }
         }
     }
