@@ -26,6 +26,21 @@ fn idx(i: u16) -> SignerIndex {
     SignerIndex::new(i).expect("index")
 }
 
+/// A star run of `signers` with `max_failovers(failovers)` and one partition window of `groups`
+/// from the start until `until` (`None`: for good).
+async fn partitioned(
+    seed: u64,
+    (signers, commitments, failovers): (usize, bool, u16),
+    groups: &[&[u16]],
+    until: Option<Duration>,
+) -> Report {
+    star(seed, signers, commitments, failovers)
+        .partition(groups, Duration::ZERO, until)
+        .run()
+        .await
+        .expect("scenario runs")
+}
+
 /// Every honest node signed, and ends with aggregator `coordinator` at `attempt`.
 fn assert_signed_under(report: &Report, coordinator: u16, attempt: u16, what: &str) {
     for h in &report.honest {
@@ -46,6 +61,20 @@ fn assert_signed_under(report: &Report, coordinator: u16, attempt: u16, what: &s
         );
     }
     report.assert_all_signed();
+}
+
+/// Every honest node signed under signer 1 in attempt 1, each having reported exactly one
+/// failover: attempt 1, signer 0 replaced by signer 1.
+fn assert_signed_after_one_failover(report: &Report, what: &str) {
+    assert_signed_under(report, 1, 1, what);
+    for h in &report.honest {
+        let i = u16::try_from(h.signer.as_usize()).expect("index");
+        assert_eq!(
+            failovers_of(report, i),
+            vec![(1, 0, 1)],
+            "{what}: signer {i}"
+        );
+    }
 }
 
 /// The failovers signer `i` reported, as `(attempt, replaced, new aggregator)`.
@@ -109,14 +138,9 @@ async fn crashed_aggregator_is_replaced_and_signs_under_the_next_after_its_resta
                 assert_signed_under(&report, 0, 0, &what);
                 continue;
             }
-            assert_signed_under(&report, 1, 1, &what);
-            for i in 0..4 {
-                assert_eq!(
-                    failovers_of(&report, i),
-                    vec![(1, 0, 1)],
-                    "{what}: signer {i}"
-                );
-                let at = report.honest[usize::from(i)].failovers[0].at;
+            assert_signed_after_one_failover(&report, &what);
+            for (i, h) in report.honest.iter().enumerate() {
+                let at = h.failovers[0].at;
                 // The crash came within the first half second; the restart `down` later.
                 if i == 0 {
                     assert!(at >= down, "{what}: the victim followed before its restart");
@@ -167,11 +191,7 @@ async fn two_consecutive_aggregators_down_sign_under_position_two() {
 async fn exhausted_failover_aborts_naming_only_signers_that_were_down() {
     for (seed, commitments) in [(1301, true), (1302, false)] {
         let what = format!("commitments {commitments}");
-        let report = star(seed, 4, commitments, 1)
-            .partition(&[&[0], &[1]], Duration::ZERO, None)
-            .run()
-            .await
-            .expect("scenario runs");
+        let report = partitioned(seed, (4, commitments, 1), &[&[0], &[1]], None).await;
         report.assert_safe();
         for h in &report.honest[2..] {
             match &h.outcome {
@@ -207,19 +227,8 @@ async fn exhausted_failover_aborts_naming_only_signers_that_were_down() {
 async fn partitioned_aggregator_back_after_being_replaced_signs() {
     for (seed, commitments) in [(1401, true), (1402, false)] {
         let what = format!("commitments {commitments}");
-        let report = star(seed, 4, commitments, 2)
-            .partition(&[&[0]], Duration::ZERO, Some(21 * SECOND))
-            .run()
-            .await
-            .expect("scenario runs");
-        assert_signed_under(&report, 1, 1, &what);
-        for i in 0..4 {
-            assert_eq!(
-                failovers_of(&report, i),
-                vec![(1, 0, 1)],
-                "{what}: signer {i}"
-            );
-        }
+        let report = partitioned(seed, (4, commitments, 2), &[&[0]], Some(21 * SECOND)).await;
+        assert_signed_after_one_failover(&report, &what);
     }
 }
 
@@ -236,11 +245,7 @@ async fn partitioned_aggregator_back_after_being_replaced_signs() {
 async fn partitioned_aggregator_back_late_after_being_replaced_signs() {
     for (seed, commitments) in [(1411, true), (1412, false)] {
         let what = format!("commitments {commitments}");
-        let report = star(seed, 4, commitments, 2)
-            .partition(&[&[0]], Duration::ZERO, Some(25 * SECOND))
-            .run()
-            .await
-            .expect("scenario runs");
+        let report = partitioned(seed, (4, commitments, 2), &[&[0]], Some(25 * SECOND)).await;
         assert_signed_under(&report, 1, 1, &what);
     }
 }
@@ -255,11 +260,7 @@ async fn partitioned_aggregator_back_late_after_being_replaced_signs() {
 async fn two_aggregators_cut_off_past_the_retries_sign() {
     for (seed, commitments) in [(1211, true), (1212, false)] {
         let what = format!("commitments {commitments}");
-        let report = star(seed, 4, commitments, 2)
-            .partition(&[&[0], &[1]], Duration::ZERO, Some(27 * SECOND))
-            .run()
-            .await
-            .expect("scenario runs");
+        let report = partitioned(seed, (4, commitments, 2), &[&[0], &[1]], Some(27 * SECOND)).await;
         report.assert_all_signed();
         let _ = what;
     }
@@ -274,11 +275,13 @@ async fn two_aggregators_cut_off_past_the_retries_sign() {
 async fn claimants_split_by_a_partition_converge_on_the_lower_position() {
     for (seed, commitments) in [(1501, true), (1502, false)] {
         let what = format!("commitments {commitments}");
-        let report = star(seed, 5, commitments, 2)
-            .partition(&[&[0], &[1, 3], &[2, 4]], Duration::ZERO, Some(26 * SECOND))
-            .run()
-            .await
-            .expect("scenario runs");
+        let report = partitioned(
+            seed,
+            (5, commitments, 2),
+            &[&[0], &[1, 3], &[2, 4]],
+            Some(26 * SECOND),
+        )
+        .await;
         assert_signed_under(&report, 1, 1, &what);
         for i in [1, 3] {
             assert_eq!(
@@ -309,25 +312,15 @@ async fn partition_healed_mid_phase_signs() {
         for (cut, until) in [(0u16, 1u32), (3, 1), (0, 5), (3, 5), (0, 15)] {
             seed += 1;
             let what = format!("commitments {commitments} signer {cut} cut until {until} s");
-            let report = star(seed, 4, commitments, 2)
-                .partition(&[&[cut]], Duration::ZERO, Some(until * SECOND))
-                .run()
-                .await
-                .expect("scenario runs");
+            let report =
+                partitioned(seed, (4, commitments, 2), &[&[cut]], Some(until * SECOND)).await;
             if until == 1 {
                 assert_signed_under(&report, 0, 0, &what);
                 for i in 0..4 {
                     assert!(failovers_of(&report, i).is_empty(), "{what}: signer {i}");
                 }
             } else {
-                assert_signed_under(&report, 1, 1, &what);
-                for i in 0..4 {
-                    assert_eq!(
-                        failovers_of(&report, i),
-                        vec![(1, 0, 1)],
-                        "{what}: signer {i}"
-                    );
-                }
+                assert_signed_after_one_failover(&report, &what);
             }
         }
     }
