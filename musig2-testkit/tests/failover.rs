@@ -156,7 +156,7 @@ async fn crashed_aggregator_is_replaced_and_signs_under_the_next_after_its_resta
 }
 
 /// Two consecutive aggregators down: signer 1 crashes right after joining and stays down
-/// until 27 s (so it never claims), and signer 0 is cut off from the start until 26 s. Signer 2
+/// until 27 s (so it never claims), and signer 0 is cut off from the start until 25.5 s. Signer 2
 /// claims attempt 1 at D + W = 25 s (signer 1's turn passed unclaimed), signer 3 follows, signer
 /// 0 follows once back (the claim's retries reach it), signer 1 catches up after its restart;
 /// the session signs under position 2.
@@ -167,7 +167,7 @@ async fn two_consecutive_aggregators_down_sign_under_position_two() {
         let report = star(seed, 4, commitments, 2)
             .crash_restart(1, CrashPoint::Joined)
             .restart_after(27 * SECOND)
-            .partition(&[&[0]], Duration::ZERO, Some(26 * SECOND))
+            .partition(&[&[0]], Duration::ZERO, Some(Duration::from_millis(25_500)))
             .run()
             .await
             .expect("scenario runs");
@@ -219,15 +219,22 @@ async fn exhausted_failover_aborts_naming_only_signers_that_were_down() {
 }
 
 /// The aggregator is cut off from the start; signer 1 takes over at 20 s; the aggregator comes
-/// back at 21 s, still in attempt 0 (its deadline passed alone: it asked, by sending its join
-/// again, whether it was replaced; the retries of that frame reach the others after the heal).
+/// back at 20.5 s, still in attempt 0 (its deadline passed alone: it asked, by sending its
+/// join again, whether it was replaced; the retries of that frame, at least 775 ms after it,
+/// reach the others after the heal).
 /// It is shown the claim, catches up and the session signs under signer 1; its late attempt-0
 /// messages are ignored, not blamed.
 #[tokio::test(start_paused = true)]
 async fn partitioned_aggregator_back_after_being_replaced_signs() {
     for (seed, commitments) in [(1401, true), (1402, false)] {
         let what = format!("commitments {commitments}");
-        let report = partitioned(seed, (4, commitments, 2), &[&[0]], Some(21 * SECOND)).await;
+        let report = partitioned(
+            seed,
+            (4, commitments, 2),
+            &[&[0]],
+            Some(Duration::from_millis(20_500)),
+        )
+        .await;
         assert_signed_after_one_failover(&report, &what);
     }
 }
@@ -268,7 +275,8 @@ async fn two_aggregators_cut_off_past_the_retries_sign() {
 
 /// Five signers; the aggregator is cut off, and the rest split into {1, 3} and {2, 4}: signer 1
 /// claims attempt 1 at 20 s (followed by 3), signer 2, not hearing it, claims attempt 1 at
-/// 25 s (followed by 4). Healed at 26 s (the claims' retries then reach the other side),
+/// 25 s (followed by 4). Healed at 25.5 s (the retries of signer 2's claim then reach the
+/// other side; signer 1's, from 20 s, are over),
 /// everyone settles on the lower position and signs
 /// under signer 1 in attempt 1.
 #[tokio::test(start_paused = true)]
@@ -279,7 +287,7 @@ async fn claimants_split_by_a_partition_converge_on_the_lower_position() {
             seed,
             (5, commitments, 2),
             &[&[0], &[1, 3], &[2, 4]],
-            Some(26 * SECOND),
+            Some(Duration::from_millis(25_500)),
         )
         .await;
         assert_signed_under(&report, 1, 1, &what);
@@ -301,20 +309,32 @@ async fn claimants_split_by_a_partition_converge_on_the_lower_position() {
 }
 
 /// A partition healed mid-phase (round 1 lasts until the join window's end at 20 s): the
-/// aggregator, or a member, cut off from the start. Healed at 1 s, within the senders' retries
-/// (about 2 s), the session signs in attempt 0 under signer 0 without a failover. Healed at 5 s
+/// aggregator, or a member, cut off from the start. Healed at 0.5 s, before the senders' last
+/// retry (5 retries, 50 ms doubling, jitter ×0.5–1.5: the last between 0.775 and 2.3 s), the
+/// session signs in attempt 0 under signer 0 without a failover. Healed at 5 s
 /// or 15 s, the frames sent across the cut are lost (nothing is sent again after a heal) and
 /// round 1 stalls: at 20 s signer 1 takes over and the session signs in attempt 1 under it.
 #[tokio::test(start_paused = true)]
 async fn partition_healed_mid_phase_signs() {
     let mut seed = 1600;
     for commitments in [true, false] {
-        for (cut, until) in [(0u16, 1u32), (3, 1), (0, 5), (3, 5), (0, 15)] {
+        for (cut, until_ms) in [
+            (0u16, 500u64),
+            (3, 500),
+            (0, 5_000),
+            (3, 5_000),
+            (0, 15_000),
+        ] {
             seed += 1;
-            let what = format!("commitments {commitments} signer {cut} cut until {until} s");
-            let report =
-                partitioned(seed, (4, commitments, 2), &[&[cut]], Some(until * SECOND)).await;
-            if until == 1 {
+            let what = format!("commitments {commitments} signer {cut} cut until {until_ms} ms");
+            let report = partitioned(
+                seed,
+                (4, commitments, 2),
+                &[&[cut]],
+                Some(Duration::from_millis(until_ms)),
+            )
+            .await;
+            if until_ms == 500 {
                 assert_signed_under(&report, 0, 0, &what);
                 for i in 0..4 {
                     assert!(failovers_of(&report, i).is_empty(), "{what}: signer {i}");

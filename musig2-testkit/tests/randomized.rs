@@ -185,11 +185,15 @@ async fn random_star_failover_coordinator() {
 const FAILOVER_SEEDS: u64 = 70;
 
 /// `MUSIG2_RANDOM_SEEDS` seeds (default 3,000) over the failover configurations only
-/// (`max_failovers = 2`); prints each failure class with its count and smallest case.
+/// (`max_failovers = 2`, or `MUSIG2_RANDOM_FAILOVERS`); prints each failure class with its count and smallest case.
 #[tokio::test(start_paused = true)]
 #[ignore = "long run: MUSIG2_RANDOM_SEEDS=3000"]
 async fn long_run_failover() {
-    long_run_over("long run (failover)", &FAILOVER_CONFIGS, FAILOVERS, 3_000).await;
+    let failovers = std::env::var("MUSIG2_RANDOM_FAILOVERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(FAILOVERS);
+    long_run_over("long run (failover)", &FAILOVER_CONFIGS, failovers, 3_000).await;
 }
 
 /// `MUSIG2_RANDOM_SEEDS` seeds (default 10,000), spread over every configuration; prints each
