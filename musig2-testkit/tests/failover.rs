@@ -183,6 +183,33 @@ async fn two_consecutive_aggregators_down_sign_under_position_two() {
     }
 }
 
+/// Signers 0 and 1 both cut off (from everyone and each other) until 25.5 s: signer 1 claims
+/// attempt 1 alone at 20 s, signer 2 claims it at 25 s and signer 3 follows; at the heal the
+/// retries of signer 2's claim reach signers 0 and 1, and the two claims of attempt 1 settle on
+/// the lower position (nobody signed in it yet): everyone signs under signer 1. Signers 2 and 3
+/// report 0 → 2, then 2 → 1.
+#[tokio::test(start_paused = true)]
+async fn two_aggregators_cut_off_then_back_settle_on_the_lower_claimant() {
+    for (seed, commitments) in [(1221, true), (1222, false)] {
+        let what = format!("commitments {commitments}");
+        let report = partitioned(
+            seed,
+            (4, commitments, 2),
+            &[&[0], &[1]],
+            Some(Duration::from_millis(25_500)),
+        )
+        .await;
+        assert_signed_under(&report, 1, 1, &what);
+        for i in [2, 3] {
+            assert_eq!(
+                failovers_of(&report, i),
+                vec![(1, 0, 2), (1, 2, 1)],
+                "{what}: signer {i}"
+            );
+        }
+    }
+}
+
 /// Failover bounded to one position (`max_failovers(1)`), signers 0 and 1 cut off for good:
 /// nobody can take over, and signers 2 and 3 abort `FailoverExhausted` naming only signers
 /// that were down (the first aggregator: they never saw a claim). The cut-off signers end
