@@ -16,6 +16,6 @@ pub use crash::{CrashPoint, CrashRecord};
 pub use error::{Result, TestkitError};
 pub use randomized::{RandomizedCase, Role};
 pub use scenario::{
-    CreatorAnnouncement, FAULTY_SEND_TIMEOUT, HonestOutcome, Outcome, Report, Scenario, Violation,
-    keypairs_from_seed, libp2p_test_config, test_config,
+    CreatorAnnouncement, FAULTY_SEND_TIMEOUT, FailoverSeen, HonestOutcome, Outcome, Report,
+    Scenario, Violation, keypairs_from_seed, libp2p_test_config, test_config,
 };

@@ -26,7 +26,7 @@ pub enum Role {
 /// signers, topology, commitments, role and slot of the adversary.
 ///
 /// Its [`Display`](fmt::Display) form, e.g. `seed=17 n=4 topology=star commitments=on
-/// role=creator index=0`, parses back with [`FromStr`], so a failing case printed by a test
+/// role=creator index=0` (with ` failovers=2` when failover is on), parses back with [`FromStr`], so a failing case printed by a test
 /// can be re-run alone (see the crate README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RandomizedCase {
@@ -42,6 +42,9 @@ pub struct RandomizedCase {
     pub role: Role,
     /// The adversary's signer index.
     pub index: u16,
+    /// The announcement's `max_failovers` (0: off, the default; see
+    /// [`Scenario::max_failovers`]). Printed as `failovers=<n>` when not 0.
+    pub failovers: u16,
 }
 
 impl RandomizedCase {
@@ -62,7 +65,14 @@ impl RandomizedCase {
             commitments,
             role,
             index: u16::try_from(index).unwrap_or(1),
+            failovers: 0,
         }
+    }
+
+    /// The same case with `max_failovers` set to `failovers`.
+    pub fn with_failovers(mut self, failovers: u16) -> RandomizedCase {
+        self.failovers = failovers;
+        self
     }
 
     /// The scenario of this case.
@@ -71,6 +81,9 @@ impl RandomizedCase {
             .topology(self.topology)
             .commitments(self.commitments)
             .adversary(self.index, Behaviour::Randomized { seed: self.seed });
+        if self.failovers > 0 {
+            scenario = scenario.max_failovers(self.failovers);
+        }
         match self.role {
             Role::Member => {}
             Role::Creator => scenario = scenario.adversary_creates(CreatorAnnouncement::Honest),
@@ -110,7 +123,11 @@ impl fmt::Display for RandomizedCase {
             self.signers,
             if self.commitments { "on" } else { "off" },
             self.index
-        )
+        )?;
+        if self.failovers > 0 {
+            write!(f, " failovers={}", self.failovers)?;
+        }
+        Ok(())
     }
 }
 
@@ -126,6 +143,7 @@ impl FromStr for RandomizedCase {
             commitments: true,
             role: Role::Member,
             index: 1,
+            failovers: 0,
         };
         for field in s.split_whitespace() {
             let (key, value) = field.split_once('=').ok_or_else(|| bad(field))?;
@@ -133,6 +151,7 @@ impl FromStr for RandomizedCase {
                 "seed" => case.seed = value.parse().map_err(|_| bad(field))?,
                 "n" => case.signers = value.parse().map_err(|_| bad(field))?,
                 "index" => case.index = value.parse().map_err(|_| bad(field))?,
+                "failovers" => case.failovers = value.parse().map_err(|_| bad(field))?,
                 "topology" => {
                     case.topology = match value {
                         "mesh" => Topology::Mesh,

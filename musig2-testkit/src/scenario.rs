@@ -20,6 +20,7 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use secp256k1::{Keypair, XOnlyPublicKey, schnorr};
 use tokio::sync::broadcast;
+use tokio::time::Instant;
 
 use crate::adversary::{
     Adversary, AdversaryLog, AdversarySetup, Behaviour, FloodStats, SharedTransport, flood_junk,
@@ -76,12 +77,25 @@ fn crash_inbound_delay() -> LinkFault {
     LinkFault::none().with_delay(Delay::Fixed(Duration::from_millis(50)))
 }
 
+/// How long a crashed node stays down by default (see [`Scenario::restart_after`]): long
+/// enough for the old node to see its transport close and stop.
+const DEFAULT_DOWN: Duration = Duration::from_millis(10);
+
+/// A network partition over a span of the run (see [`Scenario::partition`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PartitionWindow {
+    groups: Vec<Vec<u16>>,
+    from: Duration,
+    until: Option<Duration>,
+}
+
 /// An honest node of a run, with the store that outlives it.
 struct HonestNode {
     index: SignerIndex,
     node: Node,
     events: broadcast::Receiver<Event>,
     store: MemoryStore,
+    failovers: FailoverLog,
 }
 
 /// The network of a run.
@@ -162,6 +176,9 @@ pub struct Scenario {
     max_attempts: Option<u16>,
     libp2p: bool,
     links: Vec<(usize, usize, LinkFault)>,
+    max_failovers: Option<u16>,
+    restart_after: Duration,
+    partitions: Vec<PartitionWindow>,
 }
 
 impl Scenario {
@@ -184,6 +201,9 @@ impl Scenario {
             max_attempts: None,
             libp2p: false,
             links: Vec::new(),
+            max_failovers: None,
+            restart_after: DEFAULT_DOWN,
+            partitions: Vec::new(),
         }
     }
 
@@ -272,6 +292,44 @@ impl Scenario {
         self
     }
 
+    /// The announcement's `max_failovers` (default 0: off): how far down the election order
+    /// the star aggregator role (and the broadcast turn) may pass (ADR 0008).
+    pub fn max_failovers(mut self, failovers: u16) -> Scenario {
+        self.max_failovers = Some(failovers);
+        self
+    }
+
+    /// How long the signer of [`Scenario::crash_restart`] stays down between its crash and its
+    /// restart (default 10 ms). Frames sent to it meanwhile are lost; a down time past the
+    /// phase timeouts lets the others fail over (star, [`Scenario::max_failovers`]) or time
+    /// out. A long down time makes the victim unreachable for [`Report::assert_safe`]: a timeout
+    /// may name it.
+    pub fn restart_after(mut self, down: Duration) -> Scenario {
+        self.restart_after = down.max(DEFAULT_DOWN);
+        self
+    }
+
+    /// Splits the network into `groups` of signer indices from `from` until `until` (`None`:
+    /// for good), both measured from the session's creation (a partition from zero comes
+    /// before anyone joins; the joiners then find the announcement in the DHT, which
+    /// partitions do not split). Signers in no group form one more group together. Windows
+    /// must not overlap; each ends with a heal of the whole network. Signers in different
+    /// groups of a window are unreachable to each other for [`Report::assert_safe`]: a
+    /// timeout (`Timeout`, `FailoverExhausted`) by one may name the other. Memory network only.
+    pub fn partition(
+        mut self,
+        groups: &[&[u16]],
+        from: Duration,
+        until: Option<Duration>,
+    ) -> Scenario {
+        self.partitions.push(PartitionWindow {
+            groups: groups.iter().map(|g| g.to_vec()).collect(),
+            from,
+            until,
+        });
+        self
+    }
+
     /// Runs every node (and the adversary, and the flooding outsider) on its own
     /// [`Libp2pTransport`] on 127.0.0.1 instead of the memory network. Real sockets need real
     /// time: do not pause the clock, and give the nodes short timeouts (see
@@ -320,6 +378,7 @@ impl Scenario {
                         node,
                         events,
                         store,
+                        failovers: FailoverLog::default(),
                     });
                 }
             }
@@ -340,6 +399,9 @@ impl Scenario {
         };
         if let Some(max) = self.max_attempts {
             policy.max_attempts = max;
+        }
+        if let Some(max) = self.max_failovers {
+            policy.max_failovers = max;
         }
         let request = SessionRequest {
             signers: keypairs.iter().map(Keypair::public_key).collect(),
@@ -408,6 +470,26 @@ impl Scenario {
                 1..honest.len(),
             ),
         };
+        let start = Instant::now();
+        let mut watchers = Vec::new();
+        for h in &honest {
+            watchers.push(watch_failovers(
+                &h.node,
+                session,
+                start,
+                h.failovers.clone(),
+            ));
+        }
+        let partitions = match &net {
+            Net::Memory(network) if !self.partitions.is_empty() => Some(tokio::spawn(
+                run_partitions(network.clone(), self.partitions.clone(), peers.clone()),
+            )),
+            _ => None,
+        };
+        if partitions.is_some() {
+            // A partition from zero comes before the joins.
+            tokio::task::yield_now().await;
+        }
         let mut join_errors = vec![None; honest.len()];
         for k in joiners {
             // A session an adversary already ended cannot be joined; the outcome says why.
@@ -417,10 +499,20 @@ impl Scenario {
             }
         }
         let crash = match (self.crash, &mut net) {
-            (Some((victim, point)), Net::Memory(network)) => Some(
-                self.crash_and_restart(network, &mut honest, session, victim, point)
-                    .await?,
-            ),
+            (Some((victim, point)), Net::Memory(network)) => {
+                let record = self
+                    .crash_and_restart(network, &mut honest, session, victim, point)
+                    .await?;
+                if let Some(h) = honest.iter().find(|h| h.index == victim && record.crashed) {
+                    watchers.push(watch_failovers(
+                        &h.node,
+                        session,
+                        start,
+                        h.failovers.clone(),
+                    ));
+                }
+                Some(record)
+            }
             _ => None,
         };
         let deadline = self.config.session_timeout + Duration::from_secs(60);
@@ -435,10 +527,12 @@ impl Scenario {
             } else {
                 wait_for_outcome(&mut h.events, session, deadline).await
             };
+            let failovers = h.failovers.lock().map(|l| l.clone()).unwrap_or_default();
             let health = h.node.health(session).await.ok();
             outcomes.push(HonestOutcome {
                 signer: h.index,
                 outcome,
+                failovers,
                 health,
                 join_error,
                 known_sessions: Vec::new(),
@@ -470,6 +564,15 @@ impl Scenario {
             }
             out.stored = h.store.load(&session).ok().flatten();
         }
+        if let Some(task) = partitions {
+            task.abort();
+        }
+        for task in watchers {
+            task.abort();
+        }
+        if let Net::Memory(network) = &net {
+            network.heal();
+        }
         let outsider_flood = match outsider {
             Some(task) => task.await.ok(),
             None => None,
@@ -486,6 +589,7 @@ impl Scenario {
             &keypairs.iter().map(Keypair::public_key).collect::<Vec<_>>(),
         )?
         .x_only_key();
+        let unreachable = self.unreachable(crash.as_ref());
         Ok(Report {
             session,
             message: self.message,
@@ -495,7 +599,39 @@ impl Scenario {
             adversary_log,
             outsider_flood,
             crash,
+            unreachable,
         })
+    }
+
+    /// Ordered pairs of signers cut off from each other at some time of the run: by a
+    /// partition, or by a crash with a down time longer than the default.
+    fn unreachable(&self, crash: Option<&CrashRecord>) -> BTreeSet<(SignerIndex, SignerIndex)> {
+        let all: Vec<SignerIndex> = (0..self.signers)
+            .filter_map(|i| SignerIndex::try_from(i).ok())
+            .collect();
+        let mut pairs = BTreeSet::new();
+        for window in &self.partitions {
+            let group_of = |s: SignerIndex| {
+                window
+                    .groups
+                    .iter()
+                    .position(|g| g.iter().any(|&i| usize::from(i) == s.as_usize()))
+            };
+            for &a in &all {
+                for &b in &all {
+                    if a != b && group_of(a) != group_of(b) {
+                        pairs.insert((a, b));
+                    }
+                }
+            }
+        }
+        if let Some(c) = crash.filter(|c| c.crashed && self.restart_after > DEFAULT_DOWN) {
+            for &b in all.iter().filter(|&&b| b != c.signer) {
+                pairs.insert((c.signer, b));
+                pairs.insert((b, c.signer));
+            }
+        }
+        pairs
     }
 
     /// Rejects parameters that make no sense together.
@@ -521,9 +657,26 @@ impl Scenario {
             }
         }
         if self.libp2p
-            && (self.link_fault.is_some() || self.crash.is_some() || !self.links.is_empty())
+            && (self.link_fault.is_some()
+                || self.crash.is_some()
+                || !self.links.is_empty()
+                || !self.partitions.is_empty())
         {
-            return invalid("link faults and crashes need the memory network".into());
+            return invalid("link faults, crashes and partitions need the memory network".into());
+        }
+        let mut windows: Vec<&PartitionWindow> = self.partitions.iter().collect();
+        windows.sort_by_key(|w| w.from);
+        for pair in windows.windows(2) {
+            if pair[0].until.is_none_or(|end| end > pair[1].from) {
+                return invalid("partition windows overlap".into());
+            }
+        }
+        for w in &self.partitions {
+            if w.until.is_some_and(|end| end <= w.from)
+                || w.groups.iter().flatten().any(|&i| usize::from(i) >= n)
+            {
+                return invalid(format!("bad partition window {w:?}"));
+            }
         }
         Ok(())
     }
@@ -599,8 +752,8 @@ impl Scenario {
         network
             .crash(peer)
             .map_err(|e| TestkitError::InvalidScenario(format!("crash: {e}")))?;
-        // Let the old node see its transport close and stop.
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Let the old node see its transport close and stop, and stay down as long as asked.
+        tokio::time::sleep(self.restart_after).await;
         let transport = network
             .restart(peer)
             .map_err(|e| TestkitError::InvalidScenario(format!("restart: {e}")))?;
@@ -689,6 +842,55 @@ async fn outcome_of(node: &Node, session: SessionId, deadline: Duration) -> Outc
     }
 }
 
+/// Applies the partition windows (sorted by start) on `network`, times from now.
+async fn run_partitions(
+    network: MemoryNetwork,
+    mut windows: Vec<PartitionWindow>,
+    peers: Vec<Option<PeerId>>,
+) {
+    windows.sort_by_key(|w| w.from);
+    let start = tokio::time::Instant::now();
+    for w in windows {
+        tokio::time::sleep_until(start + w.from).await;
+        let groups: Vec<Vec<PeerId>> = w
+            .groups
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .filter_map(|&i| peers.get(usize::from(i)).copied().flatten())
+                    .collect()
+            })
+            .collect();
+        tracing::debug!(groups = ?w.groups, "partition");
+        network.partition(&groups);
+        let Some(until) = w.until else {
+            return;
+        };
+        tokio::time::sleep_until(start + until).await;
+        tracing::debug!("heal");
+        network.heal();
+    }
+}
+
+/// The failover `event` reports for `session`, if it is one.
+fn failover_seen(event: &Event, session: SessionId, start: Instant) -> Option<FailoverSeen> {
+    match event {
+        Event::CoordinatorFailover {
+            session: s,
+            attempt,
+            replaced,
+            coordinator,
+        } if *s == session => Some(FailoverSeen {
+            attempt: attempt.get(),
+            replaced: *replaced,
+            coordinator: *coordinator,
+            at: start.elapsed(),
+        }),
+        _ => None,
+    }
+}
+
+/// Waits for the outcome of `session`, collecting the failovers reported on the way.
 async fn wait_for_outcome(
     events: &mut broadcast::Receiver<Event>,
     session: SessionId,
@@ -721,6 +923,48 @@ async fn wait_for_outcome(
     tokio::time::timeout(deadline, wait)
         .await
         .unwrap_or(Outcome::Stalled)
+}
+
+/// The failovers a node reports, as they come (see [`FailoverSeen`]).
+type FailoverLog = Arc<std::sync::Mutex<Vec<FailoverSeen>>>;
+
+/// Records every failover `node` reports for `session` in `log`, with its time since `start`,
+/// until the node stops (or the task is aborted).
+fn watch_failovers(
+    node: &Node,
+    session: SessionId,
+    start: Instant,
+    log: FailoverLog,
+) -> tokio::task::JoinHandle<()> {
+    let mut events = node.events();
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(e) => {
+                    if let Some(seen) = failover_seen(&e, session, start) {
+                        if let Ok(mut log) = log.lock() {
+                            log.push(seen);
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    })
+}
+
+/// A star failover an honest node followed or made ([`Event::CoordinatorFailover`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailoverSeen {
+    /// The attempt it started.
+    pub attempt: u16,
+    /// The aggregator replaced.
+    pub replaced: SignerIndex,
+    /// The new aggregator.
+    pub coordinator: SignerIndex,
+    /// When the node reported it, from the session's creation (paused clock: exact).
+    pub at: Duration,
 }
 
 /// A way a run broke the property of [`Report::randomized_violations`].
@@ -844,6 +1088,9 @@ pub struct HonestOutcome {
     pub signer: SignerIndex,
     /// How its session ended.
     pub outcome: Outcome,
+    /// The star failovers it followed or made, in order (for a restarted node, only those
+    /// after its restart).
+    pub failovers: Vec<FailoverSeen>,
     /// Its view of the session afterwards (phase, holdouts, rejected messages).
     pub health: Option<SessionHealth>,
     /// Why it could not join the session, if it could not (e.g. it refused the announcement).
@@ -877,6 +1124,10 @@ pub struct Report {
     /// The crash and restart of an honest signer, if the scenario had one
     /// ([`Scenario::crash_restart`]).
     pub crash: Option<CrashRecord>,
+    /// Ordered pairs `(a, b)` of signers cut off from each other at some time of the run (by a
+    /// [`Scenario::partition`], or a crash longer than the default down time): a timeout by
+    /// `a` naming `b` is what it saw, not a false accusation.
+    pub unreachable: BTreeSet<(SignerIndex, SignerIndex)>,
 }
 
 impl Report {
@@ -912,14 +1163,14 @@ impl Report {
                     blamed,
                     origin,
                 } => {
-                    let trusted = match origin {
-                        AbortOrigin::Local => true,
-                        AbortOrigin::Remote(from) => self.is_honest(*from),
+                    let decider = match origin {
+                        AbortOrigin::Local => Some(h.signer),
+                        AbortOrigin::Remote(from) => Some(*from).filter(|f| self.is_honest(*f)),
                     };
-                    if trusted {
+                    if let Some(decider) = decider {
                         for b in blamed {
                             assert!(
-                                self.blame_allowed(*reason, *b),
+                                self.blame_allowed(decider, *reason, *b),
                                 "signer {} blames honest signer {b}: {:?}",
                                 h.signer,
                                 h.outcome
@@ -968,12 +1219,15 @@ impl Report {
                     blamed,
                     origin,
                 } => {
-                    let trusted = match origin {
-                        AbortOrigin::Local => true,
-                        AbortOrigin::Remote(from) => self.is_honest(*from),
+                    let decider = match origin {
+                        AbortOrigin::Local => Some(h.signer),
+                        AbortOrigin::Remote(from) => Some(*from).filter(|f| self.is_honest(*f)),
                     };
-                    if trusted {
-                        for b in blamed.iter().filter(|b| !self.blame_allowed(*reason, **b)) {
+                    if let Some(decider) = decider {
+                        for b in blamed
+                            .iter()
+                            .filter(|b| !self.blame_allowed(decider, *reason, **b))
+                        {
                             found.push(Violation::HonestBlamed {
                                 by: h.signer,
                                 blamed: *b,
@@ -996,16 +1250,26 @@ impl Report {
         found
     }
 
-    /// Whether an honest node may blame `blamed` for `reason`: it is not honest, or it is the
-    /// signer that crashed and restarted, named with reason `Restarted` (what happened to it,
-    /// not an accusation; ADR 0007).
-    fn blame_allowed(&self, reason: AbortReason, blamed: SignerIndex) -> bool {
+    /// Whether honest node `decider` may blame `blamed` for `reason`: it is not honest; or it
+    /// is the signer that crashed and restarted, named with reason `Restarted` (what happened
+    /// to it, not an accusation; ADR 0007); or it was cut off from `decider`
+    /// ([`Report::unreachable`]) and is named for a timeout (`Timeout`, `FailoverExhausted`).
+    fn blame_allowed(
+        &self,
+        decider: SignerIndex,
+        reason: AbortReason,
+        blamed: SignerIndex,
+    ) -> bool {
         !self.is_honest(blamed)
             || (reason == AbortReason::Restarted
                 && self
                     .crash
                     .as_ref()
                     .is_some_and(|c| c.crashed && c.signer == blamed))
+            || (matches!(
+                reason,
+                AbortReason::Timeout | AbortReason::FailoverExhausted
+            ) && self.unreachable.contains(&(decider, blamed)))
     }
 
     /// Every honest nonce used twice, by two checks: the adversary's log (it never saw two

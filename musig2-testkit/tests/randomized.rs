@@ -36,6 +36,8 @@ const CONFIGS: [(Topology, bool, Role); 10] = [
 #[derive(Default)]
 struct Failures {
     runs: usize,
+    /// Runs in which some honest node followed or made a star failover.
+    failover_runs: usize,
     by_class: BTreeMap<String, (usize, RandomizedCase, String)>,
 }
 
@@ -43,6 +45,9 @@ impl Failures {
     async fn run(&mut self, case: RandomizedCase) {
         self.runs += 1;
         let (violations, report) = case.check().await.expect("scenario runs");
+        if report.honest.iter().any(|h| !h.failovers.is_empty()) {
+            self.failover_runs += 1;
+        }
         if violations.is_empty() {
             return;
         }
@@ -51,7 +56,7 @@ impl Failures {
         let config = config
             .split_whitespace()
             .skip(2)
-            .take(3)
+            .filter(|f| !f.starts_with("index="))
             .collect::<Vec<_>>()
             .join(" ");
         let mut classes: Vec<String> = violations
@@ -78,7 +83,10 @@ impl Failures {
     }
 
     fn summary(&self) -> String {
-        let mut text = format!("{} runs\n", self.runs);
+        let mut text = format!(
+            "{} runs ({} with a failover)\n",
+            self.runs, self.failover_runs
+        );
         for (class, (count, case, detail)) in &self.by_class {
             text.push_str(&format!(
                 "\n== {class}: {count} runs; smallest: {case}\n{detail}"
@@ -98,13 +106,40 @@ impl Failures {
     }
 }
 
+/// Star with failover on (`max_failovers = 2`, issue 11): commitments, role. The adversary
+/// does not follow `FailoverClaim`s (it keeps to its attempt and withholds in the new one), as
+/// an adversary may.
+const FAILOVER_CONFIGS: [(Topology, bool, Role); 6] = [
+    (Topology::Star, true, Role::Member),
+    (Topology::Star, false, Role::Member),
+    (Topology::Star, true, Role::Creator),
+    (Topology::Star, false, Role::Creator),
+    (Topology::Star, true, Role::Coordinator),
+    (Topology::Star, false, Role::Coordinator),
+];
+
+/// `max_failovers` in the failover runs.
+const FAILOVERS: u16 = 2;
+
 /// Runs `seeds` seeds of each configuration in `configs`.
 async fn run_group(configs: &[(Topology, bool, Role)], seeds: std::ops::Range<u64>) {
+    run_group_with(configs, seeds, 0).await;
+}
+
+/// Runs `seeds` seeds of each configuration in `configs` with `max_failovers = failovers`.
+async fn run_group_with(
+    configs: &[(Topology, bool, Role)],
+    seeds: std::ops::Range<u64>,
+    failovers: u16,
+) {
     let mut failures = Failures::default();
     for &(topology, commitments, role) in configs {
         for seed in seeds.clone() {
             failures
-                .run(RandomizedCase::new(seed, topology, commitments, role))
+                .run(
+                    RandomizedCase::new(seed, topology, commitments, role)
+                        .with_failovers(failovers),
+                )
                 .await;
         }
     }
@@ -131,25 +166,66 @@ async fn random_star_coordinator() {
     run_group(&CONFIGS[8..10], 0..28).await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn random_star_failover_member() {
+    run_group_with(&FAILOVER_CONFIGS[0..2], 0..FAILOVER_SEEDS, FAILOVERS).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn random_star_failover_creator() {
+    run_group_with(&FAILOVER_CONFIGS[2..4], 0..FAILOVER_SEEDS, FAILOVERS).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn random_star_failover_coordinator() {
+    run_group_with(&FAILOVER_CONFIGS[4..6], 0..FAILOVER_SEEDS, FAILOVERS).await;
+}
+
+/// Seeds of each failover configuration in the committed run.
+const FAILOVER_SEEDS: u64 = 70;
+
+/// `MUSIG2_RANDOM_SEEDS` seeds (default 3,000) over the failover configurations only
+/// (`max_failovers = 2`, or `MUSIG2_RANDOM_FAILOVERS`); prints each failure class with its count and smallest case.
+#[tokio::test(start_paused = true)]
+#[ignore = "long run: MUSIG2_RANDOM_SEEDS=3000"]
+async fn long_run_failover() {
+    let failovers = std::env::var("MUSIG2_RANDOM_FAILOVERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(FAILOVERS);
+    long_run_over("long run (failover)", &FAILOVER_CONFIGS, failovers, 3_000).await;
+}
+
 /// `MUSIG2_RANDOM_SEEDS` seeds (default 10,000), spread over every configuration; prints each
 /// failure class with its count and smallest case.
 #[tokio::test(start_paused = true)]
 #[ignore = "long run: MUSIG2_RANDOM_SEEDS=10000"]
 async fn long_run() {
+    long_run_over("long run", &CONFIGS, 0, 10_000).await;
+}
+
+/// `MUSIG2_RANDOM_SEEDS` seeds (default `default_seeds`) cycling through `configs` with
+/// `max_failovers = failovers`; prints the summary under `title`.
+async fn long_run_over(
+    title: &str,
+    configs: &[(Topology, bool, Role)],
+    failovers: u16,
+    default_seeds: u64,
+) {
     let seeds: u64 = std::env::var("MUSIG2_RANDOM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000);
+        .unwrap_or(default_seeds);
     let start = std::time::Instant::now();
     let mut failures = Failures::default();
     for seed in 0..seeds {
-        let (topology, commitments, role) = CONFIGS[(seed % CONFIGS.len() as u64) as usize];
+        let (topology, commitments, role) = configs[(seed % configs.len() as u64) as usize];
         failures
-            .run(RandomizedCase::new(seed, topology, commitments, role))
+            .run(RandomizedCase::new(seed, topology, commitments, role).with_failovers(failovers))
             .await;
     }
     println!(
-        "long run: {} in {:.1?}\n{}",
+        "{title}: {} in {:.1?}\n{}",
         failures.runs,
         start.elapsed(),
         failures.summary()
