@@ -458,9 +458,11 @@ async fn info(served: &Served) -> Result<Value> {
     };
     let mut connected: Vec<String> = connected.iter().map(ToString::to_string).collect();
     connected.sort();
-    let (listen, external, observed) = addresses
-        .map(|a| (a.listen, a.external, a.observed))
+    let (listen, external, observed, reachability, relays) = addresses
+        .map(|a| (a.listen, a.external, a.observed, a.reachability, a.relays))
         .unwrap_or_default();
+    let mut relays: Vec<String> = relays.iter().map(ToString::to_string).collect();
+    relays.sort();
     let ordered = bootstrap_order(&external, &observed, &listen);
     Ok(json!({
         "public_key": node.public_key().to_string(),
@@ -470,6 +472,14 @@ async fn info(served: &Served) -> Result<Value> {
         "listen_addresses": with_p2p(&listen),
         "external_addresses": with_p2p(&external),
         "observed_addresses": observed.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "reachability": {
+            "status": reachability.name(),
+            "address": match &reachability {
+                musig2_transport::Reachability::Public(a) => Some(a.to_string()),
+                _ => None,
+            },
+        },
+        "relay_reservations": relays,
         "connected_peers": { "count": connected.len(), "peers": connected },
         "blocked_peers": node.blocked_peers().await?.iter().map(|(peer, left)| json!({
             "peer_id": peer.to_string(),

@@ -331,10 +331,13 @@ impl Behaviour {
         // Client mode (the default until an external address is confirmed) makes every put fail
         // with QuorumFailed and every get return not-found.
         kad.set_mode(Some(kad::Mode::Server));
-        let identify = identify::Behaviour::new(identify::Config::new(
-            "/musig2-p2p/1.0.0".to_owned(),
-            key.public(),
-        ));
+        // Pushed address updates: a relayed address (reserved after the connection to the relay
+        // came up) reaches the peers, and through them the DHT, at once rather than at the next
+        // periodic identify minutes later.
+        let identify = identify::Behaviour::new(
+            identify::Config::new("/musig2-p2p/1.0.0".to_owned(), key.public())
+                .with_push_listen_addr_updates(true),
+        );
         let relay = config
             .relay_server
             .as_ref()
@@ -942,8 +945,11 @@ struct Actor {
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
     puts: HashMap<kad::QueryId, oneshot::Sender<DhtReply>>,
     gets: HashMap<kad::QueryId, GetQuery>,
-    /// DHT lookups of peers a dial had no address for.
+    /// DHT lookups of peers a dial had no address for (or whose addresses all failed).
     lookups: HashMap<kad::QueryId, PeerId>,
+    /// Peers whose dial failed on every known address and that were looked up in the DHT
+    /// again for fresh ones; a second failure answers the waiting dials.
+    relooked: HashSet<PeerId>,
     dials: HashMap<PeerId, Vec<oneshot::Sender<Result<()>>>>,
     bootstrapped: bool,
     observed: Vec<Multiaddr>,
@@ -974,6 +980,7 @@ impl Actor {
             puts: HashMap::new(),
             gets: HashMap::new(),
             lookups: HashMap::new(),
+            relooked: HashSet::new(),
             dials: HashMap::new(),
             bootstrapped: false,
             observed: Vec::new(),
@@ -1000,29 +1007,49 @@ impl Actor {
         tracing::debug!("swarm task stopping");
     }
 
-    /// Listens through every relay whose listener is not open (the relay client dials the relay
-    /// and asks for a reservation; the listener closes if it is refused or the relay goes).
+    /// Listens through every relay whose listener is not open: on a connected relay the relay
+    /// client asks for a reservation at once (the listener closes if it is refused or the relay
+    /// goes); a relay not connected is dialled first, and `reserve` runs again once it is (a
+    /// dial by the relay client itself would be refused while another dial to the relay is
+    /// under way, closing the listener).
     fn reserve(&mut self) {
-        for listen in &mut self.relay_listens {
-            if listen.listener.is_some() {
+        let waiting: Vec<(usize, libp2p::PeerId)> = self
+            .relay_listens
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.listener.is_none())
+            .map(|(i, l)| (i, l.relay))
+            .collect();
+        for (i, relay) in waiting {
+            if !self.swarm.is_connected(&relay) {
+                if let Err(error) = self.dial(PeerId::from_libp2p(relay)) {
+                    tracing::debug!(%relay, %error, "cannot dial the relay");
+                }
                 continue;
             }
-            match self.swarm.listen_on(listen.addr.clone()) {
-                Ok(id) => listen.listener = Some(id),
-                Err(error) => {
-                    tracing::debug!(relay = %listen.relay, %error, "cannot listen through relay")
-                }
+            let addr = self.relay_listens[i].addr.clone();
+            match self.swarm.listen_on(addr) {
+                Ok(id) => self.relay_listens[i].listener = Some(id),
+                Err(error) => tracing::debug!(%relay, %error, "cannot listen through the relay"),
             }
         }
     }
 
     /// A listener closed: if it was a relay's, the reservation is gone until `reserve` runs.
-    fn on_listener_closed(&mut self, id: libp2p::core::transport::ListenerId) {
+    fn on_listener_closed(
+        &mut self,
+        id: libp2p::core::transport::ListenerId,
+        error: Option<std::io::Error>,
+    ) {
         for listen in &mut self.relay_listens {
             if listen.listener == Some(id) {
                 listen.listener = None;
                 self.reservations.remove(&listen.relay);
-                tracing::info!(relay = %listen.relay, "relay reservation lost; reserving again");
+                tracing::info!(
+                    relay = %listen.relay,
+                    error = ?error,
+                    "relay listener closed; reserving again"
+                );
             }
         }
     }
@@ -1261,7 +1288,11 @@ impl Actor {
             SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) => {
                 tracing::debug!(peer = %event.remote_peer_id, result = ?event.result, "DCUtR");
             }
-            SwarmEvent::ListenerClosed { listener_id, .. } => self.on_listener_closed(listener_id),
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => self.on_listener_closed(listener_id, reason.err()),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -1280,6 +1311,7 @@ impl Actor {
             } => {
                 let peer = PeerId::from_libp2p(peer_id);
                 self.known.insert(peer);
+                self.relooked.remove(&peer);
                 for reply in self.dials.remove(&peer).unwrap_or_default() {
                     let _ = reply.send(Ok(()));
                 }
@@ -1288,6 +1320,13 @@ impl Actor {
                 }
                 if !self.bootstrapped {
                     self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
+                }
+                if self
+                    .relay_listens
+                    .iter()
+                    .any(|l| l.relay == peer_id && l.listener.is_none())
+                {
+                    self.reserve();
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -1306,6 +1345,17 @@ impl Actor {
             } => {
                 let peer = PeerId::from_libp2p(peer_id);
                 if !self.swarm.is_connected(&peer_id) {
+                    // The addresses known may be stale (a peer that moved, or that became
+                    // reachable through a relay since): ask the DHT once before giving up.
+                    if self.dials.contains_key(&peer)
+                        && self.relooked.insert(peer)
+                        && self.routing_table_size() > 0
+                    {
+                        let query = self.swarm.behaviour_mut().kad.get_closest_peers(peer_id);
+                        self.lookups.insert(query, peer);
+                        return;
+                    }
+                    self.relooked.remove(&peer);
                     for reply in self.dials.remove(&peer).unwrap_or_default() {
                         let _ = reply.send(Err(TransportError::Unreachable {
                             peer,
@@ -1439,6 +1489,7 @@ impl Actor {
                 reason: e.to_string(),
             },
         };
+        self.relooked.remove(&peer);
         for reply in self.dials.remove(&peer).unwrap_or_default() {
             let _ = reply.send(Err(error.clone()));
         }
