@@ -431,4 +431,37 @@ treasury = ["self", "alice"]
         );
         assert_eq!(book["groups"][0]["problems"], serde_json::json!([]));
     }
+
+    #[test]
+    fn the_relay_section_parses_and_refuses_typos() {
+        let settings = Settings::parse(
+            r#"
+[relay]
+server = true
+via = ["/ip4/198.51.100.1/tcp/4001/p2p/12D3KooWRelay"]
+max_reservations = 7
+max_circuits = 3
+max_circuit_bytes = 1024
+max_circuit_duration = "5m"
+autonat_private_ips = true
+"#,
+        )
+        .expect("parses");
+        let relay = &settings.relay;
+        assert_eq!(relay.server, Some(true));
+        assert_eq!(relay.via.len(), 1);
+        assert_eq!(relay.max_reservations, Some(7));
+        assert_eq!(relay.max_circuits, Some(3));
+        assert_eq!(relay.max_circuit_bytes, Some(1024));
+        assert_eq!(
+            relay
+                .max_circuit_duration
+                .as_ref()
+                .map(DurationSetting::seconds),
+            Some(Ok(300))
+        );
+        assert_eq!(relay.autonat_private_ips, Some(true));
+        assert!(Settings::parse("[relay]\nservr = true").is_err());
+        assert_eq!(Settings::default().relay, RelaySettings::default());
+    }
 }

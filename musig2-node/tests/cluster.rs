@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::BIN;
+use common::{BIN, Out};
 
 /// The script's exit status when the machine cannot run the cluster.
 const SKIPPED: i32 = 77;
@@ -95,4 +95,44 @@ fn a_cluster_of_namespaces_signs_restarts_and_relays_through_the_cli() {
     ] {
         assert!(stdout.contains(step), "step {step:?} missing:\n{stdout}");
     }
+}
+
+fn run_refused(args: &[&str]) -> serde_json::Value {
+    let dir = common::temp_dir("cluster", "flags");
+    let out = Command::new(BIN)
+        .env_remove("MUSIG2_DIR")
+        .arg("--dir")
+        .arg(&dir)
+        .args(["--json", "run", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the binary");
+    let out = Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    out.error(2, "usage")
+}
+
+#[test]
+fn run_refuses_relay_settings_it_cannot_honour() {
+    // A relay hands its external addresses out in reservations: without one it cannot serve.
+    let error = run_refused(&["--relay-server"]);
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--external-addr")),
+        "{error}"
+    );
+    // A relay is named with its peer id, or the reservation could go to anyone there.
+    let error = run_refused(&["--relay", "/ip4/127.0.0.1/tcp/9"]);
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("/p2p/")),
+        "{error}"
+    );
 }
