@@ -94,6 +94,15 @@ for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$PREFIX-" || t
     fi
 done
 
+for dir in "${TMPDIR:-/tmp}/$PREFIX"-*; do
+    [[ -d "$dir" ]] || continue
+    owner="${dir##*/"$PREFIX"-}"
+    owner="${owner%%.*}"
+    if [[ "$owner" =~ ^[0-9]+$ ]] && ! kill -0 "$owner" 2>/dev/null; then
+        rm -rf "$dir"
+    fi
+done
+
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/$RUN.XXXXXX")"
 declare -A PID=()
 NAMESPACES=()
