@@ -10,8 +10,7 @@
 //! `secp256k1::schnorr::verify` under the session's output key, and the three must agree.
 //!
 //! While it runs it samples each daemon's resident memory (`/proc/PID/status` VmRSS), open file
-//! descriptors (`/proc/PID/fd`), sessions held (the `musig2_sessions` gauges of its Prometheus
-//! endpoint) and store size (`sessions.redb`). After the warm-up every figure must stay within
+//! descriptors (`/proc/PID/fd`), sessions held (`list` over the control socket) and store size (`sessions.redb`). After the warm-up every figure must stay within
 //! the bounds printed at the end (see BENCHMARKS.md, "Soak"); the bench exits non-zero if one
 //! does not.
 //!
@@ -23,9 +22,11 @@
 //!
 //! Settings (environment): `SOAK_SESSIONS` (10000), `SOAK_CONCURRENCY` (sessions in flight,
 //! 12), `SOAK_MAX_FINISHED` (256), `SOAK_BIN` (the daemon binary; default
-//! `target/release/musig2-node`).
+//! `target/release/musig2-node`), `SOAK_NETNS=1`: each daemon in its own network namespace on
+//! a bridge in 198.51.100.192/26 (as root; the namespaces are removed at the end), instead of
+//! all three on loopback.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
@@ -52,7 +53,6 @@ struct Daemon {
     key: String,
     peer: String,
     address: String,
-    metrics: String,
 }
 
 impl Drop for Daemon {
@@ -63,7 +63,15 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
-    fn start(bin: &Path, dir: &Path, bootstrap: Option<&str>, max_finished: usize) -> Self {
+    /// Starts `run` on `dir`, inside network namespace `netns` when given (listening on every
+    /// interface there; others bootstrap off its 198.51.100.x address) or on loopback.
+    fn start(
+        bin: &Path,
+        dir: &Path,
+        netns: Option<&str>,
+        bootstrap: Option<&str>,
+        max_finished: usize,
+    ) -> Self {
         let keys = Command::new(bin)
             .env_remove("MUSIG2_DIR")
             .arg("--dir")
@@ -73,14 +81,21 @@ impl Daemon {
             .expect("keygen");
         assert!(keys.status.success(), "keygen: {keys:?}");
         let log = std::fs::File::create(dir.with_extension("log")).expect("log file");
-        let mut command = Command::new(bin);
+        let (mut command, listen, reach) = match netns {
+            // `ip netns exec` execs the daemon: the child's pid is the daemon's.
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns]).arg(bin);
+                (command, "/ip4/0.0.0.0/tcp/4001", "/ip4/198.51.100.")
+            }
+            None => (Command::new(bin), "/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/"),
+        };
         command
             .env_remove("MUSIG2_DIR")
             .env("RUST_LOG", "warn")
             .arg("--dir")
             .arg(dir)
-            .args(["--json", "run", "--listen", "/ip4/127.0.0.1/tcp/0"])
-            .args(["--metrics", "127.0.0.1:0"])
+            .args(["--json", "run", "--listen", listen])
             .args(["--keep-finished", "1h"])
             .args(["--max-finished", &max_finished.to_string()]);
         if let Some(peer) = bootstrap {
@@ -113,10 +128,9 @@ impl Daemon {
                 .expect("addresses")
                 .iter()
                 .filter_map(Value::as_str)
-                .find(|a| a.starts_with("/ip4/127.0.0.1/"))
-                .expect("a loopback address")
+                .find(|a| a.starts_with(reach))
+                .expect("an address others reach")
                 .to_owned(),
-            metrics: text(&started["metrics"]),
         }
     }
 
@@ -134,7 +148,7 @@ struct Usage {
     store_bytes: u64,
 }
 
-fn usage(daemon: &Daemon) -> Usage {
+fn usage(daemon: &Daemon, held: u64) -> Usage {
     let status =
         std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap_or_default();
     let rss_kib = status
@@ -151,26 +165,91 @@ fn usage(daemon: &Daemon) -> Usage {
     Usage {
         rss_kib,
         fds,
-        held: sessions_held(&daemon.metrics),
+        held,
         store_bytes,
     }
 }
 
-/// The sum of the `musig2_sessions{phase=...}` gauges at `url` (`http://ADDR/metrics`).
-fn sessions_held(url: &str) -> u64 {
-    let addr = url
-        .trim_start_matches("http://")
-        .trim_end_matches("/metrics");
-    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
-        return 0;
-    };
-    let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n");
-    let mut body = String::new();
-    let _ = stream.read_to_string(&mut body);
-    body.lines()
-        .filter(|l| l.starts_with("musig2_sessions{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+/// Sessions the daemon holds (running and finished), as `session list` shows them.
+async fn sessions_held(daemon: &Daemon) -> u64 {
+    let list = call(
+        &daemon.socket,
+        Request::List {
+            phase: None,
+            waiting_for_me: false,
+            since_secs: None,
+        },
+    )
+    .await;
+    list["sessions"].as_array().map_or(0, |s| s.len() as u64)
+}
+
+/// Three network namespaces on one bridge (in a fourth), 198.51.100.193-195/26; removed (with
+/// every process in them) on drop.
+struct Netns {
+    names: Vec<String>,
+}
+
+impl Netns {
+    fn ip(args: &[&str]) -> Result<(), String> {
+        let out = Command::new("ip")
+            .args(args)
+            .output()
+            .map_err(|e| format!("ip: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    fn create() -> Result<Self, String> {
+        let prefix = format!("m2s-{}", std::process::id());
+        let switch = format!("{prefix}-sw");
+        let mut netns = Self {
+            names: vec![switch.clone()],
+        };
+        Self::ip(&["netns", "add", &switch])?;
+        Self::ip(&["-n", &switch, "link", "add", "sw0", "type", "bridge"])?;
+        Self::ip(&["-n", &switch, "link", "set", "sw0", "up"])?;
+        for i in 0..3 {
+            let ns = format!("{prefix}-d{i}");
+            Self::ip(&["netns", "add", &ns])?;
+            netns.names.push(ns.clone());
+            let port = format!("p{i}");
+            Self::ip(&[
+                "-n", &switch, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns,
+            ])?;
+            Self::ip(&["-n", &switch, "link", "set", &port, "master", "sw0", "up"])?;
+            let addr = format!("198.51.100.{}/26", 193 + i);
+            Self::ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
+            Self::ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            Self::ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(netns)
+    }
+
+    fn daemon(&self, i: usize) -> &str {
+        &self.names[i + 1]
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in &self.names {
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = Self::ip(&["netns", "del", ns]);
+        }
+    }
 }
 
 struct Sample {
@@ -283,13 +362,28 @@ async fn main() {
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base).expect("base dir");
 
-    let first = Daemon::start(&bin, &base.join("d0"), None, max_finished);
+    let netns = if std::env::var("SOAK_NETNS").is_ok_and(|v| v == "1") {
+        match Netns::create() {
+            Ok(netns) => Some(netns),
+            Err(e) => {
+                eprintln!(
+                    "soak: cannot make network namespaces (root with CAP_NET_ADMIN needed): {e}"
+                );
+                std::process::exit(2);
+            }
+        }
+    } else {
+        None
+    };
+    let ns = |i: usize| netns.as_ref().map(|n| n.daemon(i));
+    let first = Daemon::start(&bin, &base.join("d0"), ns(0), None, max_finished);
     let bootstrap = first.address.clone();
     let mut daemons = vec![first];
     for i in 1..3 {
         daemons.push(Daemon::start(
             &bin,
             &base.join(format!("d{i}")),
+            ns(i),
             Some(&bootstrap),
             max_finished,
         ));
@@ -306,9 +400,14 @@ async fn main() {
         }
     }
     println!(
-        "soak: {sessions} sessions, {concurrency} in flight, 3 daemons ({}), --max-finished \
-         {max_finished}",
-        bin.display()
+        "soak: {sessions} sessions, {concurrency} in flight, 3 daemons ({}) {}, \
+         --max-finished {max_finished}",
+        bin.display(),
+        if netns.is_some() {
+            "in network namespaces on 198.51.100.192/26"
+        } else {
+            "on loopback"
+        }
     );
 
     let daemons = Arc::new(daemons);
@@ -338,9 +437,17 @@ async fn main() {
             loop {
                 tick.tick().await;
                 let finished = done.load(Ordering::Relaxed);
+                let mut held = Vec::new();
+                for d in daemons.iter() {
+                    held.push(sessions_held(d).await);
+                }
                 let daemons = daemons.clone();
                 let usages = tokio::task::spawn_blocking(move || {
-                    daemons.iter().map(usage).collect::<Vec<_>>()
+                    daemons
+                        .iter()
+                        .zip(held)
+                        .map(|(d, held)| usage(d, held))
+                        .collect::<Vec<_>>()
                 })
                 .await
                 .expect("sample");
@@ -453,6 +560,7 @@ async fn main() {
         }
     }
     drop(daemons);
+    drop(netns);
     let _ = std::fs::remove_dir_all(&base);
     if failed.is_empty() {
         println!("\nbounds: all held");

@@ -514,6 +514,17 @@ async fn status(node: &Node, session: SessionId) -> Result<Value> {
     Ok(value)
 }
 
+/// [`status`] of a session listed a moment ago, `None` if the node forgot it since: retention
+/// retires finished sessions at any moment, and a listing must not fail for one of them (the
+/// soak bench saw `list` answer "unknown session" under load).
+async fn status_if_still_held(node: &Node, session: SessionId) -> Result<Option<Value>> {
+    match status(node, session).await {
+        Ok(value) => Ok(Some(value)),
+        Err(NodeError::Coordinator(CoordinatorError::UnknownSession(_))) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Whether a session passes `list`'s filters.
 fn listed(
     health: &SessionHealth,
@@ -736,7 +747,7 @@ async fn execute(served: &Served, request: Request) -> std::result::Result<Value
         Request::Status { session: None } => {
             let mut all = Vec::new();
             for health in node.sessions().await? {
-                all.push(status(node, health.session).await?);
+                all.extend(status_if_still_held(node, health.session).await?);
             }
             Ok(json!({ "sessions": all }))
         }
@@ -795,7 +806,7 @@ async fn execute(served: &Served, request: Request) -> std::result::Result<Value
             let mut all = Vec::new();
             for health in node.sessions().await? {
                 if listed(&health, phase.as_deref(), waiting_for_me, since_secs) {
-                    all.push(status(node, health.session).await?);
+                    all.extend(status_if_still_held(node, health.session).await?);
                 }
             }
             Ok(json!({ "sessions": all }))
