@@ -471,9 +471,11 @@ async fn info(served: &Served) -> Result<Value> {
     };
     let mut connected: Vec<String> = connected.iter().map(ToString::to_string).collect();
     connected.sort();
-    let (listen, external, observed) = addresses
-        .map(|a| (a.listen, a.external, a.observed))
+    let (listen, external, observed, reachability, relays) = addresses
+        .map(|a| (a.listen, a.external, a.observed, a.reachability, a.relays))
         .unwrap_or_default();
+    let mut relays: Vec<String> = relays.iter().map(ToString::to_string).collect();
+    relays.sort();
     let ordered = bootstrap_order(&external, &observed, &listen);
     Ok(json!({
         "public_key": node.public_key().to_string(),
@@ -483,6 +485,14 @@ async fn info(served: &Served) -> Result<Value> {
         "listen_addresses": with_p2p(&listen),
         "external_addresses": with_p2p(&external),
         "observed_addresses": observed.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "reachability": {
+            "status": reachability.name(),
+            "address": match &reachability {
+                musig2_transport::Reachability::Public(a) => Some(a.to_string()),
+                _ => None,
+            },
+        },
+        "relay_reservations": relays,
         "connected_peers": { "count": connected.len(), "peers": connected },
         "blocked_peers": node.blocked_peers().await?.iter().map(|(peer, left)| json!({
             "peer_id": peer.to_string(),
@@ -515,6 +525,17 @@ async fn status(node: &Node, session: SessionId) -> Result<Value> {
         None => {}
     }
     Ok(value)
+}
+
+/// [`status`] of a session listed a moment ago, `None` if the node forgot it since: retention
+/// retires finished sessions at any moment, and a listing must not fail for one of them (the
+/// soak bench saw `list` answer "unknown session" under load).
+async fn status_if_still_held(node: &Node, session: SessionId) -> Result<Option<Value>> {
+    match status(node, session).await {
+        Ok(value) => Ok(Some(value)),
+        Err(NodeError::Coordinator(CoordinatorError::UnknownSession(_))) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Whether a session passes `list`'s filters.
@@ -743,7 +764,7 @@ async fn execute(served: &Served, request: Request) -> std::result::Result<Value
         Request::Status { session: None } => {
             let mut all = Vec::new();
             for health in node.sessions().await? {
-                all.push(status(node, health.session).await?);
+                all.extend(status_if_still_held(node, health.session).await?);
             }
             Ok(json!({ "sessions": all }))
         }
@@ -809,7 +830,7 @@ async fn execute(served: &Served, request: Request) -> std::result::Result<Value
             let mut all = Vec::new();
             for health in node.sessions().await? {
                 if listed(&health, phase.as_deref(), waiting_for_me, since_secs) {
-                    all.push(status(node, health.session).await?);
+                    all.extend(status_if_still_held(node, health.session).await?);
                 }
             }
             Ok(json!({ "sessions": all }))

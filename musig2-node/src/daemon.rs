@@ -6,7 +6,7 @@ use std::sync::Arc;
 use musig2_coordinator::{
     Config, CoordinatorError, Event, Node, RedbStore, announcement_record_validator,
 };
-use musig2_transport::{Libp2pConfig, Libp2pTransport, Multiaddr, PeerId, Transport};
+use musig2_transport::{Libp2pConfig, Libp2pTransport, Multiaddr, PeerId, RelayLimits, Transport};
 use serde_json::{Value, json};
 use tokio::net::UnixListener;
 use tokio::sync::broadcast;
@@ -44,6 +44,13 @@ pub struct DaemonConfig {
     /// A shell command run when a session's signature is this node's to act on (see
     /// [`on_signature`]); `None`: the operator confirms with `session confirm`.
     pub on_signature: Option<String>,
+    /// Offer circuit relay v2 to other nodes within these limits (`None`: not a relay). Give
+    /// the node an external address too: a relay hands those out in reservations.
+    pub relay_server: Option<RelayLimits>,
+    /// Relays to reserve a slot on and be reachable through, each `<multiaddr>/p2p/<id>`.
+    pub relays: Vec<Multiaddr>,
+    /// Let AutoNAT trust probes over private and documentation addresses (LANs, test nets).
+    pub autonat_private_ips: bool,
 }
 
 /// File name of the session store inside a node directory.
@@ -82,6 +89,9 @@ impl DaemonConfig {
             metrics: None,
             store: Some(store),
             on_signature: None,
+            relay_server: None,
+            relays: Vec::new(),
+            autonat_private_ips: false,
         }
     }
 }
@@ -473,6 +483,9 @@ impl Daemon {
             // No frame the node accepts is larger than the wire limit: refuse bigger ones at
             // the transport, before they are read into memory.
             max_frame: config.node.limits.max_frame_bytes,
+            relay_server: config.relay_server.clone(),
+            relays: config.relays.clone(),
+            autonat_only_global_ips: !config.autonat_private_ips,
             ..Libp2pConfig::default()
         })
         .await;

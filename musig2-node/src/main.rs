@@ -160,6 +160,31 @@ struct RunArgs {
     /// is the receipt the node confirms with. A failure leaves the turn to pass on.
     #[arg(long, value_name = "CMD")]
     on_signature: Option<String>,
+    /// Offer circuit relay v2 to nodes that cannot be dialled directly (needs
+    /// --external-addr: reservations hand those addresses out). The relay forwards Noise-
+    /// encrypted streams only (see SECURITY.md).
+    #[arg(long)]
+    relay_server: bool,
+    /// A relay to reserve a slot on, `<multiaddr>/p2p/<relay id>` (repeatable): the node
+    /// announces `.../p2p-circuit` addresses through it and keeps the reservation.
+    #[arg(long = "relay", value_name = "ADDR")]
+    relays: Vec<Multiaddr>,
+    /// Relay server: most reservations at once (default 128).
+    #[arg(long, value_name = "N")]
+    relay_max_reservations: Option<usize>,
+    /// Relay server: most circuits open at once (default 64).
+    #[arg(long, value_name = "N")]
+    relay_max_circuits: Option<usize>,
+    /// Relay server: most bytes one circuit carries each way (default 64 MiB).
+    #[arg(long, value_name = "BYTES")]
+    relay_max_circuit_bytes: Option<u64>,
+    /// Relay server: how long one circuit may stay open, e.g. `30m` (default 30m).
+    #[arg(long, value_parser = parse_duration_secs, value_name = "DURATION")]
+    relay_max_circuit_duration: Option<u64>,
+    /// Let AutoNAT trust probes over private and documentation addresses (a LAN or a test
+    /// network); by default only public addresses count.
+    #[arg(long)]
+    autonat_private_ips: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -935,7 +960,7 @@ async fn run_node(ctx: &Context, args: RunArgs) -> Outcome {
             .map(|a| parse_bootstrap(a))
             .collect::<Outcome<Vec<_>>>()?;
     }
-    let mut listen = args.listen;
+    let mut listen = args.listen.clone();
     if listen.is_empty() {
         listen = parse_addrs("listen address in config.toml", &settings.listen)?;
     }
@@ -946,7 +971,7 @@ async fn run_node(ctx: &Context, args: RunArgs) -> Outcome {
                 .map_err(|e| NodeError::invalid("listen address", e))?,
         );
     }
-    let mut external = args.external;
+    let mut external = args.external.clone();
     external.extend(parse_addrs(
         "external address in config.toml",
         &settings.external,
@@ -988,6 +1013,7 @@ async fn run_node(ctx: &Context, args: RunArgs) -> Outcome {
     if let Some(max) = args.max_finished {
         node.max_finished_sessions = max;
     }
+    let relay = relay_options(&args, settings, &external)?;
     let store = dir.join(musig2_node::daemon::STORE_FILE);
     let daemon = Daemon::start(DaemonConfig {
         dir,
@@ -1000,6 +1026,9 @@ async fn run_node(ctx: &Context, args: RunArgs) -> Outcome {
         metrics,
         store: Some(store.clone()),
         on_signature: args.on_signature.clone(),
+        relay_server: relay.server.clone(),
+        relays: relay.via,
+        autonat_private_ips: relay.autonat_private_ips,
     })
     .await?;
     let info = control::call_detailed(daemon.control_socket(), &Request::Info).await?;
@@ -1011,6 +1040,17 @@ async fn run_node(ctx: &Context, args: RunArgs) -> Outcome {
             json!(daemon.control_socket().display().to_string()),
         );
         obj.insert("auto_join".into(), json!(auto_join));
+        obj.insert(
+            "relay_server".into(),
+            relay.server.as_ref().map_or(Value::Null, |l| {
+                json!({
+                    "max_reservations": l.max_reservations,
+                    "max_circuits": l.max_circuits,
+                    "max_circuit_bytes": l.max_circuit_bytes,
+                    "max_circuit_duration_secs": l.max_circuit_duration.as_secs(),
+                })
+            }),
+        );
         obj.insert("store".into(), json!(store.display().to_string()));
         obj.insert(
             "resumed_sessions".into(),
@@ -1047,6 +1087,81 @@ async fn run_node(ctx: &Context, args: RunArgs) -> Outcome {
         print_json(&json!({ "event": "stopped", "at": view::utc_time(now), "at_ms": now }));
     }
     Ok(result?)
+}
+
+/// What `run` does about relays: serve (with limits), listen through relays, AutoNAT.
+struct RelayOptions {
+    server: Option<musig2_transport::RelayLimits>,
+    via: Vec<Multiaddr>,
+    autonat_private_ips: bool,
+}
+
+/// `run`'s relay flags over config.toml's `[relay]`, checked: relay addresses end in
+/// `/p2p/<id>`, and a relay server has an external address to hand out.
+fn relay_options(
+    args: &RunArgs,
+    settings: &Settings,
+    external: &[Multiaddr],
+) -> Outcome<RelayOptions> {
+    let file = &settings.relay;
+    let mut via = args.relays.clone();
+    if via.is_empty() {
+        via = parse_addrs("relay.via in config.toml", &file.via)?;
+    }
+    for addr in &via {
+        if split_peer_address(addr.clone()).is_none() {
+            return Err(NodeError::InvalidArgument {
+                what: "--relay",
+                reason: format!("{addr} does not end in /p2p/<relay peer id>"),
+            }
+            .into());
+        }
+    }
+    let server = if args.relay_server || file.server.unwrap_or(false) {
+        if external.is_empty() {
+            return Err(NodeError::InvalidArgument {
+                what: "--relay-server",
+                reason: "a relay hands its external addresses to the nodes that reserve a slot;                          give --external-addr (or `external` in config.toml)"
+                    .to_owned(),
+            }
+            .into());
+        }
+        let mut limits = musig2_transport::RelayLimits::default();
+        if let Some(n) = args.relay_max_reservations.or(file.max_reservations) {
+            limits.max_reservations = n;
+        }
+        if let Some(n) = args.relay_max_circuits.or(file.max_circuits) {
+            limits.max_circuits = n;
+        }
+        if let Some(n) = args.relay_max_circuit_bytes.or(file.max_circuit_bytes) {
+            limits.max_circuit_bytes = n;
+        }
+        let duration = match (args.relay_max_circuit_duration, &file.max_circuit_duration) {
+            (Some(secs), _) => Some(secs),
+            (None, Some(setting)) => {
+                Some(
+                    setting
+                        .seconds()
+                        .map_err(|reason| NodeError::InvalidArgument {
+                            what: "relay.max_circuit_duration in config.toml",
+                            reason,
+                        })?,
+                )
+            }
+            (None, None) => None,
+        };
+        if let Some(secs) = duration {
+            limits.max_circuit_duration = Duration::from_secs(secs);
+        }
+        Some(limits)
+    } else {
+        None
+    };
+    Ok(RelayOptions {
+        server,
+        via,
+        autonat_private_ips: args.autonat_private_ips || file.autonat_private_ips.unwrap_or(false),
+    })
 }
 
 /// Prints the node's events as they happen: JSON lines, or one line of text each.

@@ -59,6 +59,8 @@ pub struct Metrics {
     last: Arc<Mutex<StatsSnapshot>>,
     blocked_peers: Gauge,
     connected_peers: Gauge,
+    reachability: Family<Labels, Gauge>,
+    relay_reservations: Gauge,
     events: Counter,
     restarts: Family<Labels, Counter>,
     resumed: Counter,
@@ -102,6 +104,8 @@ impl Metrics {
             last: Arc::default(),
             blocked_peers: Gauge::default(),
             connected_peers: Gauge::default(),
+            reachability: Family::default(),
+            relay_reservations: Gauge::default(),
             events: Counter::default(),
             restarts: Family::default(),
             resumed: Counter::default(),
@@ -178,6 +182,16 @@ impl Metrics {
             metrics.connected_peers.clone(),
         );
         sub.register("events", "Node events seen", metrics.events.clone());
+        sub.register(
+            "reachability",
+            "1 for what AutoNAT found (status: unknown, public, private), 0 for the others",
+            metrics.reachability.clone(),
+        );
+        sub.register(
+            "relay_reservations",
+            "Relays this node holds a reservation on (it is reachable through them)",
+            metrics.relay_reservations.clone(),
+        );
         sub.register(
             "restarts",
             "New attempts started because a signer restarted, by who (this_node, other)",
@@ -350,6 +364,16 @@ impl Metrics {
         if let Ok(peers) = transport.connected_peers().await {
             self.connected_peers
                 .set(i64::try_from(peers.len()).unwrap_or(i64::MAX));
+        }
+        if let Ok(addresses) = transport.addresses().await {
+            let now = addresses.reachability.name();
+            for status in ["unknown", "public", "private"] {
+                self.reachability
+                    .get_or_create(&labels(&[("status", status)]))
+                    .set(i64::from(status == now));
+            }
+            self.relay_reservations
+                .set(i64::try_from(addresses.relays.len()).unwrap_or(i64::MAX));
         }
     }
 

@@ -27,6 +27,15 @@
 //! keep_finished = "24h"   # how long finished sessions are kept (600, 90s, 10m, 2h)
 //! max_finished = 1024     # most finished sessions kept; the oldest go first
 //!
+//! [relay]           # peers that cannot reach each other (circuit relay v2, AutoNAT, DCUtR)
+//! server = false      # offer relaying to other nodes (needs an `external` address)
+//! via = ["/ip4/198.51.100.1/tcp/4001/p2p/12D3KooW..."]   # relays to be reachable through
+//! max_reservations = 128
+//! max_circuits = 64
+//! max_circuit_bytes = 67108864
+//! max_circuit_duration = "30m"
+//! autonat_private_ips = false   # trust AutoNAT probes over private addresses (LAN, tests)
+//!
 //! [contacts.alice]
 //! key = "02…"
 //! peer = "12D3KooW…"  # optional
@@ -132,6 +141,27 @@ pub fn parse_duration_secs(text: &str) -> std::result::Result<u64, String> {
     Ok(secs)
 }
 
+/// `[relay]`: circuit relay v2 as a server or through relays, and AutoNAT.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySettings {
+    /// Offer relaying to other nodes.
+    pub server: Option<bool>,
+    /// Relays to reserve a slot on, `<multiaddr>/p2p/<relay id>`.
+    #[serde(default)]
+    pub via: Vec<String>,
+    /// Most reservations the relay holds at once.
+    pub max_reservations: Option<usize>,
+    /// Most circuits the relay keeps open at once.
+    pub max_circuits: Option<usize>,
+    /// Most bytes one circuit carries in each direction.
+    pub max_circuit_bytes: Option<u64>,
+    /// How long one circuit may stay open.
+    pub max_circuit_duration: Option<DurationSetting>,
+    /// Trust AutoNAT probes over private and documentation addresses.
+    pub autonat_private_ips: Option<bool>,
+}
+
 /// A named signer.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -168,6 +198,9 @@ pub struct Settings {
     /// What is kept of finished sessions.
     #[serde(default)]
     pub sessions: SessionSettings,
+    /// Circuit relay and AutoNAT.
+    #[serde(default)]
+    pub relay: RelaySettings,
     /// Named signers.
     #[serde(default)]
     pub contacts: BTreeMap<String, Contact>,
@@ -397,5 +430,38 @@ treasury = ["self", "alice"]
             "the example's peer id is not a real one: {book}"
         );
         assert_eq!(book["groups"][0]["problems"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn the_relay_section_parses_and_refuses_typos() {
+        let settings = Settings::parse(
+            r#"
+[relay]
+server = true
+via = ["/ip4/198.51.100.1/tcp/4001/p2p/12D3KooWRelay"]
+max_reservations = 7
+max_circuits = 3
+max_circuit_bytes = 1024
+max_circuit_duration = "5m"
+autonat_private_ips = true
+"#,
+        )
+        .expect("parses");
+        let relay = &settings.relay;
+        assert_eq!(relay.server, Some(true));
+        assert_eq!(relay.via.len(), 1);
+        assert_eq!(relay.max_reservations, Some(7));
+        assert_eq!(relay.max_circuits, Some(3));
+        assert_eq!(relay.max_circuit_bytes, Some(1024));
+        assert_eq!(
+            relay
+                .max_circuit_duration
+                .as_ref()
+                .map(DurationSetting::seconds),
+            Some(Ok(300))
+        );
+        assert_eq!(relay.autonat_private_ips, Some(true));
+        assert!(Settings::parse("[relay]\nservr = true").is_err());
+        assert_eq!(Settings::default().relay, RelaySettings::default());
     }
 }

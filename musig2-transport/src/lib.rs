@@ -6,6 +6,7 @@ mod frame_stream;
 mod libp2p_transport;
 mod memory;
 mod record_quota;
+mod relay;
 mod types;
 
 use std::time::Duration;
@@ -21,6 +22,7 @@ pub use libp2p_transport::{
     split_peer_address,
 };
 pub use memory::{Delay, LinkFault, MemoryConfig, MemoryNetwork, MemoryTransport};
+pub use relay::{Reachability, RelayLimits, is_relayed};
 pub use types::{Inbound, PeerEvent, PeerId, RecordMeta, RecordValidator, SendReport};
 
 /// Result alias of this crate.

@@ -10,10 +10,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use libp2p::kad::store::RecordStore;
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent, dial_opts::DialOpts};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle, dial_opts::DialOpts};
 use libp2p::{
-    Multiaddr, StreamProtocol, Swarm, allow_block_list, connection_limits, identify, identity, kad,
-    noise, ping, tcp, yamux,
+    Multiaddr, StreamProtocol, Swarm, allow_block_list, autonat, connection_limits, dcutr,
+    identify, identity, kad, noise, ping, relay, tcp, yamux,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -22,6 +22,7 @@ use zeroize::Zeroizing;
 use crate::frame_behaviour::FrameBehaviour;
 use crate::frame_stream::{InboundFrames, InboundLimits, Links};
 use crate::record_quota::RecordQuota;
+use crate::relay::{Reachability, RelayLimits, circuit_listen_addr};
 use crate::{
     Inbound, PeerEvent, PeerId, RecordMeta, RecordValidator, Result, SendReport, Transport,
     TransportError,
@@ -175,8 +176,21 @@ pub struct Libp2pConfig {
     /// forwarding); announced to peers with the listen addresses.
     pub external_addrs: Vec<Multiaddr>,
     /// A Prometheus registry to add libp2p's own metrics to (swarm, Kademlia, identify, ping,
-    /// bandwidth); none by default.
+    /// relay, DCUtR, bandwidth); none by default.
     pub metrics: Option<Arc<Mutex<libp2p::metrics::Registry>>>,
+    /// Offer circuit relay v2 to other peers within these limits (`None`: not a relay). A relay
+    /// hands out its external addresses in reservations, so give it `external_addrs` (or let
+    /// AutoNAT confirm one) or no peer can reserve a slot.
+    pub relay_server: Option<RelayLimits>,
+    /// Relays to listen through, each `<multiaddr>/p2p/<relay id>`: the node reserves a slot
+    /// on each, announces `.../p2p/<relay id>/p2p-circuit` as its address, and keeps the
+    /// reservation (renewing it, and reserving again after the relay was lost).
+    pub relays: Vec<Multiaddr>,
+    /// Whether AutoNAT only trusts probes of public IP addresses (libp2p's default). Turn it off
+    /// on a LAN or test network where every address is private.
+    pub autonat_only_global_ips: bool,
+    /// How long AutoNAT waits after start before its first probe.
+    pub autonat_boot_delay: Duration,
 }
 
 impl Default for Libp2pConfig {
@@ -205,6 +219,10 @@ impl Default for Libp2pConfig {
             record_validator: None,
             external_addrs: Vec::new(),
             metrics: None,
+            relay_server: None,
+            relays: Vec::new(),
+            autonat_only_global_ips: true,
+            autonat_boot_delay: Duration::from_secs(5),
         }
     }
 }
@@ -219,6 +237,11 @@ pub struct NetworkAddresses {
     /// Addresses other peers saw this node's connections come from (identify), newest last.
     /// Candidates only: an outbound connection's port is usually not a listening one.
     pub observed: Vec<Multiaddr>,
+    /// Whether peers can dial this node directly, as AutoNAT found.
+    pub reachability: Reachability,
+    /// Relays this node holds a reservation on now (its `/p2p-circuit` addresses are in
+    /// `listen`).
+    pub relays: Vec<PeerId>,
 }
 
 /// Most observed addresses kept.
@@ -272,10 +295,19 @@ struct Behaviour {
     kad: kad::Behaviour<kad::store::MemoryStore>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
+    relay_client: relay::client::Behaviour,
+    relay: Toggle<relay::Behaviour>,
+    autonat: autonat::Behaviour,
+    dcutr: dcutr::Behaviour,
 }
 
 impl Behaviour {
-    fn new(key: &identity::Keypair, frames: FrameBehaviour, config: &Libp2pConfig) -> Self {
+    fn new(
+        key: &identity::Keypair,
+        relay_client: relay::client::Behaviour,
+        frames: FrameBehaviour,
+        config: &Libp2pConfig,
+    ) -> Self {
         let local = key.public().to_peer_id();
         let limits = connection_limits::Behaviour::new(
             connection_limits::ConnectionLimits::default()
@@ -299,10 +331,25 @@ impl Behaviour {
         // Client mode (the default until an external address is confirmed) makes every put fail
         // with QuorumFailed and every get return not-found.
         kad.set_mode(Some(kad::Mode::Server));
-        let identify = identify::Behaviour::new(identify::Config::new(
-            "/musig2-p2p/1.0.0".to_owned(),
-            key.public(),
-        ));
+        // Pushed address updates: a relayed address (reserved after the connection to the relay
+        // came up) reaches the peers, and through them the DHT, at once rather than at the next
+        // periodic identify minutes later.
+        let identify = identify::Behaviour::new(
+            identify::Config::new("/musig2-p2p/1.0.0".to_owned(), key.public())
+                .with_push_listen_addr_updates(true),
+        );
+        let relay = config
+            .relay_server
+            .as_ref()
+            .map(|limits| relay::Behaviour::new(local, limits.to_libp2p()));
+        let autonat = autonat::Behaviour::new(
+            local,
+            autonat::Config {
+                only_global_ips: config.autonat_only_global_ips,
+                boot_delay: config.autonat_boot_delay,
+                ..autonat::Config::default()
+            },
+        );
         Self {
             blocked: allow_block_list::Behaviour::default(),
             limits,
@@ -310,6 +357,10 @@ impl Behaviour {
             kad,
             identify,
             ping: ping::Behaviour::default(),
+            relay_client,
+            relay: Toggle::from(relay),
+            autonat,
+            dcutr: dcutr::Behaviour::new(local),
         }
     }
 }
@@ -433,8 +484,12 @@ impl Libp2pTransport {
                 )
                 .map_err(|e| TransportError::Config(format!("tcp transport: {e}")))?
                 .with_quic()
+                .with_relay_client(noise::Config::new, yamux::Config::default)
+                .map_err(|e| TransportError::Config(format!("relay client transport: {e}")))?
                 .with_bandwidth_metrics(registry)
-                .with_behaviour(|key| Behaviour::new(key, frames, &behaviour_config))
+                .with_behaviour(|key, relay_client| {
+                    Behaviour::new(key, relay_client, frames, &behaviour_config)
+                })
                 .map_err(|e| TransportError::Config(format!("behaviour: {e}")))?
                 .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
                 .build();
@@ -512,6 +567,22 @@ impl Libp2pTransport {
                 tracing::debug!(%peer, error = %e, "bootstrap dial failed");
             }
         }
+        for addr in &config.relays {
+            let Some((relay, listen)) = circuit_listen_addr(addr) else {
+                return Err(TransportError::Config(format!(
+                    "relay address {addr} does not end in /p2p/<relay peer id>"
+                )));
+            };
+            let mut dial = addr.clone();
+            dial.pop();
+            actor.add_address(PeerId::from_libp2p(relay), dial);
+            actor.relay_listens.push(RelayListen {
+                relay,
+                addr: listen,
+                listener: None,
+            });
+        }
+        actor.reserve();
 
         let (commands, command_rx) = mpsc::channel(config.command_capacity.max(1));
         actor.events_tx = Some(events_tx.clone());
@@ -848,6 +919,18 @@ struct GetQuery {
     reply: oneshot::Sender<DhtReply>,
 }
 
+/// A relay this node listens through (`Libp2pConfig::relays`).
+struct RelayListen {
+    relay: libp2p::PeerId,
+    /// `<relay address>/p2p-circuit`.
+    addr: Multiaddr,
+    /// The listener while it is open (it closes when the reservation fails or the relay goes).
+    listener: Option<libp2p::core::transport::ListenerId>,
+}
+
+/// How often relay listeners that closed are opened again.
+const RELAY_RETRY: Duration = Duration::from_secs(5);
+
 /// The swarm task's state.
 struct Actor {
     swarm: Swarm<Behaviour>,
@@ -862,12 +945,19 @@ struct Actor {
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
     puts: HashMap<kad::QueryId, oneshot::Sender<DhtReply>>,
     gets: HashMap<kad::QueryId, GetQuery>,
-    /// DHT lookups of peers a dial had no address for.
+    /// DHT lookups of peers a dial had no address for (or whose addresses all failed).
     lookups: HashMap<kad::QueryId, PeerId>,
+    /// Peers whose dial failed on every known address and that were looked up in the DHT
+    /// again for fresh ones; a second failure answers the waiting dials.
+    relooked: HashSet<PeerId>,
     dials: HashMap<PeerId, Vec<oneshot::Sender<Result<()>>>>,
     bootstrapped: bool,
     observed: Vec<Multiaddr>,
     metrics: Option<libp2p::metrics::Metrics>,
+    relay_listens: Vec<RelayListen>,
+    /// Relays that accepted a reservation, until their listener closes.
+    reservations: HashSet<libp2p::PeerId>,
+    reachability: Reachability,
 }
 
 impl Actor {
@@ -890,14 +980,20 @@ impl Actor {
             puts: HashMap::new(),
             gets: HashMap::new(),
             lookups: HashMap::new(),
+            relooked: HashSet::new(),
             dials: HashMap::new(),
             bootstrapped: false,
             observed: Vec::new(),
             metrics: None,
+            relay_listens: Vec::new(),
+            reservations: HashSet::new(),
+            reachability: Reachability::Unknown,
         }
     }
 
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut relay_retry = tokio::time::interval(RELAY_RETRY);
+        relay_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 command = commands.recv() => match command {
@@ -905,9 +1001,57 @@ impl Actor {
                     Some(command) => self.on_command(command),
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = relay_retry.tick(), if !self.relay_listens.is_empty() => self.reserve(),
             }
         }
         tracing::debug!("swarm task stopping");
+    }
+
+    /// Listens through every relay whose listener is not open: on a connected relay the relay
+    /// client asks for a reservation at once (the listener closes if it is refused or the relay
+    /// goes); a relay not connected is dialled first, and `reserve` runs again once it is (a
+    /// dial by the relay client itself would be refused while another dial to the relay is
+    /// under way, closing the listener).
+    fn reserve(&mut self) {
+        let waiting: Vec<(usize, libp2p::PeerId)> = self
+            .relay_listens
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.listener.is_none())
+            .map(|(i, l)| (i, l.relay))
+            .collect();
+        for (i, relay) in waiting {
+            if !self.swarm.is_connected(&relay) {
+                if let Err(error) = self.dial(PeerId::from_libp2p(relay)) {
+                    tracing::debug!(%relay, %error, "cannot dial the relay");
+                }
+                continue;
+            }
+            let addr = self.relay_listens[i].addr.clone();
+            match self.swarm.listen_on(addr) {
+                Ok(id) => self.relay_listens[i].listener = Some(id),
+                Err(error) => tracing::debug!(%relay, %error, "cannot listen through the relay"),
+            }
+        }
+    }
+
+    /// A listener closed: if it was a relay's, the reservation is gone until `reserve` runs.
+    fn on_listener_closed(
+        &mut self,
+        id: libp2p::core::transport::ListenerId,
+        error: Option<std::io::Error>,
+    ) {
+        for listen in &mut self.relay_listens {
+            if listen.listener == Some(id) {
+                listen.listener = None;
+                self.reservations.remove(&listen.relay);
+                tracing::info!(
+                    relay = %listen.relay,
+                    error = ?error,
+                    "relay listener closed; reserving again"
+                );
+            }
+        }
     }
 
     fn routing_table_size(&mut self) -> usize {
@@ -1073,6 +1217,12 @@ impl Actor {
                     listen: self.swarm.listeners().cloned().collect(),
                     external: self.swarm.external_addresses().cloned().collect(),
                     observed: self.observed.clone(),
+                    reachability: self.reachability.clone(),
+                    relays: self
+                        .reservations
+                        .iter()
+                        .map(|p| PeerId::from_libp2p(*p))
+                        .collect(),
                 });
             }
             Command::Bootstrap => {
@@ -1096,6 +1246,8 @@ impl Actor {
                 SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => metrics.record(e),
                 SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => metrics.record(e),
                 SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => metrics.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => metrics.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => metrics.record(e),
                 _ => {}
             }
             metrics.record(&event);
@@ -1114,6 +1266,33 @@ impl Actor {
         }
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                relay::client::Event::ReservationReqAccepted {
+                    relay_peer_id,
+                    renewal,
+                    ..
+                },
+            )) => {
+                if !renewal {
+                    tracing::info!(relay = %relay_peer_id, "relay accepted our reservation");
+                }
+                self.reservations.insert(relay_peer_id);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged {
+                new,
+                ..
+            })) => {
+                self.reachability = Reachability::from_nat(&new);
+                tracing::info!(reachability = self.reachability.name(), "AutoNAT status");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) => {
+                tracing::debug!(peer = %event.remote_peer_id, result = ?event.result, "DCUtR");
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => self.on_listener_closed(listener_id, reason.err()),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -1132,6 +1311,7 @@ impl Actor {
             } => {
                 let peer = PeerId::from_libp2p(peer_id);
                 self.known.insert(peer);
+                self.relooked.remove(&peer);
                 for reply in self.dials.remove(&peer).unwrap_or_default() {
                     let _ = reply.send(Ok(()));
                 }
@@ -1140,6 +1320,13 @@ impl Actor {
                 }
                 if !self.bootstrapped {
                     self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
+                }
+                if self
+                    .relay_listens
+                    .iter()
+                    .any(|l| l.relay == peer_id && l.listener.is_none())
+                {
+                    self.reserve();
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -1158,6 +1345,17 @@ impl Actor {
             } => {
                 let peer = PeerId::from_libp2p(peer_id);
                 if !self.swarm.is_connected(&peer_id) {
+                    // The addresses known may be stale (a peer that moved, or that became
+                    // reachable through a relay since): ask the DHT once before giving up.
+                    if self.dials.contains_key(&peer)
+                        && self.relooked.insert(peer)
+                        && self.routing_table_size() > 0
+                    {
+                        let query = self.swarm.behaviour_mut().kad.get_closest_peers(peer_id);
+                        self.lookups.insert(query, peer);
+                        return;
+                    }
+                    self.relooked.remove(&peer);
                     for reply in self.dials.remove(&peer).unwrap_or_default() {
                         let _ = reply.send(Err(TransportError::Unreachable {
                             peer,
@@ -1291,6 +1489,7 @@ impl Actor {
                 reason: e.to_string(),
             },
         };
+        self.relooked.remove(&peer);
         for reply in self.dials.remove(&peer).unwrap_or_default() {
             let _ = reply.send(Err(error.clone()));
         }
