@@ -513,8 +513,9 @@ fn a_claim_out_of_turn_aborts_the_session_naming_its_author() {
     }
 }
 
-#[test]
-fn a_claim_earlier_than_any_honest_clock_allows_is_an_offence() {
+/// Star, clocks within 1 s of each other, the aggregator deaf; signer 1 claims at `at` and
+/// node 2 hears it.
+fn claim_heard_at(at: u64) -> Net {
     let config = Config {
         max_clock_skew: std::time::Duration::from_secs(1),
         ..Config::default()
@@ -530,36 +531,26 @@ fn a_claim_earlier_than_any_honest_clock_allows_is_an_offence() {
     );
     net.join_all();
     net.run_with(|_, to, e| if to == 0 { vec![] } else { vec![e] });
-    // The first round cannot have started before the join window's end less a nonce timeout,
-    // so no honest claim comes before the window's end (less the skew).
-    net.now = JOIN_END - 2_000;
+    net.now = at;
     let claim = claim_by(&net, 1, 1, 1, net.now);
     let out = net.machines[2]
         .handle_envelope(net.peers[1], claim, net.now, &mut net.rng)
         .unwrap();
     net.absorb(2, out);
+    net
+}
+
+#[test]
+fn a_claim_earlier_than_any_honest_clock_allows_is_an_offence() {
+    // The first round cannot have started before the join window's end less a nonce timeout,
+    // so no honest claim comes before the window's end (less the skew).
+    let net = claim_heard_at(JOIN_END - 2_000);
     assert_eq!(
         net.abort_of(2),
         Some((AbortReason::InvalidClaim, vec![idx(1)], AbortOrigin::Local))
     );
     // At the edge of what an honest clock allows, the same claim only waits.
-    let mut net = Net::custom(
-        4,
-        Topology::Star,
-        false,
-        ElectionMethod::FirstSigner,
-        true,
-        |p| p.max_failovers = 2,
-        &config,
-    );
-    net.join_all();
-    net.run_with(|_, to, e| if to == 0 { vec![] } else { vec![e] });
-    net.now = JOIN_END - 1_000;
-    let claim = claim_by(&net, 1, 1, 1, net.now);
-    let out = net.machines[2]
-        .handle_envelope(net.peers[1], claim, net.now, &mut net.rng)
-        .unwrap();
-    net.absorb(2, out);
+    let net = claim_heard_at(JOIN_END - 1_000);
     assert!(net.abort_of(2).is_none());
     assert_eq!(net.machines[2].attempt.get(), 0);
     assert!(net.machines[2].pending_claim.is_some());
