@@ -285,6 +285,7 @@ async fn one_session(daemons: &[Daemon], i: usize) -> Duration {
             tweaks: Vec::new(),
             taproot: None,
             join_timeout_secs: Some(120),
+            max_failovers: None,
         },
     )
     .await;
