@@ -66,7 +66,7 @@ impl SessionMachine {
             .is_some_and(|b| b.state != BroadcastState::Confirmed)
     }
 
-    /// Who confirmed the broadcast, once someone has.
+    /// Whether someone (this node or another signer) confirmed the broadcast.
     pub fn broadcast_confirmed(&self) -> bool {
         self.broadcast
             .as_ref()
@@ -237,13 +237,9 @@ impl SessionMachine {
         out: &mut Vec<Output>,
     ) {
         let claimed_at_ms = claim.envelope().timestamp_ms();
-        let replaced = self.coordinator;
-        let Some(coordinator) = self.at_position(rank) else {
+        if !self.move_role_to(rank, attempt, out) {
             return;
-        };
-        self.rank = rank;
-        self.coordinator = coordinator;
-        self.pending_claim = None;
+        }
         // The claimant started this attempt no earlier than the claim's timestamp less the
         // skew; its first round then lasts at least a nonce timeout.
         self.earliest_claim_ms = claimed_at_ms
@@ -252,14 +248,27 @@ impl SessionMachine {
         self.new_attempt(attempt, now_ms);
         self.rank_claimed = true;
         self.attempt_start.push(claim);
+        self.send_join_to_coordinator(out);
+        self.apply_waiting(now_ms, out);
+    }
+
+    /// Makes the signer at position `rank` the coordinator (for `attempt`) and says so; false
+    /// when the order has no such position.
+    fn move_role_to(&mut self, rank: u16, attempt: Attempt, out: &mut Vec<Output>) -> bool {
+        let replaced = self.coordinator;
+        let Some(coordinator) = self.at_position(rank) else {
+            return false;
+        };
+        self.rank = rank;
+        self.coordinator = coordinator;
+        self.pending_claim = None;
         out.push(Output::Event(Event::CoordinatorFailover {
             session: self.id,
             attempt,
             replaced,
             coordinator,
         }));
-        self.send_join_to_coordinator(out);
-        self.apply_waiting(now_ms, out);
+        true
     }
 
     /// `signer` still speaks in an earlier attempt (it was cut off, or restarted from an older
@@ -461,14 +470,10 @@ impl SessionMachine {
             });
         }
         self.relay_claim(signer, env.signed(), out);
-        let replaced = self.coordinator;
-        let Some(coordinator) = self.at_position(rank) else {
+        if !self.move_role_to(rank, self.attempt, out) {
             return Ok(());
-        };
-        self.rank = rank;
-        self.coordinator = coordinator;
+        }
         self.rank_claimed = true;
-        self.pending_claim = None;
         // What the previous coordinator was given or gave is not the new one's: only our own
         // contributions (the same ones, never new nonces in one attempt) go to it again.
         let me = self.me.as_usize();
@@ -483,12 +488,6 @@ impl SessionMachine {
         self.aggnonce_received = false;
         self.aggnonce_env = None;
         self.aggnonce_sent = None;
-        out.push(Output::Event(Event::CoordinatorFailover {
-            session: self.id,
-            attempt: self.attempt,
-            replaced,
-            coordinator,
-        }));
         self.attempt_start.push(env.signed().clone());
         self.send_join_to_coordinator(out);
         // The same commitment and nonce (never new ones in one attempt), signed afresh: the
@@ -515,7 +514,7 @@ impl SessionMachine {
             }
         }
         if !own.is_empty() {
-            self.send_to(out, [coordinator], own);
+            self.send_to(out, [self.coordinator], own);
         }
         let timeout = self.nonce_timeout_ms;
         if matches!(self.phase, Phase::NonceCommit | Phase::Nonce) {

@@ -513,22 +513,28 @@ fn a_claim_out_of_turn_aborts_the_session_naming_its_author() {
     }
 }
 
-/// Star, clocks within 1 s of each other, the aggregator deaf; signer 1 claims at `at` and
-/// node 2 hears it.
-fn claim_heard_at(at: u64) -> Net {
+/// First-signer election, two failovers allowed, no commitments, and clocks trusted to within
+/// 1 s (so the bounds on honest claims are tight).
+fn tight_clocks(n: usize, topology: Topology) -> Net {
     let config = Config {
         max_clock_skew: std::time::Duration::from_secs(1),
         ..Config::default()
     };
-    let mut net = Net::custom(
-        4,
-        Topology::Star,
+    Net::custom(
+        n,
+        topology,
         false,
         ElectionMethod::FirstSigner,
         true,
         |p| p.max_failovers = 2,
         &config,
-    );
+    )
+}
+
+/// Star, clocks within 1 s of each other, the aggregator deaf; signer 1 claims at `at` and
+/// node 2 hears it.
+fn claim_heard_at(at: u64) -> Net {
+    let mut net = tight_clocks(4, Topology::Star);
     net.join_all();
     net.run_with(|_, to, e| if to == 0 { vec![] } else { vec![e] });
     net.now = at;
@@ -706,19 +712,7 @@ fn an_unconfirmed_broadcast_passes_to_the_next_in_order_and_then_runs_out() {
 
 #[test]
 fn a_broadcast_claim_out_of_turn_is_an_offence_of_its_author() {
-    let config = Config {
-        max_clock_skew: std::time::Duration::from_secs(1),
-        ..Config::default()
-    };
-    let mut net = Net::custom(
-        3,
-        Topology::Mesh,
-        false,
-        ElectionMethod::FirstSigner,
-        true,
-        |p| p.max_failovers = 2,
-        &config,
-    );
+    let mut net = tight_clocks(3, Topology::Mesh);
     net.join_all();
     net.run();
     net.assert_all_signed();
