@@ -69,8 +69,8 @@ pub enum Event {
     SignatureReady {
         /// The session.
         session: SessionId,
-        /// The BIP340 signature.
-        signature: schnorr::Signature,
+        /// The BIP340 signatures, one per message of the announcement, in its order.
+        signatures: Vec<schnorr::Signature>,
     },
     /// The session ended without a signature.
     Aborted {
@@ -147,8 +147,8 @@ pub enum Event {
     FinalizeDue {
         /// The session.
         session: SessionId,
-        /// The final signature.
-        signature: schnorr::Signature,
+        /// The final signatures, one per message.
+        signatures: Vec<schnorr::Signature>,
         /// This node's position in the election order (0: the first coordinator).
         position: u16,
     },

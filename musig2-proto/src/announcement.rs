@@ -9,6 +9,10 @@ use crate::hash::{Tag, tagged};
 use crate::types::{PeerIdBytes, SessionId, SignerIndex, Tweak, byte_array, byte_vec, pubkey33};
 use crate::{PROTOCOL_VERSION, envelope};
 
+/// Upper bound on a signed envelope's bytes besides its nonces (header, signature, framing),
+/// used to check that a session's largest round frame fits [`Limits::max_frame_bytes`].
+pub const ROUND_ENVELOPE_OVERHEAD: usize = 128;
+
 /// How the coordinator (the signer that aggregates and broadcasts) is chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ElectionMethod {
@@ -117,6 +121,30 @@ impl SignerInfo {
     }
 }
 
+/// One message the session signs, with the tweaks of the key it is signed under.
+///
+/// A session signs one or more messages with the same signers in the same two rounds (e.g. the
+/// BIP341 sighashes of every MuSig2 input of one transaction); each may be signed under a
+/// differently tweaked aggregate key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MessageToSign {
+    /// The message (any length up to [`Limits::max_message_bytes`]).
+    #[serde(with = "byte_vec")]
+    pub message: Vec<u8>,
+    /// Tweaks applied to the aggregate key for this message, in order.
+    pub tweaks: Vec<Tweak>,
+}
+
+impl MessageToSign {
+    /// A message signed under the untweaked aggregate key.
+    pub fn new(message: Vec<u8>) -> Self {
+        MessageToSign {
+            message,
+            tweaks: Vec::new(),
+        }
+    }
+}
+
 /// The content of a session announcement (unsigned).
 ///
 /// Fields are public for construction; everything is validated by [`Announcement::validate`],
@@ -125,11 +153,9 @@ impl SignerInfo {
 pub struct Announcement {
     /// The signer set in BIP327 key order (the order used for key aggregation).
     pub signers: Vec<SignerInfo>,
-    /// The message to sign (any length up to [`Limits::max_message_bytes`]).
-    #[serde(with = "byte_vec")]
-    pub message: Vec<u8>,
-    /// Tweaks applied to the aggregate key, in order.
-    pub tweaks: Vec<Tweak>,
+    /// The messages to sign, 1 to [`Limits::max_messages`]; the session ends with one
+    /// signature per message, in this order.
+    pub messages: Vec<MessageToSign>,
     /// Index of the creator (who signs the announcement) in `signers`.
     pub creator: SignerIndex,
     /// The session's rules.
@@ -141,10 +167,15 @@ pub struct Announcement {
     pub created_at_ms: u64,
     /// Expiry time, milliseconds since the UNIX epoch (exclusive).
     pub expires_at_ms: u64,
+    /// A digest of the document the messages were derived from (e.g. a PSBT), so that every
+    /// signer reviews the same one: a signer holding the document recomputes both the digest
+    /// and the messages before joining.
+    pub document_digest: Option<[u8; 32]>,
 }
 
 impl Announcement {
-    /// A new announcement with a random salt, default policy, no tweaks and no peer ids.
+    /// A new announcement for one message, with a random salt, default policy, no tweaks and
+    /// no peer ids.
     pub fn new(
         signers: Vec<PublicKey>,
         message: Vec<u8>,
@@ -154,14 +185,19 @@ impl Announcement {
     ) -> Self {
         Announcement {
             signers: signers.into_iter().map(SignerInfo::new).collect(),
-            message,
-            tweaks: Vec::new(),
+            messages: vec![MessageToSign::new(message)],
             creator,
             policy: Policy::default(),
             salt: rand::random(),
             created_at_ms,
             expires_at_ms,
+            document_digest: None,
         }
+    }
+
+    /// Number of messages the session signs.
+    pub fn message_count(&self) -> usize {
+        self.messages.len()
     }
 
     /// Checks everything that does not need a signature or a clock: signer count and limits,
@@ -187,18 +223,44 @@ impl Announcement {
                 reason: "at most 4096 signers",
             });
         }
-        if self.message.len() > limits.max_message_bytes {
-            return Err(ProtoError::LimitExceeded {
-                what: "message bytes",
-                actual: self.message.len(),
-                max: limits.max_message_bytes,
+        let k = self.messages.len();
+        if k == 0 {
+            return Err(ProtoError::OutOfRange {
+                field: "messages",
+                reason: "at least one message is required",
             });
         }
-        if self.tweaks.len() > limits.max_tweaks {
+        if k > limits.max_messages {
             return Err(ProtoError::LimitExceeded {
-                what: "tweaks",
-                actual: self.tweaks.len(),
-                max: limits.max_tweaks,
+                what: "messages",
+                actual: k,
+                max: limits.max_messages,
+            });
+        }
+        for m in &self.messages {
+            if m.message.len() > limits.max_message_bytes {
+                return Err(ProtoError::LimitExceeded {
+                    what: "message bytes",
+                    actual: m.message.len(),
+                    max: limits.max_message_bytes,
+                });
+            }
+            if m.tweaks.len() > limits.max_tweaks {
+                return Err(ProtoError::LimitExceeded {
+                    what: "tweaks",
+                    actual: m.tweaks.len(),
+                    max: limits.max_tweaks,
+                });
+            }
+        }
+        // The largest frame a session needs carries every signer's nonces (a star aggregate
+        // nonce, or a mesh partial signature with the nonces it was made under): it must fit.
+        let round_frame = n.saturating_mul(k.saturating_mul(66).saturating_add(ROUND_ENVELOPE_OVERHEAD));
+        if round_frame > limits.max_frame_bytes {
+            return Err(ProtoError::LimitExceeded {
+                what: "round frame bytes (signers x messages x 66, plus envelope overhead)",
+                actual: round_frame,
+                max: limits.max_frame_bytes,
             });
         }
         if self.creator.as_usize() >= n {

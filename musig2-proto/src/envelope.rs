@@ -10,7 +10,7 @@ use crate::frame::{Frame, Limits, encode_frame, to_vec};
 use crate::hash::{Tag, tagged};
 use crate::types::{
     AggNonceBytes, Attempt, NonceCommitment, PartialSigBytes, PeerIdBytes, PubNonceBytes, SeqNo,
-    SessionId, SignerIndex, byte_array, byte_vec,
+    SessionId, Signature64, SignerIndex, byte_array, byte_vec,
 };
 
 /// Why a signer aborts a session.
@@ -72,37 +72,37 @@ pub enum Body {
         /// See [`NonceCommitment::compute`].
         commitment: NonceCommitment,
     },
-    /// Round 1: the sender's public nonce (the reveal, when commitments are on).
+    /// Round 1: the sender's public nonces (the reveal, when commitments are on), one per
+    /// message of the announcement, in its order.
     Nonce {
         /// The signing attempt.
         attempt: Attempt,
-        /// The BIP327 public nonce.
-        pub_nonce: PubNonceBytes,
+        /// The BIP327 public nonces, one per message.
+        pub_nonces: Vec<PubNonceBytes>,
     },
-    /// Round 2: the sender's partial signature.
+    /// Round 2: the sender's partial signatures, one per message.
     PartialSig {
         /// The signing attempt.
         attempt: Attempt,
-        /// The BIP327 partial signature.
-        partial_sig: PartialSigBytes,
+        /// The BIP327 partial signatures, one per message.
+        partial_sigs: Vec<PartialSigBytes>,
     },
-    /// Star topology: the coordinator distributes the aggregate nonce together with every
-    /// signer's signed nonce, so each signer can check the aggregate itself.
+    /// Star topology: the coordinator distributes the aggregate nonces together with every
+    /// signer's signed nonces, so each signer can check the aggregates itself.
     AggregateNonce {
         /// The signing attempt.
         attempt: Attempt,
-        /// The BIP327 aggregate nonce (sum of the public nonces).
-        agg_nonce: AggNonceBytes,
+        /// The BIP327 aggregate nonce of each message (sum of the signers' public nonces for it).
+        agg_nonces: Vec<AggNonceBytes>,
         /// Every signer's signed Nonce envelope, one per signer, in signer index order.
         nonces: Vec<SignedNonce>,
     },
-    /// The final BIP340 signature.
+    /// The final BIP340 signatures, one per message.
     FinalSignature {
-        /// The signing attempt that produced it.
+        /// The signing attempt that produced them.
         attempt: Attempt,
-        /// The 64-byte BIP340 signature.
-        #[serde(with = "byte_array")]
-        signature: [u8; 64],
+        /// The 64-byte BIP340 signatures, one per message.
+        signatures: Vec<Signature64>,
     },
     /// The coordinator performed the broadcast action.
     BroadcastConfirmed {
@@ -172,7 +172,7 @@ impl Body {
     }
 
     /// Builds an AggregateNonce body from every signer's verified Nonce envelope, in signer
-    /// index order, computing the aggregate (BIP327 NonceAgg).
+    /// index order, computing each message's aggregate (BIP327 NonceAgg).
     ///
     /// Fails if `nonces` is not exactly one Nonce envelope per signer (index `i` at position
     /// `i`) of `attempt`.
@@ -188,12 +188,15 @@ impl Body {
                 max: announcement.signer_count(),
             });
         }
+        let k = announcement.announcement().message_count();
         let mut relayed = Vec::with_capacity(nonces.len());
-        let mut pub_nonces = Vec::with_capacity(nonces.len());
         for (i, env) in nonces.iter().enumerate() {
             let e = env.envelope();
-            let (a, pub_nonce) = match e.body {
-                Body::Nonce { attempt, pub_nonce } => (attempt, pub_nonce),
+            let (a, pub_nonces) = match &e.body {
+                Body::Nonce {
+                    attempt,
+                    pub_nonces,
+                } => (*attempt, pub_nonces),
                 _ => {
                     return Err(ProtoError::UnexpectedFrame {
                         expected: "nonce envelope",
@@ -212,38 +215,70 @@ impl Body {
                     found: a.get(),
                 });
             }
-            pub_nonces.push(pub_nonce);
+            check_count(e.signer, "public nonces", k, pub_nonces.len())?;
             relayed.push(SignedNonce {
                 signer: e.signer,
                 seq: e.seq,
                 timestamp_ms: e.timestamp_ms,
                 attempt: a,
-                pub_nonce,
+                pub_nonces: pub_nonces.clone(),
                 signature: env.signed.signature,
             });
         }
-        let agg_nonce = AggNonceBytes::aggregate(&pub_nonces).ok_or(ProtoError::OutOfRange {
+        let agg_nonces = aggregate_columns(&relayed, k).ok_or(ProtoError::OutOfRange {
             field: "nonces",
             reason: "at least one nonce is required",
         })?;
         Ok(Body::AggregateNonce {
             attempt,
-            agg_nonce,
+            agg_nonces,
             nonces: relayed,
+        })
+    }
+}
+
+/// Each message's aggregate nonce (BIP327 NonceAgg over the signers' nonces for it).
+fn aggregate_columns(nonces: &[SignedNonce], k: usize) -> Option<Vec<AggNonceBytes>> {
+    (0..k)
+        .map(|m| {
+            let column: Option<Vec<PubNonceBytes>> = nonces
+                .iter()
+                .map(|sn| sn.pub_nonces.get(m).copied())
+                .collect();
+            AggNonceBytes::aggregate(&column?)
+        })
+        .collect()
+}
+
+/// A per-message list must have one entry per message of the announcement.
+fn check_count(
+    signer: SignerIndex,
+    what: &'static str,
+    expected: usize,
+    found: usize,
+) -> Result<(), ProtoError> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(ProtoError::WrongCount {
+            signer,
+            what,
+            expected,
+            found,
         })
     }
 }
 
 impl NonceCommitment {
     /// `tagged_hash("musig2-p2p/nonce-commitment", session_id || signer || attempt ||
-    /// pub_nonce)` over the canonical (postcard) encoding of the tuple.
+    /// pub_nonces)` over the canonical (postcard) encoding of the tuple.
     pub fn compute(
         session_id: &SessionId,
         signer: SignerIndex,
         attempt: Attempt,
-        pub_nonce: &PubNonceBytes,
+        pub_nonces: &[PubNonceBytes],
     ) -> NonceCommitment {
-        let bytes = to_vec(&(session_id, signer, attempt, pub_nonce));
+        let bytes = to_vec(&(session_id, signer, attempt, pub_nonces));
         NonceCommitment::from_hash(tagged(Tag::NonceCommitment, &bytes))
     }
 
@@ -253,9 +288,9 @@ impl NonceCommitment {
         session_id: &SessionId,
         signer: SignerIndex,
         attempt: Attempt,
-        pub_nonce: &PubNonceBytes,
+        pub_nonces: &[PubNonceBytes],
     ) -> Result<(), ProtoError> {
-        if NonceCommitment::compute(session_id, signer, attempt, pub_nonce) == *self {
+        if NonceCommitment::compute(session_id, signer, attempt, pub_nonces) == *self {
             Ok(())
         } else {
             Err(ProtoError::CommitmentMismatch { signer })
@@ -278,10 +313,10 @@ impl NonceCommitment {
                 },
                 Body::Nonce {
                     attempt: ra,
-                    pub_nonce,
+                    pub_nonces,
                 },
             ) if c.signer == r.signer && c.session_id == r.session_id && ca == ra => {
-                commitment.check_reveal(&r.session_id, r.signer, *ra, pub_nonce)
+                commitment.check_reveal(&r.session_id, r.signer, *ra, pub_nonces)
             }
             _ => Err(ProtoError::CommitmentMismatch { signer: r.signer }),
         }
@@ -303,8 +338,8 @@ pub struct SignedNonce {
     pub timestamp_ms: u64,
     /// The attempt.
     pub attempt: Attempt,
-    /// The public nonce.
-    pub pub_nonce: PubNonceBytes,
+    /// The public nonces, one per message.
+    pub pub_nonces: Vec<PubNonceBytes>,
     /// The original envelope's signature.
     #[serde(with = "byte_array")]
     pub signature: [u8; 64],
@@ -320,7 +355,7 @@ impl SignedNonce {
             timestamp_ms: self.timestamp_ms,
             body: Body::Nonce {
                 attempt: self.attempt,
-                pub_nonce: self.pub_nonce,
+                pub_nonces: self.pub_nonces.clone(),
             },
         }
     }
@@ -476,9 +511,10 @@ impl SignedEnvelope {
 
     /// Verifies the envelope against the session's verified announcement: version, session id,
     /// that the signer index exists, the signature under that signer's key, and body rules
-    /// (a Join's peer id matches the announced one, an Abort blames an existing index, an
-    /// AggregateNonce only in star topology, carrying one correctly signed nonce per signer
-    /// whose sum is the aggregate).
+    /// (a Join's peer id matches the announced one, an Abort blames an existing index, one
+    /// nonce, partial signature or final signature per message, an AggregateNonce only in star
+    /// topology, carrying one correctly signed nonce list per signer whose sums are the
+    /// aggregates).
     pub fn verify(
         &self,
         announcement: &VerifiedAnnouncement,
@@ -537,7 +573,17 @@ fn verify_sig(
 
 fn check_body(e: &Envelope, announcement: &VerifiedAnnouncement) -> Result<(), ProtoError> {
     let n = announcement.signer_count();
+    let k = announcement.announcement().message_count();
     match &e.body {
+        Body::Nonce { pub_nonces, .. } => {
+            check_count(e.signer, "public nonces", k, pub_nonces.len())?;
+        }
+        Body::PartialSig { partial_sigs, .. } => {
+            check_count(e.signer, "partial signatures", k, partial_sigs.len())?;
+        }
+        Body::FinalSignature { signatures, .. } => {
+            check_count(e.signer, "final signatures", k, signatures.len())?;
+        }
         Body::Join { peer_id } => {
             let announced = &announcement.announcement().signers[e.signer.as_usize()].peer_id;
             if let Some(expected) = announced {
@@ -557,7 +603,7 @@ fn check_body(e: &Envelope, announcement: &VerifiedAnnouncement) -> Result<(), P
         }
         Body::AggregateNonce {
             attempt,
-            agg_nonce,
+            agg_nonces,
             nonces,
         } => {
             if announcement.announcement().policy.topology != Topology::Star {
@@ -570,6 +616,11 @@ fn check_body(e: &Envelope, announcement: &VerifiedAnnouncement) -> Result<(), P
                     .any(|(i, sn)| sn.signer.as_usize() != i)
             {
                 return Err(ProtoError::AggregateNonceIncomplete { signer: e.signer });
+            }
+            check_count(e.signer, "aggregate nonces", k, agg_nonces.len())?;
+            for sn in nonces {
+                // Counted before any signature check: a wrong count costs nothing to refuse.
+                check_count(sn.signer, "relayed public nonces", k, sn.pub_nonces.len())?;
             }
             for sn in nonces {
                 if sn.attempt != *attempt {
@@ -590,8 +641,7 @@ fn check_body(e: &Envelope, announcement: &VerifiedAnnouncement) -> Result<(), P
                     relayed: sn.signer,
                 })?;
             }
-            let pub_nonces: Vec<PubNonceBytes> = nonces.iter().map(|sn| sn.pub_nonce).collect();
-            if AggNonceBytes::aggregate(&pub_nonces).as_ref() != Some(agg_nonce) {
+            if aggregate_columns(nonces, k).as_ref() != Some(agg_nonces) {
                 return Err(ProtoError::AggregateNonceMismatch { signer: e.signer });
             }
         }

@@ -192,6 +192,19 @@ pub enum ProtoError {
         /// The signer the relayed nonce claims to be from.
         relayed: SignerIndex,
     },
+    /// A list that holds one entry per message of the session (nonces, partial signatures,
+    /// final signatures) has another length.
+    #[error("signer {signer} sent {found} {what}, the session signs {expected} messages")]
+    WrongCount {
+        /// The signer whose list it is.
+        signer: SignerIndex,
+        /// What the list holds.
+        what: &'static str,
+        /// The session's message count.
+        expected: usize,
+        /// The list's length.
+        found: usize,
+    },
     /// The aggregate nonce is not the sum of the relayed public nonces.
     #[error("aggregate nonce from signer {signer} is not the sum of the relayed nonces")]
     AggregateNonceMismatch {
@@ -231,6 +244,7 @@ impl ProtoError {
             | ProtoError::AttemptMismatch { signer, .. }
             | ProtoError::RelayedNonceForged { signer, .. }
             | ProtoError::AggregateNonceMismatch { signer }
+            | ProtoError::WrongCount { signer, .. }
             | ProtoError::CommitmentMismatch { signer } => Some(*signer),
             _ => None,
         }

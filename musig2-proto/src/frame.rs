@@ -14,9 +14,13 @@ pub struct Limits {
     pub max_frame_bytes: usize,
     /// Maximum signers in an announcement (default 128; at most 4096).
     pub max_signers: usize,
-    /// Maximum length of the message to sign (default 4 KiB).
+    /// Maximum length of each message to sign (default 4 KiB).
     pub max_message_bytes: usize,
-    /// Maximum number of tweaks (default 16).
+    /// Maximum messages one session signs (default 64). Each costs every signer a nonce pair
+    /// and a partial signature per attempt, and 66 bytes per signer in the round frames, which
+    /// must also fit `max_frame_bytes` (checked per announcement).
+    pub max_messages: usize,
+    /// Maximum number of tweaks per message (default 16).
     pub max_tweaks: usize,
     /// Maximum envelopes in a batch frame (default 64).
     pub max_batch_entries: usize,
@@ -30,6 +34,7 @@ impl Default for Limits {
             max_frame_bytes: 64 * 1024,
             max_signers: 128,
             max_message_bytes: 4 * 1024,
+            max_messages: 64,
             max_tweaks: 16,
             max_batch_entries: 64,
             max_clock_skew_ms: 5 * 60 * 1000,

@@ -3,7 +3,7 @@
 //! Every message MuSig2 signers exchange, its canonical encoding, and how it is authenticated.
 //! No I/O, no clock: times are arguments (milliseconds since the UNIX epoch).
 //!
-//! - A [`SignedAnnouncement`] describes a session (signer keys, message, tweaks, [`Policy`],
+//! - A [`SignedAnnouncement`] describes a session (signer keys, messages with their tweaks, [`Policy`],
 //!   salt, validity window, optional peer ids). Its [`SessionId`] is a tagged hash of its
 //!   canonical encoding; the creator signs the id with BIP340.
 //!   [`SignedAnnouncement::verify`] yields a [`VerifiedAnnouncement`].
@@ -81,8 +81,8 @@ mod hash;
 mod types;
 
 pub use announcement::{
-    Announcement, ElectionMethod, Policy, SignedAnnouncement, SignerInfo, Timeouts, Topology,
-    VerifiedAnnouncement,
+    Announcement, ElectionMethod, MessageToSign, Policy, ROUND_ENVELOPE_OVERHEAD,
+    SignedAnnouncement, SignerInfo, Timeouts, Topology, VerifiedAnnouncement,
 };
 pub use envelope::{
     AbortReason, Body, Envelope, MAX_RECEIPT_BYTES, SignedEnvelope, SignedNonce, VerifiedEnvelope,
@@ -94,8 +94,8 @@ pub use frame::{
 pub use hash::{TAG_ANNOUNCEMENT, TAG_ENVELOPE, TAG_NONCE_COMMITMENT, TAG_SESSION_ID, tagged_hash};
 pub use types::{
     AggNonceBytes, Attempt, NonceCommitment, PartialSigBytes, PeerIdBytes, PubNonceBytes, SeqNo,
-    SessionId, SignerIndex, Tweak,
+    SessionId, Signature64, SignerIndex, Tweak,
 };
 
 /// The protocol version this crate speaks (first byte of every announcement and envelope).
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;

@@ -618,3 +618,20 @@ impl NonceCommitment {
     }
 }
 array_newtype_serde!(NonceCommitment, 32, NonceCommitment::validated);
+
+/// A 64-byte BIP340 signature as carried on the wire (checked by whoever relies on it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Signature64(#[serde(with = "byte_array")] pub [u8; 64]);
+
+impl Signature64 {
+    /// The signature bytes.
+    pub fn to_bytes(self) -> [u8; 64] {
+        self.0
+    }
+}
+
+impl From<[u8; 64]> for Signature64 {
+    fn from(bytes: [u8; 64]) -> Self {
+        Signature64(bytes)
+    }
+}

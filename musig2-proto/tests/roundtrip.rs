@@ -7,7 +7,8 @@ use common::*;
 use musig2_proto::{
     AbortReason, AggNonceBytes, Announcement, Attempt, Body, ElectionMethod, Frame, Limits,
     NonceCommitment, PartialSigBytes, PeerIdBytes, Policy, ProtoError, SeqNo, SignedAnnouncement,
-    SignedEnvelope, SignerIndex, SignerInfo, Timeouts, Topology, Tweak, decode_frame,
+    MessageToSign, Signature64, SignedEnvelope, SignerIndex, SignerInfo, Timeouts, Topology, Tweak,
+    decode_frame,
 };
 use proptest::prelude::*;
 
@@ -69,25 +70,33 @@ fn any_policy() -> impl Strategy<Value = Policy> {
 prop_compose! {
     fn any_announcement()(
         n in 1usize..6,
-        message in proptest::collection::vec(any::<u8>(), 0..300),
-        tweaks in proptest::collection::vec((any_scalar(), any::<bool>()), 0..4),
+        messages in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 1..4),
+        tweaks in proptest::collection::vec(proptest::collection::vec((any_scalar(), any::<bool>()), 0..4), 4),
         creator_pick in any::<usize>(),
         policy in any_policy(),
         salt in any::<[u8; 32]>(),
         created in 0u64..u64::MAX / 2,
         ttl in 1u64..1_000_000_000,
         peers in proptest::collection::vec(proptest::option::of(any_peer()), 6),
+        document_digest in proptest::option::of(any::<[u8; 32]>()),
     ) -> (Announcement, usize) {
         let creator = creator_pick % n;
         let a = Announcement {
             signers: (0..n).map(|i| SignerInfo { key: keypair(i).public_key(), peer_id: peers[i].clone() }).collect(),
-            message,
-            tweaks: tweaks.into_iter().map(|(v, x)| Tweak::new(v, x).expect("valid")).collect(),
+            messages: messages
+                .into_iter()
+                .zip(tweaks)
+                .map(|(message, tweaks)| MessageToSign {
+                    message,
+                    tweaks: tweaks.into_iter().map(|(v, x)| Tweak::new(v, x).expect("valid")).collect(),
+                })
+                .collect(),
             creator: SignerIndex::try_from(creator).expect("small"),
             policy,
             salt,
             created_at_ms: created,
             expires_at_ms: created + ttl,
+            document_digest,
         };
         (a, creator)
     }
@@ -100,20 +109,40 @@ fn any_body() -> impl Strategy<Value = Body> {
             attempt,
             commitment: NonceCommitment::from_bytes(c),
         }),
-        (any_attempt(), any::<u8>()).prop_map(|(attempt, s)| Body::Nonce {
-            attempt,
-            pub_nonce: pub_nonce(s)
+        (any_attempt(), proptest::collection::vec(any::<u8>(), 1..4)).prop_map(|(attempt, s)| {
+            Body::Nonce {
+                attempt,
+                pub_nonces: s.into_iter().map(pub_nonce).collect(),
+            }
         }),
-        (any_attempt(), any_scalar()).prop_map(|(attempt, s)| Body::PartialSig {
-            attempt,
-            partial_sig: PartialSigBytes::from_bytes(s).expect("valid"),
+        (any_attempt(), proptest::collection::vec(any_scalar(), 1..4)).prop_map(|(attempt, s)| {
+            Body::PartialSig {
+                attempt,
+                partial_sigs: s
+                    .into_iter()
+                    .map(|s| PartialSigBytes::from_bytes(s).expect("valid"))
+                    .collect(),
+            }
         }),
-        (any_attempt(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(attempt, a, b)| {
-            let mut signature = [0u8; 64];
-            signature[..32].copy_from_slice(&a);
-            signature[32..].copy_from_slice(&b);
-            Body::FinalSignature { attempt, signature }
-        }),
+        (
+            any_attempt(),
+            proptest::collection::vec((any::<[u8; 32]>(), any::<[u8; 32]>()), 1..4)
+        )
+            .prop_map(|(attempt, halves)| {
+                let signatures = halves
+                    .into_iter()
+                    .map(|(a, b)| {
+                        let mut signature = [0u8; 64];
+                        signature[..32].copy_from_slice(&a);
+                        signature[32..].copy_from_slice(&b);
+                        Signature64(signature)
+                    })
+                    .collect();
+                Body::FinalSignature {
+                    attempt,
+                    signatures,
+                }
+            }),
         (
             any_attempt(),
             proptest::collection::vec(any::<u8>(), 0..=256)
@@ -185,6 +214,18 @@ proptest! {
                 prop_assert_eq!(signer, idx(who));
                 let other_peer = matches!(&body, Body::Join { peer_id } if *peer_id != peer(u8::try_from(who).expect("small")));
                 prop_assert!(other_peer);
+            }
+            // A per-message list of another length than the session's one message.
+            Err(ProtoError::WrongCount { signer, expected: 1, found, .. }) => {
+                prop_assert_eq!(signer, idx(who));
+                prop_assert!(found > 1);
+                let listed = match &body {
+                    Body::Nonce { pub_nonces, .. } => pub_nonces.len(),
+                    Body::PartialSig { partial_sigs, .. } => partial_sigs.len(),
+                    Body::FinalSignature { signatures, .. } => signatures.len(),
+                    _ => 1,
+                };
+                prop_assert_eq!(listed, found);
             }
             Err(other) => prop_assert!(false, "unexpected error {:?}", other),
         }
@@ -258,7 +299,7 @@ fn decode_errors_are_typed() {
         1,
         Body::PartialSig {
             attempt: attempt(0),
-            partial_sig: PartialSigBytes::from_bytes([1; 32]).expect("ok"),
+            partial_sigs: vec![PartialSigBytes::from_bytes([1; 32]).expect("ok")],
         },
     )
     .to_frame_bytes();
@@ -342,7 +383,7 @@ fn decode_errors_are_typed() {
         1,
         Body::Nonce {
             attempt: attempt(0),
-            pub_nonce: pub_nonce(1),
+            pub_nonces: vec![pub_nonce(1)],
         },
     )
     .to_frame_bytes();

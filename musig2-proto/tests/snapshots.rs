@@ -13,8 +13,8 @@ use std::path::PathBuf;
 
 use common::*;
 use musig2_proto::{
-    AbortReason, Body, Frame, Limits, NonceCommitment, PartialSigBytes, SignedEnvelope, Topology,
-    decode_frame,
+    AbortReason, Body, Frame, Limits, NonceCommitment, PartialSigBytes, Signature64,
+    SignedEnvelope, Topology, decode_frame,
 };
 
 struct Example {
@@ -43,7 +43,7 @@ fn examples() -> Vec<Example> {
         signed.to_frame_bytes(),
     ));
     let att = attempt(0);
-    let commitment = NonceCommitment::compute(&a.session_id(), idx(1), att, &pub_nonce(2));
+    let commitment = NonceCommitment::compute(&a.session_id(), idx(1), att, &[pub_nonce(2)]);
     out.push(Example {
         name: "nonce_commitment",
         what: "nonce commitment of signer 1, attempt 0, to the nonce in `env_nonce`".into(),
@@ -71,7 +71,7 @@ fn examples() -> Vec<Example> {
             1,
             Body::Nonce {
                 attempt: att,
-                pub_nonce: pub_nonce(2),
+                pub_nonces: vec![pub_nonce(2)],
             },
         ),
         (
@@ -80,7 +80,7 @@ fn examples() -> Vec<Example> {
             1,
             Body::PartialSig {
                 attempt: att,
-                partial_sig: PartialSigBytes::from_bytes([0x42; 32]).expect("valid"),
+                partial_sigs: vec![PartialSigBytes::from_bytes([0x42; 32]).expect("valid")],
             },
         ),
         (
@@ -95,7 +95,7 @@ fn examples() -> Vec<Example> {
             0,
             Body::FinalSignature {
                 attempt: att,
-                signature: [0x5C; 64],
+                signatures: vec![Signature64([0x5C; 64])],
             },
         ),
         (
@@ -260,13 +260,14 @@ fn encoded_sizes_are_as_documented() {
         1,
         Body::PartialSig {
             attempt: attempt(0),
-            partial_sig: PartialSigBytes::from_bytes([1; 32]).expect("ok"),
+            partial_sigs: vec![PartialSigBytes::from_bytes([1; 32]).expect("ok")],
         },
     )
     .to_frame_bytes()
     .len();
-    // tag + version + id + signer + seq + 6-byte timestamp + body tag + attempt + psig + sig.
-    assert_eq!(psig, 1 + 1 + 32 + 1 + 1 + 6 + 1 + 1 + 32 + 64);
+    // tag + version + id + signer + seq + 6-byte timestamp + body tag + attempt + count + psig
+    // + sig.
+    assert_eq!(psig, 1 + 1 + 32 + 1 + 1 + 6 + 1 + 1 + 1 + 32 + 64);
 
     // Without peer ids: 34 bytes per signer.
     let mut bare = announcement(128, Topology::Star);
@@ -279,20 +280,20 @@ fn encoded_sizes_are_as_documented() {
         .expect("sign")
         .to_frame_bytes()
         .len();
-    assert_eq!(bare, 4543);
+    assert_eq!(bare, 4545);
     // Worst case at default limits: 64-byte peer ids, 4 KiB message, 16 tweaks.
     let mut worst = announcement(128, Topology::Star);
     for signer in &mut worst.signers {
         signer.peer_id = Some(musig2_proto::PeerIdBytes::new(vec![7; 64]).expect("64 bytes"));
     }
-    worst.message = vec![0; limits.max_message_bytes];
-    worst.tweaks =
+    worst.messages[0].message = vec![0; limits.max_message_bytes];
+    worst.messages[0].tweaks =
         vec![musig2_proto::Tweak::new([1; 32], false).expect("valid"); limits.max_tweaks];
     let worst = worst
         .sign(&keypair(0), &limits)
         .expect("sign")
         .to_frame_bytes();
-    assert_eq!(worst.len(), 17432, "documented in docs/bench-proto.md");
+    assert_eq!(worst.len(), 17434, "documented in docs/bench-proto.md");
     assert!(worst.len() <= limits.max_frame_bytes);
     assert!(decode_frame(&worst, &limits).is_ok());
 }

@@ -12,7 +12,7 @@ use musig2_proto::{
 fn psig_body() -> Body {
     Body::PartialSig {
         attempt: attempt(0),
-        partial_sig: PartialSigBytes::from_bytes([0x42; 32]).expect("valid scalar"),
+        partial_sigs: vec![PartialSigBytes::from_bytes([0x42; 32]).expect("valid scalar")],
     }
 }
 
@@ -45,7 +45,7 @@ fn every_single_byte_change_of_an_envelope_is_rejected() {
         psig_body(),
         Body::Nonce {
             attempt: attempt(1),
-            pub_nonce: pub_nonce(9),
+            pub_nonces: vec![pub_nonce(9)],
         },
     ] {
         let bytes = envelope(&a, 1, 7, body).to_frame_bytes();
@@ -152,13 +152,19 @@ fn session_id_commits_to_every_field() {
     let id = base.session_id();
     let mut variants: Vec<Announcement> = Vec::new();
     let mut v = base.clone();
-    v.message.push(0);
+    v.messages[0].message.push(0);
     variants.push(v);
     let mut v = base.clone();
-    v.tweaks.clear();
+    v.messages[0].tweaks.clear();
     variants.push(v);
     let mut v = base.clone();
-    v.tweaks[0] = Tweak::new([0x01; 32], false).expect("valid");
+    v.messages[0].tweaks[0] = Tweak::new([0x01; 32], false).expect("valid");
+    variants.push(v);
+    let mut v = base.clone();
+    v.messages.push(v.messages[0].clone());
+    variants.push(v);
+    let mut v = base.clone();
+    v.document_digest = Some([7; 32]);
     variants.push(v);
     let mut v = base.clone();
     v.creator = idx(1);
@@ -403,7 +409,7 @@ fn aggregate_nonce_is_checked_end_to_end() {
     let checked = env.verify(&a).expect("valid aggregate nonce");
     let Body::AggregateNonce {
         nonces: relayed,
-        agg_nonce,
+        agg_nonces,
         ..
     } = checked.body()
     else {
@@ -429,11 +435,12 @@ fn aggregate_nonce_is_checked_end_to_end() {
     else {
         unreachable!()
     };
+    let agg_nonce = &agg_nonces[0];
     let mut other = agg_nonce.to_bytes();
     other[33..].copy_from_slice(&point(200));
     let wrong = Body::AggregateNonce {
         attempt: att,
-        agg_nonce: AggNonceBytes::from_bytes(other).expect("valid"),
+        agg_nonces: vec![AggNonceBytes::from_bytes(other).expect("valid")],
         nonces: ns.clone(),
     };
     assert_eq!(
@@ -442,10 +449,10 @@ fn aggregate_nonce_is_checked_end_to_end() {
     );
     // A relayed nonce whose signature does not verify names its signer.
     let mut tampered = ns.clone();
-    tampered[2].pub_nonce = pub_nonce(77);
+    tampered[2].pub_nonces = vec![pub_nonce(77)];
     let bad = Body::AggregateNonce {
         attempt: att,
-        agg_nonce: *agg_nonce,
+        agg_nonces: vec![*agg_nonce],
         nonces: tampered,
     };
     let err = envelope(&a, 0, 5, bad)
@@ -466,7 +473,7 @@ fn aggregate_nonce_is_checked_end_to_end() {
     // Missing a signer.
     let short = Body::AggregateNonce {
         attempt: att,
-        agg_nonce: *agg_nonce,
+        agg_nonces: vec![*agg_nonce],
         nonces: ns[..3].to_vec(),
     };
     assert_eq!(
@@ -478,7 +485,7 @@ fn aggregate_nonce_is_checked_end_to_end() {
     stale[1].attempt = attempt(0);
     let stale = Body::AggregateNonce {
         attempt: att,
-        agg_nonce: *agg_nonce,
+        agg_nonces: vec![*agg_nonce],
         nonces: stale,
     };
     assert!(matches!(
@@ -522,11 +529,14 @@ fn nonce_commitment_binds_every_input() {
     let a = verified(3, Topology::Mesh);
     let id = a.session_id();
     let n = pub_nonce(3);
+    let n = [n];
     let c = NonceCommitment::compute(&id, idx(1), attempt(0), &n);
     assert!(c.check_reveal(&id, idx(1), attempt(0), &n).is_ok());
     let err = Err(ProtoError::CommitmentMismatch { signer: idx(1) });
-    assert_eq!(c.check_reveal(&id, idx(1), attempt(0), &pub_nonce(4)), err);
+    assert_eq!(c.check_reveal(&id, idx(1), attempt(0), &[pub_nonce(4)]), err);
     assert_eq!(c.check_reveal(&id, idx(1), attempt(1), &n), err);
+    // The commitment covers every message's nonce, and how many there are.
+    assert_eq!(c.check_reveal(&id, idx(1), attempt(0), &[n[0], n[0]]), err);
     let other = signed_announcement(2, Topology::Mesh).session_id();
     assert_eq!(c.check_reveal(&other, idx(1), attempt(0), &n), err);
     assert_eq!(
@@ -551,7 +561,7 @@ fn nonce_commitment_binds_every_input() {
         2,
         Body::Nonce {
             attempt: attempt(0),
-            pub_nonce: n,
+            pub_nonces: n.to_vec(),
         },
     )
     .verify(&a)
@@ -563,7 +573,7 @@ fn nonce_commitment_binds_every_input() {
         2,
         Body::Nonce {
             attempt: attempt(0),
-            pub_nonce: pub_nonce(4),
+            pub_nonces: vec![pub_nonce(4)],
         },
     )
     .verify(&a)

@@ -547,13 +547,13 @@ impl SessionMachine {
     }
 
     fn tell_if_due(&self, out: &mut Vec<Output>) {
-        let (Some(b), Some(signature)) = (&self.broadcast, self.signature) else {
+        let (Some(b), Some(signatures)) = (&self.broadcast, &self.signatures) else {
             return;
         };
         if b.state == BroadcastState::Pending && self.at_position(b.rank) == Some(self.me) {
             out.push(Output::Event(Event::FinalizeDue {
                 session: self.id,
-                signature,
+                signatures: signatures.clone(),
                 position: b.rank,
             }));
         }

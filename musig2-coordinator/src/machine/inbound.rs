@@ -288,13 +288,16 @@ impl SessionMachine {
                     }
                 }
             }
-            Body::Nonce { attempt, pub_nonce } => {
+            Body::Nonce {
+                attempt,
+                pub_nonces,
+            } => {
                 check_attempt(attempt)?;
                 let signed = env.signed().clone();
                 if self.is_star_coordinator() {
                     self.verified_nonces[j].get_or_insert(env);
                 }
-                if let Slot::Same = self.place_nonce(signer, pub_nonce, signed, now_ms, out) {
+                if let Slot::Same = self.place_nonce(signer, pub_nonces, signed, now_ms, out) {
                     return Err(CoordinatorError::RedundantMessage {
                         signer,
                         kind: "nonce",
@@ -319,7 +322,7 @@ impl SessionMachine {
                 let repeat = self.aggnonce_received;
                 for sn in &nonces {
                     if sn.signer == self.me {
-                        if Some(sn.pub_nonce) != self.my_nonce {
+                        if Some(&sn.pub_nonces) != self.my_nonces.as_ref() {
                             self.abort(
                                 now_ms,
                                 AbortReason::InvalidAggregateNonce,
@@ -331,7 +334,7 @@ impl SessionMachine {
                         continue;
                     }
                     let signed = sn.to_signed_envelope(self.id);
-                    self.place_nonce(sn.signer, sn.pub_nonce, signed, now_ms, out);
+                    self.place_nonce(sn.signer, sn.pub_nonces.clone(), signed, now_ms, out);
                     if self.phase.is_terminal() {
                         return Ok(());
                     }
@@ -348,10 +351,10 @@ impl SessionMachine {
             }
             Body::PartialSig {
                 attempt,
-                partial_sig,
+                partial_sigs,
             } => {
                 check_attempt(attempt)?;
-                match place(&mut self.psigs[j], partial_sig, env.signed().clone()) {
+                match place(&mut self.psigs[j], partial_sigs, env.signed().clone()) {
                     Slot::Conflict => {
                         self.abort(now_ms, AbortReason::Equivocation, vec![signer], out)
                     }
@@ -364,15 +367,21 @@ impl SessionMachine {
                     Slot::New => {}
                 }
             }
-            Body::FinalSignature { signature, .. } => {
-                let sig = schnorr::Signature::from_byte_array(signature);
-                if musig2_core::verify_signature(
-                    &sig,
-                    self.ann.announcement().message.as_slice(),
-                    &self.key_agg.x_only_key(),
-                )
-                .is_err()
-                {
+            Body::FinalSignature { signatures, .. } => {
+                let sigs: Vec<schnorr::Signature> = signatures
+                    .iter()
+                    .map(|s| schnorr::Signature::from_byte_array(s.to_bytes()))
+                    .collect();
+                // The proto layer checked there is one per message.
+                let all_verify = sigs
+                    .iter()
+                    .zip(&self.ann.announcement().messages)
+                    .zip(&self.key_aggs)
+                    .all(|((sig, m), key_agg)| {
+                        musig2_core::verify_signature(sig, &m.message, &key_agg.x_only_key())
+                            .is_ok()
+                    });
+                if !all_verify || sigs.len() != self.key_aggs.len() {
                     // A lying coordinator can stall the session, never end it with a bad result.
                     return Err(CoordinatorError::UnexpectedMessage {
                         signer,
@@ -380,7 +389,7 @@ impl SessionMachine {
                     });
                 }
                 self.final_env = Some(env.signed().clone());
-                self.finish(sig, now_ms, out);
+                self.finish(sigs, now_ms, out);
             }
             Body::Abort { reason, blamed } => {
                 // Once a claim is about, an honest timeout names nobody (ADR 0008): one that
@@ -401,7 +410,7 @@ impl SessionMachine {
                 }
                 self.phase = Phase::Aborted;
                 self.phase_deadline_ms = None;
-                self.secnonce = None;
+                self.secnonces.clear();
                 let blamed: Vec<SignerIndex> = blamed.into_iter().collect();
                 let origin = if signer == self.me {
                     AbortOrigin::Local
@@ -473,7 +482,7 @@ impl SessionMachine {
     pub(super) fn place_nonce(
         &mut self,
         signer: SignerIndex,
-        nonce: PubNonceBytes,
+        nonce: Vec<PubNonceBytes>,
         env: SignedEnvelope,
         now_ms: u64,
         out: &mut Vec<Output>,
@@ -515,18 +524,23 @@ impl SessionMachine {
                         .as_ref()
                         .is_some_and(|(c, _)| c != commitment)
             }
-            Body::Nonce { attempt, pub_nonce } => {
+            Body::Nonce {
+                attempt,
+                pub_nonces,
+            } => {
                 *attempt == self.attempt
-                    && self.nonces[j].as_ref().is_some_and(|(n, _)| n != pub_nonce)
+                    && self.nonces[j]
+                        .as_ref()
+                        .is_some_and(|(n, _)| n != pub_nonces)
             }
             Body::PartialSig {
                 attempt,
-                partial_sig,
+                partial_sigs,
             } => {
                 *attempt == self.attempt
                     && self.psigs[j]
                         .as_ref()
-                        .is_some_and(|(p, _)| p != partial_sig)
+                        .is_some_and(|(p, _)| p != partial_sigs)
             }
             _ => false,
         }

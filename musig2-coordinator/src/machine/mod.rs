@@ -138,7 +138,8 @@ pub struct SessionMachine {
     id: SessionId,
     me: SignerIndex,
     keypair: Keypair,
-    key_agg: KeyAggContext,
+    /// One key-aggregation context per message (each with that message's tweaks).
+    key_aggs: Vec<KeyAggContext>,
     n: usize,
     topology: Topology,
     commit_round: bool,
@@ -189,18 +190,24 @@ pub struct SessionMachine {
     /// Signers we have sent our own join to.
     join_sent: Vec<bool>,
     commits: Vec<Option<(NonceCommitment, SignedEnvelope)>>,
-    nonces: Vec<Option<(PubNonceBytes, SignedEnvelope)>>,
+    /// Per signer, its public nonces (one per message).
+    nonces: Vec<Option<(Vec<PubNonceBytes>, SignedEnvelope)>>,
     /// Verified nonce envelopes, kept by the star coordinator to build the aggregate message.
     verified_nonces: Vec<Option<VerifiedEnvelope>>,
-    psigs: Vec<Option<(PartialSigBytes, SignedEnvelope)>>,
+    /// Per signer, its partial signatures (one per message).
+    psigs: Vec<Option<(Vec<PartialSigBytes>, SignedEnvelope)>>,
     aggnonce_received: bool,
     nonces_announced: bool,
     psigs_announced: bool,
 
-    secnonce: Option<SecNonce>,
-    my_nonce: Option<PubNonceBytes>,
-    context: Option<SessionContext>,
-    signature: Option<schnorr::Signature>,
+    /// Our secret nonces of the current attempt, one per message (empty once used or dropped;
+    /// dropping erases them).
+    secnonces: Vec<SecNonce>,
+    my_nonces: Option<Vec<PubNonceBytes>>,
+    /// The signing contexts of the current attempt, one per message.
+    contexts: Option<Vec<SessionContext>>,
+    /// The final signatures, one per message.
+    signatures: Option<Vec<schnorr::Signature>>,
     /// Why the session aborted, whom it blamed and who decided, once it has.
     aborted: Option<(AbortReason, Vec<SignerIndex>, AbortOrigin)>,
 
@@ -283,11 +290,6 @@ impl SessionMachine {
             .ok_or(CoordinatorError::NotASigner(id))?;
         let a = ann.announcement();
         let keys = ann.signer_keys();
-        let tweaks = a
-            .tweaks
-            .iter()
-            .map(|t| musig2_core::Tweak::new(t.value(), t.is_x_only()))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
         let base = match untweaked {
             Some(ctx)
                 if ctx.pubkeys() == keys.as_slice()
@@ -297,7 +299,18 @@ impl SessionMachine {
             }
             _ => KeyAggContext::new(&keys)?,
         };
-        let key_agg = base.with_tweaks(&tweaks)?;
+        let key_aggs = a
+            .messages
+            .iter()
+            .map(|m| {
+                let tweaks = m
+                    .tweaks
+                    .iter()
+                    .map(|t| musig2_core::Tweak::new(t.value(), t.is_x_only()))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                Ok(base.with_tweaks(&tweaks)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let n = keys.len();
         let mut peers: Vec<Option<PeerId>> = a
             .signers
@@ -330,7 +343,7 @@ impl SessionMachine {
             id,
             me,
             keypair,
-            key_agg,
+            key_aggs,
             n,
             topology: a.policy.topology,
             commit_round: a.policy.nonce_commitment,
@@ -371,10 +384,10 @@ impl SessionMachine {
             aggnonce_received: false,
             nonces_announced: false,
             psigs_announced: false,
-            secnonce: None,
-            my_nonce: None,
-            context: None,
-            signature: None,
+            secnonces: Vec::new(),
+            my_nonces: None,
+            contexts: None,
+            signatures: None,
             aborted: None,
             replay: vec![ReplayWindow::new(config.replay_window, config.max_seq_gap); n],
             seen: vec![BTreeMap::new(); n],
@@ -420,14 +433,14 @@ impl SessionMachine {
         self.coordinator
     }
 
-    /// The key-aggregation context (aggregate key after tweaks).
-    pub fn key_agg(&self) -> &KeyAggContext {
-        &self.key_agg
+    /// The key-aggregation contexts, one per message (aggregate key after its tweaks).
+    pub fn key_aggs(&self) -> &[KeyAggContext] {
+        &self.key_aggs
     }
 
-    /// The final signature, once the session is done.
-    pub fn signature(&self) -> Option<schnorr::Signature> {
-        self.signature
+    /// The final signatures, one per message, once the session is done.
+    pub fn signatures(&self) -> Option<&[schnorr::Signature]> {
+        self.signatures.as_deref()
     }
 
     /// Why the session aborted, the signers blamed and who decided (our finding or another
@@ -469,7 +482,7 @@ impl SessionMachine {
         self.send_to(&mut out, others, vec![env]);
         self.phase = Phase::Aborted;
         self.phase_deadline_ms = None;
-        self.secnonce = None;
+        self.secnonces.clear();
         self.aborted = Some((AbortReason::Misrouted, vec![creator], AbortOrigin::Local));
         out.push(Output::Event(Event::Aborted {
             session: self.id,

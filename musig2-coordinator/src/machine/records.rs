@@ -197,14 +197,18 @@ impl SessionMachine {
 
     /// The signed final signature (made once, on demand, in mesh) or the signed abort.
     pub(super) fn final_word(&mut self, now_ms: u64) -> Option<SignedEnvelope> {
-        match (&self.final_env, self.signature) {
+        match (&self.final_env, &self.signatures) {
             (Some(env), _) => Some(env.clone()),
-            (None, Some(sig)) => {
+            (None, Some(sigs)) => {
+                let signatures = sigs
+                    .iter()
+                    .map(|s| musig2_proto::Signature64(s.to_byte_array()))
+                    .collect();
                 let env = self.sign(
                     now_ms,
                     Body::FinalSignature {
                         attempt: self.attempt,
-                        signature: sig.to_byte_array(),
+                        signatures,
                     },
                 );
                 self.final_env = Some(env.clone());
@@ -228,17 +232,20 @@ impl SessionMachine {
                 attempt,
                 commitment,
             } if attempt == self.attempt => self.commits[me] = Some((commitment, signed)),
-            Body::Nonce { attempt, pub_nonce } if attempt == self.attempt => {
-                self.my_nonce = Some(pub_nonce);
-                self.nonces[me] = Some((pub_nonce, signed));
+            Body::Nonce {
+                attempt,
+                pub_nonces,
+            } if attempt == self.attempt => {
+                self.my_nonces = Some(pub_nonces.clone());
+                self.nonces[me] = Some((pub_nonces, signed));
                 if self.is_star_coordinator() {
                     self.verified_nonces[me] = Some(env);
                 }
             }
             Body::PartialSig {
                 attempt,
-                partial_sig,
-            } if attempt == self.attempt => self.psigs[me] = Some((partial_sig, signed)),
+                partial_sigs,
+            } if attempt == self.attempt => self.psigs[me] = Some((partial_sigs, signed)),
             _ => {}
         }
     }
@@ -252,12 +259,12 @@ impl SessionMachine {
         now_ms: u64,
         out: &mut Vec<Output>,
     ) {
-        let Some(context) = self.context_from_nonces() else {
+        let Some(contexts) = self.contexts_from_nonces() else {
             // We signed, so every nonce was here; a store that lost them cannot aggregate.
             self.abort(now_ms, AbortReason::Internal, Vec::new(), out);
             return;
         };
-        self.context = Some(context);
+        self.contexts = Some(contexts);
         self.nonces_announced = true;
         self.aggnonce_received = true;
         // Our join first: it asks the others for what we may have lost.
@@ -289,7 +296,7 @@ impl SessionMachine {
         tracing::error!(session = %self.id, "the session store failed: aborting without sending");
         self.phase = Phase::Aborted;
         self.phase_deadline_ms = None;
-        self.secnonce = None;
+        self.secnonces.clear();
         self.aborted = Some((AbortReason::Internal, Vec::new(), AbortOrigin::Local));
         let _ = now_ms;
         out.push(Output::Event(Event::Aborted {
@@ -504,9 +511,9 @@ impl SessionMachine {
         self.aggnonce_sent = None;
         self.nonces_announced = false;
         self.psigs_announced = false;
-        self.secnonce = None;
-        self.my_nonce = None;
-        self.context = None;
+        self.secnonces.clear();
+        self.my_nonces = None;
+        self.contexts = None;
         self.pending_claim = None;
         self.rank_claimed = false;
         self.restored = false;

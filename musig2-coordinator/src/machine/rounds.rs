@@ -33,29 +33,45 @@ impl SessionMachine {
         out: &mut Vec<Output>,
     ) {
         let sk = self.keypair.secret_key();
-        let mut extra = Vec::with_capacity(34);
-        extra.extend_from_slice(self.id.as_bytes());
-        extra.extend_from_slice(&self.attempt.get().to_be_bytes());
-        let generated = NonceGen::new(self.keypair.public_key())
-            .secret_key(&sk)
-            .key_agg(&self.key_agg)
-            .message(&self.ann.announcement().message)
-            .extra_input(&extra)
-            .generate(rng);
-        let (secnonce, pubnonce) = match generated {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::error!(session = %self.id, error = %e, "nonce generation failed");
+        let k = self.key_aggs.len();
+        let mut secnonces = Vec::with_capacity(k);
+        let mut nonce_bytes = Vec::with_capacity(k);
+        for (index, (message, key_agg)) in self
+            .ann
+            .announcement()
+            .messages
+            .iter()
+            .zip(&self.key_aggs)
+            .enumerate()
+        {
+            // Session, attempt and message index: no two nonces of ours share an input, even
+            // for two equal messages (the RNG alone already makes them distinct).
+            let mut extra = Vec::with_capacity(38);
+            extra.extend_from_slice(self.id.as_bytes());
+            extra.extend_from_slice(&self.attempt.get().to_be_bytes());
+            extra.extend_from_slice(&u32::try_from(index).unwrap_or(u32::MAX).to_be_bytes());
+            let generated = NonceGen::new(self.keypair.public_key())
+                .secret_key(&sk)
+                .key_agg(key_agg)
+                .message(&message.message)
+                .extra_input(&extra)
+                .generate(rng);
+            let (secnonce, pubnonce) = match generated {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::error!(session = %self.id, error = %e, "nonce generation failed");
+                    self.abort(now_ms, AbortReason::Internal, Vec::new(), out);
+                    return;
+                }
+            };
+            let Ok(bytes) = PubNonceBytes::from_bytes(pubnonce.to_bytes()) else {
                 self.abort(now_ms, AbortReason::Internal, Vec::new(), out);
                 return;
-            }
-        };
-        let Ok(nonce_bytes) = PubNonceBytes::from_bytes(pubnonce.to_bytes()) else {
-            self.abort(now_ms, AbortReason::Internal, Vec::new(), out);
-            return;
-        };
-        self.secnonce = Some(secnonce);
-        self.my_nonce = Some(nonce_bytes);
+            };
+            secnonces.push(secnonce);
+            nonce_bytes.push(bytes);
+        }
+        self.secnonces = secnonces;
         // With announced peers round 1 can start before everyone joined; a signer's first
         // contribution is then its join, and it has the whole join window for it: the phase
         // counts as starting no earlier than `nonce_timeout` before the window ends.
@@ -65,6 +81,7 @@ impl SessionMachine {
         if self.commit_round {
             let commitment =
                 NonceCommitment::compute(&self.id, self.me, self.attempt, &nonce_bytes);
+            self.my_nonces = Some(nonce_bytes);
             let env = self.sign(
                 now_ms,
                 Body::NonceCommit {
@@ -77,6 +94,7 @@ impl SessionMachine {
             self.send_to(out, targets, vec![env]);
             self.enter(Phase::NonceCommit, phase_start, self.nonce_timeout_ms);
         } else {
+            self.my_nonces = Some(nonce_bytes);
             self.publish_nonce(now_ms, out);
             self.enter(Phase::Nonce, phase_start, self.nonce_timeout_ms);
         }
@@ -105,19 +123,21 @@ impl SessionMachine {
     }
 
     pub(super) fn publish_nonce(&mut self, now_ms: u64, out: &mut Vec<Output>) {
-        let Some(nonce) = self.my_nonce else { return };
+        let Some(nonces) = self.my_nonces.clone() else {
+            return;
+        };
         let env = self.sign(
             now_ms,
             Body::Nonce {
                 attempt: self.attempt,
-                pub_nonce: nonce,
+                pub_nonces: nonces.clone(),
             },
         );
         if self.is_star_coordinator() {
             // The aggregate-nonce message carries our own signed nonce too.
             self.verified_nonces[self.me.as_usize()] = env.verify(&self.ann).ok();
         }
-        self.nonces[self.me.as_usize()] = Some((nonce, env.clone()));
+        self.nonces[self.me.as_usize()] = Some((nonces, env.clone()));
         match self.topology {
             // Each reveal travels with the commitments it was made after: a signer whose
             // commitment reached only some of us cannot leave the others stuck in round 0 (and
@@ -147,7 +167,8 @@ impl SessionMachine {
         }
     }
 
-    /// All nonces are in: fix the session context, sign, and send the partial signature.
+    /// All nonces are in: fix the session contexts, sign every message, and send the partial
+    /// signatures.
     pub(super) fn sign_round2(&mut self, now_ms: u64, out: &mut Vec<Output>) {
         if self.is_star_coordinator() {
             let envs: Option<Vec<VerifiedEnvelope>> =
@@ -163,7 +184,7 @@ impl SessionMachine {
             self.send_to(out, others, vec![env.clone()]);
             self.aggnonce_sent = Some(env);
         }
-        let Some(context) = self.context_from_nonces() else {
+        let Some(contexts) = self.contexts_from_nonces() else {
             self.abort(now_ms, AbortReason::InvalidNonce, Vec::new(), out);
             return;
         };
@@ -171,28 +192,34 @@ impl SessionMachine {
             self.nonces_announced = true;
             out.push(Output::Event(Event::NoncesComplete { session: self.id }));
         }
-        let Some(secnonce) = self.secnonce.take() else {
+        // Taken out whole: each secret nonce is consumed by its signature, and none survives a
+        // failure half-way.
+        let secnonces = std::mem::take(&mut self.secnonces);
+        if secnonces.len() != contexts.len() {
             self.abort(now_ms, AbortReason::Internal, Vec::new(), out);
             return;
-        };
-        let psig = match context.sign(secnonce, &self.keypair) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(session = %self.id, error = %e, "signing failed");
-                self.abort(now_ms, AbortReason::Internal, Vec::new(), out);
-                return;
+        }
+        let mut psig_bytes = Vec::with_capacity(contexts.len());
+        for (context, secnonce) in contexts.iter().zip(secnonces) {
+            let signed = context
+                .sign(secnonce, &self.keypair)
+                .map_err(|e| e.to_string())
+                .and_then(|p| PartialSigBytes::from_bytes(p.to_bytes()).map_err(|e| e.to_string()));
+            match signed {
+                Ok(bytes) => psig_bytes.push(bytes),
+                Err(error) => {
+                    tracing::error!(session = %self.id, %error, "signing failed");
+                    self.abort(now_ms, AbortReason::Internal, Vec::new(), out);
+                    return;
+                }
             }
-        };
-        self.context = Some(context);
-        let Ok(psig_bytes) = PartialSigBytes::from_bytes(psig.to_bytes()) else {
-            self.abort(now_ms, AbortReason::Internal, Vec::new(), out);
-            return;
-        };
+        }
+        self.contexts = Some(contexts);
         let env = self.sign(
             now_ms,
             Body::PartialSig {
                 attempt: self.attempt,
-                partial_sig: psig_bytes,
+                partial_sigs: psig_bytes.clone(),
             },
         );
         self.psigs[self.me.as_usize()] = Some((psig_bytes, env.clone()));
@@ -200,18 +227,28 @@ impl SessionMachine {
         self.enter(Phase::PartialSig, now_ms, self.partial_sig_timeout_ms);
     }
 
-    /// The signing context of the current attempt, once every signer's nonce is in its slot.
-    pub(super) fn context_from_nonces(&self) -> Option<SessionContext> {
-        let pubnonces: Vec<PubNonce> = self
-            .nonces
+    /// The signing contexts of the current attempt (one per message), once every signer's
+    /// nonces are in their slot.
+    pub(super) fn contexts_from_nonces(&self) -> Option<Vec<SessionContext>> {
+        let messages = &self.ann.announcement().messages;
+        (0..self.key_aggs.len())
+            .map(|m| {
+                let pubnonces = self.pubnonces_of_message(m)?;
+                Some(SessionContext::new(
+                    &self.key_aggs[m],
+                    &AggNonce::aggregate(&pubnonces),
+                    &messages.get(m)?.message,
+                ))
+            })
+            .collect()
+    }
+
+    /// Every signer's public nonce for message `m`, once all are in.
+    pub(super) fn pubnonces_of_message(&self, m: usize) -> Option<Vec<PubNonce>> {
+        self.nonces
             .iter()
-            .map(|s| s.as_ref().map(|(b, _)| pubnonce_of(b)))
-            .collect::<Option<_>>()?;
-        Some(SessionContext::new(
-            &self.key_agg,
-            &AggNonce::aggregate(&pubnonces),
-            &self.ann.announcement().message,
-        ))
+            .map(|s| s.as_ref().and_then(|(b, _)| b.get(m)).map(pubnonce_of))
+            .collect()
     }
 
     /// Sends our partial signature where the topology wants it.
@@ -241,60 +278,39 @@ impl SessionMachine {
         }
     }
 
-    /// All partial signatures are in: aggregate with the core's fast path, blame on failure.
+    /// All partial signatures are in: aggregate each message's with the core's fast path,
+    /// blame on failure.
     pub(super) fn aggregate(&mut self, now_ms: u64, out: &mut Vec<Output>) {
-        let Some(context) = &self.context else { return };
+        let Some(contexts) = &self.contexts else {
+            return;
+        };
         if !self.psigs_announced {
             self.psigs_announced = true;
             out.push(Output::Event(Event::PartialSignaturesComplete {
                 session: self.id,
             }));
         }
-        let mut blamed = Vec::new();
-        let mut psigs = Vec::with_capacity(self.n);
-        for (i, slot) in self.psigs.iter().enumerate() {
-            let parsed = slot
-                .as_ref()
-                .and_then(|(b, _)| PartialSignature::from_bytes(&b.to_bytes()).ok());
-            match parsed {
-                Some(p) => psigs.push(p),
-                None => blamed.extend(SignerIndex::try_from(i).ok()),
-            }
-        }
-        let pubnonces: Vec<PubNonce> = self
-            .nonces
-            .iter()
-            .filter_map(|s| s.as_ref().map(|(b, _)| pubnonce_of(b)))
-            .collect();
-        let result = if blamed.is_empty() {
-            context.aggregate_and_verify(&psigs, &pubnonces)
-        } else {
-            Err(musig2_core::Error::InvalidPartialSignatures {
-                signers: blamed.iter().map(|s| s.as_usize()).collect(),
-            })
-        };
+        let result = aggregate_messages(contexts, &self.psigs, &self.nonces);
         match result {
-            Ok(sig) => {
+            Ok(sigs) => {
                 if self.is_star_coordinator() {
                     let env = self.sign(
                         now_ms,
                         Body::FinalSignature {
                             attempt: self.attempt,
-                            signature: sig.to_byte_array(),
+                            signatures: sigs
+                                .iter()
+                                .map(|s| Signature64(s.to_byte_array()))
+                                .collect(),
                         },
                     );
                     let others: Vec<SignerIndex> = self.others().collect();
                     self.send_to(out, others, vec![env.clone()]);
                     self.final_env = Some(env);
                 }
-                self.finish(sig, now_ms, out);
+                self.finish(sigs, now_ms, out);
             }
-            Err(e) => {
-                let culprits: Vec<SignerIndex> = e
-                    .culprits()
-                    .into_iter()
-                    .filter_map(|i| SignerIndex::try_from(i).ok())
-                    .collect();
+            Err(culprits) => {
                 if self.is_star_coordinator() {
                     // Hand every signer the evidence so each finds the same culprits itself.
                     let evidence: Vec<SignedEnvelope> = self
@@ -313,22 +329,27 @@ impl SessionMachine {
         }
     }
 
-    pub(super) fn finish(&mut self, sig: schnorr::Signature, now_ms: u64, out: &mut Vec<Output>) {
+    pub(super) fn finish(
+        &mut self,
+        sigs: Vec<schnorr::Signature>,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
         if self.phase.is_terminal() {
             return;
         }
         self.phase = Phase::Done;
         self.phase_deadline_ms = None;
-        self.secnonce = None;
-        self.signature = Some(sig);
+        self.secnonces.clear();
+        self.signatures = Some(sigs.clone());
         self.record(Record::Outcome {
             session: self.id,
-            outcome: Outcome::Signed(sig),
+            outcome: Outcome::Signed(sigs.clone()),
             at_ms: now_ms,
         });
         out.push(Output::Event(Event::SignatureReady {
             session: self.id,
-            signature: sig,
+            signatures: sigs,
         }));
         self.start_broadcast(now_ms, out);
     }
@@ -352,8 +373,8 @@ impl SessionMachine {
         );
         self.phase = Phase::Aborted;
         self.phase_deadline_ms = None;
-        // Dropping the secret nonce erases it; it can never be used again.
-        self.secnonce = None;
+        // Dropping the secret nonces erases them; they can never be used again.
+        self.secnonces.clear();
         if joined || evidence {
             let env = self.sign(
                 now_ms,
@@ -383,5 +404,50 @@ impl SessionMachine {
             blamed,
             origin: AbortOrigin::Local,
         }));
+    }
+}
+
+/// Aggregates and verifies every message's partial signatures, or names every signer with an
+/// unparsable or invalid partial signature for any message (sorted, each once).
+fn aggregate_messages(
+    contexts: &[SessionContext],
+    psigs: &[Option<(Vec<PartialSigBytes>, SignedEnvelope)>],
+    nonces: &[Option<(Vec<PubNonceBytes>, SignedEnvelope)>],
+) -> std::result::Result<Vec<schnorr::Signature>, Vec<SignerIndex>> {
+    let mut culprits = std::collections::BTreeSet::new();
+    let mut sigs = Vec::with_capacity(contexts.len());
+    for (m, context) in contexts.iter().enumerate() {
+        let mut parsed = Vec::with_capacity(psigs.len());
+        for (i, slot) in psigs.iter().enumerate() {
+            match slot
+                .as_ref()
+                .and_then(|(b, _)| b.get(m))
+                .and_then(|b| PartialSignature::from_bytes(&b.to_bytes()).ok())
+            {
+                Some(p) => parsed.push(p),
+                None => {
+                    culprits.insert(i);
+                }
+            }
+        }
+        if parsed.len() != psigs.len() {
+            continue;
+        }
+        let pubnonces: Vec<PubNonce> = nonces
+            .iter()
+            .filter_map(|s| s.as_ref().and_then(|(b, _)| b.get(m)).map(pubnonce_of))
+            .collect();
+        match context.aggregate_and_verify(&parsed, &pubnonces) {
+            Ok(sig) => sigs.push(sig),
+            Err(e) => culprits.extend(e.culprits()),
+        }
+    }
+    if culprits.is_empty() && sigs.len() == contexts.len() {
+        Ok(sigs)
+    } else {
+        Err(culprits
+            .into_iter()
+            .filter_map(|i| SignerIndex::try_from(i).ok())
+            .collect())
     }
 }

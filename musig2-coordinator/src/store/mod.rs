@@ -88,8 +88,8 @@ impl Record {
 /// How a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// With this verified BIP340 signature.
-    Signed(schnorr::Signature),
+    /// With these verified BIP340 signatures, one per message.
+    Signed(Vec<schnorr::Signature>),
     /// Without a signature.
     Aborted {
         /// Why.

@@ -20,7 +20,7 @@ use super::{Outcome, Record, SessionStore, StoreUsage, StoredSession};
 use crate::error::{CoordinatorError, Result};
 use crate::event::AbortOrigin;
 
-/// Session id → [`FORMAT_V1`] byte + postcard [`MetaV1`]: the small part of a session that
+/// Session id → [`FORMAT_V2`] byte + postcard [`MetaV2`]: the small part of a session that
 /// changes (rewritten on a reservation, an attempt or the outcome).
 const SESSIONS: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("sessions");
 /// Session id → the announcement's frame bytes, written once (kept apart from the meta so
@@ -65,7 +65,9 @@ impl<'txn> WriteTables<'txn> {
 }
 
 /// Leading byte of every meta value, so a later layout can be told apart.
-const FORMAT_V1: u8 = 1;
+/// Version 2: one signature per message (version 1, before multi-message sessions, stored
+/// one; its announcements are of an older protocol and are not read either).
+const FORMAT_V2: u8 = 2;
 
 /// Sessions kept in one [`redb`](::redb) file; [`commit`](SessionStore::commit) returns once the
 /// transaction is on disk ([`Durability::Immediate`]), so a record survives a crash of the
@@ -250,7 +252,7 @@ impl RedbStore {
 
 /// A session touched by the commit in progress.
 struct Touched {
-    meta: MetaV1,
+    meta: MetaV2,
     /// The meta must be written back.
     dirty: bool,
     /// Ordinal of the next envelope appended.
@@ -375,7 +377,7 @@ impl SessionStore for RedbStore {
                                 .insert(key, frame)
                                 .map_err(store_err("writing an announcement"))?;
                             *entry = Some(Touched {
-                                meta: MetaV1 {
+                                meta: MetaV2 {
                                     learned_ms: *learned_ms,
                                     next_seq: SeqNo::FIRST.get(),
                                     attempt: Attempt::FIRST.get(),
@@ -563,45 +565,45 @@ impl SessionStore for RedbStore {
     }
 }
 
-/// The changing part of a session, as stored (version [`FORMAT_V1`]). Plain integers, so the
+/// The changing part of a session, as stored (version [`FORMAT_V2`]). Plain integers, so the
 /// file format does not follow the serde derives of other crates.
 #[derive(Debug, Serialize, Deserialize)]
-struct MetaV1 {
+struct MetaV2 {
     learned_ms: u64,
     next_seq: u64,
     attempt: u16,
-    outcome: Option<OutcomeV1>,
+    outcome: Option<OutcomeV2>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-enum OutcomeV1 {
+enum OutcomeV2 {
     Signed {
-        /// 64 bytes (serde has no 64-byte arrays).
-        signature: Vec<u8>,
+        /// 64 bytes each, one per message (serde has no 64-byte arrays).
+        signatures: Vec<Vec<u8>>,
         at_ms: u64,
     },
     Aborted {
         /// See [`super::abort_reason_code`].
         reason: u8,
         blamed: Vec<u16>,
-        origin: OriginV1,
+        origin: OriginV2,
         at_ms: u64,
     },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-enum OriginV1 {
+enum OriginV2 {
     Local,
     Remote(u16),
 }
 
-fn encode_meta(meta: &MetaV1) -> Result<Vec<u8>> {
-    let mut bytes = vec![FORMAT_V1];
+fn encode_meta(meta: &MetaV2) -> Result<Vec<u8>> {
+    let mut bytes = vec![FORMAT_V2];
     bytes.extend(postcard::to_stdvec(meta).map_err(store_err("encoding a session"))?);
     Ok(bytes)
 }
 
-fn decode_meta(bytes: &[u8], max: usize) -> Result<MetaV1, String> {
+fn decode_meta(bytes: &[u8], max: usize) -> Result<MetaV2, String> {
     if bytes.len() > max {
         return Err(format!(
             "stored meta of {} bytes exceeds {max} bytes",
@@ -609,8 +611,8 @@ fn decode_meta(bytes: &[u8], max: usize) -> Result<MetaV1, String> {
         ));
     }
     match bytes.split_first() {
-        Some((&FORMAT_V1, rest)) => {
-            let (meta, trailing) = postcard::take_from_bytes::<MetaV1>(rest)
+        Some((&FORMAT_V2, rest)) => {
+            let (meta, trailing) = postcard::take_from_bytes::<MetaV2>(rest)
                 .map_err(|e| format!("stored meta: {e}"))?;
             if !trailing.is_empty() {
                 return Err(format!("stored meta: {} trailing bytes", trailing.len()));
@@ -622,44 +624,49 @@ fn decode_meta(bytes: &[u8], max: usize) -> Result<MetaV1, String> {
     }
 }
 
-fn outcome_to_disk(outcome: &Outcome, at_ms: u64) -> OutcomeV1 {
+fn outcome_to_disk(outcome: &Outcome, at_ms: u64) -> OutcomeV2 {
     match outcome {
-        Outcome::Signed(signature) => OutcomeV1::Signed {
-            signature: signature.to_byte_array().to_vec(),
+        Outcome::Signed(signatures) => OutcomeV2::Signed {
+            signatures: signatures
+                .iter()
+                .map(|s| s.to_byte_array().to_vec())
+                .collect(),
             at_ms,
         },
         Outcome::Aborted {
             reason,
             blamed,
             origin,
-        } => OutcomeV1::Aborted {
+        } => OutcomeV2::Aborted {
             reason: super::abort_reason_code(*reason),
             blamed: blamed.iter().map(|s| s.get()).collect(),
             origin: match origin {
-                AbortOrigin::Local => OriginV1::Local,
-                AbortOrigin::Remote(signer) => OriginV1::Remote(signer.get()),
+                AbortOrigin::Local => OriginV2::Local,
+                AbortOrigin::Remote(signer) => OriginV2::Remote(signer.get()),
             },
             at_ms,
         },
     }
 }
 
-fn outcome_from_disk(outcome: OutcomeV1) -> Result<(Outcome, u64), String> {
+fn outcome_from_disk(outcome: OutcomeV2) -> Result<(Outcome, u64), String> {
     let signer = |index: u16| {
         SignerIndex::new(index).map_err(|e| format!("stored outcome: signer index: {e}"))
     };
     match outcome {
-        OutcomeV1::Signed { signature, at_ms } => {
-            let bytes: [u8; 64] = signature
-                .as_slice()
-                .try_into()
-                .map_err(|_| format!("stored outcome: a signature of {} bytes", signature.len()))?;
-            Ok((
-                Outcome::Signed(schnorr::Signature::from_byte_array(bytes)),
-                at_ms,
-            ))
+        OutcomeV2::Signed { signatures, at_ms } => {
+            let signatures = signatures
+                .iter()
+                .map(|signature| {
+                    let bytes: [u8; 64] = signature.as_slice().try_into().map_err(|_| {
+                        format!("stored outcome: a signature of {} bytes", signature.len())
+                    })?;
+                    Ok(schnorr::Signature::from_byte_array(bytes))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            Ok((Outcome::Signed(signatures), at_ms))
         }
-        OutcomeV1::Aborted {
+        OutcomeV2::Aborted {
             reason,
             blamed,
             origin,
@@ -670,8 +677,8 @@ fn outcome_from_disk(outcome: OutcomeV1) -> Result<(Outcome, u64), String> {
                     .ok_or_else(|| format!("stored outcome: unknown abort reason {reason}"))?,
                 blamed: blamed.into_iter().map(signer).collect::<Result<_, _>>()?,
                 origin: match origin {
-                    OriginV1::Local => AbortOrigin::Local,
-                    OriginV1::Remote(index) => AbortOrigin::Remote(signer(index)?),
+                    OriginV2::Local => AbortOrigin::Local,
+                    OriginV2::Remote(index) => AbortOrigin::Remote(signer(index)?),
                 },
             },
             at_ms,
@@ -842,7 +849,7 @@ mod tests {
         let kp = Keypair::new(&mut rand::rng());
         let a = announcement(&kp);
         let id = a.session_id();
-        let signed = Outcome::Signed(schnorr::Signature::from_byte_array([9; 64]));
+        let signed = Outcome::Signed(vec![schnorr::Signature::from_byte_array([9; 64]); 2]);
         let aborted = Outcome::Aborted {
             reason: AbortReason::Timeout,
             blamed: vec![SignerIndex::new(1).unwrap()],
@@ -1137,7 +1144,7 @@ mod tests {
         let kp = Keypair::new(&mut rand::rng());
         let a = announcement(&kp);
         let key = a.session_id().to_bytes();
-        let garbage: &[u8] = &[FORMAT_V1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+        let garbage: &[u8] = &[FORMAT_V2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
         let huge = vec![0u8; 1 << 20];
         type Corruption<'a> = Box<dyn Fn(&WriteTransaction) + 'a>;
         let cases: Vec<(&str, Corruption<'_>)> = vec![

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use musig2_proto::{
-    AggNonceBytes, Announcement, Attempt, Body, Envelope, Limits, PeerIdBytes, Policy,
+    AggNonceBytes, Announcement, Attempt, Body, Envelope, Limits, MessageToSign, PeerIdBytes, Policy,
     PubNonceBytes, SeqNo, SignedAnnouncement, SignedEnvelope, SignerIndex, SignerInfo, Timeouts,
     Topology, Tweak, VerifiedAnnouncement, VerifiedEnvelope,
 };
@@ -71,8 +71,10 @@ pub fn announcement(n: usize, topology: Topology) -> Announcement {
                 peer_id: Some(peer(u8::try_from(i % 256).expect("fits"))),
             })
             .collect(),
-        message: b"musig2-p2p test message".to_vec(),
-        tweaks: vec![Tweak::new([0x01; 32], true).expect("valid tweak")],
+        messages: vec![MessageToSign {
+            message: b"musig2-p2p test message".to_vec(),
+            tweaks: vec![Tweak::new([0x01; 32], true).expect("valid tweak")],
+        }],
         creator: idx(0),
         policy: Policy {
             nonce_commitment: true,
@@ -85,6 +87,7 @@ pub fn announcement(n: usize, topology: Topology) -> Announcement {
         salt: [0xAB; 32],
         created_at_ms: NOW,
         expires_at_ms: NOW + 600_000,
+        document_digest: None,
     }
 }
 
@@ -124,7 +127,7 @@ pub fn nonce_envelopes(a: &VerifiedAnnouncement, att: u16) -> Vec<VerifiedEnvelo
                 2,
                 Body::Nonce {
                     attempt: attempt(att),
-                    pub_nonce: pub_nonce(u8::try_from(i + 1).expect("fits")),
+                    pub_nonces: vec![pub_nonce(u8::try_from(i + 1).expect("fits"))],
                 },
             )
             .verify(a)
@@ -136,7 +139,7 @@ pub fn nonce_envelopes(a: &VerifiedAnnouncement, att: u16) -> Vec<VerifiedEnvelo
 /// An aggregate nonce built from the fixture nonces.
 pub fn agg_nonce(a: &VerifiedAnnouncement, att: u16) -> AggNonceBytes {
     match Body::aggregate_nonce(a, attempt(att), &nonce_envelopes(a, att)).expect("aggregate") {
-        Body::AggregateNonce { agg_nonce, .. } => agg_nonce,
+        Body::AggregateNonce { agg_nonces, .. } => agg_nonces[0],
         other => panic!("unexpected body {other:?}"),
     }
 }
