@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use musig2_proto::{
-    Announcement, Frame, Limits, Policy, SessionId, SignedAnnouncement, SignedEnvelope,
+    Announcement, Frame, Limits, MessageToSign, Policy, SessionId, SignedAnnouncement, SignedEnvelope,
     SignerIndex, SignerInfo, Timeouts, VerifiedAnnouncement, decode_frame, peek_envelope_header,
     peek_frame_session,
 };
@@ -116,10 +116,13 @@ pub struct SessionRequest {
     /// The peer each signer speaks from, where known (same length as `signers`, or empty).
     /// Listed peers receive the announcement directly; the rest discover it in the DHT.
     pub peers: Vec<Option<PeerId>>,
-    /// The message to sign (any length up to the configured limit).
-    pub message: Vec<u8>,
-    /// Tweaks to apply to the aggregate key, in order.
-    pub tweaks: Vec<musig2_core::Tweak>,
+    /// The messages to sign, each with the tweaks of its key (1 to the configured
+    /// `max_messages`; each message up to `max_message_bytes`). The session ends with one
+    /// signature per message, in this order.
+    pub messages: Vec<MessageToSign>,
+    /// A digest of the document the messages come from (e.g. a PSBT), carried in the
+    /// announcement so every signer can check it reviews the same one.
+    pub document_digest: Option<[u8; 32]>,
     /// The session's rules; see [`Node::default_policy`].
     pub policy: Policy,
 }
@@ -140,7 +143,7 @@ enum Command {
     },
     Wait {
         session: SessionId,
-        reply: oneshot::Sender<Result<schnorr::Signature>>,
+        reply: oneshot::Sender<Result<Vec<schnorr::Signature>>>,
     },
     Health {
         session: SessionId,
@@ -407,23 +410,18 @@ impl Node {
             })
             .collect();
         signers.shrink_to_fit();
-        let tweaks = request
-            .tweaks
-            .iter()
-            .map(|t| musig2_proto::Tweak::new(t.value(), t.is_x_only()))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
         // The announcement lives through the join window and then the rounds.
         let t = request.policy.timeouts;
         let session_ms = t.join_ms.saturating_add(t.session_ms);
         let announcement = Announcement {
             signers,
-            message: request.message,
-            tweaks,
+            messages: request.messages,
             creator: SignerIndex::try_from(creator)?,
             policy: request.policy,
             salt: rand::random(),
             created_at_ms: now,
             expires_at_ms: now.saturating_add(session_ms),
+            document_digest: request.document_digest,
         };
         let signed = announcement.sign(&self.keypair, &self.config.limits)?;
         let verified = signed.verify(now, &self.config.limits)?;
@@ -529,8 +527,12 @@ impl Node {
         self.call(|reply| Command::Join { session, reply }).await?
     }
 
-    /// Waits until the session ends: the verified final signature, or why it aborted.
-    pub async fn wait_for_signature(&self, session: SessionId) -> Result<schnorr::Signature> {
+    /// Waits until the session ends: the verified final signatures (one per message), or why
+    /// it aborted.
+    pub async fn wait_for_signatures(
+        &self,
+        session: SessionId,
+    ) -> Result<Vec<schnorr::Signature>> {
         self.call(|reply| Command::Wait { session, reply }).await?
     }
 
@@ -702,7 +704,7 @@ struct Actor {
     unjoined: VecDeque<(SessionId, Option<PublicKey>, u64)>,
     /// Raw frames for sessions we do not know yet.
     pending: PendingBuffer,
-    waiters: HashMap<SessionId, Vec<oneshot::Sender<Result<schnorr::Signature>>>>,
+    waiters: HashMap<SessionId, Vec<oneshot::Sender<Result<Vec<schnorr::Signature>>>>>,
     events: broadcast::Sender<Event>,
     outbound: Outbound,
     rng: rand::rngs::StdRng,
@@ -1003,9 +1005,9 @@ impl Actor {
                 None => {
                     let _ = reply.send(Err(CoordinatorError::UnknownSession(session)));
                 }
-                Some(m) => match (m.phase(), m.signature()) {
-                    (Phase::Done, Some(sig)) => {
-                        let _ = reply.send(Ok(sig));
+                Some(m) => match (m.phase(), m.signatures()) {
+                    (Phase::Done, Some(sigs)) => {
+                        let _ = reply.send(Ok(sigs.to_vec()));
                     }
                     (Phase::Aborted, _) => {
                         let _ = reply.send(Err(aborted_error(m)));
@@ -1807,9 +1809,12 @@ impl Actor {
 
     fn on_event(&mut self, event: Event) {
         match &event {
-            Event::SignatureReady { session, signature } => {
+            Event::SignatureReady {
+                session,
+                signatures,
+            } => {
                 for w in self.waiters.remove(session).unwrap_or_default() {
-                    let _ = w.send(Ok(*signature));
+                    let _ = w.send(Ok(signatures.clone()));
                 }
                 self.retire(*session);
             }

@@ -503,12 +503,12 @@ impl SessionMachine {
             ));
         }
         if self.phase == Phase::Nonce {
-            if let Some((pub_nonce, _)) = self.nonces[me] {
+            if let Some((pub_nonces, _)) = self.nonces[me].clone() {
                 own.push(self.sign(
                     now_ms,
                     Body::Nonce {
                         attempt: self.attempt,
-                        pub_nonce,
+                        pub_nonces,
                     },
                 ));
             }

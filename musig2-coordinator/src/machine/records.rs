@@ -48,9 +48,9 @@ impl SessionMachine {
             m.persist = true;
             m.phase_deadline_ms = None;
             match outcome {
-                Outcome::Signed(sig) => {
+                Outcome::Signed(sigs) => {
                     m.phase = Phase::Done;
-                    m.signature = Some(*sig);
+                    m.signatures = Some(sigs.clone());
                 }
                 Outcome::Aborted {
                     reason,
@@ -122,8 +122,8 @@ impl SessionMachine {
         m.reserve_seq(seq_floor);
         if m.phase.is_terminal() {
             // The stored contributions imply the end (it was decided but not yet stored).
-            let outcome = match (m.signature, &m.aborted) {
-                (Some(sig), _) => Some(Outcome::Signed(sig)),
+            let outcome = match (&m.signatures, &m.aborted) {
+                (Some(sigs), _) => Some(Outcome::Signed(sigs.clone())),
                 (None, Some((reason, blamed, origin))) => Some(Outcome::Aborted {
                     reason: *reason,
                     blamed: blamed.clone(),

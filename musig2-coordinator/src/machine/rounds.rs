@@ -300,7 +300,7 @@ impl SessionMachine {
                             attempt: self.attempt,
                             signatures: sigs
                                 .iter()
-                                .map(|s| Signature64(s.to_byte_array()))
+                                .map(|s| musig2_proto::Signature64(s.to_byte_array()))
                                 .collect(),
                         },
                     );
