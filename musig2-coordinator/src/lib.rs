@@ -81,6 +81,6 @@ pub use replay::ReplayWindow;
 pub use stats::StatsSnapshot;
 pub use store::{MemoryStore, Outcome, Record, RedbStore, SessionStore, StoredSession};
 pub use transcript::{
-    BlameKind, BlameProof, Claim, ClaimSource, TRANSCRIPT_MAGIC, TRANSCRIPT_VERSION, Transcript,
-    TranscriptLimits, TranscriptReport,
+    BlameKind, BlameProof, Claim, ClaimSource, MessageReport, TRANSCRIPT_MAGIC, TRANSCRIPT_VERSION,
+    Transcript, TranscriptLimits, TranscriptReport,
 };

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use musig2_proto::{
-    Announcement, Frame, Limits, MessageToSign, Policy, SessionId, SignedAnnouncement, SignedEnvelope,
-    SignerIndex, SignerInfo, Timeouts, VerifiedAnnouncement, decode_frame, peek_envelope_header,
-    peek_frame_session,
+    Announcement, Frame, Limits, MessageToSign, Policy, SessionId, SignedAnnouncement,
+    SignedEnvelope, SignerIndex, SignerInfo, Timeouts, VerifiedAnnouncement, decode_frame,
+    peek_envelope_header, peek_frame_session,
 };
 use musig2_transport::{PeerEvent, PeerId, RecordMeta, RecordValidator, Transport, TransportError};
 use rand::{Rng, SeedableRng};
@@ -529,10 +529,7 @@ impl Node {
 
     /// Waits until the session ends: the verified final signatures (one per message), or why
     /// it aborted.
-    pub async fn wait_for_signatures(
-        &self,
-        session: SessionId,
-    ) -> Result<Vec<schnorr::Signature>> {
+    pub async fn wait_for_signatures(&self, session: SessionId) -> Result<Vec<schnorr::Signature>> {
         self.call(|reply| Command::Wait { session, reply }).await?
     }
 

@@ -15,14 +15,14 @@
 //!
 //! ```text
 //! magic     8 bytes  "MUSIG2TX"
-//! version   u8       1
+//! version   u8       2
 //! ann_len   u32      length of the announcement frame
 //! ann       ann_len  SignedAnnouncement::to_frame_bytes
 //! count     u32      number of envelopes
 //! count ×   u32 len, then len bytes of SignedEnvelope::to_frame_bytes
 //! exporter  u8 0 (unknown) | u8 1, u16 signer index
 //! outcome   u8 0 (none)
-//!         | u8 1, 64-byte BIP340 signature
+//!         | u8 1, u16 count, count × 64-byte BIP340 signature (one per message)
 //!         | u8 2, u8 abort reason, u16 blamed count, u16 × blamed, origin
 //! origin    u8 0 (the exporter's own finding) | u8 1, u16 signer (that signer's claim)
 //! ```
@@ -49,7 +49,7 @@ use crate::store::{Outcome, StoredSession};
 pub const TRANSCRIPT_MAGIC: [u8; 8] = *b"MUSIG2TX";
 
 /// The transcript format version this crate writes and reads.
-pub const TRANSCRIPT_VERSION: u8 = 1;
+pub const TRANSCRIPT_VERSION: u8 = 2;
 
 /// What a transcript may hold, checked before parsing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,14 +185,8 @@ pub struct TranscriptReport {
     pub signers: Vec<PublicKey>,
     /// The aggregate of the signer keys, before tweaks.
     pub untweaked_key: PublicKey,
-    /// The aggregate key after the announcement's tweaks.
-    pub tweaked_key: PublicKey,
-    /// The x-only output key the final signature verifies under.
-    pub output_key: XOnlyPublicKey,
-    /// Number of tweaks applied.
-    pub tweaks: usize,
-    /// The message (untrusted bytes: escape before printing as text).
-    pub message: Vec<u8>,
+    /// Each message, with the key it is signed under.
+    pub messages: Vec<MessageReport>,
     /// The session's topology.
     pub topology: Topology,
     /// Every attempt some envelope names, ascending.
@@ -204,9 +198,9 @@ pub struct TranscriptReport {
     /// Partial signatures that could not be checked (their attempt lacks a single nonce of
     /// every signer).
     pub partial_sigs_unchecked: usize,
-    /// The final signature (the recorded outcome's, else a valid FinalSignature envelope's) and
-    /// whether it verifies.
-    pub signature: Option<(schnorr::Signature, bool)>,
+    /// The final signatures, one per message (the recorded outcome's, else a valid
+    /// FinalSignature envelope's), and whether all verify.
+    pub signatures: Option<(Vec<schnorr::Signature>, bool)>,
     /// Misbehaviour proven by signed envelopes.
     pub proofs: Vec<BlameProof>,
     /// Aborts and blame that signers (or the exporter) claimed.
@@ -217,8 +211,21 @@ impl TranscriptReport {
     /// Whether every signature in the transcript checks: envelopes (always, when a report
     /// exists) and the final signature, if there is one.
     pub fn signatures_valid(&self) -> bool {
-        self.signature.is_none_or(|(_, valid)| valid)
+        self.signatures.as_ref().is_none_or(|(_, valid)| *valid)
     }
+}
+
+/// One message of a session, as reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageReport {
+    /// The message (untrusted bytes: escape before printing as text).
+    pub message: Vec<u8>,
+    /// Number of tweaks applied for it.
+    pub tweaks: usize,
+    /// The aggregate key after its tweaks.
+    pub tweaked_key: PublicKey,
+    /// The x-only output key its signature verifies under.
+    pub output_key: XOnlyPublicKey,
 }
 
 fn who(signer: Option<SignerIndex>) -> String {
@@ -249,19 +256,22 @@ impl fmt::Display for TranscriptReport {
             writeln!(f, "  #{i:<3} {key}{creator}")?;
         }
         writeln!(f, "Aggregate key (untweaked): {}", self.untweaked_key)?;
-        writeln!(
-            f,
-            "Aggregate key ({} tweaks):  {}",
-            self.tweaks, self.tweaked_key
-        )?;
-        writeln!(f, "Output key (x-only):       {}", self.output_key)?;
-        // Hex only: the message is untrusted and may hold terminal escapes.
-        writeln!(
-            f,
-            "Message ({} bytes, hex):   {}",
-            self.message.len(),
-            hex_string(&self.message)
-        )?;
+        for (i, m) in self.messages.iter().enumerate() {
+            writeln!(f, "Message #{i}:")?;
+            writeln!(
+                f,
+                "  Aggregate key ({} tweaks):  {}",
+                m.tweaks, m.tweaked_key
+            )?;
+            writeln!(f, "  Output key (x-only):       {}", m.output_key)?;
+            // Hex only: the message is untrusted and may hold terminal escapes.
+            writeln!(
+                f,
+                "  Message ({} bytes, hex):   {}",
+                m.message.len(),
+                hex_string(&m.message)
+            )?;
+        }
         let attempts: Vec<String> = self.attempts.iter().map(Attempt::to_string).collect();
         writeln!(
             f,
@@ -277,10 +287,15 @@ impl fmt::Display for TranscriptReport {
             "Envelopes:      {} verified; partial signatures {} checked, {} uncheckable",
             self.envelopes_verified, self.partial_sigs_checked, self.partial_sigs_unchecked
         )?;
-        match &self.signature {
-            Some((sig, true)) => writeln!(f, "Signature:      {sig} (valid)")?,
-            Some((sig, false)) => writeln!(f, "Signature:      {sig} (INVALID)")?,
-            None => writeln!(f, "Signature:      none")?,
+        match &self.signatures {
+            Some((sigs, valid)) => {
+                let verdict = if *valid { "valid" } else { "INVALID" };
+                writeln!(f, "Signatures ({verdict}):")?;
+                for (i, sig) in sigs.iter().enumerate() {
+                    writeln!(f, "  #{i:<3} {sig}")?;
+                }
+            }
+            None => writeln!(f, "Signatures:     none")?,
         }
         writeln!(
             f,
@@ -434,9 +449,14 @@ impl Transcript {
         }
         match &self.outcome {
             None => out.push(0),
-            Some(Outcome::Signed(sig)) => {
+            Some(Outcome::Signed(sigs)) => {
                 out.push(1);
-                out.extend_from_slice(&sig.to_byte_array());
+                // At most max_messages (u16 range is ample; more cannot be decoded).
+                let count = u16::try_from(sigs.len()).unwrap_or(u16::MAX);
+                out.extend_from_slice(&count.to_be_bytes());
+                for sig in sigs.iter().take(usize::from(count)) {
+                    out.extend_from_slice(&sig.to_byte_array());
+                }
             }
             Some(Outcome::Aborted {
                 reason,
@@ -517,9 +537,14 @@ impl Transcript {
         let outcome = match r.u8("outcome")? {
             0 => None,
             1 => {
-                let mut sig = [0u8; 64];
-                sig.copy_from_slice(r.take(64, "signature")?);
-                Some(Outcome::Signed(schnorr::Signature::from_byte_array(sig)))
+                let count = r.u16("signature count")?;
+                let mut sigs = Vec::new();
+                for _ in 0..count {
+                    let mut sig = [0u8; 64];
+                    sig.copy_from_slice(r.take(64, "signature")?);
+                    sigs.push(schnorr::Signature::from_byte_array(sig));
+                }
+                Some(Outcome::Signed(sigs))
             }
             2 => {
                 let code = r.u8("abort reason")?;
@@ -581,20 +606,27 @@ impl Transcript {
         }
 
         let keys = ann.signer_keys();
-        let tweaks = a
-            .tweaks
-            .iter()
-            .map(|t| musig2_core::Tweak::new(t.value(), t.is_x_only()))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| invalid(format!("announcement tweak: {e}")))?;
         let untweaked =
             KeyAggContext::new(&keys).map_err(|e| invalid(format!("key aggregation: {e}")))?;
         let untweaked_key = untweaked.aggregate_key();
-        let key_agg = untweaked
-            .with_tweaks(&tweaks)
-            .map_err(|e| invalid(format!("key aggregation with tweaks: {e}")))?;
+        let key_aggs = a
+            .messages
+            .iter()
+            .map(|m| {
+                let tweaks = m
+                    .tweaks
+                    .iter()
+                    .map(|t| musig2_core::Tweak::new(t.value(), t.is_x_only()))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| invalid(format!("announcement tweak: {e}")))?;
+                untweaked
+                    .clone()
+                    .with_tweaks(&tweaks)
+                    .map_err(|e| invalid(format!("key aggregation with tweaks: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
 
-        let mut judge = Judge::new(&ann, &key_agg);
+        let mut judge = Judge::new(&ann, &key_aggs);
         for (i, env) in self.envelopes.iter().enumerate() {
             judge.add(i, env)?;
         }
@@ -604,7 +636,7 @@ impl Transcript {
         let mut claims = judge.claims.clone();
         let outcome_sig = match &self.outcome {
             None => None,
-            Some(Outcome::Signed(sig)) => Some(*sig),
+            Some(Outcome::Signed(sigs)) => Some(sigs.clone()),
             Some(Outcome::Aborted {
                 reason,
                 blamed,
@@ -629,14 +661,24 @@ impl Transcript {
                 None
             }
         };
-        let output_key = key_agg.x_only_key();
-        let valid = |sig: &schnorr::Signature| {
-            musig2_core::verify_signature(sig, &a.message, &output_key).is_ok()
+        let signatures = match outcome_sig {
+            Some(sigs) => {
+                let valid = all_verify(&sigs, &ann, &key_aggs);
+                Some((sigs, valid))
+            }
+            None => judge.valid_final.clone().map(|sigs| (sigs, true)),
         };
-        let signature = match outcome_sig {
-            Some(sig) => Some((sig, valid(&sig))),
-            None => judge.valid_final.map(|sig| (sig, true)),
-        };
+        let messages = a
+            .messages
+            .iter()
+            .zip(&key_aggs)
+            .map(|(m, key_agg)| MessageReport {
+                message: m.message.clone(),
+                tweaks: m.tweaks.len(),
+                tweaked_key: key_agg.aggregate_key(),
+                output_key: key_agg.x_only_key(),
+            })
+            .collect();
 
         Ok(TranscriptReport {
             session: ann.session_id(),
@@ -644,16 +686,13 @@ impl Transcript {
             creator: a.creator,
             signers: keys,
             untweaked_key,
-            tweaked_key: key_agg.aggregate_key(),
-            output_key,
-            tweaks: tweaks.len(),
-            message: a.message.clone(),
+            messages,
             topology: a.policy.topology,
             attempts: judge.attempts.iter().copied().collect(),
             envelopes_verified: self.envelopes.len(),
             partial_sigs_checked: judge.psigs_checked,
             partial_sigs_unchecked: judge.psigs_unchecked,
-            signature,
+            signatures,
             proofs: judge.proofs,
             claims,
         })
@@ -680,40 +719,57 @@ impl Kind {
 
 type Slot = (SignerIndex, Attempt, Kind);
 
-/// Distinct values of one slot, in order, with the position of the first envelope of each.
-type Values = Vec<([u8; 66], usize)>;
+/// Distinct values of one slot (every message's value, concatenated), in order, with the
+/// position of the first envelope of each.
+type Values = Vec<(Vec<u8>, usize)>;
 
 /// The verified envelopes of a transcript, folded into what blame needs.
 struct Judge<'a> {
     ann: &'a VerifiedAnnouncement,
-    key_agg: &'a KeyAggContext,
+    /// One key-aggregation context per message.
+    key_aggs: &'a [KeyAggContext],
     /// First envelope seen per (signer, seq): its content and position.
     by_seq: HashMap<(SignerIndex, SeqNo), (Envelope, usize)>,
     /// Distinct values per contribution slot, in order, with the position of each.
     values: HashMap<Slot, Values>,
-    seen: HashSet<(SignerIndex, Attempt, Kind, [u8; 66])>,
+    seen: HashSet<(SignerIndex, Attempt, Kind, Vec<u8>)>,
     attempts: BTreeSet<Attempt>,
     proofs: Vec<BlameProof>,
     proven_pairs: HashSet<(usize, usize)>,
     claims: Vec<Claim>,
-    valid_final: Option<schnorr::Signature>,
+    valid_final: Option<Vec<schnorr::Signature>>,
     psigs_checked: usize,
     psigs_unchecked: usize,
 }
 
-/// A contribution value, padded to the longest (nonces, 66 bytes), for comparison.
-fn padded(bytes: &[u8]) -> [u8; 66] {
-    let mut out = [0u8; 66];
-    let len = bytes.len().min(66);
-    out[..len].copy_from_slice(&bytes[..len]);
-    out
+/// Every message's value of a contribution, concatenated, for comparison.
+fn concat<const N: usize>(values: impl IntoIterator<Item = [u8; N]>) -> Vec<u8> {
+    values.into_iter().flatten().collect()
+}
+
+/// Whether every signature verifies for its message under its key (and there is one per
+/// message).
+fn all_verify(
+    sigs: &[schnorr::Signature],
+    ann: &VerifiedAnnouncement,
+    key_aggs: &[KeyAggContext],
+) -> bool {
+    let messages = &ann.announcement().messages;
+    sigs.len() == messages.len()
+        && sigs
+            .iter()
+            .zip(messages)
+            .zip(key_aggs)
+            .all(|((sig, m), key_agg)| {
+                musig2_core::verify_signature(sig, &m.message, &key_agg.x_only_key()).is_ok()
+            })
 }
 
 impl<'a> Judge<'a> {
-    fn new(ann: &'a VerifiedAnnouncement, key_agg: &'a KeyAggContext) -> Self {
+    fn new(ann: &'a VerifiedAnnouncement, key_aggs: &'a [KeyAggContext]) -> Self {
         Judge {
             ann,
-            key_agg,
+            key_aggs,
             by_seq: HashMap::new(),
             values: HashMap::new(),
             seen: HashSet::new(),
@@ -790,11 +846,16 @@ impl<'a> Judge<'a> {
                     self.prove(signer, BlameKind::OutOfTurnClaim, Some(*attempt), vec![i]);
                 }
             }
-            Body::FinalSignature { attempt, signature } => {
-                let sig = schnorr::Signature::from_byte_array(*signature);
-                let msg = &self.ann.announcement().message;
-                if musig2_core::verify_signature(&sig, msg, &self.key_agg.x_only_key()).is_ok() {
-                    self.valid_final.get_or_insert(sig);
+            Body::FinalSignature {
+                attempt,
+                signatures,
+            } => {
+                let sigs: Vec<schnorr::Signature> = signatures
+                    .iter()
+                    .map(|s| schnorr::Signature::from_byte_array(s.to_bytes()))
+                    .collect();
+                if all_verify(&sigs, self.ann, self.key_aggs) {
+                    self.valid_final.get_or_insert(sigs);
                 } else {
                     self.prove(
                         signer,
@@ -816,14 +877,23 @@ impl<'a> Judge<'a> {
             Body::NonceCommit {
                 attempt,
                 commitment,
-            } => Some((*attempt, Kind::Commit, padded(&commitment.to_bytes()))),
-            Body::Nonce { attempt, pub_nonce } => {
-                Some((*attempt, Kind::Nonce, pub_nonce.to_bytes()))
-            }
+            } => Some((*attempt, Kind::Commit, commitment.to_bytes().to_vec())),
+            Body::Nonce {
+                attempt,
+                pub_nonces,
+            } => Some((
+                *attempt,
+                Kind::Nonce,
+                concat(pub_nonces.iter().map(|n| n.to_bytes())),
+            )),
             Body::PartialSig {
                 attempt,
-                partial_sig,
-            } => Some((*attempt, Kind::PartialSig, padded(&partial_sig.to_bytes()))),
+                partial_sigs,
+            } => Some((
+                *attempt,
+                Kind::PartialSig,
+                concat(partial_sigs.iter().map(|p| p.to_bytes())),
+            )),
             Body::AggregateNonce { attempt, .. }
             | Body::FinalSignature { attempt, .. }
             | Body::BroadcastConfirmed { attempt, .. }
@@ -837,7 +907,7 @@ impl<'a> Judge<'a> {
         if let Some((attempt, kind, value)) = contribution {
             self.attempts.insert(attempt);
             // A set, so that a file of many values costs linear time, not quadratic.
-            if self.seen.insert((signer, attempt, kind, value)) {
+            if self.seen.insert((signer, attempt, kind, value.clone())) {
                 self.values
                     .entry((signer, attempt, kind))
                     .or_default()
@@ -885,8 +955,9 @@ impl<'a> Judge<'a> {
             let Some((commit_value, commit_at)) = values.first() else {
                 continue;
             };
-            let mut c = [0u8; 32];
-            c.copy_from_slice(&commit_value[..32]);
+            let Ok(c) = <[u8; 32]>::try_from(commit_value.as_slice()) else {
+                continue;
+            };
             let commitment = musig2_proto::NonceCommitment::from_bytes(c);
             let nonces = self
                 .values
@@ -894,11 +965,20 @@ impl<'a> Judge<'a> {
                 .cloned()
                 .unwrap_or_default();
             for (nonce, at) in nonces {
-                let Ok(pub_nonce) = musig2_proto::PubNonceBytes::from_bytes(nonce) else {
+                // Verified envelopes: whole 66-byte nonces of valid points.
+                let pub_nonces: Option<Vec<musig2_proto::PubNonceBytes>> = nonce
+                    .chunks_exact(66)
+                    .map(|c| {
+                        <[u8; 66]>::try_from(c)
+                            .ok()
+                            .and_then(|b| musig2_proto::PubNonceBytes::from_bytes(b).ok())
+                    })
+                    .collect();
+                let Some(pub_nonces) = pub_nonces else {
                     continue;
                 };
                 if commitment
-                    .check_reveal(&session, *signer, *attempt, &pub_nonce)
+                    .check_reveal(&session, *signer, *attempt, &pub_nonces)
                     .is_err()
                 {
                     self.prove(
@@ -912,22 +992,35 @@ impl<'a> Judge<'a> {
         }
     }
 
-    /// PartialSigVerify for every partial signature of an attempt with one nonce per signer.
+    /// PartialSigVerify for every partial signature (every message's) of an attempt with one
+    /// nonce list per signer.
     fn check_partial_sigs(&mut self) {
         let n = self.ann.signer_count();
-        let msg = self.ann.announcement().message.clone();
-        let mut by_attempt: HashMap<Attempt, Vec<(SignerIndex, [u8; 66], usize)>> = HashMap::new();
+        let messages: Vec<Vec<u8>> = self
+            .ann
+            .announcement()
+            .messages
+            .iter()
+            .map(|m| m.message.clone())
+            .collect();
+        let k = messages.len();
+        let mut by_attempt: HashMap<Attempt, Vec<(SignerIndex, Vec<u8>, usize)>> = HashMap::new();
         for ((signer, attempt, kind), values) in &self.values {
             if *kind == Kind::PartialSig {
                 let list = by_attempt.entry(*attempt).or_default();
-                list.extend(values.iter().map(|(value, at)| (*signer, *value, *at)));
+                list.extend(
+                    values
+                        .iter()
+                        .map(|(value, at)| (*signer, value.clone(), *at)),
+                );
             }
         }
         let mut by_attempt: Vec<_> = by_attempt.into_iter().collect();
         by_attempt.sort_by_key(|(a, _)| *a);
         for (attempt, mut psigs) in by_attempt {
             psigs.sort_by_key(|p| p.2);
-            let mut nonces = Vec::with_capacity(n);
+            // nonces[j][m]: signer j's nonce for message m.
+            let mut nonces: Vec<Vec<PubNonce>> = Vec::with_capacity(n);
             let mut nonce_at = Vec::with_capacity(n);
             for j in 0..n {
                 let Ok(signer) = SignerIndex::try_from(j) else {
@@ -939,7 +1032,15 @@ impl<'a> Judge<'a> {
                     .map(Vec::as_slice)
                 {
                     Some([(bytes, at)]) => {
-                        if let Ok(p) = PubNonce::from_bytes(bytes) {
+                        let parsed: Option<Vec<PubNonce>> = bytes
+                            .chunks_exact(66)
+                            .map(|c| {
+                                <[u8; 66]>::try_from(c)
+                                    .ok()
+                                    .and_then(|b| PubNonce::from_bytes(&b).ok())
+                            })
+                            .collect();
+                        if let Some(p) = parsed.filter(|p| p.len() == k) {
                             nonces.push(p);
                             nonce_at.push(*at);
                         }
@@ -951,15 +1052,28 @@ impl<'a> Judge<'a> {
                 self.psigs_unchecked += psigs.len();
                 continue;
             }
-            let context = SessionContext::new(self.key_agg, &AggNonce::aggregate(&nonces), &msg);
+            let contexts: Vec<SessionContext> = (0..k)
+                .map(|m| {
+                    let column: Vec<PubNonce> = nonces.iter().map(|l| l[m]).collect();
+                    SessionContext::new(
+                        &self.key_aggs[m],
+                        &AggNonce::aggregate(&column),
+                        &messages[m],
+                    )
+                })
+                .collect();
             for (signer, value, at) in psigs {
                 self.psigs_checked += 1;
-                let mut b = [0u8; 32];
-                b.copy_from_slice(&value[..32]);
                 let j = signer.as_usize();
-                let ok = PartialSignature::from_bytes(&b)
-                    .and_then(|p| context.verify_partial(j, &p, &nonces[j]))
-                    .is_ok();
+                let ok = value.len() == 32 * k
+                    && value.chunks_exact(32).enumerate().all(|(m, c)| {
+                        <[u8; 32]>::try_from(c)
+                            .ok()
+                            .and_then(|b| PartialSignature::from_bytes(&b).ok())
+                            .is_some_and(|p| {
+                                contexts[m].verify_partial(j, &p, &nonces[j][m]).is_ok()
+                            })
+                    });
                 if !ok {
                     let mut evidence = vec![at];
                     evidence.extend(nonce_at.iter().copied());

@@ -255,7 +255,8 @@ impl Announcement {
         }
         // The largest frame a session needs carries every signer's nonces (a star aggregate
         // nonce, or a mesh partial signature with the nonces it was made under): it must fit.
-        let round_frame = n.saturating_mul(k.saturating_mul(66).saturating_add(ROUND_ENVELOPE_OVERHEAD));
+        let round_frame =
+            n.saturating_mul(k.saturating_mul(66).saturating_add(ROUND_ENVELOPE_OVERHEAD));
         if round_frame > limits.max_frame_bytes {
             return Err(ProtoError::LimitExceeded {
                 what: "round frame bytes (signers x messages x 66, plus envelope overhead)",

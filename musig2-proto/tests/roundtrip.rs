@@ -6,9 +6,9 @@ mod common;
 use common::*;
 use musig2_proto::{
     AbortReason, AggNonceBytes, Announcement, Attempt, Body, ElectionMethod, Frame, Limits,
-    NonceCommitment, PartialSigBytes, PeerIdBytes, Policy, ProtoError, SeqNo, SignedAnnouncement,
-    MessageToSign, Signature64, SignedEnvelope, SignerIndex, SignerInfo, Timeouts, Topology, Tweak,
-    decode_frame,
+    MessageToSign, NonceCommitment, PartialSigBytes, PeerIdBytes, Policy, ProtoError, SeqNo,
+    Signature64, SignedAnnouncement, SignedEnvelope, SignerIndex, SignerInfo, Timeouts, Topology,
+    Tweak, decode_frame,
 };
 use proptest::prelude::*;
 

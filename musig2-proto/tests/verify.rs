@@ -533,7 +533,10 @@ fn nonce_commitment_binds_every_input() {
     let c = NonceCommitment::compute(&id, idx(1), attempt(0), &n);
     assert!(c.check_reveal(&id, idx(1), attempt(0), &n).is_ok());
     let err = Err(ProtoError::CommitmentMismatch { signer: idx(1) });
-    assert_eq!(c.check_reveal(&id, idx(1), attempt(0), &[pub_nonce(4)]), err);
+    assert_eq!(
+        c.check_reveal(&id, idx(1), attempt(0), &[pub_nonce(4)]),
+        err
+    );
     assert_eq!(c.check_reveal(&id, idx(1), attempt(1), &n), err);
     // The commitment covers every message's nonce, and how many there are.
     assert_eq!(c.check_reveal(&id, idx(1), attempt(0), &[n[0], n[0]]), err);

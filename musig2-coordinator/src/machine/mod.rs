@@ -308,7 +308,7 @@ impl SessionMachine {
                     .iter()
                     .map(|t| musig2_core::Tweak::new(t.value(), t.is_x_only()))
                     .collect::<std::result::Result<Vec<_>, _>>()?;
-                Ok(base.with_tweaks(&tweaks)?)
+                Ok(base.clone().with_tweaks(&tweaks)?)
             })
             .collect::<Result<Vec<_>>>()?;
         let n = keys.len();

@@ -2,9 +2,9 @@
 #![allow(dead_code)]
 
 use musig2_proto::{
-    AggNonceBytes, Announcement, Attempt, Body, Envelope, Limits, MessageToSign, PeerIdBytes, Policy,
-    PubNonceBytes, SeqNo, SignedAnnouncement, SignedEnvelope, SignerIndex, SignerInfo, Timeouts,
-    Topology, Tweak, VerifiedAnnouncement, VerifiedEnvelope,
+    AggNonceBytes, Announcement, Attempt, Body, Envelope, Limits, MessageToSign, PeerIdBytes,
+    Policy, PubNonceBytes, SeqNo, SignedAnnouncement, SignedEnvelope, SignerIndex, SignerInfo,
+    Timeouts, Topology, Tweak, VerifiedAnnouncement, VerifiedEnvelope,
 };
 use secp256k1::{Keypair, PublicKey, SecretKey};
 
