@@ -149,8 +149,8 @@ impl Cluster {
         SessionRequest {
             signers: self.keypairs.iter().map(Keypair::public_key).collect(),
             peers: self.nodes.iter().map(|n| Some(n.peer_id())).collect(),
-            message: message.to_vec(),
-            tweaks: Vec::new(),
+            messages: vec![musig2_proto::MessageToSign::new(message.to_vec())],
+            document_digest: None,
             policy,
         }
     }
@@ -507,8 +507,8 @@ async fn memory_throughput_with(
     let request = SessionRequest {
         signers: keys,
         peers: nodes.iter().map(|n| Some(n.peer_id())).collect(),
-        message: b"memory throughput".to_vec(),
-        tweaks: Vec::new(),
+        messages: vec![musig2_proto::MessageToSign::new(b"memory throughput".to_vec())],
+        document_digest: None,
         policy,
     };
     let permits = Arc::new(Semaphore::new(in_flight));
@@ -522,11 +522,11 @@ async fn memory_throughput_with(
             let _permit = permit;
             let session = nodes[0].create_session(request).await.expect("create");
             let a = nodes[0]
-                .wait_for_signature(session)
+                .wait_for_signatures(session)
                 .await
                 .expect("signature a");
             let b = nodes[1]
-                .wait_for_signature(session)
+                .wait_for_signatures(session)
                 .await
                 .expect("signature b");
             assert_eq!(a, b);
@@ -646,7 +646,7 @@ fn floor_protocol(keypairs: &[Keypair; 2], message: &[u8]) -> schnorr::Signature
     );
     let nonce_body = |p: &PubNonce| Body::Nonce {
         attempt: Attempt::FIRST,
-        pub_nonce: PubNonceBytes::from_bytes(p.to_bytes()).expect("nonce bytes"),
+        pub_nonces: vec![PubNonceBytes::from_bytes(p.to_bytes()).expect("nonce bytes")],
     };
     exchange([nonce_body(&pubnonces[0]), nonce_body(&pubnonces[1])], 2);
     let mut psigs: Vec<PartialSignature> = Vec::new();
@@ -659,7 +659,7 @@ fn floor_protocol(keypairs: &[Keypair; 2], message: &[u8]) -> schnorr::Signature
     }
     let psig_body = |p: &PartialSignature| Body::PartialSig {
         attempt: Attempt::FIRST,
-        partial_sig: PartialSigBytes::from_bytes(p.to_bytes()).expect("psig bytes"),
+        partial_sigs: vec![PartialSigBytes::from_bytes(p.to_bytes()).expect("psig bytes")],
     };
     exchange([psig_body(&psigs[0]), psig_body(&psigs[1])], 3);
     let sig = sessions[0]
@@ -743,7 +743,7 @@ fn cost_model() {
                     .expect("nonce");
                 let body = Body::Nonce {
                     attempt: Attempt::FIRST,
-                    pub_nonce: PubNonceBytes::from_bytes(p.to_bytes()).expect("nonce"),
+                    pub_nonces: vec![PubNonceBytes::from_bytes(p.to_bytes()).expect("nonce")],
                 };
                 let signer = SignerIndex::try_from(i).expect("index");
                 Envelope::sign(verified.session_id(), signer, SeqNo::FIRST, now, body, kp)
@@ -1000,8 +1000,8 @@ async fn failover_bench(quick: bool) {
     let request = || SessionRequest {
         signers: keypairs.iter().map(Keypair::public_key).collect(),
         peers: peers.clone(),
-        message: rand::random::<[u8; 32]>().to_vec(),
-        tweaks: Vec::new(),
+        messages: vec![musig2_proto::MessageToSign::new(rand::random::<[u8; 32]>().to_vec())],
+        document_digest: None,
         policy,
     };
     let healthy_runs = if quick { 3 } else { 15 };
@@ -1015,7 +1015,7 @@ async fn failover_bench(quick: bool) {
             .map(|n| n.join_session(id));
         futures::future::join_all(joins).await;
         for n in std::iter::once(node0).chain(&nodes) {
-            n.wait_for_signature(id).await.expect("signed");
+            n.wait_for_signatures(id).await.expect("signed");
         }
         healthy.push(start.elapsed());
     }
@@ -1051,7 +1051,7 @@ async fn failover_bench(quick: bool) {
         n0.join_session(id).await.expect("join");
         let back = start.elapsed();
         for n in std::iter::once(&n0).chain(&nodes) {
-            n.wait_for_signature(id).await.expect("signed");
+            n.wait_for_signatures(id).await.expect("signed");
         }
         failover.push((claimed, back, start.elapsed()));
         node0 = Some(n0);

@@ -527,8 +527,8 @@ impl Setting {
                 .chain(self.honest.iter().map(Node::peer_id))
                 .map(Some)
                 .collect(),
-            message: message.to_vec(),
-            tweaks: Vec::new(),
+            messages: vec![musig2_proto::MessageToSign::new(message.to_vec())],
+            document_digest: None,
             policy: self.victim.default_policy(),
         };
         let start = Instant::now();
@@ -541,7 +541,7 @@ impl Setting {
                 .map_err(|e| format!("create: {e}"))?;
             let victim = self.victim.clone();
             let mine = tokio::spawn(async move {
-                let r = victim.wait_for_signature(id).await;
+                let r = victim.wait_for_signatures(id).await;
                 (Instant::now(), r)
             });
             let mut done: HashMap<usize, Instant> = HashMap::new();
@@ -917,8 +917,8 @@ async fn replay_setup(s: &Setting) -> (identity::Keypair, Bytes, bool, SessionId
             Some(victim_id),
             Some(member.peer_id()),
         ],
-        message: b"replayed".to_vec(),
-        tweaks: Vec::new(),
+        messages: vec![musig2_proto::MessageToSign::new(b"replayed".to_vec())],
+        document_digest: None,
         policy,
     };
     let id = creator.create_session(request).await.expect("create");

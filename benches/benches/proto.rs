@@ -87,14 +87,14 @@ fn bench(c: &mut Criterion) {
             "partial_sig",
             Body::PartialSig {
                 attempt: musig2_proto::Attempt::FIRST,
-                partial_sig: PartialSigBytes::from_bytes([0x42; 32]).expect("valid"),
+                partial_sigs: vec![PartialSigBytes::from_bytes([0x42; 32]).expect("valid")],
             },
         ),
         (
             "nonce",
             Body::Nonce {
                 attempt: musig2_proto::Attempt::FIRST,
-                pub_nonce: pub_nonce(),
+                pub_nonces: vec![pub_nonce()],
             },
         ),
     ];
@@ -231,14 +231,14 @@ fn bench_paired(_c: &mut Criterion) {
             "partial_sig",
             Body::PartialSig {
                 attempt: musig2_proto::Attempt::FIRST,
-                partial_sig: PartialSigBytes::from_bytes([0x42; 32]).expect("valid"),
+                partial_sigs: vec![PartialSigBytes::from_bytes([0x42; 32]).expect("valid")],
             },
         ),
         (
             "nonce",
             Body::Nonce {
                 attempt: musig2_proto::Attempt::FIRST,
-                pub_nonce: pub_nonce(),
+                pub_nonces: vec![pub_nonce()],
             },
         ),
     ];

@@ -47,9 +47,9 @@
 //! for node in &nodes[1..] {
 //!     node.join_session(session).await?;
 //! }
-//! let signature = nodes[0].wait_for_signature(session).await?;
+//! let signature = nodes[0].wait_for_signatures(session).await?;
 //! for node in &nodes[1..] {
-//!     assert_eq!(node.wait_for_signature(session).await?, signature);
+//!     assert_eq!(node.wait_for_signatures(session).await?, signature);
 //! }
 //! # Ok(())
 //! # }

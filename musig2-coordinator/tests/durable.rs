@@ -62,8 +62,8 @@ impl Cluster {
         SessionRequest {
             signers: self.keypairs.iter().map(|k| k.public_key()).collect(),
             peers: self.peers.iter().map(|p| Some(*p)).collect(),
-            message: message.to_vec(),
-            tweaks: Vec::new(),
+            messages: vec![musig2_proto::MessageToSign::new(message.to_vec())],
+            document_digest: None,
             policy,
         }
     }
@@ -129,20 +129,23 @@ fn assert_no_nonce_reuse(stored: &[StoredSession]) {
             let env = e.envelope();
             let signer = env.signer().as_usize() as u16;
             match env.body() {
-                Body::Nonce { attempt, pub_nonce } => {
+                Body::Nonce {
+                    attempt,
+                    pub_nonces,
+                } => {
                     nonces
                         .entry((signer, attempt.get()))
                         .or_default()
-                        .insert(pub_nonce.to_bytes().to_vec());
+                        .insert(pub_nonces.iter().flat_map(|n| n.to_bytes()).collect());
                 }
                 Body::PartialSig {
                     attempt,
-                    partial_sig,
+                    partial_sigs,
                 } => {
                     psigs
                         .entry((signer, attempt.get()))
                         .or_default()
-                        .insert(partial_sig.to_bytes().to_vec());
+                        .insert(partial_sigs.iter().flat_map(|p| p.to_bytes()).collect());
                 }
                 _ => {}
             }
@@ -181,10 +184,10 @@ async fn a_signer_that_crashes_after_sending_its_nonce_restarts_and_the_session_
             c.crash_and_restart(2).await;
             let mut sigs = Vec::new();
             for node in &c.nodes {
-                sigs.push(node.wait_for_signature(id).await.unwrap());
+                sigs.push(node.wait_for_signatures(id).await.unwrap());
             }
             assert!(sigs.iter().all(|s| *s == sigs[0]));
-            schnorr::verify(&sigs[0], b"crash after nonce", &c.aggregate_key(id).await).unwrap();
+            schnorr::verify(&sigs[0][0], b"crash after nonce", &c.aggregate_key(id).await).unwrap();
             let mut restarted_by_2 = false;
             while let Ok(e) = events.try_recv() {
                 assert!(!matches!(e, Event::Aborted { .. }), "{topology:?}: {e:?}");
@@ -213,7 +216,7 @@ async fn a_graceful_shutdown_ends_the_session_at_once_blaming_no_one() {
     let started = tokio::time::Instant::now();
     c.nodes[2].shutdown().await.unwrap();
     for node in &c.nodes[..2] {
-        match node.wait_for_signature(id).await {
+        match node.wait_for_signatures(id).await {
             Err(CoordinatorError::Aborted {
                 reason,
                 blamed,
@@ -247,14 +250,14 @@ async fn a_node_restarted_after_the_others_aborted_learns_the_end_and_blames_no_
         .await;
     c.network.crash(c.peers[2]).unwrap();
     // The others time out (node 2 was down: naming it is right).
-    let err = c.nodes[0].wait_for_signature(id).await.unwrap_err();
+    let err = c.nodes[0].wait_for_signatures(id).await.unwrap_err();
     assert!(matches!(err, CoordinatorError::Aborted { .. }));
     c.network.clear_faults();
     tokio::time::sleep(Duration::from_millis(10)).await;
     let store = c.stores[2].clone();
     c.respawn(2, store);
     let mut events = c.nodes[2].events();
-    match c.nodes[2].wait_for_signature(id).await {
+    match c.nodes[2].wait_for_signatures(id).await {
         Err(CoordinatorError::Aborted { origin, .. }) => {
             assert!(
                 matches!(origin, AbortOrigin::Remote(_)),
@@ -314,16 +317,16 @@ async fn retention_keeps_memory_and_store_flat_over_many_sessions() {
         let request = SessionRequest {
             signers: keypairs.iter().map(|k| k.public_key()).collect(),
             peers: nodes.iter().map(|n| Some(n.peer_id())).collect(),
-            message: round.to_be_bytes().to_vec(),
-            tweaks: Vec::new(),
+            messages: vec![musig2_proto::MessageToSign::new(round.to_be_bytes().to_vec())],
+            document_digest: None,
             policy,
         };
         // Paced as a busy honest creator (announcements have a byte budget per peer).
         tokio::time::sleep(Duration::from_millis(20)).await;
         let id = nodes[0].create_session(request).await.unwrap();
         nodes[1].join_session(id).await.unwrap();
-        nodes[0].wait_for_signature(id).await.unwrap();
-        nodes[1].wait_for_signature(id).await.unwrap();
+        nodes[0].wait_for_signatures(id).await.unwrap();
+        nodes[1].wait_for_signatures(id).await.unwrap();
         last = id;
         for (node, store) in nodes.iter().zip(&stores) {
             let usage = node.usage().await.unwrap();
@@ -376,15 +379,15 @@ async fn a_failing_store_commit_sends_nothing_and_aborts_locally() {
         .create_session(SessionRequest {
             signers: keypairs.iter().map(|k| k.public_key()).collect(),
             peers: vec![Some(node0.peer_id()), Some(node1.peer_id())],
-            message: b"no disk".to_vec(),
-            tweaks: Vec::new(),
+            messages: vec![musig2_proto::MessageToSign::new(b"no disk".to_vec())],
+            document_digest: None,
             policy,
         })
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     node1.join_session(id).await.unwrap();
-    match node1.wait_for_signature(id).await {
+    match node1.wait_for_signatures(id).await {
         Err(CoordinatorError::Store(_))
         | Err(CoordinatorError::Aborted {
             reason: AbortReason::Internal,
@@ -493,7 +496,7 @@ async fn run_with_crash(
     let mut sigs = Vec::new();
     let mut events: Vec<_> = c.nodes.iter().map(|n| n.events()).collect();
     for (i, node) in c.nodes.iter().enumerate() {
-        match node.wait_for_signature(id).await {
+        match node.wait_for_signatures(id).await {
             Ok(sig) => sigs.push(sig),
             Err(e) => {
                 for (j, rx) in events.iter_mut().enumerate() {
@@ -519,7 +522,7 @@ async fn run_with_crash(
         }
     }
     assert!(sigs.iter().all(|s| *s == sigs[0]), "{what}");
-    schnorr::verify(&sigs[0], message.as_bytes(), &c.aggregate_key(id).await).unwrap();
+    schnorr::verify(&sigs[0][0], message.as_bytes(), &c.aggregate_key(id).await).unwrap();
     let stored: Vec<StoredSession> = c
         .stores
         .iter()
@@ -573,7 +576,7 @@ async fn a_transcript_exports_verifies_offline_and_imports_finished_or_resumes_u
     assert_eq!(c.nodes[2].import_transcript(decoded).await.unwrap(), id);
     let mut sigs = Vec::new();
     for node in &c.nodes {
-        sigs.push(node.wait_for_signature(id).await.unwrap());
+        sigs.push(node.wait_for_signatures(id).await.unwrap());
     }
     assert!(sigs.iter().all(|s| *s == sigs[0]));
     let stored: Vec<StoredSession> = c
@@ -586,7 +589,7 @@ async fn a_transcript_exports_verifies_offline_and_imports_finished_or_resumes_u
     let finished = c.nodes[1].export_transcript(id).await.unwrap();
     let report = finished.verify(&limits).unwrap();
     assert_eq!(
-        report.signature.map(|(_, valid)| valid),
+        report.signatures.as_ref().map(|(_, valid)| *valid),
         Some(true),
         "{report}"
     );
@@ -596,7 +599,7 @@ async fn a_transcript_exports_verifies_offline_and_imports_finished_or_resumes_u
         auditor.import_transcript(finished.clone()).await.unwrap(),
         id
     );
-    assert_eq!(auditor.wait_for_signature(id).await.unwrap(), sigs[0]);
+    assert_eq!(auditor.wait_for_signatures(id).await.unwrap(), sigs[0]);
     // Twice is refused; a node whose key is not in the session refuses it.
     assert!(matches!(
         auditor.import_transcript(finished.clone()).await,
@@ -646,16 +649,16 @@ async fn concurrent_sessions_sign_on_redb_stores_and_survive_a_reopen() {
         let request = SessionRequest {
             signers: keypairs.iter().map(|k| k.public_key()).collect(),
             peers: nodes.iter().map(|n| Some(n.peer_id())).collect(),
-            message: round.to_be_bytes().to_vec(),
-            tweaks: Vec::new(),
+            messages: vec![musig2_proto::MessageToSign::new(round.to_be_bytes().to_vec())],
+            document_digest: None,
             policy,
         };
         let nodes = nodes.clone();
         tasks.push(tokio::spawn(async move {
             let id = nodes[0].create_session(request).await.unwrap();
             nodes[1].join_session(id).await.unwrap();
-            let a = nodes[0].wait_for_signature(id).await.unwrap();
-            let b = nodes[1].wait_for_signature(id).await.unwrap();
+            let a = nodes[0].wait_for_signatures(id).await.unwrap();
+            let b = nodes[1].wait_for_signatures(id).await.unwrap();
             assert_eq!(a, b);
             id
         }));

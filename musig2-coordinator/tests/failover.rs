@@ -20,8 +20,8 @@ fn request(nodes: &[Node], keys: &[Keypair], message: &[u8], policy: Policy) -> 
     SessionRequest {
         signers: keys.iter().map(Keypair::public_key).collect(),
         peers: nodes.iter().map(|n| Some(n.peer_id())).collect(),
-        message: message.to_vec(),
-        tweaks: Vec::new(),
+        messages: vec![musig2_proto::MessageToSign::new(message.to_vec())],
+        document_digest: None,
         policy,
     }
 }
@@ -83,7 +83,7 @@ async fn an_aggregator_cut_off_at_the_start_is_replaced_and_the_session_signs() 
         network.heal();
         let mut sigs = Vec::new();
         for node in &nodes {
-            sigs.push(node.wait_for_signature(id).await.expect("signed"));
+            sigs.push(node.wait_for_signatures(id).await.expect("signed"));
         }
         assert!(sigs.iter().all(|s| *s == sigs[0]));
         let h = nodes[3].health(id).await.unwrap();
@@ -239,8 +239,8 @@ async fn a_crashed_aggregator_over_libp2p_is_replaced_and_signs_when_back() {
             Some(others[0].peer_id()),
             Some(others[1].peer_id()),
         ],
-        message: b"libp2p failover".to_vec(),
-        tweaks: Vec::new(),
+        messages: vec![musig2_proto::MessageToSign::new(b"libp2p failover".to_vec())],
+        document_digest: None,
         policy,
     };
     let mut events = others[1].events();
@@ -277,7 +277,7 @@ async fn a_crashed_aggregator_over_libp2p_is_replaced_and_signs_when_back() {
         .expect("node 0 restarted");
     let mut sigs = Vec::new();
     for node in [&node0, &others[0], &others[1]] {
-        let sig = tokio::time::timeout(Duration::from_secs(60), node.wait_for_signature(id))
+        let sig = tokio::time::timeout(Duration::from_secs(60), node.wait_for_signatures(id))
             .await
             .expect("signed in time")
             .expect("signed");

@@ -32,8 +32,8 @@ fn request(keypairs: &[Keypair], node: &Node) -> SessionRequest {
         signers: keypairs.iter().map(|k| k.public_key()).collect(),
         // No peer ids: round 1 waits until every signer has joined.
         peers: Vec::new(),
-        message: b"read me first".to_vec(),
-        tweaks: Vec::new(),
+        messages: vec![musig2_proto::MessageToSign::new(b"read me first".to_vec())],
+        document_digest: None,
         policy: node.default_policy(),
     }
 }
@@ -49,8 +49,8 @@ async fn a_signer_may_join_late_within_the_join_window() {
     // Far past the 30 s nonce timeout, within the 2-minute join window.
     tokio::time::sleep(Duration::from_secs(100)).await;
     nodes[1].join_session(id).await.expect("join late");
-    let a: schnorr::Signature = nodes[0].wait_for_signature(id).await.expect("signed");
-    let b = nodes[1].wait_for_signature(id).await.expect("signed");
+    let a: Vec<schnorr::Signature> = nodes[0].wait_for_signatures(id).await.expect("signed");
+    let b = nodes[1].wait_for_signatures(id).await.expect("signed");
     assert_eq!(a, b);
 }
 
@@ -62,7 +62,7 @@ async fn the_join_window_ends_when_announced() {
         .create_session(request(&keypairs, &nodes[0]))
         .await
         .expect("create");
-    match nodes[0].wait_for_signature(id).await {
+    match nodes[0].wait_for_signatures(id).await {
         Err(CoordinatorError::Aborted { reason, blamed, .. }) => {
             assert_eq!(reason, AbortReason::Timeout);
             assert_eq!(blamed.len(), 1);
@@ -86,6 +86,6 @@ async fn with_announced_peers_round_one_waits_out_the_join_window_too() {
     let id = nodes[0].create_session(request).await.expect("create");
     tokio::time::sleep(Duration::from_secs(100)).await;
     nodes[1].join_session(id).await.expect("join late");
-    let a = nodes[0].wait_for_signature(id).await.expect("signed");
-    assert_eq!(a, nodes[1].wait_for_signature(id).await.expect("signed"));
+    let a = nodes[0].wait_for_signatures(id).await.expect("signed");
+    assert_eq!(a, nodes[1].wait_for_signatures(id).await.expect("signed"));
 }

@@ -66,8 +66,8 @@ impl Network {
         let request = SessionRequest {
             signers: self.keypairs.iter().map(Keypair::public_key).collect(),
             peers,
-            message: message.to_vec(),
-            tweaks: Vec::new(),
+            messages: vec![musig2_proto::MessageToSign::new(message.to_vec())],
+            document_digest: None,
             policy,
         };
         self.nodes[0]
@@ -119,7 +119,7 @@ impl Network {
         for (i, found) in discovered.into_iter().enumerate() {
             let found = found.expect("discovered through the DHT");
             assert_eq!(found.session_id(), session);
-            assert_eq!(found.announcement().message, message);
+            assert_eq!(found.announcement().messages[0].message, message);
             assert!(found.index_of(&self.keypairs[i + 1].public_key()).is_some());
         }
         let joined = futures::future::join_all(
@@ -133,11 +133,15 @@ impl Network {
         }
 
         let signatures =
-            futures::future::join_all(self.nodes.iter().map(|n| n.wait_for_signature(session)))
+            futures::future::join_all(self.nodes.iter().map(|n| n.wait_for_signatures(session)))
                 .await;
         let signatures: Vec<schnorr::Signature> = signatures
             .into_iter()
-            .map(|s| s.expect("signature"))
+            .map(|s| {
+                let sigs = s.expect("signature");
+                assert_eq!(sigs.len(), 1, "one message, one signature");
+                sigs[0]
+            })
             .collect();
         let first = signatures[0];
         assert!(
@@ -229,8 +233,8 @@ fn announcement_by(creator: &Keypair, signers: Vec<secp256k1::PublicKey>) -> Sig
             .into_iter()
             .map(|key| musig2_proto::SignerInfo { key, peer_id: None })
             .collect(),
-        message: b"flood".to_vec(),
-        tweaks: Vec::new(),
+        messages: vec![musig2_proto::MessageToSign::new(b"flood".to_vec())],
+        document_digest: None,
         creator: musig2_proto::SignerIndex::try_from(creator_index).unwrap(),
         policy: musig2_proto::Policy::default(),
         salt: rand::random(),
@@ -296,8 +300,8 @@ async fn dht_record_flood_cannot_stop_a_node_announcing() {
         let request = SessionRequest {
             signers: vec![victim_key.public_key(), helper.public_key()],
             peers: Vec::new(),
-            message: b"still announcing".to_vec(),
-            tweaks: Vec::new(),
+            messages: vec![musig2_proto::MessageToSign::new(b"still announcing".to_vec())],
+            document_digest: None,
             policy: victim.default_policy(),
         };
         let session = victim

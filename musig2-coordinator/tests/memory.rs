@@ -55,8 +55,8 @@ impl Cluster {
             } else {
                 Vec::new()
             },
-            message: message.to_vec(),
-            tweaks: Vec::new(),
+            messages: vec![musig2_proto::MessageToSign::new(message.to_vec())],
+            document_digest: None,
             policy: Policy {
                 topology,
                 nonce_commitment: commit,
@@ -68,14 +68,14 @@ impl Cluster {
 
     /// Creates on node 0, joins everywhere else, and returns every node's signature.
     async fn sign(&self, request: SessionRequest) -> (SessionId, Vec<schnorr::Signature>) {
-        let message = request.message.clone();
+        let message = request.messages[0].message.clone();
         let id = self.nodes[0].create_session(request).await.expect("create");
         for node in &self.nodes[1..] {
             node.join_session(id).await.expect("join");
         }
         let mut sigs = Vec::new();
         for node in &self.nodes {
-            sigs.push(node.wait_for_signature(id).await.expect("signature"));
+            sigs.push(single(node.wait_for_signatures(id).await.expect("signature")));
         }
         let health = self.nodes[0].health(id).await.expect("health");
         verify_all(&sigs, &message, &self.aggregate_key(id).await);
@@ -90,6 +90,12 @@ impl Cluster {
             .expect("keyagg")
             .x_only_key()
     }
+}
+
+/// The one signature of a single-message session.
+fn single(sigs: Vec<schnorr::Signature>) -> schnorr::Signature {
+    assert_eq!(sigs.len(), 1, "one message, one signature");
+    sigs[0]
 }
 
 fn verify_all(sigs: &[schnorr::Signature], message: &[u8], key: &secp256k1::XOnlyPublicKey) {
@@ -158,7 +164,7 @@ async fn poisoned_dht_records_are_skipped() {
         .unwrap();
     let found = c.nodes[2].discover_session(id).await.unwrap();
     assert_eq!(found.session_id(), id);
-    assert_eq!(found.announcement().message, b"real");
+    assert_eq!(found.announcement().messages[0].message, b"real");
     // A session id nobody announced is not found.
     let missing = SessionId::from_bytes([42; 32]);
     assert!(c.nodes[2].discover_session(missing).await.is_err());
@@ -196,7 +202,7 @@ async fn concurrent_sessions_on_the_same_nodes_including_the_same_message() {
     for (id, msg) in &ids {
         let mut sigs = Vec::new();
         for node in &c.nodes {
-            sigs.push(node.wait_for_signature(*id).await.unwrap());
+            sigs.push(single(node.wait_for_signatures(*id).await.unwrap()));
         }
         verify_all(&sigs, msg, &c.aggregate_key(*id).await);
         first_sigs.push(sigs[0]);
@@ -227,7 +233,7 @@ async fn a_crashed_signer_is_named_after_the_timeout() {
     c.nodes[1].join_session(id).await.unwrap();
     // Signer 2 never joins: its node crashes.
     c.network.crash(c.nodes[2].peer_id()).unwrap();
-    let err = c.nodes[0].wait_for_signature(id).await.unwrap_err();
+    let err = c.nodes[0].wait_for_signatures(id).await.unwrap_err();
     let signer2 = c.nodes[0]
         .discover_session(id)
         .await
@@ -293,7 +299,7 @@ async fn events_report_the_session_lifecycle() {
         last,
         Some(&Event::SignatureReady {
             session: id,
-            signature: sigs[1]
+            signatures: vec![sigs[1]]
         })
     );
 }

@@ -67,8 +67,8 @@ fn announcement(
                     .map(|p| PeerIdBytes::new(p.to_bytes()).unwrap()),
             })
             .collect(),
-        message: b"outsider".to_vec(),
-        tweaks: Vec::new(),
+        messages: vec![musig2_proto::MessageToSign::new(b"outsider".to_vec())],
+        document_digest: None,
         creator: SignerIndex::try_from(
             signers
                 .iter()
@@ -119,8 +119,8 @@ fn request(
     SessionRequest {
         signers: signers.iter().map(|k| k.public_key()).collect(),
         peers: nodes.iter().map(|n| Some(n.peer_id())).collect(),
-        message: message.to_vec(),
-        tweaks: Vec::new(),
+        messages: vec![musig2_proto::MessageToSign::new(message.to_vec())],
+        document_digest: None,
         policy,
     }
 }
@@ -215,8 +215,8 @@ async fn announcement_flood_cannot_lock_a_node_out_of_signing() {
         .await
         .expect("the victim can join");
     for id in [by_victim, by_honest] {
-        let sig = victim.wait_for_signature(id).await.expect("signed");
-        assert_eq!(honest.wait_for_signature(id).await.expect("signed"), sig);
+        let sig = victim.wait_for_signatures(id).await.expect("signed");
+        assert_eq!(honest.wait_for_signatures(id).await.expect("signed"), sig);
     }
 
     // Un-joined sessions are dropped after the node's own lifetime for them.
@@ -365,7 +365,7 @@ async fn a_misrouted_signer_refuses_and_the_others_hear_its_claim() {
     assert!(saw_refusal);
     // The witness joins and then hears the victim's signed abort: a claim naming the creator.
     let _ = witness.join_session(id).await;
-    let outcome = witness.wait_for_signature(id).await;
+    let outcome = witness.wait_for_signatures(id).await;
     match outcome {
         Err(CoordinatorError::Aborted {
             reason,
@@ -435,7 +435,7 @@ async fn a_relay_is_not_blocked_for_what_an_author_signed() {
     };
     let nonce_body = || Body::Nonce {
         attempt: musig2_proto::Attempt::FIRST,
-        pub_nonce: nonce,
+        pub_nonces: vec![nonce],
     };
     liar.send(
         victim.peer_id(),
@@ -525,7 +525,7 @@ async fn one_creator_cannot_take_every_session_slot() {
         .expect("create");
     victim.join_session(id).await.expect("a slot is left");
     assert_eq!(
-        victim.wait_for_signature(id).await.expect("signed"),
-        honest.wait_for_signature(id).await.expect("signed")
+        victim.wait_for_signatures(id).await.expect("signed"),
+        honest.wait_for_signatures(id).await.expect("signed")
     );
 }

@@ -351,7 +351,7 @@ async fn outcome(
     if !health.phase.is_terminal() {
         return Ok(None);
     }
-    Ok(Some(match node.wait_for_signature(session).await {
+    Ok(Some(match node.wait_for_signatures(session).await {
         Ok(signature) => Ok(signature),
         Err(e) => Err(aborted(node, e).await),
     }))
@@ -366,7 +366,7 @@ async fn wait_for_signature(
     let mut events = node.events();
     let mut looked_up = false;
     loop {
-        match node.wait_for_signature(session).await {
+        match node.wait_for_signatures(session).await {
             Err(CoordinatorError::UnknownSession(_)) => {}
             Ok(signature) => return Ok(signature),
             Err(e) => return Err(aborted(node, e).await),

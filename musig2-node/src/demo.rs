@@ -207,8 +207,8 @@ async fn sign(
     let request = SessionRequest {
         signers: signers.clone(),
         peers,
-        message: DEMO_MESSAGE.to_vec(),
-        tweaks: Vec::new(),
+        messages: vec![musig2_proto::MessageToSign::new(DEMO_MESSAGE.to_vec())],
+        document_digest: None,
         policy,
     };
 
@@ -229,7 +229,7 @@ async fn sign(
     }
     let mut signatures = Vec::with_capacity(nodes.len());
     for node in nodes {
-        signatures.push(node.wait_for_signature(session).await?);
+        signatures.push(node.wait_for_signatures(session).await?);
     }
     let total = start.elapsed();
 

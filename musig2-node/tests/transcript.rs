@@ -93,7 +93,7 @@ fn signed_session() -> (Transcript, schnorr::Signature) {
         let signer = idx(u16::try_from(i).expect("small"));
         let body = Body::Nonce {
             attempt: a,
-            pub_nonce: *pub_nonce,
+            pub_nonces: vec![*pub_nonce],
         };
         record(
             ann.sign_envelope(signer, seq2, now, body, &keys[i])
@@ -109,7 +109,7 @@ fn signed_session() -> (Transcript, schnorr::Signature) {
         psigs.push(psig);
         let body = Body::PartialSig {
             attempt: a,
-            partial_sig: PartialSigBytes::from_bytes(psig.to_bytes()).expect("psig"),
+            partial_sigs: vec![PartialSigBytes::from_bytes(psig.to_bytes()).expect("psig")],
         };
         let signer = idx(u16::try_from(i).expect("small"));
         record(

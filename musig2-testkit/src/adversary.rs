@@ -657,7 +657,7 @@ impl Actor {
         }
         let body = Body::Nonce {
             attempt,
-            pub_nonce: nonce,
+            pub_nonces: vec![nonce],
         };
         if let Some(env) = self.own(body) {
             self.send_all(&targets, &env.to_frame_bytes()).await;
@@ -967,7 +967,7 @@ impl Actor {
             if let Ok(forged) = PartialSigBytes::from_bytes(junk) {
                 let body = Body::PartialSig {
                     attempt,
-                    partial_sig: forged,
+                    partial_sigs: vec![forged],
                 };
                 self.send_forged(victim, 4, body).await;
             }

@@ -406,8 +406,8 @@ impl Scenario {
         let request = SessionRequest {
             signers: keypairs.iter().map(Keypair::public_key).collect(),
             peers: peers.clone(),
-            message: self.message.clone(),
-            tweaks: Vec::new(),
+            messages: vec![musig2_proto::MessageToSign::new(self.message.clone())],
+            document_digest: None,
             policy,
         };
         if let (Some(fault), Net::Memory(network)) = (self.link_fault, &net) {
@@ -802,8 +802,8 @@ impl Scenario {
         ChaCha20Rng::seed_from_u64(self.seed ^ 0x5a17).fill_bytes(&mut salt);
         let announcement = Announcement {
             signers,
-            message: request.message.clone(),
-            tweaks: Vec::new(),
+            messages: vec![musig2_proto::MessageToSign::new(request.message.clone())],
+            document_digest: None,
             creator,
             policy: request.policy,
             salt,
@@ -826,7 +826,7 @@ fn most_per_attempt<T>(seen: &BTreeMap<(usize, u16), BTreeSet<T>>, i: usize) -> 
 /// The outcome `node` holds or reaches for `session` (a node restarted after its session ended
 /// emits no event for it, but answers).
 async fn outcome_of(node: &Node, session: SessionId, deadline: Duration) -> Outcome {
-    match tokio::time::timeout(deadline, node.wait_for_signature(session)).await {
+    match tokio::time::timeout(deadline, node.wait_for_signatures(session)).await {
         Ok(Ok(signature)) => Outcome::Signed(signature),
         Ok(Err(CoordinatorError::Aborted {
             reason,

@@ -182,8 +182,8 @@ fn announce(
                 peer_id: PeerIdBytes::new(peer.to_bytes()).ok(),
             })
             .collect(),
-        message: message.to_vec(),
-        tweaks: Vec::new(),
+        messages: vec![musig2_proto::MessageToSign::new(message.to_vec())],
+        document_digest: None,
         creator: SignerIndex::try_from(position).expect("index"),
         policy,
         salt: [salt; 32],
@@ -312,7 +312,7 @@ async fn split_view(
         joined.push((claimed, session));
     }
     for (node, (claimed, session)) in nodes.iter().zip(joined) {
-        let outcome = node.wait_for_signature(session).await;
+        let outcome = node.wait_for_signatures(session).await;
         let mut known = Vec::new();
         for health in node.sessions().await.expect("sessions") {
             let ann = node

@@ -420,7 +420,7 @@ fn equivocating_nonces_are_blamed_on_the_equivocator() {
                     &e,
                     Body::Nonce {
                         attempt: *attempt,
-                        pub_nonce: second,
+                        pub_nonces: vec![second],
                     },
                     &keypairs[2],
                 )];
@@ -451,7 +451,7 @@ fn a_reveal_that_breaks_its_commitment_is_blamed() {
                         &e,
                         Body::Nonce {
                             attempt: *attempt,
-                            pub_nonce: fake,
+                            pub_nonces: vec![fake],
                         },
                         &keypairs[1],
                     )];
@@ -488,7 +488,7 @@ fn an_invalid_partial_signature_is_blamed_by_every_honest_node() {
                         &e,
                         Body::PartialSig {
                             attempt: *attempt,
-                            partial_sig: PartialSigBytes::from_bytes(bytes).unwrap(),
+                            partial_sigs: vec![PartialSigBytes::from_bytes(bytes).unwrap()],
                         },
                         &keypairs[1],
                     )];
@@ -597,7 +597,7 @@ fn replay_skew_gap_and_attempt_are_checked() {
     // contribution is not.
     let nonce = Body::Nonce {
         attempt: Attempt::FIRST,
-        pub_nonce: other_nonce(&mut net.rng, &kp1),
+        pub_nonces: vec![other_nonce(&mut net.rng, &kp1)],
     };
     let m = &mut net.machines[0];
     let p1 = net.peers[1];
@@ -619,7 +619,7 @@ fn replay_skew_gap_and_attempt_are_checked() {
         T0,
         Body::Nonce {
             attempt: Attempt::new(5).unwrap(),
-            pub_nonce: other_nonce(&mut ChaCha20Rng::seed_from_u64(1), &kp1),
+            pub_nonces: vec![other_nonce(&mut ChaCha20Rng::seed_from_u64(1), &kp1)],
         },
     );
     assert!(matches!(
@@ -689,7 +689,7 @@ fn a_reused_sequence_number_with_other_content_is_equivocation_even_when_stale_o
     // signer 2's peer: its own signature convicts it, whoever relays and however late.
     let nonce = Body::Nonce {
         attempt: Attempt::FIRST,
-        pub_nonce: other_nonce(&mut ChaCha20Rng::seed_from_u64(2), &kp1),
+        pub_nonces: vec![other_nonce(&mut ChaCha20Rng::seed_from_u64(2), &kp1)],
     };
     m.handle_envelope(p2, sign(1, T0 + 3_600_000, nonce), T0, &mut net.rng)
         .expect("the abort is an outcome, not a rejection");
