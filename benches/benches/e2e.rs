@@ -507,7 +507,9 @@ async fn memory_throughput_with(
     let request = SessionRequest {
         signers: keys,
         peers: nodes.iter().map(|n| Some(n.peer_id())).collect(),
-        messages: vec![musig2_proto::MessageToSign::new(b"memory throughput".to_vec())],
+        messages: vec![musig2_proto::MessageToSign::new(
+            b"memory throughput".to_vec(),
+        )],
         document_digest: None,
         policy,
     };
@@ -1000,7 +1002,9 @@ async fn failover_bench(quick: bool) {
     let request = || SessionRequest {
         signers: keypairs.iter().map(Keypair::public_key).collect(),
         peers: peers.clone(),
-        messages: vec![musig2_proto::MessageToSign::new(rand::random::<[u8; 32]>().to_vec())],
+        messages: vec![musig2_proto::MessageToSign::new(
+            rand::random::<[u8; 32]>().to_vec(),
+        )],
         document_digest: None,
         policy,
     };

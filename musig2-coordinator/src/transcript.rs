@@ -1122,7 +1122,7 @@ mod tests {
                 NOW,
                 NOW + 600_000,
             );
-            a.tweaks = vec![Tweak::new([3u8; 32], true).expect("tweak")];
+            a.messages[0].tweaks = vec![Tweak::new([3u8; 32], true).expect("tweak")];
             a.policy.topology = topology;
             let signed = a.sign(&keys[0], &Limits::default()).expect("sign");
             let ann = signed.verify(NOW, &Limits::default()).expect("verify");
@@ -1149,7 +1149,7 @@ mod tests {
             NonceGen::new(self.keys[s].public_key())
                 .secret_key(&sk)
                 .key_agg(&self.key_agg)
-                .message(&self.ann.announcement().message)
+                .message(&self.ann.announcement().messages[0].message)
                 .generate(&mut rand::rng())
                 .expect("nonce")
         }
@@ -1177,7 +1177,7 @@ mod tests {
             for (s, (_, p)) in nonces.iter().enumerate() {
                 let pub_nonce = PubNonceBytes::from_bytes(p.to_bytes()).expect("nonce");
                 let commitment =
-                    NonceCommitment::compute(&self.ann.session_id(), idx(s), a, &pub_nonce);
+                    NonceCommitment::compute(&self.ann.session_id(), idx(s), a, &[pub_nonce]);
                 out.push(self.sign(
                     s,
                     Body::NonceCommit {
@@ -1192,12 +1192,12 @@ mod tests {
                     s,
                     Body::Nonce {
                         attempt: a,
-                        pub_nonce,
+                        pub_nonces: vec![pub_nonce],
                     },
                 ));
             }
             let pubs: Vec<PubNonce> = nonces.iter().map(|(_, p)| *p).collect();
-            let msg = self.ann.announcement().message.clone();
+            let msg = self.ann.announcement().messages[0].message.clone();
             let ctx = SessionContext::new(&self.key_agg, &AggNonce::aggregate(&pubs), &msg);
             let mut psigs = Vec::new();
             for (s, (sec, _)) in nonces.into_iter().enumerate() {
@@ -1211,7 +1211,7 @@ mod tests {
                     s,
                     Body::PartialSig {
                         attempt: a,
-                        partial_sig,
+                        partial_sigs: vec![partial_sig],
                     },
                 ));
             }
@@ -1224,9 +1224,9 @@ mod tests {
     fn complete_session_verifies_with_valid_signature_and_no_proofs() {
         let mut f = Fixture::new(3, Topology::Mesh);
         let (envelopes, sig) = f.mesh(None);
-        let t = f.transcript(envelopes, Some(Outcome::Signed(sig)));
+        let t = f.transcript(envelopes, Some(Outcome::Signed(vec![sig])));
         let report = t.verify(&TranscriptLimits::default()).expect("verifies");
-        assert_eq!(report.signature, Some((sig, true)));
+        assert_eq!(report.signatures, Some((vec![sig], true)));
         assert!(report.signatures_valid());
         assert!(report.proofs.is_empty(), "{:?}", report.proofs);
         assert!(report.claims.is_empty());
@@ -1237,10 +1237,10 @@ mod tests {
         );
         assert_eq!(report.attempts, vec![Attempt::FIRST]);
         assert_eq!(report.session, f.ann.session_id());
-        assert_eq!(report.output_key, f.key_agg.x_only_key());
+        assert_eq!(report.messages[0].output_key, f.key_agg.x_only_key());
         let untweaked = KeyAggContext::new(&f.ann.signer_keys()).expect("agg");
         assert_eq!(report.untweaked_key, untweaked.aggregate_key());
-        assert_ne!(report.untweaked_key, report.tweaked_key);
+        assert_ne!(report.untweaked_key, report.messages[0].tweaked_key);
         let text = report.to_string();
         assert!(text.contains("(valid)") && !text.contains('\x1b'), "{text}");
 
@@ -1249,10 +1249,12 @@ mod tests {
         other[63] ^= 1;
         let t = f.transcript(
             t.envelopes.clone(),
-            Some(Outcome::Signed(schnorr::Signature::from_byte_array(other))),
+            Some(Outcome::Signed(vec![schnorr::Signature::from_byte_array(
+                other,
+            )])),
         );
         let report = t.verify(&TranscriptLimits::default()).expect("consistent");
-        assert_eq!(report.signature.map(|s| s.1), Some(false));
+        assert_eq!(report.signatures.as_ref().map(|s| s.1), Some(false));
         assert!(!report.signatures_valid());
     }
 
@@ -1260,7 +1262,7 @@ mod tests {
     fn tampered_envelope_is_an_error_naming_its_index_and_signer() {
         let mut f = Fixture::new(3, Topology::Mesh);
         let (envelopes, sig) = f.mesh(None);
-        let t = f.transcript(envelopes, Some(Outcome::Signed(sig)));
+        let t = f.transcript(envelopes, Some(Outcome::Signed(vec![sig])));
         let mut bytes = t.encode();
         // The last byte of envelope 4's frame is the last byte of its signature.
         let frame = t.envelopes[4].to_frame_bytes();
@@ -1293,7 +1295,7 @@ mod tests {
             1,
             Body::Nonce {
                 attempt: Attempt::FIRST,
-                pub_nonce,
+                pub_nonces: vec![pub_nonce],
             },
         ));
         let t = f.transcript(envelopes, None);
@@ -1383,7 +1385,7 @@ mod tests {
         );
         assert_eq!(proof.evidence, vec![8, 3, 4, 5]);
         assert_eq!(report.partial_sigs_checked, 3);
-        assert_eq!(report.signature, None);
+        assert_eq!(report.signatures, None);
         // The exporter's own finding is a claim too, not a proof.
         assert_eq!(report.claims.len(), 1);
         assert_eq!(report.claims[0].claimant, Some(idx(0)));
@@ -1434,7 +1436,7 @@ mod tests {
         let session = f.ann.session_id();
         let committed = PubNonceBytes::from_bytes(committed.to_bytes()).expect("nonce");
         let pub_nonce = PubNonceBytes::from_bytes(revealed.to_bytes()).expect("nonce");
-        let commitment = NonceCommitment::compute(&session, idx(0), a, &committed);
+        let commitment = NonceCommitment::compute(&session, idx(0), a, &[committed]);
         let envelopes = vec![
             f.sign(
                 0,
@@ -1447,7 +1449,7 @@ mod tests {
                 0,
                 Body::Nonce {
                     attempt: a,
-                    pub_nonce,
+                    pub_nonces: vec![pub_nonce],
                 },
             ),
         ];
@@ -1480,7 +1482,7 @@ mod tests {
                     s,
                     Body::Nonce {
                         attempt: a,
-                        pub_nonce,
+                        pub_nonces: vec![pub_nonce],
                     },
                 )
                 .verify(&f.ann)
@@ -1496,13 +1498,14 @@ mod tests {
         };
         let lie = Body::AggregateNonce {
             attempt: a,
-            agg_nonce: musig2_proto::AggNonceBytes::aggregate(&[relayed[0].pub_nonce])
-                .expect("agg"),
+            agg_nonces: vec![
+                musig2_proto::AggNonceBytes::aggregate(&relayed[0].pub_nonces).expect("agg"),
+            ],
             nonces: relayed.clone(),
         };
         // Signer 1's view: the coordinator's (signer 0's) aggregate, then its own partial sig.
         let pubs: Vec<PubNonce> = nonces.iter().map(|(_, p)| *p).collect();
-        let msg = f.ann.announcement().message.clone();
+        let msg = f.ann.announcement().messages[0].message.clone();
         let ctx = SessionContext::new(&f.key_agg, &AggNonce::aggregate(&pubs), &msg);
         let [_, (sec1, _), _] = nonces.try_into().map_err(|_| ()).expect("three");
         let psig = ctx.sign(sec1, &f.keys[1]).expect("sign");
@@ -1513,7 +1516,7 @@ mod tests {
                 1,
                 Body::PartialSig {
                     attempt: a,
-                    partial_sig,
+                    partial_sigs: vec![partial_sig],
                 },
             ),
             f.sign(0, lie),
@@ -1552,7 +1555,7 @@ mod tests {
         for t in [
             Transcript::from_stored(&stored, Some(idx(1))),
             Transcript {
-                outcome: Some(Outcome::Signed(sig)),
+                outcome: Some(Outcome::Signed(vec![sig])),
                 exporter: None,
                 ..Transcript::from_stored(&stored, None)
             },

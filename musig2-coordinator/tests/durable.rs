@@ -187,7 +187,12 @@ async fn a_signer_that_crashes_after_sending_its_nonce_restarts_and_the_session_
                 sigs.push(node.wait_for_signatures(id).await.unwrap());
             }
             assert!(sigs.iter().all(|s| *s == sigs[0]));
-            schnorr::verify(&sigs[0][0], b"crash after nonce", &c.aggregate_key(id).await).unwrap();
+            schnorr::verify(
+                &sigs[0][0],
+                b"crash after nonce",
+                &c.aggregate_key(id).await,
+            )
+            .unwrap();
             let mut restarted_by_2 = false;
             while let Ok(e) = events.try_recv() {
                 assert!(!matches!(e, Event::Aborted { .. }), "{topology:?}: {e:?}");
@@ -317,7 +322,9 @@ async fn retention_keeps_memory_and_store_flat_over_many_sessions() {
         let request = SessionRequest {
             signers: keypairs.iter().map(|k| k.public_key()).collect(),
             peers: nodes.iter().map(|n| Some(n.peer_id())).collect(),
-            messages: vec![musig2_proto::MessageToSign::new(round.to_be_bytes().to_vec())],
+            messages: vec![musig2_proto::MessageToSign::new(
+                round.to_be_bytes().to_vec(),
+            )],
             document_digest: None,
             policy,
         };
@@ -649,7 +656,9 @@ async fn concurrent_sessions_sign_on_redb_stores_and_survive_a_reopen() {
         let request = SessionRequest {
             signers: keypairs.iter().map(|k| k.public_key()).collect(),
             peers: nodes.iter().map(|n| Some(n.peer_id())).collect(),
-            messages: vec![musig2_proto::MessageToSign::new(round.to_be_bytes().to_vec())],
+            messages: vec![musig2_proto::MessageToSign::new(
+                round.to_be_bytes().to_vec(),
+            )],
             document_digest: None,
             policy,
         };

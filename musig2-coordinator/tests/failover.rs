@@ -239,7 +239,9 @@ async fn a_crashed_aggregator_over_libp2p_is_replaced_and_signs_when_back() {
             Some(others[0].peer_id()),
             Some(others[1].peer_id()),
         ],
-        messages: vec![musig2_proto::MessageToSign::new(b"libp2p failover".to_vec())],
+        messages: vec![musig2_proto::MessageToSign::new(
+            b"libp2p failover".to_vec(),
+        )],
         document_digest: None,
         policy,
     };

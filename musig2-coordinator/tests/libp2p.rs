@@ -300,7 +300,9 @@ async fn dht_record_flood_cannot_stop_a_node_announcing() {
         let request = SessionRequest {
             signers: vec![victim_key.public_key(), helper.public_key()],
             peers: Vec::new(),
-            messages: vec![musig2_proto::MessageToSign::new(b"still announcing".to_vec())],
+            messages: vec![musig2_proto::MessageToSign::new(
+                b"still announcing".to_vec(),
+            )],
             document_digest: None,
             policy: victim.default_policy(),
         };

@@ -75,7 +75,9 @@ impl Cluster {
         }
         let mut sigs = Vec::new();
         for node in &self.nodes {
-            sigs.push(single(node.wait_for_signatures(id).await.expect("signature")));
+            sigs.push(single(
+                node.wait_for_signatures(id).await.expect("signature"),
+            ));
         }
         let health = self.nodes[0].health(id).await.expect("health");
         verify_all(&sigs, &message, &self.aggregate_key(id).await);

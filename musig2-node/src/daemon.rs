@@ -339,7 +339,7 @@ pub async fn on_signature(node: Node, mut events: broadcast::Receiver<Event>, co
                 tokio::spawn(async move {
                     let _slot = slot;
                     let message = match node.discover_session(session).await {
-                        Ok(ann) => hex::encode(&ann.announcement().message),
+                        Ok(ann) => hex::encode(&ann.announcement().messages[0].message),
                         Err(error) => {
                             tracing::warn!(%session, %error, "no announcement for --on-signature");
                             return;

@@ -62,7 +62,7 @@ fn signed_session() -> (Transcript, schnorr::Signature) {
         .verify(now, &Limits::default())
         .expect("verify");
     let key_agg = KeyAggContext::new(&ann.signer_keys()).expect("key agg");
-    let msg = ann.announcement().message.clone();
+    let msg = ann.announcement().messages[0].message.clone();
     let a = Attempt::FIRST;
     let mut stored = StoredSession::new(announcement.clone(), now);
     let mut record = |env: SignedEnvelope| stored.apply(&Record::Envelope(env));

@@ -898,7 +898,7 @@ impl Actor {
         let (sec, public) = NonceGen::new(self.keypair.public_key())
             .secret_key(&sk)
             .key_agg(&s.key_agg)
-            .message(&s.ann.announcement().message)
+            .message(&s.ann.announcement().messages[0].message)
             .generate(&mut self.rng)
             .ok()?;
         if keep {
@@ -943,7 +943,7 @@ impl Actor {
             let context = SessionContext::new(
                 &s.key_agg,
                 &AggNonce::aggregate(&pubnonces.unwrap_or_default()),
-                &s.ann.announcement().message,
+                &s.ann.announcement().messages[0].message,
             );
             let Some(sec) = s.secnonce.take() else { return };
             context

@@ -809,6 +809,7 @@ impl Scenario {
             salt,
             created_at_ms: now,
             expires_at_ms: now.saturating_add(session_ms),
+            document_digest: None,
         };
         Ok(announcement.sign(keypair, &self.config.limits)?)
     }

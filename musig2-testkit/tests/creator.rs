@@ -189,6 +189,7 @@ fn announce(
         salt: [salt; 32],
         created_at_ms: now,
         expires_at_ms: now + 120_000,
+        document_digest: None,
     };
     announcement
         .sign(&keys[creator], &test_config().limits)
@@ -319,7 +320,10 @@ async fn split_view(
                 .discover_session(health.session)
                 .await
                 .expect("a known session's announcement");
-            known.push((health.session, ann.announcement().message.clone()));
+            known.push((
+                health.session,
+                ann.announcement().messages[0].message.clone(),
+            ));
         }
         outcomes.push(SplitOutcome {
             joined_claimed_id: claimed,
@@ -375,7 +379,7 @@ async fn adversarial_creator_cannot_show_two_announcements_under_one_id() {
                 for (id, message) in &out.known {
                     assert_eq!(
                         message,
-                        &content(*id).announcement().message,
+                        &content(*id).announcement().messages[0].message,
                         "{what}: signer {i} holds another content under {id}"
                     );
                 }

@@ -83,8 +83,10 @@ impl Net {
                         .then(|| PeerIdBytes::new(p.to_bytes()).unwrap()),
                 })
                 .collect(),
-            message: MSG.to_vec(),
-            tweaks: Vec::new(),
+            messages: vec![musig2_proto::MessageToSign {
+                message: MSG.to_vec(),
+                tweaks: Vec::new(),
+            }],
             creator: SignerIndex::new(0).unwrap(),
             policy: Policy {
                 nonce_commitment: commit,
@@ -100,6 +102,7 @@ impl Net {
             salt: [9; 32],
             created_at_ms: T0,
             expires_at_ms: T0 + 600_000,
+            document_digest: None,
         };
         let mut announcement = announcement;
         edit(&mut announcement.policy);
@@ -187,7 +190,7 @@ impl Net {
     }
 
     fn signature(&self, i: usize) -> Option<schnorr::Signature> {
-        self.machines[i].signature()
+        self.machines[i].signatures().map(|s| s[0])
     }
 
     fn abort_of(&self, i: usize) -> Option<(AbortReason, Vec<SignerIndex>, AbortOrigin)> {
@@ -204,12 +207,15 @@ impl Net {
 
     fn assert_all_signed(&self) {
         let sig = self.signature(0).expect("node 0 has a signature");
-        let key = self.machines[0].key_agg().x_only_key();
+        let key = self.machines[0].key_aggs()[0].x_only_key();
         schnorr::verify(&sig, MSG, &key).expect("BIP340 verification");
         for (i, m) in self.machines.iter().enumerate() {
             assert_eq!(m.phase(), Phase::Done, "node {i}");
-            assert_eq!(m.signature(), Some(sig), "node {i}");
-            assert!(m.secnonce.is_none(), "node {i} still holds a secret nonce");
+            assert_eq!(m.signatures(), Some([sig].as_slice()), "node {i}");
+            assert!(
+                m.secnonces.is_empty(),
+                "node {i} still holds a secret nonce"
+            );
         }
     }
 
@@ -479,10 +485,10 @@ fn an_invalid_partial_signature_is_blamed_by_every_honest_node() {
             if from == 1 && e.envelope().signer() == idx(1) {
                 if let Body::PartialSig {
                     attempt,
-                    partial_sig,
+                    partial_sigs,
                 } = e.envelope().body()
                 {
-                    let mut bytes = partial_sig.to_bytes();
+                    let mut bytes = partial_sigs[0].to_bytes();
                     bytes[31] ^= 1;
                     return vec![resign(
                         &e,
@@ -734,7 +740,7 @@ fn a_star_coordinator_cannot_finish_with_a_bad_signature() {
         0,
         Body::FinalSignature {
             attempt: Attempt::FIRST,
-            signature: bad,
+            signatures: vec![musig2_proto::Signature64(bad)],
         },
     );
     let err = net.machines[1]
@@ -745,7 +751,7 @@ fn a_star_coordinator_cannot_finish_with_a_bad_signature() {
         "{err:?}"
     );
     assert_eq!(net.machines[1].phase(), Phase::PartialSig);
-    assert_eq!(net.machines[1].signature(), None);
+    assert_eq!(net.machines[1].signatures(), None);
 }
 
 #[test]
@@ -800,7 +806,7 @@ fn a_participant_can_cancel_and_others_see_who() {
     let (reason, _, origin) = net.abort_of(0).unwrap();
     assert_eq!(reason, AbortReason::Cancelled);
     assert_eq!(origin, AbortOrigin::Remote(idx(1)));
-    assert!(net.machines[0].secnonce.is_none());
+    assert!(net.machines[0].secnonces.is_empty());
 }
 
 #[test]
@@ -818,7 +824,7 @@ fn hash_based_election_agrees_across_signers() {
 fn a_cached_key_aggregation_is_used_only_for_the_same_signer_list() {
     let net = Net::new(3, Topology::Mesh, false);
     let ann = net.machines[0].announcement().clone();
-    let expected = net.machines[0].key_agg().aggregate_key();
+    let expected = net.machines[0].key_aggs()[0].aggregate_key();
     let same = KeyAggContext::new(&ann.signer_keys()).unwrap();
     let reused = SessionMachine::with_key_agg(
         ann.clone(),
@@ -829,7 +835,7 @@ fn a_cached_key_aggregation_is_used_only_for_the_same_signer_list() {
         Some(&same),
     )
     .unwrap();
-    assert_eq!(reused.key_agg().aggregate_key(), expected);
+    assert_eq!(reused.key_aggs()[0].aggregate_key(), expected);
     let other = KeyAggContext::new(&ann.signer_keys()[..2]).unwrap();
     let ignored = SessionMachine::with_key_agg(
         ann,
@@ -840,7 +846,7 @@ fn a_cached_key_aggregation_is_used_only_for_the_same_signer_list() {
         Some(&other),
     )
     .unwrap();
-    assert_eq!(ignored.key_agg().aggregate_key(), expected);
+    assert_eq!(ignored.key_aggs()[0].aggregate_key(), expected);
 }
 
 #[test]
@@ -925,29 +931,32 @@ impl Net {
 #[derive(Default)]
 struct NonceLedger {
     /// (signer, attempt) → the public nonces it sent.
-    nonces: std::collections::HashMap<(SignerIndex, u16), std::collections::HashSet<[u8; 66]>>,
+    nonces: std::collections::HashMap<(SignerIndex, u16), std::collections::HashSet<Vec<[u8; 66]>>>,
     /// (signer, attempt) → the partial signatures it sent.
-    psigs: std::collections::HashMap<(SignerIndex, u16), std::collections::HashSet<[u8; 32]>>,
+    psigs: std::collections::HashMap<(SignerIndex, u16), std::collections::HashSet<Vec<[u8; 32]>>>,
 }
 
 impl NonceLedger {
     fn see(&mut self, env: &SignedEnvelope) {
         let e = env.envelope();
         match e.body() {
-            Body::Nonce { attempt, pub_nonce } => {
+            Body::Nonce {
+                attempt,
+                pub_nonces,
+            } => {
                 self.nonces
                     .entry((e.signer(), attempt.get()))
                     .or_default()
-                    .insert(pub_nonce.to_bytes());
+                    .insert(pub_nonces.iter().map(|n| n.to_bytes()).collect());
             }
             Body::PartialSig {
                 attempt,
-                partial_sig,
+                partial_sigs,
             } => {
                 self.psigs
                     .entry((e.signer(), attempt.get()))
                     .or_default()
-                    .insert(partial_sig.to_bytes());
+                    .insert(partial_sigs.iter().map(|p| p.to_bytes()).collect());
             }
             _ => {}
         }
@@ -964,7 +973,7 @@ impl NonceLedger {
         }
         let mut all = std::collections::HashSet::new();
         for v in self.nonces.values() {
-            for n in v {
+            for n in v.iter().flatten() {
                 assert!(all.insert(*n), "a public nonce was used in two attempts");
             }
         }

@@ -725,13 +725,16 @@ mod tests {
                 SignerInfo::new(kp.public_key()),
                 SignerInfo::new(other.public_key()),
             ],
-            message: b"m".to_vec(),
-            tweaks: Vec::new(),
+            messages: vec![musig2_proto::MessageToSign {
+                message: b"m".to_vec(),
+                tweaks: Vec::new(),
+            }],
             creator: SignerIndex::try_from(0usize).unwrap(),
             policy: Policy::default(),
             salt: rand::random(),
             created_at_ms: 1,
             expires_at_ms: 10_000_000,
+            document_digest: None,
         }
         .sign(kp, &Limits::default())
         .unwrap()

@@ -103,11 +103,12 @@ impl Net {
     /// Every live node holds the same valid signature, made in `attempt` under coordinator
     /// `coordinator`, and none aborted.
     fn assert_live_signed(&self, live: &[bool], attempt: u16, coordinator: u16) {
-        let key = self.machines[0].key_agg().x_only_key();
+        let key = self.machines[0].key_aggs()[0].x_only_key();
         let mut first = None;
         for (i, m) in self.machines.iter().enumerate().filter(|(i, _)| live[*i]) {
             let sig = m
-                .signature()
+                .signatures()
+                .map(|s| s[0])
                 .unwrap_or_else(|| panic!("node {i} did not sign: {:?}", self.abort_of(i)));
             schnorr::verify(&sig, MSG, &key).expect("BIP340 verification");
             assert_eq!(*first.get_or_insert(sig), sig, "node {i}");
@@ -207,10 +208,10 @@ fn an_aggregator_that_crashes_in_any_phase_is_replaced_and_old_contributions_sta
             net.drive(&frozen(4, &[], 0), &at_once, &mut ledger);
             for i in 0..4 {
                 let m = &net.machines[i];
-                let sig = m.signature().unwrap_or_else(|| {
+                let sig = m.signatures().map(|s| s[0]).unwrap_or_else(|| {
                     panic!("commit={commit} k={k} node {i}: {:?}", net.abort_of(i))
                 });
-                schnorr::verify(&sig, MSG, &m.key_agg().x_only_key()).unwrap();
+                schnorr::verify(&sig, MSG, &m.key_aggs()[0].x_only_key()).unwrap();
                 // Every contribution used is of the attempt that signed.
                 for (j, slot) in m.psigs.iter().enumerate() {
                     if let Some((_, env)) = slot {
