@@ -559,29 +559,40 @@ impl Actor {
         }
         let j = verified.signer().as_usize();
         match verified.body() {
-            Body::Nonce { pub_nonce, attempt } => self.record_nonce(j, *attempt, *pub_nonce),
+            Body::Nonce {
+                pub_nonces,
+                attempt,
+            } => {
+                for n in pub_nonces {
+                    self.record_nonce(j, *attempt, *n);
+                }
+            }
             Body::AggregateNonce {
                 nonces, attempt, ..
             } => {
                 for sn in nonces {
-                    self.record_nonce(sn.signer.as_usize(), *attempt, sn.pub_nonce);
+                    for n in &sn.pub_nonces {
+                        self.record_nonce(sn.signer.as_usize(), *attempt, *n);
+                    }
                 }
             }
             Body::PartialSig {
-                partial_sig,
+                partial_sigs,
                 attempt,
             } => {
-                let bytes = partial_sig.to_bytes();
-                self.log
-                    .partial_sigs_seen
-                    .entry(j)
-                    .or_default()
-                    .insert(bytes);
-                self.log
-                    .partial_sigs_by_attempt
-                    .entry((j, attempt.get()))
-                    .or_default()
-                    .insert(bytes);
+                for p in partial_sigs {
+                    let bytes = p.to_bytes();
+                    self.log
+                        .partial_sigs_seen
+                        .entry(j)
+                        .or_default()
+                        .insert(bytes);
+                    self.log
+                        .partial_sigs_by_attempt
+                        .entry((j, attempt.get()))
+                        .or_default()
+                        .insert(bytes);
+                }
             }
             Body::Restart { attempt } if self.behaviour == Behaviour::Honest && !self.is_hub() => {
                 self.follow_restart(*attempt).await;
@@ -647,7 +658,7 @@ impl Actor {
         s.nonces[me] = Some(nonce);
         let (id, me, targets) = (s.id, s.me, s.round_targets());
         if s.ann.announcement().policy.nonce_commitment {
-            let commitment = NonceCommitment::compute(&id, me, attempt, &nonce);
+            let commitment = NonceCommitment::compute(&id, me, attempt, &[nonce]);
             if let Some(env) = self.own(Body::NonceCommit {
                 attempt,
                 commitment,
@@ -694,7 +705,8 @@ impl Actor {
         let peers: Vec<Option<PeerId>> = (0..keys.len())
             .map(|i| SignerIndex::try_from(i).ok().and_then(|i| view.peer_of(i)))
             .collect();
-        let key_agg = view.key_agg().clone();
+        // The adversary signs the first message only (scenarios are single-message).
+        let key_agg = view.key_aggs()[0].clone();
         let coordinator = view.coordinator();
         let n = keys.len();
         let is_hub = ann.announcement().policy.topology == Topology::Star && coordinator == me;
@@ -825,7 +837,7 @@ impl Actor {
             return;
         }
         if commit_round {
-            let commitment = NonceCommitment::compute(&id, me, attempt, &nonce_a);
+            let commitment = NonceCommitment::compute(&id, me, attempt, &[nonce_a]);
             let body = Body::NonceCommit {
                 attempt,
                 commitment,
@@ -834,7 +846,10 @@ impl Actor {
                 self.send_all(&targets, &env.to_frame_bytes()).await;
             }
         }
-        let nonce_body = |pub_nonce| Body::Nonce { attempt, pub_nonce };
+        let nonce_body = |pub_nonce| Body::Nonce {
+            attempt,
+            pub_nonces: vec![pub_nonce],
+        };
         match self.behaviour {
             Behaviour::WithholdNonce => {}
             Behaviour::InvalidNonce => {
@@ -977,7 +992,7 @@ impl Actor {
         }
         let body = Body::PartialSig {
             attempt,
-            partial_sig,
+            partial_sigs: vec![partial_sig],
         };
         if let Some(env) = self.own(body) {
             self.log.sent_partial_sig = true;

@@ -88,20 +88,23 @@ pub(crate) fn stored_nonce_reuse(
                 continue;
             }
             match env.body() {
-                Body::Nonce { attempt, pub_nonce } => {
+                Body::Nonce {
+                    attempt,
+                    pub_nonces,
+                } => {
                     nonces
                         .entry((env.signer(), attempt.get()))
                         .or_default()
-                        .insert(pub_nonce.to_bytes());
+                        .extend(pub_nonces.iter().map(|n| n.to_bytes()));
                 }
                 Body::PartialSig {
                     attempt,
-                    partial_sig,
+                    partial_sigs,
                 } => {
                     psigs
                         .entry((env.signer(), attempt.get()))
                         .or_default()
-                        .insert(partial_sig.to_bytes());
+                        .extend(partial_sigs.iter().map(|p| p.to_bytes()));
                 }
                 _ => {}
             }

@@ -122,8 +122,9 @@ impl Net {
 /// How one honest node's session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// It holds a final signature (which the node verified under the aggregate key).
-    Signed(schnorr::Signature),
+    /// It holds the final signatures, one per message (which the node verified under the
+    /// aggregate key; scenarios sign one message).
+    Signed(Vec<schnorr::Signature>),
     /// It aborted.
     Aborted {
         /// Why.
@@ -802,14 +803,13 @@ impl Scenario {
         ChaCha20Rng::seed_from_u64(self.seed ^ 0x5a17).fill_bytes(&mut salt);
         let announcement = Announcement {
             signers,
-            messages: vec![musig2_proto::MessageToSign::new(request.message.clone())],
-            document_digest: None,
+            messages: request.messages.clone(),
+            document_digest: request.document_digest,
             creator,
             policy: request.policy,
             salt,
             created_at_ms: now,
             expires_at_ms: now.saturating_add(session_ms),
-            document_digest: None,
         };
         Ok(announcement.sign(keypair, &self.config.limits)?)
     }
@@ -828,7 +828,7 @@ fn most_per_attempt<T>(seen: &BTreeMap<(usize, u16), BTreeSet<T>>, i: usize) -> 
 /// emits no event for it, but answers).
 async fn outcome_of(node: &Node, session: SessionId, deadline: Duration) -> Outcome {
     match tokio::time::timeout(deadline, node.wait_for_signatures(session)).await {
-        Ok(Ok(signature)) => Outcome::Signed(signature),
+        Ok(Ok(signatures)) => Outcome::Signed(signatures),
         Ok(Err(CoordinatorError::Aborted {
             reason,
             blamed,
@@ -902,8 +902,8 @@ async fn wait_for_outcome(
             match events.recv().await {
                 Ok(Event::SignatureReady {
                     session: s,
-                    signature,
-                }) if s == session => return Outcome::Signed(signature),
+                    signatures,
+                }) if s == session => return Outcome::Signed(signatures),
                 Ok(Event::Aborted {
                     session: s,
                     reason,
@@ -1148,7 +1148,12 @@ impl Report {
         let mut first_sig = None;
         for h in &self.honest {
             match &h.outcome {
-                Outcome::Signed(sig) => {
+                Outcome::Signed(sigs) => {
+                    let sig = &sigs[..]
+                        .first()
+                        .copied()
+                        .unwrap_or_else(|| panic!("signer {}: no signature", h.signer));
+                    assert_eq!(sigs.len(), 1, "signer {}: one message", h.signer);
                     schnorr::verify(sig, &self.message, &self.aggregate_key).unwrap_or_else(|e| {
                         panic!("signer {}: signature does not verify: {e}", h.signer)
                     });
@@ -1202,7 +1207,11 @@ impl Report {
         let mut first_sig: Option<(SignerIndex, schnorr::Signature)> = None;
         for h in &self.honest {
             match &h.outcome {
-                Outcome::Signed(sig) => {
+                Outcome::Signed(sigs) => {
+                    let Some(sig) = sigs.first().filter(|_| sigs.len() == 1) else {
+                        found.push(Violation::InvalidSignature { signer: h.signer });
+                        continue;
+                    };
                     if schnorr::verify(sig, &self.message, &self.aggregate_key).is_err() {
                         found.push(Violation::InvalidSignature { signer: h.signer });
                     }
@@ -1388,7 +1397,7 @@ impl Report {
             .honest
             .iter()
             .map(|h| match &h.outcome {
-                Outcome::Signed(sig) => *sig,
+                Outcome::Signed(sigs) if sigs.len() == 1 => sigs[0],
                 other => panic!("signer {} did not sign: {other:?}", h.signer),
             })
             .collect();

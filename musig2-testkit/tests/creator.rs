@@ -189,7 +189,6 @@ fn announce(
         salt: [salt; 32],
         created_at_ms: now,
         expires_at_ms: now + 120_000,
-        document_digest: None,
     };
     announcement
         .sign(&keys[creator], &test_config().limits)
@@ -203,7 +202,7 @@ struct SplitOutcome {
     joined_claimed_id: Result<(), String>,
     /// The session it joined (the one whose announcement it was shown).
     session: SessionId,
-    outcome: Result<schnorr::Signature, CoordinatorError>,
+    outcome: Result<Vec<schnorr::Signature>, CoordinatorError>,
     /// Every session it knows, with the message its node holds for it.
     known: Vec<(SessionId, Vec<u8>)>,
 }
@@ -390,7 +389,7 @@ async fn adversarial_creator_cannot_show_two_announcements_under_one_id() {
                 .expect("key aggregation")
                 .x_only_key();
                 match &out.outcome {
-                    Ok(sig) => schnorr::verify(sig, &ann.message, &key)
+                    Ok(sigs) => schnorr::verify(&sigs[0], &ann.messages[0].message, &key)
                         .unwrap_or_else(|e| panic!("{what}: signer {i}: {e}")),
                     Err(CoordinatorError::Aborted { reason, blamed, .. }) => {
                         assert_ne!(by, SplitBy::Keys, "{what}: signer {i}: {:?}", out.outcome);

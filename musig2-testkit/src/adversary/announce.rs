@@ -28,7 +28,7 @@ impl Actor {
             return Vec::new();
         };
         let frame = original.to_frame_bytes();
-        let message = &original.announcement().message;
+        let message = &original.announcement().messages[0].message;
         let ours: Vec<u8> = b"pay the adversary "
             .iter()
             .copied()

@@ -18,7 +18,7 @@ const COMMIT_DELAY: Duration = Duration::from_secs(1);
 fn nonce_body(pub_nonce: PubNonceBytes) -> Body {
     Body::Nonce {
         attempt: Attempt::FIRST,
-        pub_nonce,
+        pub_nonces: vec![pub_nonce],
     }
 }
 
@@ -26,7 +26,7 @@ fn nonce_body(pub_nonce: PubNonceBytes) -> Body {
 fn commit_body(id: &SessionId, me: SignerIndex, nonce: &PubNonceBytes) -> Body {
     Body::NonceCommit {
         attempt: Attempt::FIRST,
-        commitment: NonceCommitment::compute(id, me, Attempt::FIRST, nonce),
+        commitment: NonceCommitment::compute(id, me, Attempt::FIRST, std::slice::from_ref(nonce)),
     }
 }
 

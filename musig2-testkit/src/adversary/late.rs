@@ -105,9 +105,12 @@ impl Actor {
         let targets = s.round_targets();
         let commit_body = |n: &PubNonceBytes| Body::NonceCommit {
             attempt,
-            commitment: NonceCommitment::compute(&id, me, attempt, n),
+            commitment: NonceCommitment::compute(&id, me, attempt, std::slice::from_ref(n)),
         };
-        let nonce_body = |pub_nonce| Body::Nonce { attempt, pub_nonce };
+        let nonce_body = |pub_nonce| Body::Nonce {
+            attempt,
+            pub_nonces: vec![pub_nonce],
+        };
         if s.ann.announcement().policy.nonce_commitment {
             if message == LateMessage::Commitment {
                 self.wait_for_deadline(message, offset_ms).await;
@@ -160,7 +163,7 @@ impl Actor {
     ) -> bool {
         let body = |partial_sig| Body::PartialSig {
             attempt,
-            partial_sig,
+            partial_sigs: vec![partial_sig],
         };
         let (late, twist) = match self.near_deadline() {
             Some((LateMessage::PartialSig, offset_ms, twist)) => ((true, offset_ms), twist),

@@ -295,10 +295,13 @@ fn with_attempt(body: &Body, attempt: Attempt) -> Option<Body> {
             attempt,
             commitment,
         },
-        Body::Nonce { pub_nonce, .. } => Body::Nonce { attempt, pub_nonce },
-        Body::PartialSig { partial_sig, .. } => Body::PartialSig {
+        Body::Nonce { pub_nonces, .. } => Body::Nonce {
             attempt,
-            partial_sig,
+            pub_nonces,
+        },
+        Body::PartialSig { partial_sigs, .. } => Body::PartialSig {
+            attempt,
+            partial_sigs,
         },
         _ => return None,
     })
@@ -655,19 +658,19 @@ impl Actor {
                 let fresh = self.second_nonce(st)?;
                 Body::NonceCommit {
                     attempt: *attempt,
-                    commitment: NonceCommitment::compute(&id, me, *attempt, &fresh),
+                    commitment: NonceCommitment::compute(&id, me, *attempt, &[fresh]),
                 }
             }
             Body::Nonce { attempt, .. } => Body::Nonce {
                 attempt: *attempt,
-                pub_nonce: self.second_nonce(st)?,
+                pub_nonces: vec![self.second_nonce(st)?],
             },
             Body::PartialSig { attempt, .. } => {
                 let mut scalar = [0u8; 32];
                 st.rng.fill(&mut scalar[1..]);
                 Body::PartialSig {
                     attempt: *attempt,
-                    partial_sig: PartialSigBytes::from_bytes(scalar).ok()?,
+                    partial_sigs: vec![PartialSigBytes::from_bytes(scalar).ok()?],
                 }
             }
             Body::AggregateNonce {
@@ -678,7 +681,7 @@ impl Actor {
                 let ts = self.clock.now_ms();
                 let nonce_body = Body::Nonce {
                     attempt: *attempt,
-                    pub_nonce: fresh,
+                    pub_nonces: vec![fresh],
                 };
                 let signed = Envelope::sign(id, me, seq, ts, nonce_body, &self.keypair);
                 let mut nonces = nonces.clone();
@@ -688,22 +691,31 @@ impl Actor {
                     seq,
                     timestamp_ms: ts,
                     attempt: *attempt,
-                    pub_nonce: fresh,
+                    pub_nonces: vec![fresh],
                     signature: *signed.signature(),
                 };
-                let all: Vec<_> = nonces.iter().map(|n| n.pub_nonce).collect();
+                let all: Vec<_> = nonces
+                    .iter()
+                    .map(|n| n.pub_nonces.first().copied())
+                    .collect::<Option<_>>()?;
                 Body::AggregateNonce {
                     attempt: *attempt,
-                    agg_nonce: AggNonceBytes::aggregate(&all)?,
+                    agg_nonces: vec![AggNonceBytes::aggregate(&all)?],
                     nonces,
                 }
             }
-            Body::FinalSignature { attempt, signature } => {
-                let mut signature = *signature;
-                signature[st.rng.random_range(0..64)] ^= 1;
+            Body::FinalSignature {
+                attempt,
+                signatures,
+            } => {
+                let mut signatures = signatures.clone();
+                let which = st.rng.random_range(0..signatures.len().max(1));
+                if let Some(sig) = signatures.get_mut(which) {
+                    sig.0[st.rng.random_range(0..64)] ^= 1;
+                }
                 Body::FinalSignature {
                     attempt: *attempt,
-                    signature,
+                    signatures,
                 }
             }
             _ => return None,

@@ -35,13 +35,13 @@ impl Hub {
 fn nonce_body(pub_nonce: PubNonceBytes) -> Body {
     Body::Nonce {
         attempt: Attempt::FIRST,
-        pub_nonce,
+        pub_nonces: vec![pub_nonce],
     }
 }
 
 fn pub_nonce_of(env: &VerifiedEnvelope) -> Option<PubNonceBytes> {
     match env.body() {
-        Body::Nonce { pub_nonce, .. } => Some(*pub_nonce),
+        Body::Nonce { pub_nonces, .. } => pub_nonces.first().copied(),
         _ => None,
     }
 }
@@ -72,7 +72,7 @@ impl Actor {
         let Some(s) = &self.session else { return };
         let (id, me) = (s.id, s.me.as_usize());
         if s.ann.announcement().policy.nonce_commitment {
-            let commitment = NonceCommitment::compute(&id, s.me, Attempt::FIRST, &nonce);
+            let commitment = NonceCommitment::compute(&id, s.me, Attempt::FIRST, &[nonce]);
             let commit = self.own(Body::NonceCommit {
                 attempt: Attempt::FIRST,
                 commitment,
@@ -103,8 +103,13 @@ impl Actor {
             Body::Nonce { .. } => {
                 hub.nonces[j].get_or_insert(env);
             }
-            Body::PartialSig { partial_sig, .. } => {
-                if let Ok(p) = PartialSignature::from_bytes(&partial_sig.to_bytes()) {
+            Body::PartialSig { partial_sigs, .. } => {
+                // The adversary signs one message: a k-message session sees it withhold.
+                let first = partial_sigs
+                    .first()
+                    .map(|p| p.to_bytes())
+                    .unwrap_or([0; 32]);
+                if let Ok(p) = PartialSignature::from_bytes(&first) {
                     hub.psigs[j].get_or_insert(p);
                 }
             }
@@ -165,7 +170,7 @@ impl Actor {
         let context = SessionContext::new(
             &s.key_agg,
             &AggNonce::aggregate(&pubnonces),
-            &s.ann.announcement().message,
+            &s.ann.announcement().messages[0].message,
         );
         let own = s
             .secnonce
@@ -367,7 +372,7 @@ impl Actor {
         let members = self.members();
         let body = Body::FinalSignature {
             attempt: Attempt::FIRST,
-            signature,
+            signatures: vec![musig2_proto::Signature64(signature)],
         };
         if let Some(env) = self.own(body) {
             let peers: Vec<PeerId> = members.iter().map(|&(_, p)| p).collect();
@@ -384,7 +389,7 @@ impl Actor {
             .await;
         let body = |signature| Body::FinalSignature {
             attempt: Attempt::FIRST,
-            signature,
+            signatures: vec![musig2_proto::Signature64(signature)],
         };
         let peers: Vec<PeerId> = self.members().into_iter().map(|(_, p)| p).collect();
         self.log.final_signatures_sent += peers.len();
@@ -425,13 +430,23 @@ fn tamper_sum(body: Body) -> Body {
     match body {
         Body::AggregateNonce {
             attempt,
-            agg_nonce,
+            agg_nonces,
             nonces,
         } => {
-            let rest: Vec<PubNonceBytes> = nonces.iter().skip(1).map(|n| n.pub_nonce).collect();
+            let rest: Vec<PubNonceBytes> = nonces
+                .iter()
+                .skip(1)
+                .filter_map(|n| n.pub_nonces.first().copied())
+                .collect();
+            let mut agg_nonces = agg_nonces;
+            if let (Some(sum), Some(first)) =
+                (AggNonceBytes::aggregate(&rest), agg_nonces.first_mut())
+            {
+                *first = sum;
+            }
             Body::AggregateNonce {
                 attempt,
-                agg_nonce: AggNonceBytes::aggregate(&rest).unwrap_or(agg_nonce),
+                agg_nonces,
                 nonces,
             }
         }
@@ -444,14 +459,23 @@ fn edit_relayed(body: Body, edit: impl FnOnce(&mut Vec<SignedNonce>)) -> Body {
     match body {
         Body::AggregateNonce {
             attempt,
-            agg_nonce,
+            agg_nonces,
             mut nonces,
         } => {
             edit(&mut nonces);
-            let all: Vec<PubNonceBytes> = nonces.iter().map(|n| n.pub_nonce).collect();
+            let all: Vec<PubNonceBytes> = nonces
+                .iter()
+                .filter_map(|n| n.pub_nonces.first().copied())
+                .collect();
+            let mut agg_nonces = agg_nonces;
+            if let (Some(sum), Some(first)) =
+                (AggNonceBytes::aggregate(&all), agg_nonces.first_mut())
+            {
+                *first = sum;
+            }
             Body::AggregateNonce {
                 attempt,
-                agg_nonce: AggNonceBytes::aggregate(&all).unwrap_or(agg_nonce),
+                agg_nonces,
                 nonces,
             }
         }
@@ -471,7 +495,7 @@ fn omit_relayed(body: Body, left_out: usize) -> Body {
 fn forge_relayed(body: Body, victim: usize, fresh: PubNonceBytes) -> Body {
     edit_relayed(body, |nonces| {
         if let Some(n) = nonces.get_mut(victim) {
-            n.pub_nonce = fresh;
+            n.pub_nonces = vec![fresh];
         }
     })
 }
