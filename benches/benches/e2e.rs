@@ -184,8 +184,8 @@ impl Cluster {
             }
             milestones.record(&s);
             match s.event {
-                Event::SignatureReady { signature, .. } => {
-                    signed.insert(s.node, (s.at, signature));
+                Event::SignatureReady { signatures, .. } => {
+                    signed.insert(s.node, (s.at, signatures[0]));
                 }
                 Event::Aborted { reason, blamed, .. } => {
                     panic!("session aborted on node {}: {reason:?} {blamed:?}", s.node)
@@ -541,7 +541,7 @@ async fn memory_throughput_with(
     }
     let elapsed = start.elapsed();
     if let Some(sig) = last {
-        schnorr::verify(&sig, b"memory throughput", &aggregate).expect("verifies");
+        schnorr::verify(&sig[0], b"memory throughput", &aggregate).expect("verifies");
     }
     for node in &nodes {
         let _ = node.shutdown().await;

@@ -23,7 +23,7 @@ use musig2_coordinator::{
     CoordinatorError, Node, SessionHealth, SessionRequest, Transcript, TranscriptLimits,
 };
 use musig2_core::{KeyAggContext, Tweak};
-use musig2_proto::{SessionId, Topology, VerifiedAnnouncement};
+use musig2_proto::{MessageToSign, SessionId, Topology, VerifiedAnnouncement};
 use musig2_transport::{Libp2pTransport, Multiaddr, PeerId};
 use secp256k1::{PublicKey, schnorr};
 use serde::{Deserialize, Serialize};
@@ -346,13 +346,13 @@ async fn aborted(node: &Node, error: CoordinatorError) -> Failure {
 async fn outcome(
     node: &Node,
     session: SessionId,
-) -> Result<Option<std::result::Result<schnorr::Signature, Failure>>> {
+) -> Result<Option<std::result::Result<Vec<schnorr::Signature>, Failure>>> {
     let health = node.health(session).await?;
     if !health.phase.is_terminal() {
         return Ok(None);
     }
     Ok(Some(match node.wait_for_signatures(session).await {
-        Ok(signature) => Ok(signature),
+        Ok(signatures) => Ok(signatures),
         Err(e) => Err(aborted(node, e).await),
     }))
 }
@@ -362,13 +362,13 @@ async fn outcome(
 async fn wait_for_signature(
     node: &Node,
     session: SessionId,
-) -> std::result::Result<schnorr::Signature, Failure> {
+) -> std::result::Result<Vec<schnorr::Signature>, Failure> {
     let mut events = node.events();
     let mut looked_up = false;
     loop {
         match node.wait_for_signatures(session).await {
             Err(CoordinatorError::UnknownSession(_)) => {}
-            Ok(signature) => return Ok(signature),
+            Ok(signatures) => return Ok(signatures),
             Err(e) => return Err(aborted(node, e).await),
         }
         // Any event of this session means the node knows it now.
@@ -517,7 +517,7 @@ async fn status(node: &Node, session: SessionId) -> Result<Value> {
         value["expires"] = view::deadline_json(a.expires_at_ms, now);
     }
     match outcome(node, session).await? {
-        Some(Ok(signature)) => value["signature"] = json!(signature.to_string()),
+        Some(Ok(signatures)) => view::signatures_json(&mut value, &signatures),
         Some(Err(failure)) => {
             value["abort"] = failure.details.unwrap_or(Value::Null);
             value["abort_text"] = json!(failure.error.to_string());
@@ -694,8 +694,15 @@ async fn execute(served: &Served, request: Request) -> std::result::Result<Value
                 .create_session(SessionRequest {
                     signers,
                     peers,
-                    message,
-                    tweaks,
+                    messages: vec![MessageToSign {
+                        message,
+                        tweaks: tweaks
+                            .iter()
+                            .map(|t| musig2_proto::Tweak::new(t.value(), t.is_x_only()))
+                            .collect::<std::result::Result<Vec<_>, _>>()
+                            .map_err(|e| NodeError::invalid("tweaks", e))?,
+                    }],
+                    document_digest: None,
                     policy,
                 })
                 .await?;
@@ -774,10 +781,12 @@ async fn execute(served: &Served, request: Request) -> std::result::Result<Value
         } => {
             let session = parse_session(&session)?;
             let limit = timeout_secs.map_or(DEFAULT_WAIT, Duration::from_secs);
-            let signature = tokio::time::timeout(limit, wait_for_signature(node, session))
+            let signatures = tokio::time::timeout(limit, wait_for_signature(node, session))
                 .await
                 .map_err(|_| NodeError::Timeout("waiting for the signature"))??;
-            Ok(json!({ "session": session.to_string(), "signature": signature.to_string() }))
+            let mut value = json!({ "session": session.to_string() });
+            view::signatures_json(&mut value, &signatures);
+            Ok(value)
         }
         Request::Confirm { session, receipt } => {
             let session = parse_session(&session)?;

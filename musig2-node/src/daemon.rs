@@ -158,9 +158,11 @@ pub fn event_json(event: &Event) -> Value {
         Event::PartialSignaturesComplete { .. } => {
             json!({ "event": "partial_signatures_complete", "session": session })
         }
-        Event::SignatureReady { signature, .. } => json!({
-            "event": "signature_ready", "session": session, "signature": signature.to_string(),
-        }),
+        Event::SignatureReady { signatures, .. } => {
+            let mut value = json!({ "event": "signature_ready", "session": session });
+            view::signatures_json(&mut value, signatures);
+            value
+        }
         Event::Aborted {
             reason,
             blamed,
@@ -234,13 +236,14 @@ pub fn event_json(event: &Event) -> Value {
             ),
         }),
         Event::FinalizeDue {
-            signature,
+            signatures,
             position,
             ..
         } => json!({
             "event": "finalize_due",
             "session": session,
-            "signature": signature.to_string(),
+            "signature": signatures.first().map(ToString::to_string),
+            "signatures": signatures.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "position": position,
             "text": "this node's turn to act on the signature; confirm with `session confirm`",
         }),
@@ -329,7 +332,7 @@ pub async fn on_signature(node: Node, mut events: broadcast::Receiver<Event>, co
         match events.recv().await {
             Ok(Event::FinalizeDue {
                 session,
-                signature,
+                signatures,
                 position,
             }) => {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -338,8 +341,15 @@ pub async fn on_signature(node: Node, mut events: broadcast::Receiver<Event>, co
                 let (node, command) = (node.clone(), command.clone());
                 tokio::spawn(async move {
                     let _slot = slot;
-                    let message = match node.discover_session(session).await {
-                        Ok(ann) => hex::encode(&ann.announcement().messages[0].message),
+                    // Space-separated hex, one per message, in the announcement's order.
+                    let messages = match node.discover_session(session).await {
+                        Ok(ann) => ann
+                            .announcement()
+                            .messages
+                            .iter()
+                            .map(|m| hex::encode(&m.message))
+                            .collect::<Vec<_>>()
+                            .join(" "),
                         Err(error) => {
                             tracing::warn!(%session, %error, "no announcement for --on-signature");
                             return;
@@ -347,8 +357,15 @@ pub async fn on_signature(node: Node, mut events: broadcast::Receiver<Event>, co
                     };
                     let env = [
                         ("MUSIG2_SESSION", session.to_string()),
-                        ("MUSIG2_SIGNATURE", hex::encode(signature.to_byte_array())),
-                        ("MUSIG2_MESSAGE", message),
+                        (
+                            "MUSIG2_SIGNATURE",
+                            signatures
+                                .iter()
+                                .map(|s| hex::encode(s.to_byte_array()))
+                                .collect::<Vec<_>>()
+                                .join(" "),
+                        ),
+                        ("MUSIG2_MESSAGE", messages),
                         ("MUSIG2_POSITION", position.to_string()),
                     ];
                     match run_signature_command(&command, &env).await {

@@ -233,8 +233,9 @@ async fn sign(
     }
     let total = start.elapsed();
 
-    let signature: schnorr::Signature = signatures[0];
-    if signatures.iter().any(|s| *s != signature) {
+    // The demo signs one message: one signature per node.
+    let signature: schnorr::Signature = signatures[0][0];
+    if signatures.iter().any(|s| s.as_slice() != [signature]) {
         return Err(NodeError::Control(
             "the nodes hold different signatures".to_owned(),
         ));

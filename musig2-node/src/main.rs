@@ -1200,8 +1200,9 @@ async fn print_events(
                 "{at} session {session} names this node: read it with `session show {session}`, \
                  sign with `session sign {session}`"
             ),
-            Event::SignatureReady { signature, .. } => {
-                println!("{at} session {session}: signature {signature}")
+            Event::SignatureReady { signatures, .. } => {
+                let list: Vec<String> = signatures.iter().map(ToString::to_string).collect();
+                println!("{at} session {session}: signature {}", list.join(" "))
             }
             Event::Aborted { .. } => println!(
                 "{at} session {session}: aborted: {}",
@@ -1372,16 +1373,18 @@ fn transcript_json(report: &TranscriptReport) -> Value {
             .map(|(i, k)| json!({ "index": i, "key": k.to_string() }))
             .collect::<Vec<_>>(),
         "untweaked_key": report.untweaked_key.to_string(),
-        "tweaked_key": report.tweaked_key.to_string(),
-        "output_key": report.output_key.to_string(),
-        "tweaks": report.tweaks,
-        "message": view::message_json(&report.message),
+        "messages": report.messages.iter().map(|m| json!({
+            "message": view::message_json(&m.message),
+            "tweaks": m.tweaks,
+            "tweaked_key": m.tweaked_key.to_string(),
+            "output_key": m.output_key.to_string(),
+        })).collect::<Vec<_>>(),
         "attempts": report.attempts.iter().map(|a| a.get()).collect::<Vec<_>>(),
         "envelopes_verified": report.envelopes_verified,
         "partial_sigs_checked": report.partial_sigs_checked,
         "partial_sigs_unchecked": report.partial_sigs_unchecked,
-        "signature": report.signature.map(|(sig, valid)| json!({
-            "hex": sig.to_string(),
+        "signatures": report.signatures.as_ref().map(|(sigs, valid)| json!({
+            "hex": sigs.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "valid": valid,
         })),
         "proofs": report.proofs.iter().map(|p| json!({
@@ -1459,9 +1462,11 @@ fn verify_transcript(path: &Path, json: bool) -> Outcome {
         print_json(&value);
     } else {
         print!("{report}");
-        let message = view::message_json(&report.message);
-        if let Some(text) = message["text"].as_str() {
-            println!("Message text (escaped): {text}");
+        for (i, m) in report.messages.iter().enumerate() {
+            let message = view::message_json(&m.message);
+            if let Some(text) = message["text"].as_str() {
+                println!("Message #{i} text (escaped): {text}");
+            }
         }
         println!("Result: every signature checks");
     }

@@ -416,26 +416,44 @@ pub fn announcement_json(
     merkle_root: Option<&[u8; 32]>,
 ) -> Result<Value> {
     let announcement = verified.announcement();
-    let tweaks = announcement
-        .tweaks
-        .iter()
-        .map(|t| Tweak::new(t.value(), t.is_x_only()))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| NodeError::invalid("announcement tweaks", e))?;
     let keys = verified.signer_keys();
-    let aggregate = KeyAggContext::new(&keys)
-        .and_then(|ctx| ctx.with_tweaks(&tweaks))
-        .map_err(|e| NodeError::invalid("announcement signers", e))?;
+    let untweaked =
+        KeyAggContext::new(&keys).map_err(|e| NodeError::invalid("announcement signers", e))?;
+    let messages = announcement
+        .messages
+        .iter()
+        .map(|m| {
+            let tweaks = m
+                .tweaks
+                .iter()
+                .map(|t| Tweak::new(t.value(), t.is_x_only()))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| NodeError::invalid("announcement tweaks", e))?;
+            let aggregate = untweaked
+                .clone()
+                .with_tweaks(&tweaks)
+                .map_err(|e| NodeError::invalid("announcement tweaks", e))?;
+            Ok(json!({
+                "message": message_json(&m.message),
+                "output_key": aggregate.x_only_key().to_string(),
+                "tweak_details": tweaks_json(&keys, &tweaks, merkle_root)?,
+            }))
+        })
+        .collect::<Result<Vec<Value>>>()?;
     let policy = &announcement.policy;
     let t = &policy.timeouts;
     let now = now_ms();
     let join_end = announcement.created_at_ms.saturating_add(t.join_ms);
+    let first = messages.first().cloned().unwrap_or(Value::Null);
     Ok(json!({
         "session": verified.session_id().to_string(),
-        "message": message_json(&announcement.message),
-        "output_key": aggregate.x_only_key().to_string(),
-        "aggregate_key": aggregate.x_only_key().to_string(),
-        "tweak_details": tweaks_json(&keys, &tweaks, merkle_root)?,
+        // The first message at the top level: the whole session when it signs one.
+        "message": first["message"],
+        "output_key": first["output_key"],
+        "aggregate_key": first["output_key"],
+        "tweak_details": first["tweak_details"],
+        "messages": messages,
+        "document_digest": announcement.document_digest.map(hex::encode),
         "creator": signer_json(Some(verified), announcement.creator, me),
         "signers": (0..announcement.signers.len())
             .filter_map(|i| SignerIndex::try_from(i).ok())
@@ -466,6 +484,15 @@ pub fn announcement_json(
             "rounds": t.session_ms,
         },
     }))
+}
+
+/// A session's signatures, one per message, as JSON: `signatures` always, and `signature`
+/// (the first) for the single-message sessions most callers make.
+pub fn signatures_json(value: &mut Value, signatures: &[secp256k1::schnorr::Signature]) {
+    value["signatures"] = json!(signatures.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    if let Some(first) = signatures.first() {
+        value["signature"] = json!(first.to_string());
+    }
 }
 
 #[cfg(test)]

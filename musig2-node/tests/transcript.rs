@@ -77,7 +77,7 @@ fn signed_session() -> (Transcript, schnorr::Signature) {
             .expect("nonce");
         let pub_nonce = PubNonceBytes::from_bytes(public.to_bytes()).expect("nonce");
         let signer = idx(u16::try_from(i).expect("small"));
-        let commitment = NonceCommitment::compute(&ann.session_id(), signer, a, &pub_nonce);
+        let commitment = NonceCommitment::compute(&ann.session_id(), signer, a, &[pub_nonce]);
         let body = Body::NonceCommit {
             attempt: a,
             commitment,
@@ -120,7 +120,7 @@ fn signed_session() -> (Transcript, schnorr::Signature) {
     let sig = ctx.aggregate(&psigs).expect("aggregate");
     stored.apply(&Record::Outcome {
         session: ann.session_id(),
-        outcome: Outcome::Signed(sig),
+        outcome: Outcome::Signed(vec![sig]),
         at_ms: now,
     });
     (Transcript::from_stored(&stored, Some(idx(0))), sig)
@@ -186,7 +186,9 @@ fn verify_transcript_accepts_a_good_file_and_refuses_a_tampered_one() {
     let mut other = sig.to_byte_array();
     other[63] ^= 1;
     let forged = Transcript {
-        outcome: Some(Outcome::Signed(schnorr::Signature::from_byte_array(other))),
+        outcome: Some(Outcome::Signed(vec![schnorr::Signature::from_byte_array(
+            other,
+        )])),
         ..transcript
     };
     let wrong = dir.join("wrong-signature.transcript");
