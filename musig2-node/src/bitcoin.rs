@@ -154,7 +154,11 @@ pub fn decode_psbt(bytes: &[u8], path: &Path) -> Result<Psbt> {
         let text = std::str::from_utf8(bytes)
             .map_err(|_| not_a_psbt("neither binary (psbt\\xff…) nor text".to_owned()))?
             .trim();
-        let decoded = if text.len() >= 10 && text[..10].eq_ignore_ascii_case("70736274ff") {
+        let decoded = if text
+            .as_bytes()
+            .get(..10)
+            .is_some_and(|magic| magic.eq_ignore_ascii_case(b"70736274ff"))
+        {
             hex::decode(text).map_err(|e| not_a_psbt(format!("bad hex: {e}")))?
         } else {
             base64::engine::general_purpose::STANDARD
@@ -568,7 +572,15 @@ mod tests {
     #[test]
     fn psbt_encodings_are_detected_and_garbage_is_refused() {
         let path = PathBuf::from("x.psbt");
-        for garbage in [&b"hello"[..], b"\xff\xfe", b"aGVsbG8=", b"70736274fg", b""] {
+        let multibyte = "70736274\u{e9}ff".as_bytes();
+        for garbage in [
+            &b"hello"[..],
+            b"\xff\xfe",
+            b"aGVsbG8=",
+            b"70736274fg",
+            multibyte,
+            b"",
+        ] {
             let err = decode_psbt(garbage, &path).expect_err("garbage");
             assert!(matches!(err, NodeError::NotAPsbt { .. }), "{err}");
         }

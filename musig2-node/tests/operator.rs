@@ -2,7 +2,7 @@
 //! `run` processes (on 127.0.0.1), `--json` output one object per line for every command,
 //! exit codes, escaped messages, the join window, contacts and groups, the metrics endpoint.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;

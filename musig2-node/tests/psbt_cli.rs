@@ -526,6 +526,27 @@ fn address_reproduces_the_bip390_vectors() {
             assert!(out.stderr.contains("not ranged"), "{}", out.stderr);
         }
     }
+    // --change takes branch 1 of a multipath descriptor: the same as the `/1/*` one.
+    let ranged = &v.valid[2].descriptor;
+    assert!(ranged.contains(")/0/*"), "{ranged}");
+    let multipath = ranged.replace(")/0/*", ")/<0;1>/*");
+    let change_branch = ranged.replace(")/0/*", ")/1/*");
+    for (args, same_as) in [(vec!["--change"], &change_branch), (vec![], ranged)] {
+        let mut with = vec![
+            "address",
+            "--descriptor",
+            multipath.as_str(),
+            "--index",
+            "2",
+        ];
+        with.extend(args);
+        let got = cli(&with);
+        let want = cli(&["address", "--descriptor", same_as, "--index", "2"]);
+        assert_eq!(got.code, 0, "{}", got.stderr);
+        assert_eq!(got.stdout, want.stdout);
+    }
+    let refused = cli(&["address", "--descriptor", ranged, "--change"]);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
     for case in &v.invalid {
         let out = cli(&["address", "--descriptor", &case.descriptor]);
         assert_eq!(out.code, 2, "{}: {}", case.descriptor, out.stdout);
