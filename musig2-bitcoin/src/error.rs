@@ -245,6 +245,33 @@ pub enum Error {
     /// An error from the MuSig2 core (key aggregation, tweaks).
     #[error("musig2: {0}")]
     Musig(#[from] musig2_core::Error),
+    /// An input lacks some participants' public nonces or partial signatures, so it cannot be
+    /// aggregated yet; `participants` are the holdouts, in KeyAgg order.
+    #[error(
+        "input {input}: no {field} from participants {}",
+        hex_keys(participants)
+    )]
+    MissingContributions {
+        /// The input.
+        input: usize,
+        /// The field that is missing (`PSBT_IN_MUSIG2_PUB_NONCE` or
+        /// `PSBT_IN_MUSIG2_PARTIAL_SIG`).
+        field: Bip373Field,
+        /// Who has not contributed it.
+        participants: Vec<musig2_core::secp256k1::PublicKey>,
+    },
+    /// Partial signatures in the PSBT do not verify (BIP327 PartialSigVerify); `participants`
+    /// are the culprits, in KeyAgg order.
+    #[error(
+        "input {input}: invalid partial signature from participants {}",
+        hex_keys(participants)
+    )]
+    InvalidPartialSigs {
+        /// The input.
+        input: usize,
+        /// Whose partial signatures failed.
+        participants: Vec<musig2_core::secp256k1::PublicKey>,
+    },
     /// Fee computation overflowed or outputs exceed inputs.
     #[error("the outputs spend more than the inputs")]
     NegativeFee,
@@ -252,3 +279,10 @@ pub enum Error {
 
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn hex_keys(keys: &[musig2_core::secp256k1::PublicKey]) -> String {
+    keys.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -7,11 +7,11 @@ use bitcoin::script::Instruction;
 use bitcoin::taproot::{self, TapLeafHash};
 use bitcoin::{Transaction, Witness};
 use musig2_core::secp256k1::{PublicKey, schnorr};
-use musig2_core::{PartialSignature, PubNonce};
+use musig2_core::{AggNonce, PartialSignature, PubNonce, SessionContext};
 
 use crate::bip373::{input_partial_sigs, input_pubnonces, set_partial_sig, set_pubnonce};
 use crate::convert::{to_btc_signature, to_btc_xonly};
-use crate::error::{Error, Result};
+use crate::error::{Bip373Field, Error, Result};
 use crate::plan::PlanEntry;
 
 fn input_mut(psbt: &mut Psbt, index: usize) -> Result<&mut bitcoin::psbt::Input> {
@@ -72,6 +72,59 @@ fn slots<T: Copy>(entry: &PlanEntry, found: &[(crate::ContributionKey, T)]) -> V
             found.iter().find(|(k, _)| *k == want).map(|(_, v)| *v)
         })
         .collect()
+}
+
+/// Every slot filled, or [`Error::MissingContributions`] naming the empty ones.
+fn complete<T>(entry: &PlanEntry, slots: Vec<Option<T>>, field: Bip373Field) -> Result<Vec<T>> {
+    let participants: Vec<PublicKey> = entry
+        .signers
+        .iter()
+        .zip(&slots)
+        .filter(|(_, slot)| slot.is_none())
+        .map(|(signer, _)| *signer)
+        .collect();
+    if !participants.is_empty() {
+        return Err(Error::MissingContributions {
+            input: entry.input_index,
+            field,
+            participants,
+        });
+    }
+    Ok(slots.into_iter().flatten().collect())
+}
+
+/// What a BIP373 finalizer does for one input: takes every participant's public nonce and
+/// partial signature from the PSBT, aggregates the nonces, aggregates the partial signatures
+/// and verifies the result under `entry` (its key and BIP341 message).
+///
+/// Missing contributions are [`Error::MissingContributions`] (naming the holdouts); partial
+/// signatures that do not verify are [`Error::InvalidPartialSigs`] (naming the culprits). The
+/// signature is returned, not written: [`add_signature`] does that.
+pub fn aggregate_input(psbt: &Psbt, entry: &PlanEntry) -> Result<schnorr::Signature> {
+    let nonces = complete(
+        entry,
+        read_pubnonces(psbt, entry)?,
+        Bip373Field::InputPubNonce,
+    )?;
+    let psigs = complete(
+        entry,
+        read_partial_sigs(psbt, entry)?,
+        Bip373Field::InputPartialSig,
+    )?;
+    let ctx = entry.key_agg()?;
+    let session = SessionContext::new(&ctx, &AggNonce::aggregate(&nonces), &entry.message);
+    session
+        .aggregate_and_verify(&psigs, &nonces)
+        .map_err(|e| match e {
+            musig2_core::Error::InvalidPartialSignatures { signers } => Error::InvalidPartialSigs {
+                input: entry.input_index,
+                participants: signers
+                    .iter()
+                    .filter_map(|i| entry.signers.get(*i).copied())
+                    .collect(),
+            },
+            other => Error::Musig(other),
+        })
 }
 
 /// Checks `signature` against `entry` (its key and BIP341 message) and writes it as

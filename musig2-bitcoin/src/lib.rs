@@ -3,6 +3,7 @@
 mod bip373;
 mod convert;
 mod descriptor;
+mod digest;
 mod error;
 mod finalize;
 mod plan;
@@ -16,12 +17,14 @@ pub use bip373::{
 };
 pub use convert::{from_btc_pubkey, from_btc_xonly, to_btc_pubkey, to_btc_signature, to_btc_xonly};
 pub use descriptor::{MusigDescriptor, signer_set_descriptors, with_checksum};
+pub use digest::psbt_digest;
 pub use error::{Bip373Field, Bip390Rule, Error, FieldFault, Location, Result};
 pub use finalize::{
-    add_signature, extract, finalize, finalize_input, read_partial_sigs, read_pubnonces,
-    write_partial_sig, write_pubnonce,
+    add_signature, aggregate_input, extract, finalize, finalize_input, read_partial_sigs,
+    read_pubnonces, write_partial_sig, write_pubnonce,
 };
 pub use plan::{
-    Approval, InputSummary, OutputSummary, PlanEntry, SigningPlan, SpendPath, signing_plan,
+    Approval, InputSummary, OutputSummary, PlanEntry, SigningPlan, SpendPath, finalizer_entries,
+    signing_plan,
 };
 pub use prepare::{prepare_input, prepare_output};

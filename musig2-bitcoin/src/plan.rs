@@ -321,6 +321,58 @@ fn sighash(
     })
 }
 
+/// What planning one input gave.
+enum InputPlan {
+    /// No participant-pubkeys field (of interest) on the input.
+    NotMusig,
+    /// Participant fields, but no spend path for them.
+    Unmatched,
+    /// An entry to sign.
+    Entry(Box<PlanEntry>),
+}
+
+/// Plans input `index` for the first signer set in `sets` that can spend it.
+fn plan_input(psbt: &Psbt, index: usize, sets: &[ParticipantPubkeys]) -> Result<InputPlan> {
+    if sets.is_empty() {
+        return Ok(InputPlan::NotMusig);
+    }
+    let input = &psbt.inputs[index];
+    let location = Location::Input(index);
+    let Some(output_key) = utxo(psbt, index).and_then(|u| p2tr_key(&u.script_pubkey)) else {
+        return Ok(InputPlan::Unmatched);
+    };
+    let mut found = None;
+    for set in sets {
+        let ctx = checked_key_agg(set, location)?;
+        if let Some(f) = find_path(input, set, &ctx, &output_key)? {
+            found = Some((set, f));
+            break;
+        }
+    }
+    let Some((set, f)) = found else {
+        return Ok(InputPlan::Unmatched);
+    };
+    let sighash_type = input
+        .taproot_hash_ty()
+        .map_err(|_| Error::InvalidSighashType {
+            input: index,
+            value: input.sighash_type.map_or(0, |t| t.to_u32()),
+        })?;
+    let message = sighash(psbt, index, f.leaf_hash, sighash_type)?;
+    Ok(InputPlan::Entry(Box::new(PlanEntry {
+        input_index: index,
+        message,
+        signers: set.participants.clone(),
+        tweaks: f.tweaks,
+        leaf_hash: f.leaf_hash.map(|h| h.to_byte_array()),
+        sighash_type,
+        aggregate_key: set.aggregate,
+        signing_key: f.signing_key,
+        verify_key: f.verify_key,
+        path: f.path,
+    })))
+}
+
 /// The signing plan for `our_key` over `psbt`: every input whose
 /// `PSBT_IN_MUSIG2_PARTICIPANT_PUBKEYS` lists our key and whose Taproot output is spendable by
 /// that aggregate (as output key, internal key, internal key derived by BIP328, or a key in a
@@ -330,49 +382,15 @@ pub fn signing_plan(psbt: &Psbt, our_key: &PublicKey, network: Network) -> Resul
     let mut entries = Vec::new();
     let mut unmatched = Vec::new();
     for (index, input) in psbt.inputs.iter().enumerate() {
-        let location = Location::Input(index);
         let sets: Vec<_> = input_participants(input, index)?
             .into_iter()
             .filter(|s| s.participants.contains(our_key))
             .collect();
-        if sets.is_empty() {
-            continue;
+        match plan_input(psbt, index, &sets)? {
+            InputPlan::NotMusig => {}
+            InputPlan::Unmatched => unmatched.push(index),
+            InputPlan::Entry(entry) => entries.push(*entry),
         }
-        let Some(output_key) = utxo(psbt, index).and_then(|u| p2tr_key(&u.script_pubkey)) else {
-            unmatched.push(index);
-            continue;
-        };
-        let mut found = None;
-        for set in &sets {
-            let ctx = checked_key_agg(set, location)?;
-            if let Some(f) = find_path(input, set, &ctx, &output_key)? {
-                found = Some((set, f));
-                break;
-            }
-        }
-        let Some((set, f)) = found else {
-            unmatched.push(index);
-            continue;
-        };
-        let sighash_type = input
-            .taproot_hash_ty()
-            .map_err(|_| Error::InvalidSighashType {
-                input: index,
-                value: input.sighash_type.map_or(0, |t| t.to_u32()),
-            })?;
-        let message = sighash(psbt, index, f.leaf_hash, sighash_type)?;
-        entries.push(PlanEntry {
-            input_index: index,
-            message,
-            signers: set.participants.clone(),
-            tweaks: f.tweaks,
-            leaf_hash: f.leaf_hash.map(|h| h.to_byte_array()),
-            sighash_type,
-            aggregate_key: set.aggregate,
-            signing_key: f.signing_key,
-            verify_key: f.verify_key,
-            path: f.path,
-        });
     }
     let approval = approval(psbt, our_key, network, &entries)?;
     Ok(SigningPlan {
@@ -380,6 +398,22 @@ pub fn signing_plan(psbt: &Psbt, our_key: &PublicKey, network: Network) -> Resul
         unmatched,
         approval,
     })
+}
+
+/// The plan entries of every input that some signer set listed in its
+/// `PSBT_IN_MUSIG2_PARTICIPANT_PUBKEYS` can spend, whoever we are: what a BIP373 finalizer
+/// (who need not be a signer) aggregates. Inputs with participant fields but no matching spend
+/// path are left out (as [`SigningPlan::unmatched`] would list them).
+pub fn finalizer_entries(psbt: &Psbt) -> Result<Vec<PlanEntry>> {
+    crate::bip373::validate(psbt)?;
+    let mut entries = Vec::new();
+    for (index, input) in psbt.inputs.iter().enumerate() {
+        let sets = input_participants(input, index)?;
+        if let InputPlan::Entry(entry) = plan_input(psbt, index, &sets)? {
+            entries.push(*entry);
+        }
+    }
+    Ok(entries)
 }
 
 /// Whether output `index` pays to an aggregate of a signer set with our key, as

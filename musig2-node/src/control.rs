@@ -967,8 +967,8 @@ pub struct CallError {
 impl From<NodeError> for CallError {
     fn from(error: NodeError) -> Self {
         Self {
+            details: error.details(),
             error,
-            details: None,
         }
     }
 }

@@ -70,6 +70,26 @@ pub enum NodeError {
     /// The session was aborted; the message says why, who is blamed and on whose word.
     #[error("{0}")]
     Aborted(String),
+    /// A file given as a PSBT is none of binary, base64 or hex PSBT.
+    #[error("{path}: not a PSBT: {reason}")]
+    NotAPsbt {
+        /// The file (`-` for stdin).
+        path: PathBuf,
+        /// What was found instead.
+        reason: String,
+    },
+    /// A PSBT or descriptor was refused by `musig2-bitcoin`: a malformed BIP373 field (named),
+    /// a BIP390 rule, a missing or invalid contribution (participants named), ...
+    #[error(transparent)]
+    Bitcoin(#[from] musig2_bitcoin::Error),
+    /// Final signatures were given for a different number of plan entries.
+    #[error("{signatures} signatures for {entries} plan entries")]
+    SignatureCount {
+        /// Plan entries.
+        entries: usize,
+        /// Signatures given.
+        signatures: usize,
+    },
 }
 
 /// The stable kinds of errors, as scripts see them (`{"error":{"kind":…}}`) and as exit codes.
@@ -195,7 +215,47 @@ impl NodeError {
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::Rejected(_) => ErrorKind::Rejected,
             Self::Aborted(_) => ErrorKind::Aborted,
+            // Everything musig2-bitcoin refuses is about the PSBT or descriptor given.
+            Self::NotAPsbt { .. } | Self::Bitcoin(_) | Self::SignatureCount { .. } => {
+                ErrorKind::Usage
+            }
         }
+    }
+
+    /// Machine-readable details of the error, for `{"error": {"details": …}}`: where in a
+    /// PSBT a fault is and who caused it.
+    pub fn details(&self) -> Option<serde_json::Value> {
+        use musig2_bitcoin::Error as B;
+        let keys = |keys: &[secp256k1::PublicKey]| {
+            keys.iter().map(ToString::to_string).collect::<Vec<_>>()
+        };
+        let Self::Bitcoin(error) = self else {
+            return None;
+        };
+        Some(match error {
+            B::Bip373 {
+                location, field, ..
+            } => {
+                serde_json::json!({ "location": location.to_string(), "field": field.to_string() })
+            }
+            B::MissingContributions {
+                input,
+                field,
+                participants,
+            } => serde_json::json!({
+                "input": input, "field": field.to_string(), "missing": keys(participants),
+            }),
+            B::InvalidPartialSigs {
+                input,
+                participants,
+            } => serde_json::json!({ "input": input, "culprits": keys(participants) }),
+            B::InvalidSignature(input)
+            | B::MissingUtxo(input)
+            | B::Finalize { input, .. }
+            | B::Sighash { input, .. }
+            | B::InvalidSighashType { input, .. } => serde_json::json!({ "input": input }),
+            _ => return None,
+        })
     }
 
     /// The process exit code (see [`ErrorKind::exit_code`]).

@@ -115,6 +115,12 @@ impl NodeKeys {
     }
 }
 
+/// The signing public key of node directory `dir`, from `signing.key` alone: no identity
+/// file or running node is needed (e.g. to see which PSBT inputs this node signs).
+pub fn load_public_key(dir: &Path) -> Result<PublicKey> {
+    Ok(load_signing_key(&dir.join(SIGNING_KEY_FILE))?.public_key())
+}
+
 fn read_hex_secret(path: &Path) -> Result<Zeroizing<[u8; 32]>> {
     let bad = |reason: &str| NodeError::BadKey {
         path: path.to_owned(),

@@ -7,7 +7,9 @@
 //! * [`settings`]: the node directory's `config.toml` (listen, bootstrap, timeouts, defaults,
 //!   contacts and signer groups);
 //! * [`view`]: how sessions, aborts and untrusted text are shown;
-//! * [`metrics`]: the Prometheus endpoint of `run --metrics`.
+//! * [`metrics`]: the Prometheus endpoint of `run --metrics`;
+//! * [`bitcoin`]: offline Bitcoin commands: a signer set's `musig()` descriptors and
+//!   addresses, the approval view of a PSBT, finalizing a PSBT from its BIP373 contributions.
 //!
 //! # Example
 //!
@@ -79,6 +81,7 @@
 //! # }
 //! ```
 
+pub mod bitcoin;
 pub mod control;
 pub mod daemon;
 pub mod demo;

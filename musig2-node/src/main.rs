@@ -10,6 +10,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use musig2_coordinator::{
     BlameKind, ClaimSource, CoordinatorError, Event, Transcript, TranscriptLimits, TranscriptReport,
 };
+use musig2_node::bitcoin as btc;
 use musig2_node::control::{self, CallError, Request, TaprootSpec, TopologyName, TweakSpec};
 use musig2_node::daemon::{Daemon, DaemonConfig, describe_event};
 use musig2_node::demo::{self, DemoOptions, DemoReport};
@@ -29,6 +30,8 @@ Examples:
   musig2-node --dir ~/.musig2 session create --group treasury --message-file tx.bin
   musig2-node --dir ~/.musig2 session show <SESSION>
   musig2-node verify-transcript session.transcript
+  musig2-node --dir ~/.musig2 descriptor --group treasury --network signet
+  musig2-node --dir ~/.musig2 psbt show spend.psbt
 
 Exit codes: 0 ok, 1 other failure, 2 usage, 3 node unreachable, 4 not found, 5 timeout,
 6 aborted, 7 rejected.";
@@ -108,6 +111,35 @@ enum Command {
         /// The transcript file.
         file: PathBuf,
     },
+    /// Print a signer set's receive and change descriptors, `tr(musig(...)/0/*)` and `/1/*`
+    /// (BIP390), and their Bitcoin Core `importdescriptors` JSON (no node needed).
+    #[command(after_help = "Examples:\n  \
+        musig2-node --dir ~/.musig2 descriptor --group treasury\n  \
+        musig2-node descriptor --signer 02ab... --signer 03cd... --network regtest --json")]
+    Descriptor(DescriptorArgs),
+    /// Print the address at an index of a descriptor (no node needed). Index 0 only for a
+    /// descriptor without `*`; --change takes branch 1 of a `/<0;1>/*` descriptor.
+    #[command(after_help = "Examples:\n  \
+        musig2-node address --descriptor 'tr(musig(xpub...,xpub...)/0/*)#...' --index 5\n  \
+        musig2-node address --descriptor 'tr(musig(tpub...,tpub...)/<0;1>/*)' --change --network testnet")]
+    Address {
+        /// The descriptor (checksum optional).
+        #[arg(long)]
+        descriptor: String,
+        /// The child index (at `*`).
+        #[arg(long, default_value_t = 0)]
+        index: u32,
+        /// Branch 1 (change) of a multipath `/<0;1>/*` descriptor.
+        #[arg(long)]
+        change: bool,
+        #[command(flatten)]
+        network: NetworkArg,
+    },
+    /// Read or finalize a PSBT (BIP174 with BIP373 MuSig2 fields), offline.
+    Psbt {
+        #[command(subcommand)]
+        command: PsbtCommand,
+    },
     /// Print shell completions.
     #[command(
         after_help = "Example:\n  musig2-node completions bash > /etc/bash_completion.d/musig2-node"
@@ -119,6 +151,67 @@ enum Command {
     /// Print the man page (roff).
     #[command(after_help = "Example:\n  musig2-node man > musig2-node.1 && man ./musig2-node.1")]
     Man,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("who").required(true).multiple(true).args(["signers", "group"])))]
+struct DescriptorArgs {
+    /// A signer: a contact name from config.toml, `self` (this node's key, from --dir), or a
+    /// compressed public key (66 hex digits); repeat per signer. The order does not matter:
+    /// the descriptors list the keys sorted, as `musig()` aggregates them.
+    #[arg(long = "signer")]
+    signers: Vec<String>,
+    /// A signer group from config.toml (`--signer`s are added to it).
+    #[arg(long)]
+    group: Option<String>,
+    #[command(flatten)]
+    network: NetworkArg,
+}
+
+#[derive(Args, Debug)]
+struct NetworkArg {
+    /// The Bitcoin network, for addresses and xpub/tpub: bitcoin, testnet, testnet4, signet,
+    /// regtest.
+    #[arg(long, value_parser = btc::parse_network, default_value = "bitcoin", value_name = "NETWORK")]
+    network: bitcoin::Network,
+}
+
+#[derive(Subcommand, Debug)]
+enum PsbtCommand {
+    /// Show what signing a PSBT approves: inputs, outputs, change, fee, and per input this
+    /// key signs its spend path, sighash type, message and verify key.
+    #[command(
+        after_help = "Examples:\n  musig2-node --dir ~/.musig2 psbt show spend.psbt\n  \
+        musig2-node psbt show - --key 02ab... --json < spend.psbt"
+    )]
+    Show {
+        /// The PSBT: binary, base64 or hex; `-` reads stdin.
+        file: PathBuf,
+        /// Show it for this public key (66 hex digits) instead of the node's (from --dir).
+        #[arg(long, value_name = "HEX")]
+        key: Option<String>,
+        #[command(flatten)]
+        network: NetworkArg,
+    },
+    /// Finalize a PSBT whose MuSig2 inputs hold every participant's public nonce and partial
+    /// signature (BIP373): aggregate, verify, finalize, extract. Prints the txid; never
+    /// replaces a file.
+    #[command(
+        after_help = "Example:\n  musig2-node psbt finalize spend.psbt --out signed.psbt --tx tx.hex"
+    )]
+    Finalize {
+        /// The PSBT: binary, base64 or hex; `-` reads stdin.
+        file: PathBuf,
+        /// Write the finalized PSBT to this new file (base64 unless --binary).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Write --out as binary PSBT.
+        #[arg(long, requires = "out")]
+        binary: bool,
+        /// Write the signed transaction to this new file (hex).
+        #[arg(long, value_name = "FILE")]
+        tx: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -676,13 +769,10 @@ struct Context {
 
 async fn create(ctx: &Context, socket: &Path, args: CreateArgs) -> Outcome<Value> {
     let message = read_message(&args)?;
-    let needs_self = args.signers.iter().any(|s| s == "self")
-        || args
-            .group
-            .as_ref()
-            .and_then(|g| ctx.settings.groups.get(g))
-            .is_some_and(|members| members.iter().any(|m| m == "self"));
-    let me = if needs_self {
+    let me = if ctx
+        .settings
+        .names_self(args.group.as_deref(), &args.signers)
+    {
         let info = control::call_detailed(socket, &Request::Info).await?;
         Some(Signer {
             key: info["public_key"].as_str().unwrap_or_default().to_owned(),
@@ -691,13 +781,9 @@ async fn create(ctx: &Context, socket: &Path, args: CreateArgs) -> Outcome<Value
     } else {
         None
     };
-    let mut signers = match &args.group {
-        Some(group) => ctx.settings.group(group, me.as_ref())?,
-        None => Vec::new(),
-    };
-    for name in &args.signers {
-        signers.push(ctx.settings.resolve_signer(name, me.as_ref())?);
-    }
+    let signers =
+        ctx.settings
+            .resolve_signers(args.group.as_deref(), &args.signers, me.as_ref())?;
     let peers: Vec<Option<String>> = if args.peers.is_empty() {
         signers.iter().map(|s| s.peer.clone()).collect()
     } else if args.peers.len() == signers.len() {
@@ -1328,6 +1414,22 @@ async fn dispatch(ctx: Context, command: Command) -> Outcome {
             Ok(())
         }
         Command::VerifyTranscript { file } => verify_transcript(&file, json),
+        Command::Descriptor(args) => descriptor(&ctx, args),
+        Command::Address {
+            descriptor,
+            index,
+            change,
+            network,
+        } => {
+            let address = btc::address(&descriptor, index, change, network.network)?;
+            if json {
+                print_json(&address);
+            } else {
+                println!("{}", address.address);
+            }
+            Ok(())
+        }
+        Command::Psbt { command } => psbt(&ctx, command),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -1340,6 +1442,122 @@ async fn dispatch(ctx: Context, command: Command) -> Outcome {
         Command::Man => clap_mangen::Man::new(Cli::command())
             .render(&mut std::io::stdout())
             .map_err(|e| NodeError::io("cannot write", "stdout", e).into()),
+    }
+}
+
+/// `descriptor`: signers resolve as for `session create`; `self` is the key in --dir.
+fn descriptor(ctx: &Context, args: DescriptorArgs) -> Outcome {
+    let me = if ctx
+        .settings
+        .names_self(args.group.as_deref(), &args.signers)
+    {
+        let key = keys::load_public_key(dir_of(ctx)?)?;
+        Some(Signer {
+            key: key.to_string(),
+            peer: None,
+        })
+    } else {
+        None
+    };
+    let keys = ctx
+        .settings
+        .resolve_signers(args.group.as_deref(), &args.signers, me.as_ref())?
+        .iter()
+        .map(|s| btc::parse_public_key("signer", &s.key))
+        .collect::<Result<Vec<_>, _>>()?;
+    let set = btc::descriptors(&keys, args.network.network)?;
+    if ctx.json {
+        print_json(&set);
+    } else {
+        println!(
+            "Signers ({}): {}",
+            set.signers.len(),
+            set.signers.join(", ")
+        );
+        println!("Aggregate key: {}", set.aggregate_key);
+        println!("Receive: {}", set.receive);
+        println!("Change:  {}", set.change);
+        println!("\nBitcoin Core (watch-only descriptor wallet):");
+        println!(
+            "  bitcoin-cli importdescriptors '{}'",
+            set.importdescriptors
+        );
+    }
+    Ok(())
+}
+
+fn psbt(ctx: &Context, command: PsbtCommand) -> Outcome {
+    match command {
+        PsbtCommand::Show { file, key, network } => {
+            let psbt = btc::read_psbt(&file)?;
+            let our_key = match (key, &ctx.dir) {
+                (Some(key), _) => btc::parse_public_key("--key", &key)?,
+                (None, Some(dir)) => keys::load_public_key(dir)?,
+                (None, None) => {
+                    return Err(NodeError::invalid(
+                        "arguments",
+                        "give --key, or --dir (or MUSIG2_DIR) for the node's key",
+                    )
+                    .into());
+                }
+            };
+            let value = btc::show(&psbt, &our_key, network.network)?;
+            if ctx.json {
+                print_json(&value);
+            } else {
+                print!("{}", btc::show_text(&value));
+            }
+            Ok(())
+        }
+        PsbtCommand::Finalize {
+            file,
+            out,
+            binary,
+            tx,
+        } => {
+            // Refuse before any work if an output file exists (creating it refuses again).
+            for path in out.iter().chain(&tx) {
+                if path.exists() {
+                    return Err(NodeError::io(
+                        "will not overwrite",
+                        path.as_path(),
+                        std::io::ErrorKind::AlreadyExists.into(),
+                    )
+                    .into());
+                }
+            }
+            let done = btc::finalize_psbt(btc::read_psbt(&file)?)?;
+            let mut value = done.to_json();
+            if let Some(path) = &out {
+                let bytes = if binary {
+                    done.psbt.serialize()
+                } else {
+                    format!("{}\n", btc::psbt_base64(&done.psbt)).into_bytes()
+                };
+                btc::write_new_file(path, &bytes)?;
+                value["psbt_file"] = json!(path.display().to_string());
+            }
+            if let Some(path) = &tx {
+                let hex = value["tx"].as_str().unwrap_or_default();
+                btc::write_new_file(path, format!("{hex}\n").as_bytes())?;
+                value["tx_file"] = json!(path.display().to_string());
+            }
+            if ctx.json {
+                print_json(&value);
+            } else {
+                println!("finalized inputs: {}", inline(&value["finalized_inputs"]));
+                println!("txid: {}", value["txid"].as_str().unwrap_or("?"));
+                match &out {
+                    Some(path) => println!("signed PSBT written to {}", path.display()),
+                    None => println!("signed PSBT: {}", value["psbt"].as_str().unwrap_or("?")),
+                }
+                match &tx {
+                    Some(path) => println!("transaction written to {}", path.display()),
+                    None => println!("transaction: {}", value["tx"].as_str().unwrap_or("?")),
+                }
+            }
+            Ok(())
+        }
     }
 }
 

@@ -309,6 +309,32 @@ impl Settings {
         ))
     }
 
+    /// Whether `--group` or a `--signer` names this node (`self`), so its key is needed.
+    pub fn names_self(&self, group: Option<&str>, signers: &[String]) -> bool {
+        signers.iter().any(|s| s == "self")
+            || group
+                .and_then(|g| self.groups.get(g))
+                .is_some_and(|members| members.iter().any(|m| m == "self"))
+    }
+
+    /// The signers of `--group` (if given), then the `--signer`s, each resolved by
+    /// [`resolve_signer`](Self::resolve_signer), in that order; `me` resolves `self`.
+    pub fn resolve_signers(
+        &self,
+        group: Option<&str>,
+        signers: &[String],
+        me: Option<&Signer>,
+    ) -> Result<Vec<Signer>> {
+        let mut resolved = match group {
+            Some(group) => self.group(group, me)?,
+            None => Vec::new(),
+        };
+        for name in signers {
+            resolved.push(self.resolve_signer(name, me)?);
+        }
+        Ok(resolved)
+    }
+
     /// The signers of group `name`, in order.
     pub fn group(&self, name: &str, me: Option<&Signer>) -> Result<Vec<Signer>> {
         let members = self.groups.get(name).ok_or_else(|| {

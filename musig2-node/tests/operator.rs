@@ -2,7 +2,7 @@
 //! `run` processes (on 127.0.0.1), `--json` output one object per line for every command,
 //! exit codes, escaped messages, the join window, contacts and groups, the metrics endpoint.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
@@ -14,43 +14,10 @@ use serde_json::Value;
 
 mod common;
 
-use common::{BIN, Out, scrape};
+use common::{BIN, Out, cli_in, scrape};
 
 fn temp_dir(name: &str) -> PathBuf {
     common::temp_dir("op", name)
-}
-
-fn cli_in(dir: Option<&Path>, args: &[&str], stdin: Option<&[u8]>) -> Out {
-    let mut command = Command::new(BIN);
-    command.env_remove("MUSIG2_DIR");
-    if let Some(dir) = dir {
-        command.arg("--dir").arg(dir);
-    }
-    let mut child = command
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run the binary");
-    if let Some(bytes) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(bytes)
-            .expect("write stdin");
-    }
-    let out = child.wait_with_output().expect("wait");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }
 
 fn cli(dir: &Path, args: &[&str]) -> Out {

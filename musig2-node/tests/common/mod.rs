@@ -4,7 +4,9 @@
 // Each test file uses its own part of this module.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
@@ -52,6 +54,40 @@ impl Out {
         let value = self.json();
         assert_eq!(value["error"]["kind"], kind, "{value}");
         value["error"].clone()
+    }
+}
+
+/// Runs the binary (without `MUSIG2_DIR`), with `--dir` when given, feeding `stdin` when given.
+pub fn cli_in(dir: Option<&Path>, args: &[&str], stdin: Option<&[u8]>) -> Out {
+    let mut command = Command::new(BIN);
+    command.env_remove("MUSIG2_DIR");
+    if let Some(dir) = dir {
+        command.arg("--dir").arg(dir);
+    }
+    let mut child = command
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the binary");
+    if let Some(bytes) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(bytes)
+            .expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("wait");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
