@@ -67,6 +67,27 @@ impl Net {
         edit: impl FnOnce(&mut Policy),
         config: &Config,
     ) -> Net {
+        Self::with_announcement(
+            n,
+            topology,
+            commit,
+            election,
+            list_peers,
+            |a| edit(&mut a.policy),
+            config,
+        )
+    }
+
+    /// A network whose whole announcement `edit` changes (before the creator signs it).
+    fn with_announcement(
+        n: usize,
+        topology: Topology,
+        commit: bool,
+        election: ElectionMethod,
+        list_peers: bool,
+        edit: impl FnOnce(&mut Announcement),
+        config: &Config,
+    ) -> Net {
         let mut rng = ChaCha20Rng::seed_from_u64(n as u64 * 7 + u64::from(commit));
         let keypairs: Vec<Keypair> = (0..n).map(|_| Keypair::new(&mut rng)).collect();
         let network = MemoryNetwork::new(11);
@@ -105,7 +126,7 @@ impl Net {
             document_digest: None,
         };
         let mut announcement = announcement;
-        edit(&mut announcement.policy);
+        edit(&mut announcement);
         let limits = Limits::default();
         let ann = announcement
             .sign(&keypairs[0], &limits)
@@ -246,6 +267,63 @@ fn idx(i: u16) -> SignerIndex {
 fn other_nonce(rng: &mut ChaCha20Rng, kp: &Keypair) -> PubNonceBytes {
     let (_, public) = NonceGen::new(kp.public_key()).generate(rng).unwrap();
     PubNonceBytes::from_bytes(public.to_bytes()).unwrap()
+}
+
+#[test]
+fn several_messages_sign_in_the_same_two_rounds() {
+    let tweak = |byte: u8, x_only: bool| musig2_proto::Tweak::new([byte; 32], x_only).unwrap();
+    let messages = vec![
+        musig2_proto::MessageToSign {
+            message: b"input 0".to_vec(),
+            tweaks: vec![tweak(1, false), tweak(2, true)],
+        },
+        musig2_proto::MessageToSign::new(b"input 1".to_vec()),
+        musig2_proto::MessageToSign {
+            message: b"input 2".to_vec(),
+            tweaks: vec![tweak(3, true)],
+        },
+    ];
+    for topology in [Topology::Mesh, Topology::Star] {
+        for commit in [false, true] {
+            let config = Config::default();
+            let mut net = Net::with_announcement(
+                3,
+                topology,
+                commit,
+                ElectionMethod::HashBased,
+                true,
+                |a| a.messages = messages.clone(),
+                &config,
+            );
+            net.join_all();
+            net.run();
+            let first = net.machines[0].signatures().expect("signed").to_vec();
+            assert_eq!(first.len(), 3, "{topology:?} commit={commit}");
+            for (i, m) in net.machines.iter().enumerate() {
+                assert_eq!(m.phase(), Phase::Done, "node {i}");
+                assert_eq!(m.signatures(), Some(first.as_slice()), "node {i}");
+                assert!(m.secnonces.is_empty(), "node {i} still holds secret nonces");
+            }
+            let keys = net.machines[0].key_aggs();
+            for (k, (sig, message)) in first.iter().zip(&messages).enumerate() {
+                schnorr::verify(sig, &message.message, &keys[k].x_only_key())
+                    .unwrap_or_else(|e| panic!("message {k}: {e}"));
+            }
+            // Each message is signed under its own tweaked key: no signature verifies under
+            // another message's key.
+            assert!(
+                schnorr::verify(&first[0], &messages[0].message, &keys[1].x_only_key()).is_err()
+            );
+            // Nothing was refused but relayed copies.
+            assert!(
+                net.errors
+                    .iter()
+                    .all(|(_, e)| matches!(e, CoordinatorError::Duplicate { .. })),
+                "{:?}",
+                net.errors
+            );
+        }
+    }
 }
 
 #[test]
