@@ -1605,6 +1605,10 @@ fn transcript_json(report: &TranscriptReport) -> Value {
             "hex": sigs.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "valid": valid,
         })),
+        // The first message's, as for every single-message session.
+        "signature": report.signatures.as_ref().and_then(|(sigs, valid)| {
+            sigs.first().map(|sig| json!({ "hex": sig.to_string(), "valid": valid }))
+        }),
         "proofs": report.proofs.iter().map(|p| json!({
             "signer": p.signer.get(),
             "kind": blame_name(p.kind),
