@@ -1591,6 +1591,8 @@ fn transcript_json(report: &TranscriptReport) -> Value {
             .map(|(i, k)| json!({ "index": i, "key": k.to_string() }))
             .collect::<Vec<_>>(),
         "untweaked_key": report.untweaked_key.to_string(),
+        // The first message at the top level, as for every single-message session.
+        "message": report.messages.first().map(|m| view::message_json(&m.message)),
         "messages": report.messages.iter().map(|m| json!({
             "message": view::message_json(&m.message),
             "tweaks": m.tweaks,
