@@ -24,6 +24,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use musig2_coordinator::{Config, Node, SessionRequest};
+//! use musig2_proto::MessageToSign;
 //! use musig2_transport::{MemoryNetwork, Transport};
 //! use secp256k1::Keypair;
 //!
@@ -39,17 +40,19 @@
 //! let request = SessionRequest {
 //!     signers: keypairs.iter().map(|k| k.public_key()).collect(),
 //!     peers: nodes.iter().map(|n| Some(n.peer_id())).collect(),
-//!     message: b"pay 1 BTC to Carol".to_vec(),
-//!     tweaks: Vec::new(),
+//!     messages: vec![MessageToSign::new(b"pay 1 BTC to Carol".to_vec())],
+//!     document_digest: None,
 //!     policy: nodes[0].default_policy(),
 //! };
 //! let session = nodes[0].create_session(request).await?;
 //! for node in &nodes[1..] {
 //!     node.join_session(session).await?;
 //! }
-//! let signature = nodes[0].wait_for_signatures(session).await?;
+//! // One signature per message.
+//! let signatures = nodes[0].wait_for_signatures(session).await?;
+//! assert_eq!(signatures.len(), 1);
 //! for node in &nodes[1..] {
-//!     assert_eq!(node.wait_for_signatures(session).await?, signature);
+//!     assert_eq!(node.wait_for_signatures(session).await?, signatures);
 //! }
 //! # Ok(())
 //! # }

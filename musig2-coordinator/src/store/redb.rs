@@ -82,7 +82,7 @@ const FORMAT_V2: u8 = 2;
 ///
 /// ```
 /// use musig2_coordinator::{Record, RedbStore, SessionStore};
-/// use musig2_proto::{Announcement, Limits, Policy, SignerIndex, SignerInfo};
+/// use musig2_proto::{Announcement, Limits, MessageToSign, Policy, SignerIndex, SignerInfo};
 /// use secp256k1::Keypair;
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -98,13 +98,13 @@ const FORMAT_V2: u8 = 2;
 ///         SignerInfo::new(creator.public_key()),
 ///         SignerInfo::new(other.public_key()),
 ///     ],
-///     message: b"pay 1 BTC to Carol".to_vec(),
-///     tweaks: Vec::new(),
+///     messages: vec![MessageToSign::new(b"pay 1 BTC to Carol".to_vec())],
 ///     creator: SignerIndex::new(0)?,
 ///     policy: Policy::default(),
 ///     salt: [7; 32],
 ///     created_at_ms: 1,
 ///     expires_at_ms: 10_000_000,
+///     document_digest: None,
 /// }
 /// .sign(&creator, &Limits::default())?;
 /// let session = announcement.session_id();
