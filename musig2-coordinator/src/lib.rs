@@ -76,7 +76,7 @@ pub use config::Config;
 pub use election::{TAG_ELECTION, election_order};
 pub use error::{CoordinatorError, PeerAction, Result};
 pub use event::{AbortOrigin, Event};
-pub use machine::{Output, Phase, SessionHealth, SessionMachine};
+pub use machine::{Output, Phase, SessionHealth, SessionMachine, message_tweaks};
 pub use node::{
     DHT_KEY_PREFIX, Node, NodeUsage, SessionRequest, announcement_record_validator, dht_key,
 };

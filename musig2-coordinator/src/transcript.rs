@@ -613,11 +613,7 @@ impl Transcript {
             .messages
             .iter()
             .map(|m| {
-                let tweaks = m
-                    .tweaks
-                    .iter()
-                    .map(|t| musig2_core::Tweak::new(t.value(), t.is_x_only()))
-                    .collect::<std::result::Result<Vec<_>, _>>()
+                let tweaks = crate::machine::message_tweaks(m)
                     .map_err(|e| invalid(format!("announcement tweak: {e}")))?;
                 untweaked
                     .clone()

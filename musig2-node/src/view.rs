@@ -423,11 +423,7 @@ pub fn announcement_json(
         .messages
         .iter()
         .map(|m| {
-            let tweaks = m
-                .tweaks
-                .iter()
-                .map(|t| Tweak::new(t.value(), t.is_x_only()))
-                .collect::<std::result::Result<Vec<_>, _>>()
+            let tweaks = musig2_coordinator::message_tweaks(m)
                 .map_err(|e| NodeError::invalid("announcement tweaks", e))?;
             let aggregate = untweaked
                 .clone()

@@ -302,14 +302,7 @@ impl SessionMachine {
         let key_aggs = a
             .messages
             .iter()
-            .map(|m| {
-                let tweaks = m
-                    .tweaks
-                    .iter()
-                    .map(|t| musig2_core::Tweak::new(t.value(), t.is_x_only()))
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
-                Ok(base.clone().with_tweaks(&tweaks)?)
-            })
+            .map(|m| Ok(base.clone().with_tweaks(&message_tweaks(m)?)?))
             .collect::<Result<Vec<_>>>()?;
         let n = keys.len();
         let mut peers: Vec<Option<PeerId>> = a
@@ -779,6 +772,17 @@ impl SessionMachine {
             }
         }
     }
+}
+
+/// The core's view of a message's wire tweaks, in order.
+pub fn message_tweaks(
+    message: &musig2_proto::MessageToSign,
+) -> std::result::Result<Vec<musig2_core::Tweak>, musig2_core::Error> {
+    message
+        .tweaks
+        .iter()
+        .map(|t| musig2_core::Tweak::new(t.value(), t.is_x_only()))
+        .collect()
 }
 
 /// How many signers' slots hold a contribution.
