@@ -6,6 +6,8 @@ mod descriptor;
 mod digest;
 mod error;
 mod finalize;
+#[cfg(feature = "fixtures")]
+pub mod fixtures;
 mod plan;
 mod prepare;
 

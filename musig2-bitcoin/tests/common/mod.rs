@@ -51,14 +51,10 @@ pub fn bip373() -> Bip373Vectors {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-use bitcoin::hashes::Hash;
 use bitcoin::psbt::Psbt;
-use bitcoin::secp256k1::{Message, Secp256k1};
-use bitcoin::sighash::{Prevouts, SighashCache};
 use bitcoin::{Transaction, TxOut};
 use musig2_bitcoin::{
-    PlanEntry, SpendPath, add_signature, read_partial_sigs, read_pubnonces, write_partial_sig,
-    write_pubnonce,
+    PlanEntry, add_signature, read_partial_sigs, read_pubnonces, write_partial_sig, write_pubnonce,
 };
 use musig2_core::secp256k1::Keypair;
 use musig2_core::{AggNonce, NonceGen, PartialSignature, PubNonce, SessionContext};
@@ -111,77 +107,9 @@ pub fn sign_through_psbt(psbt: &mut Psbt, entries: &[PlanEntry], signers: &[Keyp
     }
 }
 
-/// Checks every planned input of an extracted transaction with `bitcoin`'s own code: the
-/// sighash recomputed from the transaction, the witness shape, BIP340 verification under the
-/// output key (key path) or the leaf key with a valid Taproot commitment (script path), and
-/// `miniscript`'s interpreter executing the witness.
+/// [`musig2_bitcoin::fixtures::verify_extracted`], panicking with its reason.
 pub fn verify_extracted(tx: &Transaction, prevouts: &[TxOut], entries: &[PlanEntry]) {
-    let secp = Secp256k1::verification_only();
-    let mut cache = SighashCache::new(tx);
-    for entry in entries {
-        let i = entry.input_index;
-        let witness = &tx.input[i].witness;
-        let spk = &prevouts[i].script_pubkey;
-        let output_key =
-            bitcoin::secp256k1::XOnlyPublicKey::from_slice(&spk.as_bytes()[2..34]).unwrap();
-        let sig = bitcoin::taproot::Signature::from_slice(&witness[0]).unwrap();
-        assert_eq!(sig.sighash_type, entry.sighash_type, "input {i}");
-        let (hash, key) = match &entry.path {
-            SpendPath::ScriptLeaf {
-                script,
-                control_block,
-                ..
-            } => {
-                assert_eq!(witness.len(), 3, "input {i}");
-                assert_eq!(&witness[1], script.as_bytes(), "input {i}");
-                let cb = bitcoin::taproot::ControlBlock::decode(&witness[2]).unwrap();
-                assert_eq!(&cb, control_block);
-                assert!(
-                    cb.verify_taproot_commitment(&secp, output_key, script),
-                    "input {i}"
-                );
-                let leaf = bitcoin::taproot::TapLeafHash::from_script(script, cb.leaf_version);
-                let hash = cache
-                    .taproot_script_spend_signature_hash(
-                        i,
-                        &Prevouts::All(prevouts),
-                        leaf,
-                        sig.sighash_type,
-                    )
-                    .unwrap();
-                let key = bitcoin::secp256k1::XOnlyPublicKey::from_slice(&script.as_bytes()[1..33])
-                    .unwrap();
-                (hash, key)
-            }
-            _ => {
-                assert_eq!(witness.len(), 1, "input {i}");
-                let hash = cache
-                    .taproot_key_spend_signature_hash(i, &Prevouts::All(prevouts), sig.sighash_type)
-                    .unwrap();
-                (hash, output_key)
-            }
-        };
-        assert_eq!(hash.to_byte_array(), entry.message, "input {i}: sighash");
-        // Independently, miniscript's interpreter runs the witness against the spent script
-        // and checks every signature with its own sighash computation.
-        let txin = &tx.input[i];
-        let interpreter = miniscript::Interpreter::from_txdata(
-            spk,
-            &txin.script_sig,
-            &txin.witness,
-            txin.sequence,
-            tx.lock_time,
-        )
-        .unwrap_or_else(|e| panic!("input {i}: {e}"));
-        let satisfied: Vec<_> = interpreter
-            .iter(&secp, tx, i, &Prevouts::All(prevouts))
-            .collect::<Result<_, _>>()
-            .unwrap_or_else(|e| panic!("input {i}: {e}"));
-        assert!(!satisfied.is_empty(), "input {i}: nothing satisfied");
-        let msg = Message::from_digest(hash.to_byte_array());
-        secp.verify_schnorr(&sig.signature, &msg, &key)
-            .unwrap_or_else(|e| panic!("input {i}: {e}"));
-    }
+    musig2_bitcoin::fixtures::verify_extracted(tx, prevouts, entries).unwrap();
 }
 
 /// Finalizes the planned inputs, extracts the transaction and verifies it
