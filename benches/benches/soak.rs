@@ -275,7 +275,9 @@ async fn one_session(daemons: &[Daemon], i: usize) -> Duration {
         Request::Create {
             signers: daemons.iter().map(|d| d.key.clone()).collect(),
             peers: daemons.iter().map(|d| Some(d.peer.clone())).collect(),
-            message_hex: hex::encode(message.as_bytes()),
+            message_hex: Some(hex::encode(message.as_bytes())),
+            messages: Vec::new(),
+            document_digest: None,
             topology: if i % 2 == 0 {
                 TopologyName::Mesh
             } else {

@@ -75,6 +75,17 @@ pub struct TweakSpec {
     pub x_only: bool,
 }
 
+/// One message of a multi-message session and the tweaks of its key, in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageSpec {
+    /// The message, hex.
+    pub message_hex: String,
+    /// Tweaks applied to the aggregate key for this message, in order.
+    #[serde(default)]
+    pub tweaks: Vec<TweakSpec>,
+}
+
 /// The BIP341 Taproot tweak.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,6 +100,32 @@ fn parse_32(what: &'static str, text: &str) -> Result<[u8; 32]> {
     hex::decode_to_slice(text.trim(), &mut bytes)
         .map_err(|_| NodeError::invalid(what, "expected 64 hex digits"))?;
     Ok(bytes)
+}
+
+/// A session message from hex, at most [`musig2_proto::Limits::max_message_bytes`] long.
+fn parse_message(message_hex: &str) -> Result<Vec<u8>> {
+    let message =
+        hex::decode(message_hex.trim()).map_err(|e| NodeError::invalid("message_hex", e))?;
+    let max = musig2_proto::Limits::default().max_message_bytes;
+    if message.len() > max {
+        return Err(NodeError::invalid(
+            "message",
+            format!(
+                "the message is {} bytes; a session message is at most {max} bytes",
+                message.len()
+            ),
+        ));
+    }
+    Ok(message)
+}
+
+/// Core tweaks as the wire carries them.
+fn wire_tweaks(tweaks: &[Tweak]) -> Result<Vec<musig2_proto::Tweak>> {
+    tweaks
+        .iter()
+        .map(|t| musig2_proto::Tweak::new(t.value(), t.is_x_only()))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| NodeError::invalid("tweaks", e))
 }
 
 /// The session's tweaks: `tweaks` in order, then the Taproot tweak of the key they give.
@@ -136,8 +173,17 @@ pub enum Request {
         /// peers get the announcement directly; the others look it up in the DHT.
         #[serde(default)]
         peers: Vec<Option<String>>,
-        /// The message to sign, hex.
-        message_hex: String,
+        /// The message to sign, hex (or `messages`: give exactly one of the two).
+        #[serde(default)]
+        message_hex: Option<String>,
+        /// Several messages signed in the same two rounds, each with its own key tweaks (a
+        /// PSBT's inputs); `tweaks` and `taproot` must then be empty.
+        #[serde(default)]
+        messages: Vec<MessageSpec>,
+        /// The digest of the document the messages come from (a PSBT's, 64 hex digits), so the
+        /// other signers can check they review the same document.
+        #[serde(default)]
+        document_digest: Option<String>,
         /// Mesh (default) or star.
         #[serde(default)]
         topology: TopologyName,
@@ -637,6 +683,8 @@ async fn execute(served: &Served, request: Request) -> std::result::Result<Value
             signers,
             peers,
             message_hex,
+            messages,
+            document_digest,
             topology,
             commitments,
             tweaks,
@@ -656,19 +704,40 @@ async fn execute(served: &Served, request: Request) -> std::result::Result<Value
                         .transpose()
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let message = hex::decode(message_hex.trim())
-                .map_err(|e| NodeError::invalid("message_hex", e))?;
-            let max = musig2_proto::Limits::default().max_message_bytes;
-            if message.len() > max {
-                return Err(NodeError::invalid(
-                    "message",
-                    format!(
-                        "the message is {} bytes; a session message is at most {max} bytes",
-                        message.len()
-                    ),
-                )
-                .into());
-            }
+            let messages = match (message_hex, messages.is_empty()) {
+                (Some(message_hex), true) => vec![MessageToSign {
+                    message: parse_message(&message_hex)?,
+                    tweaks: wire_tweaks(&session_tweaks(&signers, &tweaks, taproot.as_ref())?)?,
+                }],
+                (None, false) if tweaks.is_empty() && taproot.is_none() => messages
+                    .iter()
+                    .map(|m| {
+                        Ok(MessageToSign {
+                            message: parse_message(&m.message_hex)?,
+                            tweaks: wire_tweaks(&session_tweaks(&signers, &m.tweaks, None)?)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+                (None, false) => {
+                    return Err(NodeError::invalid(
+                        "messages",
+                        "with `messages`, give each message's tweaks there, not `tweaks` or \
+                         `taproot`",
+                    )
+                    .into());
+                }
+                _ => {
+                    return Err(NodeError::invalid(
+                        "message",
+                        "give exactly one of `message_hex` and `messages`",
+                    )
+                    .into());
+                }
+            };
+            let document_digest = document_digest
+                .as_deref()
+                .map(|d| parse_32("document digest", d))
+                .transpose()?;
             let mut policy = node.default_policy();
             policy.topology = topology.into();
             if let Some(commitments) = commitments {
@@ -685,24 +754,27 @@ async fn execute(served: &Served, request: Request) -> std::result::Result<Value
                 }
                 policy.timeouts.join_ms = secs.saturating_mul(1000);
             }
-            let tweaks = session_tweaks(&signers, &tweaks, taproot.as_ref())?;
-            let aggregate = KeyAggContext::new(&signers)
-                .and_then(|ctx| ctx.with_tweaks(&tweaks))
-                .map_err(|e| NodeError::invalid("signers", e))?
-                .x_only_key();
+            let untweaked =
+                KeyAggContext::new(&signers).map_err(|e| NodeError::invalid("signers", e))?;
+            let output_keys = messages
+                .iter()
+                .map(|m| {
+                    let tweaks = musig2_coordinator::message_tweaks(m)
+                        .map_err(|e| NodeError::invalid("tweaks", e))?;
+                    Ok(untweaked
+                        .clone()
+                        .with_tweaks(&tweaks)
+                        .map_err(|e| NodeError::invalid("tweaks", e))?
+                        .x_only_key()
+                        .to_string())
+                })
+                .collect::<Result<Vec<String>>>()?;
             let session = node
                 .create_session(SessionRequest {
                     signers,
                     peers,
-                    messages: vec![MessageToSign {
-                        message,
-                        tweaks: tweaks
-                            .iter()
-                            .map(|t| musig2_proto::Tweak::new(t.value(), t.is_x_only()))
-                            .collect::<std::result::Result<Vec<_>, _>>()
-                            .map_err(|e| NodeError::invalid("tweaks", e))?,
-                    }],
-                    document_digest: None,
+                    messages,
+                    document_digest,
                     policy,
                 })
                 .await?;
@@ -711,8 +783,10 @@ async fn execute(served: &Served, request: Request) -> std::result::Result<Value
             let now = view::now_ms();
             Ok(json!({
                 "session": session.to_string(),
-                "aggregate_key": aggregate.to_string(),
-                "output_key": aggregate.to_string(),
+                "aggregate_key": output_keys[0],
+                "output_key": output_keys[0],
+                "output_keys": output_keys,
+                "document_digest": document_digest.map(hex::encode),
                 "join_deadline": view::deadline_json(
                     a.created_at_ms.saturating_add(a.policy.timeouts.join_ms),
                     now,
@@ -1050,7 +1124,9 @@ mod tests {
             Request::Create {
                 signers: vec!["02aa".to_owned()],
                 peers: vec![None],
-                message_hex: "00".to_owned(),
+                message_hex: Some("00".to_owned()),
+                messages: Vec::new(),
+                document_digest: None,
                 topology: TopologyName::Mesh,
                 commitments: None,
                 tweaks: Vec::new(),

@@ -56,7 +56,9 @@
 //!             Some(alice.node().peer_id().to_string()),
 //!             Some(bob.node().peer_id().to_string()),
 //!         ],
-//!         message_hex: hex::encode(b"hello"),
+//!         message_hex: Some(hex::encode(b"hello")),
+//!         messages: Vec::new(),
+//!         document_digest: None,
 //!         topology: Default::default(),
 //!         commitments: None,
 //!         tweaks: Vec::new(),
@@ -88,6 +90,7 @@ pub mod demo;
 mod error;
 pub mod keys;
 pub mod metrics;
+pub mod psbt_session;
 pub mod settings;
 pub mod view;
 

@@ -11,7 +11,10 @@ use musig2_coordinator::{
     BlameKind, ClaimSource, CoordinatorError, Event, Transcript, TranscriptLimits, TranscriptReport,
 };
 use musig2_node::bitcoin as btc;
-use musig2_node::control::{self, CallError, Request, TaprootSpec, TopologyName, TweakSpec};
+use musig2_node::control::{
+    self, CallError, MessageSpec, Request, TaprootSpec, TopologyName, TweakSpec,
+};
+use musig2_node::psbt_session::{PsbtSession, SessionTerms};
 use musig2_node::daemon::{Daemon, DaemonConfig, describe_event};
 use musig2_node::demo::{self, DemoOptions, DemoReport};
 use musig2_node::settings::{Settings, Signer, parse_duration_secs};
@@ -196,12 +199,17 @@ enum PsbtCommand {
     /// Finalize a PSBT whose MuSig2 inputs hold every participant's public nonce and partial
     /// signature (BIP373): aggregate, verify, finalize, extract. Prints the txid; never
     /// replaces a file.
-    #[command(
-        after_help = "Example:\n  musig2-node psbt finalize spend.psbt --out signed.psbt --tx tx.hex"
-    )]
+    #[command(after_help = "Examples:\n  \
+        musig2-node psbt finalize spend.psbt --out signed.psbt --tx tx.hex\n  \
+        musig2-node --dir ~/.musig2 psbt finalize spend.psbt --session 5974... --tx tx.hex")]
     Finalize {
         /// The PSBT: binary, base64 or hex; `-` reads stdin.
         file: PathBuf,
+        /// Take the signatures from this signed session on the running node (created with
+        /// `session create --psbt`) instead of the PSBT's BIP373 contributions; the session
+        /// must sign exactly this PSBT's inputs for this node.
+        #[arg(long, value_name = "ID")]
+        session: Option<String>,
         /// Write the finalized PSBT to this new file (base64 unless --binary).
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
@@ -298,18 +306,33 @@ enum SessionCommand {
         /// Check that the session's Taproot tweak commits to this script-tree Merkle root.
         #[arg(long)]
         taproot_merkle_root: Option<String>,
+        /// Check that the session signs exactly this PSBT's inputs for this node (digest,
+        /// signers, every sighash and its tweaks), refusing it otherwise, and show the PSBT's
+        /// approval view.
+        #[arg(long, value_name = "FILE")]
+        psbt: Option<PathBuf>,
+        #[command(flatten)]
+        network: NetworkArg,
     },
     /// Join a session (looking it up in the DHT if needed).
-    #[command(after_help = "Example:\n  musig2-node session join 5974...")]
+    #[command(after_help = "Examples:\n  musig2-node session join 5974...\n  \
+        musig2-node session join 5974... --psbt spend.psbt")]
     Join {
         /// Session id, hex.
         session: String,
+        /// Join only if the session signs exactly this PSBT's inputs for this node.
+        #[arg(long, value_name = "FILE")]
+        psbt: Option<PathBuf>,
     },
     /// Join a session and wait for its signature.
-    #[command(after_help = "Example:\n  musig2-node session sign 5974... --timeout 900")]
+    #[command(after_help = "Examples:\n  musig2-node session sign 5974... --timeout 900\n  \
+        musig2-node session sign 5974... --psbt spend.psbt")]
     Sign {
         /// Session id, hex.
         session: String,
+        /// Join only if the session signs exactly this PSBT's inputs for this node.
+        #[arg(long, value_name = "FILE")]
+        psbt: Option<PathBuf>,
         /// Give up after this many seconds (default from config.toml, else 300).
         #[arg(long)]
         timeout: Option<u64>,
@@ -435,6 +458,15 @@ struct CreateArgs {
     /// The Taproot script tree's Merkle root, hex (implies --taproot).
     #[arg(long)]
     taproot_merkle_root: Option<String>,
+    /// Sign every input of this PSBT that this node's key signs, in one session (binary,
+    /// base64 or hex; `-` reads stdin). The signers are the inputs' BIP373 participants, each
+    /// input's sighash is one message with its own tweaks, and the announcement carries the
+    /// PSBT's digest for the others to check (`session show --psbt`).
+    #[arg(long, value_name = "FILE", conflicts_with_all = [
+        "signers", "group", "message", "message_text", "message_file", "tweaks", "taproot",
+        "taproot_merkle_root",
+    ])]
+    psbt: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -574,6 +606,25 @@ fn print_show(value: &Value) {
         }
     }
     println!();
+    if let Some(list) = value["messages"].as_array().filter(|l| l.len() > 1) {
+        println!(
+            "This session signs {} messages in the same rounds (the first is shown in detail \
+             below); each under its own key:",
+            list.len()
+        );
+        for (i, m) in list.iter().enumerate() {
+            println!(
+                "  #{i}: {} under {}",
+                m["message"]["hex"].as_str().unwrap_or("?"),
+                m["output_key"].as_str().unwrap_or("?")
+            );
+        }
+        println!();
+    }
+    if let Some(digest) = value["document_digest"].as_str() {
+        println!("Document digest: {digest} (check the PSBT with `session show ID --psbt FILE`)");
+        println!();
+    }
     println!(
         "Signature will be under (x-only output key): {}",
         value["output_key"].as_str().unwrap_or("?")
@@ -767,7 +818,129 @@ struct Context {
     settings: Settings,
 }
 
+/// What a session for a PSBT signs: every input this node's key signs, under the inputs'
+/// participants; peers from `--peer`, else this node's own and its contacts'.
+async fn create_for_psbt(
+    ctx: &Context,
+    socket: &Path,
+    path: &Path,
+    args: &CreateArgs,
+) -> Outcome<(PsbtSession, Vec<Option<String>>)> {
+    let psbt = btc::read_psbt(path)?;
+    let info = control::call_detailed(socket, &Request::Info).await?;
+    let me = btc::parse_public_key(
+        "node key",
+        info["public_key"].as_str().unwrap_or_default(),
+    )?;
+    let session = PsbtSession::new(&psbt, &me, &musig2_proto::Limits::default())?;
+    let peers = if args.peers.is_empty() {
+        session
+            .terms
+            .signers
+            .iter()
+            .map(|key| {
+                if *key == me {
+                    info["peer_id"].as_str().map(str::to_owned)
+                } else {
+                    ctx.settings.peer_of_key(key)
+                }
+            })
+            .collect()
+    } else {
+        peer_args(&args.peers, session.terms.signers.len())?
+    };
+    Ok((session, peers))
+}
+
+/// `--peer` values, one per signer (`-` where unknown).
+fn peer_args(peers: &[String], signers: usize) -> Outcome<Vec<Option<String>>> {
+    if peers.len() != signers {
+        return Err(NodeError::InvalidArgument {
+            what: "--peer",
+            reason: format!(
+                "give one per signer ({signers}) or none, got {}",
+                peers.len()
+            ),
+        }
+        .into());
+    }
+    Ok(peers.iter().map(|p| (p != "-").then(|| p.clone())).collect())
+}
+
 async fn create(ctx: &Context, socket: &Path, args: CreateArgs) -> Outcome<Value> {
+    let options = |signers: Vec<String>,
+                   peers: Vec<Option<String>>,
+                   message_hex: Option<String>,
+                   messages: Vec<MessageSpec>,
+                   document_digest: Option<String>|
+     -> Outcome<Request> {
+        let peers = if peers.iter().all(Option::is_none) {
+            Vec::new()
+        } else {
+            peers
+        };
+        Ok(Request::Create {
+            signers,
+            peers,
+            message_hex,
+            messages,
+            document_digest,
+            topology: args
+                .topology
+                .map(TopologyName::from)
+                .or(ctx.settings.defaults.topology)
+                .unwrap_or_default(),
+            commitments: if args.no_commitments {
+                Some(false)
+            } else {
+                ctx.settings.defaults.commitments
+            },
+            tweaks: args
+                .tweaks
+                .iter()
+                .map(|t| parse_tweak(t))
+                .collect::<Outcome<_>>()?,
+            taproot: (args.taproot || args.taproot_merkle_root.is_some()).then(|| TaprootSpec {
+                merkle_root: args.taproot_merkle_root.clone(),
+            }),
+            join_timeout_secs: args.join_timeout,
+            max_failovers: args.max_failovers,
+        })
+    };
+    if let Some(path) = &args.psbt {
+        let (session, peers) = create_for_psbt(ctx, socket, path, &args).await?;
+        let messages = session
+            .terms
+            .messages
+            .iter()
+            .map(|(message, tweaks)| MessageSpec {
+                message_hex: hex::encode(message),
+                tweaks: tweaks
+                    .iter()
+                    .map(|t| TweakSpec {
+                        hex: hex::encode(t.value()),
+                        x_only: t.is_x_only(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let request = options(
+            session.terms.signers.iter().map(ToString::to_string).collect(),
+            peers,
+            None,
+            messages,
+            session.terms.document_digest.map(hex::encode),
+        )?;
+        let mut value = control::call_detailed(socket, &request).await?;
+        value["inputs"] = json!(
+            session
+                .entries
+                .iter()
+                .map(|e| e.input_index)
+                .collect::<Vec<_>>()
+        );
+        return Ok(value);
+    }
     let message = read_message(&args)?;
     let me = if ctx
         .settings
@@ -786,53 +959,57 @@ async fn create(ctx: &Context, socket: &Path, args: CreateArgs) -> Outcome<Value
             .resolve_signers(args.group.as_deref(), &args.signers, me.as_ref())?;
     let peers: Vec<Option<String>> = if args.peers.is_empty() {
         signers.iter().map(|s| s.peer.clone()).collect()
-    } else if args.peers.len() == signers.len() {
-        args.peers
-            .iter()
-            .map(|p| (p != "-").then(|| p.clone()))
-            .collect()
     } else {
-        return Err(NodeError::InvalidArgument {
-            what: "--peer",
-            reason: format!(
-                "give one per signer ({}) or none, got {}",
-                signers.len(),
-                args.peers.len()
-            ),
-        }
-        .into());
+        peer_args(&args.peers, signers.len())?
     };
-    let peers = if peers.iter().all(Option::is_none) {
-        Vec::new()
-    } else {
-        peers
-    };
-    let request = Request::Create {
-        signers: signers.into_iter().map(|s| s.key).collect(),
+    let request = options(
+        signers.into_iter().map(|s| s.key).collect(),
         peers,
-        message_hex: hex::encode(&message),
-        topology: args
-            .topology
-            .map(TopologyName::from)
-            .or(ctx.settings.defaults.topology)
-            .unwrap_or_default(),
-        commitments: if args.no_commitments {
-            Some(false)
-        } else {
-            ctx.settings.defaults.commitments
-        },
-        tweaks: args
-            .tweaks
-            .iter()
-            .map(|t| parse_tweak(t))
-            .collect::<Outcome<_>>()?,
-        taproot: (args.taproot || args.taproot_merkle_root.is_some()).then(|| TaprootSpec {
-            merkle_root: args.taproot_merkle_root.clone(),
-        }),
-        join_timeout_secs: args.join_timeout,
-        max_failovers: args.max_failovers,
-    };
+        Some(hex::encode(&message)),
+        Vec::new(),
+        None,
+    )?;
     Ok(control::call_detailed(socket, &request).await?)
+}
+
+/// This node's key in a `show` reply: the signer marked `this_node`.
+fn our_key_in(show: &Value) -> Outcome<secp256k1::PublicKey> {
+    let key = show["signers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["this_node"] == true)
+        .and_then(|s| s["public_key"].as_str())
+        .ok_or_else(|| NodeError::Rejected("this node is not a signer of the session".to_owned()))?;
+    Ok(btc::parse_public_key("signer key", key)?)
+}
+
+/// Checks that the session `show` describes signs exactly the PSBT at `path`'s inputs for this
+/// node (refusing it with what differs) and returns the PSBT's approval view.
+fn check_session_psbt(
+    show: &Value,
+    path: &Path,
+    network: bitcoin::Network,
+) -> Outcome<(Value, PsbtSession)> {
+    let psbt = btc::read_psbt(path)?;
+    let me = our_key_in(show)?;
+    let expected = PsbtSession::new(&psbt, &me, &musig2_proto::Limits::default())?;
+    expected.check(&SessionTerms::of_show_json(show)?)?;
+    Ok((btc::show(&psbt, &me, network)?, expected))
+}
+
+/// `join`/`sign --psbt`: refuses to join a session that does not sign exactly the PSBT.
+async fn check_before_join(socket: &Path, session: &str, path: &Path) -> Outcome<()> {
+    let show = control::call_detailed(
+        socket,
+        &Request::Show {
+            session: session.to_owned(),
+            taproot_merkle_root: None,
+        },
+    )
+    .await?;
+    check_session_psbt(&show, path, bitcoin::Network::Bitcoin)?;
+    Ok(())
 }
 
 /// Shows progress of a long wait on stderr (a terminal only): phase, who has joined, holdouts,
@@ -894,22 +1071,51 @@ async fn session(ctx: &Context, command: SessionCommand) -> Outcome {
         SessionCommand::Show {
             session,
             taproot_merkle_root,
+            psbt,
+            network,
         } => {
-            let value = call(Request::Show {
+            let mut value = call(Request::Show {
                 session,
                 taproot_merkle_root,
             })
             .await?;
+            let approval = match &psbt {
+                Some(path) => Some(check_session_psbt(&value, path, network.network)?.0),
+                None => None,
+            };
             if ctx.json {
+                if let Some(approval) = approval {
+                    value["psbt"] = approval;
+                }
                 print_json(&value);
             } else {
                 print_show(&value);
+                if let Some(approval) = approval {
+                    println!();
+                    println!(
+                        "The session signs exactly this node's {} inputs of the PSBT (digest {}):",
+                        approval["sign"].as_array().map_or(0, Vec::len),
+                        approval["digest"].as_str().unwrap_or("?")
+                    );
+                    println!();
+                    print!("{}", btc::show_text(&approval));
+                }
             }
         }
-        SessionCommand::Join { session } => {
+        SessionCommand::Join { session, psbt } => {
+            if let Some(path) = &psbt {
+                check_before_join(&socket, &session, path).await?;
+            }
             print_reply(&call(Request::Join { session }).await?, ctx.json)
         }
-        SessionCommand::Sign { session, timeout } => {
+        SessionCommand::Sign {
+            session,
+            psbt,
+            timeout,
+        } => {
+            if let Some(path) = &psbt {
+                check_before_join(&socket, &session, path).await?;
+            }
             call(Request::Join {
                 session: session.clone(),
             })
@@ -1429,7 +1635,7 @@ async fn dispatch(ctx: Context, command: Command) -> Outcome {
             }
             Ok(())
         }
-        Command::Psbt { command } => psbt(&ctx, command),
+        Command::Psbt { command } => psbt(&ctx, command).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -1486,7 +1692,56 @@ fn descriptor(ctx: &Context, args: DescriptorArgs) -> Outcome {
     Ok(())
 }
 
-fn psbt(ctx: &Context, command: PsbtCommand) -> Outcome {
+/// `psbt finalize --session`: the session's signatures, one per input this node signs, once
+/// the session is checked to sign exactly this PSBT.
+async fn finalize_from_session(
+    ctx: &Context,
+    psbt: bitcoin::Psbt,
+    path: &Path,
+    session: String,
+) -> Outcome<btc::Finalized> {
+    let socket = socket_of(ctx)?;
+    let show = control::call_detailed(
+        &socket,
+        &Request::Show {
+            session: session.clone(),
+            taproot_merkle_root: None,
+        },
+    )
+    .await?;
+    let (_, expected) = check_session_psbt(&show, path, bitcoin::Network::Bitcoin)?;
+    let status = control::call_detailed(
+        &socket,
+        &Request::Status {
+            session: Some(session.clone()),
+        },
+    )
+    .await?;
+    let Some(list) = status["signatures"].as_array() else {
+        return Err(NodeError::Rejected(format!(
+            "session {session} has no signatures (phase {}); wait for it with `session wait`",
+            status["phase"].as_str().unwrap_or("?")
+        ))
+        .into());
+    };
+    let signatures = list
+        .iter()
+        .map(|s| {
+            let mut bytes = [0u8; 64];
+            hex::decode_to_slice(s.as_str().unwrap_or_default(), &mut bytes)
+                .map_err(|_| NodeError::invalid("session signature", "expected 128 hex digits"))?;
+            Ok(bytes)
+        })
+        .collect::<Outcome<Vec<_>>>()?;
+    let (psbt, tx) = btc::finalize_with_signatures(psbt, &expected.entries, &signatures)?;
+    Ok(btc::Finalized {
+        psbt,
+        tx,
+        inputs: expected.entries.iter().map(|e| e.input_index).collect(),
+    })
+}
+
+async fn psbt(ctx: &Context, command: PsbtCommand) -> Outcome {
     match command {
         PsbtCommand::Show { file, key, network } => {
             let psbt = btc::read_psbt(&file)?;
@@ -1511,6 +1766,7 @@ fn psbt(ctx: &Context, command: PsbtCommand) -> Outcome {
         }
         PsbtCommand::Finalize {
             file,
+            session,
             out,
             binary,
             tx,
@@ -1526,7 +1782,11 @@ fn psbt(ctx: &Context, command: PsbtCommand) -> Outcome {
                     .into());
                 }
             }
-            let done = btc::finalize_psbt(btc::read_psbt(&file)?)?;
+            let psbt = btc::read_psbt(&file)?;
+            let done = match session {
+                None => btc::finalize_psbt(psbt)?,
+                Some(session) => finalize_from_session(ctx, psbt, &file, session).await?,
+            };
             let mut value = done.to_json();
             if let Some(path) = &out {
                 let bytes = if binary {

@@ -335,6 +335,14 @@ impl Settings {
         Ok(resolved)
     }
 
+    /// The peer id of the contact whose key is `key`, if the address book has one.
+    pub fn peer_of_key(&self, key: &secp256k1::PublicKey) -> Option<String> {
+        self.contacts
+            .values()
+            .find(|c| c.key.trim().parse::<secp256k1::PublicKey>().ok() == Some(*key))
+            .and_then(|c| c.peer.clone())
+    }
+
     /// The signers of group `name`, in order.
     pub fn group(&self, name: &str, me: Option<&Signer>) -> Result<Vec<Signer>> {
         let members = self.groups.get(name).ok_or_else(|| {

@@ -182,7 +182,9 @@ async fn three_daemons_sign_through_their_control_sockets() {
                 Some(bob.node().peer_id().to_string()),
                 None,
             ],
-            message_hex: hex::encode(message),
+            message_hex: Some(hex::encode(message)),
+            messages: Vec::new(),
+            document_digest: None,
             topology: TopologyName::Star,
             commitments: Some(true),
             tweaks: Vec::new(),
@@ -358,7 +360,9 @@ async fn on_signature_runs_for_the_node_whose_turn_it_is_and_confirms_with_its_o
                 .iter()
                 .map(|d| Some(d.node().peer_id().to_string()))
                 .collect(),
-            message_hex: hex::encode(b"publish me"),
+            message_hex: Some(hex::encode(b"publish me")),
+            messages: Vec::new(),
+            document_digest: None,
             topology: TopologyName::Mesh,
             commitments: Some(false),
             tweaks: Vec::new(),

@@ -2,11 +2,8 @@
 //! `run` processes (on 127.0.0.1), `--json` output one object per line for every command,
 //! exit codes, escaped messages, the join window, contacts and groups, the metrics endpoint.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use secp256k1::{XOnlyPublicKey, schnorr};
@@ -14,7 +11,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{BIN, Out, cli_in, scrape};
+use common::{Out, Running, cli_in, scrape};
 
 fn temp_dir(name: &str) -> PathBuf {
     common::temp_dir("op", name)
@@ -22,70 +19,6 @@ fn temp_dir(name: &str) -> PathBuf {
 
 fn cli(dir: &Path, args: &[&str]) -> Out {
     cli_in(Some(dir), args, None)
-}
-
-/// A `musig2-node --json run` process and the lines it printed.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Running {
-    /// Starts `run`; its log (stderr) goes to `log` when given.
-    fn start(dir: &Path, args: &[&str], log: Option<&Path>) -> (Self, Value) {
-        let stderr = match log {
-            Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
-            None => Stdio::null(),
-        };
-        let mut child = Command::new(BIN)
-            // The directory from the environment, as an operator's service file would set it.
-            .env("MUSIG2_DIR", dir)
-            .env("RUST_LOG", "debug")
-            .args(["--json", "run"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("start the node");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let first = lines
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the node prints its start line");
-        let started: Value = serde_json::from_str(&first).expect("JSON line");
-        assert_eq!(started["event"], "started", "{started}");
-        (Self { child, lines }, started)
-    }
-
-    /// Stops the node with SIGTERM and returns every line it printed after the first.
-    fn stop(mut self) -> Vec<Value> {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let status = self.child.wait().expect("wait");
-        assert!(status.success(), "the node stops cleanly: {status:?}");
-        self.lines
-            .try_iter()
-            .map(|line| {
-                serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("run --json printed a non-JSON line ({e}): {line}"))
-            })
-            .collect()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn metric(text: &str, name_and_labels: &str) -> Option<f64> {

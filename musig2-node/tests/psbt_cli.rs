@@ -11,12 +11,14 @@ use bitcoin::sighash::{Prevouts, SighashCache};
 use bitcoin::taproot::{ControlBlock, LeafVersion, TapLeafHash};
 use bitcoin::{Network, Transaction, TxOut};
 use musig2_bitcoin::MusigDescriptor;
-use serde::Deserialize;
 use serde_json::Value;
 
 mod common;
 
-use common::{Out, cli_in};
+use common::{
+    Bip390, Out, PsbtCase, VECTORS, bip373, cli_in, participant_keys, psbt_of, read_json,
+    spend_cases,
+};
 
 fn temp_dir(name: &str) -> PathBuf {
     common::temp_dir("psbt", name)
@@ -24,80 +26,6 @@ fn temp_dir(name: &str) -> PathBuf {
 
 fn cli(args: &[&str]) -> Out {
     cli_in(None, args, None)
-}
-
-const VECTORS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../musig2-bitcoin/tests/vectors"
-);
-
-#[derive(Deserialize)]
-struct Bip373 {
-    participants: Vec<Participant>,
-    psbts: Vec<PsbtCase>,
-}
-
-#[derive(Deserialize)]
-struct Participant {
-    pubkey: String,
-    wif_mainnet: String,
-}
-
-#[derive(Deserialize)]
-struct PsbtCase {
-    case: String,
-    variant: Option<String>,
-    valid: bool,
-    psbt_hex: String,
-}
-
-#[derive(Deserialize)]
-struct Bip390 {
-    valid: Vec<Bip390Valid>,
-    invalid: Vec<Bip390Invalid>,
-}
-
-#[derive(Deserialize)]
-struct Bip390Valid {
-    descriptor: String,
-    scripts: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct Bip390Invalid {
-    descriptor: String,
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &str) -> T {
-    let text = std::fs::read_to_string(format!("{VECTORS}/{path}")).expect("vector file");
-    serde_json::from_str(&text).expect("vector JSON")
-}
-
-fn bip373() -> Bip373 {
-    read_json("bip373/bip373-vectors.json")
-}
-
-fn spend_cases<'a>(v: &'a Bip373, variant: &str) -> Vec<&'a PsbtCase> {
-    let cases: Vec<_> = v
-        .psbts
-        .iter()
-        .filter(|c| c.valid && c.case.starts_with("Spend") && c.variant.as_deref() == Some(variant))
-        .collect();
-    assert_eq!(cases.len(), 4, "{variant}");
-    cases
-}
-
-fn psbt_of(case: &PsbtCase) -> Psbt {
-    Psbt::deserialize(&hex::decode(&case.psbt_hex).expect("hex")).expect("psbt")
-}
-
-/// The secret key hex and public key of a vector participant.
-fn participant_keys(p: &Participant) -> (String, String) {
-    let secp = Secp256k1::new();
-    let sk = bitcoin::PrivateKey::from_wif(&p.wif_mainnet).expect("wif");
-    let pk = sk.public_key(&secp).to_string();
-    assert_eq!(pk, p.pubkey, "the WIF is the participant's");
-    (hex::encode(sk.inner.secret_bytes()), pk)
 }
 
 /// Writes a vector's PSBT in one of the encodings the commands detect.

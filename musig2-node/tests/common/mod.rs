@@ -4,10 +4,15 @@
 // Each test file uses its own part of this module.
 #![allow(dead_code)]
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
+use bitcoin::psbt::Psbt;
+use bitcoin::secp256k1::Secp256k1;
+use serde::Deserialize;
 use serde_json::Value;
 
 /// The binary under test.
@@ -106,3 +111,145 @@ pub fn scrape(url: &str) -> String {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     response
 }
+
+/// A `musig2-node --json run` process and the lines it printed.
+pub struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    /// Starts `run`; its log (stderr) goes to `log` when given.
+    pub fn start(dir: &Path, args: &[&str], log: Option<&Path>) -> (Self, Value) {
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+            None => Stdio::null(),
+        };
+        let mut child = Command::new(BIN)
+            // The directory from the environment, as an operator's service file would set it.
+            .env("MUSIG2_DIR", dir)
+            .env("RUST_LOG", "debug")
+            .args(["--json", "run"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("start the node");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let first = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the node prints its start line");
+        let started: Value = serde_json::from_str(&first).expect("JSON line");
+        assert_eq!(started["event"], "started", "{started}");
+        (Self { child, lines }, started)
+    }
+
+    /// Stops the node with SIGTERM and returns every line it printed after the first.
+    pub fn stop(mut self) -> Vec<Value> {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "the node stops cleanly: {status:?}");
+        self.lines
+            .try_iter()
+            .map(|line| {
+                serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("run --json printed a non-JSON line ({e}): {line}"))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+
+// The BIP373 and BIP390 vectors (vendored with musig2-bitcoin).
+
+pub const VECTORS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../musig2-bitcoin/tests/vectors"
+);
+
+#[derive(Deserialize)]
+pub struct Bip373 {
+    pub participants: Vec<Participant>,
+    pub psbts: Vec<PsbtCase>,
+}
+
+#[derive(Deserialize)]
+pub struct Participant {
+    pub pubkey: String,
+    pub wif_mainnet: String,
+}
+
+#[derive(Deserialize)]
+pub struct PsbtCase {
+    pub case: String,
+    pub variant: Option<String>,
+    pub valid: bool,
+    pub psbt_hex: String,
+}
+
+#[derive(Deserialize)]
+pub struct Bip390 {
+    pub valid: Vec<Bip390Valid>,
+    pub invalid: Vec<Bip390Invalid>,
+}
+
+#[derive(Deserialize)]
+pub struct Bip390Valid {
+    pub descriptor: String,
+    pub scripts: Vec<String>,
+}
+
+#[derive(Deserialize)]
+pub struct Bip390Invalid {
+    pub descriptor: String,
+}
+
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &str) -> T {
+    let text = std::fs::read_to_string(format!("{VECTORS}/{path}")).expect("vector file");
+    serde_json::from_str(&text).expect("vector JSON")
+}
+
+pub fn bip373() -> Bip373 {
+    read_json("bip373/bip373-vectors.json")
+}
+
+pub fn spend_cases<'a>(v: &'a Bip373, variant: &str) -> Vec<&'a PsbtCase> {
+    let cases: Vec<_> = v
+        .psbts
+        .iter()
+        .filter(|c| c.valid && c.case.starts_with("Spend") && c.variant.as_deref() == Some(variant))
+        .collect();
+    assert_eq!(cases.len(), 4, "{variant}");
+    cases
+}
+
+pub fn psbt_of(case: &PsbtCase) -> Psbt {
+    Psbt::deserialize(&hex::decode(&case.psbt_hex).expect("hex")).expect("psbt")
+}
+
+/// The secret key hex and public key of a vector participant.
+pub fn participant_keys(p: &Participant) -> (String, String) {
+    let secp = Secp256k1::new();
+    let sk = bitcoin::PrivateKey::from_wif(&p.wif_mainnet).expect("wif");
+    let pk = sk.public_key(&secp).to_string();
+    assert_eq!(pk, p.pubkey, "the WIF is the participant's");
+    (hex::encode(sk.inner.secret_bytes()), pk)
+}
+
