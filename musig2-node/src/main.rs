@@ -14,9 +14,9 @@ use musig2_node::bitcoin as btc;
 use musig2_node::control::{
     self, CallError, MessageSpec, Request, TaprootSpec, TopologyName, TweakSpec,
 };
-use musig2_node::psbt_session::{PsbtSession, SessionTerms};
 use musig2_node::daemon::{Daemon, DaemonConfig, describe_event};
 use musig2_node::demo::{self, DemoOptions, DemoReport};
+use musig2_node::psbt_session::{PsbtSession, SessionTerms};
 use musig2_node::settings::{Settings, Signer, parse_duration_secs};
 use musig2_node::{ErrorKind, NodeError, keys, view};
 use musig2_proto::SignerIndex;
@@ -325,8 +325,10 @@ enum SessionCommand {
         psbt: Option<PathBuf>,
     },
     /// Join a session and wait for its signature.
-    #[command(after_help = "Examples:\n  musig2-node session sign 5974... --timeout 900\n  \
-        musig2-node session sign 5974... --psbt spend.psbt")]
+    #[command(
+        after_help = "Examples:\n  musig2-node session sign 5974... --timeout 900\n  \
+        musig2-node session sign 5974... --psbt spend.psbt"
+    )]
     Sign {
         /// Session id, hex.
         session: String,
@@ -828,10 +830,7 @@ async fn create_for_psbt(
 ) -> Outcome<(PsbtSession, Vec<Option<String>>)> {
     let psbt = btc::read_psbt(path)?;
     let info = control::call_detailed(socket, &Request::Info).await?;
-    let me = btc::parse_public_key(
-        "node key",
-        info["public_key"].as_str().unwrap_or_default(),
-    )?;
+    let me = btc::parse_public_key("node key", info["public_key"].as_str().unwrap_or_default())?;
     let session = PsbtSession::new(&psbt, &me, &musig2_proto::Limits::default())?;
     let peers = if args.peers.is_empty() {
         session
@@ -864,7 +863,10 @@ fn peer_args(peers: &[String], signers: usize) -> Outcome<Vec<Option<String>>> {
         }
         .into());
     }
-    Ok(peers.iter().map(|p| (p != "-").then(|| p.clone())).collect())
+    Ok(peers
+        .iter()
+        .map(|p| (p != "-").then(|| p.clone()))
+        .collect())
 }
 
 async fn create(ctx: &Context, socket: &Path, args: CreateArgs) -> Outcome<Value> {
@@ -925,7 +927,12 @@ async fn create(ctx: &Context, socket: &Path, args: CreateArgs) -> Outcome<Value
             })
             .collect();
         let request = options(
-            session.terms.signers.iter().map(ToString::to_string).collect(),
+            session
+                .terms
+                .signers
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             peers,
             None,
             messages,
@@ -980,7 +987,9 @@ fn our_key_in(show: &Value) -> Outcome<secp256k1::PublicKey> {
         .flatten()
         .find(|s| s["this_node"] == true)
         .and_then(|s| s["public_key"].as_str())
-        .ok_or_else(|| NodeError::Rejected("this node is not a signer of the session".to_owned()))?;
+        .ok_or_else(|| {
+            NodeError::Rejected("this node is not a signer of the session".to_owned())
+        })?;
     Ok(btc::parse_public_key("signer key", key)?)
 }
 

@@ -212,7 +212,10 @@ impl PsbtSession {
                 Some(d) => format!(
                     "it names document digest {}, the PSBT's is {}",
                     hex::encode(d),
-                    self.terms.document_digest.map(hex::encode).unwrap_or_default()
+                    self.terms
+                        .document_digest
+                        .map(hex::encode)
+                        .unwrap_or_default()
                 ),
                 None => "it names no document digest".to_owned(),
             });

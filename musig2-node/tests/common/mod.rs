@@ -176,7 +176,6 @@ impl Drop for Running {
     }
 }
 
-
 // The BIP373 and BIP390 vectors (vendored with musig2-bitcoin).
 
 pub const VECTORS: &str = concat!(
@@ -252,4 +251,3 @@ pub fn participant_keys(p: &Participant) -> (String, String) {
     assert_eq!(pk, p.pubkey, "the WIF is the participant's");
     (hex::encode(sk.inner.secret_bytes()), pk)
 }
-
