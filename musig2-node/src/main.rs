@@ -413,8 +413,8 @@ enum SessionCommand {
 }
 
 #[derive(Args, Debug)]
-#[command(group(clap::ArgGroup::new("msg").required(true).args(["message", "message_text", "message_file"])))]
-#[command(group(clap::ArgGroup::new("who").required(true).multiple(true).args(["signers", "group"])))]
+#[command(group(clap::ArgGroup::new("msg").required(true).args(["message", "message_text", "message_file", "psbt"])))]
+#[command(group(clap::ArgGroup::new("who").required(true).multiple(true).args(["signers", "group", "psbt"])))]
 struct CreateArgs {
     /// A signer: a contact name from config.toml, `self`, or a compressed public key (66 hex
     /// digits), in key-aggregation order (repeat per signer; include this node).

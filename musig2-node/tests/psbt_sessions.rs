@@ -27,7 +27,7 @@ use secp256k1::{Keypair, PublicKey, XOnlyPublicKey, schnorr};
 
 mod common;
 
-use common::{bip373, participant_keys, psbt_of, spend_cases};
+use common::{Running, bip373, cli_in, participant_keys, psbt_of, spend_cases};
 
 /// Nodes on one in-memory network, by public key.
 struct Signers {
@@ -415,4 +415,184 @@ async fn sign_plain(
     }
     assert!(all.iter().all(|s| *s == all[0]));
     all.swap_remove(0)
+}
+
+/// A node directory whose signing key is `secret_hex` (a vector participant's).
+fn node_dir_with_key(base: &std::path::Path, name: &str, secret_hex: &str) -> std::path::PathBuf {
+    let dir = base.join(name);
+    let keys = cli_in(Some(&dir), &["--json", "keygen"], None).ok();
+    assert!(keys["public_key"].is_string());
+    let key_file = dir.join(musig2_node::keys::SIGNING_KEY_FILE);
+    std::fs::write(&key_file, format!("{secret_hex}\n")).expect("replace the signing key");
+    dir
+}
+
+/// Three `run` processes on 127.0.0.1 with the BIP373 participants' keys: for each vector
+/// "participant pubkeys only" PSBT one signer runs `session create --psbt`, the others
+/// `session show --psbt` and `session sign --psbt`, and the creator `psbt finalize --session`;
+/// the transaction verifies. A signer given another PSBT refuses to join.
+#[test]
+fn the_cli_signs_the_bip373_psbts_over_libp2p() {
+    let v = bip373();
+    let base = common::temp_dir("psbt-net", "libp2p");
+    let dirs: Vec<_> = v
+        .participants
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (secret, public) = participant_keys(p);
+            let dir = node_dir_with_key(&base, &format!("p{i}"), &secret);
+            let info = cli_in(Some(&dir), &["--json", "info"], None).ok();
+            assert_eq!(
+                info["public_key"],
+                public.as_str(),
+                "the vector key is in use"
+            );
+            dir
+        })
+        .collect();
+    let (first, started) = Running::start(&dirs[0], &["--listen", "/ip4/127.0.0.1/tcp/0"], None);
+    let bootstrap = started["addresses"]
+        .as_array()
+        .and_then(|a| a.iter().find_map(|a| a.as_str()))
+        .expect("an address")
+        .to_owned();
+    let mut running = vec![first];
+    let mut peers = vec![started["peer_id"].as_str().expect("peer").to_owned()];
+    for dir in &dirs[1..] {
+        let (node, started) = Running::start(
+            dir,
+            &[
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--bootstrap",
+                &bootstrap,
+            ],
+            None,
+        );
+        peers.push(started["peer_id"].as_str().expect("peer").to_owned());
+        running.push(node);
+    }
+    let cli = |i: usize, args: &[&str]| cli_in(Some(&dirs[i]), args, None);
+    let cases = spend_cases(&v, "With participant pubkeys only");
+    let files: Vec<_> = cases
+        .iter()
+        .enumerate()
+        .map(|(n, case)| {
+            let path = base.join(format!("case{n}.psbt"));
+            std::fs::write(&path, &case.psbt_hex).expect("write psbt");
+            path
+        })
+        .collect();
+    for (n, case) in cases.iter().enumerate() {
+        let psbt = psbt_of(case);
+        let file = files[n].to_str().expect("utf-8");
+        let other = files[(n + 1) % files.len()].to_str().expect("utf-8");
+        let creator = n % 3;
+        // `--peer` in the PSBT's participant order, which is the vector's order.
+        let mut args = vec!["--json", "session", "create", "--psbt", file];
+        for p in &peers {
+            args.extend(["--peer", p.as_str()]);
+        }
+        if n % 2 == 1 {
+            args.extend(["--topology", "star"]);
+        }
+        let created = cli(creator, &args).ok();
+        let session = created["session"].as_str().expect("session id").to_owned();
+        let digest = created["document_digest"]
+            .as_str()
+            .expect("digest")
+            .to_owned();
+        assert_eq!(
+            digest,
+            hex::encode(musig2_bitcoin::psbt_digest(&psbt)),
+            "{}",
+            case.case
+        );
+        let members: Vec<usize> = (0..3).filter(|i| *i != creator).collect();
+        // A member handed another PSBT refuses, and does not join.
+        let refused = cli(
+            members[0],
+            &["--json", "session", "sign", &session, "--psbt", other],
+        );
+        let error = refused.error(7, "rejected");
+        assert!(
+            error["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("does not sign this PSBT")),
+            "{error}"
+        );
+        let status = cli(members[0], &["--json", "session", "status", &session]).ok();
+        assert_eq!(
+            status["phase"], "created",
+            "the refusing member did not join"
+        );
+        for &m in &members {
+            let shown = cli(m, &["--json", "session", "show", &session, "--psbt", file]).ok();
+            assert_eq!(shown["document_digest"], digest.as_str());
+            assert_eq!(shown["psbt"]["digest"], digest.as_str());
+            assert!(!shown["psbt"]["sign"].as_array().expect("sign").is_empty());
+        }
+        // One member joins, the other joins and waits for the signatures (`sign`).
+        let joined = cli(
+            members[0],
+            &["--json", "session", "join", &session, "--psbt", file],
+        )
+        .ok();
+        assert_eq!(joined["joined"], true);
+        let signed = cli(
+            members[1],
+            &[
+                "--json",
+                "session",
+                "sign",
+                &session,
+                "--psbt",
+                file,
+                "--timeout",
+                "60",
+            ],
+        )
+        .ok();
+        let signatures = signed["signatures"].as_array().expect("signatures").clone();
+        for i in [creator, members[0]] {
+            let done = cli(
+                i,
+                &["--json", "session", "wait", &session, "--timeout", "60"],
+            )
+            .ok();
+            assert_eq!(done["signatures"].as_array(), Some(&signatures));
+        }
+        let tx_file = base.join(format!("case{n}.tx"));
+        let done = cli(
+            creator,
+            &[
+                "--json",
+                "psbt",
+                "finalize",
+                file,
+                "--session",
+                &session,
+                "--tx",
+                tx_file.to_str().expect("utf-8"),
+            ],
+        )
+        .ok();
+        let tx: Transaction = bitcoin::consensus::encode::deserialize_hex(
+            std::fs::read_to_string(&tx_file).expect("tx file").trim(),
+        )
+        .expect("a transaction");
+        assert_eq!(done["txid"], tx.compute_txid().to_string().as_str());
+        let me = musig2_node::bitcoin::parse_public_key("key", &v.participants[creator].pubkey)
+            .expect("key");
+        let entries = PsbtSession::new(&psbt, &me, &Limits::default())
+            .expect("plan")
+            .entries;
+        verify_extracted(&tx, &prevouts(&psbt).expect("prevouts"), &entries)
+            .unwrap_or_else(|e| panic!("{}: {e}", case.case));
+    }
+    for node in running {
+        node.stop();
+    }
+    let _ = std::fs::remove_dir_all(&base);
 }
