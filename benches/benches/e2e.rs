@@ -12,7 +12,7 @@
 //! ```text
 //! cargo bench -p musig2-benches --bench e2e
 //! E2E_QUICK=1 cargo bench -p musig2-benches --bench e2e   # fewer iterations
-//! E2E_PART=libp2p (or memory, costs, durable, groupcommit, failover) cargo bench -p musig2-benches --bench e2e   # one part only
+//! E2E_PART=libp2p (or memory, costs, durable, groupcommit, failover, psbt) cargo bench -p musig2-benches --bench e2e   # one part only
 //! E2E_PART=libp2p E2E_N=10 cargo bench -p musig2-benches --bench e2e     # one network size
 //! ```
 //!
@@ -29,6 +29,7 @@ use musig2_coordinator::{
     announcement_record_validator,
 };
 use musig2_core::{AggNonce, KeyAggContext, NonceGen, PartialSignature, PubNonce, SessionContext};
+use musig2_node::psbt_session::PsbtSession;
 use musig2_proto::{
     Announcement, Attempt, Body, Envelope, Limits, PartialSigBytes, PeerIdBytes, PubNonceBytes,
     SeqNo, SessionId, SignerIndex, Topology,
@@ -215,6 +216,83 @@ impl Cluster {
         }
     }
 
+    /// Sessions `requests`, all created at once, from the first `create_session` to the last
+    /// node holding every session's signatures. Returns that time and each session's
+    /// signatures (every node's, checked equal), in request order.
+    async fn run_batch(
+        &mut self,
+        requests: Vec<SessionRequest>,
+    ) -> (Duration, Vec<Vec<schnorr::Signature>>) {
+        let n = self.nodes.len();
+        let mut seen = Vec::new();
+        let start = Instant::now();
+        let creator = self.nodes[0].clone();
+        let create = futures::future::join_all(
+            requests
+                .into_iter()
+                .map(|r| creator.create_session(r))
+                .collect::<Vec<_>>(),
+        );
+        tokio::pin!(create);
+        let sessions: Vec<SessionId> = loop {
+            tokio::select! {
+                created = &mut create => break created
+                    .into_iter()
+                    .map(|c| c.expect("create session"))
+                    .collect(),
+                Some(event) = self.events.recv() => seen.push(event),
+            }
+        };
+        let index: HashMap<SessionId, usize> =
+            sessions.iter().enumerate().map(|(i, s)| (*s, i)).collect();
+        let mut signed: Vec<HashMap<usize, Vec<schnorr::Signature>>> =
+            vec![HashMap::new(); sessions.len()];
+        let mut remaining = n * sessions.len();
+        let mut end = start;
+        let mut buffered = seen.into_iter();
+        while remaining > 0 {
+            let s = match buffered.next() {
+                Some(s) => s,
+                None => tokio::time::timeout(Duration::from_secs(60), self.events.recv())
+                    .await
+                    .expect("sessions did not finish within 60 s")
+                    .expect("event stream"),
+            };
+            match s.event {
+                Event::SignatureReady {
+                    session,
+                    signatures,
+                    ..
+                } => {
+                    if let Some(&i) = index.get(&session) {
+                        if signed[i].insert(s.node, signatures).is_none() {
+                            remaining -= 1;
+                            end = end.max(s.at);
+                        }
+                    }
+                }
+                Event::Aborted {
+                    session,
+                    reason,
+                    blamed,
+                    ..
+                } if index.contains_key(&session) => {
+                    panic!("session aborted on node {}: {reason:?} {blamed:?}", s.node)
+                }
+                _ => {}
+            }
+        }
+        let signatures = signed
+            .into_iter()
+            .map(|by_node| {
+                let first = by_node[&0].clone();
+                assert!(by_node.values().all(|s| *s == first), "nodes disagree");
+                first
+            })
+            .collect();
+        (end - start, signatures)
+    }
+
     async fn shutdown(self) {
         for node in &self.nodes {
             let _ = node.shutdown().await;
@@ -342,9 +420,12 @@ async fn libp2p_cluster_with(n: usize, stores: Stores) -> Cluster {
     // The bench runs hundreds of sessions a second from one creator: above the announcement
     // budget that stops an outsider's flood (a dropped announcement would leave a signer that
     // only auto-joins what reaches it waiting until the bench's 30 s limit).
+    // The PSBT part announces 20 sessions at once from one creator: above the default bound
+    // on un-joined sessions per creator (8), which drops the oldest.
     let config = Config {
         announcement_bytes_per_peer_per_sec: 1 << 20,
         announcement_bytes_per_sec: 4 << 20,
+        max_unjoined_per_creator: 64,
         ..Config::default()
     };
     let base = Libp2pConfig {
@@ -930,6 +1011,81 @@ async fn group_commit_bench(quick: bool) {
     );
 }
 
+/// A 20-input PSBT (`E2E_PART=psbt`, issue #14): every input signed in one 20-message session,
+/// next to 20 single-message sessions of the same sighashes, all created at once, and one
+/// after another; star, n = 3 and n = 10, libp2p on loopback. Time from the first
+/// `create_session` to every node holding every signature.
+async fn psbt_bench(quick: bool) {
+    const INPUTS: usize = 20;
+    let iters = if quick { 5 } else { 20 };
+    println!(
+        "\n== {INPUTS}-input PSBT, star, libp2p loopback: one {INPUTS}-message session vs {INPUTS} single-message sessions (target >= 5x) =="
+    );
+    for n in [3, 10] {
+        let mut cluster = libp2p_cluster(n).await;
+        let keys: Vec<PublicKey> = cluster.keypairs.iter().map(Keypair::public_key).collect();
+        let psbt = musig2_bitcoin::fixtures::multi_input_psbt(&keys, INPUTS)
+            .expect("fixture")
+            .psbt;
+        let plan = PsbtSession::new(&psbt, &keys[0], &Limits::default()).expect("plan");
+        let mut policy = cluster.nodes[0].default_policy();
+        policy.topology = Topology::Star;
+        policy.nonce_commitment = false;
+        // Peers in the PSBT's signer order (KeySorted), not the cluster's.
+        let peers: Vec<_> = plan
+            .terms
+            .signers
+            .iter()
+            .map(|k| {
+                let i = keys.iter().position(|c| c == k).expect("a cluster key");
+                Some(cluster.nodes[i].peer_id())
+            })
+            .collect();
+        let together = || vec![plan.request(peers.clone(), policy).expect("request")];
+        let one_by_one = || -> Vec<SessionRequest> {
+            plan.messages()
+                .expect("messages")
+                .into_iter()
+                .map(|m| SessionRequest {
+                    signers: plan.terms.signers.clone(),
+                    peers: peers.clone(),
+                    messages: vec![m],
+                    document_digest: None,
+                    policy,
+                })
+                .collect()
+        };
+        // Warm up, and check once that every signature verifies for its input.
+        let (_, sigs) = cluster.run_batch(together()).await;
+        for (sig, entry) in sigs[0].iter().zip(&plan.entries) {
+            schnorr::verify(sig, &entry.message, &entry.verify_key).expect("input signature");
+        }
+        cluster.run_batch(one_by_one()).await;
+        let (mut one, mut concurrent, mut sequential) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..iters {
+            one.push(cluster.run_batch(together()).await.0);
+            concurrent.push(cluster.run_batch(one_by_one()).await.0);
+            let start = Instant::now();
+            for request in one_by_one() {
+                cluster.run_batch(vec![request]).await;
+            }
+            sequential.push(start.elapsed());
+        }
+        let (one, concurrent, sequential) =
+            (median_of(one), median_of(concurrent), median_of(sequential));
+        let ratio = |d: Duration| d.as_secs_f64() / one.as_secs_f64();
+        println!(
+            "n={n:<3} one {INPUTS}-message session {:>10}   {INPUTS} sessions at once {:>10} ({:.1}x)   {INPUTS} sessions one after another {:>10} ({:.1}x)  [{iters} runs]",
+            fmt_ms(one),
+            fmt_ms(concurrent),
+            ratio(concurrent),
+            fmt_ms(sequential),
+            ratio(sequential),
+        );
+        cluster.shutdown().await;
+    }
+}
+
 /// Star aggregator failover (`E2E_PART=failover`, ADR 0008): n = 10 over libp2p on loopback,
 /// first-signer election, one failover allowed, default phase timeouts (30 s) with a join
 /// window of one phase timeout. Healthy: every node up. Failover: the first aggregator is down
@@ -1123,6 +1279,9 @@ fn main() {
     }
     if part == "failover" {
         rt.block_on(failover_bench(quick));
+    }
+    if part.is_empty() || part == "psbt" {
+        rt.block_on(psbt_bench(quick));
     }
     drop(rt);
     if part.is_empty() || part == "memory" {

@@ -301,7 +301,10 @@ fn verification_matrix(
         .collect()
 }
 
-fn arbitrary_messages() -> impl Strategy<Value = Vec<(Vec<u8>, Vec<(u8, bool)>)>> {
+/// A message and its tweaks, each tweak as a repeated byte and whether it is x-only.
+type MessageCase = (Vec<u8>, Vec<(u8, bool)>);
+
+fn arbitrary_messages() -> impl Strategy<Value = Vec<MessageCase>> {
     prop::collection::vec(
         (
             prop::collection::vec(any::<u8>(), 0..48),
