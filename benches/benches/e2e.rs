@@ -12,7 +12,7 @@
 //! ```text
 //! cargo bench -p musig2-benches --bench e2e
 //! E2E_QUICK=1 cargo bench -p musig2-benches --bench e2e   # fewer iterations
-//! E2E_PART=libp2p (or memory, costs, durable, groupcommit, failover, psbt) cargo bench -p musig2-benches --bench e2e   # one part only
+//! E2E_PART=libp2p (or memory, costs, durable, groupcommit, failover, psbt, many) cargo bench -p musig2-benches --bench e2e   # one part only
 //! E2E_PART=libp2p E2E_N=10 cargo bench -p musig2-benches --bench e2e     # one network size
 //! ```
 //!
@@ -562,6 +562,20 @@ async fn memory_throughput_with(
         max_unjoined_per_creator: 2 * in_flight,
         max_unjoined_sessions: 2 * in_flight,
         max_active_per_creator: 4 * in_flight,
+        // Each task asks for its signatures after the session may have finished: keep every
+        // outcome until then.
+        max_finished_sessions: total.max(1024),
+        // Every frame of every session in flight goes to the one other node: the per-peer
+        // queue and the early-frame buffers must hold them all, or frames are shed (and the
+        // session times out).
+        max_queued_frames_per_peer: (8 * in_flight).max(1024),
+        max_inflight_sends_per_peer: 256,
+        max_inflight_sends: 256,
+        max_buffered_messages_per_peer: (4 * in_flight).max(64),
+        max_pending_bytes_per_peer: (4096 * in_flight).max(64 * 1024),
+        max_pending_frames: (8 * in_flight).max(4096),
+        max_pending_bytes: (4096 * in_flight).max(4 << 20),
+        command_queue: in_flight.max(256),
         // A trusted pair running hundreds of sessions a second: the announcement budgets that
         // stop an outsider's flood would hold back an honest creator this busy.
         announcement_bytes_per_peer_per_sec: 1 << 20,
@@ -974,6 +988,90 @@ fn memory_benches(quick: bool) {
     }
 }
 
+/// Resident memory of this process, from `/proc/self/statm`.
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// Many sessions at once (`E2E_PART=many`, issue #13): 2-of-2 sessions between two
+/// memory-transport nodes with 10,000 in flight next to 200 in flight (target: >= 0.8 of the
+/// rate), and the memory an idle session holds (announced, creator joined, the other signer
+/// not yet: the state a join window keeps).
+async fn many_sessions_bench(quick: bool) {
+    let total = if quick { 10_000 } else { 30_000 };
+    let few = 200;
+    let many: usize = std::env::var("E2E_MANY").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    println!(
+        "\n== many sessions, memory transport: {total} 2-of-2 sessions, {few} vs {many} in flight (target >= 0.8) =="
+    );
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        a.push(memory_throughput(total, few, false).await);
+        b.push(memory_throughput(total, many, false).await);
+    }
+    let (a, b) = (median_f64(a), median_f64(b));
+    println!(
+        "{few:>6} in flight {a:>7.0} sessions/s   {many:>6} in flight {b:>7.0} sessions/s   ratio {:.2}",
+        b / a
+    );
+
+    let idle = 10_000;
+    let config = Config {
+        max_concurrent_sessions: 2 * idle,
+        max_unjoined_sessions: 2 * idle,
+        max_unjoined_per_creator: 2 * idle,
+        max_active_per_creator: 2 * idle,
+        announcement_bytes_per_peer_per_sec: 1 << 30,
+        announcement_bytes_per_sec: 1 << 30,
+        event_queue: 1 << 16,
+        ..Config::default()
+    };
+    let net = MemoryNetwork::new(11);
+    let keypairs: Vec<Keypair> = (0..2).map(|_| Keypair::new(&mut rand::rng())).collect();
+    let nodes: Vec<Node> = keypairs
+        .iter()
+        .map(|kp| Node::spawn(Arc::new(net.add_node()), *kp, config.clone()))
+        .collect();
+    let mut policy = nodes[0].default_policy();
+    policy.timeouts.join_ms = 3_600_000;
+    let request = SessionRequest {
+        signers: keypairs.iter().map(Keypair::public_key).collect(),
+        peers: nodes.iter().map(|n| Some(n.peer_id())).collect(),
+        messages: vec![musig2_proto::MessageToSign::new(vec![0x42; 32])],
+        document_digest: None,
+        policy,
+    };
+    // Warm both nodes up with a few sessions so allocator pools exist before the baseline.
+    for _ in 0..100 {
+        nodes[0]
+            .create_session(request.clone())
+            .await
+            .expect("create");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = resident_bytes();
+    for _ in 0..idle {
+        nodes[0]
+            .create_session(request.clone())
+            .await
+            .expect("create");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = nodes[1].sessions().await.expect("sessions").len();
+    let after = resident_bytes();
+    println!(
+        "idle sessions: {idle} created (the other node holds {held} un-joined); resident memory +{:.1} MiB, {:.1} KiB per session for both nodes together",
+        (after.saturating_sub(before)) as f64 / (1 << 20) as f64,
+        (after.saturating_sub(before)) as f64 / 1024.0 / idle as f64,
+    );
+    for node in &nodes {
+        let _ = node.shutdown().await;
+    }
+}
+
 /// The durable store next to the memory store, in one run.
 async fn durable_benches(quick: bool) {
     let scale = |iters: usize| if quick { iters.div_ceil(5) } else { iters };
@@ -1021,7 +1119,11 @@ async fn psbt_bench(quick: bool) {
     println!(
         "\n== {INPUTS}-input PSBT, star, libp2p loopback: one {INPUTS}-message session vs {INPUTS} single-message sessions (target >= 5x) =="
     );
+    let only: Option<usize> = std::env::var("E2E_N").ok().and_then(|v| v.parse().ok());
     for n in [3, 10] {
+        if only.is_some_and(|o| o != n) {
+            continue;
+        }
         let mut cluster = libp2p_cluster(n).await;
         let keys: Vec<PublicKey> = cluster.keypairs.iter().map(Keypair::public_key).collect();
         let psbt = musig2_bitcoin::fixtures::multi_input_psbt(&keys, INPUTS)
@@ -1282,6 +1384,9 @@ fn main() {
     }
     if part.is_empty() || part == "psbt" {
         rt.block_on(psbt_bench(quick));
+    }
+    if part.is_empty() || part == "many" {
+        rt.block_on(many_sessions_bench(quick));
     }
     drop(rt);
     if part.is_empty() || part == "memory" {
