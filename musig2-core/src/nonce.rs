@@ -10,6 +10,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::error::{Contribution, Culprit, Error, Result};
 use crate::hash;
 use crate::keyagg::KeyAggContext;
+use crate::pointsum;
 use crate::scalar::Scalar;
 
 /// A secret nonce pair `(k1, k2)` bound to the public key that will sign with it.
@@ -148,13 +149,12 @@ pub struct AggNonce {
 
 impl AggNonce {
     /// BIP327 NonceAgg over parsed public nonces.
+    ///
+    /// Public nonces are public data, so the two sums use variable-time point arithmetic and
+    /// share one inversion, as libsecp256k1's nonce aggregation does.
     pub fn aggregate(nonces: &[PubNonce]) -> AggNonce {
-        let r1: Vec<&PublicKey> = nonces.iter().map(|n| &n.r1).collect();
-        let r2: Vec<&PublicKey> = nonces.iter().map(|n| &n.r2).collect();
-        AggNonce {
-            r1: PublicKey::combine_keys(&r1).ok(),
-            r2: PublicKey::combine_keys(&r2).ok(),
-        }
+        let (r1, r2) = pointsum::sum_pairs(nonces.iter().map(|n| (&n.r1, &n.r2)));
+        AggNonce { r1, r2 }
     }
 
     /// BIP327 NonceAgg over encodings; an invalid nonce is blamed on its index.
@@ -163,8 +163,8 @@ impl AggNonce {
     /// of every nonce, and the first failure in that order is blamed. When signer 0 sends
     /// (valid, invalid) and signer 1 sends (invalid, valid), signer 1 is blamed.
     pub fn aggregate_bytes(nonces: &[[u8; 66]]) -> Result<AggNonce> {
-        let half = |j: usize| -> Result<Option<PublicKey>> {
-            let points = nonces
+        let half = |j: usize| -> Result<Vec<PublicKey>> {
+            nonces
                 .iter()
                 .enumerate()
                 .map(|(i, n)| {
@@ -173,12 +173,11 @@ impl AggNonce {
                     PublicKey::from_byte_array_compressed(h)
                         .map_err(|_| Error::unattributed(Contribution::PubNonce).blame_signer(i))
                 })
-                .collect::<Result<Vec<_>>>()?;
-            let refs: Vec<&PublicKey> = points.iter().collect();
-            Ok(PublicKey::combine_keys(&refs).ok())
+                .collect()
         };
-        let r1 = half(0)?;
-        let r2 = half(1)?;
+        let firsts = half(0)?;
+        let seconds = half(1)?;
+        let (r1, r2) = pointsum::sum_pairs(firsts.iter().zip(&seconds));
         Ok(AggNonce { r1, r2 })
     }
 
