@@ -360,21 +360,23 @@ impl<'a> NonceGen<'a> {
             hi.update([i]);
             Zeroizing::new(Scalar::reduce(hash::finish(hi)))
         };
-        secret_nonce_pair(derive(0), derive(1), self.pk)
+        secret_nonce_pair(derive(0), derive(1), self.pk, fresh_nonce_point)
     }
 }
 
-/// Builds `(secnonce, pubnonce)` from two derived scalars, refusing zero.
+/// Builds `(secnonce, pubnonce)` from two derived scalars, refusing zero; `point` computes `k·G`
+/// ([`fresh_nonce_point`] for nonces used once, `PublicKey::from_secret_key` otherwise).
 pub(crate) fn secret_nonce_pair(
     k1: Zeroizing<Scalar>,
     k2: Zeroizing<Scalar>,
     pk: PublicKey,
+    point: fn(&SecretKey) -> PublicKey,
 ) -> Result<(SecNonce, PubNonce)> {
     let k1 = SecretKey::from_secret_bytes(k1.to_bytes()).map_err(|_| Error::ZeroNonce)?;
     let k2 = SecretKey::from_secret_bytes(k2.to_bytes()).map_err(|_| Error::ZeroNonce)?;
     let pubnonce = PubNonce {
-        r1: fresh_nonce_point(&k1),
-        r2: fresh_nonce_point(&k2),
+        r1: point(&k1),
+        r2: point(&k2),
     };
     let secnonce = SecNonce {
         k1: k1.to_secret_bytes(),
@@ -393,15 +395,16 @@ pub(crate) static GENERATOR: LazyLock<PublicKey> = LazyLock::new(|| {
         .unwrap_or_else(|_| unreachable!("G is on the curve"))
 });
 
-/// `k·G` for a freshly derived secret nonce `k`, in constant time.
+/// `k·G` for a NonceGen secret nonce `k`, in constant time.
 ///
 /// This is libsecp256k1's constant-time variable-base multiplication (`ecmult_const`, the one
 /// behind its ECDH) with `G` as the base: ~24 µs here. `PublicKey::from_secret_key`
 /// (`ecmult_gen`, ~11 µs) is faster by itself, but the `secp256k1` crate re-randomises its global
 /// context after every call (another ~18 µs), and its safe API has no generator multiplication
-/// without that. Context blinding defends a secret that is multiplied many times; a nonce is
-/// multiplied once, here. Long-lived secrets (secret keys) and [`SecNonce::public_nonce`], which
-/// a caller can repeat, keep the blinded `ecmult_gen`.
+/// without that. Context blinding defends a secret that is multiplied many times; a NonceGen
+/// nonce is multiplied once, here. Secrets that can be multiplied again keep the blinded
+/// `ecmult_gen`: secret keys, [`SecNonce::public_nonce`] (a caller can repeat it) and
+/// DeterministicSign's nonce (the same inputs give the same nonce every time).
 fn fresh_nonce_point(k: &SecretKey) -> PublicKey {
     let mut xy = [0x04; 65];
     xy[1..].copy_from_slice(&ecdh::shared_secret_point(&GENERATOR, k));

@@ -367,7 +367,10 @@ pub fn deterministic_sign(
         Zeroizing::new(Scalar::reduce(hash::finish(hi)))
     };
     let pk = PublicKey::from_secret_key(sk);
-    let (secnonce, pubnonce) = secret_nonce_pair(derive(0), derive(1), pk)?;
+    // The blinded generator multiplication: the same inputs give the same nonce, so a caller
+    // can have it multiplied again and again.
+    let (secnonce, pubnonce) =
+        secret_nonce_pair(derive(0), derive(1), pk, PublicKey::from_secret_key)?;
     // NonceAgg parses every input strictly, so neither half of aggothernonce may be infinity.
     let others = PubNonce::from_bytes(aggothernonce).map_err(|_| Error::InvalidContribution {
         culprit: Culprit::Aggregator,
