@@ -61,6 +61,7 @@ mod error;
 mod hash;
 mod keyagg;
 mod nonce;
+mod pointsum;
 mod scalar;
 mod session;
 

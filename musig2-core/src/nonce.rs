@@ -1,14 +1,16 @@
 //! Nonces: generation (BIP327 NonceGen), public nonces, aggregation (NonceAgg).
 
 use std::fmt;
+use std::sync::LazyLock;
 
-use secp256k1::{PublicKey, SecretKey, XOnlyPublicKey};
+use secp256k1::{PublicKey, SecretKey, XOnlyPublicKey, constants, ecdh};
 use sha2::Digest;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{Contribution, Culprit, Error, Result};
 use crate::hash;
 use crate::keyagg::KeyAggContext;
+use crate::pointsum;
 use crate::scalar::Scalar;
 
 /// A secret nonce pair `(k1, k2)` bound to the public key that will sign with it.
@@ -147,13 +149,12 @@ pub struct AggNonce {
 
 impl AggNonce {
     /// BIP327 NonceAgg over parsed public nonces.
+    ///
+    /// Public nonces are public data, so the two sums use variable-time point arithmetic and
+    /// share one inversion, as libsecp256k1's nonce aggregation does.
     pub fn aggregate(nonces: &[PubNonce]) -> AggNonce {
-        let r1: Vec<&PublicKey> = nonces.iter().map(|n| &n.r1).collect();
-        let r2: Vec<&PublicKey> = nonces.iter().map(|n| &n.r2).collect();
-        AggNonce {
-            r1: PublicKey::combine_keys(&r1).ok(),
-            r2: PublicKey::combine_keys(&r2).ok(),
-        }
+        let (r1, r2) = pointsum::sum_pairs(nonces.iter().map(|n| (&n.r1, &n.r2)));
+        AggNonce { r1, r2 }
     }
 
     /// BIP327 NonceAgg over encodings; an invalid nonce is blamed on its index.
@@ -162,8 +163,8 @@ impl AggNonce {
     /// of every nonce, and the first failure in that order is blamed. When signer 0 sends
     /// (valid, invalid) and signer 1 sends (invalid, valid), signer 1 is blamed.
     pub fn aggregate_bytes(nonces: &[[u8; 66]]) -> Result<AggNonce> {
-        let half = |j: usize| -> Result<Option<PublicKey>> {
-            let points = nonces
+        let half = |j: usize| -> Result<Vec<PublicKey>> {
+            nonces
                 .iter()
                 .enumerate()
                 .map(|(i, n)| {
@@ -172,12 +173,11 @@ impl AggNonce {
                     PublicKey::from_byte_array_compressed(h)
                         .map_err(|_| Error::unattributed(Contribution::PubNonce).blame_signer(i))
                 })
-                .collect::<Result<Vec<_>>>()?;
-            let refs: Vec<&PublicKey> = points.iter().collect();
-            Ok(PublicKey::combine_keys(&refs).ok())
+                .collect()
         };
-        let r1 = half(0)?;
-        let r2 = half(1)?;
+        let firsts = half(0)?;
+        let seconds = half(1)?;
+        let (r1, r2) = pointsum::sum_pairs(firsts.iter().zip(&seconds));
         Ok(AggNonce { r1, r2 })
     }
 
@@ -360,21 +360,23 @@ impl<'a> NonceGen<'a> {
             hi.update([i]);
             Zeroizing::new(Scalar::reduce(hash::finish(hi)))
         };
-        secret_nonce_pair(derive(0), derive(1), self.pk)
+        secret_nonce_pair(derive(0), derive(1), self.pk, fresh_nonce_point)
     }
 }
 
-/// Builds `(secnonce, pubnonce)` from two derived scalars, refusing zero.
+/// Builds `(secnonce, pubnonce)` from two derived scalars, refusing zero; `point` computes `k·G`
+/// ([`fresh_nonce_point`] for nonces used once, `PublicKey::from_secret_key` otherwise).
 pub(crate) fn secret_nonce_pair(
     k1: Zeroizing<Scalar>,
     k2: Zeroizing<Scalar>,
     pk: PublicKey,
+    point: fn(&SecretKey) -> PublicKey,
 ) -> Result<(SecNonce, PubNonce)> {
     let k1 = SecretKey::from_secret_bytes(k1.to_bytes()).map_err(|_| Error::ZeroNonce)?;
     let k2 = SecretKey::from_secret_bytes(k2.to_bytes()).map_err(|_| Error::ZeroNonce)?;
     let pubnonce = PubNonce {
-        r1: PublicKey::from_secret_key(&k1),
-        r2: PublicKey::from_secret_key(&k2),
+        r1: point(&k1),
+        r2: point(&k2),
     };
     let secnonce = SecNonce {
         k1: k1.to_secret_bytes(),
@@ -382,6 +384,32 @@ pub(crate) fn secret_nonce_pair(
         pk,
     };
     Ok((secnonce, pubnonce))
+}
+
+/// The generator `G`.
+pub(crate) static GENERATOR: LazyLock<PublicKey> = LazyLock::new(|| {
+    let mut xy = [0x04; 65];
+    xy[1..33].copy_from_slice(&constants::GENERATOR_X);
+    xy[33..].copy_from_slice(&constants::GENERATOR_Y);
+    PublicKey::from_byte_array_uncompressed(xy)
+        .unwrap_or_else(|_| unreachable!("G is on the curve"))
+});
+
+/// `k·G` for a NonceGen secret nonce `k`, in constant time.
+///
+/// This is libsecp256k1's constant-time variable-base multiplication (`ecmult_const`, the one
+/// behind its ECDH) with `G` as the base: ~24 µs here. `PublicKey::from_secret_key`
+/// (`ecmult_gen`, ~11 µs) is faster by itself, but the `secp256k1` crate re-randomises its global
+/// context after every call (another ~18 µs), and its safe API has no generator multiplication
+/// without that. Context blinding defends a secret that is multiplied many times; a NonceGen
+/// nonce is multiplied once, here. Secrets that can be multiplied again keep the blinded
+/// `ecmult_gen`: secret keys, [`SecNonce::public_nonce`] (a caller can repeat it) and
+/// DeterministicSign's nonce (the same inputs give the same nonce every time).
+fn fresh_nonce_point(k: &SecretKey) -> PublicKey {
+    let mut xy = [0x04; 65];
+    xy[1..].copy_from_slice(&ecdh::shared_secret_point(&GENERATOR, k));
+    PublicKey::from_byte_array_uncompressed(xy)
+        .unwrap_or_else(|_| unreachable!("k·G for a valid k is a finite point"))
 }
 
 fn split66(bytes: &[u8; 66]) -> ([u8; 33], [u8; 33]) {
@@ -401,4 +429,45 @@ fn join66(a: &[u8; 33], b: &[u8; 33]) -> [u8; 66] {
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_nonce_points_equal_the_blinded_generator_multiplication() {
+        let mut n_minus_one = [0xff; 32];
+        n_minus_one[16..].copy_from_slice(&[
+            0xba, 0xae, 0xdc, 0xe6, 0xaf, 0x48, 0xa0, 0x3b, 0xbf, 0xd2, 0x5e, 0x8c, 0xd0, 0x36,
+            0x41, 0x40,
+        ]);
+        n_minus_one[15] = 0xfe;
+        let mut one = [0u8; 32];
+        one[31] = 1;
+        let mut cases = vec![one, n_minus_one];
+        let mut seed = [0u8; 32];
+        for i in 0..32u8 {
+            seed = hash::finish({
+                let mut h = hash::musig_aux();
+                h.update(seed);
+                h.update([i]);
+                h
+            });
+            cases.push(seed);
+        }
+        assert_eq!(
+            *GENERATOR,
+            PublicKey::from_secret_key(&SecretKey::from_secret_bytes(one).unwrap())
+        );
+        for bytes in cases {
+            let k = SecretKey::from_secret_bytes(bytes).expect("in range");
+            assert_eq!(
+                fresh_nonce_point(&k),
+                PublicKey::from_secret_key(&k),
+                "k = {}",
+                hex(&bytes)
+            );
+        }
+    }
 }

@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 use crate::error::{Contribution, Culprit, Error, Result};
 use crate::hash;
 use crate::keyagg::KeyAggContext;
-use crate::nonce::{AggNonce, PubNonce, SecNonce, hex, secret_nonce_pair};
+use crate::nonce::{AggNonce, GENERATOR, PubNonce, SecNonce, hex, secret_nonce_pair};
 use crate::scalar::Scalar;
 
 /// A partial signature: a scalar below the group order, 32 bytes on the wire.
@@ -85,7 +85,7 @@ impl SessionContext {
         };
         // BIP327: an infinite final nonce is replaced by G so signing stays well defined.
         let r_infinite = r.is_none();
-        let r = r.unwrap_or_else(generator);
+        let r = r.unwrap_or_else(|| *GENERATOR);
         let (r_xonly, parity) = r.x_only_public_key();
         let r_x = r_xonly.to_byte_array();
 
@@ -367,7 +367,10 @@ pub fn deterministic_sign(
         Zeroizing::new(Scalar::reduce(hash::finish(hi)))
     };
     let pk = PublicKey::from_secret_key(sk);
-    let (secnonce, pubnonce) = secret_nonce_pair(derive(0), derive(1), pk)?;
+    // The blinded generator multiplication: the same inputs give the same nonce, so a caller
+    // can have it multiplied again and again.
+    let (secnonce, pubnonce) =
+        secret_nonce_pair(derive(0), derive(1), pk, PublicKey::from_secret_key)?;
     // NonceAgg parses every input strictly, so neither half of aggothernonce may be infinity.
     let others = PubNonce::from_bytes(aggothernonce).map_err(|_| Error::InvalidContribution {
         culprit: Culprit::Aggregator,
@@ -382,14 +385,4 @@ pub fn deterministic_sign(
         Zeroizing::new(Scalar::from_bytes(sk.to_secret_bytes()).ok_or(Error::InvalidSecretKey)?);
     let psig = session.sign_with_scalars(k1, k2, &d, index)?;
     Ok((pubnonce, psig))
-}
-
-/// The secp256k1 generator point.
-fn generator() -> PublicKey {
-    const G: [u8; 33] = [
-        0x02, 0x79, 0xbe, 0x66, 0x7e, 0xf9, 0xdc, 0xbb, 0xac, 0x55, 0xa0, 0x62, 0x95, 0xce, 0x87,
-        0x0b, 0x07, 0x02, 0x9b, 0xfc, 0xdb, 0x2d, 0xce, 0x28, 0xd9, 0x59, 0xf2, 0x81, 0x5b, 0x16,
-        0xf8, 0x17, 0x98,
-    ];
-    PublicKey::from_byte_array_compressed(G).unwrap_or_else(|_| unreachable!("G is on the curve"))
 }
