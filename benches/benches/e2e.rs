@@ -582,7 +582,13 @@ async fn memory_throughput_with(
         announcement_bytes_per_sec: 4 << 20,
         ..Config::default()
     };
-    let net = MemoryNetwork::new(7);
+    // The memory transport refuses a frame when the receiver's queue is full (as a stream
+    // would push back): size it for every frame of every session in flight.
+    let net = MemoryNetwork::with_config(musig2_transport::MemoryConfig {
+        seed: 7,
+        inbound_capacity: (8 * in_flight).max(1024),
+        ..musig2_transport::MemoryConfig::default()
+    });
     let transports: Vec<Arc<dyn Transport>> = (0..2)
         .map(|_| Arc::new(net.add_node()) as Arc<dyn Transport>)
         .collect();

@@ -68,6 +68,7 @@ mod offences;
 mod outbound;
 mod pending;
 mod replay;
+mod session_table;
 mod stats;
 pub mod store;
 pub mod transcript;

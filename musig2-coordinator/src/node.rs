@@ -28,6 +28,7 @@ use crate::event::Event;
 use crate::machine::{Output, Phase, SessionHealth, SessionMachine};
 use crate::offences::OffenceTable;
 use crate::outbound::Outbound;
+use crate::session_table::SessionTable;
 use crate::pending::{PendingBuffer, PendingLimits};
 use crate::store::{MemoryStore, Record, SessionStore, StoreUsage, StoredSession};
 
@@ -289,8 +290,9 @@ impl Node {
             local_peer: transport.local_peer_id(),
             config: config.clone(),
             clock,
-            sessions: HashMap::new(),
+            sessions: SessionTable::default(),
             finished: VecDeque::new(),
+            finished_ids: HashSet::new(),
             unjoined: VecDeque::new(),
             pending: PendingBuffer::new(PendingLimits {
                 frames_per_peer: config.max_buffered_messages_per_peer,
@@ -693,9 +695,11 @@ struct Actor {
     local_peer: PeerId,
     config: Arc<Config>,
     clock: Clock,
-    sessions: HashMap<SessionId, SessionMachine>,
+    sessions: SessionTable,
     /// Finished sessions, oldest first; kept (bounded) so late waiters get the outcome.
     finished: VecDeque<(SessionId, u64)>,
+    /// The ids in `finished`, to tell a finished session in O(1).
+    finished_ids: HashSet<SessionId>,
     /// Sessions announced to us that we have not joined: (id, creator key, when it arrived),
     /// oldest first. A pool of their own, bounded overall and per creator.
     unjoined: VecDeque<(SessionId, Option<PublicKey>, u64)>,
@@ -900,10 +904,10 @@ impl Actor {
         tracing::debug!("node task stopped");
     }
 
-    fn next_deadline(&self) -> Option<u64> {
+    fn next_deadline(&mut self) -> Option<u64> {
         self.sessions
-            .values()
-            .filter_map(SessionMachine::next_deadline)
+            .next_deadline()
+            .into_iter()
             .chain(self.blocked.values().copied())
             .chain(self.pending.next_expiry())
             .chain(self.unjoined.front().map(|(_, _, at)| {
@@ -1118,6 +1122,7 @@ impl Actor {
             Command::Prune { reply } => {
                 let mut forgotten = 0;
                 while let Some((old, _)) = self.finished.pop_front() {
+                    self.finished_ids.remove(&old);
                     self.forget(old);
                     forgotten += 1;
                 }
@@ -1563,13 +1568,7 @@ impl Actor {
         {
             self.commit_deferred().await;
         }
-        let due: Vec<SessionId> = self
-            .sessions
-            .iter()
-            .filter(|(_, m)| m.next_deadline().is_some_and(|d| d <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
+        for id in self.sessions.due(now) {
             if let Some(m) = self.sessions.get_mut(&id) {
                 let outputs = m.tick(now, &mut self.rng);
                 self.process(outputs);
@@ -1579,7 +1578,7 @@ impl Actor {
 
     fn peer_disconnected(&mut self, peer: PeerId) {
         let mut events = Vec::new();
-        for (id, m) in &self.sessions {
+        for (id, m) in self.sessions.iter() {
             if m.phase().is_terminal() {
                 continue;
             }
@@ -1770,6 +1769,7 @@ impl Actor {
         let phase = machine.phase();
         self.sessions.insert(id, machine);
         if phase.is_terminal() {
+            self.finished_ids.insert(id);
             self.finished.push_back((id, finished_at));
         } else if phase == Phase::Created {
             self.unjoined.push_back((id, None, now));
@@ -1841,7 +1841,7 @@ impl Actor {
         if let Some(pos) = self.unjoined.iter().position(|(id, _, _)| *id == session) {
             self.unjoined.remove(pos);
         }
-        if self.finished.iter().any(|(id, _)| *id == session) {
+        if !self.finished_ids.insert(session) {
             return;
         }
         self.finished.push_back((session, self.clock.now_ms()));
@@ -1859,6 +1859,7 @@ impl Actor {
                 break;
             }
             self.finished.pop_front();
+            self.finished_ids.remove(&old);
             self.forget(old);
             forgotten += 1;
         }
