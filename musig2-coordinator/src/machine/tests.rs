@@ -1324,3 +1324,4 @@ fn a_restart_told_to_one_signer_moves_everyone_even_when_its_contributions_overt
 }
 
 mod failover;
+mod star;
