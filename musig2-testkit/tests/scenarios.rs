@@ -90,6 +90,25 @@ async fn invalid_partial_signature() {
         report.assert_aborted_blaming_adversary(&[AbortReason::InvalidPartialSig]);
         let log = report.adversary_log.as_ref().expect("log");
         assert!(log.sent_partial_sig);
+        if topology == Topology::Star {
+            // Star members never see the nonces in a session that signs; here the coordinator
+            // revealed them with every partial signature, and each member judged the evidence
+            // itself (ADR 0011): its own finding, not the coordinator's word.
+            for h in &report.honest {
+                assert!(
+                    matches!(
+                        h.outcome,
+                        Outcome::Aborted {
+                            origin: AbortOrigin::Local,
+                            ..
+                        }
+                    ),
+                    "signer {}: {:?}",
+                    h.signer,
+                    h.outcome
+                );
+            }
+        }
     }
 }
 
