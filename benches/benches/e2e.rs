@@ -763,6 +763,7 @@ fn floor_protocol(keypairs: &[Keypair; 2], message: &[u8]) -> schnorr::Signature
     let psig_body = |p: &PartialSignature| Body::PartialSig {
         attempt: Attempt::FIRST,
         partial_sigs: vec![PartialSigBytes::from_bytes(p.to_bytes()).expect("psig bytes")],
+        aggregate: None,
     };
     exchange([psig_body(&psigs[0]), psig_body(&psigs[1])], 3);
     let sig = sessions[0]
@@ -797,7 +798,8 @@ fn us(d: Duration) -> String {
 
 /// The unit costs that explain the end-to-end figures: a BIP340 sign and verify, key
 /// aggregation, announcement decode + verify, and a star member's verification of the
-/// coordinator's AggregateNonce envelope (which checks every relayed nonce's signature).
+/// coordinator's AggregateNonce envelope (one signature, ADR 0011) and, on failure only, of its
+/// NonceSet (every relayed nonce's signature).
 fn cost_model() {
     println!("\n== unit costs (single thread, median) ==");
     let kp = Keypair::new(&mut rand::rng());
@@ -854,23 +856,30 @@ fn cost_model() {
                     .expect("nonce envelope")
             })
             .collect();
-        let body = Body::aggregate_nonce(&verified, Attempt::FIRST, &nonces).expect("aggregate");
-        let agg_env = Envelope::sign(
-            verified.session_id(),
-            SignerIndex::try_from(0usize).expect("index"),
-            SeqNo::FIRST,
-            now,
-            body,
-            &keypairs[0],
-        );
+        let (body, set) =
+            Body::aggregate_nonce(&verified, Attempt::FIRST, &nonces).expect("aggregate");
+        let sign0 = |body| {
+            Envelope::sign(
+                verified.session_id(),
+                SignerIndex::try_from(0usize).expect("index"),
+                SeqNo::FIRST,
+                now,
+                body,
+                &keypairs[0],
+            )
+        };
+        let agg_env = sign0(body);
+        let set_env = sign0(set);
         let agg_verify = time_op(50, || agg_env.verify(&verified).expect("aggregate nonce"));
+        let set_verify = time_op(20, || set_env.verify(&verified).expect("nonce set"));
         println!(
-            "n={n:<3} KeyAggContext::new {:>9}   announcement decode+verify {:>9}   AggregateNonce envelope verify {:>9} (x{} members = {:.1} ms per session)",
+            "n={n:<3} KeyAggContext::new {:>9}   announcement decode+verify {:>9}   AggregateNonce envelope verify {:>9} (x{} members = {:.3} ms per session)   NonceSet verify (failure only) {:>9}",
             us(keyagg),
             us(decode_verify),
             us(agg_verify),
             n - 1,
             agg_verify.as_secs_f64() * 1e3 * (n - 1) as f64,
+            us(set_verify),
         );
     }
 }

@@ -88,6 +88,7 @@ fn bench(c: &mut Criterion) {
             Body::PartialSig {
                 attempt: musig2_proto::Attempt::FIRST,
                 partial_sigs: vec![PartialSigBytes::from_bytes([0x42; 32]).expect("valid")],
+                aggregate: None,
             },
         ),
         (
@@ -232,6 +233,7 @@ fn bench_paired(_c: &mut Criterion) {
             Body::PartialSig {
                 attempt: musig2_proto::Attempt::FIRST,
                 partial_sigs: vec![PartialSigBytes::from_bytes([0x42; 32]).expect("valid")],
+                aggregate: None,
             },
         ),
         (

@@ -1,6 +1,7 @@
 //! The fixed session the fuzz targets verify against: three signers with keys `[1; 32]`,
-//! `[2; 32]`, `[3; 32]`, star topology (so AggregateNonce bodies are reachable), and a fixed salt
-//! and signature randomness, so every run and every crash reproduces against the same bytes.
+//! `[2; 32]`, `[3; 32]`, star topology (so AggregateNonce and NonceSet bodies are reachable), and
+//! a fixed salt and signature randomness, so every run and every crash reproduces against the
+//! same bytes.
 
 use std::sync::OnceLock;
 

@@ -1,8 +1,9 @@
 //! Reaches the checks that run after a valid signature: decodes an envelope from the input,
 //! re-signs its content with the real key of its claimed signer in a fixed star-topology
 //! announcement (so the signature is valid), and verifies it. Body rules (Join peer ids, Abort
-//! blame, AggregateNonce contents) must then accept or reject with an error, never panic, and a
-//! verified envelope must re-encode to a frame that decodes back to it.
+//! blame, star partial signatures naming an aggregate, NonceSet contents) must then accept or
+//! reject with an error, never panic, and a verified envelope must re-encode to a frame that
+//! decodes back to it.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -36,8 +36,8 @@ use std::fmt;
 
 use musig2_core::{AggNonce, KeyAggContext, PartialSignature, PubNonce, SessionContext};
 use musig2_proto::{
-    AbortReason, Attempt, Body, Envelope, Limits, ProtoError, SeqNo, SessionId, SignedAnnouncement,
-    SignedEnvelope, SignerIndex, Topology, VerifiedAnnouncement,
+    AbortReason, AggNonceBytes, Attempt, Body, Envelope, Limits, NonceSetDigest, ProtoError, SeqNo,
+    SessionId, SignedAnnouncement, SignedEnvelope, SignerIndex, Topology, VerifiedAnnouncement,
 };
 use secp256k1::{PublicKey, XOnlyPublicKey, schnorr};
 
@@ -100,7 +100,8 @@ pub enum BlameKind {
     CommitmentMismatch,
     /// A partial signature that fails BIP327 PartialSigVerify under the attempt's nonces.
     InvalidPartialSig,
-    /// A star coordinator's aggregate nonce that is not the sum of the nonces it carries.
+    /// A star coordinator's aggregate nonce that is not the sum of the nonce set it committed
+    /// to, or a revealed nonce set that is not the one it committed to (ADR 0011).
     AggregateNonceMismatch,
     /// A final signature that does not verify under the aggregate key.
     InvalidFinalSignature,
@@ -122,7 +123,7 @@ impl fmt::Display for BlameKind {
             BlameKind::CommitmentMismatch => f.write_str("nonce does not match its commitment"),
             BlameKind::InvalidPartialSig => f.write_str("invalid partial signature"),
             BlameKind::AggregateNonceMismatch => {
-                f.write_str("aggregate nonce is not the sum of the nonces it carries")
+                f.write_str("aggregate nonce is not the sum of the nonce set it committed to")
             }
             BlameKind::InvalidFinalSignature => f.write_str("invalid final signature"),
             BlameKind::OutOfTurnClaim => f.write_str("failover claim out of turn"),
@@ -133,10 +134,12 @@ impl fmt::Display for BlameKind {
 /// Misbehaviour of `signer` shown by envelopes it signed.
 ///
 /// Every kind but [`BlameKind::InvalidPartialSig`] is proven by the evidence envelopes alone.
-/// An invalid partial signature is judged under the nonces the transcript holds, and only in an
-/// attempt where it holds exactly one nonce of every signer: a mesh signer sends its partial
-/// signature together with the nonces it used (ADR 0003) and a star coordinator relays every
-/// nonce, so a second nonce of an equivocator would be in the transcript too.
+/// An invalid partial signature is judged under the nonces the transcript holds. In mesh, only
+/// in an attempt where it holds exactly one nonce of every signer: a mesh signer sends its
+/// partial signature together with the nonces it used (ADR 0003), so a second nonce of an
+/// equivocator would be in the transcript too. In star, under the aggregate nonce the partial
+/// signature names (an AggregateNonce of the transcript with that reference) and its author's
+/// one nonce of the attempt (ADR 0011).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlameProof {
     /// The signer proven at fault.
@@ -145,8 +148,8 @@ pub struct BlameProof {
     pub kind: BlameKind,
     /// The attempt concerned, when the evidence belongs to one.
     pub attempt: Option<Attempt>,
-    /// Positions in the transcript's envelope list of the evidence (an AggregateNonce envelope
-    /// stands for the nonces it relays).
+    /// Positions in the transcript's envelope list of the evidence (a NonceSet envelope stands
+    /// for the nonces it relays).
     pub evidence: Vec<usize>,
 }
 
@@ -627,6 +630,7 @@ impl Transcript {
             judge.add(i, env)?;
         }
         judge.check_commitments();
+        judge.check_nonce_sets();
         judge.check_partial_sigs();
 
         let mut claims = judge.claims.clone();
@@ -734,6 +738,16 @@ struct Judge<'a> {
     proven_pairs: HashSet<(usize, usize)>,
     claims: Vec<Claim>,
     valid_final: Option<Vec<schnorr::Signature>>,
+    /// Star AggregateNonce envelopes: author, attempt, aggregates, digest, position.
+    star_aggs: Vec<(
+        SignerIndex,
+        Attempt,
+        Vec<AggNonceBytes>,
+        NonceSetDigest,
+        usize,
+    )>,
+    /// Star NonceSet envelopes: author, attempt, nonces, position.
+    star_sets: Vec<(SignerIndex, Attempt, Vec<musig2_proto::SignedNonce>, usize)>,
     psigs_checked: usize,
     psigs_unchecked: usize,
 }
@@ -774,6 +788,8 @@ impl<'a> Judge<'a> {
             proven_pairs: HashSet::new(),
             claims: Vec::new(),
             valid_final: None,
+            star_aggs: Vec::new(),
+            star_sets: Vec::new(),
             psigs_checked: 0,
             psigs_unchecked: 0,
         }
@@ -813,12 +829,21 @@ impl<'a> Judge<'a> {
         }
         self.record(i, env.clone());
         match env.body() {
-            Body::AggregateNonce { nonces, .. } => {
+            Body::NonceSet { attempt, nonces } => {
                 // Relayed nonces carry their author's signature: they count as its own.
                 for sn in nonces {
                     let relayed = sn.to_signed_envelope(env.session_id());
                     self.record(i, relayed.envelope().clone());
                 }
+                self.star_sets.push((signer, *attempt, nonces.clone(), i));
+            }
+            Body::AggregateNonce {
+                attempt,
+                agg_nonces,
+                nonce_set,
+            } => {
+                self.star_aggs
+                    .push((signer, *attempt, agg_nonces.clone(), *nonce_set, i));
             }
             Body::Abort { reason, blamed } => self.claims.push(Claim {
                 claimant: Some(signer),
@@ -885,12 +910,15 @@ impl<'a> Judge<'a> {
             Body::PartialSig {
                 attempt,
                 partial_sigs,
-            } => Some((
-                *attempt,
-                Kind::PartialSig,
-                concat(partial_sigs.iter().map(|p| p.to_bytes())),
-            )),
+                aggregate,
+            } => {
+                // A star partial signature's value ends with the aggregate it names.
+                let mut value = concat(partial_sigs.iter().map(|p| p.to_bytes()));
+                value.extend(aggregate.iter().flat_map(|r| r.0));
+                Some((*attempt, Kind::PartialSig, value))
+            }
             Body::AggregateNonce { attempt, .. }
+            | Body::NonceSet { attempt, .. }
             | Body::FinalSignature { attempt, .. }
             | Body::BroadcastConfirmed { attempt, .. }
             | Body::FailoverClaim { attempt, .. }
@@ -988,6 +1016,104 @@ impl<'a> Judge<'a> {
         }
     }
 
+    /// A star coordinator that signed an AggregateNonce and a NonceSet of one attempt whose
+    /// digest differs, or whose sum is not its aggregate (ADR 0011).
+    fn check_nonce_sets(&mut self) {
+        let session = self.ann.session_id();
+        let k = self.key_aggs.len();
+        // Linear in the transcript: each set and each aggregate is compared with the first
+        // aggregate of its author and attempt only.
+        type FirstAgg<'x> = (&'x [AggNonceBytes], NonceSetDigest, usize);
+        let mut first: HashMap<(SignerIndex, Attempt), FirstAgg<'_>> = HashMap::new();
+        let mut found = Vec::new();
+        for (signer, attempt, agg_nonces, nonce_set, at) in &self.star_aggs {
+            match first.get(&(*signer, *attempt)) {
+                None => {
+                    first.insert((*signer, *attempt), (agg_nonces, *nonce_set, *at));
+                }
+                Some((agg1, set1, at1)) if *agg1 != agg_nonces.as_slice() || set1 != nonce_set => {
+                    found.push((
+                        *signer,
+                        *attempt,
+                        BlameKind::ConflictingContribution {
+                            contribution: "aggregate-nonce",
+                        },
+                        vec![*at1, *at],
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        for (signer, attempt, nonces, set_at) in &self.star_sets {
+            let Some((agg_nonces, nonce_set, agg_at)) = first.get(&(*signer, *attempt)) else {
+                continue;
+            };
+            let digest = Body::nonce_set_digest(&session, *attempt, nonces);
+            let sum = Body::sum_nonce_set(nonces, k);
+            if digest != *nonce_set || sum.as_deref() != Some(*agg_nonces) {
+                found.push((
+                    *signer,
+                    *attempt,
+                    BlameKind::AggregateNonceMismatch,
+                    vec![*agg_at, *set_at],
+                ));
+            }
+        }
+        for (signer, attempt, kind, evidence) in found {
+            self.prove(signer, kind, Some(attempt), evidence);
+        }
+    }
+
+    /// A star partial signature (value: k signatures, then the aggregate reference it names),
+    /// judged under that aggregate, found among the transcript's AggregateNonce envelopes, and
+    /// its author's single nonce list of the attempt. Returns whether it could be judged and
+    /// whether it is valid, with the evidence positions.
+    fn judge_star_psig(
+        &self,
+        signer: SignerIndex,
+        attempt: Attempt,
+        value: &[u8],
+        messages: &[Vec<u8>],
+        aggregates: &HashMap<[u8; 32], (&[AggNonceBytes], usize)>,
+    ) -> Option<(bool, Vec<usize>)> {
+        let k = messages.len();
+        if value.len() != 32 * k + 32 {
+            return None;
+        }
+        let (sigs, reference) = value.split_at(32 * k);
+        // The reference hashes the attempt: an aggregate of another attempt never matches.
+        let (agg_nonces, agg_at) = *aggregates.get(reference)?;
+        let (nonce, nonce_at) = match self
+            .values
+            .get(&(signer, attempt, Kind::Nonce))
+            .map(Vec::as_slice)
+        {
+            Some([(bytes, at)]) => (bytes.clone(), *at),
+            _ => return None,
+        };
+        let j = signer.as_usize();
+        let valid = nonce.len() == 66 * k
+            && agg_nonces.len() == k
+            && sigs.chunks_exact(32).enumerate().all(|(m, c)| {
+                let psig = <[u8; 32]>::try_from(c)
+                    .ok()
+                    .and_then(|b| PartialSignature::from_bytes(&b).ok());
+                let pubnonce = <[u8; 66]>::try_from(&nonce[66 * m..66 * (m + 1)])
+                    .ok()
+                    .and_then(|b| PubNonce::from_bytes(&b).ok());
+                let agg = AggNonce::from_bytes(&agg_nonces[m].to_bytes()).ok();
+                match (psig, pubnonce, agg) {
+                    (Some(p), Some(pn), Some(agg)) => {
+                        SessionContext::new(&self.key_aggs[m], &agg, &messages[m])
+                            .verify_partial(j, &p, &pn)
+                            .is_ok()
+                    }
+                    _ => false,
+                }
+            });
+        Some((valid, vec![agg_at, nonce_at]))
+    }
+
     /// PartialSigVerify for every partial signature (every message's) of an attempt with one
     /// nonce list per signer.
     fn check_partial_sigs(&mut self) {
@@ -1013,6 +1139,44 @@ impl<'a> Judge<'a> {
         }
         let mut by_attempt: Vec<_> = by_attempt.into_iter().collect();
         by_attempt.sort_by_key(|(a, _)| *a);
+        if self.ann.announcement().policy.topology == Topology::Star {
+            let session = self.ann.session_id();
+            let mut aggregates: HashMap<[u8; 32], (&[AggNonceBytes], usize)> = HashMap::new();
+            for (_, a, agg, _, at) in &self.star_aggs {
+                aggregates
+                    .entry(Body::aggregate_ref(&session, *a, agg).0)
+                    .or_insert((agg.as_slice(), *at));
+            }
+            let mut found = Vec::new();
+            let (mut checked, mut unchecked) = (0, 0);
+            for (attempt, mut psigs) in by_attempt {
+                psigs.sort_by_key(|p| p.2);
+                for (signer, value, at) in psigs {
+                    match self.judge_star_psig(signer, attempt, &value, &messages, &aggregates) {
+                        None => unchecked += 1,
+                        Some((valid, more)) => {
+                            checked += 1;
+                            if !valid {
+                                let mut evidence = vec![at];
+                                evidence.extend(more);
+                                found.push((signer, attempt, evidence));
+                            }
+                        }
+                    }
+                }
+            }
+            self.psigs_checked += checked;
+            self.psigs_unchecked += unchecked;
+            for (signer, attempt, evidence) in found {
+                self.prove(
+                    signer,
+                    BlameKind::InvalidPartialSig,
+                    Some(attempt),
+                    evidence,
+                );
+            }
+            return;
+        }
         for (attempt, mut psigs) in by_attempt {
             psigs.sort_by_key(|p| p.2);
             // nonces[j][m]: signer j's nonce for message m.
@@ -1208,6 +1372,7 @@ mod tests {
                     Body::PartialSig {
                         attempt: a,
                         partial_sigs: vec![partial_sig],
+                        aggregate: None,
                     },
                 ));
             }
@@ -1464,12 +1629,16 @@ mod tests {
         );
     }
 
-    #[test]
-    fn star_aggregate_nonce_is_checked_and_its_nonces_judge_partial_sigs() {
-        let mut f = Fixture::new(3, Topology::Star);
-        let a = Attempt::FIRST;
+    /// A star attempt: every signer's nonce pair and its verified Nonce envelope.
+    fn star_nonces(
+        f: &mut Fixture,
+        a: Attempt,
+    ) -> (
+        Vec<(musig2_core::SecNonce, PubNonce)>,
+        Vec<musig2_proto::VerifiedEnvelope>,
+    ) {
         let nonces: Vec<_> = (0..3).map(|s| f.nonce(s)).collect();
-        let verified: Vec<_> = nonces
+        let verified = nonces
             .iter()
             .enumerate()
             .map(|(s, (_, p))| {
@@ -1485,42 +1654,63 @@ mod tests {
                 .expect("verify")
             })
             .collect();
-        let good = Body::aggregate_nonce(&f.ann, a, &verified).expect("aggregate");
-        let Body::AggregateNonce {
+        (nonces, verified)
+    }
+
+    /// Signer `s`'s partial signature under `agg`, naming it (star).
+    fn star_psig(
+        f: &mut Fixture,
+        s: usize,
+        a: Attempt,
+        sec: musig2_core::SecNonce,
+        agg: musig2_proto::AggNonceBytes,
+    ) -> SignedEnvelope {
+        let msg = f.ann.announcement().messages[0].message.clone();
+        let core_agg = AggNonce::from_bytes(&agg.to_bytes()).expect("agg");
+        let ctx = SessionContext::new(&f.key_agg, &core_agg, &msg);
+        let psig = ctx.sign(sec, &f.keys[s]).expect("sign");
+        let id = f.ann.session_id();
+        f.sign(
+            s,
+            Body::PartialSig {
+                attempt: a,
+                partial_sigs: vec![PartialSigBytes::from_bytes(psig.to_bytes()).expect("psig")],
+                aggregate: Some(Body::aggregate_ref(&id, a, &[agg])),
+            },
+        )
+    }
+
+    #[test]
+    fn star_lying_aggregator_is_proven_by_its_nonce_set_and_honest_psigs_stay_valid() {
+        let mut f = Fixture::new(3, Topology::Star);
+        let a = Attempt::FIRST;
+        let (nonces, verified) = star_nonces(&mut f, a);
+        let (_, set) = Body::aggregate_nonce(&f.ann, a, &verified).expect("aggregate");
+        let Body::NonceSet {
             nonces: relayed, ..
-        } = &good
+        } = &set
         else {
-            panic!("aggregate nonce body")
+            panic!("nonce set body")
         };
+        // The coordinator commits to the true set but sends an aggregate of its own nonce only.
+        let wrong = musig2_proto::AggNonceBytes::aggregate(&relayed[0].pub_nonces).expect("agg");
         let lie = Body::AggregateNonce {
             attempt: a,
-            agg_nonces: vec![
-                musig2_proto::AggNonceBytes::aggregate(&relayed[0].pub_nonces).expect("agg"),
-            ],
-            nonces: relayed.clone(),
+            agg_nonces: vec![wrong],
+            nonce_set: Body::nonce_set_digest(&f.ann.session_id(), a, relayed),
         };
-        // Signer 1's view: the coordinator's (signer 0's) aggregate, then its own partial sig.
-        let pubs: Vec<PubNonce> = nonces.iter().map(|(_, p)| *p).collect();
-        let msg = f.ann.announcement().messages[0].message.clone();
-        let ctx = SessionContext::new(&f.key_agg, &AggNonce::aggregate(&pubs), &msg);
+        // Signer 1's view: the lie, its own partial signature made under it, the revealed set.
         let [_, (sec1, _), _] = nonces.try_into().map_err(|_| ()).expect("three");
-        let psig = ctx.sign(sec1, &f.keys[1]).expect("sign");
-        let partial_sig = PartialSigBytes::from_bytes(psig.to_bytes()).expect("psig");
         let envelopes = vec![
-            f.sign(0, good),
-            f.sign(
-                1,
-                Body::PartialSig {
-                    attempt: a,
-                    partial_sigs: vec![partial_sig],
-                },
-            ),
             f.sign(0, lie),
+            star_psig(&mut f, 1, a, sec1, wrong),
+            f.sign(0, set),
         ];
         let report = f
             .transcript(envelopes, None)
             .verify(&TranscriptLimits::default())
             .expect("verifies");
+        // The honest partial signature is judged under the aggregate it names, and is valid.
         assert_eq!(report.partial_sigs_checked, 1);
         assert_eq!(
             report.proofs,
@@ -1528,9 +1718,82 @@ mod tests {
                 signer: idx(0),
                 kind: BlameKind::AggregateNonceMismatch,
                 attempt: Some(a),
-                evidence: vec![2]
+                evidence: vec![0, 2]
             }]
         );
+    }
+
+    #[test]
+    fn star_revealed_set_that_is_not_the_committed_one_proves_the_aggregator() {
+        let mut f = Fixture::new(3, Topology::Star);
+        let a = Attempt::FIRST;
+        let (_, verified) = star_nonces(&mut f, a);
+        let (agg, set) = Body::aggregate_nonce(&f.ann, a, &verified).expect("aggregate");
+        let Body::AggregateNonce { agg_nonces, .. } = &agg else {
+            panic!("aggregate body")
+        };
+        let other = Body::AggregateNonce {
+            attempt: a,
+            agg_nonces: agg_nonces.clone(),
+            nonce_set: musig2_proto::NonceSetDigest([9; 32]),
+        };
+        let envelopes = vec![f.sign(0, other), f.sign(0, set)];
+        let report = f
+            .transcript(envelopes, None)
+            .verify(&TranscriptLimits::default())
+            .expect("verifies");
+        assert_eq!(report.proofs.len(), 1);
+        assert_eq!(report.proofs[0].signer, idx(0));
+        assert_eq!(report.proofs[0].kind, BlameKind::AggregateNonceMismatch);
+    }
+
+    #[test]
+    fn star_bad_partial_sig_is_proven_from_the_revealed_set() {
+        let mut f = Fixture::new(3, Topology::Star);
+        let a = Attempt::FIRST;
+        let (nonces, verified) = star_nonces(&mut f, a);
+        let (agg, set) = Body::aggregate_nonce(&f.ann, a, &verified).expect("aggregate");
+        let Body::AggregateNonce { agg_nonces, .. } = &agg else {
+            panic!("aggregate body")
+        };
+        let good = agg_nonces[0];
+        let [_, (sec1, _), (sec2, _)] = nonces.try_into().map_err(|_| ()).expect("three");
+        let psig1 = star_psig(&mut f, 1, a, sec1, good);
+        // Signer 2 signs correctly, then sends garbage naming the right aggregate.
+        drop(sec2);
+        let id = f.ann.session_id();
+        let psig2 = f.sign(
+            2,
+            Body::PartialSig {
+                attempt: a,
+                partial_sigs: vec![PartialSigBytes::from_bytes([7; 32]).expect("scalar")],
+                aggregate: Some(Body::aggregate_ref(&id, a, &[good])),
+            },
+        );
+        // A member's transcript of a failed session: aggregate, revealed set, partial sigs.
+        let envelopes = vec![f.sign(0, agg.clone()), f.sign(0, set), psig1, psig2];
+        let report = f
+            .transcript(envelopes.clone(), None)
+            .verify(&TranscriptLimits::default())
+            .expect("verifies");
+        assert_eq!(report.partial_sigs_checked, 2);
+        assert_eq!(
+            report.proofs,
+            vec![BlameProof {
+                signer: idx(2),
+                kind: BlameKind::InvalidPartialSig,
+                attempt: Some(a),
+                evidence: vec![3, 0, 1]
+            }]
+        );
+        // Without the aggregate it names, a partial signature is not judged.
+        let report = f
+            .transcript(envelopes[1..].to_vec(), None)
+            .verify(&TranscriptLimits::default())
+            .expect("verifies");
+        assert_eq!(report.partial_sigs_checked, 0);
+        assert_eq!(report.partial_sigs_unchecked, 2);
+        assert!(report.proofs.is_empty());
     }
 
     #[test]

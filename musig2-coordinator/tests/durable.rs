@@ -141,6 +141,7 @@ fn assert_no_nonce_reuse(stored: &[StoredSession]) {
                 Body::PartialSig {
                     attempt,
                     partial_sigs,
+                    ..
                 } => {
                     psigs
                         .entry((signer, attempt.get()))

@@ -110,6 +110,7 @@ fn signed_session() -> (Transcript, schnorr::Signature) {
         let body = Body::PartialSig {
             attempt: a,
             partial_sigs: vec![PartialSigBytes::from_bytes(psig.to_bytes()).expect("psig")],
+            aggregate: None,
         };
         let signer = idx(u16::try_from(i).expect("small"));
         record(

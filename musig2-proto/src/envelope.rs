@@ -86,16 +86,19 @@ pub enum Body {
         attempt: Attempt,
         /// The BIP327 partial signatures, one per message.
         partial_sigs: Vec<PartialSigBytes>,
+        /// Star topology: the aggregate nonces the signatures were made under, named by
+        /// [`Body::aggregate_ref`] (required in star, absent in mesh; ADR 0011).
+        aggregate: Option<AggregateRef>,
     },
-    /// Star topology: the coordinator distributes the aggregate nonces together with every
-    /// signer's signed nonces, so each signer can check the aggregates itself.
+    /// Star topology: the coordinator sends the aggregate nonces, and commits to the exact set
+    /// of signed nonces it summed (revealed as [`Body::NonceSet`] only when the session fails).
     AggregateNonce {
         /// The signing attempt.
         attempt: Attempt,
         /// The BIP327 aggregate nonce of each message (sum of the signers' public nonces for it).
         agg_nonces: Vec<AggNonceBytes>,
-        /// Every signer's signed Nonce envelope, one per signer, in signer index order.
-        nonces: Vec<SignedNonce>,
+        /// [`Body::nonce_set_digest`] of the signers' signed nonces it summed.
+        nonce_set: NonceSetDigest,
     },
     /// The final BIP340 signatures, one per message.
     FinalSignature {
@@ -131,7 +134,24 @@ pub enum Body {
         /// The new attempt number.
         attempt: Attempt,
     },
+    /// Star topology, on failure: the coordinator reveals the signed nonces its
+    /// AggregateNonce committed to, so every signer can assign blame itself (ADR 0011).
+    NonceSet {
+        /// The signing attempt.
+        attempt: Attempt,
+        /// Every signer's signed Nonce envelope, one per signer, in signer index order.
+        nonces: Vec<SignedNonce>,
+    },
 }
+
+/// A digest of a star coordinator's signed nonce set ([`Body::nonce_set_digest`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NonceSetDigest(#[serde(with = "byte_array")] pub [u8; 32]);
+
+/// What a star partial signature names as the aggregate nonces it was made under
+/// ([`Body::aggregate_ref`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AggregateRef(#[serde(with = "byte_array")] pub [u8; 32]);
 
 mod receipt {
     use super::*;
@@ -168,11 +188,14 @@ impl Body {
             Body::FailoverClaim { .. } => "failover-claim",
             Body::Abort { .. } => "abort",
             Body::Restart { .. } => "restart",
+            Body::NonceSet { .. } => "nonce-set",
         }
     }
 
-    /// Builds an AggregateNonce body from every signer's verified Nonce envelope, in signer
-    /// index order, computing each message's aggregate (BIP327 NonceAgg).
+    /// Builds the star coordinator's two bodies from every signer's verified Nonce envelope,
+    /// in signer index order: the [`Body::NonceSet`] (kept, revealed on failure) and the
+    /// [`Body::AggregateNonce`] that commits to it, with each message's aggregate (BIP327
+    /// NonceAgg). Returns `(aggregate_nonce, nonce_set)`.
     ///
     /// Fails if `nonces` is not exactly one Nonce envelope per signer (index `i` at position
     /// `i`) of `attempt`.
@@ -180,7 +203,7 @@ impl Body {
         announcement: &VerifiedAnnouncement,
         attempt: Attempt,
         nonces: &[VerifiedEnvelope],
-    ) -> Result<Body, ProtoError> {
+    ) -> Result<(Body, Body), ProtoError> {
         if nonces.len() != announcement.signer_count() {
             return Err(ProtoError::LimitExceeded {
                 what: "nonces for the aggregate (must equal the signer count)",
@@ -225,15 +248,50 @@ impl Body {
                 signature: env.signed.signature,
             });
         }
-        let agg_nonces = aggregate_columns(&relayed, k).ok_or(ProtoError::OutOfRange {
+        let agg_nonces = Body::sum_nonce_set(&relayed, k).ok_or(ProtoError::OutOfRange {
             field: "nonces",
             reason: "at least one nonce is required",
         })?;
-        Ok(Body::AggregateNonce {
-            attempt,
-            agg_nonces,
-            nonces: relayed,
-        })
+        let nonce_set = Body::nonce_set_digest(&announcement.session_id(), attempt, &relayed);
+        Ok((
+            Body::AggregateNonce {
+                attempt,
+                agg_nonces,
+                nonce_set,
+            },
+            Body::NonceSet {
+                attempt,
+                nonces: relayed,
+            },
+        ))
+    }
+
+    /// `TH("musig2-p2p/nonce-set", session_id || attempt || vec<signed-nonce>)`: what a star
+    /// AggregateNonce commits to.
+    pub fn nonce_set_digest(
+        session_id: &SessionId,
+        attempt: Attempt,
+        nonces: &[SignedNonce],
+    ) -> NonceSetDigest {
+        let bytes = to_vec(&(session_id, attempt, nonces));
+        NonceSetDigest(tagged(Tag::NonceSet, &bytes))
+    }
+
+    /// `TH("musig2-p2p/aggregate-nonce", session_id || attempt || vec<[66]>)`: how a star
+    /// partial signature names the aggregate nonces it was made under.
+    pub fn aggregate_ref(
+        session_id: &SessionId,
+        attempt: Attempt,
+        agg_nonces: &[AggNonceBytes],
+    ) -> AggregateRef {
+        let bytes = to_vec(&(session_id, attempt, agg_nonces));
+        AggregateRef(tagged(Tag::AggregateNonce, &bytes))
+    }
+
+    /// Each message's aggregate nonce (BIP327 NonceAgg) over a nonce set, or `None` if the set
+    /// is empty or a list is shorter than `k`.
+    pub fn sum_nonce_set(nonces: &[SignedNonce], k: usize) -> Option<Vec<AggNonceBytes>> {
+        aggregate_columns(nonces, k)
     }
 }
 
@@ -512,9 +570,11 @@ impl SignedEnvelope {
     /// Verifies the envelope against the session's verified announcement: version, session id,
     /// that the signer index exists, the signature under that signer's key, and body rules
     /// (a Join's peer id matches the announced one, an Abort blames an existing index, one
-    /// nonce, partial signature or final signature per message, an AggregateNonce only in star
-    /// topology, carrying one correctly signed nonce list per signer whose sums are the
-    /// aggregates).
+    /// nonce, partial signature or final signature per message, a partial signature names its
+    /// aggregate nonce in star and only there, an AggregateNonce or NonceSet only in star
+    /// topology, a NonceSet carrying one correctly signed nonce list per signer). Whether an
+    /// AggregateNonce's aggregates are the sum of the nonces it committed to is checked only
+    /// against a revealed NonceSet, by the session (ADR 0011).
     pub fn verify(
         &self,
         announcement: &VerifiedAnnouncement,
@@ -578,7 +638,15 @@ fn check_body(e: &Envelope, announcement: &VerifiedAnnouncement) -> Result<(), P
         Body::Nonce { pub_nonces, .. } => {
             check_count(e.signer, "public nonces", k, pub_nonces.len())?;
         }
-        Body::PartialSig { partial_sigs, .. } => {
+        Body::PartialSig {
+            partial_sigs,
+            aggregate,
+            ..
+        } => {
+            let star = announcement.announcement().policy.topology == Topology::Star;
+            if star != aggregate.is_some() {
+                return Err(ProtoError::AggregateBinding { signer: e.signer });
+            }
             check_count(e.signer, "partial signatures", k, partial_sigs.len())?;
         }
         Body::FinalSignature { signatures, .. } => {
@@ -601,11 +669,13 @@ fn check_body(e: &Envelope, announcement: &VerifiedAnnouncement) -> Result<(), P
                 blamed: blamed.get(),
             });
         }
-        Body::AggregateNonce {
-            attempt,
-            agg_nonces,
-            nonces,
-        } => {
+        Body::AggregateNonce { agg_nonces, .. } => {
+            if announcement.announcement().policy.topology != Topology::Star {
+                return Err(ProtoError::UnexpectedAggregateNonce { signer: e.signer });
+            }
+            check_count(e.signer, "aggregate nonces", k, agg_nonces.len())?;
+        }
+        Body::NonceSet { attempt, nonces } => {
             if announcement.announcement().policy.topology != Topology::Star {
                 return Err(ProtoError::UnexpectedAggregateNonce { signer: e.signer });
             }
@@ -617,12 +687,9 @@ fn check_body(e: &Envelope, announcement: &VerifiedAnnouncement) -> Result<(), P
             {
                 return Err(ProtoError::AggregateNonceIncomplete { signer: e.signer });
             }
-            check_count(e.signer, "aggregate nonces", k, agg_nonces.len())?;
             for sn in nonces {
                 // Counted before any signature check: a wrong count costs nothing to refuse.
                 check_count(sn.signer, "relayed public nonces", k, sn.pub_nonces.len())?;
-            }
-            for sn in nonces {
                 if sn.attempt != *attempt {
                     return Err(ProtoError::AttemptMismatch {
                         signer: e.signer,
@@ -631,6 +698,8 @@ fn check_body(e: &Envelope, announcement: &VerifiedAnnouncement) -> Result<(), P
                         found: sn.attempt.get(),
                     });
                 }
+            }
+            for sn in nonces {
                 verify_sig(
                     announcement,
                     &sn.as_envelope(e.version, e.session_id),
@@ -640,9 +709,6 @@ fn check_body(e: &Envelope, announcement: &VerifiedAnnouncement) -> Result<(), P
                     signer: e.signer,
                     relayed: sn.signer,
                 })?;
-            }
-            if aggregate_columns(nonces, k).as_ref() != Some(agg_nonces) {
-                return Err(ProtoError::AggregateNonceMismatch { signer: e.signer });
             }
         }
         _ => {}

@@ -156,13 +156,13 @@ pub enum ProtoError {
         /// The blamed index.
         blamed: u16,
     },
-    /// An AggregateNonce was sent in a session that does not use the star topology.
+    /// An AggregateNonce or NonceSet was sent in a session that does not use the star topology.
     #[error("signer {signer} sent an aggregate nonce in a mesh session")]
     UnexpectedAggregateNonce {
         /// The sender.
         signer: SignerIndex,
     },
-    /// An AggregateNonce does not carry exactly one nonce per signer in index order.
+    /// A NonceSet does not carry exactly one nonce per signer in index order.
     #[error(
         "aggregate nonce from signer {signer} does not carry exactly one nonce per signer in order"
     )]
@@ -170,7 +170,7 @@ pub enum ProtoError {
         /// The sender of the AggregateNonce.
         signer: SignerIndex,
     },
-    /// A nonce relayed inside an AggregateNonce is for another attempt.
+    /// A nonce relayed inside a NonceSet is for another attempt.
     #[error(
         "signer {signer} relayed signer {relayed}'s nonce for attempt {found}, expected {expected}"
     )]
@@ -184,7 +184,7 @@ pub enum ProtoError {
         /// Attempt in the relayed nonce.
         found: u16,
     },
-    /// A nonce relayed inside an AggregateNonce does not carry a valid signature by its signer.
+    /// A nonce relayed inside a NonceSet does not carry a valid signature by its signer.
     #[error("signer {signer} relayed a nonce for signer {relayed} that signer did not sign")]
     RelayedNonceForged {
         /// The sender of the AggregateNonce.
@@ -204,6 +204,15 @@ pub enum ProtoError {
         expected: usize,
         /// The list's length.
         found: usize,
+    },
+    /// A partial signature names no aggregate nonce in star topology, or names one in mesh
+    /// (ADR 0011).
+    #[error(
+        "partial signature from signer {signer} must name its aggregate nonce in star and only there"
+    )]
+    AggregateBinding {
+        /// The signer of the partial signature.
+        signer: SignerIndex,
     },
     /// The aggregate nonce is not the sum of the relayed public nonces.
     #[error("aggregate nonce from signer {signer} is not the sum of the relayed nonces")]
@@ -244,6 +253,7 @@ impl ProtoError {
             | ProtoError::AttemptMismatch { signer, .. }
             | ProtoError::RelayedNonceForged { signer, .. }
             | ProtoError::AggregateNonceMismatch { signer }
+            | ProtoError::AggregateBinding { signer }
             | ProtoError::WrongCount { signer, .. }
             | ProtoError::CommitmentMismatch { signer } => Some(*signer),
             _ => None,

@@ -159,10 +159,10 @@ fn check_version(version: u8) -> Result<(), ProtoError> {
 fn check_envelope(e: &SignedEnvelope) -> Result<(), ProtoError> {
     let env = e.envelope();
     check_version(env.version())?;
-    if let Body::AggregateNonce { nonces, .. } = env.body() {
+    if let Body::NonceSet { nonces, .. } = env.body() {
         if nonces.is_empty() || nonces.len() > usize::from(crate::SignerIndex::MAX) + 1 {
             return Err(ProtoError::OutOfRange {
-                field: "aggregate nonce entries",
+                field: "nonce set entries",
                 reason: "1 to 4096 relayed nonces",
             });
         }

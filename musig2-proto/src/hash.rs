@@ -12,6 +12,10 @@ pub const TAG_ANNOUNCEMENT: &str = "musig2-p2p/announcement";
 pub const TAG_ENVELOPE: &str = "musig2-p2p/envelope";
 /// Tag for nonce commitments.
 pub const TAG_NONCE_COMMITMENT: &str = "musig2-p2p/nonce-commitment";
+/// Tag for the digest of a star aggregator's signed nonce set (ADR 0011).
+pub const TAG_NONCE_SET: &str = "musig2-p2p/nonce-set";
+/// Tag for the reference a star partial signature makes to its aggregate nonce (ADR 0011).
+pub const TAG_AGGREGATE_NONCE: &str = "musig2-p2p/aggregate-nonce";
 
 /// Which of the protocol's tags to use.
 #[derive(Clone, Copy, Debug)]
@@ -20,6 +24,8 @@ pub(crate) enum Tag {
     Announcement,
     Envelope,
     NonceCommitment,
+    NonceSet,
+    AggregateNonce,
 }
 
 impl Tag {
@@ -29,11 +35,15 @@ impl Tag {
             Tag::Announcement => TAG_ANNOUNCEMENT,
             Tag::Envelope => TAG_ENVELOPE,
             Tag::NonceCommitment => TAG_NONCE_COMMITMENT,
+            Tag::NonceSet => TAG_NONCE_SET,
+            Tag::AggregateNonce => TAG_AGGREGATE_NONCE,
         }
     }
 
     fn slot(self) -> &'static OnceLock<Sha256> {
-        static SLOTS: [OnceLock<Sha256>; 4] = [
+        static SLOTS: [OnceLock<Sha256>; 6] = [
+            OnceLock::new(),
+            OnceLock::new(),
             OnceLock::new(),
             OnceLock::new(),
             OnceLock::new(),

@@ -85,17 +85,21 @@ pub use announcement::{
     SignedAnnouncement, SignerInfo, Timeouts, Topology, VerifiedAnnouncement,
 };
 pub use envelope::{
-    AbortReason, Body, Envelope, MAX_RECEIPT_BYTES, SignedEnvelope, SignedNonce, VerifiedEnvelope,
+    AbortReason, AggregateRef, Body, Envelope, MAX_RECEIPT_BYTES, NonceSetDigest, SignedEnvelope,
+    SignedNonce, VerifiedEnvelope,
 };
 pub use error::ProtoError;
 pub use frame::{
     EnvelopeHeader, Frame, Limits, decode_frame, peek_envelope_header, peek_frame_session,
 };
-pub use hash::{TAG_ANNOUNCEMENT, TAG_ENVELOPE, TAG_NONCE_COMMITMENT, TAG_SESSION_ID, tagged_hash};
+pub use hash::{
+    TAG_AGGREGATE_NONCE, TAG_ANNOUNCEMENT, TAG_ENVELOPE, TAG_NONCE_COMMITMENT, TAG_NONCE_SET,
+    TAG_SESSION_ID, tagged_hash,
+};
 pub use types::{
     AggNonceBytes, Attempt, NonceCommitment, PartialSigBytes, PeerIdBytes, PubNonceBytes, SeqNo,
     SessionId, Signature64, SignerIndex, Tweak,
 };
 
 /// The protocol version this crate speaks (first byte of every announcement and envelope).
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;

@@ -115,15 +115,19 @@ fn any_body() -> impl Strategy<Value = Body> {
                 pub_nonces: s.into_iter().map(pub_nonce).collect(),
             }
         }),
-        (any_attempt(), proptest::collection::vec(any_scalar(), 1..4)).prop_map(|(attempt, s)| {
-            Body::PartialSig {
+        (
+            any_attempt(),
+            proptest::collection::vec(any_scalar(), 1..4),
+            proptest::option::of(any::<[u8; 32]>()),
+        )
+            .prop_map(|(attempt, s, aggregate)| Body::PartialSig {
                 attempt,
                 partial_sigs: s
                     .into_iter()
                     .map(|s| PartialSigBytes::from_bytes(s).expect("valid"))
                     .collect(),
-            }
-        }),
+                aggregate: aggregate.map(musig2_proto::AggregateRef),
+            }),
         (
             any_attempt(),
             proptest::collection::vec((any::<[u8; 32]>(), any::<[u8; 32]>()), 1..4)
@@ -227,6 +231,12 @@ proptest! {
                 };
                 prop_assert_eq!(listed, found);
             }
+            // A star partial signature must name its aggregate nonce (ADR 0011).
+            Err(ProtoError::AggregateBinding { signer }) => {
+                prop_assert_eq!(signer, idx(who));
+                let unnamed = matches!(&body, Body::PartialSig { aggregate: None, .. });
+                prop_assert!(unnamed);
+            }
             Err(other) => prop_assert!(false, "unexpected error {:?}", other),
         }
     }
@@ -257,10 +267,11 @@ proptest! {
         cut in any::<prop::sample::Index>(),
     ) {
         let a = verified(3, Topology::Star);
-        let agg = Body::aggregate_nonce(&a, attempt(0), &nonce_envelopes(&a, 0)).expect("agg");
+        let (agg, set) = Body::aggregate_nonce(&a, attempt(0), &nonce_envelopes(&a, 0)).expect("agg");
         for mut bytes in [
             signed_announcement(3, Topology::Star).to_frame_bytes(),
             envelope(&a, 0, 1, agg.clone()).to_frame_bytes(),
+            envelope(&a, 0, 1, set.clone()).to_frame_bytes(),
         ] {
             let p = pos.index(bytes.len());
             bytes[p] = byte;
@@ -300,6 +311,7 @@ fn decode_errors_are_typed() {
         Body::PartialSig {
             attempt: attempt(0),
             partial_sigs: vec![PartialSigBytes::from_bytes([1; 32]).expect("ok")],
+            aggregate: None,
         },
     )
     .to_frame_bytes();
@@ -365,9 +377,10 @@ fn decode_errors_are_typed() {
             ..
         })
     ));
-    // Partial signature >= n: it is the last 32 bytes before the 64-byte signature.
+    // Partial signature >= n: the last 32 bytes before the `aggregate` option (none: one
+    // byte) and the 64-byte signature.
     let mut s = good.clone();
-    let at = s.len() - 64 - 32;
+    let at = s.len() - 64 - 1 - 32;
     s[at..at + 32].copy_from_slice(&[0xFF; 32]);
     assert_eq!(
         decode_frame(&s, &limits),
@@ -495,11 +508,13 @@ proptest! {
     #[test]
     fn aggregate_nonce_envelope_round_trips(att in 0..=Attempt::MAX, s in 1u64..) {
         let a = verified(3, Topology::Star);
-        let body = Body::aggregate_nonce(&a, attempt(att), &nonce_envelopes(&a, att)).expect("aggregate");
-        let e = envelope(&a, 0, s, body);
-        let decoded = SignedEnvelope::decode(&e.to_frame_bytes(), &Limits::default()).expect("decode");
-        prop_assert_eq!(&decoded, &e);
-        prop_assert!(decoded.verify(&a).is_ok());
+        let (agg, set) = Body::aggregate_nonce(&a, attempt(att), &nonce_envelopes(&a, att)).expect("aggregate");
+        for body in [agg, set] {
+            let e = envelope(&a, 0, s, body);
+            let decoded = SignedEnvelope::decode(&e.to_frame_bytes(), &Limits::default()).expect("decode");
+            prop_assert_eq!(&decoded, &e);
+            prop_assert!(decoded.verify(&a).is_ok());
+        }
     }
 }
 

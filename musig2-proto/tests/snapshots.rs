@@ -81,13 +81,28 @@ fn examples() -> Vec<Example> {
             Body::PartialSig {
                 attempt: att,
                 partial_sigs: vec![PartialSigBytes::from_bytes([0x42; 32]).expect("valid")],
+                aggregate: Some(Body::aggregate_ref(
+                    &a.session_id(),
+                    att,
+                    &[agg_nonce(&a, 0)],
+                )),
             },
         ),
         (
             "env_aggregate_nonce",
-            "AggregateNonce from signer 0 (star coordinator) relaying both signed nonces",
+            "AggregateNonce from signer 0 (star coordinator): the aggregate and the digest of both signed nonces",
             0,
-            Body::aggregate_nonce(&a, att, &nonce_envelopes(&a, 0)).expect("aggregate"),
+            Body::aggregate_nonce(&a, att, &nonce_envelopes(&a, 0))
+                .expect("aggregate")
+                .0,
+        ),
+        (
+            "env_nonce_set",
+            "NonceSet from signer 0 (star coordinator, on failure) revealing both signed nonces",
+            0,
+            Body::aggregate_nonce(&a, att, &nonce_envelopes(&a, 0))
+                .expect("aggregate")
+                .1,
         ),
         (
             "env_final_signature",
@@ -261,13 +276,49 @@ fn encoded_sizes_are_as_documented() {
         Body::PartialSig {
             attempt: attempt(0),
             partial_sigs: vec![PartialSigBytes::from_bytes([1; 32]).expect("ok")],
+            aggregate: None,
         },
     )
     .to_frame_bytes()
     .len();
     // tag + version + id + signer + seq + 6-byte timestamp + body tag + attempt + count + psig
-    // + sig.
-    assert_eq!(psig, 1 + 1 + 32 + 1 + 1 + 6 + 1 + 1 + 1 + 32 + 64);
+    // + no aggregate (mesh) + sig.
+    assert_eq!(psig, 1 + 1 + 32 + 1 + 1 + 6 + 1 + 1 + 1 + 32 + 1 + 64);
+    // In star the partial signature names its aggregate nonce: 32 bytes more.
+    let star = verified(2, Topology::Star);
+    let star_psig = envelope(
+        &star,
+        1,
+        1,
+        Body::PartialSig {
+            attempt: attempt(0),
+            partial_sigs: vec![PartialSigBytes::from_bytes([1; 32]).expect("ok")],
+            aggregate: Some(Body::aggregate_ref(
+                &star.session_id(),
+                attempt(0),
+                &[agg_nonce(&star, 0)],
+            )),
+        },
+    )
+    .to_frame_bytes()
+    .len();
+    assert_eq!(star_psig, psig + 32);
+    // The star AggregateNonce is O(1) in the number of signers (ADR 0011); the NonceSet, sent
+    // only on failure, is what the AggregateNonce used to be.
+    let sizes = |n: usize| {
+        let a = verified(n, Topology::Star);
+        let (agg, set) =
+            Body::aggregate_nonce(&a, attempt(0), &nonce_envelopes(&a, 0)).expect("aggregate");
+        (
+            envelope(&a, 0, 1, agg).to_frame_bytes().len(),
+            envelope(&a, 0, 1, set).to_frame_bytes().len(),
+        )
+    };
+    let (agg3, set3) = sizes(3);
+    let (agg100, set100) = sizes(100);
+    assert_eq!(agg3, agg100);
+    assert_eq!(agg3, 1 + 1 + 32 + 1 + 1 + 6 + 1 + 1 + 1 + 66 + 32 + 64);
+    assert!(set100 >= set3 + 97 * (66 + 64));
 
     // Without peer ids: 34 bytes per signer.
     let mut bare = announcement(128, Topology::Star);

@@ -13,6 +13,7 @@ fn psig_body() -> Body {
     Body::PartialSig {
         attempt: attempt(0),
         partial_sigs: vec![PartialSigBytes::from_bytes([0x42; 32]).expect("valid scalar")],
+        aggregate: None,
     }
 }
 
@@ -401,16 +402,85 @@ fn abort_blame_must_exist() {
 }
 
 #[test]
-fn aggregate_nonce_is_checked_end_to_end() {
+fn aggregate_nonce_commits_to_the_nonce_set() {
     let a = verified(4, Topology::Star);
     let nonces = nonce_envelopes(&a, 1);
-    let body = Body::aggregate_nonce(&a, attempt(1), &nonces).expect("aggregate");
-    let env = envelope(&a, 0, 5, body.clone());
-    let checked = env.verify(&a).expect("valid aggregate nonce");
+    let (agg, set) = Body::aggregate_nonce(&a, attempt(1), &nonces).expect("aggregate");
     let Body::AggregateNonce {
-        nonces: relayed,
         agg_nonces,
+        nonce_set,
         ..
+    } = &agg
+    else {
+        panic!("wrong body")
+    };
+    let Body::NonceSet {
+        nonces: relayed, ..
+    } = &set
+    else {
+        panic!("wrong body")
+    };
+    // The aggregate is the sum of the set, and the digest names exactly that set.
+    assert_eq!(Body::sum_nonce_set(relayed, 1).as_ref(), Some(agg_nonces));
+    assert_eq!(
+        *nonce_set,
+        Body::nonce_set_digest(&a.session_id(), attempt(1), relayed)
+    );
+    let mut other = relayed.clone();
+    other.swap(1, 2);
+    assert_ne!(
+        *nonce_set,
+        Body::nonce_set_digest(&a.session_id(), attempt(1), &other)
+    );
+    assert_ne!(
+        *nonce_set,
+        Body::nonce_set_digest(&a.session_id(), attempt(2), relayed)
+    );
+    // An AggregateNonce costs one signature check, whatever it claims (the sum is judged only
+    // against a revealed set, by the session).
+    let mut wrong = agg_nonces[0].to_bytes();
+    wrong[33..].copy_from_slice(&point(200));
+    let lie = Body::AggregateNonce {
+        attempt: attempt(1),
+        agg_nonces: vec![AggNonceBytes::from_bytes(wrong).expect("valid")],
+        nonce_set: *nonce_set,
+    };
+    assert!(envelope(&a, 0, 5, lie).verify(&a).is_ok());
+    // One aggregate per message.
+    let two = Body::AggregateNonce {
+        attempt: attempt(1),
+        agg_nonces: vec![agg_nonces[0]; 2],
+        nonce_set: *nonce_set,
+    };
+    assert!(matches!(
+        envelope(&a, 0, 5, two).verify(&a),
+        Err(ProtoError::WrongCount {
+            expected: 1,
+            found: 2,
+            ..
+        })
+    ));
+    // The aggregate reference depends on session, attempt and aggregates only.
+    let r = Body::aggregate_ref(&a.session_id(), attempt(1), agg_nonces);
+    assert_eq!(
+        r,
+        Body::aggregate_ref(&a.session_id(), attempt(1), agg_nonces)
+    );
+    assert_ne!(
+        r,
+        Body::aggregate_ref(&a.session_id(), attempt(0), agg_nonces)
+    );
+}
+
+#[test]
+fn nonce_set_is_checked_end_to_end() {
+    let a = verified(4, Topology::Star);
+    let nonces = nonce_envelopes(&a, 1);
+    let (_, body) = Body::aggregate_nonce(&a, attempt(1), &nonces).expect("aggregate");
+    let env = envelope(&a, 0, 5, body.clone());
+    let checked = env.verify(&a).expect("valid nonce set");
+    let Body::NonceSet {
+        nonces: relayed, ..
     } = checked.body()
     else {
         panic!("wrong body")
@@ -425,34 +495,18 @@ fn aggregate_nonce_is_checked_end_to_end() {
         SignedEnvelope::decode(&wire, &Limits::default()).expect("decode"),
         env
     );
-
-    // Wrong aggregate.
-    let Body::AggregateNonce {
+    let Body::NonceSet {
         attempt: att,
         nonces: ns,
-        ..
     } = body.clone()
     else {
         unreachable!()
     };
-    let agg_nonce = &agg_nonces[0];
-    let mut other = agg_nonce.to_bytes();
-    other[33..].copy_from_slice(&point(200));
-    let wrong = Body::AggregateNonce {
-        attempt: att,
-        agg_nonces: vec![AggNonceBytes::from_bytes(other).expect("valid")],
-        nonces: ns.clone(),
-    };
-    assert_eq!(
-        envelope(&a, 0, 5, wrong).verify(&a),
-        Err(ProtoError::AggregateNonceMismatch { signer: idx(0) })
-    );
-    // A relayed nonce whose signature does not verify names its signer.
+    // A relayed nonce whose signature does not verify names the relaying signer.
     let mut tampered = ns.clone();
     tampered[2].pub_nonces = vec![pub_nonce(77)];
-    let bad = Body::AggregateNonce {
+    let bad = Body::NonceSet {
         attempt: att,
-        agg_nonces: vec![*agg_nonce],
         nonces: tampered,
     };
     let err = envelope(&a, 0, 5, bad)
@@ -471,9 +525,8 @@ fn aggregate_nonce_is_checked_end_to_end() {
         "the relaying coordinator is to blame"
     );
     // Missing a signer.
-    let short = Body::AggregateNonce {
+    let short = Body::NonceSet {
         attempt: att,
-        agg_nonces: vec![*agg_nonce],
         nonces: ns[..3].to_vec(),
     };
     assert_eq!(
@@ -483,9 +536,8 @@ fn aggregate_nonce_is_checked_end_to_end() {
     // Attempt mismatch.
     let mut stale = ns.clone();
     stale[1].attempt = attempt(0);
-    let stale = Body::AggregateNonce {
+    let stale = Body::NonceSet {
         attempt: att,
-        agg_nonces: vec![*agg_nonce],
         nonces: stale,
     };
     assert!(matches!(
@@ -493,12 +545,54 @@ fn aggregate_nonce_is_checked_end_to_end() {
         Err(ProtoError::AttemptMismatch { signer, relayed, expected: 1, found: 0 })
             if signer == idx(0) && relayed == idx(1)
     ));
-    // Not allowed in a mesh session.
+    // An empty set does not even decode.
+    let empty = envelope(
+        &a,
+        0,
+        5,
+        Body::NonceSet {
+            attempt: att,
+            nonces: Vec::new(),
+        },
+    );
+    assert!(matches!(
+        SignedEnvelope::decode(&empty.to_frame_bytes(), &Limits::default()),
+        Err(ProtoError::OutOfRange { .. })
+    ));
+    // Neither star body is allowed in a mesh session.
     let mesh = verified(4, Topology::Mesh);
-    let body = Body::aggregate_nonce(&mesh, attempt(1), &nonce_envelopes(&mesh, 1)).expect("agg");
+    let (agg, set) =
+        Body::aggregate_nonce(&mesh, attempt(1), &nonce_envelopes(&mesh, 1)).expect("agg");
+    for body in [agg, set] {
+        assert_eq!(
+            envelope(&mesh, 0, 5, body).verify(&mesh),
+            Err(ProtoError::UnexpectedAggregateNonce { signer: idx(0) })
+        );
+    }
+}
+
+#[test]
+fn a_partial_signature_names_its_aggregate_in_star_and_only_there() {
+    let star = verified(3, Topology::Star);
+    let mesh = verified(3, Topology::Mesh);
+    let named = |a: &musig2_proto::VerifiedAnnouncement| Body::PartialSig {
+        attempt: attempt(0),
+        partial_sigs: vec![PartialSigBytes::from_bytes([0x42; 32]).expect("valid scalar")],
+        aggregate: Some(Body::aggregate_ref(
+            &a.session_id(),
+            attempt(0),
+            &[agg_nonce(a, 0)],
+        )),
+    };
+    assert!(envelope(&star, 1, 1, named(&star)).verify(&star).is_ok());
     assert_eq!(
-        envelope(&mesh, 0, 5, body).verify(&mesh),
-        Err(ProtoError::UnexpectedAggregateNonce { signer: idx(0) })
+        envelope(&star, 1, 1, psig_body()).verify(&star),
+        Err(ProtoError::AggregateBinding { signer: idx(1) })
+    );
+    assert!(envelope(&mesh, 1, 1, psig_body()).verify(&mesh).is_ok());
+    assert_eq!(
+        envelope(&mesh, 1, 1, named(&mesh)).verify(&mesh),
+        Err(ProtoError::AggregateBinding { signer: idx(1) })
     );
 }
 

@@ -11,9 +11,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use musig2_core::{AggNonce, KeyAggContext, NonceGen, PubNonce, SecNonce, SessionContext};
 use musig2_proto::{
-    AbortReason, Attempt, Body, Envelope, Frame, Limits, NonceCommitment, PartialSigBytes,
-    PeerIdBytes, PubNonceBytes, SeqNo, SessionId, SignedAnnouncement, SignedEnvelope, SignerIndex,
-    Topology, VerifiedAnnouncement, decode_frame,
+    AbortReason, AggNonceBytes, AggregateRef, Attempt, Body, Envelope, Frame, Limits,
+    NonceCommitment, PartialSigBytes, PeerIdBytes, PubNonceBytes, SeqNo, SessionId,
+    SignedAnnouncement, SignedEnvelope, SignerIndex, Topology, VerifiedAnnouncement, decode_frame,
 };
 use musig2_transport::{MemoryTransport, PeerId, Transport, TransportError};
 use rand::{RngCore, SeedableRng};
@@ -255,6 +255,8 @@ pub struct AdversaryLog {
     pub dropped_sends: usize,
     /// As star coordinator: aggregate-nonce envelopes sent (one per member and message).
     pub aggregate_nonces_sent: usize,
+    /// Nonce sets (evidence of a failed star session) sent, one per member.
+    pub nonce_sets_sent: usize,
     /// As star coordinator: final-signature envelopes sent (one per member).
     pub final_signatures_sent: usize,
     /// What a [`Behaviour::Randomized`] adversary did to each message, in order (time since
@@ -415,6 +417,8 @@ struct Session {
     attempt: Attempt,
     /// Set when the adversary is the star coordinator.
     hub: Option<star::Hub>,
+    /// A star member's aggregate nonce of the current attempt, as the coordinator sent it.
+    star_agg: Option<AggNonceBytes>,
 }
 
 impl Session {
@@ -438,6 +442,19 @@ impl Session {
             Topology::Mesh => self.peers_of(&self.others()),
             Topology::Star => self.peers_of(&[self.coordinator]),
         }
+    }
+
+    fn is_star(&self) -> bool {
+        self.ann.announcement().policy.topology == Topology::Star
+    }
+
+    /// What a partial signature of ours names (ADR 0011): the aggregate we were given, in star.
+    fn aggregate_ref(&self) -> Option<AggregateRef> {
+        if !self.is_star() {
+            return None;
+        }
+        let agg = self.star_agg?;
+        Some(Body::aggregate_ref(&self.id, self.attempt, &[agg]))
     }
 
     fn take_seq(&mut self) -> SeqNo {
@@ -568,8 +585,17 @@ impl Actor {
                 }
             }
             Body::AggregateNonce {
-                nonces, attempt, ..
+                agg_nonces,
+                attempt,
+                ..
             } => {
+                if let Some(s) = self.session.as_mut() {
+                    if *attempt == s.attempt && s.hub.is_none() && s.star_agg.is_none() {
+                        s.star_agg = agg_nonces.first().copied();
+                    }
+                }
+            }
+            Body::NonceSet { nonces, attempt } => {
                 for sn in nonces {
                     for n in &sn.pub_nonces {
                         self.record_nonce(sn.signer.as_usize(), *attempt, *n);
@@ -579,6 +605,7 @@ impl Actor {
             Body::PartialSig {
                 partial_sigs,
                 attempt,
+                ..
             } => {
                 for p in partial_sigs {
                     let bytes = p.to_bytes();
@@ -649,6 +676,7 @@ impl Actor {
         s.attempt = attempt;
         s.secnonce = None;
         s.nonces = vec![None; s.nonces.len()];
+        s.star_agg = None;
         s.round2_done = false;
         let me = s.me.as_usize();
         let Some(nonce) = self.make_nonce(true) else {
@@ -724,6 +752,7 @@ impl Actor {
             round2_done: false,
             attempt: Attempt::FIRST,
             hub: is_hub.then(|| star::Hub::new(n)),
+            star_agg: None,
             ann,
         });
         self.pre_join().await;
@@ -928,7 +957,14 @@ impl Actor {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        if s.round2_done || s.hub.is_some() || s.nonces.iter().any(Option::is_none) {
+        // A star member signs under the aggregate it is given; it never sees the others'
+        // nonces unless the session fails (ADR 0011).
+        let ready = if s.is_star() {
+            s.star_agg.is_some() && s.nonces[s.me.as_usize()].is_some()
+        } else {
+            s.nonces.iter().all(Option::is_some)
+        };
+        if s.round2_done || s.hub.is_some() || !ready {
             return;
         }
         s.round2_done = true;
@@ -955,11 +991,13 @@ impl Actor {
                 .flatten()
                 .map(|b| PubNonce::from_bytes(&b.to_bytes()).ok())
                 .collect();
-            let context = SessionContext::new(
-                &s.key_agg,
-                &AggNonce::aggregate(&pubnonces.unwrap_or_default()),
-                &s.ann.announcement().messages[0].message,
-            );
+            let agg = match s.star_agg.filter(|_| s.is_star()) {
+                Some(agg) => AggNonce::from_bytes(&agg.to_bytes()).ok(),
+                None => Some(AggNonce::aggregate(&pubnonces.unwrap_or_default())),
+            };
+            let Some(agg) = agg else { return };
+            let context =
+                SessionContext::new(&s.key_agg, &agg, &s.ann.announcement().messages[0].message);
             let Some(sec) = s.secnonce.take() else { return };
             context
                 .sign(sec, &self.keypair)
@@ -976,6 +1014,7 @@ impl Actor {
         let Some(partial_sig) = psig else { return };
         let targets = s.round_targets();
         let attempt = s.attempt;
+        let aggregate = s.aggregate_ref();
         if let Behaviour::Impersonate { victim } = self.behaviour {
             let mut junk = [0u8; 32];
             junk[31] = 7;
@@ -983,6 +1022,7 @@ impl Actor {
                 let body = Body::PartialSig {
                     attempt,
                     partial_sigs: vec![forged],
+                    aggregate,
                 };
                 self.send_forged(victim, 4, body).await;
             }
@@ -993,6 +1033,7 @@ impl Actor {
         let body = Body::PartialSig {
             attempt,
             partial_sigs: vec![partial_sig],
+            aggregate,
         };
         if let Some(env) = self.own(body) {
             self.log.sent_partial_sig = true;

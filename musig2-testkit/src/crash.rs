@@ -100,6 +100,7 @@ pub(crate) fn stored_nonce_reuse(
                 Body::PartialSig {
                     attempt,
                     partial_sigs,
+                    ..
                 } => {
                     psigs
                         .entry((env.signer(), attempt.get()))

@@ -4,6 +4,7 @@
 use musig2_proto::{AbortReason, ElectionMethod, SignerIndex, Topology};
 use std::time::Duration;
 
+use musig2_coordinator::AbortOrigin;
 use musig2_testkit::{Behaviour, Outcome, Report, Scenario};
 use musig2_transport::LinkFault;
 
@@ -89,6 +90,25 @@ async fn invalid_partial_signature() {
         report.assert_aborted_blaming_adversary(&[AbortReason::InvalidPartialSig]);
         let log = report.adversary_log.as_ref().expect("log");
         assert!(log.sent_partial_sig);
+        if topology == Topology::Star {
+            // Star members never see the nonces in a session that signs; here the coordinator
+            // revealed them with every partial signature, and each member judged the evidence
+            // itself (ADR 0011): its own finding, not the coordinator's word.
+            for h in &report.honest {
+                assert!(
+                    matches!(
+                        h.outcome,
+                        Outcome::Aborted {
+                            origin: AbortOrigin::Local,
+                            ..
+                        }
+                    ),
+                    "signer {}: {:?}",
+                    h.signer,
+                    h.outcome
+                );
+            }
+        }
     }
 }
 
@@ -242,19 +262,19 @@ async fn star_coordinator_adversary() {
     }
 }
 
-/// A coordinator that withholds the aggregate nonce or the final signature, or sends an aggregate
-/// nonce or final signature that does not check out, is the only holdout of every member: each
-/// member rejects the bad message (it fails verification, so it never moves the member on) and
-/// times out blaming exactly the coordinator. No member is ever shown a wrong aggregate it signs
-/// under, and none signs twice.
+/// A coordinator that withholds the aggregate nonce or the final signature, sends a final
+/// signature that does not verify, or reveals a forged nonce set (a relayed nonce whose
+/// signature does not verify), is the only holdout of every member: each member rejects the bad
+/// message (it fails verification, so it never moves the member on) and times out blaming
+/// exactly the coordinator. None signs twice.
 #[tokio::test(start_paused = true)]
 async fn star_coordinator_lies_or_withholds() {
-    for (seed, behaviour, aggregates, finals) in [
-        (110, Behaviour::WithholdAggregateNonce, 0, 0),
-        (111, Behaviour::BadAggregateNonce, 3, 0),
-        (112, Behaviour::ForgedRelayedNonce, 3, 0),
-        (113, Behaviour::WithholdFinalSig, 3, 0),
-        (114, Behaviour::InvalidFinalSig, 3, 3),
+    // (seed, behaviour, aggregate nonces sent, final signatures sent, members that signed)
+    for (seed, behaviour, aggregates, finals, signed) in [
+        (110, Behaviour::WithholdAggregateNonce, 0, 0, 0),
+        (112, Behaviour::ForgedRelayedNonce, 3, 0, 3),
+        (113, Behaviour::WithholdFinalSig, 3, 0, 3),
+        (114, Behaviour::InvalidFinalSig, 3, 3, 3),
     ] {
         let report = run(adversarial_coordinator(seed, behaviour)).await;
         report.assert_aborted_blaming_adversary(&[AbortReason::Timeout]);
@@ -264,31 +284,61 @@ async fn star_coordinator_lies_or_withholds() {
             "{behaviour:?}: {log:?}"
         );
         assert_eq!(log.final_signatures_sent, finals, "{behaviour:?}: {log:?}");
-        let signed_members = log.partial_sigs_seen.len();
-        let expected = if aggregates > 0
-            && !matches!(
-                behaviour,
-                Behaviour::BadAggregateNonce | Behaviour::ForgedRelayedNonce
-            ) {
-            3
-        } else {
-            0
-        };
+        // A member signs under the aggregate it is given, without seeing the nonces (ADR
+        // 0011): BIP327's aggregator is untrusted, a wrong aggregate only spoils the result.
         assert_eq!(
-            signed_members, expected,
-            "{behaviour:?}: members sign only under a verified aggregate nonce"
+            log.partial_sigs_seen.len(),
+            signed,
+            "{behaviour:?}: members sign under the aggregate nonce they are given"
         );
         if matches!(
             behaviour,
-            Behaviour::BadAggregateNonce
-                | Behaviour::ForgedRelayedNonce
-                | Behaviour::InvalidFinalSig
+            Behaviour::ForgedRelayedNonce | Behaviour::InvalidFinalSig
         ) {
+            // The forged nonce set (a relayed signature that does not verify) and the bad
+            // final signature are refused.
             assert!(
                 report.rejected_messages().iter().all(|&r| r >= 1),
                 "{behaviour:?}: every member rejected the bad message"
             );
         }
+    }
+}
+
+/// A star coordinator whose aggregate nonce is not the sum of the nonces it committed to
+/// (ADR 0011): every member signs under it (one signature check, whatever n), the final
+/// signature cannot verify, and the coordinator reveals the set it committed to, with an abort
+/// blaming a member. Each member finds from the set itself that the aggregate is not its sum and
+/// aborts blaming the coordinator (its own finding, before the coordinator's false abort); no
+/// honest member is blamed.
+#[tokio::test(start_paused = true)]
+async fn star_coordinator_lying_about_the_aggregate_is_proven_by_its_own_nonce_set() {
+    for (seed, commitments) in [(115, true), (116, false)] {
+        let report =
+            run(adversarial_coordinator(seed, Behaviour::BadAggregateNonce)
+                .commitments(commitments))
+            .await;
+        report.assert_aborted_blaming_adversary(&[AbortReason::InvalidAggregateNonce]);
+        for h in &report.honest {
+            assert!(
+                matches!(
+                    h.outcome,
+                    Outcome::Aborted {
+                        origin: AbortOrigin::Local,
+                        ..
+                    }
+                ),
+                "member {}: its own finding: {:?}",
+                h.signer,
+                h.outcome
+            );
+        }
+        let log = report.adversary_log.as_ref().expect("log");
+        assert_eq!(log.aggregate_nonces_sent, 3, "{log:?}");
+        assert_eq!(log.nonce_sets_sent, 3, "{log:?}");
+        assert_eq!(log.final_signatures_sent, 0, "{log:?}");
+        assert_eq!(log.partial_sigs_seen.len(), 3, "every member signed once");
+        report.assert_no_nonce_reuse();
     }
 }
 

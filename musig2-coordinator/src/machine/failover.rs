@@ -487,6 +487,8 @@ impl SessionMachine {
         }
         self.aggnonce_received = false;
         self.aggnonce_env = None;
+        self.star_aggregate = None;
+        self.nonce_set_env = None;
         self.aggnonce_sent = None;
         self.attempt_start.push(env.signed().clone());
         self.send_join_to_coordinator(out);

@@ -78,6 +78,22 @@ impl SessionMachine {
                 seq: claimed_seq,
             });
         }
+        // A nonce set costs a signature check per signer: only a star member that signed under
+        // an aggregate and holds no set of this attempt yet takes one (ADR 0011), so a peer can
+        // make it pay n checks at most once per attempt.
+        if let Body::NonceSet { attempt, .. } = envelope.envelope().body() {
+            let wanted = self.is_star_member()
+                && claimed == self.coordinator
+                && *attempt == self.attempt
+                && self.star_aggregate.is_some()
+                && self.nonce_set_env.is_none();
+            if !wanted {
+                return Err(CoordinatorError::Superseded {
+                    signer: claimed,
+                    kind: "nonce set",
+                });
+            }
+        }
         let verified = envelope
             .verify(&self.ann)
             .map_err(|source| CoordinatorError::InvalidMessage { peer: from, source })?;
@@ -305,32 +321,75 @@ impl SessionMachine {
                 }
             }
             Body::AggregateNonce {
-                attempt, nonces, ..
+                attempt,
+                agg_nonces,
+                nonce_set,
             } => {
                 check_attempt(attempt)?;
-                if self.topology != Topology::Star
-                    || signer != self.coordinator
-                    || self.me == self.coordinator
-                {
+                if !self.is_star_member() || signer != self.coordinator {
                     return Err(CoordinatorError::UnexpectedMessage {
                         signer,
                         kind: "aggregate-nonce",
                     });
                 }
-                // The proto layer checked every relayed nonce's signature and that they sum to
-                // the aggregate; each one is its author's signed statement.
-                let repeat = self.aggnonce_received;
+                // One signature check, whatever n is: we sign under it without seeing the
+                // others' nonces. BIP327's aggregator is untrusted; a wrong aggregate only makes
+                // the final signature fail, and then the nonce set it committed to shows who
+                // lied (ADR 0011).
+                let aggregate = StarAggregate {
+                    reference: Body::aggregate_ref(&self.id, attempt, &agg_nonces),
+                    agg_nonces,
+                    nonce_set,
+                };
+                if let Some(held) = &self.star_aggregate {
+                    if *held == aggregate {
+                        return Err(CoordinatorError::RedundantMessage {
+                            signer,
+                            kind: "aggregate nonce",
+                        });
+                    }
+                    // Two aggregates of one attempt, both signed by the coordinator (an honest
+                    // one computes it once and, after a restart, sends the stored one again):
+                    // equivocation, and nobody signs twice.
+                    self.abort(now_ms, AbortReason::Equivocation, vec![signer], out);
+                    return Ok(());
+                }
+                self.star_aggregate = Some(aggregate);
+                self.aggnonce_received = true;
+                self.aggnonce_env = Some(env.signed().clone());
+            }
+            Body::NonceSet { attempt, nonces } => {
+                check_attempt(attempt)?;
+                // `accept` let it through only for a star member holding an aggregate of this
+                // attempt and no set yet, from its coordinator.
+                let Some(aggregate) = self.star_aggregate.clone() else {
+                    return Err(CoordinatorError::UnexpectedMessage {
+                        signer,
+                        kind: "nonce set",
+                    });
+                };
+                self.nonce_set_env = Some(env.signed().clone());
+                // The proto layer checked every relayed nonce's signature; each is its author's
+                // signed statement. The coordinator signed both the aggregate (with the digest)
+                // and this set: any disagreement between them is its own, provably.
+                let k = self.key_aggs.len();
+                let digest = Body::nonce_set_digest(&self.id, attempt, &nonces);
+                let own_ok = nonces
+                    .get(self.me.as_usize())
+                    .is_some_and(|sn| Some(&sn.pub_nonces) == self.my_nonces.as_ref());
+                let sum_ok =
+                    Body::sum_nonce_set(&nonces, k).as_ref() == Some(&aggregate.agg_nonces);
+                if digest != aggregate.nonce_set || !own_ok || !sum_ok {
+                    self.abort(
+                        now_ms,
+                        AbortReason::InvalidAggregateNonce,
+                        vec![signer],
+                        out,
+                    );
+                    return Ok(());
+                }
                 for sn in &nonces {
                     if sn.signer == self.me {
-                        if Some(&sn.pub_nonces) != self.my_nonces.as_ref() {
-                            self.abort(
-                                now_ms,
-                                AbortReason::InvalidAggregateNonce,
-                                vec![signer],
-                                out,
-                            );
-                            return Ok(());
-                        }
                         continue;
                     }
                     let signed = sn.to_signed_envelope(self.id);
@@ -339,21 +398,24 @@ impl SessionMachine {
                         return Ok(());
                     }
                 }
-                if repeat {
-                    // Same nonces under a new envelope: it cost a verification per signer.
-                    return Err(CoordinatorError::RedundantMessage {
-                        signer,
-                        kind: "aggregate nonce",
-                    });
-                }
-                self.aggnonce_received = true;
-                self.aggnonce_env = Some(env.signed().clone());
             }
             Body::PartialSig {
                 attempt,
                 partial_sigs,
+                aggregate,
             } => {
                 check_attempt(attempt)?;
+                // In star, a partial signature is judged only under the aggregate nonce it
+                // names, and only if that is ours: one made under another aggregate (a lying
+                // coordinator's, or a lie of its author) is never placed, so never blamed.
+                if self.topology == Topology::Star
+                    && aggregate != self.star_aggregate.as_ref().map(|a| a.reference)
+                {
+                    return Err(CoordinatorError::UnexpectedMessage {
+                        signer,
+                        kind: "partial signature under another aggregate nonce",
+                    });
+                }
                 match place(&mut self.psigs[j], partial_sigs, env.signed().clone()) {
                     Slot::Conflict => {
                         self.abort(now_ms, AbortReason::Equivocation, vec![signer], out)
@@ -506,6 +568,7 @@ impl SessionMachine {
             Body::PartialSig { .. } => self.psigs.get(j).and_then(|s| s.as_ref().map(|x| &x.1)),
             Body::Join { .. } => self.joins.get(j).and_then(|s| s.as_ref().map(|x| &x.1)),
             Body::AggregateNonce { .. } => self.aggnonce_env.as_ref(),
+            Body::NonceSet { .. } => self.nonce_set_env.as_ref(),
             _ => None,
         };
         stored == Some(envelope)
@@ -536,6 +599,7 @@ impl SessionMachine {
             Body::PartialSig {
                 attempt,
                 partial_sigs,
+                ..
             } => {
                 *attempt == self.attempt
                     && self.psigs[j]

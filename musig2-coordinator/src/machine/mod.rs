@@ -17,9 +17,9 @@ use musig2_core::{
     AggNonce, KeyAggContext, NonceGen, PartialSignature, PubNonce, SecNonce, SessionContext,
 };
 use musig2_proto::{
-    AbortReason, Attempt, Body, Envelope, NonceCommitment, PartialSigBytes, PeerIdBytes,
-    PubNonceBytes, SeqNo, SessionId, SignedEnvelope, SignerIndex, Topology, VerifiedAnnouncement,
-    VerifiedEnvelope,
+    AbortReason, AggNonceBytes, AggregateRef, Attempt, Body, Envelope, NonceCommitment,
+    NonceSetDigest, PartialSigBytes, PeerIdBytes, PubNonceBytes, SeqNo, SessionId, SignedEnvelope,
+    SignerIndex, Topology, VerifiedAnnouncement, VerifiedEnvelope,
 };
 use musig2_transport::PeerId;
 use secp256k1::{Keypair, schnorr};
@@ -218,6 +218,11 @@ pub struct SessionMachine {
     seen: Vec<BTreeMap<u64, SeenEnvelope>>,
     /// The star coordinator's verified AggregateNonce envelope (members), to drop replays cheaply.
     aggnonce_env: Option<SignedEnvelope>,
+    /// Star: the aggregate nonces we sign under in this attempt (received as a member, computed
+    /// as the coordinator), with the nonce set they commit to (ADR 0011).
+    star_aggregate: Option<StarAggregate>,
+    /// Star member: the coordinator's revealed nonce set of this attempt (evidence, on failure).
+    nonce_set_env: Option<SignedEnvelope>,
     /// The AggregateNonce envelope we sent (star coordinator), to send again when asked.
     aggnonce_sent: Option<SignedEnvelope>,
     /// The announcement lists, at our index, a peer id that is not ours.
@@ -241,6 +246,15 @@ pub struct SessionMachine {
     answered: Vec<u8>,
     /// Verified contributions of the next attempt that arrived before its restart.
     next_attempt: Vec<VerifiedEnvelope>,
+}
+
+/// A star attempt's aggregate nonces and what they commit to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StarAggregate {
+    agg_nonces: Vec<AggNonceBytes>,
+    nonce_set: NonceSetDigest,
+    /// What our partial signature names ([`Body::aggregate_ref`]).
+    reference: AggregateRef,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -385,6 +399,8 @@ impl SessionMachine {
             replay: vec![ReplayWindow::new(config.replay_window, config.max_seq_gap); n],
             seen: vec![BTreeMap::new(); n],
             aggnonce_env: None,
+            star_aggregate: None,
+            nonce_set_env: None,
             aggnonce_sent: None,
             misrouted,
             replay_window: config.replay_window.clamp(1, 128),
@@ -552,10 +568,10 @@ impl SessionMachine {
                 missing(&|i| i != self.coordinator.as_usize() || self.peers[i].is_some())
             }
             Phase::Joined => missing(&|i| self.peers[i].is_some()),
-            // A star member gets the others' commitments only from the coordinator, relayed
-            // together once all are in: if they do not come, the coordinator is who it waits for.
+            // A star member is told to reveal by the coordinator's own commitment, sent once all
+            // are in (ADR 0011): if it does not come, the coordinator is who it waits for.
             Phase::NonceCommit if star_member => {
-                if missing(&|i| self.commits[i].is_some()).is_empty() {
+                if self.commits[self.coordinator.as_usize()].is_some() {
                     Vec::new()
                 } else {
                     vec![self.coordinator]
@@ -801,7 +817,8 @@ fn body_attempt(body: &Body) -> Option<Attempt> {
         Body::NonceCommit { attempt, .. }
         | Body::Nonce { attempt, .. }
         | Body::PartialSig { attempt, .. }
-        | Body::AggregateNonce { attempt, .. } => Some(*attempt),
+        | Body::AggregateNonce { attempt, .. }
+        | Body::NonceSet { attempt, .. } => Some(*attempt),
         _ => None,
     }
 }

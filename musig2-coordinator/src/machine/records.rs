@@ -245,7 +245,19 @@ impl SessionMachine {
             Body::PartialSig {
                 attempt,
                 partial_sigs,
+                ..
             } if attempt == self.attempt => self.psigs[me] = Some((partial_sigs, signed)),
+            Body::AggregateNonce {
+                attempt,
+                agg_nonces,
+                nonce_set,
+            } if attempt == self.attempt => {
+                self.star_aggregate = Some(StarAggregate {
+                    reference: Body::aggregate_ref(&self.id, attempt, &agg_nonces),
+                    agg_nonces,
+                    nonce_set,
+                });
+            }
             _ => {}
         }
     }
@@ -259,7 +271,7 @@ impl SessionMachine {
         now_ms: u64,
         out: &mut Vec<Output>,
     ) {
-        let Some(contexts) = self.contexts_from_nonces() else {
+        let Some(contexts) = self.signing_contexts() else {
             // We signed, so every nonce was here; a store that lost them cannot aggregate.
             self.abort(now_ms, AbortReason::Internal, Vec::new(), out);
             return;
@@ -479,6 +491,7 @@ impl SessionMachine {
             .chain(self.nonces.iter().flatten().map(|(_, e)| e.clone()))
             .chain(self.psigs.iter().flatten().map(|(_, e)| e.clone()))
             .chain(self.aggnonce_env.clone())
+            .chain(self.nonce_set_env.clone())
             .collect();
         for env in held {
             self.record(Record::Envelope(env));
@@ -508,6 +521,8 @@ impl SessionMachine {
         }
         self.aggnonce_received = false;
         self.aggnonce_env = None;
+        self.star_aggregate = None;
+        self.nonce_set_env = None;
         self.aggnonce_sent = None;
         self.nonces_announced = false;
         self.psigs_announced = false;

@@ -15,14 +15,42 @@ impl SessionMachine {
             let before = self.phase;
             match self.phase {
                 Phase::Joined if self.holdouts().is_empty() => self.start_round1(now_ms, rng, out),
-                Phase::NonceCommit if all_filled(&self.commits) => self.reveal(now_ms, out),
-                Phase::Nonce if all_filled(&self.nonces) => self.sign_round2(now_ms, out),
-                Phase::PartialSig if all_filled(&self.psigs) => self.aggregate(now_ms, out),
+                Phase::NonceCommit if self.may_reveal() => self.reveal(now_ms, out),
+                Phase::Nonce if self.may_sign() => self.sign_round2(now_ms, out),
+                // A star member holds every nonce only once the coordinator revealed the set.
+                Phase::PartialSig if all_filled(&self.psigs) && all_filled(&self.nonces) => {
+                    self.aggregate(now_ms, out)
+                }
                 _ => {}
             }
             if self.phase == before {
                 break;
             }
+        }
+    }
+
+    pub(super) fn is_star_member(&self) -> bool {
+        self.topology == Topology::Star && self.me != self.coordinator
+    }
+
+    /// Round 0 is over: every commitment is in (mesh, star coordinator), or the star
+    /// coordinator's own commitment came, which it sends once it holds all (ADR 0011).
+    fn may_reveal(&self) -> bool {
+        if self.is_star_member() {
+            self.commits[self.me.as_usize()].is_some()
+                && self.commits[self.coordinator.as_usize()].is_some()
+        } else {
+            all_filled(&self.commits)
+        }
+    }
+
+    /// Round 1 is over: every nonce is in (mesh, star coordinator), or the star coordinator's
+    /// aggregate came (a member never sees the others' nonces unless the session fails).
+    fn may_sign(&self) -> bool {
+        if self.is_star_member() {
+            self.nonces[self.me.as_usize()].is_some() && self.star_aggregate.is_some()
+        } else {
+            all_filled(&self.nonces)
         }
     }
 
@@ -100,22 +128,13 @@ impl SessionMachine {
         }
     }
 
-    /// All commitments are in: the star coordinator shares them; everyone reveals.
+    /// All commitments are in: the star coordinator sends its own (one envelope, ADR 0011:
+    /// "reveal now", and its nonce is fixed before any reveal); everyone reveals.
     pub(super) fn reveal(&mut self, now_ms: u64, out: &mut Vec<Output>) {
         if self.is_star_coordinator() {
-            let commits: Vec<SignedEnvelope> = self
-                .commits
-                .iter()
-                .flatten()
-                .map(|(_, env)| env.clone())
-                .collect();
-            for k in self.others() {
-                let for_k: Vec<SignedEnvelope> = commits
-                    .iter()
-                    .filter(|e| e.envelope().signer() != k)
-                    .cloned()
-                    .collect();
-                self.send_to(out, [k], for_k);
+            if let Some((_, own)) = self.commits[self.me.as_usize()].clone() {
+                let others: Vec<SignerIndex> = self.others().collect();
+                self.send_to(out, others, vec![own]);
             }
         }
         self.publish_nonce(now_ms, out);
@@ -171,20 +190,28 @@ impl SessionMachine {
     /// signatures.
     pub(super) fn sign_round2(&mut self, now_ms: u64, out: &mut Vec<Output>) {
         if self.is_star_coordinator() {
-            let envs: Option<Vec<VerifiedEnvelope>> =
-                self.verified_nonces.iter().cloned().collect();
-            let body =
-                envs.and_then(|envs| Body::aggregate_nonce(&self.ann, self.attempt, &envs).ok());
-            let Some(body) = body else {
+            let Some((body, _)) = self.star_bodies() else {
                 self.abort(now_ms, AbortReason::Internal, Vec::new(), out);
                 return;
             };
+            if let Body::AggregateNonce {
+                agg_nonces,
+                nonce_set,
+                ..
+            } = &body
+            {
+                self.star_aggregate = Some(StarAggregate {
+                    reference: Body::aggregate_ref(&self.id, self.attempt, agg_nonces),
+                    agg_nonces: agg_nonces.clone(),
+                    nonce_set: *nonce_set,
+                });
+            }
             let env = self.sign(now_ms, body);
             let others: Vec<SignerIndex> = self.others().collect();
             self.send_to(out, others, vec![env.clone()]);
             self.aggnonce_sent = Some(env);
         }
-        let Some(contexts) = self.contexts_from_nonces() else {
+        let Some(contexts) = self.signing_contexts() else {
             self.abort(now_ms, AbortReason::InvalidNonce, Vec::new(), out);
             return;
         };
@@ -220,11 +247,41 @@ impl SessionMachine {
             Body::PartialSig {
                 attempt: self.attempt,
                 partial_sigs: psig_bytes.clone(),
+                aggregate: self.star_aggregate.as_ref().map(|a| a.reference),
             },
         );
         self.psigs[self.me.as_usize()] = Some((psig_bytes, env.clone()));
         self.send_partial_sig(env, out);
         self.enter(Phase::PartialSig, now_ms, self.partial_sig_timeout_ms);
+    }
+
+    /// The star coordinator's AggregateNonce and NonceSet bodies of the current attempt, from
+    /// every signer's verified nonce envelope (deterministic: the same set gives the same
+    /// digest, e.g. after a restart).
+    pub(super) fn star_bodies(&self) -> Option<(Body, Body)> {
+        let envs: Option<Vec<VerifiedEnvelope>> = self.verified_nonces.iter().cloned().collect();
+        envs.and_then(|envs| Body::aggregate_nonce(&self.ann, self.attempt, &envs).ok())
+    }
+
+    /// The signing contexts of the current attempt (one per message): in star under the
+    /// aggregate nonces we were given (or computed, as the coordinator), in mesh from every
+    /// signer's nonces.
+    pub(super) fn signing_contexts(&self) -> Option<Vec<SessionContext>> {
+        if self.topology == Topology::Mesh {
+            return self.contexts_from_nonces();
+        }
+        let aggregate = self.star_aggregate.as_ref()?;
+        let messages = &self.ann.announcement().messages;
+        (0..self.key_aggs.len())
+            .map(|m| {
+                let agg = AggNonce::from_bytes(&aggregate.agg_nonces.get(m)?.to_bytes()).ok()?;
+                Some(SessionContext::new(
+                    &self.key_aggs[m],
+                    &agg,
+                    &messages.get(m)?.message,
+                ))
+            })
+            .collect()
     }
 
     /// The signing contexts of the current attempt (one per message), once every signer's
@@ -312,13 +369,14 @@ impl SessionMachine {
             }
             Err(culprits) => {
                 if self.is_star_coordinator() {
-                    // Hand every signer the evidence so each finds the same culprits itself.
-                    let evidence: Vec<SignedEnvelope> = self
-                        .psigs
-                        .iter()
-                        .flatten()
-                        .map(|(_, env)| env.clone())
-                        .collect();
+                    // Hand every signer the evidence so each finds the same culprits itself:
+                    // the nonce set our aggregate committed to, then every partial signature
+                    // (ADR 0011).
+                    let mut evidence: Vec<SignedEnvelope> = Vec::new();
+                    if let Some((_, set)) = self.star_bodies() {
+                        evidence.push(self.sign(now_ms, set));
+                    }
+                    evidence.extend(self.psigs.iter().flatten().map(|(_, env)| env.clone()));
                     let others: Vec<SignerIndex> = self.others().collect();
                     for k in others {
                         self.send_to(out, [k], evidence.clone());

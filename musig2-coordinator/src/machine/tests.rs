@@ -564,6 +564,7 @@ fn an_invalid_partial_signature_is_blamed_by_every_honest_node() {
                 if let Body::PartialSig {
                     attempt,
                     partial_sigs,
+                    aggregate,
                 } = e.envelope().body()
                 {
                     let mut bytes = partial_sigs[0].to_bytes();
@@ -573,6 +574,7 @@ fn an_invalid_partial_signature_is_blamed_by_every_honest_node() {
                         Body::PartialSig {
                             attempt: *attempt,
                             partial_sigs: vec![PartialSigBytes::from_bytes(bytes).unwrap()],
+                            aggregate: *aggregate,
                         },
                         &keypairs[1],
                     )];
@@ -1030,6 +1032,7 @@ impl NonceLedger {
             Body::PartialSig {
                 attempt,
                 partial_sigs,
+                ..
             } => {
                 self.psigs
                     .entry((e.signer(), attempt.get()))
@@ -1321,3 +1324,4 @@ fn a_restart_told_to_one_signer_moves_everyone_even_when_its_contributions_overt
 }
 
 mod failover;
+mod star;

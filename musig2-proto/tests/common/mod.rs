@@ -138,7 +138,10 @@ pub fn nonce_envelopes(a: &VerifiedAnnouncement, att: u16) -> Vec<VerifiedEnvelo
 
 /// An aggregate nonce built from the fixture nonces.
 pub fn agg_nonce(a: &VerifiedAnnouncement, att: u16) -> AggNonceBytes {
-    match Body::aggregate_nonce(a, attempt(att), &nonce_envelopes(a, att)).expect("aggregate") {
+    match Body::aggregate_nonce(a, attempt(att), &nonce_envelopes(a, att))
+        .expect("aggregate")
+        .0
+    {
         Body::AggregateNonce { agg_nonces, .. } => agg_nonces[0],
         other => panic!("unexpected body {other:?}"),
     }

@@ -161,9 +161,11 @@ impl Actor {
         targets: &[PeerId],
         attempt: Attempt,
     ) -> bool {
+        let aggregate = self.session.as_ref().and_then(|s| s.aggregate_ref());
         let body = |partial_sig| Body::PartialSig {
             attempt,
             partial_sigs: vec![partial_sig],
+            aggregate,
         };
         let (late, twist) = match self.near_deadline() {
             Some((LateMessage::PartialSig, offset_ms, twist)) => ((true, offset_ms), twist),

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use musig2_proto::{AggNonceBytes, SignedNonce};
+use musig2_proto::SignedNonce;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use tokio::task::JoinHandle;
@@ -299,9 +299,14 @@ fn with_attempt(body: &Body, attempt: Attempt) -> Option<Body> {
             attempt,
             pub_nonces,
         },
-        Body::PartialSig { partial_sigs, .. } => Body::PartialSig {
+        Body::PartialSig {
+            partial_sigs,
+            aggregate,
+            ..
+        } => Body::PartialSig {
             attempt,
             partial_sigs,
+            aggregate,
         },
         _ => return None,
     })
@@ -665,17 +670,21 @@ impl Actor {
                 attempt: *attempt,
                 pub_nonces: vec![self.second_nonce(st)?],
             },
-            Body::PartialSig { attempt, .. } => {
+            Body::PartialSig {
+                attempt, aggregate, ..
+            } => {
                 let mut scalar = [0u8; 32];
                 st.rng.fill(&mut scalar[1..]);
                 Body::PartialSig {
                     attempt: *attempt,
                     partial_sigs: vec![PartialSigBytes::from_bytes(scalar).ok()?],
+                    aggregate: *aggregate,
                 }
             }
-            Body::AggregateNonce {
-                attempt, nonces, ..
-            } => {
+            Body::AggregateNonce { attempt, .. } => {
+                // The set the honest aggregate committed to, with our nonce swapped for a fresh
+                // one (signed under a new number): another aggregate, another digest.
+                let mut nonces = self.session.as_ref()?.hub.as_ref()?.nonce_set()?;
                 let fresh = self.make_nonce(false)?;
                 let seq = self.session.as_mut()?.take_seq();
                 let ts = self.clock.now_ms();
@@ -684,7 +693,6 @@ impl Actor {
                     pub_nonces: vec![fresh],
                 };
                 let signed = Envelope::sign(id, me, seq, ts, nonce_body, &self.keypair);
-                let mut nonces = nonces.clone();
                 let slot = nonces.get_mut(me.as_usize())?;
                 *slot = SignedNonce {
                     signer: me,
@@ -694,14 +702,10 @@ impl Actor {
                     pub_nonces: vec![fresh],
                     signature: *signed.signature(),
                 };
-                let all: Vec<_> = nonces
-                    .iter()
-                    .map(|n| n.pub_nonces.first().copied())
-                    .collect::<Option<_>>()?;
                 Body::AggregateNonce {
                     attempt: *attempt,
-                    agg_nonces: vec![AggNonceBytes::aggregate(&all)?],
-                    nonces,
+                    agg_nonces: Body::sum_nonce_set(&nonces, 1)?,
+                    nonce_set: Body::nonce_set_digest(&id, *attempt, &nonces),
                 }
             }
             Body::FinalSignature {

@@ -1,8 +1,9 @@
-//! The adversary as the star coordinator: it relays the members' commitments, aggregates their
-//! nonces and partial signatures, and deviates where its [`Behaviour`] says.
+//! The adversary as the star coordinator: it collects the members' commitments and tells them
+//! to reveal with its own, aggregates their nonces (committing to the set, ADR 0011) and partial
+//! signatures, and deviates where its [`Behaviour`] says.
 
 use musig2_core::PartialSignature;
-use musig2_proto::{AggNonceBytes, SignedNonce, VerifiedEnvelope};
+use musig2_proto::{AbortReason, AggNonceBytes, SessionId, SignedNonce, VerifiedEnvelope};
 
 use super::{
     Actor, AggNonce, Attempt, Behaviour, Body, Envelope, Frame, LateMessage, NonceCommitment,
@@ -14,6 +15,10 @@ pub(super) struct Hub {
     commits: Vec<Option<SignedEnvelope>>,
     nonces: Vec<Option<VerifiedEnvelope>>,
     psigs: Vec<Option<PartialSignature>>,
+    /// The members' partial-signature envelopes (evidence, when it reveals).
+    psig_envs: Vec<Option<SignedEnvelope>>,
+    /// The nonce set its aggregate committed to.
+    set: Option<Vec<SignedNonce>>,
     commits_relayed: bool,
     context: Option<SessionContext>,
     finished: bool,
@@ -25,10 +30,17 @@ impl Hub {
             commits: vec![None; n],
             nonces: vec![None; n],
             psigs: vec![None; n],
+            psig_envs: vec![None; n],
+            set: None,
             commits_relayed: false,
             context: None,
             finished: false,
         }
+    }
+
+    /// The signed nonce set its (honest) aggregate commits to, once it has one.
+    pub(super) fn nonce_set(&self) -> Option<Vec<SignedNonce>> {
+        self.set.clone()
     }
 }
 
@@ -104,6 +116,7 @@ impl Actor {
                 hub.nonces[j].get_or_insert(env);
             }
             Body::PartialSig { partial_sigs, .. } => {
+                hub.psig_envs[j].get_or_insert_with(|| env.signed().clone());
                 // The adversary signs one message: a k-message session sees it withhold.
                 let first = partial_sigs
                     .first()
@@ -124,12 +137,13 @@ impl Actor {
         self.hub_final_signature().await;
     }
 
-    /// With every commitment in, hands each member everyone else's.
+    /// With every commitment in, tells every member to reveal with its own commitment.
     async fn hub_relay_commitments(&mut self) {
         let members = self.members();
         let withhold = self.behaviour == Behaviour::WithholdCommitments;
         let Some(s) = &mut self.session else { return };
         let commit_round = s.ann.announcement().policy.nonce_commitment;
+        let me = s.me.as_usize();
         let Some(hub) = &mut s.hub else { return };
         if !commit_round || hub.commits_relayed || hub.commits.iter().any(Option::is_none) {
             return;
@@ -138,15 +152,11 @@ impl Actor {
         if withhold {
             return;
         }
-        let all: Vec<SignedEnvelope> = hub.commits.iter().flatten().cloned().collect();
-        for (k, peer) in members {
-            let for_k: Vec<SignedEnvelope> = all
-                .iter()
-                .filter(|e| e.envelope().signer().as_usize() != k)
-                .cloned()
-                .collect();
-            self.send_all(&[peer], &Frame::encode_batch(&for_k)).await;
-        }
+        let Some(own) = hub.commits[me].clone() else {
+            return;
+        };
+        let peers: Vec<PeerId> = members.into_iter().map(|(_, p)| p).collect();
+        self.send_all(&peers, &Frame::encode_batch(&[own])).await;
     }
 
     /// With every nonce in, fixes the session context, makes our partial signature and sends the
@@ -178,9 +188,13 @@ impl Actor {
             .and_then(|sec| context.sign(sec, &self.keypair).ok());
         hub.psigs[s.me.as_usize()] = own;
         hub.context = Some(context);
-        let Ok(body) = Body::aggregate_nonce(&s.ann, Attempt::FIRST, &envs) else {
+        let Ok((body, Body::NonceSet { nonces: set, .. })) =
+            Body::aggregate_nonce(&s.ann, Attempt::FIRST, &envs)
+        else {
             return;
         };
+        let id = s.id;
+        hub.set = Some(set.clone());
         let body = match self.behaviour {
             Behaviour::AggregateNoncePerMember => {
                 self.hub_aggregate_per_member(&envs).await;
@@ -191,11 +205,22 @@ impl Actor {
                 return;
             }
             Behaviour::WithholdAggregateNonce => return,
-            Behaviour::BadAggregateNonce => tamper_sum(body),
+            Behaviour::BadAggregateNonce => tamper_sum(id, &set),
             Behaviour::ForgedRelayedNonce => {
                 let victim = s.others().first().map(|v| v.as_usize());
                 match (victim, self.make_nonce(false)) {
-                    (Some(v), Some(fresh)) => forge_relayed(body, v, fresh),
+                    (Some(v), Some(fresh)) => {
+                        // It commits to (and will reveal) the forged set.
+                        let forged = forge_relayed(set, v, fresh);
+                        let body = aggregate_of(id, &forged);
+                        if let Some(hub) = self.hub() {
+                            hub.set = Some(forged);
+                        }
+                        match body {
+                            Some(body) => body,
+                            None => return,
+                        }
+                    }
                     _ => return,
                 }
             }
@@ -238,7 +263,7 @@ impl Actor {
             return;
         };
         envs[s.me.as_usize()] = own;
-        let Ok(other) = Body::aggregate_nonce(&s.ann, Attempt::FIRST, &envs) else {
+        let Ok((other, _)) = Body::aggregate_nonce(&s.ann, Attempt::FIRST, &envs) else {
             return;
         };
         let peers: Vec<PeerId> = self.members().into_iter().map(|(_, p)| p).collect();
@@ -281,19 +306,23 @@ impl Actor {
             let mut for_member = envs.to_vec();
             for_member[me.as_usize()] = own;
             match Body::aggregate_nonce(&s.ann, Attempt::FIRST, &for_member) {
-                Ok(body) => bodies.push((peer, body)),
+                Ok((body, _)) => bodies.push((peer, body)),
                 Err(_) => return,
             }
         }
         self.hub_send_per_member(bodies).await;
     }
 
-    /// [`Behaviour::RelayedNoncesPerMember`]: `victim` gets `honest` with another member's
-    /// relayed nonce swapped for a fresh one (its signature kept) or left out; the others get
-    /// `honest`.
+    /// [`Behaviour::RelayedNoncesPerMember`]: `victim` gets an aggregate of (and committing
+    /// to) the set with another member's nonce swapped for a fresh one (its signature kept) or
+    /// left out; the others get `honest`.
     async fn hub_relayed_per_member(&mut self, honest: Body, victim: SignerIndex, omit: bool) {
         let members = self.members();
+        let Some(set) = self.hub().and_then(|h| h.set.clone()) else {
+            return;
+        };
         let Some(s) = &self.session else { return };
+        let id = s.id;
         // The member whose nonce is tampered with: the first that is neither us nor the victim.
         let Some(other) = s
             .others()
@@ -304,12 +333,15 @@ impl Actor {
             return;
         };
         let tampered = if omit {
-            omit_relayed(honest.clone(), other)
+            omit_relayed(set, other)
         } else {
             match self.make_nonce(false) {
-                Some(fresh) => forge_relayed(honest.clone(), other, fresh),
+                Some(fresh) => forge_relayed(set, other, fresh),
                 None => return,
             }
+        };
+        let Some(tampered) = aggregate_of(id, &tampered) else {
+            return;
         };
         let bodies = members
             .into_iter()
@@ -361,6 +393,17 @@ impl Actor {
             }
         }
         match self.behaviour {
+            // The aggregate was a lie (or the set forged): the final signature cannot verify.
+            // It reveals the set it committed to, as an honest aggregator would; the lie only
+            // adds an abort blaming a member.
+            Behaviour::BadAggregateNonce => {
+                self.hub_reveal(true).await;
+                return;
+            }
+            Behaviour::ForgedRelayedNonce => {
+                self.hub_reveal(false).await;
+                return;
+            }
             Behaviour::WithholdFinalSig => return,
             Behaviour::InvalidFinalSig => signature[63] ^= 1,
             Behaviour::SecondAggregateNonce => {
@@ -403,6 +446,36 @@ impl Actor {
         }
     }
 
+    /// Sends every member the nonce set it committed to and every partial signature (the
+    /// evidence of a failed session, ADR 0011), then, with `accuse`, a signed abort blaming the
+    /// first member for an invalid partial signature.
+    async fn hub_reveal(&mut self, accuse: bool) {
+        let members = self.members();
+        let Some(hub) = self.hub() else { return };
+        let Some(nonces) = hub.set.clone() else {
+            return;
+        };
+        let psigs: Vec<SignedEnvelope> = hub.psig_envs.iter().flatten().cloned().collect();
+        let mut evidence = Vec::new();
+        evidence.extend(self.own(Body::NonceSet {
+            attempt: Attempt::FIRST,
+            nonces,
+        }));
+        evidence.extend(psigs);
+        if accuse {
+            let blamed = members
+                .first()
+                .and_then(|&(k, _)| SignerIndex::try_from(k).ok());
+            evidence.extend(self.own(Body::Abort {
+                reason: AbortReason::InvalidPartialSig,
+                blamed,
+            }));
+        }
+        let peers: Vec<PeerId> = members.iter().map(|&(_, p)| p).collect();
+        self.log.nonce_sets_sent += peers.len();
+        self.send_all(&peers, &Frame::encode_batch(&evidence)).await;
+    }
+
     /// A second aggregate nonce for the same attempt, with a fresh nonce of ours.
     async fn hub_second_aggregate(&mut self) {
         let Some(fresh) = self.make_nonce(false) else {
@@ -419,83 +492,51 @@ impl Actor {
         let Some(envs) = hub.nonces.iter().cloned().collect::<Option<Vec<_>>>() else {
             return;
         };
-        if let Ok(body) = Body::aggregate_nonce(&s.ann, Attempt::FIRST, &envs) {
+        if let Ok((body, _)) = Body::aggregate_nonce(&s.ann, Attempt::FIRST, &envs) {
             self.hub_send_aggregate(body).await;
         }
     }
 }
 
-/// The aggregate nonce of `body` replaced by the sum of all relayed nonces but the first.
-fn tamper_sum(body: Body) -> Body {
-    match body {
-        Body::AggregateNonce {
-            attempt,
-            agg_nonces,
-            nonces,
-        } => {
-            let rest: Vec<PubNonceBytes> = nonces
-                .iter()
-                .skip(1)
-                .filter_map(|n| n.pub_nonces.first().copied())
-                .collect();
-            let mut agg_nonces = agg_nonces;
-            if let (Some(sum), Some(first)) =
-                (AggNonceBytes::aggregate(&rest), agg_nonces.first_mut())
-            {
-                *first = sum;
-            }
-            Body::AggregateNonce {
-                attempt,
-                agg_nonces,
-                nonces,
-            }
-        }
-        other => other,
-    }
-}
-
-/// `body` with its relayed nonces changed by `edit` and the aggregate recomputed to match.
-fn edit_relayed(body: Body, edit: impl FnOnce(&mut Vec<SignedNonce>)) -> Body {
-    match body {
-        Body::AggregateNonce {
-            attempt,
-            agg_nonces,
-            mut nonces,
-        } => {
-            edit(&mut nonces);
-            let all: Vec<PubNonceBytes> = nonces
-                .iter()
-                .filter_map(|n| n.pub_nonces.first().copied())
-                .collect();
-            let mut agg_nonces = agg_nonces;
-            if let (Some(sum), Some(first)) =
-                (AggNonceBytes::aggregate(&all), agg_nonces.first_mut())
-            {
-                *first = sum;
-            }
-            Body::AggregateNonce {
-                attempt,
-                agg_nonces,
-                nonces,
-            }
-        }
-        other => other,
-    }
-}
-
-/// `body` without signer `left_out`'s relayed nonce, the aggregate recomputed from the rest.
-fn omit_relayed(body: Body, left_out: usize) -> Body {
-    edit_relayed(body, |nonces| {
-        nonces.retain(|n| n.signer.as_usize() != left_out);
+/// The AggregateNonce of (and committing to) `set`.
+fn aggregate_of(id: SessionId, set: &[SignedNonce]) -> Option<Body> {
+    Some(Body::AggregateNonce {
+        attempt: Attempt::FIRST,
+        agg_nonces: Body::sum_nonce_set(set, 1)?,
+        nonce_set: Body::nonce_set_digest(&id, Attempt::FIRST, set),
     })
 }
 
-/// `body` with signer `victim`'s relayed nonce replaced by `fresh` (its signature kept) and the
-/// aggregate recomputed, so only the relayed signature is wrong.
-fn forge_relayed(body: Body, victim: usize, fresh: PubNonceBytes) -> Body {
-    edit_relayed(body, |nonces| {
-        if let Some(n) = nonces.get_mut(victim) {
-            n.pub_nonces = vec![fresh];
-        }
-    })
+/// An AggregateNonce committing to `set` whose aggregate is the sum of all its nonces but the
+/// first.
+fn tamper_sum(id: SessionId, set: &[SignedNonce]) -> Body {
+    let rest: Vec<PubNonceBytes> = set
+        .iter()
+        .skip(1)
+        .filter_map(|n| n.pub_nonces.first().copied())
+        .collect();
+    Body::AggregateNonce {
+        attempt: Attempt::FIRST,
+        agg_nonces: AggNonceBytes::aggregate(&rest).into_iter().collect(),
+        nonce_set: Body::nonce_set_digest(&id, Attempt::FIRST, set),
+    }
+}
+
+/// `set` without signer `left_out`'s nonce.
+fn omit_relayed(mut set: Vec<SignedNonce>, left_out: usize) -> Vec<SignedNonce> {
+    set.retain(|n| n.signer.as_usize() != left_out);
+    set
+}
+
+/// `set` with signer `victim`'s nonce replaced by `fresh` (its signature kept), so only the
+/// relayed signature is wrong.
+fn forge_relayed(
+    mut set: Vec<SignedNonce>,
+    victim: usize,
+    fresh: PubNonceBytes,
+) -> Vec<SignedNonce> {
+    if let Some(n) = set.get_mut(victim) {
+        n.pub_nonces = vec![fresh];
+    }
+    set
 }
