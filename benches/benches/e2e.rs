@@ -1018,7 +1018,10 @@ fn resident_bytes() -> u64 {
 async fn many_sessions_bench(quick: bool) {
     let total = if quick { 10_000 } else { 30_000 };
     let few = 200;
-    let many: usize = std::env::var("E2E_MANY").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let many: usize = std::env::var("E2E_MANY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
     println!(
         "\n== many sessions, memory transport: {total} 2-of-2 sessions, {few} vs {many} in flight (target >= 0.8) =="
     );

@@ -28,8 +28,8 @@ use crate::event::Event;
 use crate::machine::{Output, Phase, SessionHealth, SessionMachine};
 use crate::offences::OffenceTable;
 use crate::outbound::Outbound;
-use crate::session_table::SessionTable;
 use crate::pending::{PendingBuffer, PendingLimits};
+use crate::session_table::SessionTable;
 use crate::store::{MemoryStore, Record, SessionStore, StoreUsage, StoredSession};
 
 /// A store shared between the node task and the blocking threads that commit to it.
@@ -1162,7 +1162,8 @@ impl Actor {
                 self.config.max_concurrent_sessions,
             ));
         }
-        if pooled.is_some() {
+        // The count cannot reach the bound while all active sessions together are fewer.
+        if pooled.is_some() && self.active_sessions() >= self.config.max_active_per_creator {
             let creator = creator_key(m.announcement());
             let of_creator = self
                 .sessions
@@ -1225,12 +1226,17 @@ impl Actor {
     /// Makes room in the un-joined pool for one more session of `creator`: drops that creator's
     /// oldest beyond its share, then the oldest overall.
     fn make_room_in_pool(&mut self, creator: &Option<PublicKey>) {
-        let of_creator = self
-            .unjoined
-            .iter()
-            .filter(|(_, c, _)| c == creator)
-            .count();
-        if of_creator >= self.config.max_unjoined_per_creator.max(1) {
+        let share = self.config.max_unjoined_per_creator.max(1);
+        // Counting is a scan of the pool: skip it while the whole pool is below one share.
+        let of_creator = if self.unjoined.len() < share {
+            0
+        } else {
+            self.unjoined
+                .iter()
+                .filter(|(_, c, _)| c == creator)
+                .count()
+        };
+        if of_creator >= share {
             if let Some(pos) = self.unjoined.iter().position(|(_, c, _)| c == creator) {
                 if let Some((old, _, _)) = self.unjoined.remove(pos) {
                     self.drop_unjoined(old, "max_unjoined_per_creator");
