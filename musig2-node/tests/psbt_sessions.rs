@@ -226,62 +226,33 @@ async fn a_member_refuses_a_session_that_is_not_the_psbt_it_reviewed() {
     let mut undigested = honest.clone();
     undigested.terms.document_digest = None;
     let cases = [
-        (other_psbt.terms.clone(), "document digest"),
-        (swapped.terms, "input 3 is not the input's sighash"),
-        (retweaked.terms, "tweaks for input 0"),
-        (dropped.terms, "signs 11 messages"),
-        (undigested.terms, "no document digest"),
+        (other_psbt, "document digest"),
+        (swapped, "input 3 is not the input's sighash"),
+        (retweaked, "tweaks for input 0"),
+        (dropped, "signs 11 messages"),
+        (undigested, "no document digest"),
     ];
-    for (terms, named) in cases {
-        let request = musig2_coordinator::SessionRequest {
-            signers: terms.signers.clone(),
-            peers: Vec::new(),
-            messages: terms
-                .messages
-                .iter()
-                .map(|(m, t)| MessageToSign {
-                    message: m.clone(),
-                    tweaks: t
-                        .iter()
-                        .map(|t| musig2_proto::Tweak::new(t.value(), t.is_x_only()).expect("tweak"))
-                        .collect(),
-                })
-                .collect(),
-            document_digest: terms.document_digest,
-            policy: signers.policy(Topology::Mesh),
-        };
-        let id = signers
-            .node(&keys[0])
-            .create_session(request)
-            .await
-            .expect("create");
-        let announced = signers
-            .node(&keys[2])
-            .discover_session(id)
-            .await
-            .expect("announced");
-        let terms = SessionTerms::of_announcement(&announced).expect("terms");
-        match member.check(&terms) {
+    // What the member sees of a session the creator announces with these terms.
+    let announce = |terms: &PsbtSession| {
+        let request = terms
+            .request(Vec::new(), signers.policy(Topology::Mesh))
+            .expect("request");
+        let (creator, member) = (signers.node(&keys[0]), signers.node(&keys[2]));
+        async move {
+            let id = creator.create_session(request).await.expect("create");
+            let announced = member.discover_session(id).await.expect("announced");
+            SessionTerms::of_announcement(&announced).expect("terms")
+        }
+    };
+    for (forged, named) in &cases {
+        match member.check(&announce(forged).await) {
             Err(NodeError::Rejected(why)) => assert!(why.contains(named), "{named}: {why}"),
             other => panic!("{named}: the forgery passed the check: {other:?}"),
         }
     }
     // The honest session passes the same check.
-    let request = honest
-        .request(Vec::new(), signers.policy(Topology::Mesh))
-        .expect("request");
-    let id = signers
-        .node(&keys[0])
-        .create_session(request)
-        .await
-        .expect("create");
-    let announced = signers
-        .node(&keys[2])
-        .discover_session(id)
-        .await
-        .expect("announced");
     member
-        .check(&SessionTerms::of_announcement(&announced).expect("terms"))
+        .check(&announce(&honest).await)
         .expect("the reviewed PSBT's session");
 }
 
