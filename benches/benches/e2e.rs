@@ -393,18 +393,79 @@ async fn scenario(
         Some(t) => format!("< {} MISSED", fmt_ms(t)),
         None => "-".to_owned(),
     };
+    let n = cluster.nodes.len();
+    let (floor_cpu, floor_path) = musig2_floor(n, topology);
+    let cpu_per_node = cpu / n as u32;
     println!(
-        "{name:<34} commit={:<5} median {:>10}  p90 {:>10}  target {verdict:<18} cpu/session {:>9} | phases (median): announce {} joined {} nonces {} psigs {} signed {}  [{iters} runs]",
+        "{name:<34} commit={:<5} median {:>10}  p90 {:>10}  target {verdict:<18} cpu/session {:>9} | per node {} = {:.1}x the MuSig2 floor {}; median = {:.1}x the critical path {} | phases (median): announce {} joined {} nonces {} psigs {} signed {}  [{iters} runs]",
         nonce_commitment,
         fmt_ms(median),
         fmt_ms(p90),
         fmt_ms(cpu),
+        us(cpu_per_node),
+        cpu_per_node.as_secs_f64() / floor_cpu.as_secs_f64(),
+        us(floor_cpu),
+        median.as_secs_f64() / floor_path.as_secs_f64(),
+        us(floor_path),
         phases[0],
         phases[1],
         phases[2],
         phases[3],
         phases[4],
     );
+}
+
+/// The MuSig2 work of one session that no implementation can avoid (BIP327 only: no
+/// authentication, no key aggregation, which a node caches per signer list), timed on one
+/// thread: every node generates a nonce, computes the session values and signs; nonces are
+/// aggregated by every node (mesh) or the aggregator (star); partial signatures are aggregated
+/// and the signature verified by every node (mesh) or by the aggregator, after which every
+/// member verifies it (star). Returns the average CPU per node, and the critical path if every
+/// node had its own core.
+fn musig2_floor(n: usize, topology: Topology) -> (Duration, Duration) {
+    let keypairs: Vec<Keypair> = (0..n).map(|_| Keypair::new(&mut rand::rng())).collect();
+    let keys: Vec<PublicKey> = keypairs.iter().map(Keypair::public_key).collect();
+    let key_agg = KeyAggContext::new(&keys).expect("key agg");
+    let msg = [3u8; 32];
+    let new_nonce = |i: usize| {
+        NonceGen::new(keys[i])
+            .generate(&mut rand::rng())
+            .expect("nonce")
+    };
+    let nonce_gen = time_op(200, || new_nonce(0));
+    let (secnonces, pubnonces): (Vec<_>, Vec<PubNonce>) = (0..n).map(new_nonce).unzip();
+    let nonce_agg = time_op(200, || AggNonce::aggregate(&pubnonces));
+    let aggnonce = AggNonce::aggregate(&pubnonces);
+    let context = time_op(200, || SessionContext::new(&key_agg, &aggnonce, &msg));
+    let session = SessionContext::new(&key_agg, &aggnonce, &msg);
+    let psigs: Vec<PartialSignature> = secnonces
+        .into_iter()
+        .zip(&keypairs)
+        .map(|(sec, kp)| session.sign(sec, kp).expect("sign"))
+        .collect();
+    let sign = time_op(200, || {
+        let (sec, _) = new_nonce(0);
+        session.sign(sec, &keypairs[0]).expect("sign")
+    })
+    .saturating_sub(nonce_gen);
+    let aggregate = time_op(200, || {
+        let sig = session.aggregate(&psigs).expect("aggregate");
+        session.verify_signature(&sig).expect("verifies")
+    });
+    let sig = session.aggregate(&psigs).expect("aggregate");
+    let verify = time_op(200, || session.verify_signature(&sig).expect("verifies"));
+    let each = nonce_gen + context + sign;
+    match topology {
+        Topology::Mesh => {
+            let per_node = each + nonce_agg + aggregate;
+            (per_node, per_node)
+        }
+        _ => {
+            let total = each * n as u32 + nonce_agg + aggregate + verify * (n as u32 - 1);
+            let critical = nonce_gen + nonce_agg + context + sign + aggregate + verify;
+            (total / n as u32, critical)
+        }
+    }
 }
 
 /// `n` libp2p nodes on 127.0.0.1 with every pair connected and every routing table populated.
