@@ -1550,8 +1550,9 @@ async fn big_sessions_bench() {
     let n_p2p: usize = std::env::var("E2E_BIG_P2P_N")
         .ok()
         .and_then(|v| v.parse().ok())
-        // 200 is the target; in one process here it does not complete yet (the
-        // aggregator's sends to a third or more of the members fail: see ADR 0012).
+        // 200 is the target; in one process here it does not complete yet: 200 swarms
+        // use up the 20,000 file descriptors of the box, and the aggregator's new connections
+        // fail (ADR 0012).
         .unwrap_or(100);
     {
         let config = Config {
