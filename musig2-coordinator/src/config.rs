@@ -105,6 +105,30 @@ pub struct Config {
     pub max_finished_sessions: usize,
 }
 
+impl Config {
+    /// The defaults, opened to sessions of up to `max_signers` signers (ADR 0012):
+    /// [`Limits::for_signers`] (frames up to `max_signers · 256` bytes), announcement budgets
+    /// that let one such announcement through per second from a peer (and four from all peers
+    /// together), and room to queue frames to every other signer. Every per-peer and per-session
+    /// bound that does not grow with the session keeps its default.
+    pub fn for_signers(max_signers: usize) -> Config {
+        let defaults = Config::default();
+        let limits = Limits::for_signers(max_signers);
+        let frame = u64::try_from(limits.max_frame_bytes).unwrap_or(u64::MAX);
+        Config {
+            limits,
+            announcement_bytes_per_peer_per_sec: defaults
+                .announcement_bytes_per_peer_per_sec
+                .max(frame),
+            announcement_bytes_per_sec: defaults
+                .announcement_bytes_per_sec
+                .max(frame.saturating_mul(4)),
+            max_outbound_peers: defaults.max_outbound_peers.max(limits.max_signers),
+            ..defaults
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {

@@ -382,7 +382,10 @@ impl Node {
     /// Creates a session: builds and signs the announcement, stores it in the DHT (retrying
     /// until the routing table allows, up to the DHT timeout) while sending it to the signers
     /// whose peers are listed, and joins it. Returns the session id once the DHT holds it; if
-    /// the DHT put fails, the session is cancelled and the error returned.
+    /// the DHT put fails, the session is cancelled and the error returned. An announcement too
+    /// big for a DHT record (the transport's `RecordTooLarge`) is delivered directly only, which
+    /// needs every signer's peer listed in `request.peers` (ADR 0012); otherwise the session is
+    /// cancelled with that error.
     pub async fn create_session(&self, request: SessionRequest) -> Result<SessionId> {
         let now = self.clock.now_ms();
         let me = self.keypair.public_key();
@@ -437,11 +440,29 @@ impl Node {
             created_here: true,
             reply,
         });
+        // A signer whose peer is listed receives the announcement directly; one that is not
+        // can only find it in the DHT.
+        let all_listed = signed
+            .announcement()
+            .signers
+            .iter()
+            .all(|s| s.peer_id.is_some());
         let (put, insert) = tokio::join!(put, insert);
         insert??;
-        if let Err(e) = put {
-            let _ = self.cancel_session(id).await;
-            return Err(e);
+        match put {
+            Ok(()) => {}
+            // Too big for a DHT record (ADR 0012): when every signer's peer is listed, the
+            // direct delivery is the announcement's only channel; otherwise some signer could
+            // never find it, and the session is cancelled.
+            Err(CoordinatorError::Transport(TransportError::RecordTooLarge { size, max }))
+                if all_listed =>
+            {
+                tracing::debug!(session = %id, size, max, "announcement delivered directly only");
+            }
+            Err(e) => {
+                let _ = self.cancel_session(id).await;
+                return Err(e);
+            }
         }
         let _ = self.events.send(Event::SessionAnnounced { session: id });
         Ok(id)
@@ -1441,9 +1462,13 @@ impl Actor {
                 }
                 Some(_) => {}
             }
-        } else if bytes.first() == Some(&0) && !self.announcement_budget(from, bytes.len(), now) {
+        } else if bytes.first() == Some(&0)
+            && bytes.len() <= self.config.limits.max_frame_bytes
+            && !self.announcement_budget(from, bytes.len(), now)
+        {
             // Announcements cost a decode, a signature and a key aggregation per signer: their
-            // bytes are budgeted per peer and overall before any of that.
+            // bytes are budgeted per peer and overall before any of that. An oversized frame is
+            // refused undecoded below and spends nobody's budget (ADR 0012).
             tracing::debug!(%from, "announcement over budget");
             self.light_offence(from, "announcements over budget").await;
             return;

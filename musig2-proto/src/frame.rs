@@ -42,6 +42,35 @@ impl Default for Limits {
     }
 }
 
+/// Frame bytes per signer that [`Limits::for_signers`] allows: a star round frame needs
+/// `66·k + 128` per signer (so k = 1 message at this budget), an announcement at most
+/// `33 + 2 + 64` (key, option tag, length, peer id), and the `NonceSet` a failed star session
+/// reveals about `74 + 66·k`. See ADR 0012.
+pub const FRAME_BYTES_PER_SIGNER: usize = 256;
+
+impl Limits {
+    /// Limits for sessions of up to `max_signers` signers (at most 4096): the defaults, with
+    /// `max_signers` set and `max_frame_bytes` raised to
+    /// `max(64 KiB, max_signers · FRAME_BYTES_PER_SIGNER)` so the announcement, the round
+    /// frames and the failure evidence of a single-message session of that size fit
+    /// (256 000 bytes at 1,000 signers). Every other limit keeps its default.
+    ///
+    /// The defaults stay at 128 signers and 64 KiB: a node on the open network reads, parses and
+    /// may hold frames up to `max_frame_bytes` from anyone, so a node opts in to big sessions
+    /// (ADR 0012).
+    pub fn for_signers(max_signers: usize) -> Limits {
+        let max_signers = max_signers.clamp(1, usize::from(crate::SignerIndex::MAX) + 1);
+        let defaults = Limits::default();
+        Limits {
+            max_signers: max_signers.max(defaults.max_signers),
+            max_frame_bytes: defaults
+                .max_frame_bytes
+                .max(max_signers.saturating_mul(FRAME_BYTES_PER_SIGNER)),
+            ..defaults
+        }
+    }
+}
+
 /// Anything that arrives on the wire.
 ///
 /// A batch is a frame kind rather than an envelope body: each envelope in it carries its own

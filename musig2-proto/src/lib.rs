@@ -90,7 +90,8 @@ pub use envelope::{
 };
 pub use error::ProtoError;
 pub use frame::{
-    EnvelopeHeader, Frame, Limits, decode_frame, peek_envelope_header, peek_frame_session,
+    EnvelopeHeader, FRAME_BYTES_PER_SIGNER, Frame, Limits, decode_frame, peek_envelope_header,
+    peek_frame_session,
 };
 pub use hash::{
     TAG_AGGREGATE_NONCE, TAG_ANNOUNCEMENT, TAG_ENVELOPE, TAG_NONCE_COMMITMENT, TAG_NONCE_SET,
