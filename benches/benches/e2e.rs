@@ -14,6 +14,7 @@
 //! E2E_QUICK=1 cargo bench -p musig2-benches --bench e2e   # fewer iterations
 //! E2E_PART=libp2p (or memory, costs, durable, groupcommit, failover, psbt, many, big) cargo bench -p musig2-benches --bench e2e   # one part only
 //! E2E_PART=libp2p E2E_N=10 cargo bench -p musig2-benches --bench e2e     # one network size
+//! E2E_PART=libp2p E2E_N=10 E2E_TOPO=star E2E_COMMIT=off cargo bench ...   # one scenario
 //! ```
 //!
 //! * Durable stores (`E2E_PART=durable`): the same sessions with every node on a `RedbStore`
@@ -598,6 +599,13 @@ async fn libp2p_benches(quick: bool) {
     let ms = Duration::from_millis;
     // E2E_N=10 runs the scenarios of one network size only.
     let only: Option<usize> = std::env::var("E2E_N").ok().and_then(|v| v.parse().ok());
+    // E2E_TOPO=star|mesh and E2E_COMMIT=on|off narrow that further (for profiling one scenario).
+    let topo = std::env::var("E2E_TOPO").ok();
+    let commits: Vec<bool> = match std::env::var("E2E_COMMIT").as_deref() {
+        Ok("on") => vec![true],
+        Ok("off") => vec![false],
+        _ => vec![false, true],
+    };
     println!("== libp2p loopback: create_session -> every node holds the verified signature ==");
     // (n, [(topology, iterations, target)])
     let plan = [
@@ -619,8 +627,12 @@ async fn libp2p_benches(quick: bool) {
             setup.elapsed().as_secs_f64()
         );
         for (topology, iters, target) in runs {
-            let name = format!("n={n} {}", format!("{topology:?}").to_lowercase());
-            for commit in [false, true] {
+            let topology_name = format!("{topology:?}").to_lowercase();
+            if topo.as_ref().is_some_and(|t| *t != topology_name) {
+                continue;
+            }
+            let name = format!("n={n} {topology_name}");
+            for &commit in &commits {
                 scenario(
                     &mut cluster,
                     &name,

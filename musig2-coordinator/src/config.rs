@@ -21,6 +21,8 @@ pub struct Config {
     pub broadcast_timeout: Duration,
     /// How long a DHT put or get may take, retries included.
     pub dht_query_timeout: Duration,
+    /// When a session this node creates is stored in the DHT.
+    pub dht_announce: DhtAnnounce,
     /// How long one frame send may take before it is retried.
     pub message_send_timeout: Duration,
     /// Retries of a failed send (after the first try).
@@ -105,6 +107,26 @@ pub struct Config {
     pub max_finished_sessions: usize,
 }
 
+/// When [`Node::create_session`](crate::Node::create_session) stores the signed announcement
+/// in the DHT, where signers find a session by its id.
+///
+/// A Kademlia put is a lookup of the closest peers plus a store on each of them, and every
+/// storing peer checks the record's signature: at n = 10 on loopback it was about a third of a
+/// whole session's CPU. When the creator lists every signer's peer, the announcement reaches
+/// each of them directly, and the DHT only serves a signer the direct copy missed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DhtAnnounce {
+    /// Before `create_session` returns: anyone can find the session by id at once.
+    Always,
+    /// When every signer's peer is listed: the announcement goes to them directly, and is put
+    /// in the DHT only if, this long after creation, the session has not ended and this node
+    /// has not seen every signer join (a signer the direct copy missed then finds it there).
+    /// `create_session` returns without waiting for the DHT. With any signer's peer unlisted,
+    /// as [`DhtAnnounce::Always`].
+    IfNotJoinedWithin(Duration),
+}
+
 impl Config {
     /// The defaults, opened to sessions of up to `max_signers` signers (ADR 0012):
     /// [`Limits::for_signers`] (frames up to `max_signers · 256` bytes), announcement budgets
@@ -138,6 +160,7 @@ impl Default for Config {
             partial_sig_exchange_timeout: Duration::from_secs(30),
             broadcast_timeout: Duration::from_secs(60),
             dht_query_timeout: Duration::from_secs(30),
+            dht_announce: DhtAnnounce::IfNotJoinedWithin(Duration::from_secs(2)),
             message_send_timeout: Duration::from_secs(5),
             send_retry_attempts: 5,
             retry_base_delay: Duration::from_millis(50),

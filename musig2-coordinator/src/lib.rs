@@ -73,7 +73,7 @@ mod stats;
 pub mod store;
 pub mod transcript;
 
-pub use config::Config;
+pub use config::{Config, DhtAnnounce};
 pub use election::{TAG_ELECTION, election_order};
 pub use error::{CoordinatorError, PeerAction, Result};
 pub use event::{AbortOrigin, Event};

@@ -22,7 +22,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::config::Config;
+use crate::config::{Config, DhtAnnounce};
 use crate::error::{CoordinatorError, PeerAction, Result};
 use crate::event::Event;
 use crate::machine::{Output, Phase, SessionHealth, SessionMachine};
@@ -30,6 +30,7 @@ use crate::offences::OffenceTable;
 use crate::outbound::Outbound;
 use crate::pending::{PendingBuffer, PendingLimits};
 use crate::session_table::SessionTable;
+use crate::stats::DhtPut;
 use crate::store::{MemoryStore, Record, SessionStore, StoreUsage, StoredSession};
 
 /// A store shared between the node task and the blocking threads that commit to it.
@@ -379,13 +380,17 @@ impl Node {
         }
     }
 
-    /// Creates a session: builds and signs the announcement, stores it in the DHT (retrying
-    /// until the routing table allows, up to the DHT timeout) while sending it to the signers
-    /// whose peers are listed, and joins it. Returns the session id once the DHT holds it; if
-    /// the DHT put fails, the session is cancelled and the error returned. An announcement too
-    /// big for a DHT record (the transport's `RecordTooLarge`) is delivered directly only, which
-    /// needs every signer's peer listed in `request.peers` (ADR 0012); otherwise the session is
-    /// cancelled with that error.
+    /// Creates a session: builds and signs the announcement, sends it to the signers whose
+    /// peers are listed, stores it in the DHT as [`Config::dht_announce`] says, and joins it.
+    ///
+    /// When the announcement goes to the DHT now (some signer's peer is unlisted, or
+    /// [`DhtAnnounce::Always`]), the put retries until the routing table allows, up to the DHT
+    /// timeout, and this returns once the DHT holds it; if the put fails, the session is
+    /// cancelled and the error returned. An announcement too big for a DHT record (the
+    /// transport's `RecordTooLarge`) is delivered directly only, which needs every signer's peer
+    /// listed in `request.peers` (ADR 0012); otherwise the session is cancelled with that error.
+    /// With every peer listed and [`DhtAnnounce::IfNotJoinedWithin`], this returns at once and
+    /// the put, if still needed later, runs in the background.
     pub async fn create_session(&self, request: SessionRequest) -> Result<SessionId> {
         let now = self.clock.now_ms();
         let me = self.keypair.public_key();
@@ -431,10 +436,7 @@ impl Node {
         let signed = announcement.sign(&self.keypair, &self.config.limits)?;
         let verified = signed.verify(now, &self.config.limits)?;
         let id = verified.session_id();
-        // The DHT put and the direct announcement to listed peers run side by side; a session
-        // that cannot be announced in the DHT is cancelled rather than left half-visible.
         let ttl = Duration::from_millis(session_ms);
-        let put = self.dht_put_with_retry(dht_key(&id), signed.to_frame_bytes(), ttl);
         let insert = self.call(|reply| Command::Insert {
             announcement: Box::new(verified),
             created_here: true,
@@ -447,10 +449,23 @@ impl Node {
             .signers
             .iter()
             .all(|s| s.peer_id.is_some());
+        if let (DhtAnnounce::IfNotJoinedWithin(after), true) =
+            (self.config.dht_announce, all_listed)
+        {
+            insert.await??;
+            let node = self.clone();
+            let value = signed.to_frame_bytes();
+            tokio::spawn(async move { node.put_unless_joined(id, value, ttl, after).await });
+            let _ = self.events.send(Event::SessionAnnounced { session: id });
+            return Ok(id);
+        }
+        // The DHT put and the direct announcement to listed peers run side by side; a session
+        // that cannot be announced in the DHT is cancelled rather than left half-visible.
+        let put = self.dht_put_with_retry(dht_key(&id), signed.to_frame_bytes(), ttl);
         let (put, insert) = tokio::join!(put, insert);
         insert??;
         match put {
-            Ok(()) => {}
+            Ok(()) => self.stats.dht_put(DhtPut::Stored),
             // Too big for a DHT record (ADR 0012): when every signer's peer is listed, the
             // direct delivery is the announcement's only channel; otherwise some signer could
             // never find it, and the session is cancelled.
@@ -466,6 +481,37 @@ impl Node {
         }
         let _ = self.events.send(Event::SessionAnnounced { session: id });
         Ok(id)
+    }
+
+    /// The deferred put of [`DhtAnnounce::IfNotJoinedWithin`]: after `after`, stores the
+    /// announcement unless the session has ended or every signer has joined.
+    async fn put_unless_joined(
+        &self,
+        id: SessionId,
+        value: Vec<u8>,
+        ttl: Duration,
+        after: Duration,
+    ) {
+        tokio::time::sleep(after).await;
+        let needed = match self.health(id).await {
+            Ok(h) => !h.phase.is_terminal() && h.joined < h.signers,
+            // Finished and forgotten, cancelled, or the node stopped.
+            Err(_) => false,
+        };
+        if !needed {
+            return self.stats.dht_put(DhtPut::NotNeeded);
+        }
+        match self.dht_put_with_retry(dht_key(&id), value, ttl).await {
+            Ok(()) => self.stats.dht_put(DhtPut::Stored),
+            // Too big for a record (ADR 0012): direct delivery is its only channel anyway.
+            Err(CoordinatorError::Transport(TransportError::RecordTooLarge { .. })) => {
+                self.stats.dht_put(DhtPut::NotNeeded);
+            }
+            Err(e) => {
+                tracing::warn!(session = %id, error = %e, "deferred DHT put failed");
+                self.stats.dht_put(DhtPut::Failed);
+            }
+        }
     }
 
     async fn dht_put_with_retry(&self, key: Vec<u8>, value: Vec<u8>, ttl: Duration) -> Result<()> {
@@ -518,15 +564,10 @@ impl Node {
                     .and_then(|a| a.verify_id(&session, clock.now_ms(), &limits))
                     .is_ok()
         });
-        let value = tokio::time::timeout(
-            self.config.dht_query_timeout,
-            self.transport.dht_get(dht_key(&session), validator),
-        )
-        .await
-        .map_err(|_| TransportError::Timeout {
-            operation: "DHT get",
-            after: self.config.dht_query_timeout,
-        })??;
+        let value = match self.dht_get_with_retry(session, validator).await? {
+            Found::Direct(known) => return Ok(*known),
+            Found::Record(value) => value,
+        };
         let verified = SignedAnnouncement::decode(&value, &limits)?.verify_id(
             &session,
             self.clock.now_ms(),
@@ -542,6 +583,44 @@ impl Node {
         })
         .await??;
         Ok(verified)
+    }
+
+    /// Gets a session's record, or the announcement if its direct copy reaches this node in
+    /// the meantime: while the DHT does not have it (the creator may not have stored it yet:
+    /// [`DhtAnnounce::IfNotJoinedWithin`]), looks again, up to the DHT timeout.
+    async fn dht_get_with_retry(
+        &self,
+        session: SessionId,
+        validator: RecordValidator,
+    ) -> Result<Found> {
+        let timeout = || TransportError::Timeout {
+            operation: "DHT get",
+            after: self.config.dht_query_timeout,
+        };
+        let deadline = Instant::now() + self.config.dht_query_timeout;
+        let mut delay = self.config.retry_base_delay;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let got = tokio::time::timeout(
+                left,
+                self.transport.dht_get(dht_key(&session), validator.clone()),
+            )
+            .await
+            .map_err(|_| timeout())?;
+            match got {
+                Err(TransportError::NotFound) if Instant::now() + delay < deadline => {
+                    tokio::time::sleep(jittered(delay)).await;
+                    delay = (delay * 2).min(self.config.retry_max_delay);
+                    if let Some(known) = self
+                        .call(|reply| Command::Lookup { session, reply })
+                        .await?
+                    {
+                        return Ok(Found::Direct(Box::new(known)));
+                    }
+                }
+                other => return Ok(Found::Record(other?)),
+            }
+        }
     }
 
     /// Joins a session (discovering it first if needed) and takes part in the signing rounds.
@@ -762,8 +841,9 @@ struct Staged {
     /// (session, peer, envelopes): one batch frame per entry (a batch holds one session).
     sends: Vec<(SessionId, PeerId, Vec<SignedEnvelope>)>,
     events: Vec<Event>,
-    /// Callers to answer once the records are stored.
-    replies: Vec<(oneshot::Sender<Result<()>>, Result<()>)>,
+    /// Callers to answer once the records are stored, with the session their command touched
+    /// (told the commit's error instead if that session's records failed to commit).
+    replies: Vec<(SessionId, oneshot::Sender<Result<()>>, Result<()>)>,
 }
 
 impl Staged {
@@ -774,6 +854,14 @@ impl Staged {
             && self.events.is_empty()
             && self.replies.is_empty()
     }
+}
+
+/// Where [`Node::discover_session`] found an announcement while it waited for the DHT.
+enum Found {
+    /// Its direct copy arrived (already verified and held by the node task).
+    Direct(Box<VerifiedAnnouncement>),
+    /// The DHT's record (not verified yet).
+    Record(Vec<u8>),
 }
 
 /// How an aborted session answers a caller: why, whom it blamed and whose word that is.
@@ -1008,13 +1096,14 @@ impl Actor {
                 created_here,
                 reply,
             } => {
+                let session = announcement.session_id();
                 let result = self.insert(*announcement, created_here, now).await;
-                self.staged.replies.push((reply, result));
+                self.staged.replies.push((session, reply, result));
             }
             Command::Join { session, reply } => {
                 let result = self.join(session, now).await;
                 // The caller hears "joined" once the join is stored (and sent).
-                self.staged.replies.push((reply, result));
+                self.staged.replies.push((session, reply, result));
             }
             Command::Lookup { session, reply } => {
                 let known = self
@@ -1692,7 +1781,7 @@ impl Actor {
         for event in std::mem::take(&mut staged.events) {
             self.on_event(event);
         }
-        for (reply, result) in std::mem::take(&mut staged.replies) {
+        for (_, reply, result) in std::mem::take(&mut staged.replies) {
             let _ = reply.send(result);
         }
         if self.deferred.len() >= MAX_DEFERRED_RECORDS {
@@ -1725,6 +1814,12 @@ impl Actor {
         staged
             .sends
             .retain(|(session, _, _)| !failed.contains(session));
+        // A caller told "created" or "joined" would believe in a session that exists nowhere.
+        for (session, _, result) in &mut staged.replies {
+            if result.is_ok() && failed.contains(session) {
+                *result = Err(CoordinatorError::Store(error.to_string()));
+            }
+        }
         let now = self.clock.now_ms();
         for session in failed {
             for w in self.waiters.remove(&session).unwrap_or_default() {

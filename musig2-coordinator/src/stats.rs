@@ -18,6 +18,9 @@ pub(crate) struct NodeStats {
     store_commits: AtomicU64,
     store_commit_micros: AtomicU64,
     store_failures: AtomicU64,
+    dht_puts: AtomicU64,
+    dht_puts_not_needed: AtomicU64,
+    dht_put_failures: AtomicU64,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -39,6 +42,14 @@ pub struct StatsSnapshot {
     pub store_commit_micros: u64,
     /// Session-store transactions that failed.
     pub store_failures: u64,
+    /// Announcements of sessions created here stored in the DHT.
+    pub dht_puts: u64,
+    /// Announcements not stored in the DHT because every signer had its direct copy and
+    /// joined (or the session had ended) in time ([`DhtAnnounce::IfNotJoinedWithin`](crate::DhtAnnounce::IfNotJoinedWithin)).
+    pub dht_puts_not_needed: u64,
+    /// Deferred DHT puts that failed after their retries (the session went on; signers with a
+    /// direct copy are not affected).
+    pub dht_put_failures: u64,
     /// Frames or envelopes rejected, by reason (`undecodable_frame`, `invalid_announcement`,
     /// `duplicate`, `bad_signature_or_encoding`, `unbound_peer`, ...).
     pub rejected: BTreeMap<&'static str, u64>,
@@ -72,6 +83,15 @@ impl NodeStats {
         }
     }
 
+    pub(crate) fn dht_put(&self, outcome: DhtPut) {
+        let counter = match outcome {
+            DhtPut::Stored => &self.dht_puts,
+            DhtPut::NotNeeded => &self.dht_puts_not_needed,
+            DhtPut::Failed => &self.dht_put_failures,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn rejected(&self, reason: &'static str) {
         let mut map = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
         *map.entry(reason).or_insert(0) += 1;
@@ -86,6 +106,9 @@ impl NodeStats {
             store_commits: self.store_commits.load(Ordering::Relaxed),
             store_commit_micros: self.store_commit_micros.load(Ordering::Relaxed),
             store_failures: self.store_failures.load(Ordering::Relaxed),
+            dht_puts: self.dht_puts.load(Ordering::Relaxed),
+            dht_puts_not_needed: self.dht_puts_not_needed.load(Ordering::Relaxed),
+            dht_put_failures: self.dht_put_failures.load(Ordering::Relaxed),
             rejected: self
                 .rejected
                 .lock()
@@ -93,6 +116,14 @@ impl NodeStats {
                 .clone(),
         }
     }
+}
+
+/// What became of a created session's DHT put.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DhtPut {
+    Stored,
+    NotNeeded,
+    Failed,
 }
 
 /// A short, stable name for why an envelope was rejected.

@@ -394,7 +394,11 @@ async fn a_failing_store_commit_sends_nothing_and_aborts_locally() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    node1.join_session(id).await.unwrap();
+    // The caller is told its join was not stored, not "joined".
+    match node1.join_session(id).await {
+        Err(CoordinatorError::Store(e)) => assert!(e.contains("disk full"), "{e}"),
+        other => panic!("expected the join to fail on the store, got {other:?}"),
+    }
     match node1.wait_for_signatures(id).await {
         Err(CoordinatorError::Store(_))
         | Err(CoordinatorError::Aborted {

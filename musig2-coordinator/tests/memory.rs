@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use musig2_coordinator::{
-    AbortOrigin, Config, CoordinatorError, Event, Node, SessionRequest, dht_key,
+    AbortOrigin, Config, CoordinatorError, DhtAnnounce, Event, Node, SessionRequest, dht_key,
 };
 use musig2_proto::{AbortReason, ElectionMethod, Policy, SessionId, Topology};
 use musig2_transport::{Bytes, LinkFault, MemoryNetwork, Transport, TransportError};
@@ -411,4 +411,106 @@ async fn a_peer_that_keeps_sending_junk_is_blocked_and_later_let_back() {
         c.nodes[0].blocked_peers().await.expect("blocked peers"),
         Vec::new()
     );
+}
+
+/// Whether the DHT holds session `id`'s announcement, asked from a fresh node.
+async fn in_dht(network: &MemoryNetwork, id: SessionId) -> bool {
+    let reader = network.add_node();
+    reader
+        .dht_get(
+            dht_key(&id),
+            musig2_transport::RecordValidator::new(|_, _| true),
+        )
+        .await
+        .is_ok()
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_every_peer_listed_the_dht_holds_a_session_only_when_a_signer_needs_it() {
+    let after = Duration::from_secs(2);
+    assert_eq!(
+        test_config().dht_announce,
+        DhtAnnounce::IfNotJoinedWithin(after),
+        "the default"
+    );
+    // Everyone gets the announcement directly and signs: the DHT is never written.
+    let c = cluster(3, 60);
+    let (id, sigs) = c
+        .sign(c.request(b"direct", Topology::Star, false, true))
+        .await;
+    assert_eq!(sigs.len(), 3);
+    tokio::time::sleep(after * 2).await;
+    assert!(!in_dht(&c.network, id).await);
+    let stats = c.nodes[0].stats();
+    assert_eq!((stats.dht_puts, stats.dht_puts_not_needed), (0, 1));
+
+    // Signer 2's direct copy is lost: it is not in the DHT at first, then it is, and signer 2
+    // joins by id (its lookup asks again until the record appears) and the session signs.
+    let c = cluster(3, 61);
+    for from in [0, 1] {
+        c.network.set_link_fault(
+            c.nodes[from].peer_id(),
+            c.nodes[2].peer_id(),
+            LinkFault::none().with_drop(1.0),
+        );
+    }
+    let request = c.request(b"missed", Topology::Mesh, false, true);
+    let id = c.nodes[0].create_session(request).await.unwrap();
+    c.nodes[1].join_session(id).await.unwrap();
+    assert!(!in_dht(&c.network, id).await);
+    let joining = {
+        let node = c.nodes[2].clone();
+        tokio::spawn(async move { node.join_session(id).await })
+    };
+    tokio::time::sleep(after + Duration::from_millis(500)).await;
+    assert!(in_dht(&c.network, id).await);
+    joining.await.unwrap().unwrap();
+    for from in [0, 1] {
+        c.network.set_link_fault(
+            c.nodes[from].peer_id(),
+            c.nodes[2].peer_id(),
+            LinkFault::none(),
+        );
+    }
+    let mut sigs = Vec::new();
+    for node in &c.nodes {
+        sigs.push(single(node.wait_for_signatures(id).await.unwrap()));
+    }
+    verify_all(&sigs, b"missed", &c.aggregate_key(id).await);
+    let stats = c.nodes[0].stats();
+    assert_eq!((stats.dht_puts, stats.dht_puts_not_needed), (1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_dht_holds_the_session_when_create_returns_if_a_peer_is_unlisted_or_always_is_set() {
+    // A signer without a listed peer can only find the session in the DHT.
+    let c = cluster(3, 62);
+    let mut request = c.request(b"unlisted", Topology::Mesh, false, true);
+    request.peers[2] = None;
+    let id = c.nodes[0].create_session(request).await.unwrap();
+    assert!(in_dht(&c.network, id).await);
+    assert_eq!(c.nodes[0].stats().dht_puts, 1);
+
+    // `Always`: every peer listed, in the DHT all the same.
+    let network = MemoryNetwork::new(63);
+    let mut rng = ChaCha20Rng::seed_from_u64(63);
+    let keypairs: Vec<Keypair> = (0..2).map(|_| Keypair::new(&mut rng)).collect();
+    let config = Config {
+        dht_announce: DhtAnnounce::Always,
+        ..test_config()
+    };
+    let nodes: Vec<Node> = keypairs
+        .iter()
+        .map(|kp| Node::spawn(Arc::new(network.add_node()), *kp, config.clone()))
+        .collect();
+    let c = Cluster {
+        network,
+        keypairs,
+        nodes,
+    };
+    let id = c.nodes[0]
+        .create_session(c.request(b"always", Topology::Mesh, false, true))
+        .await
+        .unwrap();
+    assert!(in_dht(&c.network, id).await);
 }

@@ -26,6 +26,7 @@
 //! [sessions]          # the session store, DIR/sessions.redb
 //! keep_finished = "24h"   # how long finished sessions are kept (600, 90s, 10m, 2h)
 //! max_finished = 1024     # most finished sessions kept; the oldest go first
+//! dht_announce = "2s"     # or "always": when a created session is stored in the DHT
 //!
 //! [relay]           # peers that cannot reach each other (circuit relay v2, AutoNAT, DCUtR)
 //! server = false      # offer relaying to other nodes (needs an `external` address)
@@ -48,7 +49,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use musig2_coordinator::Config;
+use musig2_coordinator::{Config, DhtAnnounce};
 use serde::Deserialize;
 
 use crate::control::TopologyName;
@@ -95,6 +96,11 @@ pub struct SessionSettings {
     pub keep_finished: Option<DurationSetting>,
     /// Most finished sessions kept; the oldest are forgotten first.
     pub max_finished: Option<usize>,
+    /// When a session this node creates is stored in the DHT: `"always"` (before `create`
+    /// returns), or a duration such as `"2s"` (the default): a session whose signers' peers
+    /// are all listed is then stored only if some signer has not joined that long after
+    /// creation (ADR 0013).
+    pub dht_announce: Option<DurationSetting>,
 }
 
 /// A duration in config.toml: a number of seconds, or text such as `"90s"`, `"10m"`, `"2h"`.
@@ -279,6 +285,18 @@ impl Settings {
         if let Some(max) = self.sessions.max_finished {
             config.max_finished_sessions = max;
         }
+        config.dht_announce = match &self.sessions.dht_announce {
+            None => config.dht_announce,
+            Some(DurationSetting::Text(t)) if t.trim() == "always" => DhtAnnounce::Always,
+            Some(after) => {
+                DhtAnnounce::IfNotJoinedWithin(secs(after.seconds().map_err(|reason| {
+                    NodeError::InvalidArgument {
+                        what: "sessions.dht_announce in config.toml (\"always\" or a duration)",
+                        reason,
+                    }
+                })?))
+            }
+        };
         Ok(config)
     }
 
@@ -454,6 +472,25 @@ treasury = ["self", "alice"]
         );
         let bad = Settings::parse("[sessions]\nkeep_finished = \"soon\"").expect("parses");
         assert!(bad.node_config().is_err());
+        let dht = |text: &str| {
+            Settings::parse(&format!("[sessions]\ndht_announce = {text}"))
+                .expect("parses")
+                .node_config()
+                .map(|c| c.dht_announce)
+        };
+        assert_eq!(dht("\"always\"").ok(), Some(DhtAnnounce::Always));
+        assert_eq!(
+            dht("\"5s\"").ok(),
+            Some(DhtAnnounce::IfNotJoinedWithin(Duration::from_secs(5)))
+        );
+        assert!(dht("\"never\"").is_err());
+        assert_eq!(
+            Settings::default()
+                .node_config()
+                .ok()
+                .map(|c| c.dht_announce),
+            Some(Config::default().dht_announce)
+        );
         assert_eq!(parse_duration_secs("1d"), Ok(86_400));
         assert!(parse_duration_secs("0").is_err());
         let book = settings.address_book();

@@ -45,6 +45,11 @@ pub fn test_config() -> Config {
         nonce_exchange_timeout: Duration::from_secs(10),
         partial_sig_exchange_timeout: Duration::from_secs(10),
         dht_query_timeout: Duration::from_secs(5),
+        // Every scenario's announcement is in the DHT when `create_session` returns, as the
+        // crash scenarios' timing (which signer's step comes last) was laid out for; the
+        // deferred put of the default is tested in musig2-coordinator's `memory` suite and
+        // runs in the libp2p scenarios.
+        dht_announce: musig2_coordinator::DhtAnnounce::Always,
         ..Config::default()
     }
 }
