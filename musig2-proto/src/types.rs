@@ -110,11 +110,96 @@ pub(crate) mod pubkey33 {
         deserializer: D,
     ) -> Result<PublicKey, D::Error> {
         let bytes: [u8; 33] = byte_array::deserialize(deserializer)?;
-        PublicKey::from_byte_array_compressed(bytes).map_err(|_| {
+        decompress_signer_key(bytes).ok_or_else(|| {
             de_error(ProtoError::InvalidPoint {
                 field: "signer key",
             })
         })
+    }
+}
+
+/// Signer keys decompressed lately, per thread: the same signer sets announce session after
+/// session, and a decompression (a field square root, ~4.5 µs) per key was a sixth of a
+/// 50-signer session's CPU on each node. Bounded: the oldest entry goes first, so announcements
+/// full of fresh keys cost what they did without the cache.
+const SIGNER_KEY_CACHE: usize = 4096;
+
+struct SignerKeyCache {
+    keys: std::collections::HashMap<[u8; 33], PublicKey>,
+    order: std::collections::VecDeque<[u8; 33]>,
+}
+
+thread_local! {
+    static SIGNER_KEYS: std::cell::RefCell<SignerKeyCache> =
+        std::cell::RefCell::new(SignerKeyCache {
+            keys: std::collections::HashMap::new(),
+            order: std::collections::VecDeque::new(),
+        });
+}
+
+/// `PublicKey::from_byte_array_compressed`, remembering valid keys (invalid ones are not kept).
+fn decompress_signer_key(bytes: [u8; 33]) -> Option<PublicKey> {
+    SIGNER_KEYS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(key) = cache.keys.get(&bytes) {
+            return Some(*key);
+        }
+        let key = PublicKey::from_byte_array_compressed(bytes).ok()?;
+        if cache.order.len() >= SIGNER_KEY_CACHE {
+            if let Some(old) = cache.order.pop_front() {
+                cache.keys.remove(&old);
+            }
+        }
+        cache.order.push_back(bytes);
+        cache.keys.insert(bytes, key);
+        Some(key)
+    })
+}
+
+#[cfg(test)]
+mod signer_key_cache_tests {
+    use super::*;
+
+    #[test]
+    fn cached_keys_equal_fresh_decompressions_invalid_ones_stay_invalid_and_the_cache_is_bounded() {
+        let secp_keys: Vec<PublicKey> = (1u8..=40)
+            .map(|i| {
+                let mut sk = [0u8; 32];
+                sk[31] = i;
+                PublicKey::from_secret_key(&secp256k1::SecretKey::from_secret_bytes(sk).unwrap())
+            })
+            .collect();
+        for _ in 0..2 {
+            for key in &secp_keys {
+                assert_eq!(decompress_signer_key(key.serialize()), Some(*key));
+            }
+        }
+        // x = 5 is not on the curve; and a bad prefix.
+        let mut not_on_curve = [0u8; 33];
+        not_on_curve[0] = 2;
+        not_on_curve[32] = 5;
+        let mut bad_prefix = secp_keys[0].serialize();
+        bad_prefix[0] = 4;
+        for _ in 0..2 {
+            assert_eq!(decompress_signer_key(not_on_curve), None);
+            assert_eq!(decompress_signer_key(bad_prefix), None);
+        }
+        // Fill past the bound with valid keys (multiples of G): the cache never grows past it.
+        let mut point = secp_keys[0];
+        for _ in 0..SIGNER_KEY_CACHE + 10 {
+            point = point.combine(&secp_keys[1]).unwrap();
+            assert_eq!(decompress_signer_key(point.serialize()), Some(point));
+        }
+        SIGNER_KEYS.with(|c| {
+            let c = c.borrow();
+            assert_eq!(c.keys.len(), SIGNER_KEY_CACHE);
+            assert_eq!(c.order.len(), SIGNER_KEY_CACHE);
+        });
+        // Evicted keys still decompress.
+        assert_eq!(
+            decompress_signer_key(secp_keys[0].serialize()),
+            Some(secp_keys[0])
+        );
     }
 }
 
