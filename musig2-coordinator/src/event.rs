@@ -31,7 +31,9 @@ pub enum Event {
         /// The session.
         session: SessionId,
     },
-    /// A session announcement was stored in the DHT.
+    /// A session this node created was announced: stored in the DHT, or, with every signer's
+    /// peer listed and [`DhtAnnounce::IfNotJoinedWithin`](crate::DhtAnnounce::IfNotJoinedWithin),
+    /// handed to its signers directly (ADR 0013).
     SessionAnnounced {
         /// The session.
         session: SessionId,
