@@ -1695,7 +1695,45 @@ async fn failover_bench(quick: bool) {
 /// DHT traffic or libp2p framing): the node's egress.
 struct Counting {
     inner: Arc<dyn Transport>,
-    sent: Arc<std::sync::atomic::AtomicU64>,
+    sent: Arc<Egress>,
+}
+
+/// One node's egress: bytes, and (with `E2E_EGRESS_KINDS` set) frames and bytes by frame kind
+/// (envelopes by body), decoded as they are sent (announcements are not decoded).
+#[derive(Default)]
+struct Egress {
+    bytes: std::sync::atomic::AtomicU64,
+    kinds: Option<std::sync::Mutex<std::collections::BTreeMap<&'static str, (u64, u64)>>>,
+}
+
+impl Egress {
+    fn add(&self, frame: &[u8], copies: usize) {
+        let bytes = (frame.len() * copies) as u64;
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let Some(kinds) = &self.kinds else {
+            return;
+        };
+        let kind = match frame.first() {
+            Some(0) => "announcement",
+            _ => match musig2_proto::decode_frame(frame, &Limits::for_signers(4096)) {
+                Ok(musig2_proto::Frame::Envelope(e)) => e.envelope().body().kind(),
+                Ok(musig2_proto::Frame::Batch(_)) => "batch",
+                Ok(musig2_proto::Frame::Announcement(_)) => "announcement",
+                Err(_) => "undecodable",
+            },
+        };
+        let mut kinds = kinds.lock().expect("kinds");
+        let entry = kinds.entry(kind).or_default();
+        entry.0 += copies as u64;
+        entry.1 += bytes;
+    }
+
+    fn kinds(&self) -> std::collections::BTreeMap<&'static str, (u64, u64)> {
+        self.kinds
+            .as_ref()
+            .map(|k| k.lock().expect("kinds").clone())
+            .unwrap_or_default()
+    }
 }
 
 #[async_trait::async_trait]
@@ -1711,7 +1749,7 @@ impl Transport for Counting {
         to: musig2_transport::PeerId,
         frame: Bytes,
     ) -> musig2_transport::Result<()> {
-        self.sent.fetch_add(frame.len() as u64, Ordering::Relaxed);
+        self.sent.add(&frame, 1);
         self.inner.send(to, frame).await
     }
     async fn send_many(
@@ -1719,8 +1757,7 @@ impl Transport for Counting {
         to: &[musig2_transport::PeerId],
         frame: Bytes,
     ) -> Vec<musig2_transport::SendReport> {
-        self.sent
-            .fetch_add((frame.len() * to.len()) as u64, Ordering::Relaxed);
+        self.sent.add(&frame, to.len());
         self.inner.send_many(to, frame).await
     }
     async fn recv(&self) -> musig2_transport::Result<musig2_transport::Inbound> {
@@ -1769,14 +1806,17 @@ impl Transport for Counting {
 }
 
 /// Egress counters of the nodes wrapped so far, in node order.
-type Counters = Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicU64>>>>;
+type Counters = Arc<std::sync::Mutex<Vec<Arc<Egress>>>>;
 
 /// Wraps transports in [`Counting`]; returns the wrapper and the counters, in node order.
 fn counting() -> (impl Fn(Arc<dyn Transport>) -> Arc<dyn Transport>, Counters) {
     let counters = Arc::new(std::sync::Mutex::new(Vec::new()));
     let list = counters.clone();
     let wrap = move |inner: Arc<dyn Transport>| {
-        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let sent = Arc::new(Egress {
+            kinds: std::env::var_os("E2E_EGRESS_KINDS").map(|_| Default::default()),
+            ..Egress::default()
+        });
         list.lock().expect("counters").push(sent.clone());
         Arc::new(Counting { inner, sent }) as Arc<dyn Transport>
     };
@@ -1785,20 +1825,20 @@ fn counting() -> (impl Fn(Arc<dyn Transport>) -> Arc<dyn Transport>, Counters) {
 
 /// One big star session (commitments on) on `cluster`: time, CPU per node, the aggregator's and
 /// the creator's egress.
-async fn big_session(
-    label: &str,
-    cluster: &mut Cluster,
-    counters: &[Arc<std::sync::atomic::AtomicU64>],
-) {
+async fn big_session(label: &str, cluster: &mut Cluster, counters: &[Arc<Egress>]) {
     let n = cluster.nodes.len();
-    let before: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let before: Vec<u64> = counters
+        .iter()
+        .map(|c| c.bytes.load(Ordering::Relaxed))
+        .collect();
+    let kinds_before: Vec<_> = counters.iter().map(|c| c.kinds()).collect();
     let cpu = process_cpu();
     let sample = cluster.run_session(Topology::Star, true).await;
     let cpu = process_cpu().saturating_sub(cpu);
     let sent: Vec<u64> = counters
         .iter()
         .zip(&before)
-        .map(|(c, b)| c.load(Ordering::Relaxed) - b)
+        .map(|(c, b)| c.bytes.load(Ordering::Relaxed) - b)
         .collect();
     let health = cluster.nodes[0]
         .health(sample.session)
@@ -1822,6 +1862,25 @@ async fn big_session(
         sent[0] as f64 / 1000.0,
         member_mean,
     );
+    if counters[aggregator].kinds.is_some() {
+        // Per member: the aggregator sends to the n - 1 others.
+        let members = (n - 1).max(1) as f64;
+        for (kind, (frames, bytes)) in counters[aggregator].kinds() {
+            let (f0, b0) = kinds_before[aggregator]
+                .get(kind)
+                .copied()
+                .unwrap_or_default();
+            let (frames, bytes) = (frames - f0, bytes - b0);
+            if frames > 0 {
+                println!(
+                    "  aggregator sent {kind}: {frames} frames, {bytes} B ({:.1} B per frame, \
+                     {:.1} B per member)",
+                    bytes as f64 / frames as f64,
+                    bytes as f64 / members
+                );
+            }
+        }
+    }
 }
 
 /// Big star sessions (`E2E_PART=big`, issue #13 target 5, ADR 0012): n = 1,000 over the
