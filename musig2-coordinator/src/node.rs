@@ -1504,7 +1504,16 @@ impl Actor {
                 Some(m) if m.phase().is_terminal() && m.open_to_confirmation() => {}
                 Some(m) if m.phase().is_terminal() => {
                     // A signer that restarted asks with its join: tell it how the session ended.
-                    if m.is_join_replay(&header) {
+                    // A listed star coordinator's join may be the first this member sees of it
+                    // (ADR 0012): the frame is decoded only when it comes from that peer.
+                    let asks = m.is_join_replay(&header)
+                        || (m.peer_of(header.signer) == Some(from)
+                            && header.signer == m.coordinator()
+                            && matches!(
+                                decode_frame(&bytes, &self.config.limits),
+                                Ok(Frame::Envelope(e)) if m.is_unheard_coordinator_join(&e, from)
+                            ));
+                    if asks {
                         if let Some(m) = self.sessions.get_mut(&header.session_id) {
                             let outputs = m.answer_finished(from, now);
                             self.process(outputs);
@@ -1539,7 +1548,7 @@ impl Actor {
                     // signature check, and the answers are bounded per signer).
                     let asks = matches!(
                         decode_frame(&bytes, &self.config.limits),
-                        Ok(Frame::Batch(envelopes)) if envelopes.first().is_some_and(|e| m.is_join_copy(e))
+                        Ok(Frame::Batch(envelopes)) if envelopes.first().is_some_and(|e| m.is_join_copy(e) || m.is_unheard_coordinator_join(e, from))
                     );
                     if asks {
                         if let Some(m) = self.sessions.get_mut(&session) {

@@ -159,7 +159,7 @@ impl Sender {
             )
             .await;
             match result {
-                Ok(Ok(())) => return self.stats.frame_out(),
+                Ok(Ok(())) => return self.stats.frame_out(frame.len()),
                 Ok(Err(e @ (TransportError::Closed | TransportError::FrameTooLarge { .. }))) => {
                     tracing::debug!(%to, error = %e, "send failed permanently");
                     return self.stats.send_failed();

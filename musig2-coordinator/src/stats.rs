@@ -13,6 +13,7 @@ use crate::error::CoordinatorError;
 pub(crate) struct NodeStats {
     frames_in: AtomicU64,
     frames_out: AtomicU64,
+    bytes_out: AtomicU64,
     send_failures: AtomicU64,
     peers_blocked: AtomicU64,
     store_commits: AtomicU64,
@@ -32,6 +33,8 @@ pub struct StatsSnapshot {
     pub frames_in: u64,
     /// Frames the transport accepted for sending.
     pub frames_out: u64,
+    /// Their bytes (frames only: no transport framing, no DHT traffic).
+    pub bytes_out: u64,
     /// Frames given up on after every retry.
     pub send_failures: u64,
     /// Times a peer was blocked for repeated offences.
@@ -60,8 +63,10 @@ impl NodeStats {
         self.frames_in.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn frame_out(&self) {
+    pub(crate) fn frame_out(&self, bytes: usize) {
         self.frames_out.fetch_add(1, Ordering::Relaxed);
+        self.bytes_out
+            .fetch_add(u64::try_from(bytes).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     pub(crate) fn send_failed(&self) {
@@ -101,6 +106,7 @@ impl NodeStats {
         StatsSnapshot {
             frames_in: self.frames_in.load(Ordering::Relaxed),
             frames_out: self.frames_out.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
             send_failures: self.send_failures.load(Ordering::Relaxed),
             peers_blocked: self.peers_blocked.load(Ordering::Relaxed),
             store_commits: self.store_commits.load(Ordering::Relaxed),
@@ -152,13 +158,15 @@ mod tests {
         let stats = NodeStats::default();
         stats.frame_in();
         stats.frame_in();
-        stats.frame_out();
+        stats.frame_out(140);
+        stats.frame_out(60);
         stats.rejected("duplicate");
         stats.rejected("duplicate");
         stats.rejected("undecodable_frame");
         stats.peer_blocked();
         let snapshot = stats.snapshot();
-        assert_eq!((snapshot.frames_in, snapshot.frames_out), (2, 1));
+        assert_eq!((snapshot.frames_in, snapshot.frames_out), (2, 2));
+        assert_eq!(snapshot.bytes_out, 200);
         assert_eq!(snapshot.rejected.get("duplicate"), Some(&2));
         assert_eq!(snapshot.rejected.get("undecodable_frame"), Some(&1));
         assert_eq!(snapshot.peers_blocked, 1);

@@ -96,6 +96,23 @@ async fn a_star_session_of_1000_signers_signs_over_memory() {
         .expect("key agg")
         .x_only_key();
     schnorr::verify(&signatures[0], &message, &agg).expect("BIP340 verification");
+
+    // The aggregator's egress is O(1) per member (ADR 0011, 0012): its commitment signal
+    // (141 B), the aggregate nonce (208 B) and the final signature (174 B) at k = 1, plus its
+    // join to the creator; no join to each member any more (it was 147 B more per member).
+    let aggregator = nodes[1].health(id).await.expect("health").coordinator;
+    let mut sent = nodes[aggregator.as_usize()].stats().bytes_out;
+    if aggregator.as_usize() == 0 {
+        // The creator also sent every signer the announcement.
+        let transcript = nodes[0].export_transcript(id).await.expect("transcript");
+        let announcement = transcript.announcement.to_frame_bytes().len() as u64;
+        sent -= announcement * (n as u64 - 1);
+    }
+    let per_member = sent / (n as u64 - 1);
+    assert!(
+        per_member <= 530,
+        "the aggregator sent {sent} B, {per_member} B per member"
+    );
 }
 
 /// A 1,000-signer announcement naming `victim`, signed by `creator` (both among the signers).

@@ -18,11 +18,14 @@ impl SessionMachine {
         let mut out = Vec::new();
         let restarted_author = self.is_join_copy(&envelope)
             && self.signer_of(&from) == Some(envelope.envelope().signer());
+        let coordinator_asks = self.is_unheard_coordinator_join(&envelope, from);
         let result = self.accept(from, envelope, now_ms, &mut out);
         if result.is_ok() {
             self.advance(now_ms, rng, &mut out);
         }
-        if restarted_author {
+        // An unheard coordinator's join is acted on once accepted, or (finished session: it
+        // is not accepted any more) with how the session ended, which any signer may learn.
+        if restarted_author || (coordinator_asks && (result.is_ok() || self.phase.is_terminal())) {
             self.repeat_for(from, now_ms, &mut out);
         }
         self.flush_records(&mut out);
@@ -262,7 +265,7 @@ impl SessionMachine {
                 self.peers[j] = Some(peer);
                 self.joins[j] = Some((peer, env.signed().clone()));
                 // A signer whose peer we just learned could not have been sent our join yet.
-                if !self.join_sent[j] && self.needs_join_of(signer, self.me) {
+                if !self.join_sent[j] && self.sends_own_join_to(signer, now_ms) {
                     if let Some((_, own)) = self.joins[self.me.as_usize()].clone() {
                         self.join_sent[j] = true;
                         self.send_to(out, [signer], vec![own]);

@@ -641,7 +641,7 @@ impl SessionMachine {
         let creator = self.ann.announcement().creator;
         let targets: Vec<SignerIndex> = self
             .all_signers()
-            .filter(|&j| self.needs_join_of(j, self.me) || j == creator)
+            .filter(|&j| self.sends_own_join_to(j, now_ms) || j == creator)
             .filter(|&j| self.peer_of(j).is_some())
             .collect();
         for &j in &targets {
@@ -756,6 +756,44 @@ impl SessionMachine {
             && (self.topology == Topology::Mesh
                 || receiver == self.coordinator
                 || joiner == self.coordinator)
+    }
+
+    /// Whether `receiver` gets our join when we join, or when we learn its peer at `now_ms`:
+    /// whoever [`needs_join_of`](Self::needs_join_of) us, except that the elected star
+    /// coordinator, if the announcement lists its peer and no claim can have replaced it yet
+    /// (before the earliest honest claim), sends its members none (ADR 0012): they route to it
+    /// by the announcement and wait for its signed commitment signal or aggregate nonce, so its
+    /// join would tell them nothing (147 of the 670 bytes per member it sent at n = 1,000).
+    /// Later its join goes to everyone, as before: it asks what happened while it was away, and
+    /// so does the join it sends after a restart or a missed deadline; a member answers such a
+    /// first join as it answers a copy (see
+    /// [`is_unheard_coordinator_join`](Self::is_unheard_coordinator_join)).
+    fn sends_own_join_to(&self, receiver: SignerIndex, now_ms: u64) -> bool {
+        let quiet_coordinator = self.is_star_coordinator()
+            && self.listed[self.me.as_usize()]
+            && self.rank == 0
+            && !self.claim_seen
+            && now_ms < self.earliest_claim_ms;
+        self.needs_join_of(receiver, self.me) && !quiet_coordinator
+    }
+
+    /// Whether `envelope`, delivered by `from`, is the listed star coordinator's join reaching a
+    /// member (not the creator, which gets it when the coordinator joins) that holds none and
+    /// has joined: the coordinator sends its members its join only to ask what it may have lost
+    /// (a restart, a missed deadline), so the member answers it like a copy of a join it holds.
+    /// Unverified: the caller acts on it only once the envelope is accepted, or (finished
+    /// session) only with what it tells any signer.
+    pub fn is_unheard_coordinator_join(&self, envelope: &SignedEnvelope, from: PeerId) -> bool {
+        let c = self.coordinator;
+        matches!(envelope.envelope().body(), Body::Join { .. })
+            && envelope.envelope().signer() == c
+            && self.topology == Topology::Star
+            && self.me != c
+            && self.me != self.ann.announcement().creator
+            && self.listed[c.as_usize()]
+            && self.peer_of(c) == Some(from)
+            && self.joins[c.as_usize()].is_none()
+            && self.phase != Phase::Created
     }
 
     /// (Creator only.) Sends `to` the joins of signers whose peer ids were not announced.

@@ -356,6 +356,57 @@ fn unlisted_signers_learn_each_other_through_the_creator() {
 }
 
 #[test]
+fn a_listed_star_coordinator_sends_its_members_no_join_an_unlisted_one_does() {
+    // ADR 0012: a member routes to a listed coordinator by the announcement, so its join would
+    // tell it nothing; an unlisted coordinator's join is how members find it. The coordinator
+    // keeps quiet only while no claim can have replaced it: with a join window no longer than
+    // the clock skew allowed (60 s here), a claim could come at once, and it sends its join.
+    for (join_ms, window_beyond_skew) in [(300_000, true), (60_000, false)] {
+        for (election, coordinator) in [
+            (ElectionMethod::FirstSigner, 0),
+            (ElectionMethod::LastSigner, 3),
+        ] {
+            for list_peers in [true, false] {
+                let mut net = Net::custom(
+                    4,
+                    Topology::Star,
+                    true,
+                    election,
+                    list_peers,
+                    |p| p.timeouts.join_ms = join_ms,
+                    &Config::default(),
+                );
+                // Which nodes a join signed by the coordinator was delivered to.
+                let mut reached = [false; 4];
+                for i in [0, 2, 3, 1] {
+                    net.join(i);
+                    net.run_with(|_, to, e| {
+                        let env = e.envelope();
+                        if matches!(env.body(), Body::Join { .. })
+                            && env.signer() == idx(coordinator)
+                        {
+                            reached[to] = true;
+                        }
+                        vec![e]
+                    });
+                }
+                net.assert_all_signed();
+                // The creator (0) is always listed; so is everyone when peers are listed.
+                let listed = list_peers || coordinator == 0;
+                for member in [1, 2] {
+                    assert_eq!(
+                        reached[member],
+                        !(listed && window_beyond_skew),
+                        "join window {join_ms} ms, {election:?}, peers listed: {list_peers}: \
+                         member {member}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn events_follow_the_phases_in_order() {
     let mut net = Net::new(3, Topology::Mesh, true);
     net.join_all();
