@@ -1841,7 +1841,12 @@ fn counting() -> (impl Fn(Arc<dyn Transport>) -> Arc<dyn Transport>, Counters) {
 
 /// One big star session (commitments on) on `cluster`: time, CPU per node, the aggregator's and
 /// the creator's egress.
-async fn big_session(label: &str, cluster: &mut Cluster, counters: &[Arc<Egress>]) {
+async fn big_session(
+    label: &str,
+    cluster: &mut Cluster,
+    counters: &[Arc<Egress>],
+    nonce_commitment: bool,
+) {
     let n = cluster.nodes.len();
     let before: Vec<u64> = counters
         .iter()
@@ -1849,7 +1854,7 @@ async fn big_session(label: &str, cluster: &mut Cluster, counters: &[Arc<Egress>
         .collect();
     let kinds_before: Vec<_> = counters.iter().map(|c| c.kinds()).collect();
     let cpu = process_cpu();
-    let sample = cluster.run_session(Topology::Star, true).await;
+    let sample = cluster.run_session(Topology::Star, nonce_commitment).await;
     let cpu = process_cpu().saturating_sub(cpu);
     let sent: Vec<u64> = counters
         .iter()
@@ -1907,7 +1912,10 @@ async fn big_session(label: &str, cluster: &mut Cluster, counters: &[Arc<Egress>
 /// node, and bytes handed to the transport per session by the aggregator and by the creator
 /// (which sends the announcement to every signer).
 async fn big_sessions_bench() {
-    println!("== big star sessions (commitments on) ==");
+    println!(
+        "== big star sessions (commitments on, then a last one with commitments off: no \
+         commitment signal per member) =="
+    );
     let n_mem: usize = std::env::var("E2E_BIG_MEM_N")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -1935,11 +1943,13 @@ async fn big_sessions_bench() {
             setup.elapsed().as_secs_f64()
         );
         let counters = counters.lock().expect("counters").clone();
-        for i in 0..2 {
+        for i in 0..3 {
+            let commit = i < 2;
             big_session(
-                &format!("memory n={n_mem} star #{i}"),
+                &format!("memory n={n_mem} star #{i} commit={commit}"),
                 &mut cluster,
                 &counters,
+                commit,
             )
             .await;
         }
@@ -1969,11 +1979,13 @@ async fn big_sessions_bench() {
             setup.elapsed().as_secs_f64()
         );
         let counters = counters.lock().expect("counters").clone();
-        for i in 0..3 {
+        for i in 0..4 {
+            let commit = i < 3;
             big_session(
-                &format!("libp2p n={n_p2p} star #{i}"),
+                &format!("libp2p n={n_p2p} star #{i} commit={commit}"),
                 &mut cluster,
                 &counters,
+                commit,
             )
             .await;
             println!("(after session #{i}: {})", fd_census());
