@@ -322,12 +322,31 @@ impl Node {
             deferred: Vec::new(),
             deferred_since: None,
         };
+        // Unfinished sessions created here whose DHT put may not have happened before the
+        // restart: scheduled again (ADR 0013), so a signer that missed its direct copy can
+        // still find them.
+        let deferred_puts: Vec<(SessionId, Vec<u8>, u64)> = match config.dht_announce {
+            DhtAnnounce::IfNotJoinedWithin(_) => stored
+                .iter()
+                .filter(|s| s.outcome.is_none())
+                .filter_map(|s| {
+                    let ann = s.announcement.announcement();
+                    let ours = ann.signers.get(ann.creator.as_usize())?.key == keypair.public_key();
+                    let all_listed = ann.signers.iter().all(|x| x.peer_id.is_some());
+                    (ours && all_listed).then(|| {
+                        let id = s.announcement.session_id();
+                        (id, s.announcement.to_frame_bytes(), ann.expires_at_ms)
+                    })
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         let mut actor = actor;
         actor.resume(stored);
         let peer_events = transport.events();
         let span = tracing::info_span!("node", peer = %transport.local_peer_id());
         tokio::spawn(actor.run(command_rx, peer_events).instrument(span));
-        Node {
+        let node = Node {
             commands,
             events,
             transport,
@@ -335,7 +354,19 @@ impl Node {
             config,
             clock,
             stats,
+        };
+        if let DhtAnnounce::IfNotJoinedWithin(after) = node.config.dht_announce {
+            let now = node.clock.now_ms();
+            for (id, value, expires_at_ms) in deferred_puts {
+                let ttl = Duration::from_millis(expires_at_ms.saturating_sub(now));
+                if ttl.is_zero() {
+                    continue;
+                }
+                let handle = node.clone();
+                tokio::spawn(async move { handle.put_unless_joined(id, value, ttl, after).await });
+            }
         }
+        node
     }
 
     /// Traffic counters since the node started: frames in and out, rejections by reason,

@@ -699,3 +699,53 @@ async fn concurrent_sessions_sign_on_redb_stores_and_survive_a_reopen() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A creator that restarts before its deferred DHT put (ADR 0013) schedules it again from its
+/// store: signer 2, whose direct copy was lost, still finds the session by id and it signs.
+#[tokio::test(start_paused = true)]
+async fn a_creator_restarted_before_its_deferred_dht_put_still_puts_it() {
+    use musig2_transport::{RecordValidator, Transport};
+    let in_dht = |network: MemoryNetwork, id: SessionId| async move {
+        network
+            .add_node()
+            .dht_get(
+                musig2_coordinator::dht_key(&id),
+                RecordValidator::new(|_, _| true),
+            )
+            .await
+            .is_ok()
+    };
+    let mut c = cluster(3, 70);
+    for from in [0, 1] {
+        c.network
+            .set_link_fault(c.peers[from], c.peers[2], LinkFault::none().with_drop(1.0));
+    }
+    let id = c.nodes[0]
+        .create_session(c.request(b"restart before the put", Topology::Mesh, false))
+        .await
+        .unwrap();
+    c.nodes[1].join_session(id).await.unwrap();
+    c.crash_and_restart(0).await;
+    // The old node's put never happens (it is gone); the restarted one's comes `after` its start.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!in_dht(c.network.clone(), id).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(in_dht(c.network.clone(), id).await);
+    assert_eq!(c.nodes[0].stats().dht_puts, 1);
+    for from in [0, 1] {
+        c.network
+            .set_link_fault(c.peers[from], c.peers[2], LinkFault::none());
+    }
+    c.nodes[2].join_session(id).await.unwrap();
+    let mut sigs = Vec::new();
+    for node in &c.nodes {
+        sigs.push(node.wait_for_signatures(id).await.unwrap()[0]);
+    }
+    assert!(sigs.iter().all(|s| *s == sigs[0]));
+    schnorr::verify(
+        &sigs[0],
+        b"restart before the put",
+        &c.aggregate_key(id).await,
+    )
+    .unwrap();
+}
