@@ -546,32 +546,24 @@ impl Node {
     }
 
     async fn dht_put_with_retry(&self, key: Vec<u8>, value: Vec<u8>, ttl: Duration) -> Result<()> {
-        let deadline = Instant::now() + self.config.dht_query_timeout;
-        let mut delay = self.config.retry_base_delay;
+        let mut backoff = DhtBackoff::new(&self.config);
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
             let attempt = tokio::time::timeout(
-                left,
+                backoff.left(),
                 self.transport.dht_put(key.clone(), value.clone(), ttl),
             )
-            .await;
+            .await
+            .map_err(|_| backoff.timed_out("DHT put"))?;
             match attempt {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(e @ (TransportError::Closed | TransportError::RecordTooLarge { .. }))) => {
+                Ok(()) => return Ok(()),
+                Err(e @ (TransportError::Closed | TransportError::RecordTooLarge { .. })) => {
                     return Err(e.into());
                 }
-                Ok(Err(e)) if Instant::now() + delay >= deadline => return Err(e.into()),
-                Err(_) => {
-                    return Err(TransportError::Timeout {
-                        operation: "DHT put",
-                        after: self.config.dht_query_timeout,
+                Err(e) => {
+                    tracing::debug!(error = %e, "DHT put failed");
+                    if !backoff.wait().await {
+                        return Err(e.into());
                     }
-                    .into());
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "DHT put failed, retrying");
-                    tokio::time::sleep(jittered(delay)).await;
-                    delay = (delay * 2).min(self.config.retry_max_delay);
                 }
             }
         }
@@ -624,24 +616,16 @@ impl Node {
         session: SessionId,
         validator: RecordValidator,
     ) -> Result<Found> {
-        let timeout = || TransportError::Timeout {
-            operation: "DHT get",
-            after: self.config.dht_query_timeout,
-        };
-        let deadline = Instant::now() + self.config.dht_query_timeout;
-        let mut delay = self.config.retry_base_delay;
+        let mut backoff = DhtBackoff::new(&self.config);
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
             let got = tokio::time::timeout(
-                left,
+                backoff.left(),
                 self.transport.dht_get(dht_key(&session), validator.clone()),
             )
             .await
-            .map_err(|_| timeout())?;
+            .map_err(|_| backoff.timed_out("DHT get"))?;
             match got {
-                Err(TransportError::NotFound) if Instant::now() + delay < deadline => {
-                    tokio::time::sleep(jittered(delay)).await;
-                    delay = (delay * 2).min(self.config.retry_max_delay);
+                Err(TransportError::NotFound) if backoff.wait().await => {
                     if let Some(known) = self
                         .call(|reply| Command::Lookup { session, reply })
                         .await?
@@ -816,6 +800,49 @@ impl Node {
 }
 
 /// `delay` scaled by a random factor in [0.5, 1.5), so retries of many nodes spread out.
+/// The retry schedule of a DHT operation: the whole operation within `dht_query_timeout`,
+/// waits doubling (with jitter) from `retry_base_delay` up to `retry_max_delay`.
+struct DhtBackoff {
+    deadline: Instant,
+    delay: Duration,
+    max_delay: Duration,
+    timeout: Duration,
+}
+
+impl DhtBackoff {
+    fn new(config: &Config) -> Self {
+        DhtBackoff {
+            deadline: Instant::now() + config.dht_query_timeout,
+            delay: config.retry_base_delay,
+            max_delay: config.retry_max_delay,
+            timeout: config.dht_query_timeout,
+        }
+    }
+
+    /// Time left for the next try.
+    fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Waits before the next try; false, without waiting, if it would end past the deadline.
+    async fn wait(&mut self) -> bool {
+        if Instant::now() + self.delay >= self.deadline {
+            return false;
+        }
+        tokio::time::sleep(jittered(self.delay)).await;
+        self.delay = (self.delay * 2).min(self.max_delay);
+        true
+    }
+
+    fn timed_out(&self, operation: &'static str) -> CoordinatorError {
+        TransportError::Timeout {
+            operation,
+            after: self.timeout,
+        }
+        .into()
+    }
+}
+
 pub(crate) fn jittered(delay: Duration) -> Duration {
     delay.mul_f64(rand::rng().random_range(0.5..1.5))
 }
