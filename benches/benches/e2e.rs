@@ -1078,9 +1078,23 @@ fn cost_model() {
     let (xonly, _) = kp.x_only_public_key();
     let msg = [7u8; 32];
     let sig = schnorr::sign(&msg, &kp);
+    let session = musig2_proto::SessionId::from_bytes([3u8; 32]);
+    let signer = SignerIndex::try_from(0usize).expect("index");
     println!(
-        "BIP340 sign {}, verify {}",
+        "BIP340 sign {} (secp256k1 crate, re-blinds every signature), envelope sign {} (ADR 0014, per-thread context), verify {}",
         us(time_op(500, || schnorr::sign(&msg, &kp))),
+        us(time_op(500, || {
+            Envelope::sign(
+                session,
+                signer,
+                SeqNo::FIRST,
+                0,
+                Body::Join {
+                    peer_id: PeerIdBytes::new(vec![0, 36, 8, 1]).expect("peer id"),
+                },
+                &kp,
+            )
+        })),
         us(time_op(500, || schnorr::verify(&sig, &msg, &xonly))),
     );
     let limits = Limits::default();

@@ -57,6 +57,7 @@
 //! [BIP328]: https://github.com/bitcoin/bips/blob/master/bip-0328.mediawiki
 
 mod bip328;
+mod blinded;
 mod error;
 mod hash;
 mod keyagg;
@@ -66,6 +67,7 @@ mod scalar;
 mod session;
 
 pub use bip328::{AggregateXpub, BIP328_CHAIN_CODE};
+pub use blinded::bip340_sign;
 pub use error::{Contribution, Culprit, Error, Result};
 pub use keyagg::{KeyAggContext, Tweak, key_sort, key_sort_bytes, parse_pubkey};
 pub use nonce::{AggNonce, NonceGen, PubNonce, SecNonce};

@@ -3,10 +3,11 @@
 use std::fmt;
 use std::sync::LazyLock;
 
-use secp256k1::{PublicKey, SecretKey, XOnlyPublicKey, constants, ecdh};
+use secp256k1::{PublicKey, SecretKey, XOnlyPublicKey, constants};
 use sha2::Digest;
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::blinded::generator_mul;
 use crate::error::{Contribution, Culprit, Error, Result};
 use crate::hash;
 use crate::keyagg::KeyAggContext;
@@ -59,8 +60,8 @@ impl SecNonce {
         let k1 = SecretKey::from_secret_bytes(k1.to_bytes()).map_err(|_| Error::InvalidSecNonce)?;
         let k2 = SecretKey::from_secret_bytes(k2.to_bytes()).map_err(|_| Error::InvalidSecNonce)?;
         Ok(PubNonce {
-            r1: PublicKey::from_secret_key(&k1),
-            r2: PublicKey::from_secret_key(&k2),
+            r1: generator_mul(&k1),
+            r2: generator_mul(&k2),
         })
     }
 
@@ -360,23 +361,22 @@ impl<'a> NonceGen<'a> {
             hi.update([i]);
             Zeroizing::new(Scalar::reduce(hash::finish(hi)))
         };
-        secret_nonce_pair(derive(0), derive(1), self.pk, fresh_nonce_point)
+        secret_nonce_pair(derive(0), derive(1), self.pk)
     }
 }
 
-/// Builds `(secnonce, pubnonce)` from two derived scalars, refusing zero; `point` computes `k·G`
-/// ([`fresh_nonce_point`] for nonces used once, `PublicKey::from_secret_key` otherwise).
+/// Builds `(secnonce, pubnonce)` from two derived scalars, refusing zero. `k·G` is libsecp256k1's
+/// constant-time `ecmult_gen` on this thread's blinded context (ADR 0014).
 pub(crate) fn secret_nonce_pair(
     k1: Zeroizing<Scalar>,
     k2: Zeroizing<Scalar>,
     pk: PublicKey,
-    point: fn(&SecretKey) -> PublicKey,
 ) -> Result<(SecNonce, PubNonce)> {
     let k1 = SecretKey::from_secret_bytes(k1.to_bytes()).map_err(|_| Error::ZeroNonce)?;
     let k2 = SecretKey::from_secret_bytes(k2.to_bytes()).map_err(|_| Error::ZeroNonce)?;
     let pubnonce = PubNonce {
-        r1: point(&k1),
-        r2: point(&k2),
+        r1: generator_mul(&k1),
+        r2: generator_mul(&k2),
     };
     let secnonce = SecNonce {
         k1: k1.to_secret_bytes(),
@@ -394,23 +394,6 @@ pub(crate) static GENERATOR: LazyLock<PublicKey> = LazyLock::new(|| {
     PublicKey::from_byte_array_uncompressed(xy)
         .unwrap_or_else(|_| unreachable!("G is on the curve"))
 });
-
-/// `k·G` for a NonceGen secret nonce `k`, in constant time.
-///
-/// This is libsecp256k1's constant-time variable-base multiplication (`ecmult_const`, the one
-/// behind its ECDH) with `G` as the base: ~24 µs here. `PublicKey::from_secret_key`
-/// (`ecmult_gen`, ~11 µs) is faster by itself, but the `secp256k1` crate re-randomises its global
-/// context after every call (another ~18 µs), and its safe API has no generator multiplication
-/// without that. Context blinding defends a secret that is multiplied many times; a NonceGen
-/// nonce is multiplied once, here. Secrets that can be multiplied again keep the blinded
-/// `ecmult_gen`: secret keys, [`SecNonce::public_nonce`] (a caller can repeat it) and
-/// DeterministicSign's nonce (the same inputs give the same nonce every time).
-fn fresh_nonce_point(k: &SecretKey) -> PublicKey {
-    let mut xy = [0x04; 65];
-    xy[1..].copy_from_slice(&ecdh::shared_secret_point(&GENERATOR, k));
-    PublicKey::from_byte_array_uncompressed(xy)
-        .unwrap_or_else(|_| unreachable!("k·G for a valid k is a finite point"))
-}
 
 fn split66(bytes: &[u8; 66]) -> ([u8; 33], [u8; 33]) {
     let mut a = [0u8; 33];
@@ -436,7 +419,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fresh_nonce_points_equal_the_blinded_generator_multiplication() {
+    fn generator_multiples_equal_the_crates_at_the_range_ends_and_on_hashed_scalars() {
         let mut n_minus_one = [0xff; 32];
         n_minus_one[16..].copy_from_slice(&[
             0xba, 0xae, 0xdc, 0xe6, 0xaf, 0x48, 0xa0, 0x3b, 0xbf, 0xd2, 0x5e, 0x8c, 0xd0, 0x36,
@@ -463,7 +446,7 @@ mod tests {
         for bytes in cases {
             let k = SecretKey::from_secret_bytes(bytes).expect("in range");
             assert_eq!(
-                fresh_nonce_point(&k),
+                generator_mul(&k),
                 PublicKey::from_secret_key(&k),
                 "k = {}",
                 hex(&bytes)

@@ -366,11 +366,8 @@ pub fn deterministic_sign(
         hi.update([i]);
         Zeroizing::new(Scalar::reduce(hash::finish(hi)))
     };
-    let pk = PublicKey::from_secret_key(sk);
-    // The blinded generator multiplication: the same inputs give the same nonce, so a caller
-    // can have it multiplied again and again.
-    let (secnonce, pubnonce) =
-        secret_nonce_pair(derive(0), derive(1), pk, PublicKey::from_secret_key)?;
+    let pk = crate::blinded::generator_mul(sk);
+    let (secnonce, pubnonce) = secret_nonce_pair(derive(0), derive(1), pk)?;
     // NonceAgg parses every input strictly, so neither half of aggothernonce may be infinity.
     let others = PubNonce::from_bytes(aggothernonce).map_err(|_| Error::InvalidContribution {
         culprit: Culprit::Aggregator,

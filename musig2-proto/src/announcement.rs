@@ -339,7 +339,7 @@ impl Announcement {
         }
         let id = self.session_id();
         let msg = tagged(Tag::Announcement, id.as_bytes());
-        let signature = schnorr::sign_with_aux_rand(&msg, keypair, aux_rand).to_byte_array();
+        let signature = musig2_core::bip340_sign(&msg, keypair, aux_rand).to_byte_array();
         Ok(SignedAnnouncement {
             version: PROTOCOL_VERSION,
             announcement: self,

@@ -483,7 +483,7 @@ impl Envelope {
             body,
         };
         let msg = envelope.signing_hash();
-        let signature = schnorr::sign_with_aux_rand(&msg, keypair, aux_rand).to_byte_array();
+        let signature = musig2_core::bip340_sign(&msg, keypair, aux_rand).to_byte_array();
         SignedEnvelope {
             envelope,
             signature,
