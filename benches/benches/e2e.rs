@@ -1748,6 +1748,7 @@ impl Egress {
             _ => match musig2_proto::decode_frame(frame, &Limits::for_signers(4096)) {
                 Ok(musig2_proto::Frame::Envelope(e)) => e.envelope().body().kind(),
                 Ok(musig2_proto::Frame::Batch(_)) => "batch",
+                Ok(musig2_proto::Frame::Signatures(_)) => "final-signatures (unsigned)",
                 Ok(musig2_proto::Frame::Announcement(_)) => "announcement",
                 Err(_) => "undecodable",
             },

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use musig2_proto::{
-    Announcement, Frame, Limits, MessageToSign, Policy, SessionId, SignedAnnouncement,
-    SignedEnvelope, SignerIndex, SignerInfo, Timeouts, VerifiedAnnouncement, decode_frame,
-    peek_envelope_header, peek_frame_session,
+    Announcement, FinalSignatures, Frame, Limits, MessageToSign, Policy, SessionId,
+    SignedAnnouncement, SignedEnvelope, SignerIndex, SignerInfo, Timeouts, VerifiedAnnouncement,
+    decode_frame, peek_envelope_header, peek_frame_session,
 };
 use musig2_transport::{PeerEvent, PeerId, RecordMeta, RecordValidator, Transport, TransportError};
 use rand::{Rng, SeedableRng};
@@ -898,6 +898,8 @@ struct Staged {
     later: Vec<Record>,
     /// (session, peer, envelopes): one batch frame per entry (a batch holds one session).
     sends: Vec<(SessionId, PeerId, Vec<SignedEnvelope>)>,
+    /// (session, peer, frame): final signatures, each in a frame of its own (ADR 0015).
+    finals: Vec<(SessionId, PeerId, Bytes)>,
     events: Vec<Event>,
     /// Callers to answer once the records are stored, with the session their command touched
     /// (told the commit's error instead if that session's records failed to commit).
@@ -909,6 +911,7 @@ impl Staged {
         self.records.is_empty()
             && self.later.is_empty()
             && self.sends.is_empty()
+            && self.finals.is_empty()
             && self.events.is_empty()
             && self.replies.is_empty()
     }
@@ -1533,7 +1536,8 @@ impl Actor {
                         self.route(from, envelope).await;
                     }
                 }
-                Ok(_) => {}
+                Ok(Frame::Signatures(finals)) => self.route_final_signatures(from, &finals).await,
+                Ok(Frame::Announcement(_)) => {}
                 Err(e) => {
                     tracing::debug!(%from, error = %e, "dropped an undecodable buffered frame");
                     self.offence(from, "undecodable frame").await;
@@ -1594,7 +1598,8 @@ impl Actor {
                 Some(_) => {}
             }
         } else if let Some(session) = peek_frame_session(&bytes, &self.config.limits) {
-            // A batch: honest batches hold one session's envelopes (one machine step's output).
+            // A batch (honest batches hold one session's envelopes: one machine step's output) or
+            // a session's final signatures.
             match self.sessions.get(&session) {
                 None => {
                     self.buffer_pending(from, session, bytes, now).await;
@@ -1668,6 +1673,26 @@ impl Actor {
             Frame::Batch(envelopes) => {
                 for envelope in envelopes {
                     self.route(from, envelope).await;
+                }
+            }
+            Frame::Signatures(finals) => self.route_final_signatures(from, &finals).await,
+        }
+    }
+
+    /// Hands a session's unsigned final signatures to its machine (ADR 0015).
+    async fn route_final_signatures(&mut self, from: PeerId, finals: &FinalSignatures) {
+        let id = finals.session_id();
+        let now = self.clock.now_ms();
+        let Some(machine) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        match machine.handle_final_signatures(from, finals, now) {
+            Ok(outputs) => self.process(outputs),
+            Err(e) => {
+                tracing::debug!(session = %id, %from, error = %e, "rejected final signatures");
+                self.stats.rejected(crate::stats::rejection_reason(&e));
+                if e.peer_action() == PeerAction::Penalize {
+                    self.offence(from, "invalid final signatures").await;
                 }
             }
         }
@@ -1803,6 +1828,12 @@ impl Actor {
                         None => self.staged.sends.push((session, to, envelopes)),
                     }
                 }
+                Output::SendFinalSignatures { to, signatures } => {
+                    let frame = Bytes::from(signatures.to_frame_bytes());
+                    self.staged
+                        .finals
+                        .push((signatures.session_id(), to, frame));
+                }
                 Output::Event(event) => self.staged.events.push(event),
                 Output::Persist(records) => self.staged.records.extend(records),
                 Output::PersistLater(records) => self.staged.later.extend(records),
@@ -1840,6 +1871,9 @@ impl Actor {
                 };
                 self.send_frame(peer, Bytes::from(frame));
             }
+        }
+        for (_, peer, frame) in std::mem::take(&mut staged.finals) {
+            self.send_frame(peer, frame);
         }
         if !later.is_empty() {
             self.deferred.extend(later);
@@ -1880,6 +1914,9 @@ impl Actor {
         tracing::error!(%error, sessions = failed.len(), "store commit failed: sending nothing of it");
         staged
             .sends
+            .retain(|(session, _, _)| !failed.contains(session));
+        staged
+            .finals
             .retain(|(session, _, _)| !failed.contains(session));
         // A caller told "created" or "joined" would believe in a session that exists nowhere.
         for (session, _, result) in &mut staged.replies {

@@ -464,6 +464,7 @@ pub(crate) enum FrameRef<'a> {
     Announcement(&'a SignedAnnouncement),
     Envelope(&'a envelope::SignedEnvelope),
     Batch(&'a [envelope::SignedEnvelope]),
+    Signatures(&'a crate::signatures::FinalSignatures),
 }
 
 /// An announcement whose signature, session id, limits and validity window have been checked.

@@ -6,6 +6,7 @@ use crate::PROTOCOL_VERSION;
 use crate::announcement::{FrameRef, SignedAnnouncement};
 use crate::envelope::{Body, SignedEnvelope};
 use crate::error::{ProtoError, clear_decode_error, from_postcard};
+use crate::signatures::FinalSignatures;
 
 /// Size and count limits applied when decoding and verifying.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +85,9 @@ pub enum Frame {
     Envelope(SignedEnvelope),
     /// Several signed envelopes for one peer (1 to [`Limits::max_batch_entries`]).
     Batch(Vec<SignedEnvelope>),
+    /// A session's final signatures, unsigned: they verify on their own (1 to
+    /// [`Limits::max_messages`]; ADR 0015).
+    Signatures(FinalSignatures),
 }
 
 impl Frame {
@@ -93,6 +97,7 @@ impl Frame {
             Frame::Announcement(_) => "announcement",
             Frame::Envelope(_) => "envelope",
             Frame::Batch(_) => "batch",
+            Frame::Signatures(_) => "signatures",
         }
     }
 
@@ -102,6 +107,7 @@ impl Frame {
             Frame::Announcement(a) => encode_frame(FrameRef::Announcement(a)),
             Frame::Envelope(e) => encode_frame(FrameRef::Envelope(e)),
             Frame::Batch(b) => encode_frame(FrameRef::Batch(b)),
+            Frame::Signatures(f) => encode_frame(FrameRef::Signatures(f)),
         }
     }
 
@@ -115,6 +121,7 @@ impl Frame {
 const TAG_ANNOUNCEMENT: u8 = 0;
 const TAG_ENVELOPE: u8 = 1;
 const TAG_BATCH: u8 = 2;
+const TAG_SIGNATURES: u8 = 3;
 
 /// Decodes one frame, strictly.
 ///
@@ -131,7 +138,12 @@ pub fn decode_frame(bytes: &[u8], limits: &Limits) -> Result<Frame, ProtoError> 
             max: limits.max_frame_bytes,
         });
     }
-    if let [TAG_ANNOUNCEMENT | TAG_ENVELOPE, version, ..] = bytes {
+    if let [
+        TAG_ANNOUNCEMENT | TAG_ENVELOPE | TAG_SIGNATURES,
+        version,
+        ..,
+    ] = bytes
+    {
         if *version != PROTOCOL_VERSION {
             return Err(ProtoError::UnsupportedVersion {
                 version: *version,
@@ -169,6 +181,22 @@ pub fn decode_frame(bytes: &[u8], limits: &Limits) -> Result<Frame, ProtoError> 
             }
             for e in entries {
                 check_envelope(e)?;
+            }
+        }
+        Frame::Signatures(f) => {
+            check_version(f.version())?;
+            if f.signatures().is_empty() {
+                return Err(ProtoError::OutOfRange {
+                    field: "final signatures",
+                    reason: "must hold at least one signature",
+                });
+            }
+            if f.signatures().len() > limits.max_messages {
+                return Err(ProtoError::LimitExceeded {
+                    what: "final signatures",
+                    actual: f.signatures().len(),
+                    max: limits.max_messages,
+                });
             }
         }
     }
@@ -226,8 +254,8 @@ pub struct EnvelopeHeader {
     pub signature: [u8; 64],
 }
 
-/// The session a single-envelope or batch frame is for (a batch's first entry), read without
-/// decoding any body. Unauthenticated, like [`peek_envelope_header`]: only for dropping or
+/// The session a single-envelope, batch or final-signatures frame is for (a batch's first
+/// entry), read without decoding any body. Unauthenticated, like [`peek_envelope_header`]: only for dropping or
 /// buffering a frame early.
 pub fn peek_frame_session(bytes: &[u8], limits: &Limits) -> Option<crate::SessionId> {
     #[derive(Deserialize)]
@@ -247,9 +275,9 @@ pub fn peek_frame_session(bytes: &[u8], limits: &Limits) -> Option<crate::Sessio
         return None;
     }
     match bytes.first() {
-        Some(&TAG_ENVELOPE) => {
+        Some(&tag @ (TAG_ENVELOPE | TAG_SIGNATURES)) => {
             let (head, _): (Head, _) = postcard::take_from_bytes(bytes).ok()?;
-            (head.tag == u32::from(TAG_ENVELOPE) && head.version == PROTOCOL_VERSION)
+            (head.tag == u32::from(tag) && head.version == PROTOCOL_VERSION)
                 .then_some(head.session_id)
         }
         Some(&TAG_BATCH) => {

@@ -11,8 +11,11 @@
 //!   number, timestamp, [`Body`]) signed by the sender's key from the announcement.
 //!   [`SignedEnvelope::verify`] yields a [`VerifiedEnvelope`]: it needs only the announcement,
 //!   so envelopes can be relayed by anyone and remain trustworthy.
+//! - [`FinalSignatures`] carries a session's final BIP340 signatures with no envelope
+//!   signature: they verify on their own (a star coordinator's last message to its members,
+//!   ADR 0015).
 //! - [`decode_frame`] is the one entry point for bytes from the network: a [`Frame`] is an
-//!   announcement, an envelope or a batch of envelopes. Decoding is strict (size cap first,
+//!   announcement, an envelope, a batch of envelopes or final signatures. Decoding is strict (size cap first,
 //!   version, no trailing bytes, canonical encoding only, valid points and scalars) and returns a
 //!   typed [`ProtoError`], never panics.
 //!
@@ -78,6 +81,7 @@ mod envelope;
 mod error;
 mod frame;
 mod hash;
+mod signatures;
 mod types;
 
 pub use announcement::{
@@ -97,10 +101,11 @@ pub use hash::{
     TAG_AGGREGATE_NONCE, TAG_ANNOUNCEMENT, TAG_ENVELOPE, TAG_NONCE_COMMITMENT, TAG_NONCE_SET,
     TAG_SESSION_ID, tagged_hash,
 };
+pub use signatures::FinalSignatures;
 pub use types::{
     AggNonceBytes, Attempt, NonceCommitment, PartialSigBytes, PeerIdBytes, PubNonceBytes, SeqNo,
     SessionId, Signature64, SignerIndex, Tweak,
 };
 
 /// The protocol version this crate speaks (first byte of every announcement and envelope).
-pub const PROTOCOL_VERSION: u8 = 4;
+pub const PROTOCOL_VERSION: u8 = 5;

@@ -586,3 +586,67 @@ fn header_peeks_agree_with_the_full_decode() {
     assert_eq!(peek_envelope_header(&other_version, &limits), None);
     assert_eq!(peek_frame_session(&other_version, &limits), None);
 }
+
+#[test]
+fn final_signatures_frames_are_capped_and_strict() {
+    use musig2_proto::{FinalSignatures, peek_frame_session};
+    let a = verified(2, Topology::Star);
+    let limits = Limits::default();
+    let frame = |count: usize| {
+        FinalSignatures::new(
+            a.session_id(),
+            attempt(1),
+            vec![Signature64([9; 64]); count],
+        )
+        .to_frame_bytes()
+    };
+    // One to `max_messages` signatures decode back to the same value.
+    for count in [1, limits.max_messages] {
+        let bytes = frame(count);
+        match decode_frame(&bytes, &limits) {
+            Ok(Frame::Signatures(f)) => {
+                assert_eq!(f.session_id(), a.session_id());
+                assert_eq!(f.attempt(), attempt(1));
+                assert_eq!(f.signatures().len(), count);
+            }
+            other => panic!("{count} signatures: {other:?}"),
+        }
+        assert_eq!(peek_frame_session(&bytes, &limits), Some(a.session_id()));
+    }
+    assert!(matches!(
+        decode_frame(&frame(0), &limits),
+        Err(ProtoError::OutOfRange {
+            field: "final signatures",
+            ..
+        })
+    ));
+    assert!(matches!(
+        decode_frame(&frame(limits.max_messages + 1), &limits),
+        Err(ProtoError::LimitExceeded {
+            what: "final signatures",
+            ..
+        })
+    ));
+    // Another version is refused before parsing; trailing bytes are refused.
+    let mut other_version = frame(1);
+    other_version[1] = musig2_proto::PROTOCOL_VERSION + 1;
+    assert!(matches!(
+        decode_frame(&other_version, &limits),
+        Err(ProtoError::UnsupportedVersion { .. })
+    ));
+    let mut trailing = frame(1);
+    trailing.push(0);
+    assert!(matches!(
+        decode_frame(&trailing, &limits),
+        Err(ProtoError::TrailingBytes { count: 1 })
+    ));
+    // A frame over the size cap is refused unread, whatever it holds.
+    let small = Limits {
+        max_frame_bytes: 64,
+        ..limits
+    };
+    assert!(matches!(
+        decode_frame(&frame(1), &small),
+        Err(ProtoError::FrameTooLarge { .. })
+    ));
+}

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 
 use common::*;
 use musig2_proto::{
-    AbortReason, Body, Frame, Limits, NonceCommitment, PartialSigBytes, Signature64,
-    SignedEnvelope, Topology, decode_frame,
+    AbortReason, Body, FinalSignatures, Frame, Limits, NonceCommitment, PartialSigBytes,
+    Signature64, SignedEnvelope, Topology, decode_frame,
 };
 
 struct Example {
@@ -163,6 +163,12 @@ fn examples() -> Vec<Example> {
         "Batch frame holding `env_nonce` and `env_partial_sig`",
         Frame::encode_batch(&batch),
     ));
+    out.push(frame(
+        "final_signatures",
+        "Final signatures (unsigned, ADR 0015): one 64-byte signature, attempt 0",
+        FinalSignatures::new(a.session_id(), attempt(0), vec![Signature64([0x77; 64])])
+            .to_frame_bytes(),
+    ));
     out
 }
 
@@ -204,7 +210,9 @@ fn wire_encoding_is_pinned() {
     let ex = examples();
     // Every example frame decodes back to the same bytes.
     for e in &ex {
-        if e.name.starts_with("env_") || e.name == "announcement" || e.name == "batch" {
+        if e.name.starts_with("env_")
+            || matches!(e.name, "announcement" | "batch" | "final_signatures")
+        {
             let bytes = hex::decode(&e.hex).expect("hex");
             let frame = decode_frame(&bytes, &Limits::default()).expect("example decodes");
             assert_eq!(frame.encode(), bytes, "{}", e.name);
@@ -226,7 +234,7 @@ fn wire_encoding_is_pinned() {
             let bytes = hex::decode(&e.hex).expect("hex");
             let targets: &[&str] = match e.name {
                 "announcement" => &["decode_frame", "decode_announcement"],
-                "batch" => &["decode_frame"],
+                "batch" | "final_signatures" => &["decode_frame"],
                 n if n.starts_with("env_") => {
                     &["decode_frame", "decode_envelope", "verify_resigned"]
                 }
@@ -284,6 +292,11 @@ fn encoded_sizes_are_as_documented() {
     // tag + version + id + signer + seq + 6-byte timestamp + body tag + attempt + count + psig
     // + no aggregate (mesh) + sig.
     assert_eq!(psig, 1 + 1 + 32 + 1 + 1 + 6 + 1 + 1 + 1 + 32 + 1 + 64);
+    // Final signatures travel unsigned: tag + version + id + attempt + count + signature.
+    let finals = FinalSignatures::new(a.session_id(), attempt(0), vec![Signature64([7; 64])])
+        .to_frame_bytes()
+        .len();
+    assert_eq!(finals, 1 + 1 + 32 + 1 + 1 + 64);
     // In star the partial signature names its aggregate nonce: 32 bytes more.
     let star = verified(2, Topology::Star);
     let star_psig = envelope(

@@ -554,6 +554,8 @@ impl Actor {
                     self.on_envelope(env).await;
                 }
             }
+            // The end of a star session (ADR 0015): adversaries act on rounds, not on outcomes.
+            Frame::Signatures(_) => {}
         }
     }
 

@@ -174,6 +174,60 @@ impl SessionMachine {
         Ok(())
     }
 
+    /// Handles a session's unsigned final signatures delivered by `from` (ADR 0015): each must
+    /// verify under its message's key, which only the signers together can bring about, so
+    /// whoever delivers them, they end the session. Only a signer's peer may make us check
+    /// them; a frame that does not verify is its deliverer's fault.
+    pub fn handle_final_signatures(
+        &mut self,
+        from: PeerId,
+        finals: &FinalSignatures,
+        now_ms: u64,
+    ) -> Result<Vec<Output>> {
+        if self.phase.is_terminal() {
+            return Err(CoordinatorError::SessionFinished(self.id));
+        }
+        let Some(deliverer) = self.signer_of(&from) else {
+            return Err(CoordinatorError::UnboundPeer {
+                peer: from,
+                session: self.id,
+            });
+        };
+        let sigs = self.verified_finals(finals.signatures()).ok_or(
+            CoordinatorError::UnexpectedMessage {
+                signer: deliverer,
+                kind: "final signatures that do not verify",
+            },
+        )?;
+        let mut out = Vec::new();
+        self.finish(sigs, now_ms, &mut out);
+        // Our own signed record of the end stands where the coordinator's envelope used to:
+        // in the store (a restart reads the broadcast turn's claims after it), in transcripts,
+        // and for telling a signer that missed the end.
+        let _ = self.final_word(now_ms);
+        self.flush_records(&mut out);
+        Ok(out)
+    }
+
+    /// The final signatures, if there is one per message and each verifies under its key.
+    fn verified_finals(&self, signatures: &[Signature64]) -> Option<Vec<schnorr::Signature>> {
+        if signatures.len() != self.key_aggs.len() {
+            return None;
+        }
+        let sigs: Vec<schnorr::Signature> = signatures
+            .iter()
+            .map(|s| schnorr::Signature::from_byte_array(s.to_bytes()))
+            .collect();
+        let all_verify = sigs
+            .iter()
+            .zip(&self.ann.announcement().messages)
+            .zip(&self.key_aggs)
+            .all(|((sig, m), key_agg)| {
+                musig2_core::verify_signature(sig, &m.message, &key_agg.x_only_key()).is_ok()
+            });
+        all_verify.then_some(sigs)
+    }
+
     /// Records a verified (or our own) envelope under its signer and sequence number, forgetting
     /// those that fell out of the replay window.
     pub(super) fn remember(
@@ -433,26 +487,13 @@ impl SessionMachine {
                 }
             }
             Body::FinalSignature { signatures, .. } => {
-                let sigs: Vec<schnorr::Signature> = signatures
-                    .iter()
-                    .map(|s| schnorr::Signature::from_byte_array(s.to_bytes()))
-                    .collect();
-                // The proto layer checked there is one per message.
-                let all_verify = sigs
-                    .iter()
-                    .zip(&self.ann.announcement().messages)
-                    .zip(&self.key_aggs)
-                    .all(|((sig, m), key_agg)| {
-                        musig2_core::verify_signature(sig, &m.message, &key_agg.x_only_key())
-                            .is_ok()
-                    });
-                if !all_verify || sigs.len() != self.key_aggs.len() {
-                    // A lying coordinator can stall the session, never end it with a bad result.
-                    return Err(CoordinatorError::UnexpectedMessage {
+                // A lying coordinator can stall the session, never end it with a bad result.
+                let sigs = self.verified_finals(&signatures).ok_or(
+                    CoordinatorError::UnexpectedMessage {
                         signer,
                         kind: "final signature that does not verify",
-                    });
-                }
+                    },
+                )?;
                 self.final_env = Some(env.signed().clone());
                 self.finish(sigs, now_ms, out);
             }

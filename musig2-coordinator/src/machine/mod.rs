@@ -17,9 +17,9 @@ use musig2_core::{
     AggNonce, KeyAggContext, NonceGen, PartialSignature, PubNonce, SecNonce, SessionContext,
 };
 use musig2_proto::{
-    AbortReason, AggNonceBytes, AggregateRef, Attempt, Body, Envelope, NonceCommitment,
-    NonceSetDigest, PartialSigBytes, PeerIdBytes, PubNonceBytes, SeqNo, SessionId, SignedEnvelope,
-    SignerIndex, Topology, VerifiedAnnouncement, VerifiedEnvelope,
+    AbortReason, AggNonceBytes, AggregateRef, Attempt, Body, Envelope, FinalSignatures,
+    NonceCommitment, NonceSetDigest, PartialSigBytes, PeerIdBytes, PubNonceBytes, SeqNo, SessionId,
+    Signature64, SignedEnvelope, SignerIndex, Topology, VerifiedAnnouncement, VerifiedEnvelope,
 };
 use musig2_transport::PeerId;
 use secp256k1::{Keypair, schnorr};
@@ -70,6 +70,13 @@ pub enum Output {
         to: PeerId,
         /// Signed envelopes (the runtime batches several into one frame).
         envelopes: Vec<SignedEnvelope>,
+    },
+    /// Send a session's final signatures to `to`, unsigned, in a frame of their own (ADR 0015).
+    SendFinalSignatures {
+        /// Destination peer.
+        to: PeerId,
+        /// The signatures, which verify on their own.
+        signatures: FinalSignatures,
     },
     /// Emit an event.
     Event(Event),

@@ -361,8 +361,22 @@ impl SessionMachine {
                                 .collect(),
                         },
                     );
-                    let others: Vec<SignerIndex> = self.others().collect();
-                    self.send_to(out, others, vec![env.clone()]);
+                    // Members get the signatures alone: they verify on their own (ADR 0015).
+                    let finals = FinalSignatures::new(
+                        self.id,
+                        self.attempt,
+                        sigs.iter()
+                            .map(|s| musig2_proto::Signature64(s.to_byte_array()))
+                            .collect(),
+                    );
+                    for k in self.others() {
+                        if let Some(to) = self.peer_of(k) {
+                            out.push(Output::SendFinalSignatures {
+                                to,
+                                signatures: finals.clone(),
+                            });
+                        }
+                    }
                     self.final_env = Some(env);
                 }
                 self.finish(sigs, now_ms, out);

@@ -369,7 +369,7 @@ impl Actor {
         let (envs, batch) = match decoded {
             Frame::Envelope(e) => (vec![e], false),
             Frame::Batch(v) => (v, true),
-            Frame::Announcement(_) => (Vec::new(), false),
+            Frame::Announcement(_) | Frame::Signatures(_) => (Vec::new(), false),
         };
         let me = self.session.as_ref().map(|s| s.me);
         let own = envs.iter().position(|e| Some(e.envelope().signer()) == me);
