@@ -25,6 +25,14 @@ fuzz_target!(|data: &[u8]| {
                     let _ = e.verify(&common::star_session().0);
                 }
             }
+            Frame::Signatures(finals) => {
+                // What a member checks: one signature per message, each a BIP340 signature.
+                assert!(!finals.signatures().is_empty());
+                assert!(finals.signatures().len() <= limits.max_messages);
+                for sig in finals.signatures() {
+                    let _ = secp256k1::schnorr::Signature::from_byte_array(sig.to_bytes());
+                }
+            }
         }
     }
 });
