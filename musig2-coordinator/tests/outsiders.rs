@@ -529,3 +529,57 @@ async fn one_creator_cannot_take_every_session_slot() {
         honest.wait_for_signatures(id).await.expect("signed")
     );
 }
+
+/// Unsigned final signatures (ADR 0015) end a session only if they verify, and only a signer's
+/// peer can make a node check them: forged ones, from an outsider or from a bound liar, are
+/// offences, and the session goes on.
+#[tokio::test(start_paused = true)]
+async fn forged_final_signatures_end_nothing_and_their_senders_are_blocked() {
+    let net = MemoryNetwork::new(16);
+    let mut rng = ChaCha20Rng::seed_from_u64(16);
+    let keys: Vec<Keypair> = (0..3).map(|_| Keypair::new(&mut rng)).collect();
+    let victim = Node::spawn(Arc::new(net.add_node()), keys[0], small_config());
+    let (liar, outsider) = (net.add_node(), net.add_node());
+    let pubkeys: Vec<PublicKey> = keys.iter().map(|k| k.public_key()).collect();
+    let peers = [
+        Some(victim.peer_id()),
+        Some(liar.local_peer_id()),
+        Some(net.add_node().local_peer_id()),
+    ];
+    let a = announcement(&keys[1], &pubkeys, &peers, T_HOUR_MS, None);
+    let id = announce(&liar, &[victim.peer_id()], &a).await;
+    victim.join_session(id).await.expect("join");
+    // A signature by signer 1's own key over the message: valid BIP340, but not under the
+    // session's aggregate key.
+    let wrong = secp256k1::schnorr::sign(b"outsider", &keys[1]);
+    let forged = musig2_proto::FinalSignatures::new(
+        id,
+        musig2_proto::Attempt::FIRST,
+        vec![musig2_proto::Signature64(wrong.to_byte_array())],
+    )
+    .to_frame_bytes();
+    let blocked = |list: Vec<(musig2_transport::PeerId, Duration)>| -> Vec<_> {
+        list.into_iter().map(|(p, _)| p).collect()
+    };
+    for _ in 0..40 {
+        let _ = outsider
+            .send(victim.peer_id(), Bytes::from(forged.clone()))
+            .await;
+        let _ = liar
+            .send(victim.peer_id(), Bytes::from(forged.clone()))
+            .await;
+        settle().await;
+    }
+    let list = blocked(victim.blocked_peers().await.unwrap());
+    assert!(
+        list.contains(&outsider.local_peer_id()),
+        "outsider not blocked"
+    );
+    assert!(list.contains(&liar.local_peer_id()), "liar not blocked");
+    let health = victim.health(id).await.expect("health");
+    assert!(
+        !health.phase.is_terminal(),
+        "forged final signatures ended the session: {:?}",
+        health.phase
+    );
+}
