@@ -143,6 +143,11 @@ enum Command {
         session: SessionId,
         reply: oneshot::Sender<Option<VerifiedAnnouncement>>,
     },
+    /// Answered with the announcement as soon as this node holds the session.
+    AwaitAnnouncement {
+        session: SessionId,
+        reply: oneshot::Sender<VerifiedAnnouncement>,
+    },
     Wait {
         session: SessionId,
         reply: oneshot::Sender<Result<Vec<schnorr::Signature>>>,
@@ -304,6 +309,7 @@ impl Node {
                 lifetime_ms: millis(config.max_clock_skew),
             }),
             waiters: HashMap::new(),
+            announcement_waiters: HashMap::new(),
             events: events.clone(),
             outbound: Outbound::new(transport.clone(), config.clone(), stats.clone()),
             rng: rand::rngs::StdRng::from_os_rng(),
@@ -616,21 +622,35 @@ impl Node {
         session: SessionId,
         validator: RecordValidator,
     ) -> Result<Found> {
+        // The direct copy ends the lookup the moment it arrives, not at the next DHT answer.
+        let (reply, mut arrived) = oneshot::channel();
+        self.commands
+            .send(Command::AwaitAnnouncement { session, reply })
+            .await
+            .map_err(|_| CoordinatorError::Shutdown)?;
+        let direct =
+            |known: std::result::Result<VerifiedAnnouncement, oneshot::error::RecvError>| {
+                known
+                    .map(|k| Found::Direct(Box::new(k)))
+                    .map_err(|_| CoordinatorError::Shutdown)
+            };
         let mut backoff = DhtBackoff::new(&self.config);
         loop {
-            let got = tokio::time::timeout(
-                backoff.left(),
-                self.transport.dht_get(dht_key(&session), validator.clone()),
-            )
-            .await
-            .map_err(|_| backoff.timed_out("DHT get"))?;
+            let got = tokio::select! {
+                known = &mut arrived => return direct(known),
+                got = tokio::time::timeout(
+                    backoff.left(),
+                    self.transport.dht_get(dht_key(&session), validator.clone()),
+                ) => got.map_err(|_| backoff.timed_out("DHT get"))?,
+            };
             match got {
-                Err(TransportError::NotFound) if backoff.wait().await => {
-                    if let Some(known) = self
-                        .call(|reply| Command::Lookup { session, reply })
-                        .await?
-                    {
-                        return Ok(Found::Direct(Box::new(known)));
+                Err(TransportError::NotFound) => {
+                    let again = tokio::select! {
+                        known = &mut arrived => return direct(known),
+                        again = backoff.wait() => again,
+                    };
+                    if !again {
+                        return Err(TransportError::NotFound.into());
                     }
                 }
                 other => return Ok(Found::Record(other?)),
@@ -864,6 +884,9 @@ struct Actor {
     /// Raw frames for sessions we do not know yet.
     pending: PendingBuffer,
     waiters: HashMap<SessionId, Vec<oneshot::Sender<Result<Vec<schnorr::Signature>>>>>,
+    /// Local callers looking a session up (`discover_session`), told when its announcement
+    /// arrives directly. Only this node's API adds to it; abandoned entries are dropped.
+    announcement_waiters: HashMap<SessionId, Vec<oneshot::Sender<VerifiedAnnouncement>>>,
     events: broadcast::Sender<Event>,
     outbound: Outbound,
     rng: rand::rngs::StdRng,
@@ -1172,6 +1195,21 @@ impl Actor {
                     .get(&session)
                     .map(|m| m.announcement().clone());
                 let _ = reply.send(known);
+            }
+            Command::AwaitAnnouncement { session, reply } => {
+                if let Some(m) = self.sessions.get(&session) {
+                    let _ = reply.send(m.announcement().clone());
+                } else {
+                    // Callers that gave up (their lookup ended) leave closed senders behind.
+                    self.announcement_waiters.retain(|_, list| {
+                        list.retain(|w| !w.is_closed());
+                        !list.is_empty()
+                    });
+                    self.announcement_waiters
+                        .entry(session)
+                        .or_default()
+                        .push(reply);
+                }
             }
             Command::Wait { session, reply } => match self.sessions.get(&session) {
                 None => {
@@ -1514,6 +1552,11 @@ impl Actor {
             .filter(|&i| i != machine.signer_index())
             .filter_map(|i| machine.peer_of(i))
             .collect();
+        if let Some(waiting) = self.announcement_waiters.remove(&id) {
+            for w in waiting {
+                let _ = w.send(machine.announcement().clone());
+            }
+        }
         self.sessions.insert(id, machine);
         if let Some(frame) = frame {
             self.emit(Event::SessionCreated { session: id });

@@ -481,6 +481,54 @@ async fn with_every_peer_listed_the_dht_holds_a_session_only_when_a_signer_needs
     assert_eq!((stats.dht_puts, stats.dht_puts_not_needed), (1, 0));
 }
 
+/// A signer told the session id out of band joins while the direct announcement is still on
+/// its way and the DHT does not hold it (ADR 0013): the lookup ends when the direct copy
+/// arrives, not at its next DHT retry. Virtual time under the paused clock.
+#[tokio::test(start_paused = true)]
+async fn a_join_by_id_ends_when_the_direct_announcement_arrives_not_at_the_next_dht_retry() {
+    let network = MemoryNetwork::new(64);
+    let mut rng = ChaCha20Rng::seed_from_u64(64);
+    let keypairs: Vec<Keypair> = (0..3).map(|_| Keypair::new(&mut rng)).collect();
+    // The first DHT retry comes 0.5 to 1.5 s after a miss.
+    let config = Config {
+        retry_base_delay: Duration::from_secs(1),
+        ..test_config()
+    };
+    let nodes: Vec<Node> = keypairs
+        .iter()
+        .map(|kp| Node::spawn(Arc::new(network.add_node()), *kp, config.clone()))
+        .collect();
+    let c = Cluster {
+        network,
+        keypairs,
+        nodes,
+    };
+    let link_delay = Duration::from_millis(20);
+    c.network.set_link_fault(
+        c.nodes[0].peer_id(),
+        c.nodes[2].peer_id(),
+        LinkFault::none().with_delay(musig2_transport::Delay::Fixed(link_delay)),
+    );
+    let id = c.nodes[0]
+        .create_session(c.request(b"by id", Topology::Mesh, false, true))
+        .await
+        .unwrap();
+    assert!(!in_dht(&c.network, id).await, "the DHT does not hold it");
+    let started = tokio::time::Instant::now();
+    c.nodes[2].join_session(id).await.unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= link_delay / 2 && waited < Duration::from_millis(200),
+        "joined after {waited:?}"
+    );
+    c.nodes[1].join_session(id).await.unwrap();
+    let mut sigs = Vec::new();
+    for node in &c.nodes {
+        sigs.push(single(node.wait_for_signatures(id).await.unwrap()));
+    }
+    verify_all(&sigs, b"by id", &c.aggregate_key(id).await);
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_dht_holds_the_session_when_create_returns_if_a_peer_is_unlisted_or_always_is_set() {
     // A signer without a listed peer can only find the session in the DHT.
