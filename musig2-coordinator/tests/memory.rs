@@ -26,12 +26,16 @@ fn test_config() -> Config {
 }
 
 fn cluster(n: usize, seed: u64) -> Cluster {
+    cluster_with(n, seed, test_config())
+}
+
+fn cluster_with(n: usize, seed: u64, config: Config) -> Cluster {
     let network = MemoryNetwork::new(seed);
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let keypairs: Vec<Keypair> = (0..n).map(|_| Keypair::new(&mut rng)).collect();
     let nodes = keypairs
         .iter()
-        .map(|kp| Node::spawn(Arc::new(network.add_node()), *kp, test_config()))
+        .map(|kp| Node::spawn(Arc::new(network.add_node()), *kp, config.clone()))
         .collect();
     Cluster {
         network,
@@ -486,23 +490,15 @@ async fn with_every_peer_listed_the_dht_holds_a_session_only_when_a_signer_needs
 /// arrives, not at its next DHT retry. Virtual time under the paused clock.
 #[tokio::test(start_paused = true)]
 async fn a_join_by_id_ends_when_the_direct_announcement_arrives_not_at_the_next_dht_retry() {
-    let network = MemoryNetwork::new(64);
-    let mut rng = ChaCha20Rng::seed_from_u64(64);
-    let keypairs: Vec<Keypair> = (0..3).map(|_| Keypair::new(&mut rng)).collect();
     // The first DHT retry comes 0.5 to 1.5 s after a miss.
-    let config = Config {
-        retry_base_delay: Duration::from_secs(1),
-        ..test_config()
-    };
-    let nodes: Vec<Node> = keypairs
-        .iter()
-        .map(|kp| Node::spawn(Arc::new(network.add_node()), *kp, config.clone()))
-        .collect();
-    let c = Cluster {
-        network,
-        keypairs,
-        nodes,
-    };
+    let c = cluster_with(
+        3,
+        64,
+        Config {
+            retry_base_delay: Duration::from_secs(1),
+            ..test_config()
+        },
+    );
     let link_delay = Duration::from_millis(20);
     c.network.set_link_fault(
         c.nodes[0].peer_id(),
@@ -540,22 +536,14 @@ async fn the_dht_holds_the_session_when_create_returns_if_a_peer_is_unlisted_or_
     assert_eq!(c.nodes[0].stats().dht_puts, 1);
 
     // `Always`: every peer listed, in the DHT all the same.
-    let network = MemoryNetwork::new(63);
-    let mut rng = ChaCha20Rng::seed_from_u64(63);
-    let keypairs: Vec<Keypair> = (0..2).map(|_| Keypair::new(&mut rng)).collect();
-    let config = Config {
-        dht_announce: DhtAnnounce::Always,
-        ..test_config()
-    };
-    let nodes: Vec<Node> = keypairs
-        .iter()
-        .map(|kp| Node::spawn(Arc::new(network.add_node()), *kp, config.clone()))
-        .collect();
-    let c = Cluster {
-        network,
-        keypairs,
-        nodes,
-    };
+    let c = cluster_with(
+        2,
+        63,
+        Config {
+            dht_announce: DhtAnnounce::Always,
+            ..test_config()
+        },
+    );
     let id = c.nodes[0]
         .create_session(c.request(b"always", Topology::Mesh, false, true))
         .await
