@@ -401,22 +401,52 @@ async fn a_misrouted_signer_refuses_and_the_others_hear_its_claim() {
 
 /// A lying signer cannot get an honest relay blocked: what is wrong with an envelope its author
 /// signed counts against the author's own peer, never against a peer that relays it.
-#[tokio::test(start_paused = true)]
-async fn a_relay_is_not_blocked_for_what_an_author_signed() {
-    let net = MemoryNetwork::new(15);
-    let mut rng = ChaCha20Rng::seed_from_u64(15);
+/// A victim node (signer 0) that joined a three-signer session, and raw transports at the
+/// listed peers of signers 1 and 2 (signer 1's delivered the announcement).
+struct Joined {
+    net: MemoryNetwork,
+    keys: Vec<Keypair>,
+    victim: Node,
+    peers: [MemoryTransport; 2],
+    id: SessionId,
+    rng: ChaCha20Rng,
+}
+
+async fn victim_joined(seed: u64) -> Joined {
+    let net = MemoryNetwork::new(seed);
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let keys: Vec<Keypair> = (0..3).map(|_| Keypair::new(&mut rng)).collect();
     let victim = Node::spawn(Arc::new(net.add_node()), keys[0], small_config());
-    let (relay, liar) = (net.add_node(), net.add_node());
+    let peers = [net.add_node(), net.add_node()];
     let pubkeys: Vec<PublicKey> = keys.iter().map(|k| k.public_key()).collect();
-    let peers = [
+    let listed = [
         Some(victim.peer_id()),
-        Some(relay.local_peer_id()),
-        Some(liar.local_peer_id()),
+        Some(peers[0].local_peer_id()),
+        Some(peers[1].local_peer_id()),
     ];
-    let a = announcement(&keys[0], &pubkeys, &peers, T_HOUR_MS, None);
-    let id = announce(&relay, &[victim.peer_id()], &a).await;
+    let a = announcement(&keys[0], &pubkeys, &listed, T_HOUR_MS, None);
+    let id = announce(&peers[0], &[victim.peer_id()], &a).await;
     victim.join_session(id).await.expect("join");
+    Joined {
+        net,
+        keys,
+        victim,
+        peers,
+        id,
+        rng,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_relay_is_not_blocked_for_what_an_author_signed() {
+    let Joined {
+        keys,
+        victim,
+        peers: [relay, liar],
+        id,
+        mut rng,
+        ..
+    } = victim_joined(15).await;
     let envelope = |kp: &Keypair, index: usize, seq: u64, body: Body| {
         Envelope::sign(
             id,
@@ -535,20 +565,15 @@ async fn one_creator_cannot_take_every_session_slot() {
 /// offences, and the session goes on.
 #[tokio::test(start_paused = true)]
 async fn forged_final_signatures_end_nothing_and_their_senders_are_blocked() {
-    let net = MemoryNetwork::new(16);
-    let mut rng = ChaCha20Rng::seed_from_u64(16);
-    let keys: Vec<Keypair> = (0..3).map(|_| Keypair::new(&mut rng)).collect();
-    let victim = Node::spawn(Arc::new(net.add_node()), keys[0], small_config());
-    let (liar, outsider) = (net.add_node(), net.add_node());
-    let pubkeys: Vec<PublicKey> = keys.iter().map(|k| k.public_key()).collect();
-    let peers = [
-        Some(victim.peer_id()),
-        Some(liar.local_peer_id()),
-        Some(net.add_node().local_peer_id()),
-    ];
-    let a = announcement(&keys[1], &pubkeys, &peers, T_HOUR_MS, None);
-    let id = announce(&liar, &[victim.peer_id()], &a).await;
-    victim.join_session(id).await.expect("join");
+    let Joined {
+        net,
+        keys,
+        victim,
+        peers: [liar, _],
+        id,
+        ..
+    } = victim_joined(16).await;
+    let outsider = net.add_node();
     // A signature by signer 1's own key over the message: valid BIP340, but not under the
     // session's aggregate key.
     let wrong = secp256k1::schnorr::sign(b"outsider", &keys[1]);
