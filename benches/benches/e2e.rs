@@ -916,6 +916,15 @@ async fn memory_throughput_with(
     if let Some(sig) = last {
         schnorr::verify(&sig[0], b"memory throughput", &aggregate).expect("verifies");
     }
+    if std::env::var_os("E2E_VERBOSE").is_some() {
+        for (i, node) in nodes.iter().enumerate() {
+            let stats = node.stats();
+            eprintln!(
+                "  node {i}: {} envelopes batch-signed under {} signatures (ADR 0016)",
+                stats.batch_signed_envelopes, stats.batch_signatures
+            );
+        }
+    }
     for node in &nodes {
         let _ = node.shutdown().await;
     }

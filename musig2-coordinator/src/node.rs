@@ -940,6 +940,31 @@ impl Staged {
     }
 }
 
+/// Signs what this node wrote since the last flush, before it is stored or sent: envelopes
+/// that go to one peer at most under one signature per batch (ADR 0016). An envelope sent to
+/// several peers is signed alone (when first encoded): each of them would carry the path, and
+/// its one signature is already shared by all of them.
+fn seal_staged(staged: &Staged) -> musig2_proto::Sealed {
+    let mut fan_out: HashMap<[u8; 32], usize> = HashMap::new();
+    for (_, _, envelopes) in &staged.sends {
+        for e in envelopes.iter().filter(|e| e.sealed_auth().is_none()) {
+            *fan_out.entry(e.signing_hash()).or_default() += 1;
+        }
+    }
+    let stored = staged
+        .records
+        .iter()
+        .chain(&staged.later)
+        .filter_map(|r| match r {
+            Record::Envelope(e) => Some(e),
+            _ => None,
+        });
+    let sent = staged.sends.iter().flat_map(|(_, _, envs)| envs);
+    SignedEnvelope::seal_batch(stored.chain(sent).filter(|e| {
+        e.sealed_auth().is_none() && fan_out.get(&e.signing_hash()).is_none_or(|&n| n <= 1)
+    }))
+}
+
 /// Where [`Node::discover_session`] found an announcement while it waited for the DHT.
 enum Found {
     /// Its direct copy arrived (already verified and held by the node task).
@@ -1892,6 +1917,7 @@ impl Actor {
             return;
         }
         let mut staged = std::mem::take(&mut self.staged);
+        self.stats.batch_sealed(seal_staged(&staged));
         if !staged.records.is_empty() {
             // One transaction, with everything deferred so far: the frames wait for it anyway.
             let mut records = std::mem::take(&mut self.deferred);

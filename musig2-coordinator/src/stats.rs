@@ -22,6 +22,8 @@ pub(crate) struct NodeStats {
     dht_puts: AtomicU64,
     dht_puts_not_needed: AtomicU64,
     dht_put_failures: AtomicU64,
+    batch_signed_envelopes: AtomicU64,
+    batch_signatures: AtomicU64,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -53,6 +55,10 @@ pub struct StatsSnapshot {
     /// Deferred DHT puts that failed after their retries (the session went on; signers with a
     /// direct copy are not affected).
     pub dht_put_failures: u64,
+    /// Envelopes of this node signed in batches, several under one signature (ADR 0016).
+    pub batch_signed_envelopes: u64,
+    /// The signatures that covered them (with `batch_signed_envelopes`: the mean batch size).
+    pub batch_signatures: u64,
     /// Frames or envelopes rejected, by reason (`undecodable_frame`, `invalid_announcement`,
     /// `duplicate`, `bad_signature_or_encoding`, `unbound_peer`, ...).
     pub rejected: BTreeMap<&'static str, u64>,
@@ -97,6 +103,14 @@ impl NodeStats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn batch_sealed(&self, sealed: musig2_proto::Sealed) {
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        self.batch_signed_envelopes
+            .fetch_add(count(sealed.batched_envelopes), Ordering::Relaxed);
+        self.batch_signatures
+            .fetch_add(count(sealed.batch_signatures), Ordering::Relaxed);
+    }
+
     pub(crate) fn rejected(&self, reason: &'static str) {
         let mut map = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
         *map.entry(reason).or_insert(0) += 1;
@@ -115,6 +129,8 @@ impl NodeStats {
             dht_puts: self.dht_puts.load(Ordering::Relaxed),
             dht_puts_not_needed: self.dht_puts_not_needed.load(Ordering::Relaxed),
             dht_put_failures: self.dht_put_failures.load(Ordering::Relaxed),
+            batch_signed_envelopes: self.batch_signed_envelopes.load(Ordering::Relaxed),
+            batch_signatures: self.batch_signatures.load(Ordering::Relaxed),
             rejected: self
                 .rejected
                 .lock()

@@ -550,3 +550,64 @@ async fn the_dht_holds_the_session_when_create_returns_if_a_peer_is_unlisted_or_
         .unwrap();
     assert!(in_dht(&c.network, id).await);
 }
+
+#[tokio::test(start_paused = true)]
+async fn many_sessions_in_flight_are_signed_in_batches_and_stay_verifiable_evidence() {
+    // ADR 0016: a node signs what it sends at once under one signature per batch; every
+    // envelope keeps its path, so the transcripts still verify envelope by envelope.
+    // Node 1 holds every announcement until it joins (by default 8 per creator).
+    let c = cluster_with(
+        2,
+        91,
+        Config {
+            max_unjoined_per_creator: 32,
+            ..test_config()
+        },
+    );
+    let mut ids = Vec::new();
+    for i in 0..24u32 {
+        let message = format!("batch {i}").into_bytes();
+        let id = c.nodes[0]
+            .create_session(c.request(&message, Topology::Mesh, i % 2 == 0, true))
+            .await
+            .expect("create");
+        ids.push((id, message));
+    }
+    let joins = ids.iter().map(|(id, _)| c.nodes[1].join_session(*id));
+    for joined in futures::future::join_all(joins).await {
+        joined.expect("join");
+    }
+    for (id, message) in &ids {
+        let mut sigs = Vec::new();
+        for node in &c.nodes {
+            sigs.push(single(
+                node.wait_for_signatures(*id).await.expect("signature"),
+            ));
+        }
+        verify_all(&sigs, message, &c.aggregate_key(*id).await);
+    }
+    let limits = musig2_coordinator::TranscriptLimits::default();
+    let mut batch_signed = 0;
+    for node in &c.nodes {
+        let stats = node.stats();
+        assert!(
+            stats.batch_signed_envelopes > 2 * stats.batch_signatures && stats.batch_signatures > 0,
+            "{} envelopes under {} batch signatures",
+            stats.batch_signed_envelopes,
+            stats.batch_signatures
+        );
+        for (id, _) in &ids {
+            let transcript = node.export_transcript(*id).await.expect("transcript");
+            transcript.verify(&limits).expect("transcript verifies");
+            batch_signed += transcript
+                .envelopes
+                .iter()
+                .filter(|e| !e.auth().is_direct())
+                .count();
+        }
+    }
+    assert!(
+        batch_signed > 0,
+        "the transcripts hold batch-signed envelopes"
+    );
+}

@@ -493,6 +493,19 @@ impl VerifiedAnnouncement {
         &self.signed
     }
 
+    /// Whether this session's envelopes may be batch-signed (ADR 0016): its largest round frame
+    /// still fits, with a full batch path on every signer's envelope, both `max_frame_bytes`
+    /// and the default frame limit (so that no peer on default limits refuses it).
+    pub fn fits_batch_auth(&self, max_frame_bytes: usize) -> bool {
+        let n = self.signer_count();
+        let k = self.announcement().message_count();
+        let per_signer = k
+            .saturating_mul(66)
+            .saturating_add(ROUND_ENVELOPE_OVERHEAD)
+            .saturating_add(crate::auth::MAX_AUTH_PATH_BYTES + 2);
+        n.saturating_mul(per_signer) <= max_frame_bytes.min(Limits::default().max_frame_bytes)
+    }
+
     /// Number of signers.
     pub fn signer_count(&self) -> usize {
         self.signed.announcement.signers.len()

@@ -1,10 +1,13 @@
 //! Envelopes: every message a signer acts on, signed by its sender's key.
 
-use secp256k1::{Keypair, schnorr};
+use std::sync::Arc;
+
+use secp256k1::Keypair;
 use serde::{Deserialize, Serialize};
 
 use crate::PROTOCOL_VERSION;
 use crate::announcement::{FrameRef, Topology, VerifiedAnnouncement};
+use crate::auth::{Auth, Pending, Sealed};
 use crate::error::ProtoError;
 use crate::frame::{Frame, Limits, encode_frame, to_vec};
 use crate::hash::{Tag, tagged};
@@ -245,7 +248,7 @@ impl Body {
                 timestamp_ms: e.timestamp_ms,
                 attempt: a,
                 pub_nonces: pub_nonces.clone(),
-                signature: env.signed.signature,
+                auth: env.signed.auth().clone(),
             });
         }
         let agg_nonces = Body::sum_nonce_set(&relayed, k).ok_or(ProtoError::OutOfRange {
@@ -398,9 +401,8 @@ pub struct SignedNonce {
     pub attempt: Attempt,
     /// The public nonces, one per message.
     pub pub_nonces: Vec<PubNonceBytes>,
-    /// The original envelope's signature.
-    #[serde(with = "byte_array")]
-    pub signature: [u8; 64],
+    /// The original envelope's authentication.
+    pub auth: Auth,
 }
 
 impl SignedNonce {
@@ -422,7 +424,7 @@ impl SignedNonce {
     pub fn to_signed_envelope(&self, session_id: SessionId) -> SignedEnvelope {
         SignedEnvelope {
             envelope: self.as_envelope(PROTOCOL_VERSION, session_id),
-            signature: self.signature,
+            auth: AuthState::Ready(self.auth.clone()),
         }
     }
 }
@@ -474,19 +476,52 @@ impl Envelope {
         keypair: &Keypair,
         aux_rand: &[u8; 32],
     ) -> SignedEnvelope {
-        let envelope = Envelope {
-            version: PROTOCOL_VERSION,
-            session_id: session.into(),
-            signer,
-            seq,
-            timestamp_ms,
-            body,
-        };
+        let envelope = Envelope::current(session.into(), signer, seq, timestamp_ms, body);
         let msg = envelope.signing_hash();
         let signature = musig2_core::bip340_sign(&msg, keypair, aux_rand).to_byte_array();
         SignedEnvelope {
             envelope,
-            signature,
+            auth: AuthState::Ready(Auth::direct(signature)),
+        }
+    }
+
+    /// A new envelope whose signature is made later (ADR 0016): by
+    /// [`SignedEnvelope::seal_batch`], one signature over the root of a tree of this and the
+    /// author's other pending envelopes, or, if nothing sealed it first, a signature over it
+    /// alone when its authentication is first needed. With `batchable` false it is always
+    /// signed alone (for sessions whose frames leave no room for a path).
+    pub fn sign_batchable(
+        session: impl Into<SessionId>,
+        signer: SignerIndex,
+        seq: SeqNo,
+        timestamp_ms: u64,
+        body: Body,
+        keypair: Arc<Keypair>,
+        batchable: bool,
+    ) -> SignedEnvelope {
+        let envelope = Envelope::current(session.into(), signer, seq, timestamp_ms, body);
+        let leaf = envelope.signing_hash();
+        SignedEnvelope {
+            envelope,
+            auth: AuthState::Pending(Arc::new(Pending::new(leaf, keypair, batchable))),
+        }
+    }
+
+    /// An envelope of this protocol version.
+    fn current(
+        session_id: SessionId,
+        signer: SignerIndex,
+        seq: SeqNo,
+        timestamp_ms: u64,
+        body: Body,
+    ) -> Envelope {
+        Envelope {
+            version: PROTOCOL_VERSION,
+            session_id,
+            signer,
+            seq,
+            timestamp_ms,
+            body,
         }
     }
 
@@ -532,23 +567,140 @@ impl From<&SessionId> for SessionId {
     }
 }
 
-/// An envelope with its sender's signature, as carried on the wire. Not trusted until verified.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// An envelope with its sender's authentication ([`Auth`]: a signature over it alone, or over
+/// a batch it belongs to), as carried on the wire. Not trusted until verified.
+///
+/// One made by [`Envelope::sign_batchable`] is signed later: by [`SignedEnvelope::seal_batch`]
+/// together with its author's other pending envelopes, or alone the first time its
+/// authentication is needed (encoding it, [`SignedEnvelope::auth`], verifying it). Its clones
+/// share that state, so every copy ends up with the same authentication.
+#[derive(Clone, Debug)]
 pub struct SignedEnvelope {
     envelope: Envelope,
-    #[serde(with = "byte_array")]
-    signature: [u8; 64],
+    auth: AuthState,
+}
+
+#[derive(Clone, Debug)]
+enum AuthState {
+    Ready(Auth),
+    Pending(Arc<Pending>),
+}
+
+impl PartialEq for SignedEnvelope {
+    /// Same fields and same authentication; two copies of one pending envelope are equal, and a
+    /// pending envelope not yet signed equals no signed one.
+    fn eq(&self, other: &Self) -> bool {
+        self.envelope == other.envelope
+            && match (&self.auth, &other.auth) {
+                (AuthState::Pending(a), AuthState::Pending(b)) if Arc::ptr_eq(a, b) => true,
+                _ => self.sealed_auth() == other.sealed_auth(),
+            }
+    }
+}
+
+impl Eq for SignedEnvelope {}
+
+impl Serialize for SignedEnvelope {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = serializer.serialize_struct("SignedEnvelope", 2)?;
+        st.serialize_field("envelope", &self.envelope)?;
+        st.serialize_field("auth", self.auth())?;
+        st.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for SignedEnvelope {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename = "SignedEnvelope")]
+        struct Wire {
+            envelope: Envelope,
+            auth: Auth,
+        }
+        let wire = Wire::deserialize(deserializer)?;
+        Ok(SignedEnvelope {
+            envelope: wire.envelope,
+            auth: AuthState::Ready(wire.auth),
+        })
+    }
 }
 
 impl SignedEnvelope {
+    /// An envelope with an authentication made elsewhere (e.g. rebuilt from stored parts).
+    pub fn from_parts(envelope: Envelope, auth: Auth) -> SignedEnvelope {
+        SignedEnvelope {
+            envelope,
+            auth: AuthState::Ready(auth),
+        }
+    }
+
     /// The (unverified) signed fields.
     pub fn envelope(&self) -> &Envelope {
         &self.envelope
     }
 
-    /// The sender's BIP340 signature.
+    /// The authentication, signing this envelope alone first if it is still pending.
+    pub fn auth(&self) -> &Auth {
+        match &self.auth {
+            AuthState::Ready(auth) => auth,
+            AuthState::Pending(p) => p.auth(),
+        }
+    }
+
+    /// The authentication if there is one yet (`None` for a pending envelope not yet signed).
+    pub fn sealed_auth(&self) -> Option<&Auth> {
+        match &self.auth {
+            AuthState::Ready(auth) => Some(auth),
+            AuthState::Pending(p) => p.sealed(),
+        }
+    }
+
+    /// The BIP340 signature that authenticates it (over it alone, or over its batch's root),
+    /// signing first if it is still pending.
     pub fn signature(&self) -> &[u8; 64] {
-        &self.signature
+        self.auth().signature()
+    }
+
+    /// The signing hash ([`Envelope::signing_hash`]), without re-encoding a pending envelope.
+    pub fn signing_hash(&self) -> [u8; 32] {
+        match &self.auth {
+            AuthState::Pending(p) => p.leaf(),
+            AuthState::Ready(_) => self.envelope.signing_hash(),
+        }
+    }
+
+    /// Signs every still-pending envelope among `envelopes` (see [`Envelope::sign_batchable`]):
+    /// one BIP340 signature per author and per [`crate::MAX_BATCH_LEAVES`] envelopes, each
+    /// envelope carrying its path to the signed root. Signed envelopes are left as they are.
+    pub fn seal_batch<'a>(envelopes: impl IntoIterator<Item = &'a SignedEnvelope>) -> Sealed {
+        Self::seal(envelopes, None)
+    }
+
+    /// [`SignedEnvelope::seal_batch`] with fixed BIP340 auxiliary randomness (for reproducible
+    /// examples and tests; nodes use fresh randomness).
+    pub fn seal_batch_with_aux_rand<'a>(
+        envelopes: impl IntoIterator<Item = &'a SignedEnvelope>,
+        aux_rand: &[u8; 32],
+    ) -> Sealed {
+        Self::seal(envelopes, Some(aux_rand))
+    }
+
+    fn seal<'a>(
+        envelopes: impl IntoIterator<Item = &'a SignedEnvelope>,
+        aux: Option<&[u8; 32]>,
+    ) -> Sealed {
+        let pending: Vec<&Arc<Pending>> = envelopes
+            .into_iter()
+            .filter_map(|e| match &e.auth {
+                AuthState::Pending(p) if p.sealed().is_none() => Some(p),
+                _ => None,
+            })
+            .collect();
+        if pending.is_empty() {
+            return Sealed::default();
+        }
+        crate::auth::seal(&pending, aux)
     }
 
     /// Encodes as a complete frame.
@@ -584,7 +736,7 @@ impl SignedEnvelope {
         if e.session_id != announcement.session_id() {
             return Err(ProtoError::WrongSession { signer: e.signer });
         }
-        let signing_hash = verify_sig(announcement, e, &self.signature)?;
+        let signing_hash = verify_sig(announcement, e, self.signing_hash(), self.auth())?;
         check_body(e, announcement)?;
         Ok(VerifiedEnvelope {
             signed: self.clone(),
@@ -616,7 +768,8 @@ fn check_header(
 fn verify_sig(
     announcement: &VerifiedAnnouncement,
     e: &Envelope,
-    signature: &[u8; 64],
+    hash: [u8; 32],
+    auth: &Auth,
 ) -> Result<[u8; 32], ProtoError> {
     let key = announcement
         .x_only(e.signer)
@@ -624,10 +777,9 @@ fn verify_sig(
             index: e.signer.get(),
             signers: announcement.signer_count(),
         })?;
-    let sig = schnorr::Signature::from_byte_array(*signature);
-    let hash = e.signing_hash();
-    key.verify(&hash, &sig)
-        .map_err(|_| ProtoError::BadEnvelopeSignature { signer: e.signer })?;
+    if !auth.verifies(key, hash) {
+        return Err(ProtoError::BadEnvelopeSignature { signer: e.signer });
+    }
     Ok(hash)
 }
 
@@ -700,15 +852,13 @@ fn check_body(e: &Envelope, announcement: &VerifiedAnnouncement) -> Result<(), P
                 }
             }
             for sn in nonces {
-                verify_sig(
-                    announcement,
-                    &sn.as_envelope(e.version, e.session_id),
-                    &sn.signature,
-                )
-                .map_err(|_| ProtoError::RelayedNonceForged {
-                    signer: e.signer,
-                    relayed: sn.signer,
-                })?;
+                let relayed = sn.as_envelope(e.version, e.session_id);
+                verify_sig(announcement, &relayed, relayed.signing_hash(), &sn.auth).map_err(
+                    |_| ProtoError::RelayedNonceForged {
+                        signer: e.signer,
+                        relayed: sn.signer,
+                    },
+                )?;
             }
         }
         _ => {}

@@ -216,12 +216,16 @@ fn check_version(version: u8) -> Result<(), ProtoError> {
 fn check_envelope(e: &SignedEnvelope) -> Result<(), ProtoError> {
     let env = e.envelope();
     check_version(env.version())?;
+    e.auth().check_shape()?;
     if let Body::NonceSet { nonces, .. } = env.body() {
         if nonces.is_empty() || nonces.len() > usize::from(crate::SignerIndex::MAX) + 1 {
             return Err(ProtoError::OutOfRange {
                 field: "nonce set entries",
                 reason: "1 to 4096 relayed nonces",
             });
+        }
+        for sn in nonces {
+            sn.auth.check_shape()?;
         }
     }
     Ok(())
@@ -250,7 +254,9 @@ pub struct EnvelopeHeader {
     pub seq: crate::SeqNo,
     /// Its timestamp (milliseconds since the UNIX epoch).
     pub timestamp_ms: u64,
-    /// The envelope signature (the frame's last 64 bytes).
+    /// The signature that authenticates the envelope (the frame's last 64 bytes): over the
+    /// envelope alone, or over the root of the batch it belongs to (ADR 0016), which several
+    /// envelopes share. Only a direct signature identifies one envelope.
     pub signature: [u8; 64],
 }
 

@@ -16,6 +16,10 @@ pub const TAG_NONCE_COMMITMENT: &str = "musig2-p2p/nonce-commitment";
 pub const TAG_NONCE_SET: &str = "musig2-p2p/nonce-set";
 /// Tag for the reference a star partial signature makes to its aggregate nonce (ADR 0011).
 pub const TAG_AGGREGATE_NONCE: &str = "musig2-p2p/aggregate-nonce";
+/// Tag for an inner node of a batch authentication tree (ADR 0016).
+pub const TAG_BATCH_NODE: &str = "musig2-p2p/batch-node";
+/// Tag for the message a batch signature signs: the tree's root (ADR 0016).
+pub const TAG_BATCH_ROOT: &str = "musig2-p2p/batch-root";
 
 /// Which of the protocol's tags to use.
 #[derive(Clone, Copy, Debug)]
@@ -26,6 +30,8 @@ pub(crate) enum Tag {
     NonceCommitment,
     NonceSet,
     AggregateNonce,
+    BatchNode,
+    BatchRoot,
 }
 
 impl Tag {
@@ -37,11 +43,15 @@ impl Tag {
             Tag::NonceCommitment => TAG_NONCE_COMMITMENT,
             Tag::NonceSet => TAG_NONCE_SET,
             Tag::AggregateNonce => TAG_AGGREGATE_NONCE,
+            Tag::BatchNode => TAG_BATCH_NODE,
+            Tag::BatchRoot => TAG_BATCH_ROOT,
         }
     }
 
     fn slot(self) -> &'static OnceLock<Sha256> {
-        static SLOTS: [OnceLock<Sha256>; 6] = [
+        static SLOTS: [OnceLock<Sha256>; 8] = [
+            OnceLock::new(),
+            OnceLock::new(),
             OnceLock::new(),
             OnceLock::new(),
             OnceLock::new(),
@@ -93,6 +103,10 @@ mod tests {
             Tag::Announcement,
             Tag::Envelope,
             Tag::NonceCommitment,
+            Tag::NonceSet,
+            Tag::AggregateNonce,
+            Tag::BatchNode,
+            Tag::BatchRoot,
         ] {
             assert_eq!(tagged(tag, b"abc"), tagged_hash(tag.as_str(), b"abc"));
         }

@@ -77,6 +77,7 @@
 //! ```
 
 mod announcement;
+mod auth;
 mod envelope;
 mod error;
 mod frame;
@@ -88,6 +89,7 @@ pub use announcement::{
     Announcement, ElectionMethod, MessageToSign, Policy, ROUND_ENVELOPE_OVERHEAD,
     SignedAnnouncement, SignerInfo, Timeouts, Topology, VerifiedAnnouncement,
 };
+pub use auth::{Auth, MAX_AUTH_DEPTH, MAX_AUTH_PATH_BYTES, MAX_BATCH_LEAVES, Sealed};
 pub use envelope::{
     AbortReason, AggregateRef, Body, Envelope, MAX_RECEIPT_BYTES, NonceSetDigest, SignedEnvelope,
     SignedNonce, VerifiedEnvelope,
@@ -98,8 +100,8 @@ pub use frame::{
     peek_frame_session,
 };
 pub use hash::{
-    TAG_AGGREGATE_NONCE, TAG_ANNOUNCEMENT, TAG_ENVELOPE, TAG_NONCE_COMMITMENT, TAG_NONCE_SET,
-    TAG_SESSION_ID, tagged_hash,
+    TAG_AGGREGATE_NONCE, TAG_ANNOUNCEMENT, TAG_BATCH_NODE, TAG_BATCH_ROOT, TAG_ENVELOPE,
+    TAG_NONCE_COMMITMENT, TAG_NONCE_SET, TAG_SESSION_ID, tagged_hash,
 };
 pub use signatures::FinalSignatures;
 pub use types::{
@@ -108,4 +110,4 @@ pub use types::{
 };
 
 /// The protocol version this crate speaks (first byte of every announcement and envelope).
-pub const PROTOCOL_VERSION: u8 = 5;
+pub const PROTOCOL_VERSION: u8 = 6;

@@ -378,9 +378,9 @@ fn decode_errors_are_typed() {
         })
     ));
     // Partial signature >= n: the last 32 bytes before the `aggregate` option (none: one
-    // byte) and the 64-byte signature.
+    // byte) and the direct authentication (empty path, index 0, 64-byte signature).
     let mut s = good.clone();
-    let at = s.len() - 64 - 1 - 32;
+    let at = s.len() - 64 - 2 - 1 - 32;
     s[at..at + 32].copy_from_slice(&[0xFF; 32]);
     assert_eq!(
         decode_frame(&s, &limits),
@@ -401,7 +401,7 @@ fn decode_errors_are_typed() {
     )
     .to_frame_bytes();
     let mut p = nonce.clone();
-    let at = p.len() - 64 - 66;
+    let at = p.len() - 64 - 2 - 66;
     p[at] = 0x05;
     assert_eq!(
         decode_frame(&p, &limits),
@@ -410,7 +410,7 @@ fn decode_errors_are_typed() {
         })
     );
     let mut p = nonce.clone();
-    let at = p.len() - 64 - 33;
+    let at = p.len() - 64 - 2 - 33;
     p[at + 1..at + 33].copy_from_slice(&[0xFF; 32]);
     assert_eq!(
         decode_frame(&p, &limits),

@@ -163,6 +163,33 @@ fn examples() -> Vec<Example> {
         "Batch frame holding `env_nonce` and `env_partial_sig`",
         Frame::encode_batch(&batch),
     ));
+    // Batch authentication (ADR 0016): three envelopes of signer 1 under one signature; the
+    // second carries a two-level path.
+    let kp1 = std::sync::Arc::new(keypair(1));
+    let pending: Vec<SignedEnvelope> = (20..23u64)
+        .map(|s| {
+            musig2_proto::Envelope::sign_batchable(
+                a.session_id(),
+                idx(1),
+                seq(s),
+                NOW + s,
+                Body::Restart {
+                    attempt: attempt(1),
+                },
+                kp1.clone(),
+                true,
+            )
+        })
+        .collect();
+    SignedEnvelope::seal_batch_with_aux_rand(&pending, &[0x44; 32]);
+    pending[1]
+        .verify(&a)
+        .expect("batch-signed example verifies");
+    out.push(frame(
+        "env_batch_signed",
+        "Restart from signer 1, seq 21, batch-signed with seqs 20 and 22 (ADR 0016): path of 2, index 1",
+        pending[1].to_frame_bytes(),
+    ));
     out.push(frame(
         "final_signatures",
         "Final signatures (unsigned, ADR 0015): one 64-byte signature, attempt 0",
@@ -290,8 +317,8 @@ fn encoded_sizes_are_as_documented() {
     .to_frame_bytes()
     .len();
     // tag + version + id + signer + seq + 6-byte timestamp + body tag + attempt + count + psig
-    // + no aggregate (mesh) + sig.
-    assert_eq!(psig, 1 + 1 + 32 + 1 + 1 + 6 + 1 + 1 + 1 + 32 + 1 + 64);
+    // + no aggregate (mesh) + direct authentication (empty path, index, signature).
+    assert_eq!(psig, 1 + 1 + 32 + 1 + 1 + 6 + 1 + 1 + 1 + 32 + 1 + 2 + 64);
     // Final signatures travel unsigned: tag + version + id + attempt + count + signature.
     let finals = FinalSignatures::new(a.session_id(), attempt(0), vec![Signature64([7; 64])])
         .to_frame_bytes()
@@ -330,8 +357,8 @@ fn encoded_sizes_are_as_documented() {
     let (agg3, set3) = sizes(3);
     let (agg100, set100) = sizes(100);
     assert_eq!(agg3, agg100);
-    assert_eq!(agg3, 1 + 1 + 32 + 1 + 1 + 6 + 1 + 1 + 1 + 66 + 32 + 64);
-    assert!(set100 >= set3 + 97 * (66 + 64));
+    assert_eq!(agg3, 1 + 1 + 32 + 1 + 1 + 6 + 1 + 1 + 1 + 66 + 32 + 2 + 64);
+    assert!(set100 >= set3 + 97 * (66 + 2 + 64));
 
     // Without peer ids: 34 bytes per signer.
     let mut bare = announcement(128, Topology::Star);

@@ -74,7 +74,7 @@ impl SessionMachine {
             .seen
             .get(claimed.as_usize())
             .and_then(|m| m.get(&claimed_seq.get()))
-            .is_some_and(|s| &s.signature == envelope.signature());
+            .is_some_and(|s| s.is_copy(&envelope));
         if exact_copy || self.is_stored(&envelope) {
             return Err(CoordinatorError::Duplicate {
                 signer: claimed,
@@ -165,7 +165,7 @@ impl SessionMachine {
             }
         }
         self.replay[signer.as_usize()].record(verified.seq());
-        self.remember(signer, verified.seq(), hash, *verified.signed().signature());
+        self.remember_verified(&verified);
         let signed = self.persist.then(|| verified.signed().clone());
         self.apply(verified, now_ms, out)?;
         if let Some(signed) = signed {
@@ -230,17 +230,38 @@ impl SessionMachine {
 
     /// Records a verified (or our own) envelope under its signer and sequence number, forgetting
     /// those that fell out of the replay window.
+    /// Remembers a verified envelope, to drop exact copies of it unverified.
+    pub(super) fn remember_verified(&mut self, verified: &VerifiedEnvelope) {
+        let auth = verified.signed().auth();
+        let (signature, direct) = (Some(*auth.signature()), auth.is_direct());
+        self.remember(
+            verified.signer(),
+            verified.seq(),
+            verified.signing_hash(),
+            signature,
+            direct,
+        );
+    }
+
     pub(super) fn remember(
         &mut self,
         signer: SignerIndex,
         seq: SeqNo,
         hash: [u8; 32],
-        signature: [u8; 64],
+        signature: Option<[u8; 64]>,
+        direct: bool,
     ) {
         let Some(map) = self.seen.get_mut(signer.as_usize()) else {
             return;
         };
-        map.insert(seq.get(), SeenEnvelope { hash, signature });
+        map.insert(
+            seq.get(),
+            SeenEnvelope {
+                hash,
+                signature,
+                direct,
+            },
+        );
         let highest = map.keys().next_back().copied().unwrap_or(0);
         let floor = highest.saturating_sub(self.replay_window);
         while map.first_key_value().is_some_and(|(&k, _)| k < floor) {

@@ -12,6 +12,7 @@
 //! equivocation and aborts the session, blaming that signer.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use musig2_core::{
     AggNonce, KeyAggContext, NonceGen, PartialSignature, PubNonce, SecNonce, SessionContext,
@@ -144,7 +145,10 @@ pub struct SessionMachine {
     ann: VerifiedAnnouncement,
     id: SessionId,
     me: SignerIndex,
-    keypair: Keypair,
+    keypair: Arc<Keypair>,
+    /// Whether our envelopes may be signed in batches (ADR 0016; see
+    /// [`VerifiedAnnouncement::fits_batch_auth`]).
+    batch_auth: bool,
     /// One key-aggregation context per message (each with that message's tweaks).
     key_aggs: Vec<KeyAggContext>,
     n: usize,
@@ -267,7 +271,27 @@ struct StarAggregate {
 #[derive(Debug, Clone, Copy)]
 struct SeenEnvelope {
     hash: [u8; 32],
-    signature: [u8; 64],
+    /// The signature that authenticated it; `None` for our own (signed later, ADR 0016: a copy
+    /// of ours is known by its hash).
+    signature: Option<[u8; 64]>,
+    /// Whether that signature covers this envelope alone; a batch signature covers several, so
+    /// an exact copy must also have the same hash.
+    direct: bool,
+}
+
+impl SeenEnvelope {
+    /// Whether `envelope` is exactly this one (same content and authentication, or our own
+    /// content), checked without verifying anything.
+    fn is_copy(&self, envelope: &SignedEnvelope) -> bool {
+        match self.signature {
+            None => self.hash == envelope.signing_hash(),
+            Some(signature) => {
+                let auth = envelope.auth();
+                *auth.signature() == signature
+                    && (self.direct && auth.is_direct() || self.hash == envelope.signing_hash())
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for SessionMachine {
@@ -353,10 +377,12 @@ impl SessionMachine {
                 .saturating_add(a.policy.timeouts.join_ms)
                 .saturating_add(a.policy.timeouts.session_ms),
         );
+        let batch_auth = ann.fits_batch_auth(config.limits.max_frame_bytes);
         Ok(SessionMachine {
             id,
             me,
-            keypair,
+            keypair: Arc::new(keypair),
+            batch_auth,
             key_aggs,
             n,
             topology: a.policy.topology,
@@ -528,7 +554,7 @@ impl SessionMachine {
         self.seen
             .get(header.signer.as_usize())
             .and_then(|m| m.get(&header.seq.get()))
-            .is_some_and(|s| s.signature == header.signature)
+            .is_some_and(|s| s.direct && s.signature == Some(header.signature))
     }
 
     /// The peer bound to signer `index`, if known.
@@ -727,10 +753,22 @@ impl SessionMachine {
         if self.persist && seq.get() >= self.reserved_seq {
             self.reserve_seq(seq.get());
         }
-        let env = Envelope::sign(self.id, self.me, seq, now_ms, body, &self.keypair);
-        // Our own entries serve only to drop copies of our envelopes relayed back (by their
-        // signature); no contradiction check ever runs on them, so no hash is needed.
-        self.remember(self.me, seq, [0; 32], *env.signature());
+        // Signed when the node sends or stores it, with whatever else it signs then (ADR 0016).
+        // What a star coordinator signs may go to every member, later: each copy would carry
+        // the path, so it is signed alone.
+        let batchable = self.batch_auth && !(self.is_star_coordinator() && self.n > 2);
+        let env = Envelope::sign_batchable(
+            self.id,
+            self.me,
+            seq,
+            now_ms,
+            body,
+            self.keypair.clone(),
+            batchable,
+        );
+        // Our own entries serve only to drop copies of our envelopes relayed back, known by
+        // their hash: their signature is not made yet.
+        self.remember(self.me, seq, env.signing_hash(), None, false);
         self.record(Record::Envelope(env.clone()));
         env
     }

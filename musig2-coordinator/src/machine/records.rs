@@ -94,12 +94,7 @@ impl SessionMachine {
                 .map_err(|e| unrestorable(format!("stored envelope: {e}")))?;
             let signer = verified.signer();
             m.replay[signer.as_usize()].record(verified.seq());
-            m.remember(
-                signer,
-                verified.seq(),
-                verified.signing_hash(),
-                *env.signature(),
-            );
+            m.remember_verified(&verified);
             if signer == m.me {
                 if matches!(verified.body(), Body::AggregateNonce { attempt, .. } if *attempt == m.attempt)
                 {
@@ -327,7 +322,10 @@ impl SessionMachine {
             .get(header.signer.as_usize())
             .and_then(Option::as_ref)
             .is_some_and(|(_, env)| {
-                env.envelope().seq() == header.seq && env.signature() == &header.signature
+                env.envelope().seq() == header.seq
+                    && env
+                        .sealed_auth()
+                        .is_some_and(|a| a.is_direct() && a.signature() == &header.signature)
             })
     }
 

@@ -879,6 +879,130 @@ fn a_reused_sequence_number_with_other_content_is_equivocation_even_when_stale_o
 }
 
 #[test]
+fn two_envelopes_under_one_batch_signature_with_one_sequence_number_are_equivocation() {
+    // A batch signature covers several envelopes (ADR 0016): sharing it does not make a second
+    // envelope under the same number a copy of the first.
+    let mut net = Net::new(3, Topology::Mesh, false);
+    let kp1 = std::sync::Arc::new(net.keypairs[1]);
+    let id = net.machines[0].session_id();
+    let batchable = |seq: u64, body: Body| {
+        Envelope::sign_batchable(
+            id,
+            idx(1),
+            SeqNo::new(seq).unwrap(),
+            T0,
+            body,
+            kp1.clone(),
+            true,
+        )
+    };
+    let join = batchable(
+        1,
+        Body::Join {
+            peer_id: PeerIdBytes::new(net.peers[1].to_bytes()).unwrap(),
+        },
+    );
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let nonce = |rng: &mut ChaCha20Rng| Body::Nonce {
+        attempt: Attempt::FIRST,
+        pub_nonces: vec![other_nonce(rng, &net.keypairs[1])],
+    };
+    let first = batchable(2, nonce(&mut rng));
+    let second = batchable(2, nonce(&mut rng));
+    SignedEnvelope::seal_batch([&join, &first, &second]);
+    assert!(!first.auth().is_direct());
+    assert_eq!(
+        first.signature(),
+        second.signature(),
+        "one signature for the batch"
+    );
+    assert_eq!(join.signature(), first.signature());
+    let p1 = net.peers[1];
+    let m = &mut net.machines[0];
+    m.handle_envelope(p1, join.clone(), T0, &mut net.rng)
+        .expect("a batch-signed join verifies");
+    // The exact same envelope again is a copy, dropped unverified.
+    assert!(matches!(
+        m.handle_envelope(p1, join, T0, &mut net.rng),
+        Err(CoordinatorError::Duplicate { .. })
+    ));
+    m.handle_envelope(p1, first.clone(), T0, &mut net.rng)
+        .expect("the first nonce is taken");
+    assert!(matches!(
+        m.handle_envelope(p1, first, T0, &mut net.rng),
+        Err(CoordinatorError::Duplicate { .. })
+    ));
+    m.handle_envelope(p1, second, T0, &mut net.rng)
+        .expect("the abort is an outcome, not a rejection");
+    assert_eq!(m.phase(), Phase::Aborted);
+    let (reason, blamed, _) = m.abort_outcome().unwrap();
+    assert_eq!((reason, blamed), (AbortReason::Equivocation, &[idx(1)][..]));
+}
+
+#[test]
+fn a_batch_path_from_another_envelope_or_a_tampered_one_is_a_bad_signature() {
+    let mut net = Net::new(3, Topology::Mesh, false);
+    let kp1 = std::sync::Arc::new(net.keypairs[1]);
+    let id = net.machines[0].session_id();
+    let join = Envelope::sign_batchable(
+        id,
+        idx(1),
+        SeqNo::new(1).unwrap(),
+        T0,
+        Body::Join {
+            peer_id: PeerIdBytes::new(net.peers[1].to_bytes()).unwrap(),
+        },
+        kp1.clone(),
+        true,
+    );
+    let other = Envelope::sign_batchable(
+        id,
+        idx(1),
+        SeqNo::new(2).unwrap(),
+        T0,
+        Body::Abort {
+            reason: AbortReason::Cancelled,
+            blamed: None,
+        },
+        kp1,
+        true,
+    );
+    SignedEnvelope::seal_batch([&join, &other]);
+    let p1 = net.peers[1];
+    // The join's content with the abort's path.
+    let stolen = SignedEnvelope::from_parts(join.envelope().clone(), other.auth().clone());
+    let m = &mut net.machines[0];
+    let refused = m.handle_envelope(p1, stolen, T0, &mut net.rng);
+    assert!(
+        matches!(
+            refused,
+            Err(CoordinatorError::InvalidMessage {
+                source: ProtoError::BadEnvelopeSignature { .. },
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let auth = join.auth();
+    let mut path = auth.path().to_vec();
+    path[0][3] ^= 1;
+    let tampered = SignedEnvelope::from_parts(
+        join.envelope().clone(),
+        musig2_proto::Auth::batch(path, auth.index(), *auth.signature()),
+    );
+    assert!(matches!(
+        m.handle_envelope(p1, tampered, T0, &mut net.rng),
+        Err(CoordinatorError::InvalidMessage {
+            source: ProtoError::BadEnvelopeSignature { .. },
+            ..
+        })
+    ));
+    assert!(!m.phase().is_terminal(), "a forgery ends nothing");
+    m.handle_envelope(p1, join, T0, &mut net.rng)
+        .expect("the real one still verifies");
+}
+
+#[test]
 fn a_star_coordinator_cannot_finish_with_a_bad_signature() {
     let mut net = Net::new(3, Topology::Star, false);
     net.join_all();

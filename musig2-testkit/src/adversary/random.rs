@@ -700,7 +700,7 @@ impl Actor {
                     timestamp_ms: ts,
                     attempt: *attempt,
                     pub_nonces: vec![fresh],
-                    signature: *signed.signature(),
+                    auth: signed.auth().clone(),
                 };
                 Body::AggregateNonce {
                     attempt: *attempt,

@@ -1,0 +1,241 @@
+//! Batch authentication (ADR 0016): envelopes signed together under one signature over a Merkle
+//! root, each carrying its path, verify exactly like directly signed ones on the wire, in nonce
+//! sets and under tampering.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use musig2_proto::{
+    Auth, Body, Envelope, Frame, Limits, MAX_AUTH_DEPTH, MAX_BATCH_LEAVES, ProtoError,
+    SignedEnvelope, Topology, VerifiedEnvelope, decode_frame,
+};
+
+fn batch_of(
+    a: &musig2_proto::VerifiedAnnouncement,
+    signer: u16,
+    count: u64,
+    batchable: bool,
+) -> Vec<SignedEnvelope> {
+    let kp = Arc::new(keypair(usize::from(signer)));
+    (1..=count)
+        .map(|s| {
+            Envelope::sign_batchable(
+                a.session_id(),
+                idx(signer),
+                seq(s),
+                NOW,
+                Body::Nonce {
+                    attempt: attempt(0),
+                    pub_nonces: vec![pub_nonce(u8::try_from(s % 200).expect("fits"))],
+                },
+                kp.clone(),
+                batchable,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn batch_signed_envelopes_roundtrip_and_verify_and_each_batch_costs_one_signature() {
+    let a = verified(3, Topology::Mesh);
+    let limits = Limits::default();
+    let count = u64::try_from(MAX_BATCH_LEAVES + 3).expect("fits");
+    let envs = batch_of(&a, 1, count, true);
+    assert!(envs.iter().all(|e| e.sealed_auth().is_none()), "pending");
+    SignedEnvelope::seal_batch(&envs);
+    let signatures: std::collections::HashSet<[u8; 64]> =
+        envs.iter().map(|e| *e.signature()).collect();
+    assert_eq!(
+        signatures.len(),
+        2,
+        "64 under one signature, 3 under another"
+    );
+    for e in &envs {
+        let auth = e.sealed_auth().expect("sealed");
+        assert!(!auth.is_direct());
+        assert!(auth.path().len() <= MAX_AUTH_DEPTH);
+        let bytes = e.to_frame_bytes();
+        let decoded = SignedEnvelope::decode(&bytes, &limits).expect("decodes");
+        assert_eq!(&decoded, e);
+        let verified = decoded.verify(&a).expect("verifies");
+        assert_eq!(verified.signing_hash(), e.envelope().signing_hash());
+    }
+    // Under another signer's index, no envelope of the batch verifies.
+    let claimed = SignedEnvelope::from_parts(
+        Envelope::sign(a.session_id(), idx(2), seq(1), NOW, psig(), &keypair(2))
+            .envelope()
+            .clone(),
+        envs[0].auth().clone(),
+    );
+    assert!(matches!(
+        claimed.verify(&a),
+        Err(ProtoError::BadEnvelopeSignature { .. })
+    ));
+}
+
+fn psig() -> Body {
+    Body::PartialSig {
+        attempt: attempt(0),
+        partial_sigs: vec![musig2_proto::PartialSigBytes::from_bytes([3; 32]).expect("ok")],
+        aggregate: None,
+    }
+}
+
+#[test]
+fn every_single_byte_change_of_a_batch_signed_envelope_is_rejected() {
+    let a = verified(3, Topology::Mesh);
+    let limits = Limits::default();
+    let envs = batch_of(&a, 2, 5, true);
+    SignedEnvelope::seal_batch(&envs);
+    let bytes = envs[3].to_frame_bytes();
+    assert_eq!(envs[3].auth().path().len(), 3);
+    for i in 0..bytes.len() {
+        let mut b = bytes.clone();
+        b[i] ^= 0x01;
+        if let Ok(Frame::Envelope(e)) = decode_frame(&b, &limits) {
+            assert!(e.verify(&a).is_err(), "byte {i} flipped still verifies");
+        }
+    }
+}
+
+#[test]
+fn paths_past_the_depth_limit_or_indexes_past_the_path_are_refused_when_decoding() {
+    let a = verified(2, Topology::Mesh);
+    let limits = Limits::default();
+    let e = envelope(&a, 1, 1, psig());
+    let deep = SignedEnvelope::from_parts(
+        e.envelope().clone(),
+        Auth::batch(vec![[9; 32]; MAX_AUTH_DEPTH + 1], 0, *e.signature()),
+    );
+    assert!(matches!(
+        decode_frame(&deep.to_frame_bytes(), &limits),
+        Err(ProtoError::LimitExceeded { .. })
+    ));
+    let past = SignedEnvelope::from_parts(
+        e.envelope().clone(),
+        Auth::batch(vec![[9; 32]; 2], 4, *e.signature()),
+    );
+    assert!(matches!(
+        decode_frame(&past.to_frame_bytes(), &limits),
+        Err(ProtoError::OutOfRange { .. })
+    ));
+    let direct_with_index = SignedEnvelope::from_parts(
+        e.envelope().clone(),
+        Auth::batch(Vec::new(), 1, *e.signature()),
+    );
+    assert!(matches!(
+        decode_frame(&direct_with_index.to_frame_bytes(), &limits),
+        Err(ProtoError::OutOfRange { .. })
+    ));
+}
+
+#[test]
+fn a_pending_envelope_signs_itself_alone_when_first_needed_and_its_copies_agree() {
+    let a = verified(2, Topology::Mesh);
+    let limits = Limits::default();
+    let envs = batch_of(&a, 1, 2, true);
+    let copy = envs[0].clone();
+    assert_eq!(copy, envs[0], "copies of one pending envelope are equal");
+    // Encoding signs it (alone: nothing sealed it).
+    let bytes = envs[0].to_frame_bytes();
+    assert!(copy.auth().is_direct());
+    assert_eq!(
+        copy.to_frame_bytes(),
+        bytes,
+        "the copy shares the signature"
+    );
+    SignedEnvelope::decode(&bytes, &limits)
+        .expect("decodes")
+        .verify(&a)
+        .expect("verifies");
+    // Sealing later leaves a signed envelope alone and signs the rest (one left: alone).
+    SignedEnvelope::seal_batch(&envs);
+    assert_eq!(envs[0].to_frame_bytes(), bytes);
+    assert!(envs[1].auth().is_direct());
+    // Not batchable: always alone.
+    let alone = batch_of(&a, 1, 3, false);
+    SignedEnvelope::seal_batch(&alone);
+    assert!(alone.iter().all(|e| e.auth().is_direct()));
+}
+
+#[test]
+fn a_star_nonce_set_of_batch_signed_nonces_verifies_and_a_swapped_path_does_not() {
+    let a = verified(3, Topology::Star);
+    // Each signer's nonce signed in a batch with two other envelopes of its own.
+    let nonces: Vec<VerifiedEnvelope> = (0..3u16)
+        .map(|i| {
+            let kp = Arc::new(keypair(usize::from(i)));
+            let mk = |s: u64, body: Body| {
+                Envelope::sign_batchable(
+                    a.session_id(),
+                    idx(i),
+                    seq(s),
+                    NOW,
+                    body,
+                    kp.clone(),
+                    true,
+                )
+            };
+            let nonce = mk(
+                2,
+                Body::Nonce {
+                    attempt: attempt(0),
+                    pub_nonces: vec![pub_nonce(u8::try_from(i + 1).expect("fits"))],
+                },
+            );
+            let others = [
+                mk(
+                    1,
+                    Body::Join {
+                        peer_id: peer(u8::try_from(i).expect("fits")),
+                    },
+                ),
+                mk(3, psig()),
+            ];
+            SignedEnvelope::seal_batch([&nonce, &others[0], &others[1]]);
+            assert!(!nonce.auth().is_direct());
+            nonce.verify(&a).expect("nonce verifies")
+        })
+        .collect();
+    let (agg, set) = Body::aggregate_nonce(&a, attempt(0), &nonces).expect("aggregate");
+    let Body::NonceSet {
+        nonces: relayed, ..
+    } = &set
+    else {
+        panic!("a nonce set");
+    };
+    assert!(relayed.iter().all(|sn| !sn.auth.is_direct()));
+    let limits = Limits::default();
+    let set_env = envelope(&a, 0, 10, set.clone());
+    let decoded = SignedEnvelope::decode(&set_env.to_frame_bytes(), &limits).expect("decodes");
+    decoded
+        .verify(&a)
+        .expect("a nonce set of batch-signed nonces verifies");
+    envelope(&a, 0, 9, agg)
+        .verify(&a)
+        .expect("aggregate verifies");
+    // Signer 1's nonce with signer 2's authentication: forged.
+    let Body::NonceSet {
+        attempt: at,
+        nonces: mut swapped,
+    } = set
+    else {
+        unreachable!()
+    };
+    swapped[1].auth = swapped[2].auth.clone();
+    let forged = envelope(
+        &a,
+        0,
+        11,
+        Body::NonceSet {
+            attempt: at,
+            nonces: swapped,
+        },
+    );
+    assert!(matches!(
+        forged.verify(&a),
+        Err(ProtoError::RelayedNonceForged { .. })
+    ));
+}
