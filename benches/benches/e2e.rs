@@ -1323,9 +1323,19 @@ fn memory_benches(quick: bool) {
     let mut cpus = vec![Vec::new(); configs.len()];
     let mut ratio_core = vec![Vec::new(); configs.len()];
     let mut ratio_proto = vec![Vec::new(); configs.len()];
+    // E2E_NO_FLOOR=1 runs the nodes only (for profiling them; the ratios are then meaningless).
+    let floors = std::env::var_os("E2E_NO_FLOOR").is_none();
     for _ in 0..repeats {
-        let (core_rate, core_cpu) = floor_rate(floor_core, 2000);
-        let (proto_rate, proto_cpu) = floor_rate(floor_protocol, 600);
+        let (core_rate, core_cpu) = if floors {
+            floor_rate(floor_core, 2000)
+        } else {
+            (1.0, Duration::ZERO)
+        };
+        let (proto_rate, proto_cpu) = if floors {
+            floor_rate(floor_protocol, 600)
+        } else {
+            (1.0, Duration::ZERO)
+        };
         floor_core_rates.push(core_rate);
         floor_proto_rates.push(proto_rate);
         floor_core_cpu.push(core_cpu);

@@ -470,8 +470,8 @@ impl Node {
             expires_at_ms: now.saturating_add(session_ms),
             document_digest: request.document_digest,
         };
-        let signed = announcement.sign(&self.keypair, &self.config.limits)?;
-        let verified = signed.verify(now, &self.config.limits)?;
+        let verified = announcement.sign_verified(&self.keypair, now, &self.config.limits)?;
+        let signed = verified.signed().clone();
         let id = verified.session_id();
         let ttl = Duration::from_millis(session_ms);
         let insert = self.call(|reply| Command::Insert {
@@ -945,10 +945,19 @@ impl Staged {
 /// several peers is signed alone (when first encoded): each of them would carry the path, and
 /// its one signature is already shared by all of them.
 fn seal_staged(staged: &Staged) -> musig2_proto::Sealed {
-    let mut fan_out: HashMap<[u8; 32], usize> = HashMap::new();
-    for (_, _, envelopes) in &staged.sends {
+    // The one peer each pending envelope goes to, or `None` once it goes to a second one (a
+    // nonce sent on its own and again with the partial signature goes to one peer).
+    let mut fan_out: HashMap<[u8; 32], Option<PeerId>> = HashMap::new();
+    for (_, peer, envelopes) in &staged.sends {
         for e in envelopes.iter().filter(|e| e.sealed_auth().is_none()) {
-            *fan_out.entry(e.signing_hash()).or_default() += 1;
+            fan_out
+                .entry(e.signing_hash())
+                .and_modify(|to| {
+                    if *to != Some(*peer) {
+                        *to = None;
+                    }
+                })
+                .or_insert(Some(*peer));
         }
     }
     let stored = staged
@@ -961,7 +970,7 @@ fn seal_staged(staged: &Staged) -> musig2_proto::Sealed {
         });
     let sent = staged.sends.iter().flat_map(|(_, _, envs)| envs);
     SignedEnvelope::seal_batch(stored.chain(sent).filter(|e| {
-        e.sealed_auth().is_none() && fan_out.get(&e.signing_hash()).is_none_or(|&n| n <= 1)
+        e.sealed_auth().is_none() && fan_out.get(&e.signing_hash()).is_none_or(Option::is_some)
     }))
 }
 

@@ -323,6 +323,24 @@ impl Announcement {
         self.sign_with_aux_rand(keypair, limits, &rand::random())
     }
 
+    /// Signs as the creator and returns the announcement verified, without checking the
+    /// signature just made with the creator's own key (its creator holds it verified at once):
+    /// every other check of [`SignedAnnouncement::verify`] runs at `now_ms`.
+    pub fn sign_verified(
+        self,
+        keypair: &Keypair,
+        now_ms: u64,
+        limits: &Limits,
+    ) -> Result<VerifiedAnnouncement, ProtoError> {
+        let signed = self.sign(keypair, limits)?;
+        let (session_id, x_only) = signed.check_unsigned(now_ms, limits)?;
+        Ok(VerifiedAnnouncement {
+            signed,
+            session_id,
+            x_only,
+        })
+    }
+
     /// Like [`Announcement::sign`] with caller-chosen auxiliary randomness (deterministic output,
     /// for test vectors).
     pub fn sign_with_aux_rand(
@@ -411,6 +429,27 @@ impl SignedAnnouncement {
                 supported: PROTOCOL_VERSION,
             });
         }
+        let (session_id, x_only) = self.check_unsigned(now_ms, limits)?;
+        let a = &self.announcement;
+        let msg = tagged(Tag::Announcement, session_id.as_bytes());
+        let sig = schnorr::Signature::from_byte_array(self.signature);
+        x_only[a.creator.as_usize()]
+            .verify(&msg, &sig)
+            .map_err(|_| ProtoError::BadAnnouncementSignature { creator: a.creator })?;
+        Ok(VerifiedAnnouncement {
+            signed: self.clone(),
+            session_id,
+            x_only,
+        })
+    }
+
+    /// Every check of [`SignedAnnouncement::verify`] but the signature's: the session id and
+    /// the signers' x-only keys.
+    fn check_unsigned(
+        &self,
+        now_ms: u64,
+        limits: &Limits,
+    ) -> Result<(SessionId, Vec<XOnlyPublicKey>), ProtoError> {
         let a = &self.announcement;
         a.validate(limits)?;
         if now_ms >= a.expires_at_ms {
@@ -431,16 +470,7 @@ impl SignedAnnouncement {
             .iter()
             .map(|s| s.key.x_only_public_key().0)
             .collect();
-        let msg = tagged(Tag::Announcement, session_id.as_bytes());
-        let sig = schnorr::Signature::from_byte_array(self.signature);
-        x_only[a.creator.as_usize()]
-            .verify(&msg, &sig)
-            .map_err(|_| ProtoError::BadAnnouncementSignature { creator: a.creator })?;
-        Ok(VerifiedAnnouncement {
-            signed: self.clone(),
-            session_id,
-            x_only,
-        })
+        Ok((session_id, x_only))
     }
 
     /// Like [`SignedAnnouncement::verify`], and also checks that the recomputed session id is

@@ -231,11 +231,16 @@ fn check_envelope(e: &SignedEnvelope) -> Result<(), ProtoError> {
     Ok(())
 }
 
+/// The buffer an encoding starts with.
+const ENCODE_CAPACITY: usize = 384;
+
 /// Canonical encoding of any protocol value (postcard).
 pub(crate) fn to_vec<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     // Serializing into a Vec cannot fail for this crate's types: they contain no maps of unknown
     // length and no types postcard rejects.
-    postcard::to_allocvec(value).unwrap_or_default()
+    // Most frames and signed fields are 100-400 bytes: start with room for them rather than
+    // growing the buffer a few bytes at a time.
+    postcard::to_extend(value, Vec::with_capacity(ENCODE_CAPACITY)).unwrap_or_default()
 }
 
 pub(crate) fn encode_frame(frame: FrameRef<'_>) -> Vec<u8> {

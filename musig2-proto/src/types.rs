@@ -585,6 +585,17 @@ impl PubNonceBytes {
     }
 }
 
+impl From<&musig2_core::PubNonce> for PubNonceBytes {
+    /// A nonce this process made: its points are known, nothing to decompress.
+    fn from(nonce: &musig2_core::PubNonce) -> Self {
+        let (r1, r2) = nonce.points();
+        PubNonceBytes {
+            bytes: nonce.to_bytes(),
+            points: [r1, r2],
+        }
+    }
+}
+
 impl Serialize for PubNonceBytes {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         byte_array::serialize(&self.bytes, serializer)

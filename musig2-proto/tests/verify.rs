@@ -117,6 +117,31 @@ fn envelope_for_another_session_is_rejected() {
 }
 
 #[test]
+fn sign_verified_holds_what_verify_would_and_refuses_what_verify_would() {
+    let limits = Limits::default();
+    let ann = announcement(3, Topology::Mesh);
+    let verified = ann
+        .clone()
+        .sign_verified(&keypair(0), NOW, &limits)
+        .expect("sign and hold verified");
+    let again = verified
+        .signed()
+        .verify(NOW, &limits)
+        .expect("its signature verifies");
+    assert_eq!(again.session_id(), verified.session_id());
+    assert_eq!(again.signer_keys(), verified.signer_keys());
+    assert_eq!(
+        ann.clone().sign_verified(&keypair(1), NOW, &limits).err(),
+        Some(ProtoError::KeyMismatch { signer: idx(0) })
+    );
+    let expired = ann.expires_at_ms;
+    assert!(matches!(
+        ann.sign_verified(&keypair(0), expired, &limits),
+        Err(ProtoError::Expired { .. })
+    ));
+}
+
+#[test]
 fn announcement_signed_by_non_creator_is_rejected() {
     let limits = Limits::default();
     let ann = announcement(3, Topology::Mesh);

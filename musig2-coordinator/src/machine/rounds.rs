@@ -92,12 +92,8 @@ impl SessionMachine {
                     return;
                 }
             };
-            let Ok(bytes) = PubNonceBytes::from_bytes(pubnonce.to_bytes()) else {
-                self.abort(now_ms, AbortReason::Internal, Vec::new(), out);
-                return;
-            };
             secnonces.push(secnonce);
-            nonce_bytes.push(bytes);
+            nonce_bytes.push(PubNonceBytes::from(&pubnonce));
         }
         self.secnonces = secnonces;
         // With announced peers round 1 can start before everyone joined; a signer's first
