@@ -611,3 +611,39 @@ async fn many_sessions_in_flight_are_signed_in_batches_and_stay_verifiable_evide
         "the transcripts hold batch-signed envelopes"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_signer_that_dropped_the_creators_commitment_before_joining_is_not_blamed() {
+    // Twelve sessions announced at once to a node that holds 8 un-joined sessions per creator:
+    // it drops the oldest announcements, and with them the creator's early nonce commitments.
+    // It joins those sessions late (through the DHT); the creator's reveal then carries the
+    // creator's own commitment, so nobody waits for it and no honest signer is blamed.
+    let c = cluster(2, 91);
+    assert_eq!(Config::default().max_unjoined_per_creator, 8);
+    let mut ids = Vec::new();
+    for i in 0..12u32 {
+        let message = format!("late joiner {i}").into_bytes();
+        let id = c.nodes[0]
+            .create_session(c.request(&message, Topology::Mesh, true, true))
+            .await
+            .expect("create");
+        ids.push((id, message));
+    }
+    let joins = ids.iter().map(|(id, _)| c.nodes[1].join_session(*id));
+    for joined in futures::future::join_all(joins).await {
+        joined.expect("join");
+    }
+    assert!(
+        c.nodes[0].stats().dht_puts > 0,
+        "some joins needed the DHT: their announcement had been dropped"
+    );
+    for (id, message) in &ids {
+        let mut sigs = Vec::new();
+        for node in &c.nodes {
+            sigs.push(single(
+                node.wait_for_signatures(*id).await.expect("signature"),
+            ));
+        }
+        verify_all(&sigs, message, &c.aggregate_key(*id).await);
+    }
+}

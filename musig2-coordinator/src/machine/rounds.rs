@@ -154,9 +154,10 @@ impl SessionMachine {
         }
         self.nonces[self.me.as_usize()] = Some((nonces, env.clone()));
         match self.topology {
-            // Each reveal travels with the commitments it was made after: a signer whose
-            // commitment reached only some of us cannot leave the others stuck in round 0 (and
-            // blamed by those who moved on), and two commitments from one signer are caught.
+            // Each reveal travels with the commitments it was made after, ours included: a
+            // signer whose commitment reached only some of us (or ours, only some of them: a
+            // peer that dropped it before it joined) cannot leave the others stuck in round 0
+            // (and blamed by those who moved on), and two commitments from one signer are caught.
             Topology::Mesh if self.commit_round => {
                 for k in self.others().collect::<Vec<_>>() {
                     let mut batch: Vec<SignedEnvelope> = self
@@ -164,10 +165,7 @@ impl SessionMachine {
                         .iter()
                         .flatten()
                         .map(|(_, e)| e)
-                        .filter(|e| {
-                            let author = e.envelope().signer();
-                            author != k && author != self.me
-                        })
+                        .filter(|e| e.envelope().signer() != k)
                         .cloned()
                         .collect();
                     batch.push(env.clone());
