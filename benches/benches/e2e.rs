@@ -15,6 +15,8 @@
 //! E2E_PART=libp2p (or memory, costs, durable, groupcommit, failover, psbt, many, big) cargo bench -p musig2-benches --bench e2e   # one part only
 //! E2E_PART=libp2p E2E_N=10 cargo bench -p musig2-benches --bench e2e     # one network size
 //! E2E_PART=libp2p E2E_N=10 E2E_TOPO=star E2E_COMMIT=off cargo bench ...   # one scenario
+//! E2E_PART=memory E2E_VERBOSE=1 ...   # also each node's batch-signing counts (ADR 0016)
+//! E2E_PART=memory E2E_NO_FLOOR=1 ...  # the nodes only, no floors (for profiling them)
 //! ```
 //!
 //! * Durable stores (`E2E_PART=durable`): the same sessions with every node on a `RedbStore`
