@@ -1707,8 +1707,11 @@ impl Actor {
             // Announcements cost a decode, a signature and a key aggregation per signer: their
             // bytes are budgeted per peer and overall before any of that. An oversized frame is
             // refused undecoded below and spends nobody's budget (ADR 0012).
+            // Dropped, and not an offence: refusing it cost a byte and a bucket, and an honest
+            // creator running many sessions goes over the budget too (blocking it would fail
+            // every session it has with us). A flood is the transport's rate limit's business.
             tracing::debug!(%from, "announcement over budget");
-            self.light_offence(from, "announcements over budget").await;
+            self.stats.rejected("announcement_over_budget");
             return;
         }
         let frame = match decode_frame(&bytes, &self.config.limits) {

@@ -647,3 +647,41 @@ async fn a_signer_that_dropped_the_creators_commitment_before_joining_is_not_bla
         verify_all(&sigs, message, &c.aggregate_key(*id).await);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_creator_over_the_announcement_budget_is_not_blocked() {
+    // An honest creator running many sessions goes over a peer's announcement budget: its
+    // announcements are dropped there (it must be found in the DHT), but it is no offence, so
+    // the creator is not blocked and its other sessions with that peer go on.
+    let config = Config {
+        announcement_bytes_per_peer_per_sec: 1024,
+        ..test_config()
+    };
+    let c = cluster_with(2, 97, config);
+    let blocking_needs = Config::default().max_peer_offences as usize * 8;
+    for i in 0..blocking_needs + 20 {
+        let message = format!("burst {i}").into_bytes();
+        c.nodes[0]
+            .create_session(c.request(&message, Topology::Mesh, false, true))
+            .await
+            .expect("create");
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stats = c.nodes[1].stats();
+    assert_eq!(stats.peers_blocked, 0, "the creator is not blocked");
+    assert!(
+        stats
+            .rejected
+            .get("announcement_over_budget")
+            .copied()
+            .unwrap_or(0)
+            > blocking_needs as u64,
+        "{:?}",
+        stats.rejected
+    );
+    // Later, within budget, a session between them signs.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    c.sign(c.request(b"after the burst", Topology::Mesh, false, true))
+        .await;
+    assert_eq!(c.nodes[1].stats().peers_blocked, 0);
+}
