@@ -331,7 +331,7 @@ impl Node {
         // Unfinished sessions created here whose DHT put may not have happened before the
         // restart: scheduled again (ADR 0013), so a signer that missed its direct copy can
         // still find them.
-        let deferred_puts: Vec<(SessionId, Vec<u8>, u64)> = match config.dht_announce {
+        let deferred_puts: Vec<(SessionId, SignedAnnouncement, u64)> = match config.dht_announce {
             DhtAnnounce::IfNotJoinedWithin(_) => stored
                 .iter()
                 .filter(|s| s.outcome.is_none())
@@ -341,7 +341,7 @@ impl Node {
                     let all_listed = ann.signers.iter().all(|x| x.peer_id.is_some());
                     (ours && all_listed).then(|| {
                         let id = s.announcement.session_id();
-                        (id, s.announcement.to_frame_bytes(), ann.expires_at_ms)
+                        (id, s.announcement.clone(), ann.expires_at_ms)
                     })
                 })
                 .collect(),
@@ -363,13 +363,13 @@ impl Node {
         };
         if let DhtAnnounce::IfNotJoinedWithin(after) = node.config.dht_announce {
             let now = node.clock.now_ms();
-            for (id, value, expires_at_ms) in deferred_puts {
+            for (id, signed, expires_at_ms) in deferred_puts {
                 let ttl = Duration::from_millis(expires_at_ms.saturating_sub(now));
                 if ttl.is_zero() {
                     continue;
                 }
                 let handle = node.clone();
-                tokio::spawn(async move { handle.put_unless_joined(id, value, ttl, after).await });
+                tokio::spawn(async move { handle.put_unless_joined(id, signed, ttl, after).await });
             }
         }
         node
@@ -470,7 +470,20 @@ impl Node {
             expires_at_ms: now.saturating_add(session_ms),
             document_digest: request.document_digest,
         };
-        let verified = announcement.sign_verified(&self.keypair, now, &self.config.limits)?;
+        // A signer whose peer is listed receives the announcement directly; one that is not
+        // can only find it in the DHT.
+        let all_listed = announcement.signers.iter().all(|s| s.peer_id.is_some());
+        let deferred_put = match self.config.dht_announce {
+            DhtAnnounce::IfNotJoinedWithin(after) if all_listed => Some(after),
+            _ => None,
+        };
+        // Sent directly only (the DHT put, if ever, comes later): the node task may sign it in
+        // one batch with what else it sends (ADR 0017). A put now needs its signature now.
+        let verified = if deferred_put.is_some() {
+            announcement.sign_batchable(Arc::new(self.keypair), now, &self.config.limits)?
+        } else {
+            announcement.sign_verified(&self.keypair, now, &self.config.limits)?
+        };
         let signed = verified.signed().clone();
         let id = verified.session_id();
         let ttl = Duration::from_millis(session_ms);
@@ -479,20 +492,10 @@ impl Node {
             created_here: true,
             reply,
         });
-        // A signer whose peer is listed receives the announcement directly; one that is not
-        // can only find it in the DHT.
-        let all_listed = signed
-            .announcement()
-            .signers
-            .iter()
-            .all(|s| s.peer_id.is_some());
-        if let (DhtAnnounce::IfNotJoinedWithin(after), true) =
-            (self.config.dht_announce, all_listed)
-        {
+        if let Some(after) = deferred_put {
             insert.await??;
             let node = self.clone();
-            let value = signed.to_frame_bytes();
-            tokio::spawn(async move { node.put_unless_joined(id, value, ttl, after).await });
+            tokio::spawn(async move { node.put_unless_joined(id, signed, ttl, after).await });
             let _ = self.events.send(Event::SessionAnnounced { session: id });
             return Ok(id);
         }
@@ -525,7 +528,7 @@ impl Node {
     async fn put_unless_joined(
         &self,
         id: SessionId,
-        value: Vec<u8>,
+        signed: SignedAnnouncement,
         ttl: Duration,
         after: Duration,
     ) {
@@ -538,6 +541,8 @@ impl Node {
         if !needed {
             return self.stats.dht_put(DhtPut::NotNeeded);
         }
+        // Encoded only now: by then the node task has signed it (alone or in a batch).
+        let value = signed.to_frame_bytes();
         match self.dht_put_with_retry(dht_key(&id), value, ttl).await {
             Ok(()) => self.stats.dht_put(DhtPut::Stored),
             // Too big for a record (ADR 0012): direct delivery is its only channel anyway.
@@ -919,6 +924,9 @@ struct Staged {
     /// Records the staged frames do not depend on: committed with `records` when there are
     /// some, else after the frames are sent.
     later: Vec<Record>,
+    /// (session, announcement, peers): announcements created here, each sent to the listed
+    /// peers before anything else of its session.
+    announcements: Vec<(SessionId, SignedAnnouncement, Vec<PeerId>)>,
     /// (session, peer, envelopes): one batch frame per entry (a batch holds one session).
     sends: Vec<(SessionId, PeerId, Vec<SignedEnvelope>)>,
     /// (session, peer, frame): final signatures, each in a frame of its own (ADR 0015).
@@ -933,6 +941,7 @@ impl Staged {
     fn is_empty(&self) -> bool {
         self.records.is_empty()
             && self.later.is_empty()
+            && self.announcements.is_empty()
             && self.sends.is_empty()
             && self.finals.is_empty()
             && self.events.is_empty()
@@ -941,9 +950,9 @@ impl Staged {
 }
 
 /// Signs what this node wrote since the last flush, before it is stored or sent: envelopes
-/// that go to one peer at most under one signature per batch (ADR 0016). An envelope sent to
-/// several peers is signed alone (when first encoded): each of them would carry the path, and
-/// its one signature is already shared by all of them.
+/// and announcements that go to one peer at most under one signature per batch (ADR 0016,
+/// ADR 0017). One sent to several peers is signed alone (when first encoded): each of them
+/// would carry the path, and its one signature is already shared by all of them.
 fn seal_staged(staged: &Staged) -> musig2_proto::Sealed {
     // The one peer each pending envelope goes to, or `None` once it goes to a second one (a
     // nonce sent on its own and again with the partial signature goes to one peer).
@@ -969,9 +978,18 @@ fn seal_staged(staged: &Staged) -> musig2_proto::Sealed {
             _ => None,
         });
     let sent = staged.sends.iter().flat_map(|(_, _, envs)| envs);
-    SignedEnvelope::seal_batch(stored.chain(sent).filter(|e| {
+    let mut batch = musig2_proto::Batch::new();
+    for (_, announcement, peers) in &staged.announcements {
+        if peers.len() <= 1 {
+            batch.add_announcement(announcement);
+        }
+    }
+    for e in stored.chain(sent).filter(|e| {
         e.sealed_auth().is_none() && fan_out.get(&e.signing_hash()).is_none_or(Option::is_some)
-    }))
+    }) {
+        batch.add_envelope(e);
+    }
+    batch.seal()
 }
 
 /// Where [`Node::discover_session`] found an announcement while it waited for the DHT.
@@ -1542,7 +1560,7 @@ impl Actor {
         } else {
             self.make_room_in_pool(&creator_key);
         }
-        let frame = created_here.then(|| Bytes::from(announcement.signed().to_frame_bytes()));
+        let created = created_here.then(|| announcement.signed().clone());
         let keys = announcement.signer_keys();
         let base = match self.key_agg_cache.get(&keys) {
             Some(ctx) => ctx.clone(),
@@ -1592,11 +1610,10 @@ impl Actor {
             }
         }
         self.sessions.insert(id, machine);
-        if let Some(frame) = frame {
+        if let Some(signed) = created {
             self.emit(Event::SessionCreated { session: id });
-            for peer in listed_peers {
-                self.send_frame(peer, frame.clone());
-            }
+            // Sent at the next flush, ahead of the session's envelopes.
+            self.staged.announcements.push((id, signed, listed_peers));
             if let Some(m) = self.sessions.get_mut(&id) {
                 let outputs = m.join(now, &mut self.rng);
                 self.process(outputs);
@@ -1943,6 +1960,12 @@ impl Actor {
             }
         }
         let later = std::mem::take(&mut staged.later);
+        for (_, announcement, peers) in std::mem::take(&mut staged.announcements) {
+            let frame = Bytes::from(announcement.to_frame_bytes());
+            for peer in peers {
+                self.send_frame(peer, frame.clone());
+            }
+        }
         let max_batch = self.config.limits.max_batch_entries.max(1);
         for (_, peer, envelopes) in std::mem::take(&mut staged.sends) {
             for chunk in envelopes.chunks(max_batch) {
@@ -1993,6 +2016,9 @@ impl Actor {
     fn commit_failed(&mut self, records: &[Record], error: &CoordinatorError, staged: &mut Staged) {
         let failed: HashSet<SessionId> = records.iter().map(Record::session_id).collect();
         tracing::error!(%error, sessions = failed.len(), "store commit failed: sending nothing of it");
+        staged
+            .announcements
+            .retain(|(session, _, _)| !failed.contains(session));
         staged
             .sends
             .retain(|(session, _, _)| !failed.contains(session));

@@ -553,8 +553,9 @@ async fn the_dht_holds_the_session_when_create_returns_if_a_peer_is_unlisted_or_
 
 #[tokio::test(start_paused = true)]
 async fn many_sessions_in_flight_are_signed_in_batches_and_stay_verifiable_evidence() {
-    // ADR 0016: a node signs what it sends at once under one signature per batch; every
-    // envelope keeps its path, so the transcripts still verify envelope by envelope.
+    // ADR 0016, ADR 0017: a node signs what it sends at once (envelopes and its announcements)
+    // under one signature per batch; each keeps its path, so the transcripts still verify
+    // piece by piece.
     // Node 1 holds every announcement until it joins (by default 8 per creator).
     let c = cluster_with(
         2,
@@ -588,6 +589,7 @@ async fn many_sessions_in_flight_are_signed_in_batches_and_stay_verifiable_evide
     }
     let limits = musig2_coordinator::TranscriptLimits::default();
     let mut batch_signed = 0;
+    let mut announcements = std::collections::HashSet::new();
     for node in &c.nodes {
         let stats = node.stats();
         assert!(
@@ -604,12 +606,20 @@ async fn many_sessions_in_flight_are_signed_in_batches_and_stay_verifiable_evide
                 .iter()
                 .filter(|e| !e.auth().is_direct())
                 .count();
+            // ADR 0017: the announcement went out in the creator's batch, and both nodes hold
+            // the same authentication for it.
+            assert!(
+                !transcript.announcement.auth().is_direct(),
+                "announcement batch-signed"
+            );
+            announcements.insert(transcript.announcement.auth().clone());
         }
     }
     assert!(
         batch_signed > 0,
         "the transcripts hold batch-signed envelopes"
     );
+    assert_eq!(announcements.len(), ids.len(), "one authentication each");
 }
 
 #[tokio::test(start_paused = true)]

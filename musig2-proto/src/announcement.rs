@@ -1,8 +1,11 @@
 //! Session announcements: who signs what, under which policy, until when.
 
-use secp256k1::{Keypair, PublicKey, XOnlyPublicKey, schnorr};
+use std::sync::Arc;
+
+use secp256k1::{Keypair, PublicKey, XOnlyPublicKey};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{Auth, AuthState};
 use crate::error::ProtoError;
 use crate::frame::{Frame, Limits, encode_frame};
 use crate::hash::{Tag, tagged};
@@ -341,6 +344,41 @@ impl Announcement {
         })
     }
 
+    /// Like [`Announcement::sign_verified`], with the signature made later (ADR 0017): by a
+    /// [`crate::Batch`] seal together with the creator's other pending envelopes and
+    /// announcements, or over the announcement alone the first time its authentication is
+    /// needed (encoding it, [`SignedAnnouncement::auth`], verifying it).
+    pub fn sign_batchable(
+        self,
+        keypair: Arc<Keypair>,
+        now_ms: u64,
+        limits: &Limits,
+    ) -> Result<VerifiedAnnouncement, ProtoError> {
+        self.check_signable(&keypair, limits)?;
+        let leaf = announcement_leaf(&self.session_id());
+        let signed = SignedAnnouncement {
+            version: PROTOCOL_VERSION,
+            announcement: self,
+            auth: AuthState::pending(leaf, keypair, true),
+        };
+        let (session_id, x_only) = signed.check_unsigned(now_ms, limits)?;
+        Ok(VerifiedAnnouncement {
+            signed,
+            session_id,
+            x_only,
+        })
+    }
+
+    fn check_signable(&self, keypair: &Keypair, limits: &Limits) -> Result<(), ProtoError> {
+        self.validate(limits)?;
+        if keypair.public_key() != self.signers[self.creator.as_usize()].key {
+            return Err(ProtoError::KeyMismatch {
+                signer: self.creator,
+            });
+        }
+        Ok(())
+    }
+
     /// Like [`Announcement::sign`] with caller-chosen auxiliary randomness (deterministic output,
     /// for test vectors).
     pub fn sign_with_aux_rand(
@@ -349,21 +387,21 @@ impl Announcement {
         limits: &Limits,
         aux_rand: &[u8; 32],
     ) -> Result<SignedAnnouncement, ProtoError> {
-        self.validate(limits)?;
-        if keypair.public_key() != self.signers[self.creator.as_usize()].key {
-            return Err(ProtoError::KeyMismatch {
-                signer: self.creator,
-            });
-        }
-        let id = self.session_id();
-        let msg = tagged(Tag::Announcement, id.as_bytes());
+        self.check_signable(keypair, limits)?;
+        let msg = announcement_leaf(&self.session_id());
         let signature = musig2_core::bip340_sign(&msg, keypair, aux_rand).to_byte_array();
         Ok(SignedAnnouncement {
             version: PROTOCOL_VERSION,
             announcement: self,
-            signature,
+            auth: AuthState::Ready(Auth::direct(signature)),
         })
     }
+}
+
+/// What the creator signs for an announcement: alone, this is the BIP340 message; in a batch,
+/// the leaf (ADR 0017).
+fn announcement_leaf(session_id: &SessionId) -> [u8; 32] {
+    tagged(Tag::Announcement, session_id.as_bytes())
 }
 
 fn session_id_of(version: u8, announcement: &Announcement) -> SessionId {
@@ -371,15 +409,56 @@ fn session_id_of(version: u8, announcement: &Announcement) -> SessionId {
     SessionId::from_hash(tagged(Tag::SessionId, &bytes))
 }
 
-/// An announcement with its creator's signature, as sent on the wire and stored in the DHT.
+/// An announcement with its creator's authentication (a BIP340 signature over it alone, or over
+/// the root of a batch with its path, ADR 0017), as sent on the wire and stored in the DHT.
 ///
 /// Not trusted until [`SignedAnnouncement::verify`] turns it into a [`VerifiedAnnouncement`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One made by [`Announcement::sign_batchable`] is signed when first sealed or encoded; its
+/// clones share that state.
+#[derive(Clone, Debug)]
 pub struct SignedAnnouncement {
     version: u8,
     announcement: Announcement,
-    #[serde(with = "byte_array")]
-    signature: [u8; 64],
+    auth: AuthState,
+}
+
+impl PartialEq for SignedAnnouncement {
+    fn eq(&self, other: &Self) -> bool {
+        self.version == other.version
+            && self.announcement == other.announcement
+            && self.auth.same_as(&other.auth)
+    }
+}
+
+impl Eq for SignedAnnouncement {}
+
+impl Serialize for SignedAnnouncement {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = serializer.serialize_struct("SignedAnnouncement", 3)?;
+        st.serialize_field("version", &self.version)?;
+        st.serialize_field("announcement", &self.announcement)?;
+        st.serialize_field("auth", self.auth.auth())?;
+        st.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for SignedAnnouncement {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename = "SignedAnnouncement")]
+        struct Wire {
+            version: u8,
+            announcement: Announcement,
+            auth: Auth,
+        }
+        let wire = Wire::deserialize(deserializer)?;
+        Ok(SignedAnnouncement {
+            version: wire.version,
+            announcement: wire.announcement,
+            auth: AuthState::Ready(wire.auth),
+        })
+    }
 }
 
 impl SignedAnnouncement {
@@ -393,9 +472,34 @@ impl SignedAnnouncement {
         &self.announcement
     }
 
-    /// The creator's BIP340 signature.
+    /// The creator's BIP340 signature (over the announcement, or over its batch's root),
+    /// signing first if it is still pending.
     pub fn signature(&self) -> &[u8; 64] {
-        &self.signature
+        self.auth.auth().signature()
+    }
+
+    /// An announcement of this protocol version with an authentication made elsewhere (e.g.
+    /// rebuilt from stored parts); nothing is checked until [`SignedAnnouncement::verify`].
+    pub fn from_parts(announcement: Announcement, auth: Auth) -> SignedAnnouncement {
+        SignedAnnouncement {
+            version: PROTOCOL_VERSION,
+            announcement,
+            auth: AuthState::Ready(auth),
+        }
+    }
+
+    /// The creator's authentication, signing the announcement alone first if still pending.
+    pub fn auth(&self) -> &Auth {
+        self.auth.auth()
+    }
+
+    /// The authentication if there is one yet (`None` while pending and not yet signed).
+    pub fn sealed_auth(&self) -> Option<&Auth> {
+        self.auth.sealed()
+    }
+
+    pub(crate) fn auth_state(&self) -> &AuthState {
+        &self.auth
     }
 
     /// Recomputes the session id from the content.
@@ -431,11 +535,12 @@ impl SignedAnnouncement {
         }
         let (session_id, x_only) = self.check_unsigned(now_ms, limits)?;
         let a = &self.announcement;
-        let msg = tagged(Tag::Announcement, session_id.as_bytes());
-        let sig = schnorr::Signature::from_byte_array(self.signature);
-        x_only[a.creator.as_usize()]
-            .verify(&msg, &sig)
-            .map_err(|_| ProtoError::BadAnnouncementSignature { creator: a.creator })?;
+        if !self.auth.auth().verifies(
+            &x_only[a.creator.as_usize()],
+            announcement_leaf(&session_id),
+        ) {
+            return Err(ProtoError::BadAnnouncementSignature { creator: a.creator });
+        }
         Ok(VerifiedAnnouncement {
             signed: self.clone(),
             session_id,

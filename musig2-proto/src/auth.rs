@@ -237,6 +237,119 @@ impl Pending {
     }
 }
 
+/// How a signed object (an envelope or an announcement) holds its authentication: made, or
+/// still to be made by a batch seal or on first use. Clones share a pending state, so every copy
+/// ends up with the same authentication.
+#[derive(Clone, Debug)]
+pub(crate) enum AuthState {
+    Ready(Auth),
+    Pending(Arc<Pending>),
+}
+
+impl AuthState {
+    pub(crate) fn pending(leaf: [u8; 32], keypair: Arc<Keypair>, batchable: bool) -> AuthState {
+        AuthState::Pending(Arc::new(Pending::new(leaf, keypair, batchable)))
+    }
+
+    /// The authentication, signing alone first if still pending.
+    pub(crate) fn auth(&self) -> &Auth {
+        match self {
+            AuthState::Ready(auth) => auth,
+            AuthState::Pending(p) => p.auth(),
+        }
+    }
+
+    /// The authentication if there is one yet.
+    pub(crate) fn sealed(&self) -> Option<&Auth> {
+        match self {
+            AuthState::Ready(auth) => Some(auth),
+            AuthState::Pending(p) => p.sealed(),
+        }
+    }
+
+    /// The pending state still waiting for a signature, if any.
+    pub(crate) fn unsealed(&self) -> Option<&Arc<Pending>> {
+        match self {
+            AuthState::Pending(p) if p.sealed().is_none() => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The signed leaf, when pending (it is recomputed from the content otherwise).
+    pub(crate) fn pending_leaf(&self) -> Option<[u8; 32]> {
+        match self {
+            AuthState::Pending(p) => Some(p.leaf()),
+            AuthState::Ready(_) => None,
+        }
+    }
+
+    /// Two copies of one pending object are equal; a pending object not yet signed equals no
+    /// signed one.
+    pub(crate) fn same_as(&self, other: &AuthState) -> bool {
+        match (self, other) {
+            (AuthState::Pending(a), AuthState::Pending(b)) if Arc::ptr_eq(a, b) => true,
+            _ => self.sealed() == other.sealed(),
+        }
+    }
+}
+
+/// Signed objects sealed together under one signature per author (ADR 0016, ADR 0017):
+/// envelopes and announcements whose authentication is still pending
+/// ([`crate::Envelope::sign_batchable`], [`crate::Announcement::sign_batchable`]). Objects
+/// already signed are skipped.
+#[derive(Default)]
+pub struct Batch<'a> {
+    pending: Vec<&'a Arc<Pending>>,
+}
+
+impl<'a> Batch<'a> {
+    /// An empty batch.
+    pub fn new() -> Batch<'a> {
+        Batch::default()
+    }
+
+    /// Adds an envelope (nothing if it is already signed).
+    pub fn add_envelope(&mut self, envelope: &'a crate::SignedEnvelope) -> &mut Self {
+        if let Some(p) = envelope.auth_state().unsealed() {
+            self.pending.push(p);
+        }
+        self
+    }
+
+    /// Adds an announcement (nothing if it is already signed).
+    pub fn add_announcement(&mut self, announcement: &'a crate::SignedAnnouncement) -> &mut Self {
+        if let Some(p) = announcement.auth_state().unsealed() {
+            self.pending.push(p);
+        }
+        self
+    }
+
+    /// Whether nothing in it waits for a signature.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Signs everything added: one BIP340 signature per author and per [`MAX_BATCH_LEAVES`]
+    /// objects, each carrying its path to the signed root; an object alone in its group, or
+    /// not batchable, is signed alone.
+    pub fn seal(self) -> Sealed {
+        self.seal_inner(None)
+    }
+
+    /// [`Batch::seal`] with fixed BIP340 auxiliary randomness (reproducible tests and examples;
+    /// nodes use fresh randomness).
+    pub fn seal_with_aux_rand(self, aux_rand: &[u8; 32]) -> Sealed {
+        self.seal_inner(Some(aux_rand))
+    }
+
+    fn seal_inner(self, aux_rand: Option<&[u8; 32]>) -> Sealed {
+        if self.pending.is_empty() {
+            return Sealed::default();
+        }
+        seal(&self.pending, aux_rand)
+    }
+}
+
 /// What one [`crate::SignedEnvelope::seal_batch`] signed in batches (envelopes signed alone are
 /// not counted).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::PROTOCOL_VERSION;
 use crate::announcement::{FrameRef, Topology, VerifiedAnnouncement};
-use crate::auth::{Auth, Pending, Sealed};
+use crate::auth::{Auth, AuthState, Batch, Sealed};
 use crate::error::ProtoError;
 use crate::frame::{Frame, Limits, encode_frame, to_vec};
 use crate::hash::{Tag, tagged};
@@ -503,7 +503,7 @@ impl Envelope {
         let leaf = envelope.signing_hash();
         SignedEnvelope {
             envelope,
-            auth: AuthState::Pending(Arc::new(Pending::new(leaf, keypair, batchable))),
+            auth: AuthState::pending(leaf, keypair, batchable),
         }
     }
 
@@ -580,21 +580,11 @@ pub struct SignedEnvelope {
     auth: AuthState,
 }
 
-#[derive(Clone, Debug)]
-enum AuthState {
-    Ready(Auth),
-    Pending(Arc<Pending>),
-}
-
 impl PartialEq for SignedEnvelope {
     /// Same fields and same authentication; two copies of one pending envelope are equal, and a
     /// pending envelope not yet signed equals no signed one.
     fn eq(&self, other: &Self) -> bool {
-        self.envelope == other.envelope
-            && match (&self.auth, &other.auth) {
-                (AuthState::Pending(a), AuthState::Pending(b)) if Arc::ptr_eq(a, b) => true,
-                _ => self.sealed_auth() == other.sealed_auth(),
-            }
+        self.envelope == other.envelope && self.auth.same_as(&other.auth)
     }
 }
 
@@ -642,18 +632,16 @@ impl SignedEnvelope {
 
     /// The authentication, signing this envelope alone first if it is still pending.
     pub fn auth(&self) -> &Auth {
-        match &self.auth {
-            AuthState::Ready(auth) => auth,
-            AuthState::Pending(p) => p.auth(),
-        }
+        self.auth.auth()
+    }
+
+    pub(crate) fn auth_state(&self) -> &AuthState {
+        &self.auth
     }
 
     /// The authentication if there is one yet (`None` for a pending envelope not yet signed).
     pub fn sealed_auth(&self) -> Option<&Auth> {
-        match &self.auth {
-            AuthState::Ready(auth) => Some(auth),
-            AuthState::Pending(p) => p.sealed(),
-        }
+        self.auth.sealed()
     }
 
     /// The BIP340 signature that authenticates it (over it alone, or over its batch's root),
@@ -664,10 +652,9 @@ impl SignedEnvelope {
 
     /// The signing hash ([`Envelope::signing_hash`]), without re-encoding a pending envelope.
     pub fn signing_hash(&self) -> [u8; 32] {
-        match &self.auth {
-            AuthState::Pending(p) => p.leaf(),
-            AuthState::Ready(_) => self.envelope.signing_hash(),
-        }
+        self.auth
+            .pending_leaf()
+            .unwrap_or_else(|| self.envelope.signing_hash())
     }
 
     /// Signs every still-pending envelope among `envelopes` (see [`Envelope::sign_batchable`]):
@@ -690,17 +677,14 @@ impl SignedEnvelope {
         envelopes: impl IntoIterator<Item = &'a SignedEnvelope>,
         aux: Option<&[u8; 32]>,
     ) -> Sealed {
-        let pending: Vec<&Arc<Pending>> = envelopes
-            .into_iter()
-            .filter_map(|e| match &e.auth {
-                AuthState::Pending(p) if p.sealed().is_none() => Some(p),
-                _ => None,
-            })
-            .collect();
-        if pending.is_empty() {
-            return Sealed::default();
+        let mut batch = Batch::new();
+        for e in envelopes {
+            batch.add_envelope(e);
         }
-        crate::auth::seal(&pending, aux)
+        match aux {
+            Some(aux) => batch.seal_with_aux_rand(aux),
+            None => batch.seal(),
+        }
     }
 
     /// Encodes as a complete frame.

@@ -162,6 +162,7 @@ pub fn decode_frame(bytes: &[u8], limits: &Limits) -> Result<Frame, ProtoError> 
     match &frame {
         Frame::Announcement(a) => {
             check_version(a.version())?;
+            a.auth().check_shape()?;
             a.announcement().validate(limits)?;
         }
         Frame::Envelope(e) => check_envelope(e)?,

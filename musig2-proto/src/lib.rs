@@ -89,7 +89,7 @@ pub use announcement::{
     Announcement, ElectionMethod, MessageToSign, Policy, ROUND_ENVELOPE_OVERHEAD,
     SignedAnnouncement, SignerInfo, Timeouts, Topology, VerifiedAnnouncement,
 };
-pub use auth::{Auth, MAX_AUTH_DEPTH, MAX_AUTH_PATH_BYTES, MAX_BATCH_LEAVES, Sealed};
+pub use auth::{Auth, Batch, MAX_AUTH_DEPTH, MAX_AUTH_PATH_BYTES, MAX_BATCH_LEAVES, Sealed};
 pub use envelope::{
     AbortReason, AggregateRef, Body, Envelope, MAX_RECEIPT_BYTES, NonceSetDigest, SignedEnvelope,
     SignedNonce, VerifiedEnvelope,
@@ -110,4 +110,4 @@ pub use types::{
 };
 
 /// The protocol version this crate speaks (first byte of every announcement and envelope).
-pub const PROTOCOL_VERSION: u8 = 6;
+pub const PROTOCOL_VERSION: u8 = 7;

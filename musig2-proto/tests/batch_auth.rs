@@ -239,3 +239,122 @@ fn a_star_nonce_set_of_batch_signed_nonces_verifies_and_a_swapped_path_does_not(
         Err(ProtoError::RelayedNonceForged { .. })
     ));
 }
+
+/// A creator's announcement and its Join, sealed in one batch (ADR 0017).
+fn announcement_with_join() -> (musig2_proto::VerifiedAnnouncement, SignedEnvelope) {
+    let kp = Arc::new(keypair(0));
+    let a = announcement(2, Topology::Mesh)
+        .sign_batchable(kp.clone(), NOW, &Limits::default())
+        .expect("sign");
+    let join = Envelope::sign_batchable(
+        a.session_id(),
+        idx(0),
+        seq(1),
+        NOW,
+        Body::Join { peer_id: peer(0) },
+        kp,
+        true,
+    );
+    assert!(a.signed().sealed_auth().is_none(), "pending until sealed");
+    let mut batch = musig2_proto::Batch::new();
+    batch.add_announcement(a.signed()).add_envelope(&join);
+    let sealed = batch.seal();
+    assert_eq!(sealed.batch_signatures, 1);
+    assert_eq!(sealed.batched_envelopes, 2);
+    (a, join)
+}
+
+#[test]
+fn an_announcement_batch_signed_with_an_envelope_verifies_alone_and_shares_one_signature() {
+    let limits = Limits::default();
+    let (a, join) = announcement_with_join();
+    let auth = a.signed().sealed_auth().expect("sealed").clone();
+    assert!(!auth.is_direct());
+    assert_eq!(auth.signature(), join.signature(), "one signature for both");
+    // What a joiner or the DHT gets verifies on its own, under the creator's key.
+    let bytes = a.signed().to_frame_bytes();
+    let decoded = musig2_proto::SignedAnnouncement::decode(&bytes, &limits).expect("decodes");
+    assert_eq!(&decoded, a.signed());
+    let verified = decoded.verify(NOW, &limits).expect("verifies");
+    assert_eq!(verified.session_id(), a.session_id());
+    join.verify(&verified).expect("the join verifies too");
+}
+
+#[test]
+fn a_batch_path_moved_between_an_announcement_and_an_envelope_or_tampered_does_not_verify() {
+    let limits = Limits::default();
+    let (a, join) = announcement_with_join();
+    let content = a.announcement().clone();
+    let bad = |auth: Auth| {
+        musig2_proto::SignedAnnouncement::from_parts(content.clone(), auth).verify(NOW, &limits)
+    };
+    // The Join's path (the other leaf) does not authenticate the announcement, nor the
+    // announcement's the Join: the leaves are tagged hashes of different kinds.
+    assert!(matches!(
+        bad(join.auth().clone()),
+        Err(ProtoError::BadAnnouncementSignature { creator }) if creator == idx(0)
+    ));
+    let swapped = SignedEnvelope::from_parts(join.envelope().clone(), a.signed().auth().clone());
+    assert!(matches!(
+        swapped.verify(&a),
+        Err(ProtoError::BadEnvelopeSignature { .. })
+    ));
+    // A flipped sibling, index or signature fails, even with the root verified (cached) before.
+    let good = a.signed().auth().clone();
+    let path = |p: &[[u8; 32]]| p.to_vec();
+    let mut sibling = path(good.path());
+    sibling[0][3] ^= 1;
+    assert!(bad(Auth::batch(sibling, good.index(), *good.signature())).is_err());
+    assert!(
+        bad(Auth::batch(
+            path(good.path()),
+            good.index() ^ 1,
+            *good.signature()
+        ))
+        .is_err()
+    );
+    let mut signature = *good.signature();
+    signature[9] ^= 1;
+    assert!(bad(Auth::batch(path(good.path()), good.index(), signature)).is_err());
+    // Another creator's key under the same path: refused (content signed by signer 1 instead).
+    let mut other = content.clone();
+    other.creator = idx(1);
+    assert!(matches!(
+        musig2_proto::SignedAnnouncement::from_parts(other, good.clone()).verify(NOW, &limits),
+        Err(ProtoError::BadAnnouncementSignature { .. })
+    ));
+    // The genuine one still verifies.
+    assert!(bad(good).is_ok());
+}
+
+#[test]
+fn an_announcement_path_deeper_than_the_limit_is_refused_when_decoding() {
+    let limits = Limits::default();
+    let deep = musig2_proto::SignedAnnouncement::from_parts(
+        announcement(2, Topology::Mesh),
+        Auth::batch(vec![[1; 32]; MAX_AUTH_DEPTH + 1], 0, [2; 64]),
+    );
+    assert!(matches!(
+        decode_frame(&deep.to_frame_bytes(), &limits),
+        Err(ProtoError::LimitExceeded { .. })
+    ));
+    let wide_index = musig2_proto::SignedAnnouncement::from_parts(
+        announcement(2, Topology::Mesh),
+        Auth::batch(vec![[1; 32]; 2], 4, [2; 64]),
+    );
+    assert!(matches!(
+        decode_frame(&wide_index.to_frame_bytes(), &limits),
+        Err(ProtoError::OutOfRange { .. })
+    ));
+    // Unsealed and never batched: signed alone on first use, and verifies.
+    let alone = announcement(2, Topology::Mesh)
+        .sign_batchable(Arc::new(keypair(0)), NOW, &Limits::default())
+        .expect("sign");
+    let frame = alone.signed().to_frame_bytes();
+    assert!(alone.signed().auth().is_direct());
+    assert!(matches!(
+        decode_frame(&frame, &limits),
+        Ok(Frame::Announcement(_))
+    ));
+    alone.signed().verify(NOW, &limits).expect("verifies");
+}

@@ -190,6 +190,37 @@ fn examples() -> Vec<Example> {
         "Restart from signer 1, seq 21, batch-signed with seqs 20 and 22 (ADR 0016): path of 2, index 1",
         pending[1].to_frame_bytes(),
     ));
+    // An announcement batch-signed with an envelope of its creator (ADR 0017): path of 1.
+    let kp0 = std::sync::Arc::new(keypair(0));
+    let mut mesh = announcement(2, Topology::Mesh);
+    mesh.salt = [0x66; 32];
+    let batched = mesh
+        .sign_batchable(kp0.clone(), NOW, &Limits::default())
+        .expect("sign announcement");
+    let join = musig2_proto::Envelope::sign_batchable(
+        batched.session_id(),
+        idx(0),
+        seq(1),
+        NOW,
+        Body::Join { peer_id: peer(0) },
+        kp0,
+        true,
+    );
+    let mut both = musig2_proto::Batch::new();
+    both.add_announcement(batched.signed()).add_envelope(&join);
+    both.seal_with_aux_rand(&[0x45; 32]);
+    let ann_bytes = batched.signed().to_frame_bytes();
+    let decoded =
+        musig2_proto::SignedAnnouncement::decode(&ann_bytes, &Limits::default()).expect("decode");
+    let again = decoded
+        .verify(NOW, &Limits::default())
+        .expect("batch-signed announcement verifies");
+    join.verify(&again).expect("its batch companion verifies");
+    out.push(frame(
+        "announcement_batch_signed",
+        "announcement frame, 2 signers, mesh, batch-signed with the creator's Join (ADR 0017): path of 1, index 0",
+        ann_bytes,
+    ));
     out.push(frame(
         "final_signatures",
         "Final signatures (unsigned, ADR 0015): one 64-byte signature, attempt 0",
@@ -260,7 +291,9 @@ fn wire_encoding_is_pinned() {
         for e in &ex {
             let bytes = hex::decode(&e.hex).expect("hex");
             let targets: &[&str] = match e.name {
-                "announcement" => &["decode_frame", "decode_announcement"],
+                "announcement" | "announcement_batch_signed" => {
+                    &["decode_frame", "decode_announcement"]
+                }
                 "batch" | "final_signatures" => &["decode_frame"],
                 n if n.starts_with("env_") => {
                     &["decode_frame", "decode_envelope", "verify_resigned"]
@@ -371,7 +404,8 @@ fn encoded_sizes_are_as_documented() {
         .expect("sign")
         .to_frame_bytes()
         .len();
-    assert_eq!(bare, 4545);
+    // (+ 2: an empty batch path and its index, ADR 0017.)
+    assert_eq!(bare, 4547);
     // Worst case at default limits: 64-byte peer ids, 4 KiB message, 16 tweaks.
     let mut worst = announcement(128, Topology::Star);
     for signer in &mut worst.signers {
@@ -384,7 +418,7 @@ fn encoded_sizes_are_as_documented() {
         .sign(&keypair(0), &limits)
         .expect("sign")
         .to_frame_bytes();
-    assert_eq!(worst.len(), 17434, "documented in docs/bench-proto.md");
+    assert_eq!(worst.len(), 17436, "documented in docs/bench-proto.md");
     assert!(worst.len() <= limits.max_frame_bytes);
     assert!(decode_frame(&worst, &limits).is_ok());
 }
