@@ -225,6 +225,8 @@ pub struct Node {
     events: broadcast::Sender<Event>,
     transport: Arc<dyn Transport>,
     keypair: Keypair,
+    /// The same key, shared by the announcements waiting for their batch signature.
+    signing_key: Arc<Keypair>,
     config: Arc<Config>,
     clock: Clock,
     stats: Arc<crate::stats::NodeStats>,
@@ -357,6 +359,7 @@ impl Node {
             events,
             transport,
             keypair,
+            signing_key: Arc::new(keypair),
             config,
             clock,
             stats,
@@ -480,7 +483,7 @@ impl Node {
         // Sent directly only (the DHT put, if ever, comes later): the node task may sign it in
         // one batch with what else it sends (ADR 0017). A put now needs its signature now.
         let verified = if deferred_put.is_some() {
-            announcement.sign_batchable(Arc::new(self.keypair), now, &self.config.limits)?
+            announcement.sign_batchable(self.signing_key.clone(), now, &self.config.limits)?
         } else {
             announcement.sign_verified(&self.keypair, now, &self.config.limits)?
         };
