@@ -14,7 +14,8 @@ use crate::machine::SessionMachine;
 /// skipped (an entry counts only while it matches `scheduled`).
 #[derive(Default)]
 pub(crate) struct SessionTable {
-    sessions: HashMap<SessionId, SessionMachine>,
+    /// Boxed: a machine is a few KiB, and the map moves its values when it grows.
+    sessions: HashMap<SessionId, Box<SessionMachine>>,
     timers: BinaryHeap<Reverse<(u64, SessionId)>>,
     /// The deadline each session has in `timers` (the live entry).
     scheduled: HashMap<SessionId, u64>,
@@ -24,21 +25,21 @@ pub(crate) struct SessionTable {
 
 impl SessionTable {
     pub(crate) fn get(&self, id: &SessionId) -> Option<&SessionMachine> {
-        self.sessions.get(id)
+        self.sessions.get(id).map(|m| &**m)
     }
 
     pub(crate) fn get_mut(&mut self, id: &SessionId) -> Option<&mut SessionMachine> {
         let machine = self.sessions.get_mut(id)?;
         self.touched.push(*id);
-        Some(machine)
+        Some(&mut **machine)
     }
 
     pub(crate) fn insert(&mut self, id: SessionId, machine: SessionMachine) {
         self.touched.push(id);
-        self.sessions.insert(id, machine);
+        self.sessions.insert(id, Box::new(machine));
     }
 
-    pub(crate) fn remove(&mut self, id: &SessionId) -> Option<SessionMachine> {
+    pub(crate) fn remove(&mut self, id: &SessionId) -> Option<Box<SessionMachine>> {
         self.scheduled.remove(id);
         self.sessions.remove(id)
     }
@@ -52,20 +53,17 @@ impl SessionTable {
     }
 
     pub(crate) fn values(&self) -> impl Iterator<Item = &SessionMachine> {
-        self.sessions.values()
+        self.sessions.values().map(|m| &**m)
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&SessionId, &SessionMachine)> {
-        self.sessions.iter()
+        self.sessions.iter().map(|(id, m)| (id, &**m))
     }
 
     /// Reschedules the sessions changed since the last call.
     fn reschedule(&mut self) {
         for id in std::mem::take(&mut self.touched) {
-            let deadline = self
-                .sessions
-                .get(&id)
-                .and_then(SessionMachine::next_deadline);
+            let deadline = self.sessions.get(&id).and_then(|m| m.next_deadline());
             match deadline {
                 Some(d) if self.scheduled.get(&id) != Some(&d) => {
                     self.scheduled.insert(id, d);

@@ -1,6 +1,6 @@
 //! Session announcements: who signs what, under which policy, until when.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use secp256k1::{Keypair, PublicKey, XOnlyPublicKey};
 use serde::{Deserialize, Serialize};
@@ -355,11 +355,12 @@ impl Announcement {
         limits: &Limits,
     ) -> Result<VerifiedAnnouncement, ProtoError> {
         self.check_signable(&keypair, limits)?;
-        let leaf = announcement_leaf(&self.session_id());
+        let id = self.session_id();
         let signed = SignedAnnouncement {
             version: PROTOCOL_VERSION,
             announcement: self,
-            auth: AuthState::pending(leaf, keypair, true),
+            auth: AuthState::pending(announcement_leaf(&id), keypair, true),
+            id: OnceLock::from(id),
         };
         let (session_id, x_only) = signed.check_unsigned(now_ms, limits)?;
         Ok(VerifiedAnnouncement {
@@ -388,12 +389,14 @@ impl Announcement {
         aux_rand: &[u8; 32],
     ) -> Result<SignedAnnouncement, ProtoError> {
         self.check_signable(keypair, limits)?;
-        let msg = announcement_leaf(&self.session_id());
-        let signature = musig2_core::bip340_sign(&msg, keypair, aux_rand).to_byte_array();
+        let id = self.session_id();
+        let signature =
+            musig2_core::bip340_sign(&announcement_leaf(&id), keypair, aux_rand).to_byte_array();
         Ok(SignedAnnouncement {
             version: PROTOCOL_VERSION,
             announcement: self,
             auth: AuthState::Ready(Auth::direct(signature)),
+            id: OnceLock::from(id),
         })
     }
 }
@@ -420,6 +423,8 @@ pub struct SignedAnnouncement {
     version: u8,
     announcement: Announcement,
     auth: AuthState,
+    /// The session id, computed once (the fields never change after construction).
+    id: OnceLock<SessionId>,
 }
 
 impl PartialEq for SignedAnnouncement {
@@ -457,6 +462,7 @@ impl<'de> Deserialize<'de> for SignedAnnouncement {
             version: wire.version,
             announcement: wire.announcement,
             auth: AuthState::Ready(wire.auth),
+            id: OnceLock::new(),
         })
     }
 }
@@ -485,6 +491,7 @@ impl SignedAnnouncement {
             version: PROTOCOL_VERSION,
             announcement,
             auth: AuthState::Ready(auth),
+            id: OnceLock::new(),
         }
     }
 
@@ -504,7 +511,9 @@ impl SignedAnnouncement {
 
     /// Recomputes the session id from the content.
     pub fn session_id(&self) -> SessionId {
-        session_id_of(self.version, &self.announcement)
+        *self
+            .id
+            .get_or_init(|| session_id_of(self.version, &self.announcement))
     }
 
     /// Encodes as a complete frame (what goes on the wire and into the DHT record).
