@@ -356,10 +356,19 @@ impl Announcement {
     ) -> Result<VerifiedAnnouncement, ProtoError> {
         self.check_signable(&keypair, limits)?;
         let id = self.session_id();
+        // Batched only if its frame still fits with the longest path, under this node's limit
+        // and the default one (so no peer on default limits refuses it); else it is signed alone.
+        let frame_with_path = crate::frame::to_vec(&self)
+            .len()
+            .saturating_add(ANNOUNCEMENT_FRAME_OVERHEAD + crate::auth::MAX_AUTH_PATH_BYTES);
+        let batchable = frame_with_path
+            <= limits
+                .max_frame_bytes
+                .min(Limits::default().max_frame_bytes);
         let signed = SignedAnnouncement {
             version: PROTOCOL_VERSION,
             announcement: self,
-            auth: AuthState::pending(announcement_leaf(&id), keypair, true),
+            auth: AuthState::pending(announcement_leaf(&id), keypair, batchable),
             id: OnceLock::from(id),
         };
         let (session_id, x_only) = signed.check_unsigned(now_ms, limits)?;
@@ -400,6 +409,10 @@ impl Announcement {
         })
     }
 }
+
+/// An announcement frame's bytes around the announcement itself: frame tag, version, and an
+/// `auth` with an empty path (path length, index, signature).
+const ANNOUNCEMENT_FRAME_OVERHEAD: usize = 1 + 1 + 1 + 1 + 64;
 
 /// What the creator signs for an announcement: alone, this is the BIP340 message; in a batch,
 /// the leaf (ADR 0017).

@@ -358,3 +358,69 @@ fn an_announcement_path_deeper_than_the_limit_is_refused_when_decoding() {
     ));
     alone.signed().verify(NOW, &limits).expect("verifies");
 }
+
+#[test]
+fn an_announcement_without_room_for_a_full_path_in_a_frame_is_signed_alone() {
+    // Sealed in a batch like any other, but its frame would not fit the node's frame limit with
+    // a six-level path: it gets a direct signature, and its frame fits.
+    let kp = Arc::new(keypair(0));
+    let content = announcement(2, Topology::Mesh);
+    let alone_len = content
+        .clone()
+        .sign(&keypair(0), &Limits::default())
+        .expect("sign")
+        .to_frame_bytes()
+        .len();
+    let tight = Limits {
+        max_frame_bytes: alone_len + musig2_proto::MAX_AUTH_PATH_BYTES - 1,
+        ..Limits::default()
+    };
+    let roomy = Limits {
+        max_frame_bytes: alone_len + musig2_proto::MAX_AUTH_PATH_BYTES,
+        ..Limits::default()
+    };
+    let fill = |a: &musig2_proto::VerifiedAnnouncement| {
+        let others: Vec<SignedEnvelope> = (1..=3)
+            .map(|s| {
+                Envelope::sign_batchable(
+                    a.session_id(),
+                    idx(0),
+                    seq(s),
+                    NOW,
+                    Body::Join { peer_id: peer(0) },
+                    kp.clone(),
+                    true,
+                )
+            })
+            .collect();
+        let mut batch = musig2_proto::Batch::new();
+        batch.add_announcement(a.signed());
+        for e in &others {
+            batch.add_envelope(e);
+        }
+        batch.seal();
+        others
+    };
+    let squeezed = content
+        .clone()
+        .sign_batchable(kp.clone(), NOW, &tight)
+        .expect("sign");
+    let others = fill(&squeezed);
+    assert!(squeezed.signed().sealed_auth().expect("signed").is_direct());
+    assert!(
+        others
+            .iter()
+            .all(|e| !e.sealed_auth().expect("sealed").is_direct())
+    );
+    let frame = squeezed.signed().to_frame_bytes();
+    assert!(frame.len() <= tight.max_frame_bytes);
+    musig2_proto::SignedAnnouncement::decode(&frame, &tight)
+        .expect("decodes")
+        .verify(NOW, &tight)
+        .expect("verifies");
+    let batched = content
+        .sign_batchable(kp.clone(), NOW, &roomy)
+        .expect("sign");
+    fill(&batched);
+    assert!(!batched.signed().sealed_auth().expect("signed").is_direct());
+}
