@@ -5,7 +5,8 @@
 //!
 //! - A [`SignedAnnouncement`] describes a session (signer keys, messages with their tweaks, [`Policy`],
 //!   salt, validity window, optional peer ids). Its [`SessionId`] is a tagged hash of its
-//!   canonical encoding; the creator signs the id with BIP340.
+//!   canonical encoding; the creator signs the id with BIP340, alone or in a [`Batch`] with its
+//!   other pending announcements and envelopes (ADR 0017).
 //!   [`SignedAnnouncement::verify`] yields a [`VerifiedAnnouncement`].
 //! - Every other message is a [`SignedEnvelope`] (version, session id, sender index, sequence
 //!   number, timestamp, [`Body`]) signed by the sender's key from the announcement.
