@@ -77,16 +77,31 @@ impl Cluster {
         for node in &self.nodes[1..] {
             node.join_session(id).await.expect("join");
         }
+        let sigs = self.verified_signatures(id, &message).await;
+        let health = self.nodes[0].health(id).await.expect("health");
+        assert_eq!(health.holdouts, Vec::new());
+        (id, sigs)
+    }
+
+    /// Every node's signature of a one-message session: all equal, and valid under the
+    /// session's aggregate key.
+    async fn verified_signatures(&self, id: SessionId, message: &[u8]) -> Vec<schnorr::Signature> {
         let mut sigs = Vec::new();
         for node in &self.nodes {
             sigs.push(single(
                 node.wait_for_signatures(id).await.expect("signature"),
             ));
         }
-        let health = self.nodes[0].health(id).await.expect("health");
-        verify_all(&sigs, &message, &self.aggregate_key(id).await);
-        assert_eq!(health.holdouts, Vec::new());
-        (id, sigs)
+        verify_all(&sigs, message, &self.aggregate_key(id).await);
+        sigs
+    }
+
+    /// Node 1 joins all these sessions at once.
+    async fn join_all_on_node_1(&self, ids: &[(SessionId, Vec<u8>)]) {
+        let joins = ids.iter().map(|(id, _)| self.nodes[1].join_session(*id));
+        for joined in futures::future::join_all(joins).await {
+            joined.expect("join");
+        }
     }
 
     async fn aggregate_key(&self, id: SessionId) -> secp256k1::XOnlyPublicKey {
@@ -574,18 +589,9 @@ async fn many_sessions_in_flight_are_signed_in_batches_and_stay_verifiable_evide
             .expect("create");
         ids.push((id, message));
     }
-    let joins = ids.iter().map(|(id, _)| c.nodes[1].join_session(*id));
-    for joined in futures::future::join_all(joins).await {
-        joined.expect("join");
-    }
+    c.join_all_on_node_1(&ids).await;
     for (id, message) in &ids {
-        let mut sigs = Vec::new();
-        for node in &c.nodes {
-            sigs.push(single(
-                node.wait_for_signatures(*id).await.expect("signature"),
-            ));
-        }
-        verify_all(&sigs, message, &c.aggregate_key(*id).await);
+        c.verified_signatures(*id, message).await;
     }
     let limits = musig2_coordinator::TranscriptLimits::default();
     let mut batch_signed = 0;
@@ -639,22 +645,13 @@ async fn a_signer_that_dropped_the_creators_commitment_before_joining_is_not_bla
             .expect("create");
         ids.push((id, message));
     }
-    let joins = ids.iter().map(|(id, _)| c.nodes[1].join_session(*id));
-    for joined in futures::future::join_all(joins).await {
-        joined.expect("join");
-    }
+    c.join_all_on_node_1(&ids).await;
     assert!(
         c.nodes[0].stats().dht_puts > 0,
         "some joins needed the DHT: their announcement had been dropped"
     );
     for (id, message) in &ids {
-        let mut sigs = Vec::new();
-        for node in &c.nodes {
-            sigs.push(single(
-                node.wait_for_signatures(*id).await.expect("signature"),
-            ));
-        }
-        verify_all(&sigs, message, &c.aggregate_key(*id).await);
+        c.verified_signatures(*id, message).await;
     }
 }
 
