@@ -224,9 +224,8 @@ pub struct Node {
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<Event>,
     transport: Arc<dyn Transport>,
-    keypair: Keypair,
-    /// The same key, shared by the announcements waiting for their batch signature.
-    signing_key: Arc<Keypair>,
+    /// Shared with the announcements waiting for their batch signature.
+    keypair: Arc<Keypair>,
     config: Arc<Config>,
     clock: Clock,
     stats: Arc<crate::stats::NodeStats>,
@@ -358,8 +357,7 @@ impl Node {
             commands,
             events,
             transport,
-            keypair,
-            signing_key: Arc::new(keypair),
+            keypair: Arc::new(keypair),
             config,
             clock,
             stats,
@@ -483,7 +481,7 @@ impl Node {
         // Sent directly only (the DHT put, if ever, comes later): the node task may sign it in
         // one batch with what else it sends (ADR 0017). A put now needs its signature now.
         let verified = if deferred_put.is_some() {
-            announcement.sign_batchable(self.signing_key.clone(), now, &self.config.limits)?
+            announcement.sign_batchable(self.keypair.clone(), now, &self.config.limits)?
         } else {
             announcement.sign_verified(&self.keypair, now, &self.config.limits)?
         };

@@ -333,20 +333,13 @@ impl<'a> Batch<'a> {
     /// objects, each carrying its path to the signed root; an object alone in its group, or
     /// not batchable, is signed alone.
     pub fn seal(self) -> Sealed {
-        self.seal_inner(None)
+        seal(&self.pending, None)
     }
 
     /// [`Batch::seal`] with fixed BIP340 auxiliary randomness (reproducible tests and examples;
     /// nodes use fresh randomness).
     pub fn seal_with_aux_rand(self, aux_rand: &[u8; 32]) -> Sealed {
-        self.seal_inner(Some(aux_rand))
-    }
-
-    fn seal_inner(self, aux_rand: Option<&[u8; 32]>) -> Sealed {
-        if self.pending.is_empty() {
-            return Sealed::default();
-        }
-        seal(&self.pending, aux_rand)
+        seal(&self.pending, Some(aux_rand))
     }
 }
 
