@@ -15,6 +15,7 @@
 //! E2E_PART=libp2p (or memory, costs, durable, groupcommit, failover, psbt, many, big) cargo bench -p musig2-benches --bench e2e   # one part only
 //! E2E_PART=libp2p E2E_N=10 cargo bench -p musig2-benches --bench e2e     # one network size
 //! E2E_PART=libp2p E2E_N=10 E2E_TOPO=star E2E_COMMIT=off cargo bench ...   # one scenario
+//! E2E_PART=libp2p E2E_N=10 E2E_TOPO=star E2E_ITERS=2000 ...   # a fixed number of runs (for perf)
 //! E2E_PART=memory E2E_VERBOSE=1 ...   # also each node's batch-signing counts (ADR 0016)
 //! E2E_PART=memory E2E_NO_FLOOR=1 ...  # the nodes only, no floors (for profiling them)
 //! ```
@@ -395,11 +396,31 @@ async fn scenario(
         cluster.run_session(topology, nonce_commitment).await;
     }
     let mut samples = Vec::with_capacity(iters);
+    let stats_before: Vec<_> = cluster.nodes.iter().map(Node::stats).collect();
     let cpu = process_cpu();
     for _ in 0..iters {
         samples.push(cluster.run_session(topology, nonce_commitment).await);
     }
     let cpu = (process_cpu() - cpu) / iters as u32;
+    if std::env::var_os("E2E_VERBOSE").is_some() {
+        // Per session: frames and authentications, the aggregator (node 0) and the rest.
+        for (who, range) in [("node 0", 0..1), ("others", 1..cluster.nodes.len())] {
+            let delta = |f: fn(&musig2_coordinator::StatsSnapshot) -> u64| {
+                range
+                    .clone()
+                    .map(|i| f(&cluster.nodes[i].stats()) - f(&stats_before[i]))
+                    .sum::<u64>() as f64
+                    / iters as f64
+            };
+            eprintln!(
+                "  {who}: per session {:.1} frames in, {:.1} out, {:.1} envelopes batch-signed under {:.1} signatures",
+                delta(|s| s.frames_in),
+                delta(|s| s.frames_out),
+                delta(|s| s.batch_signed_envelopes),
+                delta(|s| s.batch_signatures),
+            );
+        }
+    }
     let mut totals: Vec<Duration> = samples.iter().map(|s| s.total).collect();
     totals.sort();
     let median = percentile(&totals, 50);
@@ -759,7 +780,13 @@ async fn dial(t: &Libp2pTransport, peer: musig2_transport::PeerId) {
 }
 
 async fn libp2p_benches(quick: bool) {
-    let scale = |iters: usize| if quick { iters.div_ceil(5) } else { iters };
+    // E2E_ITERS=2000 sets every scenario's runs (for profiling one with `perf`).
+    let fixed: Option<usize> = std::env::var("E2E_ITERS").ok().and_then(|v| v.parse().ok());
+    let scale = |iters: usize| match fixed {
+        Some(fixed) => fixed,
+        None if quick => iters.div_ceil(5),
+        None => iters,
+    };
     let ms = Duration::from_millis;
     // E2E_N=10 runs the scenarios of one network size only.
     let only: Option<usize> = std::env::var("E2E_N").ok().and_then(|v| v.parse().ok());
