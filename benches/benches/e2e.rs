@@ -413,9 +413,10 @@ async fn scenario(
                     / iters as f64
             };
             eprintln!(
-                "  {who}: per session {:.1} frames in, {:.1} out, {:.1} envelopes batch-signed under {:.1} signatures",
+                "  {who}: per session {:.1} frames in, {:.1} out ({:.0} bytes), {:.1} envelopes batch-signed under {:.1} signatures",
                 delta(|s| s.frames_in),
                 delta(|s| s.frames_out),
+                delta(|s| s.bytes_out),
                 delta(|s| s.batch_signed_envelopes),
                 delta(|s| s.batch_signatures),
             );

@@ -6,6 +6,7 @@
 //! retries, exponential backoff and jitter, so a slow peer never stalls the node.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -352,7 +353,15 @@ impl Node {
         actor.resume(stored);
         let peer_events = transport.events();
         let span = tracing::info_span!("node", peer = %transport.local_peer_id());
-        tokio::spawn(actor.run(command_rx, peer_events).instrument(span));
+        // Its own partition of the verified-root cache (ADR 0018): nodes that share threads
+        // each check the signatures they receive, as separate processes do.
+        static NEXT_SCOPE: AtomicU64 = AtomicU64::new(1);
+        let scope = NEXT_SCOPE.fetch_add(1, Ordering::Relaxed);
+        let mut run = Box::pin(actor.run(command_rx, peer_events));
+        let scoped = std::future::poll_fn(move |cx| {
+            musig2_proto::with_verified_roots_scope(scope, || run.as_mut().poll(cx))
+        });
+        tokio::spawn(scoped.instrument(span));
         let node = Node {
             commands,
             events,
@@ -950,26 +959,11 @@ impl Staged {
     }
 }
 
-/// Signs what this node wrote since the last flush, before it is stored or sent: envelopes
-/// and announcements that go to one peer at most under one signature per batch (ADR 0016,
-/// ADR 0017). One sent to several peers is signed alone (when first encoded): each of them
-/// would carry the path, and its one signature is already shared by all of them.
+/// Signs what this node wrote since the last flush, before it is stored or sent: every
+/// batchable envelope and announcement, under one signature per batch (ADR 0016, 0017), however
+/// many peers each goes to (ADR 0018): a receiver that gets several of them checks one
+/// signature, and the author makes one.
 fn seal_staged(staged: &Staged) -> musig2_proto::Sealed {
-    // The one peer each pending envelope goes to, or `None` once it goes to a second one (a
-    // nonce sent on its own and again with the partial signature goes to one peer).
-    let mut fan_out: HashMap<[u8; 32], Option<PeerId>> = HashMap::new();
-    for (_, peer, envelopes) in &staged.sends {
-        for e in envelopes.iter().filter(|e| e.sealed_auth().is_none()) {
-            fan_out
-                .entry(e.signing_hash())
-                .and_modify(|to| {
-                    if *to != Some(*peer) {
-                        *to = None;
-                    }
-                })
-                .or_insert(Some(*peer));
-        }
-    }
     let stored = staged
         .records
         .iter()
@@ -980,14 +974,10 @@ fn seal_staged(staged: &Staged) -> musig2_proto::Sealed {
         });
     let sent = staged.sends.iter().flat_map(|(_, _, envs)| envs);
     let mut batch = musig2_proto::Batch::new();
-    for (_, announcement, peers) in &staged.announcements {
-        if peers.len() <= 1 {
-            batch.add_announcement(announcement);
-        }
+    for (_, announcement, _) in &staged.announcements {
+        batch.add_announcement(announcement);
     }
-    for e in stored.chain(sent).filter(|e| {
-        e.sealed_auth().is_none() && fan_out.get(&e.signing_hash()).is_none_or(Option::is_some)
-    }) {
+    for e in stored.chain(sent).filter(|e| e.sealed_auth().is_none()) {
         batch.add_envelope(e);
     }
     batch.seal()

@@ -629,6 +629,73 @@ async fn many_sessions_in_flight_are_signed_in_batches_and_stay_verifiable_evide
 }
 
 #[tokio::test(start_paused = true)]
+async fn what_a_signer_sends_at_once_to_several_peers_shares_one_signature() {
+    // ADR 0018: fan-out does not split a batch. In a single 4-signer session, each signer's
+    // first step (its join and its first round-1 envelope; the creator's announcement too)
+    // goes to several peers under one batch signature, which every holder verifies.
+    use musig2_proto::Body;
+    let c = cluster(4, 92);
+    let limits = musig2_coordinator::TranscriptLimits::default();
+    let scenarios = [
+        (Topology::Mesh, false),
+        (Topology::Mesh, true),
+        (Topology::Star, false),
+        (Topology::Star, true),
+    ];
+    for (topology, commit) in scenarios {
+        let (id, _) = c.sign(c.request(b"fan-out", topology, commit, true)).await;
+        let coordinator = c.nodes[0].health(id).await.expect("health").coordinator;
+        // Mesh: every node holds everyone's join; star: the coordinator holds its members'.
+        let holders = match topology {
+            Topology::Star => vec![coordinator.as_usize()],
+            _ => (0..c.nodes.len()).collect(),
+        };
+        for holder in holders {
+            let transcript = c.nodes[holder]
+                .export_transcript(id)
+                .await
+                .expect("transcript");
+            transcript.verify(&limits).expect("transcript verifies");
+            let creator = transcript.announcement.announcement().creator;
+            for signer in (0..c.nodes.len())
+                .filter(|&s| topology == Topology::Mesh || s != coordinator.as_usize())
+            {
+                let first_step: Vec<_> = transcript
+                    .envelopes
+                    .iter()
+                    .filter(|e| e.envelope().signer().as_usize() == signer)
+                    .filter(|e| match e.envelope().body() {
+                        Body::Join { .. } => true,
+                        Body::NonceCommit { .. } => commit,
+                        Body::Nonce { .. } => !commit,
+                        _ => false,
+                    })
+                    .collect();
+                let context =
+                    format!("{topology:?} commit={commit} holder {holder} signer {signer}");
+                assert_eq!(first_step.len(), 2, "{context}: join and round-1 envelope");
+                assert!(
+                    first_step.iter().all(|e| !e.auth().is_direct()),
+                    "{context}"
+                );
+                assert_eq!(
+                    first_step[0].auth().signature(),
+                    first_step[1].auth().signature(),
+                    "{context}: one signature"
+                );
+                if creator.as_usize() == signer {
+                    assert_eq!(
+                        transcript.announcement.auth().signature(),
+                        first_step[0].auth().signature(),
+                        "{context}: the announcement is in the creator's batch"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_signer_that_dropped_the_creators_commitment_before_joining_is_not_blamed() {
     // Twelve sessions announced at once to a node that holds 8 un-joined sessions per creator:
     // it drops the oldest announcements, and with them the creator's early nonce commitments.

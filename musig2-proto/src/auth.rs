@@ -7,6 +7,7 @@
 //! that gets several envelopes of one batch checks that signature once (it remembers the roots
 //! it verified).
 
+use std::cell::Cell;
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, OnceLock};
 
@@ -131,7 +132,7 @@ impl Auth {
         if self.is_direct() {
             return key.verify(&message, &signature).is_ok();
         }
-        let id = root_id(key, &message, &self.signature);
+        let id = root_id(SCOPE.with(Cell::get), key, &message, &self.signature);
         if ROOTS.with(|roots| roots.borrow().contains(&id)) {
             return true;
         }
@@ -150,9 +151,11 @@ fn inner(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
     tagged(Tag::BatchNode, &both)
 }
 
-/// What a verified root is remembered by: the key, the signed message and the signature.
-fn root_id(key: &XOnlyPublicKey, message: &[u8; 32], signature: &[u8; 64]) -> [u8; 32] {
+/// What a verified root is remembered by: the scope it was verified in (see
+/// [`with_verified_roots_scope`]), the key, the signed message and the signature.
+fn root_id(scope: u64, key: &XOnlyPublicKey, message: &[u8; 32], signature: &[u8; 64]) -> [u8; 32] {
     let mut engine = Sha256::new();
+    engine.update(scope.to_be_bytes());
     engine.update(key.to_byte_array());
     engine.update(message);
     engine.update(signature);
@@ -187,6 +190,24 @@ thread_local! {
         ids: HashSet::new(),
         order: VecDeque::new(),
     });
+    static SCOPE: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Runs `f` with this thread's cache of verified batch roots partitioned to `scope`: a root
+/// verified under another scope is checked again. A node runs its task under a scope of its
+/// own, so nodes sharing threads (several nodes in one process: tests, benches, a service
+/// holding several keys) each check the signatures they receive, as separate processes would,
+/// and what one node verified never vouches for a root another one receives. Scopes nest; the
+/// previous one is restored when `f` returns or unwinds.
+pub fn with_verified_roots_scope<R>(scope: u64, f: impl FnOnce() -> R) -> R {
+    struct Restore(u64);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SCOPE.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SCOPE.with(|s| s.replace(scope)));
+    f()
 }
 
 /// An envelope signed later: by [`seal_batch`] together with the author's other pending
@@ -528,6 +549,39 @@ mod tests {
         let later = Pending::new(leaf(4), author, true);
         assert!(later.auth().is_direct());
         assert!(later.auth().verifies(&key, leaf(4)));
+    }
+
+    fn cached(scope: u64, key: &XOnlyPublicKey, auth: &Auth, leaf: [u8; 32]) -> bool {
+        let id = root_id(scope, key, &auth.signed_message(leaf), &auth.signature);
+        ROOTS.with(|roots| roots.borrow().contains(&id))
+    }
+
+    #[test]
+    fn a_root_verified_in_one_scope_is_checked_again_in_another_and_scopes_restore() {
+        let author = Arc::new(keypair(11));
+        let key = author.x_only_public_key().0;
+        let batch = pendings(2, &author);
+        seal(&batch.iter().collect::<Vec<_>>(), None);
+        let auth = batch[0].sealed().expect("sealed").clone();
+        let sibling = batch[1].sealed().expect("sealed").clone();
+        let (a, b) = (0x5c09_e000_0000_0001, 0x5c09_e000_0000_0002);
+        assert!(with_verified_roots_scope(a, || auth.verifies(&key, leaf(0))));
+        assert!(cached(a, &key, &auth, leaf(0)));
+        assert!(
+            !cached(b, &key, &auth, leaf(0)),
+            "scope b has not verified it"
+        );
+        // Nested: b inside a, and a again once b's closure returns.
+        with_verified_roots_scope(a, || {
+            with_verified_roots_scope(b, || assert!(sibling.verifies(&key, leaf(1))));
+            assert_eq!(SCOPE.with(Cell::get), a);
+        });
+        assert!(cached(b, &key, &auth, leaf(0)));
+        // A scope is restored when its closure unwinds too.
+        let before = SCOPE.with(Cell::get);
+        let unwound = std::panic::catch_unwind(|| with_verified_roots_scope(b, || panic!("boom")));
+        assert!(unwound.is_err());
+        assert_eq!(SCOPE.with(Cell::get), before);
     }
 
     #[test]

@@ -262,7 +262,8 @@ pub struct EnvelopeHeader {
     pub timestamp_ms: u64,
     /// The signature that authenticates the envelope (the frame's last 64 bytes): over the
     /// envelope alone, or over the root of the batch it belongs to (ADR 0016), which several
-    /// envelopes share. Only a direct signature identifies one envelope.
+    /// envelopes share. A direct signature identifies one envelope; a batch signature does
+    /// together with the signer and sequence number, for any signer that does not equivocate.
     pub signature: [u8; 64],
 }
 

@@ -90,7 +90,10 @@ pub use announcement::{
     Announcement, ElectionMethod, MessageToSign, Policy, ROUND_ENVELOPE_OVERHEAD,
     SignedAnnouncement, SignerInfo, Timeouts, Topology, VerifiedAnnouncement,
 };
-pub use auth::{Auth, Batch, MAX_AUTH_DEPTH, MAX_AUTH_PATH_BYTES, MAX_BATCH_LEAVES, Sealed};
+pub use auth::{
+    Auth, Batch, MAX_AUTH_DEPTH, MAX_AUTH_PATH_BYTES, MAX_BATCH_LEAVES, Sealed,
+    with_verified_roots_scope,
+};
 pub use envelope::{
     AbortReason, AggregateRef, Body, Envelope, MAX_RECEIPT_BYTES, NonceSetDigest, SignedEnvelope,
     SignedNonce, VerifiedEnvelope,

@@ -316,7 +316,9 @@ impl SessionMachine {
     }
 
     /// Whether `header` is that of the join we hold from its signer: a signer sends its own join
-    /// again only after a restart (to ask what it may have lost).
+    /// again only after a restart (to ask what it may have lost). Signer, sequence number and
+    /// signature identify it whether it was signed alone or in a batch (ADR 0018): the signer's
+    /// other envelopes under one batch signature have other sequence numbers.
     pub fn is_join_replay(&self, header: &musig2_proto::EnvelopeHeader) -> bool {
         self.joins
             .get(header.signer.as_usize())
@@ -325,7 +327,7 @@ impl SessionMachine {
                 env.envelope().seq() == header.seq
                     && env
                         .sealed_auth()
-                        .is_some_and(|a| a.is_direct() && a.signature() == &header.signature)
+                        .is_some_and(|a| a.signature() == &header.signature)
             })
     }
 

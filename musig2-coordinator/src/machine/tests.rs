@@ -878,30 +878,34 @@ fn a_reused_sequence_number_with_other_content_is_equivocation_even_when_stale_o
     );
 }
 
+/// An envelope of signer 1 of `net`'s session, its signature pending (sealed in a batch later,
+/// or alone when first needed).
+fn batchable_of_signer_1(net: &Net, seq: u64, body: Body) -> SignedEnvelope {
+    Envelope::sign_batchable(
+        net.machines[0].session_id(),
+        idx(1),
+        SeqNo::new(seq).unwrap(),
+        T0,
+        body,
+        std::sync::Arc::new(net.keypairs[1]),
+        true,
+    )
+}
+
+/// Signer 1's join.
+fn join_of_signer_1(net: &Net) -> Body {
+    Body::Join {
+        peer_id: PeerIdBytes::new(net.peers[1].to_bytes()).unwrap(),
+    }
+}
+
 #[test]
 fn two_envelopes_under_one_batch_signature_with_one_sequence_number_are_equivocation() {
     // A batch signature covers several envelopes (ADR 0016): sharing it does not make a second
     // envelope under the same number a copy of the first.
     let mut net = Net::new(3, Topology::Mesh, false);
-    let kp1 = std::sync::Arc::new(net.keypairs[1]);
-    let id = net.machines[0].session_id();
-    let batchable = |seq: u64, body: Body| {
-        Envelope::sign_batchable(
-            id,
-            idx(1),
-            SeqNo::new(seq).unwrap(),
-            T0,
-            body,
-            kp1.clone(),
-            true,
-        )
-    };
-    let join = batchable(
-        1,
-        Body::Join {
-            peer_id: PeerIdBytes::new(net.peers[1].to_bytes()).unwrap(),
-        },
-    );
+    let batchable = |seq: u64, body: Body| batchable_of_signer_1(&net, seq, body);
+    let join = batchable(1, join_of_signer_1(&net));
     let mut rng = ChaCha20Rng::seed_from_u64(7);
     let nonce = |rng: &mut ChaCha20Rng| Body::Nonce {
         attempt: Attempt::FIRST,
@@ -940,32 +944,50 @@ fn two_envelopes_under_one_batch_signature_with_one_sequence_number_are_equivoca
 }
 
 #[test]
+fn a_batch_signed_join_sent_again_alone_is_known_by_its_header_as_a_join_replay() {
+    // ADR 0018: a join sent to several peers is batch-signed with the signer's nonce. When the
+    // signer restarts and sends it again alone, its header (signer, number, signature) must
+    // still say "join replay", or a finished session would not tell it how it ended; the nonce
+    // under the same signature is no join.
+    let mut net = Net::new(3, Topology::Mesh, false);
+    let join = batchable_of_signer_1(&net, 1, join_of_signer_1(&net));
+    let mut rng = ChaCha20Rng::seed_from_u64(8);
+    let nonce = batchable_of_signer_1(
+        &net,
+        2,
+        Body::Nonce {
+            attempt: Attempt::FIRST,
+            pub_nonces: vec![other_nonce(&mut rng, &net.keypairs[1])],
+        },
+    );
+    SignedEnvelope::seal_batch([&join, &nonce]);
+    assert_eq!(join.signature(), nonce.signature());
+    let limits = musig2_proto::Limits::default();
+    let header = |e: &SignedEnvelope| {
+        musig2_proto::peek_envelope_header(&e.to_frame_bytes(), &limits).expect("header")
+    };
+    let p1 = net.peers[1];
+    let m = &mut net.machines[0];
+    assert!(!m.is_join_replay(&header(&join)), "no join held yet");
+    m.handle_envelope(p1, join.clone(), T0, &mut net.rng)
+        .expect("a batch-signed join verifies");
+    assert!(m.is_join_replay(&header(&join)));
+    assert!(!m.is_join_replay(&header(&nonce)));
+    // Not dropped as an exact replay from its header: a batch signature alone names no envelope.
+    assert!(!m.is_exact_replay(&header(&join)));
+}
+
+#[test]
 fn a_batch_path_from_another_envelope_or_a_tampered_one_is_a_bad_signature() {
     let mut net = Net::new(3, Topology::Mesh, false);
-    let kp1 = std::sync::Arc::new(net.keypairs[1]);
-    let id = net.machines[0].session_id();
-    let join = Envelope::sign_batchable(
-        id,
-        idx(1),
-        SeqNo::new(1).unwrap(),
-        T0,
-        Body::Join {
-            peer_id: PeerIdBytes::new(net.peers[1].to_bytes()).unwrap(),
-        },
-        kp1.clone(),
-        true,
-    );
-    let other = Envelope::sign_batchable(
-        id,
-        idx(1),
-        SeqNo::new(2).unwrap(),
-        T0,
+    let join = batchable_of_signer_1(&net, 1, join_of_signer_1(&net));
+    let other = batchable_of_signer_1(
+        &net,
+        2,
         Body::Abort {
             reason: AbortReason::Cancelled,
             blamed: None,
         },
-        kp1,
-        true,
     );
     SignedEnvelope::seal_batch([&join, &other]);
     let p1 = net.peers[1];
