@@ -103,12 +103,23 @@ impl Frame {
 
     /// The canonical encoding of this frame.
     pub fn encode(&self) -> Vec<u8> {
+        encode_frame(self.as_frame_ref())
+    }
+
+    fn as_frame_ref(&self) -> FrameRef<'_> {
         match self {
-            Frame::Announcement(a) => encode_frame(FrameRef::Announcement(a)),
-            Frame::Envelope(e) => encode_frame(FrameRef::Envelope(e)),
-            Frame::Batch(b) => encode_frame(FrameRef::Batch(b)),
-            Frame::Signatures(f) => encode_frame(FrameRef::Signatures(f)),
+            Frame::Announcement(a) => FrameRef::Announcement(a),
+            Frame::Envelope(e) => FrameRef::Envelope(e),
+            Frame::Batch(b) => FrameRef::Batch(b),
+            Frame::Signatures(f) => FrameRef::Signatures(f),
         }
+    }
+
+    /// Whether `bytes` are exactly this frame's canonical encoding: the encoding is compared as
+    /// it is produced, stopping at the first difference, and never stored.
+    fn encodes_to(&self, bytes: &[u8]) -> bool {
+        postcard::serialize_with_flavor(&self.as_frame_ref(), SameBytes { rest: bytes })
+            .unwrap_or(false)
     }
 
     /// Encodes several envelopes as one batch frame.
@@ -156,7 +167,7 @@ pub fn decode_frame(bytes: &[u8], limits: &Limits) -> Result<Frame, ProtoError> 
     if !rest.is_empty() {
         return Err(ProtoError::TrailingBytes { count: rest.len() });
     }
-    if frame.encode() != bytes {
+    if !frame.encodes_to(bytes) {
         return Err(ProtoError::NonCanonical);
     }
     match &frame {
@@ -230,6 +241,35 @@ fn check_envelope(e: &SignedEnvelope) -> Result<(), ProtoError> {
         }
     }
     Ok(())
+}
+
+/// A postcard output that compares the encoding with the bytes it should equal instead of
+/// storing it (the canonical-encoding check of every decoded frame, without an allocation).
+struct SameBytes<'a> {
+    /// What the encoding must still produce.
+    rest: &'a [u8],
+}
+
+impl postcard::ser_flavors::Flavor for SameBytes<'_> {
+    type Output = bool;
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.try_extend(&[byte])
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        // A difference ends the encoding early; `encodes_to` reads any error as "not equal".
+        let rest = self
+            .rest
+            .strip_prefix(data)
+            .ok_or(postcard::Error::SerializeBufferFull)?;
+        self.rest = rest;
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<bool> {
+        Ok(self.rest.is_empty())
+    }
 }
 
 /// The buffer an encoding starts with.
@@ -335,4 +375,29 @@ pub fn peek_envelope_header(bytes: &[u8], limits: &Limits) -> Option<EnvelopeHea
         timestamp_ms: head.timestamp_ms,
         signature,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_canonical_check_accepts_exactly_the_encoding() {
+        let frame = Frame::Signatures(FinalSignatures::new(
+            crate::SessionId::from_bytes([3; 32]),
+            crate::Attempt::FIRST,
+            vec![crate::Signature64([7; 64])],
+        ));
+        let bytes = frame.encode();
+        assert!(frame.encodes_to(&bytes));
+        // Shorter, longer, or any one byte different: not this frame's encoding.
+        assert!(!frame.encodes_to(&bytes[..bytes.len() - 1]));
+        assert!(!frame.encodes_to(&[bytes.as_slice(), &[0]].concat()));
+        assert!(!frame.encodes_to(&[]));
+        for i in 0..bytes.len() {
+            let mut changed = bytes.clone();
+            changed[i] ^= 1;
+            assert!(!frame.encodes_to(&changed), "byte {i} changed");
+        }
+    }
 }
