@@ -155,7 +155,7 @@ impl SessionMachine {
             // cut off. Our join, sent again, asks the others (they answer with the claim that
             // made their attempt, a bounded number of times); we ask again each claim window
             // (a cut can heal after the send retries end) until we give up.
-            if let Some((_, own)) = self.joins[self.me.as_usize()].clone() {
+            if let Some((_, own)) = self.joins[self.me.as_usize()].as_deref().cloned() {
                 let others: Vec<SignerIndex> = self.others().collect();
                 self.send_to(out, others, vec![own]);
             }
@@ -215,7 +215,7 @@ impl SessionMachine {
         let claim = self.sign(now_ms, Body::FailoverClaim { attempt, rank });
         // Our join goes with it: signers whose peers were not announced may not know ours.
         let mut envs: Vec<SignedEnvelope> = self.joins[self.me.as_usize()]
-            .as_ref()
+            .as_deref()
             .map(|(_, e)| e.clone())
             .into_iter()
             .collect();
@@ -294,7 +294,7 @@ impl SessionMachine {
         if c == self.me || self.phase == Phase::Created || self.join_sent[c.as_usize()] {
             return;
         }
-        if let Some((_, own)) = self.joins[self.me.as_usize()].clone() {
+        if let Some((_, own)) = self.joins[self.me.as_usize()].as_deref().cloned() {
             self.join_sent[c.as_usize()] = true;
             self.send_to(out, [c], vec![own]);
         }
@@ -382,7 +382,7 @@ impl SessionMachine {
         // not see the deadline pass: it has no deadline of its own to wait for (the claim's
         // timestamp passed the check above).
         let predates_us = self.joins[self.me.as_usize()]
-            .as_ref()
+            .as_deref()
             .is_none_or(|(_, own)| env.timestamp_ms() <= own.envelope().timestamp_ms());
         if self.phase == Phase::Created || self.restored || predates_us || now_ms >= accept_at_ms {
             self.follow_claim(claim, now_ms, out);
@@ -437,7 +437,7 @@ impl SessionMachine {
 
     fn relay_claim(&mut self, author: SignerIndex, claim: &SignedEnvelope, out: &mut Vec<Output>) {
         let mut envs: Vec<SignedEnvelope> = self.joins[author.as_usize()]
-            .as_ref()
+            .as_deref()
             .map(|(_, e)| e.clone())
             .into_iter()
             .collect();
@@ -495,7 +495,7 @@ impl SessionMachine {
         // The same commitment and nonce (never new ones in one attempt), signed afresh: the
         // first envelopes may be older than the new coordinator's clock check allows.
         let mut own: Vec<SignedEnvelope> = Vec::new();
-        if let Some((commitment, _)) = self.commits[me] {
+        if let Some(&(commitment, _)) = self.commits[me].as_deref() {
             own.push(self.sign(
                 now_ms,
                 Body::NonceCommit {
@@ -505,7 +505,7 @@ impl SessionMachine {
             ));
         }
         if self.phase == Phase::Nonce {
-            if let Some((pub_nonces, _)) = self.nonces[me].clone() {
+            if let Some((pub_nonces, _)) = self.nonces[me].as_deref().cloned() {
                 own.push(self.sign(
                     now_ms,
                     Body::Nonce {
@@ -534,7 +534,7 @@ impl SessionMachine {
             .psigs
             .iter()
             .flatten()
-            .map(|(_, e)| e.envelope().timestamp_ms())
+            .map(|slot| slot.1.envelope().timestamp_ms())
             .chain(self.final_env.iter().map(|e| e.envelope().timestamp_ms()))
             .max()
             .unwrap_or(now_ms);

@@ -338,10 +338,10 @@ impl SessionMachine {
                     });
                 }
                 self.peers[j] = Some(peer);
-                self.joins[j] = Some((peer, env.signed().clone()));
+                self.joins[j] = Some(Box::new((peer, env.signed().clone())));
                 // A signer whose peer we just learned could not have been sent our join yet.
                 if !self.join_sent[j] && self.sends_own_join_to(signer, now_ms) {
-                    if let Some((_, own)) = self.joins[self.me.as_usize()].clone() {
+                    if let Some((_, own)) = self.joins[self.me.as_usize()].as_deref().cloned() {
                         self.join_sent[j] = true;
                         self.send_to(out, [signer], vec![own]);
                     }
@@ -389,7 +389,7 @@ impl SessionMachine {
                 check_attempt(attempt)?;
                 let signed = env.signed().clone();
                 if self.is_star_coordinator() {
-                    self.verified_nonces[j].get_or_insert(env);
+                    self.verified_nonces[j].get_or_insert_with(|| Box::new(env));
                 }
                 if let Slot::Same = self.place_nonce(signer, pub_nonces, signed, now_ms, out) {
                     return Err(CoordinatorError::RedundantMessage {
@@ -649,7 +649,7 @@ impl SessionMachine {
             } => {
                 *attempt == self.attempt
                     && self.commits[j]
-                        .as_ref()
+                        .as_deref()
                         .is_some_and(|(c, _)| c != commitment)
             }
             Body::Nonce {
@@ -658,7 +658,7 @@ impl SessionMachine {
             } => {
                 *attempt == self.attempt
                     && self.nonces[j]
-                        .as_ref()
+                        .as_deref()
                         .is_some_and(|(n, _)| n != pub_nonces)
             }
             Body::PartialSig {
@@ -668,7 +668,7 @@ impl SessionMachine {
             } => {
                 *attempt == self.attempt
                     && self.psigs[j]
-                        .as_ref()
+                        .as_deref()
                         .is_some_and(|(p, _)| p != partial_sigs)
             }
             _ => false,
@@ -683,7 +683,9 @@ impl SessionMachine {
         out: &mut Vec<Output>,
     ) {
         let j = signer.as_usize();
-        if let (Some((commitment, _)), Some((nonce, _))) = (&self.commits[j], &self.nonces[j]) {
+        if let (Some((commitment, _)), Some((nonce, _))) =
+            (self.commits[j].as_deref(), self.nonces[j].as_deref())
+        {
             if commitment
                 .check_reveal(&self.id, signer, self.attempt, nonce)
                 .is_err()

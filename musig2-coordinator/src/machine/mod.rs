@@ -129,13 +129,13 @@ enum Slot {
     Conflict,
 }
 
-fn place<T: PartialEq, E>(slot: &mut Option<(T, E)>, value: T, extra: E) -> Slot {
+fn place<T: PartialEq, E>(slot: &mut Option<Box<(T, E)>>, value: T, extra: E) -> Slot {
     match slot {
         None => {
-            *slot = Some((value, extra));
+            *slot = Some(Box::new((value, extra)));
             Slot::New
         }
-        Some((old, _)) if *old == value => Slot::Same,
+        Some(old) if old.0 == value => Slot::Same,
         Some(_) => Slot::Conflict,
     }
 }
@@ -197,16 +197,19 @@ pub struct SessionMachine {
     peers: Vec<Option<PeerId>>,
     /// Whether signer `i`'s peer id came from the announcement (so everyone knows it).
     listed: Vec<bool>,
-    joins: Vec<Option<(PeerId, SignedEnvelope)>>,
+    // The per-signer slots below are boxed: a slot is 8 bytes until it is filled (a star member
+    // fills two of n), where an envelope inline is 216, so a machine does not allocate and
+    // clear five n-sized arrays of them (64 KB at n = 50).
+    joins: Vec<Option<Box<(PeerId, SignedEnvelope)>>>,
     /// Signers we have sent our own join to.
     join_sent: Vec<bool>,
-    commits: Vec<Option<(NonceCommitment, SignedEnvelope)>>,
+    commits: Vec<Option<Box<(NonceCommitment, SignedEnvelope)>>>,
     /// Per signer, its public nonces (one per message).
-    nonces: Vec<Option<(Vec<PubNonceBytes>, SignedEnvelope)>>,
+    nonces: Vec<Option<Box<(Vec<PubNonceBytes>, SignedEnvelope)>>>,
     /// Verified nonce envelopes, kept by the star coordinator to build the aggregate message.
-    verified_nonces: Vec<Option<VerifiedEnvelope>>,
+    verified_nonces: Vec<Option<Box<VerifiedEnvelope>>>,
     /// Per signer, its partial signatures (one per message).
-    psigs: Vec<Option<(Vec<PartialSigBytes>, SignedEnvelope)>>,
+    psigs: Vec<Option<Box<(Vec<PartialSigBytes>, SignedEnvelope)>>>,
     aggnonce_received: bool,
     nonces_announced: bool,
     psigs_announced: bool,
@@ -662,7 +665,7 @@ impl SessionMachine {
         };
         self.start_persisting();
         let join = self.sign(now_ms, Body::Join { peer_id });
-        self.joins[self.me.as_usize()] = Some((local_peer, join.clone()));
+        self.joins[self.me.as_usize()] = Some(Box::new((local_peer, join.clone())));
         self.enter(Phase::Joined, now_ms, self.nonce_timeout_ms);
         // Everyone has the same join window: it ends `join_ms` after the session's creation.
         let a = self.ann.announcement();
@@ -846,7 +849,7 @@ impl SessionMachine {
         let envs: Vec<SignedEnvelope> = (0..self.n)
             .filter(|&k| !self.listed[k] && k != to.as_usize() && k != self.me.as_usize())
             .filter(|&k| SignerIndex::try_from(k).is_ok_and(|ks| self.needs_join_of(to, ks)))
-            .filter_map(|k| self.joins[k].as_ref().map(|(_, e)| e.clone()))
+            .filter_map(|k| self.joins[k].as_deref().map(|(_, e)| e.clone()))
             .collect();
         if !envs.is_empty() {
             self.send_to(out, [to], envs);

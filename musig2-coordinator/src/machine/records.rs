@@ -136,7 +136,7 @@ impl SessionMachine {
             m.flush_records(&mut out);
             return Ok((m, out));
         }
-        let Some((_, own_join)) = m.joins[m.me.as_usize()].clone() else {
+        let Some((_, own_join)) = m.joins[m.me.as_usize()].as_deref().cloned() else {
             // Not joined: nothing of ours left the node.
             m.phase = Phase::Created;
             m.flush_records(&mut out);
@@ -151,7 +151,7 @@ impl SessionMachine {
         m.schedule_join_wait(deadline);
         let me = m.me.as_usize();
         out.push(Output::Event(Event::SessionResumed { session: id }));
-        if let Some((_, own_psig)) = m.psigs[me].clone() {
+        if let Some((_, own_psig)) = m.psigs[me].as_deref().cloned() {
             m.resume_signed(own_psig, own_aggnonce, now_ms, &mut out);
         } else {
             let next = m.attempt.get().saturating_add(1);
@@ -220,28 +220,28 @@ impl SessionMachine {
         match env.body().clone() {
             Body::Join { .. } => {
                 if let Some(peer) = self.peers[me] {
-                    self.joins[me] = Some((peer, signed));
+                    self.joins[me] = Some(Box::new((peer, signed)));
                 }
             }
             Body::NonceCommit {
                 attempt,
                 commitment,
-            } if attempt == self.attempt => self.commits[me] = Some((commitment, signed)),
+            } if attempt == self.attempt => self.commits[me] = Some(Box::new((commitment, signed))),
             Body::Nonce {
                 attempt,
                 pub_nonces,
             } if attempt == self.attempt => {
                 self.my_nonces = Some(pub_nonces.clone());
-                self.nonces[me] = Some((pub_nonces, signed));
+                self.nonces[me] = Some(Box::new((pub_nonces, signed)));
                 if self.is_star_coordinator() {
-                    self.verified_nonces[me] = Some(env);
+                    self.verified_nonces[me] = Some(Box::new(env));
                 }
             }
             Body::PartialSig {
                 attempt,
                 partial_sigs,
                 ..
-            } if attempt == self.attempt => self.psigs[me] = Some((partial_sigs, signed)),
+            } if attempt == self.attempt => self.psigs[me] = Some(Box::new((partial_sigs, signed))),
             Body::AggregateNonce {
                 attempt,
                 agg_nonces,
@@ -275,7 +275,7 @@ impl SessionMachine {
         self.nonces_announced = true;
         self.aggnonce_received = true;
         // Our join first: it asks the others for what we may have lost.
-        if let Some((_, own_join)) = self.joins[self.me.as_usize()].clone() {
+        if let Some((_, own_join)) = self.joins[self.me.as_usize()].as_deref().cloned() {
             let others: Vec<SignerIndex> = self.others().collect();
             self.send_to(out, others, vec![own_join]);
         }
@@ -322,7 +322,7 @@ impl SessionMachine {
     pub fn is_join_replay(&self, header: &musig2_proto::EnvelopeHeader) -> bool {
         self.joins
             .get(header.signer.as_usize())
-            .and_then(Option::as_ref)
+            .and_then(Option::as_deref)
             .is_some_and(|(_, env)| {
                 env.envelope().seq() == header.seq
                     && env
@@ -337,7 +337,7 @@ impl SessionMachine {
             && self
                 .joins
                 .get(envelope.envelope().signer().as_usize())
-                .and_then(Option::as_ref)
+                .and_then(Option::as_deref)
                 .is_some_and(|(_, env)| env == envelope)
     }
 
@@ -375,9 +375,9 @@ impl SessionMachine {
         if self.is_star_coordinator() {
             envs.extend(self.aggnonce_sent.clone());
         } else if self.topology == Topology::Mesh || signer == self.coordinator {
-            envs.extend(self.commits[me].as_ref().map(|(_, e)| e.clone()));
-            envs.extend(self.nonces[me].as_ref().map(|(_, e)| e.clone()));
-            envs.extend(self.psigs[me].as_ref().map(|(_, e)| e.clone()));
+            envs.extend(self.commits[me].as_deref().map(|(_, e)| e.clone()));
+            envs.extend(self.nonces[me].as_deref().map(|(_, e)| e.clone()));
+            envs.extend(self.psigs[me].as_deref().map(|(_, e)| e.clone()));
         }
         if !envs.is_empty() {
             out.push(Output::Send {
@@ -486,10 +486,10 @@ impl SessionMachine {
             .joins
             .iter()
             .flatten()
-            .map(|(_, e)| e.clone())
-            .chain(self.commits.iter().flatten().map(|(_, e)| e.clone()))
-            .chain(self.nonces.iter().flatten().map(|(_, e)| e.clone()))
-            .chain(self.psigs.iter().flatten().map(|(_, e)| e.clone()))
+            .map(|slot| slot.1.clone())
+            .chain(self.commits.iter().flatten().map(|slot| slot.1.clone()))
+            .chain(self.nonces.iter().flatten().map(|slot| slot.1.clone()))
+            .chain(self.psigs.iter().flatten().map(|slot| slot.1.clone()))
             .chain(self.aggnonce_env.clone())
             .chain(self.nonce_set_env.clone())
             .collect();

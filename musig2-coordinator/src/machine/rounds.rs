@@ -113,7 +113,7 @@ impl SessionMachine {
                     commitment,
                 },
             );
-            self.commits[self.me.as_usize()] = Some((commitment, env.clone()));
+            self.commits[self.me.as_usize()] = Some(Box::new((commitment, env.clone())));
             let targets = self.round_targets();
             self.send_to(out, targets, vec![env]);
             self.enter(Phase::NonceCommit, phase_start, self.nonce_timeout_ms);
@@ -128,7 +128,7 @@ impl SessionMachine {
     /// "reveal now", and its nonce is fixed before any reveal); everyone reveals.
     pub(super) fn reveal(&mut self, now_ms: u64, out: &mut Vec<Output>) {
         if self.is_star_coordinator() {
-            if let Some((_, own)) = self.commits[self.me.as_usize()].clone() {
+            if let Some((_, own)) = self.commits[self.me.as_usize()].as_deref().cloned() {
                 let others: Vec<SignerIndex> = self.others().collect();
                 self.send_to(out, others, vec![own]);
             }
@@ -150,9 +150,9 @@ impl SessionMachine {
         );
         if self.is_star_coordinator() {
             // The aggregate-nonce message carries our own signed nonce too.
-            self.verified_nonces[self.me.as_usize()] = env.verify(&self.ann).ok();
+            self.verified_nonces[self.me.as_usize()] = env.verify(&self.ann).ok().map(Box::new);
         }
-        self.nonces[self.me.as_usize()] = Some((nonces, env.clone()));
+        self.nonces[self.me.as_usize()] = Some(Box::new((nonces, env.clone())));
         match self.topology {
             // Each reveal travels with the commitments it was made after, ours included: a
             // signer whose commitment reached only some of us (or ours, only some of them: a
@@ -164,7 +164,7 @@ impl SessionMachine {
                         .commits
                         .iter()
                         .flatten()
-                        .map(|(_, e)| e)
+                        .map(|slot| &slot.1)
                         .filter(|e| e.envelope().signer() != k)
                         .cloned()
                         .collect();
@@ -244,7 +244,7 @@ impl SessionMachine {
                 aggregate: self.star_aggregate.as_ref().map(|a| a.reference),
             },
         );
-        self.psigs[self.me.as_usize()] = Some((psig_bytes, env.clone()));
+        self.psigs[self.me.as_usize()] = Some(Box::new((psig_bytes, env.clone())));
         self.send_partial_sig(env, out);
         self.enter(Phase::PartialSig, now_ms, self.partial_sig_timeout_ms);
     }
@@ -253,7 +253,11 @@ impl SessionMachine {
     /// every signer's verified nonce envelope (deterministic: the same set gives the same
     /// digest, e.g. after a restart).
     pub(super) fn star_bodies(&self) -> Option<(Body, Body)> {
-        let envs: Option<Vec<VerifiedEnvelope>> = self.verified_nonces.iter().cloned().collect();
+        let envs: Option<Vec<VerifiedEnvelope>> = self
+            .verified_nonces
+            .iter()
+            .map(|v| v.as_deref().cloned())
+            .collect();
         envs.and_then(|envs| Body::aggregate_nonce(&self.ann, self.attempt, &envs).ok())
     }
 
@@ -298,7 +302,7 @@ impl SessionMachine {
     pub(super) fn pubnonces_of_message(&self, m: usize) -> Option<Vec<PubNonce>> {
         self.nonces
             .iter()
-            .map(|s| s.as_ref().and_then(|(b, _)| b.get(m)).map(pubnonce_of))
+            .map(|s| s.as_deref().and_then(|(b, _)| b.get(m)).map(pubnonce_of))
             .collect()
     }
 
@@ -314,7 +318,7 @@ impl SessionMachine {
                         .nonces
                         .iter()
                         .flatten()
-                        .map(|(_, e)| e)
+                        .map(|slot| &slot.1)
                         .filter(|e| e.envelope().signer() != k)
                         .cloned()
                         .collect();
@@ -384,7 +388,7 @@ impl SessionMachine {
                     if let Some((_, set)) = self.star_bodies() {
                         evidence.push(self.sign(now_ms, set));
                     }
-                    evidence.extend(self.psigs.iter().flatten().map(|(_, env)| env.clone()));
+                    evidence.extend(self.psigs.iter().flatten().map(|slot| slot.1.clone()));
                     let others: Vec<SignerIndex> = self.others().collect();
                     for k in others {
                         self.send_to(out, [k], evidence.clone());
@@ -477,8 +481,8 @@ impl SessionMachine {
 /// unparsable or invalid partial signature for any message (sorted, each once).
 fn aggregate_messages(
     contexts: &[SessionContext],
-    psigs: &[Option<(Vec<PartialSigBytes>, SignedEnvelope)>],
-    nonces: &[Option<(Vec<PubNonceBytes>, SignedEnvelope)>],
+    psigs: &[Option<Box<(Vec<PartialSigBytes>, SignedEnvelope)>>],
+    nonces: &[Option<Box<(Vec<PubNonceBytes>, SignedEnvelope)>>],
 ) -> std::result::Result<Vec<schnorr::Signature>, Vec<SignerIndex>> {
     let mut culprits = std::collections::BTreeSet::new();
     let mut sigs = Vec::with_capacity(contexts.len());
@@ -486,7 +490,7 @@ fn aggregate_messages(
         let mut parsed = Vec::with_capacity(psigs.len());
         for (i, slot) in psigs.iter().enumerate() {
             match slot
-                .as_ref()
+                .as_deref()
                 .and_then(|(b, _)| b.get(m))
                 .and_then(|b| PartialSignature::from_bytes(&b.to_bytes()).ok())
             {
@@ -501,7 +505,7 @@ fn aggregate_messages(
         }
         let pubnonces: Vec<PubNonce> = nonces
             .iter()
-            .filter_map(|s| s.as_ref().and_then(|(b, _)| b.get(m)).map(pubnonce_of))
+            .filter_map(|s| s.as_deref().and_then(|(b, _)| b.get(m)).map(pubnonce_of))
             .collect();
         match context.aggregate_and_verify(&parsed, &pubnonces) {
             Ok(sig) => sigs.push(sig),

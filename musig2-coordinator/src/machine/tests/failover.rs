@@ -214,7 +214,7 @@ fn an_aggregator_that_crashes_in_any_phase_is_replaced_and_old_contributions_sta
                 schnorr::verify(&sig, MSG, &m.key_aggs()[0].x_only_key()).unwrap();
                 // Every contribution used is of the attempt that signed.
                 for (j, slot) in m.psigs.iter().enumerate() {
-                    if let Some((_, env)) = slot {
+                    if let Some((_, env)) = slot.as_deref() {
                         assert!(
                             matches!(env.envelope().body(), Body::PartialSig { attempt, .. } if *attempt == m.attempt),
                             "node {i} holds signer {j}'s partial signature of another attempt"

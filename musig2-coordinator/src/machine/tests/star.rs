@@ -73,7 +73,7 @@ fn partial_sigs_of(net: &Net) -> Vec<Option<SignedEnvelope>> {
     net.machines[0]
         .psigs
         .iter()
-        .map(|s| s.as_ref().map(|(_, e)| e.clone()))
+        .map(|s| s.as_deref().map(|(_, e)| e.clone()))
         .collect()
 }
 
