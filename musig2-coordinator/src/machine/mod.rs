@@ -129,7 +129,13 @@ enum Slot {
     Conflict,
 }
 
-fn place<T: PartialEq, E>(slot: &mut Option<Box<(T, E)>>, value: T, extra: E) -> Slot {
+/// What a machine holds of one signer's contribution: the value and the envelope that carried
+/// it. Boxed: an empty slot is 8 bytes where an envelope inline is 216, and a star member fills
+/// two slots of n, so a machine does not allocate and clear n-sized arrays of envelopes (64 KB
+/// at n = 50).
+pub(super) type Held<T> = Option<Box<(T, SignedEnvelope)>>;
+
+fn place<T: PartialEq>(slot: &mut Held<T>, value: T, extra: SignedEnvelope) -> Slot {
     match slot {
         None => {
             *slot = Some(Box::new((value, extra)));
@@ -197,19 +203,16 @@ pub struct SessionMachine {
     peers: Vec<Option<PeerId>>,
     /// Whether signer `i`'s peer id came from the announcement (so everyone knows it).
     listed: Vec<bool>,
-    // The per-signer slots below are boxed: a slot is 8 bytes until it is filled (a star member
-    // fills two of n), where an envelope inline is 216, so a machine does not allocate and
-    // clear five n-sized arrays of them (64 KB at n = 50).
-    joins: Vec<Option<Box<(PeerId, SignedEnvelope)>>>,
+    joins: Vec<Held<PeerId>>,
     /// Signers we have sent our own join to.
     join_sent: Vec<bool>,
-    commits: Vec<Option<Box<(NonceCommitment, SignedEnvelope)>>>,
+    commits: Vec<Held<NonceCommitment>>,
     /// Per signer, its public nonces (one per message).
-    nonces: Vec<Option<Box<(Vec<PubNonceBytes>, SignedEnvelope)>>>,
+    nonces: Vec<Held<Vec<PubNonceBytes>>>,
     /// Verified nonce envelopes, kept by the star coordinator to build the aggregate message.
     verified_nonces: Vec<Option<Box<VerifiedEnvelope>>>,
     /// Per signer, its partial signatures (one per message).
-    psigs: Vec<Option<Box<(Vec<PartialSigBytes>, SignedEnvelope)>>>,
+    psigs: Vec<Held<Vec<PartialSigBytes>>>,
     aggnonce_received: bool,
     nonces_announced: bool,
     psigs_announced: bool,

@@ -481,8 +481,8 @@ impl SessionMachine {
 /// unparsable or invalid partial signature for any message (sorted, each once).
 fn aggregate_messages(
     contexts: &[SessionContext],
-    psigs: &[Option<Box<(Vec<PartialSigBytes>, SignedEnvelope)>>],
-    nonces: &[Option<Box<(Vec<PubNonceBytes>, SignedEnvelope)>>],
+    psigs: &[super::Held<Vec<PartialSigBytes>>],
+    nonces: &[super::Held<Vec<PubNonceBytes>>],
 ) -> std::result::Result<Vec<schnorr::Signature>, Vec<SignerIndex>> {
     let mut culprits = std::collections::BTreeSet::new();
     let mut sigs = Vec::with_capacity(contexts.len());
