@@ -544,7 +544,7 @@ impl Node {
     ) {
         tokio::time::sleep(after).await;
         let needed = match self.health(id).await {
-            Ok(h) => !h.phase.is_terminal() && h.joined < h.signers,
+            Ok(h) => !h.phase.is_terminal() && !h.all_joined,
             // Finished and forgotten, cancelled, or the node stopped.
             Err(_) => false,
         };

@@ -312,6 +312,7 @@ pub fn health_json(
         "age_ms": health.age_ms,
         "holdouts": health.holdouts.iter().map(|&s| signer_json(announcement, s, me)).collect::<Vec<_>>(),
         "joined": health.joined,
+        "all_joined": health.all_joined,
         "commitments": health.commitments,
         "nonces": health.nonces,
         "partial_signatures": health.partial_signatures,
@@ -351,10 +352,14 @@ pub fn progress_line(status: &Value) -> String {
     } else {
         (&status["expires"], "until expiry")
     };
+    // A star member sees few joins (ADR 0019); once it knows all are in, it says so.
+    let joins = if status["all_joined"] == true {
+        "all joined".to_owned()
+    } else {
+        format!("joins seen {}/{}", status["joined"], status["signers"])
+    };
     format!(
-        "phase {phase}{attempt}, joins seen {}/{}, waiting for {}, {} left {what}",
-        status["joined"],
-        status["signers"],
+        "phase {phase}{attempt}, {joins}, waiting for {}, {} left {what}",
         if holdouts.is_empty() {
             "nobody".to_owned()
         } else {
@@ -536,6 +541,12 @@ mod tests {
         assert_eq!(
             progress_line(&later),
             "phase nonce, joins seen 2/3, waiting for nobody, 14m left until expiry"
+        );
+        later["all_joined"] = json!(true);
+        later["joined"] = json!(1);
+        assert_eq!(
+            progress_line(&later),
+            "phase nonce, all joined, waiting for nobody, 14m left until expiry"
         );
         later["attempt"] = json!(1);
         assert!(

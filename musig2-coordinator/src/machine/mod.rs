@@ -106,8 +106,13 @@ pub struct SessionHealth {
     pub age_ms: u64,
     /// Signers we are waiting for in the current phase.
     pub holdouts: Vec<SignerIndex>,
-    /// Joins received (ours included).
+    /// Joins received (ours included). A star member other than the creator's unlisted
+    /// signers holds only its own and, at times, the coordinator's (ADR 0019): see `all_joined`.
     pub joined: usize,
+    /// Whether every signer is known to have joined: this node holds every join, or it is in
+    /// a round that could only start once all had (a star member told by the coordinator that
+    /// every commitment or nonce is in).
+    pub all_joined: bool,
     /// Nonce commitments received.
     pub commitments: usize,
     /// Public nonces received.
@@ -630,6 +635,17 @@ impl SessionMachine {
         }
     }
 
+    /// Whether every signer is known to have joined. A star member holds few joins (ADR 0019):
+    /// it learns that all are in when the coordinator, which holds them, sends its commitment
+    /// signal or the aggregate nonce, or when round 2 starts.
+    fn all_joined(&self) -> bool {
+        let star_member = self.topology == Topology::Star && self.me != self.coordinator;
+        all_filled(&self.joins)
+            || matches!(self.phase, Phase::PartialSig | Phase::Done)
+            || (star_member
+                && (self.aggnonce_received || self.commits[self.coordinator.as_usize()].is_some()))
+    }
+
     /// A snapshot of progress.
     pub fn health(&self, now_ms: u64) -> SessionHealth {
         SessionHealth {
@@ -640,6 +656,7 @@ impl SessionMachine {
             age_ms: now_ms.saturating_sub(self.started_ms),
             holdouts: self.holdouts(),
             joined: filled(&self.joins),
+            all_joined: self.all_joined(),
             commitments: filled(&self.commits),
             nonces: filled(&self.nonces),
             partial_signatures: filled(&self.psigs),
@@ -677,10 +694,13 @@ impl SessionMachine {
             session: self.id,
             signer: self.me,
         }));
+        // The creator needs the join of a signer it did not list, to hand it on; a listed
+        // signer's join tells it nothing it would act on (ADR 0019).
         let creator = self.ann.announcement().creator;
+        let listed = self.listed[self.me.as_usize()];
         let targets: Vec<SignerIndex> = self
             .all_signers()
-            .filter(|&j| self.sends_own_join_to(j, now_ms) || j == creator)
+            .filter(|&j| self.sends_own_join_to(j, now_ms) || (j == creator && !listed))
             .filter(|&j| self.peer_of(j).is_some())
             .collect();
         for &j in &targets {
@@ -829,8 +849,7 @@ impl SessionMachine {
     }
 
     /// Whether `envelope`, delivered by `from`, is the listed star coordinator's join reaching a
-    /// member (not the creator, which gets it when the coordinator joins) that holds none and
-    /// has joined: the coordinator sends its members its join only to ask what it may have lost
+    /// member (the creator included, ADR 0019) that holds none and has joined: the coordinator sends its members its join only to ask what it may have lost
     /// (a restart, a missed deadline), so the member answers it like a copy of a join it holds.
     /// Unverified: the caller acts on it only once the envelope is accepted, or (finished
     /// session) only with what it tells any signer.
@@ -840,7 +859,6 @@ impl SessionMachine {
             && envelope.envelope().signer() == c
             && self.topology == Topology::Star
             && self.me != c
-            && self.me != self.ann.announcement().creator
             && self.listed[c.as_usize()]
             && self.peer_of(c) == Some(from)
             && self.joins[c.as_usize()].is_none()

@@ -447,6 +447,143 @@ fn a_listed_star_coordinator_sends_its_members_no_join_an_unlisted_one_does() {
 }
 
 #[test]
+fn a_listed_star_members_join_goes_to_the_coordinator_alone_an_unlisted_ones_to_the_creator_too() {
+    // ADR 0019: the creator needs a join only to hand on the peer of a signer it did not list;
+    // a star member needs none but the coordinator's. So the creator learns that everyone is
+    // in as any member does, from the coordinator.
+    for commit in [false, true] {
+        for (election, coordinator) in [
+            (ElectionMethod::FirstSigner, 0),
+            (ElectionMethod::LastSigner, 3),
+        ] {
+            for list_peers in [true, false] {
+                let mut net = Net::build(4, Topology::Star, commit, election, list_peers);
+                // reached[j][to]: signer j's join was delivered to node `to`.
+                let mut reached = [[false; 4]; 4];
+                let mut track = |net: &mut Net| {
+                    net.run_with(|_, to, e| {
+                        let env = e.envelope();
+                        if matches!(env.body(), Body::Join { .. }) {
+                            reached[env.signer().as_usize()][to] = true;
+                        }
+                        vec![e]
+                    })
+                };
+                for i in [0, 3, 1] {
+                    net.join(i);
+                    track(&mut net);
+                }
+                let case = format!("commit {commit}, {election:?}, peers listed: {list_peers}");
+                // Signer 2 has not joined: the creator cannot think everyone has.
+                let creator = net.machines[0].health(net.now);
+                assert!(!creator.all_joined, "{case}");
+                net.join(2);
+                track(&mut net);
+                net.assert_all_signed();
+                assert!(net.machines[0].health(net.now).all_joined, "{case}");
+                for member in (1..4).filter(|&j| j != coordinator) {
+                    assert!(reached[member][coordinator], "{case}: member {member}");
+                    assert_eq!(
+                        reached[member][0],
+                        coordinator == 0 || !list_peers,
+                        "{case}: member {member}'s join at the creator"
+                    );
+                    for other in (1..4).filter(|&k| k != coordinator && k != member) {
+                        assert!(!reached[member][other], "{case}: {member} -> {other}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_star_creator_takes_the_coordinators_first_join_as_a_question_like_any_member() {
+    // ADR 0019: a quiet listed coordinator sends the creator no join either, so its join coming
+    // later (after a restart or a missed deadline) asks what it lost, at the creator as at
+    // every other member, and a finished session answers it.
+    let mut net = Net::custom(
+        4,
+        Topology::Star,
+        false,
+        ElectionMethod::LastSigner,
+        true,
+        |p| p.timeouts.join_ms = 300_000,
+        &Config::default(),
+    );
+    net.join_all();
+    net.run();
+    net.assert_all_signed();
+    let join = net.machines[3].joins[3]
+        .as_deref()
+        .expect("the coordinator's own join")
+        .1
+        .clone();
+    for member in 0..3 {
+        assert!(net.machines[member].joins[3].is_none(), "member {member}");
+        assert!(
+            net.machines[member].is_unheard_coordinator_join(&join, net.peers[3]),
+            "member {member}"
+        );
+    }
+    // Not from another peer.
+    assert!(!net.machines[0].is_unheard_coordinator_join(&join, net.peers[1]));
+}
+
+#[test]
+fn a_star_creator_knows_everyone_joined_once_the_coordinator_says_so() {
+    // The deferred DHT put (`DhtAnnounce::IfNotJoinedWithin`) asks the creator's `all_joined`.
+    // Without joins of its own (ADR 0019), a star creator learns it from the coordinator's
+    // commitment signal or aggregate nonce, each sent only once every signer is in.
+    for commit in [false, true] {
+        let mut net = Net::with_election(4, Topology::Star, commit, ElectionMethod::LastSigner);
+        for i in 0..4 {
+            net.join(i);
+        }
+        // Deliver everything except what the coordinator (3) sends the creator (0).
+        let mut held = Vec::new();
+        net.run_with(|from, to, e| {
+            if from == 3 && to == 0 {
+                held.push(e);
+                Vec::new()
+            } else {
+                vec![e]
+            }
+        });
+        let before = net.machines[0].health(net.now);
+        assert_eq!(
+            before.joined, 1,
+            "commit {commit}: the creator holds only its own join"
+        );
+        assert!(!before.all_joined, "commit {commit}");
+        // One at a time: the coordinator's join (its window is within the clock skew, so it
+        // sends one) says nothing of the others; its commitment or aggregate nonce does.
+        let mut told = None;
+        for env in held {
+            let kind = match env.envelope().body() {
+                Body::Join { .. } => "join",
+                Body::NonceCommit { .. } => "commitment",
+                Body::AggregateNonce { .. } => "aggregate nonce",
+                _ => "other",
+            };
+            net.deliver(3, 0, env);
+            let health = net.machines[0].health(net.now);
+            if health.all_joined {
+                assert!(!health.phase.is_terminal(), "commit {commit}");
+                told = Some(kind);
+                break;
+            }
+        }
+        let expected = if commit {
+            "commitment"
+        } else {
+            "aggregate nonce"
+        };
+        assert_eq!(told, Some(expected), "commit {commit}");
+    }
+}
+
+#[test]
 fn events_follow_the_phases_in_order() {
     let mut net = Net::new(3, Topology::Mesh, true);
     net.join_all();
