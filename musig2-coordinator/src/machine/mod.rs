@@ -106,12 +106,11 @@ pub struct SessionHealth {
     pub age_ms: u64,
     /// Signers we are waiting for in the current phase.
     pub holdouts: Vec<SignerIndex>,
-    /// Joins received (ours included). A star member other than the creator's unlisted
-    /// signers holds only its own and, at times, the coordinator's (ADR 0019): see `all_joined`.
+    /// Joins received (ours included). A star member holds only its own and, at times, the
+    /// coordinator's; a star creator also those of signers it did not list (ADR 0019).
     pub joined: usize,
-    /// Whether every signer is known to have joined: this node holds every join, or it is in
-    /// a round that could only start once all had (a star member told by the coordinator that
-    /// every commitment or nonce is in).
+    /// Whether every signer has surely joined: this node holds every join, or the session
+    /// signed.
     pub all_joined: bool,
     /// Nonce commitments received.
     pub commitments: usize,
@@ -635,15 +634,13 @@ impl SessionMachine {
         }
     }
 
-    /// Whether every signer is known to have joined. A star member holds few joins (ADR 0019):
-    /// it learns that all are in when the coordinator, which holds them, sends its commitment
-    /// signal or the aggregate nonce, or when round 2 starts.
+    /// Whether every signer has surely joined: this node holds every join, or the session
+    /// signed (a valid signature needs every signer's partial signature). A star member holds
+    /// few joins (ADR 0019), and takes no one's word for the others': a lying coordinator could
+    /// claim all are in to keep the creator from storing the announcement in the DHT for a
+    /// signer that missed it.
     fn all_joined(&self) -> bool {
-        let star_member = self.topology == Topology::Star && self.me != self.coordinator;
-        all_filled(&self.joins)
-            || matches!(self.phase, Phase::PartialSig | Phase::Done)
-            || (star_member
-                && (self.aggnonce_received || self.commits[self.coordinator.as_usize()].is_some()))
+        all_filled(&self.joins) || self.phase == Phase::Done
     }
 
     /// A snapshot of progress.

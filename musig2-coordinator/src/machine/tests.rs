@@ -531,55 +531,58 @@ fn a_star_creator_takes_the_coordinators_first_join_as_a_question_like_any_membe
 }
 
 #[test]
-fn a_star_creator_knows_everyone_joined_once_the_coordinator_says_so() {
+fn a_star_creator_takes_no_ones_word_that_everyone_joined() {
     // The deferred DHT put (`DhtAnnounce::IfNotJoinedWithin`) asks the creator's `all_joined`.
-    // Without joins of its own (ADR 0019), a star creator learns it from the coordinator's
-    // commitment signal or aggregate nonce, each sent only once every signer is in.
+    // A star creator holds no listed member's join (ADR 0019), and the coordinator's aggregate
+    // nonce or commitment signal is only its word: a lying one could send it early to keep the
+    // announcement out of the DHT. So `all_joined` waits for the signature.
     for commit in [false, true] {
         let mut net = Net::with_election(4, Topology::Star, commit, ElectionMethod::LastSigner);
         for i in 0..4 {
             net.join(i);
         }
-        // Deliver everything except what the coordinator (3) sends the creator (0).
-        let mut held = Vec::new();
-        net.run_with(|from, to, e| {
-            if from == 3 && to == 0 {
-                held.push(e);
-                Vec::new()
-            } else {
-                vec![e]
-            }
-        });
-        let before = net.machines[0].health(net.now);
-        assert_eq!(
-            before.joined, 1,
-            "commit {commit}: the creator holds only its own join"
-        );
-        assert!(!before.all_joined, "commit {commit}");
-        // One at a time: the coordinator's join (its window is within the clock skew, so it
-        // sends one) says nothing of the others; its commitment or aggregate nonce does.
-        let mut told = None;
-        for env in held {
-            let kind = match env.envelope().body() {
-                Body::Join { .. } => "join",
-                Body::NonceCommit { .. } => "commitment",
-                Body::AggregateNonce { .. } => "aggregate nonce",
-                _ => "other",
-            };
-            net.deliver(3, 0, env);
-            let health = net.machines[0].health(net.now);
-            if health.all_joined {
-                assert!(!health.phase.is_terminal(), "commit {commit}");
-                told = Some(kind);
+        // Everything the coordinator (3) sends the creator (0) is handed over one envelope at
+        // a time, the rest as it comes: its join (its window is within the clock skew, so it
+        // sends one), its commitment signal, its aggregate nonce. None of them is proof; the
+        // final signature is.
+        let mut phases = Vec::new();
+        loop {
+            let mut held = Vec::new();
+            net.run_with(|from, to, e| {
+                if from == 3 && to == 0 {
+                    held.push(e);
+                    Vec::new()
+                } else {
+                    vec![e]
+                }
+            });
+            if held.is_empty() {
                 break;
             }
+            for env in held {
+                let health = net.machines[0].health(net.now);
+                if phases.is_empty() {
+                    assert_eq!(health.joined, 1, "commit {commit}: only its own join");
+                }
+                assert!(!health.all_joined, "commit {commit}: {:?}", health.phase);
+                phases.push(health.phase);
+                net.deliver(3, 0, env);
+            }
         }
-        let expected = if commit {
-            "commitment"
-        } else {
-            "aggregate nonce"
-        };
-        assert_eq!(told, Some(expected), "commit {commit}");
+        assert!(
+            phases.contains(&Phase::PartialSig),
+            "commit {commit}: {phases:?}"
+        );
+        net.assert_all_signed();
+        assert!(
+            net.machines[0].health(net.now).all_joined,
+            "commit {commit}"
+        );
+        // The coordinator holds every join all along.
+        assert!(
+            net.machines[3].health(net.now).all_joined,
+            "commit {commit}"
+        );
     }
 }
 
