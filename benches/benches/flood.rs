@@ -36,10 +36,8 @@
 //! default 15), `FLOOD_CREATORS` (creator keys for kind c, default one per announcement),
 //! `FLOOD_RATE` (pace the flooder to this many frames per second; default as fast as it can).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,6 +45,7 @@ use async_trait::async_trait;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, identity, noise, tcp, yamux};
+use musig2_benches::heap;
 use musig2_coordinator::{
     Config, Event, Node, NodeUsage, Phase, SessionRequest, announcement_record_validator,
 };
@@ -62,112 +61,28 @@ use secp256k1::{Keypair, PublicKey};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
-// ---- heap: a counting wrapper around the system allocator -----------------------------------
-
-/// Counts the bytes live on the heap (whole process) and the peak since the last reset.
-struct Counting;
-
-static HEAP_NOW: AtomicUsize = AtomicUsize::new(0);
-static HEAP_PEAK: AtomicUsize = AtomicUsize::new(0);
-
-/// Thread groups: 0 other (main thread), 1 victim runtime, 2 honest runtime, 3 flooder runtime.
-const VICTIM: u8 = 1;
-static GROUP_NOW: [AtomicI64; 4] = [const { AtomicI64::new(0) }; 4];
-static GROUP_PEAK: [AtomicI64; 4] = [const { AtomicI64::new(0) }; 4];
-
-thread_local! {
-    /// The group of the current thread (set when a runtime starts the thread).
-    static GROUP: Cell<u8> = const { Cell::new(0) };
-}
-
-fn group() -> usize {
-    usize::from(GROUP.try_with(Cell::get).unwrap_or(0))
-}
-
-fn heap_grew(n: usize) {
-    let now = HEAP_NOW.fetch_add(n, Ordering::Relaxed) + n;
-    HEAP_PEAK.fetch_max(now, Ordering::Relaxed);
-    let g = group();
-    let now = GROUP_NOW[g].fetch_add(n as i64, Ordering::Relaxed) + n as i64;
-    GROUP_PEAK[g].fetch_max(now, Ordering::Relaxed);
-}
-
-fn heap_shrank(n: usize) {
-    HEAP_NOW.fetch_sub(n, Ordering::Relaxed);
-    GROUP_NOW[group()].fetch_sub(n as i64, Ordering::Relaxed);
-}
-
-// The one unsafe item of the benches: `GlobalAlloc` is an unsafe trait. Every call goes straight
-// to `System` with the caller's arguments; the wrapper only counts sizes.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            heap_grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as above.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            heap_grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) };
-        heap_shrank(layout.size());
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: as above.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            if new_size >= layout.size() {
-                heap_grew(new_size - layout.size());
-            } else {
-                heap_shrank(layout.size() - new_size);
-            }
-        }
-        p
-    }
-}
+// ---- heap: the benches' counting allocator (musig2_benches::heap) -----------------------------
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: heap::Counting = heap::Counting;
 
-fn heap_now() -> usize {
-    HEAP_NOW.load(Ordering::Relaxed)
-}
+/// Thread group of the victim runtime (0 is every other thread: main, honest, flooder).
+const VICTIM: u8 = 1;
 
 /// Resets the peaks to the current levels; returns the process's and the victim threads'.
 fn heap_reset_peak() -> (usize, i64) {
-    let now = heap_now();
-    HEAP_PEAK.store(now, Ordering::Relaxed);
-    for (n, p) in GROUP_NOW.iter().zip(&GROUP_PEAK) {
-        p.store(n.load(Ordering::Relaxed), Ordering::Relaxed);
-    }
-    (now, victim_heap_now())
+    heap::reset_peaks();
+    (heap::now(), victim_heap_now())
 }
 
 /// Bytes allocated by the victim runtime's threads and not freed by them (memory that one
 /// group allocates and another frees skews it; see `docs/bench-flood.md`).
 fn victim_heap_now() -> i64 {
-    GROUP_NOW[usize::from(VICTIM)].load(Ordering::Relaxed)
+    heap::group_now(VICTIM)
 }
 
 fn victim_heap_peak() -> i64 {
-    GROUP_PEAK[usize::from(VICTIM)].load(Ordering::Relaxed)
-}
-
-fn heap_peak() -> usize {
-    HEAP_PEAK.load(Ordering::Relaxed)
+    heap::group_peak(VICTIM)
 }
 
 // ---- CPU: per runtime, from the kernel's per-thread accounting -------------------------------
@@ -352,7 +267,7 @@ fn runtime(name: &'static str, workers: usize, group: u8) -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name(name)
-        .on_thread_start(move || GROUP.with(|g| g.set(group)))
+        .on_thread_start(move || heap::set_thread_group(group))
         // Blocking threads (if any) stay alive, so their CPU stays visible.
         .thread_keep_alive(Duration::from_secs(3600))
         .enable_all()
@@ -1146,8 +1061,8 @@ async fn run_kind(
     let unloaded_median = median(&unloaded);
     let unloaded_after = median(&unloaded[unloaded_before..]);
     let unloaded_first = median(&unloaded[..unloaded_before]);
-    let heap_peak_above = heap_peak().saturating_sub(heap_idle);
-    let heap_end_above = heap_now().saturating_sub(heap_idle);
+    let heap_peak_above = heap::peak().saturating_sub(heap_idle);
+    let heap_end_above = heap::now().saturating_sub(heap_idle);
     let victim_heap_peak_above = victim_heap_peak() - victim_heap_idle;
     let victim_heap_end_above = victim_heap_now() - victim_heap_idle;
     let usage = victim.usage().await.expect("usage");
