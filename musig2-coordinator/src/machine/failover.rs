@@ -392,7 +392,7 @@ impl SessionMachine {
             Some(p) if p.rank <= rank => superseded,
             _ => {
                 tracing::debug!(session = %self.id, %signer, "failover claim waits for our own deadline");
-                self.pending_claim = Some(claim);
+                self.pending_claim = Some(Box::new(claim));
                 Ok(())
             }
         }
@@ -423,7 +423,7 @@ impl SessionMachine {
         out: &mut Vec<Output>,
     ) {
         if let Some(claim) = self.pending_claim.take() {
-            self.follow_claim(claim, now_ms, out);
+            self.follow_claim(*claim, now_ms, out);
             self.advance(now_ms, rng, out);
         }
     }

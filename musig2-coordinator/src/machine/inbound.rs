@@ -73,7 +73,7 @@ impl SessionMachine {
         let exact_copy = self
             .seen
             .get(claimed.as_usize())
-            .and_then(|m| m.get(&claimed_seq.get()))
+            .and_then(|m| m.get(claimed_seq.get()))
             .is_some_and(|s| s.is_copy(&envelope));
         if exact_copy || self.is_stored(&envelope) {
             return Err(CoordinatorError::Duplicate {
@@ -127,7 +127,7 @@ impl SessionMachine {
         // filters: its author signed both, so it is evidence whoever relayed it and however late.
         let hash = verified.signing_hash();
         let reused_seq = self.seen[signer.as_usize()]
-            .get(&verified.seq().get())
+            .get(verified.seq().get())
             .is_some_and(|s| s.hash != hash);
         if reused_seq || self.contradicts(&verified) {
             self.abort(now_ms, AbortReason::Equivocation, vec![signer], out);
@@ -251,22 +251,15 @@ impl SessionMachine {
         signature: Option<[u8; 64]>,
         direct: bool,
     ) {
-        let Some(map) = self.seen.get_mut(signer.as_usize()) else {
+        let Some(window) = self.seen.get_mut(signer.as_usize()) else {
             return;
         };
-        map.insert(
-            seq.get(),
-            SeenEnvelope {
-                hash,
-                signature,
-                direct,
-            },
-        );
-        let highest = map.keys().next_back().copied().unwrap_or(0);
-        let floor = highest.saturating_sub(self.replay_window);
-        while map.first_key_value().is_some_and(|(&k, _)| k < floor) {
-            map.pop_first();
-        }
+        let seen = SeenEnvelope {
+            hash,
+            signature,
+            direct,
+        };
+        window.insert(seq.get(), seen, self.replay_window);
     }
 
     pub(super) fn buffer_unbound(&mut self, from: PeerId, envelope: SignedEnvelope) -> Result<()> {
@@ -434,7 +427,7 @@ impl SessionMachine {
                 }
                 self.star_aggregate = Some(aggregate);
                 self.aggnonce_received = true;
-                self.aggnonce_env = Some(env.signed().clone());
+                self.aggnonce_env = Some(Box::new(env.signed().clone()));
             }
             Body::NonceSet { attempt, nonces } => {
                 check_attempt(attempt)?;
@@ -446,7 +439,7 @@ impl SessionMachine {
                         kind: "nonce set",
                     });
                 };
-                self.nonce_set_env = Some(env.signed().clone());
+                self.nonce_set_env = Some(Box::new(env.signed().clone()));
                 // The proto layer checked every relayed nonce's signature; each is its author's
                 // signed statement. The coordinator signed both the aggregate (with the digest)
                 // and this set: any disagreement between them is its own, provably.
@@ -515,7 +508,7 @@ impl SessionMachine {
                         kind: "final signature that does not verify",
                     },
                 )?;
-                self.final_env = Some(env.signed().clone());
+                self.final_env = Some(Box::new(env.signed().clone()));
                 self.finish(sigs, now_ms, out);
             }
             Body::Abort { reason, blamed } => {
@@ -545,7 +538,7 @@ impl SessionMachine {
                     AbortOrigin::Remote(signer)
                 };
                 self.aborted = Some((reason, blamed.clone(), origin));
-                self.final_env = Some(env.signed().clone());
+                self.final_env = Some(Box::new(env.signed().clone()));
                 self.record(Record::Outcome {
                     session: self.id,
                     outcome: Outcome::Aborted {
@@ -632,8 +625,8 @@ impl SessionMachine {
             Body::Nonce { .. } => self.nonces.get(j).and_then(|s| s.as_ref().map(|x| &x.1)),
             Body::PartialSig { .. } => self.psigs.get(j).and_then(|s| s.as_ref().map(|x| &x.1)),
             Body::Join { .. } => self.joins.get(j).and_then(|s| s.as_ref().map(|x| &x.1)),
-            Body::AggregateNonce { .. } => self.aggnonce_env.as_ref(),
-            Body::NonceSet { .. } => self.nonce_set_env.as_ref(),
+            Body::AggregateNonce { .. } => self.aggnonce_env.as_deref(),
+            Body::NonceSet { .. } => self.nonce_set_env.as_deref(),
             _ => None,
         };
         stored == Some(envelope)

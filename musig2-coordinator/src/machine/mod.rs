@@ -181,7 +181,7 @@ pub struct SessionMachine {
     /// The earliest time (our clock) an honest signer can claim the next attempt.
     earliest_claim_ms: u64,
     /// The lowest-ranked valid claim of the next attempt, waiting for our own deadline.
-    pending_claim: Option<PendingClaim>,
+    pending_claim: Option<Box<PendingClaim>>,
     /// Rebuilt from the store and still in the attempt it was restored in.
     restored: bool,
     /// Whether a failover claim has been made or seen (signers may then be an attempt apart).
@@ -236,16 +236,18 @@ pub struct SessionMachine {
     /// Per signer, the envelopes verified (or, for us, sent) in the replay window: sequence
     /// number → (signing hash, signature). The same number under another hash is equivocation;
     /// under the same signature it is an exact replay, dropped before any verification.
-    seen: Vec<BTreeMap<u64, SeenEnvelope>>,
+    seen: Vec<SeenWindow>,
+    // The envelopes below are held in some roles or on failure only: boxed, an unset one is 8
+    // bytes where inline it is 216, in every machine (an idle session holds two).
     /// The star coordinator's verified AggregateNonce envelope (members), to drop replays cheaply.
-    aggnonce_env: Option<SignedEnvelope>,
+    aggnonce_env: Option<Box<SignedEnvelope>>,
     /// Star: the aggregate nonces we sign under in this attempt (received as a member, computed
     /// as the coordinator), with the nonce set they commit to (ADR 0011).
     star_aggregate: Option<StarAggregate>,
     /// Star member: the coordinator's revealed nonce set of this attempt (evidence, on failure).
-    nonce_set_env: Option<SignedEnvelope>,
+    nonce_set_env: Option<Box<SignedEnvelope>>,
     /// The AggregateNonce envelope we sent (star coordinator), to send again when asked.
-    aggnonce_sent: Option<SignedEnvelope>,
+    aggnonce_sent: Option<Box<SignedEnvelope>>,
     /// The announcement lists, at our index, a peer id that is not ours.
     misrouted: bool,
     replay_window: u64,
@@ -262,7 +264,7 @@ pub struct SessionMachine {
     max_attempts: u16,
     /// The envelope that ends the session for a signer who missed the end: the final
     /// signature, or the signed abort (ours, or the claim we accepted).
-    final_env: Option<SignedEnvelope>,
+    final_env: Option<Box<SignedEnvelope>>,
     /// Per signer, answers sent about the finished session.
     answered: Vec<u8>,
     /// Verified contributions of the next attempt that arrived before its restart.
@@ -287,6 +289,32 @@ struct SeenEnvelope {
     /// Whether that signature covers this envelope alone; a batch signature covers several, so
     /// an exact copy must also have the same hash.
     direct: bool,
+}
+
+/// One signer's envelopes in the replay window by sequence number, ascending. A sorted vector:
+/// a window holds a few entries (at most `replay_window` + 1), and a `BTreeMap` allocates a
+/// 1.2 KB node for its first one, in every machine for every signer heard from.
+#[derive(Debug, Clone, Default)]
+struct SeenWindow(Vec<(u64, SeenEnvelope)>);
+
+impl SeenWindow {
+    fn get(&self, seq: u64) -> Option<&SeenEnvelope> {
+        let i = self.0.binary_search_by_key(&seq, |(k, _)| *k).ok()?;
+        Some(&self.0[i].1)
+    }
+
+    /// Records `seen` under `seq` (in place of what was there), then forgets the entries more
+    /// than `window` below the highest.
+    fn insert(&mut self, seq: u64, seen: SeenEnvelope, window: u64) {
+        match self.0.binary_search_by_key(&seq, |(k, _)| *k) {
+            Ok(i) => self.0[i].1 = seen,
+            Err(i) => self.0.insert(i, (seq, seen)),
+        }
+        let highest = self.0.last().map_or(0, |(k, _)| *k);
+        let floor = highest.saturating_sub(window);
+        let below = self.0.partition_point(|(k, _)| *k < floor);
+        self.0.drain(..below);
+    }
 }
 
 impl SeenEnvelope {
@@ -440,7 +468,7 @@ impl SessionMachine {
             signatures: None,
             aborted: None,
             replay: vec![ReplayWindow::new(config.replay_window, config.max_seq_gap); n],
-            seen: vec![BTreeMap::new(); n],
+            seen: vec![SeenWindow::default(); n],
             aggnonce_env: None,
             star_aggregate: None,
             nonce_set_env: None,
@@ -563,7 +591,7 @@ impl SessionMachine {
     pub fn is_exact_replay(&self, header: &musig2_proto::EnvelopeHeader) -> bool {
         self.seen
             .get(header.signer.as_usize())
-            .and_then(|m| m.get(&header.seq.get()))
+            .and_then(|m| m.get(header.seq.get()))
             .is_some_and(|s| s.direct && s.signature == Some(header.signature))
     }
 

@@ -71,7 +71,8 @@ impl SessionMachine {
                         Body::Abort { .. } | Body::FinalSignature { .. }
                     )
                 })
-                .cloned();
+                .cloned()
+                .map(Box::new);
             m.attempt = stored.attempt;
             m.restore_failover(&stored.envelopes, now_ms, &mut out);
             m.next_seq = SeqNo::new(stored.next_seq.get().saturating_add(SEQ_RESERVATION_BLOCK))
@@ -193,7 +194,7 @@ impl SessionMachine {
     /// The signed final signature (made once, on demand, in mesh) or the signed abort.
     pub(super) fn final_word(&mut self, now_ms: u64) -> Option<SignedEnvelope> {
         match (&self.final_env, &self.signatures) {
-            (Some(env), _) => Some(env.clone()),
+            (Some(env), _) => Some(SignedEnvelope::clone(env)),
             (None, Some(sigs)) => {
                 let signatures = sigs
                     .iter()
@@ -206,7 +207,7 @@ impl SessionMachine {
                         signatures,
                     },
                 );
-                self.final_env = Some(env.clone());
+                self.final_env = Some(Box::new(env.clone()));
                 Some(env)
             }
             (None, None) => None,
@@ -283,7 +284,7 @@ impl SessionMachine {
             if let Some(aggnonce) = own_aggnonce {
                 let others: Vec<SignerIndex> = self.others().collect();
                 self.send_to(out, others, vec![aggnonce.clone()]);
-                self.aggnonce_sent = Some(aggnonce);
+                self.aggnonce_sent = Some(Box::new(aggnonce));
             }
         }
         self.send_partial_sig(own_psig, out);
@@ -373,7 +374,7 @@ impl SessionMachine {
         // How the current attempt and its coordinator came about, in case it missed that.
         let mut envs: Vec<SignedEnvelope> = self.attempt_start.clone();
         if self.is_star_coordinator() {
-            envs.extend(self.aggnonce_sent.clone());
+            envs.extend(self.aggnonce_sent.as_deref().cloned());
         } else if self.topology == Topology::Mesh || signer == self.coordinator {
             envs.extend(self.commits[me].as_deref().map(|(_, e)| e.clone()));
             envs.extend(self.nonces[me].as_deref().map(|(_, e)| e.clone()));
@@ -490,8 +491,8 @@ impl SessionMachine {
             .chain(self.commits.iter().flatten().map(|slot| slot.1.clone()))
             .chain(self.nonces.iter().flatten().map(|slot| slot.1.clone()))
             .chain(self.psigs.iter().flatten().map(|slot| slot.1.clone()))
-            .chain(self.aggnonce_env.clone())
-            .chain(self.nonce_set_env.clone())
+            .chain(self.aggnonce_env.as_deref().cloned())
+            .chain(self.nonce_set_env.as_deref().cloned())
             .collect();
         for env in held {
             self.record(Record::Envelope(env));

@@ -203,7 +203,7 @@ impl SessionMachine {
             let env = self.sign(now_ms, body);
             let others: Vec<SignerIndex> = self.others().collect();
             self.send_to(out, others, vec![env.clone()]);
-            self.aggnonce_sent = Some(env);
+            self.aggnonce_sent = Some(Box::new(env));
         }
         let Some(contexts) = self.signing_contexts() else {
             self.abort(now_ms, AbortReason::InvalidNonce, Vec::new(), out);
@@ -375,7 +375,7 @@ impl SessionMachine {
                             });
                         }
                     }
-                    self.final_env = Some(env);
+                    self.final_env = Some(Box::new(env));
                 }
                 self.finish(sigs, now_ms, out);
             }
@@ -455,7 +455,7 @@ impl SessionMachine {
             );
             let others: Vec<SignerIndex> = self.others().collect();
             self.send_to(out, others, vec![env.clone()]);
-            self.final_env = Some(env);
+            self.final_env = Some(Box::new(env));
         }
         tracing::info!(session = %self.id, ?reason, ?blamed, "session aborted");
         self.record(Record::Outcome {

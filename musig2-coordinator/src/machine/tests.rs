@@ -175,7 +175,8 @@ impl Net {
                     } else {
                         let env = self.machines[i]
                             .final_env
-                            .clone()
+                            .as_deref()
+                            .cloned()
                             .expect("signed final word");
                         self.queue.push_back((i, to, vec![env]));
                     }
@@ -1770,4 +1771,33 @@ fn star_members_finish_on_unsigned_final_signatures_and_keep_their_own_signed_re
     crate::Transcript::from_stored(&stored, Some(idx(2)))
         .verify(&crate::TranscriptLimits::default())
         .expect("a member's transcript verifies");
+}
+
+#[test]
+fn the_seen_window_keeps_the_replay_window_below_the_highest_number_in_order() {
+    let seen = |byte: u8| SeenEnvelope {
+        hash: [byte; 32],
+        signature: None,
+        direct: false,
+    };
+    let mut window = SeenWindow::default();
+    assert!(window.get(1).is_none());
+    for seq in [5, 2, 9, 7] {
+        window.insert(seq, seen(seq as u8), 4);
+    }
+    // 9 is the highest: 5 and above stay, 2 is gone.
+    let kept: Vec<u64> = window.0.iter().map(|(k, _)| *k).collect();
+    assert_eq!(kept, vec![5, 7, 9]);
+    assert!(window.get(2).is_none());
+    assert_eq!(window.get(7).map(|s| s.hash), Some([7; 32]));
+    // The same number again takes the place of the old entry.
+    window.insert(7, seen(70), 4);
+    assert_eq!(window.get(7).map(|s| s.hash), Some([70; 32]));
+    assert_eq!(window.0.len(), 3);
+    // A number below the window is recorded and dropped at once; far above, it clears the rest.
+    window.insert(1, seen(1), 4);
+    assert!(window.get(1).is_none());
+    window.insert(100, seen(100), 4);
+    let kept: Vec<u64> = window.0.iter().map(|(k, _)| *k).collect();
+    assert_eq!(kept, vec![100]);
 }
