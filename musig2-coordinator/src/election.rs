@@ -26,9 +26,9 @@ pub fn election_order(
         ElectionMethod::LastSigner => indices.reverse(),
         ElectionMethod::Lexicographic => indices.sort_by_key(|&i| (keys[i].serialize(), i)),
         ElectionMethod::HashBased => indices.sort_by_cached_key(|&i| {
-            let mut msg = Vec::with_capacity(65);
-            msg.extend_from_slice(session.as_bytes());
-            msg.extend_from_slice(&keys[i].serialize());
+            let mut msg = [0u8; 65];
+            msg[..32].copy_from_slice(session.as_bytes());
+            msg[32..].copy_from_slice(&keys[i].serialize());
             (tagged_hash(TAG_ELECTION, &msg), i)
         }),
     }

@@ -367,7 +367,7 @@ impl Announcement {
                 .min(Limits::default().max_frame_bytes);
         let signed = SignedAnnouncement {
             version: PROTOCOL_VERSION,
-            announcement: self,
+            announcement: Arc::new(self),
             auth: AuthState::pending(announcement_leaf(&id), keypair, batchable),
             id: OnceLock::from(id),
         };
@@ -403,7 +403,7 @@ impl Announcement {
             musig2_core::bip340_sign(&announcement_leaf(&id), keypair, aux_rand).to_byte_array();
         Ok(SignedAnnouncement {
             version: PROTOCOL_VERSION,
-            announcement: self,
+            announcement: Arc::new(self),
             auth: AuthState::Ready(Auth::direct(signature)),
             id: OnceLock::from(id),
         })
@@ -434,7 +434,9 @@ fn session_id_of(version: u8, announcement: &Announcement) -> SessionId {
 #[derive(Clone, Debug)]
 pub struct SignedAnnouncement {
     version: u8,
-    announcement: Announcement,
+    /// Shared by clones: a node hands its announcement to its store, its machines and its
+    /// deferred DHT put, and a deep copy is a dozen allocations.
+    announcement: Arc<Announcement>,
     auth: AuthState,
     /// The session id, computed once (the fields never change after construction).
     id: OnceLock<SessionId>,
@@ -455,7 +457,7 @@ impl Serialize for SignedAnnouncement {
         use serde::ser::SerializeStruct;
         let mut st = serializer.serialize_struct("SignedAnnouncement", 3)?;
         st.serialize_field("version", &self.version)?;
-        st.serialize_field("announcement", &self.announcement)?;
+        st.serialize_field("announcement", &*self.announcement)?;
         st.serialize_field("auth", self.auth.auth())?;
         st.end()
     }
@@ -473,7 +475,7 @@ impl<'de> Deserialize<'de> for SignedAnnouncement {
         let wire = Wire::deserialize(deserializer)?;
         Ok(SignedAnnouncement {
             version: wire.version,
-            announcement: wire.announcement,
+            announcement: Arc::new(wire.announcement),
             auth: AuthState::Ready(wire.auth),
             id: OnceLock::new(),
         })
@@ -502,7 +504,7 @@ impl SignedAnnouncement {
     pub fn from_parts(announcement: Announcement, auth: Auth) -> SignedAnnouncement {
         SignedAnnouncement {
             version: PROTOCOL_VERSION,
-            announcement,
+            announcement: Arc::new(announcement),
             auth: AuthState::Ready(auth),
             id: OnceLock::new(),
         }
@@ -576,7 +578,7 @@ impl SignedAnnouncement {
         &self,
         now_ms: u64,
         limits: &Limits,
-    ) -> Result<(SessionId, Vec<XOnlyPublicKey>), ProtoError> {
+    ) -> Result<(SessionId, Arc<[XOnlyPublicKey]>), ProtoError> {
         let a = &self.announcement;
         a.validate(limits)?;
         if now_ms >= a.expires_at_ms {
@@ -592,7 +594,7 @@ impl SignedAnnouncement {
             });
         }
         let session_id = self.session_id();
-        let x_only: Vec<XOnlyPublicKey> = a
+        let x_only: Arc<[XOnlyPublicKey]> = a
             .signers
             .iter()
             .map(|s| s.key.x_only_public_key().0)
@@ -631,7 +633,8 @@ pub(crate) enum FrameRef<'a> {
 pub struct VerifiedAnnouncement {
     signed: SignedAnnouncement,
     session_id: SessionId,
-    x_only: Vec<XOnlyPublicKey>,
+    /// Shared by clones, like the content.
+    x_only: Arc<[XOnlyPublicKey]>,
 }
 
 impl VerifiedAnnouncement {

@@ -363,6 +363,12 @@ pub fn peek_envelope_header(bytes: &[u8], limits: &Limits) -> Option<EnvelopeHea
     if bytes.len() > limits.max_frame_bytes || bytes.len() < 64 {
         return None;
     }
+    // The kind and version first: other frames (batches, announcements) are not parsed as an
+    // envelope's header, where a field out of range costs a formatted decode error.
+    let ((tag, version), _): ((u32, u8), &[u8]) = postcard::take_from_bytes(bytes).ok()?;
+    if tag != u32::from(TAG_ENVELOPE) || version != PROTOCOL_VERSION {
+        return None;
+    }
     let (head, rest): (Head, &[u8]) = postcard::take_from_bytes(bytes).ok()?;
     if head.tag != u32::from(TAG_ENVELOPE) || head.version != PROTOCOL_VERSION || rest.len() < 64 {
         return None;
