@@ -155,7 +155,7 @@ impl SessionMachine {
             // cut off. Our join, sent again, asks the others (they answer with the claim that
             // made their attempt, a bounded number of times); we ask again each claim window
             // (a cut can heal after the send retries end) until we give up.
-            if let Some((_, own)) = self.joins[self.me.as_usize()].as_deref().cloned() {
+            if let Some(own) = self.own_join().cloned() {
                 let others: Vec<SignerIndex> = self.others().collect();
                 self.send_to(out, others, vec![own]);
             }
@@ -214,11 +214,7 @@ impl SessionMachine {
         self.claim_seen = true;
         let claim = self.sign(now_ms, Body::FailoverClaim { attempt, rank });
         // Our join goes with it: signers whose peers were not announced may not know ours.
-        let mut envs: Vec<SignedEnvelope> = self.joins[self.me.as_usize()]
-            .as_deref()
-            .map(|(_, e)| e.clone())
-            .into_iter()
-            .collect();
+        let mut envs: Vec<SignedEnvelope> = self.own_join().cloned().into_iter().collect();
         envs.push(claim.clone());
         let others: Vec<SignerIndex> = self.others().collect();
         self.send_to(out, others, envs);
@@ -294,7 +290,7 @@ impl SessionMachine {
         if c == self.me || self.phase == Phase::Created || self.join_sent[c.as_usize()] {
             return;
         }
-        if let Some((_, own)) = self.joins[self.me.as_usize()].as_deref().cloned() {
+        if let Some(own) = self.own_join().cloned() {
             self.join_sent[c.as_usize()] = true;
             self.send_to(out, [c], vec![own]);
         }
@@ -381,9 +377,9 @@ impl SessionMachine {
         // A node that just came back from a restart, or joined after the claim was made, did
         // not see the deadline pass: it has no deadline of its own to wait for (the claim's
         // timestamp passed the check above).
-        let predates_us = self.joins[self.me.as_usize()]
-            .as_deref()
-            .is_none_or(|(_, own)| env.timestamp_ms() <= own.envelope().timestamp_ms());
+        let predates_us = self
+            .own_join()
+            .is_none_or(|own| env.timestamp_ms() <= own.envelope().timestamp_ms());
         if self.phase == Phase::Created || self.restored || predates_us || now_ms >= accept_at_ms {
             self.follow_claim(claim, now_ms, out);
             return Ok(());

@@ -334,7 +334,7 @@ impl SessionMachine {
                 self.joins[j] = Some(Box::new((peer, env.signed().clone())));
                 // A signer whose peer we just learned could not have been sent our join yet.
                 if !self.join_sent[j] && self.sends_own_join_to(signer, now_ms) {
-                    if let Some((_, own)) = self.joins[self.me.as_usize()].as_deref().cloned() {
+                    if let Some(own) = self.own_join().cloned() {
                         self.join_sent[j] = true;
                         self.send_to(out, [signer], vec![own]);
                     }

@@ -595,6 +595,11 @@ impl SessionMachine {
             .is_some_and(|s| s.direct && s.signature == Some(header.signature))
     }
 
+    /// Our own signed join, once we have joined.
+    fn own_join(&self) -> Option<&SignedEnvelope> {
+        self.joins[self.me.as_usize()].as_deref().map(|(_, e)| e)
+    }
+
     /// The peer bound to signer `index`, if known.
     pub fn peer_of(&self, index: SignerIndex) -> Option<PeerId> {
         self.peers.get(index.as_usize()).copied().flatten()

@@ -137,7 +137,7 @@ impl SessionMachine {
             m.flush_records(&mut out);
             return Ok((m, out));
         }
-        let Some((_, own_join)) = m.joins[m.me.as_usize()].as_deref().cloned() else {
+        let Some(own_join) = m.own_join().cloned() else {
             // Not joined: nothing of ours left the node.
             m.phase = Phase::Created;
             m.flush_records(&mut out);
@@ -276,7 +276,7 @@ impl SessionMachine {
         self.nonces_announced = true;
         self.aggnonce_received = true;
         // Our join first: it asks the others for what we may have lost.
-        if let Some((_, own_join)) = self.joins[self.me.as_usize()].as_deref().cloned() {
+        if let Some(own_join) = self.own_join().cloned() {
             let others: Vec<SignerIndex> = self.others().collect();
             self.send_to(out, others, vec![own_join]);
         }
