@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{Auth, AuthState};
 use crate::error::ProtoError;
 use crate::frame::{Frame, Limits, encode_frame};
-use crate::hash::{Tag, tagged};
+use crate::hash::{Tag, tagged, tagged_encoding};
 use crate::types::{PeerIdBytes, SessionId, SignerIndex, Tweak, byte_array, byte_vec, pubkey33};
 use crate::{PROTOCOL_VERSION, envelope};
 
@@ -404,7 +404,7 @@ impl Announcement {
         Ok(SignedAnnouncement {
             version: PROTOCOL_VERSION,
             announcement: Arc::new(self),
-            auth: AuthState::Ready(Auth::direct(signature)),
+            auth: AuthState::ready(Auth::direct(signature)),
             id: OnceLock::from(id),
         })
     }
@@ -421,8 +421,7 @@ fn announcement_leaf(session_id: &SessionId) -> [u8; 32] {
 }
 
 fn session_id_of(version: u8, announcement: &Announcement) -> SessionId {
-    let bytes = crate::frame::to_vec(&(version, announcement));
-    SessionId::from_hash(tagged(Tag::SessionId, &bytes))
+    SessionId::from_hash(tagged_encoding(Tag::SessionId, &(version, announcement)))
 }
 
 /// An announcement with its creator's authentication (a BIP340 signature over it alone, or over
@@ -476,7 +475,7 @@ impl<'de> Deserialize<'de> for SignedAnnouncement {
         Ok(SignedAnnouncement {
             version: wire.version,
             announcement: Arc::new(wire.announcement),
-            auth: AuthState::Ready(wire.auth),
+            auth: AuthState::ready(wire.auth),
             id: OnceLock::new(),
         })
     }
@@ -505,7 +504,7 @@ impl SignedAnnouncement {
         SignedAnnouncement {
             version: PROTOCOL_VERSION,
             announcement: Arc::new(announcement),
-            auth: AuthState::Ready(auth),
+            auth: AuthState::ready(auth),
             id: OnceLock::new(),
         }
     }

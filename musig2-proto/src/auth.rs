@@ -263,11 +263,17 @@ impl Pending {
 /// ends up with the same authentication.
 #[derive(Clone, Debug)]
 pub(crate) enum AuthState {
-    Ready(Auth),
+    // Shared among clones (held as evidence, persisted, relayed): a batch path is up to six
+    // hashes.
+    Ready(Arc<Auth>),
     Pending(Arc<Pending>),
 }
 
 impl AuthState {
+    pub(crate) fn ready(auth: Auth) -> AuthState {
+        AuthState::Ready(Arc::new(auth))
+    }
+
     pub(crate) fn pending(leaf: [u8; 32], keypair: Arc<Keypair>, batchable: bool) -> AuthState {
         AuthState::Pending(Arc::new(Pending::new(leaf, keypair, batchable)))
     }
@@ -275,7 +281,7 @@ impl AuthState {
     /// The authentication, signing alone first if still pending.
     pub(crate) fn auth(&self) -> &Auth {
         match self {
-            AuthState::Ready(auth) => auth,
+            AuthState::Ready(auth) => auth.as_ref(),
             AuthState::Pending(p) => p.auth(),
         }
     }
@@ -283,7 +289,7 @@ impl AuthState {
     /// The authentication if there is one yet.
     pub(crate) fn sealed(&self) -> Option<&Auth> {
         match self {
-            AuthState::Ready(auth) => Some(auth),
+            AuthState::Ready(auth) => Some(auth.as_ref()),
             AuthState::Pending(p) => p.sealed(),
         }
     }
@@ -381,7 +387,7 @@ pub struct Sealed {
 /// envelope (clones share their pending state) are signed once.
 pub(crate) fn seal(pending: &[&Arc<Pending>], aux_rand: Option<&[u8; 32]>) -> Sealed {
     let mut sealed = Sealed::default();
-    let mut seen: HashSet<*const Pending> = HashSet::new();
+    let mut seen: HashSet<*const Pending> = HashSet::with_capacity(pending.len());
     let mut groups: Vec<(Arc<Keypair>, Vec<&Arc<Pending>>)> = Vec::new();
     for p in pending {
         if p.sealed.get().is_some() || !seen.insert(Arc::as_ptr(p)) {
@@ -429,17 +435,22 @@ fn tree(leaves: &[[u8; 32]]) -> ([u8; 32], Vec<Vec<[u8; 32]>>) {
     let mut level: Vec<[u8; 32]> = (0..width)
         .map(|i| leaves[i.min(leaves.len() - 1)])
         .collect();
-    let mut paths: Vec<Vec<[u8; 32]>> = vec![Vec::new(); leaves.len()];
+    let depth = width.trailing_zeros() as usize;
+    let mut paths: Vec<Vec<[u8; 32]>> = (0..leaves.len())
+        .map(|_| Vec::with_capacity(depth))
+        .collect();
     let mut positions: Vec<usize> = (0..leaves.len()).collect();
     while level.len() > 1 {
         for (path, pos) in paths.iter_mut().zip(positions.iter_mut()) {
             path.push(level[*pos ^ 1]);
             *pos >>= 1;
         }
-        level = level
-            .chunks(2)
-            .map(|pair| inner(&pair[0], &pair[1]))
-            .collect();
+        // The next level overwrites the front half of this one.
+        let half = level.len() / 2;
+        for i in 0..half {
+            level[i] = inner(&level[2 * i], &level[2 * i + 1]);
+        }
+        level.truncate(half);
     }
     (level[0], paths)
 }

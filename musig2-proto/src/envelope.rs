@@ -9,8 +9,8 @@ use crate::PROTOCOL_VERSION;
 use crate::announcement::{FrameRef, Topology, VerifiedAnnouncement};
 use crate::auth::{Auth, AuthState, Batch, Sealed};
 use crate::error::ProtoError;
-use crate::frame::{Frame, Limits, encode_frame, to_vec};
-use crate::hash::{Tag, tagged};
+use crate::frame::{Frame, Limits, encode_frame};
+use crate::hash::{Tag, tagged_encoding};
 use crate::types::{
     AggNonceBytes, Attempt, NonceCommitment, PartialSigBytes, PeerIdBytes, PubNonceBytes, SeqNo,
     SessionId, Signature64, SignerIndex, byte_array, byte_vec,
@@ -276,8 +276,10 @@ impl Body {
         attempt: Attempt,
         nonces: &[SignedNonce],
     ) -> NonceSetDigest {
-        let bytes = to_vec(&(session_id, attempt, nonces));
-        NonceSetDigest(tagged(Tag::NonceSet, &bytes))
+        NonceSetDigest(tagged_encoding(
+            Tag::NonceSet,
+            &(session_id, attempt, nonces),
+        ))
     }
 
     /// `TH("musig2-p2p/aggregate-nonce", session_id || attempt || vec<[66]>)`: how a star
@@ -287,8 +289,10 @@ impl Body {
         attempt: Attempt,
         agg_nonces: &[AggNonceBytes],
     ) -> AggregateRef {
-        let bytes = to_vec(&(session_id, attempt, agg_nonces));
-        AggregateRef(tagged(Tag::AggregateNonce, &bytes))
+        AggregateRef(tagged_encoding(
+            Tag::AggregateNonce,
+            &(session_id, attempt, agg_nonces),
+        ))
     }
 
     /// Each message's aggregate nonce (BIP327 NonceAgg) over a nonce set, or `None` if the set
@@ -339,8 +343,10 @@ impl NonceCommitment {
         attempt: Attempt,
         pub_nonces: &[PubNonceBytes],
     ) -> NonceCommitment {
-        let bytes = to_vec(&(session_id, signer, attempt, pub_nonces));
-        NonceCommitment::from_hash(tagged(Tag::NonceCommitment, &bytes))
+        NonceCommitment::from_hash(tagged_encoding(
+            Tag::NonceCommitment,
+            &(session_id, signer, attempt, pub_nonces),
+        ))
     }
 
     /// Checks a reveal against this commitment; the error names the signer.
@@ -423,8 +429,8 @@ impl SignedNonce {
     /// Rebuilds the original signed Nonce envelope (for feeding it to the session machine).
     pub fn to_signed_envelope(&self, session_id: SessionId) -> SignedEnvelope {
         SignedEnvelope {
-            envelope: self.as_envelope(PROTOCOL_VERSION, session_id),
-            auth: AuthState::Ready(self.auth.clone()),
+            envelope: Arc::new(self.as_envelope(PROTOCOL_VERSION, session_id)),
+            auth: AuthState::ready(self.auth.clone()),
         }
     }
 }
@@ -480,8 +486,8 @@ impl Envelope {
         let msg = envelope.signing_hash();
         let signature = musig2_core::bip340_sign(&msg, keypair, aux_rand).to_byte_array();
         SignedEnvelope {
-            envelope,
-            auth: AuthState::Ready(Auth::direct(signature)),
+            envelope: Arc::new(envelope),
+            auth: AuthState::ready(Auth::direct(signature)),
         }
     }
 
@@ -502,7 +508,7 @@ impl Envelope {
         let envelope = Envelope::current(session.into(), signer, seq, timestamp_ms, body);
         let leaf = envelope.signing_hash();
         SignedEnvelope {
-            envelope,
+            envelope: Arc::new(envelope),
             auth: AuthState::pending(leaf, keypair, batchable),
         }
     }
@@ -527,7 +533,7 @@ impl Envelope {
 
     /// The 32-byte tagged hash the sender signs.
     pub fn signing_hash(&self) -> [u8; 32] {
-        tagged(Tag::Envelope, &to_vec(self))
+        tagged_encoding(Tag::Envelope, self)
     }
 
     /// Protocol version.
@@ -576,7 +582,9 @@ impl From<&SessionId> for SessionId {
 /// share that state, so every copy ends up with the same authentication.
 #[derive(Clone, Debug)]
 pub struct SignedEnvelope {
-    envelope: Envelope,
+    // Shared: a received envelope is kept as evidence, relayed and persisted, and each of those
+    // holds a copy.
+    envelope: Arc<Envelope>,
     auth: AuthState,
 }
 
@@ -594,7 +602,7 @@ impl Serialize for SignedEnvelope {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let mut st = serializer.serialize_struct("SignedEnvelope", 2)?;
-        st.serialize_field("envelope", &self.envelope)?;
+        st.serialize_field("envelope", &*self.envelope)?;
         st.serialize_field("auth", self.auth())?;
         st.end()
     }
@@ -610,8 +618,8 @@ impl<'de> Deserialize<'de> for SignedEnvelope {
         }
         let wire = Wire::deserialize(deserializer)?;
         Ok(SignedEnvelope {
-            envelope: wire.envelope,
-            auth: AuthState::Ready(wire.auth),
+            envelope: Arc::new(wire.envelope),
+            auth: AuthState::ready(wire.auth),
         })
     }
 }
@@ -620,8 +628,8 @@ impl SignedEnvelope {
     /// An envelope with an authentication made elsewhere (e.g. rebuilt from stored parts).
     pub fn from_parts(envelope: Envelope, auth: Auth) -> SignedEnvelope {
         SignedEnvelope {
-            envelope,
-            auth: AuthState::Ready(auth),
+            envelope: Arc::new(envelope),
+            auth: AuthState::ready(auth),
         }
     }
 

@@ -92,6 +92,68 @@ pub(crate) fn tagged(tag: Tag, msg: &[u8]) -> [u8; 32] {
     engine.finalize().into()
 }
 
+/// `tagged(tag, to_vec(value))` without building the encoding: postcard writes it straight
+/// into the hash through a small stack buffer (an envelope's signing hash was one heap buffer
+/// per envelope signed or checked).
+pub(crate) fn tagged_encoding<T: serde::Serialize + ?Sized>(tag: Tag, value: &T) -> [u8; 32] {
+    let hasher = HashingFlavor {
+        engine: tag.engine(),
+        buf: [0; HASH_BUF],
+        len: 0,
+    };
+    // Hashing cannot fail, and postcard rejects none of this crate's types (see `to_vec`).
+    match postcard::serialize_with_flavor(value, hasher) {
+        Ok(hash) => hash,
+        Err(_) => tagged(tag, &crate::frame::to_vec(value)),
+    }
+}
+
+const HASH_BUF: usize = 256;
+
+/// A postcard output that hashes what it is given, in runs of up to [`HASH_BUF`] bytes (postcard
+/// writes most fields a byte or a few bytes at a time).
+struct HashingFlavor {
+    engine: Sha256,
+    buf: [u8; HASH_BUF],
+    len: usize,
+}
+
+impl HashingFlavor {
+    fn drain(&mut self) {
+        self.engine.update(&self.buf[..self.len]);
+        self.len = 0;
+    }
+}
+
+impl postcard::ser_flavors::Flavor for HashingFlavor {
+    type Output = [u8; 32];
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        if self.len == HASH_BUF {
+            self.drain();
+        }
+        self.buf[self.len] = byte;
+        self.len += 1;
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        if data.len() <= HASH_BUF - self.len {
+            self.buf[self.len..self.len + data.len()].copy_from_slice(data);
+            self.len += data.len();
+        } else {
+            self.drain();
+            self.engine.update(data);
+        }
+        Ok(())
+    }
+
+    fn finalize(mut self) -> postcard::Result<[u8; 32]> {
+        self.drain();
+        Ok(self.engine.finalize().into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +171,26 @@ mod tests {
             Tag::BatchRoot,
         ] {
             assert_eq!(tagged(tag, b"abc"), tagged_hash(tag.as_str(), b"abc"));
+        }
+    }
+
+    #[test]
+    fn streamed_encoding_hash_matches_hashing_the_encoding() {
+        // Lengths on both sides of the stack buffer, and runs that straddle its end.
+        for len in [0usize, 1, 200, 255, 256, 257, 300, 511, 700, 5000] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let value = (
+                3u8,
+                [9u8; 32],
+                bytes.clone(),
+                70_000u64,
+                vec![[1u8; 32]; len / 100],
+            );
+            assert_eq!(
+                tagged_encoding(Tag::Envelope, &value),
+                tagged(Tag::Envelope, &crate::frame::to_vec(&value)),
+                "length {len}"
+            );
         }
     }
 

@@ -28,6 +28,17 @@ impl PeerId {
         self.0.to_bytes()
     }
 
+    /// Whether `bytes` is exactly this peer id's canonical encoding (without allocating it).
+    pub fn is_encoded_as(self, bytes: &[u8]) -> bool {
+        // A libp2p multihash encodes to at most 2 + 10 + 64 bytes.
+        let mut buf = [0u8; 80];
+        let multihash: &libp2p::multihash::Multihash<64> = self.0.as_ref();
+        match multihash.write(&mut buf[..]) {
+            Ok(len) => &buf[..len] == bytes,
+            Err(_) => self.to_bytes() == bytes,
+        }
+    }
+
     /// Parses the canonical byte encoding.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, TransportError> {
         libp2p::PeerId::from_bytes(bytes)
@@ -159,5 +170,24 @@ impl RecordValidator {
 impl fmt::Debug for RecordValidator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("RecordValidator(..)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_encoded_as_matches_exactly_the_canonical_bytes() {
+        let a = PeerId::from_libp2p(libp2p::PeerId::random());
+        let b = PeerId::from_libp2p(libp2p::PeerId::random());
+        let bytes = a.to_bytes();
+        assert!(a.is_encoded_as(&bytes));
+        assert!(!b.is_encoded_as(&bytes));
+        assert!(!a.is_encoded_as(&bytes[..bytes.len() - 1]));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(!a.is_encoded_as(&longer));
+        assert!(!a.is_encoded_as(&[]));
     }
 }
