@@ -20,21 +20,32 @@ pub fn election_order(
     session: &SessionId,
     keys: &[PublicKey],
 ) -> Vec<SignerIndex> {
-    let mut indices: Vec<usize> = (0..keys.len()).collect();
+    let index = |i: usize| SignerIndex::try_from(i).ok();
     match method {
-        ElectionMethod::FirstSigner => {}
-        ElectionMethod::LastSigner => indices.reverse(),
-        ElectionMethod::Lexicographic => indices.sort_by_key(|&i| (keys[i].serialize(), i)),
-        ElectionMethod::HashBased => indices.sort_by_cached_key(|&i| {
+        ElectionMethod::FirstSigner => (0..keys.len()).filter_map(index).collect(),
+        ElectionMethod::LastSigner => (0..keys.len()).rev().filter_map(index).collect(),
+        ElectionMethod::Lexicographic => sorted_by(keys, PublicKey::serialize),
+        ElectionMethod::HashBased => sorted_by(keys, |key| {
             let mut msg = [0u8; 65];
             msg[..32].copy_from_slice(session.as_bytes());
-            msg[32..].copy_from_slice(&keys[i].serialize());
-            (tagged_hash(TAG_ELECTION, &msg), i)
+            msg[32..].copy_from_slice(&key.serialize());
+            tagged_hash(TAG_ELECTION, &msg)
         }),
     }
-    indices
+}
+
+/// Signer indices in the order of `(rank(key), index)`, each rank computed once.
+fn sorted_by<R: Ord>(keys: &[PublicKey], rank: impl Fn(&PublicKey) -> R) -> Vec<SignerIndex> {
+    let mut ranked: Vec<(R, usize)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| (rank(key), i))
+        .collect();
+    // Indices are distinct, so unstable sorting is deterministic.
+    ranked.sort_unstable();
+    ranked
         .into_iter()
-        .filter_map(|i| SignerIndex::try_from(i).ok())
+        .filter_map(|(_, i)| SignerIndex::try_from(i).ok())
         .collect()
 }
 
@@ -75,6 +86,30 @@ mod tests {
         for w in order.windows(2) {
             assert!(k[w[0]].serialize() < k[w[1]].serialize());
         }
+    }
+
+    #[test]
+    fn hash_based_orders_by_the_tagged_hash_then_the_index() {
+        // Duplicate keys tie on the hash: the lower index comes first.
+        let mut k = keys(12);
+        k.push(k[3]);
+        k.push(k[0]);
+        let session = SessionId::from_bytes([7; 32]);
+        let hash = |i: usize| {
+            let mut msg = session.as_bytes().to_vec();
+            msg.extend_from_slice(&k[i].serialize());
+            tagged_hash(TAG_ELECTION, &msg)
+        };
+        let order = order_usize(election_order(ElectionMethod::HashBased, &session, &k));
+        assert_eq!(order.len(), k.len());
+        for pair in order.windows(2) {
+            assert!(
+                (hash(pair[0]), pair[0]) < (hash(pair[1]), pair[1]),
+                "{order:?}"
+            );
+        }
+        assert!(order.iter().position(|&i| i == 3) < order.iter().position(|&i| i == 12));
+        assert!(order.iter().position(|&i| i == 0) < order.iter().position(|&i| i == 13));
     }
 
     #[test]

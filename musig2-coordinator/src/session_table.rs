@@ -62,7 +62,9 @@ impl SessionTable {
 
     /// Reschedules the sessions changed since the last call.
     fn reschedule(&mut self) {
-        for id in std::mem::take(&mut self.touched) {
+        // Taken and given back, so the buffer is not allocated anew on every event.
+        let mut touched = std::mem::take(&mut self.touched);
+        for id in touched.drain(..) {
             let deadline = self.sessions.get(&id).and_then(|m| m.next_deadline());
             match deadline {
                 Some(d) if self.scheduled.get(&id) != Some(&d) => {
@@ -75,6 +77,7 @@ impl SessionTable {
                 }
             }
         }
+        self.touched = touched;
         // Stale entries are dropped as they surface; keep the heap from outgrowing the live
         // ones by much when deadlines move often without surfacing.
         if self.timers.len() > 2 * self.scheduled.len() + 64 {
