@@ -1799,7 +1799,7 @@ impl Actor {
         // what they verified, and counting that against them would let a lying signer get an
         // honest relay blocked.
         let direct = machine.peer_of(envelope.envelope().signer()) == Some(from)
-            || matches!(envelope.envelope().body(), musig2_proto::Body::Join { peer_id } if from.is_encoded_as(peer_id.as_bytes()));
+            || crate::machine::is_join_from(envelope.envelope().body(), from);
         let span = tracing::info_span!("session", id = %id, peer = %from);
         let result = span.in_scope(|| machine.handle_envelope(from, envelope, now, &mut self.rng));
         match result {

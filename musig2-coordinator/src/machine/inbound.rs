@@ -119,7 +119,7 @@ impl SessionMachine {
         // A signed abort is its author's claim whoever delivers it (e.g. a signer the creator
         // misrouted, speaking from a peer the announcement does not list).
         let any_deliverer = matches!(verified.body(), Body::Abort { .. } | Body::Restart { .. });
-        let direct_join = matches!(verified.body(), Body::Join { peer_id } if from.is_encoded_as(peer_id.as_bytes()));
+        let direct_join = is_join_from(verified.body(), from);
         if !direct_join && !any_deliverer && self.signer_of(&from).is_none() {
             return self.buffer_unbound(from, envelope);
         }

@@ -948,6 +948,12 @@ fn all_filled<T>(slots: &[Option<T>]) -> bool {
     slots.iter().all(Option::is_some)
 }
 
+/// Whether `body` is a join that binds its author to `from`, the peer that delivered it: the
+/// one envelope a peer not yet bound to a signer may send on its own behalf.
+pub(crate) fn is_join_from(body: &Body, from: PeerId) -> bool {
+    matches!(body, Body::Join { peer_id } if from.is_encoded_as(peer_id.as_bytes()))
+}
+
 /// The attempt a contribution belongs to.
 fn body_attempt(body: &Body) -> Option<Attempt> {
     match body {
