@@ -864,7 +864,9 @@ async fn memory_throughput_with(
     stores: Stores,
 ) -> f64 {
     let config = Config {
-        event_queue: 1 << 16,
+        // Each session raises about eight events per node: with 10,000 in flight a 64 Ki queue
+        // overflowed, and the listener that joins node 1's sessions lost them.
+        event_queue: (16 * in_flight).max(1 << 16),
         max_concurrent_sessions: 4 * in_flight,
         // One creator announces `in_flight` sessions at once; a slower (durable) joiner must
         // not see them evicted from its un-joined pool before it joins.
