@@ -942,6 +942,8 @@ struct Staged {
     /// (session, peer, frame): final signatures, each in a frame of its own (ADR 0015).
     finals: Vec<(SessionId, PeerId, Bytes)>,
     events: Vec<Event>,
+    /// Envelopes made ahead of the step that sends them: signed with this flush's, not sent.
+    ahead: Vec<SignedEnvelope>,
     /// Callers to answer once the records are stored, with the session their command touched
     /// (told the commit's error instead if that session's records failed to commit).
     replies: Vec<(SessionId, oneshot::Sender<Result<()>>, Result<()>)>,
@@ -955,6 +957,7 @@ impl Staged {
             && self.sends.is_empty()
             && self.finals.is_empty()
             && self.events.is_empty()
+            && self.ahead.is_empty()
             && self.replies.is_empty()
     }
 }
@@ -977,7 +980,8 @@ fn seal_staged(staged: &Staged) -> musig2_proto::Sealed {
     for (_, announcement, _) in &staged.announcements {
         batch.add_announcement(announcement);
     }
-    for e in stored.chain(sent).filter(|e| e.sealed_auth().is_none()) {
+    let pending = stored.chain(sent).chain(&staged.ahead);
+    for e in pending.filter(|e| e.sealed_auth().is_none()) {
         batch.add_envelope(e);
     }
     batch.seal()
@@ -1922,6 +1926,7 @@ impl Actor {
                         .finals
                         .push((signatures.session_id(), to, frame));
                 }
+                Output::Seal(envelopes) => self.staged.ahead.extend(envelopes),
                 Output::Event(event) => self.staged.events.push(event),
                 Output::Persist(records) => self.staged.records.extend(records),
                 Output::PersistLater(records) => self.staged.later.extend(records),

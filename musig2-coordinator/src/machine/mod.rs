@@ -36,6 +36,11 @@ use crate::store::{Outcome, Record, SEQ_RESERVATION_BLOCK, StoredSession};
 /// e.g. while it was restarting); bounded, as each costs a frame.
 const MAX_FINISHED_ANSWERS: u8 = 3;
 
+/// Oldest a nonce envelope made with our commitment may be and still be the reveal (ADR 0020):
+/// its timestamp is the commitment's, and this is about what a network delay adds anyway. An
+/// older one (e.g. after a long join window) is signed again.
+const NONCE_AHEAD_MAX_AGE_MS: u64 = 1_000;
+
 /// Where a session stands, from this signer's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Phase {
@@ -72,6 +77,10 @@ pub enum Output {
         /// Signed envelopes (the runtime batches several into one frame).
         envelopes: Vec<SignedEnvelope>,
     },
+    /// Sign these envelopes with the step's others (ADR 0016), and neither send nor store them:
+    /// the machine made them ahead of the step that sends them (ADR 0020). A runtime that does
+    /// not batch can ignore this: an envelope still unsigned when it is sent is signed alone.
+    Seal(Vec<SignedEnvelope>),
     /// Send a session's final signatures to `to`, unsigned, in a frame of their own (ADR 0015).
     SendFinalSignatures {
         /// Destination peer.
@@ -225,6 +234,9 @@ pub struct SessionMachine {
     /// dropping erases them).
     secnonces: Vec<SecNonce>,
     my_nonces: Option<Vec<PubNonceBytes>>,
+    /// Our nonce envelope of the current attempt, made with our commitment so that both share a
+    /// batch signature (ADR 0020); held back, neither sent nor stored, until the reveal.
+    nonce_ahead: Option<SignedEnvelope>,
     /// The signing contexts of the current attempt, one per message.
     contexts: Option<Vec<SessionContext>>,
     /// The final signatures, one per message.
@@ -464,6 +476,7 @@ impl SessionMachine {
             psigs_announced: false,
             secnonces: Vec::new(),
             my_nonces: None,
+            nonce_ahead: None,
             contexts: None,
             signatures: None,
             aborted: None,
@@ -804,15 +817,21 @@ impl SessionMachine {
     }
 
     fn sign(&mut self, now_ms: u64, body: Body) -> SignedEnvelope {
+        let env = self.sign_unrecorded(now_ms, body);
+        self.record(Record::Envelope(env.clone()));
+        env
+    }
+
+    /// [`SessionMachine::sign`] without storing the envelope: for one made ahead of the step
+    /// that sends it, stored then.
+    fn sign_unrecorded(&mut self, now_ms: u64, body: Body) -> SignedEnvelope {
         let seq = self.next_seq;
         self.next_seq = seq.next().unwrap_or(seq);
         if self.persist && seq.get() >= self.reserved_seq {
             self.reserve_seq(seq.get());
         }
         // Signed when the node sends or stores it, with whatever else it signs then (ADR 0016).
-        // What a star coordinator signs may go to every member, later: each copy would carry
-        // the path, so it is signed alone.
-        let batchable = self.batch_auth && !(self.is_star_coordinator() && self.n > 2);
+        let batchable = self.batches_own_envelopes();
         let env = Envelope::sign_batchable(
             self.id,
             self.me,
@@ -825,8 +844,14 @@ impl SessionMachine {
         // Our own entries serve only to drop copies of our envelopes relayed back, known by
         // their hash: their signature is not made yet.
         self.remember(self.me, seq, env.signing_hash(), None, false);
-        self.record(Record::Envelope(env.clone()));
         env
+    }
+
+    /// Whether what we sign in this session is signed in batches (ADR 0016). What a star
+    /// coordinator signs may go to every member, later: each copy would carry the path, so it
+    /// is signed alone.
+    fn batches_own_envelopes(&self) -> bool {
+        self.batch_auth && !(self.is_star_coordinator() && self.n > 2)
     }
 
     fn is_star_coordinator(&self) -> bool {

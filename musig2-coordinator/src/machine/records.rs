@@ -529,6 +529,7 @@ impl SessionMachine {
         self.psigs_announced = false;
         self.secnonces.clear();
         self.my_nonces = None;
+        self.nonce_ahead = None;
         self.contexts = None;
         self.pending_claim = None;
         self.rank_claimed = false;

@@ -116,6 +116,7 @@ impl SessionMachine {
             self.commits[self.me.as_usize()] = Some(Box::new((commitment, env.clone())));
             let targets = self.round_targets();
             self.send_to(out, targets, vec![env]);
+            self.make_nonce_ahead(now_ms, out);
             self.enter(Phase::NonceCommit, phase_start, self.nonce_timeout_ms);
         } else {
             self.my_nonces = Some(nonce_bytes);
@@ -137,17 +138,60 @@ impl SessionMachine {
         self.enter(Phase::Nonce, now_ms, self.nonce_timeout_ms);
     }
 
+    /// With commitments, our nonce envelope is made in the step that makes our commitment, so
+    /// both share one batch signature: a receiver that verified it checks the reveal with
+    /// hashes alone (ADR 0020). Held back until the reveal, it reveals nothing before then.
+    fn make_nonce_ahead(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        if !self.batches_own_envelopes() {
+            return;
+        }
+        let Some(nonces) = self.my_nonces.clone() else {
+            return;
+        };
+        let env = self.sign_unrecorded(
+            now_ms,
+            Body::Nonce {
+                attempt: self.attempt,
+                pub_nonces: nonces,
+            },
+        );
+        out.push(Output::Seal(vec![env.clone()]));
+        self.nonce_ahead = Some(env);
+    }
+
+    /// Our nonce envelope made ahead, if it is of this attempt and young enough that its
+    /// timestamp costs the receivers' clock-skew allowance no more than a network delay would.
+    fn take_nonce_ahead(
+        &mut self,
+        nonces: &[PubNonceBytes],
+        now_ms: u64,
+    ) -> Option<SignedEnvelope> {
+        let env = self.nonce_ahead.take()?;
+        let age_ms = now_ms.saturating_sub(env.envelope().timestamp_ms());
+        let same = matches!(
+            env.envelope().body(),
+            Body::Nonce { attempt, pub_nonces } if *attempt == self.attempt && pub_nonces == nonces
+        );
+        (same && age_ms <= NONCE_AHEAD_MAX_AGE_MS).then_some(env)
+    }
+
     pub(super) fn publish_nonce(&mut self, now_ms: u64, out: &mut Vec<Output>) {
         let Some(nonces) = self.my_nonces.clone() else {
             return;
         };
-        let env = self.sign(
-            now_ms,
-            Body::Nonce {
-                attempt: self.attempt,
-                pub_nonces: nonces.clone(),
-            },
-        );
+        let env = match self.take_nonce_ahead(&nonces, now_ms) {
+            Some(env) => {
+                self.record(Record::Envelope(env.clone()));
+                env
+            }
+            None => self.sign(
+                now_ms,
+                Body::Nonce {
+                    attempt: self.attempt,
+                    pub_nonces: nonces.clone(),
+                },
+            ),
+        };
         if self.is_star_coordinator() {
             // The aggregate-nonce message carries our own signed nonce too.
             self.verified_nonces[self.me.as_usize()] = env.verify(&self.ann).ok().map(Box::new);

@@ -181,6 +181,8 @@ impl Net {
                         self.queue.push_back((i, to, vec![env]));
                     }
                 }
+                // Signed alone when first sent, as without a batching runtime.
+                Output::Seal(_) => {}
                 Output::Event(e) => self.events[i].push(e),
                 Output::Persist(records) | Output::PersistLater(records) => {
                     use crate::store::SessionStore;
@@ -750,6 +752,121 @@ fn equivocating_nonces_are_blamed_on_the_equivocator() {
         assert_eq!(blamed, vec![idx(2)], "node {honest}");
         assert!(net.signature(honest).is_none());
     }
+}
+
+/// What one step of signer `i` sends, stores and made ahead, signed as the node signs a step:
+/// one batch (ADR 0016). Returns the outputs and the envelopes made ahead.
+fn step_sealed_like_the_node(outputs: &[Output]) -> Vec<SignedEnvelope> {
+    let mut step = Vec::new();
+    let mut ahead = Vec::new();
+    for o in outputs {
+        match o {
+            Output::Send { envelopes, .. } => step.extend(envelopes.iter().cloned()),
+            Output::Seal(envelopes) => ahead.extend(envelopes.iter().cloned()),
+            Output::Persist(records) | Output::PersistLater(records) => {
+                step.extend(records.iter().filter_map(|r| match r {
+                    Record::Envelope(e) => Some(e.clone()),
+                    _ => None,
+                }))
+            }
+            _ => {}
+        }
+    }
+    SignedEnvelope::seal_batch(step.iter().chain(&ahead));
+    ahead
+}
+
+fn is_nonce(env: &SignedEnvelope) -> bool {
+    matches!(env.envelope().body(), Body::Nonce { .. })
+}
+
+#[test]
+fn a_nonce_reveal_made_with_the_commitment_shares_its_batch_signature() {
+    for topology in [Topology::Star, Topology::Mesh] {
+        let mut net = Net::new(3, topology, true);
+        let out = net.machines[1].join(net.now, &mut net.rng);
+        // The step that commits makes the nonce envelope too, and neither sends nor stores it.
+        let ahead = step_sealed_like_the_node(&out);
+        assert_eq!(ahead.len(), 1, "{topology:?}");
+        assert!(is_nonce(&ahead[0]));
+        for o in &out {
+            match o {
+                Output::Send { envelopes, .. } => assert!(!envelopes.iter().any(is_nonce)),
+                Output::Persist(r) | Output::PersistLater(r) => assert!(
+                    !r.iter()
+                        .any(|r| matches!(r, Record::Envelope(e) if is_nonce(e)))
+                ),
+                _ => {}
+            }
+        }
+        let commit = out
+            .iter()
+            .find_map(|o| match o {
+                Output::Send { envelopes, .. } => envelopes
+                    .iter()
+                    .find(|e| matches!(e.envelope().body(), Body::NonceCommit { .. }))
+                    .cloned(),
+                _ => None,
+            })
+            .expect("commitment sent");
+        assert_eq!(commit.signature(), ahead[0].signature());
+        assert!(!commit.auth().path().is_empty());
+        net.absorb(1, out);
+        net.join(0);
+        net.join(2);
+        net.run();
+        net.assert_all_signed();
+        // Whoever takes signer 1's reveal (the coordinator, 0, in star; everyone in mesh) holds
+        // the envelope made with its commitment.
+        let receivers: &[usize] = if topology == Topology::Star {
+            &[0]
+        } else {
+            &[0, 2]
+        };
+        for &k in receivers {
+            let (_, held) = net.machines[k].nonces[1]
+                .as_deref()
+                .expect("signer 1's nonce");
+            assert_eq!(
+                held.signing_hash(),
+                ahead[0].signing_hash(),
+                "{topology:?}, signer {k}"
+            );
+            assert_eq!(held.signature(), commit.signature());
+        }
+        // And signer 1 stored it once it was revealed: a transcript verifies with it.
+        use crate::store::SessionStore;
+        let stored = net.stores[1].load_all().unwrap();
+        assert!(
+            stored[0]
+                .envelopes
+                .iter()
+                .any(|e| e.signing_hash() == ahead[0].signing_hash())
+        );
+    }
+}
+
+#[test]
+fn a_nonce_made_with_the_commitment_that_has_grown_old_is_signed_again_at_the_reveal() {
+    let mut net = Net::new(3, Topology::Star, true);
+    let out = net.machines[1].join(net.now, &mut net.rng);
+    let ahead = step_sealed_like_the_node(&out);
+    net.absorb(1, out);
+    // The others join later than a nonce made ahead may age: the reveal is signed anew, with
+    // the same nonces and the time of the reveal.
+    net.now += NONCE_AHEAD_MAX_AGE_MS + 1;
+    net.join(0);
+    net.join(2);
+    net.run();
+    net.assert_all_signed();
+    let (nonces, held) = net.machines[0].nonces[1]
+        .as_deref()
+        .expect("signer 1's nonce");
+    assert_ne!(held.signing_hash(), ahead[0].signing_hash());
+    assert_eq!(held.envelope().timestamp_ms(), net.now);
+    assert!(
+        matches!(ahead[0].envelope().body(), Body::Nonce { pub_nonces, .. } if pub_nonces == nonces)
+    );
 }
 
 #[test]
