@@ -754,8 +754,8 @@ fn equivocating_nonces_are_blamed_on_the_equivocator() {
     }
 }
 
-/// What one step of signer `i` sends, stores and made ahead, signed as the node signs a step:
-/// one batch (ADR 0016). Returns the outputs and the envelopes made ahead.
+/// Signs what one machine step sends, stores and made ahead as the node signs a step, in one
+/// batch (ADR 0016); returns the envelopes made ahead.
 fn step_sealed_like_the_node(outputs: &[Output]) -> Vec<SignedEnvelope> {
     let mut step = Vec::new();
     let mut ahead = Vec::new();
@@ -834,7 +834,7 @@ fn a_nonce_reveal_made_with_the_commitment_shares_its_batch_signature() {
             );
             assert_eq!(held.signature(), commit.signature());
         }
-        // And signer 1 stored it once it was revealed: a transcript verifies with it.
+        // And signer 1 stored it once it was revealed (and not before: checked above).
         use crate::store::SessionStore;
         let stored = net.stores[1].load_all().unwrap();
         assert!(
