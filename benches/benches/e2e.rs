@@ -2037,7 +2037,7 @@ async fn big_session(
 }
 
 /// Big star sessions (`E2E_PART=big`, issue #13 target 5, ADR 0012): n = 1,000 over the
-/// memory transport (`E2E_BIG_MEM_N`) and n = 200 over libp2p on loopback (`E2E_BIG_P2P_N`;
+/// memory transport (`E2E_BIG_MEM_N`) and n = 200 over libp2p on loopback (`E2E_BIG_P2P_N`, 0 to skip;
 /// connections open on first use, see [`libp2p_nodes`] for the setup), every node on
 /// `Config::for_signers(n)`, commitments on, the creator listing every signer's peer. Prints
 /// time from `create_session` to the last node holding the verified signature, process CPU per
@@ -2075,6 +2075,9 @@ async fn big_sessions_bench() {
             setup.elapsed().as_secs_f64()
         );
         let counters = counters.lock().expect("counters").clone();
+        // The live heap over the three sessions, for what a finished session keeps.
+        heap::set_counting(true);
+        let heap_before = heap::now();
         for i in 0..3 {
             let commit = i < 2;
             big_session(
@@ -2085,9 +2088,25 @@ async fn big_sessions_bench() {
             )
             .await;
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let held = heap::grown_since(heap_before);
+        for node in &cluster.nodes {
+            node.prune_finished().await.expect("prune");
+        }
+        let pruned = heap::grown_since(heap_before);
+        heap::set_counting(false);
+        // Per node and finished session, machine and memory store together: what
+        // `max_finished_sessions` multiplies.
+        let per = |bytes: isize| bytes as f64 / 1024.0 / (3 * n_mem) as f64;
+        println!(
+            "finished sessions: {:.2} KiB held per node per finished session (machine and \
+             memory store), {:.2} KiB left after prune_finished",
+            per(held - pruned),
+            per(pruned),
+        );
         cluster.shutdown().await;
     }
-    {
+    if n_p2p > 0 {
         let config = Config {
             announcement_bytes_per_peer_per_sec: 1 << 20,
             announcement_bytes_per_sec: 4 << 20,

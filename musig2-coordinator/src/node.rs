@@ -1330,6 +1330,7 @@ impl Actor {
                         self.process(outputs);
                     }),
                 };
+                self.shed_if_finished(&session);
                 let _ = reply.send(result);
             }
             Command::Shutdown { reply } => {
@@ -1807,7 +1808,11 @@ impl Actor {
         let span = tracing::info_span!("session", id = %id, peer = %from);
         let result = span.in_scope(|| machine.handle_envelope(from, envelope, now, &mut self.rng));
         match result {
-            Ok(outputs) => self.process(outputs),
+            Ok(outputs) => {
+                self.process(outputs);
+                // A broadcast confirmation may have settled a finished session.
+                self.shed_if_finished(&id);
+            }
             Err(e) => {
                 let deliverers_fault = direct
                     || matches!(
@@ -1876,6 +1881,7 @@ impl Actor {
             if let Some(m) = self.sessions.get_mut(&id) {
                 let outputs = m.tick(now, &mut self.rng);
                 self.process(outputs);
+                self.shed_if_finished(&id);
             }
         }
     }
@@ -2104,6 +2110,7 @@ impl Actor {
         if phase.is_terminal() {
             self.finished_ids.insert(id);
             self.finished.push_back((id, finished_at));
+            self.shed_if_finished(&id);
         } else if phase == Phase::Created {
             self.unjoined.push_back((id, None, now));
         }
@@ -2178,7 +2185,18 @@ impl Actor {
             return;
         }
         self.finished.push_back((session, self.clock.now_ms()));
+        self.shed_if_finished(&session);
         self.forget_finished(self.clock.now_ms());
+    }
+
+    /// A finished session keeps only what answers a signer that missed the end, and while one
+    /// is awaited, what takes a broadcast confirmation ([`SessionMachine::shed`]).
+    fn shed_if_finished(&mut self, session: &SessionId) {
+        if self.finished_ids.contains(session) {
+            if let Some(m) = self.sessions.get_mut(session) {
+                m.shed();
+            }
+        }
     }
 
     /// Forgets finished sessions past the retention time or count, in memory and (at the next

@@ -126,8 +126,10 @@ impl SessionMachine {
         // The contradiction check runs on every verified envelope, before the replay and skew
         // filters: its author signed both, so it is evidence whoever relayed it and however late.
         let hash = verified.signing_hash();
-        let reused_seq = self.seen[signer.as_usize()]
-            .get(verified.seq().get())
+        let reused_seq = self
+            .seen
+            .get(signer.as_usize())
+            .and_then(|window| window.get(verified.seq().get()))
             .is_some_and(|s| s.hash != hash);
         if reused_seq || self.contradicts(&verified) {
             self.abort(now_ms, AbortReason::Equivocation, vec![signer], out);
@@ -137,7 +139,12 @@ impl SessionMachine {
             });
         }
         let relayed = self.peer_of(signer) != Some(from) && !direct_join;
-        if let Err(e) = self.replay[signer.as_usize()].check(signer, verified.seq()) {
+        // No window: a settled finished session (`shed`) refuses every envelope before this.
+        let window = self
+            .replay
+            .get_mut(signer.as_usize())
+            .ok_or(CoordinatorError::SessionFinished(self.id))?;
+        if let Err(e) = window.check(signer, verified.seq()) {
             return Err(match e {
                 // Same content, re-signed: only its author can make it, and it cost a
                 // verification.
@@ -164,7 +171,9 @@ impl SessionMachine {
                 return Err(CoordinatorError::ClockSkew { signer, skew_ms });
             }
         }
-        self.replay[signer.as_usize()].record(verified.seq());
+        if let Some(window) = self.replay.get_mut(signer.as_usize()) {
+            window.record(verified.seq());
+        }
         self.remember_verified(&verified);
         let signed = self.persist.then(|| verified.signed().clone());
         self.apply(verified, now_ms, out)?;

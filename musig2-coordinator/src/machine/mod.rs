@@ -168,7 +168,8 @@ pub struct SessionMachine {
     /// Whether our envelopes may be signed in batches (ADR 0016; see
     /// [`VerifiedAnnouncement::fits_batch_auth`]).
     batch_auth: bool,
-    /// One key-aggregation context per message (each with that message's tweaks).
+    /// One key-aggregation context per message (each with that message's tweaks); dropped
+    /// when a finished session is shed.
     key_aggs: Vec<KeyAggContext>,
     n: usize,
     topology: Topology,
@@ -281,6 +282,17 @@ pub struct SessionMachine {
     answered: Vec<u8>,
     /// Verified contributions of the next attempt that arrived before its restart.
     next_attempt: Vec<VerifiedEnvelope>,
+    /// Set once a finished session dropped what only a running one needs ([`Self::shed`]):
+    /// its contribution counts, for [`Self::health`].
+    shed: Option<ShedCounts>,
+}
+
+/// The contribution counts of a finished session, kept when its slots are dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ShedCounts {
+    commitments: usize,
+    nonces: usize,
+    partial_signatures: usize,
 }
 
 /// A star attempt's aggregate nonces and what they commit to.
@@ -497,6 +509,7 @@ impl SessionMachine {
             final_env: None,
             answered: vec![0; n],
             next_attempt: Vec::new(),
+            shed: None,
             ann,
         })
     }
@@ -527,6 +540,8 @@ impl SessionMachine {
     }
 
     /// The key-aggregation contexts, one per message (aggregate key after its tweaks).
+    ///
+    /// Empty once the session is finished and shed ([`Self::shed`]).
     pub fn key_aggs(&self) -> &[KeyAggContext] {
         &self.key_aggs
     }
@@ -691,6 +706,11 @@ impl SessionMachine {
 
     /// A snapshot of progress.
     pub fn health(&self, now_ms: u64) -> SessionHealth {
+        let counts = self.shed.unwrap_or_else(|| ShedCounts {
+            commitments: filled(&self.commits),
+            nonces: filled(&self.nonces),
+            partial_signatures: filled(&self.psigs),
+        });
         SessionHealth {
             session: self.id,
             phase: self.phase,
@@ -700,9 +720,9 @@ impl SessionMachine {
             holdouts: self.holdouts(),
             joined: filled(&self.joins),
             all_joined: self.all_joined(),
-            commitments: filled(&self.commits),
-            nonces: filled(&self.nonces),
-            partial_signatures: filled(&self.psigs),
+            commitments: counts.commitments,
+            nonces: counts.nonces,
+            partial_signatures: counts.partial_signatures,
             coordinator: self.coordinator,
             attempt: self.attempt,
             rejected_messages: self.rejected,

@@ -420,6 +420,64 @@ impl SessionMachine {
         out
     }
 
+    /// Drops what only a running session needs, once this one is finished: every
+    /// contribution slot, the envelopes remembered from the rounds, the signing contexts, the
+    /// aggregates and the key aggregation; and,
+    /// once no broadcast confirmation or claim can change anything (see
+    /// [`Self::open_to_confirmation`]), the replay and contradiction windows too. A node keeps
+    /// up to `max_finished_sessions` finished sessions, and at the star coordinator each of
+    /// these is O(n). What is kept answers a signer that missed the end (the joins, the peers,
+    /// the final word), takes a late confirmation while one is awaited, and reports
+    /// [`Self::health`] as it was. The envelopes themselves stay in the store for the
+    /// transcript. Idempotent; call it again when a confirmation may have come.
+    pub fn shed(&mut self) {
+        if !self.phase.is_terminal() {
+            return;
+        }
+        if self.shed.is_none() {
+            self.shed = Some(ShedCounts {
+                commitments: filled(&self.commits),
+                nonces: filled(&self.nonces),
+                partial_signatures: filled(&self.psigs),
+            });
+            // A finished session refuses every envelope but a confirmation or a claim before it
+            // reads any of these (see `accept`); neither those nor what answers a signer that
+            // missed the end (`answer_finished`, the join checks) reads them.
+            self.commits = Vec::new();
+            self.nonces = Vec::new();
+            self.verified_nonces = Vec::new();
+            self.psigs = Vec::new();
+            self.join_sent = Vec::new();
+            self.key_aggs = Vec::new();
+            self.contexts = None;
+            self.star_aggregate = None;
+            self.aggnonce_env = None;
+            self.nonce_set_env = None;
+            self.aggnonce_sent = None;
+            self.pending_claim = None;
+            self.attempt_start = Vec::new();
+            self.next_attempt = Vec::new();
+            self.unbound = VecDeque::new();
+            self.my_nonces = None;
+            self.nonce_ahead = None;
+            // What the rounds' envelopes were remembered for (dropping copies, catching a
+            // number signed twice) cannot change a finished session; a confirmation or a claim
+            // that comes later is remembered afresh.
+            for window in &mut self.seen {
+                *window = SeenWindow::default();
+            }
+        }
+        if !self.open_to_confirmation() {
+            self.replay = Vec::new();
+            self.seen = Vec::new();
+        }
+    }
+
+    /// Whether [`Self::shed`] has dropped the running session's state.
+    pub fn is_shed(&self) -> bool {
+        self.shed.is_some()
+    }
+
     /// Reserves a block of sequence numbers from `from` on: the store learns of it before any
     /// envelope numbered in it leaves.
     pub(super) fn reserve_seq(&mut self, from: u64) {

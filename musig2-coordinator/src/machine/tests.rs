@@ -1485,6 +1485,100 @@ fn a_replayed_aggregate_nonce_is_recognised_from_its_header_alone() {
     assert!(!net.machines[1].is_exact_replay(&other));
 }
 
+/// The final word a finished machine sends `to` when asked: the signatures it carries.
+fn final_word_to(outputs: &[Output], to: PeerId) -> Option<Vec<musig2_proto::Signature64>> {
+    outputs.iter().find_map(|o| match o {
+        Output::Send { to: t, envelopes } if *t == to => {
+            envelopes.iter().find_map(|e| match e.envelope().body() {
+                Body::FinalSignature { signatures, .. } => Some(signatures.clone()),
+                _ => None,
+            })
+        }
+        _ => None,
+    })
+}
+
+#[test]
+fn a_finished_session_sheds_what_only_a_running_one_needs_and_still_answers_late_signers() {
+    for topology in [Topology::Star, Topology::Mesh] {
+        let mut net = Net::new(4, topology, true);
+        net.join_all();
+        // A running session sheds nothing.
+        net.machines[1].shed();
+        assert!(!net.machines[1].is_shed());
+        let mut copies = Vec::new();
+        net.run_with(|from, to, e| {
+            copies.push((from, to, e.clone()));
+            vec![e]
+        });
+        net.assert_all_signed();
+        let sig = net.signature(0).expect("signed");
+        let sig64 = vec![musig2_proto::Signature64(sig.to_byte_array())];
+        let first = net.machines[0].coordinator().as_usize();
+        for i in 0..4 {
+            let before = net.machines[i].health(net.now);
+            net.machines[i].shed();
+            let m = &net.machines[i];
+            assert!(m.is_shed(), "{topology:?} node {i}");
+            assert!(m.commits.is_empty() && m.nonces.is_empty() && m.psigs.is_empty());
+            assert!(m.key_aggs().is_empty() && m.contexts.is_none() && m.star_aggregate.is_none());
+            // The broadcast confirmation is still awaited: what takes it stays.
+            assert!(m.open_to_confirmation());
+            assert_eq!((m.replay.len(), m.seen.len()), (4, 4));
+            assert!(
+                m.seen.iter().all(|w| w.0.is_empty()),
+                "the rounds' entries are gone"
+            );
+            assert_eq!(m.health(net.now), before, "{topology:?} node {i}");
+            assert_eq!(m.signatures(), Some([sig].as_slice()));
+        }
+        // Every envelope of the session delivered again is refused as after the end, none
+        // panics on a dropped slot; a signer's own join (it restarted and lost the end) is
+        // answered with the final word.
+        let mut answered = 0;
+        for (from, to, env) in copies {
+            let own_join = matches!(env.envelope().body(), Body::Join { .. })
+                && env.envelope().signer().as_usize() == from;
+            let peer = net.peers[from];
+            match net.machines[to].handle_envelope(peer, env, net.now, &mut net.rng) {
+                Ok(out) => {
+                    assert!(own_join, "{topology:?}: only a join is answered");
+                    assert_eq!(final_word_to(&out, peer), Some(sig64.clone()));
+                    answered += 1;
+                }
+                Err(e) => assert!(
+                    matches!(e, CoordinatorError::SessionFinished(_)),
+                    "{topology:?}: {e}"
+                ),
+            }
+        }
+        assert!(answered > 0, "{topology:?}: some join was sent directly");
+        // The first coordinator confirms the broadcast: its session settles, the windows go.
+        let out = net.machines[first]
+            .confirm_finalized(b"txid".to_vec(), net.now)
+            .expect("its turn");
+        net.machines[first].shed();
+        assert!(!net.machines[first].open_to_confirmation());
+        assert!(net.machines[first].replay.is_empty() && net.machines[first].seen.is_empty());
+        // The confirmation reaches the others, taken by their kept windows: they settle too.
+        net.absorb(first, out);
+        net.run();
+        for i in 0..4 {
+            net.machines[i].shed();
+            let m = &net.machines[i];
+            assert!(m.broadcast_confirmed(), "{topology:?} node {i}");
+            assert!(
+                m.replay.is_empty() && m.seen.is_empty(),
+                "{topology:?} node {i}"
+            );
+        }
+        // Settled, a finished session still tells a signer that missed the end how it ended.
+        let late = (first + 1) % 4;
+        let out = net.machines[first].answer_finished(net.peers[late], net.now);
+        assert_eq!(final_word_to(&out, net.peers[late]), Some(sig64));
+    }
+}
+
 // ------------------------------------------------------------------------------------------------
 // Crash and restart from the store
 
