@@ -81,6 +81,20 @@ impl SessionMachine {
                 seq: claimed_seq,
             });
         }
+        // A shed session no longer remembers the rounds' envelopes (`shed`): a number it has
+        // accepted, or one too old, is refused by the replay window before any signature check.
+        if self.shed.is_some() {
+            let early = self
+                .replay
+                .get(claimed.as_usize())
+                .map(|window| window.check(claimed, claimed_seq));
+            if let Some(Err(
+                e @ (CoordinatorError::Duplicate { .. } | CoordinatorError::StaleSequence { .. }),
+            )) = early
+            {
+                return Err(e);
+            }
+        }
         // A nonce set costs a signature check per signer: only a star member that signed under
         // an aggregate and holds no set of this attempt yet takes one (ADR 0011), so a peer can
         // make it pay n checks at most once per attempt.

@@ -1532,6 +1532,11 @@ fn a_finished_session_sheds_what_only_a_running_one_needs_and_still_answers_late
             assert_eq!(m.health(net.now), before, "{topology:?} node {i}");
             assert_eq!(m.signatures(), Some([sig].as_slice()));
         }
+        let (one_join, to) = copies
+            .iter()
+            .find(|(from, _, e)| *from == 1 && matches!(e.envelope().body(), Body::Join { .. }))
+            .map(|(_, to, e)| (e.clone(), *to))
+            .expect("signer 1 sent its join");
         // Every envelope of the session delivered again is refused as after the end, none
         // panics on a dropped slot; a signer's own join (it restarted and lost the end) is
         // answered with the final word.
@@ -1553,6 +1558,23 @@ fn a_finished_session_sheds_what_only_a_running_one_needs_and_still_answers_late
             }
         }
         assert!(answered > 0, "{topology:?}: some join was sent directly");
+        // A claim under a number signer 1 used in the rounds, whatever its signature (here
+        // another signer's key), is refused by its number before any signature check.
+        let stale = net.forge(
+            &one_join,
+            2,
+            Body::FailoverClaim {
+                attempt: Attempt::FIRST,
+                rank: 1,
+            },
+        );
+        let err = net.machines[to]
+            .handle_envelope(net.peers[1], stale, net.now, &mut net.rng)
+            .unwrap_err();
+        assert!(
+            matches!(err, CoordinatorError::Duplicate { signer, .. } if signer == idx(1)),
+            "{topology:?}: {err}"
+        );
         // The first coordinator confirms the broadcast: its session settles, the windows go.
         let out = net.machines[first]
             .confirm_finalized(b"txid".to_vec(), net.now)
