@@ -95,6 +95,10 @@ impl SessionMachine {
                 return Err(e);
             }
         }
+        if self.takes_as_reveal_signal(&envelope, from, now_ms) {
+            self.reveal_signal = Some(Box::new((from, envelope, now_ms)));
+            return Ok(());
+        }
         // A nonce set costs a signature check per signer: only a star member that signed under
         // an aggregate and holds no set of this attempt yet takes one (ADR 0011), so a peer can
         // make it pay n checks at most once per attempt.
@@ -114,6 +118,20 @@ impl SessionMachine {
         let verified = envelope
             .verify(&self.ann)
             .map_err(|source| CoordinatorError::InvalidMessage { peer: from, source })?;
+        self.accept_verified(from, envelope, verified, now_ms, now_ms, out)
+    }
+
+    /// The rest of [`Self::accept`], once `envelope` verified as `verified`: who may deliver
+    /// it, contradiction, replay and clock (judged at `received_ms`), then its effect.
+    fn accept_verified(
+        &mut self,
+        from: PeerId,
+        envelope: SignedEnvelope,
+        verified: VerifiedEnvelope,
+        received_ms: u64,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) -> Result<()> {
         let signer = verified.signer();
         if signer == self.me {
             // How the session ended, told back to us after a restart that lost it (a final
@@ -180,7 +198,7 @@ impl SessionMachine {
                 | Body::FailoverClaim { .. }
         );
         if !relayed && !final_word {
-            let skew_ms = verified.timestamp_ms().abs_diff(now_ms);
+            let skew_ms = verified.timestamp_ms().abs_diff(received_ms);
             if skew_ms > self.max_skew_ms {
                 return Err(CoordinatorError::ClockSkew { signer, skew_ms });
             }
@@ -195,6 +213,51 @@ impl SessionMachine {
             self.record(Record::Envelope(signed));
         }
         Ok(())
+    }
+
+    /// Star member (ADR 0021): the coordinator's commitment, sent once every commitment is in,
+    /// is its "reveal now" (ADR 0011). Coming from the coordinator's own peer (listed by the
+    /// announcement or bound by its join), in the commit round of this attempt, within the
+    /// clock allowance and under a number the replay window allows, it is taken as that
+    /// signal without its signature check: the transport authenticated the peer, and what a
+    /// forgery there gains is our public nonce, which it cannot use without an aggregate nonce
+    /// the coordinator signed. It is neither stored nor remembered nor evidence until it is
+    /// checked ([`Self::adopt_reveal_signal`]).
+    fn takes_as_reveal_signal(&self, envelope: &SignedEnvelope, from: PeerId, now_ms: u64) -> bool {
+        let e = envelope.envelope();
+        let c = self.coordinator;
+        self.is_star_member()
+            && self.phase == Phase::NonceCommit
+            && self.reveal_signal.is_none()
+            && e.signer() == c
+            && self.peer_of(c) == Some(from)
+            && matches!(e.body(), Body::NonceCommit { attempt, .. } if *attempt == self.attempt)
+            && self.commits.get(c.as_usize()).is_some_and(Option::is_none)
+            && e.timestamp_ms().abs_diff(now_ms) <= self.max_skew_ms
+            && self
+                .replay
+                .get(c.as_usize())
+                .is_some_and(|w| w.check(c, e.seq()).is_ok())
+    }
+
+    /// Checks the coordinator's commitment taken as the reveal signal, now that it is wanted as
+    /// evidence (a revealed nonce set holds the coordinator's nonce): one that verifies is
+    /// accepted as if it had just come (its clock judged when it came); one that does not is
+    /// dropped and blames nobody (the creator's listing, not the coordinator, named its peer).
+    pub(super) fn adopt_reveal_signal(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        let Some(held) = self.reveal_signal.take() else {
+            return;
+        };
+        let (from, envelope, received_ms) = *held;
+        let result = envelope
+            .verify(&self.ann)
+            .map_err(|source| CoordinatorError::InvalidMessage { peer: from, source })
+            .and_then(|verified| {
+                self.accept_verified(from, envelope, verified, received_ms, now_ms, out)
+            });
+        if let Err(e) = result {
+            tracing::debug!(session = %self.id, %from, error = %e, "dropped the reveal signal");
+        }
     }
 
     /// Handles a session's unsigned final signatures delivered by `from` (ADR 0015): each must
@@ -480,6 +543,11 @@ impl SessionMachine {
                         vec![signer],
                         out,
                     );
+                    return Ok(());
+                }
+                // The coordinator's nonce is judged against its commitment.
+                self.adopt_reveal_signal(now_ms, out);
+                if self.phase.is_terminal() {
                     return Ok(());
                 }
                 for sn in &nonces {

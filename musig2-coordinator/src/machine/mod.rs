@@ -282,6 +282,9 @@ pub struct SessionMachine {
     answered: Vec<u8>,
     /// Verified contributions of the next attempt that arrived before its restart.
     next_attempt: Vec<VerifiedEnvelope>,
+    /// Star member: the coordinator's commitment taken as the reveal signal before its
+    /// signature was checked (ADR 0021), with the peer that delivered it and when.
+    reveal_signal: Option<Box<(PeerId, SignedEnvelope, u64)>>,
     /// Set once a finished session dropped what only a running one needs ([`Self::shed`]):
     /// its contribution counts, for [`Self::health`].
     shed: Option<ShedCounts>,
@@ -509,6 +512,7 @@ impl SessionMachine {
             final_env: None,
             answered: vec![0; n],
             next_attempt: Vec::new(),
+            reveal_signal: None,
             shed: None,
             ann,
         })
@@ -675,7 +679,9 @@ impl SessionMachine {
             // A star member is told to reveal by the coordinator's own commitment, sent once all
             // are in (ADR 0011): if it does not come, the coordinator is who it waits for.
             Phase::NonceCommit if star_member => {
-                if self.commits[self.coordinator.as_usize()].is_some() {
+                if self.commits[self.coordinator.as_usize()].is_some()
+                    || self.reveal_signal.is_some()
+                {
                     Vec::new()
                 } else {
                     vec![self.coordinator]

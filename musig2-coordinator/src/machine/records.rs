@@ -460,6 +460,7 @@ impl SessionMachine {
             self.unbound = VecDeque::new();
             self.my_nonces = None;
             self.nonce_ahead = None;
+            self.reveal_signal = None;
             // What the rounds' envelopes were remembered for (dropping copies, catching a
             // number signed twice) cannot change a finished session; a confirmation or a claim
             // that comes later is remembered afresh.
@@ -588,6 +589,7 @@ impl SessionMachine {
         self.secnonces.clear();
         self.my_nonces = None;
         self.nonce_ahead = None;
+        self.reveal_signal = None;
         self.contexts = None;
         self.pending_claim = None;
         self.rank_claimed = false;

@@ -38,7 +38,8 @@ impl SessionMachine {
     fn may_reveal(&self) -> bool {
         if self.is_star_member() {
             self.commits[self.me.as_usize()].is_some()
-                && self.commits[self.coordinator.as_usize()].is_some()
+                && (self.commits[self.coordinator.as_usize()].is_some()
+                    || self.reveal_signal.is_some())
         } else {
             all_filled(&self.commits)
         }

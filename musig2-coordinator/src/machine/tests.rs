@@ -303,6 +303,27 @@ fn resign(env: &SignedEnvelope, body: Body, keypair: &Keypair) -> SignedEnvelope
     )
 }
 
+/// `env` with its first partial signature changed in one byte, signed again by `keypair`;
+/// `None` if it is not a partial signature.
+fn with_bad_partial_sig(env: &SignedEnvelope, keypair: &Keypair) -> Option<SignedEnvelope> {
+    let Body::PartialSig {
+        attempt,
+        partial_sigs,
+        aggregate,
+    } = env.envelope().body()
+    else {
+        return None;
+    };
+    let mut bytes = partial_sigs[0].to_bytes();
+    bytes[31] ^= 1;
+    let body = Body::PartialSig {
+        attempt: *attempt,
+        partial_sigs: vec![PartialSigBytes::from_bytes(bytes).unwrap()],
+        aggregate: *aggregate,
+    };
+    Some(resign(env, body, keypair))
+}
+
 fn idx(i: u16) -> SignerIndex {
     SignerIndex::new(i).unwrap()
 }
@@ -910,23 +931,8 @@ fn an_invalid_partial_signature_is_blamed_by_every_honest_node() {
         let keypairs = net.keypairs.clone();
         net.run_with(|from, _, e| {
             if from == 1 && e.envelope().signer() == idx(1) {
-                if let Body::PartialSig {
-                    attempt,
-                    partial_sigs,
-                    aggregate,
-                } = e.envelope().body()
-                {
-                    let mut bytes = partial_sigs[0].to_bytes();
-                    bytes[31] ^= 1;
-                    return vec![resign(
-                        &e,
-                        Body::PartialSig {
-                            attempt: *attempt,
-                            partial_sigs: vec![PartialSigBytes::from_bytes(bytes).unwrap()],
-                            aggregate: *aggregate,
-                        },
-                        &keypairs[1],
-                    )];
+                if let Some(bad) = with_bad_partial_sig(&e, &keypairs[1]) {
+                    return vec![bad];
                 }
             }
             vec![e]
@@ -1483,6 +1489,107 @@ fn a_replayed_aggregate_nonce_is_recognised_from_its_header_alone() {
     let mut other = header;
     other.signature[0] ^= 1;
     assert!(!net.machines[1].is_exact_replay(&other));
+}
+
+/// The coordinator's (signer 0's) commitments in node `i`'s store.
+fn stored_commitments_of_0(net: &Net, i: usize) -> usize {
+    use crate::store::SessionStore;
+    let id = net.machines[i].session_id();
+    let stored = net.stores[i].load(&id).unwrap().expect("stored");
+    stored
+        .envelopes
+        .iter()
+        .filter(|e| e.envelope().signer() == idx(0))
+        .filter(|e| matches!(e.envelope().body(), Body::NonceCommit { .. }))
+        .count()
+}
+
+/// Star, commitments on: the coordinator's commitment ("reveal now") to member 2 carries a
+/// signature by another key; a member's partial signature is corrupted when `corrupt_psig`.
+fn star_with_forged_signal_to_member_2(corrupt_psig: bool) -> Net {
+    let mut net = Net::new(4, Topology::Star, true);
+    net.join_all();
+    assert_eq!(net.machines[0].coordinator(), idx(0));
+    let keypairs = net.keypairs.clone();
+    net.run_with(|from, to, e| {
+        let body = e.envelope().body().clone();
+        if matches!(body, Body::NonceCommit { .. }) && from == 0 && to == 2 {
+            return vec![resign(&e, body, &keypairs[3])];
+        }
+        if corrupt_psig && from == 1 {
+            if let Some(bad) = with_bad_partial_sig(&e, &keypairs[1]) {
+                return vec![bad];
+            }
+        }
+        vec![e]
+    });
+    net
+}
+
+#[test]
+fn a_star_member_takes_the_coordinators_commitment_from_its_peer_as_the_signal_unchecked() {
+    // ADR 0021: member 2 reveals on the forged-signature commitment (it came from the
+    // coordinator's peer), so the session signs; the unchecked envelope is neither placed nor
+    // stored (the others hold the genuine one only as a signal too: nothing failed).
+    let net = star_with_forged_signal_to_member_2(false);
+    net.assert_all_signed();
+    for member in 1..4 {
+        assert!(net.machines[member].commits[0].is_none(), "member {member}");
+        assert_eq!(stored_commitments_of_0(&net, member), 0, "member {member}");
+    }
+
+    // From any other peer it is checked first, and refused.
+    let mut net = Net::new(4, Topology::Star, true);
+    net.join_all();
+    let mut held = None;
+    net.run_with(|from, to, e| {
+        if from == 0 && to == 2 && matches!(e.envelope().body(), Body::NonceCommit { .. }) {
+            held = Some(e);
+            return Vec::new();
+        }
+        vec![e]
+    });
+    let genuine = held.expect("the coordinator signalled member 2");
+    assert_eq!(net.machines[2].phase(), Phase::NonceCommit);
+    let forged = resign(
+        &genuine,
+        genuine.envelope().body().clone(),
+        &net.keypairs[3],
+    );
+    let err = net.machines[2]
+        .handle_envelope(net.peers[3], forged, net.now, &mut net.rng)
+        .unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::InvalidMessage { .. }),
+        "{err}"
+    );
+    assert_eq!(net.machines[2].phase(), Phase::NonceCommit, "no reveal");
+    // The genuine one relayed by member 3 is checked and taken as usual.
+    let out = net.machines[2]
+        .handle_envelope(net.peers[3], genuine, net.now, &mut net.rng)
+        .expect("verifies");
+    net.absorb(2, out);
+    assert!(net.machines[2].commits[0].is_some());
+    net.run();
+    net.assert_all_signed();
+}
+
+#[test]
+fn a_signal_taken_unchecked_is_checked_before_it_is_evidence_and_a_forgery_blames_nobody() {
+    // Member 1's partial signature is bad: the coordinator reveals its nonce set and every
+    // honest node judges. Member 3 checks the genuine signal it held and keeps it as evidence
+    // (the coordinator's nonce is judged against it); member 2's forged one is dropped, and
+    // blames nobody: both name member 1 alone.
+    let net = star_with_forged_signal_to_member_2(true);
+    for honest in [0, 2, 3] {
+        let (reason, blamed, origin) = net.abort_of(honest).expect("aborted");
+        assert_eq!(reason, AbortReason::InvalidPartialSig, "node {honest}");
+        assert_eq!(blamed, vec![idx(1)], "node {honest}");
+        assert_eq!(origin, AbortOrigin::Local, "node {honest}");
+    }
+    assert_eq!(stored_commitments_of_0(&net, 3), 1);
+    assert_eq!(stored_commitments_of_0(&net, 2), 0);
+    assert!(net.machines[2].reveal_signal.is_none());
 }
 
 /// The final word a finished machine sends `to` when asked: the signatures it carries.

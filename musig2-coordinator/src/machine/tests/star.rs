@@ -176,23 +176,12 @@ fn a_bad_star_partial_signature_is_proven_by_every_member_and_in_its_transcript(
             if let Body::NonceSet { .. } = e.envelope().body() {
                 relayed_sets += usize::from(from == 0 && to != 0);
             }
-            match e.envelope().body() {
-                Body::PartialSig {
-                    attempt,
-                    partial_sigs,
-                    aggregate,
-                } if from == 2 && e.envelope().signer() == idx(2) => {
-                    let mut bytes = partial_sigs[0].to_bytes();
-                    bytes[31] ^= 1;
-                    let body = Body::PartialSig {
-                        attempt: *attempt,
-                        partial_sigs: vec![PartialSigBytes::from_bytes(bytes).unwrap()],
-                        aggregate: *aggregate,
-                    };
-                    vec![resign(&e, body, &cheat)]
+            if from == 2 && e.envelope().signer() == idx(2) {
+                if let Some(bad) = with_bad_partial_sig(&e, &cheat) {
+                    return vec![bad];
                 }
-                _ => vec![e],
             }
+            vec![e]
         });
         assert_eq!(relayed_sets, n - 1, "the evidence went to every member");
         for i in (0..n).filter(|&i| i != 2) {
