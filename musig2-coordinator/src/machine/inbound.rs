@@ -71,8 +71,8 @@ impl SessionMachine {
         // Cheap checks first: an exact copy of what we hold costs no verification.
         let (claimed, claimed_seq) = (envelope.envelope().signer(), envelope.envelope().seq());
         let exact_copy = self
-            .seen
-            .get(claimed.as_usize())
+            .window_of(claimed)
+            .and_then(|w| self.seen.get(w))
             .and_then(|m| m.get(claimed_seq.get()))
             .is_some_and(|s| s.is_copy(&envelope));
         if exact_copy || self.is_stored(&envelope) {
@@ -82,11 +82,18 @@ impl SessionMachine {
             });
         }
         // A shed session no longer remembers the rounds' envelopes (`shed`): a number it has
-        // accepted, or one too old, is refused by the replay window before any signature check.
+        // accepted, or one too old, is refused by the replay window before any signature check,
+        // and so is anything from a signer whose broadcast turn never comes (no window is kept).
         if self.shed.is_some() {
+            let Some(w) = self.window_of(claimed) else {
+                return Err(CoordinatorError::Superseded {
+                    signer: claimed,
+                    kind: "envelope after the end",
+                });
+            };
             let early = self
                 .replay
-                .get(claimed.as_usize())
+                .get(w)
                 .map(|window| window.check(claimed, claimed_seq));
             if let Some(Err(
                 e @ (CoordinatorError::Duplicate { .. } | CoordinatorError::StaleSequence { .. }),
@@ -159,8 +166,8 @@ impl SessionMachine {
         // filters: its author signed both, so it is evidence whoever relayed it and however late.
         let hash = verified.signing_hash();
         let reused_seq = self
-            .seen
-            .get(signer.as_usize())
+            .window_of(signer)
+            .and_then(|w| self.seen.get(w))
             .and_then(|window| window.get(verified.seq().get()))
             .is_some_and(|s| s.hash != hash);
         if reused_seq || self.contradicts(&verified) {
@@ -173,8 +180,8 @@ impl SessionMachine {
         let relayed = self.peer_of(signer) != Some(from) && !direct_join;
         // No window: a settled finished session (`shed`) refuses every envelope before this.
         let window = self
-            .replay
-            .get_mut(signer.as_usize())
+            .window_of(signer)
+            .and_then(|w| self.replay.get_mut(w))
             .ok_or(CoordinatorError::SessionFinished(self.id))?;
         if let Err(e) = window.check(signer, verified.seq()) {
             return Err(match e {
@@ -203,7 +210,7 @@ impl SessionMachine {
                 return Err(CoordinatorError::ClockSkew { signer, skew_ms });
             }
         }
-        if let Some(window) = self.replay.get_mut(signer.as_usize()) {
+        if let Some(window) = self.window_of(signer).and_then(|w| self.replay.get_mut(w)) {
             window.record(verified.seq());
         }
         self.remember_verified(&verified);
@@ -235,8 +242,8 @@ impl SessionMachine {
             && self.commits.get(c.as_usize()).is_some_and(Option::is_none)
             && e.timestamp_ms().abs_diff(now_ms) <= self.max_skew_ms
             && self
-                .replay
-                .get(c.as_usize())
+                .window_of(c)
+                .and_then(|w| self.replay.get(w))
                 .is_some_and(|w| w.check(c, e.seq()).is_ok())
     }
 
@@ -337,7 +344,7 @@ impl SessionMachine {
         signature: Option<[u8; 64]>,
         direct: bool,
     ) {
-        let Some(window) = self.seen.get_mut(signer.as_usize()) else {
+        let Some(window) = self.window_of(signer).and_then(|w| self.seen.get_mut(w)) else {
             return;
         };
         let seen = SeenEnvelope {

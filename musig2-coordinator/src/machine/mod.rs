@@ -621,10 +621,22 @@ impl SessionMachine {
     /// is not covered and must go through [`SessionMachine::handle_envelope`] (it may be
     /// evidence of equivocation).
     pub fn is_exact_replay(&self, header: &musig2_proto::EnvelopeHeader) -> bool {
-        self.seen
-            .get(header.signer.as_usize())
+        self.window_of(header.signer)
+            .and_then(|w| self.seen.get(w))
             .and_then(|m| m.get(header.seq.get()))
             .is_some_and(|s| s.direct && s.signature == Some(header.signature))
+    }
+
+    /// Where `signer`'s replay and contradiction windows are: at its index while the session
+    /// runs; once it is shed (`shed`), only the signers whose broadcast turn can come keep
+    /// one, at their position in the election order.
+    pub(super) fn window_of(&self, signer: SignerIndex) -> Option<usize> {
+        if self.shed.is_none() {
+            return Some(signer.as_usize());
+        }
+        self.position_of(signer)
+            .filter(|&p| p <= self.max_rank)
+            .map(usize::from)
     }
 
     /// Our own signed join, once we have joined.

@@ -421,10 +421,10 @@ impl SessionMachine {
     }
 
     /// Drops what only a running session needs, once this one is finished: every
-    /// contribution slot, the envelopes remembered from the rounds, the signing contexts, the
-    /// aggregates and the key aggregation; and,
-    /// once no broadcast confirmation or claim can change anything (see
-    /// [`Self::open_to_confirmation`]), the replay and contradiction windows too. A node keeps
+    /// contribution slot, the envelopes remembered from the rounds, the replay windows of
+    /// signers whose broadcast turn never comes, the signing contexts, the aggregates and the
+    /// key aggregation; and, once no broadcast confirmation or claim can change anything (see
+    /// [`Self::open_to_confirmation`]), the remaining windows too. A node keeps
     /// up to `max_finished_sessions` finished sessions, and at the star coordinator each of
     /// these is O(n). What is kept answers a signer that missed the end (the joins, the peers,
     /// the final word), takes a late confirmation while one is awaited, and reports
@@ -435,6 +435,19 @@ impl SessionMachine {
             return;
         }
         if self.shed.is_none() {
+            // After the end only a confirmation or a claim is taken, and only from a signer whose
+            // broadcast turn can come (positions 0 ..= max_rank): only theirs keep a replay
+            // window, indexed by position from now on (`window_of`). What the rounds' envelopes
+            // were remembered for (dropping copies, catching a number signed twice) cannot
+            // change a finished session: what comes later is remembered afresh.
+            let turns: Option<Vec<ReplayWindow>> = (0..=self.max_rank)
+                .map(|p| {
+                    let signer = self.order.get(usize::from(p))?;
+                    self.replay.get(signer.as_usize()).cloned()
+                })
+                .collect();
+            self.replay = turns.unwrap_or_default();
+            self.seen = vec![SeenWindow::default(); self.replay.len()];
             self.shed = Some(ShedCounts {
                 commitments: filled(&self.commits),
                 nonces: filled(&self.nonces),
@@ -461,12 +474,6 @@ impl SessionMachine {
             self.my_nonces = None;
             self.nonce_ahead = None;
             self.reveal_signal = None;
-            // What the rounds' envelopes were remembered for (dropping copies, catching a
-            // number signed twice) cannot change a finished session; a confirmation or a claim
-            // that comes later is remembered afresh.
-            for window in &mut self.seen {
-                *window = SeenWindow::default();
-            }
         }
         if !self.open_to_confirmation() {
             self.replay = Vec::new();

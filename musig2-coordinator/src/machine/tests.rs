@@ -1629,9 +1629,10 @@ fn a_finished_session_sheds_what_only_a_running_one_needs_and_still_answers_late
             assert!(m.is_shed(), "{topology:?} node {i}");
             assert!(m.commits.is_empty() && m.nonces.is_empty() && m.psigs.is_empty());
             assert!(m.key_aggs().is_empty() && m.contexts.is_none() && m.star_aggregate.is_none());
-            // The broadcast confirmation is still awaited: what takes it stays.
+            // The broadcast confirmation is still awaited: what takes it stays, for the one
+            // signer whose turn can come (no failover: the first coordinator).
             assert!(m.open_to_confirmation());
-            assert_eq!((m.replay.len(), m.seen.len()), (4, 4));
+            assert_eq!((m.replay.len(), m.seen.len()), (1, 1));
             assert!(
                 m.seen.iter().all(|w| w.0.is_empty()),
                 "the rounds' entries are gone"
@@ -1644,6 +1645,11 @@ fn a_finished_session_sheds_what_only_a_running_one_needs_and_still_answers_late
             .find(|(from, _, e)| *from == 1 && matches!(e.envelope().body(), Body::Join { .. }))
             .map(|(_, to, e)| (e.clone(), *to))
             .expect("signer 1 sent its join");
+        let (first_env, first_to) = copies
+            .iter()
+            .find(|(from, _, e)| *from == first && e.envelope().signer().as_usize() == first)
+            .map(|(_, to, e)| (e.clone(), *to))
+            .expect("the first coordinator sent something");
         // Every envelope of the session delivered again is refused as after the end, none
         // panics on a dropped slot; a signer's own join (it restarted and lost the end) is
         // answered with the final word.
@@ -1665,9 +1671,11 @@ fn a_finished_session_sheds_what_only_a_running_one_needs_and_still_answers_late
             }
         }
         assert!(answered > 0, "{topology:?}: some join was sent directly");
-        // A claim under a number signer 1 used in the rounds, whatever its signature (here
-        // another signer's key), is refused by its number before any signature check.
-        let stale = net.forge(
+        // Before any signature check (both below are signed with another signer's key): a
+        // claim from a signer whose broadcast turn never comes is refused as after the end,
+        // and a confirmation under a number the first coordinator used in the rounds by that
+        // number.
+        let claim = net.forge(
             &one_join,
             2,
             Body::FailoverClaim {
@@ -1676,10 +1684,25 @@ fn a_finished_session_sheds_what_only_a_running_one_needs_and_still_answers_late
             },
         );
         let err = net.machines[to]
-            .handle_envelope(net.peers[1], stale, net.now, &mut net.rng)
+            .handle_envelope(net.peers[1], claim, net.now, &mut net.rng)
             .unwrap_err();
         assert!(
-            matches!(err, CoordinatorError::Duplicate { signer, .. } if signer == idx(1)),
+            matches!(err, CoordinatorError::Superseded { signer, .. } if signer == idx(1)),
+            "{topology:?}: {err}"
+        );
+        let stale = net.forge(
+            &first_env,
+            2,
+            Body::BroadcastConfirmed {
+                attempt: Attempt::FIRST,
+                receipt: Vec::new(),
+            },
+        );
+        let err = net.machines[first_to]
+            .handle_envelope(net.peers[first], stale, net.now, &mut net.rng)
+            .unwrap_err();
+        assert!(
+            matches!(err, CoordinatorError::Duplicate { signer, .. } if signer.as_usize() == first),
             "{topology:?}: {err}"
         );
         // The first coordinator confirms the broadcast: its session settles, the windows go.
