@@ -104,7 +104,7 @@ pub struct Config {
     /// signers that missed its end, and export; then it is forgotten.
     pub finished_session_retention: Duration,
     /// Most finished sessions kept; the oldest are forgotten first. A finished session holds
-    /// about 8.5 KiB at n = 10 and 290 KiB at n = 1,000 per node in memory (BENCHMARKS.md, "What
+    /// about 8 KiB at n = 10 and 200 KiB at n = 1,000 per node in memory (BENCHMARKS.md, "What
     /// a finished session keeps"): lower this for large sessions.
     pub max_finished_sessions: usize,
 }

@@ -282,6 +282,10 @@ pub struct SessionMachine {
     answered: Vec<u8>,
     /// Verified contributions of the next attempt that arrived before its restart.
     next_attempt: Vec<VerifiedEnvelope>,
+    /// Once shed, in place of `peers` when the announcement lists most of them: the bound peers
+    /// it does not list (ours, or an unlisted signer's from its join), by signer index; the
+    /// others are read from the announcement.
+    peers_off_list: Option<Vec<(SignerIndex, PeerId)>>,
     /// Star member: the coordinator's commitment taken as the reveal signal before its
     /// signature was checked (ADR 0021), with the peer that delivered it and when.
     reveal_signal: Option<Box<(PeerId, SignedEnvelope, u64)>>,
@@ -513,6 +517,7 @@ impl SessionMachine {
             answered: vec![0; n],
             next_attempt: Vec::new(),
             reveal_signal: None,
+            peers_off_list: None,
             shed: None,
             ann,
         })
@@ -646,15 +651,35 @@ impl SessionMachine {
 
     /// The peer bound to signer `index`, if known.
     pub fn peer_of(&self, index: SignerIndex) -> Option<PeerId> {
-        self.peers.get(index.as_usize()).copied().flatten()
+        match &self.peers_off_list {
+            None => self.peers.get(index.as_usize()).copied().flatten(),
+            Some(off) => match off.binary_search_by_key(&index, |(s, _)| *s) {
+                Ok(k) => Some(off[k].1),
+                Err(_) => self.listed_peer(index),
+            },
+        }
     }
 
     /// The signer bound to `peer`, if any.
     pub fn signer_of(&self, peer: &PeerId) -> Option<SignerIndex> {
-        self.peers
-            .iter()
-            .position(|p| p.as_ref() == Some(peer))
-            .and_then(|i| SignerIndex::try_from(i).ok())
+        let found = match &self.peers_off_list {
+            None => self.peers.iter().position(|p| p.as_ref() == Some(peer)),
+            Some(off) => {
+                let encoded = peer.to_bytes();
+                let signers = &self.ann.announcement().signers;
+                (0..self.n).find(|&i| {
+                    let index = SignerIndex::try_from(i).ok();
+                    match off.binary_search_by_key(&index, |(s, _)| Some(*s)) {
+                        Ok(k) => off[k].1 == *peer,
+                        Err(_) => signers
+                            .get(i)
+                            .and_then(|s| s.peer_id.as_ref())
+                            .is_some_and(|b| b.as_bytes() == encoded.as_slice()),
+                    }
+                })
+            }
+        };
+        found.and_then(|i| SignerIndex::try_from(i).ok())
     }
 
     /// When [`SessionMachine::tick`] must next be called.

@@ -423,10 +423,10 @@ impl SessionMachine {
     /// Drops what only a running session needs, once this one is finished: every
     /// contribution slot, the envelopes remembered from the rounds, the replay windows of
     /// signers whose broadcast turn never comes, the signing contexts, the aggregates and the
-    /// key aggregation; and, once no broadcast confirmation or claim can change anything (see
-    /// [`Self::open_to_confirmation`]), the remaining windows too. A node keeps
-    /// up to `max_finished_sessions` finished sessions, and at the star coordinator each of
-    /// these is O(n). What is kept answers a signer that missed the end (the joins, the peers,
+    /// key aggregation, and the copy of the peers the announcement lists; and, once no
+    /// broadcast confirmation or claim can change anything (see
+    /// [`Self::open_to_confirmation`]), the remaining windows too. A node keeps up to
+    /// `max_finished_sessions` finished sessions, and most of these are O(n). What is kept answers a signer that missed the end (the joins, the peers,
     /// the final word), takes a late confirmation while one is awaited, and reports
     /// [`Self::health`] as it was. The envelopes themselves stay in the store for the
     /// transcript. Idempotent; call it again when a confirmation may have come.
@@ -474,11 +474,43 @@ impl SessionMachine {
             self.my_nonces = None;
             self.nonce_ahead = None;
             self.reveal_signal = None;
+            self.shed_listed_peers();
         }
         if !self.open_to_confirmation() {
             self.replay = Vec::new();
             self.seen = Vec::new();
         }
+    }
+
+    /// A finished session still sends (a confirmation, a claim, its final word) and answers,
+    /// so it still needs every signer's peer; but where the announcement lists a signer's peer,
+    /// the copy in `peers` (88 bytes a signer) is redundant. Kept as a short list of the bound
+    /// peers it does not list when there are few of them (a listed session's member: its own at
+    /// most); else `peers` stays as it is.
+    fn shed_listed_peers(&mut self) {
+        const MAX_OFF_LIST: usize = 8;
+        let mut off = Vec::new();
+        for (i, peer) in self.peers.iter().enumerate() {
+            let Some(peer) = peer else { continue };
+            let Ok(index) = SignerIndex::try_from(i) else {
+                return;
+            };
+            let listed = self
+                .ann
+                .announcement()
+                .signers
+                .get(i)
+                .and_then(|s| s.peer_id.as_ref())
+                .is_some_and(|b| peer.is_encoded_as(b.as_bytes()));
+            if !listed {
+                if off.len() == MAX_OFF_LIST {
+                    return;
+                }
+                off.push((index, *peer));
+            }
+        }
+        self.peers = Vec::new();
+        self.peers_off_list = Some(off);
     }
 
     /// Whether [`Self::shed`] has dropped the running session's state.

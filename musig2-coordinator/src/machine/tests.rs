@@ -1607,8 +1607,12 @@ fn final_word_to(outputs: &[Output], to: PeerId) -> Option<Vec<musig2_proto::Sig
 
 #[test]
 fn a_finished_session_sheds_what_only_a_running_one_needs_and_still_answers_late_signers() {
-    for topology in [Topology::Star, Topology::Mesh] {
-        let mut net = Net::new(4, topology, true);
+    for (topology, listed) in [
+        (Topology::Star, true),
+        (Topology::Mesh, true),
+        (Topology::Star, false),
+    ] {
+        let mut net = Net::build(4, topology, true, ElectionMethod::FirstSigner, listed);
         net.join_all();
         // A running session sheds nothing.
         net.machines[1].shed();
@@ -1624,8 +1628,17 @@ fn a_finished_session_sheds_what_only_a_running_one_needs_and_still_answers_late
         let first = net.machines[0].coordinator().as_usize();
         for i in 0..4 {
             let before = net.machines[i].health(net.now);
+            let bound = |m: &SessionMachine| -> Vec<_> {
+                (0..4)
+                    .map(|j| (m.peer_of(idx(j)), m.signer_of(&net.peers[j as usize])))
+                    .collect()
+            };
+            let bound_before = bound(&net.machines[i]);
             net.machines[i].shed();
             let m = &net.machines[i];
+            // The peers the announcement lists are read from it now; every binding is as it was.
+            assert!(m.peers.is_empty() || !listed, "{topology:?} node {i}");
+            assert_eq!(bound(m), bound_before, "{topology:?} node {i}");
             assert!(m.is_shed(), "{topology:?} node {i}");
             assert!(m.commits.is_empty() && m.nonces.is_empty() && m.psigs.is_empty());
             assert!(m.key_aggs().is_empty() && m.contexts.is_none() && m.star_aggregate.is_none());
