@@ -159,7 +159,12 @@ impl SessionMachine {
         // misrouted, speaking from a peer the announcement does not list).
         let any_deliverer = matches!(verified.body(), Body::Abort { .. } | Body::Restart { .. });
         let direct_join = is_join_from(verified.body(), from);
-        if !direct_join && !any_deliverer && self.signer_of(&from).is_none() {
+        // Delivered by its author's own peer: bound, found in O(1) (any signer's is O(n)).
+        if !direct_join
+            && !any_deliverer
+            && self.peer_of(signer) != Some(from)
+            && self.signer_of(&from).is_none()
+        {
             return self.buffer_unbound(from, envelope);
         }
         // The contradiction check runs on every verified envelope, before the replay and skew
