@@ -422,14 +422,14 @@ impl SessionMachine {
 
     /// Drops what only a running session needs, once this one is finished: every
     /// contribution slot, the envelopes remembered from the rounds, the replay windows of
-    /// signers whose broadcast turn never comes, the signing contexts, the aggregates and the
-    /// key aggregation, and the copy of the peers the announcement lists; and, once no
-    /// broadcast confirmation or claim can change anything (see
-    /// [`Self::open_to_confirmation`]), the remaining windows too. A node keeps up to
-    /// `max_finished_sessions` finished sessions, and most of these are O(n). What is kept answers a signer that missed the end (the joins, the peers,
-    /// the final word), takes a late confirmation while one is awaited, and reports
-    /// [`Self::health`] as it was. The envelopes themselves stay in the store for the
-    /// transcript. Idempotent; call it again when a confirmation may have come.
+    /// signers whose broadcast turn never comes, the signing contexts, the aggregates, the key
+    /// aggregation, and its copy of the peers the announcement lists; and, once no broadcast
+    /// confirmation or claim can change anything (see [`Self::open_to_confirmation`]), the
+    /// remaining windows too. A node keeps up to `max_finished_sessions` finished sessions,
+    /// and most of these are O(n). What is kept answers a signer that missed the end (the
+    /// joins, the bindings, the final word), takes a late confirmation while one is awaited,
+    /// and reports [`Self::health`] as it was. The envelopes themselves stay in the store for
+    /// the transcript. Idempotent; call it again when a confirmation may have come.
     pub fn shed(&mut self) {
         if !self.phase.is_terminal() {
             return;
