@@ -735,6 +735,18 @@ impl SignedEnvelope {
             signing_hash,
         })
     }
+
+    /// Every check of [`Self::verify`] except the signature's: for a receiver that acts on an
+    /// envelope its transport authenticated and checks the signature only if the envelope
+    /// becomes evidence (ADR 0022). What passes is not proof of anything to anyone else.
+    pub fn check_unsigned(&self, announcement: &VerifiedAnnouncement) -> Result<(), ProtoError> {
+        let e = &self.envelope;
+        check_header(e.version, e.signer, announcement)?;
+        if e.session_id != announcement.session_id() {
+            return Err(ProtoError::WrongSession { signer: e.signer });
+        }
+        check_body(e, announcement)
+    }
 }
 
 fn check_header(

@@ -106,6 +106,9 @@ impl SessionMachine {
             self.reveal_signal = Some(Box::new((from, envelope, now_ms)));
             return Ok(());
         }
+        if self.takes_psig_unchecked(&envelope, from, now_ms) {
+            return self.place_unchecked_psig(envelope);
+        }
         // A nonce set costs a signature check per signer: only a star member that signed under
         // an aggregate and holds no set of this attempt yet takes one (ADR 0011), so a peer can
         // make it pay n checks at most once per attempt.
@@ -166,6 +169,12 @@ impl SessionMachine {
             && self.signer_of(&from).is_none()
         {
             return self.buffer_unbound(from, envelope);
+        }
+        // A partial signature of ours placed unchecked is checked before another of its author
+        // is compared with it: only a signed one can convict (ADR 0022).
+        if matches!(verified.body(), Body::PartialSig { attempt, .. } if *attempt == self.attempt)
+        {
+            self.check_unchecked_psig(signer);
         }
         // The contradiction check runs on every verified envelope, before the replay and skew
         // filters: its author signed both, so it is evidence whoever relayed it and however late.
@@ -250,6 +259,101 @@ impl SessionMachine {
                 .window_of(c)
                 .and_then(|w| self.replay.get(w))
                 .is_some_and(|w| w.check(c, e.seq()).is_ok())
+    }
+
+    /// A node that aggregates (a star coordinator, every mesh node) places a partial signature
+    /// of the current attempt before checking its signature when it comes from its author's
+    /// own peer (listed or join-bound), its slot is empty, its timestamp is within the clock
+    /// allowance, the replay window allows its number and everything but the signature checks
+    /// out (in star, it names our aggregate nonce). A valid final signature proves every
+    /// partial signature in it, so in the happy path the check is never needed; it is made as
+    /// soon as the envelope becomes evidence (ADR 0022): before any blame for a failed
+    /// aggregation, before another partial signature of its author is compared with it,
+    /// before it is stored or sent to anyone.
+    fn takes_psig_unchecked(&self, envelope: &SignedEnvelope, from: PeerId, now_ms: u64) -> bool {
+        let e = envelope.envelope();
+        let j = e.signer();
+        let ours = self.star_aggregate.as_ref().map(|a| a.reference);
+        let Body::PartialSig {
+            attempt, aggregate, ..
+        } = e.body()
+        else {
+            return false;
+        };
+        (self.topology == Topology::Mesh || self.is_star_coordinator())
+            && !self.phase.is_terminal()
+            && *attempt == self.attempt
+            && j != self.me
+            && (self.topology == Topology::Mesh || *aggregate == ours)
+            && self.psigs.get(j.as_usize()).is_some_and(Option::is_none)
+            && self.psig_unchecked.get(j.as_usize()) == Some(&DeferredCheck::None)
+            && self.peer_of(j) == Some(from)
+            && e.timestamp_ms().abs_diff(now_ms) <= self.max_skew_ms
+            && self
+                .window_of(j)
+                .and_then(|w| self.replay.get(w))
+                .is_some_and(|w| w.check(j, e.seq()).is_ok())
+            && envelope.check_unsigned(&self.ann).is_ok()
+    }
+
+    /// Places a partial signature taken by [`Self::takes_psig_unchecked`]: in its slot, for
+    /// aggregation, and nowhere else (not remembered, not stored) until it is checked.
+    fn place_unchecked_psig(&mut self, envelope: SignedEnvelope) -> Result<()> {
+        let j = envelope.envelope().signer().as_usize();
+        let Body::PartialSig { partial_sigs, .. } = envelope.envelope().body() else {
+            return Ok(());
+        };
+        if let (Some(slot), Some(flag)) = (self.psigs.get_mut(j), self.psig_unchecked.get_mut(j)) {
+            *slot = Some(Box::new((partial_sigs.clone(), envelope)));
+            *flag = DeferredCheck::Pending;
+        }
+        Ok(())
+    }
+
+    /// Checks the partial signature of `signer` placed unchecked, if any (ADR 0022). One that
+    /// verifies is kept as if it had been checked on arrival (replay window, remembered,
+    /// stored); one that does not is dropped, its slot emptied, and blames nobody: its
+    /// author's peer sent it, which only the author (or a peer the creator listed wrongly)
+    /// can; its next one is checked on arrival. Returns whether the slot still holds it.
+    pub(super) fn check_unchecked_psig(&mut self, signer: SignerIndex) -> bool {
+        let j = signer.as_usize();
+        if self.psig_unchecked.get(j) != Some(&DeferredCheck::Pending) {
+            return true;
+        }
+        self.psig_unchecked[j] = DeferredCheck::None;
+        let Some(envelope) = self.psigs.get(j).and_then(|s| s.as_deref()).map(|s| s.1.clone())
+        else {
+            return true;
+        };
+        match envelope.verify(&self.ann) {
+            Ok(verified) => {
+                if let Some(window) = self.window_of(signer).and_then(|w| self.replay.get_mut(w)) {
+                    window.record(verified.seq());
+                }
+                self.remember_verified(&verified);
+                if self.persist {
+                    self.record(Record::Envelope(envelope));
+                }
+                true
+            }
+            Err(e) => {
+                tracing::debug!(session = %self.id, %signer, error = %e, "dropped a partial signature taken unchecked");
+                self.psigs[j] = None;
+                self.psig_unchecked[j] = DeferredCheck::Failed;
+                self.rejected += 1;
+                false
+            }
+        }
+    }
+
+    /// Checks every partial signature placed unchecked (ADR 0022); returns whether all
+    /// verified (otherwise the slots of those that did not are empty again).
+    pub(super) fn check_unchecked_psigs(&mut self) -> bool {
+        let mut all = true;
+        for signer in self.all_signers() {
+            all &= self.check_unchecked_psig(signer);
+        }
+        all
     }
 
     /// Checks the coordinator's commitment taken as the reveal signal, now that it is wanted as

@@ -289,9 +289,26 @@ pub struct SessionMachine {
     /// Star member: the coordinator's commitment taken as the reveal signal before its
     /// signature was checked (ADR 0021), with the peer that delivered it and when.
     reveal_signal: Option<Box<(PeerId, SignedEnvelope, u64)>>,
+    /// Per signer, in the current attempt: whether its partial signature in `psigs` came from
+    /// its own peer and was placed before its signature was checked, which is done once it
+    /// becomes evidence (ADR 0022), or whether one already failed that check.
+    psig_unchecked: Vec<DeferredCheck>,
     /// Set once a finished session dropped what only a running one needs ([`Self::shed`]):
     /// its contribution counts, for [`Self::health`].
     shed: Option<ShedCounts>,
+}
+
+/// A contribution's signature check, when it was put off until the contribution is evidence
+/// (ADR 0022).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeferredCheck {
+    /// Nothing put off: the slot is empty or was checked.
+    None,
+    /// The slot holds a contribution whose signature is not checked yet.
+    Pending,
+    /// One failed its check in this attempt: the signer's next is checked on arrival, so a
+    /// signer cannot make us aggregate and search for culprits again and again.
+    Failed,
 }
 
 /// The contribution counts of a finished session, kept when its slots are dropped.
@@ -517,6 +534,7 @@ impl SessionMachine {
             answered: vec![0; n],
             next_attempt: Vec::new(),
             reveal_signal: None,
+            psig_unchecked: vec![DeferredCheck::None; n],
             peers_off_list: None,
             shed: None,
             ann,

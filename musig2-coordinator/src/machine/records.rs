@@ -460,6 +460,7 @@ impl SessionMachine {
             self.nonces = Vec::new();
             self.verified_nonces = Vec::new();
             self.psigs = Vec::new();
+            self.psig_unchecked = Vec::new();
             self.join_sent = Vec::new();
             self.key_aggs = Vec::new();
             self.contexts = None;
@@ -588,7 +589,13 @@ impl SessionMachine {
             .map(|slot| slot.1.clone())
             .chain(self.commits.iter().flatten().map(|slot| slot.1.clone()))
             .chain(self.nonces.iter().flatten().map(|slot| slot.1.clone()))
-            .chain(self.psigs.iter().flatten().map(|slot| slot.1.clone()))
+            .chain(
+                self.psigs
+                    .iter()
+                    .zip(&self.psig_unchecked)
+                    .filter(|(_, check)| **check != DeferredCheck::Pending)
+                    .filter_map(|(slot, _)| slot.as_deref().map(|s| s.1.clone())),
+            )
             .chain(self.aggnonce_env.as_deref().cloned())
             .chain(self.nonce_set_env.as_deref().cloned())
             .collect();
@@ -618,6 +625,7 @@ impl SessionMachine {
         for slot in &mut self.psigs {
             *slot = None;
         }
+        self.psig_unchecked.fill(DeferredCheck::None);
         self.aggnonce_received = false;
         self.aggnonce_env = None;
         self.star_aggregate = None;

@@ -425,6 +425,11 @@ impl SessionMachine {
                 self.finish(sigs, now_ms, out);
             }
             Err(culprits) => {
+                // Blame and evidence rest on signed partial signatures only (ADR 0022): one
+                // whose signature fails leaves its slot empty, and the session waits for it.
+                if !self.check_unchecked_psigs() {
+                    return;
+                }
                 if self.is_star_coordinator() {
                     // Hand every signer the evidence so each finds the same culprits itself:
                     // the nonce set our aggregate committed to, then every partial signature

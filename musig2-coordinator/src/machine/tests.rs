@@ -2114,6 +2114,7 @@ fn a_restart_told_to_one_signer_moves_everyone_even_when_its_contributions_overt
 
 mod failover;
 mod star;
+mod unchecked_psigs;
 
 #[test]
 fn star_members_finish_on_unsigned_final_signatures_and_keep_their_own_signed_record() {
