@@ -172,8 +172,7 @@ impl SessionMachine {
         }
         // A partial signature of ours placed unchecked is checked before another of its author
         // is compared with it: only a signed one can convict (ADR 0022).
-        if matches!(verified.body(), Body::PartialSig { attempt, .. } if *attempt == self.attempt)
-        {
+        if matches!(verified.body(), Body::PartialSig { attempt, .. } if *attempt == self.attempt) {
             self.check_unchecked_psig(signer);
         }
         // The contradiction check runs on every verified envelope, before the replay and skew
@@ -321,7 +320,11 @@ impl SessionMachine {
             return true;
         }
         self.psig_unchecked[j] = DeferredCheck::None;
-        let Some(envelope) = self.psigs.get(j).and_then(|s| s.as_deref()).map(|s| s.1.clone())
+        let Some(envelope) = self
+            .psigs
+            .get(j)
+            .and_then(|s| s.as_deref())
+            .map(|s| s.1.clone())
         else {
             return true;
         };

@@ -120,7 +120,10 @@ fn a_failed_aggregation_checks_what_it_took_unchecked_and_a_bad_signature_blames
         // signer 1 alone: it did not deliver a signed partial signature.
         let (mut net, forged) = with_forged_psig_of_1(topology, true);
         for i in aggregators(topology, 4).into_iter().filter(|&i| i != 1) {
-            assert!(!net.machines[i].phase().is_terminal(), "{topology:?} node {i}");
+            assert!(
+                !net.machines[i].phase().is_terminal(),
+                "{topology:?} node {i}"
+            );
             assert!(net.machines[i].psigs[1].is_none(), "{topology:?} node {i}");
             assert_eq!(net.machines[i].holdouts(), vec![idx(1)]);
             assert_eq!(stored_psigs_of(&net, i, 1), 0);
@@ -136,7 +139,11 @@ fn a_failed_aggregation_checks_what_it_took_unchecked_and_a_bad_signature_blames
                     DeferredCheck::None,
                     "{topology:?} node {i}"
                 );
-                assert_eq!(stored_psigs_of(&net, i, j), 1, "{topology:?} node {i} of {j}");
+                assert_eq!(
+                    stored_psigs_of(&net, i, j),
+                    1,
+                    "{topology:?} node {i} of {j}"
+                );
             }
         }
         // Once one failed its check, signer 1's next is checked on arrival: it cannot make a
@@ -174,7 +181,11 @@ fn a_failed_aggregation_checks_what_it_took_unchecked_and_a_bad_signature_blames
         });
         for i in [0, 2, 3] {
             let (reason, blamed, _) = net.abort_of(i).expect("aborted");
-            assert_eq!(reason, AbortReason::InvalidPartialSig, "{topology:?} node {i}");
+            assert_eq!(
+                reason,
+                AbortReason::InvalidPartialSig,
+                "{topology:?} node {i}"
+            );
             assert_eq!(blamed, vec![idx(1)], "{topology:?} node {i}");
         }
         for i in aggregators(topology, 4).into_iter().filter(|&i| i != 1) {
