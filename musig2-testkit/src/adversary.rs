@@ -155,6 +155,15 @@ pub enum Behaviour {
     /// Sends nothing at all in the session: no join, no nonce. As creator it announces and
     /// then withholds everything.
     Silent,
+    /// Follows the protocol, but its partial signature's envelope carries a signature that does
+    /// not verify (made with a throwaway key), sent from its own peer; the partial signature
+    /// itself is its valid one (`valid: true`) or the scalar 1 (ADR 0022: a node that
+    /// aggregates takes it before checking the envelope, and checks it only if it becomes
+    /// evidence).
+    BadlySignedPartialSig {
+        /// Whether the partial signature inside is the valid one.
+        valid: bool,
+    },
     /// Follows the protocol up to its partial signature, then sends its valid partial
     /// signature to the first half of its targets and a different, invalid one under the same
     /// sequence number to the rest (in star, whose only target is the coordinator, just the
@@ -985,6 +994,7 @@ impl Actor {
                 | Behaviour::EquivocateBeforeJoin { .. }
                 | Behaviour::EquivocatePartialSig
                 | Behaviour::NearDeadline { .. }
+                | Behaviour::BadlySignedPartialSig { valid: true }
         ) && !withhold;
         let psig = if honest_psig {
             let pubnonces: Option<Vec<PubNonce>> = s
@@ -1005,7 +1015,10 @@ impl Actor {
                 .sign(sec, &self.keypair)
                 .ok()
                 .and_then(|p| PartialSigBytes::from_bytes(p.to_bytes()).ok())
-        } else if self.behaviour == Behaviour::InvalidPartialSig {
+        } else if matches!(
+            self.behaviour,
+            Behaviour::InvalidPartialSig | Behaviour::BadlySignedPartialSig { valid: false }
+        ) {
             // The scalar 1: well-formed, and (overwhelmingly likely) not our partial signature.
             let mut one = [0u8; 32];
             one[31] = 1;
@@ -1037,6 +1050,20 @@ impl Actor {
             partial_sigs: vec![partial_sig],
             aggregate,
         };
+        if let Behaviour::BadlySignedPartialSig { .. } = self.behaviour {
+            let now = self.clock.now_ms();
+            let Some(s) = self.session.as_mut() else {
+                return;
+            };
+            let (id, me, seq) = (s.id, s.me, s.take_seq());
+            let throwaway = Keypair::new(&mut ChaCha20Rng::seed_from_u64(
+                0xBAD5_1600 ^ u64::from(me.get()),
+            ));
+            let env = Envelope::sign(id, me, seq, now, body, &throwaway);
+            self.log.sent_partial_sig = true;
+            self.send_all(&targets, &env.to_frame_bytes()).await;
+            return;
+        }
         if let Some(env) = self.own(body) {
             self.log.sent_partial_sig = true;
             self.send_all(&targets, &env.to_frame_bytes()).await;

@@ -140,3 +140,35 @@ async fn equivocation_seen_before_joining_blames_no_honest_signer() {
         .await;
     report.assert_randomized_safety();
 }
+
+/// ADR 0022. Four signers, adversary 2 (a star member, or a mesh peer). Its partial signature
+/// reaches every node that aggregates from its own peer, but under an envelope signature that
+/// does not verify. Those nodes take it before checking the envelope: a valid partial signature
+/// lets the session sign (the final signature proves it); an invalid one is checked once the
+/// aggregation fails, dropped without naming anyone for it, and the session ends at the
+/// deadline naming the adversary alone, never an honest signer.
+#[tokio::test(start_paused = true)]
+async fn a_badly_signed_partial_signature_signs_if_valid_and_blames_only_its_author_if_not() {
+    for topology in [Topology::Star, Topology::Mesh] {
+        let report = run(Scenario::new(922, 4)
+            .topology(topology)
+            .adversary(2, Behaviour::BadlySignedPartialSig { valid: true }))
+        .await;
+        report.assert_safe();
+        for h in &report.honest {
+            assert!(
+                matches!(h.outcome, Outcome::Signed(_)),
+                "{topology:?} signer {}: {:?}",
+                h.signer,
+                h.outcome
+            );
+        }
+
+        let report = run(Scenario::new(923, 4)
+            .topology(topology)
+            .adversary(2, Behaviour::BadlySignedPartialSig { valid: false }))
+        .await;
+        let reasons = report.assert_aborted_blaming_adversary(&[AbortReason::Timeout]);
+        assert!(!reasons.is_empty(), "{topology:?}");
+    }
+}
