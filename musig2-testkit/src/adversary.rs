@@ -115,8 +115,9 @@ pub enum Behaviour {
     /// phase deadlines), reorders it behind the next one, re-dates it (inside and at the edge
     /// of the clock-skew bound), re-signs it under an earlier sequence number, equivocates (a
     /// different nonce, commitment, partial signature, aggregate nonce or final signature to a
-    /// subset, with the same or a new sequence number), or relays stale contributions (other
-    /// signers' earlier envelopes, its own earlier ones, its own for another attempt). What it
+    /// subset, with the same or a new sequence number), relays stale contributions (other
+    /// signers' earlier envelopes, its own earlier ones, its own for another attempt), or sends
+    /// a subset its envelope under another key's signature (then, or not, the genuine one). What it
     /// did is listed in [`AdversaryLog::mutations`]. See `src/adversary/random.rs`.
     Randomized {
         /// Seed of the strategy's decisions.

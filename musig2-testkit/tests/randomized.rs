@@ -1,6 +1,6 @@
 //! The randomized adversary of issue 9: a seeded strategy bends every message the adversary
 //! sends (drop, duplicate, delay, reorder, re-date, reuse a sequence number, equivocate to a
-//! subset, relay stale contributions), in mesh and star, with and without commitments, as
+//! subset, relay stale contributions, sign with another key), in mesh and star, with and without commitments, as
 //! member, creator or star coordinator. Every run must keep the property of
 //! `Report::randomized_violations`: no honest node's own finding blames an honest signer, the
 //! honest nodes that finish hold the same valid signature, no honest nonce is used twice, and

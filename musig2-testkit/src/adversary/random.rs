@@ -6,7 +6,7 @@
 //! aggregate nonce and final signature), so what the honest nodes see is the honest protocol
 //! bent one message at a time. Frame-level actions (drop, duplicate, delay, reorder, relay
 //! stale envelopes) apply to any frame; envelope-level ones (re-date, reuse a sequence number,
-//! equivocate) to the adversary's own envelope in it.
+//! equivocate, sign with another key) to the adversary's own envelope in it.
 
 use std::time::Duration;
 
@@ -52,11 +52,18 @@ enum Action {
     /// Send it, and relay stale envelopes: other signers' earlier ones, our earlier ones, ours
     /// for another attempt.
     RelayStale,
+    /// Send a subset our envelope under a signature by another key (then, half the time, the
+    /// genuine one too): what a node acts on before its check (ADR 0021, 0022) must never
+    /// convict anyone unchecked.
+    BadSignature,
 }
 
 impl Action {
     fn needs_own_envelope(self) -> bool {
-        matches!(self, Action::Redate | Action::ReuseSeq | Action::Equivocate)
+        matches!(
+            self,
+            Action::Redate | Action::ReuseSeq | Action::Equivocate | Action::BadSignature
+        )
     }
 }
 
@@ -146,7 +153,8 @@ impl Strategy {
     fn choose(&mut self, own: bool) -> Action {
         loop {
             let action = match self.rng.random_range(0..100u32) {
-                0..40 => Action::Pass,
+                0..35 => Action::Pass,
+                35..40 => Action::BadSignature,
                 40..47 => Action::Drop,
                 47..54 => Action::Duplicate,
                 54..62 => Action::Delay,
@@ -454,6 +462,40 @@ impl Actor {
                 vec![(chosen, replaced(redated)), (rest, frame.to_vec())]
             }
             Action::ReuseSeq => self.reuse_seq(st, peers, frame, &envs, own, &what, &replaced),
+            Action::BadSignature => {
+                let Some(env) = own.map(|i| envs[i].clone()) else {
+                    return pass;
+                };
+                let e = env.envelope();
+                let throwaway = secp256k1::Keypair::new(&mut st.rng);
+                let forged = Envelope::sign(
+                    e.session_id(),
+                    e.signer(),
+                    e.seq(),
+                    e.timestamp_ms(),
+                    e.body().clone(),
+                    &throwaway,
+                );
+                let (chosen, rest) = st.split(peers);
+                let then_genuine = st.rng.random_bool(0.5);
+                let names = self.names(&chosen);
+                st.note(
+                    &what,
+                    format!(
+                        "badly signed for {names}{}",
+                        if then_genuine {
+                            ", then the genuine one to all"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+                if then_genuine {
+                    vec![(chosen, replaced(forged)), (peers.to_vec(), frame.to_vec())]
+                } else {
+                    vec![(chosen, replaced(forged)), (rest, frame.to_vec())]
+                }
+            }
             Action::Equivocate => {
                 let Some(env) = own.map(|i| envs[i].clone()) else {
                     return pass;
