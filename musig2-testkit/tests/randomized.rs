@@ -1,10 +1,10 @@
 //! The randomized adversary of issue 9: a seeded strategy bends every message the adversary
 //! sends (drop, duplicate, delay, reorder, re-date, reuse a sequence number, equivocate to a
-//! subset, relay stale contributions, sign with another key), in mesh and star, with and without commitments, as
-//! member, creator or star coordinator. Every run must keep the property of
-//! `Report::randomized_violations`: no honest node's own finding blames an honest signer, the
-//! honest nodes that finish hold the same valid signature, no honest nonce is used twice, and
-//! no honest node hangs past the session deadline.
+//! subset, relay stale contributions, sign with another key), in mesh and star, with and
+//! without commitments, as member, creator or star coordinator. Every run must keep the
+//! property of `Report::randomized_violations`: no honest node's own finding blames an honest
+//! signer, the honest nodes that finish hold the same valid signature, no honest nonce is used
+//! twice, and no honest node hangs past the session deadline.
 //!
 //! A failing case prints a line such as `seed=17 n=4 topology=star commitments=on
 //! role=creator index=0`; re-run it alone with
