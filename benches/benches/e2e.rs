@@ -404,11 +404,16 @@ async fn scenario(
     }
     let mut samples = Vec::with_capacity(iters);
     let stats_before: Vec<_> = cluster.nodes.iter().map(Node::stats).collect();
+    let auth_before = musig2_proto::auth_counts();
     let cpu = process_cpu();
     for _ in 0..iters {
         samples.push(cluster.run_session(topology, nonce_commitment).await);
     }
     let cpu = (process_cpu() - cpu) / iters as u32;
+    let auth = musig2_proto::auth_counts();
+    let per_session = |now: u64, before: u64| (now - before) as f64 / iters as f64;
+    let checks = per_session(auth.signature_checks, auth_before.signature_checks);
+    let cached = per_session(auth.cached_roots, auth_before.cached_roots);
     if std::env::var_os("E2E_VERBOSE").is_some() {
         // Per session: frames and authentications, the aggregator (node 0) and the rest.
         for (who, range) in [("node 0", 0..1), ("others", 1..cluster.nodes.len())] {
@@ -445,7 +450,7 @@ async fn scenario(
     let (floor_cpu, floor_path) = musig2_floor(n, topology);
     let cpu_per_node = cpu / n as u32;
     println!(
-        "{name:<34} commit={:<5} median {:>10}  p90 {:>10}  target {verdict:<18} cpu/session {:>9} | per node {} = {:.1}x the MuSig2 floor {}; median = {:.1}x the critical path {} | phases (median): announce {} joined {} nonces {} psigs {} signed {}  [{iters} runs]",
+        "{name:<34} commit={:<5} median {:>10}  p90 {:>10}  target {verdict:<18} cpu/session {:>9} | per node {} = {:.1}x the MuSig2 floor {}; median = {:.1}x the critical path {} | phases (median): announce {} joined {} nonces {} psigs {} signed {}  [{iters} runs] | envelope signature checks per session {checks:.1} (+{cached:.1} from the verified-root cache)",
         nonce_commitment,
         fmt_ms(median),
         fmt_ms(p90),

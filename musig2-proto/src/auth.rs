@@ -9,6 +9,7 @@
 
 use std::cell::Cell;
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use secp256k1::{Keypair, XOnlyPublicKey, schnorr};
@@ -130,17 +131,41 @@ impl Auth {
         let message = self.signed_message(leaf);
         let signature = schnorr::Signature::from_byte_array(self.signature);
         if self.is_direct() {
+            SIGNATURE_CHECKS.fetch_add(1, Ordering::Relaxed);
             return key.verify(&message, &signature).is_ok();
         }
         let id = root_id(SCOPE.with(Cell::get), key, &message, &self.signature);
         if verified_roots().contains(&id) {
+            CACHED_ROOTS.fetch_add(1, Ordering::Relaxed);
             return true;
         }
+        SIGNATURE_CHECKS.fetch_add(1, Ordering::Relaxed);
         let ok = key.verify(&message, &signature).is_ok();
         if ok {
             verified_roots().insert(id);
         }
         ok
+    }
+}
+
+static SIGNATURE_CHECKS: AtomicU64 = AtomicU64::new(0);
+static CACHED_ROOTS: AtomicU64 = AtomicU64::new(0);
+
+/// What this process's authentication checks have cost since it started, over every node in
+/// it: for benchmarks and metrics (a count does not depend on how busy the machine is).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuthCounts {
+    /// BIP340 signature checks of envelopes and announcements.
+    pub signature_checks: u64,
+    /// Batch roots found verified before (in the same scope): hashes only, no signature check.
+    pub cached_roots: u64,
+}
+
+/// The counts so far (see [`AuthCounts`]).
+pub fn auth_counts() -> AuthCounts {
+    AuthCounts {
+        signature_checks: SIGNATURE_CHECKS.load(Ordering::Relaxed),
+        cached_roots: CACHED_ROOTS.load(Ordering::Relaxed),
     }
 }
 
@@ -587,6 +612,20 @@ mod tests {
         seal(&batch.iter().collect::<Vec<_>>(), None);
         let sealed = |i: usize| batch[i].sealed().expect("sealed").clone();
         (author.x_only_public_key().0, sealed(0), sealed(1))
+    }
+
+    #[test]
+    fn the_counts_tell_signature_checks_from_roots_served_by_the_cache() {
+        // Other tests run alongside and add to the process-wide counts: hence at least.
+        let (key, auth, sibling) = sealed_pair(13);
+        let scope = 0x5c09_e000_0000_0004;
+        let before = auth_counts();
+        assert!(with_verified_roots_scope(scope, || auth.verifies(&key, leaf(0))));
+        let after_check = auth_counts();
+        assert!(after_check.signature_checks > before.signature_checks);
+        // The sibling's root is the same: a cache hit, counted as such.
+        assert!(with_verified_roots_scope(scope, || sibling.verifies(&key, leaf(1))));
+        assert!(auth_counts().cached_roots > after_check.cached_roots);
     }
 
     #[test]

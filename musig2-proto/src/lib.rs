@@ -91,8 +91,8 @@ pub use announcement::{
     SignedAnnouncement, SignerInfo, Timeouts, Topology, VerifiedAnnouncement,
 };
 pub use auth::{
-    Auth, Batch, MAX_AUTH_DEPTH, MAX_AUTH_PATH_BYTES, MAX_BATCH_LEAVES, Sealed,
-    with_verified_roots_scope,
+    Auth, AuthCounts, Batch, MAX_AUTH_DEPTH, MAX_AUTH_PATH_BYTES, MAX_BATCH_LEAVES, Sealed,
+    auth_counts, with_verified_roots_scope,
 };
 pub use envelope::{
     AbortReason, AggregateRef, Body, Envelope, MAX_RECEIPT_BYTES, NonceSetDigest, SignedEnvelope,
