@@ -107,7 +107,8 @@ impl SessionMachine {
             return Ok(());
         }
         if self.takes_psig_unchecked(&envelope, from, now_ms) {
-            return self.place_unchecked_psig(envelope);
+            self.place_unchecked_psig(envelope);
+            return Ok(());
         }
         // A nonce set costs a signature check per signer: only a star member that signed under
         // an aggregate and holds no set of this attempt yet takes one (ADR 0011), so a peer can
@@ -297,16 +298,15 @@ impl SessionMachine {
 
     /// Places a partial signature taken by [`Self::takes_psig_unchecked`]: in its slot, for
     /// aggregation, and nowhere else (not remembered, not stored) until it is checked.
-    fn place_unchecked_psig(&mut self, envelope: SignedEnvelope) -> Result<()> {
+    fn place_unchecked_psig(&mut self, envelope: SignedEnvelope) {
         let j = envelope.envelope().signer().as_usize();
         let Body::PartialSig { partial_sigs, .. } = envelope.envelope().body() else {
-            return Ok(());
+            return;
         };
         if let (Some(slot), Some(flag)) = (self.psigs.get_mut(j), self.psig_unchecked.get_mut(j)) {
             *slot = Some(Box::new((partial_sigs.clone(), envelope)));
             *flag = DeferredCheck::Pending;
         }
-        Ok(())
     }
 
     /// Checks the partial signature of `signer` placed unchecked, if any (ADR 0022). One that

@@ -17,6 +17,19 @@ fn stored_psigs_of(net: &Net, i: usize, signer: usize) -> usize {
         .count()
 }
 
+/// Delivers signer 1's partial signature `env` (signed by another key) from node `from`'s peer
+/// to node 0, which must check it on arrival and refuse it, leaving signer 1's slot empty.
+fn refused_as_badly_signed_by_0(net: &mut Net, from: usize, env: SignedEnvelope) {
+    let err = net.machines[0]
+        .handle_envelope(net.peers[from], env, net.now, &mut net.rng)
+        .unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::InvalidMessage { .. }),
+        "{err}"
+    );
+    assert!(net.machines[0].psigs[1].is_none());
+}
+
 /// The nodes that aggregate: the coordinator in star, everyone in mesh.
 fn aggregators(topology: Topology, n: usize) -> Vec<usize> {
     match topology {
@@ -94,14 +107,7 @@ fn a_partial_signature_from_its_authors_peer_is_aggregated_unchecked_and_never_k
         genuine.envelope().body().clone(),
         &net.keypairs[3],
     );
-    let err = net.machines[0]
-        .handle_envelope(net.peers[2], forged, net.now, &mut net.rng)
-        .unwrap_err();
-    assert!(
-        matches!(err, CoordinatorError::InvalidMessage { .. }),
-        "{err}"
-    );
-    assert!(net.machines[0].psigs[1].is_none());
+    refused_as_badly_signed_by_0(&mut net, 2, forged);
     // From its author's peer, the genuine one ends the session.
     let out = net.machines[0]
         .handle_envelope(net.peers[1], genuine, net.now, &mut net.rng)
@@ -149,14 +155,7 @@ fn a_failed_aggregation_checks_what_it_took_unchecked_and_a_bad_signature_blames
         // Once one failed its check, signer 1's next is checked on arrival: it cannot make a
         // node aggregate and search for culprits again and again.
         let again = resign(&forged, forged.envelope().body().clone(), &net.keypairs[3]);
-        let err = net.machines[0]
-            .handle_envelope(net.peers[1], again, net.now, &mut net.rng)
-            .unwrap_err();
-        assert!(
-            matches!(err, CoordinatorError::InvalidMessage { .. }),
-            "{topology:?}: {err}"
-        );
-        assert!(net.machines[0].psigs[1].is_none());
+        refused_as_badly_signed_by_0(&mut net, 1, again);
         net.settle();
         for i in [0, 2, 3] {
             let (reason, blamed, _) = net.abort_of(i).expect("aborted");
