@@ -724,10 +724,7 @@ impl SignedEnvelope {
         announcement: &VerifiedAnnouncement,
     ) -> Result<VerifiedEnvelope, ProtoError> {
         let e = &self.envelope;
-        check_header(e.version, e.signer, announcement)?;
-        if e.session_id != announcement.session_id() {
-            return Err(ProtoError::WrongSession { signer: e.signer });
-        }
+        check_addressed_to(e, announcement)?;
         let signing_hash = verify_sig(announcement, e, self.signing_hash(), self.auth())?;
         check_body(e, announcement)?;
         Ok(VerifiedEnvelope {
@@ -740,13 +737,18 @@ impl SignedEnvelope {
     /// envelope its transport authenticated and checks the signature only if the envelope
     /// becomes evidence (ADR 0022). What passes is not proof of anything to anyone else.
     pub fn check_unsigned(&self, announcement: &VerifiedAnnouncement) -> Result<(), ProtoError> {
-        let e = &self.envelope;
-        check_header(e.version, e.signer, announcement)?;
-        if e.session_id != announcement.session_id() {
-            return Err(ProtoError::WrongSession { signer: e.signer });
-        }
-        check_body(e, announcement)
+        check_addressed_to(&self.envelope, announcement)?;
+        check_body(&self.envelope, announcement)
     }
+}
+
+/// Version, signer index and session id: that `e` belongs to the announced session.
+fn check_addressed_to(e: &Envelope, announcement: &VerifiedAnnouncement) -> Result<(), ProtoError> {
+    check_header(e.version, e.signer, announcement)?;
+    if e.session_id != announcement.session_id() {
+        return Err(ProtoError::WrongSession { signer: e.signer });
+    }
+    Ok(())
 }
 
 fn check_header(

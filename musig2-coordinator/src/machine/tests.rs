@@ -923,10 +923,34 @@ fn a_reveal_that_breaks_its_commitment_is_blamed() {
     }
 }
 
+/// How many partial signatures of `signer` node `i` stored.
+fn stored_psigs_of(net: &Net, i: usize, signer: usize) -> usize {
+    use crate::store::SessionStore;
+    let id = net.machines[i].session_id();
+    let stored = net.stores[i].load(&id).unwrap().expect("stored");
+    stored
+        .envelopes
+        .iter()
+        .filter(|e| e.envelope().signer() == idx(signer as u16))
+        .filter(|e| matches!(e.envelope().body(), Body::PartialSig { .. }))
+        .count()
+}
+
+/// The nodes that aggregate: the coordinator in star, everyone in mesh.
+fn aggregators(topology: Topology, n: usize) -> Vec<usize> {
+    match topology {
+        Topology::Star => vec![0],
+        _ => (0..n).collect(),
+    }
+}
+
 #[test]
 fn an_invalid_partial_signature_is_blamed_by_every_honest_node() {
-    for topology in [Topology::Mesh, Topology::Star] {
-        let mut net = Net::new(4, topology, false);
+    let cases = [Topology::Mesh, Topology::Star]
+        .into_iter()
+        .flat_map(|t| [(t, false), (t, true)]);
+    for (topology, commit) in cases {
+        let mut net = Net::new(4, topology, commit);
         net.join_all();
         let keypairs = net.keypairs.clone();
         net.run_with(|from, _, e| {
@@ -947,6 +971,11 @@ fn an_invalid_partial_signature_is_blamed_by_every_honest_node() {
             assert_eq!(blamed, vec![idx(1)], "{topology:?} node {honest}");
             // Each honest node found the culprit itself (star: from the relayed evidence).
             assert_eq!(origin, AbortOrigin::Local, "{topology:?} node {honest}");
+        }
+        // Placed unchecked from its author's peer (ADR 0022), it was checked on failure and
+        // kept as evidence by every node that aggregates.
+        for i in aggregators(topology, 4).into_iter().filter(|&i| i != 1) {
+            assert_eq!(stored_psigs_of(&net, i, 1), 1, "{topology:?} node {i}");
         }
     }
 }
