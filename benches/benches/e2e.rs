@@ -1012,20 +1012,50 @@ fn floor_signing(
 /// set it has seen before (it keeps the last 64): the stricter floor for this bench, whose
 /// sessions all have the same two signers.
 fn floor_core_cached_key(keypairs: &[Keypair; 2], message: &[u8]) -> schnorr::Signature {
+    let keys = [keypairs[0].public_key(), keypairs[1].public_key()];
+    floor_signing(keypairs, &keys, &cached_key_agg(keys), message)
+}
+
+/// The pair's key aggregation, computed once per thread (every session here has the same two
+/// signers).
+fn cached_key_agg(keys: [PublicKey; 2]) -> KeyAggContext {
     thread_local! {
         static KEY_AGG: std::cell::RefCell<Option<([PublicKey; 2], KeyAggContext)>> =
             const { std::cell::RefCell::new(None) };
     }
-    let keys = [keypairs[0].public_key(), keypairs[1].public_key()];
-    let key_agg = KEY_AGG.with_borrow_mut(|cached| match cached {
+    KEY_AGG.with_borrow_mut(|cached| match cached {
         Some((k, ctx)) if *k == keys => ctx.clone(),
         _ => {
             let ctx = KeyAggContext::new(&keys).expect("key agg");
             *cached = Some((keys, ctx.clone()));
             ctx
         }
+    })
+}
+
+/// The MuSig2 work of two separate parties, neither trusting the other, key aggregation
+/// cached: [`floor_core_cached_key`] plus what each party must compute for itself and the
+/// one-process floor computes once (its own nonce aggregation, session context and
+/// aggregate-and-verify of the final signature). The least two nodes can do.
+fn floor_two_parties(keypairs: &[Keypair; 2], message: &[u8]) -> schnorr::Signature {
+    let keys = [keypairs[0].public_key(), keypairs[1].public_key()];
+    let key_agg = cached_key_agg(keys);
+    let mut rng = rand::rng();
+    let (s0, p0) = NonceGen::new(keys[0]).generate(&mut rng).expect("nonce");
+    let (s1, p1) = NonceGen::new(keys[1]).generate(&mut rng).expect("nonce");
+    let pubnonces = [p0, p1];
+    let contexts =
+        [0, 1].map(|_| SessionContext::new(&key_agg, &AggNonce::aggregate(&pubnonces), message));
+    let psigs = [
+        contexts[0].sign(s0, &keypairs[0]).expect("sign"),
+        contexts[1].sign(s1, &keypairs[1]).expect("sign"),
+    ];
+    let [a, b] = contexts.map(|ctx| {
+        ctx.aggregate_and_verify(&psigs, &pubnonces)
+            .expect("aggregate")
     });
-    floor_signing(keypairs, &keys, &key_agg, message)
+    assert_eq!(a, b);
+    a
 }
 
 /// The protocol floor: what the two nodes compute between them for one 2-of-2 session without
@@ -1402,6 +1432,8 @@ fn memory_benches(quick: bool) {
     let mut ratio_cached = vec![Vec::new(); configs.len()];
     let mut ratio_proto = vec![Vec::new(); configs.len()];
     let mut floor_cached_rates = Vec::new();
+    let mut floor_pair_rates = Vec::new();
+    let mut ratio_pair = vec![Vec::new(); configs.len()];
     // E2E_NO_FLOOR=1 runs the nodes only (for profiling them; the ratios are then meaningless).
     let floors = std::env::var_os("E2E_NO_FLOOR").is_none();
     for _ in 0..repeats {
@@ -1420,7 +1452,13 @@ fn memory_benches(quick: bool) {
         } else {
             (1.0, Duration::ZERO)
         };
+        let (pair_rate, _) = if floors {
+            floor_rate(floor_two_parties, 2000)
+        } else {
+            (1.0, Duration::ZERO)
+        };
         floor_cached_rates.push(cached_rate);
+        floor_pair_rates.push(pair_rate);
         floor_core_rates.push(core_rate);
         floor_proto_rates.push(proto_rate);
         floor_core_cpu.push(core_cpu);
@@ -1432,6 +1470,7 @@ fn memory_benches(quick: bool) {
             rates[k].push(rate);
             ratio_core[k].push(rate / core_rate);
             ratio_cached[k].push(rate / cached_rate);
+            ratio_pair[k].push(rate / pair_rate);
             ratio_proto[k].push(rate / proto_rate);
         }
     }
@@ -1447,6 +1486,10 @@ fn memory_benches(quick: bool) {
         median_f64(floor_cached_rates),
     );
     println!(
+        "floor, two parties, each its own context and final verification (key agg. cached): {:>6.0} sessions/s",
+        median_f64(floor_pair_rates),
+    );
+    println!(
         "floor, protocol crypto incl. envelopes (1 thread): {:>6.0} sessions/s  cpu {:>8}/session",
         median_f64(floor_proto_rates),
         us(proto_cpu),
@@ -1454,11 +1497,12 @@ fn memory_benches(quick: bool) {
     for (k, (label, _, commit)) in configs.iter().enumerate() {
         let cpu = median_of(cpus[k].clone());
         println!(
-            "coordinator, {label:<33} commit={commit:<5} {:>6.0} sessions/s  cpu {:>8}/session | ratio (median of rounds) vs core floor {:.2} (key aggregation cached: {:.2}), vs protocol floor {:.2}; cpu ratio vs core {:.2}, vs protocol {:.2} (target >= 0.5)",
+            "coordinator, {label:<33} commit={commit:<5} {:>6.0} sessions/s  cpu {:>8}/session | ratio (median of rounds) vs core floor {:.2} (key aggregation cached: {:.2}; two parties: {:.2}), vs protocol floor {:.2}; cpu ratio vs core {:.2}, vs protocol {:.2} (target >= 0.5)",
             median_f64(rates[k].clone()),
             us(cpu),
             median_f64(ratio_core[k].clone()),
             median_f64(ratio_cached[k].clone()),
+            median_f64(ratio_pair[k].clone()),
             median_f64(ratio_proto[k].clone()),
             core_cpu.as_secs_f64() / cpu.as_secs_f64().max(1e-9),
             proto_cpu.as_secs_f64() / cpu.as_secs_f64().max(1e-9),
