@@ -204,8 +204,9 @@ async fn long_run() {
     long_run_over("long run", &CONFIGS, 0, 10_000).await;
 }
 
-/// `MUSIG2_RANDOM_SEEDS` seeds (default `default_seeds`) cycling through `configs` with
-/// `max_failovers = failovers`; prints the summary under `title`.
+/// `MUSIG2_RANDOM_SEEDS` seeds (default `default_seeds`) from `MUSIG2_RANDOM_FIRST_SEED`
+/// (default 0, so that a later long run can cover seeds an earlier one did not) cycling through
+/// `configs` with `max_failovers = failovers`; prints the summary under `title`.
 async fn long_run_over(
     title: &str,
     configs: &[(Topology, bool, Role)],
@@ -216,9 +217,13 @@ async fn long_run_over(
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default_seeds);
+    let first: u64 = std::env::var("MUSIG2_RANDOM_FIRST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let start = std::time::Instant::now();
     let mut failures = Failures::default();
-    for seed in 0..seeds {
+    for seed in first..first.saturating_add(seeds) {
         let (topology, commitments, role) = configs[(seed % configs.len() as u64) as usize];
         failures
             .run(RandomizedCase::new(seed, topology, commitments, role).with_failovers(failovers))
