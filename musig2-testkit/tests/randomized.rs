@@ -189,10 +189,7 @@ const FAILOVER_SEEDS: u64 = 70;
 #[tokio::test(start_paused = true)]
 #[ignore = "long run: MUSIG2_RANDOM_SEEDS=3000"]
 async fn long_run_failover() {
-    let failovers = std::env::var("MUSIG2_RANDOM_FAILOVERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(FAILOVERS);
+    let failovers = env_number("MUSIG2_RANDOM_FAILOVERS", FAILOVERS);
     long_run_over("long run (failover)", &FAILOVER_CONFIGS, failovers, 3_000).await;
 }
 
@@ -213,14 +210,8 @@ async fn long_run_over(
     failovers: u16,
     default_seeds: u64,
 ) {
-    let seeds: u64 = std::env::var("MUSIG2_RANDOM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default_seeds);
-    let first: u64 = std::env::var("MUSIG2_RANDOM_FIRST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let seeds = env_number("MUSIG2_RANDOM_SEEDS", default_seeds);
+    let first = env_number("MUSIG2_RANDOM_FIRST_SEED", 0u64);
     let start = std::time::Instant::now();
     let mut failures = Failures::default();
     for seed in first..first.saturating_add(seeds) {
@@ -236,6 +227,14 @@ async fn long_run_over(
         failures.summary()
     );
     failures.assert_none();
+}
+
+/// The number in environment variable `name`, or `default` if it is unset or not a number.
+fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Re-runs one case given as `MUSIG2_RANDOM_CASE='seed=.. n=.. topology=.. commitments=..
