@@ -447,15 +447,7 @@ impl Actor {
                 let offset = st.redate_offset();
                 let now = self.clock.now_ms();
                 let ts = now.saturating_add_signed(offset);
-                let e = env.envelope();
-                let redated = Envelope::sign(
-                    e.session_id(),
-                    e.signer(),
-                    e.seq(),
-                    ts,
-                    e.body().clone(),
-                    &self.keypair,
-                );
+                let redated = resigned(&env, ts, &self.keypair);
                 let (chosen, rest) = st.split(peers);
                 let names = self.names(&chosen);
                 st.note(&what, format!("re-dated {offset:+} ms for {names}"));
@@ -466,35 +458,17 @@ impl Actor {
                 let Some(env) = own.map(|i| envs[i].clone()) else {
                     return pass;
                 };
-                let e = env.envelope();
                 let throwaway = secp256k1::Keypair::new(&mut st.rng);
-                let forged = Envelope::sign(
-                    e.session_id(),
-                    e.signer(),
-                    e.seq(),
-                    e.timestamp_ms(),
-                    e.body().clone(),
-                    &throwaway,
-                );
+                let forged = resigned(&env, env.envelope().timestamp_ms(), &throwaway);
                 let (chosen, rest) = st.split(peers);
-                let then_genuine = st.rng.random_bool(0.5);
-                let names = self.names(&chosen);
-                st.note(
-                    &what,
-                    format!(
-                        "badly signed for {names}{}",
-                        if then_genuine {
-                            ", then the genuine one to all"
-                        } else {
-                            ""
-                        }
-                    ),
-                );
-                if then_genuine {
-                    vec![(chosen, replaced(forged)), (peers.to_vec(), frame.to_vec())]
+                let (genuine_to, then) = if st.rng.random_bool(0.5) {
+                    (peers.to_vec(), ", then the genuine one to all")
                 } else {
-                    vec![(chosen, replaced(forged)), (rest, frame.to_vec())]
-                }
+                    (rest, "")
+                };
+                let names = self.names(&chosen);
+                st.note(&what, format!("badly signed for {names}{then}"));
+                vec![(chosen, replaced(forged)), (genuine_to, frame.to_vec())]
             }
             Action::Equivocate => {
                 let Some(env) = own.map(|i| envs[i].clone()) else {
@@ -800,4 +774,22 @@ impl Actor {
             }
         }
     }
+}
+
+/// `env`'s session, signer, sequence number and body, dated `timestamp_ms` and signed by
+/// `keypair`: re-dated by its author, or signed with a key that is not the signer's.
+fn resigned(
+    env: &musig2_proto::SignedEnvelope,
+    timestamp_ms: u64,
+    keypair: &secp256k1::Keypair,
+) -> musig2_proto::SignedEnvelope {
+    let e = env.envelope();
+    Envelope::sign(
+        e.session_id(),
+        e.signer(),
+        e.seq(),
+        timestamp_ms,
+        e.body().clone(),
+        keypair,
+    )
 }
