@@ -912,7 +912,7 @@ impl<'a> Judge<'a> {
                 partial_sigs,
                 aggregate,
             } => {
-                // A star partial signature's value ends with the aggregate it names.
+                // A partial signature's value ends with the aggregate it names.
                 let mut value = concat(partial_sigs.iter().map(|p| p.to_bytes()));
                 value.extend(aggregate.iter().flat_map(|r| r.0));
                 Some((*attempt, Kind::PartialSig, value))
@@ -926,7 +926,7 @@ impl<'a> Judge<'a> {
                 self.attempts.insert(*attempt);
                 None
             }
-            Body::Join { .. } | Body::Abort { .. } => None,
+            Body::Join { .. } | Body::Abort { .. } | Body::Request { .. } => None,
         };
         if let Some((attempt, kind, value)) = contribution {
             self.attempts.insert(attempt);
@@ -1212,28 +1212,34 @@ impl<'a> Judge<'a> {
                 self.psigs_unchecked += psigs.len();
                 continue;
             }
+            let mut aggregates = Vec::with_capacity(k);
             let contexts: Vec<SessionContext> = (0..k)
                 .map(|m| {
                     let column: Vec<PubNonce> = nonces.iter().map(|l| l[m]).collect();
-                    SessionContext::new(
-                        &self.key_aggs[m],
-                        &AggNonce::aggregate(&column),
-                        &messages[m],
-                    )
+                    let aggregate = AggNonce::aggregate(&column);
+                    aggregates.push(AggNonceBytes::from(aggregate));
+                    SessionContext::new(&self.key_aggs[m], &aggregate, &messages[m])
                 })
                 .collect();
+            let ours = Body::aggregate_ref(&self.ann.session_id(), attempt, &aggregates);
             for (signer, value, at) in psigs {
+                // Judged only under the aggregate it names, as a node judges it (ADR 0023):
+                // one made under other nonces shows that someone equivocated, not its author.
+                let Some(sigs) = value
+                    .strip_suffix(ours.0.as_slice())
+                    .filter(|sigs| sigs.len() == 32 * k)
+                else {
+                    self.psigs_unchecked += 1;
+                    continue;
+                };
                 self.psigs_checked += 1;
                 let j = signer.as_usize();
-                let ok = value.len() == 32 * k
-                    && value.chunks_exact(32).enumerate().all(|(m, c)| {
-                        <[u8; 32]>::try_from(c)
-                            .ok()
-                            .and_then(|b| PartialSignature::from_bytes(&b).ok())
-                            .is_some_and(|p| {
-                                contexts[m].verify_partial(j, &p, &nonces[j][m]).is_ok()
-                            })
-                    });
+                let ok = sigs.chunks_exact(32).enumerate().all(|(m, c)| {
+                    <[u8; 32]>::try_from(c)
+                        .ok()
+                        .and_then(|b| PartialSignature::from_bytes(&b).ok())
+                        .is_some_and(|p| contexts[m].verify_partial(j, &p, &nonces[j][m]).is_ok())
+                });
                 if !ok {
                     let mut evidence = vec![at];
                     evidence.extend(nonce_at.iter().copied());
@@ -1358,7 +1364,10 @@ mod tests {
             }
             let pubs: Vec<PubNonce> = nonces.iter().map(|(_, p)| *p).collect();
             let msg = self.ann.announcement().messages[0].message.clone();
-            let ctx = SessionContext::new(&self.key_agg, &AggNonce::aggregate(&pubs), &msg);
+            let aggregate = AggNonce::aggregate(&pubs);
+            let ctx = SessionContext::new(&self.key_agg, &aggregate, &msg);
+            let reference =
+                Body::aggregate_ref(&self.ann.session_id(), a, &[AggNonceBytes::from(aggregate)]);
             let mut psigs = Vec::new();
             for (s, (sec, _)) in nonces.into_iter().enumerate() {
                 let mut psig = ctx.sign(sec, &self.keys[s]).expect("partial sig");
@@ -1372,7 +1381,7 @@ mod tests {
                     Body::PartialSig {
                         attempt: a,
                         partial_sigs: vec![partial_sig],
-                        aggregate: None,
+                        aggregate: Some(reference),
                     },
                 ));
             }

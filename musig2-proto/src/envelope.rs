@@ -89,8 +89,10 @@ pub enum Body {
         attempt: Attempt,
         /// The BIP327 partial signatures, one per message.
         partial_sigs: Vec<PartialSigBytes>,
-        /// Star topology: the aggregate nonces the signatures were made under, named by
-        /// [`Body::aggregate_ref`] (required in star, absent in mesh; ADR 0011).
+        /// The aggregate nonces the signatures were made under, named by
+        /// [`Body::aggregate_ref`] (required; `Option` only so the field keeps its encoding).
+        /// A receiver judges a partial signature only under its own aggregate (ADR 0011 in
+        /// star, ADR 0023 in mesh).
         aggregate: Option<AggregateRef>,
     },
     /// Star topology: the coordinator sends the aggregate nonces, and commits to the exact set
@@ -145,6 +147,26 @@ pub enum Body {
         /// Every signer's signed Nonce envelope, one per signer, in signer index order.
         nonces: Vec<SignedNonce>,
     },
+    /// Mesh topology: the sender lacks a contribution the recipient has shown it holds (a
+    /// reveal sent while the sender still waits for a commitment, a partial signature while
+    /// it waits for a nonce) and asks for the recipient's signed set of that kind. Answered
+    /// at most once per signer, attempt and kind (ADR 0023).
+    Request {
+        /// The signing attempt.
+        attempt: Attempt,
+        /// Which set is asked for.
+        set: RequestedSet,
+    },
+}
+
+/// The set a [`Body::Request`] asks for: every signer's signed envelope of that kind that the
+/// recipient holds (the requester's own left out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RequestedSet {
+    /// The nonce commitments (round 0).
+    Commitments,
+    /// The public nonces (round 1).
+    Nonces,
 }
 
 /// A digest of a star coordinator's signed nonce set ([`Body::nonce_set_digest`]).
@@ -192,6 +214,7 @@ impl Body {
             Body::Abort { .. } => "abort",
             Body::Restart { .. } => "restart",
             Body::NonceSet { .. } => "nonce-set",
+            Body::Request { .. } => "request",
         }
     }
 
@@ -801,8 +824,7 @@ fn check_body(e: &Envelope, announcement: &VerifiedAnnouncement) -> Result<(), P
             aggregate,
             ..
         } => {
-            let star = announcement.announcement().policy.topology == Topology::Star;
-            if star != aggregate.is_some() {
+            if aggregate.is_none() {
                 return Err(ProtoError::AggregateBinding { signer: e.signer });
             }
             check_count(e.signer, "partial signatures", k, partial_sigs.len())?;
@@ -865,6 +887,11 @@ fn check_body(e: &Envelope, announcement: &VerifiedAnnouncement) -> Result<(), P
                         relayed: sn.signer,
                     },
                 )?;
+            }
+        }
+        Body::Request { .. } => {
+            if announcement.announcement().policy.topology != Topology::Mesh {
+                return Err(ProtoError::UnexpectedRequest { signer: e.signer });
             }
         }
         _ => {}

@@ -162,6 +162,12 @@ pub enum ProtoError {
         /// The sender.
         signer: SignerIndex,
     },
+    /// A Request was sent in a session that does not use the mesh topology.
+    #[error("signer {signer} sent a request in a star session")]
+    UnexpectedRequest {
+        /// The sender.
+        signer: SignerIndex,
+    },
     /// A NonceSet does not carry exactly one nonce per signer in index order.
     #[error(
         "aggregate nonce from signer {signer} does not carry exactly one nonce per signer in order"
@@ -205,10 +211,9 @@ pub enum ProtoError {
         /// The list's length.
         found: usize,
     },
-    /// A partial signature names no aggregate nonce in star topology, or names one in mesh
-    /// (ADR 0011).
+    /// A partial signature names no aggregate nonce (ADR 0011, ADR 0023).
     #[error(
-        "partial signature from signer {signer} must name its aggregate nonce in star and only there"
+        "partial signature from signer {signer} does not name the aggregate nonce it was made under"
     )]
     AggregateBinding {
         /// The signer of the partial signature.
@@ -249,6 +254,7 @@ impl ProtoError {
             ProtoError::PeerIdMismatch { signer }
             | ProtoError::BlamedOutOfRange { signer, .. }
             | ProtoError::UnexpectedAggregateNonce { signer }
+            | ProtoError::UnexpectedRequest { signer }
             | ProtoError::AggregateNonceIncomplete { signer }
             | ProtoError::AttemptMismatch { signer, .. }
             | ProtoError::RelayedNonceForged { signer, .. }

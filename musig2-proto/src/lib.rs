@@ -95,8 +95,8 @@ pub use auth::{
     auth_counts, with_verified_roots_scope,
 };
 pub use envelope::{
-    AbortReason, AggregateRef, Body, Envelope, MAX_RECEIPT_BYTES, NonceSetDigest, SignedEnvelope,
-    SignedNonce, VerifiedEnvelope,
+    AbortReason, AggregateRef, Body, Envelope, MAX_RECEIPT_BYTES, NonceSetDigest, RequestedSet,
+    SignedEnvelope, SignedNonce, VerifiedEnvelope,
 };
 pub use error::ProtoError;
 pub use frame::{

@@ -670,6 +670,13 @@ impl AggNonceBytes {
 }
 array_newtype_serde!(AggNonceBytes, 66, AggNonceBytes::from_bytes);
 
+impl From<musig2_core::AggNonce> for AggNonceBytes {
+    /// The encoding of an aggregate the core computed (valid by construction: no check).
+    fn from(aggregate: musig2_core::AggNonce) -> AggNonceBytes {
+        AggNonceBytes(aggregate.to_bytes())
+    }
+}
+
 /// A BIP327 partial signature: a 32-byte big-endian scalar below the curve order.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PartialSigBytes([u8; 32]);

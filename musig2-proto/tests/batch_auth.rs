@@ -79,7 +79,7 @@ fn psig() -> Body {
     Body::PartialSig {
         attempt: attempt(0),
         partial_sigs: vec![musig2_proto::PartialSigBytes::from_bytes([3; 32]).expect("ok")],
-        aggregate: None,
+        aggregate: Some(musig2_proto::AggregateRef([0x24; 32])),
     }
 }
 

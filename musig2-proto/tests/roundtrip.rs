@@ -173,6 +173,14 @@ fn any_body() -> impl Strategy<Value = Body> {
             blamed: b.map(idx),
         }),
         any_attempt().prop_map(|attempt| Body::Restart { attempt }),
+        (any_attempt(), any::<bool>()).prop_map(|(attempt, nonces)| Body::Request {
+            attempt,
+            set: if nonces {
+                musig2_proto::RequestedSet::Nonces
+            } else {
+                musig2_proto::RequestedSet::Commitments
+            },
+        }),
     ]
 }
 
@@ -231,11 +239,17 @@ proptest! {
                 };
                 prop_assert_eq!(listed, found);
             }
-            // A star partial signature must name its aggregate nonce (ADR 0011).
+            // A partial signature must name its aggregate nonce (ADR 0011, ADR 0023).
             Err(ProtoError::AggregateBinding { signer }) => {
                 prop_assert_eq!(signer, idx(who));
                 let unnamed = matches!(&body, Body::PartialSig { aggregate: None, .. });
                 prop_assert!(unnamed);
+            }
+            // A request belongs to mesh sessions (ADR 0023); this one is star.
+            Err(ProtoError::UnexpectedRequest { signer }) => {
+                prop_assert_eq!(signer, idx(who));
+                let request = matches!(&body, Body::Request { .. });
+                prop_assert!(request);
             }
             Err(other) => prop_assert!(false, "unexpected error {:?}", other),
         }
@@ -311,7 +325,7 @@ fn decode_errors_are_typed() {
         Body::PartialSig {
             attempt: attempt(0),
             partial_sigs: vec![PartialSigBytes::from_bytes([1; 32]).expect("ok")],
-            aggregate: None,
+            aggregate: Some(musig2_proto::AggregateRef([0x24; 32])),
         },
     )
     .to_frame_bytes();
@@ -377,10 +391,10 @@ fn decode_errors_are_typed() {
             ..
         })
     ));
-    // Partial signature >= n: the last 32 bytes before the `aggregate` option (none: one
-    // byte) and the direct authentication (empty path, index 0, 64-byte signature).
+    // Partial signature >= n: the last 32 bytes before the `aggregate` option (some: one
+    // byte and 32) and the direct authentication (empty path, index 0, 64-byte signature).
     let mut s = good.clone();
-    let at = s.len() - 64 - 2 - 1 - 32;
+    let at = s.len() - 64 - 2 - 1 - 32 - 32;
     s[at..at + 32].copy_from_slice(&[0xFF; 32]);
     assert_eq!(
         decode_frame(&s, &limits),

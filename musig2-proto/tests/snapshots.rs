@@ -221,6 +221,25 @@ fn examples() -> Vec<Example> {
         "announcement frame, 2 signers, mesh, batch-signed with the creator's Join (ADR 0017): path of 1, index 0",
         ann_bytes,
     ));
+    // A mesh request (ADR 0023): signer 1 asks for the nonces.
+    let mesh_verified = verified(2, Topology::Mesh);
+    let request = envelope(
+        &mesh_verified,
+        1,
+        2,
+        Body::Request {
+            attempt: attempt(0),
+            set: musig2_proto::RequestedSet::Nonces,
+        },
+    );
+    request
+        .verify(&mesh_verified)
+        .expect("example request verifies");
+    out.push(frame(
+        "env_request",
+        "Request from signer 1 in a 2-signer mesh session: the nonces of attempt 0 (ADR 0023)",
+        request.to_frame_bytes(),
+    ));
     out.push(frame(
         "final_signatures",
         "Final signatures (unsigned, ADR 0015): one 64-byte signature, attempt 0",
@@ -344,20 +363,23 @@ fn encoded_sizes_are_as_documented() {
         Body::PartialSig {
             attempt: attempt(0),
             partial_sigs: vec![PartialSigBytes::from_bytes([1; 32]).expect("ok")],
-            aggregate: None,
+            aggregate: Some(musig2_proto::AggregateRef([0x24; 32])),
         },
     )
     .to_frame_bytes()
     .len();
     // tag + version + id + signer + seq + 6-byte timestamp + body tag + attempt + count + psig
-    // + no aggregate (mesh) + direct authentication (empty path, index, signature).
-    assert_eq!(psig, 1 + 1 + 32 + 1 + 1 + 6 + 1 + 1 + 1 + 32 + 1 + 2 + 64);
+    // + the aggregate it names + direct authentication (empty path, index, signature).
+    assert_eq!(
+        psig,
+        1 + 1 + 32 + 1 + 1 + 6 + 1 + 1 + 1 + 32 + 1 + 32 + 2 + 64
+    );
     // Final signatures travel unsigned: tag + version + id + attempt + count + signature.
     let finals = FinalSignatures::new(a.session_id(), attempt(0), vec![Signature64([7; 64])])
         .to_frame_bytes()
         .len();
     assert_eq!(finals, 1 + 1 + 32 + 1 + 1 + 64);
-    // In star the partial signature names its aggregate nonce: 32 bytes more.
+    // A star partial signature is the same size (both name their aggregate nonce).
     let star = verified(2, Topology::Star);
     let star_psig = envelope(
         &star,
@@ -375,7 +397,7 @@ fn encoded_sizes_are_as_documented() {
     )
     .to_frame_bytes()
     .len();
-    assert_eq!(star_psig, psig + 32);
+    assert_eq!(star_psig, psig);
     // The star AggregateNonce is O(1) in the number of signers (ADR 0011); the NonceSet, sent
     // only on failure, is what the AggregateNonce used to be.
     let sizes = |n: usize| {

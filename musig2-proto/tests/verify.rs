@@ -5,11 +5,19 @@ mod common;
 use common::*;
 use musig2_proto::{
     AbortReason, AggNonceBytes, Announcement, Body, Envelope, Frame, Limits, NonceCommitment,
-    PartialSigBytes, ProtoError, PubNonceBytes, SignedAnnouncement, SignedEnvelope, SignerInfo,
-    Topology, Tweak, decode_frame,
+    PartialSigBytes, ProtoError, PubNonceBytes, RequestedSet, SignedAnnouncement, SignedEnvelope,
+    SignerInfo, Topology, Tweak, decode_frame,
 };
 
 fn psig_body() -> Body {
+    Body::PartialSig {
+        attempt: attempt(0),
+        partial_sigs: vec![PartialSigBytes::from_bytes([0x42; 32]).expect("valid scalar")],
+        aggregate: Some(musig2_proto::AggregateRef([0x24; 32])),
+    }
+}
+
+fn unnamed_psig_body() -> Body {
     Body::PartialSig {
         attempt: attempt(0),
         partial_sigs: vec![PartialSigBytes::from_bytes([0x42; 32]).expect("valid scalar")],
@@ -597,7 +605,7 @@ fn nonce_set_is_checked_end_to_end() {
 }
 
 #[test]
-fn a_partial_signature_names_its_aggregate_in_star_and_only_there() {
+fn a_partial_signature_names_its_aggregate_in_both_topologies() {
     let star = verified(3, Topology::Star);
     let mesh = verified(3, Topology::Mesh);
     let named = |a: &musig2_proto::VerifiedAnnouncement| Body::PartialSig {
@@ -609,16 +617,30 @@ fn a_partial_signature_names_its_aggregate_in_star_and_only_there() {
             &[agg_nonce(a, 0)],
         )),
     };
-    assert!(envelope(&star, 1, 1, named(&star)).verify(&star).is_ok());
-    assert_eq!(
-        envelope(&star, 1, 1, psig_body()).verify(&star),
-        Err(ProtoError::AggregateBinding { signer: idx(1) })
-    );
-    assert!(envelope(&mesh, 1, 1, psig_body()).verify(&mesh).is_ok());
-    assert_eq!(
-        envelope(&mesh, 1, 1, named(&mesh)).verify(&mesh),
-        Err(ProtoError::AggregateBinding { signer: idx(1) })
-    );
+    for a in [&star, &mesh] {
+        assert!(envelope(a, 1, 1, named(a)).verify(a).is_ok());
+        assert_eq!(
+            envelope(a, 1, 1, unnamed_psig_body()).verify(a),
+            Err(ProtoError::AggregateBinding { signer: idx(1) })
+        );
+    }
+}
+
+#[test]
+fn a_request_is_a_mesh_message() {
+    let star = verified(3, Topology::Star);
+    let mesh = verified(3, Topology::Mesh);
+    for set in [RequestedSet::Commitments, RequestedSet::Nonces] {
+        let body = Body::Request {
+            attempt: attempt(0),
+            set,
+        };
+        assert!(envelope(&mesh, 2, 1, body.clone()).verify(&mesh).is_ok());
+        assert_eq!(
+            envelope(&star, 2, 1, body).verify(&star),
+            Err(ProtoError::UnexpectedRequest { signer: idx(2) })
+        );
+    }
 }
 
 #[test]

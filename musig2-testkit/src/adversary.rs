@@ -146,6 +146,19 @@ pub enum Behaviour {
         /// The honest signer that never gets the commitment.
         skip: SignerIndex,
     },
+    /// Mesh: sends its commitment (when the session has them) to everyone and its nonce to
+    /// every honest signer but `skip`, then its partial signature to everyone. `skip` asks
+    /// a signer whose partial signature reached it for the nonces (ADR 0023) and signs.
+    NonceToAllBut {
+        /// The honest signer that never gets the nonce from the adversary.
+        skip: SignerIndex,
+    },
+    /// Mesh: follows the protocol, but its partial signature names an aggregate nonce that is
+    /// not the one it was made under. Nobody judges it; each honest node sends the adversary
+    /// its nonce set once (ADR 0023), and the session ends at the deadline naming the
+    /// adversary, the one signer whose partial signature under the session's aggregate is
+    /// missing.
+    PartialSigUnderOtherAggregate,
     /// Right after joining, sends `victim` two different nonces under one sequence number (and
     /// the others the first), then follows the protocol. Run as the first signer to act, the
     /// victim sees the equivocation before its own node has joined.
@@ -246,6 +259,8 @@ pub struct AdversaryLog {
     pub forged: usize,
     /// Valid envelopes it received (batches counted per envelope).
     pub envelopes_received: usize,
+    /// Nonce envelopes among them (relayed ones included), copies counted.
+    pub nonce_envelopes_received: usize,
     /// Distinct public nonces seen from each signer index (its own excluded).
     pub nonces_seen: BTreeMap<usize, BTreeSet<[u8; 66]>>,
     /// Distinct partial signatures seen from each signer index (its own excluded).
@@ -458,12 +473,20 @@ impl Session {
         self.ann.announcement().policy.topology == Topology::Star
     }
 
-    /// What a partial signature of ours names (ADR 0011): the aggregate we were given, in star.
+    /// What a partial signature of ours names: the aggregate we were given, in star (ADR
+    /// 0011); in mesh the sum of the nonces we hold, once we hold one of every signer (ADR
+    /// 0023).
     fn aggregate_ref(&self) -> Option<AggregateRef> {
-        if !self.is_star() {
-            return None;
-        }
-        let agg = self.star_agg?;
+        let agg = if self.is_star() {
+            self.star_agg?
+        } else {
+            let pubnonces: Option<Vec<PubNonce>> = self
+                .nonces
+                .iter()
+                .map(|b| b.and_then(|b| PubNonce::from_bytes(&b.to_bytes()).ok()))
+                .collect();
+            AggNonceBytes::from(AggNonce::aggregate(&pubnonces?))
+        };
         Some(Body::aggregate_ref(&self.id, self.attempt, &[agg]))
     }
 
@@ -592,6 +615,7 @@ impl Actor {
                 pub_nonces,
                 attempt,
             } => {
+                self.log.nonce_envelopes_received += 1;
                 for n in pub_nonces {
                     self.record_nonce(j, *attempt, *n);
                 }
@@ -992,6 +1016,8 @@ impl Actor {
                 | Behaviour::SkewEdgeEquivocation { .. }
                 | Behaviour::ReuseSeqForCommitment { .. }
                 | Behaviour::CommitmentToAllBut { .. }
+                | Behaviour::NonceToAllBut { .. }
+                | Behaviour::PartialSigUnderOtherAggregate
                 | Behaviour::EquivocateBeforeJoin { .. }
                 | Behaviour::EquivocatePartialSig
                 | Behaviour::NearDeadline { .. }
@@ -1030,7 +1056,11 @@ impl Actor {
         let Some(partial_sig) = psig else { return };
         let targets = s.round_targets();
         let attempt = s.attempt;
-        let aggregate = s.aggregate_ref();
+        let aggregate = if self.behaviour == Behaviour::PartialSigUnderOtherAggregate {
+            Some(AggregateRef([0xAB; 32]))
+        } else {
+            s.aggregate_ref()
+        };
         if let Behaviour::Impersonate { victim } = self.behaviour {
             let mut junk = [0u8; 32];
             junk[31] = 7;

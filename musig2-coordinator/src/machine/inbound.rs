@@ -2,6 +2,7 @@
 //! clock checks, contradiction (equivocation) evidence, and each body's effect.
 
 use super::*;
+use musig2_proto::RequestedSet;
 
 impl SessionMachine {
     /// Handles one envelope delivered by `from`.
@@ -108,6 +109,7 @@ impl SessionMachine {
         }
         if self.takes_psig_unchecked(&envelope, from, now_ms) {
             self.place_unchecked_psig(envelope);
+            self.ask_if_lacking(claimed, RequestedSet::Nonces, now_ms, out);
             return Ok(());
         }
         // A nonce set costs a signature check per signer: only a star member that signed under
@@ -228,10 +230,25 @@ impl SessionMachine {
             window.record(verified.seq());
         }
         self.remember_verified(&verified);
-        let signed = self.persist.then(|| verified.signed().clone());
+        // A request asks for nothing a restart would need.
+        let keep = self.persist && !matches!(verified.body(), Body::Request { .. });
+        let signed = keep.then(|| verified.signed().clone());
+        // What a mesh envelope from its author's own peer shows it holds (ADR 0023).
+        let shows = match verified.body() {
+            Body::Nonce { attempt, .. } if !relayed && *attempt == self.attempt => {
+                Some(RequestedSet::Commitments)
+            }
+            Body::PartialSig { attempt, .. } if !relayed && *attempt == self.attempt => {
+                Some(RequestedSet::Nonces)
+            }
+            _ => None,
+        };
         self.apply(verified, now_ms, out)?;
         if let Some(signed) = signed {
             self.record(Record::Envelope(signed));
+        }
+        if let Some(set) = shows {
+            self.ask_if_lacking(signer, set, now_ms, out);
         }
         Ok(())
     }
@@ -284,7 +301,9 @@ impl SessionMachine {
             && !self.phase.is_terminal()
             && *attempt == self.attempt
             && j != self.me
+            && aggregate.is_some()
             && (self.topology == Topology::Mesh || *aggregate == ours)
+            && (self.mesh_aggregate.is_none() || *aggregate == self.mesh_aggregate)
             && self.psigs.get(j.as_usize()).is_some_and(Option::is_none)
             && self.psig_unchecked.get(j.as_usize()) == Some(&DeferredCheck::None)
             && self.peer_of(j) == Some(from)
@@ -697,6 +716,20 @@ impl SessionMachine {
                         kind: "partial signature under another aggregate nonce",
                     });
                 }
+                // In mesh the same holds once our aggregate is fixed (one that comes before is
+                // placed, and judged when we sign: `drop_psigs_under_other_aggregates`). Its
+                // author was shown other nonces than we were: it gets ours, and we get its
+                // when ours reaches it, so both sides hold the two nonces someone signed
+                // (ADR 0023). Not an offence of its author.
+                if let Some(ours) = self.mesh_aggregate {
+                    if aggregate != Some(ours) {
+                        self.send_set(signer, RequestedSet::Nonces, out);
+                        return Err(CoordinatorError::Superseded {
+                            signer,
+                            kind: "partial signature under another aggregate nonce",
+                        });
+                    }
+                }
                 match place(&mut self.psigs[j], partial_sigs, env.signed().clone()) {
                     Slot::Conflict => {
                         self.abort(now_ms, AbortReason::Equivocation, vec![signer], out)
@@ -804,6 +837,17 @@ impl SessionMachine {
             }
             Body::BroadcastConfirmed { attempt, receipt } => {
                 return self.on_broadcast_confirmed(signer, attempt, receipt, out);
+            }
+            Body::Request { attempt, set } => {
+                check_attempt(attempt)?;
+                if self.topology != Topology::Mesh {
+                    return Err(CoordinatorError::UnexpectedMessage {
+                        signer,
+                        kind: "request",
+                    });
+                }
+                // Once per signer, attempt and kind, whoever delivered it: to its author.
+                self.send_set(signer, set, out);
             }
         }
         Ok(())

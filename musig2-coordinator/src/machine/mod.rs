@@ -293,6 +293,14 @@ pub struct SessionMachine {
     /// its own peer and was placed before its signature was checked, which is done once it
     /// becomes evidence (ADR 0022), or whether one already failed that check.
     psig_unchecked: Vec<DeferredCheck>,
+    /// Mesh: the aggregate nonces we sign under in this attempt, as our partial signatures
+    /// name them (ADR 0023).
+    mesh_aggregate: Option<AggregateRef>,
+    /// Mesh, per signer, in the current attempt: which of our sets we sent it and which of
+    /// its we asked for, each at most once (`sets::SENT_*`, `sets::ASKED_*`; ADR 0023).
+    set_flags: Vec<u8>,
+    /// Mesh: when a set some signer showed it holds, and we lack, is asked for (ADR 0023).
+    asks: Asks,
     /// Set once a finished session dropped what only a running one needs ([`Self::shed`]):
     /// its contribution counts, for [`Self::health`].
     shed: Option<ShedCounts>,
@@ -535,6 +543,13 @@ impl SessionMachine {
             next_attempt: Vec::new(),
             reveal_signal: None,
             psig_unchecked: vec![DeferredCheck::None; n],
+            mesh_aggregate: None,
+            set_flags: if a.policy.topology == Topology::Mesh {
+                vec![0; n]
+            } else {
+                Vec::new()
+            },
+            asks: Asks::Idle,
             peers_off_list: None,
             shed: None,
             ann,
@@ -709,6 +724,10 @@ impl SessionMachine {
             Some(d) => d.min(self.session_deadline_ms),
             None => self.session_deadline_ms,
         };
+        let round = match self.asks {
+            Asks::Armed(at_ms) => round.min(at_ms),
+            _ => round,
+        };
         Some(match &self.pending_claim {
             Some(claim) => round.min(claim.accept_at_ms),
             None => round,
@@ -853,6 +872,10 @@ impl SessionMachine {
     /// after the signature, passes the broadcast turn on.
     pub fn tick<R: rand::CryptoRng + ?Sized>(&mut self, now_ms: u64, rng: &mut R) -> Vec<Output> {
         let mut out = Vec::new();
+        if matches!(self.asks, Asks::Armed(at_ms) if now_ms >= at_ms) && !self.phase.is_terminal() {
+            self.asks = Asks::Open;
+            self.ask_shown(now_ms, &mut out);
+        }
         if self.phase.is_terminal() {
             self.broadcast_tick(now_ms, &mut out);
         } else if now_ms >= self.session_deadline_ms {
@@ -1082,6 +1105,9 @@ mod failover;
 mod inbound;
 mod records;
 mod rounds;
+mod sets;
+
+use sets::Asks;
 
 use failover::{Broadcast, PendingClaim};
 

@@ -241,8 +241,13 @@ impl SessionMachine {
             Body::PartialSig {
                 attempt,
                 partial_sigs,
-                ..
-            } if attempt == self.attempt => self.psigs[me] = Some(Box::new((partial_sigs, signed))),
+                aggregate,
+            } if attempt == self.attempt => {
+                if self.topology == Topology::Mesh {
+                    self.mesh_aggregate = aggregate;
+                }
+                self.psigs[me] = Some(Box::new((partial_sigs, signed)));
+            }
             Body::AggregateNonce {
                 attempt,
                 agg_nonces,
@@ -275,6 +280,7 @@ impl SessionMachine {
         self.contexts = Some(contexts);
         self.nonces_announced = true;
         self.aggnonce_received = true;
+        self.drop_psigs_under_other_aggregates(out);
         // Our join first: it asks the others for what we may have lost.
         if let Some(own_join) = self.own_join().cloned() {
             let others: Vec<SignerIndex> = self.others().collect();
@@ -461,6 +467,8 @@ impl SessionMachine {
             self.verified_nonces = Vec::new();
             self.psigs = Vec::new();
             self.psig_unchecked = Vec::new();
+            self.set_flags = Vec::new();
+            self.mesh_aggregate = None;
             self.join_sent = Vec::new();
             self.key_aggs = Vec::new();
             self.contexts = None;
@@ -626,6 +634,9 @@ impl SessionMachine {
             *slot = None;
         }
         self.psig_unchecked.fill(DeferredCheck::None);
+        self.set_flags.fill(0);
+        self.asks = Asks::Idle;
+        self.mesh_aggregate = None;
         self.aggnonce_received = false;
         self.aggnonce_env = None;
         self.star_aggregate = None;

@@ -198,30 +198,11 @@ impl SessionMachine {
             self.verified_nonces[self.me.as_usize()] = env.verify(&self.ann).ok().map(Box::new);
         }
         self.nonces[self.me.as_usize()] = Some(Box::new((nonces, env.clone())));
-        match self.topology {
-            // Each reveal travels with the commitments it was made after, ours included: a
-            // signer whose commitment reached only some of us (or ours, only some of them: a
-            // peer that dropped it before it joined) cannot leave the others stuck in round 0
-            // (and blamed by those who moved on), and two commitments from one signer are caught.
-            Topology::Mesh if self.commit_round => {
-                for k in self.others().collect::<Vec<_>>() {
-                    let mut batch: Vec<SignedEnvelope> = self
-                        .commits
-                        .iter()
-                        .flatten()
-                        .map(|slot| &slot.1)
-                        .filter(|e| e.envelope().signer() != k)
-                        .cloned()
-                        .collect();
-                    batch.push(env.clone());
-                    self.send_to(out, [k], batch);
-                }
-            }
-            _ if !self.is_star_coordinator() => {
-                let targets = self.round_targets();
-                self.send_to(out, targets, vec![env]);
-            }
-            _ => {}
+        // A mesh reveal travels alone: a signer that still lacks a commitment asks us for ours
+        // (ADR 0023); two commitments from one signer show as two nonces under two aggregates.
+        if !self.is_star_coordinator() {
+            let targets = self.round_targets();
+            self.send_to(out, targets, vec![env]);
         }
     }
 
@@ -250,7 +231,15 @@ impl SessionMachine {
             self.send_to(out, others, vec![env.clone()]);
             self.aggnonce_sent = Some(Box::new(env));
         }
-        let Some(contexts) = self.signing_contexts() else {
+        let contexts = if self.topology == Topology::Mesh {
+            self.mesh_contexts().map(|(contexts, reference)| {
+                self.mesh_aggregate = Some(reference);
+                contexts
+            })
+        } else {
+            self.signing_contexts()
+        };
+        let Some(contexts) = contexts else {
             self.abort(now_ms, AbortReason::InvalidNonce, Vec::new(), out);
             return;
         };
@@ -286,11 +275,16 @@ impl SessionMachine {
             Body::PartialSig {
                 attempt: self.attempt,
                 partial_sigs: psig_bytes.clone(),
-                aggregate: self.star_aggregate.as_ref().map(|a| a.reference),
+                aggregate: self
+                    .star_aggregate
+                    .as_ref()
+                    .map(|a| a.reference)
+                    .or(self.mesh_aggregate),
             },
         );
         self.psigs[self.me.as_usize()] = Some(Box::new((psig_bytes, env.clone())));
         self.send_partial_sig(env, out);
+        self.drop_psigs_under_other_aggregates(out);
         self.enter(Phase::PartialSig, now_ms, self.partial_sig_timeout_ms);
     }
 
@@ -311,7 +305,7 @@ impl SessionMachine {
     /// signer's nonces.
     pub(super) fn signing_contexts(&self) -> Option<Vec<SessionContext>> {
         if self.topology == Topology::Mesh {
-            return self.contexts_from_nonces();
+            return self.mesh_contexts().map(|(contexts, _)| contexts);
         }
         let aggregate = self.star_aggregate.as_ref()?;
         let messages = &self.ann.announcement().messages;
@@ -321,22 +315,6 @@ impl SessionMachine {
                 Some(SessionContext::new(
                     &self.key_aggs[m],
                     &agg,
-                    &messages.get(m)?.message,
-                ))
-            })
-            .collect()
-    }
-
-    /// The signing contexts of the current attempt (one per message), once every signer's
-    /// nonces are in their slot.
-    pub(super) fn contexts_from_nonces(&self) -> Option<Vec<SessionContext>> {
-        let messages = &self.ann.announcement().messages;
-        (0..self.key_aggs.len())
-            .map(|m| {
-                let pubnonces = self.pubnonces_of_message(m)?;
-                Some(SessionContext::new(
-                    &self.key_aggs[m],
-                    &AggNonce::aggregate(&pubnonces),
                     &messages.get(m)?.message,
                 ))
             })
@@ -354,22 +332,11 @@ impl SessionMachine {
     /// Sends our partial signature where the topology wants it.
     pub(super) fn send_partial_sig(&self, env: SignedEnvelope, out: &mut Vec<Output>) {
         match self.topology {
+            // It names the aggregate it was made under: a peer that holds other nonces never
+            // judges it, and the two sides exchange their nonce sets instead (ADR 0023).
             Topology::Mesh => {
-                // Each partial signature travels with the nonces it was made under: a signer who
-                // sent different nonces to different peers is caught (and blamed) before anyone
-                // misattributes the resulting invalid partial signatures.
-                for k in self.others() {
-                    let mut batch: Vec<SignedEnvelope> = self
-                        .nonces
-                        .iter()
-                        .flatten()
-                        .map(|slot| &slot.1)
-                        .filter(|e| e.envelope().signer() != k)
-                        .cloned()
-                        .collect();
-                    batch.push(env.clone());
-                    self.send_to(out, [k], batch);
-                }
+                let others: Vec<SignerIndex> = self.others().collect();
+                self.send_to(out, others, vec![env]);
             }
             Topology::Star if !self.is_star_coordinator() => {
                 self.send_to(out, [self.coordinator], vec![env]);

@@ -44,6 +44,9 @@ impl Actor {
             Behaviour::CommitmentToAllBut { skip } => {
                 self.commitment_to_all_but(skip, nonce).await;
             }
+            Behaviour::NonceToAllBut { skip } => {
+                self.nonce_to_all_but(skip, nonce).await;
+            }
             Behaviour::EquivocateBeforeJoin { victim } => {
                 self.equivocate_before_join(victim, nonce).await;
             }
@@ -138,6 +141,22 @@ impl Actor {
         }
         if let Some(env) = self.own(nonce_body(nonce)) {
             self.send_all(&targets, &env.to_frame_bytes()).await;
+        }
+    }
+
+    /// [`Behaviour::NonceToAllBut`].
+    pub(super) async fn nonce_to_all_but(&mut self, skip: SignerIndex, nonce: PubNonceBytes) {
+        let (_, rest) = self.split_off(skip);
+        let Some(s) = &self.session else { return };
+        let (id, me) = (s.id, s.me);
+        let targets = s.round_targets();
+        if s.ann.announcement().policy.nonce_commitment {
+            if let Some(env) = self.own(commit_body(&id, me, &nonce)) {
+                self.send_all(&targets, &env.to_frame_bytes()).await;
+            }
+        }
+        if let Some(env) = self.own(nonce_body(nonce)) {
+            self.send_all(&rest, &env.to_frame_bytes()).await;
         }
     }
 
