@@ -889,10 +889,8 @@ fn check_body(e: &Envelope, announcement: &VerifiedAnnouncement) -> Result<(), P
                 )?;
             }
         }
-        Body::Request { .. } => {
-            if announcement.announcement().policy.topology != Topology::Mesh {
-                return Err(ProtoError::UnexpectedRequest { signer: e.signer });
-            }
+        Body::Request { .. } if announcement.announcement().policy.topology != Topology::Mesh => {
+            return Err(ProtoError::UnexpectedRequest { signer: e.signer });
         }
         _ => {}
     }

@@ -2142,6 +2142,7 @@ fn a_restart_told_to_one_signer_moves_everyone_even_when_its_contributions_overt
 }
 
 mod failover;
+mod mesh_sets;
 mod star;
 mod unchecked_psigs;
 
