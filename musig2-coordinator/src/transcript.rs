@@ -1225,10 +1225,16 @@ impl<'a> Judge<'a> {
             for (signer, value, at) in psigs {
                 // Judged only under the aggregate it names, as a node judges it (ADR 0023):
                 // one made under other nonces shows that someone equivocated, not its author.
-                let Some(sigs) = value
-                    .strip_suffix(ours.0.as_slice())
-                    .filter(|sigs| sigs.len() == 32 * k)
-                else {
+                // One that names none was sent before ADR 0023, when a mesh partial signature
+                // travelled with the nonces it was made under: judged under the transcript's.
+                let sigs = if value.len() == 32 * k {
+                    Some(value.as_slice())
+                } else {
+                    value
+                        .strip_suffix(ours.0.as_slice())
+                        .filter(|sigs| sigs.len() == 32 * k)
+                };
+                let Some(sigs) = sigs else {
                     self.psigs_unchecked += 1;
                     continue;
                 };
@@ -1560,6 +1566,54 @@ mod tests {
         assert_eq!(report.claims.len(), 1);
         assert_eq!(report.claims[0].claimant, Some(idx(0)));
         assert_eq!(report.claims[0].source, ClaimSource::Outcome);
+    }
+
+    /// ADR 0023: a mesh partial signature is judged only under the aggregate it names; one
+    /// naming none (as sent before) under the transcript's nonces.
+    #[test]
+    fn a_mesh_partial_signature_is_judged_under_the_aggregate_it_names() {
+        let mut f = Fixture::new(3, Topology::Mesh);
+        let (envelopes, _) = f.mesh(Some(2));
+        let psig_of_2 = envelopes
+            .iter()
+            .position(|e| {
+                e.envelope().signer() == idx(2)
+                    && matches!(e.envelope().body(), Body::PartialSig { .. })
+            })
+            .expect("signer 2's partial signature");
+        let Body::PartialSig {
+            attempt,
+            partial_sigs,
+            ..
+        } = envelopes[psig_of_2].envelope().body().clone()
+        else {
+            unreachable!()
+        };
+        for (aggregate, proven) in [
+            (Some(musig2_proto::AggregateRef([0xAB; 32])), false),
+            (None, true),
+        ] {
+            let mut envelopes = envelopes.clone();
+            envelopes[psig_of_2] = f.sign(
+                2,
+                Body::PartialSig {
+                    attempt,
+                    partial_sigs: partial_sigs.clone(),
+                    aggregate,
+                },
+            );
+            let report = f
+                .transcript(envelopes, None)
+                .verify(&TranscriptLimits::default())
+                .expect("verifies");
+            let against_2 = report.proofs.iter().any(|p| p.signer == idx(2));
+            assert_eq!(against_2, proven, "{aggregate:?}: {:?}", report.proofs);
+            let unchecked = usize::from(!proven);
+            assert_eq!(
+                (report.partial_sigs_checked, report.partial_sigs_unchecked),
+                (3 - unchecked, unchecked)
+            );
+        }
     }
 
     #[test]

@@ -90,9 +90,9 @@ pub enum Body {
         /// The BIP327 partial signatures, one per message.
         partial_sigs: Vec<PartialSigBytes>,
         /// The aggregate nonces the signatures were made under, named by
-        /// [`Body::aggregate_ref`] (required; `Option` only so the field keeps its encoding).
-        /// A receiver judges a partial signature only under its own aggregate (ADR 0011 in
-        /// star, ADR 0023 in mesh).
+        /// [`Body::aggregate_ref`]: required in star (ADR 0011), and by a mesh node since ADR
+        /// 0023 (one without it, as mesh sent before, still verifies here, for old stores and
+        /// transcripts). A receiver judges a partial signature only under its own aggregate.
         aggregate: Option<AggregateRef>,
     },
     /// Star topology: the coordinator sends the aggregate nonces, and commits to the exact set
@@ -824,7 +824,11 @@ fn check_body(e: &Envelope, announcement: &VerifiedAnnouncement) -> Result<(), P
             aggregate,
             ..
         } => {
-            if aggregate.is_none() {
+            // Required in star. In mesh a node requires it since ADR 0023 and refuses a
+            // partial signature without it; one without it (as sent before) still verifies, so
+            // stored sessions and transcripts made before stay readable.
+            let star = announcement.announcement().policy.topology == Topology::Star;
+            if star && aggregate.is_none() {
                 return Err(ProtoError::AggregateBinding { signer: e.signer });
             }
             check_count(e.signer, "partial signatures", k, partial_sigs.len())?;

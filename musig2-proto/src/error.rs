@@ -211,9 +211,9 @@ pub enum ProtoError {
         /// The list's length.
         found: usize,
     },
-    /// A partial signature names no aggregate nonce (ADR 0011, ADR 0023).
+    /// A star partial signature names no aggregate nonce (ADR 0011).
     #[error(
-        "partial signature from signer {signer} does not name the aggregate nonce it was made under"
+        "star partial signature from signer {signer} does not name the aggregate nonce it was made under"
     )]
     AggregateBinding {
         /// The signer of the partial signature.

@@ -239,7 +239,7 @@ proptest! {
                 };
                 prop_assert_eq!(listed, found);
             }
-            // A partial signature must name its aggregate nonce (ADR 0011, ADR 0023).
+            // A star partial signature must name its aggregate nonce (ADR 0011).
             Err(ProtoError::AggregateBinding { signer }) => {
                 prop_assert_eq!(signer, idx(who));
                 let unnamed = matches!(&body, Body::PartialSig { aggregate: None, .. });

@@ -716,6 +716,14 @@ impl SessionMachine {
                         kind: "partial signature under another aggregate nonce",
                     });
                 }
+                // A mesh one must name its aggregate (ADR 0023; the proto layer still verifies
+                // one without, as sent before, for old transcripts).
+                if self.topology == Topology::Mesh && aggregate.is_none() {
+                    return Err(CoordinatorError::UnexpectedMessage {
+                        signer,
+                        kind: "mesh partial signature naming no aggregate nonce",
+                    });
+                }
                 // In mesh the same holds once our aggregate is fixed (one that comes before is
                 // placed, and judged when we sign: `drop_psigs_under_other_aggregates`). Its
                 // author was shown other nonces than we were: it gets ours, and we get its

@@ -63,24 +63,17 @@ impl SessionMachine {
             return;
         }
         *flags |= bit;
-        let held: Vec<SignedEnvelope> = match set {
-            RequestedSet::Commitments => self
-                .commits
-                .iter()
-                .flatten()
-                .map(|slot| &slot.1)
-                .filter(|e| e.envelope().signer() != to)
-                .cloned()
-                .collect(),
-            RequestedSet::Nonces => self
-                .nonces
-                .iter()
-                .flatten()
-                .map(|slot| &slot.1)
-                .filter(|e| e.envelope().signer() != to)
-                .cloned()
-                .collect(),
+        let envelopes: Vec<&SignedEnvelope> = match set {
+            RequestedSet::Commitments => {
+                self.commits.iter().flatten().map(|slot| &slot.1).collect()
+            }
+            RequestedSet::Nonces => self.nonces.iter().flatten().map(|slot| &slot.1).collect(),
         };
+        let held: Vec<SignedEnvelope> = envelopes
+            .into_iter()
+            .filter(|e| e.envelope().signer() != to)
+            .cloned()
+            .collect();
         if !held.is_empty() {
             self.send_to(out, [to], held);
         }

@@ -176,6 +176,23 @@ fn a_partial_signature_under_another_aggregate_is_not_placed_and_gets_our_set_on
         .handle_envelope(net.peers[2], lie2, net.now, &mut net.rng)
         .unwrap_or_default();
     assert!(!out.iter().any(|o| matches!(o, Output::Send { .. })));
+    // One naming no aggregate (as mesh sent before ADR 0023) is refused, never placed.
+    let unnamed = numbered(
+        12,
+        Body::PartialSig {
+            attempt,
+            partial_sigs: vec![PartialSigBytes::from_bytes([9; 32]).expect("scalar")],
+            aggregate: None,
+        },
+    );
+    let err = net.machines[0]
+        .handle_envelope(net.peers[2], unnamed, net.now, &mut net.rng)
+        .unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::UnexpectedMessage { .. }),
+        "{err}"
+    );
+    assert!(net.machines[0].psigs[2].is_none());
     // The genuine one is still taken, and node 0 signs.
     net.deliver(2, 0, held);
     assert_eq!(net.machines[0].phase(), Phase::Done);
