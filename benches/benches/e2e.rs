@@ -1138,10 +1138,16 @@ fn floor_protocol(keypairs: &[Keypair; 2], message: &[u8]) -> schnorr::Signature
         psigs.push(ctx.sign(secnonce, &keypairs[i]).expect("sign"));
         sessions.push(ctx);
     }
+    // A mesh partial signature names the aggregate nonce it was made under (ADR 0023).
+    let aggregate = Some(Body::aggregate_ref(
+        &id,
+        Attempt::FIRST,
+        &[AggNonce::aggregate(&pubnonces).into()],
+    ));
     let psig_body = |p: &PartialSignature| Body::PartialSig {
         attempt: Attempt::FIRST,
         partial_sigs: vec![PartialSigBytes::from_bytes(p.to_bytes()).expect("psig bytes")],
-        aggregate: None,
+        aggregate,
     };
     exchange([psig_body(&psigs[0]), psig_body(&psigs[1])], 3);
     let sig = sessions[0]

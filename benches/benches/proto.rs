@@ -88,7 +88,7 @@ fn bench(c: &mut Criterion) {
             Body::PartialSig {
                 attempt: musig2_proto::Attempt::FIRST,
                 partial_sigs: vec![PartialSigBytes::from_bytes([0x42; 32]).expect("valid")],
-                aggregate: None,
+                aggregate: Some(musig2_proto::AggregateRef([0x24; 32])),
             },
         ),
         (
@@ -233,7 +233,7 @@ fn bench_paired(_c: &mut Criterion) {
             Body::PartialSig {
                 attempt: musig2_proto::Attempt::FIRST,
                 partial_sigs: vec![PartialSigBytes::from_bytes([0x42; 32]).expect("valid")],
-                aggregate: None,
+                aggregate: Some(musig2_proto::AggregateRef([0x24; 32])),
             },
         ),
         (
