@@ -12,17 +12,23 @@ use common::NOW;
 fuzz_target!(|data: &[u8]| {
     let limits = Limits::default();
     if let Ok(frame) = decode_frame(data, &limits) {
-        assert_eq!(frame.encode(), data, "decoded frame must re-encode to the same bytes");
+        assert_eq!(
+            frame.encode(),
+            data,
+            "decoded frame must re-encode to the same bytes"
+        );
         match &frame {
             Frame::Announcement(a) => {
                 let _ = a.verify(NOW, &limits);
             }
             Frame::Envelope(e) => {
                 let _ = e.verify(&common::star_session().0);
+                let _ = e.verify(&common::mesh_session().0);
             }
             Frame::Batch(entries) => {
                 for e in entries {
                     let _ = e.verify(&common::star_session().0);
+                    let _ = e.verify(&common::mesh_session().0);
                 }
             }
             Frame::Signatures(finals) => {
