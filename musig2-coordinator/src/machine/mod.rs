@@ -296,8 +296,8 @@ pub struct SessionMachine {
     /// Mesh: the aggregate nonces we sign under in this attempt, as our partial signatures
     /// name them (ADR 0023).
     mesh_aggregate: Option<AggregateRef>,
-    /// Mesh, per signer, in the current attempt: which of our sets we sent it and which of
-    /// its we asked for, each at most once (`sets::SENT_*`, `sets::ASKED_*`; ADR 0023).
+    /// Mesh, per signer, in the current attempt: which of our sets we sent it, which of its
+    /// we asked for (each at most once) and which it showed it holds (`sets::flag`; ADR 0023).
     set_flags: Vec<u8>,
     /// Mesh: when a set some signer showed it holds, and we lack, is asked for (ADR 0023).
     asks: Asks,

@@ -10,18 +10,14 @@
 use super::*;
 use musig2_proto::RequestedSet;
 
-/// `set_flags` bits: our commitment set was sent to the signer.
-const SENT_COMMITMENTS: u8 = 1;
-/// Our nonce set was sent to the signer.
-const SENT_NONCES: u8 = 2;
-/// We asked the signer for its commitment set.
-const ASKED_COMMITMENTS: u8 = 4;
-/// We asked the signer for its nonce set.
-const ASKED_NONCES: u8 = 8;
-/// The signer showed that it holds every commitment (its reveal came from its own peer).
-const SHOWN_COMMITMENTS: u8 = 16;
-/// The signer showed that it holds every nonce (its partial signature came from its own peer).
-const SHOWN_NONCES: u8 = 32;
+/// `set_flags` bits, each for the commitment set; the nonce set's is the next bit up
+/// ([`flag`]). Our set was sent to the signer.
+const SENT: u8 = 1;
+/// We asked the signer for its set.
+const ASKED: u8 = 4;
+/// The signer showed that it holds the whole set (its reveal, or its partial signature, came
+/// from its own peer).
+const SHOWN: u8 = 16;
 
 /// How long after the first sign that a set is complete elsewhere we wait for the envelope we
 /// lack before asking (at most a tenth of the nonce phase): in a session that goes well it is
@@ -40,10 +36,11 @@ pub(super) enum Asks {
     Open,
 }
 
-fn shown_bit(set: RequestedSet) -> u8 {
+/// The `set_flags` bit of `what` (`SENT`, `ASKED` or `SHOWN`) for `set`.
+fn flag(what: u8, set: RequestedSet) -> u8 {
     match set {
-        RequestedSet::Commitments => SHOWN_COMMITMENTS,
-        RequestedSet::Nonces => SHOWN_NONCES,
+        RequestedSet::Commitments => what,
+        RequestedSet::Nonces => what << 1,
     }
 }
 
@@ -52,10 +49,7 @@ impl SessionMachine {
     /// attempt and kind: no peer can make us send more than what ADR 0003 relayed with every
     /// message.
     pub(super) fn send_set(&mut self, to: SignerIndex, set: RequestedSet, out: &mut Vec<Output>) {
-        let bit = match set {
-            RequestedSet::Commitments => SENT_COMMITMENTS,
-            RequestedSet::Nonces => SENT_NONCES,
-        };
+        let bit = flag(SENT, set);
         let Some(flags) = self.set_flags.get_mut(to.as_usize()) else {
             return;
         };
@@ -98,7 +92,7 @@ impl SessionMachine {
         let Some(flags) = self.set_flags.get_mut(author.as_usize()) else {
             return;
         };
-        *flags |= shown_bit(shown);
+        *flags |= flag(SHOWN, shown);
         match self.asks {
             Asks::Idle => {
                 let delay = ASK_DELAY_MS.min(self.nonce_timeout_ms / 10);
@@ -120,7 +114,7 @@ impl SessionMachine {
                 .filter(|k| {
                     self.set_flags
                         .get(k.as_usize())
-                        .is_some_and(|f| f & shown_bit(set) != 0)
+                        .is_some_and(|f| f & flag(SHOWN, set) != 0)
                 })
                 .collect();
             for author in showed {
@@ -143,10 +137,7 @@ impl SessionMachine {
 
     /// Sends `author` a request for its `set`, unless we asked it before in this attempt.
     fn ask(&mut self, author: SignerIndex, set: RequestedSet, now_ms: u64, out: &mut Vec<Output>) {
-        let bit = match set {
-            RequestedSet::Commitments => ASKED_COMMITMENTS,
-            RequestedSet::Nonces => ASKED_NONCES,
-        };
+        let bit = flag(ASKED, set);
         let Some(flags) = self.set_flags.get_mut(author.as_usize()) else {
             return;
         };
