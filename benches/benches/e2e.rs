@@ -1945,6 +1945,14 @@ impl Transport for Counting {
         self.sent.add(&frame, 1);
         self.inner.send(to, frame).await
     }
+    async fn send_pipelined(
+        &self,
+        to: musig2_transport::PeerId,
+        frame: Bytes,
+    ) -> musig2_transport::Result<()> {
+        self.sent.add(&frame, 1);
+        self.inner.send_pipelined(to, frame).await
+    }
     async fn send_many(
         &self,
         to: &[musig2_transport::PeerId],

@@ -177,6 +177,12 @@ impl Transport for Wrapped {
         }
         self.inner.send(to, frame).await
     }
+    async fn send_pipelined(&self, to: PeerId, frame: Bytes) -> musig2_transport::Result<()> {
+        if self.withhold.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.inner.send_pipelined(to, frame).await
+    }
     async fn send_many(&self, to: &[PeerId], frame: Bytes) -> Vec<SendReport> {
         let mut out = Vec::with_capacity(to.len());
         for peer in to {

@@ -81,7 +81,10 @@ pub struct Config {
     pub announcement_bytes_per_sec: u64,
     /// Most sends in flight at once, over all peers.
     pub max_inflight_sends: usize,
-    /// Most sends in flight at once to one peer (the transport pipelines them).
+    /// Most sends in flight at once to one peer (the transport pipelines them). Above
+    /// [`musig2_transport::ACK_BATCH`], the node lets receivers acknowledge its frames in
+    /// batches ([`musig2_transport::Transport::send_pipelined`]); at or below it every frame is
+    /// acknowledged at once, so a full pipeline never waits for a receiver's `ack_delay`.
     pub max_inflight_sends_per_peer: usize,
     /// Most frames queued for one peer; past it frames for that peer are shed (the node task
     /// never waits for a slow or unreachable peer).

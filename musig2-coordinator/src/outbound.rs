@@ -149,13 +149,23 @@ async fn worker(
 }
 
 impl Sender {
+    /// One send. Its result only frees the in-flight slot, so receivers may acknowledge in
+    /// batches, unless the pipeline is too short to keep a batch's worth in flight.
+    async fn send_once(&self, to: PeerId, frame: Bytes) -> musig2_transport::Result<()> {
+        if self.config.max_inflight_sends_per_peer > musig2_transport::ACK_BATCH {
+            self.transport.send_pipelined(to, frame).await
+        } else {
+            self.transport.send(to, frame).await
+        }
+    }
+
     async fn send_with_retry(&self, to: PeerId, frame: Bytes) {
-        let (transport, config) = (&*self.transport, &*self.config);
+        let config = &*self.config;
         let mut delay = config.retry_base_delay;
         for attempt in 0..=config.send_retry_attempts {
             let result = tokio::time::timeout(
                 config.message_send_timeout,
-                transport.send(to, frame.clone()),
+                self.send_once(to, frame.clone()),
             )
             .await;
             match result {
@@ -174,5 +184,72 @@ impl Sender {
         }
         tracing::warn!(%to, "giving up on a frame after retries");
         self.stats.send_failed();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use musig2_transport::{Inbound, Multiaddr, PeerEvent, RecordValidator, SendReport};
+
+    mockall::mock! {
+        Net {}
+        #[async_trait::async_trait]
+        impl Transport for Net {
+            fn local_peer_id(&self) -> PeerId;
+            fn max_frame_size(&self) -> usize;
+            async fn send(&self, to: PeerId, frame: Bytes) -> musig2_transport::Result<()>;
+            async fn send_pipelined(&self, to: PeerId, frame: Bytes) -> musig2_transport::Result<()>;
+            async fn send_many(&self, to: &[PeerId], frame: Bytes) -> Vec<SendReport>;
+            async fn recv(&self) -> musig2_transport::Result<Inbound>;
+            async fn dht_put(&self, key: Vec<u8>, value: Vec<u8>, ttl: Duration) -> musig2_transport::Result<()>;
+            async fn dht_get(&self, key: Vec<u8>, validator: RecordValidator) -> musig2_transport::Result<Vec<u8>>;
+            async fn dht_remove(&self, key: Vec<u8>) -> musig2_transport::Result<()>;
+            async fn add_address(&self, peer: PeerId, addr: Multiaddr) -> musig2_transport::Result<()>;
+            async fn dial(&self, peer: PeerId) -> musig2_transport::Result<()>;
+            async fn block_peer(&self, peer: PeerId) -> musig2_transport::Result<()>;
+            async fn unblock_peer(&self, peer: PeerId) -> musig2_transport::Result<()>;
+            fn events(&self) -> tokio::sync::broadcast::Receiver<PeerEvent>;
+            async fn shutdown(&self) -> musig2_transport::Result<()>;
+        }
+    }
+
+    /// Queues three frames for one peer under `per_peer` and waits for them to go out.
+    async fn send_three(transport: MockNet, per_peer: usize) -> Arc<NodeStats> {
+        let config = Arc::new(Config {
+            max_inflight_sends_per_peer: per_peer,
+            ..Config::default()
+        });
+        let stats = Arc::new(NodeStats::default());
+        let mut outbound = Outbound::new(Arc::new(transport), config, stats.clone());
+        let peer = musig2_transport::MemoryNetwork::new(1)
+            .add_node()
+            .local_peer_id();
+        for i in 0..3u8 {
+            outbound.send(peer, Bytes::from(vec![i])).expect("queued");
+        }
+        outbound.close(Duration::from_secs(5)).await;
+        stats
+    }
+
+    #[tokio::test]
+    async fn a_deep_pipeline_lets_receivers_acknowledge_in_batches() {
+        let mut transport = MockNet::new();
+        transport
+            .expect_send_pipelined()
+            .times(3)
+            .returning(|_, _| Ok(()));
+        transport.expect_send().never();
+        let stats = send_three(transport, musig2_transport::ACK_BATCH + 1).await;
+        assert_eq!(stats.snapshot().frames_out, 3);
+    }
+
+    #[tokio::test]
+    async fn a_short_pipeline_asks_for_every_answer_at_once() {
+        let mut transport = MockNet::new();
+        transport.expect_send().times(3).returning(|_, _| Ok(()));
+        transport.expect_send_pipelined().never();
+        let stats = send_three(transport, musig2_transport::ACK_BATCH).await;
+        assert_eq!(stats.snapshot().frames_out, 3);
     }
 }

@@ -6,8 +6,14 @@
 //! substream and the timers libp2p arms around both, which is most of the cost of a small frame.
 //!
 //! Wire format on a stream of [`FRAME_PROTOCOL`], opened by the sender:
-//! * sender → receiver: `u32` big-endian length, then that many bytes; repeated;
-//! * receiver → sender: one [`FrameStatus`] byte per frame, in the order the frames came.
+//! * sender → receiver: a `u32` big-endian word, then that many bytes; repeated. The word's top
+//!   bit ([`ANSWER_LATER`]) says the sender can wait for this frame's answer; the other 31 bits
+//!   are the length;
+//! * receiver → sender: one [`FrameStatus`] byte per frame, in the order the frames came. A
+//!   frame marked [`ANSWER_LATER`] and accepted may have its answer held back (up to the
+//!   receiver's `ack_delay`, at most [`ACK_BATCH`] answers) so that several go out in one write;
+//!   any other answer goes out as soon as the frames already buffered are read, and takes the
+//!   held ones with it (ADR 0024).
 //!
 //! A receiver answers a length over its limit with [`FrameStatus::TooLarge`] and closes the
 //! stream; it drops the stream on a truncated frame or a body that stalls. Either way the
@@ -31,7 +37,16 @@ use crate::frame_behaviour::{OpenError, StreamOpener};
 use crate::{Inbound, PeerId, Result, TransportError};
 
 /// The stream protocol that carries frames.
-pub const FRAME_PROTOCOL: StreamProtocol = StreamProtocol::new("/musig2-p2p/frames/2.0.0");
+pub const FRAME_PROTOCOL: StreamProtocol = StreamProtocol::new("/musig2-p2p/frames/3.0.0");
+
+/// The top bit of a frame's length word: the sender can wait for the answer (it pipelines its
+/// frames and nothing it does waits on this one's status), so the receiver may hold the answer
+/// back to write it with others.
+pub const ANSWER_LATER: u32 = 1 << 31;
+
+/// Most answers a receiver holds back for frames marked [`ANSWER_LATER`]; the sender's
+/// pipelining depth per peer should be above it, or it waits for the receiver's `ack_delay`.
+pub const ACK_BATCH: usize = 16;
 
 /// Frame streams one peer may hold open towards us at once. An honest peer uses one per
 /// connection (briefly two while it replaces a broken one).
@@ -88,16 +103,26 @@ impl FrameStatus {
     }
 }
 
-/// One frame as it goes on the wire, in one buffer so it leaves in one write.
-fn encode(frame: &[u8]) -> Result<Vec<u8>> {
-    let len = u32::try_from(frame.len()).map_err(|_| TransportError::FrameTooLarge {
-        size: frame.len(),
-        max: u32::MAX as usize,
-    })?;
+/// One frame as it goes on the wire, in one buffer so it leaves in one write; `later`: the
+/// sender can wait for its answer ([`ANSWER_LATER`]).
+fn encode(frame: &[u8], later: bool) -> Result<Vec<u8>> {
+    let word = length_word(frame.len(), later)?;
     let mut wire = Vec::with_capacity(4 + frame.len());
-    wire.extend_from_slice(&len.to_be_bytes());
+    wire.extend_from_slice(&word.to_be_bytes());
     wire.extend_from_slice(frame);
     Ok(wire)
+}
+
+/// The word in front of a frame of `len` bytes; a length that needs the top bit is refused.
+fn length_word(len: usize, later: bool) -> Result<u32> {
+    let len = u32::try_from(len)
+        .ok()
+        .filter(|len| len & ANSWER_LATER == 0)
+        .ok_or(TransportError::FrameTooLarge {
+            size: len,
+            max: (ANSWER_LATER - 1) as usize,
+        })?;
+    Ok(if later { len | ANSWER_LATER } else { len })
 }
 
 /// Why reading a frame failed.
@@ -118,6 +143,13 @@ impl std::fmt::Display for ReadError {
     }
 }
 
+/// One frame as read, and whether its sender can wait for the answer ([`ANSWER_LATER`]).
+#[derive(Debug)]
+struct ReadFrame {
+    body: Bytes,
+    later: bool,
+}
+
 /// Reads one frame; `Ok(None)` when the stream ends between frames. The length is checked
 /// against `max` before any of the body is read, and the body buffer grows only as bytes
 /// arrive, so a peer that announces a large frame and stalls holds no more than it sent.
@@ -125,21 +157,26 @@ async fn read_frame<R: AsyncRead + Unpin>(
     io: &mut R,
     max: usize,
     body_timeout: Duration,
-) -> std::result::Result<Option<Bytes>, ReadError> {
-    let mut len = [0u8; 4];
-    match io.read_exact(&mut len).await {
+) -> std::result::Result<Option<ReadFrame>, ReadError> {
+    let mut word = [0u8; 4];
+    match io.read_exact(&mut word).await {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(ReadError::Io(e)),
     }
-    let len = u32::from_be_bytes(len) as usize;
+    let word = u32::from_be_bytes(word);
+    let later = word & ANSWER_LATER != 0;
+    let len = (word & !ANSWER_LATER) as usize;
     if len > max {
         return Err(ReadError::TooLarge(len));
     }
     let mut body = Vec::new();
     let mut limited = (&mut *io).take(len as u64);
     match tokio::time::timeout(body_timeout, limited.read_to_end(&mut body)).await {
-        Ok(Ok(n)) if n == len => Ok(Some(Bytes::from(body))),
+        Ok(Ok(n)) if n == len => Ok(Some(ReadFrame {
+            body: Bytes::from(body),
+            later,
+        })),
         Ok(Ok(_)) => Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into())),
         Ok(Err(e)) => Err(ReadError::Io(e)),
         Err(_) => Err(ReadError::Io(io::ErrorKind::TimedOut.into())),
@@ -173,6 +210,55 @@ const MAX_DEFERRED_ANSWERS: usize = 64;
 /// A peer over its rate is reported at most this often.
 const RATE_REPORT_INTERVAL: Duration = Duration::from_millis(250);
 
+/// The answers read but not yet written on one inbound stream.
+#[derive(Default)]
+struct PendingAnswers {
+    bytes: Vec<u8>,
+    /// When the held answers must go out; `None` while nothing is held (or something is due
+    /// at once).
+    due: Option<tokio::time::Instant>,
+    /// An answer that may not wait is among them.
+    hurry: bool,
+}
+
+impl PendingAnswers {
+    fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Adds an answer; `can_wait`: it may be held back for `delay`.
+    fn push(&mut self, status: FrameStatus, can_wait: bool, delay: Duration) {
+        self.bytes.push(status.to_byte());
+        if can_wait {
+            self.due
+                .get_or_insert_with(|| tokio::time::Instant::now() + delay);
+        } else {
+            self.hurry = true;
+        }
+    }
+
+    /// Whether the answers should be written now rather than held.
+    fn due_now(&self) -> bool {
+        self.hurry || self.bytes.len() >= ACK_BATCH
+    }
+
+    /// Writes every answer held and clears them.
+    async fn write(&mut self, stream: &mut Stream, peer: PeerId) -> io::Result<()> {
+        let written = async {
+            stream.write_all(&self.bytes).await?;
+            stream.flush().await
+        }
+        .await;
+        self.bytes.clear();
+        self.due = None;
+        self.hurry = false;
+        if let Err(error) = &written {
+            tracing::debug!(%peer, %error, "frame stream closed while answering");
+        }
+        written
+    }
+}
+
 /// The limits of a node's inbound frames (from `Libp2pConfig`).
 pub(crate) struct InboundLimits {
     pub(crate) max_frame: usize,
@@ -180,6 +266,7 @@ pub(crate) struct InboundLimits {
     pub(crate) byte_rate: u64,
     pub(crate) body_timeout: Duration,
     pub(crate) max_queued_bytes: usize,
+    pub(crate) ack_delay: Duration,
 }
 
 /// What every inbound stream of a node shares: the inbound queue, limits and per-peer state.
@@ -194,6 +281,8 @@ pub(crate) struct InboundFrames {
     /// Weak, so the event stream still ends when the transport shuts down.
     events: Option<tokio::sync::broadcast::WeakSender<crate::PeerEvent>>,
     body_timeout: Duration,
+    /// How long the answer to a frame marked [`ANSWER_LATER`] may be held back.
+    ack_delay: Duration,
     peers: Mutex<HashMap<PeerId, PeerInbound>>,
 }
 
@@ -213,6 +302,7 @@ impl InboundFrames {
             byte_rate: limits.byte_rate,
             events,
             body_timeout: limits.body_timeout,
+            ack_delay: limits.ack_delay,
             peers: Mutex::new(HashMap::new()),
         })
     }
@@ -345,51 +435,61 @@ impl InboundFrames {
         }
     }
 
-    /// Serves one peer's stream until it ends or breaks the protocol. Answers go out in order;
-    /// while more frames are already buffered they are written together (one write and flush
-    /// for a burst, not one per frame), so a flooding peer costs few writes.
+    /// Serves one peer's stream until it ends or breaks the protocol. Answers go out in order.
+    /// While more frames are already buffered they are written together (one write and flush
+    /// for a burst, not one per frame), so a flooding peer costs few writes. An accepted frame
+    /// marked [`ANSWER_LATER`] may wait up to `ack_delay` for more (at most [`ACK_BATCH`]);
+    /// any other answer is written once the buffered frames are read, with the held ones.
     async fn serve(self: Arc<Self>, peer: PeerId, stream: Stream) {
         let mut reader = futures::io::BufReader::with_capacity(STREAM_READ_BUFFER, stream);
-        let mut answers: Vec<u8> = Vec::new();
+        let mut answers = PendingAnswers::default();
         loop {
-            let (status, more) =
+            if let Some(due) = answers.due {
+                // Held answers: wait for the next frame, or for them to fall due. Filling the
+                // buffer consumes nothing, so losing the race to the timer loses no input.
+                let next_frame = futures::future::poll_fn(|cx| {
+                    futures::AsyncBufRead::poll_fill_buf(std::pin::Pin::new(&mut reader), cx)
+                        .map(|_| ())
+                });
+                let timed_out = tokio::select! {
+                    biased;
+                    () = next_frame => false,
+                    () = tokio::time::sleep_until(due) => true,
+                };
+                if timed_out {
+                    if answers.write(reader.get_mut(), peer).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            let (status, later, more) =
                 match read_frame(&mut reader, self.max_frame, self.body_timeout).await {
-                    Ok(Some(frame)) => (self.admit(peer, frame), true),
+                    Ok(Some(frame)) => (self.admit(peer, frame.body), frame.later, true),
                     Ok(None) => break,
                     // The body is still on the stream: answer, then drop the stream.
                     Err(ReadError::TooLarge(len)) => {
                         tracing::debug!(%peer, len, "frame over the size limit");
-                        (FrameStatus::TooLarge, false)
+                        (FrameStatus::TooLarge, false, false)
                     }
                     Err(error) => {
                         tracing::debug!(%peer, %error, "dropping a frame stream");
                         break;
                     }
                 };
-            answers.push(status.to_byte());
+            let can_wait = later && status == FrameStatus::Accepted && !self.ack_delay.is_zero();
+            answers.push(status, can_wait, self.ack_delay);
             let burst_continues =
                 more && !reader.buffer().is_empty() && answers.len() < MAX_DEFERRED_ANSWERS;
-            if burst_continues {
+            if burst_continues || (more && !answers.due_now()) {
                 continue;
             }
-            let stream = reader.get_mut();
-            let answered = async {
-                stream.write_all(&answers).await?;
-                stream.flush().await
-            };
-            if let Err(error) = answered.await {
-                tracing::debug!(%peer, %error, "frame stream closed while answering");
-                break;
-            }
-            answers.clear();
-            if !more {
+            if answers.write(reader.get_mut(), peer).await.is_err() || !more {
                 break;
             }
         }
-        if !answers.is_empty() {
-            let stream = reader.get_mut();
-            let _ = stream.write_all(&answers).await;
-            let _ = stream.flush().await;
+        if !answers.bytes.is_empty() {
+            let _ = answers.write(reader.get_mut(), peer).await;
         }
         self.close_stream(peer);
     }
@@ -566,12 +666,15 @@ impl Links {
     /// fails before the peer answered anything on it (the peer dropped it, or the connection went
     /// away as it opened) is retried on a fresh one a couple of times. The frame may then arrive
     /// twice, if the receiver had queued it and the stream broke before its status came back,
-    /// as with any resend after a lost acknowledgement; receivers deduplicate.
+    /// as with any resend after a lost acknowledgement; receivers deduplicate. `later`: the
+    /// caller can wait for the status, which the receiver may then hold back to answer several
+    /// frames at once ([`ANSWER_LATER`]).
     pub(crate) async fn send<F>(
         &self,
         peer: PeerId,
         frame: Bytes,
         limit: Duration,
+        later: bool,
         connect: impl Fn() -> F,
     ) -> Result<()>
     where
@@ -579,7 +682,7 @@ impl Links {
     {
         const FRESH_RETRIES: u32 = 2;
         let deadline = tokio::time::Instant::now() + limit;
-        let wire = encode(&frame)?;
+        let wire = encode(&frame, later)?;
         drop(frame);
         let mut retries = 0;
         loop {
@@ -839,12 +942,54 @@ mod tests {
     }
 
     async fn read(wire: &[u8], max: usize) -> std::result::Result<Option<Bytes>, ReadError> {
-        read_frame(&mut &wire[..], max, Duration::from_secs(1)).await
+        let frame = read_frame(&mut &wire[..], max, Duration::from_secs(1)).await?;
+        Ok(frame.map(|f| f.body))
+    }
+
+    #[tokio::test]
+    async fn the_answer_later_bit_is_read_apart_from_the_length() {
+        let later = encode(b"hello", true).expect("encode");
+        assert_eq!(later[..4], [0x80, 0, 0, 5]);
+        let frame = read_frame(&mut &later[..], 5, Duration::from_secs(1))
+            .await
+            .expect("read")
+            .expect("frame");
+        assert!(frame.later);
+        assert_eq!(&frame.body[..], b"hello");
+        let now = encode(b"hello", false).expect("encode");
+        let frame = read_frame(&mut &now[..], 5, Duration::from_secs(1))
+            .await
+            .expect("read")
+            .expect("frame");
+        assert!(!frame.later);
+        // The bit is not part of the length: with it, 5 bytes is still within a limit of 5,
+        // and a length word of all ones claims 2 GiB, refused from the length alone.
+        let error = read(&u32::MAX.to_be_bytes(), 1 << 20)
+            .await
+            .expect_err("huge");
+        assert!(
+            matches!(error, ReadError::TooLarge(n) if n == (u32::MAX >> 1) as usize),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_frame_whose_length_needs_the_top_bit_is_refused_before_sending() {
+        let largest = (ANSWER_LATER - 1) as usize;
+        assert_eq!(length_word(largest, false).expect("fits"), 0x7fff_ffff);
+        assert_eq!(length_word(largest, true).expect("fits"), u32::MAX);
+        for len in [largest + 1, u32::MAX as usize, usize::MAX] {
+            let error = length_word(len, false).expect_err("needs the top bit");
+            assert!(
+                matches!(error, TransportError::FrameTooLarge { size, max } if size == len && max == largest),
+                "{error}"
+            );
+        }
     }
 
     #[tokio::test]
     async fn frames_decode_within_the_limit_only() {
-        let wire = encode(b"hello").expect("encode");
+        let wire = encode(b"hello", false).expect("encode");
         assert_eq!(
             read(&wire, 5).await.expect("read").as_deref(),
             Some(&b"hello"[..])
@@ -860,12 +1005,12 @@ mod tests {
             matches!(&error, ReadError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof),
             "{error}"
         );
-        // A length claiming 4 GiB allocates nothing and is refused.
-        let error = read(&u32::MAX.to_be_bytes(), 1 << 20)
+        // A length claiming 2 GiB allocates nothing and is refused.
+        let error = read(&0x7fff_ffffu32.to_be_bytes(), 1 << 20)
             .await
             .expect_err("huge");
         assert!(
-            matches!(error, ReadError::TooLarge(n) if n == u32::MAX as usize),
+            matches!(error, ReadError::TooLarge(n) if n == 0x7fff_ffff),
             "{error}"
         );
     }

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 
 pub use bytes::Bytes;
 pub use error::TransportError;
-pub use frame_stream::{FRAME_PROTOCOL, FrameStatus};
+pub use frame_stream::{ACK_BATCH, ANSWER_LATER, FRAME_PROTOCOL, FrameStatus};
 pub use libp2p::Multiaddr;
 pub use libp2p_transport::{
     KeySource, Libp2pConfig, Libp2pTransport, NetworkAddresses, create_owner_only_file,
@@ -47,6 +47,15 @@ pub trait Transport: Send + Sync {
     /// [`TransportError::Timeout`], [`TransportError::Backpressure`] when the remote queue is full
     /// or the remote rate-limits us, [`TransportError::Closed`] after shutdown.
     async fn send(&self, to: PeerId, frame: Bytes) -> Result<()>;
+
+    /// [`Transport::send`] for a caller that pipelines its frames and makes no progress by
+    /// this one's result (a node's outbound queue). The frame is delivered as promptly as by
+    /// `send`, with the same errors; only the result may come later: the receiver may hold its
+    /// acceptance back briefly to acknowledge several frames in one write (over libp2p, up to
+    /// its `Libp2pConfig::ack_delay`; see ADR 0024). The default is `send`.
+    async fn send_pipelined(&self, to: PeerId, frame: Bytes) -> Result<()> {
+        self.send(to, frame).await
+    }
 
     /// Sends the same frame to every peer in `to` concurrently and reports one result per peer,
     /// in the order of `to`. One slow or failed peer does not delay the others' results beyond

@@ -163,6 +163,11 @@ pub struct Libp2pConfig {
     pub event_capacity: usize,
     /// How long a frame may wait for its acknowledgement.
     pub send_timeout: Duration,
+    /// How long this node may hold back its acceptance of a frame its sender marked as able to
+    /// wait ([`Transport::send_pipelined`]), to acknowledge several frames in one write (at most
+    /// [`crate::ACK_BATCH`]; any other answer takes the held ones with it). Zero answers every
+    /// frame at once. Delivery is never delayed, only the sender's result (ADR 0024).
+    pub ack_delay: Duration,
     /// How long a DHT put or get may take, including waiting for the first DHT peers.
     pub dht_timeout: Duration,
     /// How long an idle connection is kept open; keep it at least as long as a session (the
@@ -213,6 +218,7 @@ impl Default for Libp2pConfig {
             max_in_flight: 4096,
             event_capacity: 1024,
             send_timeout: Duration::from_secs(10),
+            ack_delay: Duration::from_millis(5),
             dht_timeout: Duration::from_secs(30),
             idle_connection_timeout: Duration::from_secs(3600),
             default_record_ttl: Duration::from_secs(3600),
@@ -552,6 +558,7 @@ impl Libp2pTransport {
                 byte_rate: config.inbound_bytes_per_sec,
                 body_timeout: config.send_timeout,
                 max_queued_bytes: config.max_inbound_queue_bytes,
+                ack_delay: config.ack_delay,
             },
             Some(events_tx.downgrade()),
             queued_bytes.clone(),
@@ -656,6 +663,28 @@ impl Libp2pTransport {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// [`Transport::send`] and [`Transport::send_pipelined`]; `later`: mark the frame
+    /// [`crate::ANSWER_LATER`].
+    async fn send_frame(&self, to: PeerId, frame: Bytes, later: bool) -> Result<()> {
+        if frame.len() > self.max_frame {
+            return Err(TransportError::FrameTooLarge {
+                size: frame.len(),
+                max: self.max_frame,
+            });
+        }
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| TransportError::Closed)?;
+        if to == self.id {
+            return self.frames_in.deliver_local(to, frame);
+        }
+        self.links
+            .send(to, frame, self.send_timeout, later, || self.dial(to))
+            .await
     }
 
     /// The addresses the node listens on (with ephemeral ports resolved).
@@ -768,23 +797,11 @@ impl Transport for Libp2pTransport {
     }
 
     async fn send(&self, to: PeerId, frame: Bytes) -> Result<()> {
-        if frame.len() > self.max_frame {
-            return Err(TransportError::FrameTooLarge {
-                size: frame.len(),
-                max: self.max_frame,
-            });
-        }
-        let _permit = self
-            .in_flight
-            .acquire()
-            .await
-            .map_err(|_| TransportError::Closed)?;
-        if to == self.id {
-            return self.frames_in.deliver_local(to, frame);
-        }
-        self.links
-            .send(to, frame, self.send_timeout, || self.dial(to))
-            .await
+        self.send_frame(to, frame, false).await
+    }
+
+    async fn send_pipelined(&self, to: PeerId, frame: Bytes) -> Result<()> {
+        self.send_frame(to, frame, true).await
     }
 
     async fn send_many(&self, to: &[PeerId], frame: Bytes) -> Vec<SendReport> {

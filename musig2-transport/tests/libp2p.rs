@@ -11,8 +11,8 @@ use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, noise, tcp, yamux};
 use musig2_transport::{
-    Bytes, FRAME_PROTOCOL, KeySource, Libp2pConfig, Libp2pTransport, PeerEvent, PeerId,
-    RecordValidator, Transport, TransportError,
+    ACK_BATCH, ANSWER_LATER, Bytes, FRAME_PROTOCOL, KeySource, Libp2pConfig, Libp2pTransport,
+    PeerEvent, PeerId, RecordValidator, Transport, TransportError,
 };
 
 /// `from` sends `payload` to `to`, which must receive exactly it.
@@ -683,4 +683,178 @@ async fn inbound_queue_is_bounded_in_bytes() {
         .send(receiver.local_peer_id(), frame)
         .await
         .expect("room again once read");
+}
+
+// ---- answers held back for frames that can wait (ADR 0024) -----------------------------------
+
+/// Longer than [`common::PATIENCE`]: an answer that arrives within it was not held to the end
+/// of the delay.
+const HOLD: Duration = Duration::from_secs(120);
+
+/// `body` as a frame on the wire, marked [`ANSWER_LATER`] if `later`.
+fn wire_frame(body: &[u8], later: bool) -> Vec<u8> {
+    let len = u32::try_from(body.len()).expect("small");
+    let word = if later { len | ANSWER_LATER } else { len };
+    let mut wire = word.to_be_bytes().to_vec();
+    wire.extend_from_slice(body);
+    wire
+}
+
+/// A node under `config`, and a frame stream a raw peer opened to it.
+async fn node_and_raw_stream(config: Libp2pConfig) -> (Libp2pTransport, libp2p::Stream) {
+    let mut nodes = Libp2pTransport::spawn_local_network_with(vec![config])
+        .await
+        .expect("network");
+    let target = nodes.pop().expect("one node");
+    let (_, mut raw, _) = raw_peer(Some(&target.listen_addrs()[0])).await;
+    let stream = raw
+        .open_stream(target.local_peer_id().to_libp2p(), FRAME_PROTOCOL)
+        .await
+        .expect("stream");
+    (target, stream)
+}
+
+/// Whether the node wrote anything on `stream` within a short while.
+async fn answered_soon(stream: &mut libp2p::Stream) -> bool {
+    let mut byte = [0u8; 1];
+    tokio::time::timeout(Duration::from_millis(200), stream.read(&mut byte))
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_to_frames_that_can_wait_are_held_and_go_out_together() {
+    let (target, mut stream) = node_and_raw_stream(Libp2pConfig {
+        ack_delay: HOLD,
+        ..Libp2pConfig::default()
+    })
+    .await;
+
+    // Three frames that can wait: delivered at once, answered not yet.
+    for i in 0..3u8 {
+        stream
+            .write_all(&wire_frame(&[i], true))
+            .await
+            .expect("write");
+    }
+    stream.flush().await.expect("flush");
+    for i in 0..3u8 {
+        let inbound = within("delivery", target.recv()).await.expect("frame");
+        assert_eq!(&inbound.frame[..], &[i]);
+    }
+    assert!(!answered_soon(&mut stream).await, "answers held back");
+
+    // A frame that cannot wait is answered at once, and the held answers go with it.
+    stream
+        .write_all(&wire_frame(b"now", false))
+        .await
+        .expect("write");
+    stream.flush().await.expect("flush");
+    let mut answers = [9u8; 4];
+    within("four answers", stream.read_exact(&mut answers))
+        .await
+        .expect("read");
+    assert_eq!(answers, [0; 4]);
+    assert_eq!(
+        &within("recv", target.recv()).await.expect("frame").frame[..],
+        b"now"
+    );
+
+    // A full batch of frames that can wait is answered without waiting for the delay.
+    for _ in 0..ACK_BATCH {
+        stream
+            .write_all(&wire_frame(b"b", true))
+            .await
+            .expect("write");
+    }
+    stream.flush().await.expect("flush");
+    let mut batch = vec![9u8; ACK_BATCH];
+    within("a full batch of answers", stream.read_exact(&mut batch))
+        .await
+        .expect("read");
+    assert_eq!(batch, vec![0; ACK_BATCH]);
+
+    // Held answers are written when the sender closes its side.
+    for _ in 0..2 {
+        stream
+            .write_all(&wire_frame(b"c", true))
+            .await
+            .expect("write");
+    }
+    stream.close().await.expect("close");
+    let mut rest = Vec::new();
+    within("the last answers", stream.read_to_end(&mut rest))
+        .await
+        .expect("read");
+    assert_eq!(rest, vec![0, 0]);
+    target.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_is_answered_at_once_even_for_a_frame_that_can_wait() {
+    let (target, mut stream) = node_and_raw_stream(Libp2pConfig {
+        ack_delay: HOLD,
+        inbound_rate_per_sec: 1,
+        ..Libp2pConfig::default()
+    })
+    .await;
+    // One frame a second: the first is accepted (and held), the second refused, which sends
+    // both answers.
+    stream
+        .write_all(&wire_frame(b"1", true))
+        .await
+        .expect("write");
+    stream.flush().await.expect("flush");
+    assert!(!answered_soon(&mut stream).await, "the acceptance is held");
+    stream
+        .write_all(&wire_frame(b"2", true))
+        .await
+        .expect("write");
+    stream.flush().await.expect("flush");
+    let mut answers = [9u8; 2];
+    within("both answers", stream.read_exact(&mut answers))
+        .await
+        .expect("read");
+    assert_eq!(answers, [0, 2], "accepted, then rate limited");
+    target.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_sends_complete_within_the_delay_and_plain_sends_at_once() {
+    let nodes = Libp2pTransport::spawn_local_network_with(vec![
+        Libp2pConfig::default(),
+        Libp2pConfig {
+            ack_delay: Duration::from_millis(300),
+            ..Libp2pConfig::default()
+        },
+        Libp2pConfig {
+            ack_delay: HOLD,
+            ..Libp2pConfig::default()
+        },
+    ])
+    .await
+    .expect("network");
+    let (sender, short, long) = (&nodes[0], &nodes[1], &nodes[2]);
+    // A pipelined send's result comes once the receiver's delay is over.
+    within(
+        "a pipelined send",
+        sender.send_pipelined(short.local_peer_id(), Bytes::from_static(b"p")),
+    )
+    .await
+    .expect("accepted");
+    assert_eq!(
+        &within("recv", short.recv()).await.expect("frame").frame[..],
+        b"p"
+    );
+    // A plain send is answered at once, however long the receiver may hold answers.
+    within(
+        "a plain send",
+        sender.send(long.local_peer_id(), Bytes::from_static(b"s")),
+    )
+    .await
+    .expect("accepted");
+    assert_eq!(
+        &within("recv", long.recv()).await.expect("frame").frame[..],
+        b"s"
+    );
 }
