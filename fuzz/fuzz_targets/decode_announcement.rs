@@ -7,7 +7,15 @@ use musig2_proto::{Limits, SignedAnnouncement};
 
 fuzz_target!(|data: &[u8]| {
     // Small limits too, so the limit paths are exercised.
-    for limits in [Limits::default(), Limits { max_signers: 2, max_message_bytes: 8, max_tweaks: 1, ..Limits::default() }] {
+    for limits in [
+        Limits::default(),
+        Limits {
+            max_signers: 2,
+            max_message_bytes: 8,
+            max_tweaks: 1,
+            ..Limits::default()
+        },
+    ] {
         if let Ok(a) = SignedAnnouncement::decode(data, &limits) {
             assert_eq!(a.to_frame_bytes(), data);
             assert_eq!(a.session_id(), a.session_id());
