@@ -488,7 +488,7 @@ impl InboundFrames {
                 break;
             }
         }
-        if !answers.bytes.is_empty() {
+        if answers.len() > 0 {
             let _ = answers.write(reader.get_mut(), peer).await;
         }
         self.close_stream(peer);
