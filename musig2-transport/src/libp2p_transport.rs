@@ -166,7 +166,10 @@ pub struct Libp2pConfig {
     /// How long this node may hold back its acceptance of a frame its sender marked as able to
     /// wait ([`Transport::send_pipelined`]), to acknowledge several frames in one write (at most
     /// [`crate::ACK_BATCH`]; any other answer takes the held ones with it). Zero answers every
-    /// frame at once. Delivery is never delayed, only the sender's result (ADR 0024).
+    /// frame at once. Delivery is never delayed, only the sender's result (ADR 0024). Keep it
+    /// far below the send timeouts of the nodes that send to this one (`send_timeout`, and a
+    /// signing node's `message_send_timeout`, 5 s by default): an answer held longer fails
+    /// their send, which they then retry.
     pub ack_delay: Duration,
     /// How long a DHT put or get may take, including waiting for the first DHT peers.
     pub dht_timeout: Duration,
