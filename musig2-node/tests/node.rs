@@ -407,4 +407,11 @@ async fn on_signature_runs_for_the_node_whose_turn_it_is_and_confirms_with_its_o
         format!("{session} {signature} {} 0", hex::encode(b"publish me"))
     );
     let _ = bob;
+    for daemon in daemons {
+        tokio::time::timeout(Duration::from_secs(10), daemon.shutdown())
+            .await
+            .expect("shutdown in time")
+            .expect("shutdown");
+    }
+    let _ = std::fs::remove_dir_all(&base);
 }
