@@ -79,6 +79,14 @@ pub struct Config {
     pub announcement_bytes_per_peer_per_sec: u64,
     /// Bytes of announcement frames accepted per second from all peers together.
     pub announcement_bytes_per_sec: u64,
+    /// Most announcement frames held after going over the announcement budgets: set aside
+    /// undecoded and unverified, for a local caller that looks their session up by id, who then
+    /// pays for the check (ADR 0025). Held for `max_clock_skew` at most.
+    pub max_set_aside_announcements: usize,
+    /// Most of them from one peer.
+    pub max_set_aside_announcements_per_peer: usize,
+    /// Most bytes of them over all peers; one peer holds at most a quarter.
+    pub max_set_aside_announcement_bytes: usize,
     /// Most sends in flight at once, over all peers.
     pub max_inflight_sends: usize,
     /// Most sends in flight at once to one peer (the transport pipelines them). Above
@@ -136,7 +144,7 @@ impl Config {
     /// The defaults, opened to sessions of up to `max_signers` signers (ADR 0012):
     /// [`Limits::for_signers`] (frames up to `max_signers · 256` bytes), announcement budgets
     /// that let one such announcement through per second from a peer (and four from all peers
-    /// together), and room to queue frames to every other signer. Every per-peer and per-session
+    /// together), room to set one aside per peer (four overall), and room to queue frames to every other signer. Every per-peer and per-session
     /// bound that does not grow with the session keeps its default.
     pub fn for_signers(max_signers: usize) -> Config {
         let defaults = Config::default();
@@ -150,6 +158,9 @@ impl Config {
             announcement_bytes_per_sec: defaults
                 .announcement_bytes_per_sec
                 .max(frame.saturating_mul(4)),
+            max_set_aside_announcement_bytes: defaults
+                .max_set_aside_announcement_bytes
+                .max(limits.max_frame_bytes.saturating_mul(4)),
             max_outbound_peers: defaults.max_outbound_peers.max(limits.max_signers),
             ..defaults
         }
@@ -189,6 +200,9 @@ impl Default for Config {
             max_offence_entries: 4096,
             announcement_bytes_per_peer_per_sec: 32 * 1024,
             announcement_bytes_per_sec: 128 * 1024,
+            max_set_aside_announcements: 64,
+            max_set_aside_announcements_per_peer: 16,
+            max_set_aside_announcement_bytes: 256 * 1024,
             max_inflight_sends: 256,
             max_inflight_sends_per_peer: 32,
             max_queued_frames_per_peer: 1024,

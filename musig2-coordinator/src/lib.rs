@@ -69,6 +69,7 @@ mod outbound;
 mod pending;
 mod replay;
 mod session_table;
+mod set_aside;
 mod stats;
 pub mod store;
 pub mod transcript;

@@ -31,6 +31,7 @@ use crate::offences::OffenceTable;
 use crate::outbound::Outbound;
 use crate::pending::{PendingBuffer, PendingLimits};
 use crate::session_table::SessionTable;
+use crate::set_aside::SetAside;
 use crate::stats::DhtPut;
 use crate::store::{MemoryStore, Record, SessionStore, StoreUsage, StoredSession};
 
@@ -211,6 +212,10 @@ pub struct NodeUsage {
     pub pending_frames: usize,
     /// Their bytes (≤ `max_pending_bytes`).
     pub pending_bytes: usize,
+    /// Announcements set aside over their budget (≤ `max_set_aside_announcements`, ADR 0025).
+    pub set_aside_announcements: usize,
+    /// Their bytes (≤ `max_set_aside_announcement_bytes`).
+    pub set_aside_bytes: usize,
     /// Peers in the offence table (≤ `max_offence_entries`).
     pub offence_entries: usize,
     /// Peers with a live outbound queue (≤ `max_outbound_peers`).
@@ -308,6 +313,14 @@ impl Node {
                 frames: config.max_pending_frames,
                 bytes: config.max_pending_bytes,
                 frame_bytes: config.max_pending_frame_bytes,
+                lifetime_ms: millis(config.max_clock_skew),
+            }),
+            set_aside: SetAside::new(PendingLimits {
+                frames_per_peer: config.max_set_aside_announcements_per_peer,
+                bytes_per_peer: config.max_set_aside_announcement_bytes / 4,
+                frames: config.max_set_aside_announcements,
+                bytes: config.max_set_aside_announcement_bytes,
+                frame_bytes: config.limits.max_frame_bytes,
                 lifetime_ms: millis(config.max_clock_skew),
             }),
             waiters: HashMap::new(),
@@ -590,14 +603,17 @@ impl Node {
         }
     }
 
+    /// The announcement of a session this node holds (or holds set aside, ADR 0025), without
+    /// asking the DHT: `None` if it has none.
+    pub async fn known_session(&self, session: SessionId) -> Result<Option<VerifiedAnnouncement>> {
+        self.call(|reply| Command::Lookup { session, reply }).await
+    }
+
     /// Finds a session's announcement: from this node's memory if it was sent here, otherwise
     /// from the DHT. Verifies the creator's signature, the recomputed id, the expiry and that
     /// this node's key is a signer; poisoned DHT records are skipped.
     pub async fn discover_session(&self, session: SessionId) -> Result<VerifiedAnnouncement> {
-        if let Some(known) = self
-            .call(|reply| Command::Lookup { session, reply })
-            .await?
-        {
+        if let Some(known) = self.known_session(session).await? {
             return Ok(known);
         }
         let limits = self.config.limits;
@@ -898,6 +914,8 @@ struct Actor {
     unjoined: VecDeque<(SessionId, Option<PublicKey>, u64)>,
     /// Raw frames for sessions we do not know yet.
     pending: PendingBuffer,
+    /// Raw announcements that came over their budget, for a local lookup by id (ADR 0025).
+    set_aside: SetAside,
     waiters: HashMap<SessionId, Vec<oneshot::Sender<Result<Vec<schnorr::Signature>>>>>,
     /// Local callers looking a session up (`discover_session`), told when its announcement
     /// arrives directly. Only this node's API adds to it; abandoned entries are dropped.
@@ -1150,6 +1168,7 @@ impl Actor {
             .into_iter()
             .chain(self.blocked.values().copied())
             .chain(self.pending.next_expiry())
+            .chain(self.set_aside.next_expiry())
             .chain(self.unjoined.front().map(|(_, _, at)| {
                 at.saturating_add(millis(self.config.unjoined_session_lifetime))
                     .saturating_add(1)
@@ -1237,15 +1256,19 @@ impl Actor {
                 self.staged.replies.push((session, reply, result));
             }
             Command::Lookup { session, reply } => {
-                let known = self
-                    .sessions
-                    .get(&session)
-                    .map(|m| m.announcement().clone());
+                let known = match self.sessions.get(&session) {
+                    Some(m) => Some(m.announcement().clone()),
+                    None => self.adopt_set_aside(session, now).await,
+                };
                 let _ = reply.send(known);
             }
             Command::AwaitAnnouncement { session, reply } => {
-                if let Some(m) = self.sessions.get(&session) {
-                    let _ = reply.send(m.announcement().clone());
+                let known = match self.sessions.get(&session) {
+                    Some(m) => Some(m.announcement().clone()),
+                    None => self.adopt_set_aside(session, now).await,
+                };
+                if let Some(known) = known {
+                    let _ = reply.send(known);
                 } else {
                     // Callers that gave up (their lookup ended) leave closed senders behind.
                     self.announcement_waiters.retain(|_, list| {
@@ -1297,6 +1320,8 @@ impl Actor {
                     finished_sessions: self.finished.len(),
                     pending_frames: self.pending.len(),
                     pending_bytes: self.pending.bytes(),
+                    set_aside_announcements: self.set_aside.len(),
+                    set_aside_bytes: self.set_aside.bytes(),
                     offence_entries: self.offences.len(),
                     outbound_peers: self.outbound.peers(),
                     blocked_peers: self.blocked.len(),
@@ -1723,8 +1748,13 @@ impl Actor {
             // Dropped, and not an offence: refusing it cost a byte and a bucket, and an honest
             // creator running many sessions goes over the budget too (blocking it would fail
             // every session it has with us). A flood is the transport's rate limit's business.
+            // Set aside undecoded: a local caller that looks its session up pays for the check
+            // (ADR 0025).
             tracing::debug!(%from, "announcement over budget");
             self.stats.rejected("announcement_over_budget");
+            if self.set_aside.push(from, bytes, now).is_ok() {
+                self.adopt_awaited(now).await;
+            }
             return;
         }
         let frame = match decode_frame(&bytes, &self.config.limits) {
@@ -1857,6 +1887,58 @@ impl Actor {
             .take(len, per_peer, now)
     }
 
+    /// The announcement of `session`, which a local caller looks up, from among those set aside
+    /// over their budget: verified now (the caller's cost, not the sender's) and taken in as if
+    /// it had just arrived. A copy that fails its check is the sender's offence, as on arrival.
+    async fn adopt_set_aside(
+        &mut self,
+        session: SessionId,
+        now: u64,
+    ) -> Option<VerifiedAnnouncement> {
+        let found = self.set_aside.take(&session, now, &self.config.limits);
+        for from in found.undecodable {
+            self.stats.rejected("undecodable_frame");
+            self.offence(from, "undecodable frame").await;
+        }
+        let me = self.keypair.public_key();
+        for (from, signed) in found.candidates {
+            let verified = match signed.verify_id(&session, now, &self.config.limits) {
+                Ok(verified) => verified,
+                Err(e) => {
+                    tracing::debug!(%from, error = %e, "invalid set-aside announcement");
+                    self.stats.rejected("invalid_announcement");
+                    self.offence(from, "invalid announcement").await;
+                    continue;
+                }
+            };
+            if verified.index_of(&me).is_none() {
+                self.offence(from, "announcement not naming us").await;
+                continue;
+            }
+            if let Err(e) = self.insert(verified, false, now).await {
+                tracing::debug!(%from, session = %session, error = %e, "set-aside announcement not taken");
+                return None;
+            }
+            return self
+                .sessions
+                .get(&session)
+                .map(|m| m.announcement().clone());
+        }
+        None
+    }
+
+    /// Takes in any set-aside announcement a local caller is waiting for.
+    async fn adopt_awaited(&mut self, now: u64) {
+        if self.announcement_waiters.is_empty() {
+            return;
+        }
+        let awaited: Vec<SessionId> = self.announcement_waiters.keys().copied().collect();
+        for session in awaited {
+            // `insert` hands it to the waiters.
+            let _ = self.adopt_set_aside(session, now).await;
+        }
+    }
+
     async fn buffer_pending(&mut self, from: PeerId, id: SessionId, frame: Bytes, now: u64) {
         if let Err(why) = self.pending.push(from, id, frame, now) {
             tracing::debug!(%from, session = %id, ?why, "not buffered for an unknown session");
@@ -1869,6 +1951,7 @@ impl Actor {
         let now = self.clock.now_ms();
         self.unblock_expired(now).await;
         self.pending.expire(now);
+        self.set_aside.expire(now);
         self.expire_unjoined(now);
         self.forget_finished(now);
         if self

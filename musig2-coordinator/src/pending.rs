@@ -1,4 +1,5 @@
-//! Frames for sessions this node does not know yet, bounded per peer and overall.
+//! Raw frames held for later, bounded per peer and overall: frames for sessions this node does
+//! not know yet, and announcements set aside over their budget (ADR 0025).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -27,25 +28,36 @@ pub(crate) enum Refused {
     PeerFull,
 }
 
-struct Entry {
+struct Entry<K> {
     from: PeerId,
-    session: SessionId,
+    key: K,
     frame: Bytes,
     at_ms: u64,
 }
 
-/// Raw (undecoded, unverified) single-envelope frames waiting for their session's announcement.
-/// Holding raw bytes means a frame for an unknown session costs no decoding. Entries expire after
-/// `lifetime_ms`; when the buffer is full overall, the peer holding the most bytes loses its
-/// oldest frame, so one peer (or a crowd of them) cannot push out the others' early messages.
-pub(crate) struct PendingBuffer {
+/// Raw (undecoded, unverified) frames, each under a key: the session of a single-envelope frame
+/// waiting for its session's announcement, or (ADR 0025) what is known of a set-aside
+/// announcement's id. Holding raw bytes means a held frame costs no decoding. Entries expire
+/// after `lifetime_ms`; when the buffer is full overall, the peer holding the most bytes loses
+/// its oldest frame, so one peer (or a crowd of them) cannot push out the others' frames.
+pub(crate) struct PendingBuffer<K = SessionId> {
     limits: PendingLimits,
-    entries: VecDeque<Entry>,
+    entries: VecDeque<Entry<K>>,
     per_peer: HashMap<PeerId, (usize, usize)>,
     bytes: usize,
 }
 
-impl PendingBuffer {
+impl PendingBuffer<SessionId> {
+    /// Takes every buffered frame of `session`, oldest first.
+    pub(crate) fn take(&mut self, session: &SessionId, now_ms: u64) -> Vec<(PeerId, Bytes)> {
+        self.take_matching(now_ms, |key, _| key == session)
+            .into_iter()
+            .map(|(from, _, frame)| (from, frame))
+            .collect()
+    }
+}
+
+impl<K> PendingBuffer<K> {
     pub(crate) fn new(limits: PendingLimits) -> Self {
         PendingBuffer {
             limits,
@@ -55,11 +67,11 @@ impl PendingBuffer {
         }
     }
 
-    /// Buffers `frame` from `from` for `session`.
+    /// Buffers `frame` from `from` under `key`.
     pub(crate) fn push(
         &mut self,
         from: PeerId,
-        session: SessionId,
+        key: K,
         frame: Bytes,
         now_ms: u64,
     ) -> Result<(), Refused> {
@@ -83,20 +95,25 @@ impl PendingBuffer {
         self.bytes += len;
         self.entries.push_back(Entry {
             from,
-            session,
+            key,
             frame,
             at_ms: now_ms,
         });
         Ok(())
     }
 
-    /// Takes every buffered frame of `session`, oldest first.
-    pub(crate) fn take(&mut self, session: &SessionId, now_ms: u64) -> Vec<(PeerId, Bytes)> {
+    /// Takes every entry `matches` picks, oldest first. `matches` sees every live entry once
+    /// and may update its key (a set-aside announcement's id, learnt once).
+    pub(crate) fn take_matching(
+        &mut self,
+        now_ms: u64,
+        mut matches: impl FnMut(&mut K, &Bytes) -> bool,
+    ) -> Vec<(PeerId, K, Bytes)> {
         self.expire(now_ms);
         let mut taken = Vec::new();
         let mut kept = VecDeque::with_capacity(self.entries.len());
-        for e in self.entries.drain(..) {
-            if e.session == *session {
+        for mut e in self.entries.drain(..) {
+            if matches(&mut e.key, &e.frame) {
                 taken.push(e);
             } else {
                 kept.push_back(e);
@@ -106,7 +123,10 @@ impl PendingBuffer {
         for e in &taken {
             Self::release(&mut self.per_peer, &mut self.bytes, e);
         }
-        taken.into_iter().map(|e| (e.from, e.frame)).collect()
+        taken
+            .into_iter()
+            .map(|e| (e.from, e.key, e.frame))
+            .collect()
     }
 
     /// Drops entries older than the lifetime.
@@ -156,7 +176,7 @@ impl PendingBuffer {
         true
     }
 
-    fn release(per_peer: &mut HashMap<PeerId, (usize, usize)>, total: &mut usize, e: &Entry) {
+    fn release(per_peer: &mut HashMap<PeerId, (usize, usize)>, total: &mut usize, e: &Entry<K>) {
         *total -= e.frame.len();
         if let Some(share) = per_peer.get_mut(&e.from) {
             share.0 -= 1;

@@ -759,3 +759,182 @@ async fn a_creator_over_the_announcement_budget_is_not_blocked() {
         .await;
     assert_eq!(c.nodes[1].stats().peers_blocked, 0);
 }
+
+/// A node that sets every announcement aside (any one is over a one-byte budget), and a
+/// creator that puts its sessions in the DHT only after a minute: a join by id that finishes
+/// sooner found the set-aside copy (ADR 0025).
+fn set_aside_config() -> Config {
+    Config {
+        announcement_bytes_per_peer_per_sec: 1,
+        dht_announce: DhtAnnounce::IfNotJoinedWithin(Duration::from_secs(60)),
+        ..test_config()
+    }
+}
+
+fn rejected(node: &Node, reason: &str) -> u64 {
+    node.stats().rejected.get(reason).copied().unwrap_or(0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_join_by_id_takes_an_announcement_set_aside_over_budget() {
+    let c = cluster_with(3, 131, set_aside_config());
+    for topology in [Topology::Mesh, Topology::Star] {
+        let message = format!("set aside, {topology:?}").into_bytes();
+        let id = c.nodes[0]
+            .create_session(c.request(&message, topology, true, true))
+            .await
+            .expect("create");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for node in &c.nodes[1..] {
+            // Dropped over budget: not discovered, only held, undecoded.
+            assert!(rejected(node, "announcement_over_budget") >= 1);
+            let held = node.sessions().await.expect("list");
+            assert!(held.iter().all(|h| h.session != id), "not taken in");
+            assert_eq!(
+                node.usage().await.expect("usage").set_aside_announcements,
+                1
+            );
+        }
+        let started = tokio::time::Instant::now();
+        for node in &c.nodes[1..] {
+            node.join_session(id).await.expect("join");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "joined from the set-aside copy, not through the DHT ({:?})",
+            started.elapsed()
+        );
+        c.verified_signatures(id, &message).await;
+        assert_eq!(c.nodes[0].stats().dht_puts, 0, "nobody needed the DHT");
+        for node in &c.nodes[1..] {
+            assert_eq!(
+                node.usage().await.expect("usage").set_aside_announcements,
+                0
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_joiner_already_waiting_takes_the_announcement_as_it_is_set_aside() {
+    // The announcement is late (a slow link) and over budget when it comes; the joiner has been
+    // waiting for it since before it arrived.
+    let c = cluster_with(2, 137, set_aside_config());
+    let slow = Duration::from_millis(300);
+    c.network.set_link_fault(
+        c.nodes[0].peer_id(),
+        c.nodes[1].peer_id(),
+        LinkFault::none().with_delay(musig2_transport::Delay::Fixed(slow)),
+    );
+    let message = b"a waiting joiner".to_vec();
+    let id = c.nodes[0]
+        .create_session(c.request(&message, Topology::Mesh, false, true))
+        .await
+        .expect("create");
+    let started = tokio::time::Instant::now();
+    c.nodes[1].join_session(id).await.expect("join");
+    let waited = started.elapsed();
+    assert!(
+        waited >= slow && waited < Duration::from_secs(1),
+        "joined when the copy came, not from the DHT ({waited:?})"
+    );
+    assert!(rejected(&c.nodes[1], "announcement_over_budget") >= 1);
+    c.verified_signatures(id, &message).await;
+    assert_eq!(c.nodes[0].stats().dht_puts, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn set_aside_frames_cost_nothing_until_a_lookup_and_forgeries_are_offences() {
+    // Outsiders' frames set aside are not decoded, let alone checked, on arrival. A lookup by
+    // id names the undecodable ones and the forged copy of the session it looks for, and still
+    // takes the genuine copy another peer sent.
+    let c = cluster_with(2, 139, set_aside_config());
+    let node = &c.nodes[1];
+    let junk_sender = c.network.add_node();
+    let forger = c.network.add_node();
+    let relay = c.network.add_node();
+    let creator = c.keypairs[0];
+    let now_ms = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis(),
+    )
+    .expect("ms");
+    let signed = musig2_proto::Announcement::new(
+        c.keypairs.iter().map(|k| k.public_key()).collect(),
+        b"forged and genuine".to_vec(),
+        musig2_proto::SignerIndex::new(0).expect("index"),
+        now_ms,
+        now_ms + 600_000,
+    )
+    .sign(&creator, &musig2_proto::Limits::default())
+    .expect("sign");
+    let id = signed.session_id();
+    let genuine = signed.to_frame_bytes();
+    // The signature is the frame's last 64 bytes: another one, same content, same id.
+    let mut forged = genuine.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    assert_eq!(
+        musig2_proto::SignedAnnouncement::decode(&forged, &musig2_proto::Limits::default())
+            .expect("decodes")
+            .session_id(),
+        id
+    );
+    junk_sender
+        .send(node.peer_id(), Bytes::from_static(&[0, 0xff, 0xff, 0xff]))
+        .await
+        .expect("send");
+    forger
+        .send(node.peer_id(), Bytes::from(forged))
+        .await
+        .expect("send");
+    relay
+        .send(node.peer_id(), Bytes::from(genuine))
+        .await
+        .expect("send");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        node.usage().await.expect("usage").set_aside_announcements,
+        3
+    );
+    assert_eq!(rejected(node, "undecodable_frame"), 0);
+    assert_eq!(rejected(node, "invalid_announcement"), 0);
+
+    let found = node.discover_session(id).await.expect("found");
+    assert_eq!(found.session_id(), id);
+    assert_eq!(rejected(node, "undecodable_frame"), 1);
+    assert_eq!(rejected(node, "invalid_announcement"), 1);
+    assert_eq!(
+        node.usage().await.expect("usage").set_aside_announcements,
+        0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn known_session_never_asks_the_dht() {
+    // `known_session` answers from memory (or the set-aside copies) at once; a session nobody
+    // sent here is `None`, not a DHT lookup that waits out `dht_query_timeout`.
+    let c = cluster_with(2, 149, set_aside_config());
+    let message = b"known or not".to_vec();
+    let id = c.nodes[0]
+        .create_session(c.request(&message, Topology::Mesh, false, true))
+        .await
+        .expect("create");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = tokio::time::Instant::now();
+    let unknown = SessionId::from_bytes([7; 32]);
+    assert!(
+        c.nodes[1]
+            .known_session(unknown)
+            .await
+            .expect("asked")
+            .is_none()
+    );
+    let set_aside = c.nodes[1].known_session(id).await.expect("asked");
+    assert_eq!(set_aside.map(|a| a.session_id()), Some(id));
+    assert!(started.elapsed() < Duration::from_millis(1));
+    c.nodes[1].join_session(id).await.expect("join");
+    c.verified_signatures(id, &message).await;
+}

@@ -608,3 +608,61 @@ async fn forged_final_signatures_end_nothing_and_their_senders_are_blocked() {
         health.phase
     );
 }
+
+/// ADR 0025: announcements over their budget are set aside undecoded. A crowd of outsiders
+/// flooding junk announcement frames keeps the set-aside buffer within its bounds, costs the
+/// node no decoding until a local lookup, and cannot push out an honest creator's one
+/// announcement, which a join by id then takes without the DHT.
+#[tokio::test(start_paused = true)]
+async fn a_crowd_cannot_flood_the_set_aside_announcements() {
+    let config = Config {
+        announcement_bytes_per_peer_per_sec: 1,
+        max_set_aside_announcements: 8,
+        max_set_aside_announcements_per_peer: 4,
+        max_set_aside_announcement_bytes: 8 * 1024,
+        dht_announce: musig2_coordinator::DhtAnnounce::IfNotJoinedWithin(Duration::from_secs(60)),
+        ..small_config()
+    };
+    let net = MemoryNetwork::new(23);
+    let mut rng = ChaCha20Rng::seed_from_u64(23);
+    let (victim_key, creator_key) = (Keypair::new(&mut rng), Keypair::new(&mut rng));
+    let victim = Node::spawn(Arc::new(net.add_node()), victim_key, config.clone());
+    let creator = Node::spawn(Arc::new(net.add_node()), creator_key, config);
+    let message = b"past the crowd";
+    let id = creator
+        .create_session(request(
+            &[&creator_key, &victim_key],
+            &[&creator, &victim],
+            message,
+            creator.default_policy(),
+        ))
+        .await
+        .expect("create");
+    settle().await;
+    assert_eq!(usage(&victim).await.set_aside_announcements, 1);
+    let junk = Bytes::from([&[0u8][..], &[0xee; 1000][..]].concat());
+    for _ in 0..5 {
+        let outsider = net.add_node();
+        for _ in 0..6 {
+            let _ = outsider.send(victim.peer_id(), junk.clone()).await;
+            settle().await;
+            let u = usage(&victim).await;
+            assert!(u.set_aside_announcements <= 8, "{u:?}");
+            assert!(u.set_aside_bytes <= 8 * 1024, "{u:?}");
+        }
+    }
+    let rejected = |reason: &str| victim.stats().rejected.get(reason).copied().unwrap_or(0);
+    assert_eq!(rejected("undecodable_frame"), 0, "nothing decoded yet");
+    let started = tokio::time::Instant::now();
+    victim.join_session(id).await.expect("join");
+    assert!(started.elapsed() < Duration::from_secs(1), "no DHT needed");
+    assert!(
+        rejected("undecodable_frame") > 0,
+        "junk named at the lookup"
+    );
+    let signatures = victim.wait_for_signatures(id).await.expect("signed");
+    assert_eq!(
+        signatures,
+        creator.wait_for_signatures(id).await.expect("signed")
+    );
+}

@@ -352,10 +352,8 @@ impl From<CoordinatorError> for Failure {
 
 /// The announcement of a session this node knows, if it does (from memory, no DHT lookup).
 async fn known_announcement(node: &Node, session: SessionId) -> Option<VerifiedAnnouncement> {
-    if node.health(session).await.is_err() {
-        return None;
-    }
-    node.discover_session(session).await.ok()
+    // A session retired between a listing and this call must not start a DHT lookup.
+    node.known_session(session).await.ok().flatten()
 }
 
 /// Turns "session aborted" into a readable error with the details.
