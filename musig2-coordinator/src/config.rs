@@ -74,14 +74,15 @@ pub struct Config {
     /// Most peers whose offences are counted at once (the least offending is forgotten first).
     pub max_offence_entries: usize,
     /// Bytes of announcement frames accepted per second from one peer (an announcement costs a
-    /// decode, a signature check and a key aggregation per signer). Sessions joined by id are
-    /// fetched from the DHT and not counted.
+    /// decode, a signature check and a key aggregation per signer); more are set aside. Sessions
+    /// joined by id are not counted.
     pub announcement_bytes_per_peer_per_sec: u64,
     /// Bytes of announcement frames accepted per second from all peers together.
     pub announcement_bytes_per_sec: u64,
     /// Most announcement frames held after going over the announcement budgets: set aside
-    /// undecoded and unverified, for a local caller that looks their session up by id, who then
-    /// pays for the check (ADR 0025). Held for `max_clock_skew` at most.
+    /// undecoded and unverified, and taken in once the budgets have room for them, or at once for
+    /// a local caller that looks their session up by id, who then pays for the check (ADR 0025).
+    /// Held for `max_clock_skew` at most.
     pub max_set_aside_announcements: usize,
     /// Most of them from one peer.
     pub max_set_aside_announcements_per_peer: usize,

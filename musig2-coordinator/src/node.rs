@@ -334,8 +334,7 @@ impl Node {
                 millis(config.peer_block_duration),
             ),
             blocked: HashMap::new(),
-            announcement_peers: HashMap::new(),
-            announcement_total: ByteBucket::full(config.announcement_bytes_per_sec, clock.now_ms()),
+            announcement_budget: AnnouncementBudget::new(&config, clock.now_ms()),
             store,
             durable,
             staged: Staged::default(),
@@ -928,8 +927,7 @@ struct Actor {
     /// Offending frames per peer.
     offences: OffenceTable,
     /// Announcement bytes, per peer and overall.
-    announcement_peers: HashMap<PeerId, ByteBucket>,
-    announcement_total: ByteBucket,
+    announcement_budget: AnnouncementBudget,
     /// Peers blocked at the transport, and until when (ms).
     blocked: HashMap<PeerId, u64>,
     stats: Arc<crate::stats::NodeStats>,
@@ -1057,22 +1055,63 @@ impl ByteBucket {
         }
     }
 
-    fn take(&mut self, len: u64, rate: u64, now: u64) -> bool {
-        self.refill(rate, now);
-        if self.tokens >= len {
-            self.tokens -= len;
-            true
-        } else {
-            false
-        }
-    }
-
     fn is_full(&self, rate: u64, now: u64) -> bool {
         let mut b = *self;
         b.refill(rate, now);
         b.tokens >= rate
     }
 }
+
+/// Announcement bytes a peer may have the node take in, per peer and overall (an announcement
+/// costs a decode, a signature check and a key aggregation per signer).
+struct AnnouncementBudget {
+    peers: HashMap<PeerId, ByteBucket>,
+    total: ByteBucket,
+    per_peer_rate: u64,
+    overall_rate: u64,
+    max_peers: usize,
+}
+
+impl AnnouncementBudget {
+    fn new(config: &Config, now: u64) -> Self {
+        AnnouncementBudget {
+            peers: HashMap::new(),
+            total: ByteBucket::full(config.announcement_bytes_per_sec, now),
+            per_peer_rate: config.announcement_bytes_per_peer_per_sec,
+            overall_rate: config.announcement_bytes_per_sec,
+            max_peers: config.max_offence_entries,
+        }
+    }
+
+    /// Takes `len` bytes from the peer's and the node's budgets; false, taking nothing, when
+    /// either is spent (not an offence: an honest creator may announce a burst).
+    fn take(&mut self, from: PeerId, len: usize, now: u64) -> bool {
+        let len = len as u64;
+        let (per_peer, overall) = (self.per_peer_rate, self.overall_rate);
+        if self.peers.len() >= self.max_peers && !self.peers.contains_key(&from) {
+            // Buckets that have refilled are the same as fresh ones.
+            self.peers.retain(|_, b| !b.is_full(per_peer, now));
+            if self.peers.len() >= self.max_peers {
+                return false;
+            }
+        }
+        self.total.refill(overall, now);
+        let peer = self
+            .peers
+            .entry(from)
+            .or_insert_with(|| ByteBucket::full(per_peer, now));
+        peer.refill(per_peer, now);
+        if peer.tokens < len || self.total.tokens < len {
+            return false;
+        }
+        peer.tokens -= len;
+        self.total.tokens -= len;
+        true
+    }
+}
+
+/// How often set-aside announcements are offered to the refilled budgets (ADR 0025).
+const SET_ASIDE_DRAIN_MS: u64 = 50;
 
 /// Light offences that make one offence (see `Actor::light_offence`).
 const OFFENCE_WEIGHT: u32 = 8;
@@ -1168,7 +1207,10 @@ impl Actor {
             .into_iter()
             .chain(self.blocked.values().copied())
             .chain(self.pending.next_expiry())
-            .chain(self.set_aside.next_expiry())
+            .chain(
+                (!self.set_aside.is_empty())
+                    .then(|| self.clock.now_ms().saturating_add(SET_ASIDE_DRAIN_MS)),
+            )
             .chain(self.unjoined.front().map(|(_, _, at)| {
                 at.saturating_add(millis(self.config.unjoined_session_lifetime))
                     .saturating_add(1)
@@ -1740,16 +1782,16 @@ impl Actor {
             }
         } else if bytes.first() == Some(&0)
             && bytes.len() <= self.config.limits.max_frame_bytes
-            && !self.announcement_budget(from, bytes.len(), now)
+            && !self.announcement_budget.take(from, bytes.len(), now)
         {
             // Announcements cost a decode, a signature and a key aggregation per signer: their
             // bytes are budgeted per peer and overall before any of that. An oversized frame is
             // refused undecoded below and spends nobody's budget (ADR 0012).
-            // Dropped, and not an offence: refusing it cost a byte and a bucket, and an honest
-            // creator running many sessions goes over the budget too (blocking it would fail
-            // every session it has with us). A flood is the transport's rate limit's business.
-            // Set aside undecoded: a local caller that looks its session up pays for the check
-            // (ADR 0025).
+            // Over it, the frame is set aside undecoded (ADR 0025): taken in when the budgets
+            // have room, or at once for a local caller that looks its session up (and pays for
+            // the check). Not an offence: an honest creator running many sessions goes over the
+            // budget too (blocking it would fail every session it has with us). A flood is the
+            // transport's rate limit's business.
             tracing::debug!(%from, "announcement over budget");
             self.stats.rejected("announcement_over_budget");
             if self.set_aside.push(from, bytes, now).is_ok() {
@@ -1767,31 +1809,7 @@ impl Actor {
             }
         };
         match frame {
-            Frame::Announcement(signed) => {
-                // Cheap checks before the signature: one we hold already (its id covers all of
-                // its content), or one that does not name us, costs no verification.
-                if self.sessions.contains_key(&signed.session_id()) {
-                    return;
-                }
-                let me = self.keypair.public_key();
-                if !signed.announcement().signers.iter().any(|s| s.key == me) {
-                    tracing::debug!(%from, "announcement does not name us");
-                    self.offence(from, "announcement not naming us").await;
-                    return;
-                }
-                match signed.verify(now, &self.config.limits) {
-                    Ok(verified) => {
-                        if let Err(e) = self.insert(verified, false, now).await {
-                            tracing::debug!(%from, error = %e, "announcement not taken");
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(%from, error = %e, "invalid announcement");
-                        self.stats.rejected("invalid_announcement");
-                        self.offence(from, "invalid announcement").await;
-                    }
-                }
-            }
+            Frame::Announcement(signed) => self.announcement_arrived(from, &signed, now).await,
             Frame::Envelope(envelope) => self.route(from, envelope).await,
             Frame::Batch(envelopes) => {
                 for envelope in envelopes {
@@ -1859,32 +1877,50 @@ impl Actor {
         }
     }
 
-    /// Takes `len` bytes from the peer's and the node's announcement budgets; false when either
-    /// is spent (not an offence: an honest creator may announce a burst; the others can still
-    /// join by id through the DHT).
-    fn announcement_budget(&mut self, from: PeerId, len: usize, now: u64) -> bool {
-        let len = len as u64;
-        let per_peer = self.config.announcement_bytes_per_peer_per_sec;
-        let overall = self.config.announcement_bytes_per_sec;
-        if !self.announcement_total.take(len, overall, now) {
-            return false;
+    /// Takes in an announcement within its budget.
+    async fn announcement_arrived(&mut self, from: PeerId, signed: &SignedAnnouncement, now: u64) {
+        // Cheap checks before the signature: one we hold already (its id covers all of its
+        // content), or one that does not name us, costs no verification.
+        if self.sessions.contains_key(&signed.session_id()) {
+            return;
         }
-        if self.announcement_peers.len() >= self.config.max_offence_entries
-            && !self.announcement_peers.contains_key(&from)
-        {
-            // Buckets that have refilled are the same as fresh ones.
-            self.announcement_peers
-                .retain(|_, b| !b.is_full(per_peer, now));
+        let me = self.keypair.public_key();
+        if !signed.announcement().signers.iter().any(|s| s.key == me) {
+            tracing::debug!(%from, "announcement does not name us");
+            self.offence(from, "announcement not naming us").await;
+            return;
         }
-        if self.announcement_peers.len() >= self.config.max_offence_entries
-            && !self.announcement_peers.contains_key(&from)
-        {
-            return false;
+        match signed.verify(now, &self.config.limits) {
+            Ok(verified) => {
+                if let Err(e) = self.insert(verified, false, now).await {
+                    tracing::debug!(%from, error = %e, "announcement not taken");
+                }
+            }
+            Err(e) => {
+                tracing::debug!(%from, error = %e, "invalid announcement");
+                self.stats.rejected("invalid_announcement");
+                self.offence(from, "invalid announcement").await;
+            }
         }
-        self.announcement_peers
-            .entry(from)
-            .or_insert_with(|| ByteBucket::full(per_peer, now))
-            .take(len, per_peer, now)
+    }
+
+    /// Takes in set-aside announcements, oldest first, as far as their senders' budgets and the
+    /// node's have refilled: the budgets bound the work, the buffer only delays it (ADR 0025).
+    async fn drain_set_aside(&mut self, now: u64) {
+        let budget = &mut self.announcement_budget;
+        let affordable = self
+            .set_aside
+            .take_affordable(now, |from, len| budget.take(from, len, now));
+        for (from, frame) in affordable {
+            match SignedAnnouncement::decode(&frame, &self.config.limits) {
+                Ok(signed) => self.announcement_arrived(from, &signed, now).await,
+                Err(e) => {
+                    tracing::debug!(%from, error = %e, "dropped an undecodable set-aside frame");
+                    self.stats.rejected("undecodable_frame");
+                    self.offence(from, "undecodable frame").await;
+                }
+            }
+        }
     }
 
     /// The announcement of `session`, which a local caller looks up, from among those set aside
@@ -1951,7 +1987,7 @@ impl Actor {
         let now = self.clock.now_ms();
         self.unblock_expired(now).await;
         self.pending.expire(now);
-        self.set_aside.expire(now);
+        self.drain_set_aside(now).await;
         self.expire_unjoined(now);
         self.forget_finished(now);
         if self

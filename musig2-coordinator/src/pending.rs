@@ -50,7 +50,7 @@ pub(crate) struct PendingBuffer<K = SessionId> {
 impl PendingBuffer<SessionId> {
     /// Takes every buffered frame of `session`, oldest first.
     pub(crate) fn take(&mut self, session: &SessionId, now_ms: u64) -> Vec<(PeerId, Bytes)> {
-        self.take_matching(now_ms, |key, _| key == session)
+        self.take_matching(now_ms, |_, key, _| key == session)
             .into_iter()
             .map(|(from, _, frame)| (from, frame))
             .collect()
@@ -103,17 +103,18 @@ impl<K> PendingBuffer<K> {
     }
 
     /// Takes every entry `matches` picks, oldest first. `matches` sees every live entry once
-    /// and may update its key (a set-aside announcement's id, learnt once).
+    /// (its sender, key and frame) and may update its key (a set-aside announcement's id,
+    /// learnt once).
     pub(crate) fn take_matching(
         &mut self,
         now_ms: u64,
-        mut matches: impl FnMut(&mut K, &Bytes) -> bool,
+        mut matches: impl FnMut(PeerId, &mut K, &Bytes) -> bool,
     ) -> Vec<(PeerId, K, Bytes)> {
         self.expire(now_ms);
         let mut taken = Vec::new();
         let mut kept = VecDeque::with_capacity(self.entries.len());
         for mut e in self.entries.drain(..) {
-            if matches(&mut e.key, &e.frame) {
+            if matches(e.from, &mut e.key, &e.frame) {
                 taken.push(e);
             } else {
                 kept.push_back(e);

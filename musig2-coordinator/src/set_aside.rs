@@ -1,5 +1,5 @@
-//! Announcements that came over their budget, set aside undecoded until a local caller looks
-//! their session up (ADR 0025).
+//! Announcements that came over their budget, set aside undecoded until their sender's budget
+//! refills or a local caller looks their session up (ADR 0025).
 
 use bytes::Bytes;
 use musig2_proto::{Limits, SessionId, SignedAnnouncement};
@@ -47,7 +47,7 @@ impl SetAside {
     /// Takes out the announcements of `session`, and the frames that turn out undecodable.
     /// Decodes only frames not decoded before; checks no signature.
     pub(crate) fn take(&mut self, session: &SessionId, now_ms: u64, limits: &Limits) -> Found {
-        let taken = self.held.take_matching(now_ms, |id, frame| {
+        let taken = self.held.take_matching(now_ms, |_, id, frame| {
             if *id == AsideId::Unread {
                 *id = match SignedAnnouncement::decode(frame, limits) {
                     Ok(a) => AsideId::Id(a.session_id()),
@@ -66,12 +66,32 @@ impl SetAside {
         found
     }
 
+    /// Takes out, oldest first, the frames `afford` accepts (given the sender and the frame's
+    /// length; it is the announcement budget, which takes the bytes of each frame it accepts).
+    pub(crate) fn take_affordable(
+        &mut self,
+        now_ms: u64,
+        mut afford: impl FnMut(PeerId, usize) -> bool,
+    ) -> Vec<(PeerId, Bytes)> {
+        self.held
+            .take_matching(now_ms, |from, _, frame| afford(from, frame.len()))
+            .into_iter()
+            .map(|(from, _, frame)| (from, frame))
+            .collect()
+    }
+
+    #[cfg(test)]
     pub(crate) fn expire(&mut self, now_ms: u64) {
         self.held.expire(now_ms);
     }
 
+    #[cfg(test)]
     pub(crate) fn next_expiry(&self) -> Option<u64> {
         self.held.next_expiry()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.held.len() == 0
     }
 
     pub(crate) fn len(&self) -> usize {

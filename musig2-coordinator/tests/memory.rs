@@ -938,3 +938,74 @@ async fn known_session_never_asks_the_dht() {
     c.nodes[1].join_session(id).await.expect("join");
     c.verified_signatures(id, &message).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn set_aside_announcements_are_taken_in_as_the_budget_refills() {
+    // A burst over the per-peer budget is not lost: each set-aside announcement is taken in (and
+    // discovered, e.g. by an auto-joining node) once the sender's budget has room for it, at the
+    // budget's pace and no faster.
+    let config = Config {
+        announcement_bytes_per_peer_per_sec: 1024,
+        dht_announce: DhtAnnounce::IfNotJoinedWithin(Duration::from_secs(600)),
+        ..test_config()
+    };
+    let c = cluster_with(2, 151, config);
+    let mut events = c.nodes[1].events();
+    let mut ids = Vec::new();
+    for i in 0..8u32 {
+        let message = format!("burst {i}").into_bytes();
+        let id = c.nodes[0]
+            .create_session(c.request(&message, Topology::Mesh, true, true))
+            .await
+            .expect("create");
+        ids.push(id);
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let held = |list: &[musig2_coordinator::SessionHealth]| {
+        ids.iter()
+            .filter(|id| list.iter().any(|h| h.session == **id))
+            .count()
+    };
+    let at_once = held(&c.nodes[1].sessions().await.expect("list"));
+    assert!(at_once < ids.len(), "the burst went over the budget");
+    let set_aside = c.nodes[1]
+        .usage()
+        .await
+        .expect("usage")
+        .set_aside_announcements;
+    assert_eq!(
+        at_once + set_aside,
+        ids.len(),
+        "every copy is held or set aside"
+    );
+    // One second refills about 1 KiB: a few more, not all.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_a_second = held(&c.nodes[1].sessions().await.expect("list"));
+    assert!(after_a_second > at_once, "{after_a_second} > {at_once}");
+    assert!(after_a_second < ids.len(), "no faster than the budget");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(held(&c.nodes[1].sessions().await.expect("list")), ids.len());
+    assert_eq!(
+        c.nodes[1]
+            .usage()
+            .await
+            .expect("usage")
+            .set_aside_announcements,
+        0
+    );
+    let mut discovered = 0;
+    while let Ok(event) = events.try_recv() {
+        if matches!(event, Event::SessionDiscovered { session } if ids.contains(&session)) {
+            discovered += 1;
+        }
+    }
+    assert_eq!(discovered, ids.len(), "each one discovered, as on arrival");
+    // And they sign.
+    for id in &ids {
+        c.nodes[1].join_session(*id).await.expect("join");
+    }
+    for (i, id) in ids.iter().enumerate() {
+        c.verified_signatures(*id, format!("burst {i}").as_bytes())
+            .await;
+    }
+}
