@@ -323,6 +323,7 @@ impl Node {
                 frame_bytes: config.limits.max_frame_bytes,
                 lifetime_ms: millis(config.max_clock_skew),
             }),
+            set_aside_drain_at: None,
             waiters: HashMap::new(),
             announcement_waiters: HashMap::new(),
             events: events.clone(),
@@ -915,6 +916,9 @@ struct Actor {
     pending: PendingBuffer,
     /// Raw announcements that came over their budget, for a local lookup by id (ADR 0025).
     set_aside: SetAside,
+    /// When the set-aside announcements are next offered to the budgets (ms): fixed when set,
+    /// so a steady stream of other frames cannot keep postponing it.
+    set_aside_drain_at: Option<u64>,
     waiters: HashMap<SessionId, Vec<oneshot::Sender<Result<Vec<schnorr::Signature>>>>>,
     /// Local callers looking a session up (`discover_session`), told when its announcement
     /// arrives directly. Only this node's API adds to it; abandoned entries are dropped.
@@ -1207,10 +1211,7 @@ impl Actor {
             .into_iter()
             .chain(self.blocked.values().copied())
             .chain(self.pending.next_expiry())
-            .chain(
-                (!self.set_aside.is_empty())
-                    .then(|| self.clock.now_ms().saturating_add(SET_ASIDE_DRAIN_MS)),
-            )
+            .chain(self.set_aside_drain_at)
             .chain(self.unjoined.front().map(|(_, _, at)| {
                 at.saturating_add(millis(self.config.unjoined_session_lifetime))
                     .saturating_add(1)
@@ -1795,6 +1796,8 @@ impl Actor {
             tracing::debug!(%from, "announcement over budget");
             self.stats.rejected("announcement_over_budget");
             if self.set_aside.push(from, bytes, now).is_ok() {
+                self.set_aside_drain_at
+                    .get_or_insert(now.saturating_add(SET_ASIDE_DRAIN_MS));
                 self.adopt_awaited(now).await;
             }
             return;
@@ -1911,6 +1914,8 @@ impl Actor {
         let affordable = self
             .set_aside
             .take_affordable(now, |from, len| budget.take(from, len, now));
+        self.set_aside_drain_at =
+            (!self.set_aside.is_empty()).then(|| now.saturating_add(SET_ASIDE_DRAIN_MS));
         for (from, frame) in affordable {
             match SignedAnnouncement::decode(&frame, &self.config.limits) {
                 Ok(signed) => self.announcement_arrived(from, &signed, now).await,
@@ -1987,7 +1992,9 @@ impl Actor {
         let now = self.clock.now_ms();
         self.unblock_expired(now).await;
         self.pending.expire(now);
-        self.drain_set_aside(now).await;
+        if self.set_aside_drain_at.is_some_and(|at| at <= now) {
+            self.drain_set_aside(now).await;
+        }
         self.expire_unjoined(now);
         self.forget_finished(now);
         if self

@@ -1009,3 +1009,52 @@ async fn set_aside_announcements_are_taken_in_as_the_budget_refills() {
             .await;
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_node_still_takes_in_its_set_aside_announcements() {
+    // Frames arriving more often than the draining interval must not keep postponing it.
+    let config = Config {
+        announcement_bytes_per_peer_per_sec: 1024,
+        dht_announce: DhtAnnounce::IfNotJoinedWithin(Duration::from_secs(600)),
+        max_peer_offences: 0,
+        ..test_config()
+    };
+    let c = cluster_with(2, 157, config);
+    let chatter = c.network.add_node();
+    let target = c.nodes[1].peer_id();
+    let noise = tokio::spawn(async move {
+        loop {
+            let _ = chatter
+                .send(target, Bytes::from_static(&[0x7f, 1, 2, 3]))
+                .await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let mut ids = Vec::new();
+    for i in 0..8u32 {
+        let message = format!("busy {i}").into_bytes();
+        ids.push(
+            c.nodes[0]
+                .create_session(c.request(&message, Topology::Mesh, true, true))
+                .await
+                .expect("create"),
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let list = c.nodes[1].sessions().await.expect("list");
+    let held = ids
+        .iter()
+        .filter(|id| list.iter().any(|h| h.session == **id))
+        .count();
+    noise.abort();
+    assert!(
+        c.nodes[1]
+            .stats()
+            .rejected
+            .get("undecodable_frame")
+            .copied()
+            .unwrap_or(0)
+            > 300
+    );
+    assert_eq!(held, ids.len(), "every set-aside announcement taken in");
+}
