@@ -96,7 +96,9 @@ impl<K> PendingBuffer<K> {
         self.entries.push_back(Entry {
             from,
             key,
-            frame,
+            // A frame read off a stream may share an allocation up to twice its length (the
+            // read buffer grows by doubling): a copy makes what is held what is counted.
+            frame: Bytes::copy_from_slice(&frame),
             at_ms: now_ms,
         });
         Ok(())
