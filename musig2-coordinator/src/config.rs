@@ -119,6 +119,12 @@ pub struct Config {
     /// about 8 KiB at n = 10 and 200 KiB at n = 1,000 per node in memory (BENCHMARKS.md, "What
     /// a finished session keeps"): lower this for large sessions.
     pub max_finished_sessions: usize,
+    /// Most finished sessions remembered by id after they are forgotten, until their
+    /// announcement expires: a replay of the announcement is then ignored rather than taken in
+    /// as a new session (which a node that joins what it discovers would join, and then name
+    /// the other signers, who finished long ago, as holdouts). Oldest dropped first; 0 keeps
+    /// none. 40 bytes each.
+    pub max_forgotten_sessions: usize,
 }
 
 /// When [`Node::create_session`](crate::Node::create_session) stores the signed announcement
@@ -215,6 +221,7 @@ impl Default for Config {
             peer_block_duration: Duration::from_secs(600),
             finished_session_retention: Duration::from_secs(24 * 3600),
             max_finished_sessions: 1024,
+            max_forgotten_sessions: 4096,
         }
     }
 }

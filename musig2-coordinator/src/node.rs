@@ -143,7 +143,7 @@ enum Command {
     },
     Lookup {
         session: SessionId,
-        reply: oneshot::Sender<Option<VerifiedAnnouncement>>,
+        reply: oneshot::Sender<Result<Option<VerifiedAnnouncement>>>,
     },
     /// Answered with the announcement as soon as this node holds the session.
     AwaitAnnouncement {
@@ -212,6 +212,9 @@ pub struct NodeUsage {
     pub pending_frames: usize,
     /// Their bytes (≤ `max_pending_bytes`).
     pub pending_bytes: usize,
+    /// Finished sessions forgotten and remembered by id until their announcement expires, so a
+    /// replay does not bring one back (≤ `max_forgotten_sessions`).
+    pub forgotten_sessions: usize,
     /// Announcements set aside over their budget (≤ `max_set_aside_announcements`, ADR 0025).
     pub set_aside_announcements: usize,
     /// Their bytes (≤ `max_set_aside_announcement_bytes`).
@@ -306,6 +309,8 @@ impl Node {
             sessions: SessionTable::default(),
             finished: VecDeque::new(),
             finished_ids: HashSet::new(),
+            forgotten: VecDeque::new(),
+            forgotten_ids: HashSet::new(),
             unjoined: VecDeque::new(),
             pending: PendingBuffer::new(PendingLimits {
                 frames_per_peer: config.max_buffered_messages_per_peer,
@@ -604,9 +609,11 @@ impl Node {
     }
 
     /// The announcement of a session this node holds (or holds set aside, ADR 0025), without
-    /// asking the DHT: `None` if it has none.
+    /// asking the DHT: `None` if it has none, [`CoordinatorError::SessionFinished`] if it held
+    /// the session until it finished and was forgotten (see `Config::max_forgotten_sessions`).
     pub async fn known_session(&self, session: SessionId) -> Result<Option<VerifiedAnnouncement>> {
-        self.call(|reply| Command::Lookup { session, reply }).await
+        self.call(|reply| Command::Lookup { session, reply })
+            .await?
     }
 
     /// Finds a session's announcement: from this node's memory if it was sent here, otherwise
@@ -909,6 +916,10 @@ struct Actor {
     finished: VecDeque<(SessionId, u64)>,
     /// The ids in `finished`, to tell a finished session in O(1).
     finished_ids: HashSet<SessionId>,
+    /// Finished sessions already forgotten, with their announcement's expiry, oldest first: a
+    /// replayed announcement must not bring one back as a new session while it is still valid.
+    forgotten: VecDeque<(SessionId, u64)>,
+    forgotten_ids: HashSet<SessionId>,
     /// Sessions announced to us that we have not joined: (id, creator key, when it arrived),
     /// oldest first. A pool of their own, bounded overall and per creator.
     unjoined: VecDeque<(SessionId, Option<PublicKey>, u64)>,
@@ -1300,8 +1311,11 @@ impl Actor {
             }
             Command::Lookup { session, reply } => {
                 let known = match self.sessions.get(&session) {
-                    Some(m) => Some(m.announcement().clone()),
-                    None => self.adopt_set_aside(session, now).await,
+                    Some(m) => Ok(Some(m.announcement().clone())),
+                    None if self.forgotten_ids.contains(&session) => {
+                        Err(CoordinatorError::SessionFinished(session))
+                    }
+                    None => Ok(self.adopt_set_aside(session, now).await),
                 };
                 let _ = reply.send(known);
             }
@@ -1363,6 +1377,7 @@ impl Actor {
                     finished_sessions: self.finished.len(),
                     pending_frames: self.pending.len(),
                     pending_bytes: self.pending.bytes(),
+                    forgotten_sessions: self.forgotten.len(),
                     set_aside_announcements: self.set_aside.len(),
                     set_aside_bytes: self.set_aside.bytes(),
                     offence_entries: self.offences.len(),
@@ -1612,6 +1627,9 @@ impl Actor {
             } else {
                 Ok(())
             };
+        }
+        if self.forgotten_ids.contains(&id) {
+            return Err(CoordinatorError::SessionFinished(id));
         }
         self.check_policy(&announcement, now)?;
         let creator_key = creator_key(&announcement);
@@ -1882,9 +1900,11 @@ impl Actor {
 
     /// Takes in an announcement within its budget.
     async fn announcement_arrived(&mut self, from: PeerId, signed: &SignedAnnouncement, now: u64) {
-        // Cheap checks before the signature: one we hold already (its id covers all of its
-        // content), or one that does not name us, costs no verification.
-        if self.sessions.contains_key(&signed.session_id()) {
+        // Cheap checks before the signature: one we hold (its id covers all of its content) or
+        // held and finished, or one that does not name us, costs no verification. A late copy
+        // of a finished session is no offence: an honest relay may hold one.
+        let id = signed.session_id();
+        if self.sessions.contains_key(&id) || self.forgotten_ids.contains(&id) {
             return;
         }
         let me = self.keypair.public_key();
@@ -1997,6 +2017,7 @@ impl Actor {
         }
         self.expire_unjoined(now);
         self.forget_finished(now);
+        self.expire_forgotten(now);
         if self
             .deferred_since
             .is_some_and(|t| t.saturating_add(DEFERRED_COMMIT_MS) <= now)
@@ -2347,6 +2368,7 @@ impl Actor {
     /// record if we published it (the creator did).
     fn forget(&mut self, session: SessionId) {
         if let Some(m) = self.sessions.remove(&session) {
+            self.remember_forgotten(session, m.announcement().announcement().expires_at_ms);
             if m.announcement().announcement().creator == m.signer_index() {
                 let transport = self.transport.clone();
                 tokio::spawn(async move {
@@ -2360,6 +2382,32 @@ impl Actor {
         self.deferred.retain(|r| r.session_id() != session);
         self.purge.push(session);
         self.deferred_since.get_or_insert(self.clock.now_ms());
+    }
+
+    /// Remembers a forgotten finished session until its announcement expires (plus the clock
+    /// skew allowed), within `max_forgotten_sessions`, oldest dropped first.
+    fn remember_forgotten(&mut self, session: SessionId, expires_at_ms: u64) {
+        if self.config.max_forgotten_sessions == 0 || !self.forgotten_ids.insert(session) {
+            return;
+        }
+        self.forgotten.push_back((session, expires_at_ms));
+        while self.forgotten.len() > self.config.max_forgotten_sessions {
+            if let Some((old, _)) = self.forgotten.pop_front() {
+                self.forgotten_ids.remove(&old);
+            }
+        }
+    }
+
+    /// Drops the forgotten sessions whose announcements can no longer verify.
+    fn expire_forgotten(&mut self, now: u64) {
+        let skew = millis(self.config.max_clock_skew);
+        while let Some(&(old, expires)) = self.forgotten.front() {
+            if expires.saturating_add(skew) >= now {
+                break;
+            }
+            self.forgotten.pop_front();
+            self.forgotten_ids.remove(&old);
+        }
     }
 
     fn emit(&self, event: Event) {

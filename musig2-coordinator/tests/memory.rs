@@ -1058,3 +1058,61 @@ async fn a_busy_node_still_takes_in_its_set_aside_announcements() {
     );
     assert_eq!(held, ids.len(), "every set-aside announcement taken in");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_replayed_announcement_does_not_bring_a_forgotten_session_back() {
+    // With room for one finished session, the second session's end forgets the first. Its
+    // announcement is still valid; replayed to a signer by anyone who saw it, it must not come
+    // back as a new session (an auto-joining node would join it and, at the deadline, name the
+    // other signers, who finished long ago, as holdouts).
+    let config = Config {
+        max_finished_sessions: 1,
+        ..test_config()
+    };
+    let c = cluster_with(2, 163, config);
+    let (first, _) = c
+        .sign(c.request(b"finished first", Topology::Mesh, true, true))
+        .await;
+    let frame = c.nodes[1]
+        .known_session(first)
+        .await
+        .expect("asked")
+        .expect("held while finished")
+        .signed()
+        .to_frame_bytes();
+    c.sign(c.request(b"finished second", Topology::Mesh, true, true))
+        .await;
+    let held =
+        |list: Vec<musig2_coordinator::SessionHealth>| list.iter().any(|h| h.session == first);
+    assert!(
+        !held(c.nodes[1].sessions().await.expect("list")),
+        "forgotten"
+    );
+    assert_eq!(
+        c.nodes[1].usage().await.expect("usage").forgotten_sessions,
+        1
+    );
+    let mut events = c.nodes[1].events();
+    let replayer = c.network.add_node();
+    replayer
+        .send(c.nodes[1].peer_id(), Bytes::from(frame))
+        .await
+        .expect("send");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !held(c.nodes[1].sessions().await.expect("list")),
+        "not back"
+    );
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(event, Event::SessionDiscovered { session } if session == first),
+            "rediscovered"
+        );
+    }
+    assert!(matches!(
+        c.nodes[1].join_session(first).await,
+        Err(CoordinatorError::SessionFinished(s)) if s == first
+    ));
+    // Not an offence: an honest relay may hold a late copy.
+    assert_eq!(c.nodes[1].stats().peers_blocked, 0);
+}
