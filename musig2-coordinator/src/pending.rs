@@ -192,7 +192,7 @@ impl<K> PendingBuffer<K> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use musig2_transport::{MemoryNetwork, Transport};
 
@@ -207,7 +207,8 @@ mod tests {
         }
     }
 
-    fn peers(n: usize) -> Vec<PeerId> {
+    /// `n` distinct peer ids (shared with the set-aside tests).
+    pub(crate) fn peers(n: usize) -> Vec<PeerId> {
         let net = MemoryNetwork::new(3);
         (0..n).map(|_| net.add_node().local_peer_id()).collect()
     }

@@ -80,16 +80,6 @@ impl SetAside {
             .collect()
     }
 
-    #[cfg(test)]
-    pub(crate) fn expire(&mut self, now_ms: u64) {
-        self.held.expire(now_ms);
-    }
-
-    #[cfg(test)]
-    pub(crate) fn next_expiry(&self) -> Option<u64> {
-        self.held.next_expiry()
-    }
-
     pub(crate) fn is_empty(&self) -> bool {
         self.held.len() == 0
     }
@@ -106,8 +96,8 @@ impl SetAside {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pending::tests::peers;
     use musig2_proto::{Announcement, SignerIndex};
-    use musig2_transport::{MemoryNetwork, Transport};
     use secp256k1::Keypair;
 
     fn limits() -> PendingLimits {
@@ -119,11 +109,6 @@ mod tests {
             frame_bytes: 4096,
             lifetime_ms: 1000,
         }
-    }
-
-    fn peers(n: usize) -> Vec<PeerId> {
-        let net = MemoryNetwork::new(3);
-        (0..n).map(|_| net.add_node().local_peer_id()).collect()
     }
 
     fn announcement(now_ms: u64) -> (SessionId, Bytes) {
@@ -202,8 +187,11 @@ mod tests {
                 assert!(aside.len() <= 4 && aside.bytes() <= 8192);
             }
         }
-        assert_eq!(aside.next_expiry(), Some(1001));
-        aside.expire(1001);
+        // Held for the lifetime, then gone (any pass over the buffer expires them).
+        let held = aside.len();
+        assert!(aside.take_affordable(1000, |_, _| false).is_empty());
+        assert_eq!(aside.len(), held);
+        assert!(aside.take_affordable(1001, |_, _| false).is_empty());
         assert_eq!((aside.len(), aside.bytes()), (0, 0));
     }
 }

@@ -771,6 +771,14 @@ fn set_aside_config() -> Config {
     }
 }
 
+/// How many of `ids` the node holds (joined, un-joined or finished).
+async fn holds(node: &Node, ids: &[SessionId]) -> usize {
+    let list = node.sessions().await.expect("list");
+    ids.iter()
+        .filter(|id| list.iter().any(|h| h.session == **id))
+        .count()
+}
+
 fn rejected(node: &Node, reason: &str) -> u64 {
     node.stats().rejected.get(reason).copied().unwrap_or(0)
 }
@@ -788,8 +796,7 @@ async fn a_join_by_id_takes_an_announcement_set_aside_over_budget() {
         for node in &c.nodes[1..] {
             // Dropped over budget: not discovered, only held, undecoded.
             assert!(rejected(node, "announcement_over_budget") >= 1);
-            let held = node.sessions().await.expect("list");
-            assert!(held.iter().all(|h| h.session != id), "not taken in");
+            assert_eq!(holds(node, &[id]).await, 0, "not taken in");
             assert_eq!(
                 node.usage().await.expect("usage").set_aside_announcements,
                 1
@@ -961,12 +968,7 @@ async fn set_aside_announcements_are_taken_in_as_the_budget_refills() {
         ids.push(id);
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let held = |list: &[musig2_coordinator::SessionHealth]| {
-        ids.iter()
-            .filter(|id| list.iter().any(|h| h.session == **id))
-            .count()
-    };
-    let at_once = held(&c.nodes[1].sessions().await.expect("list"));
+    let at_once = holds(&c.nodes[1], &ids).await;
     assert!(at_once < ids.len(), "the burst went over the budget");
     let set_aside = c.nodes[1]
         .usage()
@@ -980,11 +982,11 @@ async fn set_aside_announcements_are_taken_in_as_the_budget_refills() {
     );
     // One second refills about 1 KiB: a few more, not all.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after_a_second = held(&c.nodes[1].sessions().await.expect("list"));
+    let after_a_second = holds(&c.nodes[1], &ids).await;
     assert!(after_a_second > at_once, "{after_a_second} > {at_once}");
     assert!(after_a_second < ids.len(), "no faster than the budget");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(held(&c.nodes[1].sessions().await.expect("list")), ids.len());
+    assert_eq!(holds(&c.nodes[1], &ids).await, ids.len());
     assert_eq!(
         c.nodes[1]
             .usage()
@@ -1041,11 +1043,7 @@ async fn a_busy_node_still_takes_in_its_set_aside_announcements() {
         );
     }
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let list = c.nodes[1].sessions().await.expect("list");
-    let held = ids
-        .iter()
-        .filter(|id| list.iter().any(|h| h.session == **id))
-        .count();
+    let held = holds(&c.nodes[1], &ids).await;
     noise.abort();
     assert!(
         c.nodes[1]
@@ -1082,12 +1080,7 @@ async fn a_replayed_announcement_does_not_bring_a_forgotten_session_back() {
         .to_frame_bytes();
     c.sign(c.request(b"finished second", Topology::Mesh, true, true))
         .await;
-    let held =
-        |list: Vec<musig2_coordinator::SessionHealth>| list.iter().any(|h| h.session == first);
-    assert!(
-        !held(c.nodes[1].sessions().await.expect("list")),
-        "forgotten"
-    );
+    assert_eq!(holds(&c.nodes[1], &[first]).await, 0, "forgotten");
     assert_eq!(
         c.nodes[1].usage().await.expect("usage").forgotten_sessions,
         1
@@ -1099,10 +1092,7 @@ async fn a_replayed_announcement_does_not_bring_a_forgotten_session_back() {
         .await
         .expect("send");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(
-        !held(c.nodes[1].sessions().await.expect("list")),
-        "not back"
-    );
+    assert_eq!(holds(&c.nodes[1], &[first]).await, 0, "not back");
     while let Ok(event) = events.try_recv() {
         assert!(
             !matches!(event, Event::SessionDiscovered { session } if session == first),

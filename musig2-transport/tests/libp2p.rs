@@ -700,6 +700,21 @@ fn wire_frame(body: &[u8], later: bool) -> Vec<u8> {
     wire
 }
 
+/// Writes each body as one frame (with the "answer later" bit when `later`), then flushes.
+async fn write_frames<'a>(
+    stream: &mut libp2p::Stream,
+    bodies: impl IntoIterator<Item = &'a [u8]>,
+    later: bool,
+) {
+    for body in bodies {
+        stream
+            .write_all(&wire_frame(body, later))
+            .await
+            .expect("write");
+    }
+    stream.flush().await.expect("flush");
+}
+
 /// A node under `config`, and a frame stream a raw peer opened to it.
 async fn node_and_raw_stream(config: Libp2pConfig) -> (Libp2pTransport, libp2p::Stream) {
     let mut nodes = Libp2pTransport::spawn_local_network_with(vec![config])
@@ -731,13 +746,7 @@ async fn answers_to_frames_that_can_wait_are_held_and_go_out_together() {
     .await;
 
     // Three frames that can wait: delivered at once, answered not yet.
-    for i in 0..3u8 {
-        stream
-            .write_all(&wire_frame(&[i], true))
-            .await
-            .expect("write");
-    }
-    stream.flush().await.expect("flush");
+    write_frames(&mut stream, [&[0u8][..], &[1], &[2]], true).await;
     for i in 0..3u8 {
         let inbound = within("delivery", target.recv()).await.expect("frame");
         assert_eq!(&inbound.frame[..], &[i]);
@@ -745,11 +754,7 @@ async fn answers_to_frames_that_can_wait_are_held_and_go_out_together() {
     assert!(!answered_soon(&mut stream).await, "answers held back");
 
     // A frame that cannot wait is answered at once, and the held answers go with it.
-    stream
-        .write_all(&wire_frame(b"now", false))
-        .await
-        .expect("write");
-    stream.flush().await.expect("flush");
+    write_frames(&mut stream, [&b"now"[..]], false).await;
     let mut answers = [9u8; 4];
     within("four answers", stream.read_exact(&mut answers))
         .await
@@ -761,13 +766,7 @@ async fn answers_to_frames_that_can_wait_are_held_and_go_out_together() {
     );
 
     // A full batch of frames that can wait is answered without waiting for the delay.
-    for _ in 0..ACK_BATCH {
-        stream
-            .write_all(&wire_frame(b"b", true))
-            .await
-            .expect("write");
-    }
-    stream.flush().await.expect("flush");
+    write_frames(&mut stream, vec![&b"b"[..]; ACK_BATCH], true).await;
     let mut batch = vec![9u8; ACK_BATCH];
     within("a full batch of answers", stream.read_exact(&mut batch))
         .await
@@ -775,12 +774,7 @@ async fn answers_to_frames_that_can_wait_are_held_and_go_out_together() {
     assert_eq!(batch, vec![0; ACK_BATCH]);
 
     // Held answers are written when the sender closes its side.
-    for _ in 0..2 {
-        stream
-            .write_all(&wire_frame(b"c", true))
-            .await
-            .expect("write");
-    }
+    write_frames(&mut stream, [&b"c"[..]; 2], true).await;
     stream.close().await.expect("close");
     let mut rest = Vec::new();
     within("the last answers", stream.read_to_end(&mut rest))
@@ -800,17 +794,9 @@ async fn a_refusal_is_answered_at_once_even_for_a_frame_that_can_wait() {
     .await;
     // One frame a second: the first is accepted (and held), the second refused, which sends
     // both answers.
-    stream
-        .write_all(&wire_frame(b"1", true))
-        .await
-        .expect("write");
-    stream.flush().await.expect("flush");
+    write_frames(&mut stream, [&b"1"[..]], true).await;
     assert!(!answered_soon(&mut stream).await, "the acceptance is held");
-    stream
-        .write_all(&wire_frame(b"2", true))
-        .await
-        .expect("write");
-    stream.flush().await.expect("flush");
+    write_frames(&mut stream, [&b"2"[..]], true).await;
     let mut answers = [9u8; 2];
     within("both answers", stream.read_exact(&mut answers))
         .await
