@@ -105,6 +105,15 @@ pub enum Behaviour {
     /// of the final signature, sends a second aggregate nonce with a fresh nonce of its own
     /// (trying to get a second partial signature from each member).
     SecondAggregateNonce,
+    /// Star coordinator: its aggregate nonce envelope carries a signature that does not verify
+    /// (made with a throwaway key), sent from its own peer. The aggregate inside is the honest
+    /// one (`valid: true`), or one that is not the sum of the relayed nonces (`valid: false`,
+    /// as [`Behaviour::BadAggregateNonce`], after which it reveals its set with an abort
+    /// blaming a member). ADR 0026: members sign under it before checking it.
+    BadlySignedAggregateNonce {
+        /// Whether the aggregate inside is the sum of the relayed nonces.
+        valid: bool,
+    },
     /// Star coordinator: collects every partial signature and never sends the final signature.
     WithholdFinalSig,
     /// Star coordinator: sends a final signature that does not verify (one bit flipped).
@@ -811,6 +820,17 @@ impl Actor {
         Some(env)
     }
 
+    /// Our next envelope, under a signature that does not verify: made with a throwaway key.
+    fn badly_signed(&mut self, body: Body) -> Option<SignedEnvelope> {
+        let now = self.clock.now_ms();
+        let s = self.session.as_mut()?;
+        let (id, me, seq) = (s.id, s.me, s.take_seq());
+        let throwaway = Keypair::new(&mut ChaCha20Rng::seed_from_u64(
+            0xBAD5_1600 ^ u64::from(me.get()),
+        ));
+        Some(Envelope::sign(id, me, seq, now, body, &throwaway))
+    }
+
     /// Signs an envelope with our key that claims to come from `claimed`.
     fn forge(&mut self, claimed: SignerIndex, seq: u64, body: Body) -> Option<SignedEnvelope> {
         let s = self.session.as_ref()?;
@@ -1081,21 +1101,12 @@ impl Actor {
             partial_sigs: vec![partial_sig],
             aggregate,
         };
-        if let Behaviour::BadlySignedPartialSig { .. } = self.behaviour {
-            let now = self.clock.now_ms();
-            let Some(s) = self.session.as_mut() else {
-                return;
-            };
-            let (id, me, seq) = (s.id, s.me, s.take_seq());
-            let throwaway = Keypair::new(&mut ChaCha20Rng::seed_from_u64(
-                0xBAD5_1600 ^ u64::from(me.get()),
-            ));
-            let env = Envelope::sign(id, me, seq, now, body, &throwaway);
-            self.log.sent_partial_sig = true;
-            self.send_all(&targets, &env.to_frame_bytes()).await;
-            return;
-        }
-        if let Some(env) = self.own(body) {
+        let env = if let Behaviour::BadlySignedPartialSig { .. } = self.behaviour {
+            self.badly_signed(body)
+        } else {
+            self.own(body)
+        };
+        if let Some(env) = env {
             self.log.sent_partial_sig = true;
             self.send_all(&targets, &env.to_frame_bytes()).await;
         }

@@ -172,3 +172,52 @@ async fn a_badly_signed_partial_signature_signs_if_valid_and_blames_only_its_aut
         assert!(!reasons.is_empty(), "{topology:?}");
     }
 }
+
+/// ADR 0026. Star, four signers, adversary 3 coordinating (last-signer election). Its
+/// aggregate nonce reaches every member from its own peer under an envelope signature that
+/// does not verify. Members sign under it before checking it: a correct aggregate lets the
+/// session sign. A wrong one makes the final signature fail; the coordinator then reveals its
+/// set with an abort blaming a member. Each member checks the aggregate it signed under first,
+/// finds the signature bad, and ends the session itself blaming nobody: never an honest
+/// signer, and not on the coordinator's word.
+#[tokio::test(start_paused = true)]
+async fn a_badly_signed_aggregate_nonce_signs_if_valid_and_blames_no_honest_signer_if_not() {
+    for (seed, commitments) in [(924, true), (925, false)] {
+        let coordinated_by_3 = |seed: u64, valid: bool| {
+            Scenario::new(seed, 4)
+                .topology(Topology::Star)
+                .commitments(commitments)
+                .election(musig2_proto::ElectionMethod::LastSigner)
+                .adversary(3, Behaviour::BadlySignedAggregateNonce { valid })
+        };
+        let report = run(coordinated_by_3(seed, true)).await;
+        report.assert_safe();
+        for h in &report.honest {
+            assert!(
+                matches!(h.outcome, Outcome::Signed(_)),
+                "commitments {commitments}, signer {}: {:?}",
+                h.signer,
+                h.outcome
+            );
+        }
+
+        let report = run(coordinated_by_3(seed + 10, false)).await;
+        report.assert_safe();
+        report.assert_randomized_safety();
+        let log = report.adversary_log.as_ref().expect("log");
+        assert_eq!(log.partial_sigs_seen.len(), 3, "every member signed once");
+        assert_eq!(log.nonce_sets_sent, 3, "{log:?}");
+        for h in &report.honest {
+            assert_eq!(
+                h.outcome,
+                Outcome::Aborted {
+                    reason: AbortReason::InvalidAggregateNonce,
+                    blamed: Vec::new(),
+                    origin: musig2_coordinator::AbortOrigin::Local,
+                },
+                "commitments {commitments}, signer {}",
+                h.signer
+            );
+        }
+    }
+}

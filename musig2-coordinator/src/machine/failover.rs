@@ -241,6 +241,10 @@ impl SessionMachine {
         self.earliest_claim_ms = claimed_at_ms
             .saturating_sub(self.max_skew_ms.saturating_mul(2))
             .saturating_add(self.nonce_timeout_ms);
+        self.adopt_unchecked_aggregate(now_ms, out);
+        if self.phase.is_terminal() {
+            return;
+        }
         self.new_attempt(attempt, now_ms);
         self.rank_claimed = true;
         self.attempt_start.push(claim);
@@ -483,6 +487,7 @@ impl SessionMachine {
         }
         self.aggnonce_received = false;
         self.aggnonce_env = None;
+        self.aggnonce_unchecked = None;
         self.star_aggregate = None;
         self.nonce_set_env = None;
         self.aggnonce_sent = None;

@@ -107,6 +107,10 @@ impl SessionMachine {
             self.reveal_signal = Some(Box::new((from, envelope, now_ms)));
             return Ok(());
         }
+        if self.takes_aggregate_unchecked(&envelope, from, now_ms) {
+            self.take_aggregate_unchecked(from, envelope, now_ms);
+            return Ok(());
+        }
         if self.takes_psig_unchecked(&envelope, from, now_ms) {
             self.place_unchecked_psig(envelope);
             self.ask_if_lacking(claimed, RequestedSet::Nonces, now_ms, out);
@@ -116,11 +120,17 @@ impl SessionMachine {
         // an aggregate and holds no set of this attempt yet takes one (ADR 0011), so a peer can
         // make it pay n checks at most once per attempt.
         if let Body::NonceSet { attempt, .. } = envelope.envelope().body() {
-            let wanted = self.is_star_member()
+            let mut wanted = self.is_star_member()
                 && claimed == self.coordinator
                 && *attempt == self.attempt
                 && self.star_aggregate.is_some()
                 && self.nonce_set_env.is_none();
+            // The set judges the aggregate we signed under: that one's signature first
+            // (ADR 0026).
+            if wanted {
+                self.adopt_unchecked_aggregate(now_ms, out);
+                wanted = !self.phase.is_terminal();
+            }
             if !wanted {
                 return Err(CoordinatorError::Superseded {
                     signer: claimed,
@@ -278,6 +288,80 @@ impl SessionMachine {
                 .is_some_and(|w| w.check(c, e.seq()).is_ok())
     }
 
+    /// The aggregate nonce our partial signature of this attempt names, if we signed.
+    fn own_psig_aggregate(&self) -> Option<AggregateRef> {
+        let (_, env) = self.psigs.get(self.me.as_usize())?.as_deref()?;
+        match env.envelope().body() {
+            Body::PartialSig {
+                attempt, aggregate, ..
+            } if *attempt == self.attempt => *aggregate,
+            _ => None,
+        }
+    }
+
+    /// Star member (ADR 0026): the coordinator's aggregate nonce of this attempt, coming from
+    /// the coordinator's own peer (listed or join-bound) while we wait for it, within the clock
+    /// allowance, under a number the replay window allows and with everything but its
+    /// signature in order, is signed under before its signature is checked. BIP327's
+    /// aggregator is untrusted: a partial signature under any aggregate, with a fresh secret
+    /// nonce, leaks nothing, and the transport authenticated the peer. The envelope is not
+    /// remembered, stored or evidence until it is checked ([`Self::adopt_unchecked_aggregate`]).
+    fn takes_aggregate_unchecked(
+        &self,
+        envelope: &SignedEnvelope,
+        from: PeerId,
+        now_ms: u64,
+    ) -> bool {
+        let e = envelope.envelope();
+        let c = self.coordinator;
+        self.is_star_member()
+            && self.phase == Phase::Nonce
+            && self.star_aggregate.is_none()
+            && self.aggnonce_unchecked.is_none()
+            && e.signer() == c
+            && self.peer_of(c) == Some(from)
+            && matches!(e.body(), Body::AggregateNonce { attempt, .. } if *attempt == self.attempt)
+            && e.timestamp_ms().abs_diff(now_ms) <= self.max_skew_ms
+            && self
+                .window_of(c)
+                .and_then(|w| self.replay.get(w))
+                .is_some_and(|w| w.check(c, e.seq()).is_ok())
+            && envelope.check_unsigned(&self.ann).is_ok()
+    }
+
+    /// Takes an aggregate nonce passed by [`Self::takes_aggregate_unchecked`]: we sign under it
+    /// (`may_sign`), and hold the envelope until it is checked.
+    fn take_aggregate_unchecked(&mut self, from: PeerId, envelope: SignedEnvelope, now_ms: u64) {
+        let Body::AggregateNonce {
+            attempt,
+            agg_nonces,
+            nonce_set,
+        } = envelope.envelope().body()
+        else {
+            return;
+        };
+        self.star_aggregate = Some(StarAggregate {
+            reference: Body::aggregate_ref(&self.id, *attempt, agg_nonces),
+            agg_nonces: agg_nonces.clone(),
+            nonce_set: *nonce_set,
+        });
+        self.aggnonce_received = true;
+        self.aggnonce_unchecked = Some(Box::new((from, envelope, now_ms)));
+    }
+
+    /// Checks the aggregate nonce we signed under before its signature was checked, now that
+    /// it becomes evidence: the nonce set is judged against it, the coordinator sent another,
+    /// or the attempt ends without a signature (ADR 0026). One that verifies is accepted as if
+    /// it had just come (its clock judged when it came) and stored, with our partial signature
+    /// under it. One that does not is dropped and blames nobody: only the coordinator's peer
+    /// sent it, which only the coordinator (or a peer the creator listed wrongly) can; what we
+    /// signed under is then no one's word, and nothing is judged against it.
+    pub(super) fn adopt_unchecked_aggregate(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        if let Some(held) = self.aggnonce_unchecked.take() {
+            self.adopt_held(*held, "aggregate nonce", now_ms, out);
+        }
+    }
+
     /// A node that aggregates (a star coordinator, every mesh node) places a partial signature
     /// of the current attempt before checking its signature when it comes from its author's
     /// own peer (listed or join-bound), its slot is empty, its timestamp is within the clock
@@ -383,10 +467,20 @@ impl SessionMachine {
     /// accepted as if it had just come (its clock judged when it came); one that does not is
     /// dropped and blames nobody (the creator's listing, not the coordinator, named its peer).
     pub(super) fn adopt_reveal_signal(&mut self, now_ms: u64, out: &mut Vec<Output>) {
-        let Some(held) = self.reveal_signal.take() else {
-            return;
-        };
-        let (from, envelope, received_ms) = *held;
+        if let Some(held) = self.reveal_signal.take() {
+            self.adopt_held(*held, "reveal signal", now_ms, out);
+        }
+    }
+
+    /// Checks an envelope taken from its author's peer before its signature was checked, and
+    /// accepts it if it verifies; otherwise drops it, blaming nobody.
+    fn adopt_held(
+        &mut self,
+        (from, envelope, received_ms): (PeerId, SignedEnvelope, u64),
+        what: &'static str,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
         let result = envelope
             .verify(&self.ann)
             .map_err(|source| CoordinatorError::InvalidMessage { peer: from, source })
@@ -394,7 +488,7 @@ impl SessionMachine {
                 self.accept_verified(from, envelope, verified, received_ms, now_ms, out)
             });
         if let Err(e) = result {
-            tracing::debug!(session = %self.id, %from, error = %e, "dropped the reveal signal");
+            tracing::debug!(session = %self.id, %from, error = %e, what, "dropped an envelope taken unchecked");
         }
     }
 
@@ -636,17 +730,54 @@ impl SessionMachine {
                     agg_nonces,
                     nonce_set,
                 };
+                // The one we signed under, if it was not checked yet, is checked before another
+                // is compared with it (ADR 0026).
+                self.adopt_unchecked_aggregate(now_ms, out);
+                if self.phase.is_terminal() {
+                    return Ok(());
+                }
+                let attested = self.aggnonce_env.is_some();
                 if let Some(held) = &self.star_aggregate {
-                    if *held == aggregate {
+                    if *held == aggregate && attested {
                         return Err(CoordinatorError::RedundantMessage {
                             signer,
                             kind: "aggregate nonce",
+                        });
+                    }
+                    if *held == aggregate {
+                        // What we signed under, now checked (ADR 0026).
+                        self.aggnonce_env = Some(Box::new(env.signed().clone()));
+                        return Ok(());
+                    }
+                    if !attested {
+                        // We signed under an aggregate whose envelope failed its check: it is
+                        // not the coordinator's word, so nothing contradicts this one. We
+                        // cannot sign twice in one attempt, and nobody is blamed.
+                        return Err(CoordinatorError::Superseded {
+                            signer,
+                            kind: "aggregate nonce after signing under an unchecked one",
                         });
                     }
                     // Two aggregates of one attempt, both signed by the coordinator (an honest
                     // one computes it once and, after a restart, sends the stored one again):
                     // equivocation, and nobody signs twice.
                     self.abort(now_ms, AbortReason::Equivocation, vec![signer], out);
+                    return Ok(());
+                }
+                // Restored with our partial signature but not the aggregate it is under (taken
+                // unchecked, so not stored; ADR 0026): the one it names, sent again, is taken
+                // as evidence; any other is not what we signed under, and proves nothing.
+                if let Some(ours) = self.own_psig_aggregate() {
+                    if ours != aggregate.reference {
+                        return Err(CoordinatorError::Superseded {
+                            signer,
+                            kind: "aggregate nonce other than the one we signed under",
+                        });
+                    }
+                    self.star_aggregate = Some(aggregate);
+                    self.contexts = self.signing_contexts();
+                    self.aggnonce_received = true;
+                    self.aggnonce_env = Some(Box::new(env.signed().clone()));
                     return Ok(());
                 }
                 self.star_aggregate = Some(aggregate);
@@ -664,6 +795,15 @@ impl SessionMachine {
                     });
                 };
                 self.nonce_set_env = Some(Box::new(env.signed().clone()));
+                if self.aggnonce_env.is_none() {
+                    // The coordinator says the aggregation failed, and the aggregate we signed
+                    // under came from its peer with a signature that does not verify (ADR 0026):
+                    // nothing can be judged against what it did not sign. The session is over
+                    // for us, and no one is blamed (a wrong listing could have put someone else
+                    // on that peer).
+                    self.abort(now_ms, AbortReason::InvalidAggregateNonce, Vec::new(), out);
+                    return Ok(());
+                }
                 // The proto layer checked every relayed nonce's signature; each is its author's
                 // signed statement. The coordinator signed both the aggregate (with the digest)
                 // and this set: any disagreement between them is its own, provably.
@@ -779,6 +919,11 @@ impl SessionMachine {
                         kind: "timeout abort of an earlier attempt",
                     });
                 }
+                // As for our own abort: what we signed under is evidence now (ADR 0026).
+                self.adopt_unchecked_aggregate(now_ms, out);
+                if self.phase.is_terminal() {
+                    return Ok(());
+                }
                 self.phase = Phase::Aborted;
                 self.phase_deadline_ms = None;
                 self.secnonces.clear();
@@ -836,6 +981,10 @@ impl SessionMachine {
                     .timestamp_ms()
                     .saturating_sub(self.max_skew_ms.saturating_mul(2))
                     .saturating_add(self.nonce_timeout_ms);
+                self.adopt_unchecked_aggregate(now_ms, out);
+                if self.phase.is_terminal() {
+                    return Ok(());
+                }
                 self.new_attempt(attempt, now_ms);
                 self.attempt_start.push(env.signed().clone());
                 self.apply_waiting(now_ms, out);
@@ -887,7 +1036,10 @@ impl SessionMachine {
             Body::Nonce { .. } => self.nonces.get(j).and_then(|s| s.as_ref().map(|x| &x.1)),
             Body::PartialSig { .. } => self.psigs.get(j).and_then(|s| s.as_ref().map(|x| &x.1)),
             Body::Join { .. } => self.joins.get(j).and_then(|s| s.as_ref().map(|x| &x.1)),
-            Body::AggregateNonce { .. } => self.aggnonce_env.as_deref(),
+            Body::AggregateNonce { .. } => self
+                .aggnonce_env
+                .as_deref()
+                .or(self.aggnonce_unchecked.as_deref().map(|held| &held.1)),
             Body::NonceSet { .. } => self.nonce_set_env.as_deref(),
             _ => None,
         };

@@ -252,7 +252,8 @@ pub struct SessionMachine {
     seen: Vec<SeenWindow>,
     // The envelopes below are held in some roles or on failure only: boxed, an unset one is 8
     // bytes where inline it is 216, in every machine (an idle session holds two).
-    /// The star coordinator's verified AggregateNonce envelope (members), to drop replays cheaply.
+    /// The star coordinator's verified AggregateNonce envelope (members): once checked, which
+    /// ADR 0026 defers until it is evidence (`aggnonce_unchecked` until then).
     aggnonce_env: Option<Box<SignedEnvelope>>,
     /// Star: the aggregate nonces we sign under in this attempt (received as a member, computed
     /// as the coordinator), with the nonce set they commit to (ADR 0011).
@@ -289,6 +290,10 @@ pub struct SessionMachine {
     /// Star member: the coordinator's commitment taken as the reveal signal before its
     /// signature was checked (ADR 0021), with the peer that delivered it and when.
     reveal_signal: Option<Box<(PeerId, SignedEnvelope, u64)>>,
+    /// Star member: the coordinator's aggregate nonce taken from its peer and signed under
+    /// before its signature was checked (ADR 0026), with the peer that delivered it and when.
+    /// Checked once it becomes evidence; then it is `aggnonce_env`.
+    aggnonce_unchecked: Option<Box<(PeerId, SignedEnvelope, u64)>>,
     /// Per signer, in the current attempt: whether its partial signature in `psigs` came from
     /// its own peer and was placed before its signature was checked, which is done once it
     /// becomes evidence (ADR 0022), or whether one already failed that check.
@@ -542,6 +547,7 @@ impl SessionMachine {
             answered: vec![0; n],
             next_attempt: Vec::new(),
             reveal_signal: None,
+            aggnonce_unchecked: None,
             psig_unchecked: vec![DeferredCheck::None; n],
             mesh_aggregate: None,
             set_flags: if a.policy.topology == Topology::Mesh {
@@ -663,6 +669,16 @@ impl SessionMachine {
             .and_then(|w| self.seen.get(w))
             .and_then(|m| m.get(header.seq.get()))
             .is_some_and(|s| s.direct && s.signature == Some(header.signature))
+            || self
+                .aggnonce_unchecked
+                .as_deref()
+                .is_some_and(|(_, held, _)| {
+                    let (e, auth) = (held.envelope(), held.auth());
+                    e.signer() == header.signer
+                        && e.seq() == header.seq
+                        && auth.is_direct()
+                        && *auth.signature() == header.signature
+                })
     }
 
     /// Where `signer`'s replay and contradiction windows are: at its index while the session

@@ -272,12 +272,17 @@ impl SessionMachine {
         now_ms: u64,
         out: &mut Vec<Output>,
     ) {
-        let Some(contexts) = self.signing_contexts() else {
+        let contexts = self.signing_contexts();
+        // A star member that signed under an aggregate taken unchecked stored its partial
+        // signature but not that aggregate (ADR 0026): it needs none to finish, and takes it as
+        // evidence if the coordinator sends it again.
+        let unchecked_aggregate = self.is_star_member() && self.star_aggregate.is_none();
+        if contexts.is_none() && !unchecked_aggregate {
             // We signed, so every nonce was here; a store that lost them cannot aggregate.
             self.abort(now_ms, AbortReason::Internal, Vec::new(), out);
             return;
-        };
-        self.contexts = Some(contexts);
+        }
+        self.contexts = contexts;
         self.nonces_announced = true;
         self.aggnonce_received = true;
         self.drop_psigs_under_other_aggregates(out);
@@ -483,6 +488,7 @@ impl SessionMachine {
             self.my_nonces = None;
             self.nonce_ahead = None;
             self.reveal_signal = None;
+            self.aggnonce_unchecked = None;
             self.shed_listed_peers();
         }
         if !self.open_to_confirmation() {
@@ -648,6 +654,7 @@ impl SessionMachine {
         self.my_nonces = None;
         self.nonce_ahead = None;
         self.reveal_signal = None;
+        self.aggnonce_unchecked = None;
         self.contexts = None;
         self.pending_claim = None;
         self.rank_claimed = false;

@@ -448,6 +448,9 @@ impl SessionMachine {
         blamed: Vec<SignerIndex>,
         out: &mut Vec<Output>,
     ) {
+        // Leaving without a signature: the aggregate we signed under, if not checked yet, is
+        // evidence now (ADR 0026). Its check may end the session itself (equivocation).
+        self.adopt_unchecked_aggregate(now_ms, out);
         if self.phase.is_terminal() {
             return;
         }

@@ -1533,16 +1533,61 @@ fn stored_commitments_of_0(net: &Net, i: usize) -> usize {
         .count()
 }
 
-/// Star, commitments on: the coordinator's commitment ("reveal now") to member 2 carries a
-/// signature by another key; a member's partial signature is corrupted when `corrupt_psig`.
-fn star_with_forged_signal_to_member_2(corrupt_psig: bool) -> Net {
-    let mut net = Net::new(4, Topology::Star, true);
+/// Star: the coordinator's envelope that `kind` picks, to member 2, held back while member 2
+/// waits in `waiting`; the same envelope under another key's signature from member 3's peer is
+/// checked first and refused (member 2 still waits), and the genuine one relayed by member 3
+/// is checked and taken.
+fn relayed_coordinator_envelope_is_checked(
+    commitments: bool,
+    kind: fn(&Body) -> bool,
+    waiting: Phase,
+) -> Net {
+    let mut net = Net::new(4, Topology::Star, commitments);
+    net.join_all();
+    let mut held = None;
+    net.run_with(|from, to, e| {
+        if from == 0 && to == 2 && kind(e.envelope().body()) {
+            held = Some(e);
+            return Vec::new();
+        }
+        vec![e]
+    });
+    let genuine = held.expect("the coordinator sent it to member 2");
+    assert_eq!(net.machines[2].phase(), waiting);
+    let forged = resign(
+        &genuine,
+        genuine.envelope().body().clone(),
+        &net.keypairs[3],
+    );
+    let err = net.machines[2]
+        .handle_envelope(net.peers[3], forged, net.now, &mut net.rng)
+        .unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::InvalidMessage { .. }),
+        "{err}"
+    );
+    assert_eq!(net.machines[2].phase(), waiting, "not taken");
+    let out = net.machines[2]
+        .handle_envelope(net.peers[3], genuine, net.now, &mut net.rng)
+        .expect("verifies");
+    net.absorb(2, out);
+    net
+}
+
+/// Star: the coordinator's envelope that `kind` picks, to member 2, carries a signature by
+/// another key (signer 3's); member 1's partial signature is corrupted when `corrupt_psig`.
+fn star_with_forged_to_member_2(
+    commitments: bool,
+    kind: fn(&Body) -> bool,
+    corrupt_psig: bool,
+) -> Net {
+    let mut net = Net::new(4, Topology::Star, commitments);
     net.join_all();
     assert_eq!(net.machines[0].coordinator(), idx(0));
     let keypairs = net.keypairs.clone();
     net.run_with(|from, to, e| {
         let body = e.envelope().body().clone();
-        if matches!(body, Body::NonceCommit { .. }) && from == 0 && to == 2 {
+        if kind(&body) && from == 0 && to == 2 {
             return vec![resign(&e, body, &keypairs[3])];
         }
         if corrupt_psig && from == 1 {
@@ -1553,6 +1598,16 @@ fn star_with_forged_signal_to_member_2(corrupt_psig: bool) -> Net {
         vec![e]
     });
     net
+}
+
+/// Star, commitments on: the coordinator's commitment ("reveal now") to member 2 carries a
+/// signature by another key; a member's partial signature is corrupted when `corrupt_psig`.
+fn star_with_forged_signal_to_member_2(corrupt_psig: bool) -> Net {
+    star_with_forged_to_member_2(
+        true,
+        |b| matches!(b, Body::NonceCommit { .. }),
+        corrupt_psig,
+    )
 }
 
 #[test]
@@ -1567,37 +1622,13 @@ fn a_star_member_takes_the_coordinators_commitment_from_its_peer_as_the_signal_u
         assert_eq!(stored_commitments_of_0(&net, member), 0, "member {member}");
     }
 
-    // From any other peer it is checked first, and refused.
-    let mut net = Net::new(4, Topology::Star, true);
-    net.join_all();
-    let mut held = None;
-    net.run_with(|from, to, e| {
-        if from == 0 && to == 2 && matches!(e.envelope().body(), Body::NonceCommit { .. }) {
-            held = Some(e);
-            return Vec::new();
-        }
-        vec![e]
-    });
-    let genuine = held.expect("the coordinator signalled member 2");
-    assert_eq!(net.machines[2].phase(), Phase::NonceCommit);
-    let forged = resign(
-        &genuine,
-        genuine.envelope().body().clone(),
-        &net.keypairs[3],
+    // From any other peer it is checked first, and refused; the genuine one relayed by member
+    // 3 is checked and taken as usual.
+    let mut net = relayed_coordinator_envelope_is_checked(
+        true,
+        |b| matches!(b, Body::NonceCommit { .. }),
+        Phase::NonceCommit,
     );
-    let err = net.machines[2]
-        .handle_envelope(net.peers[3], forged, net.now, &mut net.rng)
-        .unwrap_err();
-    assert!(
-        matches!(err, CoordinatorError::InvalidMessage { .. }),
-        "{err}"
-    );
-    assert_eq!(net.machines[2].phase(), Phase::NonceCommit, "no reveal");
-    // The genuine one relayed by member 3 is checked and taken as usual.
-    let out = net.machines[2]
-        .handle_envelope(net.peers[3], genuine, net.now, &mut net.rng)
-        .expect("verifies");
-    net.absorb(2, out);
     assert!(net.machines[2].commits[0].is_some());
     net.run();
     net.assert_all_signed();
@@ -1619,6 +1650,278 @@ fn a_signal_taken_unchecked_is_checked_before_it_is_evidence_and_a_forgery_blame
     assert_eq!(stored_commitments_of_0(&net, 3), 1);
     assert_eq!(stored_commitments_of_0(&net, 2), 0);
     assert!(net.machines[2].reveal_signal.is_none());
+}
+
+/// The coordinator's (signer 0's) aggregate nonces and node `i`'s own partial signatures in
+/// node `i`'s store.
+fn stored_aggregate_and_own_psig(net: &Net, i: usize) -> (usize, usize) {
+    use crate::store::SessionStore;
+    let id = net.machines[i].session_id();
+    let stored = net.stores[i].load(&id).unwrap().expect("stored");
+    let count = |signer: usize, aggregate: bool| {
+        stored
+            .envelopes
+            .iter()
+            .filter(|e| e.envelope().signer().as_usize() == signer)
+            .filter(|e| match e.envelope().body() {
+                Body::AggregateNonce { .. } => aggregate,
+                Body::PartialSig { .. } => !aggregate,
+                _ => false,
+            })
+            .count()
+    };
+    (count(0, true), count(i, false))
+}
+
+/// Star: the coordinator's aggregate nonce to member 2 carries a signature by another key
+/// (signer 3's); member 1's partial signature is corrupted when `corrupt_psig`.
+fn star_with_forged_aggregate_to_member_2(commitments: bool, corrupt_psig: bool) -> Net {
+    star_with_forged_to_member_2(
+        commitments,
+        |b| matches!(b, Body::AggregateNonce { .. }),
+        corrupt_psig,
+    )
+}
+
+#[test]
+fn a_star_member_signs_under_the_aggregate_from_the_coordinators_peer_unchecked() {
+    // ADR 0026: member 2 signs under the aggregate whose signature is another key's (it came
+    // from the coordinator's peer), so the session signs. No member checked or stored the
+    // aggregate (nothing failed); each stored its partial signature, as before.
+    for commitments in [false, true] {
+        let net = star_with_forged_aggregate_to_member_2(commitments, false);
+        net.assert_all_signed();
+        for member in 1..4 {
+            let m = &net.machines[member];
+            assert!(m.aggnonce_env.is_none(), "member {member}");
+            assert_eq!(
+                stored_aggregate_and_own_psig(&net, member),
+                (0, 1),
+                "member {member}"
+            );
+        }
+    }
+
+    // From any other peer it is checked first, and refused; the genuine one relayed by member
+    // 3 is checked and taken as before, and stored.
+    let mut net = relayed_coordinator_envelope_is_checked(
+        false,
+        |b| matches!(b, Body::AggregateNonce { .. }),
+        Phase::Nonce,
+    );
+    assert!(net.machines[2].aggnonce_env.is_some());
+    assert_eq!(stored_aggregate_and_own_psig(&net, 2), (1, 1));
+    net.run();
+    net.assert_all_signed();
+}
+
+#[test]
+fn an_aggregate_taken_unchecked_is_checked_before_it_is_evidence_and_a_forgery_blames_nobody() {
+    // Member 1's partial signature is bad: the coordinator reveals its nonce set. Member 3
+    // checks the genuine aggregate it signed under, stores it and judges itself; member 2's
+    // forged one is dropped, so it judges nothing against it: the coordinator's set says the
+    // session failed, and member 2 ends it blaming nobody.
+    for commitments in [false, true] {
+        let net = star_with_forged_aggregate_to_member_2(commitments, true);
+        for honest in [0, 3] {
+            let (reason, blamed, origin) = net.abort_of(honest).expect("aborted");
+            assert_eq!(reason, AbortReason::InvalidPartialSig, "node {honest}");
+            assert_eq!(blamed, vec![idx(1)], "node {honest}");
+            assert_eq!(origin, AbortOrigin::Local, "node {honest}");
+        }
+        let (reason, blamed, origin) = net.abort_of(2).expect("aborted");
+        assert_eq!(
+            (reason, blamed, origin),
+            (
+                AbortReason::InvalidAggregateNonce,
+                Vec::new(),
+                AbortOrigin::Local
+            )
+        );
+        assert_eq!(stored_aggregate_and_own_psig(&net, 3), (1, 1));
+        assert_eq!(stored_aggregate_and_own_psig(&net, 2), (0, 1));
+        assert!(net.machines[2].aggnonce_env.is_none());
+        assert!(net.machines[2].aggnonce_unchecked.is_none());
+        // Both transcripts verify: member 2's holds its partial signature without the aggregate
+        // it names (nothing is judged under it), member 3's with it.
+        for member in [2, 3] {
+            use crate::store::SessionStore;
+            use crate::transcript::{Transcript, TranscriptLimits};
+            let id = net.machines[member].session_id();
+            let stored = net.stores[member].load(&id).unwrap().expect("stored");
+            let exporter = Some(idx(member as u16));
+            let report = Transcript::from_stored(&stored, exporter)
+                .verify(&TranscriptLimits::default())
+                .expect("verifies");
+            assert!(
+                report.proofs.iter().all(|p| p.signer == idx(1)),
+                "member {member}: {:?}",
+                report.proofs
+            );
+        }
+    }
+}
+
+#[test]
+fn an_aggregate_taken_unchecked_is_stored_when_the_attempt_ends_without_a_signature() {
+    // The coordinator never sends the final signature: member 1 times out, and the aggregate
+    // it signed under (checked then) is in its store, as evidence.
+    let mut net = Net::new(3, Topology::Star, false);
+    net.join_all();
+    net.run_with(|from, _, e| {
+        if from == 0 && matches!(e.envelope().body(), Body::FinalSignature { .. }) {
+            return Vec::new();
+        }
+        vec![e]
+    });
+    net.hold_finals = true;
+    net.finals.clear();
+    assert_eq!(net.machines[1].phase(), Phase::PartialSig);
+    assert!(net.machines[1].aggnonce_unchecked.is_some());
+    assert_eq!(stored_aggregate_and_own_psig(&net, 1), (0, 1));
+    let deadline = net.machines[1]
+        .phase_deadline_ms
+        .expect("waits for the final signature");
+    let out = net.machines[1].tick(deadline, &mut net.rng);
+    net.absorb(1, out);
+    let (reason, blamed, _) = net.abort_of(1).expect("timed out");
+    assert_eq!((reason, blamed), (AbortReason::Timeout, vec![idx(0)]));
+    assert_eq!(stored_aggregate_and_own_psig(&net, 1), (1, 1));
+
+    // A second, different aggregate from the coordinator is equivocation once the first
+    // verifies; a copy of the first is a duplicate, dropped unchecked.
+    let mut net = Net::new(3, Topology::Star, false);
+    net.join_all();
+    let mut first = None;
+    net.run_with(|from, to, e| {
+        if from == 0 && to == 1 && matches!(e.envelope().body(), Body::AggregateNonce { .. }) {
+            first = Some(e.clone());
+        }
+        if matches!(e.envelope().body(), Body::FinalSignature { .. }) {
+            return Vec::new();
+        }
+        vec![e]
+    });
+    net.hold_finals = true;
+    net.finals.clear();
+    let first = first.expect("sent");
+    let err = net.machines[1]
+        .handle_envelope(net.peers[0], first.clone(), net.now, &mut net.rng)
+        .unwrap_err();
+    assert!(matches!(err, CoordinatorError::Duplicate { .. }), "{err}");
+    assert!(
+        net.machines[1].aggnonce_unchecked.is_some(),
+        "still unchecked"
+    );
+    let Body::AggregateNonce {
+        attempt,
+        agg_nonces,
+        nonce_set,
+    } = first.envelope().body().clone()
+    else {
+        unreachable!()
+    };
+    // Its two halves swapped: another valid aggregate.
+    let mut other = agg_nonces[0].to_bytes();
+    other.rotate_left(33);
+    let body = Body::AggregateNonce {
+        attempt,
+        agg_nonces: vec![AggNonceBytes::from_bytes(other).unwrap()],
+        nonce_set,
+    };
+    let e = first.envelope();
+    let second = Envelope::sign(
+        e.session_id(),
+        e.signer(),
+        SeqNo::new(e.seq().get() + 1).unwrap(),
+        e.timestamp_ms(),
+        body,
+        &net.keypairs[0],
+    );
+    let result = net.machines[1].handle_envelope(net.peers[0], second, net.now, &mut net.rng);
+    if let Ok(out) = result {
+        net.absorb(1, out);
+    }
+    let (reason, blamed, _) = net.abort_of(1).expect("aborted");
+    assert_eq!((reason, blamed), (AbortReason::Equivocation, vec![idx(0)]));
+    assert_eq!(stored_aggregate_and_own_psig(&net, 1), (2, 1));
+}
+
+#[test]
+fn a_member_restarted_after_signing_under_an_unchecked_aggregate_sends_the_same_partial_signature()
+{
+    // Member 1 signed under the aggregate taken unchecked; its partial signature is stored, the
+    // aggregate is not. It crashes before the final signature reaches it, and restarts: the
+    // same partial signature goes out again (no new attempt), and the finished coordinator
+    // tells it the end.
+    let mut net = Net::new(3, Topology::Star, false);
+    net.join_all();
+    let mut aggregate = None;
+    let mut psig_sent = Vec::new();
+    net.run_with(|from, to, e| {
+        match e.envelope().body() {
+            Body::AggregateNonce { .. } if to == 1 => aggregate = Some(e.clone()),
+            Body::PartialSig { .. } if from == 1 => psig_sent.push(e.clone()),
+            Body::FinalSignature { .. } if to == 1 => return Vec::new(),
+            _ => {}
+        }
+        vec![e]
+    });
+    net.finals.retain(|(_, to, _)| *to != net.peers[1]);
+    let aggregate = aggregate.expect("sent");
+    assert_eq!(net.machines[0].phase(), Phase::Done);
+    assert_eq!(net.machines[1].phase(), Phase::PartialSig);
+    assert_eq!(stored_aggregate_and_own_psig(&net, 1), (0, 1));
+    net.crash_and_restart(1, true);
+    assert_eq!(net.machines[1].attempt, Attempt::FIRST, "no new attempt");
+    let resent: Vec<SignedEnvelope> = net
+        .queue
+        .iter()
+        .filter(|(from, _, _)| *from == 1)
+        .flat_map(|(_, _, envs)| envs.clone())
+        .filter(|e| matches!(e.envelope().body(), Body::PartialSig { .. }))
+        .collect();
+    assert_eq!(resent, psig_sent, "exactly the stored partial signature");
+
+    // The coordinator's aggregate sent again is checked and taken as what it signed under;
+    // another one is not, and blames nobody.
+    let Body::AggregateNonce {
+        attempt,
+        agg_nonces,
+        nonce_set,
+    } = aggregate.envelope().body().clone()
+    else {
+        unreachable!()
+    };
+    let mut swapped = agg_nonces[0].to_bytes();
+    swapped.rotate_left(33);
+    let e = aggregate.envelope();
+    let other = Envelope::sign(
+        e.session_id(),
+        e.signer(),
+        SeqNo::new(e.seq().get() + 1).unwrap(),
+        net.now,
+        Body::AggregateNonce {
+            attempt,
+            agg_nonces: vec![AggNonceBytes::from_bytes(swapped).unwrap()],
+            nonce_set,
+        },
+        &net.keypairs[0],
+    );
+    let err = net.machines[1]
+        .handle_envelope(net.peers[0], other, net.now, &mut net.rng)
+        .unwrap_err();
+    assert!(matches!(err, CoordinatorError::Superseded { .. }), "{err}");
+    assert!(!net.machines[1].phase().is_terminal());
+    let out = net.machines[1]
+        .handle_envelope(net.peers[0], aggregate, net.now, &mut net.rng)
+        .expect("what it signed under");
+    net.absorb(1, out);
+    assert!(net.machines[1].aggnonce_env.is_some());
+    assert!(net.machines[1].contexts.is_some());
+    assert_eq!(stored_aggregate_and_own_psig(&net, 1), (1, 1));
+    net.run();
+    net.assert_all_signed();
 }
 
 /// The final word a finished machine sends `to` when asked: the signatures it carries.

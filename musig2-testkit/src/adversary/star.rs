@@ -205,7 +205,8 @@ impl Actor {
                 return;
             }
             Behaviour::WithholdAggregateNonce => return,
-            Behaviour::BadAggregateNonce => tamper_sum(id, &set),
+            Behaviour::BadAggregateNonce
+            | Behaviour::BadlySignedAggregateNonce { valid: false } => tamper_sum(id, &set),
             Behaviour::ForgedRelayedNonce => {
                 let victim = s.others().first().map(|v| v.as_usize());
                 match (victim, self.make_nonce(false)) {
@@ -359,7 +360,12 @@ impl Actor {
 
     async fn hub_send_aggregate(&mut self, body: Body) {
         let members = self.members();
-        if let Some(env) = self.own(body) {
+        let env = if let Behaviour::BadlySignedAggregateNonce { .. } = self.behaviour {
+            self.badly_signed(body)
+        } else {
+            self.own(body)
+        };
+        if let Some(env) = env {
             let peers: Vec<PeerId> = members.iter().map(|&(_, p)| p).collect();
             self.log.aggregate_nonces_sent += peers.len();
             self.send_all(&peers, &env.to_frame_bytes()).await;
@@ -396,7 +402,8 @@ impl Actor {
             // The aggregate was a lie (or the set forged): the final signature cannot verify.
             // It reveals the set it committed to, as an honest aggregator would; the lie only
             // adds an abort blaming a member.
-            Behaviour::BadAggregateNonce => {
+            Behaviour::BadAggregateNonce
+            | Behaviour::BadlySignedAggregateNonce { valid: false } => {
                 self.hub_reveal(true).await;
                 return;
             }
