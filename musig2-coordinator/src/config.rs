@@ -123,7 +123,10 @@ pub struct Config {
     /// announcement expires: a replay of the announcement is then ignored rather than taken in
     /// as a new session (which a node that joins what it discovers would join, and then name
     /// the other signers, who finished long ago, as holdouts). Oldest dropped first; 0 keeps
-    /// none. 40 bytes each.
+    /// none. 40 bytes each, in memory and in the store ([`SessionStore::forget`]), so a
+    /// restarted node still refuses the replay.
+    ///
+    /// [`SessionStore::forget`]: crate::SessionStore::forget
     pub max_forgotten_sessions: usize,
 }
 

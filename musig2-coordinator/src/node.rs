@@ -258,7 +258,7 @@ impl Node {
             keypair,
             config,
             Box::new(MemoryStore::new()),
-            Vec::new(),
+            (Vec::new(), Vec::new()),
         )
     }
 
@@ -276,12 +276,13 @@ impl Node {
         store: impl SessionStore,
     ) -> Result<Node> {
         let stored = store.load_all()?;
+        let forgotten = store.load_forgotten()?;
         Ok(Self::start(
             transport,
             keypair,
             config,
             Box::new(store),
-            stored,
+            (stored, forgotten),
         ))
     }
 
@@ -290,7 +291,7 @@ impl Node {
         keypair: Keypair,
         config: Config,
         store: Box<dyn SessionStore>,
-        stored: Vec<StoredSession>,
+        (stored, forgotten): (Vec<StoredSession>, Vec<(SessionId, u64)>),
     ) -> Node {
         let durable = store.is_durable();
         let store: SharedStore = Arc::new(Mutex::new(store));
@@ -344,7 +345,7 @@ impl Node {
             store,
             durable,
             staged: Staged::default(),
-            purge: Vec::new(),
+            purge: Purge::default(),
             deferred: Vec::new(),
             deferred_since: None,
         };
@@ -369,6 +370,7 @@ impl Node {
         };
         let mut actor = actor;
         actor.resume(stored);
+        actor.resume_forgotten(forgotten);
         let peer_events = transport.events();
         let span = tracing::info_span!("node", peer = %transport.local_peer_id());
         // Its own partition of the verified-root cache (ADR 0018): nodes that share threads
@@ -951,8 +953,8 @@ struct Actor {
     durable: bool,
     /// What the steps since the last commit produced: sent only once their records are stored.
     staged: Staged,
-    /// Finished sessions to forget in the store at the next commit.
-    purge: Vec<SessionId>,
+    /// What the next commit forgets in the store.
+    purge: Purge,
     /// Records no frame waits for, not yet committed, and since when (ms).
     deferred: Vec<Record>,
     deferred_since: Option<u64>,
@@ -1236,6 +1238,11 @@ impl Actor {
                 self.deferred_since
                     .map(|t| t.saturating_add(DEFERRED_COMMIT_MS)),
             )
+            .chain(self.forgotten.front().map(|(_, expires_at_ms)| {
+                expires_at_ms
+                    .saturating_add(millis(self.config.max_clock_skew))
+                    .saturating_add(1)
+            }))
             .min()
     }
 
@@ -2196,7 +2203,7 @@ impl Actor {
     }
 
     /// One store transaction (a durable store's runs on a blocking thread), then the purge.
-    async fn commit(&self, records: Vec<Record>, purge: Vec<SessionId>) -> Result<()> {
+    async fn commit(&self, records: Vec<Record>, purge: Purge) -> Result<()> {
         if records.is_empty() && purge.is_empty() {
             return Ok(());
         }
@@ -2238,7 +2245,7 @@ impl Actor {
             &mut self.rng,
         )?;
         // Stored before anything the restore wants to send can leave.
-        self.commit(stored.to_records(), Vec::new()).await?;
+        self.commit(stored.to_records(), Purge::default()).await?;
         self.hold_restored(machine, outputs, now, now);
         Ok(id)
     }
@@ -2368,7 +2375,10 @@ impl Actor {
     /// record if we published it (the creator did).
     fn forget(&mut self, session: SessionId) {
         if let Some(m) = self.sessions.remove(&session) {
-            self.remember_forgotten(session, m.announcement().announcement().expires_at_ms);
+            let expires_at_ms = m.announcement().announcement().expires_at_ms;
+            if self.remember_forgotten(session, expires_at_ms) {
+                self.purge.remember.push((session, expires_at_ms));
+            }
             if m.announcement().announcement().creator == m.signer_index() {
                 let transport = self.transport.clone();
                 tokio::spawn(async move {
@@ -2380,22 +2390,46 @@ impl Actor {
         }
         self.waiters.remove(&session);
         self.deferred.retain(|r| r.session_id() != session);
-        self.purge.push(session);
+        self.purge.sessions.push(session);
         self.deferred_since.get_or_insert(self.clock.now_ms());
     }
 
     /// Remembers a forgotten finished session until its announcement expires (plus the clock
     /// skew allowed), within `max_forgotten_sessions`, oldest dropped first.
-    fn remember_forgotten(&mut self, session: SessionId, expires_at_ms: u64) {
+    /// Returns whether it is remembered now (not before, and the bound allows any).
+    fn remember_forgotten(&mut self, session: SessionId, expires_at_ms: u64) -> bool {
         if self.config.max_forgotten_sessions == 0 || !self.forgotten_ids.insert(session) {
-            return;
+            return false;
         }
         self.forgotten.push_back((session, expires_at_ms));
         while self.forgotten.len() > self.config.max_forgotten_sessions {
             if let Some((old, _)) = self.forgotten.pop_front() {
-                self.forgotten_ids.remove(&old);
+                self.drop_forgotten(old);
             }
         }
+        true
+    }
+
+    /// Stops remembering a forgotten session, here and (at the next commit) in the store.
+    fn drop_forgotten(&mut self, session: SessionId) {
+        self.forgotten_ids.remove(&session);
+        self.purge.expired.push(session);
+        self.deferred_since.get_or_insert(self.clock.now_ms());
+    }
+
+    /// Takes the forgotten sessions a store remembered when the node started, oldest expiry
+    /// first, within the bound; the store drops those expired or over it at the next commit.
+    fn resume_forgotten(&mut self, mut forgotten: Vec<(SessionId, u64)>) {
+        forgotten.sort_by_key(|&(id, expires_at_ms)| (expires_at_ms, id.to_bytes()));
+        for (session, expires_at_ms) in forgotten {
+            if self.sessions.contains_key(&session)
+                || !self.remember_forgotten(session, expires_at_ms)
+            {
+                self.purge.expired.push(session);
+                self.deferred_since.get_or_insert(self.clock.now_ms());
+            }
+        }
+        self.expire_forgotten(self.clock.now_ms());
     }
 
     /// Drops the forgotten sessions whose announcements can no longer verify.
@@ -2406,7 +2440,7 @@ impl Actor {
                 break;
             }
             self.forgotten.pop_front();
-            self.forgotten_ids.remove(&old);
+            self.drop_forgotten(old);
         }
     }
 
@@ -2425,7 +2459,7 @@ impl Actor {
 }
 
 /// One store transaction for `records`, then one forgetting `purge`.
-fn commit_to(store: &SharedStore, records: &[Record], purge: &[SessionId]) -> Result<()> {
+fn commit_to(store: &SharedStore, records: &[Record], purge: &Purge) -> Result<()> {
     let mut store = store
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -2433,7 +2467,22 @@ fn commit_to(store: &SharedStore, records: &[Record], purge: &[SessionId]) -> Re
         store.commit(records)?;
     }
     if !purge.is_empty() {
-        store.remove(purge)?;
+        store.forget(&purge.sessions, &purge.remember, &purge.expired)?;
     }
     Ok(())
+}
+
+/// What the next commit forgets in the store: finished sessions, the ids of those (remembered
+/// until their announcement expires, the replay guard), and remembered ids the guard dropped.
+#[derive(Debug, Default)]
+struct Purge {
+    sessions: Vec<SessionId>,
+    remember: Vec<(SessionId, u64)>,
+    expired: Vec<SessionId>,
+}
+
+impl Purge {
+    fn is_empty(&self) -> bool {
+        self.sessions.is_empty() && self.remember.is_empty() && self.expired.is_empty()
+    }
 }

@@ -16,6 +16,7 @@ use rand_chacha::ChaCha20Rng;
 use secp256k1::{Keypair, schnorr};
 
 struct Cluster {
+    config: Config,
     network: MemoryNetwork,
     keypairs: Vec<Keypair>,
     stores: Vec<MemoryStore>,
@@ -31,6 +32,10 @@ fn config() -> Config {
 }
 
 fn cluster(n: usize, seed: u64) -> Cluster {
+    cluster_with(n, seed, config())
+}
+
+fn cluster_with(n: usize, seed: u64, config: Config) -> Cluster {
     let network = MemoryNetwork::new(seed);
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let keypairs: Vec<Keypair> = (0..n).map(|_| Keypair::new(&mut rng)).collect();
@@ -39,12 +44,18 @@ fn cluster(n: usize, seed: u64) -> Cluster {
         .iter()
         .zip(&stores)
         .map(|(kp, store)| {
-            Node::spawn_with_store(Arc::new(network.add_node()), *kp, config(), store.clone())
-                .unwrap()
+            Node::spawn_with_store(
+                Arc::new(network.add_node()),
+                *kp,
+                config.clone(),
+                store.clone(),
+            )
+            .unwrap()
         })
         .collect();
     let peers = nodes.iter().map(Node::peer_id).collect();
     Cluster {
+        config,
         network,
         keypairs,
         stores,
@@ -81,8 +92,13 @@ impl Cluster {
     /// Starts crashed node `i` again (same peer id and key) on `store`.
     fn respawn(&mut self, i: usize, store: impl SessionStore) {
         let transport = self.network.restart(self.peers[i]).unwrap();
-        self.nodes[i] =
-            Node::spawn_with_store(Arc::new(transport), self.keypairs[i], config(), store).unwrap();
+        self.nodes[i] = Node::spawn_with_store(
+            Arc::new(transport),
+            self.keypairs[i],
+            self.config.clone(),
+            store,
+        )
+        .unwrap();
     }
 
     /// Node 2 hears nothing from the others: it joins, sends its round-1 message (if the round
@@ -280,6 +296,72 @@ async fn a_node_restarted_after_the_others_aborted_learns_the_end_and_blames_no_
             );
         }
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_node_still_refuses_a_replayed_announcement_of_a_session_it_forgot() {
+    // With room for one finished session, the second session's end forgets the first; the store
+    // remembers its id. After a restart the announcement, still valid, replayed by anyone who
+    // saw it, must not bring the session back (an auto-joining node would join it and, at the
+    // deadline, name the other signers, who finished long ago, as holdouts).
+    let cfg = Config {
+        max_finished_sessions: 1,
+        ..config()
+    };
+    let mut c = cluster_with(2, 41, cfg);
+    let mut ids = Vec::new();
+    for message in [b"first".as_slice(), b"second"] {
+        let id = c.nodes[0]
+            .create_session(c.request(message, Topology::Mesh, true))
+            .await
+            .unwrap();
+        c.nodes[1].join_session(id).await.unwrap();
+        c.nodes[1].wait_for_signatures(id).await.unwrap();
+        if ids.is_empty() {
+            let frame = c.nodes[1]
+                .known_session(id)
+                .await
+                .unwrap()
+                .expect("held while finished")
+                .signed()
+                .to_frame_bytes();
+            ids.push((id, frame));
+        }
+    }
+    let (first, frame) = ids.pop().expect("the first session");
+    // Committed (a store read waits for the deferred commit).
+    c.nodes[1].store_usage().await.unwrap();
+    assert!(c.stores[1].load(&first).unwrap().is_none(), "forgotten");
+    let remembered = c.stores[1].load_forgotten().unwrap();
+    assert_eq!(remembered.len(), 1);
+    assert_eq!(remembered[0].0, first);
+
+    c.crash_and_restart(1).await;
+    assert_eq!(c.nodes[1].usage().await.unwrap().forgotten_sessions, 1);
+    let replayer = c.network.add_node();
+    musig2_transport::Transport::send(&replayer, c.peers[1], frame.into())
+        .await
+        .expect("send");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let held = c.nodes[1].sessions().await.unwrap();
+    assert!(held.iter().all(|h| h.session != first), "not back");
+    assert!(matches!(
+        c.nodes[1].join_session(first).await,
+        Err(CoordinatorError::SessionFinished(s)) if s == first
+    ));
+
+    // Once its announcement expires (plus the clock skew allowed) the id is dropped, in memory
+    // and in the store.
+    let expires_at_ms = remembered[0].1;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let wait = expires_at_ms.saturating_sub(now_ms) + c.config.max_clock_skew.as_millis() as u64;
+    tokio::time::sleep(Duration::from_millis(wait + 5_000)).await;
+    assert_eq!(c.nodes[1].usage().await.unwrap().forgotten_sessions, 0);
+    c.nodes[1].store_usage().await.unwrap();
+    assert!(c.stores[1].load_forgotten().unwrap().is_empty());
 }
 
 mockall::mock! {

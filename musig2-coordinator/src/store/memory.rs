@@ -16,20 +16,27 @@ use crate::error::{CoordinatorError, Result};
 /// as a backup would.
 #[derive(Clone, Default)]
 pub struct MemoryStore {
-    sessions: Arc<Mutex<HashMap<SessionId, StoredSession>>>,
+    held: Arc<Mutex<Held>>,
+}
+
+/// What a [`MemoryStore`] holds: the sessions, and the ids of forgotten ones with their times.
+#[derive(Debug, Clone, Default)]
+struct Held {
+    sessions: HashMap<SessionId, StoredSession>,
+    forgotten: HashMap<SessionId, u64>,
 }
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("sessions", &self.lock().len())
+            .field("sessions", &self.lock().sessions.len())
             .finish()
     }
 }
 
 /// A copy of a [`MemoryStore`]'s contents at one moment.
 #[derive(Debug, Clone, Default)]
-pub struct MemorySnapshot(HashMap<SessionId, StoredSession>);
+pub struct MemorySnapshot(Held);
 
 impl MemoryStore {
     /// An empty store.
@@ -45,13 +52,13 @@ impl MemoryStore {
     /// A new store holding a snapshot's contents (a restored backup).
     pub fn from_snapshot(snapshot: &MemorySnapshot) -> Self {
         MemoryStore {
-            sessions: Arc::new(Mutex::new(snapshot.0.clone())),
+            held: Arc::new(Mutex::new(snapshot.0.clone())),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<SessionId, StoredSession>> {
+    fn lock(&self) -> MutexGuard<'_, Held> {
         // A panic while holding the lock leaves consistent data (every write is one insert).
-        self.sessions
+        self.held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -59,7 +66,8 @@ impl MemoryStore {
 
 impl SessionStore for MemoryStore {
     fn commit(&mut self, records: &[Record]) -> Result<()> {
-        let mut sessions = self.lock();
+        let mut held = self.lock();
+        let sessions = &mut held.sessions;
         // All or none: check every record's session first.
         let introduced: Vec<SessionId> = records
             .iter()
@@ -92,23 +100,49 @@ impl SessionStore for MemoryStore {
     }
 
     fn load_all(&self) -> Result<Vec<StoredSession>> {
-        Ok(self.lock().values().cloned().collect())
+        Ok(self.lock().sessions.values().cloned().collect())
     }
 
     fn load(&self, session: &SessionId) -> Result<Option<StoredSession>> {
-        Ok(self.lock().get(session).cloned())
+        Ok(self.lock().sessions.get(session).cloned())
     }
 
     fn remove(&mut self, sessions: &[SessionId]) -> Result<()> {
         let mut held = self.lock();
         for id in sessions {
-            held.remove(id);
+            held.sessions.remove(id);
         }
         Ok(())
     }
 
+    fn forget(
+        &mut self,
+        sessions: &[SessionId],
+        remember: &[(SessionId, u64)],
+        expired: &[SessionId],
+    ) -> Result<()> {
+        let mut held = self.lock();
+        for id in sessions {
+            held.sessions.remove(id);
+        }
+        held.forgotten.extend(remember.iter().copied());
+        for id in expired {
+            held.forgotten.remove(id);
+        }
+        Ok(())
+    }
+
+    fn load_forgotten(&self) -> Result<Vec<(SessionId, u64)>> {
+        Ok(self
+            .lock()
+            .forgotten
+            .iter()
+            .map(|(id, until)| (*id, *until))
+            .collect())
+    }
+
     fn usage(&self) -> Result<StoreUsage> {
-        let held = self.lock();
+        let held = &self.lock().sessions;
         let envelopes = held.values().map(|s| s.envelopes.len()).sum();
         let bytes = held
             .values()
@@ -181,6 +215,29 @@ mod tests {
         assert_eq!(held.learned_ms, 5);
         store.remove(&[a.session_id()]).unwrap();
         assert!(store.load(&a.session_id()).unwrap().is_none());
+    }
+
+    #[test]
+    fn forgotten_sessions_are_remembered_until_dropped_and_kept_in_a_snapshot() {
+        let kp = Keypair::new(&mut rand::rng());
+        let (a, b) = (announcement(&kp), announcement(&kp));
+        let (ida, idb) = (a.session_id(), b.session_id());
+        let mut store = MemoryStore::new();
+        let intro = |announcement| Record::Session {
+            announcement,
+            learned_ms: 0,
+        };
+        store.commit(&[intro(a), intro(b)]).unwrap();
+        store.forget(&[ida], &[(ida, 700)], &[]).unwrap();
+        assert!(store.load(&ida).unwrap().is_none());
+        assert!(store.load(&idb).unwrap().is_some());
+        assert_eq!(store.load_forgotten().unwrap(), vec![(ida, 700)]);
+        let backup = store.snapshot();
+        store.forget(&[idb], &[(idb, 900)], &[ida]).unwrap();
+        assert_eq!(store.load_forgotten().unwrap(), vec![(idb, 900)]);
+        let restored = MemoryStore::from_snapshot(&backup);
+        assert_eq!(restored.load_forgotten().unwrap(), vec![(ida, 700)]);
+        assert!(restored.load(&idb).unwrap().is_some());
     }
 
     #[test]

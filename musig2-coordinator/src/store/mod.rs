@@ -258,6 +258,27 @@ pub trait SessionStore: Send + 'static {
     /// Forgets these sessions (absent ones are ignored), in one transaction.
     fn remove(&mut self, sessions: &[SessionId]) -> Result<()>;
 
+    /// In one transaction: forgets `sessions` (as [`remove`](Self::remove)), remembers each id
+    /// in `remember` until its time (ms since the UNIX epoch: the announcement's expiry), and
+    /// drops the remembered ids in `expired`. A node that restarts reads them back
+    /// ([`load_forgotten`](Self::load_forgotten)), so a replayed announcement of a session it
+    /// finished and forgot does not bring the session back (`Config::max_forgotten_sessions`).
+    /// The default only removes: a store that keeps no ids loses that guard on a restart.
+    fn forget(
+        &mut self,
+        sessions: &[SessionId],
+        remember: &[(SessionId, u64)],
+        expired: &[SessionId],
+    ) -> Result<()> {
+        let _ = (remember, expired);
+        self.remove(sessions)
+    }
+
+    /// The ids [`forget`](Self::forget) remembers, with their times (any order).
+    fn load_forgotten(&self) -> Result<Vec<(SessionId, u64)>> {
+        Ok(Vec::new())
+    }
+
     /// What the store holds.
     fn usage(&self) -> Result<StoreUsage>;
 
@@ -279,6 +300,17 @@ impl<S: SessionStore + ?Sized> SessionStore for Box<S> {
     }
     fn remove(&mut self, sessions: &[SessionId]) -> Result<()> {
         (**self).remove(sessions)
+    }
+    fn forget(
+        &mut self,
+        sessions: &[SessionId],
+        remember: &[(SessionId, u64)],
+        expired: &[SessionId],
+    ) -> Result<()> {
+        (**self).forget(sessions, remember, expired)
+    }
+    fn load_forgotten(&self) -> Result<Vec<(SessionId, u64)>> {
+        (**self).load_forgotten()
     }
     fn usage(&self) -> Result<StoreUsage> {
         (**self).usage()

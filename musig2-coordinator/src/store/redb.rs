@@ -34,6 +34,11 @@ const ENVELOPES: TableDefinition<'_, ([u8; 32], u32), &[u8]> = TableDefinition::
 /// other field).
 const ENVELOPE_IDS: TableDefinition<'_, EnvelopeIdKey, ()> = TableDefinition::new("envelope_ids");
 
+/// Session id of a finished session the node forgot → until when it is remembered (ms since
+/// the UNIX epoch: its announcement's expiry), so a restarted node still refuses a replay of
+/// it ([`SessionStore::forget`]).
+const FORGOTTEN: TableDefinition<'_, [u8; 32], u64> = TableDefinition::new("forgotten");
+
 /// Key of [`ENVELOPE_IDS`].
 type EnvelopeIdKey = ([u8; 32], [u8; 32], [u8; 64]);
 
@@ -153,6 +158,8 @@ impl RedbStore {
         // Create the tables now, so that reads never meet a missing table.
         let txn = store.begin_write()?;
         WriteTables::open(&txn)?;
+        txn.open_table(FORGOTTEN)
+            .map_err(store_err("opening table forgotten"))?;
         txn.commit().map_err(store_err("creating tables"))?;
         Ok(store)
     }
@@ -502,10 +509,34 @@ impl SessionStore for RedbStore {
     }
 
     fn remove(&mut self, sessions: &[SessionId]) -> Result<()> {
-        if sessions.is_empty() {
+        self.forget(sessions, &[], &[])
+    }
+
+    fn forget(
+        &mut self,
+        sessions: &[SessionId],
+        remember: &[(SessionId, u64)],
+        expired: &[SessionId],
+    ) -> Result<()> {
+        if sessions.is_empty() && remember.is_empty() && expired.is_empty() {
             return Ok(());
         }
         let txn = self.begin_write()?;
+        if !remember.is_empty() || !expired.is_empty() {
+            let mut forgotten = txn
+                .open_table(FORGOTTEN)
+                .map_err(store_err("opening table forgotten"))?;
+            for (id, until) in remember {
+                forgotten
+                    .insert(id.to_bytes(), until)
+                    .map_err(store_err("remembering a forgotten session"))?;
+            }
+            for id in expired {
+                forgotten
+                    .remove(id.to_bytes())
+                    .map_err(store_err("dropping a forgotten session"))?;
+            }
+        }
         {
             let WriteTables {
                 sessions: mut metas,
@@ -531,6 +562,25 @@ impl SessionStore for RedbStore {
             }
         }
         txn.commit().map_err(store_err("committing a removal"))
+    }
+
+    fn load_forgotten(&self) -> Result<Vec<(SessionId, u64)>> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(store_err("beginning a read transaction"))?;
+        let forgotten = txn
+            .open_table(FORGOTTEN)
+            .map_err(store_err("opening table forgotten"))?;
+        let mut ids = Vec::new();
+        for entry in forgotten
+            .iter()
+            .map_err(store_err("reading forgotten sessions"))?
+        {
+            let (id, until) = entry.map_err(store_err("reading a forgotten session"))?;
+            ids.push((SessionId::from_bytes(id.value()), until.value()));
+        }
+        Ok(ids)
     }
 
     fn usage(&self) -> Result<StoreUsage> {
@@ -926,6 +976,28 @@ mod tests {
         let usage = store.usage().unwrap();
         assert_eq!((usage.sessions, usage.envelopes), (1, 2));
         assert!(usage.bytes > 0);
+    }
+
+    #[test]
+    fn forgotten_sessions_are_remembered_across_reopen_until_dropped() {
+        let file = TempFile::new("forgotten");
+        let kp = Keypair::new(&mut rand::rng());
+        let (a, b) = (announcement(&kp), announcement(&kp));
+        let (ida, idb) = (a.session_id(), b.session_id());
+        let mut store = file.open();
+        store.commit(&[intro(&a, 1), intro(&b, 1)]).unwrap();
+        // One transaction: `a` leaves, its id stays; `b` is untouched.
+        store.forget(&[ida], &[(ida, 700)], &[]).unwrap();
+        assert!(store.load(&ida).unwrap().is_none());
+        assert!(store.load(&idb).unwrap().is_some());
+        drop(store);
+        let mut store = file.open();
+        assert_eq!(store.load_forgotten().unwrap(), vec![(ida, 700)]);
+        store.forget(&[idb], &[(idb, 900)], &[ida]).unwrap();
+        drop(store);
+        let store = file.open();
+        assert_eq!(store.load_forgotten().unwrap(), vec![(idb, 900)]);
+        assert_eq!(store.usage().unwrap().sessions, 0);
     }
 
     #[test]
