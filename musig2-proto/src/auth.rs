@@ -281,6 +281,11 @@ impl Pending {
         self.leaf
     }
 
+    /// The key it is (or will be) signed with.
+    pub(crate) fn signing_key(&self) -> XOnlyPublicKey {
+        self.keypair.x_only_public_key().0
+    }
+
     pub(crate) fn sealed(&self) -> Option<&Auth> {
         self.sealed.get()
     }
@@ -337,6 +342,14 @@ impl AuthState {
         match self {
             AuthState::Pending(p) if p.sealed().is_none() => Some(p),
             _ => None,
+        }
+    }
+
+    /// The key a pending object is (or will be) signed with: made in this process.
+    pub(crate) fn made_with(&self) -> Option<XOnlyPublicKey> {
+        match self {
+            AuthState::Pending(p) => Some(p.signing_key()),
+            AuthState::Ready(_) => None,
         }
     }
 

@@ -756,6 +756,30 @@ impl SignedEnvelope {
         })
     }
 
+    /// An envelope this process made ([`Envelope::sign_batchable`]) with the key of its signer
+    /// in `announcement`: every check of [`Self::verify`] but the signature's, which this
+    /// process makes itself (now, or when a batch seals it). Any other envelope (received, or
+    /// made with another key) is verified as [`Self::verify`] does.
+    pub fn verified_own(
+        &self,
+        announcement: &VerifiedAnnouncement,
+    ) -> Result<VerifiedEnvelope, ProtoError> {
+        let e = &self.envelope;
+        let ours = self
+            .auth
+            .made_with()
+            .is_some_and(|key| announcement.x_only(e.signer) == Some(&key));
+        if !ours {
+            return self.verify(announcement);
+        }
+        check_addressed_to(e, announcement)?;
+        check_body(e, announcement)?;
+        Ok(VerifiedEnvelope {
+            signed: self.clone(),
+            signing_hash: self.signing_hash(),
+        })
+    }
+
     /// Every check of [`Self::verify`] except the signature's: for a receiver that acts on an
     /// envelope its transport authenticated and checks the signature only if the envelope
     /// becomes evidence (ADR 0022). What passes is not proof of anything to anyone else.

@@ -424,3 +424,57 @@ fn an_announcement_without_room_for_a_full_path_in_a_frame_is_signed_alone() {
     fill(&batched);
     assert!(!batched.signed().sealed_auth().expect("signed").is_direct());
 }
+
+#[test]
+fn our_own_envelope_is_vouched_for_without_a_signature_check_and_nothing_else_is() {
+    let a = verified(3, Topology::Mesh);
+    let ours = batch_of(&a, 1, 1, true).remove(0);
+    let vouched = ours.verified_own(&a).expect("ours");
+    // Not even signed yet: no signature was made, let alone checked (`verify` would have had
+    // to sign it first).
+    assert!(ours.sealed_auth().is_none(), "still pending");
+    assert_eq!(vouched.signing_hash(), ours.envelope().signing_hash());
+    assert_eq!(vouched.signed(), &ours);
+    // It is still ours to sign: the signature, made when needed, verifies like any other.
+    let received = SignedEnvelope::decode(&ours.to_frame_bytes(), &Limits::default()).unwrap();
+    assert_eq!(received.verify(&a).expect("verifies").signed(), &ours);
+    // A received copy is checked, and a bad signature refused.
+    let forged = SignedEnvelope::from_parts(
+        received.envelope().clone(),
+        Envelope::sign(a.session_id(), idx(1), seq(9), NOW, psig(), &keypair(2))
+            .auth()
+            .clone(),
+    );
+    assert!(matches!(
+        forged.verified_own(&a),
+        Err(ProtoError::BadEnvelopeSignature { .. })
+    ));
+    // Made here, but with a key that is not its signer's: checked, and refused.
+    let other_key = Envelope::sign_batchable(
+        a.session_id(),
+        idx(1),
+        seq(2),
+        NOW,
+        psig(),
+        Arc::new(keypair(2)),
+        true,
+    );
+    assert!(matches!(
+        other_key.verified_own(&a),
+        Err(ProtoError::BadEnvelopeSignature { .. })
+    ));
+    // Its body is still checked: a nonce count the announcement does not allow is refused.
+    let wrong_count = Envelope::sign_batchable(
+        a.session_id(),
+        idx(1),
+        seq(3),
+        NOW,
+        Body::Nonce {
+            attempt: attempt(0),
+            pub_nonces: vec![pub_nonce(1), pub_nonce(2)],
+        },
+        Arc::new(keypair(1)),
+        true,
+    );
+    assert!(wrong_count.verified_own(&a).is_err());
+}

@@ -194,8 +194,10 @@ impl SessionMachine {
             ),
         };
         if self.is_star_coordinator() {
-            // The aggregate-nonce message carries our own signed nonce too.
-            self.verified_nonces[self.me.as_usize()] = env.verify(&self.ann).ok().map(Box::new);
+            // The aggregate-nonce message carries our own signed nonce too (ours: its signature
+            // is ours to make, not to check).
+            self.verified_nonces[self.me.as_usize()] =
+                env.verified_own(&self.ann).ok().map(Box::new);
         }
         self.nonces[self.me.as_usize()] = Some(Box::new((nonces, env.clone())));
         // A mesh reveal travels alone: a signer that still lacks a commitment asks us for ours
