@@ -352,8 +352,8 @@ impl SessionMachine {
     /// Checks the aggregate nonce we signed under before its signature was checked, now that
     /// it becomes evidence: the nonce set is judged against it, the coordinator sent another,
     /// or the attempt ends without a signature (ADR 0026). One that verifies is accepted as if
-    /// it had just come (its clock judged when it came) and stored, with our partial signature
-    /// under it. One that does not is dropped and blames nobody: only the coordinator's peer
+    /// it had just come (its clock judged when it came) and stored. One that does not is
+    /// dropped and blames nobody: only the coordinator's peer
     /// sent it, which only the coordinator (or a peer the creator listed wrongly) can; what we
     /// signed under is then no one's word, and nothing is judged against it.
     pub(super) fn adopt_unchecked_aggregate(&mut self, now_ms: u64, out: &mut Vec<Output>) {
