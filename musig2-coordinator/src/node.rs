@@ -2413,6 +2413,11 @@ impl Actor {
     /// Stops remembering a forgotten session, here and (at the next commit) in the store.
     fn drop_forgotten(&mut self, session: SessionId) {
         self.forgotten_ids.remove(&session);
+        self.drop_forgotten_in_store(session);
+    }
+
+    /// Stops remembering a forgotten session in the store, at the next commit.
+    fn drop_forgotten_in_store(&mut self, session: SessionId) {
         self.purge.expired.push(session);
         self.deferred_since.get_or_insert(self.clock.now_ms());
     }
@@ -2425,8 +2430,7 @@ impl Actor {
             if self.sessions.contains_key(&session)
                 || !self.remember_forgotten(session, expires_at_ms)
             {
-                self.purge.expired.push(session);
-                self.deferred_since.get_or_insert(self.clock.now_ms());
+                self.drop_forgotten_in_store(session);
             }
         }
         self.expire_forgotten(self.clock.now_ms());

@@ -1683,6 +1683,38 @@ fn star_with_forged_aggregate_to_member_2(commitments: bool, corrupt_psig: bool)
     )
 }
 
+/// Another valid aggregate nonce of the same attempt as `aggregate` (its two halves swapped),
+/// signed by `keypair` under the next sequence number at `timestamp_ms`.
+fn other_aggregate(
+    aggregate: &SignedEnvelope,
+    timestamp_ms: u64,
+    keypair: &Keypair,
+) -> SignedEnvelope {
+    let e = aggregate.envelope();
+    let Body::AggregateNonce {
+        attempt,
+        agg_nonces,
+        nonce_set,
+    } = e.body().clone()
+    else {
+        panic!("not an aggregate nonce")
+    };
+    let mut swapped = agg_nonces[0].to_bytes();
+    swapped.rotate_left(33);
+    Envelope::sign(
+        e.session_id(),
+        e.signer(),
+        SeqNo::new(e.seq().get() + 1).unwrap(),
+        timestamp_ms,
+        Body::AggregateNonce {
+            attempt,
+            agg_nonces: vec![AggNonceBytes::from_bytes(swapped).unwrap()],
+            nonce_set,
+        },
+        keypair,
+    )
+}
+
 #[test]
 fn a_star_member_signs_under_the_aggregate_from_the_coordinators_peer_unchecked() {
     // ADR 0026: member 2 signs under the aggregate whose signature is another key's (it came
@@ -1813,31 +1845,7 @@ fn an_aggregate_taken_unchecked_is_stored_when_the_attempt_ends_without_a_signat
         net.machines[1].aggnonce_unchecked.is_some(),
         "still unchecked"
     );
-    let Body::AggregateNonce {
-        attempt,
-        agg_nonces,
-        nonce_set,
-    } = first.envelope().body().clone()
-    else {
-        unreachable!()
-    };
-    // Its two halves swapped: another valid aggregate.
-    let mut other = agg_nonces[0].to_bytes();
-    other.rotate_left(33);
-    let body = Body::AggregateNonce {
-        attempt,
-        agg_nonces: vec![AggNonceBytes::from_bytes(other).unwrap()],
-        nonce_set,
-    };
-    let e = first.envelope();
-    let second = Envelope::sign(
-        e.session_id(),
-        e.signer(),
-        SeqNo::new(e.seq().get() + 1).unwrap(),
-        e.timestamp_ms(),
-        body,
-        &net.keypairs[0],
-    );
+    let second = other_aggregate(&first, first.envelope().timestamp_ms(), &net.keypairs[0]);
     let result = net.machines[1].handle_envelope(net.peers[0], second, net.now, &mut net.rng);
     if let Ok(out) = result {
         net.absorb(1, out);
@@ -1885,29 +1893,7 @@ fn a_member_restarted_after_signing_under_an_unchecked_aggregate_sends_the_same_
 
     // The coordinator's aggregate sent again is checked and taken as what it signed under;
     // another one is not, and blames nobody.
-    let Body::AggregateNonce {
-        attempt,
-        agg_nonces,
-        nonce_set,
-    } = aggregate.envelope().body().clone()
-    else {
-        unreachable!()
-    };
-    let mut swapped = agg_nonces[0].to_bytes();
-    swapped.rotate_left(33);
-    let e = aggregate.envelope();
-    let other = Envelope::sign(
-        e.session_id(),
-        e.signer(),
-        SeqNo::new(e.seq().get() + 1).unwrap(),
-        net.now,
-        Body::AggregateNonce {
-            attempt,
-            agg_nonces: vec![AggNonceBytes::from_bytes(swapped).unwrap()],
-            nonce_set,
-        },
-        &net.keypairs[0],
-    );
+    let other = other_aggregate(&aggregate, net.now, &net.keypairs[0]);
     let err = net.machines[1]
         .handle_envelope(net.peers[0], other, net.now, &mut net.rng)
         .unwrap_err();
