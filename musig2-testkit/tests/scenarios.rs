@@ -306,7 +306,7 @@ async fn star_coordinator_lies_or_withholds() {
 }
 
 /// A star coordinator whose aggregate nonce is not the sum of the nonces it committed to
-/// (ADR 0011): every member signs under it (one signature check, whatever n), the final
+/// (ADR 0011): every member signs under it (at most one signature check, whatever n), the final
 /// signature cannot verify, and the coordinator reveals the set it committed to, with an abort
 /// blaming a member. Each member finds from the set itself that the aggregate is not its sum and
 /// aborts blaming the coordinator (its own finding, before the coordinator's false abort); no

@@ -268,9 +268,9 @@ impl SessionMachine {
     /// announcement or bound by its join), in the commit round of this attempt, within the
     /// clock allowance and under a number the replay window allows, it is taken as that
     /// signal without its signature check: the transport authenticated the peer, and what a
-    /// forgery there gains is our public nonce, which it cannot use without an aggregate nonce
-    /// the coordinator signed. It is neither stored nor remembered nor evidence until it is
-    /// checked ([`Self::adopt_reveal_signal`]).
+    /// forgery there gains is our public nonce, which is public (BIP327: a secret nonce is used
+    /// once). It is neither stored nor remembered nor evidence until it is checked
+    /// ([`Self::adopt_reveal_signal`]).
     fn takes_as_reveal_signal(&self, envelope: &SignedEnvelope, from: PeerId, now_ms: u64) -> bool {
         let e = envelope.envelope();
         let c = self.coordinator;
@@ -278,14 +278,22 @@ impl SessionMachine {
             && self.phase == Phase::NonceCommit
             && self.reveal_signal.is_none()
             && e.signer() == c
-            && self.peer_of(c) == Some(from)
             && matches!(e.body(), Body::NonceCommit { attempt, .. } if *attempt == self.attempt)
             && self.commits.get(c.as_usize()).is_some_and(Option::is_none)
+            && self.came_from_its_author_in_time(e, from, now_ms)
+    }
+
+    /// What every envelope acted on before its signature check must be (ADR 0021, 0022, 0026):
+    /// delivered by its author's own peer (listed or join-bound: the transport authenticated
+    /// it), dated within the clock allowance, under a number its author's replay window allows.
+    fn came_from_its_author_in_time(&self, e: &Envelope, from: PeerId, now_ms: u64) -> bool {
+        let author = e.signer();
+        self.peer_of(author) == Some(from)
             && e.timestamp_ms().abs_diff(now_ms) <= self.max_skew_ms
             && self
-                .window_of(c)
+                .window_of(author)
                 .and_then(|w| self.replay.get(w))
-                .is_some_and(|w| w.check(c, e.seq()).is_ok())
+                .is_some_and(|w| w.check(author, e.seq()).is_ok())
     }
 
     /// The aggregate nonce our partial signature of this attempt names, if we signed.
@@ -319,13 +327,8 @@ impl SessionMachine {
             && self.star_aggregate.is_none()
             && self.aggnonce_unchecked.is_none()
             && e.signer() == c
-            && self.peer_of(c) == Some(from)
             && matches!(e.body(), Body::AggregateNonce { attempt, .. } if *attempt == self.attempt)
-            && e.timestamp_ms().abs_diff(now_ms) <= self.max_skew_ms
-            && self
-                .window_of(c)
-                .and_then(|w| self.replay.get(w))
-                .is_some_and(|w| w.check(c, e.seq()).is_ok())
+            && self.came_from_its_author_in_time(e, from, now_ms)
             && envelope.check_unsigned(&self.ann).is_ok()
     }
 
@@ -390,12 +393,7 @@ impl SessionMachine {
             && (self.mesh_aggregate.is_none() || *aggregate == self.mesh_aggregate)
             && self.psigs.get(j.as_usize()).is_some_and(Option::is_none)
             && self.psig_unchecked.get(j.as_usize()) == Some(&DeferredCheck::None)
-            && self.peer_of(j) == Some(from)
-            && e.timestamp_ms().abs_diff(now_ms) <= self.max_skew_ms
-            && self
-                .window_of(j)
-                .and_then(|w| self.replay.get(w))
-                .is_some_and(|w| w.check(j, e.seq()).is_ok())
+            && self.came_from_its_author_in_time(e, from, now_ms)
             && envelope.check_unsigned(&self.ann).is_ok()
     }
 
@@ -721,7 +719,8 @@ impl SessionMachine {
                         kind: "aggregate-nonce",
                     });
                 }
-                // One signature check, whatever n is: we sign under it without seeing the
+                // At most one signature check, whatever n is, and from the coordinator's own
+                // peer only once it is evidence (ADR 0026): we sign under it without seeing the
                 // others' nonces. BIP327's aggregator is untrusted; a wrong aggregate only makes
                 // the final signature fail, and then the nonce set it committed to shows who
                 // lied (ADR 0011).
