@@ -1101,7 +1101,7 @@ impl<'a> Judge<'a> {
                 let pubnonce = <[u8; 66]>::try_from(&nonce[66 * m..66 * (m + 1)])
                     .ok()
                     .and_then(|b| PubNonce::from_bytes(&b).ok());
-                let agg = AggNonce::from_bytes(&agg_nonces[m].to_bytes()).ok();
+                let agg = Some(agg_nonces[m].to_core());
                 match (psig, pubnonce, agg) {
                     (Some(p), Some(pn), Some(agg)) => {
                         SessionContext::new(&self.key_aggs[m], &agg, &messages[m])
@@ -1729,7 +1729,7 @@ mod tests {
         agg: musig2_proto::AggNonceBytes,
     ) -> SignedEnvelope {
         let msg = f.ann.announcement().messages[0].message.clone();
-        let core_agg = AggNonce::from_bytes(&agg.to_bytes()).expect("agg");
+        let core_agg = agg.to_core();
         let ctx = SessionContext::new(&f.key_agg, &core_agg, &msg);
         let psig = ctx.sign(sec, &f.keys[s]).expect("sign");
         let id = f.ann.session_id();

@@ -208,7 +208,14 @@ impl AggNonce {
         join66(&enc(&self.r1), &enc(&self.r2))
     }
 
-    pub(crate) fn points(&self) -> (Option<PublicKey>, Option<PublicKey>) {
+    /// An aggregate nonce from its two points (`None` for infinity), e.g. ones parsed or
+    /// summed before; no check is needed, any two points (or infinities) are an aggregate.
+    pub fn from_points(r1: Option<PublicKey>, r2: Option<PublicKey>) -> AggNonce {
+        AggNonce { r1, r2 }
+    }
+
+    /// The two points `R1`, `R2` (`None` for infinity).
+    pub fn points(&self) -> (Option<PublicKey>, Option<PublicKey>) {
         (self.r1, self.r2)
     }
 }

@@ -625,20 +625,28 @@ impl fmt::Display for PubNonceBytes {
 
 /// A BIP327 aggregate nonce: two compressed points, 66 bytes, where either may be the point at
 /// infinity encoded as 33 zero bytes.
+///
+/// The parsed points are kept alongside the bytes (as in [`PubNonceBytes`]), so a signer that
+/// signs under a received aggregate does not take its two square roots a second time.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct AggNonceBytes([u8; 66]);
+pub struct AggNonceBytes([u8; 66], [Option<PublicKey>; 2]);
 
 impl AggNonceBytes {
     /// Validates that each half is a valid compressed point or 33 zero bytes.
     pub fn from_bytes(bytes: [u8; 66]) -> Result<Self, ProtoError> {
         let (a, b) = split66(&bytes);
-        if a != [0u8; 33] {
-            check_point(a, "aggregate nonce R1")?;
-        }
-        if b != [0u8; 33] {
-            check_point(b, "aggregate nonce R2")?;
-        }
-        Ok(AggNonceBytes(bytes))
+        let half = |h: [u8; 33], field| {
+            if h == [0u8; 33] {
+                Ok(None)
+            } else {
+                check_point(h, field).map(Some)
+            }
+        };
+        let points = [
+            half(a, "aggregate nonce R1")?,
+            half(b, "aggregate nonce R2")?,
+        ];
+        Ok(AggNonceBytes(bytes, points))
     }
 
     /// Sums public nonces (BIP327 NonceAgg). Returns `None` for an empty list.
@@ -646,16 +654,13 @@ impl AggNonceBytes {
         if nonces.is_empty() {
             return None;
         }
-        let mut out = [0u8; 66];
-        for j in 0..2 {
-            let refs: Vec<&PublicKey> = nonces.iter().map(|n| &n.points[j]).collect();
-            // `combine_keys` fails only when the sum is the point at infinity, which BIP327
-            // encodes as 33 zero bytes.
-            if let Ok(sum) = PublicKey::combine_keys(&refs) {
-                out[33 * j..33 * (j + 1)].copy_from_slice(&sum.serialize());
-            }
-        }
-        Some(AggNonceBytes(out))
+        let parsed: Vec<musig2_core::PubNonce> = nonces
+            .iter()
+            .map(|n| musig2_core::PubNonce::from_points(n.points[0], n.points[1]))
+            .collect();
+        Some(AggNonceBytes::from(musig2_core::AggNonce::aggregate(
+            &parsed,
+        )))
     }
 
     /// The 66 bytes.
@@ -667,13 +672,19 @@ impl AggNonceBytes {
     pub fn as_bytes(&self) -> &[u8; 66] {
         &self.0
     }
+
+    /// The aggregate nonce as the core signs under it (parsed once, at construction).
+    pub fn to_core(&self) -> musig2_core::AggNonce {
+        musig2_core::AggNonce::from_points(self.1[0], self.1[1])
+    }
 }
 array_newtype_serde!(AggNonceBytes, 66, AggNonceBytes::from_bytes);
 
 impl From<musig2_core::AggNonce> for AggNonceBytes {
     /// The encoding of an aggregate the core computed (valid by construction: no check).
     fn from(aggregate: musig2_core::AggNonce) -> AggNonceBytes {
-        AggNonceBytes(aggregate.to_bytes())
+        let (r1, r2) = aggregate.points();
+        AggNonceBytes(aggregate.to_bytes(), [r1, r2])
     }
 }
 

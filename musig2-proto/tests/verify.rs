@@ -673,6 +673,36 @@ fn aggregate_of_opposite_points_is_infinity() {
 }
 
 #[test]
+fn an_aggregate_nonce_keeps_the_points_the_core_would_parse() {
+    let mut nonces = Vec::new();
+    for seed in 0..4u8 {
+        let mut n = [0u8; 66];
+        n[..33].copy_from_slice(&point(10 + seed));
+        n[33..].copy_from_slice(&point(20 + seed));
+        nonces.push(n);
+    }
+    let parsed: Vec<PubNonceBytes> = nonces
+        .iter()
+        .map(|n| PubNonceBytes::from_bytes(*n).expect("valid"))
+        .collect();
+    let agg = AggNonceBytes::aggregate(&parsed).expect("non-empty");
+    let core = musig2_core::AggNonce::aggregate_bytes(&nonces).expect("valid");
+    assert_eq!(agg.to_bytes(), core.to_bytes());
+    assert_eq!(agg.to_core(), core);
+    // Decoded from bytes, infinity halves included: the same points as the core's own parse.
+    let mut half_infinite = agg.to_bytes();
+    half_infinite[33..].fill(0);
+    for bytes in [agg.to_bytes(), half_infinite, [0u8; 66]] {
+        let decoded = AggNonceBytes::from_bytes(bytes).expect("valid");
+        assert_eq!(
+            decoded.to_core(),
+            musig2_core::AggNonce::from_bytes(&bytes).expect("valid")
+        );
+        assert_eq!(decoded.to_core().to_bytes(), bytes);
+    }
+}
+
+#[test]
 fn nonce_commitment_binds_every_input() {
     let a = verified(3, Topology::Mesh);
     let id = a.session_id();

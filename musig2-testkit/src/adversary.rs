@@ -1051,7 +1051,7 @@ impl Actor {
                 .map(|b| PubNonce::from_bytes(&b.to_bytes()).ok())
                 .collect();
             let agg = match s.star_agg.filter(|_| s.is_star()) {
-                Some(agg) => AggNonce::from_bytes(&agg.to_bytes()).ok(),
+                Some(agg) => Some(agg.to_core()),
                 None => Some(AggNonce::aggregate(&pubnonces.unwrap_or_default())),
             };
             let Some(agg) = agg else { return };

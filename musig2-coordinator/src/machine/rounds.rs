@@ -313,7 +313,7 @@ impl SessionMachine {
         let messages = &self.ann.announcement().messages;
         (0..self.key_aggs.len())
             .map(|m| {
-                let agg = AggNonce::from_bytes(&aggregate.agg_nonces.get(m)?.to_bytes()).ok()?;
+                let agg = aggregate.agg_nonces.get(m)?.to_core();
                 Some(SessionContext::new(
                     &self.key_aggs[m],
                     &agg,
