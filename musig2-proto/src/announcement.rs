@@ -399,8 +399,7 @@ impl Announcement {
     ) -> Result<SignedAnnouncement, ProtoError> {
         self.check_signable(keypair, limits)?;
         let id = self.session_id();
-        let signature =
-            musig2_core::bip340_sign(&announcement_leaf(&id), keypair, aux_rand).to_byte_array();
+        let signature = crate::auth::sign_counted(&announcement_leaf(&id), keypair, aux_rand);
         Ok(SignedAnnouncement {
             version: PROTOCOL_VERSION,
             announcement: Arc::new(self),

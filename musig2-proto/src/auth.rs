@@ -150,6 +150,14 @@ impl Auth {
 
 static SIGNATURE_CHECKS: AtomicU64 = AtomicU64::new(0);
 static CACHED_ROOTS: AtomicU64 = AtomicU64::new(0);
+static SIGNATURES_MADE: AtomicU64 = AtomicU64::new(0);
+
+/// BIP340 signing of an envelope, a batch root or an announcement, counted for
+/// [`auth_counts`].
+pub(crate) fn sign_counted(message: &[u8; 32], keypair: &Keypair, aux_rand: &[u8; 32]) -> [u8; 64] {
+    SIGNATURES_MADE.fetch_add(1, Ordering::Relaxed);
+    musig2_core::bip340_sign(message, keypair, aux_rand).to_byte_array()
+}
 
 /// What this process's authentication checks have cost since it started, over every node in
 /// it: for benchmarks and metrics (a count does not depend on how busy the machine is).
@@ -159,6 +167,8 @@ pub struct AuthCounts {
     pub signature_checks: u64,
     /// Batch roots found verified before (in the same scope): hashes only, no signature check.
     pub cached_roots: u64,
+    /// BIP340 signatures made: envelopes and announcements signed alone, and batch roots.
+    pub signatures_made: u64,
 }
 
 /// The counts so far (see [`AuthCounts`]).
@@ -166,6 +176,7 @@ pub fn auth_counts() -> AuthCounts {
     AuthCounts {
         signature_checks: SIGNATURE_CHECKS.load(Ordering::Relaxed),
         cached_roots: CACHED_ROOTS.load(Ordering::Relaxed),
+        signatures_made: SIGNATURES_MADE.load(Ordering::Relaxed),
     }
 }
 
@@ -292,12 +303,8 @@ impl Pending {
 
     /// The authentication, signing the envelope alone if no batch sealed it yet.
     pub(crate) fn auth(&self) -> &Auth {
-        self.sealed.get_or_init(|| {
-            Auth::direct(
-                musig2_core::bip340_sign(&self.leaf, &self.keypair, &rand::random())
-                    .to_byte_array(),
-            )
-        })
+        self.sealed
+            .get_or_init(|| Auth::direct(sign_counted(&self.leaf, &self.keypair, &rand::random())))
     }
 }
 
@@ -466,7 +473,7 @@ pub(crate) fn seal(pending: &[&Arc<Pending>], aux_rand: Option<&[u8; 32]>) -> Se
             let (root, paths) = tree(&leaves);
             let message = tagged(Tag::BatchRoot, &root);
             let aux = aux_rand.copied().unwrap_or_else(rand::random);
-            let signature = musig2_core::bip340_sign(&message, &keypair, &aux).to_byte_array();
+            let signature = sign_counted(&message, &keypair, &aux);
             for (i, (p, path)) in chunk.iter().zip(paths).enumerate() {
                 // `i` < MAX_BATCH_LEAVES = 64 fits a u8.
                 let index = u8::try_from(i).unwrap_or(u8::MAX);
@@ -630,7 +637,10 @@ mod tests {
     #[test]
     fn the_counts_tell_signature_checks_from_roots_served_by_the_cache() {
         // Other tests run alongside and add to the process-wide counts: hence at least.
+        let made_before = auth_counts().signatures_made;
         let (key, auth, sibling) = sealed_pair(13);
+        // Two envelopes sealed under one batch signature: it was made and counted.
+        assert!(auth_counts().signatures_made > made_before);
         let scope = 0x5c09_e000_0000_0004;
         let before = auth_counts();
         assert!(with_verified_roots_scope(scope, || auth.verifies(&key, leaf(0))));

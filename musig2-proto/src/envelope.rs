@@ -507,7 +507,7 @@ impl Envelope {
     ) -> SignedEnvelope {
         let envelope = Envelope::current(session.into(), signer, seq, timestamp_ms, body);
         let msg = envelope.signing_hash();
-        let signature = musig2_core::bip340_sign(&msg, keypair, aux_rand).to_byte_array();
+        let signature = crate::auth::sign_counted(&msg, keypair, aux_rand);
         SignedEnvelope {
             envelope: Arc::new(envelope),
             auth: AuthState::ready(Auth::direct(signature)),
