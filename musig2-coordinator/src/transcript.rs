@@ -1101,13 +1101,14 @@ impl<'a> Judge<'a> {
                 let pubnonce = <[u8; 66]>::try_from(&nonce[66 * m..66 * (m + 1)])
                     .ok()
                     .and_then(|b| PubNonce::from_bytes(&b).ok());
-                let agg = Some(agg_nonces[m].to_core());
-                match (psig, pubnonce, agg) {
-                    (Some(p), Some(pn), Some(agg)) => {
-                        SessionContext::new(&self.key_aggs[m], &agg, &messages[m])
-                            .verify_partial(j, &p, &pn)
-                            .is_ok()
-                    }
+                match (psig, pubnonce) {
+                    (Some(p), Some(pn)) => SessionContext::new(
+                        &self.key_aggs[m],
+                        &agg_nonces[m].to_core(),
+                        &messages[m],
+                    )
+                    .verify_partial(j, &p, &pn)
+                    .is_ok(),
                     _ => false,
                 }
             });
