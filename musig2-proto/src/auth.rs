@@ -159,8 +159,9 @@ pub(crate) fn sign_counted(message: &[u8; 32], keypair: &Keypair, aux_rand: &[u8
     musig2_core::bip340_sign(message, keypair, aux_rand).to_byte_array()
 }
 
-/// What this process's authentication checks have cost since it started, over every node in
-/// it: for benchmarks and metrics (a count does not depend on how busy the machine is).
+/// What this process's authentication has cost since it started (signatures checked and made),
+/// over every node in it: for benchmarks and metrics (a count does not depend on how busy the
+/// machine is).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AuthCounts {
     /// BIP340 signature checks of envelopes and announcements.
